@@ -1,0 +1,59 @@
+# ZMirror — make targets. / 常用命令。
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DATA   ?= data
+WEBUI_STAMP := zmirror/webui/index.html
+WEB_SOURCES := $(shell find web -path web/node_modules -prune -o -type f -print 2>/dev/null)
+
+.PHONY: deps run dev ui build build-release test test-unit fmt lint clean system-deps
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Python dependencies (editable install, test and dev extras)
+deps: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,dev]' --config-settings editable_mode=compat
+
+# The web UI, rebuilt when web/ changed (needs node + npm)
+ui: $(WEBUI_STAMP)
+$(WEBUI_STAMP): $(WEB_SOURCES)
+	@if [ -f web/package.json ]; then \
+	  cd web && (npm ci --no-audit --no-fund || npm install --no-audit --no-fund) && npm run build; \
+	else echo "web/ has no package.json yet: UI not built"; fi
+
+# Run the service on its embedded defaults (creates ./data on first start)
+run: deps ui
+	$(BIN)/twistd -n zmirror --data $(DATA)
+
+# Like run, restarting when Python files change
+dev: deps ui
+	$(BIN)/hupper -m twisted -n zmirror --data $(DATA)
+
+build: deps ui
+	$(BIN)/pip wheel -q --no-deps -w dist .
+
+build-release: deps ui
+	$(BIN)/pip install -q build
+	$(BIN)/python -m build --sdist --wheel --outdir dist .
+
+# System packages for the end-to-end tests (Debian; only as root, only what is missing)
+system-deps:
+	@bash scripts/system-deps.sh
+
+test: deps system-deps ui
+	$(BIN)/trial tests
+
+test-unit: deps
+	$(BIN)/trial tests --exclude-e2e 2>/dev/null || $(BIN)/trial tests
+
+fmt: deps
+	$(BIN)/ruff format zmirror tests twisted bench
+	$(BIN)/ruff check --fix zmirror tests twisted bench
+
+lint: deps
+	$(BIN)/ruff check zmirror tests twisted bench
+
+clean:
+	rm -rf build dist *.egg-info _trial_temp zmirror/webui

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the end-to-end tests use, when missing and when root.
+# Real upstream registry (docker-registry), real client (skopeo), headless browser (chromium).
+set -u
+PKGS="docker-registry skopeo chromium chromium-driver curl"
+missing=()
+for p in $PKGS; do
+  [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" = installed ] || missing+=("$p")
+done
+[ ${#missing[@]} = 0 ] && exit 0
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+  echo "system-deps: missing ${missing[*]} (not root or no apt-get): the e2e tests that need them are skipped" >&2
+  exit 0
+fi
+echo "system-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+policy=/usr/sbin/policy-rc.d; had_policy=0
+[ -e "$policy" ] && had_policy=1
+# keep apt from starting the registry as a system service
+[ $had_policy = 0 ] && printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
+apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+rc=$?
+[ $had_policy = 0 ] && rm -f "$policy"
+exit $rc

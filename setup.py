@@ -1,0 +1,52 @@
+import os
+
+from setuptools import find_packages, setup
+
+here = os.path.abspath(os.path.dirname(__file__))
+about = {}
+with open(os.path.join(here, "zmirror", "__init__.py")) as f:
+    exec(f.read(), about)
+
+
+def webui_files():
+    base = os.path.join(here, "zmirror")
+    out = []
+    for root, _dirs, files in os.walk(os.path.join(base, "webui")):
+        for name in files:
+            out.append(os.path.relpath(os.path.join(root, name), base))
+    return out
+
+
+setup(
+    name="zmirror",
+    version=about["__version__"],
+    description="Docker/OCI registry pull proxy on Twisted",
+    long_description=open(os.path.join(here, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_packages(include=["zmirror", "zmirror.*"]) + ["twisted.plugins"],
+    package_data={
+        "zmirror": ["db/migrations/*.sql"] + webui_files(),
+        "twisted": ["plugins/zmirror_plugin.py"],
+    },
+    include_package_data=True,
+    install_requires=[
+        "twisted[tls]>=23.8",
+        "treq>=23.11",
+        "klein>=23.5",
+        "txaio>=23.1",
+        "toml>=0.10",
+        "passlib>=1.7.4",
+        "argon2-cffi>=21.3",
+        "PyJWT>=2.8",
+        "prometheus_client>=0.17",
+    ],
+    extras_require={
+        "test": ["hypothesis>=6.80", "selenium>=4.15"],
+        "dev": ["ruff>=0.4", "hupper>=1.12"],
+    },
+    entry_points={"console_scripts": ["zmirror=zmirror.cli:main"]},
+    zip_safe=False,
+    classifiers=["Framework :: Twisted", "License :: OSI Approved :: MIT License"],
+)

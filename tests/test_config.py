@@ -1,0 +1,107 @@
+import os
+import stat
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from zmirror.config import DEFAULT_CONFIG, ConfigError, load_config, parse_config, parse_size
+
+
+class LoadConfigTests(unittest.TestCase):
+    def setUp(self):
+        self.base = Path(self.mktemp()).resolve()
+        self.base.mkdir()
+        self.data = self.base / "data"
+
+    def test_first_start_writes_default(self):
+        cfg = load_config(self.data)
+        path = self.data / "config.toml"
+        self.assertTrue(path.exists())
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.assertEqual(path.read_text(), DEFAULT_CONFIG)
+        self.assertEqual(cfg.server.host, "0.0.0.0")
+        self.assertEqual(cfg.server.port, 8080)
+        self.assertEqual(cfg.admin.username, "admin")
+        self.assertEqual(cfg.admin.password, "admin123")
+        self.assertTrue(cfg.admin_password_is_default)
+        # ./data/registry.db relative to the data dir's parent
+        self.assertEqual(cfg.database_path, self.data / "registry.db")
+        self.assertEqual(cfg.warnings, ())
+
+    def test_existing_never_overwritten(self):
+        self.data.mkdir()
+        path = self.data / "config.toml"
+        path.write_text('[server]\nport = 9090\n')
+        cfg = load_config(self.data)
+        self.assertEqual(cfg.server.port, 9090)
+        self.assertEqual(path.read_text(), '[server]\nport = 9090\n')
+        self.assertFalse(cfg.admin_password_is_default is False and cfg.admin.password != "admin123")
+
+    def test_explicit_config_missing(self):
+        with self.assertRaises(ConfigError) as e:
+            load_config(self.data, self.base / "nope.toml")
+        self.assertIn("nope.toml", str(e.exception))
+
+
+class ParseTests(unittest.TestCase):
+    def parse(self, text):
+        return parse_config(text, data_dir=Path("/srv/d"), config_path=Path("/srv/d/config.toml"))
+
+    def test_invalid_toml_names_line_and_column(self):
+        with self.assertRaises(ConfigError) as e:
+            self.parse('[server]\nport = = 3\n')
+        msg = str(e.exception)
+        self.assertIn("/srv/d/config.toml", msg)
+        self.assertIn("line 2", msg)
+        self.assertIn("column", msg)
+        self.assertNotIn("\n", msg)
+
+    def test_port_range(self):
+        for bad in ("0", "65536", "-1"):
+            with self.assertRaises(ConfigError) as e:
+                self.parse(f"[server]\nport = {bad}\n")
+            self.assertIn("server.port", str(e.exception))
+
+    def test_wrong_type(self):
+        with self.assertRaises(ConfigError) as e:
+            self.parse('[server]\nport = "80"\n')
+        self.assertIn("server.port", str(e.exception))
+        with self.assertRaises(ConfigError) as e:
+            self.parse('[cache]\nenabled = "yes"\n')
+        self.assertIn("cache.enabled", str(e.exception))
+
+    def test_empty_admin_username(self):
+        with self.assertRaises(ConfigError) as e:
+            self.parse('[admin]\nusername = ""\n')
+        self.assertIn("admin.username", str(e.exception))
+
+    def test_unknown_keys_warn(self):
+        cfg = self.parse('[server]\nport = 80\ncolour = "red"\n[extra]\na = 1\n')
+        self.assertEqual(cfg.server.port, 80)
+        self.assertEqual(len(cfg.warnings), 2)
+        self.assertIn("server.colour", cfg.warnings[0])
+        self.assertIn("[extra]", cfg.warnings[1])
+
+    def test_choices_and_proxies(self):
+        with self.assertRaises(ConfigError):
+            self.parse('[access]\nanonymous = "some"\n')
+        with self.assertRaises(ConfigError):
+            self.parse('[server]\ntrusted_proxies = ["not-an-ip"]\n')
+        cfg = self.parse('[server]\ntrusted_proxies = ["10.0.0.0/8", "::1"]\n')
+        self.assertEqual(cfg.server.trusted_proxies, ("10.0.0.0/8", "::1"))
+
+    def test_absolute_and_relative_paths(self):
+        cfg = self.parse('[database]\npath = "/var/lib/z.db"\n[cache]\ndir = "cachedir"\n')
+        self.assertEqual(cfg.database_path, Path("/var/lib/z.db"))
+        self.assertEqual(cfg.cache_dir, Path("/srv/cachedir"))
+
+    def test_sizes(self):
+        self.assertEqual(parse_size("50GB"), 50 * 10**9)
+        self.assertEqual(parse_size("512MiB"), 512 * 1024**2)
+        self.assertEqual(parse_size(1024), 1024)
+        self.assertEqual(parse_size("1.5 GB"), 1_500_000_000)
+        with self.assertRaises(ValueError):
+            parse_size("lots")
+        with self.assertRaises(ConfigError) as e:
+            self.parse('[cache]\nmax_size = "big"\n')
+        self.assertIn("cache.max_size", str(e.exception))

@@ -1,0 +1,385 @@
+"""Load, create and validate ``config.toml``.
+
+The file lives in the data directory.  On first start a commented default is
+written (mode 0600: it holds the admin password); an existing file is never
+overwritten.  Relative paths in the file are resolved against the data
+directory's parent, so the default ``./data/registry.db`` lands inside the data
+directory whatever the working directory is.
+
+User errors raise :class:`ConfigError` with one line of text naming the file and
+the problem; callers print it and exit non-zero (no traceback).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import toml
+
+DEFAULT_ADMIN_PASSWORD = "admin123"
+
+DEFAULT_CONFIG = """\
+# ZMirror configuration / ZMirror 配置文件
+# Written on first start; edit and restart (some settings also reload on SIGHUP).
+# 首次启动时生成；修改后重启生效（部分设置可通过 SIGHUP 热加载）。
+
+[server]
+# Address and port to listen on / 监听地址与端口
+host = "0.0.0.0"
+port = 8080
+# Public base URL used in token realms and Link headers, e.g. "https://mirror.example.com".
+# Empty: derived from the request's Host header. / 对外地址，留空则取请求的 Host 头
+external_url = ""
+# Peers whose X-Forwarded-For/-Proto/-Host headers are trusted (IPs or CIDRs).
+# 受信任的反向代理地址（IP 或 CIDR）
+trusted_proxies = []
+
+[admin]
+# Admin account of the web UI and /api (not a registry user).
+# 管理后台账号（不是镜像仓库用户）。Change the default password! 请务必修改默认密码！
+# The password may be plain text or a passlib hash (see `zmirror admin-password`).
+username = "admin"
+password = "admin123"
+
+[database]
+# SQLite database file; relative paths are resolved against the data directory's parent.
+# SQLite 数据库路径，相对路径以数据目录的上级目录为基准
+path = "./data/registry.db"
+
+[access]
+# Anonymous pulls / 匿名拉取: "whitelist" (only whitelisted prefixes), "all", "none"
+anonymous = "whitelist"
+
+[upstream]
+# Seconds to wait for a TCP/TLS connection and for response headers / 连接与响应头超时（秒）
+connect_timeout = 10
+# Abort a body transfer after this many seconds without a byte / 传输空闲超时（秒）
+idle_timeout = 60
+# Skip an upstream for this many seconds after repeated failures / 上游连续失败后的冷却时间（秒）
+cooldown = 30
+
+[cache]
+# Pull-through cache of blobs and manifests / 拉取缓存
+enabled = true
+# Relative paths are resolved against the data directory's parent / 相对路径同上
+dir = "./data/cache"
+max_size = "50GB"
+# Seconds a manifest fetched by tag is served before it is revalidated upstream
+manifest_ttl = 300
+
+[log]
+# "text" or "json" log lines / 日志格式
+format = "text"
+level = "info"
+# Access log retention (0 = keep) / 访问日志保留天数与最大行数（0 表示不限）
+retention_days = 30
+max_rows = 1000000
+"""
+
+
+class ConfigError(Exception):
+    """A user error in the configuration: ``str(err)`` is one line for the operator."""
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
+
+
+def parse_size(value: Any) -> int:
+    """``"50GB"`` / ``"512MiB"`` / ``1024`` → bytes."""
+    if isinstance(value, bool):
+        raise ValueError("not a size")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("negative size")
+        return value
+    if not isinstance(value, str):
+        raise ValueError("not a size")
+    m = _SIZE_RE.match(value)
+    if not m:
+        raise ValueError(f"not a size: {value!r}")
+    number, unit = m.group(1), (m.group(2) or "").upper()
+    binary = "I" in unit
+    letter = unit.replace("I", "").replace("B", "")
+    base = _SIZE_UNITS[letter]
+    if binary and letter:
+        base = 1024 ** "KMGT".index(letter) * 1024
+    return int(float(number) * base)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    external_url: str = ""
+    trusted_proxies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    username: str = "admin"
+    password: str = DEFAULT_ADMIN_PASSWORD
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    path: str = "./data/registry.db"
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    anonymous: str = "whitelist"
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    connect_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    cooldown: float = 30.0
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    enabled: bool = True
+    dir: str = "./data/cache"
+    max_size: int = 50 * 1000**3
+    manifest_ttl: float = 300.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "text"
+    level: str = "info"
+    retention_days: int = 30
+    max_rows: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration; paths are absolute."""
+
+    data_dir: Path
+    config_path: Path
+    server: ServerConfig = field(default_factory=ServerConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def database_path(self) -> Path:
+        return self.resolve(self.database.path)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.resolve(self.cache.dir)
+
+    def resolve(self, p: str) -> Path:
+        path = Path(p)
+        if not path.is_absolute():
+            path = self.data_dir.parent / path
+        return Path(os.path.normpath(path))
+
+    @property
+    def admin_password_is_default(self) -> bool:
+        return self.admin.password == DEFAULT_ADMIN_PASSWORD
+
+    def listen_endpoint(self) -> str:
+        host = self.server.host.replace(":", "\\:")
+        return f"tcp:{self.server.port}:interface={host}"
+
+
+# --- validation -----------------------------------------------------------
+
+
+def _str(key: str, v: Any, *, nonempty: bool = False, choices: tuple[str, ...] = ()) -> str:
+    if not isinstance(v, str):
+        raise ConfigError(f"{key}: expected a string, got {type(v).__name__}")
+    if nonempty and not v.strip():
+        raise ConfigError(f"{key}: must not be empty")
+    if choices and v not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(repr(c) for c in choices)}, got {v!r}")
+    return v
+
+
+def _int(key: str, v: Any, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"{key}: expected an integer, got {type(v).__name__}")
+    if not lo <= v <= hi:
+        raise ConfigError(f"{key}: must be between {lo} and {hi}, got {v}")
+    return v
+
+
+def _num(key: str, v: Any, lo: float, hi: float) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"{key}: expected a number, got {type(v).__name__}")
+    if not lo <= v <= hi:
+        raise ConfigError(f"{key}: must be between {lo} and {hi}, got {v}")
+    return float(v)
+
+
+def _bool(key: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{key}: expected true or false, got {type(v).__name__}")
+    return v
+
+
+def _str_list(key: str, v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ConfigError(f"{key}: expected a list of strings")
+    return tuple(v)
+
+
+def _validate_external_url(key: str, v: str) -> str:
+    if v and not re.match(r"^https?://[^/?#@\s]+(/[^?#\s]*)?$", v):
+        raise ConfigError(f"{key}: must be an http(s) URL without query or credentials, got {v!r}")
+    return v.rstrip("/")
+
+
+def _validate_proxies(key: str, v: tuple[str, ...]) -> tuple[str, ...]:
+    import ipaddress
+
+    for item in v:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(f"{key}: {item!r} is not an IP address or network") from None
+    return v
+
+
+# section -> key -> (validator(key, value) -> converted)
+_SCHEMA: dict[str, dict[str, Any]] = {
+    "server": {
+        "host": lambda k, v: _str(k, v, nonempty=True),
+        "port": lambda k, v: _int(k, v, 1, 65535),
+        "external_url": lambda k, v: _validate_external_url(k, _str(k, v)),
+        "trusted_proxies": lambda k, v: _validate_proxies(k, _str_list(k, v)),
+    },
+    "admin": {
+        "username": lambda k, v: _str(k, v, nonempty=True),
+        "password": lambda k, v: _str(k, v, nonempty=True),
+    },
+    "database": {"path": lambda k, v: _str(k, v, nonempty=True)},
+    "access": {"anonymous": lambda k, v: _str(k, v, choices=("whitelist", "all", "none"))},
+    "upstream": {
+        "connect_timeout": lambda k, v: _num(k, v, 0.1, 3600),
+        "idle_timeout": lambda k, v: _num(k, v, 0.1, 86400),
+        "cooldown": lambda k, v: _num(k, v, 0, 86400),
+    },
+    "cache": {
+        "enabled": _bool,
+        "dir": lambda k, v: _str(k, v, nonempty=True),
+        "max_size": lambda k, v: _size(k, v),
+        "manifest_ttl": lambda k, v: _num(k, v, 0, 365 * 86400),
+    },
+    "log": {
+        "format": lambda k, v: _str(k, v, choices=("text", "json")),
+        "level": lambda k, v: _str(k, v, choices=("debug", "info", "warn", "error", "critical")),
+        "retention_days": lambda k, v: _int(k, v, 0, 100000),
+        "max_rows": lambda k, v: _int(k, v, 0, 10**12),
+    },
+}
+
+_SECTION_CLASSES = {
+    "server": ServerConfig,
+    "admin": AdminConfig,
+    "database": DatabaseConfig,
+    "access": AccessConfig,
+    "upstream": UpstreamConfig,
+    "cache": CacheConfig,
+    "log": LogConfig,
+}
+
+
+def _size(key: str, v: Any) -> int:
+    try:
+        return parse_size(v)
+    except ValueError:
+        raise ConfigError(f'{key}: expected a size such as "50GB" or "512MiB", got {v!r}') from None
+
+
+def parse_config(text: str, *, data_dir: Path, config_path: Path) -> Config:
+    """Parse and validate TOML text.  Raises :class:`ConfigError`."""
+    try:
+        raw = toml.loads(text)
+    except toml.TomlDecodeError as e:
+        raise ConfigError(
+            f"{config_path}: invalid TOML at line {e.lineno}, column {e.colno}: {e.msg}"
+        ) from None
+    warnings: list[str] = []
+    sections: dict[str, Any] = {}
+    for section, value in raw.items():
+        if section not in _SCHEMA:
+            warnings.append(f"{config_path}: unknown section [{section}] ignored")
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"{config_path}: {section}: expected a table [{section}]")
+        kwargs = {}
+        for key, item in value.items():
+            full = f"{section}.{key}"
+            validator = _SCHEMA[section].get(key)
+            if validator is None:
+                warnings.append(f"{config_path}: unknown key {full} ignored")
+                continue
+            try:
+                kwargs[key] = validator(full, item)
+            except ConfigError as e:
+                raise ConfigError(f"{config_path}: {e}") from None
+        sections[section] = _SECTION_CLASSES[section](**kwargs)
+    return Config(
+        data_dir=data_dir, config_path=config_path, warnings=tuple(warnings), **sections
+    )
+
+
+def ensure_data_dir(data_dir: Path) -> None:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create data directory {data_dir}: {e.strerror}") from None
+
+
+def write_default_config(path: Path) -> bool:
+    """Write the default config if ``path`` does not exist.  Returns True if written."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise ConfigError(f"cannot create {path}: {e.strerror}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(DEFAULT_CONFIG)
+    return True
+
+
+def load_config(data_dir: str | os.PathLike | None = None, config_path: str | os.PathLike | None = None) -> Config:
+    """Create the data dir and default config when missing, then load and validate.
+
+    ``data_dir`` defaults to ``./data``; ``config_path`` to ``<data_dir>/config.toml``.
+    """
+    ddir = Path(os.path.abspath(data_dir or "data"))
+    ensure_data_dir(ddir)
+    cpath = Path(os.path.abspath(config_path)) if config_path else ddir / "config.toml"
+    if config_path is None:
+        write_default_config(cpath)
+    try:
+        text = cpath.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{cpath}: no such file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{cpath}: not UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"{cpath}: cannot read: {e.strerror}") from None
+    return parse_config(text, data_dir=ddir, config_path=cpath)
+
+
+def replace(config: Config, **sections: Any) -> Config:
+    """A copy of ``config`` with whole sections replaced (tests, reload)."""
+    return dataclasses.replace(config, **sections)

@@ -1,0 +1,166 @@
+"""SQLite through ``twisted.enterprise.adbapi``.
+
+Two pools on one file: readers (a few threads) and ONE writer thread, so writes
+are serialized in-process and "database is locked" never reaches a user.  Every
+connection gets WAL, ``synchronous=NORMAL``, ``foreign_keys=ON`` and a
+``busy_timeout`` from ``cp_openfun``.
+
+Migrations run synchronously at start (before the reactor serves anything):
+numbered ``migrations/NNNN_*.sql`` files shipped as package data, tracked with
+``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.enterprise import adbapi
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+class DatabaseError(Exception):
+    """A user-facing database problem at start (one line, no traceback)."""
+
+
+def _configure(conn: sqlite3.Connection) -> None:
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """``[(version, filename, sql)]`` sorted by version."""
+    out = []
+    pkg = resources.files("zmirror.db") / "migrations"
+    for entry in pkg.iterdir():
+        m = re.match(r"^(\d+)_.*\.sql$", entry.name)
+        if m:
+            out.append((int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    out.sort()
+    return out
+
+
+def latest_version() -> int:
+    ms = migrations()
+    return ms[-1][0] if ms else 0
+
+
+def migrate(path: Path) -> int:
+    """Create or upgrade the database at ``path``; returns the resulting version.
+
+    Blocking: call at start, before the reactor runs.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(str(path), isolation_level=None)
+    except sqlite3.Error as e:
+        raise DatabaseError(f"{path}: cannot open database: {e}") from None
+    try:
+        try:
+            # read the version before anything that writes (journal_mode=WAL does)
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as e:
+            raise DatabaseError(f"{path}: not a usable SQLite database: {e}") from None
+        latest = latest_version()
+        if current > latest:
+            raise DatabaseError(
+                f"{path}: database schema version {current} is newer than this ZMirror "
+                f"understands ({latest}); upgrade ZMirror or restore a backup (database left untouched)"
+            )
+        _configure(conn)
+        for version, name, sql in migrations():
+            if version <= current:
+                continue
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for statement in _split_sql(sql):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {version}")
+                conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                conn.execute("ROLLBACK")
+                raise DatabaseError(f"{path}: migration {name} failed: {e}") from None
+            current = version
+        return current
+    finally:
+        conn.close()
+
+
+def _split_sql(sql: str) -> list[str]:
+    # Statements are separated by ';' at line ends; our migrations hold no triggers.
+    out, buf = [], []
+    for line in sql.splitlines():
+        if line.strip().startswith("--"):
+            continue
+        buf.append(line)
+        if line.rstrip().endswith(";"):
+            stmt = "\n".join(buf).strip()
+            if stmt:
+                out.append(stmt)
+            buf = []
+    rest = "\n".join(buf).strip()
+    if rest:
+        out.append(rest)
+    return out
+
+
+class Database:
+    """Reader and writer pools on one SQLite file.
+
+    ``read(f, *a)`` / ``write(f, *a)`` run ``f(cursor_or_txn, *a)`` in a
+    transaction on a pool thread and return a Deferred.  ``write`` uses the
+    single writer connection, so writes never contend with each other.
+    """
+
+    def __init__(self, path: Path, reactor: Any, readers: int = 3):
+        self.path = path
+        kw = dict(
+            check_same_thread=False,
+            cp_openfun=_configure,
+            cp_reactor=reactor,
+            cp_noisy=False,
+        )
+        self.reader = adbapi.ConnectionPool(
+            "sqlite3", str(path), cp_min=1, cp_max=readers, **kw
+        )
+        self.writer = adbapi.ConnectionPool("sqlite3", str(path), cp_min=1, cp_max=1, **kw)
+
+    def read(self, f: Callable[..., Any], *args: Any, **kw: Any):
+        return self.reader.runInteraction(f, *args, **kw)
+
+    def write(self, f: Callable[..., Any], *args: Any, **kw: Any):
+        return self.writer.runInteraction(f, *args, **kw)
+
+    def query(self, sql: str, params: tuple = ()):
+        """Rows of a SELECT as a list of dicts."""
+
+        def run(txn):
+            txn.execute(sql, params)
+            cols = [c[0] for c in txn.description]
+            return [dict(zip(cols, row)) for row in txn.fetchall()]
+
+        return self.read(run)
+
+    def execute(self, sql: str, params: tuple = ()):
+        """Run one write statement; fires with ``(lastrowid, rowcount)``."""
+
+        def run(txn):
+            txn.execute(sql, params)
+            return txn.lastrowid, txn.rowcount
+
+        return self.write(run)
+
+    def start(self) -> None:
+        self.reader.start()
+        self.writer.start()
+
+    def close(self) -> None:
+        for pool in (self.reader, self.writer):
+            if pool.running:
+                pool.close()

@@ -1,0 +1,1 @@
+"""The Docker Registry HTTP API V2 (pull side)."""

@@ -1,0 +1,115 @@
+"""The one parser for registry paths: repository names, tags and digests.
+
+Grammar (distribution spec / docker reference):
+    name       := component ("/" component)*          (total length <= 255)
+    component  := [a-z0-9]+ (separator [a-z0-9]+)*
+    separator  := "." | "_" | "__" | "-"+
+    tag        := [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}
+    digest     := algorithm ":" encoded  (sha256: 64 lowercase hex, sha512: 128)
+
+Everything the proxy later decides on (policy, cache keys, upstream URLs) uses
+the parsed, normalized values returned here and never the raw path.  A raw
+path holding a '%' is refused outright: no valid name, tag or digest contains
+one, so no decoding trick can make the checked name differ from the fetched one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from zmirror.registry.errors import RegistryError
+
+NAME_MAX = 255
+_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_DIGEST = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
+_DIGEST_SHAPE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+
+MANIFEST = "manifest"
+BLOB = "blob"
+TAGS = "tags"
+
+
+def parse_name(raw: str) -> str:
+    """Validate a repository name and normalize a one-component name to ``library/x``."""
+    if not raw or len(raw) > NAME_MAX:
+        raise RegistryError("NAME_INVALID", detail={"name": raw[:300]})
+    parts = raw.split("/")
+    for part in parts:
+        if not _COMPONENT.match(part):
+            raise RegistryError("NAME_INVALID", detail={"name": raw})
+    if len(parts) == 1:
+        raw = "library/" + raw
+        if len(raw) > NAME_MAX:
+            raise RegistryError("NAME_INVALID", detail={"name": raw})
+    return raw
+
+
+def is_digest(ref: str) -> bool:
+    return ":" in ref
+
+
+def parse_digest(raw: str) -> str:
+    if not _DIGEST.match(raw):
+        if _DIGEST_SHAPE.match(raw) and not raw.startswith(("sha256:", "sha512:")):
+            raise RegistryError("DIGEST_INVALID", "unsupported digest algorithm", {"digest": raw[:200]})
+        raise RegistryError("DIGEST_INVALID", "invalid digest", {"digest": raw[:200]})
+    return raw
+
+
+def parse_tag(raw: str) -> str:
+    if not _TAG.match(raw):
+        raise RegistryError("TAG_INVALID", "invalid tag", {"tag": raw[:200]})
+    return raw
+
+
+def parse_reference(raw: str) -> str:
+    """A manifest reference: a digest if it holds ':', else a tag."""
+    return parse_digest(raw) if is_digest(raw) else parse_tag(raw)
+
+
+@dataclass(frozen=True)
+class RegistryPath:
+    """A parsed ``/v2/<name>/<kind>/<reference>`` request path."""
+
+    kind: str  # MANIFEST | BLOB | TAGS
+    name: str  # normalized repository name, e.g. "library/nginx"
+    reference: str = ""  # tag or digest ("" for tags/list)
+
+    @property
+    def by_digest(self) -> bool:
+        return is_digest(self.reference)
+
+
+def parse_path(path: bytes | str) -> RegistryPath:
+    """Parse the path (no query string) of a request under ``/v2/``.
+
+    Raises RegistryError: NAME_INVALID / TAG_INVALID / DIGEST_INVALID for
+    off-grammar input, UNSUPPORTED for push and catalog endpoints,
+    NOT_FOUND for anything else.
+    """
+    if isinstance(path, bytes):
+        try:
+            path = path.decode("ascii")
+        except UnicodeDecodeError:
+            raise RegistryError("NAME_INVALID", "non-ASCII characters in path") from None
+    if not path.startswith("/v2/"):
+        raise RegistryError("NOT_FOUND", status=404)
+    rest = path[len("/v2/"):]
+    if "%" in rest or "\\" in rest:
+        raise RegistryError("NAME_INVALID", "percent-encoded or escaped characters are not allowed")
+    if rest in ("_catalog", "_catalog/"):
+        raise RegistryError("UNSUPPORTED", "catalog listing is not supported by this proxy")
+    segs = rest.split("/")
+    if len(segs) >= 3 and segs[-2:] == ["tags", "list"]:
+        return RegistryPath(TAGS, parse_name("/".join(segs[:-2])))
+    if len(segs) >= 3 and (segs[-2:] == ["blobs", "uploads"] or segs[-3:-1] == ["blobs", "uploads"]):
+        raise RegistryError("UNSUPPORTED", "this is a pull-only proxy: pushing is not supported")
+    if len(segs) >= 3 and segs[-2] == "manifests":
+        name = parse_name("/".join(segs[:-2]))
+        return RegistryPath(MANIFEST, name, parse_reference(segs[-1]))
+    if len(segs) >= 3 and segs[-2] == "blobs":
+        name = parse_name("/".join(segs[:-2]))
+        return RegistryPath(BLOB, name, parse_digest(segs[-1]))
+    raise RegistryError("NOT_FOUND", "unknown registry endpoint", status=404)

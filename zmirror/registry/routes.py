@@ -1,0 +1,175 @@
+"""Thin Klein-facing handlers for ``/v2/``: parse, authorize, call the proxy core.
+
+Each handler parses the path once (``reference.parse_path``), asks the policy
+who may pull it, and hands the parsed request to the proxy core, which answers
+with a result object that knows how to send itself.  Errors are rendered in the
+registry JSON format; nothing below may leak a traceback to the client.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from twisted.logger import Logger
+from twisted.web.server import NOT_DONE_YET
+
+from zmirror.accesslog import AccessRecord
+from zmirror.net import TrustedProxies, client_ip
+from zmirror.registry.errors import API_VERSION_HEADER, RegistryError, render_error
+from zmirror.registry.reference import RegistryPath, parse_path
+
+log = Logger()
+
+READ_METHODS = (b"GET", b"HEAD")
+
+
+@dataclass
+class Identity:
+    """Who is pulling: ``username`` None for anonymous."""
+
+    username: Optional[str] = None
+    # True when the response must not be cached publicly (private content).
+    private: bool = False
+
+
+class AllowAll:
+    """The policy used when access control is off: everyone may pull anything."""
+
+    async def authorize_ping(self, request) -> Identity:
+        return Identity()
+
+    async def authorize(self, request, path: RegistryPath) -> Identity:
+        return Identity()
+
+
+@dataclass
+class PullRequest:
+    """What the proxy core needs to know about one pull request."""
+
+    path: RegistryPath
+    method: bytes
+    accept: list[str] = field(default_factory=list)
+    range: Optional[str] = None
+    query: dict[bytes, list[bytes]] = field(default_factory=dict)
+    identity: Identity = field(default_factory=Identity)
+    record: Optional[AccessRecord] = None
+    base_url: str = ""
+
+    @property
+    def head(self) -> bool:
+        return self.method == b"HEAD"
+
+
+def merged_accept(request) -> list[str]:
+    """All ``Accept`` header lines merged into one ordered, de-duplicated list."""
+    out: list[str] = []
+    for line in request.requestHeaders.getRawHeaders(b"accept") or []:
+        for item in line.decode("latin-1").split(","):
+            item = item.strip()
+            if item and item not in out:
+                out.append(item)
+    return out
+
+
+class RegistryRoutes:
+    """The ``/v2/`` handlers, bound to a proxy core, a policy and an access log."""
+
+    def __init__(self, proxy: Any, *, policy: Any = None, accesslog: Any = None,
+                 clock: Any, trusted: TrustedProxies | None = None, base_url=None):
+        self.proxy = proxy
+        self.policy = policy or AllowAll()
+        self.accesslog = accesslog
+        self.clock = clock
+        self.trusted = trusted or TrustedProxies()
+        self._base_url = base_url
+
+    async def ping(self, request) -> bytes:
+        request.setHeader(*API_VERSION_HEADER)
+        request.setHeader(b"Cache-Control", b"no-store")
+        try:
+            if request.method not in READ_METHODS:
+                raise RegistryError("UNSUPPORTED", "method not allowed", status=405)
+            await self.policy.authorize_ping(request)
+        except RegistryError as e:
+            return render_error(request, e)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", b"2")
+        return b"{}"
+
+    async def handle(self, request):
+        """Any path under /v2/ other than the ping."""
+        started = self.clock.seconds()
+        rec: Optional[AccessRecord] = None
+        try:
+            path = parse_path(request.path)
+            rec = self._record(request, path, started)
+            if request.method not in READ_METHODS:
+                raise RegistryError("UNSUPPORTED", "this is a pull-only proxy", status=405)
+            identity = await self.policy.authorize(request, path)
+            rec.username = identity.username or ""
+            pull = PullRequest(
+                path=path,
+                method=request.method,
+                accept=merged_accept(request),
+                range=_header(request, b"range"),
+                query=request.args,
+                identity=identity,
+                record=rec,
+                base_url=self._base_url(request) if self._base_url else "",
+            )
+            if self.proxy is None:
+                raise RegistryError("UNAVAILABLE", "no proxy core configured")
+            result = await self.proxy.pull(pull)
+            request.setHeader(*API_VERSION_HEADER)
+            return result.send(request)
+        except RegistryError as e:
+            if rec is not None and e.status in (401, 403):
+                rec.kind = "denied"
+            return render_error(request, e)
+        except Exception:
+            log.failure("unexpected error handling {method} {path}",
+                        method=request.method, path=request.path)
+            return render_error(request, RegistryError("UNAVAILABLE", "internal error", status=500))
+
+    def _record(self, request, path: RegistryPath, started: float) -> Optional[AccessRecord]:
+        rec = AccessRecord(
+            created_at=started,
+            client_ip=client_ip(request, self.trusted),
+            method=request.method.decode("ascii", "replace"),
+            repository=path.name,
+            reference=path.reference,
+            kind=path.kind,
+            user_agent=(_header(request, b"user-agent") or "")[:300],
+        )
+        if self.accesslog is not None:
+            request.notifyFinish().addBoth(self._finished, request, rec)
+        return rec
+
+    def _finished(self, result, request, rec: AccessRecord):
+        rec.status = request.code
+        rec.bytes = request.sentLength
+        rec.duration_ms = round((self.clock.seconds() - rec.created_at) * 1000.0, 3)
+        try:
+            self.accesslog.record(rec)
+        except Exception:
+            log.failure("access log record failed")
+        return None
+
+
+def _header(request, name: bytes) -> Optional[str]:
+    v = request.getHeader(name)
+    return v.decode("latin-1") if v is not None else None
+
+
+def json_body(request, obj: Any, status: int = 200) -> bytes:
+    body = json.dumps(obj).encode()
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+    request.setHeader(b"Content-Length", str(len(body)).encode())
+    return body
+
+
+__all__ = ["RegistryRoutes", "PullRequest", "Identity", "AllowAll", "NOT_DONE_YET", "json_body"]

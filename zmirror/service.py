@@ -1,0 +1,113 @@
+"""Small services used by the wiring: DB lifecycle and graceful drain."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.resource import IResource, Resource
+from zope.interface import implementer
+
+log = Logger()
+
+
+class DatabaseService(Service):
+    """Starts the adbapi pools with the service and closes them on stop."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def startService(self):
+        super().startService()
+        self.db.start()
+
+    def stopService(self):
+        super().stopService()
+        self.db.close()
+
+
+class CallbackService(Service):
+    """Runs ``start()`` / ``stop()`` callables (stop may return a Deferred)."""
+
+    def __init__(self, start=None, stop=None):
+        self._start, self._stop = start, stop
+
+    def startService(self):
+        super().startService()
+        if self._start:
+            self._start()
+
+    def stopService(self):
+        super().stopService()
+        if self._stop:
+            return self._stop()
+
+
+@implementer(IResource)
+class InflightTracker:
+    """Wraps the root resource and counts requests that have not finished."""
+
+    isLeaf = True  # the wrapped Klein resource is a leaf too and routes on the whole path
+
+    def __init__(self, wrapped: Resource):
+        self.wrapped = wrapped
+        self.inflight = 0
+        self._waiters: list[Deferred] = []
+
+    def getChildWithDefault(self, name, request):
+        return self.wrapped.getChildWithDefault(name, request)
+
+    def render(self, request):
+        self._begin(request)
+        return self.wrapped.render(request)
+
+    def putChild(self, path, child):
+        self.wrapped.putChild(path, child)
+
+    def _begin(self, request):
+        if getattr(request, "_zmirror_tracked", False):
+            return
+        request._zmirror_tracked = True
+        self.inflight += 1
+        request.notifyFinish().addBoth(self._end)
+
+    def _end(self, _):
+        self.inflight -= 1
+        if self.inflight == 0:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def drained(self) -> Deferred:
+        if self.inflight == 0:
+            from twisted.internet.defer import succeed
+
+            return succeed(None)
+        d = Deferred()
+        self._waiters.append(d)
+        return d
+
+
+class DrainService(Service):
+    """On stop, waits (at most ``timeout`` s) for in-flight requests to finish.
+
+    Added to the MultiService *before* the listening port, so on shutdown the
+    port stops accepting first, then this waits, then the database closes.
+    """
+
+    def __init__(self, tracker: InflightTracker, clock: Any, timeout: float = 10.0):
+        self.tracker = tracker
+        self.clock = clock
+        self.timeout = timeout
+
+    def stopService(self):
+        super().stopService()
+        if self.tracker.inflight == 0:
+            return None
+        log.info("waiting up to {t}s for {n} in-flight requests", t=self.timeout, n=self.tracker.inflight)
+        d = self.tracker.drained()
+        d.addTimeout(self.timeout, self.clock, onTimeoutCancel=lambda *_: log.warn(
+            "shutdown: {n} requests still in flight, closing", n=self.tracker.inflight))
+        return d

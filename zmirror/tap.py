@@ -1,0 +1,93 @@
+"""The single wiring point: ``Options`` and ``makeService(options, reactor)``.
+
+Used by the twistd plugin (``twistd -n zmirror``) and by ``zmirror.tac``
+(options from ``ZMIRROR_*`` environment variables).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.logger import Logger
+from twisted.python import usage
+
+from zmirror import __version__
+
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "[--data DIR] [--config FILE] [--listen ENDPOINT]"
+    longdesc = "ZMirror: a Docker/OCI registry pull proxy. / Docker/OCI 镜像仓库拉取代理。"
+    optParameters = [
+        ["data", "d", None, "Data directory (default ./data; created on first start)"],
+        ["config", "c", None, "Config file (default <data>/config.toml; created if missing)"],
+        ["listen", "l", None, "Twisted endpoint string to listen on (default from config: tcp:PORT:interface=HOST)"],
+    ]
+
+
+def options_from_env(environ=None) -> Options:
+    """Options for ``zmirror.tac``: ``ZMIRROR_DATA``, ``ZMIRROR_CONFIG``, ``ZMIRROR_LISTEN``."""
+    env = os.environ if environ is None else environ
+    opts = Options()
+    argv = []
+    for name in ("data", "config", "listen"):
+        value = env.get("ZMIRROR_" + name.upper())
+        if value:
+            argv += [f"--{name}", value]
+    opts.parseOptions(argv)
+    return opts
+
+
+def fail(message: str):
+    """A user error: one line on stderr, exit status 1, no traceback."""
+    raise SystemExit(f"zmirror: error: {message}")
+
+
+def makeService(options: Any, reactor: Any = None) -> service.MultiService:
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    from zmirror.config import ConfigError, load_config
+    from zmirror.db import DatabaseError
+
+    try:
+        config = load_config(options["data"], options["config"])
+        components = build(config, reactor)
+    except (ConfigError, DatabaseError) as e:
+        fail(str(e))
+    for w in config.warnings:
+        log.warn("config: {w}", w=w)
+    if config.admin_password_is_default:
+        log.warn(
+            "\n" + "!" * 72 + "\n"
+            "!!  The admin password is still the default. Change [admin] password in\n"
+            "!!  {path}\n"
+            "!!  管理员密码仍为默认值，请修改配置文件中的 [admin] password。\n" + "!" * 72,
+            path=str(config.config_path),
+        )
+    listen = options["listen"] or config.listen_endpoint()
+    top = service.MultiService()
+    for svc in components["services"]:
+        svc.setServiceParent(top)
+    try:
+        web = strports.service(listen, components["site"], reactor=reactor)
+    except (ValueError, KeyError) as e:
+        fail(f"invalid listen endpoint {listen!r}: {e}")
+    web.setServiceParent(top)
+    log.info("zmirror {v} listening on {listen}, data in {data}", v=__version__, listen=listen,
+             data=str(config.data_dir))
+    top.components = components  # for tests and the tac
+    return top
+
+
+def build(config, reactor) -> dict:
+    from zmirror import wiring
+
+    return wiring.build(config, reactor)
+
+
+__all__ = ["Options", "makeService", "options_from_env"]
