@@ -1,0 +1,17 @@
+"""Store-level errors, mapped to HTTP answers by the admin API."""
+
+
+class StoreError(Exception):
+    pass
+
+
+class NotFound(StoreError):
+    """No row with that id (→ 404)."""
+
+
+class Conflict(StoreError):
+    """A unique value already exists (→ 409).  ``field`` names it."""
+
+    def __init__(self, field: str, message: str = "already exists"):
+        self.field = field
+        super().__init__(f"{field}: {message}")
