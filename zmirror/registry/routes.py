@@ -9,10 +9,11 @@ registry JSON format; nothing below may leak a traceback to the client.
 from __future__ import annotations
 
 import json
-import time
+from inspect import isawaitable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
@@ -124,7 +125,12 @@ class RegistryRoutes:
                 raise RegistryError("UNAVAILABLE", "no proxy core configured")
             result = await self.proxy.pull(pull)
             request.setHeader(*API_VERSION_HEADER)
-            return result.send(request)
+            out = result.send(request)
+            if isawaitable(out):
+                out = await out
+            return out
+        except CancelledError:
+            raise  # the client went away; Klein cancelled us
         except RegistryError as e:
             if rec is not None and e.status in (401, 403):
                 rec.kind = "denied"

@@ -1,0 +1,371 @@
+"""The proxy core: decides where an answer comes from and shapes it.
+
+``Proxy.pull(pull_request)`` returns a result object with ``send(request)``:
+:class:`BytesResult` for manifests, tag lists and HEADs (small bodies held in
+memory) or :class:`StreamResult` for blob bodies (relayed with backpressure,
+never buffered).  Upstreams are tried in priority order with failover
+(:meth:`Proxy._fetch`); the pull-through cache plugs in before that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Optional
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.iweb import UNKNOWN_LENGTH
+
+from zmirror.registry.errors import RegistryError
+from zmirror.registry.reference import BLOB, MANIFEST, TAGS, parse_tag
+from zmirror.upstream.client import Upstream, UpstreamError, UpstreamPool, discard, read_limited
+from zmirror.upstream.relay import BlobRelay
+
+log = Logger()
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DEFAULT_ACCEPT = [DOCKER_V2, DOCKER_LIST, OCI_MANIFEST, OCI_INDEX]
+
+MAX_MANIFEST = 8 << 20
+MAX_TAGS = 16 << 20
+IMMUTABLE = "max-age=31536000, immutable"
+TAG_TTL = "max-age=300"
+
+
+@dataclass
+class BytesResult:
+    """A small answer held in memory (manifest, tag list, any HEAD)."""
+
+    status: int
+    headers: dict[bytes, bytes]
+    body: bytes = b""
+    head: bool = False
+    content_length: Optional[int] = None
+
+    def send(self, request) -> bytes:
+        request.setResponseCode(self.status)
+        for k, v in self.headers.items():
+            request.setHeader(k, v)
+        length = self.content_length if self.content_length is not None else len(self.body)
+        request.setHeader(b"Content-Length", str(length).encode())
+        return b"" if self.head else self.body
+
+
+@dataclass
+class StreamResult:
+    """A blob body relayed from an upstream response."""
+
+    status: int
+    headers: dict[bytes, bytes]
+    response: Any
+    clock: Any
+    expected_digest: Optional[str]
+    expected_length: Optional[int]
+    idle_timeout: float
+    on_end: Optional[Callable[[Any], None]] = None
+    sinks: tuple = field(default_factory=tuple)
+
+    async def send(self, request):
+        request.setResponseCode(self.status)
+        for k, v in self.headers.items():
+            request.setHeader(k, v)
+        if self.expected_length is not None:
+            request.setHeader(b"Content-Length", str(self.expected_length).encode())
+        relay = BlobRelay(
+            request, self.clock,
+            expected_digest=self.expected_digest,
+            expected_length=self.expected_length,
+            idle_timeout=self.idle_timeout,
+            sinks=self.sinks,
+        )
+        self.response.deliverBody(relay)
+        outcome = await relay.done  # cancelling this aborts the upstream transfer
+        if self.on_end is not None:
+            self.on_end(outcome)
+        return None
+
+
+@dataclass
+class _Attempt:
+    upstream: Upstream
+    kind: str  # ok | notfound | denied | ratelimited | error
+    detail: str = ""
+    retry_after: Optional[str] = None
+
+
+def _cache_control(pull, max_age: str) -> bytes:
+    scope = "private" if pull.identity.private else "public"
+    return f"{scope}, {max_age}".encode()
+
+
+class Proxy:
+    def __init__(self, pool: UpstreamPool, clock: Any, *, idle_timeout: float = 60.0, cache: Any = None):
+        self.pool = pool
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self.cache = cache
+
+    async def pull(self, pull):
+        kind = pull.path.kind
+        if kind == MANIFEST:
+            return await self.manifest(pull)
+        if kind == BLOB:
+            return await self.blob(pull)
+        if kind == TAGS:
+            return await self.tags(pull)
+        raise RegistryError("NOT_FOUND", status=404)
+
+    # -- failover ---------------------------------------------------------
+    async def _fetch(
+        self,
+        pull,
+        method: bytes,
+        path: str,
+        headers: dict,
+        *,
+        unknown_code: str,
+        ok_codes: tuple[int, ...] = (200,),
+        terminal_codes: tuple[int, ...] = (),
+        validate: Optional[Callable[[Upstream, Any], Awaitable[Any]]] = None,
+    ):
+        """Try upstreams in order; returns ``(upstream, response, validated)``.
+
+        ``validate(up, resp)`` may read the body and raise UpstreamError to
+        fail over to the next upstream (e.g. a digest mismatch).
+        """
+        scope = f"repository:{pull.path.name}:pull"
+        attempts: list[_Attempt] = []
+        candidates = self.pool.candidates()
+        if not candidates:
+            raise RegistryError("UNAVAILABLE", "no upstream registry is enabled", status=503)
+        for up in candidates:
+            started = self.clock.seconds()
+            try:
+                resp = await self.pool.request(up, method, path, headers=headers, scope=scope)
+            except UpstreamError as e:
+                self.pool.mark_failed(up, str(e))
+                attempts.append(_Attempt(up, "error", str(e)))
+                continue
+            code = resp.code
+            if code in ok_codes or code in terminal_codes:
+                try:
+                    validated = await validate(up, resp) if validate and code in ok_codes else None
+                except UpstreamError as e:
+                    self.pool.mark_failed(up, str(e))
+                    attempts.append(_Attempt(up, "error", str(e)))
+                    continue
+                self.pool.mark_ok(up, self.clock.seconds() - started)
+                if pull.record is not None:
+                    pull.record.upstream = up.name
+                return up, resp, validated
+            discard(resp)
+            if code == 404:
+                self.pool.mark_ok(up, self.clock.seconds() - started)
+                attempts.append(_Attempt(up, "notfound", "404"))
+            elif code in (401, 403):
+                attempts.append(_Attempt(up, "denied", f"{code} after authentication"))
+            elif code == 429:
+                ra = resp.headers.getRawHeaders(b"retry-after")
+                attempts.append(_Attempt(up, "ratelimited", "429",
+                                         ra[0].decode("latin-1") if ra else None))
+            elif code >= 500:
+                self.pool.mark_failed(up, f"HTTP {code}")
+                attempts.append(_Attempt(up, "error", f"HTTP {code}"))
+            else:
+                attempts.append(_Attempt(up, "error", f"unexpected HTTP {code}"))
+        raise self._final_error(attempts, unknown_code)
+
+    def _final_error(self, attempts: list[_Attempt], unknown_code: str) -> RegistryError:
+        kinds = {a.kind for a in attempts}
+        detail = [{"upstream": a.upstream.name, "result": a.kind, "detail": a.detail} for a in attempts]
+        if kinds <= {"notfound", "denied"}:
+            return RegistryError(unknown_code, detail=detail)
+        if kinds == {"ratelimited"}:
+            waits = []
+            for a in attempts:
+                try:
+                    waits.append(int(a.retry_after))
+                except (TypeError, ValueError):
+                    pass
+            retry = str(min(waits)) if waits else "60"
+            return RegistryError("TOOMANYREQUESTS", "every upstream registry is rate-limiting us",
+                                 detail=detail, headers={b"Retry-After": retry.encode()})
+        if "error" in kinds:
+            return RegistryError("UPSTREAM_ERROR", "no upstream registry could answer", detail=detail,
+                                 status=502)
+        return RegistryError("UNAVAILABLE", "no upstream registry could answer", detail=detail, status=503)
+
+    # -- manifests --------------------------------------------------------
+    async def manifest(self, pull) -> BytesResult:
+        name, ref = pull.path.name, pull.path.reference
+        accept = pull.accept or DEFAULT_ACCEPT
+        headers = {b"Accept": ", ".join(accept).encode("latin-1")}
+        path = f"/v2/{name}/manifests/{ref}"
+        by_digest = pull.path.by_digest
+        cache_control = _cache_control(pull, IMMUTABLE if by_digest else TAG_TTL)
+
+        if pull.head:
+            up, resp, _ = await self._fetch(pull, b"HEAD", path, headers, unknown_code="MANIFEST_UNKNOWN")
+            digest = _header(resp, b"docker-content-digest")
+            length = _header(resp, b"content-length")
+            ctype = _header(resp, b"content-type")
+            discard(resp)
+            if by_digest and digest and digest != ref:
+                digest = None  # do not trust it; fall through to GET and verify
+            if digest and length and length.isdigit() and ctype:
+                return BytesResult(200, {
+                    b"Content-Type": ctype.encode(),
+                    b"Docker-Content-Digest": digest.encode(),
+                    b"Etag": f'"{digest}"'.encode(),
+                    b"Cache-Control": cache_control,
+                }, head=True, content_length=int(length))
+            # the upstream's HEAD lacks what clients need: GET and compute
+
+        async def read_manifest(up, resp):
+            body = await _with_timeout(read_limited(resp, MAX_MANIFEST), self.idle_timeout, self.clock)
+            algo = ref.split(":")[0] if by_digest else "sha256"
+            computed = f"{algo}:{hashlib.new(algo, body).hexdigest()}"
+            if by_digest and computed != ref:
+                raise UpstreamError(f"manifest digest mismatch from {up.name}: got {computed}")
+            claimed = _header(resp, b"docker-content-digest")
+            if claimed and claimed.startswith("sha256:") and claimed != computed and algo == "sha256":
+                log.warn("upstream {name} claimed digest {c} but content hashes to {d}",
+                         name=up.name, c=claimed, d=computed)
+            return body, computed
+
+        up, resp, (body, digest) = await self._fetch(
+            pull, b"GET", path, headers, unknown_code="MANIFEST_UNKNOWN", validate=read_manifest)
+        ctype = _header(resp, b"content-type") or _sniff_media_type(body)
+        return BytesResult(200, {
+            b"Content-Type": ctype.encode(),
+            b"Docker-Content-Digest": digest.encode(),
+            b"Etag": f'"{digest}"'.encode(),
+            b"Cache-Control": cache_control,
+        }, body=body, head=pull.head)
+
+    # -- blobs --------------------------------------------------------------
+    async def blob(self, pull):
+        name, digest = pull.path.name, pull.path.reference
+        path = f"/v2/{name}/blobs/{digest}"
+        headers: dict = {}
+        if pull.range and not pull.head:
+            headers[b"Range"] = pull.range.encode("latin-1")
+        method = b"HEAD" if pull.head else b"GET"
+        up, resp, _ = await self._fetch(pull, method, path, headers, unknown_code="BLOB_UNKNOWN",
+                                        ok_codes=(200, 206), terminal_codes=(416,))
+        out = {
+            b"Content-Type": (_header(resp, b"content-type") or "application/octet-stream").encode(),
+            b"Docker-Content-Digest": digest.encode(),
+            b"Etag": f'"{digest}"'.encode(),
+            b"Accept-Ranges": b"bytes",
+            b"Cache-Control": _cache_control(pull, IMMUTABLE),
+        }
+        if pull.record is not None:
+            pull.record.cache_hit = False if self.cache is not None else None
+        if resp.code == 416:
+            discard(resp)
+            cr = _header(resp, b"content-range")
+            raise RegistryError("RANGE_INVALID", headers={b"Content-Range": cr.encode()} if cr else None)
+        if pull.head:
+            length = _header(resp, b"content-length")
+            discard(resp)
+            return BytesResult(200, out, head=True,
+                               content_length=int(length) if length and length.isdigit() else 0)
+        length = None if resp.length is UNKNOWN_LENGTH else int(resp.length)
+        if resp.code == 206:
+            cr = _header(resp, b"content-range")
+            if cr:
+                out[b"Content-Range"] = cr.encode()
+            return StreamResult(206, out, resp, self.clock, None, length, self.idle_timeout)
+        return StreamResult(200, out, resp, self.clock, digest, length, self.idle_timeout)
+
+    # -- tags ---------------------------------------------------------------
+    async def tags(self, pull) -> BytesResult:
+        name = pull.path.name
+        query = {}
+        n = _arg(pull.query, b"n")
+        if n is not None:
+            if not n.isdigit() or len(n) > 6:
+                raise RegistryError("BAD_REQUEST", "n must be a non-negative integer", status=400)
+            query["n"] = n
+        last = _arg(pull.query, b"last")
+        if last is not None and last != "":
+            query["last"] = parse_tag(last)
+        path = f"/v2/{name}/tags/list" + ("?" + urlencode(query) if query else "")
+
+        async def read_tags(up, resp):
+            return await _with_timeout(read_limited(resp, MAX_TAGS), self.idle_timeout, self.clock)
+
+        up, resp, body = await self._fetch(pull, b"GET", path, {b"Accept": b"application/json"},
+                                           unknown_code="NAME_UNKNOWN", validate=read_tags)
+        headers = {
+            b"Content-Type": b"application/json; charset=utf-8",
+            b"Cache-Control": b"no-store",
+        }
+        link = _header(resp, b"link")
+        if link:
+            rewritten = _rewrite_link(link, name, pull.base_url)
+            if rewritten:
+                headers[b"Link"] = rewritten.encode()
+        return BytesResult(200, headers, body=body, head=pull.head)
+
+
+def _header(resp, name: bytes) -> Optional[str]:
+    v = resp.headers.getRawHeaders(name)
+    return v[0].decode("latin-1") if v else None
+
+
+def _arg(query: dict, name: bytes) -> Optional[str]:
+    v = query.get(name)
+    if not v:
+        return None
+    try:
+        return v[0].decode("ascii")
+    except UnicodeDecodeError:
+        raise RegistryError("BAD_REQUEST", f"invalid {name.decode()} parameter", status=400) from None
+
+
+def _rewrite_link(link: str, name: str, base_url: str) -> Optional[str]:
+    """Point an upstream ``Link: <...?last=x&n=y>; rel="next"`` at this server."""
+    start, end = link.find("<"), link.find(">")
+    if start < 0 or end < start:
+        return None
+    target = urlsplit(link[start + 1:end])
+    q = parse_qs(target.query)
+    keep = {}
+    for key in ("n", "last"):
+        if key in q and q[key]:
+            keep[key] = q[key][0]
+    rest = link[end + 1:]
+    return f"<{base_url}/v2/{name}/tags/list?{urlencode(keep)}>{rest}"
+
+
+def _sniff_media_type(body: bytes) -> str:
+    try:
+        doc = json.loads(body)
+        mt = doc.get("mediaType")
+        if isinstance(mt, str) and mt:
+            return mt
+        if doc.get("schemaVersion") == 1:
+            return "application/vnd.docker.distribution.manifest.v1+prettyjws"
+    except (ValueError, AttributeError):
+        pass
+    return OCI_MANIFEST
+
+
+async def _with_timeout(d: Deferred | Any, timeout: float, clock: Any):
+    if not isinstance(d, Deferred):
+        d = Deferred.fromCoroutine(d)
+    d.addTimeout(timeout, clock)
+    try:
+        return await d
+    except Exception as e:
+        if isinstance(e, UpstreamError):
+            raise
+        raise UpstreamError(f"reading the upstream body failed: {e.__class__.__name__}") from None

@@ -1,0 +1,180 @@
+"""``WWW-Authenticate`` parsing and the upstream token cache.
+
+The parser follows RFC 7235's grammar closely enough for registries: several
+challenges in one header, quoted-string values with escapes and commas
+(``scope="repository:a:pull,push"``), and token68 values for Basic.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from twisted.internet.defer import Deferred
+
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_SCHEME_RE = re.compile(r"\s*(" + _TOKEN + r")")
+_PARAM_RE = re.compile(r"\s*(" + _TOKEN + r")\s*=\s*")
+_TOKEN_VALUE_RE = re.compile(_TOKEN)
+_TOKEN68_RE = re.compile(r"\s*([A-Za-z0-9\-._~+/]+=*)\s*(?:,|$)")
+
+
+@dataclass(frozen=True)
+class Challenge:
+    scheme: str  # lower-cased: "bearer", "basic", ...
+    params: dict[str, str] = field(default_factory=dict)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self.params.get(name.lower(), default)
+
+
+class ChallengeParseError(ValueError):
+    pass
+
+
+def _quoted(s: str, i: int) -> tuple[str, int]:
+    # s[i] == '"'
+    out = []
+    i += 1
+    while i < len(s):
+        c = s[i]
+        if c == "\\" and i + 1 < len(s):
+            out.append(s[i + 1])
+            i += 2
+            continue
+        if c == '"':
+            return "".join(out), i + 1
+        out.append(c)
+        i += 1
+    raise ChallengeParseError("unterminated quoted string")
+
+
+def parse_www_authenticate(header: str) -> list[Challenge]:
+    """Parse one (or a comma-joined list of) ``WWW-Authenticate`` values."""
+    challenges: list[Challenge] = []
+    i, n = 0, len(header)
+    while i < n:
+        while i < n and header[i] in " \t,":
+            i += 1
+        if i >= n:
+            break
+        m = _SCHEME_RE.match(header, i)
+        if not m:
+            raise ChallengeParseError(f"expected an auth scheme at {i}")
+        scheme = m.group(1).lower()
+        i = m.end()
+        params: dict[str, str] = {}
+        # token68 (e.g. "Basic abc==") — only if not followed by '='-param syntax
+        t68 = _TOKEN68_RE.match(header, i)
+        if t68 and not _PARAM_RE.match(header, i):
+            params[""] = t68.group(1)
+            i = t68.end()
+            challenges.append(Challenge(scheme, params))
+            continue
+        while i < n:
+            save = i
+            while i < n and header[i] in " \t":
+                i += 1
+            pm = _PARAM_RE.match(header, i)
+            if not pm:
+                i = save
+                break
+            # a new challenge starts with "scheme param=" — detect "token token=" lookahead
+            name = pm.group(1).lower()
+            i = pm.end()
+            if i < n and header[i] == '"':
+                value, i = _quoted(header, i)
+            else:
+                vm = _TOKEN_VALUE_RE.match(header, i)
+                if not vm:
+                    raise ChallengeParseError(f"expected a value for {name!r}")
+                value, i = vm.group(0), vm.end()
+            params[name] = value
+            while i < n and header[i] in " \t":
+                i += 1
+            if i < n and header[i] == ",":
+                i += 1
+                # next item may be another param or a new challenge
+                j = i
+                while j < n and header[j] in " \t,":
+                    j += 1
+                sm = _SCHEME_RE.match(header, j)
+                if sm:
+                    after = sm.end()
+                    # "scheme param=..." or "scheme token68" or bare "scheme" → new challenge
+                    if not (after < n and header[after:].lstrip(" \t").startswith("=")):
+                        i = j
+                        break
+                continue
+            elif i < n:
+                raise ChallengeParseError(f"unexpected character {header[i]!r} at {i}")
+        challenges.append(Challenge(scheme, params))
+    return challenges
+
+
+def parse_headers(values: list[bytes] | None) -> list[Challenge]:
+    out: list[Challenge] = []
+    for v in values or []:
+        try:
+            out.extend(parse_www_authenticate(v.decode("latin-1")))
+        except ChallengeParseError:
+            continue
+    return out
+
+
+@dataclass
+class CachedToken:
+    token: str
+    expires_at: float
+
+
+class TokenCache:
+    """Tokens per key until they expire, with one in-flight fetch per key.
+
+    ``get(key, fetch)`` returns a cached token or awaits ``fetch()`` which must
+    return ``(token, expires_in_seconds)``; concurrent callers for one key share
+    that single fetch.
+    """
+
+    MARGIN = 5.0  # seconds before expiry at which a token is no longer handed out
+
+    def __init__(self, clock: Any):
+        self.clock = clock
+        self._tokens: dict[Any, CachedToken] = {}
+        self._inflight: dict[Any, list[Deferred]] = {}
+
+    def peek(self, key: Any) -> str | None:
+        t = self._tokens.get(key)
+        if t and t.expires_at - self.MARGIN > self.clock.seconds():
+            return t.token
+        if t:
+            del self._tokens[key]
+        return None
+
+    def invalidate(self, key: Any) -> None:
+        self._tokens.pop(key, None)
+
+    async def get(self, key: Any, fetch: Callable[[], Awaitable[tuple[str, float]]]) -> str:
+        cached = self.peek(key)
+        if cached is not None:
+            return cached
+        waiters = self._inflight.get(key)
+        if waiters is not None:
+            d: Deferred = Deferred()
+            waiters.append(d)
+            return await d
+        self._inflight[key] = []
+        try:
+            token, expires_in = await fetch()
+        except BaseException as e:
+            for d in self._inflight.pop(key, []):
+                d.errback(e)
+            raise
+        self._tokens[key] = CachedToken(token, self.clock.seconds() + max(expires_in, 0))
+        for d in self._inflight.pop(key, []):
+            d.callback(token)
+        return token
+
+    def __len__(self) -> int:
+        return len(self._tokens)

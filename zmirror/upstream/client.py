@@ -1,0 +1,384 @@
+"""Requests to upstream registries: auth, redirects, health and failover order.
+
+One :class:`UpstreamPool` holds the enabled upstreams (refreshed from the
+``registries`` table when it changes — never queried per request) and their
+health memory.  :meth:`UpstreamPool.request` sends one request to one upstream:
+
+- answers a ``401`` challenge: Bearer (token fetched anonymously or with the
+  upstream's credentials, cached per (upstream, realm, service, scope) until
+  ``expires_in``, one fetch in flight per key) or Basic (configured credentials);
+- follows redirects itself, dropping ``Authorization`` on any hop that leaves
+  the upstream's origin (CDN hops), so credentials only ever go to the upstream
+  registry and its token realm;
+- applies a timeout until the response headers arrive.
+
+Bodies are never read here: callers get the :class:`IResponse` and stream it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+from urllib.parse import urlencode, urljoin, urlsplit
+
+from twisted.internet import error as ierror
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferTimeout
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.web.client import ResponseFailed, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
+
+from zmirror.upstream.auth import TokenCache, parse_headers
+
+log = Logger()
+
+USER_AGENT = b"zmirror/0.1 (+https://github.com/zmirror)"
+MAX_REDIRECTS = 5
+MAX_TOKEN_BODY = 1 << 20
+FAILURES_BEFORE_COOLDOWN = 3
+
+
+class UpstreamError(Exception):
+    """A failed attempt at one upstream (connection, TLS, timeout, bad answer)."""
+
+    def __init__(self, message: str, *, status: Optional[int] = None, retry_after: Optional[str] = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass
+class Health:
+    state: str = "unknown"  # up | down | cooldown | unknown
+    last_error: Optional[str] = None
+    last_latency_ms: Optional[float] = None
+    last_checked_at: Optional[float] = None
+    consecutive_failures: int = 0
+    cooldown_until: float = 0.0
+
+    def as_dict(self, now: float) -> dict:
+        state = self.state
+        if self.cooldown_until > now:
+            state = "cooldown"
+        return {
+            "state": state,
+            "last_error": self.last_error,
+            "last_latency_ms": self.last_latency_ms,
+            "last_checked_at": self.last_checked_at,
+            "consecutive_failures": self.consecutive_failures,
+        }
+
+
+@dataclass
+class Upstream:
+    id: int
+    name: str
+    url: str  # base URL without trailing slash, e.g. https://registry-1.docker.io
+    priority: int = 100
+    enabled: bool = True
+    username: str = ""
+    password: str = field(default="", repr=False)
+    health: Health = field(default_factory=Health)
+
+    @property
+    def origin(self) -> tuple[str, str, int]:
+        return _origin(self.url)
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.username or self.password)
+
+    def basic_auth(self) -> bytes:
+        raw = f"{self.username}:{self.password}".encode()
+        return b"Basic " + base64.b64encode(raw)
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    u = urlsplit(url)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    return (u.scheme, (u.hostname or "").lower(), port)
+
+
+class _Discard(Protocol):
+    """Aborts a response body we do not want (closes that connection)."""
+
+    def connectionMade(self):
+        self.transport.stopProducing()
+
+
+def discard(response) -> None:
+    try:
+        response.deliverBody(_Discard())
+    except Exception:
+        pass
+
+
+class UpstreamPool:
+    """The enabled upstreams in priority order, their health and the HTTP agent."""
+
+    def __init__(self, agent: Any, clock: Any, *, header_timeout: float = 10.0, cooldown: float = 30.0,
+                 treq_client: Any = None):
+        self.agent = agent
+        self.clock = clock
+        self.header_timeout = header_timeout
+        self.cooldown = cooldown
+        self.tokens = TokenCache(clock)
+        self.upstreams: list[Upstream] = []
+        self._health: dict[int, Health] = {}
+
+    # -- the registry list -------------------------------------------------
+    def set_registries(self, rows: list[dict]) -> None:
+        """Replace the upstream list from ``registries`` rows (keeps health by id)."""
+        ups = []
+        for r in rows:
+            if not r.get("enabled", True):
+                continue
+            uid = int(r["id"])
+            health = self._health.setdefault(uid, Health())
+            ups.append(Upstream(
+                id=uid, name=r.get("name") or r["url"], url=str(r["url"]).rstrip("/"),
+                priority=int(r.get("priority", 100)), enabled=True,
+                username=r.get("username") or "", password=r.get("password") or "", health=health,
+            ))
+        ups.sort(key=lambda u: (u.priority, u.id))
+        self.upstreams = ups
+        live = {u.id for u in ups}
+        for uid in list(self._health):
+            if uid not in live and uid not in {int(r["id"]) for r in rows}:
+                del self._health[uid]
+
+    def candidates(self) -> list[Upstream]:
+        """Upstreams to try, in order: healthy ones first by priority; ones in
+        cool-down are skipped unless every upstream is cooling down."""
+        now = self.clock.seconds()
+        ready = [u for u in self.upstreams if u.health.cooldown_until <= now]
+        if ready:
+            return ready
+        return sorted(self.upstreams, key=lambda u: u.health.cooldown_until)
+
+    def health(self) -> dict[int, dict]:
+        now = self.clock.seconds()
+        return {uid: h.as_dict(now) for uid, h in self._health.items()}
+
+    def mark_ok(self, up: Upstream, latency: float) -> None:
+        h = up.health
+        h.state = "up"
+        h.consecutive_failures = 0
+        h.cooldown_until = 0.0
+        h.last_latency_ms = round(latency * 1000, 1)
+        h.last_checked_at = self.clock.seconds()
+
+    def mark_failed(self, up: Upstream, message: str) -> None:
+        h = up.health
+        h.state = "down"
+        h.last_error = message[:300]
+        h.last_checked_at = self.clock.seconds()
+        h.consecutive_failures += 1
+        if h.consecutive_failures >= FAILURES_BEFORE_COOLDOWN and self.cooldown > 0:
+            h.cooldown_until = self.clock.seconds() + self.cooldown
+            log.warn("upstream {name} failed {n} times in a row ({err}); skipping it for {s}s",
+                     name=up.name, n=h.consecutive_failures, err=h.last_error, s=self.cooldown)
+
+    # -- requests ----------------------------------------------------------
+    async def request(self, up: Upstream, method: bytes, path: str, *, headers: Optional[dict] = None,
+                      scope: Optional[str] = None):
+        """Send ``method path`` to ``up`` with auth and redirects; returns the IResponse.
+
+        Raises UpstreamError for connection/TLS/timeout failures.  The caller
+        decides what a status means; a final 401 is returned as is.
+        """
+        url = up.url + path
+        hdrs = dict(headers or {})
+        key = self._token_key(up, scope)
+        auth = self._cached_auth(up, key)
+        resp = await self._send(up, method, url, hdrs, auth)
+        if resp.code == 401:
+            challenges = parse_headers(resp.headers.getRawHeaders(b"www-authenticate"))
+            new_auth = await self._answer_challenge(up, challenges, scope)
+            if new_auth is not None and new_auth != auth:
+                discard(resp)
+                resp = await self._send(up, method, url, hdrs, new_auth)
+        return resp
+
+    def _token_key(self, up: Upstream, scope: Optional[str]):
+        return (up.id, up.url, up.username, scope or "")
+
+    def _cached_auth(self, up: Upstream, key) -> Optional[bytes]:
+        tok = self.tokens.peek(key)
+        if tok:
+            return b"Bearer " + tok.encode()
+        return None
+
+    async def _answer_challenge(self, up: Upstream, challenges, scope: Optional[str]) -> Optional[bytes]:
+        for ch in challenges:
+            if ch.scheme == "bearer" and ch.get("realm"):
+                realm = ch.get("realm")
+                if urlsplit(realm).scheme not in ("http", "https"):
+                    continue
+                service = ch.get("service") or ""
+                want_scope = scope or ch.get("scope") or ""
+                key = self._token_key(up, scope)
+                self.tokens.invalidate(key)
+
+                async def fetch(realm=realm, service=service, want_scope=want_scope):
+                    return await self._fetch_token(up, realm, service, want_scope)
+
+                token = await self.tokens.get(key, fetch)
+                return b"Bearer " + token.encode()
+        for ch in challenges:
+            if ch.scheme == "basic" and up.has_credentials:
+                return up.basic_auth()
+        return None
+
+    async def _fetch_token(self, up: Upstream, realm: str, service: str, scope: str) -> tuple[str, float]:
+        query = {}
+        if service:
+            query["service"] = service
+        if scope:
+            query["scope"] = scope
+        if up.username:
+            query["account"] = up.username
+        sep = "&" if "?" in realm else "?"
+        url = realm + (sep + urlencode(query) if query else "")
+        hdrs = {}
+        if up.has_credentials:
+            hdrs[b"Authorization"] = up.basic_auth()
+        resp = await self._send_once(b"GET", url, hdrs)
+        if resp.code != 200:
+            discard(resp)
+            raise UpstreamError(f"token endpoint answered {resp.code}", status=resp.code)
+        body = await _read_limited(resp, MAX_TOKEN_BODY)
+        try:
+            data = json.loads(body)
+            token = data.get("token") or data.get("access_token")
+            expires_in = float(data.get("expires_in") or 60)
+        except (ValueError, AttributeError, TypeError):
+            raise UpstreamError("token endpoint answered invalid JSON") from None
+        if not token or not isinstance(token, str):
+            raise UpstreamError("token endpoint answered no token")
+        return token, expires_in
+
+    async def _send(self, up: Upstream, method: bytes, url: str, hdrs: dict, auth: Optional[bytes]):
+        origin = up.origin
+        for _hop in range(MAX_REDIRECTS + 1):
+            h = dict(hdrs)
+            if auth is not None and _origin(url) == origin:
+                h[b"Authorization"] = auth
+            resp = await self._send_once(method, url, h)
+            if resp.code in (301, 302, 303, 307, 308):
+                loc = resp.headers.getRawHeaders(b"location")
+                discard(resp)
+                if not loc:
+                    raise UpstreamError(f"redirect {resp.code} without Location", status=502)
+                url = urljoin(url, loc[0].decode("latin-1"))
+                if urlsplit(url).scheme not in ("http", "https"):
+                    raise UpstreamError("redirect to a non-HTTP URL", status=502)
+                if resp.code == 303:
+                    method = b"GET" if method != b"HEAD" else b"HEAD"
+                continue
+            return resp
+        raise UpstreamError("too many redirects", status=502)
+
+    async def _send_once(self, method: bytes, url: str, hdrs: dict):
+        headers = Headers({b"User-Agent": [USER_AGENT]})
+        for k, v in hdrs.items():
+            if isinstance(v, list):
+                headers.setRawHeaders(k, v)
+            else:
+                headers.setRawHeaders(k, [v])
+        d = self.agent.request(method, url.encode("ascii"), headers, None)
+        d.addTimeout(self.header_timeout, self.clock)
+        try:
+            return await d
+        except (DeferTimeout, CancelledError) as e:
+            if isinstance(e, CancelledError) and not d.called:
+                raise
+            raise UpstreamError(f"no response from {_host(url)} within {self.header_timeout:g}s") from None
+        except ierror.ConnectError as e:
+            raise UpstreamError(f"cannot connect to {_host(url)}: {e.__class__.__name__}") from None
+        except ResponseFailed as e:
+            reasons = "; ".join(str(r.value) for r in e.reasons)[:200]
+            raise UpstreamError(f"{_host(url)}: response failed: {reasons}") from None
+        except (ierror.ConnectionLost, ierror.ConnectionDone) as e:
+            raise UpstreamError(f"{_host(url)}: connection lost: {e}") from None
+        except Exception as e:  # TLS errors, DNS errors, ...
+            if isinstance(e, UpstreamError):
+                raise
+            raise UpstreamError(f"{_host(url)}: {e.__class__.__name__}: {e}"[:300]) from None
+
+    async def probe(self, row: dict) -> dict:
+        """Reachability and auth of ``/v2/`` for the admin's "test connection"."""
+        up = Upstream(id=int(row.get("id") or 0), name=row.get("name") or "", url=str(row["url"]).rstrip("/"),
+                      username=row.get("username") or "", password=row.get("password") or "")
+        started = time.monotonic()
+        out: dict = {"ok": False, "status": None, "latency_ms": None, "auth": "none", "error": None}
+        try:
+            resp = await self._send(up, b"GET", up.url + "/v2/", {}, None)
+            if resp.code == 401:
+                challenges = parse_headers(resp.headers.getRawHeaders(b"www-authenticate"))
+                schemes = {c.scheme for c in challenges}
+                out["auth"] = "bearer" if "bearer" in schemes else "basic" if "basic" in schemes else "unknown"
+                auth = await self._answer_challenge(up, challenges, None)
+                discard(resp)
+                if auth is not None:
+                    resp = await self._send(up, b"GET", up.url + "/v2/", {}, auth)
+            out["status"] = resp.code
+            out["ok"] = resp.code == 200
+            if not out["ok"]:
+                out["error"] = f"/v2/ answered {resp.code}"
+            discard(resp)
+        except UpstreamError as e:
+            out["error"] = str(e)
+        out["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
+        return out
+
+
+def _host(url: str) -> str:
+    u = urlsplit(url)
+    return u.netloc.rsplit("@", 1)[-1]
+
+
+class _LimitedReader(Protocol):
+    def __init__(self, limit: int, finished: Deferred):
+        self.limit = limit
+        self.finished = finished
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def dataReceived(self, data: bytes):
+        self.size += len(data)
+        if self.size > self.limit:
+            if not self.finished.called:
+                self.finished.errback(UpstreamError(f"response larger than {self.limit} bytes"))
+            self.transport.stopProducing()
+            return
+        self.chunks.append(data)
+
+    def connectionLost(self, reason):
+        if self.finished.called:
+            return
+        from twisted.web.client import PotentialDataLoss, ResponseDone
+        from twisted.web.http import PotentialDataLoss as PDL2
+
+        if reason.check(ResponseDone, PotentialDataLoss, PDL2):
+            self.finished.callback(b"".join(self.chunks))
+        else:
+            self.finished.errback(UpstreamError(f"body read failed: {reason.value}"[:300]))
+
+
+async def _read_limited(response, limit: int) -> bytes:
+    """Read a small body (manifest, token, tags list) with a size cap."""
+    if response.length is not UNKNOWN_LENGTH and response.length > limit:
+        discard(response)
+        raise UpstreamError(f"response of {response.length} bytes is over the {limit} byte limit")
+    d: Deferred = Deferred()
+    response.deliverBody(_LimitedReader(limit, d))
+    return await d
+
+
+read_limited = _read_limited
+_ = readBody
