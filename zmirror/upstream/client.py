@@ -25,10 +25,10 @@ from typing import Any, Optional
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferTimeout
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.client import ResponseFailed, readBody
+from twisted.web.client import ResponseFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
@@ -291,24 +291,25 @@ class UpstreamPool:
             else:
                 headers.setRawHeaders(k, [v])
         d = self.agent.request(method, url.encode("ascii"), headers, None)
-        d.addTimeout(self.header_timeout, self.clock)
+        timed_out = []
+
+        def on_timeout():
+            timed_out.append(True)
+            d.cancel()
+
+        timer = self.clock.callLater(self.header_timeout, on_timeout)
         try:
             return await d
-        except (DeferTimeout, CancelledError) as e:
-            if isinstance(e, CancelledError) and not d.called:
+        except Exception as e:
+            if timed_out:
+                raise UpstreamError(f"no response from {_host(url)} within {self.header_timeout:g}s") from None
+            if isinstance(e, CancelledError):
                 raise
-            raise UpstreamError(f"no response from {_host(url)} within {self.header_timeout:g}s") from None
-        except ierror.ConnectError as e:
-            raise UpstreamError(f"cannot connect to {_host(url)}: {e.__class__.__name__}") from None
-        except ResponseFailed as e:
-            reasons = "; ".join(str(r.value) for r in e.reasons)[:200]
-            raise UpstreamError(f"{_host(url)}: response failed: {reasons}") from None
-        except (ierror.ConnectionLost, ierror.ConnectionDone) as e:
-            raise UpstreamError(f"{_host(url)}: connection lost: {e}") from None
-        except Exception as e:  # TLS errors, DNS errors, ...
-            if isinstance(e, UpstreamError):
-                raise
-            raise UpstreamError(f"{_host(url)}: {e.__class__.__name__}: {e}"[:300]) from None
+            raise _describe(e, url) from None
+        finally:
+            if timer.active():
+                timer.cancel()
+
 
     async def probe(self, row: dict) -> dict:
         """Reachability and auth of ``/v2/`` for the admin's "test connection"."""
@@ -335,6 +336,22 @@ class UpstreamPool:
             out["error"] = str(e)
         out["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
         return out
+
+
+def _describe(e: Exception, url: str) -> "UpstreamError":
+    try:
+        raise e
+    except ierror.ConnectError as e:
+        return UpstreamError(f"cannot connect to {_host(url)}: {e.__class__.__name__}")
+    except ResponseFailed as e:
+        reasons = "; ".join(f"{r.type.__name__}: {r.value}" for r in e.reasons)[:200]
+        return UpstreamError(f"{_host(url)}: response failed: {reasons}")
+    except (ierror.ConnectionLost, ierror.ConnectionDone) as e:
+        return UpstreamError(f"{_host(url)}: connection lost: {e}")
+    except UpstreamError as e:
+        return e
+    except Exception as e:  # TLS errors, DNS errors, ...
+        return UpstreamError(f"{_host(url)}: {e.__class__.__name__}: {e}"[:300])
 
 
 def _host(url: str) -> str:
@@ -381,4 +398,3 @@ async def _read_limited(response, limit: int) -> bytes:
 
 
 read_limited = _read_limited
-_ = readBody

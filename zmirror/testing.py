@@ -1,0 +1,253 @@
+"""Fakes shipped with the package for tests without a network.
+
+- :class:`FakeRegistry`: an in-memory upstream registry (Klein app) with
+  optional Docker-Hub-style token auth or Basic auth, a redirect of blobs to
+  a second "CDN" host, and fault injection (status codes, truncated or corrupt
+  bodies, never-answering requests).
+- :class:`HostAgent`: an ``IAgent`` that routes by URL host to in-memory
+  resources (``RequestTraversalAgent``), refusing connections to unknown hosts.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+from klein import Klein
+from treq.testing import RequestTraversalAgent
+from twisted.internet import error
+from twisted.internet.defer import Deferred, fail
+from twisted.web.iweb import IAgent
+from zope.interface import implementer
+
+DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class FakeRegistry:
+    """A tiny upstream registry.  ``requests`` records (method, host, path, headers)."""
+
+    app = Klein()
+
+    def __init__(self, *, auth: Optional[str] = None, realm: str = "http://auth.fake/token",
+                 service: str = "fake-registry", credentials: Optional[tuple[str, str]] = None,
+                 cdn: Optional[str] = None):
+        self.auth = auth  # None | "token" | "basic"
+        self.realm = realm
+        self.service = service
+        self.credentials = credentials
+        self.cdn = cdn  # e.g. "http://cdn.fake": blobs answer 307 there
+        self.manifests: dict[tuple[str, str], tuple[str, bytes]] = {}
+        self.blobs: dict[str, bytes] = {}
+        self.tags: dict[str, list[str]] = {}
+        self.requests: list[tuple[str, str, str, dict]] = []
+        self.token_requests: list[dict] = []
+        self.issued: set[str] = set()
+        # fault injection: path -> list of actions consumed one per request
+        # actions: int status | ("status", code, headers) | "hang" | "truncate" | "corrupt"
+        self.faults: dict[str, list[Any]] = {}
+        self.omit_digest = False
+
+    # -- content ----------------------------------------------------------
+    def add_manifest(self, name: str, tag: Optional[str], body: bytes, media_type: str = DOCKER_V2) -> str:
+        digest = sha256(body)
+        self.manifests[(name, digest)] = (media_type, body)
+        if tag:
+            self.manifests[(name, tag)] = (media_type, body)
+            self.tags.setdefault(name, []).append(tag)
+        return digest
+
+    def add_blob(self, data: bytes) -> str:
+        digest = sha256(data)
+        self.blobs[digest] = data
+        return digest
+
+    def resource(self):
+        return self.app.resource()
+
+    # -- helpers ------------------------------------------------------------
+    def _log(self, request):
+        hdrs = {k.decode().lower(): [x.decode() for x in v] for k, v in request.requestHeaders.getAllRawHeaders()}
+        host = (request.getHeader(b"host") or b"").decode()
+        self.requests.append((request.method.decode(), host, request.uri.decode(), hdrs))
+
+    def _fault(self, request) -> Any:
+        actions = self.faults.get(request.path.decode())
+        if actions:
+            return actions.pop(0)
+        return None
+
+    def _error(self, request, status: int, code: str, headers: Optional[dict] = None):
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", b"application/json")
+        for k, v in (headers or {}).items():
+            request.setHeader(k, v)
+        return json.dumps({"errors": [{"code": code, "message": code.lower()}]}).encode()
+
+    def _authorized(self, request, scope: Optional[str]) -> bool:
+        if self.auth is None:
+            return True
+        got = (request.getHeader(b"authorization") or b"").decode()
+        if self.auth == "basic":
+            user, pw = self.credentials or ("", "")
+            return got == "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
+        return got.startswith("Bearer ") and got[7:] in self.issued
+
+    def _challenge(self, request, scope: Optional[str]):
+        if self.auth == "basic":
+            value = 'Basic realm="fake"'
+        else:
+            value = f'Bearer realm="{self.realm}",service="{self.service}"'
+            if scope:
+                value += f',scope="{scope}"'
+        return self._error(request, 401, "UNAUTHORIZED", {b"WWW-Authenticate": value.encode()})
+
+    def _gate(self, request, name: Optional[str]):
+        self._log(request)
+        scope = f"repository:{name}:pull" if name else None
+        if not self._authorized(request, scope):
+            return self._challenge(request, scope)
+        fault = self._fault(request)
+        if isinstance(fault, int):
+            headers = {b"Retry-After": b"7"} if fault == 429 else {}
+            return self._error(request, fault, "FAULT", headers)
+        if fault == "hang":
+            return Deferred()
+        return fault
+
+    # -- routes ----------------------------------------------------------
+    @app.route("/v2/", methods=["GET"])
+    def ping(self, request):
+        r = self._gate(request, None)
+        if r is not None:
+            return r
+        return b"{}"
+
+    @app.route("/token", methods=["GET"])
+    def token(self, request):
+        self._log(request)
+        args = {k.decode(): v[0].decode() for k, v in request.args.items()}
+        args["authorization"] = (request.getHeader(b"authorization") or b"").decode()
+        self.token_requests.append(args)
+        if self.credentials and args["authorization"]:
+            user, pw = self.credentials
+            if args["authorization"] != "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode():
+                return self._error(request, 401, "UNAUTHORIZED")
+        tok = f"tok{len(self.issued) + 1}"
+        self.issued.add(tok)
+        return json.dumps({"token": tok, "expires_in": 300}).encode()
+
+    @app.route("/v2/<path:name>/manifests/<ref>", methods=["GET", "HEAD"])
+    def manifest(self, request, name, ref):
+        r = self._gate(request, name)
+        if r is not None and not isinstance(r, str):
+            return r
+        entry = self.manifests.get((name, ref))
+        if entry is None:
+            return self._error(request, 404, "MANIFEST_UNKNOWN")
+        media_type, body = entry
+        accept = ",".join(x.decode() for x in request.requestHeaders.getRawHeaders(b"accept") or [])
+        if media_type not in accept:
+            return self._error(request, 404, "MANIFEST_UNKNOWN")
+        if r == "corrupt":
+            body = body[:-1] + b" "
+        request.setHeader(b"Content-Type", media_type.encode())
+        if not self.omit_digest:
+            request.setHeader(b"Docker-Content-Digest", sha256(entry[1]).encode())
+        request.setHeader(b"Content-Length", str(len(body)).encode())
+        return body
+
+    @app.route("/v2/<path:name>/blobs/<digest>", methods=["GET", "HEAD"])
+    def blob(self, request, name, digest):
+        r = self._gate(request, name)
+        if r is not None and not isinstance(r, str):
+            return r
+        data = self.blobs.get(digest)
+        if data is None:
+            return self._error(request, 404, "BLOB_UNKNOWN")
+        if self.cdn and r is None:
+            request.setResponseCode(307)
+            request.setHeader(b"Location", f"{self.cdn}/cdn/{digest}".encode())
+            return b""
+        return self._send_blob(request, data, r)
+
+    @app.route("/cdn/<digest>", methods=["GET", "HEAD"])
+    def cdn_blob(self, request, digest):
+        self._log(request)
+        data = self.blobs.get(digest)
+        if data is None:
+            return self._error(request, 404, "BLOB_UNKNOWN")
+        return self._send_blob(request, data, self._fault(request))
+
+    def _send_blob(self, request, data: bytes, fault):
+        request.setHeader(b"Content-Type", b"application/octet-stream")
+        request.setHeader(b"Docker-Content-Digest", sha256(data).encode())
+        rng = request.getHeader(b"range")
+        if rng and rng.startswith(b"bytes="):
+            start_s, _, end_s = rng[6:].decode().partition("-")
+            start = int(start_s)
+            end = int(end_s) if end_s else len(data) - 1
+            if start >= len(data):
+                request.setResponseCode(416)
+                request.setHeader(b"Content-Range", f"bytes */{len(data)}".encode())
+                return b""
+            end = min(end, len(data) - 1)
+            request.setResponseCode(206)
+            request.setHeader(b"Content-Range", f"bytes {start}-{end}/{len(data)}".encode())
+            data = data[start:end + 1]
+        request.setHeader(b"Content-Length", str(len(data)).encode())
+        if fault == "truncate":
+            request.write(data[: len(data) // 2])
+            request.channel.transport.loseConnection()
+            return Deferred()  # never finishes
+        if fault == "corrupt":
+            data = data[:-1] + bytes([data[-1] ^ 1])
+        return data
+
+    @app.route("/v2/<path:name>/tags/list", methods=["GET"])
+    def tags_list(self, request, name):
+        r = self._gate(request, name)
+        if r is not None:
+            return r
+        if name not in self.tags:
+            return self._error(request, 404, "NAME_UNKNOWN")
+        tags = sorted(self.tags[name])
+        n = request.args.get(b"n")
+        last = request.args.get(b"last")
+        if last:
+            tags = [t for t in tags if t > last[0].decode()]
+        if n:
+            k = int(n[0])
+            if len(tags) > k:
+                tags = tags[:k]
+                request.setHeader(
+                    b"Link", f'</v2/{name}/tags/list?last={tags[-1]}&n={k}>; rel="next"'.encode())
+        request.setHeader(b"Content-Type", b"application/json")
+        return json.dumps({"name": name, "tags": tags}).encode()
+
+
+@implementer(IAgent)
+class HostAgent:
+    """Routes requests by host to in-memory resources; unknown hosts refuse."""
+
+    def __init__(self, hosts: dict[str, Any]):
+        self.agents = {host: RequestTraversalAgent(res) for host, res in hosts.items()}
+        self.sent: list[tuple[bytes, bytes, Any]] = []
+
+    def request(self, method, uri, headers=None, bodyProducer=None):
+        self.sent.append((method, uri, headers))
+        host = urlsplit(uri.decode()).netloc
+        agent = self.agents.get(host)
+        if agent is None:
+            return fail(error.ConnectionRefusedError(host))
+        return agent.request(method, uri, headers, bodyProducer)
+
+    def flush(self):
+        for a in self.agents.values():
+            a.flush()
