@@ -1,0 +1,199 @@
+// Admin API client (docs/api.md). The admin credentials live in sessionStorage only:
+// they last for this browser tab's session and are removed on logout or on a 401.
+import { reactive } from 'vue'
+import { t } from './i18n'
+
+const STORAGE_KEY = 'zmirror.auth'
+
+export const session = reactive({
+  token: readToken(),
+  username: readUser(),
+  defaultPassword: false,
+})
+
+function readStored() {
+  try {
+    return JSON.parse(sessionStorage.getItem(STORAGE_KEY) || 'null')
+  } catch (e) {
+    return null
+  }
+}
+
+function readToken() {
+  const s = readStored()
+  return s && typeof s.token === 'string' ? s.token : null
+}
+
+function readUser() {
+  const s = readStored()
+  return s && typeof s.username === 'string' ? s.username : ''
+}
+
+export function isLoggedIn() {
+  return !!session.token
+}
+
+// HTTP Basic for a UTF-8 username:password.
+export function basicToken(username, password) {
+  const bytes = new TextEncoder().encode(`${username}:${password}`)
+  let bin = ''
+  bytes.forEach((b) => {
+    bin += String.fromCharCode(b)
+  })
+  return btoa(bin)
+}
+
+function storeSession(token, username) {
+  session.token = token
+  session.username = username
+  try {
+    sessionStorage.setItem(STORAGE_KEY, JSON.stringify({ token, username }))
+  } catch (e) {
+    /* storage disabled: keep it in memory only */
+  }
+}
+
+export function clearSession() {
+  session.token = null
+  session.username = ''
+  session.defaultPassword = false
+  try {
+    sessionStorage.removeItem(STORAGE_KEY)
+  } catch (e) {
+    /* ignore */
+  }
+}
+
+export class ApiError extends Error {
+  constructor(status, message, fields = {}, retryAfter = null) {
+    super(message)
+    this.name = 'ApiError'
+    this.status = status
+    this.fields = fields || {}
+    this.retryAfter = retryAfter
+  }
+}
+
+// Called with the ApiError when an authenticated request gets a 401 (set by main.js).
+let onUnauthorized = null
+export function setUnauthorizedHandler(fn) {
+  onUnauthorized = fn
+}
+
+function retryAfterOf(response, body) {
+  const header = response.headers.get('Retry-After')
+  let seconds = header != null && /^\d+$/.test(header.trim()) ? parseInt(header, 10) : null
+  if (seconds == null && body && typeof body.retry_after === 'number') seconds = Math.ceil(body.retry_after)
+  return seconds
+}
+
+function defaultMessage(status) {
+  if (status === 403) return t('errors.forbidden')
+  if (status === 404) return t('errors.notFound')
+  if (status === 409) return t('errors.conflict')
+  return t('errors.http', { status })
+}
+
+async function rawRequest(method, path, { query, body, token } = {}) {
+  let url = path
+  if (query) {
+    const params = new URLSearchParams()
+    Object.entries(query).forEach(([k, v]) => {
+      if (v !== undefined && v !== null && v !== '') params.append(k, String(v))
+    })
+    const qs = params.toString()
+    if (qs) url += `?${qs}`
+  }
+  const headers = { Accept: 'application/json', 'X-Requested-With': 'XMLHttpRequest' }
+  if (token) headers.Authorization = `Basic ${token}`
+  const init = {
+    method,
+    headers,
+    // Credentials go in our own Authorization header; "omit" keeps the browser from
+    // showing its native Basic-auth prompt on a 401.
+    credentials: 'omit',
+    cache: 'no-store',
+  }
+  if (body !== undefined) {
+    headers['Content-Type'] = 'application/json'
+    init.body = JSON.stringify(body)
+  }
+  let response
+  try {
+    response = await fetch(url, init)
+  } catch (e) {
+    throw new ApiError(0, t('errors.network', { msg: e.message || e }))
+  }
+  if (response.status === 204) return null
+  const text = await response.text()
+  let data = null
+  if (text) {
+    try {
+      data = JSON.parse(text)
+    } catch (e) {
+      data = null
+    }
+  }
+  if (!response.ok) {
+    const message = (data && typeof data.error === 'string' && data.error) || defaultMessage(response.status)
+    const fields = data && data.fields && typeof data.fields === 'object' ? data.fields : {}
+    throw new ApiError(response.status, message, fields, response.status === 429 ? retryAfterOf(response, data) : null)
+  }
+  return data
+}
+
+export async function request(method, path, options = {}) {
+  try {
+    return await rawRequest(method, path, { ...options, token: session.token })
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401) {
+      clearSession()
+      if (onUnauthorized) onUnauthorized(e)
+      e.handled = true
+    }
+    throw e
+  }
+}
+
+// Checks the credentials with GET /api/me; stores them only when they work.
+export async function login(username, password) {
+  const token = basicToken(username, password)
+  const me = await rawRequest('GET', '/api/me', { token })
+  storeSession(token, (me && me.username) || username)
+  session.defaultPassword = !!(me && me.default_password)
+  return me
+}
+
+export function logout() {
+  clearSession()
+}
+
+export const api = {
+  me: () => request('GET', '/api/me'),
+  version: () => request('GET', '/api/version'),
+  stats: () => request('GET', '/api/stats'),
+  registries: {
+    list: () => request('GET', '/api/registries'),
+    create: (body) => request('POST', '/api/registries', { body }),
+    update: (id, body) => request('PUT', `/api/registries/${encodeURIComponent(id)}`, { body }),
+    remove: (id) => request('DELETE', `/api/registries/${encodeURIComponent(id)}`),
+    test: (id) => request('POST', `/api/registries/${encodeURIComponent(id)}/test`),
+  },
+  whitelists: {
+    list: () => request('GET', '/api/whitelists'),
+    create: (body) => request('POST', '/api/whitelists', { body }),
+    update: (id, body) => request('PUT', `/api/whitelists/${encodeURIComponent(id)}`, { body }),
+    remove: (id) => request('DELETE', `/api/whitelists/${encodeURIComponent(id)}`),
+    match: (repository) => request('GET', '/api/whitelists/match', { query: { repository } }),
+  },
+  users: {
+    list: () => request('GET', '/api/users'),
+    create: (body) => request('POST', '/api/users', { body }),
+    update: (id, body) => request('PUT', `/api/users/${encodeURIComponent(id)}`, { body }),
+    remove: (id) => request('DELETE', `/api/users/${encodeURIComponent(id)}`),
+  },
+  logs: {
+    list: (query) => request('GET', '/api/logs', { query }),
+    clear: (before) => request('DELETE', '/api/logs', { query: before ? { before } : undefined }),
+  },
+}

@@ -1,0 +1,253 @@
+// A small reactive i18n: zh-CN by default, English on request, remembered in localStorage.
+import { computed, ref } from 'vue'
+import zhCn from 'element-plus/es/locale/lang/zh-cn'
+import en from 'element-plus/es/locale/lang/en'
+
+const STORAGE_KEY = 'zmirror.lang'
+export const LANGS = ['zh-CN', 'en']
+
+const messages = {
+  'zh-CN': {
+    app: { title: 'ZMirror', subtitle: '镜像仓库代理管理' },
+    lang: { switchTo: 'English', current: '中文' },
+    common: {
+      add: '新增', edit: '编辑', delete: '删除', save: '保存', cancel: '取消', confirm: '确定',
+      refresh: '刷新', search: '查询', reset: '重置', actions: '操作', enabled: '启用',
+      disabled: '停用', yes: '是', no: '否', created: '创建时间', updated: '更新时间',
+      loading: '加载中…', noData: '暂无数据', copy: '复制', copied: '已复制',
+      copyFailed: '复制失败，请手动选择复制', saved: '已保存', deleted: '已删除',
+      deleteTitle: '确认删除', warning: '提示', never: '从未', total: '共 {n} 条',
+      fixErrors: '请修正标出的字段',
+    },
+    menu: {
+      dashboard: '仪表盘', registries: '上游仓库', whitelists: '白名单', users: '用户',
+      logs: '访问日志', help: '使用说明', logout: '退出登录', menu: '菜单',
+    },
+    login: {
+      title: '管理员登录', username: '用户名', password: '密码', submit: '登录',
+      usernameRequired: '请输入用户名', passwordRequired: '请输入密码',
+      wrong: '用户名或密码错误', locked: '登录失败次数过多，请在 {s} 秒后重试',
+      lockedShort: '请等待 {s} 秒', expired: '登录已失效，请重新登录',
+      loggedOut: '已退出登录', hint: '使用 config.toml 中 [admin] 的账号登录',
+      notAdmin: '该账号不是管理员', failed: '登录失败：{msg}',
+    },
+    header: {
+      defaultPassword: '管理员密码仍为默认值，请尽快在 config.toml 中修改 [admin] password。',
+      version: '版本',
+    },
+    dashboard: {
+      requests: '请求数', bytes: '流量', errors: '错误数', errorRate: '错误率', users: '用户',
+      registries: '上游仓库', whitelists: '白名单', hourly: '最近 24 小时', daily: '最近 7 天',
+      topRepositories: '热门仓库', topUsers: '活跃用户', repository: '仓库', username: '用户',
+      upstreamHealth: '上游健康状态', upstreamTraffic: '上游流量', upstream: '上游',
+      cache: '缓存', anonymous: '（匿名）', latency: '延迟', lastError: '最近错误',
+      lastChecked: '最近检查', failures: '连续失败',
+    },
+    state: { up: '正常', down: '故障', cooldown: '冷却中', unknown: '未知' },
+    registries: {
+      title: '上游仓库', add: '新增上游', editTitle: '编辑上游', addTitle: '新增上游',
+      name: '名称', url: '地址', priority: '优先级', username: '用户名', password: '密码',
+      hasPassword: '已设置密码', health: '健康状态', test: '测试连接',
+      testOk: '连接成功：HTTP {status}，{latency}，认证方式 {auth}',
+      testFail: '连接失败：{error}', passwordKeep: '留空则保持不变', clearPassword: '清除已保存的密码',
+      deleteConfirm: '确定删除上游仓库“{name}”吗？', nameRequired: '请输入名称',
+      urlRequired: '请输入地址', urlInvalid: '地址须为 http:// 或 https:// 开头，且不含用户信息、查询或片段',
+      priorityInvalid: '优先级须为整数', priorityHelp: '数字越小越优先',
+      credentials: '认证（可选）', none: '无',
+    },
+    whitelists: {
+      title: '白名单', add: '新增规则', addTitle: '新增白名单规则', editTitle: '编辑白名单规则',
+      prefix: '仓库前缀', note: '备注', prefixRequired: '请输入仓库前缀',
+      prefixHelp: '例如 library/nginx、library/ 或 myorg/；nginx 等同于 library/nginx',
+      deleteConfirm: '确定删除白名单规则“{prefix}”吗？', tester: '匹配测试',
+      testerPlaceholder: '输入仓库名，例如 nginx 或 bitnami/redis', check: '检查',
+      allowed: '允许拉取', denied: '拒绝拉取', matched: '匹配规则', normalized: '规范化名称',
+      mode: '匿名模式', modes: { whitelist: '白名单', all: '全部允许', none: '全部拒绝' },
+      noMatch: '无匹配规则',
+    },
+    users: {
+      title: '用户', add: '新增用户', addTitle: '新增用户', username: '用户名', password: '密码',
+      newPassword: '新密码', changePassword: '修改密码', lastLogin: '最近登录',
+      usernameRequired: '请输入用户名', passwordRequired: '请输入密码',
+      passwordTooShort: '密码至少 8 个字符', deleteConfirm: '确定删除用户“{name}”吗？',
+      passwordChanged: '密码已修改', changeTitle: '修改“{name}”的密码',
+      hint: '这些是用于 docker login 的镜像仓库用户，不是管理员账号。',
+    },
+    logs: {
+      title: '访问日志', time: '时间', timeRange: '时间范围', start: '开始时间', end: '结束时间',
+      clientIp: '客户端 IP', username: '用户', method: '方法', repository: '仓库',
+      reference: '标签/摘要', kind: '类型', status: '状态码', bytes: '字节数', duration: '耗时',
+      upstream: '上游', cacheHit: '缓存命中', userAgent: 'User-Agent',
+      statusPlaceholder: '如 404 或 4xx', autoRefresh: '自动刷新', clear: '清空日志',
+      clearAll: '清空全部', clearOlder: '清除 {d} 天前的日志',
+      clearConfirm: '确定清空全部访问日志吗？此操作不可恢复。',
+      clearOlderConfirm: '确定删除 {d} 天前的访问日志吗？此操作不可恢复。',
+      cleared: '已删除 {n} 条日志', all: '全部',
+      kinds: { manifest: '清单', blob: '数据层', tags: '标签列表', token: '令牌', denied: '拒绝' },
+      anonymous: '（匿名）',
+    },
+    help: {
+      title: '使用说明',
+      intro: '以下示例使用当前服务器地址 {host}。复制后即可使用。',
+      insecure: '当前通过 HTTP（非 HTTPS）访问：Docker 等客户端需要将该地址配置为不安全仓库（insecure registry），或在前面部署 HTTPS 反向代理。',
+      login: '登录（需要用户时）', loginDesc: '使用在“用户”页面创建的账号登录：',
+      pull: '直接拉取镜像', pullDesc: '在镜像名前加上本服务器地址：',
+      docker: 'Docker 镜像加速（daemon.json）',
+      dockerDesc: '编辑 /etc/docker/daemon.json 后执行 systemctl restart docker，之后 docker pull nginx 会经由本代理：',
+      containerd: 'containerd（hosts.toml）',
+      containerdDesc: '创建 /etc/containerd/certs.d/docker.io/hosts.toml（containerd 配置中需设置 config_path = "/etc/containerd/certs.d"）：',
+      podman: 'Podman / CRI-O（registries.conf）',
+      podmanDesc: '在 /etc/containers/registries.conf 中加入：',
+      verify: '验证', verifyDesc: '检查服务是否可用：',
+    },
+    errors: {
+      network: '无法连接服务器：{msg}', http: '请求失败（HTTP {status}）',
+      forbidden: '没有权限（需要管理员账号）', notFound: '未找到', conflict: '已存在',
+    },
+  },
+  en: {
+    app: { title: 'ZMirror', subtitle: 'Registry proxy admin' },
+    lang: { switchTo: '中文', current: 'English' },
+    common: {
+      add: 'Add', edit: 'Edit', delete: 'Delete', save: 'Save', cancel: 'Cancel', confirm: 'OK',
+      refresh: 'Refresh', search: 'Search', reset: 'Reset', actions: 'Actions', enabled: 'Enabled',
+      disabled: 'Disabled', yes: 'Yes', no: 'No', created: 'Created', updated: 'Updated',
+      loading: 'Loading…', noData: 'No data', copy: 'Copy', copied: 'Copied',
+      copyFailed: 'Copy failed, please select and copy manually', saved: 'Saved', deleted: 'Deleted',
+      deleteTitle: 'Confirm deletion', warning: 'Warning', never: 'Never', total: '{n} total',
+      fixErrors: 'Please fix the marked fields',
+    },
+    menu: {
+      dashboard: 'Dashboard', registries: 'Registries', whitelists: 'Whitelists', users: 'Users',
+      logs: 'Access logs', help: 'How to use', logout: 'Log out', menu: 'Menu',
+    },
+    login: {
+      title: 'Admin login', username: 'Username', password: 'Password', submit: 'Log in',
+      usernameRequired: 'Enter the username', passwordRequired: 'Enter the password',
+      wrong: 'Wrong username or password', locked: 'Too many failed logins. Try again in {s} seconds.',
+      lockedShort: 'Wait {s} s', expired: 'Your session has ended, please log in again',
+      loggedOut: 'Logged out', hint: 'Use the [admin] account from config.toml',
+      notAdmin: 'This account is not the admin', failed: 'Login failed: {msg}',
+    },
+    header: {
+      defaultPassword: 'The admin password is still the default. Change [admin] password in config.toml soon.',
+      version: 'Version',
+    },
+    dashboard: {
+      requests: 'Requests', bytes: 'Traffic', errors: 'Errors', errorRate: 'Error rate', users: 'Users',
+      registries: 'Registries', whitelists: 'Whitelists', hourly: 'Last 24 hours', daily: 'Last 7 days',
+      topRepositories: 'Top repositories', topUsers: 'Top users', repository: 'Repository',
+      username: 'User', upstreamHealth: 'Upstream health', upstreamTraffic: 'Upstream traffic',
+      upstream: 'Upstream', cache: 'Cache', anonymous: '(anonymous)', latency: 'Latency',
+      lastError: 'Last error', lastChecked: 'Last checked', failures: 'Failures in a row',
+    },
+    state: { up: 'Up', down: 'Down', cooldown: 'Cooling down', unknown: 'Unknown' },
+    registries: {
+      title: 'Upstream registries', add: 'Add registry', editTitle: 'Edit registry',
+      addTitle: 'Add registry', name: 'Name', url: 'URL', priority: 'Priority', username: 'Username',
+      password: 'Password', hasPassword: 'Password set', health: 'Health', test: 'Test connection',
+      testOk: 'Reachable: HTTP {status}, {latency}, auth {auth}', testFail: 'Connection failed: {error}',
+      passwordKeep: 'Leave empty to keep the current one', clearPassword: 'Clear the stored password',
+      deleteConfirm: 'Delete the registry "{name}"?', nameRequired: 'Enter a name',
+      urlRequired: 'Enter the URL',
+      urlInvalid: 'Must start with http:// or https:// and have no user info, query or fragment',
+      priorityInvalid: 'Priority must be an integer', priorityHelp: 'Lower numbers are tried first',
+      credentials: 'Credentials (optional)', none: 'none',
+    },
+    whitelists: {
+      title: 'Whitelists', add: 'Add rule', addTitle: 'Add whitelist rule', editTitle: 'Edit whitelist rule',
+      prefix: 'Repository prefix', note: 'Note', prefixRequired: 'Enter a repository prefix',
+      prefixHelp: 'e.g. library/nginx, library/ or myorg/; nginx means library/nginx',
+      deleteConfirm: 'Delete the whitelist rule "{prefix}"?', tester: 'Match tester',
+      testerPlaceholder: 'Repository, e.g. nginx or bitnami/redis', check: 'Check',
+      allowed: 'Allowed', denied: 'Denied', matched: 'Matched rule', normalized: 'Normalized name',
+      mode: 'Anonymous mode', modes: { whitelist: 'whitelist', all: 'allow all', none: 'deny all' },
+      noMatch: 'No rule matches',
+    },
+    users: {
+      title: 'Users', add: 'Add user', addTitle: 'Add user', username: 'Username', password: 'Password',
+      newPassword: 'New password', changePassword: 'Change password', lastLogin: 'Last login',
+      usernameRequired: 'Enter a username', passwordRequired: 'Enter a password',
+      passwordTooShort: 'At least 8 characters', deleteConfirm: 'Delete the user "{name}"?',
+      passwordChanged: 'Password changed', changeTitle: 'Change the password of "{name}"',
+      hint: 'Registry users for docker login — not the admin account.',
+    },
+    logs: {
+      title: 'Access logs', time: 'Time', timeRange: 'Time range', start: 'Start', end: 'End',
+      clientIp: 'Client IP', username: 'User', method: 'Method', repository: 'Repository',
+      reference: 'Tag / digest', kind: 'Kind', status: 'Status', bytes: 'Bytes', duration: 'Duration',
+      upstream: 'Upstream', cacheHit: 'Cache hit', userAgent: 'User agent',
+      statusPlaceholder: 'e.g. 404 or 4xx', autoRefresh: 'Auto refresh', clear: 'Clear logs',
+      clearAll: 'Clear all', clearOlder: 'Older than {d} days',
+      clearConfirm: 'Delete all access logs? This cannot be undone.',
+      clearOlderConfirm: 'Delete access logs older than {d} days? This cannot be undone.',
+      cleared: '{n} rows deleted', all: 'All',
+      kinds: { manifest: 'manifest', blob: 'blob', tags: 'tags', token: 'token', denied: 'denied' },
+      anonymous: '(anonymous)',
+    },
+    help: {
+      title: 'How to use',
+      intro: 'The examples below use this server\'s address, {host}. Copy and paste them.',
+      insecure: 'You are using plain HTTP: Docker and other clients must list this address as an insecure registry, or put an HTTPS reverse proxy in front.',
+      login: 'Log in (when users are required)', loginDesc: 'Use an account created on the Users page:',
+      pull: 'Pull directly', pullDesc: 'Prefix the image name with this server\'s address:',
+      docker: 'Docker mirror (daemon.json)',
+      dockerDesc: 'Edit /etc/docker/daemon.json and run systemctl restart docker; docker pull nginx then goes through this proxy:',
+      containerd: 'containerd (hosts.toml)',
+      containerdDesc: 'Create /etc/containerd/certs.d/docker.io/hosts.toml (containerd needs config_path = "/etc/containerd/certs.d"):',
+      podman: 'Podman / CRI-O (registries.conf)',
+      podmanDesc: 'Add to /etc/containers/registries.conf:',
+      verify: 'Check', verifyDesc: 'Check that the service answers:',
+    },
+    errors: {
+      network: 'Cannot reach the server: {msg}', http: 'Request failed (HTTP {status})',
+      forbidden: 'Forbidden (admin account required)', notFound: 'Not found', conflict: 'Already exists',
+    },
+  },
+}
+
+function initialLang() {
+  try {
+    const saved = localStorage.getItem(STORAGE_KEY)
+    if (LANGS.includes(saved)) return saved
+  } catch (e) {
+    /* storage disabled */
+  }
+  return 'zh-CN'
+}
+
+export const lang = ref(initialLang())
+
+export const elementLocale = computed(() => (lang.value === 'en' ? en : zhCn))
+
+export function setLang(value) {
+  if (!LANGS.includes(value)) return
+  lang.value = value
+  try {
+    localStorage.setItem(STORAGE_KEY, value)
+  } catch (e) {
+    /* storage disabled */
+  }
+  document.documentElement.lang = value
+}
+
+export function toggleLang() {
+  setLang(lang.value === 'en' ? 'zh-CN' : 'en')
+}
+
+function lookup(dict, key) {
+  return key.split('.').reduce((node, part) => (node == null ? undefined : node[part]), dict)
+}
+
+// t('a.b', {n: 1}) — reads lang.value, so templates re-render when the language changes.
+export function t(key, params) {
+  let text = lookup(messages[lang.value], key)
+  if (text === undefined) text = lookup(messages['zh-CN'], key)
+  if (typeof text !== 'string') return key
+  if (params) {
+    text = text.replace(/\{(\w+)\}/g, (m, name) => (params[name] === undefined ? m : String(params[name])))
+  }
+  return text
+}
+
+document.documentElement.lang = lang.value

@@ -1,0 +1,102 @@
+import { ElMessage } from 'element-plus'
+import { lang, t } from './i18n'
+
+export function formatBytes(n) {
+  if (n === null || n === undefined || Number.isNaN(Number(n))) return '-'
+  let value = Number(n)
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB']
+  let i = 0
+  while (Math.abs(value) >= 1024 && i < units.length - 1) {
+    value /= 1024
+    i += 1
+  }
+  return `${i === 0 ? value : value.toFixed(value >= 100 ? 0 : value >= 10 ? 1 : 2)} ${units[i]}`
+}
+
+export function formatTime(seconds) {
+  if (seconds === null || seconds === undefined || seconds === '') return '-'
+  const d = new Date(Number(seconds) * 1000)
+  if (Number.isNaN(d.getTime())) return '-'
+  return d.toLocaleString(lang.value === 'en' ? 'en-GB' : 'zh-CN', { hour12: false })
+}
+
+export function formatMs(ms) {
+  if (ms === null || ms === undefined) return '-'
+  const v = Number(ms)
+  return v >= 1000 ? `${(v / 1000).toFixed(2)} s` : `${v.toFixed(v < 10 ? 1 : 0)} ms`
+}
+
+export function formatNumber(n) {
+  if (n === null || n === undefined) return '-'
+  return Number(n).toLocaleString(lang.value === 'en' ? 'en-US' : 'zh-CN')
+}
+
+export function formatPercent(x) {
+  if (x === null || x === undefined) return '-'
+  return `${(Number(x) * 100).toFixed(Number(x) < 0.1 ? 2 : 1)} %`
+}
+
+// Shows an API error: field errors go into `fieldErrors` (a reactive object bound to the
+// form items' :error), everything else becomes a message. A 401 was already handled
+// (back to the login page).
+export function showError(err, fieldErrors) {
+  if (err && err.handled) return
+  const fields = (err && err.fields) || {}
+  if (fieldErrors) {
+    Object.keys(fieldErrors).forEach((k) => delete fieldErrors[k])
+    Object.entries(fields).forEach(([k, v]) => {
+      fieldErrors[k] = String(v)
+    })
+  }
+  const message = (err && err.message) || String(err)
+  if (fieldErrors && Object.keys(fields).length) {
+    ElMessage({ type: 'error', message: `${message} — ${t('common.fixErrors')}`, grouping: true })
+  } else {
+    ElMessage({ type: 'error', message, grouping: true, duration: 5000 })
+  }
+}
+
+export function clearErrors(fieldErrors) {
+  Object.keys(fieldErrors).forEach((k) => delete fieldErrors[k])
+}
+
+// Copies text; falls back to a hidden textarea where the Clipboard API is missing
+// (it needs a secure context, and this UI is often served over plain HTTP).
+export async function copyText(text) {
+  try {
+    if (navigator.clipboard && window.isSecureContext) {
+      await navigator.clipboard.writeText(text)
+      return true
+    }
+  } catch (e) {
+    /* fall through */
+  }
+  const ta = document.createElement('textarea')
+  ta.value = text
+  ta.setAttribute('readonly', '')
+  ta.style.position = 'fixed'
+  ta.style.top = '-1000px'
+  document.body.appendChild(ta)
+  ta.select()
+  let ok = false
+  try {
+    ok = document.execCommand('copy')
+  } catch (e) {
+    ok = false
+  }
+  document.body.removeChild(ta)
+  return ok
+}
+
+export function isValidRegistryUrl(value) {
+  let u
+  try {
+    u = new URL(value)
+  } catch (e) {
+    return false
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') return false
+  if (u.username || u.password || u.search || u.hash || !u.hostname) return false
+  if (/[?#@]/.test(value.replace(/^https?:\/\//, '').split('/')[0]) || /[?#]/.test(value)) return false
+  return true
+}
