@@ -1,0 +1,70 @@
+"""Brute-force lockout per account and per address, with an injected clock."""
+
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from zmirror.auth.lockout import Locked, Lockout
+
+
+class LockoutTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.lock = Lockout(self.clock, max_account=3, max_ip=5, window=60, cooldown=120)
+
+    def test_account_locked_after_n_failures(self):
+        for _ in range(2):
+            self.lock.failure("alice", "10.0.0.1")
+        self.assertEqual(self.lock.check("alice", "10.0.0.1"), 0)
+        self.lock.failure("alice", "10.0.0.2")
+        self.assertEqual(self.lock.retry_after("alice", "10.0.0.9"), 120)
+        self.assertEqual(self.lock.retry_after("ALICE", "10.0.0.9"), 120, "case-insensitive")
+        self.assertEqual(self.lock.check("bob", "10.0.0.9"), 0)
+        with self.assertRaises(Locked) as cm:
+            self.lock.enforce("alice", "10.0.0.3")
+        self.assertEqual(cm.exception.retry_after, 120)
+        self.clock.advance(100.5)
+        self.assertEqual(self.lock.retry_after("alice", "x"), 20)
+        self.clock.advance(20)
+        self.assertEqual(self.lock.check("alice", "x"), 0)
+        # the counter starts over after the cool-down
+        self.lock.failure("alice", "x")
+        self.assertEqual(self.lock.check("alice", "x"), 0)
+
+    def test_ip_locked_after_n_failures_across_accounts(self):
+        for i in range(5):
+            self.lock.failure(f"user{i}", "10.0.0.1")
+        self.assertEqual(self.lock.retry_after("fresh", "10.0.0.1"), 120)
+        self.assertEqual(self.lock.check("fresh", "10.0.0.2"), 0)
+
+    def test_failures_outside_window_forgotten(self):
+        self.lock.failure("alice", "ip")
+        self.lock.failure("alice", "ip")
+        self.clock.advance(61)
+        self.lock.failure("alice", "ip")
+        self.assertEqual(self.lock.check("alice", "ip"), 0)
+
+    def test_success_resets_account_not_ip(self):
+        self.lock.failure("alice", "ip")
+        self.lock.failure("alice", "ip")
+        self.lock.success("alice", "ip")
+        self.lock.failure("alice", "ip")
+        self.lock.failure("alice", "ip")
+        self.assertEqual(self.lock.check("alice", "other"), 0)
+        self.lock.failure("bob", "ip")  # 5th failure from "ip"
+        self.assertGreater(self.lock.check("", "ip"), 0)
+
+    def test_memory_bounded(self):
+        lock = Lockout(self.clock, max_account=3, max_ip=10**9, window=60, cooldown=120, max_keys=50)
+        for i in range(1000):
+            lock.failure(f"u{i}", "ip")
+        self.assertLessEqual(len(lock._failures), 50)
+
+    def test_failure_log_has_no_password(self):
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.lock.failure("alice", "10.1.1.1")
+        self.assertTrue(any(e.get("account") == "alice" for e in events))
+        self.assertFalse(any("password" in str(e) for e in events))

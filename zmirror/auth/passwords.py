@@ -1,0 +1,224 @@
+"""Password hashing and verification.
+
+- New hashes: argon2id (passlib ``CryptContext``); ``pbkdf2_sha256`` hashes are
+  accepted too.
+- Unsalted MD5 hex digests of the original ZMirror (imported users) are
+  accepted and reported as needing a re-hash, which the caller stores after the
+  successful login.
+- The admin password of ``config.toml`` may be plain text or a passlib hash.
+
+Every comparison is constant-time (passlib's ``consteq`` inside ``verify``, and
+``hmac.compare_digest`` here).  Hashing is slow on purpose, so the async
+methods run it through an injected ``run(f, *args) -> Deferred`` (a small
+thread pool in production; synchronous in tests).  Successful verifications
+are remembered for a few minutes under a keyed digest of (user, password,
+stored hash), so clients that send Basic credentials on every request do not
+pay an argon2 verification per blob.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from collections import OrderedDict
+from typing import Any, Callable, Optional
+
+from passlib.context import CryptContext
+from twisted.internet.defer import maybeDeferred
+
+_MD5_HEX = re.compile(r"^[0-9a-fA-F]{32}$")
+PASSWORD_MAX = 1024
+
+# OWASP's argon2id baseline: 19 MiB, 2 passes, 1 lane (~20-40 ms here).
+ARGON2_SETTINGS = dict(argon2__memory_cost=19456, argon2__time_cost=2, argon2__parallelism=1)
+
+
+def make_context(**overrides: Any) -> CryptContext:
+    """The CryptContext for registry users (argon2 default, pbkdf2_sha256 accepted)."""
+    kw = dict(schemes=["argon2", "pbkdf2_sha256"], default="argon2", **ARGON2_SETTINGS)
+    kw.update(overrides)
+    return CryptContext(**kw)
+
+
+def fast_context() -> CryptContext:
+    """Cheap parameters for tests only."""
+    return make_context(argon2__memory_cost=256, argon2__time_cost=1, pbkdf2_sha256__rounds=1000)
+
+
+def is_legacy_md5(stored: str) -> bool:
+    return bool(_MD5_HEX.match(stored or ""))
+
+
+def _sync_run(f: Callable, *args: Any):
+    return maybeDeferred(f, *args)
+
+
+class Passwords:
+    """Hash and verify passwords; ``run`` executes the slow parts off the reactor thread."""
+
+    def __init__(self, context: Optional[CryptContext] = None, run: Optional[Callable] = None,
+                 clock: Any = None, cache_ttl: float = 300.0, cache_size: int = 10_000):
+        self.context = context or make_context()
+        self.run = run or _sync_run
+        self.clock = clock
+        self.cache_ttl = cache_ttl
+        self.cache_size = cache_size
+        self._cache_key = os.urandom(32)
+        self._cache: "OrderedDict[bytes, float]" = OrderedDict()
+        # verified against when the user does not exist, so both paths cost the same
+        self._dummy = self.context.hash(os.urandom(16).hex())
+
+    # --- synchronous primitives (call them through ``run``) ----------------
+
+    def hash_sync(self, password: str) -> str:
+        return self.context.hash(password)
+
+    def verify_sync(self, password: str, stored: str) -> tuple[bool, Optional[str]]:
+        """``(ok, new_hash)``: ``new_hash`` is set when the stored hash should be replaced."""
+        if not isinstance(password, str) or not isinstance(stored, str) or not stored:
+            return False, None
+        if is_legacy_md5(stored):
+            digest = hashlib.md5(password.encode("utf-8")).hexdigest()
+            ok = hmac.compare_digest(digest.encode(), stored.lower().encode())
+            return ok, (self.context.hash(password) if ok else None)
+        try:
+            ok = self.context.verify(password, stored)
+        except (ValueError, TypeError):
+            return False, None
+        if not ok:
+            return False, None
+        try:
+            new = self.context.hash(password) if self.context.needs_update(stored) else None
+        except (ValueError, TypeError):
+            new = None
+        return True, new
+
+    # --- async API ------------------------------------------------------
+
+    async def hash(self, password: str) -> str:
+        return await self.run(self.hash_sync, password)
+
+    async def verify(self, password: str, stored: str, *, account: str = "") -> tuple[bool, Optional[str]]:
+        """Verify ``password`` against ``stored``; positive results are cached briefly."""
+        key = self._key(account, password, stored)
+        if self._cached(key):
+            return True, None
+        ok, new = await self.run(self.verify_sync, password, stored)
+        if ok and new is None:
+            self._remember(key)
+        return ok, new
+
+    async def dummy_verify(self, password: str) -> None:
+        """Spend the time of a real verification (unknown or disabled user)."""
+        await self.run(self.verify_sync, password if isinstance(password, str) else "", self._dummy)
+
+    # --- positive-result cache --------------------------------------------
+
+    def _key(self, account: str, password: str, stored: str) -> bytes:
+        msg = "\0".join((account or "", password or "", stored or "")).encode("utf-8", "surrogatepass")
+        return hmac.new(self._cache_key, msg, hashlib.sha256).digest()
+
+    def _now(self) -> Optional[float]:
+        return self.clock.seconds() if self.clock is not None else None
+
+    def _cached(self, key: bytes) -> bool:
+        now = self._now()
+        if now is None or self.cache_ttl <= 0:
+            return False
+        exp = self._cache.get(key)
+        if exp is None:
+            return False
+        if exp < now:
+            self._cache.pop(key, None)
+            return False
+        return True
+
+    def _remember(self, key: bytes) -> None:
+        now = self._now()
+        if now is None or self.cache_ttl <= 0:
+            return
+        self._cache[key] = now + self.cache_ttl
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def forget(self) -> None:
+        self._cache.clear()
+
+
+# --- the admin account of config.toml --------------------------------------
+
+_admin_context = CryptContext(
+    schemes=["argon2", "pbkdf2_sha256", "sha512_crypt", "sha256_crypt", "bcrypt"],
+    default="argon2",
+    **ARGON2_SETTINGS,
+)
+
+
+def is_hash(configured: str) -> bool:
+    """Whether an ``[admin] password`` value is a passlib hash (not plain text)."""
+    if not configured.startswith("$"):
+        return False
+    try:
+        return _admin_context.identify(configured, required=False) is not None
+    except (ValueError, TypeError):
+        return False
+
+
+def hash_admin_password(password: str) -> str:
+    """A hash suitable for ``[admin] password`` in config.toml."""
+    return _admin_context.hash(password)
+
+
+def verify_admin_sync(password: str, configured: str) -> bool:
+    """Constant-time check of ``password`` against the configured value (plain or hash)."""
+    if not isinstance(password, str) or not isinstance(configured, str):
+        return False
+    if is_hash(configured):
+        try:
+            return bool(_admin_context.verify(password, configured))
+        except Exception:  # malformed hash, missing backend (bcrypt) ...
+            return False
+    a = hashlib.sha256(password.encode("utf-8", "surrogatepass")).digest()
+    b = hashlib.sha256(configured.encode("utf-8", "surrogatepass")).digest()
+    return hmac.compare_digest(a, b)
+
+
+def same_text(a: str, b: str) -> bool:
+    """Constant-time string equality (for usernames and other secrets)."""
+    da = hashlib.sha256((a or "").encode("utf-8", "surrogatepass")).digest()
+    db = hashlib.sha256((b or "").encode("utf-8", "surrogatepass")).digest()
+    return hmac.compare_digest(da, db)
+
+
+class AdminCredentials:
+    """Checks the ``[admin]`` username/password of config.toml (for the admin API).
+
+    ``await check(username, password)`` → bool.  Hash verification runs through
+    ``passwords.run`` and successful results are cached like users' ones.
+    """
+
+    def __init__(self, username: str, configured_password: str, passwords: Passwords):
+        self.username = username
+        self._configured = configured_password
+        self.passwords = passwords
+
+    @property
+    def is_hashed(self) -> bool:
+        return is_hash(self._configured)
+
+    async def check(self, username: str, password: str) -> bool:
+        user_ok = same_text(username or "", self.username)
+        if not isinstance(password, str):
+            return False
+        if not self.is_hashed:
+            return user_ok & verify_admin_sync(password, self._configured)
+        key = self.passwords._key("\0admin", password, self._configured)
+        if self.passwords._cached(key):
+            return user_ok
+        ok = await self.passwords.run(verify_admin_sync, password, self._configured)
+        if ok:
+            self.passwords._remember(key)
+        return bool(user_ok and ok)

@@ -1,0 +1,240 @@
+"""Signed tokens (PyJWT, HS256) for the Docker token flow.
+
+- The secret is generated at first start in the data directory
+  (``token.key``, mode 0600) and read on later starts, so tokens survive a
+  restart.  Signing and fingerprint keys are derived from it with HMAC.
+- Access tokens are short-lived (300 s by default) and carry Docker's
+  ``access`` claim: ``[{"type": "repository", "name": ..., "actions": ["pull"]}]``.
+  A user's token also carries the user id and a fingerprint of the user's
+  password hash / enabled flag / last change, so it dies with the user.
+- Refresh tokens (``offline_token=true``) are bound to the same user id and
+  fingerprint: a disabled, deleted or re-passworded user cannot refresh.
+- Expiry is checked against the injected clock, not the wall clock.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import jwt
+
+from zmirror.config import ConfigError
+
+SECRET_FILE = "token.key"
+SECRET_BYTES = 32
+TOKEN_MAX = 8192
+ALGORITHM = "HS256"
+ACCESS = "access"
+REFRESH = "refresh"
+
+
+class SecretError(ConfigError):
+    """The token secret file is unusable (one line for the operator)."""
+
+
+class InvalidToken(Exception):
+    """A token that is malformed, forged, expired or of the wrong kind."""
+
+
+def load_or_create_secret(data_dir: os.PathLike | str) -> bytes:
+    """Read ``<data_dir>/token.key``, creating it (0600) with random bytes if missing."""
+    path = Path(data_dir) / SECRET_FILE
+    if not path.exists():
+        tmp = path.with_name(f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(secrets.token_hex(SECRET_BYTES) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)  # atomic, never overwrites a concurrent first start
+            except FileExistsError:
+                pass
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            os.chmod(path, 0o600)
+        text = path.read_text(encoding="ascii").strip()
+        secret = bytes.fromhex(text)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise SecretError(f"{path}: unusable token secret ({e}); delete it to generate a new one") from None
+    if len(secret) < 16:
+        raise SecretError(f"{path}: token secret is too short; delete it to generate a new one")
+    return secret
+
+
+def _derive(secret: bytes, label: str) -> bytes:
+    return hmac.new(secret, label.encode(), hashlib.sha256).digest()
+
+
+@dataclass(frozen=True)
+class Claims:
+    """A verified access token."""
+
+    subject: str  # username, "" for anonymous
+    access: tuple = ()  # ((type, name, (actions...)), ...)
+    uid: Optional[int] = None
+    fp: Optional[str] = None
+    expires_at: float = 0.0
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def anonymous(self) -> bool:
+        return self.uid is None
+
+    def allows(self, name: str, action: str = "pull") -> bool:
+        for typ, n, actions in self.access:
+            if typ == "repository" and n == name and (action in actions or "*" in actions):
+                return True
+        return False
+
+
+class TokenIssuer:
+    def __init__(self, secret: bytes, clock: Any, *, service: str = "zmirror",
+                 issuer: str = "zmirror", access_ttl: int = 300,
+                 refresh_ttl: int = 365 * 86400, leeway: int = 30):
+        if len(secret) < 16:
+            raise ValueError("token secret too short")
+        self._sign_key = _derive(secret, "zmirror-jwt-signing-v1")
+        self._fp_key = _derive(secret, "zmirror-user-fingerprint-v1")
+        self.clock = clock
+        self.service = service
+        self.issuer = issuer
+        self.access_ttl = int(access_ttl)
+        self.refresh_ttl = int(refresh_ttl)
+        self.leeway = leeway
+
+    # --- user fingerprint ----------------------------------------------------
+
+    def fingerprint(self, user: Mapping[str, Any]) -> str:
+        """Changes whenever the user's password, enabled flag or record changes."""
+        material = "\0".join((
+            str(int(user["id"])),
+            str(user["password_hash"]),
+            "1" if user["enabled"] else "0",
+            repr(float(user["updated_at"])),
+        ))
+        digest = hmac.new(self._fp_key, material.encode("utf-8"), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:18]).decode("ascii")
+
+    def fingerprint_matches(self, user: Optional[Mapping[str, Any]], fp: Optional[str]) -> bool:
+        if user is None or not fp or not user.get("enabled"):
+            return False
+        return hmac.compare_digest(self.fingerprint(user).encode(), fp.encode("utf-8", "replace"))
+
+    # --- issuing ---------------------------------------------------------
+
+    def _now(self) -> int:
+        return int(self.clock.seconds())
+
+    def issue_access(self, *, subject: str, access: list[dict],
+                     user: Optional[Mapping[str, Any]] = None) -> tuple[str, int]:
+        """``(token, issued_at)``: an access token for ``access`` (Docker's claim format)."""
+        now = self._now()
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": subject or "",
+            "aud": self.service,
+            "iat": now,
+            "nbf": now - 5,
+            "exp": now + self.access_ttl,
+            "jti": secrets.token_urlsafe(12),
+            "zt": ACCESS,
+            "access": access,
+        }
+        if user is not None:
+            claims["uid"] = int(user["id"])
+            claims["fp"] = self.fingerprint(user)
+        return jwt.encode(claims, self._sign_key, algorithm=ALGORITHM), now
+
+    def issue_refresh(self, user: Mapping[str, Any]) -> str:
+        now = self._now()
+        claims = {
+            "iss": self.issuer,
+            "sub": str(user["username"]),
+            "aud": self.service,
+            "iat": now,
+            "exp": now + self.refresh_ttl,
+            "jti": secrets.token_urlsafe(12),
+            "zt": REFRESH,
+            "uid": int(user["id"]),
+            "fp": self.fingerprint(user),
+        }
+        return jwt.encode(claims, self._sign_key, algorithm=ALGORITHM)
+
+    # --- verifying -------------------------------------------------------
+
+    def _decode(self, token: Any, kind: str) -> dict:
+        if not isinstance(token, str) or not token or len(token) > TOKEN_MAX:
+            raise InvalidToken("malformed token")
+        try:
+            claims = jwt.decode(
+                token,
+                self._sign_key,
+                algorithms=[ALGORITHM],
+                audience=self.service,
+                issuer=self.issuer,
+                options={
+                    "verify_exp": False,  # checked below against the injected clock
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "require": ["exp", "iat", "aud", "iss", "zt"],
+                },
+            )
+        except jwt.PyJWTError as e:
+            raise InvalidToken(f"invalid token: {e.__class__.__name__}") from None
+        except Exception:  # anything odd in a hostile token
+            raise InvalidToken("invalid token") from None
+        if claims.get("zt") != kind:
+            raise InvalidToken("wrong token kind")
+        now = self.clock.seconds()
+        exp, nbf = claims.get("exp"), claims.get("nbf", claims.get("iat"))
+        if not isinstance(exp, (int, float)) or isinstance(exp, bool) or now > exp + self.leeway:
+            raise InvalidToken("token expired")
+        if isinstance(nbf, (int, float)) and not isinstance(nbf, bool) and now + self.leeway < nbf:
+            raise InvalidToken("token not yet valid")
+        uid = claims.get("uid")
+        if uid is not None and (not isinstance(uid, int) or isinstance(uid, bool)):
+            raise InvalidToken("invalid token")
+        return claims
+
+    def verify_access(self, token: Any) -> Claims:
+        claims = self._decode(token, ACCESS)
+        access = []
+        for item in claims.get("access") or []:
+            if not isinstance(item, dict):
+                continue
+            typ, name, actions = item.get("type"), item.get("name"), item.get("actions")
+            if isinstance(typ, str) and isinstance(name, str) and isinstance(actions, list):
+                access.append((typ, name, tuple(a for a in actions if isinstance(a, str))))
+        fp = claims.get("fp")
+        return Claims(
+            subject=str(claims.get("sub") or ""),
+            access=tuple(access),
+            uid=claims.get("uid"),
+            fp=fp if isinstance(fp, str) else None,
+            expires_at=float(claims["exp"]),
+            raw=claims,
+        )
+
+    def verify_refresh(self, token: Any) -> tuple[int, str]:
+        """``(user id, fingerprint)`` of a valid refresh token."""
+        claims = self._decode(token, REFRESH)
+        uid, fp = claims.get("uid"), claims.get("fp")
+        if not isinstance(uid, int) or not isinstance(fp, str):
+            raise InvalidToken("invalid refresh token")
+        return uid, fp

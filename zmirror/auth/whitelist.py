@@ -1,0 +1,145 @@
+"""The anonymous-pull whitelist matcher.
+
+Entries are repository-name prefixes, matched against names already parsed and
+normalized by :func:`zmirror.registry.reference.parse_name` (so ``nginx`` has
+become ``library/nginx`` and no ``%``, ``..`` or upper case is left):
+
+- ``helloz`` matches at path-component boundaries: ``helloz/nginx`` and
+  ``helloz/a/b``, never ``hellozz/x``.  ``library/nginx`` matches
+  ``library/nginx`` (and ``library/nginx/…``).
+- A one-component entry also covers the official-image namespace: ``nginx``
+  allows ``library/nginx`` exactly as ``library/nginx`` does (and, being a
+  component prefix, ``nginx/…`` as well).
+- A trailing ``*`` makes a plain string prefix: ``hello*`` matches
+  ``hellozz/x`` and ``hello-world``; without a ``/`` before the ``*`` it also
+  covers official images (``library/hello-world``).
+- An empty entry (or a lone ``*``) is refused at input: use
+  ``[access] anonymous = "all"`` to open everything.
+
+The matcher keeps its entries in sets, so a decision costs a few hash lookups
+per path component, however many entries there are.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+PREFIX_MAX = 255
+_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$")
+# a component cut anywhere: "hello", "hello-", "hello_", "hello.w", ""
+_PARTIAL = re.compile(r"^(?:[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\.|_|__|-+)?)?$")
+LIBRARY = "library/"
+
+
+class InvalidPrefix(ValueError):
+    """A whitelist entry that can never be valid; ``str(e)`` explains why."""
+
+
+def normalize_prefix(raw: object) -> str:
+    """Validate a whitelist entry as typed by an admin; returns it stripped.
+
+    Raises :class:`InvalidPrefix` with a human-readable reason.
+    """
+    if not isinstance(raw, str):
+        raise InvalidPrefix("prefix must be a string")
+    prefix = raw.strip()
+    if not prefix:
+        raise InvalidPrefix("prefix must not be empty")
+    if len(prefix) > PREFIX_MAX:
+        raise InvalidPrefix(f"prefix is longer than {PREFIX_MAX} characters")
+    if prefix != prefix.lower():
+        raise InvalidPrefix("repository names are lower case")
+    star = prefix.endswith("*")
+    body = prefix[:-1] if star else prefix
+    if "*" in body:
+        raise InvalidPrefix("'*' is only allowed at the end")
+    if not body:
+        raise InvalidPrefix('a lone "*" would allow everything; set [access] anonymous = "all" instead')
+    if body.startswith("/"):
+        raise InvalidPrefix("prefix must not start with '/'")
+    parts = body.split("/")
+    if star:
+        full, last = parts[:-1], parts[-1]
+        if not _PARTIAL.match(last):
+            raise InvalidPrefix("prefix holds characters that never occur in repository names")
+    else:
+        full = parts
+    for part in full:
+        if not _COMPONENT.match(part):
+            raise InvalidPrefix(
+                "each path component must be lower-case letters and digits, "
+                "separated by '.', '_', '__' or '-'"
+            )
+    return prefix
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    prefix: str
+
+
+class Matcher:
+    """Decides whether a parsed repository name matches one of the entries."""
+
+    def __init__(self, entries: Iterable[Entry] = ()):
+        self._components: dict[str, Entry] = {}
+        self._strings: dict[str, Entry] = {}
+        self.count = 0
+        for e in entries:
+            self.count += 1
+            if e.prefix.endswith("*"):
+                self._strings.setdefault(e.prefix[:-1], e)
+            else:
+                self._components.setdefault(e.prefix, e)
+
+    def match(self, name: str) -> Optional[Entry]:
+        """The most specific entry matching ``name`` (a parsed name), or None."""
+        if not name:
+            return None
+        best: Optional[Entry] = None
+        best_len = -1
+
+        def consider(entry: Optional[Entry], length: int) -> None:
+            nonlocal best, best_len
+            if entry is not None and length > best_len:
+                best, best_len = entry, length
+
+        comps = name.split("/")
+        if self._components:
+            # every component-boundary prefix of the name: "a", "a/b", "a/b/c"
+            for i in range(1, len(comps) + 1):
+                p = "/".join(comps[:i])
+                consider(self._components.get(p), len(p))
+            # one-component entries also cover the official namespace
+            if comps[0] == "library" and len(comps) >= 2:
+                consider(self._components.get(comps[1]), len(LIBRARY) + len(comps[1]))
+        if self._strings:
+            for i in range(1, len(name) + 1):
+                consider(self._strings.get(name[:i]), i)
+            if name.startswith(LIBRARY):
+                rest = name[len(LIBRARY):]
+                for i in range(1, len(rest) + 1):
+                    e = self._strings.get(rest[:i])
+                    if e is not None and "/" not in e.prefix:
+                        consider(e, len(LIBRARY) + i)
+        return best
+
+    def allows(self, name: str) -> bool:
+        return self.match(name) is not None
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def reference_match(prefix: str, name: str) -> bool:
+    """Straightforward restatement of the matching rule (used by property tests)."""
+    if prefix.endswith("*"):
+        p = prefix[:-1]
+        return name.startswith(p) or ("/" not in p and name.startswith(LIBRARY + p))
+    forms = [prefix]
+    if "/" not in prefix:
+        forms.append(LIBRARY + prefix)
+    return any(name == f or name.startswith(f + "/") for f in forms)
