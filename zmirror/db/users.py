@@ -1,0 +1,318 @@
+"""Registry users (the ``users`` table): the accounts of ``docker login``.
+
+Public rows (``list``, ``get``, and what writes return) never hold the hash:
+``id, username, enabled (bool), created_at, updated_at, last_login_at``.
+``get_by_username`` returns the full row including ``password_hash`` (for the
+login path).
+
+The store also keeps an in-memory copy of the authentication-relevant columns
+(``id, username, password_hash, enabled, updated_at``), loaded once by
+:meth:`load` (or lazily) and updated after every write that goes through this
+store, so the registry can check a Bearer token's user per request without a
+database query.
+
+Usernames: 1-64 of ``[A-Za-z0-9._-]``, unique regardless of case, and never
+the admin account's name (``validate_username(name, admin_username)``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from zmirror.db.errors import Conflict, NotFound
+
+log = Logger()
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+PASSWORD_MAX = 1024
+PUBLIC = ("id", "username", "enabled", "created_at", "updated_at", "last_login_at")
+FULL = PUBLIC + ("password_hash",)
+AUTH = ("id", "username", "password_hash", "enabled", "updated_at")
+_SELECT = f"SELECT {', '.join(FULL)} FROM users"
+
+
+class InvalidField(ValueError):
+    """Bad input for one field; ``str(e)`` is the reason, ``field`` names the field."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(message)
+
+
+def validate_username(name: Any, admin_username: Optional[str] = None) -> str:
+    """Returns ``name`` if it is an acceptable new username, else raises InvalidField."""
+    if not isinstance(name, str):
+        raise InvalidField("username", "must be a string")
+    if not name:
+        raise InvalidField("username", "must not be empty")
+    if len(name) > 64:
+        raise InvalidField("username", "must be at most 64 characters")
+    if not USERNAME_RE.match(name):
+        raise InvalidField("username", "may only contain letters, digits, '.', '_' and '-'")
+    if admin_username and name.lower() == admin_username.lower():
+        raise InvalidField("username", "is the admin account's name, which cannot be a registry user")
+    return name
+
+
+def validate_password(password: Any) -> str:
+    if not isinstance(password, str):
+        raise InvalidField("password", "must be a string")
+    if not password:
+        raise InvalidField("password", "must not be empty")
+    if len(password) > PASSWORD_MAX:
+        raise InvalidField("password", f"must be at most {PASSWORD_MAX} characters")
+    if "\x00" in password:
+        raise InvalidField("password", "must not contain NUL characters")
+    return password
+
+
+def _full(values) -> dict:
+    row = dict(zip(FULL, values))
+    row["enabled"] = bool(row["enabled"])
+    return row
+
+
+def public(row: dict) -> dict:
+    return {k: row[k] for k in PUBLIC}
+
+
+def _auth(row: dict) -> dict:
+    return {k: row[k] for k in AUTH}
+
+
+def _get_full(txn, uid: int) -> dict:
+    txn.execute(_SELECT + " WHERE id = ?", (uid,))
+    r = txn.fetchone()
+    if r is None:
+        raise NotFound(f"user {uid}")
+    return _full(r)
+
+
+def _check_unique(txn, username: str) -> None:
+    txn.execute("SELECT id FROM users WHERE lower(username) = lower(?)", (username,))
+    if txn.fetchone() is not None:
+        raise Conflict("username", "a user with this name already exists")
+
+
+class UserStore:
+    """CRUD on registry users.  Every method returns a Deferred or is a coroutine."""
+
+    def __init__(self, db: Any, clock: Any, *, passwords: Any = None,
+                 admin_username: Optional[str] = None):
+        self.db = db
+        self.clock = clock
+        if passwords is None:
+            from zmirror.auth.passwords import Passwords
+
+            passwords = Passwords(clock=clock)
+        self.passwords = passwords
+        self.admin_username = admin_username
+        self._by_id: Optional[dict[int, dict]] = None
+        self._loader = Loader(self.load, lambda: self._by_id is not None)
+
+    # --- validation helpers ------------------------------------------------
+
+    def validate_username(self, name: Any) -> str:
+        return validate_username(name, self.admin_username)
+
+    # --- reads ---------------------------------------------------------------
+
+    def list(self):
+        """Deferred → public rows ordered by id."""
+
+        def run(txn):
+            txn.execute(_SELECT + " ORDER BY id")
+            return [public(_full(r)) for r in txn.fetchall()]
+
+        return self.db.read(run)
+
+    def get(self, uid: int):
+        """Deferred → the public row; errbacks with NotFound."""
+        return self.db.read(lambda txn: public(_get_full(txn, uid)))
+
+    def get_by_username(self, username: str):
+        """Deferred → the full row (with ``password_hash``) or None (exact name)."""
+
+        def run(txn):
+            txn.execute(_SELECT + " WHERE username = ?", (username,))
+            r = txn.fetchone()
+            return _full(r) if r is not None else None
+
+        return self.db.read(run)
+
+    def count(self):
+        def run(txn):
+            txn.execute("SELECT count(*) FROM users")
+            return txn.fetchone()[0]
+
+        return self.db.read(run)
+
+    # --- writes -------------------------------------------------------------
+
+    async def create(self, username: str, password: str, enabled: bool = True) -> dict:
+        username = self.validate_username(username)
+        password = validate_password(password)
+        password_hash = await self.passwords.hash(password)
+        return await self.create_with_hash(username, password_hash, enabled)
+
+    async def create_with_hash(self, username: str, password_hash: str, enabled: bool = True) -> dict:
+        """Insert a user with an existing hash (imports, including legacy MD5 hex)."""
+        username = self.validate_username(username)
+        if not isinstance(password_hash, str) or not password_hash:
+            raise InvalidField("password", "missing password hash")
+        now = self.clock.seconds()
+
+        def run(txn):
+            _check_unique(txn, username)
+            try:
+                txn.execute(
+                    "INSERT INTO users (username, password_hash, enabled, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (username, password_hash, int(bool(enabled)), now, now),
+                )
+            except Exception as e:  # sqlite3.IntegrityError from the UNIQUE index
+                if "UNIQUE" in str(e).upper():
+                    raise Conflict("username", "a user with this name already exists") from None
+                raise
+            return _get_full(txn, txn.lastrowid)
+
+        row = await self.db.write(run)
+        self._remember(row)
+        return public(row)
+
+    async def update(self, uid: int, password: Optional[str] = None,
+                     enabled: Optional[bool] = None) -> dict:
+        """Change the password and/or the enabled flag; returns the public row.
+
+        Either change (even re-saving the same value) ends the user's
+        outstanding tokens: their fingerprint includes ``updated_at``.
+        """
+        sets: dict[str, Any] = {}
+        if password is not None:
+            password = validate_password(password)
+            sets["password_hash"] = await self.passwords.hash(password)
+        if enabled is not None:
+            if not isinstance(enabled, bool):
+                raise InvalidField("enabled", "must be true or false")
+            sets["enabled"] = int(enabled)
+        now = self.clock.seconds()
+
+        def run(txn):
+            _get_full(txn, uid)
+            if sets:
+                cols = sorted(sets)
+                txn.execute(
+                    f"UPDATE users SET {', '.join(f'{c} = ?' for c in cols)}, updated_at = ? WHERE id = ?",
+                    tuple(sets[c] for c in cols) + (now, uid),
+                )
+            return _get_full(txn, uid)
+
+        row = await self.db.write(run)
+        self._remember(row)
+        return public(row)
+
+    async def delete(self, uid: int) -> None:
+        def run(txn):
+            txn.execute("DELETE FROM users WHERE id = ?", (uid,))
+            if txn.rowcount == 0:
+                raise NotFound(f"user {uid}")
+
+        await self.db.write(run)
+        if self._by_id is not None:
+            self._by_id.pop(uid, None)
+
+    async def record_login(self, uid: int) -> None:
+        await self.db.execute("UPDATE users SET last_login_at = ? WHERE id = ?",
+                              (self.clock.seconds(), uid))
+
+    async def set_hash(self, uid: int, password_hash: str) -> Optional[dict]:
+        """Replace the stored hash (re-hash after login); returns the new auth row."""
+
+        def run(txn):
+            txn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, uid))
+            if txn.rowcount == 0:
+                return None
+            return _get_full(txn, uid)
+
+        row = await self.db.write(run)
+        if row is not None:
+            self._remember(row)
+            return _auth(row)
+        return None
+
+    # --- in-memory authentication state ------------------------------------
+
+    async def load(self) -> int:
+        """(Re)load the in-memory copy; returns the number of users."""
+
+        def run(txn):
+            txn.execute(_SELECT)
+            return [_full(r) for r in txn.fetchall()]
+
+        rows = await self.db.read(run)
+        self._by_id = {r["id"]: _auth(r) for r in rows}
+        return len(rows)
+
+    async def _ensure_loaded(self) -> None:
+        await self._loader.ensure()
+
+    async def auth_user(self, uid: int) -> Optional[dict]:
+        """The auth row (id, username, password_hash, enabled, updated_at) or None."""
+        if self._by_id is None:
+            await self._ensure_loaded()
+        row = self._by_id.get(uid) if self._by_id is not None else None
+        return dict(row) if row is not None else None
+
+    def _remember(self, row: dict) -> None:
+        if self._by_id is not None:
+            self._by_id[row["id"]] = _auth(row)
+
+    def refresh_one(self, row: dict) -> None:
+        """Update the in-memory copy from a freshly read full row."""
+        self._remember(row)
+
+
+class Loader:
+    """Runs ``load()`` once on first demand; concurrent callers wait for the same run.
+
+    ``ensure()`` returns at once when ``is_loaded()`` is true.  A failed load is
+    retried by the next caller.
+    """
+
+    def __init__(self, load, is_loaded):
+        self._load = load
+        self._is_loaded = is_loaded
+        self._waiters: Optional[list[Deferred]] = None
+
+    async def ensure(self) -> None:
+        if self._is_loaded():
+            return
+        if self._waiters is not None:
+            d: Deferred = Deferred()
+            self._waiters.append(d)
+            await d
+            return
+        self._waiters = []
+        failure = None
+        try:
+            await self._load()
+        except Exception:
+            failure = Failure()
+            raise
+        finally:
+            waiters, self._waiters = self._waiters, None
+            for w in waiters:
+                if failure is None:
+                    w.callback(None)
+                else:
+                    w.errback(failure)
+
+
+__all__ = ["UserStore", "Loader", "validate_username", "validate_password", "InvalidField",
+           "NotFound", "Conflict", "public"]
