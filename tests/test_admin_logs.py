@@ -1,0 +1,301 @@
+"""/api/logs and /api/stats, and AccessLogStore's retention pruning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from tests.test_admin_registries import coro
+from tests.test_admin_support import T0, AdminTestMixin, SyncDatabase
+from zmirror.accesslog import COLUMNS, AccessRecord
+from zmirror.db import Database, migrate
+from zmirror.db.accesslogs import DAY, HOUR, AccessLogStore, RetentionService
+
+ROW_KEYS = {"id", "created_at", "client_ip", "username", "method", "repository", "reference",
+            "kind", "status", "bytes", "duration_ms", "upstream", "cache_hit", "user_agent"}
+
+
+def insert(db, **kw):
+    rec = AccessRecord(created_at=kw.pop("created_at", T0), **kw)
+    row = rec.as_row()
+    db.conn.execute(
+        f"INSERT INTO access_logs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+        tuple(row[c] for c in COLUMNS))
+    db.conn.commit()
+
+
+class LogRouteTests(AdminTestMixin, unittest.TestCase):
+    def setUp(self):
+        super().setUp()
+        # 10 rows, one per minute, newest last
+        for i in range(10):
+            insert(self.db, created_at=T0 - 600 + i * 60, client_ip=f"10.0.0.{i % 3}",
+                   username=("alice" if i % 2 else ""), method="GET",
+                   repository=("library/nginx" if i < 5 else "team_a/app%1"),
+                   reference=f"sha256:{i:064x}", kind=("blob" if i % 4 else "manifest"),
+                   status=(200 if i < 7 else (404 if i == 7 else 502)), bytes=1000 * i,
+                   duration_ms=1.5 * i, upstream="Docker Hub", cache_hit=(i % 2 == 0),
+                   user_agent="docker/27")
+
+    @coro
+    async def test_list_newest_first_with_total(self):
+        code, _h, obj = await self.call("GET", "/api/logs")
+        self.assertEqual(code, 200)
+        self.assertEqual((obj["total"], obj["page"], obj["page_size"]), (10, 1, 50))
+        items = obj["items"]
+        self.assertEqual(len(items), 10)
+        self.assertEqual(set(items[0]), ROW_KEYS)
+        self.assertEqual([r["bytes"] for r in items], [1000 * i for i in range(9, -1, -1)])
+        self.assertIs(items[0]["cache_hit"], False)
+        self.assertIs(items[1]["cache_hit"], True)
+        self.assertEqual(items[0]["status"], 502)
+        self.assertEqual(items[0]["created_at"], T0 - 60)
+
+    @coro
+    async def test_pagination(self):
+        _c, _h, obj = await self.call("GET", "/api/logs?page=2&page_size=3")
+        self.assertEqual((obj["total"], obj["page"], obj["page_size"]), (10, 2, 3))
+        self.assertEqual([r["bytes"] for r in obj["items"]], [6000, 5000, 4000])
+        _c, _h, obj = await self.call("GET", "/api/logs?page=5&page_size=3")
+        self.assertEqual((obj["items"], obj["total"]), ([], 10))
+        # capped, not refused
+        _c, _h, obj = await self.call("GET", "/api/logs?page_size=100000")
+        self.assertEqual(obj["page_size"], 500)
+
+    @coro
+    async def test_filters(self):
+        async def total(q):
+            code, _h, obj = await self.call("GET", "/api/logs?" + q)
+            self.assertEqual(code, 200, (q, obj))
+            return obj["total"]
+
+        self.assertEqual(await total("username=alice"), 5)
+        self.assertEqual(await total("username=ali"), 0)  # exact
+        self.assertEqual(await total("client_ip=10.0.0.1"), 3)
+        self.assertEqual(await total("repository=nginx"), 5)  # substring
+        self.assertEqual(await total("repository=%251"), 5)  # literal '%'
+        self.assertEqual(await total("repository=team_"), 5)  # literal '_'
+        self.assertEqual(await total("repository=team%25"), 0)
+        self.assertEqual(await total("status=200"), 7)
+        self.assertEqual(await total("status=4xx"), 1)
+        self.assertEqual(await total("status=5XX"), 2)
+        self.assertEqual(await total("kind=manifest"), 3)
+        self.assertEqual(await total("kind=denied"), 0)
+        self.assertEqual(await total(f"from={T0 - 300}"), 5)
+        self.assertEqual(await total(f"to={T0 - 300}"), 5)
+        self.assertEqual(await total(f"from={T0 - 480}&to={T0 - 300}&username=alice"), 1)
+        self.assertEqual(await total("username=&kind="), 10)  # empty = no filter
+
+    @coro
+    async def test_bad_queries(self):
+        for q, field in (("page=0", "page"), ("page=x", "page"), ("page_size=0", "page_size"),
+                         ("page_size=-5", "page_size"), ("from=yesterday", "from"),
+                         ("to=nan", "to"), ("to=inf", "to"), ("status=2000", "status"),
+                         ("status=6xx", "status"), ("status=abc", "status"),
+                         ("kind=upload", "kind"), ("user=alice", "user"),
+                         ("page=1&page=2", "page"), ("repository=" + "x" * 300, "repository")):
+            self.assertError(await self.call("GET", "/api/logs?" + q), 400, field)
+
+    @coro
+    async def test_delete_before(self):
+        code, _h, obj = await self.call("DELETE", f"/api/logs?before={T0 - 300}")
+        self.assertEqual((code, obj), (200, {"deleted": 5}))
+        _c, _h, obj = await self.call("GET", "/api/logs")
+        self.assertEqual(obj["total"], 5)
+        self.assertTrue(all(r["created_at"] >= T0 - 300 for r in obj["items"]))
+
+    @coro
+    async def test_delete_all(self):
+        code, _h, obj = await self.call("DELETE", "/api/logs")
+        self.assertEqual((code, obj), (200, {"deleted": 10}))
+        _c, _h, obj = await self.call("GET", "/api/logs")
+        self.assertEqual((obj["total"], obj["items"]), (0, []))
+
+    @coro
+    async def test_delete_bad_input_changes_nothing(self):
+        before = self.db.snapshot()
+        for q in ("?before=", "?before=soon", "?before=-1", "?all=1", "?before=1&before=2"):
+            self.assertError(await self.call("DELETE", "/api/logs" + q), 400)
+        self.assertEqual(self.db.snapshot(), before)
+
+
+class StatsTests(AdminTestMixin, unittest.TestCase):
+    @coro
+    async def test_empty(self):
+        code, _h, obj = await self.call("GET", "/api/stats")
+        self.assertEqual(code, 200)
+        self.assertEqual(obj["totals"], {"requests": 0, "bytes": 0, "errors": 0, "error_rate": 0.0,
+                                         "users": 0, "registries": 1, "whitelists": 0})
+        self.assertEqual(len(obj["hourly"]), 24)
+        self.assertEqual(len(obj["daily"]), 7)
+        self.assertTrue(all(b["requests"] == 0 and b["bytes"] == 0 for b in obj["hourly"]))
+        self.assertEqual((obj["top_repositories"], obj["top_users"], obj["upstreams"]), ([], [], []))
+        self.assertIsNone(obj["cache"])
+
+    @coro
+    async def test_numbers(self):
+        now = self.clock.seconds()
+        hour0 = now // HOUR * HOUR
+        day0 = now // DAY * DAY
+        insert(self.db, created_at=now - 10, repository="library/nginx", username="alice",
+               status=200, bytes=100, upstream="Docker Hub")
+        insert(self.db, created_at=now - 20, repository="library/nginx", username="", status=200,
+               bytes=50, upstream="Docker Hub")
+        insert(self.db, created_at=now - 2 * HOUR, repository="team/app", username="alice",
+               status=404, bytes=10, upstream="Quay")
+        insert(self.db, created_at=now - 30, repository="library/nginx", username="bob",
+               status=401, kind="denied")
+        insert(self.db, created_at=now - 40, username="bob", status=502, kind="token")
+        insert(self.db, created_at=now - 3 * DAY, repository="old/repo", status=200, bytes=7)
+        insert(self.db, created_at=now - 30 * DAY, repository="ancient/repo", status=500,
+               bytes=999)  # outside every window
+        await self.users.create("alice", "alice-password")
+        await self.whitelists.create("library/nginx")
+        _c, _h, obj = await self.call("GET", "/api/stats")
+        t = obj["totals"]
+        self.assertEqual((t["requests"], t["bytes"]), (6, 167))
+        self.assertEqual(t["errors"], 2)  # 404 and 502; the 401 challenge is not an error
+        self.assertEqual(t["error_rate"], round(2 / 6, 4))
+        self.assertEqual((t["users"], t["registries"], t["whitelists"]), (1, 1, 1))
+        self.assertEqual(obj["since"], day0 - 6 * DAY)
+        self.assertEqual(obj["hourly"][-1]["t"], hour0)
+        self.assertEqual(obj["hourly"][0]["t"], hour0 - 23 * HOUR)
+        by_hour = {b["t"]: b for b in obj["hourly"]}
+        self.assertEqual(sum(b["requests"] for b in obj["hourly"]), 5)
+        self.assertEqual(by_hour[hour0 - 2 * HOUR]["bytes"], 10)
+        self.assertEqual(obj["daily"][-1]["t"], day0)
+        self.assertEqual(sum(b["requests"] for b in obj["daily"]), 6)
+        self.assertEqual({b["t"]: b["bytes"] for b in obj["daily"]}[day0 - 3 * DAY], 7)
+        self.assertEqual(obj["top_repositories"][0],
+                         {"repository": "library/nginx", "requests": 3, "bytes": 150})
+        self.assertEqual({r["repository"] for r in obj["top_repositories"]},
+                         {"library/nginx", "team/app", "old/repo"})
+        users = {u["username"]: (u["requests"], u["bytes"]) for u in obj["top_users"]}
+        self.assertEqual(users, {"alice": (2, 110), "bob": (2, 0), "": (2, 57)})
+        self.assertEqual(obj["upstreams"], [{"upstream": "Docker Hub", "requests": 2, "bytes": 150},
+                                            {"upstream": "Quay", "requests": 1, "bytes": 10}])
+
+    @coro
+    async def test_timezone_offset_and_cache_and_queue(self):
+        class Cache:
+            def stats(self):
+                return {"bytes": 5, "files": 1}
+
+        class Queue:
+            queue_depth = 7
+
+        self.client = self.stub(self.make_api(cache=Cache(), accesslog=Queue()))
+        _c, _h, obj = await self.call("GET", "/api/stats?tz_offset=480")
+        day0 = (self.clock.seconds() + 480 * 60) // DAY * DAY - 480 * 60
+        self.assertEqual(obj["daily"][-1]["t"], day0)
+        self.assertEqual(obj["cache"], {"bytes": 5, "files": 1})
+        self.assertEqual(obj["log_queue"], 7)
+        for q in ("?tz_offset=abc", "?tz_offset=100000", "?tz=1"):
+            self.assertError(await self.call("GET", "/api/stats" + q), 400)
+
+
+class PruneTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(T0)
+        self.db = SyncDatabase(Path(self.mktemp()) / "registry.db")
+        self.addCleanup(self.db.close)
+        self.store = AccessLogStore(self.db, self.clock)
+        for i in range(20):  # one row per day, oldest first
+            insert(self.db, created_at=T0 - (19 - i) * DAY - 1, repository=f"r/{i}")
+
+    def remaining(self):
+        return [r[0] for r in self.db.conn.execute(
+            "SELECT repository FROM access_logs ORDER BY id").fetchall()]
+
+    @coro
+    async def test_by_days(self):
+        n = await self.store.prune(retention_days=5)
+        self.assertEqual(n, 15)
+        self.assertEqual(self.remaining(), [f"r/{i}" for i in range(15, 20)])
+
+    @coro
+    async def test_by_rows(self):
+        n = await self.store.prune(max_rows=3)
+        self.assertEqual(n, 17)
+        self.assertEqual(self.remaining(), ["r/17", "r/18", "r/19"])
+        self.assertEqual(await self.store.prune(max_rows=3), 0)
+
+    @coro
+    async def test_both_and_neither(self):
+        self.assertEqual(await self.store.prune(0, 0), 0)
+        self.assertEqual(await self.store.prune(retention_days=10, max_rows=4), 16)
+        self.assertEqual(len(self.remaining()), 4)
+
+    @coro
+    async def test_chunks(self):
+        import zmirror.db.accesslogs as mod
+
+        self.patch(mod, "PRUNE_CHUNK", 3)
+        writes = self.db.writes
+        self.assertEqual(await self.store.prune(retention_days=10), 10)
+        self.assertEqual(self.db.writes - writes, 4)  # 3 + 3 + 3 + 1
+        self.assertEqual(len(self.remaining()), 10)
+
+    def test_service_runs_periodically_off_the_request_path(self):
+        svc = RetentionService(self.store, self.clock, retention_days=10, max_rows=0,
+                               interval=3600, first_delay=60)
+        svc.startService()
+        self.assertEqual(len(self.remaining()), 20)
+        self.clock.advance(60)
+        self.assertEqual(len(self.remaining()), 10)
+        insert(self.db, created_at=T0 - 11 * DAY, repository="late")
+        self.clock.advance(3599)
+        self.assertIn("late", self.remaining())
+        self.clock.advance(1)
+        self.assertNotIn("late", self.remaining())
+        svc.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_service_disabled(self):
+        svc = RetentionService(self.store, self.clock, retention_days=0, max_rows=0)
+        svc.startService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        svc.stopService()
+
+    def test_service_survives_errors(self):
+        calls = []
+
+        async def broken(*a, **kw):
+            calls.append(1)
+            raise RuntimeError("disk on fire")
+
+        self.store.prune = broken
+        svc = RetentionService(self.store, self.clock, retention_days=1, max_rows=0,
+                               interval=10, first_delay=0)
+        svc.startService()
+        self.clock.advance(0)
+        self.clock.advance(10)
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+        svc.stopService()
+
+
+class PruneRealDatabaseTests(unittest.TestCase):
+    @coro
+    async def test_prune_on_threads(self):
+        path = Path(self.mktemp()) / "registry.db"
+        migrate(path)
+        db = Database(path, reactor)
+        db.start()
+        self.addCleanup(db.close)
+        clock = Clock()
+        clock.advance(T0)
+
+        def fill(txn):
+            txn.executemany("INSERT INTO access_logs (created_at) VALUES (?)",
+                            [(T0 - (11999 - i),) for i in range(12000)])
+
+        await db.write(fill)
+        store = AccessLogStore(db, clock)
+        self.assertEqual(await store.prune(max_rows=1000), 11000)
+        rows = await db.query("SELECT count(*) AS n, min(created_at) AS t FROM access_logs")
+        self.assertEqual(rows, [{"n": 1000, "t": T0 - 999}])
