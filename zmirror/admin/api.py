@@ -1,0 +1,610 @@
+"""The admin API behind the web UI (contract: docs/api.md).
+
+``AdminAPI`` is a class-bound Klein app whose routes are relative to ``/api``:
+:class:`zmirror.app.ZMirrorApp` mounts ``AdminAPI.resource()`` as the ``/api``
+branch.  Handlers stay thin: authenticate, validate, call a store, render JSON.
+Every error is a JSON ``{"error", "fields"}`` answer, never a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+import platform
+from inspect import isawaitable
+from typing import Any, Callable, Optional
+
+import twisted
+from klein import Klein
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+
+from zmirror import __version__
+from zmirror.admin.validate import (
+    ApiError,
+    Field,
+    Invalid,
+    boolean,
+    check,
+    identifier,
+    integer,
+    json_body,
+    path_id,
+    q_int,
+    q_time,
+    query,
+    string,
+)
+from zmirror.auth.passwords import AdminCredentials, Passwords
+from zmirror.db.accesslogs import KINDS, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, LogFilter, parse_status
+from zmirror.db.errors import Conflict, NotFound
+from zmirror.db.registries import normalize_url
+from zmirror.net import TrustedProxies, client_ip
+
+log = Logger()
+
+REALM = b'Basic realm="zmirror-admin"'
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+UNKNOWN_HEALTH = {"state": "unknown", "last_error": None, "last_latency_ms": None,
+                  "last_checked_at": None, "consecutive_failures": 0}
+PROBE_KEYS = {"ok": False, "status": None, "latency_ms": None, "auth": "unknown", "error": None}
+
+_app = Klein()
+
+
+def api_route(path: str, methods: list[str]):
+    """A route that requires the admin and answers JSON (handler returns
+    ``obj`` → 200, ``(status, obj)``, or ``None`` → 204)."""
+
+    def deco(f):
+        @_app.route(path, methods=methods)
+        @functools.wraps(f)
+        async def handler(self, request, **kw):
+            return await self._serve(request, f, kw)
+
+        return handler
+
+    return deco
+
+
+# --- registries -----------------------------------------------------------------------
+
+
+def _url(x: Any) -> str:
+    return normalize_url(x)
+
+
+_NO_COLON = __import__("re").compile(r"^[^:\x00-\x1f\x7f]*$")
+
+REGISTRY_FIELDS = {
+    "name": Field(string(1, 100), required=True),
+    "url": Field(_url, required=True),
+    "priority": Field(integer(0, 1_000_000), default=100),
+    "enabled": Field(boolean, default=True),
+    "username": Field(string(0, 255, pattern=_NO_COLON,
+                             pattern_msg="must not contain ':' or control characters"), default=""),
+    "password": Field(string(0, 4096, strip=False), default=""),
+}
+REGISTRY_UPDATE_FIELDS = {"id": Field(identifier), **REGISTRY_FIELDS}
+
+# --- users and whitelists (the stores' own validators, so both agree) ------------------
+
+
+def _users_validator(name: str) -> Callable[[Any], Any]:
+    def v(x: Any) -> Any:
+        from zmirror.db import users
+
+        return getattr(users, name)(x)
+
+    return v
+
+
+def _whitelist_validator(name: str) -> Callable[[Any], Any]:
+    def v(x: Any) -> Any:
+        from zmirror.db import whitelists
+
+        return getattr(whitelists, name)(x)
+
+    return v
+
+
+USER_FIELDS = {
+    "username": Field(_users_validator("validate_username"), required=True),
+    "password": Field(_users_validator("validate_password"), required=True),
+    "enabled": Field(boolean, default=True),
+}
+USER_UPDATE_FIELDS = {
+    "id": Field(identifier),
+    "password": Field(_users_validator("validate_password")),
+    "enabled": Field(boolean),
+}
+WHITELIST_FIELDS = {
+    "prefix": Field(_whitelist_validator("validate_prefix"), required=True),
+    "enabled": Field(boolean, default=True),
+    "note": Field(_whitelist_validator("validate_note"), default=""),
+}
+WHITELIST_UPDATE_FIELDS = {
+    "id": Field(identifier),
+    "prefix": Field(_whitelist_validator("validate_prefix")),
+    "enabled": Field(boolean),
+    "note": Field(_whitelist_validator("validate_note")),
+}
+
+
+async def _maybe(x):
+    return (await x) if isawaitable(x) else x
+
+
+def _parse_basic(request) -> Optional[tuple[str, str]]:
+    header = request.getHeader(b"authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(b" ")
+    if scheme.lower() != b"basic" or not value.strip():
+        return None
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+        text = raw.decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    username, sep, password = text.partition(":")
+    if not sep:
+        return None
+    return username, password
+
+
+class AdminAPI:
+    """``/api/*``.  Collaborators are injected; the optional ones may be None
+    (their routes then answer 503 / the health shows "unknown")."""
+
+    app = _app
+
+    def __init__(
+        self,
+        config: Any,
+        *,
+        clock: Any,
+        registries: Any,
+        accesslogs: Any,
+        users: Any = None,
+        whitelists: Any = None,
+        lockout: Any = None,
+        upstreams: Any = None,
+        passwords: Any = None,
+        trusted: Optional[TrustedProxies] = None,
+        cache: Any = None,
+        accesslog: Any = None,
+    ):
+        self.config = config
+        self.clock = clock
+        self.registries = registries
+        self.accesslogs = accesslogs
+        self.users = users
+        self.whitelists = whitelists
+        self.lockout = lockout
+        self.upstreams = upstreams
+        self.passwords = passwords if passwords is not None else Passwords(clock=clock)
+        self.trusted = trusted or TrustedProxies()
+        self.cache = cache
+        self.accesslog = accesslog  # the batched writer (queue depth in /api/stats)
+
+    def resource(self):
+        return self.app.resource()
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    async def _serve(self, request, f: Callable, kw: dict):
+        try:
+            await self._authenticate(request)
+            result = await _maybe(f(self, request, **kw))
+        except CancelledError:
+            raise
+        except ApiError as e:
+            return self._error(request, e)
+        except NotFound:
+            return self._error(request, ApiError(404, "not found"))
+        except Conflict as e:
+            return self._error(request, ApiError(409, f"{e.field} already exists",
+                                                 {e.field: "already exists"}))
+        except Exception:
+            log.failure("admin API: unexpected error on {method} {path}",
+                        method=request.method, path=request.path)
+            return self._error(request, ApiError(500, "internal error"))
+        if result is None:
+            return self._send(request, 204, None)
+        if isinstance(result, tuple):
+            return self._send(request, *result)
+        return self._send(request, 200, result)
+
+    def _send(self, request, status: int, obj: Any) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        if obj is None:
+            request.setHeader(b"Content-Length", b"0")
+            return b""
+        body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        request.setHeader(b"Content-Length", str(len(body)).encode())
+        return body
+
+    def _error(self, request, e: ApiError) -> bytes:
+        for k, v in e.headers.items():
+            request.setHeader(k, v)
+        return self._send(request, e.status, e.body())
+
+    @_app.handle_errors(Exception)
+    def _klein_error(self, request, failure):
+        # Klein's own 404/405 (unknown route or method) and anything unexpected.
+        from werkzeug.exceptions import HTTPException
+
+        exc = failure.value
+        if isinstance(exc, HTTPException):
+            status, message = exc.code or 500, exc.name.lower()
+        else:
+            log.failure("admin API: unhandled error", failure=failure)
+            status, message = 500, "internal error"
+        return self._send(request, status, {"error": message, "fields": {}})
+
+    # --- authentication ------------------------------------------------------------------
+
+    async def _authenticate(self, request) -> str:
+        creds = _parse_basic(request)
+        if creds is None:
+            raise ApiError(401, "authentication required", headers={b"WWW-Authenticate": REALM})
+        username, password = creds
+        ip = client_ip(request, self.trusted)
+        if self.lockout is not None:
+            retry = await _maybe(self.lockout.check(username, ip))
+            if retry:
+                retry = max(1, int(-(-float(retry) // 1)))
+                raise ApiError(429, "too many failed logins, try again later",
+                               headers={b"Retry-After": str(retry).encode()},
+                               extra={"retry_after": retry})
+        if await self._is_admin(username, password):
+            if self.lockout is not None:
+                await _maybe(self.lockout.success(username, ip))
+            return username
+        if await self._is_registry_user(username, password):
+            raise ApiError(403, "this account may pull images but not administer ZMirror")
+        if self.lockout is not None:
+            await _maybe(self.lockout.failure(username, ip))
+        log.info("admin API: failed login for {user!r} from {ip}", user=username[:64], ip=ip)
+        raise ApiError(401, "invalid username or password", headers={b"WWW-Authenticate": REALM})
+
+    async def _is_admin(self, username: str, password: str) -> bool:
+        admin = self.config.admin
+        creds = AdminCredentials(admin.username, admin.password, self.passwords)
+        return bool(await creds.check(username, password))
+
+    async def _is_registry_user(self, username: str, password: str) -> bool:
+        """Valid credentials of an enabled registry user (→ 403, not 401)."""
+        if self.users is None:
+            return False
+        try:
+            row = await _maybe(self.users.get_by_username(username))
+        except NotFound:
+            row = None
+        stored = (row or {}).get("password_hash") or ""
+        if not row or not stored:
+            await self.passwords.dummy_verify(password)
+            return False
+        ok, _new = await self.passwords.verify(password, stored, account=username)
+        return bool(ok) and bool(row.get("enabled", True))
+
+    # --- session -----------------------------------------------------------------------------
+
+    @api_route("/me", ["GET"])
+    def me(self, request):
+        return {"username": self.config.admin.username,
+                "default_password": bool(self.config.admin_password_is_default)}
+
+    @api_route("/version", ["GET"])
+    def version(self, request):
+        return {"version": __version__, "python": platform.python_version(),
+                "twisted": twisted.__version__}
+
+    # --- registries --------------------------------------------------------------------------
+
+    def _health(self) -> dict:
+        if self.upstreams is None:
+            return {}
+        try:
+            return dict(self.upstreams.health() or {})
+        except Exception:
+            log.failure("admin API: upstream health failed")
+            return {}
+
+    @staticmethod
+    def _registry_out(row: dict, health: dict) -> dict:
+        h = dict(UNKNOWN_HEALTH)
+        got = health.get(row["id"])
+        if isinstance(got, dict):
+            h.update({k: got[k] for k in UNKNOWN_HEALTH if k in got})
+        return {
+            "id": row["id"], "name": row["name"], "url": row["url"],
+            "priority": row["priority"], "enabled": bool(row["enabled"]),
+            "username": row["username"], "has_password": bool(row["password"]),
+            "created_at": row["created_at"], "updated_at": row["updated_at"],
+            "health": h,
+        }
+
+    @api_route("/registries", ["GET"])
+    async def registries_list(self, request):
+        rows = await self.registries.list()
+        health = self._health()
+        return {"items": [self._registry_out(r, health) for r in rows]}
+
+    @api_route("/registries", ["POST"])
+    async def registries_create(self, request):
+        values = check(json_body(request), REGISTRY_FIELDS)
+        row = await self.registries.create(**values)
+        return 201, self._registry_out(row, self._health())
+
+    @api_route("/registries", ["PUT"])
+    async def registries_update_body(self, request):
+        body = json_body(request)
+        values = check(body, REGISTRY_UPDATE_FIELDS, partial=True)
+        if "id" not in values:
+            raise Invalid("invalid input: id required", {"id": "required"})
+        return await self._registry_update(values.pop("id"), values)
+
+    @api_route("/registries/<rid>", ["GET"])
+    async def registries_get(self, request, rid):
+        row = await self.registries.get(path_id(rid))
+        return self._registry_out(row, self._health())
+
+    @api_route("/registries/<rid>", ["PUT"])
+    async def registries_update(self, request, rid):
+        rid = path_id(rid)
+        values = check(json_body(request), REGISTRY_UPDATE_FIELDS, partial=True)
+        _same_id(values, rid)
+        return await self._registry_update(rid, values)
+
+    async def _registry_update(self, rid: int, values: dict):
+        if not values:
+            raise Invalid("nothing to update", {})
+        row = await self.registries.update(rid, **values)
+        return self._registry_out(row, self._health())
+
+    @api_route("/registries/<rid>", ["DELETE"])
+    async def registries_delete(self, request, rid):
+        await self.registries.delete(path_id(rid))
+        return None
+
+    @api_route("/registries/<rid>/test", ["POST"])
+    async def registries_test(self, request, rid):
+        row = await self.registries.get(path_id(rid))
+        if self.upstreams is None:
+            raise ApiError(503, "the proxy core is not available")
+        try:
+            result = await _maybe(self.upstreams.probe(row))
+        except CancelledError:
+            raise
+        except Exception as e:
+            log.failure("admin API: probe of registry {id} failed", id=row["id"])
+            result = {"ok": False, "error": f"probe failed: {type(e).__name__}"}
+        out = dict(PROBE_KEYS)
+        if isinstance(result, dict):
+            out.update({k: result[k] for k in PROBE_KEYS if k in result})
+        return out
+
+    # --- whitelists --------------------------------------------------------------------------
+
+    def _need(self, part: Any, what: str):
+        if part is None:
+            raise ApiError(503, f"{what} are not available")
+        return part
+
+    @staticmethod
+    def _whitelist_out(row: dict) -> dict:
+        return {"id": row["id"], "prefix": row["prefix"], "enabled": bool(row["enabled"]),
+                "note": row.get("note", ""), "created_at": row["created_at"],
+                "updated_at": row["updated_at"]}
+
+    @api_route("/whitelists", ["GET"])
+    async def whitelists_list(self, request):
+        rows = await _maybe(self._need(self.whitelists, "whitelists").list())
+        return {"items": [self._whitelist_out(r) for r in rows]}
+
+    @api_route("/whitelists", ["POST"])
+    async def whitelists_create(self, request):
+        store = self._need(self.whitelists, "whitelists")
+        values = check(json_body(request), WHITELIST_FIELDS)
+        row = await _store_call(store.create, values, "prefix")
+        return 201, self._whitelist_out(row)
+
+    @api_route("/whitelists/match", ["GET"])
+    async def whitelists_match(self, request):
+        store = self._need(self.whitelists, "whitelists")
+        params = query(request, ("repository",))
+        repo = params.get("repository", "").strip()
+        if not repo:
+            raise Invalid("invalid query: repository required", {"repository": "required"})
+        from zmirror.registry.errors import RegistryError
+        from zmirror.registry.reference import parse_name
+
+        try:
+            name = parse_name(repo)
+        except RegistryError:
+            raise Invalid("invalid query: repository is not a valid repository name",
+                          {"repository": "is not a valid repository name"}) from None
+        if hasattr(store, "ready"):
+            await store.ready()
+        matched = store.match(name)
+        mode = self.config.access.anonymous
+        if mode == "all":
+            allowed = True
+        elif mode == "none":
+            allowed = False
+        else:
+            allowed = matched is not None
+        return {
+            "repository": name,
+            "allowed": allowed,
+            "matched": ({"id": matched.id, "prefix": matched.prefix}
+                        if matched is not None else None),
+            "mode": mode,
+        }
+
+    @api_route("/whitelists/<wid>", ["GET"])
+    async def whitelists_get(self, request, wid):
+        store = self._need(self.whitelists, "whitelists")
+        return self._whitelist_out(await _maybe(store.get(path_id(wid))))
+
+    @api_route("/whitelists/<wid>", ["PUT"])
+    async def whitelists_update(self, request, wid):
+        store = self._need(self.whitelists, "whitelists")
+        wid = path_id(wid)
+        values = check(json_body(request), WHITELIST_UPDATE_FIELDS, partial=True)
+        _same_id(values, wid)
+        if not values:
+            raise Invalid("nothing to update", {})
+        row = await _store_call(functools.partial(store.update, wid), values, "prefix")
+        return self._whitelist_out(row)
+
+    @api_route("/whitelists/<wid>", ["DELETE"])
+    async def whitelists_delete(self, request, wid):
+        store = self._need(self.whitelists, "whitelists")
+        await _maybe(store.delete(path_id(wid)))
+        return None
+
+    # --- users --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _user_out(row: dict) -> dict:
+        return {"id": row["id"], "username": row["username"], "enabled": bool(row["enabled"]),
+                "created_at": row["created_at"], "updated_at": row["updated_at"],
+                "last_login_at": row.get("last_login_at")}
+
+    @api_route("/users", ["GET"])
+    async def users_list(self, request):
+        rows = await _maybe(self._need(self.users, "users").list())
+        return {"items": [self._user_out(r) for r in rows]}
+
+    @api_route("/users", ["POST"])
+    async def users_create(self, request):
+        store = self._need(self.users, "users")
+        values = check(json_body(request), USER_FIELDS)
+        if values["username"].lower() == self.config.admin.username.lower():
+            raise Invalid("invalid input: username is the admin account's name",
+                          {"username": "is the admin account's name, which cannot be a"
+                                       " registry user"})
+        row = await _store_call(store.create, values, "password")
+        return 201, self._user_out(row)
+
+    @api_route("/users/<uid>", ["GET"])
+    async def users_get(self, request, uid):
+        store = self._need(self.users, "users")
+        return self._user_out(await _maybe(store.get(path_id(uid))))
+
+    @api_route("/users/<uid>", ["PUT"])
+    async def users_update(self, request, uid):
+        store = self._need(self.users, "users")
+        uid = path_id(uid)
+        values = check(json_body(request), USER_UPDATE_FIELDS, partial=True)
+        _same_id(values, uid)
+        if not values:
+            raise Invalid("nothing to update", {})
+        row = await _store_call(functools.partial(store.update, uid), values, "password")
+        return self._user_out(row)
+
+    @api_route("/users/<uid>", ["DELETE"])
+    async def users_delete(self, request, uid):
+        store = self._need(self.users, "users")
+        await _maybe(store.delete(path_id(uid)))
+        return None
+
+    # --- access logs and stats ------------------------------------------------------------------
+
+    @api_route("/logs", ["GET"])
+    async def logs_list(self, request):
+        params = query(request, ("page", "page_size", "from", "to", "username", "client_ip",
+                                 "repository", "status", "kind"))
+        errors: dict[str, str] = {}
+        page = q_int(params, "page", 1, 1, 10**9, errors)
+        page_size = q_int(params, "page_size", PAGE_SIZE_DEFAULT, 1, PAGE_SIZE_MAX, errors,
+                          clamp=True)
+        since = q_time(params, "from", errors)
+        until = q_time(params, "to", errors)
+        status = status_class = None
+        if params.get("status", "").strip():
+            try:
+                status, status_class = parse_status(params["status"])
+            except ValueError as e:
+                errors["status"] = str(e)
+        kind = params.get("kind", "").strip() or None
+        if kind is not None and kind not in KINDS:
+            errors["kind"] = "must be one of " + ", ".join(KINDS)
+        texts = {}
+        for key in ("username", "client_ip", "repository"):
+            v = params.get(key)
+            if v is not None and v.strip():
+                if len(v) > 255:
+                    errors[key] = "must be at most 255 characters"
+                texts[key] = v.strip()
+        if errors:
+            raise Invalid("invalid query: " + ", ".join(f"{k} {v}" for k, v in errors.items()),
+                          errors)
+        flt = LogFilter(since=since, until=until, status=status, status_class=status_class,
+                        kind=kind, **texts)
+        return await self.accesslogs.list(flt, page, page_size)
+
+    @api_route("/logs", ["DELETE"])
+    async def logs_delete(self, request):
+        params = query(request, ("before",))
+        errors: dict[str, str] = {}
+        before = q_time(params, "before", errors)
+        if "before" in params and before is None and not errors:
+            errors["before"] = "must be a Unix time in seconds"
+        if errors:
+            raise Invalid("invalid query: before must be a Unix time in seconds", errors)
+        n = await self.accesslogs.delete(before)
+        return {"deleted": n}
+
+    @api_route("/stats", ["GET"])
+    async def stats(self, request):
+        params = query(request, ("tz_offset",))
+        errors: dict[str, str] = {}
+        tz = 0
+        raw = params.get("tz_offset", "").strip()
+        if raw:
+            try:
+                tz = int(raw)
+                if not -840 <= tz <= 840:
+                    raise ValueError
+            except ValueError:
+                errors["tz_offset"] = "must be minutes east of UTC between -840 and 840"
+        if errors:
+            raise Invalid("invalid query: tz_offset out of range", errors)
+        out = await self.accesslogs.stats(tz)
+        if self.cache is not None:
+            try:
+                out["cache"] = await _maybe(self.cache.stats())
+            except Exception:
+                log.failure("admin API: cache stats failed")
+        if self.accesslog is not None:
+            out["log_queue"] = getattr(self.accesslog, "queue_depth", 0)
+        return out
+
+
+def _same_id(values: dict, rid: int) -> None:
+    if "id" in values:
+        if values.pop("id") != rid:
+            raise Invalid("invalid input: id does not match the URL",
+                          {"id": "does not match the URL"})
+
+
+async def _store_call(method: Callable, values: dict, field_for_value_error: str):
+    """Call a store method; a ValueError from the store's own validation → 400 on a field."""
+    try:
+        return await _maybe(method(**values))
+    except ValueError as e:
+        field = getattr(e, "field", None) or field_for_value_error
+        raise Invalid(f"invalid input: {field} {e}", {field: str(e)}) from None
+
+
+__all__ = ["AdminAPI", "REALM"]
