@@ -43,7 +43,7 @@ setup(
         "prometheus_client>=0.17",
     ],
     extras_require={
-        "test": ["hypothesis>=6.80", "selenium>=4.15"],
+        "test": ["hypothesis>=6.80", "selenium>=4.15", "cryptography>=41", "bcrypt>=4.0"],
         "dev": ["ruff>=0.4", "hupper>=1.12"],
     },
     entry_points={"console_scripts": ["zmirror=zmirror.cli:main"]},
