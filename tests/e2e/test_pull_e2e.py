@@ -269,6 +269,38 @@ class ProxyPullTests(E2ECase):
         mid = 50 * H.MiB + 7
         self.check_range(self.zm.url, big, big.largest_blob(), mid, mid + 65535)
 
+    def test_containerd_style_accept_and_ns_query(self):
+        # containerd: one comma-joined Accept with */*, and ?ns=docker.io as a hosts.toml mirror
+        img = self.env.images["dockerlist"]
+        accept = ", ".join([H.MT_DOCKER_MANIFEST, H.MT_DOCKER_LIST, H.MT_OCI_MANIFEST, H.MT_OCI_INDEX, "*/*"])
+        r = H.http_request("HEAD", f"{self.zm.url}/v2/{img.repo}/manifests/{img.tag}?ns=docker.io",
+                           [("Accept", accept)])
+        self.assertEqual(r.status, 200, r.describe())
+        self.assertEqual(r.header("Docker-Content-Digest"), img.digest, r.describe())
+        child = img.children[0]
+        r = H.http_request("GET", f"{self.zm.url}/v2/{img.repo}/manifests/{child.digest}?ns=docker.io",
+                           [("Accept", f"{child.media_type}, */*")])
+        self.assertEqual(r.status, 200, r.describe())
+        self.assertEqual(r.body, child.manifest)
+
+    def test_no_accept_header_is_not_down_converted(self):
+        # without Accept, distribution would answer a docker v2 image as schema 1 and an OCI one with 404
+        for key in ("dockerv2", "oci"):
+            img = self.env.images[key]
+            r = H.http_request("GET", f"{self.zm.url}/v2/{img.repo}/manifests/{img.tag}")
+            self.assertEqual(r.status, 200, r.describe())
+            self.assertEqual(r.header("Docker-Content-Digest"), img.digest, r.describe())
+            self.assertEqual(r.body, img.manifest)
+
+    def test_cache_control_headers(self):
+        img = self.env.images["oci"]
+        r = H.http_request("HEAD", f"{self.zm.url}/v2/{img.repo}/blobs/{_layer(img).digest}")
+        self.assertEqual(r.header("Cache-Control"), "public, max-age=31536000, immutable", r.describe())
+        r = H.http_request("HEAD", f"{self.zm.url}/v2/{img.repo}/manifests/{img.digest}", H.manifest_headers())
+        self.assertEqual(r.header("Cache-Control"), "public, max-age=31536000, immutable", r.describe())
+        r = H.http_request("HEAD", f"{self.zm.url}/v2/{img.repo}/manifests/{img.tag}", H.manifest_headers())
+        self.assertEqual(r.header("Cache-Control"), "public, max-age=300", r.describe())
+
     def test_unknown_manifest_and_blob_are_404(self):
         r = H.http_request("GET", f"{self.zm.url}/v2/e2e/does-not-exist/manifests/1", H.manifest_headers())
         self.assertEqual(r.status, 404, r.describe())
