@@ -2,7 +2,7 @@
 
 Everything listens on 127.0.0.1 on free ports and lives in one temporary
 directory, removed by :meth:`Harness.stop` (``ZMIRROR_E2E_KEEP=1`` keeps it).
-Child processes get ``PR_SET_PDEATHSIG`` so they die with the test process even
+Child processes get ``PR_SET_PDEATHSIG`` (``setpriv``) so they die with the test process even
 when it is killed.
 
 Pieces:
@@ -42,7 +42,6 @@ import os
 import random
 import secrets
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -55,10 +54,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
 
 REPO = Path(__file__).resolve().parent.parent.parent
 MiB = 1024 * 1024
@@ -85,17 +84,18 @@ class HarnessError(Exception):
     pass
 
 
-def missing_tools() -> Optional[str]:
+def missing_tools() -> str | None:
     """Why the e2e tests cannot run here, or None."""
     missing = [t for t in ("docker-registry", "skopeo") if not shutil.which(t)]
     if missing:
         return (f"{' and '.join(missing)} not installed (Debian: apt-get install docker-registry skopeo, "
                 f"or run scripts/system-deps.sh as root): end-to-end tests skipped")
     try:
+        import bcrypt  # noqa: F401
         import cryptography  # noqa: F401
         import jwt  # noqa: F401
     except ImportError as e:
-        return f"python package missing for the token issuer ({e}): pip install -e '.[test]'"
+        return f"python package missing for the e2e upstreams ({e}): pip install -e '.[test]'"
     return None
 
 
@@ -131,7 +131,7 @@ class Blob:
     media_type: str
     path: Path
 
-    def read(self, start: int = 0, length: Optional[int] = None) -> bytes:
+    def read(self, start: int = 0, length: int | None = None) -> bytes:
         with open(self.path, "rb") as f:
             f.seek(start)
             return f.read(self.size - start if length is None else length)
@@ -148,8 +148,8 @@ class Image:
     manifest: bytes
     dir: Path
     blobs: list[Blob] = field(default_factory=list)  # config + layers (own; a list has none)
-    children: list["Image"] = field(default_factory=list)
-    platform: Optional[dict] = None
+    children: list[Image] = field(default_factory=list)
+    platform: dict | None = None
 
     @property
     def digest(self) -> str:
@@ -254,7 +254,7 @@ def _tar_big(name: str, size: int, seed: int, chunk: int = MiB) -> Iterator[byte
 
 
 def _image(lay: DirLayout, key: str, layers: list[tuple[Iterable[bytes], int]], *, oci: bool, arch: str = "amd64",
-           variant: Optional[str] = None, top: bool = True, repo: str = "", tag: str = "") -> Image:
+           variant: str | None = None, top: bool = True, repo: str = "", tag: str = "") -> Image:
     layer_mt = MT_OCI_LAYER if oci else MT_DOCKER_LAYER
     blobs, diff_ids = [], []
     for chunks, level in layers:
@@ -354,7 +354,7 @@ def make_token_keys(keydir: Path) -> Path:
     from cryptography.x509.oid import NameOID
 
     keydir.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def cert(cn, pub, issuer_cn, signing_key, ca):
         b = (x509.CertificateBuilder()
@@ -432,7 +432,7 @@ def issuer_main(argv: list[str]) -> None:
         tok = jwt.encode(claims, key, algorithm="ES256", headers={"x5c": x5c})
         print(f"issued sub={sub!r} service={service!r} access={json.dumps(access)}", flush=True)
         return {"token": tok, "access_token": tok, "expires_in": a.ttl,
-                "issued_at": datetime.datetime.fromtimestamp(now, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+                "issued_at": datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
     def check(u: str, p: str) -> bool:
         return hmac.compare_digest(u.encode(), user.encode()) & hmac.compare_digest(p.encode(), password.encode())
@@ -443,7 +443,7 @@ def issuer_main(argv: list[str]) -> None:
         def log_message(self, fmt, *args):
             print(fmt % args, flush=True)
 
-        def send(self, code: int, obj: dict, extra: Optional[dict] = None) -> None:
+        def send(self, code: int, obj: dict, extra: dict | None = None) -> None:
             body = json.dumps(obj).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
@@ -476,7 +476,7 @@ def issuer_main(argv: list[str]) -> None:
             u = urllib.parse.urlsplit(self.path)
             n = int(self.headers.get("Content-Length") or 0)
             f = urllib.parse.parse_qs(self.rfile.read(n).decode())
-            g = lambda k: f.get(k, [""])[0]  # noqa: E731
+            g = lambda k: f.get(k, [""])[0]
             if u.path != "/token":
                 return self.send(404, {"error": "not found"})
             if g("grant_type") != "password":
@@ -500,13 +500,10 @@ def htpasswd_line(user: str, password: str) -> str:
 # --------------------------------------------------------------------------- processes
 
 
-def _pdeathsig() -> None:  # runs in the child between fork and exec
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+def _pdeathsig_prefix() -> list[str]:
+    """``setpriv --pdeathsig TERM``: the child dies with us even if we are SIGKILLed (no preexec_fn,
+    which is unsafe while other threads run)."""
+    return ["setpriv", "--pdeathsig", "TERM"] if shutil.which("setpriv") else []
 
 
 def _env_without_registry_vars() -> dict:
@@ -547,11 +544,11 @@ class Proc:
                 self.popen.wait(5)
 
 
-def spawn(name: str, argv: list[str], log: Path, *, env: Optional[dict] = None, cwd: Optional[Path] = None) -> Proc:
+def spawn(name: str, argv: list[str], log: Path, *, env: dict | None = None, cwd: Path | None = None) -> Proc:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as f:
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env,
-                             cwd=str(cwd) if cwd else None, preexec_fn=_pdeathsig)
+        p = subprocess.Popen(_pdeathsig_prefix() + argv, stdin=subprocess.DEVNULL, stdout=f,
+                             stderr=subprocess.STDOUT, env=env, cwd=str(cwd) if cwd else None)
     return Proc(name, p, log)
 
 
@@ -577,10 +574,10 @@ class Registry:
     kind: str  # open | token | basic
     port: int
     proc: Proc
-    creds: Optional[tuple[str, str]] = None  # needed to push (token, basic)
-    issuer: Optional[Proc] = None
-    issuer_port: Optional[int] = None
-    storage: Optional[Path] = None
+    creds: tuple[str, str] | None = None  # needed to push (token, basic)
+    issuer: Proc | None = None
+    issuer_port: int | None = None
+    storage: Path | None = None
 
     @property
     def host(self) -> str:
@@ -591,7 +588,7 @@ class Registry:
         return f"http://{self.host}"
 
     @property
-    def creds_arg(self) -> Optional[str]:
+    def creds_arg(self) -> str | None:
         return f"{self.creds[0]}:{self.creds[1]}" if self.creds else None
 
 
@@ -604,7 +601,7 @@ class Upstream:
     username: str = ""
     password: str = ""
     enabled: bool = True
-    priority: Optional[int] = None  # default: position in the list (1-based)
+    priority: int | None = None  # default: position in the list (1-based)
 
 
 @dataclass
@@ -630,7 +627,7 @@ class ZMirror:
 class Harness:
     """Starts and stops real registries and zmirror instances in one temp dir."""
 
-    def __init__(self, root: Optional[Path] = None, keep: Optional[bool] = None):
+    def __init__(self, root: Path | None = None, keep: bool | None = None):
         self.root = Path(root or tempfile.mkdtemp(prefix="zmirror-e2e-")).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.keep = os.environ.get("ZMIRROR_E2E_KEEP") == "1" if keep is None else keep
@@ -716,7 +713,7 @@ http:
         """An http URL on 127.0.0.1 where nothing listens (connection refused)."""
         return f"http://127.0.0.1:{free_port()}"
 
-    def push(self, image: Image, reg: Registry, ref: Optional[str] = None) -> None:
+    def push(self, image: Image, reg: Registry, ref: str | None = None) -> None:
         args = ["copy", "-q", "--dest-tls-verify=false", "--preserve-digests", "--retry-times", "2"]
         if image.children:
             args.append("--all")
@@ -849,13 +846,14 @@ _AUTHFILE = os.path.join(tempfile.gettempdir(), f"zmirror-e2e-{os.getpid()}-no-a
 def skopeo(args: list[str], timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
     # An auth file that never exists: no credentials from the machine's docker/podman config leak in.
     env = dict(os.environ, REGISTRY_AUTH_FILE=_AUTHFILE)
-    p = subprocess.run(["skopeo", *args], capture_output=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    p = subprocess.run(["skopeo", *args], capture_output=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL,
+                       check=False)
     if check and p.returncode != 0:
         raise SkopeoError(args, p.returncode, p.stderr.decode(errors="replace"))
     return p
 
 
-def skopeo_copy(host: str, ref: str, dest: Path, *, creds: Optional[str] = None, all_images: bool = True,
+def skopeo_copy(host: str, ref: str, dest: Path, *, creds: str | None = None, all_images: bool = True,
                 timeout: float = 600) -> Path:
     """``skopeo copy --src-tls-verify=false [--all] docker://HOST/REF dir:DEST``."""
     if dest.exists():
@@ -869,7 +867,7 @@ def skopeo_copy(host: str, ref: str, dest: Path, *, creds: Optional[str] = None,
     return dest
 
 
-def skopeo_inspect_raw(host: str, ref: str, *, creds: Optional[str] = None, timeout: float = 120) -> bytes:
+def skopeo_inspect_raw(host: str, ref: str, *, creds: str | None = None, timeout: float = 120) -> bytes:
     args = ["inspect", "--raw", "--tls-verify=false"]
     args += ["--creds", creds] if creds else ["--no-creds"]
     args.append(f"docker://{host}/{ref}")
@@ -910,7 +908,7 @@ class HTTPResult:
     headers: http.client.HTTPMessage
     body: bytes
 
-    def header(self, name: str) -> Optional[str]:
+    def header(self, name: str) -> str | None:
         return self.headers.get(name)
 
     def json(self):
@@ -922,7 +920,7 @@ class HTTPResult:
 
 
 def http_request(method: str, url: str, headers: Iterable[tuple[str, str]] = (), timeout: float = 60,
-                 read_limit: Optional[int] = None) -> HTTPResult:
+                 read_limit: int | None = None) -> HTTPResult:
     """One request on a fresh connection; repeated header names become separate lines."""
     u = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
@@ -972,7 +970,7 @@ class E2EEnvironment(Harness):
         self.dead = ""
         self.timings: dict[str, float] = {}
 
-    def setup(self) -> "E2EEnvironment":
+    def setup(self) -> E2EEnvironment:
         t0 = time.monotonic()
         with ThreadPoolExecutor(max_workers=2) as ex:
             fut = ex.submit(build_images, self.root / "images", self.big_mib)
@@ -1012,8 +1010,8 @@ class E2EEnvironment(Harness):
         return self.start_zmirror(name, ups)
 
 
-_shared: Optional[E2EEnvironment] = None
-_shared_error: Optional[BaseException] = None
+_shared: E2EEnvironment | None = None
+_shared_error: BaseException | None = None
 _shared_lock = threading.Lock()
 
 

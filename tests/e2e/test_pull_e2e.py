@@ -79,7 +79,7 @@ class E2ECase(unittest.TestCase):
             try:
                 ctx.wrap_socket(sock, server_hostname="127.0.0.1").close()
                 self.fail("TLS handshake succeeded on a plain-HTTP port")
-            except socket.timeout:
+            except TimeoutError:
                 self.fail(f"no answer to a TLS ClientHello on 127.0.0.1:{port} within 5 s: every skopeo/podman "
                           "pull waits 10 s for its TLS probe before falling back to HTTP")
             except (ssl.SSLError, ConnectionError, OSError):
@@ -272,7 +272,7 @@ class ProxyPullTests(E2ECase):
     def test_containerd_style_accept_and_ns_query(self):
         # containerd: one comma-joined Accept with */*, and ?ns=docker.io as a hosts.toml mirror
         img = self.env.images["dockerlist"]
-        accept = ", ".join([H.MT_DOCKER_MANIFEST, H.MT_DOCKER_LIST, H.MT_OCI_MANIFEST, H.MT_OCI_INDEX, "*/*"])
+        accept = f"{H.MT_DOCKER_MANIFEST}, {H.MT_DOCKER_LIST}, {H.MT_OCI_MANIFEST}, {H.MT_OCI_INDEX}, */*"
         r = H.http_request("HEAD", f"{self.zm.url}/v2/{img.repo}/manifests/{img.tag}?ns=docker.io",
                            [("Accept", accept)])
         self.assertEqual(r.status, 200, r.describe())
