@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -69,7 +69,7 @@ class StreamResult:
     expected_length: Optional[int]
     idle_timeout: float
     on_end: Optional[Callable[[Any], None]] = None
-    sinks: tuple = field(default_factory=tuple)
+    sink_file: Any = None
 
     async def send(self, request):
         request.setResponseCode(self.status)
@@ -82,7 +82,8 @@ class StreamResult:
             expected_digest=self.expected_digest,
             expected_length=self.expected_length,
             idle_timeout=self.idle_timeout,
-            sinks=self.sinks,
+            reactor=self.clock,
+            sink_file=self.sink_file,
         )
         self.response.deliverBody(relay)
         outcome = await relay.done  # cancelling this aborts the upstream transfer
@@ -105,11 +106,16 @@ def _cache_control(pull, max_age: str) -> bytes:
 
 
 class Proxy:
-    def __init__(self, pool: UpstreamPool, clock: Any, *, idle_timeout: float = 60.0, cache: Any = None):
+    def __init__(self, pool: UpstreamPool, clock: Any, *, idle_timeout: float = 60.0, cache: Any = None,
+                 verify_blobs: bool = False):
         self.pool = pool
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.cache = cache
+        # Hash pass-through blobs and abort the client on a mismatch.  Off by
+        # default: clients verify digests themselves, and hashing costs about
+        # as much CPU as relaying; what goes into the cache is always verified.
+        self.verify_blobs = verify_blobs
 
     async def pull(self, pull):
         kind = pull.path.kind
@@ -283,7 +289,8 @@ class Proxy:
             if cr:
                 out[b"Content-Range"] = cr.encode()
             return StreamResult(206, out, resp, self.clock, None, length, self.idle_timeout)
-        return StreamResult(200, out, resp, self.clock, digest, length, self.idle_timeout)
+        return StreamResult(200, out, resp, self.clock, digest if self.verify_blobs else None, length,
+                            self.idle_timeout)
 
     # -- tags ---------------------------------------------------------------
     async def tags(self, pull) -> BytesResult:
