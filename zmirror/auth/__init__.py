@@ -1,0 +1,101 @@
+"""Access control: whitelist, registry users, tokens, lockout.
+
+:func:`build` assembles the parts from the configuration; ``zmirror.wiring``
+plugs ``policy`` into ``RegistryRoutes`` and ``token_service`` into
+``ZMirrorApp`` and hands the stores to the admin API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from zmirror.auth.credentials import Authenticator
+from zmirror.auth.lockout import Locked, Lockout
+from zmirror.auth.passwords import AdminCredentials, Passwords
+from zmirror.auth.policy import AccessPolicy
+from zmirror.auth.tokens import TokenIssuer, load_or_create_secret
+from zmirror.auth.tokenservice import TokenService
+
+SERVICE = "zmirror"
+
+
+@dataclass
+class AccessControl:
+    users: Any
+    whitelists: Any
+    lockout: Lockout
+    passwords: Passwords
+    tokens: TokenIssuer
+    authenticator: Authenticator
+    policy: AccessPolicy
+    token_service: TokenService
+    admin_credentials: AdminCredentials
+    services: list = field(default_factory=list)
+
+
+def build(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
+          trusted: Any = None, threads: bool = True, secret: Optional[bytes] = None,
+          passwords: Optional[Passwords] = None) -> AccessControl:
+    """Build the access-control parts.
+
+    ``threads``: run password hashing on a small dedicated thread pool (started
+    and stopped by the returned ``services``); False runs it inline (tests).
+    """
+    from zmirror.db.users import UserStore
+    from zmirror.db.whitelists import WhitelistStore
+    from zmirror.net import TrustedProxies
+    from zmirror.service import CallbackService
+
+    trusted = trusted or TrustedProxies(config.server.trusted_proxies)
+    services: list = []
+    if passwords is None:
+        run = None
+        if threads:
+            from twisted.internet.threads import deferToThreadPool
+            from twisted.python.threadpool import ThreadPool
+
+            pool = ThreadPool(minthreads=0, maxthreads=2, name="zmirror-passwords")
+
+            def run(f, *args):
+                return deferToThreadPool(reactor, pool, f, *args)
+
+            services.append(CallbackService(start=pool.start, stop=pool.stop))
+        passwords = Passwords(run=run, clock=reactor)
+    if secret is None:
+        secret = load_or_create_secret(config.data_dir)
+    admin_username = config.admin.username
+    users = UserStore(db, reactor, passwords=passwords, admin_username=admin_username)
+    whitelists = WhitelistStore(db, reactor)
+    lockout = Lockout(reactor)
+    tokens = TokenIssuer(secret, reactor, service=SERVICE)
+    authenticator = Authenticator(users, passwords, lockout, clock=reactor,
+                                  admin_username=admin_username)
+    policy = AccessPolicy(
+        whitelists=whitelists, users=users, tokens=tokens, authenticator=authenticator,
+        mode=config.access.anonymous, trusted=trusted, external_url=config.server.external_url,
+    )
+    token_service = TokenService(tokens=tokens, authenticator=authenticator, policy=policy,
+                                 users=users, clock=reactor, trusted=trusted, accesslog=accesslog)
+    admin_credentials = AdminCredentials(admin_username, config.admin.password, passwords)
+
+    def load():
+        from twisted.internet.defer import Deferred
+        from twisted.logger import Logger
+
+        async def go():
+            await whitelists.load()
+            await users.load()
+
+        Deferred.fromCoroutine(go()).addErrback(
+            lambda f: Logger().failure("loading whitelist/users failed (retried on demand)", f))
+
+    services.append(CallbackService(start=load))
+    return AccessControl(
+        users=users, whitelists=whitelists, lockout=lockout, passwords=passwords, tokens=tokens,
+        authenticator=authenticator, policy=policy, token_service=token_service,
+        admin_credentials=admin_credentials, services=services,
+    )
+
+
+__all__ = ["AccessControl", "build", "Locked", "Lockout", "SERVICE"]

@@ -1,0 +1,180 @@
+"""Who may pull what: the policy behind ``RegistryRoutes``.
+
+Rules (``[access] anonymous``):
+
+- ``whitelist`` (default): a repository may be pulled anonymously iff it
+  matches an enabled whitelist entry; any other repository needs a valid,
+  enabled registry user.
+- ``all``: everyone may pull everything (users can still log in).
+- ``none``: every pull needs a user.
+
+Credentials accepted on ``/v2/…``: a Bearer token from our ``/token`` endpoint
+(signature, expiry, audience, scope, and — for a user's token — the user still
+existing, enabled and unchanged), or a user's HTTP Basic credentials.  Bad
+credentials are refused even for a whitelisted repository (they are never
+silently downgraded to anonymous).  Denials are ``401 UNAUTHORIZED`` with
+Docker's Bearer challenge; a token without the needed scope adds
+``error="insufficient_scope"``.  Too many failed logins → ``429`` with
+``Retry-After``.
+
+``/v2/`` itself answers 401 without credentials in every mode, as Docker Hub
+does: clients only learn the token realm from that challenge, and ``docker
+login`` would "succeed" with any password against a ping that answers 200.
+
+An authenticated pull of a repository that anonymous users may not pull gets
+``Identity.private = True`` (→ ``Cache-Control: private``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from zmirror.auth.credentials import Authenticator, Locked, auth_scheme, parse_basic
+from zmirror.auth.tokens import Claims, InvalidToken, TokenIssuer
+from zmirror.net import TrustedProxies, base_url, client_ip
+from zmirror.registry.errors import RegistryError
+from zmirror.registry.reference import RegistryPath
+from zmirror.registry.routes import Identity
+
+MODES = ("whitelist", "all", "none")
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class AccessPolicy:
+    def __init__(self, *, whitelists: Any, users: Any, tokens: TokenIssuer,
+                 authenticator: Authenticator, mode: str = "whitelist",
+                 trusted: Optional[TrustedProxies] = None, external_url: str = "",
+                 realm: Optional[Callable[[Any], str]] = None):
+        if mode not in MODES:
+            raise ValueError(f"unknown anonymous access mode {mode!r}")
+        self.whitelists = whitelists
+        self.users = users
+        self.tokens = tokens
+        self.authenticator = authenticator
+        self.mode = mode
+        self.trusted = trusted or TrustedProxies()
+        self.external_url = external_url
+        self._realm = realm
+
+    # --- decisions --------------------------------------------------------
+
+    def anonymous_allows(self, name: str) -> bool:
+        """Whether anonymous users may pull ``name`` (a parsed, normalized name)."""
+        if self.mode == "all":
+            return True
+        if self.mode == "none":
+            return False
+        return self.whitelists.matcher.allows(name)
+
+    async def ready(self) -> None:
+        if self.mode == "whitelist" and not self.whitelists.loaded:
+            await self.whitelists.ready()
+
+    def realm(self, request) -> str:
+        if self._realm is not None:
+            return self._realm(request)
+        return base_url(request, self.trusted, self.external_url) + "/token"
+
+    def challenge(self, request, name: Optional[str] = None, error: Optional[str] = None) -> bytes:
+        parts = [f"realm={_quote(self.realm(request))}", f"service={_quote(self.tokens.service)}"]
+        if name:
+            parts.append(f'scope="repository:{name}:pull"')
+        if error:
+            parts.append(f"error={_quote(error)}")
+        return ("Bearer " + ",".join(parts)).encode("latin-1", "replace")
+
+    def _unauthorized(self, request, name: Optional[str], message: str,
+                      error: Optional[str] = None) -> RegistryError:
+        detail = [{"Type": "repository", "Name": name, "Action": "pull"}] if name else None
+        return RegistryError(
+            "UNAUTHORIZED", message, detail,
+            headers={b"WWW-Authenticate": self.challenge(request, name, error)},
+        )
+
+    @staticmethod
+    def _locked(e: Locked) -> RegistryError:
+        return RegistryError(
+            "TOOMANYREQUESTS",
+            f"too many failed logins; retry in {e.retry_after} seconds",
+            headers={b"Retry-After": str(e.retry_after).encode()},
+        )
+
+    # --- the policy interface used by RegistryRoutes ----------------------
+
+    async def authorize_ping(self, request) -> Identity:
+        identity = await self._credentials(request, None)
+        if identity is None:
+            raise self._unauthorized(request, None, "authentication required")
+        return identity
+
+    async def authorize(self, request, path: RegistryPath) -> Identity:
+        await self.ready()
+        name = path.name
+        identity = await self._credentials(request, name)
+        public = self.anonymous_allows(name)
+        if identity is None:
+            if public:
+                return Identity()
+            raise self._unauthorized(request, name, "authentication required")
+        identity.private = not public
+        return identity
+
+    # --- credentials ------------------------------------------------------
+
+    async def _credentials(self, request, name: Optional[str]) -> Optional[Identity]:
+        """The caller's identity from its Authorization header; None when it sent none.
+
+        Raises RegistryError for credentials that are present but not good enough.
+        """
+        header = request.getHeader(b"authorization")
+        scheme = auth_scheme(header)
+        if scheme == "bearer":
+            token = header.strip()[len("bearer"):].strip().decode("latin-1")
+            return await self._bearer(request, token, name)
+        if scheme == "basic":
+            return await self._basic(request, header, name)
+        return None  # no (or an unknown kind of) credentials: anonymous
+
+    async def _bearer(self, request, token: str, name: Optional[str]) -> Identity:
+        try:
+            claims: Claims = self.tokens.verify_access(token)
+        except InvalidToken:
+            raise self._unauthorized(request, name, "invalid or expired token", "invalid_token")
+        if not claims.anonymous:
+            user = await self.users.auth_user(claims.uid)
+            if not self.tokens.fingerprint_matches(user, claims.fp):
+                raise self._unauthorized(request, name, "the token's user is no longer valid",
+                                         "invalid_token")
+            username: Optional[str] = user["username"]
+        else:
+            username = None
+        if name is not None:
+            if not claims.allows(name, "pull"):
+                raise self._unauthorized(request, name, "the token does not grant pull access to "
+                                         "this repository", "insufficient_scope")
+            if username is None:
+                await self.ready()
+                if not self.anonymous_allows(name):
+                    raise self._unauthorized(request, name, "authentication required",
+                                             "insufficient_scope")
+        return Identity(username=username)
+
+    async def _basic(self, request, header: bytes, name: Optional[str]) -> Identity:
+        creds = parse_basic(header)
+        ip = client_ip(request, self.trusted)
+        if creds is None:
+            raise self._unauthorized(request, name, "malformed Basic credentials")
+        username, password = creds
+        try:
+            user = await self.authenticator.authenticate(username, password, ip)
+        except Locked as e:
+            raise self._locked(e)
+        if user is None:
+            raise self._unauthorized(request, name, "incorrect username or password")
+        return Identity(username=user["username"])
+
+
+__all__ = ["AccessPolicy", "MODES"]
