@@ -79,6 +79,16 @@ level = "info"
 # Access log retention (0 = keep) / 访问日志保留天数与最大行数（0 表示不限）
 retention_days = 30
 max_rows = 1000000
+
+[metrics]
+# Prometheus metrics at /metrics / Prometheus 指标
+# "admin": needs the admin account (HTTP Basic) / 需要管理员账号
+# "open":  anyone who can reach the port / 任何人可访问
+# "off":   not served on the main port / 主端口不提供
+access = "admin"
+# Optional separate, unauthenticated endpoint for /metrics (Twisted endpoint string),
+# e.g. "tcp:9100:interface=127.0.0.1". Empty: none. / 可选的独立指标端口（无认证），留空不启用
+listen = ""
 """
 
 
@@ -160,6 +170,12 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    access: str = "admin"
+    listen: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     """The validated configuration; paths are absolute."""
 
@@ -172,6 +188,7 @@ class Config:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -286,6 +303,10 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "retention_days": lambda k, v: _int(k, v, 0, 100000),
         "max_rows": lambda k, v: _int(k, v, 0, 10**12),
     },
+    "metrics": {
+        "access": lambda k, v: _str(k, v, choices=("admin", "open", "off")),
+        "listen": lambda k, v: _str(k, v).strip(),
+    },
 }
 
 _SECTION_CLASSES = {
@@ -296,6 +317,7 @@ _SECTION_CLASSES = {
     "upstream": UpstreamConfig,
     "cache": CacheConfig,
     "log": LogConfig,
+    "metrics": MetricsConfig,
 }
 
 
