@@ -12,6 +12,10 @@ class TrustedProxies:
     def __init__(self, entries: Iterable[str] = ()):
         self.networks = [ipaddress.ip_network(e, strict=False) for e in entries]
 
+    def reload(self, entries: Iterable[str]) -> None:
+        """Replace the networks in place: every holder of this object sees the change."""
+        self.networks = [ipaddress.ip_network(e, strict=False) for e in entries]
+
     def trusts(self, ip: str) -> bool:
         if not self.networks:
             return False

@@ -44,6 +44,8 @@ def _quote(value: str) -> str:
 
 
 class AccessPolicy:
+    metrics: Any = None  # zmirror.metrics.Metrics (auth failure counts), set by the wiring
+
     def __init__(self, *, whitelists: Any, users: Any, tokens: TokenIssuer,
                  authenticator: Authenticator, mode: str = "whitelist",
                  trusted: Optional[TrustedProxies] = None, external_url: str = "",
@@ -58,6 +60,17 @@ class AccessPolicy:
         self.trusted = trusted or TrustedProxies()
         self.external_url = external_url
         self._realm = realm
+
+    def reload(self, config: Any) -> None:
+        """Apply ``[access] anonymous`` from a re-read configuration (SIGHUP)."""
+        mode = config.access.anonymous
+        if mode not in MODES:
+            raise ValueError(f"unknown anonymous access mode {mode!r}")
+        self.mode = mode
+
+    def _failed(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.auth_failure("registry", reason)
 
     # --- decisions --------------------------------------------------------
 
@@ -142,10 +155,12 @@ class AccessPolicy:
         try:
             claims: Claims = self.tokens.verify_access(token)
         except InvalidToken:
+            self._failed("invalid_token")
             raise self._unauthorized(request, name, "invalid or expired token", "invalid_token")
         if not claims.anonymous:
             user = await self.users.auth_user(claims.uid)
             if not self.tokens.fingerprint_matches(user, claims.fp):
+                self._failed("stale_token")
                 raise self._unauthorized(request, name, "the token's user is no longer valid",
                                          "invalid_token")
             username: Optional[str] = user["username"]
@@ -166,13 +181,16 @@ class AccessPolicy:
         creds = parse_basic(header)
         ip = client_ip(request, self.trusted)
         if creds is None:
+            self._failed("malformed")
             raise self._unauthorized(request, name, "malformed Basic credentials")
         username, password = creds
         try:
             user = await self.authenticator.authenticate(username, password, ip)
         except Locked as e:
+            self._failed("locked")
             raise self._locked(e)
         if user is None:
+            self._failed("bad_credentials")
             raise self._unauthorized(request, name, "incorrect username or password")
         return Identity(username=user["username"])
 

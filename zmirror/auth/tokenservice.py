@@ -89,6 +89,8 @@ def parse_scopes(values: list[str]) -> list[tuple[str, str, list[str]]]:
 
 
 class TokenService:
+    metrics: Any = None  # zmirror.metrics.Metrics (issue/failure counts), set by the wiring
+
     def __init__(self, *, tokens: TokenIssuer, authenticator: Authenticator, policy: Any,
                  users: Any, clock: Any, trusted: Optional[TrustedProxies] = None,
                  accesslog: Any = None):
@@ -159,6 +161,7 @@ class TokenService:
         if auth_scheme(header) == "basic":
             creds = parse_basic(header)
             if creds is None:
+                self._failed("malformed")
                 raise TokenError(401, "invalid_client", "malformed Basic credentials",
                                  {b"WWW-Authenticate": b'Basic realm="zmirror"'})
             username, password = creds
@@ -215,11 +218,13 @@ class TokenService:
         try:
             user = await self.authenticator.authenticate(username, password, ip)
         except Locked as e:
+            self._failed("locked")
             raise TokenError(429, "too_many_requests",
                              f"too many failed logins; retry in {e.retry_after} seconds",
                              {b"Retry-After": str(e.retry_after).encode()},
                              retry_after=e.retry_after) from None
         if user is None:
+            self._failed("bad_credentials")
             raise TokenError(401, "invalid_grant", "incorrect username or password",
                              {b"WWW-Authenticate": b'Basic realm="zmirror"'})
         return user
@@ -228,9 +233,11 @@ class TokenService:
         try:
             uid, fp = self.tokens.verify_refresh(token)
         except InvalidToken:
+            self._failed("invalid_refresh_token")
             raise TokenError(401, "invalid_grant", "invalid or expired refresh token") from None
         user = await self.users.auth_user(uid)
         if not self.tokens.fingerprint_matches(user, fp):
+            self._failed("stale_refresh_token")
             raise TokenError(401, "invalid_grant",
                              "refresh token no longer valid; log in again")
         return user
@@ -260,7 +267,13 @@ class TokenService:
             )
         if refresh and user is not None:
             body["refresh_token"] = self.tokens.issue_refresh(user)
+        if self.metrics is not None:
+            self.metrics.token_issued(user is not None, refresh=refresh and user is not None)
         return body
+
+    def _failed(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.auth_failure("token", reason)
 
 
 def _params(args: dict) -> dict[str, list[str]]:

@@ -121,8 +121,9 @@ class UpstreamPool:
     """The enabled upstreams in priority order, their health and the HTTP agent."""
 
     def __init__(self, agent: Any, clock: Any, *, header_timeout: float = 10.0, cooldown: float = 30.0,
-                 treq_client: Any = None):
+                 treq_client: Any = None, metrics: Any = None):
         self.agent = agent
+        self.metrics = metrics  # zmirror.metrics.Metrics or None
         self.clock = clock
         self.header_timeout = header_timeout
         self.cooldown = cooldown
@@ -182,10 +183,20 @@ class UpstreamPool:
             h.cooldown_until = self.clock.seconds() + self.cooldown
             log.warn("upstream {name} failed {n} times in a row ({err}); skipping it for {s}s",
                      name=up.name, n=h.consecutive_failures, err=h.last_error, s=self.cooldown)
+        if self.metrics is not None:
+            self.metrics.upstream_failed(up.name)
 
     # -- requests ----------------------------------------------------------
     async def request(self, up: Upstream, method: bytes, path: str, *, headers: Optional[dict] = None,
                       scope: Optional[str] = None):
+        """:meth:`_request`, timed and counted when metrics are configured."""
+        d = self._request(up, method, path, headers=headers, scope=scope)
+        if self.metrics is None:
+            return await d
+        return await self.metrics.time_upstream(up.name, self.clock, d)
+
+    async def _request(self, up: Upstream, method: bytes, path: str, *, headers: Optional[dict] = None,
+                       scope: Optional[str] = None):
         """Send ``method path`` to ``up`` with auth and redirects; returns the IResponse.
 
         Raises UpstreamError for connection/TLS/timeout failures.  The caller
