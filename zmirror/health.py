@@ -1,0 +1,114 @@
+"""``/healthz`` (liveness) and ``/readyz`` (readiness), unauthenticated and tiny.
+
+- ``GET /healthz``: the process is alive and its reactor answers → 200
+  ``{"status": "ok"}``.  Used by the Docker HEALTHCHECK and compose (``/v2/``
+  answers 401 once access control is on, so it is no health check).
+- ``GET /readyz``: 200 ``{"status": "ready", ...}`` when the database answers
+  a cheap query (through ``Database.read``, within ``db_timeout`` seconds) and
+  at least one enabled upstream is usable; otherwise 503 with ``reasons``.
+
+An upstream counts as unusable while it is in cool-down, or while it is
+``down`` and its last failure is less than ``down_window`` seconds old.  After
+that it counts as usable again: the proxy core retries it on the next pull
+(it only skips upstreams in cool-down), so a load balancer that stopped
+sending traffic because of ``/readyz`` cannot keep the instance unready
+forever.
+
+Both answers carry ``Cache-Control: no-store`` and never reveal more than
+states and counts (no URLs, no credentials).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+log = Logger()
+
+
+def _send(request, status: int, obj: dict) -> bytes:
+    body = json.dumps(obj, separators=(",", ":")).encode()
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+    request.setHeader(b"Cache-Control", b"no-store")
+    request.setHeader(b"Content-Length", str(len(body)).encode())
+    return body
+
+
+def _ping(txn) -> int:
+    txn.execute("SELECT 1")
+    return txn.fetchone()[0]
+
+
+class HealthChecks:
+    """The two handlers; plug ``healthz``/``readyz`` into ``ZMirrorApp(extra=...)``."""
+
+    def __init__(self, db: Any, upstreams: Any, clock: Any, *, db_timeout: float = 2.0,
+                 down_window: float = 60.0):
+        self.db = db
+        self.upstreams = upstreams
+        self.clock = clock
+        self.db_timeout = db_timeout
+        self.down_window = down_window
+
+    def healthz(self, request) -> bytes:
+        return _send(request, 200, {"status": "ok"})
+
+    def readyz(self, request) -> Deferred:
+        return Deferred.fromCoroutine(self._readyz(request))
+
+    async def _readyz(self, request) -> bytes:
+        ready, checks, reasons = await self.check()
+        body: dict = {"status": "ready" if ready else "not ready", "checks": checks}
+        if reasons:
+            body["reasons"] = reasons
+        return _send(request, 200 if ready else 503, body)
+
+    async def check(self) -> tuple[bool, dict, list[str]]:
+        reasons: list[str] = []
+        checks: dict = {}
+        # --- database ---
+        try:
+            d = self.db.read(_ping)
+            d.addTimeout(self.db_timeout, self.clock)
+            await d
+            checks["database"] = "ok"
+        except Exception as e:
+            checks["database"] = "error"
+            name = type(e).__name__
+            if name in ("TimeoutError", "CancelledError"):
+                reasons.append(f"database did not answer within {self.db_timeout:g}s")
+            else:
+                reasons.append(f"database unreachable ({name})")
+        # --- upstreams ---
+        enabled = list(getattr(self.upstreams, "upstreams", []) or [])
+        try:
+            health = self.upstreams.health() if enabled else {}
+        except Exception:
+            log.failure("readyz: upstream health failed")
+            health = {}
+        now = self.clock.seconds()
+        usable = 0
+        states: dict[str, int] = {}
+        for up in enabled:
+            h = health.get(up.id) or {}
+            state = h.get("state") or "unknown"
+            if state == "down":
+                last = h.get("last_checked_at")
+                if last is None or now - last >= self.down_window:
+                    state = "unknown"  # an old failure: the next pull retries it
+            states[state] = states.get(state, 0) + 1
+            if state not in ("down", "cooldown"):
+                usable += 1
+        checks["upstreams"] = {"enabled": len(enabled), "usable": usable, "states": states}
+        if not enabled:
+            reasons.append("no upstream registry is enabled")
+        elif usable == 0:
+            reasons.append("every enabled upstream registry is down or cooling down")
+        return not reasons, checks, reasons
+
+
+__all__ = ["HealthChecks"]

@@ -1,0 +1,338 @@
+"""Prometheus metrics (``prometheus_client``) on a registry of our own.
+
+:class:`Metrics` owns one :class:`~prometheus_client.CollectorRegistry`
+instance (never the library's global default registry), so several apps in
+one process (tests) never share or clash over metric names.
+
+Where the numbers come from:
+
+- requests, bytes sent, request durations and cache hits/misses: every
+  :class:`~zmirror.accesslog.AccessRecord` (registry pulls, denials and
+  ``/token`` requests) passes through :class:`MeteredAccessLog` when the
+  response has ended — the same place the access log learns what was really
+  sent, aborted downloads included;
+- upstream requests, latency (until the response headers) and failures:
+  :class:`~zmirror.upstream.client.UpstreamPool` (its ``metrics`` argument);
+- token issues and authentication failures: the token service and the
+  access policy (their ``metrics`` attribute);
+- gauges that read callables at scrape time: access-log queue depth, dropped
+  access-log rows, cache size, in-flight requests, upstream health.
+
+``/metrics`` on the main port is governed by ``[metrics] access``: ``admin``
+(HTTP Basic with the admin account — the admin API's own check), ``open`` or
+``off``.  ``[metrics] listen`` adds a separate, unauthenticated endpoint that
+serves only ``/metrics`` (bind it to localhost or a private network).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Iterable, Optional
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+
+log = Logger()
+
+ACCESS_MODES = ("admin", "open", "off")
+
+# Seconds: from small manifests to multi-GiB layers.
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+UPSTREAM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class _CallbackCollector:
+    """A collector whose samples come from a callable at scrape time."""
+
+    def __init__(self, collect: Callable[[], Iterable[Any]]):
+        self._collect = collect
+
+    def collect(self):
+        try:
+            return list(self._collect())
+        except Exception:
+            log.failure("metrics: a collector failed")
+            return []
+
+    def describe(self):
+        return []
+
+
+class Metrics:
+    """All ZMirror metrics on one injected (or private) ``CollectorRegistry``."""
+
+    def __init__(self, registry: Optional[CollectorRegistry] = None, *, process: bool = True):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        if process:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+        self.requests = Counter(
+            "zmirror_requests", "Registry and token requests by kind and HTTP status sent",
+            ["kind", "status"], registry=r)
+        self.response_bytes = Counter(
+            "zmirror_response_bytes", "Body bytes actually sent to clients, by request kind",
+            ["kind"], registry=r)
+        self.request_duration = Histogram(
+            "zmirror_request_duration_seconds", "Time from request to the end of the response",
+            ["kind"], buckets=REQUEST_BUCKETS, registry=r)
+        self.upstream_requests = Counter(
+            "zmirror_upstream_requests", "Requests to upstream registries by final status "
+            "('error': no response)", ["upstream", "status"], registry=r)
+        self.upstream_latency = Histogram(
+            "zmirror_upstream_response_seconds",
+            "Time until an upstream's final response headers (auth and redirects included)",
+            ["upstream"], buckets=UPSTREAM_BUCKETS, registry=r)
+        self.upstream_errors = Counter(
+            "zmirror_upstream_errors", "Upstream failures counted against its health "
+            "(connection, timeout, 5xx, bad content)", ["upstream"], registry=r)
+        self.tokens_issued = Counter(
+            "zmirror_tokens_issued", "Tokens issued by /token", ["subject", "type"], registry=r)
+        self.auth_failures = Counter(
+            "zmirror_auth_failures", "Rejected credentials by endpoint and reason",
+            ["endpoint", "reason"], registry=r)
+        self.cache_requests = Counter(
+            "zmirror_cache_requests", "Pull-through cache lookups by result", ["kind", "result"],
+            registry=r)
+        self._gauges: dict[str, Gauge] = {}
+
+    # --- observations ---------------------------------------------------------
+
+    def observe_access(self, rec: Any) -> None:
+        """One finished request (an AccessRecord)."""
+        kind = rec.kind or "other"
+        self.requests.labels(kind, str(int(rec.status or 0))).inc()
+        if rec.bytes:
+            self.response_bytes.labels(kind).inc(max(0, int(rec.bytes)))
+        self.request_duration.labels(kind).observe(max(0.0, float(rec.duration_ms or 0.0)) / 1000.0)
+        if rec.cache_hit is not None:
+            self.cache_requests.labels(kind, "hit" if rec.cache_hit else "miss").inc()
+
+    def upstream_response(self, upstream: str, status: Any, seconds: Optional[float]) -> None:
+        self.upstream_requests.labels(upstream, str(status)).inc()
+        if seconds is not None:
+            self.upstream_latency.labels(upstream).observe(max(0.0, seconds))
+
+    def upstream_failed(self, upstream: str) -> None:
+        self.upstream_errors.labels(upstream).inc()
+
+    async def time_upstream(self, upstream: str, clock: Any, awaitable: Any) -> Any:
+        """Await ``awaitable`` (an upstream request) and record its outcome."""
+        started = clock.seconds()
+        try:
+            resp = await awaitable
+        except CancelledError:
+            raise  # our client went away: not the upstream's doing
+        except Exception:
+            self.upstream_response(upstream, "error", None)
+            raise
+        self.upstream_response(upstream, getattr(resp, "code", "unknown"), clock.seconds() - started)
+        return resp
+
+    def token_issued(self, user: bool, refresh: bool = False) -> None:
+        subject = "user" if user else "anonymous"
+        self.tokens_issued.labels(subject, "access").inc()
+        if refresh:
+            self.tokens_issued.labels(subject, "refresh").inc()
+
+    def auth_failure(self, endpoint: str, reason: str) -> None:
+        self.auth_failures.labels(endpoint, reason).inc()
+
+    # --- gauges read at scrape time -------------------------------------------
+
+    def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """A gauge whose value is ``read()`` at scrape time (errors → NaN)."""
+
+        def value():
+            try:
+                return float(read())
+            except Exception:
+                return float("nan")
+
+        g = self._gauges.get(name)
+        if g is None:
+            g = self._gauges[name] = Gauge(name, documentation, registry=self.registry)
+        g.set_function(value)
+
+    def watch_accesslog(self, accesslog: Any) -> None:
+        self.gauge("zmirror_accesslog_queue_depth", "Access-log records waiting to be written",
+                   lambda: getattr(accesslog, "queue_depth", 0))
+        self.gauge("zmirror_accesslog_dropped", "Access-log records dropped since start",
+                   lambda: getattr(accesslog, "dropped", 0))
+
+    def watch_inflight(self, tracker: Any) -> None:
+        self.gauge("zmirror_http_inflight_requests", "HTTP requests being served",
+                   lambda: tracker.inflight)
+
+    def watch_cache(self, cache: Any) -> None:
+        """Cache size from the cache object (``size_bytes``/``total_size``/``size``,
+        an attribute or a method), 0 when there is no cache."""
+
+        def size():
+            if cache is None:
+                return 0
+            for attr in ("size_bytes", "total_size", "size"):
+                v = getattr(cache, attr, None)
+                if v is not None:
+                    return v() if callable(v) else v
+            return 0
+
+        self.gauge("zmirror_cache_size_bytes", "Bytes held by the pull-through cache", size)
+
+    def watch_upstreams(self, pool: Any) -> None:
+        """``zmirror_upstream_up`` (1 up/unknown, 0 down or cooling down) and
+        consecutive failures, per enabled upstream."""
+
+        def collect():
+            up = GaugeMetricFamily("zmirror_upstream_up", "Enabled upstream usable (0: down or "
+                                   "in cool-down)", labels=["upstream"])
+            fails = GaugeMetricFamily("zmirror_upstream_consecutive_failures",
+                                      "Failures in a row per enabled upstream", labels=["upstream"])
+            health = pool.health()
+            for u in list(pool.upstreams):
+                h = health.get(u.id) or {}
+                state = h.get("state", "unknown")
+                up.add_metric([u.name], 0.0 if state in ("down", "cooldown") else 1.0)
+                fails.add_metric([u.name], float(h.get("consecutive_failures") or 0))
+            return [up, fails]
+
+        self.registry.register(_CallbackCollector(collect))
+
+    # --- exposition ---------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MeteredAccessLog:
+    """An access log that counts every record, then hands it to the real one.
+
+    Everything else (``queue_depth``, ``flush``, ``stop`` ...) is the wrapped
+    log's.
+    """
+
+    def __init__(self, inner: Any, metrics: Metrics):
+        self.inner = inner
+        self.metrics = metrics
+
+    def record(self, rec: Any) -> None:
+        try:
+            self.metrics.observe_access(rec)
+        except Exception:
+            log.failure("metrics: counting an access record failed")
+        if self.inner is not None:
+            self.inner.record(rec)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _send(request, status: int, body: bytes, content_type: bytes) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", content_type)
+    request.setHeader(b"Cache-Control", b"no-store")
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
+    request.setHeader(b"Content-Length", str(len(body)).encode())
+    return body
+
+
+def _json_error(request, status: int, message: str) -> bytes:
+    body = json.dumps({"error": message}).encode()
+    return _send(request, status, body, b"application/json; charset=utf-8")
+
+
+def render_metrics(request, metrics: Metrics) -> bytes:
+    try:
+        body = metrics.exposition()
+    except Exception:
+        log.failure("metrics: exposition failed")
+        return _json_error(request, 500, "internal error")
+    return _send(request, 200, body, CONTENT_TYPE_LATEST.encode())
+
+
+class MetricsEndpoint:
+    """``/metrics`` on the main port (a ``ZMirrorApp.extra`` handler).
+
+    ``admin``: the admin API's own Basic-auth check (lockout included);
+    ``open``: no check; ``off``: 404.  :meth:`reload` switches the mode live.
+    """
+
+    def __init__(self, metrics: Metrics, access: str = "admin", admin: Any = None):
+        if access not in ACCESS_MODES:
+            raise ValueError(f"unknown metrics access mode {access!r}")
+        self.metrics = metrics
+        self.access = access
+        self.admin = admin
+
+    def reload(self, config: Any) -> None:
+        self.access = config.metrics.access
+
+    def __call__(self, request):
+        if self.access == "off":
+            return _json_error(request, 404, "not found")
+        if self.access == "open":
+            return render_metrics(request, self.metrics)
+        if self.admin is None:
+            return _json_error(request, 404, "not found")
+        return Deferred.fromCoroutine(self._admin_only(request))
+
+    async def _admin_only(self, request) -> bytes:
+        from zmirror.admin.validate import ApiError
+
+        try:
+            await self.admin._authenticate(request)
+        except ApiError as e:
+            return self.admin._error(request, e)
+        return render_metrics(request, self.metrics)
+
+
+class MetricsResource(Resource):
+    """The separate ``[metrics] listen`` endpoint: ``/metrics`` only, no auth."""
+
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics):
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request):
+        if request.path.rstrip(b"/") != b"/metrics":
+            return _json_error(request, 404, "not found")
+        return render_metrics(request, self.metrics)
+
+    render_HEAD = render_GET
+
+
+def metrics_listen_service(description: str, metrics: Metrics, reactor: Any):
+    """A service listening on ``description`` (a Twisted endpoint string).
+
+    Raises :class:`~zmirror.config.ConfigError` for an invalid description.
+    """
+    from twisted.application import strports
+    from twisted.web.server import Site
+
+    from zmirror.config import ConfigError
+
+    site = Site(MetricsResource(metrics), reactor=reactor)
+    site.displayTracebacks = False
+    site.log = lambda request: None  # scrapes every few seconds: keep them out of the log
+    try:
+        return strports.service(description, site, reactor=reactor)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"metrics.listen: invalid endpoint {description!r}: {e}") from None
+
+
+__all__ = ["Metrics", "MeteredAccessLog", "MetricsEndpoint", "MetricsResource",
+           "metrics_listen_service", "ACCESS_MODES"]

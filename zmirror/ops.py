@@ -1,0 +1,218 @@
+"""Operations glue used by :func:`zmirror.tap.makeService`: log setup and SIGHUP reload.
+
+**Logs.**  twistd installs its log observer *after* ``makeService`` returns:
+``AppLogger.start`` uses, in order, a ``--logger`` factory, an
+``ILogObserver`` component on the application, or its own (``--logfile``,
+``--syslog``).  :class:`ZMirrorService` puts ZMirror's observer (``[log]``
+format and level, secret redaction) on the application as that component
+when it is added to it, so no global state is touched at import or in tests.
+What it writes to follows twistd's options: stdout when running in the
+foreground without ``--logfile`` (Docker, systemd), else the ``--logfile``
+(default ``twistd.log``), like twistd itself.  With ``--logger`` or
+``--syslog`` twistd's choice is left alone.
+
+**Reload.**  :class:`Reloader` re-reads config.toml and applies what can change
+live: ``[access] anonymous``, ``[log] level``, ``[server] trusted_proxies``,
+``[metrics] access`` and the ``[admin]`` password.  Everything else is logged
+as "needs a restart".  :class:`SighupService` installs the SIGHUP handler
+when the service starts in the main thread (that is, under twistd) and
+restores the previous handler when it stops; nothing is installed at import.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Any, Callable, Optional
+
+from twisted.application.service import MultiService, Service
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
+
+from zmirror.logs import LogControl
+
+log = Logger()
+
+# settings that apply without a restart (section.key)
+LIVE = ("access.anonymous", "log.level", "server.trusted_proxies", "metrics.access",
+        "admin.password")
+
+
+class ZMirrorService(MultiService):
+    """The top service; gives the twistd application ZMirror's log observer."""
+
+    log_observer: Optional[Any] = None
+
+    def setServiceParent(self, parent):
+        if (self.log_observer is not None and isinstance(parent, Componentized)
+                and parent.getComponent(ILogObserver, None) is None):
+            parent.setComponent(ILogObserver, self.log_observer)
+        return super().setServiceParent(parent)
+
+
+def log_stream(options: Any):
+    """Where ZMirror's observer writes, from twistd's options (``options.parent``).
+
+    Returns a writable stream, or None to leave twistd's observer in place.
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return sys.stdout  # zmirror.tac / embedding: stdout
+    try:
+        if parent.get("logger") or parent.get("syslog"):
+            return None
+        logfile = parent.get("logfile")
+        nodaemon = parent.get("nodaemon")
+    except Exception:
+        return None
+    if nodaemon and (not logfile or logfile == "-"):
+        return sys.stdout
+    if logfile == "-":
+        return None  # twistd refuses this for daemons itself
+    from twisted.python.logfile import LogFile
+
+    return LogFile.fromFullPath(logfile or "twistd.log")
+
+
+def setup_logging(top: ZMirrorService, options: Any, config: Any) -> LogControl:
+    control = LogControl.from_config(config)
+    parent = getattr(options, "parent", None)
+    if parent is None and config.log.format == "text" and config.log.level == "info":
+        # zmirror.tac with the defaults: keep twistd's own observer (honours --logfile)
+        return control
+    stream = log_stream(options)
+    if stream is not None:
+        top.log_observer = control.observer(stream)
+    return control
+
+
+class Reloader:
+    """Re-reads config.toml and applies the live settings to the components."""
+
+    def __init__(self, config: Any, components: dict, log_control: Optional[LogControl] = None,
+                 load: Optional[Callable[[], Any]] = None):
+        self.config = config
+        self.components = components
+        self.log_control = log_control
+        self._load = load or self._default_load
+        self.reloads = 0
+
+    def _default_load(self):
+        from zmirror.config import load_config
+
+        return load_config(self.config.data_dir, self.config.config_path)
+
+    def reload(self) -> bool:
+        """Returns True when the new configuration was applied."""
+        from zmirror.config import ConfigError
+
+        try:
+            new = self._load()
+        except ConfigError as e:
+            log.error("reload: {error}; keeping the running configuration", error=str(e))
+            return False
+        except Exception:
+            log.failure("reload: cannot read the configuration; keeping the running one")
+            return False
+        self.apply(new)
+        return True
+
+    def apply(self, new: Any) -> None:
+        old = self.config
+        c = self.components
+        trusted = c.get("trusted")
+        if trusted is not None and hasattr(trusted, "reload"):
+            trusted.reload(new.server.trusted_proxies)
+        access = c.get("access")
+        policy = getattr(access, "policy", None)
+        if policy is not None and hasattr(policy, "reload"):
+            policy.reload(new)
+        if self.log_control is not None:
+            self.log_control.reload(new)
+        endpoint = c.get("metrics_endpoint")
+        if endpoint is not None:
+            endpoint.reload(new)
+        admin = c.get("admin")
+        if admin is not None and new.admin.username == old.admin.username:
+            # the admin API reads config.admin on each login check
+            admin.config = _with_admin(admin.config, new.admin)
+        changed = _changed(old, new)
+        live = [k for k in changed if k in LIVE]
+        restart = [k for k in changed if k not in LIVE]
+        if new.admin.username != old.admin.username:
+            restart.append("admin.username")
+        for w in new.warnings:
+            log.warn("config: {w}", w=w)
+        log.info("reload: configuration re-read; applied {live}{rest}",
+                 live=", ".join(live) or "no changes",
+                 rest=("; needs a restart: " + ", ".join(sorted(set(restart)))) if restart else "")
+        # keep the username the running services were built with
+        if new.admin.username != old.admin.username:
+            import dataclasses
+
+            new = dataclasses.replace(new, admin=dataclasses.replace(new.admin,
+                                                                     username=old.admin.username))
+        self.config = new
+        self.reloads += 1
+
+
+def _with_admin(config: Any, admin: Any) -> Any:
+    import dataclasses
+
+    try:
+        return dataclasses.replace(config, admin=admin)
+    except TypeError:
+        return config
+
+
+def _changed(old: Any, new: Any) -> list[str]:
+    import dataclasses
+
+    out = []
+    for f in dataclasses.fields(old):
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if not dataclasses.is_dataclass(a):
+            continue
+        for g in dataclasses.fields(a):
+            if getattr(a, g.name) != getattr(b, g.name):
+                out.append(f"{f.name}.{g.name}")
+    return out
+
+
+class SighupService(Service):
+    """SIGHUP → ``reloader.reload()`` in the reactor thread, while running."""
+
+    def __init__(self, reloader: Reloader, reactor: Any):
+        self.reloader = reloader
+        self.reactor = reactor
+        self._previous: Any = None
+        self.installed = False
+
+    def startService(self):
+        super().startService()
+        if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+            return
+        self._previous = signal.signal(signal.SIGHUP, self._on_signal)
+        self.installed = True
+
+    def _on_signal(self, signum, frame):
+        self.reactor.callFromThread(self.reloader.reload)
+
+    def stopService(self):
+        super().stopService()
+        if self.installed:
+            signal.signal(signal.SIGHUP, self._previous if self._previous is not None else signal.SIG_DFL)
+            self.installed = False
+
+
+def attach(top: ZMirrorService, options: Any, config: Any, components: dict, reactor: Any) -> None:
+    """Logging and SIGHUP reload for the service tree ``makeService`` returns."""
+    control = setup_logging(top, options, config)
+    reloader = Reloader(config, components, control)
+    components["log_control"] = control
+    components["reloader"] = reloader
+    SighupService(reloader, reactor).setServiceParent(top)
+
+
+__all__ = ["ZMirrorService", "Reloader", "SighupService", "attach", "setup_logging", "LIVE"]
