@@ -17,7 +17,8 @@ from zmirror.testing import FakeRegistry, HostAgent
 
 class ProxyEnv:
     def __init__(self, upstreams: list[tuple[str, FakeRegistry]], *, extra_hosts=None, policy=None,
-                 cooldown: float = 30.0, credentials=None, verify_blobs: bool = True):
+                 cooldown: float = 30.0, credentials=None, verify_blobs: bool = True,
+                 blobs=None, manifests=None):
         self.clock = Clock()
         hosts = {host: reg.resource() for host, reg in upstreams}
         hosts.update(extra_hosts or {})
@@ -31,7 +32,8 @@ class ProxyEnv:
             rows.append({"id": i, "name": host, "url": f"http://{host}", "priority": i, "enabled": 1,
                          "username": user, "password": pw})
         self.pool.set_registries(rows)
-        self.proxy = Proxy(self.pool, self.clock, idle_timeout=30, verify_blobs=verify_blobs)
+        self.proxy = Proxy(self.pool, self.clock, idle_timeout=30, verify_blobs=verify_blobs,
+                           blobs=blobs, manifests=manifests)
         self.log = MemoryAccessLog()
         self.routes = RegistryRoutes(self.proxy, clock=self.clock, accesslog=self.log, policy=policy,
                                      base_url=lambda request: "http://proxy.test")
@@ -63,3 +65,24 @@ class ProxyEnv:
 
     def upstream_paths(self, reg: FakeRegistry) -> list[str]:
         return [f"{m} {p}" for m, _h, p, _hd in reg.requests]
+
+    async def arequest(self, method: str, path: str, headers=None, timeout: float = 20.0):
+        """Like request(), but lets the real reactor run (DB and worker threads)."""
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        async def go():
+            resp = await self.client.request(method, "http://proxy.test" + path, headers=headers or {})
+            body = await treq.content(resp)
+            return resp, body
+
+        d = ensureDeferred(go())
+        deadline = reactor.seconds() + timeout
+        while not d.called:
+            self.agent.flush()
+            self.client.flush()
+            if reactor.seconds() > deadline:
+                d.cancel()
+                break
+            await deferLater(reactor, 0.001, lambda: None)
+        return await d

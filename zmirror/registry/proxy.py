@@ -19,6 +19,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from zmirror.cache.blobs import FollowerProducer
+from zmirror.cache.manifests import Manifest, acceptable
 from zmirror.registry.errors import RegistryError
 from zmirror.registry.reference import BLOB, MANIFEST, TAGS, parse_tag
 from zmirror.upstream.client import Upstream, UpstreamError, UpstreamPool, discard, read_limited
@@ -93,6 +95,110 @@ class StreamResult:
 
 
 @dataclass
+class DownloadResult:
+    """A blob read from a (possibly still running) cache download."""
+
+    status: int
+    headers: dict[bytes, bytes]
+    download: Any
+    start: int
+    end: Optional[int]
+
+    async def send(self, request):
+        request.setResponseCode(self.status)
+        for k, v in self.headers.items():
+            request.setHeader(k, v)
+        producer = self.download.follow(request, self.start, self.end)
+        producer.stats = self.download.cache.stats
+        await producer.begin()
+        return None
+
+
+@dataclass
+class FileResult:
+    """A cached blob served from its file (or a HEAD answered from the index)."""
+
+    status: int
+    headers: dict[bytes, bytes]
+    file: Any
+    size: int
+    start: int = 0
+    end: Optional[int] = None
+    on_close: Optional[Callable[[], None]] = None
+    stats: Optional[dict] = None
+
+    async def send(self, request):
+        request.setResponseCode(self.status)
+        for k, v in self.headers.items():
+            request.setHeader(k, v)
+        if self.file is None:  # HEAD
+            if self.on_close is not None:
+                self.on_close()
+            return b""
+        producer = FollowerProducer(request, file=self.file, size=self.size, start=self.start,
+                                    end=self.end, on_close=self.on_close, stats=self.stats)
+        await producer.begin()
+        return None
+
+
+_UNSATISFIABLE = object()
+
+
+def _parse_range(value: Optional[str], size: int):
+    """A single ``bytes=`` range → (start, end) inclusive; None to send it all
+    (no header, several ranges, or a form we ignore as RFC 9110 allows);
+    _UNSATISFIABLE for 416."""
+    if not value:
+        return None
+    value = value.strip()
+    if not value.lower().startswith("bytes=") or "," in value:
+        return None
+    spec = value[6:].strip()
+    first, sep, last = spec.partition("-")
+    if not sep:
+        return None
+    try:
+        if first == "":
+            n = int(last)
+            if n <= 0:
+                return _UNSATISFIABLE
+            return (max(size - n, 0), size - 1) if size else _UNSATISFIABLE
+        start = int(first)
+        end = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if start < 0 or start >= size or end < start:
+        return _UNSATISFIABLE
+    return start, min(end, size - 1)
+
+
+def _file_result(pull, out: dict, size: int, *, file, on_close, stats) -> "FileResult":
+    if pull.head:
+        out[b"Content-Length"] = str(size).encode()
+        return FileResult(200, out, None, size, on_close=on_close)
+    rng = _parse_range(pull.range, size)
+    if rng is _UNSATISFIABLE:
+        file.close()
+        on_close()
+        raise RegistryError("RANGE_INVALID", headers={b"Content-Range": f"bytes */{size}".encode()})
+    if rng is None:
+        out[b"Content-Length"] = str(size).encode()
+        return FileResult(200, out, file, size, on_close=on_close, stats=stats)
+    start, end = rng
+    out[b"Content-Range"] = f"bytes {start}-{end}/{size}".encode()
+    out[b"Content-Length"] = str(end - start + 1).encode()
+    return FileResult(206, out, file, size, start, end, on_close=on_close, stats=stats)
+
+
+@dataclass
+class _ManifestData:
+    digest: str
+    media_type: str
+    body: Optional[bytes]
+    length: int
+
+
+@dataclass
 class _Attempt:
     upstream: Upstream
     kind: str  # ok | notfound | denied | ratelimited | error
@@ -106,12 +212,13 @@ def _cache_control(pull, max_age: str) -> bytes:
 
 
 class Proxy:
-    def __init__(self, pool: UpstreamPool, clock: Any, *, idle_timeout: float = 60.0, cache: Any = None,
-                 verify_blobs: bool = False):
+    def __init__(self, pool: UpstreamPool, clock: Any, *, idle_timeout: float = 60.0,
+                 blobs: Any = None, manifests: Any = None, verify_blobs: bool = False):
         self.pool = pool
         self.clock = clock
         self.idle_timeout = idle_timeout
-        self.cache = cache
+        self.blobs = blobs  # zmirror.cache.BlobCache or None
+        self.manifests = manifests  # zmirror.cache.ManifestCache or None
         # Hash pass-through blobs and abort the client on a mismatch.  Off by
         # default: clients verify digests themselves, and hashing costs about
         # as much CPU as relaying; what goes into the cache is always verified.
@@ -209,14 +316,32 @@ class Proxy:
 
     # -- manifests --------------------------------------------------------
     async def manifest(self, pull) -> BytesResult:
+        if self.manifests is None:
+            return self._manifest_result(pull, await self._upstream_manifest(pull, pull.head))
+        return await self._cached_manifest(pull)
+
+    def _manifest_result(self, pull, m: "_ManifestData", *, warning: Optional[str] = None) -> BytesResult:
+        cache_control = _cache_control(pull, IMMUTABLE if pull.path.by_digest else TAG_TTL)
+        headers = {
+            b"Content-Type": m.media_type.encode("latin-1"),
+            b"Docker-Content-Digest": m.digest.encode(),
+            b"Etag": f'"{m.digest}"'.encode(),
+            b"Cache-Control": cache_control,
+        }
+        if warning:
+            headers[b"Warning"] = warning.encode()
+        length = m.length if m.body is None else len(m.body)
+        return BytesResult(200, headers, body=m.body or b"", head=pull.head, content_length=length)
+
+    async def _upstream_manifest(self, pull, head: bool) -> "_ManifestData":
+        """Fetch a manifest (HEAD when ``head`` and the upstream's HEAD says
+        enough, else GET with digest checks) with failover."""
         name, ref = pull.path.name, pull.path.reference
         accept = pull.accept or DEFAULT_ACCEPT
         headers = {b"Accept": ", ".join(accept).encode("latin-1")}
         path = f"/v2/{name}/manifests/{ref}"
         by_digest = pull.path.by_digest
-        cache_control = _cache_control(pull, IMMUTABLE if by_digest else TAG_TTL)
-
-        if pull.head:
+        if head:
             up, resp, _ = await self._fetch(pull, b"HEAD", path, headers, unknown_code="MANIFEST_UNKNOWN")
             digest = _header(resp, b"docker-content-digest")
             length = _header(resp, b"content-length")
@@ -225,12 +350,7 @@ class Proxy:
             if by_digest and digest and digest != ref:
                 digest = None  # do not trust it; fall through to GET and verify
             if digest and length and length.isdigit() and ctype:
-                return BytesResult(200, {
-                    b"Content-Type": ctype.encode(),
-                    b"Docker-Content-Digest": digest.encode(),
-                    b"Etag": f'"{digest}"'.encode(),
-                    b"Cache-Control": cache_control,
-                }, head=True, content_length=int(length))
+                return _ManifestData(digest, ctype, None, int(length))
             # the upstream's HEAD lacks what clients need: GET and compute
 
         async def read_manifest(up, resp):
@@ -248,15 +368,126 @@ class Proxy:
         up, resp, (body, digest) = await self._fetch(
             pull, b"GET", path, headers, unknown_code="MANIFEST_UNKNOWN", validate=read_manifest)
         ctype = _header(resp, b"content-type") or _sniff_media_type(body)
-        return BytesResult(200, {
-            b"Content-Type": ctype.encode(),
-            b"Docker-Content-Digest": digest.encode(),
-            b"Etag": f'"{digest}"'.encode(),
-            b"Cache-Control": cache_control,
-        }, body=body, head=pull.head)
+        return _ManifestData(digest, ctype, body, len(body))
+
+    async def _cached_manifest(self, pull) -> BytesResult:
+        cache = self.manifests
+        name, ref = pull.path.name, pull.path.reference
+        accept = pull.accept or DEFAULT_ACCEPT
+        if pull.path.by_digest:
+            m = await cache.get(ref)
+            if m is not None and acceptable(m.media_type, accept):
+                return self._hit(pull, cache, m)
+            return self._manifest_result(pull, await self._fill_manifest(pull, None))
+
+        entry = cache.tag(name, ref, accept)
+        cached = await cache.get(entry.digest) if entry is not None else None
+        if cached is not None and cache.fresh(entry):
+            return self._hit(pull, cache, cached)
+        if cached is not None:
+            # stale: revalidate with a HEAD (it does not count as a pull on Docker Hub)
+            try:
+                head = await self._upstream_manifest(pull, True)
+            except RegistryError as e:
+                return self._stale_or_raise(pull, cache, cached, e)
+            if head.digest == cached.digest:
+                cache.refresh(entry)
+                return self._hit(pull, cache, cached)
+        try:
+            return self._manifest_result(pull, await self._fill_manifest(pull, ref))
+        except RegistryError as e:
+            if cached is None:
+                raise
+            return self._stale_or_raise(pull, cache, cached, e)
+
+    async def _fill_manifest(self, pull, tag: Optional[str]) -> "_ManifestData":
+        m = await self._upstream_manifest(pull, False)
+        self.manifests.stats["misses"] += 1
+        if pull.record is not None:
+            pull.record.cache_hit = False
+        self.manifests.store(pull.path.name, tag, Manifest(m.digest, m.media_type, m.body))
+        return m
+
+    def _hit(self, pull, cache, m: Manifest, warning: Optional[str] = None) -> BytesResult:
+        cache.stats["hits"] += 1
+        if pull.record is not None:
+            pull.record.cache_hit = True
+        return self._manifest_result(pull, _ManifestData(m.digest, m.media_type, m.body, len(m.body)),
+                                     warning=warning)
+
+    def _stale_or_raise(self, pull, cache, m: Manifest, err: RegistryError) -> BytesResult:
+        if err.status == 404 and err.code == "MANIFEST_UNKNOWN":
+            cache.drop_tag(pull.path.name, pull.path.reference)  # the tag is gone upstream
+            raise err
+        if err.status in (429, 502, 503):
+            cache.stats["stale_served"] += 1
+            log.info("serving stale manifest {name}:{ref}: {err}", name=pull.path.name,
+                     ref=pull.path.reference, err=err.message)
+            return self._hit(pull, cache, m, warning='110 - "Response is Stale"')
+        raise err
 
     # -- blobs --------------------------------------------------------------
     async def blob(self, pull):
+        name, digest = pull.path.name, pull.path.reference
+        out = {
+            b"Content-Type": b"application/octet-stream",
+            b"Docker-Content-Digest": digest.encode(),
+            b"Etag": f'"{digest}"'.encode(),
+            b"Accept-Ranges": b"bytes",
+            b"Cache-Control": _cache_control(pull, IMMUTABLE),
+        }
+        cache = self.blobs
+        if cache is not None:
+            entry = cache.lookup(digest)
+            if entry is not None:
+                f = None if pull.head else cache.open(entry)
+                if pull.head or f is not None:
+                    cache.touch(entry, name)
+                    cache.stats["hits"] += 1
+                    if pull.record is not None:
+                        pull.record.cache_hit = True
+                    return _file_result(pull, out, entry.size, file=f,
+                                        on_close=lambda: cache.release(entry), stats=cache.stats)
+            if not pull.head:
+                # a miss, Range or not, fills the cache; ranges are served from the download
+                return await self._cached_download(pull, out)
+        return await self._upstream_blob(pull, out)
+
+    async def _cached_download(self, pull, out):
+        """Single-flight: the first request starts the download, everyone reads it."""
+        cache, name, digest = self.blobs, pull.path.name, pull.path.reference
+        cache.stats["misses"] += 1
+        if pull.record is not None:
+            pull.record.cache_hit = False
+        dl, created = cache.download(digest, name)
+        if created:
+            try:
+                up, resp, _ = await self._fetch(pull, b"GET", f"/v2/{name}/blobs/{digest}", {},
+                                                unknown_code="BLOB_UNKNOWN")
+            except BaseException as e:
+                dl.fail_before_start(e)
+                raise
+            length = None if resp.length is UNKNOWN_LENGTH else int(resp.length)
+            ctype = _header(resp, b"content-type")
+            dl.start(resp, length, ctype.encode() if ctype else None)
+        else:
+            await dl.when_ready()
+        out[b"Content-Type"] = dl.content_type
+        if dl.length is None:
+            # unknown length: stream it as it comes (chunked)
+            return DownloadResult(200, out, dl, 0, None)
+        rng = _parse_range(pull.range, dl.length)
+        if rng is _UNSATISFIABLE:
+            raise RegistryError("RANGE_INVALID", headers={b"Content-Range": f"bytes */{dl.length}".encode()})
+        if rng is None:
+            out[b"Content-Length"] = str(dl.length).encode()
+            return DownloadResult(200, out, dl, 0, None)
+        start, end = rng
+        out[b"Content-Range"] = f"bytes {start}-{end}/{dl.length}".encode()
+        out[b"Content-Length"] = str(end - start + 1).encode()
+        return DownloadResult(206, out, dl, start, end)
+
+    async def _upstream_blob(self, pull, out):
         name, digest = pull.path.name, pull.path.reference
         path = f"/v2/{name}/blobs/{digest}"
         headers: dict = {}
@@ -265,15 +496,9 @@ class Proxy:
         method = b"HEAD" if pull.head else b"GET"
         up, resp, _ = await self._fetch(pull, method, path, headers, unknown_code="BLOB_UNKNOWN",
                                         ok_codes=(200, 206), terminal_codes=(416,))
-        out = {
-            b"Content-Type": (_header(resp, b"content-type") or "application/octet-stream").encode(),
-            b"Docker-Content-Digest": digest.encode(),
-            b"Etag": f'"{digest}"'.encode(),
-            b"Accept-Ranges": b"bytes",
-            b"Cache-Control": _cache_control(pull, IMMUTABLE),
-        }
-        if pull.record is not None:
-            pull.record.cache_hit = False if self.cache is not None else None
+        out[b"Content-Type"] = (_header(resp, b"content-type") or "application/octet-stream").encode()
+        if pull.record is not None and self.blobs is not None:
+            pull.record.cache_hit = False
         if resp.code == 416:
             discard(resp)
             cr = _header(resp, b"content-range")

@@ -26,11 +26,17 @@ _STOP = object()
 class DigestWorker:
     def __init__(self, algorithm: str, reactor: Any, *, file: Optional[BinaryIO] = None,
                  on_drained: Optional[Callable[[], None]] = None,
+                 on_progress: Optional[Callable[[int], None]] = None,
                  high_water: int = 16 << 20, low_water: int = 4 << 20):
         self.algorithm = algorithm
         self.reactor = reactor
         self.file = file
         self.on_drained = on_drained
+        # on_progress(bytes_written) runs in the reactor thread after writes
+        # (coalesced: at most one call pending at a time)
+        self.on_progress = on_progress
+        self.written = 0
+        self._progress_pending = False
         self.high_water = high_water
         self.low_water = low_water
         self._hash = hashlib.new(algorithm)
@@ -71,18 +77,33 @@ class DigestWorker:
                 try:
                     h.update(item)
                     if f is not None:
-                        f.write(item)
+                        view = memoryview(item)
+                        while view:
+                            n = f.write(view)
+                            view = view[n:]
                 except BaseException as e:  # disk full, closed file...
                     self.error = e
             with self._lock:
                 self._queued -= len(item)
+                self.written += len(item)
                 signal = self._over and self._queued <= self.low_water
                 if signal:
                     self._over = False
+                progress = self.on_progress is not None and not self._progress_pending
+                if progress:
+                    self._progress_pending = True
             if signal and self.on_drained is not None:
                 self.reactor.callFromThread(self.on_drained)
+            if progress:
+                self.reactor.callFromThread(self._report_progress)
         digest = f"{self.algorithm}:{h.hexdigest()}"
         self.reactor.callFromThread(self._fire, digest)
+
+    def _report_progress(self):
+        with self._lock:
+            self._progress_pending = False
+            written = self.written
+        self.on_progress(written)
 
     def _fire(self, digest: str):
         if not self._done.called:

@@ -1,0 +1,267 @@
+"""Pull-through cache: verified blob store, single-flight, eviction, manifests."""
+
+import json
+import os
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.trial import unittest
+from twisted.web._newclient import ResponseFailed
+
+from tests.proxyenv import ProxyEnv
+from zmirror.cache import BlobCache, ManifestCache
+from zmirror.db import Database, migrate
+from zmirror.testing import DOCKER_V2, FakeRegistry
+
+MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2, "layers": []}).encode()
+
+
+def deferred_test(f):
+    def wrapper(self):
+        return Deferred.fromCoroutine(f(self))
+
+    wrapper.__name__ = f.__name__
+    return wrapper
+
+
+class CacheTestBase(unittest.TestCase):
+    max_size = 1 << 30
+
+    def setUp(self):
+        self.base = Path(self.mktemp()).resolve()
+        self.base.mkdir()
+        migrate(self.base / "db.sqlite")
+        self.db = Database(self.base / "db.sqlite", reactor)
+        self.db.start()
+        self.addCleanup(self.db.close)
+        self.up = FakeRegistry()
+        self.data = os.urandom(3 << 20)  # 3 MiB
+        self.digest = self.up.add_blob(self.data)
+        self.make_env()
+
+    def make_env(self, upstreams=None):
+        self.blobs = BlobCache(self.base / "cache", self.db, reactor, max_size=self.max_size, idle_timeout=30)
+        self.manifests = ManifestCache(self.db, reactor, ttl=300)
+        self.env = ProxyEnv(upstreams or [("up1.fake", self.up)], blobs=self.blobs, manifests=self.manifests)
+        self.manifests.clock = self.env.clock  # TTLs follow the test clock
+
+    async def start(self):
+        await self.blobs.start()
+        await self.manifests.start()
+
+    def blob_gets(self, reg=None):
+        return [r for r in (reg or self.up).requests if r[0] == "GET" and "/blobs/" in r[2]]
+
+
+class BlobCacheTests(CacheTestBase):
+    @deferred_test
+    async def test_miss_then_hit(self):
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        resp, body = await self.env.arequest("GET", path)
+        self.assertEqual(resp.code, 200)
+        self.assertEqual(body, self.data)
+        self.assertEqual(self.env.log.records[-1].cache_hit, False)
+        # verified and renamed into place
+        stored = self.blobs.path(self.digest)
+        self.assertEqual(stored.read_bytes(), self.data)
+        self.assertEqual(os.listdir(self.base / "cache" / "tmp"), [])
+        resp, body = await self.env.arequest("GET", path)
+        self.assertEqual(body, self.data)
+        self.assertEqual(resp.headers.getRawHeaders(b"docker-content-digest"), [self.digest.encode()])
+        self.assertEqual(len(self.blob_gets()), 1)  # second pull local
+        self.assertEqual(self.env.log.records[-1].cache_hit, True)
+        self.assertEqual(self.env.log.records[-1].bytes, len(self.data))
+        # Range and HEAD from the cache
+        resp, body = await self.env.arequest("GET", path, headers={"Range": "bytes=10-19"})
+        self.assertEqual(resp.code, 206)
+        self.assertEqual(body, self.data[10:20])
+        self.assertEqual(resp.headers.getRawHeaders(b"content-range"),
+                         [f"bytes 10-19/{len(self.data)}".encode()])
+        resp, body = await self.env.arequest("GET", path, headers={"Range": "bytes=-5"})
+        self.assertEqual(body, self.data[-5:])
+        resp, body = await self.env.arequest("GET", path, headers={"Range": f"bytes={len(self.data)}-"})
+        self.assertEqual(resp.code, 416)
+        resp, body = await self.env.arequest("HEAD", path)
+        self.assertEqual((resp.code, body), (200, b""))
+        self.assertEqual(len(self.blob_gets()), 1)
+        self.assertEqual(self.blobs.summary()["hits"], 5)
+
+    @deferred_test
+    async def test_single_flight(self):
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        results = await DeferredList([ensureDeferred(self.env.arequest("GET", path)) for _ in range(8)],
+                                     consumeErrors=True)
+        for ok, value in results:
+            self.assertTrue(ok, value)
+            resp, body = value
+            self.assertEqual(resp.code, 200)
+            self.assertEqual(body, self.data)
+        self.assertEqual(len(self.blob_gets()), 1)
+
+    async def _expect_nothing_cached(self, fault):
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        self.up.faults[path] = [fault]
+        with self.assertRaises(ResponseFailed):
+            await self.env.arequest("GET", path)
+        self.assertIsNone(self.blobs.lookup(self.digest))
+        self.assertFalse(self.blobs.path(self.digest).exists())
+        self.assertEqual(os.listdir(self.base / "cache" / "tmp"), [])
+        # the next request fetches again and succeeds
+        resp, body = await self.env.arequest("GET", path)
+        self.assertEqual(body, self.data)
+        self.assertIsNotNone(self.blobs.lookup(self.digest))
+
+    @deferred_test
+    async def test_corrupt_upstream_not_cached(self):
+        await self._expect_nothing_cached("corrupt")
+        self.assertEqual(self.blobs.stats["verify_failures"], 1)
+
+    @deferred_test
+    async def test_truncated_upstream_not_cached(self):
+        await self._expect_nothing_cached("truncate")
+
+    @deferred_test
+    async def test_restart_keeps_index_and_cleans_tmp(self):
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        await self.env.arequest("GET", path)
+        await self.blobs.flush_index()
+        (self.base / "cache" / "tmp" / "leftover.partial").write_bytes(b"half a blob")
+        self.make_env()
+        await self.start()
+        self.assertEqual(os.listdir(self.base / "cache" / "tmp"), [])
+        self.assertIsNotNone(self.blobs.lookup(self.digest))
+        resp, body = await self.env.arequest("GET", path)
+        self.assertEqual(body, self.data)
+        self.assertEqual(len(self.blob_gets()), 1)
+
+    @deferred_test
+    async def test_delete(self):
+        await self.start()
+        await self.env.arequest("GET", f"/v2/library/x/blobs/{self.digest}")
+        other = self.up.add_blob(b"other blob")
+        await self.env.arequest("GET", f"/v2/library/y/blobs/{other}")
+        self.assertEqual(await self.blobs.delete(repository="library/x"), 1)
+        self.assertIsNone(self.blobs.lookup(self.digest))
+        self.assertIsNotNone(self.blobs.lookup(other))
+        self.assertEqual(await self.blobs.delete(), 1)
+        self.assertEqual(self.blobs.size, 0)
+
+
+class EvictionTests(CacheTestBase):
+    max_size = 7 << 20  # room for two 3 MiB blobs
+
+    @deferred_test
+    async def test_lru_order_and_readers(self):
+        await self.start()
+        blobs = [os.urandom(3 << 20) for _ in range(3)]
+        digests = [self.up.add_blob(b) for b in blobs]
+        for d in digests[:2]:
+            await self.env.arequest("GET", f"/v2/library/x/blobs/{d}")
+        # touch the first: the second becomes least recently used
+        await self.env.arequest("GET", f"/v2/library/x/blobs/{digests[0]}")
+        # a reader holds the second open while the third arrives
+        entry = self.blobs.lookup(digests[1])
+        f = self.blobs.open(entry)
+        await self.env.arequest("GET", f"/v2/library/x/blobs/{digests[2]}")
+        from twisted.internet.task import deferLater
+
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertIsNotNone(self.blobs.lookup(digests[0]))
+        self.assertIsNone(self.blobs.lookup(digests[1]))
+        self.assertIsNotNone(self.blobs.lookup(digests[2]))
+        self.assertLessEqual(self.blobs.size, self.max_size)
+        # still readable by its reader, unlinked when released
+        self.assertEqual(os.pread(f.fileno(), 10, 0), blobs[1][:10])
+        self.assertTrue(self.blobs.path(digests[1]).exists())
+        f.close()
+        self.blobs.release(entry)
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertFalse(self.blobs.path(digests[1]).exists())
+
+
+class ManifestCacheTests(CacheTestBase):
+    def setUp(self):
+        super().setUp()
+        self.mdigest = self.up.add_manifest("library/nginx", "latest", MANIFEST)
+        self.tag_path = "/v2/library/nginx/manifests/latest"
+
+    def manifest_requests(self, method=None):
+        return [r for r in self.up.requests if "/manifests/" in r[2] and (method is None or r[0] == method)]
+
+    @deferred_test
+    async def test_by_digest_cached_for_good(self):
+        await self.start()
+        path = f"/v2/library/nginx/manifests/{self.mdigest}"
+        for _ in range(3):
+            resp, body = await self.env.arequest("GET", path)
+            self.assertEqual(body, MANIFEST)
+        self.env.clock.advance(10 ** 6)
+        resp, body = await self.env.arequest("HEAD", path)
+        self.assertEqual(resp.headers.getRawHeaders(b"docker-content-digest"), [self.mdigest.encode()])
+        self.assertEqual(len(self.manifest_requests()), 1)
+
+    @deferred_test
+    async def test_tag_ttl_and_revalidation(self):
+        await self.start()
+        await self.env.arequest("GET", self.tag_path)
+        await self.env.arequest("GET", self.tag_path)
+        self.assertEqual(len(self.manifest_requests()), 1)  # fresh: local
+        self.env.clock.advance(301)
+        resp, body = await self.env.arequest("GET", self.tag_path)
+        self.assertEqual(body, MANIFEST)
+        self.assertEqual([r[0] for r in self.manifest_requests()], ["GET", "HEAD"])  # revalidated by HEAD
+        # the tag moves upstream: the next revalidation fetches the new manifest
+        new = MANIFEST.replace(b"[]", b"[ ]")
+        self.up.add_manifest("library/nginx", "latest", new)
+        self.env.clock.advance(301)
+        resp, body = await self.env.arequest("GET", self.tag_path)
+        self.assertEqual(body, new)
+
+    @deferred_test
+    async def test_stale_served_when_upstream_down(self):
+        await self.start()
+        await self.env.arequest("GET", self.tag_path)
+        self.env.clock.advance(301)
+        self.up.faults[self.tag_path] = [503, 503]
+        resp, body = await self.env.arequest("GET", self.tag_path)
+        self.assertEqual(resp.code, 200)
+        self.assertEqual(body, MANIFEST)
+        self.assertEqual(resp.headers.getRawHeaders(b"warning"), [b'110 - "Response is Stale"'])
+        # rate-limited everywhere: stale too
+        self.up.faults[self.tag_path] = [429, 429]
+        resp, body = await self.env.arequest("GET", self.tag_path)
+        self.assertEqual((resp.code, body), (200, MANIFEST))
+        # all upstreams gone (connection refused)
+        del self.env.agent.agents["up1.fake"]
+        resp, body = await self.env.arequest("HEAD", self.tag_path)
+        self.assertEqual(resp.code, 200)
+
+    @deferred_test
+    async def test_not_served_to_client_that_does_not_accept_it(self):
+        await self.start()
+        await self.env.arequest("GET", self.tag_path)
+        oci_only = {"Accept": ["application/vnd.oci.image.manifest.v1+json"]}
+        resp, body = await self.env.arequest("GET", self.tag_path, headers=oci_only)
+        self.assertEqual(resp.code, 404)  # the fake (like distribution) has no OCI form of it
+        self.assertEqual(len(self.manifest_requests()), 2)
+        resp, body = await self.env.arequest("GET", self.tag_path, headers={"Accept": ["*/*"]})
+        self.assertEqual((resp.code, body), (200, MANIFEST))
+        self.assertEqual(len(self.manifest_requests()), 2)
+
+    @deferred_test
+    async def test_persisted_across_restart(self):
+        await self.start()
+        await self.env.arequest("GET", self.tag_path)
+        from twisted.internet.task import deferLater
+
+        await deferLater(reactor, 0.1, lambda: None)  # let the async writes land
+        self.make_env()
+        await self.start()
+        del self.env.agent.agents["up1.fake"]  # upstream gone: served from the restored cache
+        resp, body = await self.env.arequest("GET", self.tag_path)
+        self.assertEqual((resp.code, body), (200, MANIFEST))

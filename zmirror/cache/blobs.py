@@ -1,0 +1,646 @@
+"""Content-addressed blob store with single-flight downloads and LRU eviction.
+
+Layout under the cache directory::
+
+    blobs/sha256/ab/abcdef...   verified blobs, named by digest
+    tmp/                        downloads in progress (emptied at start)
+
+A blob fetched from upstream is written to ``tmp/`` by a :class:`Download`
+(hash + write on a worker thread, never paced by any one client), verified
+against its digest, and only then renamed into ``blobs/``.  Every client of
+that blob — the first one included — reads the growing temp file at its own
+pace (:class:`FollowerProducer`), so a slow client slows nobody else.  The last
+byte is released only after verification: a corrupt or truncated download
+aborts its clients' connections and leaves nothing behind.
+
+The index (size, last access, repositories) lives in memory, loaded from the
+``cache_blobs`` table at start and written back in batches; eviction is least
+recently used first, accounted incrementally, and never deletes a blob while
+a reader holds it open.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from zope.interface import implementer
+
+from zmirror.upstream.digestworker import DigestWorker
+from zmirror.upstream.relay import _enlarge_reads
+
+log = Logger()
+
+CHUNK = 65536
+
+
+@dataclass
+class BlobEntry:
+    digest: str
+    size: int
+    last_access: float
+    readers: int = 0
+    repos: set = field(default_factory=set)
+
+
+def _blob_relpath(digest: str) -> str:
+    algo, hexd = digest.split(":", 1)
+    return os.path.join("blobs", algo, hexd[:2], hexd)
+
+
+class BlobCache:
+    def __init__(self, root: Path, db: Any, reactor: Any, *, max_size: int, threadpool: Any = None,
+                 idle_timeout: float = 60.0):
+        self.root = Path(root)
+        self.db = db
+        self.reactor = reactor
+        self.max_size = max_size
+        self.idle_timeout = idle_timeout
+        self._threadpool = threadpool
+        self.entries: "OrderedDict[str, BlobEntry]" = OrderedDict()  # LRU: oldest first
+        self.size = 0
+        self.downloads: dict[str, Download] = {}
+        self._dirty: set[str] = set()
+        self._doomed: set[str] = set()  # evicted while being read: unlink when the last reader closes
+        self.stats = {"hits": 0, "misses": 0, "bytes_from_cache": 0, "bytes_from_upstream": 0,
+                      "evictions": 0, "verify_failures": 0}
+
+    # -- lifecycle --------------------------------------------------------------
+    def _pool(self):
+        if self._threadpool is None:
+            self._threadpool = self.reactor.getThreadPool()
+        return self._threadpool
+
+    def _in_thread(self, f, *a):
+        return deferToThreadPool(self.reactor, self._pool(), f, *a)
+
+    async def start(self) -> None:
+        """Clean temp files, load the index, adopt verified files the index lost."""
+        rows = await self.db.query("SELECT digest, size, last_access FROM cache_blobs ORDER BY last_access")
+        repos = await self.db.query("SELECT digest, repository FROM cache_blob_repos")
+        present = await self._in_thread(self._scan)
+        known = set()
+        for r in rows:
+            if r["digest"] not in present:
+                continue  # file gone (deleted by hand): forget it
+            known.add(r["digest"])
+            self._add(BlobEntry(r["digest"], int(r["size"]), float(r["last_access"])))
+        stale = [r["digest"] for r in rows if r["digest"] not in present]
+        for r in repos:
+            e = self.entries.get(r["digest"])
+            if e is not None:
+                e.repos.add(r["repository"])
+        now = self.reactor.seconds()
+        adopted = []
+        for digest, size in present.items():
+            if digest not in known:
+                # renamed into place (so verified) but the index write was lost
+                self._add(BlobEntry(digest, size, now))
+                adopted.append(digest)
+        if stale:
+            await self.db.write(_delete_blob_rows, stale)
+        if adopted:
+            self._dirty.update(adopted)
+            await self.flush_index()
+        log.info("blob cache: {n} blobs, {size} bytes in {root}", n=len(self.entries), size=self.size,
+                 root=str(self.root))
+        await self.evict()
+
+    def _scan(self) -> dict[str, int]:
+        tmp = self.root / "tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True, exist_ok=True)
+        out: dict[str, int] = {}
+        base = self.root / "blobs"
+        if not base.exists():
+            return out
+        for algo in os.scandir(base):
+            if not algo.is_dir():
+                continue
+            for prefix in os.scandir(algo.path):
+                if not prefix.is_dir():
+                    continue
+                for f in os.scandir(prefix.path):
+                    if f.is_file():
+                        out[f"{algo.name}:{f.name}"] = f.stat().st_size
+        return out
+
+    async def flush_index(self) -> None:
+        """Write changed entries (new blobs, access times) in one transaction."""
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, set()
+        rows, repo_rows = [], []
+        for d in dirty:
+            e = self.entries.get(d)
+            if e is None:
+                continue
+            rows.append((e.digest, e.size, e.last_access, e.last_access))
+            repo_rows.extend((e.digest, r) for r in e.repos)
+        await self.db.write(_upsert_blob_rows, rows, repo_rows)
+
+    # -- index --------------------------------------------------------------
+    def _add(self, e: BlobEntry) -> None:
+        old = self.entries.pop(e.digest, None)
+        if old is not None:
+            self.size -= old.size
+        self.entries[e.digest] = e
+        self.size += e.size
+
+    def path(self, digest: str) -> Path:
+        return self.root / _blob_relpath(digest)
+
+    def lookup(self, digest: str) -> Optional[BlobEntry]:
+        return self.entries.get(digest)
+
+    def touch(self, e: BlobEntry, repo: Optional[str] = None) -> None:
+        e.last_access = self.reactor.seconds()
+        self.entries.move_to_end(e.digest)
+        if repo and repo not in e.repos:
+            e.repos.add(repo)
+        self._dirty.add(e.digest)
+
+    def open(self, e: BlobEntry):
+        """Open a cached blob for reading (marks it in use) or None if it vanished."""
+        try:
+            f = open(self.path(e.digest), "rb", buffering=0)
+        except OSError:
+            self._forget(e.digest)
+            return None
+        e.readers += 1
+        return f
+
+    def release(self, e: BlobEntry) -> None:
+        e.readers -= 1
+        if e.readers <= 0 and e.digest in self._doomed:
+            self._doomed.discard(e.digest)
+            self._unlink(e.digest)
+
+    def _forget(self, digest: str) -> None:
+        e = self.entries.pop(digest, None)
+        if e is not None:
+            self.size -= e.size
+        self.db.write(_delete_blob_rows, [digest])
+
+    def _unlink(self, digest: str) -> Deferred:
+        p = self.path(digest)
+        return self._in_thread(_silent_unlink, p)
+
+    async def evict(self) -> int:
+        """Delete least recently used blobs until the cache fits ``max_size``."""
+        victims = []
+        for digest, e in list(self.entries.items()):
+            if self.size <= self.max_size:
+                break
+            self.entries.pop(digest)
+            self.size -= e.size
+            victims.append(digest)
+            if e.readers > 0:
+                self._doomed.add(digest)  # unlinked when its last reader closes
+            else:
+                self._unlink(digest)
+        if victims:
+            self.stats["evictions"] += len(victims)
+            await self.db.write(_delete_blob_rows, victims)
+        return len(victims)
+
+    async def delete(self, *, digest: Optional[str] = None, repository: Optional[str] = None) -> int:
+        """Delete one blob, every blob of a repository, or (no argument) all."""
+        if digest is not None:
+            targets = [digest] if digest in self.entries else []
+        elif repository is not None:
+            targets = [d for d, e in self.entries.items() if repository in e.repos]
+        else:
+            targets = list(self.entries)
+        for d in targets:
+            e = self.entries.pop(d)
+            self.size -= e.size
+            if e.readers > 0:
+                self._doomed.add(d)
+            else:
+                self._unlink(d)
+        if targets:
+            await self.db.write(_delete_blob_rows, targets)
+        return len(targets)
+
+    def summary(self) -> dict:
+        hits, misses = self.stats["hits"], self.stats["misses"]
+        return {
+            "size": self.size,
+            "max_size": self.max_size,
+            "entries": len(self.entries),
+            "downloads": len(self.downloads),
+            "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
+            **self.stats,
+        }
+
+    # -- downloads ------------------------------------------------------------
+    def download(self, digest: str, repo: str) -> tuple["Download", bool]:
+        """The in-flight download of ``digest``, creating it if needed.
+        Returns (download, created)."""
+        dl = self.downloads.get(digest)
+        if dl is not None:
+            return dl, False
+        dl = Download(self, digest, repo)
+        self.downloads[digest] = dl
+        return dl, True
+
+    def _download_finished(self, dl: "Download", ok: bool) -> None:
+        self.downloads.pop(dl.digest, None)
+        if not ok:
+            self.stats["verify_failures"] += 1 if dl.verify_failed else 0
+            return
+        e = BlobEntry(dl.digest, dl.length, self.reactor.seconds(), repos={dl.repo})
+        self._add(e)
+        self._dirty.add(e.digest)
+        d = Deferred.fromCoroutine(self._after_insert())
+        d.addErrback(lambda f: log.failure("cache index update failed", f))
+
+    async def _after_insert(self):
+        await self.flush_index()
+        await self.evict()
+
+
+class Download(Protocol):
+    """One upstream fetch of a blob into a temp file, shared by all its readers.
+
+    ``ready`` fires when the upstream answered (headers known) or errbacks with
+    the upstream error; readers then attach with :meth:`follow`.
+    """
+
+    def __init__(self, cache: BlobCache, digest: str, repo: str):
+        self.cache = cache
+        self.digest = digest
+        self.repo = repo
+        self.length: Optional[int] = None
+        self.content_type = b"application/octet-stream"
+        self.written = 0  # bytes on disk, readable by followers
+        self.state = "pending"  # pending | running | done | failed
+        self.failure_reason = ""
+        self.verify_failed = False
+        self._ready_waiters: list[Deferred] = []
+        self._ready_result: Any = None
+        self.followers: list[FollowerProducer] = []
+        self.upstream = None
+        self._idle = None
+        self._paused = False
+        self.tmp_path: Optional[Path] = None
+        self._file = None
+        self.worker: Optional[DigestWorker] = None
+        self.received = 0
+
+    # called by the proxy with the upstream's 200 response
+    def start(self, response, length: Optional[int], content_type: Optional[bytes]) -> None:
+        self.length = length
+        if content_type:
+            self.content_type = content_type
+        tmpdir = self.cache.root / "tmp"
+        tmpdir.mkdir(parents=True, exist_ok=True)
+        fd_path = tmpdir / f"{self.digest.split(':', 1)[1]}.{os.getpid()}.{id(self):x}"
+        self.tmp_path = fd_path
+        self._file = open(fd_path, "wb", buffering=0)
+        algo = self.digest.split(":", 1)[0]
+        self.worker = DigestWorker(algo, self.cache.reactor, file=self._file,
+                                   on_drained=self._worker_drained, on_progress=self._progress)
+        self.state = "running"
+        response.deliverBody(self)
+        self._set_ready(self)
+
+    def fail_before_start(self, exc: BaseException) -> None:
+        self.state = "failed"
+        self.failure_reason = str(exc)
+        self.cache._download_finished(self, False)
+        self._set_ready(exc)
+
+    def when_ready(self) -> Deferred:
+        """A new Deferred firing with this download once the upstream answered,
+        or failing with the upstream error."""
+        d: Deferred = Deferred()
+        if self._ready_result is None:
+            self._ready_waiters.append(d)
+        elif isinstance(self._ready_result, BaseException):
+            d.errback(self._ready_result)
+        else:
+            d.callback(self)
+        return d
+
+    def _set_ready(self, result) -> None:
+        self._ready_result = result
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            if d.called:
+                continue
+            if isinstance(result, BaseException):
+                d.errback(result)
+            else:
+                d.callback(self)
+
+    # -- upstream protocol --------------------------------------------------------
+    def connectionMade(self):
+        self.upstream = self.transport
+        _enlarge_reads(self.transport)
+        self._arm_idle()
+
+    def dataReceived(self, data: bytes):
+        offset = self.received
+        self.received += len(data)
+        if self._idle is not None:
+            self._idle.reset(self.cache.idle_timeout)
+        self.cache.stats["bytes_from_upstream"] += len(data)
+        keep_up = self.worker.update(data)
+        # readers that are keeping up get the bytes straight from memory;
+        # the others catch up from the file at their own pace
+        for f in self.followers:
+            if f.pos == offset:
+                f.push(data, offset)
+        if not keep_up:
+            self._paused = True
+            self._cancel_idle()
+            self.upstream.pauseProducing()
+
+    def _worker_drained(self):
+        if self._paused and self.state == "running":
+            self._paused = False
+            self._arm_idle()
+            self.upstream.resumeProducing()
+
+    def _progress(self, written: int):
+        self.written = written
+        for f in list(self.followers):
+            f.data_available()
+
+    def connectionLost(self, reason):
+        self._cancel_idle()
+        if not (reason.check(ResponseDone) or (reason.check(PotentialDataLoss) and self.length is None)):
+            self._fail(f"upstream body broken after {self.received} bytes: {reason.getErrorMessage()}")
+            return
+        if self.length is not None and self.received != self.length:
+            self._fail(f"upstream sent {self.received} of {self.length} bytes")
+            return
+        if self.length is None:
+            self.length = self.received
+        self.worker.finish().addCallback(self._verify)
+
+    def _verify(self, digest: str):
+        self._close_file()
+        if self.worker.error is not None:
+            self._fail(f"cache write failed: {self.worker.error}")
+            return
+        if digest != self.digest:
+            self.verify_failed = True
+            self._fail(f"digest mismatch: upstream content hashed to {digest}")
+            return
+        final = self.cache.path(self.digest)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.tmp_path, final)
+        except OSError as e:
+            self._fail(f"cannot store blob: {e}")
+            return
+        self.state = "done"
+        self.written = self.length
+        self.cache._download_finished(self, True)
+        for f in list(self.followers):
+            f.data_available()
+
+    def _fail(self, why: str):
+        log.warn("blob download {d} failed: {why}", d=self.digest, why=why)
+        self.state = "failed"
+        self.failure_reason = why
+        if self.worker is not None:
+            self.worker.abort()
+        self._close_file()
+        if self.tmp_path is not None:
+            _silent_unlink(self.tmp_path)  # followers keep their open handles
+        self.cache._download_finished(self, False)
+        for f in list(self.followers):
+            f.data_available()
+
+    def _close_file(self):
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+
+    def abort(self):
+        """No reader left and the fetch is not finished: keep fetching (it will
+        be cached); this hook exists for shutdown."""
+        if self.upstream is not None and self.state == "running":
+            self.upstream.stopProducing()
+
+    # -- idle timer --------------------------------------------------------------
+    def _arm_idle(self):
+        if self._idle is None:
+            self._idle = self.cache.reactor.callLater(self.cache.idle_timeout, self._idle_fired)
+        else:
+            self._idle.reset(self.cache.idle_timeout)
+
+    def _cancel_idle(self):
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+
+    def _idle_fired(self):
+        self._idle = None
+        self.upstream.stopProducing()
+
+    # -- readers -----------------------------------------------------------------
+    def follow(self, request, start: int = 0, end: Optional[int] = None) -> "FollowerProducer":
+        f = FollowerProducer(request, self, start=start, end=end)
+        self.followers.append(f)
+        return f
+
+
+@implementer(IPushProducer)
+class FollowerProducer:
+    """Streams a blob to one client from a file that may still be growing.
+
+    A push producer that writes 1 MiB reads while the client's transport is
+    not paused; when it has caught up with a running download it waits for
+    ``data_available``.  ``done`` fires True when every byte was sent, False
+    when the client went away or had to be aborted (after its connection is
+    gone, so the web layer never finishes a short response as complete).
+    """
+
+    def __init__(self, request, download: Optional[Download] = None, *, path: Optional[Path] = None,
+                 file=None, size: Optional[int] = None, start: int = 0, end: Optional[int] = None,
+                 on_close: Optional[Callable[[], None]] = None, stats: Optional[dict] = None):
+        self.request = request
+        self.download = download
+        self.file = file
+        self.path = path if path is not None else (download.tmp_path if download else None)
+        self.size = size
+        self.pos = start
+        self.end = end  # inclusive end, or None for "to the end"
+        self.on_close = on_close
+        self.stats = stats
+        self.done: Deferred = Deferred()
+        self.sent = 0
+        self.paused = False
+        self._pumping = False
+        self._finished = False
+        request.notifyFinish().addErrback(self._client_gone)
+
+    def begin(self) -> Deferred:
+        if self.file is None and self.path is not None:
+            try:
+                self.file = open(self.path, "rb", buffering=0)
+            except OSError as e:
+                self._abort(f"cannot open blob: {e}")
+                return self.done
+        self.request.registerProducer(self, True)
+        self._pump()
+        return self.done
+
+    def _limit(self) -> tuple[int, bool]:
+        """(readable end offset exclusive, final?)"""
+        stop = None if self.end is None else self.end + 1
+        dl = self.download
+        if dl is None or dl.state == "done":
+            total = self.size if dl is None else dl.length
+            return (total if stop is None else min(stop, total)), True
+        if dl.state == "failed":
+            return self.pos, True
+        # running: never release the final byte before verification
+        avail = dl.written
+        if dl.length is not None:
+            avail = min(avail, dl.length - 1)
+        if stop is not None and stop <= avail:
+            return stop, True
+        return avail, False
+
+    def _pump(self):
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while not self.paused and not self._finished:
+                limit, final = self._limit()
+                if self.pos < limit:
+                    n = min(CHUNK, limit - self.pos)
+                    try:
+                        data = os.pread(self.file.fileno(), n, self.pos)
+                    except OSError as e:
+                        self._abort(f"read failed: {e}")
+                        return
+                    if not data:
+                        self._abort("blob file shorter than expected")
+                        return
+                    self.pos += len(data)
+                    self.sent += len(data)
+                    if self.stats is not None:
+                        self.stats["bytes_from_cache"] += len(data)
+                    self.request.write(data)
+                    continue
+                if final:
+                    if self.download is not None and self.download.state == "failed":
+                        self._abort(self.download.failure_reason)
+                    else:
+                        self._complete()
+                return  # caught up with a running download: wait for data_available
+        finally:
+            self._pumping = False
+
+    def push(self, data: bytes, offset: int):
+        """Bytes as they arrive from upstream, when this reader is right there."""
+        if self.paused or self._finished or self.pos != offset or self.end is not None:
+            return
+        dl = self.download
+        if dl.length is not None and offset + len(data) >= dl.length:
+            data = data[: dl.length - 1 - offset]  # the last byte waits for verification
+        if data:
+            self.pos += len(data)
+            self.sent += len(data)
+            self.request.write(data)
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        self._pump()
+
+    def data_available(self):
+        if not self.paused:
+            self._pump()
+
+    def stopProducing(self):
+        self._close()
+
+    def _client_gone(self, _f):
+        self._finished = True
+        self._close()
+        if not self.done.called:
+            self.done.callback(False)
+
+    def _complete(self):
+        self._finished = True
+        self.request.unregisterProducer()
+        self._close()
+        if not self.done.called:
+            self.done.callback(True)
+
+    def _abort(self, why: str):
+        log.warn("aborting blob transfer: {why}", why=why)
+        self._finished = True
+        try:
+            self.request.unregisterProducer()
+        except Exception:
+            pass
+        self._close()
+        channel = getattr(self.request, "channel", None)
+        transport = getattr(channel, "transport", None)
+        if transport is not None:
+            getattr(transport, "abortConnection", transport.loseConnection)()
+        # ``done`` fires from _client_gone once the connection is really gone, so
+        # the web layer never finishes this response as if it were complete.
+
+    def _close(self):
+        if self.download is not None and self in self.download.followers:
+            self.download.followers.remove(self)
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:
+                pass
+            self.file = None
+        if self.on_close is not None:
+            cb, self.on_close = self.on_close, None
+            cb()
+
+
+def _silent_unlink(p) -> None:
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+
+
+def _delete_blob_rows(txn, digests):
+    for i in range(0, len(digests), 500):
+        part = digests[i:i + 500]
+        marks = ",".join("?" * len(part))
+        txn.execute(f"DELETE FROM cache_blobs WHERE digest IN ({marks})", part)
+        txn.execute(f"DELETE FROM cache_blob_repos WHERE digest IN ({marks})", part)
+
+
+def _upsert_blob_rows(txn, rows, repo_rows):
+    txn.executemany(
+        "INSERT INTO cache_blobs (digest, size, created_at, last_access) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(digest) DO UPDATE SET last_access = excluded.last_access, size = excluded.size",
+        rows,
+    )
+    txn.executemany("INSERT OR IGNORE INTO cache_blob_repos (digest, repository) VALUES (?, ?)", repo_rows)
