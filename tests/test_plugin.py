@@ -2,6 +2,7 @@ import os
 import sqlite3
 import stat
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -32,7 +33,17 @@ class TwistdTests(unittest.TestCase):
         self.work.mkdir()
 
     def _get(self, port, path="/v2/"):
-        return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5)
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5)
+        except urllib.error.HTTPError as e:  # 4xx answers are responses too
+            return e
+
+    def _assert_ping_challenge(self, resp, port):
+        # access control: the ping answers 401 with Docker's Bearer challenge
+        self.assertEqual(resp.status, 401)
+        self.assertEqual(resp.headers["Docker-Distribution-API-Version"], "registry/2.0")
+        self.assertEqual(resp.headers["WWW-Authenticate"],
+                         f'Bearer realm="http://127.0.0.1:{port}/token",service="zmirror"')
 
     def test_first_start(self):
         port = free_port()
@@ -40,13 +51,13 @@ class TwistdTests(unittest.TestCase):
         try:
             wait_port(port, proc=proc)
             resp = self._get(port)
-            self.assertEqual(resp.status, 200)
-            self.assertEqual(resp.headers["Docker-Distribution-API-Version"], "registry/2.0")
-            self.assertEqual(resp.read(), b"{}")
+            self._assert_ping_challenge(resp, port)
         finally:
             out = stop(proc)
         cfg = self.work / "data" / "config.toml"
         self.assertEqual(stat.S_IMODE(os.stat(cfg).st_mode), 0o600)
+        key = self.work / "data" / "token.key"
+        self.assertEqual(stat.S_IMODE(os.stat(key).st_mode), 0o600)
         conn = sqlite3.connect(self.work / "data" / "registry.db")
         self.assertEqual(conn.execute("PRAGMA journal_mode").fetchone()[0], "wal")
         self.assertGreaterEqual(conn.execute("PRAGMA user_version").fetchone()[0], 1)
@@ -90,8 +101,7 @@ class TwistdTests(unittest.TestCase):
         try:
             wait_port(port, proc=proc)
             resp = self._get(port)
-            self.assertEqual(resp.status, 200)
-            self.assertEqual(resp.headers["Docker-Distribution-API-Version"], "registry/2.0")
+            self._assert_ping_challenge(resp, port)
         finally:
             stop(proc)
         self.assertTrue((self.work / "tacdata" / "config.toml").exists())
