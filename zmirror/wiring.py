@@ -9,18 +9,27 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
 from zmirror import auth
+from zmirror.accesslog import BatchedAccessLog
+from zmirror.admin import AdminAPI
 from zmirror.app import ZMirrorApp
+from zmirror.cache import BlobCache, ManifestCache
 from zmirror.config import Config
 from zmirror.db import Database, migrate
+from zmirror.db.accesslogs import AccessLogStore, RetentionService
+from zmirror.db.registries import RegistryStore
 from zmirror.net import TrustedProxies, base_url
+from zmirror.ops import instrument
 from zmirror.registry.proxy import Proxy
 from zmirror.registry.routes import RegistryRoutes
 from zmirror.upstream.client import UpstreamPool
-from zmirror.service import DatabaseService, DrainService, InflightTracker
+from zmirror.service import CallbackService, DatabaseService, DrainService, InflightTracker
+
+log = Logger()
 
 
 def build(config: Config, reactor: Any) -> dict:
@@ -30,25 +39,62 @@ def build(config: Config, reactor: Any) -> dict:
 
     upstreams = _upstream_pool(config, reactor)
     upstreams.set_registries(_registry_rows(config.database_path))
-    proxy = Proxy(upstreams, reactor, idle_timeout=config.upstream.idle_timeout)
+    blob_cache = manifest_cache = None
+    if config.cache.enabled:
+        blob_cache = BlobCache(config.cache_dir, db, reactor, max_size=config.cache.max_size,
+                               idle_timeout=config.upstream.idle_timeout)
+        manifest_cache = ManifestCache(db, reactor, ttl=config.cache.manifest_ttl)
+    proxy = Proxy(upstreams, reactor, idle_timeout=config.upstream.idle_timeout,
+                  blobs=blob_cache, manifests=manifest_cache)
+    # admin changes to registries reach the proxy core's in-memory list at once
+    registries = RegistryStore(db, reactor)
+    registries.subscribe(upstreams.set_registries)
+    # access log: batched writer (queue → one transaction per batch) and queries
+    accesslog = BatchedAccessLog(db, reactor)
+    accesslogs = AccessLogStore(db, reactor)
 
     access = auth.build(config, db, reactor, trusted=trusted)
 
     registry = RegistryRoutes(
         proxy,
         policy=access.policy,
+        accesslog=accesslog,
         clock=reactor,
         trusted=trusted,
         base_url=lambda request: base_url(request, trusted, config.server.external_url),
     )
     # token requests go to the same access log as pulls
     access.token_service.accesslog = registry.accesslog
-    app = ZMirrorApp(registry, token=access.token_service, ui=_ui_resource())
+    admin = AdminAPI(
+        config,
+        clock=reactor,
+        registries=registries,
+        accesslogs=accesslogs,
+        users=access.users,
+        whitelists=access.whitelists,
+        lockout=access.lockout,
+        upstreams=upstreams,
+        passwords=access.passwords,
+        trusted=trusted,
+        accesslog=accesslog,
+    )
+    app = ZMirrorApp(registry, token=access.token_service, admin=admin.resource(),
+                     ui=_ui_resource())
     root = InflightTracker(app.resource())
     site = Site(root, reactor=reactor)
     site.displayTracebacks = False
-    services = [DatabaseService(db), *access.services, DrainService(root, reactor)]
-    return {
+    # Services stop in reverse order: the access-log queue is written before the
+    # DatabaseService closes the pools.
+    services = [
+        DatabaseService(db),
+        *_cache_services(blob_cache, manifest_cache, reactor),
+        CallbackService(stop=accesslog.stop),
+        RetentionService(accesslogs, reactor, config.log.retention_days, config.log.max_rows),
+        *access.services,
+        DrainService(root, reactor),
+    ]
+    # health, metrics and /metrics (zmirror.ops.instrument)
+    return instrument(config, reactor, {
         "config": config,
         "db": db,
         "app": app,
@@ -57,12 +103,43 @@ def build(config: Config, reactor: Any) -> dict:
         "services": services,
         "upstreams": upstreams,
         "proxy": proxy,
+        "blob_cache": blob_cache,
+        "manifest_cache": manifest_cache,
+        "registries": registries,
+        "accesslog": accesslog,
+        "accesslogs": accesslogs,
+        "admin": admin,
         "access": access,
         "users": access.users,
         "whitelists": access.whitelists,
         "lockout": access.lockout,
         "admin_credentials": access.admin_credentials,
-    }
+    })
+
+
+def _cache_services(blobs, manifests, reactor) -> list:
+    """Load the cache index after the pools start; write access times every
+    30 s and at shutdown."""
+    if blobs is None:
+        return []
+    from twisted.internet.defer import Deferred, DeferredList
+    from twisted.internet.task import LoopingCall
+
+    flusher = LoopingCall(lambda: Deferred.fromCoroutine(blobs.flush_index()))
+    flusher.clock = reactor
+
+    def start():
+        d = DeferredList([Deferred.fromCoroutine(blobs.start()), Deferred.fromCoroutine(manifests.start())],
+                         fireOnOneErrback=True, consumeErrors=True)
+        d.addCallback(lambda _: flusher.start(30, now=False))
+        d.addErrback(lambda f: log.failure("cache start failed", f))
+
+    def stop():
+        if flusher.running:
+            flusher.stop()
+        return Deferred.fromCoroutine(blobs.flush_index())
+
+    return [CallbackService(start=start, stop=stop)]
 
 
 def _upstream_pool(config: Config, reactor: Any) -> UpstreamPool:
