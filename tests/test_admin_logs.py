@@ -187,12 +187,23 @@ class StatsTests(AdminTestMixin, unittest.TestCase):
         class Queue:
             queue_depth = 7
 
+        class BlobCacheLike:
+            stats = {"hits": 3, "misses": 1}
+            size = 100
+            max_size = 1000
+            entries = {"a": 1, "b": 2}
+
         self.client = self.stub(self.make_api(cache=Cache(), accesslog=Queue()))
         _c, _h, obj = await self.call("GET", "/api/stats?tz_offset=480")
         day0 = (self.clock.seconds() + 480 * 60) // DAY * DAY - 480 * 60
         self.assertEqual(obj["daily"][-1]["t"], day0)
         self.assertEqual(obj["cache"], {"bytes": 5, "files": 1})
         self.assertEqual(obj["log_queue"], 7)
+        self.client = self.stub(self.make_api(cache=BlobCacheLike()))
+        _c, _h, obj = await self.call("GET", "/api/stats")
+        self.assertEqual(obj["cache"], {"hits": 3, "misses": 1, "bytes": 100, "max_bytes": 1000,
+                                        "blobs": 2})
+        self.client = self.stub(self.make_api(cache=Cache(), accesslog=Queue()))
         for q in ("?tz_offset=abc", "?tz_offset=100000", "?tz=1"):
             self.assertError(await self.call("GET", "/api/stats" + q), 400)
 

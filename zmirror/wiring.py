@@ -77,6 +77,7 @@ def build(config: Config, reactor: Any) -> dict:
         passwords=access.passwords,
         trusted=trusted,
         accesslog=accesslog,
+        cache=blob_cache,
     )
     app = ZMirrorApp(registry, token=access.token_service, admin=admin.resource(),
                      ui=_ui_resource())
@@ -128,13 +129,16 @@ def _cache_services(blobs, manifests, reactor) -> list:
     flusher = LoopingCall(lambda: Deferred.fromCoroutine(blobs.flush_index()))
     flusher.clock = reactor
 
+    stopped = []  # set by stop(): a start finishing after it must not start the loop
+
     def start():
         d = DeferredList([Deferred.fromCoroutine(blobs.start()), Deferred.fromCoroutine(manifests.start())],
                          fireOnOneErrback=True, consumeErrors=True)
-        d.addCallback(lambda _: flusher.start(30, now=False))
+        d.addCallback(lambda _: None if stopped else flusher.start(30, now=False))
         d.addErrback(lambda f: log.failure("cache start failed", f))
 
     def stop():
+        stopped.append(True)
         if flusher.running:
             flusher.stop()
         return Deferred.fromCoroutine(blobs.flush_index())

@@ -583,11 +583,29 @@ class AdminAPI:
         out = await self.accesslogs.stats(tz)
         if self.cache is not None:
             try:
-                out["cache"] = await _maybe(self.cache.stats())
+                out["cache"] = await self._cache_stats()
             except Exception:
                 log.failure("admin API: cache stats failed")
         if self.accesslog is not None:
             out["log_queue"] = getattr(self.accesslog, "queue_depth", 0)
+        return out
+
+
+    async def _cache_stats(self) -> dict:
+        """The cache's counters (``stats`` dict or method) plus its size and fill."""
+        cache = self.cache
+        stats = getattr(cache, "stats", None)
+        if callable(stats):
+            stats = await _maybe(stats())
+        out = dict(stats or {})
+        size, max_size = getattr(cache, "size", None), getattr(cache, "max_size", None)
+        if isinstance(size, int):
+            out.setdefault("bytes", size)
+        if isinstance(max_size, int):
+            out.setdefault("max_bytes", max_size)
+        entries = getattr(cache, "entries", None)
+        if entries is not None and hasattr(entries, "__len__"):
+            out.setdefault("blobs", len(entries))
         return out
 
 
