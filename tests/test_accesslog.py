@@ -9,13 +9,13 @@ from pathlib import Path
 
 from treq.testing import StubTreq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
 from tests.test_admin_registries import coro
 from tests.test_admin_support import T0, SyncDatabase
-from zmirror.accesslog import BatchedAccessLog, AccessRecord
+from zmirror.accesslog import AccessRecord, BatchedAccessLog
 from zmirror.app import ZMirrorApp
 from zmirror.db import Database, migrate
 from zmirror.net import TrustedProxies

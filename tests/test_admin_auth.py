@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import platform
 
-import twisted
 from twisted.trial import unittest
 
+import twisted
 from tests.test_admin_registries import coro
 from tests.test_admin_support import ADMIN, AdminTestMixin, basic, make_config
 from zmirror import __version__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -155,7 +156,7 @@ class RegistryRouteTests(AdminTestMixin, unittest.TestCase):
     @coro
     async def test_create_not_an_object(self):
         for body in ([], "x", 1, None):
-            raw = __import__("json").dumps(body).encode()
+            raw = json.dumps(body).encode()
             await self.assertUnchanged("POST", "/api/registries", raw=raw)
 
     @coro

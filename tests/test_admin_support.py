@@ -19,12 +19,12 @@ from twisted.internet.task import Clock
 
 from zmirror.admin.api import AdminAPI
 from zmirror.app import ZMirrorApp
-from zmirror.registry.routes import RegistryRoutes
 from zmirror.auth.passwords import Passwords, fast_context
 from zmirror.config import AdminConfig, Config
 from zmirror.db import _configure, migrate
 from zmirror.db.accesslogs import AccessLogStore
 from zmirror.db.registries import RegistryStore
+from zmirror.registry.routes import RegistryRoutes
 
 ADMIN = ("admin", "s3cret-admin")
 T0 = 1_700_000_000.0

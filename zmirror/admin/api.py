@@ -13,14 +13,15 @@ import binascii
 import functools
 import json
 import platform
+import re
 from inspect import isawaitable
 from typing import Any, Callable, Optional
 
-import twisted
 from klein import Klein
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
+import twisted
 from zmirror import __version__
 from zmirror.admin.validate import (
     ApiError,
@@ -38,7 +39,13 @@ from zmirror.admin.validate import (
     string,
 )
 from zmirror.auth.passwords import AdminCredentials, Passwords
-from zmirror.db.accesslogs import KINDS, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, LogFilter, parse_status
+from zmirror.db.accesslogs import (
+    KINDS,
+    PAGE_SIZE_DEFAULT,
+    PAGE_SIZE_MAX,
+    LogFilter,
+    parse_status,
+)
 from zmirror.db.errors import Conflict, NotFound
 from zmirror.db.registries import normalize_url
 from zmirror.net import TrustedProxies, client_ip
@@ -77,7 +84,7 @@ def _url(x: Any) -> str:
     return normalize_url(x)
 
 
-_NO_COLON = __import__("re").compile(r"^[^:\x00-\x1f\x7f]*$")
+_NO_COLON = re.compile(r"^[^:\x00-\x1f\x7f]*$")
 
 REGISTRY_FIELDS = {
     "name": Field(string(1, 100), required=True),
