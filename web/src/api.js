@@ -59,6 +59,7 @@ export function clearSession() {
   session.defaultPassword = false
   try {
     sessionStorage.removeItem(STORAGE_KEY)
+    sessionStorage.removeItem('zmirror.pwWarningDismissed')
   } catch (e) {
     /* ignore */
   }
@@ -171,7 +172,8 @@ export function logout() {
 export const api = {
   me: () => request('GET', '/api/me'),
   version: () => request('GET', '/api/version'),
-  stats: () => request('GET', '/api/stats'),
+  // tz_offset: minutes east of UTC, so that the daily buckets follow the browser's days
+  stats: () => request('GET', '/api/stats', { query: { tz_offset: -new Date().getTimezoneOffset() } }),
   registries: {
     list: () => request('GET', '/api/registries'),
     create: (body) => request('POST', '/api/registries', { body }),

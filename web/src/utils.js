@@ -13,11 +13,19 @@ export function formatBytes(n) {
   return `${i === 0 ? value : value.toFixed(value >= 100 ? 0 : value >= 10 ? 1 : 2)} ${units[i]}`
 }
 
+function pad2(n) {
+  return String(n).padStart(2, '0')
+}
+
+// "2026-11-26 23:45:47" in the browser's time zone: the same in both languages, sortable.
 export function formatTime(seconds) {
   if (seconds === null || seconds === undefined || seconds === '') return '-'
   const d = new Date(Number(seconds) * 1000)
   if (Number.isNaN(d.getTime())) return '-'
-  return d.toLocaleString(lang.value === 'en' ? 'en-GB' : 'zh-CN', { hour12: false })
+  return (
+    `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())} ` +
+    `${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}`
+  )
 }
 
 export function formatMs(ms) {
@@ -36,6 +44,21 @@ export function formatPercent(x) {
   return `${(Number(x) * 100).toFixed(Number(x) < 0.1 ? 2 : 1)} %`
 }
 
+// The server's field messages are English; the most common ones get a Chinese text.
+const SERVER_TEXT_ZH = {
+  'already exists': '已存在',
+  required: '必填',
+  'must not be empty': '不能为空',
+  'must be true or false': '必须为 true 或 false',
+  "is the admin account's name, which cannot be a registry user": '与管理员账号同名，不能作为仓库用户',
+  "may only contain letters, digits, '.', '_' and '-'": "只能包含字母、数字、'.'、'_' 和 '-'",
+}
+
+export function translateServerText(text) {
+  if (lang.value !== 'en' && Object.prototype.hasOwnProperty.call(SERVER_TEXT_ZH, text)) return SERVER_TEXT_ZH[text]
+  return text
+}
+
 // Shows an API error: field errors go into `fieldErrors` (a reactive object bound to the
 // form items' :error), everything else becomes a message. A 401 was already handled
 // (back to the login page).
@@ -45,12 +68,13 @@ export function showError(err, fieldErrors) {
   if (fieldErrors) {
     Object.keys(fieldErrors).forEach((k) => delete fieldErrors[k])
     Object.entries(fields).forEach(([k, v]) => {
-      fieldErrors[k] = String(v)
+      fieldErrors[k] = translateServerText(String(v))
     })
   }
   const message = (err && err.message) || String(err)
   if (fieldErrors && Object.keys(fields).length) {
-    ElMessage({ type: 'error', message: `${message} — ${t('common.fixErrors')}`, grouping: true })
+    // the details are next to the fields
+    ElMessage({ type: 'error', message: t('common.fixErrors'), grouping: true })
   } else {
     ElMessage({ type: 'error', message, grouping: true, duration: 5000 })
   }

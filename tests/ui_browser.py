@@ -1,0 +1,154 @@
+"""Helpers for the browser tests: a `twistd -n zmirror` on a temp data dir and a headless
+Chromium driven by Selenium (Debian's /usr/bin/chromium + /usr/bin/chromedriver).
+
+Nothing here downloads anything: Selenium gets explicit browser and driver paths, so its
+"selenium-manager" is never asked to fetch a browser.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+from tests.helpers import REPO, free_port, start_twistd, stop, wait_port
+
+WEBUI_INDEX = REPO / "zmirror" / "webui" / "index.html"
+ADMIN_USER = "admin"
+ADMIN_PASSWORD = "admin123"  # the generated config's default
+WAIT = 20  # seconds for explicit waits
+
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--no-default-browser-check",
+    "--password-store=basic",
+    "--lang=zh-CN",
+]
+
+
+def _which(name: str, fallback: str) -> Optional[str]:
+    found = shutil.which(name)
+    if found:
+        return found
+    return fallback if os.access(fallback, os.X_OK) else None
+
+
+def chromium_path() -> Optional[str]:
+    return os.environ.get("ZMIRROR_CHROMIUM") or _which("chromium", "/usr/bin/chromium")
+
+
+def chromedriver_path() -> Optional[str]:
+    return os.environ.get("ZMIRROR_CHROMEDRIVER") or _which("chromedriver", "/usr/bin/chromedriver")
+
+
+def skip_reason() -> Optional[str]:
+    """Why the browser tests cannot run here, or None."""
+    if not chromium_path():
+        return "browser test skipped: Chromium not installed (Debian: apt-get install chromium chromium-driver)"
+    if not chromedriver_path():
+        return "browser test skipped: chromedriver not installed (Debian: apt-get install chromium-driver)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "browser test skipped: selenium not installed (pip install -e '.[test]')"
+    if not WEBUI_INDEX.exists():
+        return "browser test skipped: web UI not built (run `make ui`)"
+    return None
+
+
+class Server:
+    """`twistd -n zmirror` on a free port with its own data directory."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.data = workdir / "data"
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.host = f"127.0.0.1:{self.port}"
+        self.proc = None
+        self.output = b""
+
+    def start(self) -> "Server":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = start_twistd(
+            self.workdir,
+            "zmirror",
+            "--data",
+            str(self.data),
+            "--listen",
+            f"tcp:{self.port}:interface=127.0.0.1",
+        )
+        try:
+            wait_port(self.port, timeout=60, proc=self.proc)
+        except RuntimeError:
+            self.stop()
+            raise RuntimeError("twistd did not start:\n" + self.output.decode("utf-8", "replace"))
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.output = stop(self.proc)
+            self.proc = None
+            (self.workdir / "twistd.log").write_bytes(self.output)
+
+    def request(self, method: str, path: str, auth: Optional[tuple[str, str]] = None,
+                body: Optional[dict] = None, headers: Optional[dict] = None) -> tuple[int, bytes]:
+        """A plain HTTP request (urllib); returns (status, body) also for 4xx/5xx."""
+        import base64
+
+        h = dict(headers or {})
+        data = None
+        if auth:
+            h["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        if body is not None:
+            data = json.dumps(body).encode()
+            h["Content-Type"] = "application/json"
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=h)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+
+def make_driver(profile_dir: Path, width: int, height: int, mobile: bool = False):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium_path()
+    for arg in CHROMIUM_ARGS:
+        options.add_argument(arg)
+    options.add_argument(f"--user-data-dir={profile_dir}")
+    options.add_argument(f"--window-size={width},{height}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = Service(executable_path=chromedriver_path(), log_output=str(profile_dir.parent / "chromedriver.log"))
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.set_page_load_timeout(60)
+    set_viewport(driver, width, height, mobile)
+    return driver
+
+
+def set_viewport(driver, width: int, height: int, mobile: bool = False) -> None:
+    """An exact CSS viewport (screenshots are width x height pixels)."""
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile},
+    )
+
+
