@@ -14,7 +14,8 @@ foreground without ``--logfile`` (Docker, systemd), else the ``--logfile``
 **Reload.**  :class:`Reloader` re-reads config.toml and applies what can change
 live: ``[access] anonymous``, ``[log] level``, ``[server] trusted_proxies``,
 ``[metrics] access`` and the ``[admin]`` password.  Everything else is logged
-as "needs a restart".  :class:`SighupService` installs the SIGHUP handler
+as "needs a restart".  It also re-reads users, whitelist and registries from
+the database (changed by the ``zmirror`` CLI while the server runs).  :class:`SighupService` installs the SIGHUP handler
 when the service starts in the main thread (that is, under twistd) and
 restores the previous handler when it stops; nothing is installed at import.
 """
@@ -116,7 +117,30 @@ class Reloader:
             log.failure("reload: cannot read the configuration; keeping the running one")
             return False
         self.apply(new)
+        self.refresh_stores()
         return True
+
+    def refresh_stores(self):
+        """Re-read users, whitelist and registries from the database, for changes
+        made outside the server (``zmirror user ...``, ``import-zmirror``).
+        Returns a Deferred (errors are logged, never raised)."""
+        from twisted.internet.defer import Deferred
+
+        c = self.components
+
+        async def go():
+            users, whitelists, registries = c.get("users"), c.get("whitelists"), c.get("registries")
+            if users is not None:
+                await users.load()
+            if whitelists is not None:
+                await whitelists.load()
+            if registries is not None:
+                await registries.publish()
+            log.info("reload: users, whitelist and registries re-read from the database")
+
+        d = Deferred.fromCoroutine(go())
+        d.addErrback(lambda f: log.failure("reload: re-reading the database failed", f))
+        return d
 
     def apply(self, new: Any) -> None:
         old = self.config
@@ -206,6 +230,71 @@ class SighupService(Service):
             self.installed = False
 
 
+def instrument(config: Any, reactor: Any, components: dict) -> dict:
+    """Adds metrics, ``/healthz``, ``/readyz`` and ``/metrics`` to what
+    :func:`zmirror.wiring.build` built (called at its end); returns ``components``.
+
+    - one :class:`~zmirror.metrics.Metrics` (own CollectorRegistry) per build;
+    - the registry routes' access log (also the token service's) is wrapped in
+      :class:`~zmirror.metrics.MeteredAccessLog`: every finished request is
+      counted where the access log learns its final status and bytes;
+    - ``UpstreamPool.metrics``, ``AccessPolicy.metrics``, ``TokenService.metrics``;
+    - ``[metrics] listen``: an extra listening service that serves only /metrics;
+    - health and metrics requests are kept out of the HTTP access log lines.
+    """
+    from zmirror.health import HealthChecks
+    from zmirror.metrics import MeteredAccessLog, Metrics, MetricsEndpoint, metrics_listen_service
+
+    metrics = Metrics()
+    app = components["app"]
+    registry = app.registry
+    upstreams = components.get("upstreams")
+    if upstreams is not None:
+        upstreams.metrics = metrics
+        metrics.watch_upstreams(upstreams)
+    inner_log = registry.accesslog
+    metered = MeteredAccessLog(inner_log, metrics)
+    registry.accesslog = metered
+    access = components.get("access")
+    if access is not None:
+        access.policy.metrics = metrics
+        access.token_service.metrics = metrics
+        access.token_service.accesslog = metered
+    metrics.watch_accesslog(components.get("accesslog") or inner_log)
+    if components.get("root") is not None:
+        metrics.watch_inflight(components["root"])
+    cache = components.get("blob_cache")
+    if cache is None:
+        cache = getattr(components.get("proxy"), "cache", None)
+    metrics.watch_cache(cache)
+
+    health = HealthChecks(components["db"], upstreams, reactor)
+    endpoint = MetricsEndpoint(metrics, config.metrics.access, admin=components.get("admin"))
+    app.extra.setdefault("healthz", health.healthz)
+    app.extra.setdefault("readyz", health.readyz)
+    app.extra.setdefault("metrics", endpoint)
+    if config.metrics.listen:
+        components["services"].append(metrics_listen_service(config.metrics.listen, metrics, reactor))
+    site = components.get("site")
+    if site is not None:
+        _quiet_paths(site, (b"/healthz", b"/readyz", b"/metrics"))
+    components.setdefault("trusted", registry.trusted)
+    components.update(metrics=metrics, health=health, metrics_endpoint=endpoint)
+    return components
+
+
+def _quiet_paths(site: Any, paths: tuple) -> None:
+    """No access-log line for health checks and scrapes (docker probes every 30 s)."""
+    original = site.log
+
+    def log_request(request):
+        if request.path in paths and request.code < 400:
+            return None
+        return original(request)
+
+    site.log = log_request
+
+
 def attach(top: ZMirrorService, options: Any, config: Any, components: dict, reactor: Any) -> None:
     """Logging and SIGHUP reload for the service tree ``makeService`` returns."""
     control = setup_logging(top, options, config)
@@ -215,4 +304,4 @@ def attach(top: ZMirrorService, options: Any, config: Any, components: dict, rea
     SighupService(reloader, reactor).setServiceParent(top)
 
 
-__all__ = ["ZMirrorService", "Reloader", "SighupService", "attach", "setup_logging", "LIVE"]
+__all__ = ["ZMirrorService", "Reloader", "SighupService", "attach", "instrument", "setup_logging", "LIVE"]

@@ -70,7 +70,9 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
             path=str(config.config_path),
         )
     listen = options["listen"] or config.listen_endpoint()
-    top = service.MultiService()
+    from zmirror import ops
+
+    top = ops.ZMirrorService()
     for svc in components["services"]:
         svc.setServiceParent(top)
     try:
@@ -78,6 +80,8 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     except (ValueError, KeyError) as e:
         fail(f"invalid listen endpoint {listen!r}: {e}")
     web.setServiceParent(top)
+    # log observer ([log] format/level) and SIGHUP reload of the live settings
+    ops.attach(top, options, config, components, reactor)
     log.info("zmirror {v} listening on {listen}, data in {data}", v=__version__, listen=listen,
              data=str(config.data_dir))
     top.components = components  # for tests and the tac
