@@ -1,38 +1,734 @@
-"""The ``zmirror`` admin command line (works on the data directory)."""
+"""The ``zmirror`` admin command line (works on the data directory).
+
+    zmirror [--data DIR] [--config FILE] COMMAND ...
+
+    user add NAME [--stdin] [--disabled]     create a registry user (docker login)
+    user passwd NAME [--stdin]               set a user's password
+    user disable NAME | user enable NAME     block / unblock a user
+    user list [--json]                       list users (never a hash)
+    admin-password [--stdin]                 store a hash of a new admin password in config.toml
+    import-zmirror PATH [--dry-run]          users, registries, whitelist from an original registry.db
+    check-config                             validate config.toml
+    backup DEST                              online SQLite backup + config.toml + token key
+
+The CLI is not the server: it uses :mod:`sqlite3` synchronously (WAL mode, a
+busy timeout, one short transaction per command), so it is safe while the
+server runs.  The server re-reads users, whitelist and registries on SIGHUP
+(``docker kill -s HUP zmirror`` / ``systemctl reload zmirror``); password and
+enabled changes made here are checked by the server's logins at once.
+
+Exit status: 0 success, 1 user error (one line on stderr, no traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import json
+import os
+import re
+import shutil
+import sqlite3
+import stat
 import sys
+import tempfile
+import time
+from contextlib import closing
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
 
 
-def cmd_check_config(args) -> int:
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 1."""
+
+
+def _out(msg: str = "") -> None:
+    print(msg)
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+# --- configuration and database ----------------------------------------------------
+
+
+def _config(args):
     from zmirror.config import ConfigError, load_config
 
     try:
-        cfg = load_config(args.data, args.config)
+        return load_config(args.data, args.config)
     except ConfigError as e:
-        print(f"zmirror: error: {e}", file=sys.stderr)
-        return 1
-    for w in cfg.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    print(f"{cfg.config_path}: OK")
+        raise CLIError(str(e)) from None
+
+
+def _connect(cfg) -> sqlite3.Connection:
+    """The data directory's database, created/migrated if needed."""
+    from zmirror.db import DatabaseError, _configure, migrate
+
+    try:
+        migrate(cfg.database_path)
+    except DatabaseError as e:
+        raise CLIError(str(e)) from None
+    conn = sqlite3.connect(str(cfg.database_path), isolation_level=None)
+    _configure(conn)
+    return conn
+
+
+class _Txn:
+    """``with _Txn(conn):`` — BEGIN IMMEDIATE … COMMIT / ROLLBACK."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False
+
+
+def _read_password(args, prompt: str = "Password / 密码: ") -> str:
+    """A new password: one line from stdin with --stdin, else typed twice."""
+    if getattr(args, "stdin", False):
+        line = sys.stdin.readline()
+        password = line.rstrip("\r\n")
+        if not password:
+            raise CLIError("no password on stdin")
+        return password
+    if not sys.stdin.isatty():
+        raise CLIError("stdin is not a terminal: pass the password on stdin with --stdin")
+    first = getpass.getpass(prompt)
+    second = getpass.getpass("Again / 再次输入: ")
+    if first != second:
+        raise CLIError("the passwords do not match")
+    if not first:
+        raise CLIError("the password must not be empty")
+    return first
+
+
+def _hash_user_password(password: str) -> str:
+    from zmirror.auth.passwords import make_context
+
+    return make_context().hash(password)
+
+
+def _reload_hint() -> None:
+    _err("note: a running server picks this up on SIGHUP "
+         "(docker kill -s HUP <container> / systemctl reload zmirror) or on restart; "
+         "password and enable/disable changes apply to new logins at once.")
+
+
+# --- user ---------------------------------------------------------------------------
+
+
+def _validate_user(cfg, name: str, password: Optional[str] = None) -> None:
+    from zmirror.db.users import InvalidField, validate_password, validate_username
+
+    try:
+        validate_username(name, cfg.admin.username)
+        if password is not None:
+            validate_password(password)
+    except InvalidField as e:
+        raise CLIError(f"{e.field}: {e.message}") from None
+
+
+def _find_user(conn, name: str) -> Optional[tuple]:
+    return conn.execute("SELECT id, username, enabled FROM users WHERE lower(username) = lower(?)",
+                        (name,)).fetchone()
+
+
+def cmd_user_add(args) -> int:
+    cfg = _config(args)
+    _validate_user(cfg, args.name)
+    with closing(_connect(cfg)) as conn:
+        if _find_user(conn, args.name):
+            raise CLIError(f"user {args.name!r} already exists")
+        password = _read_password(args)
+        _validate_user(cfg, args.name, password)
+        password_hash = _hash_user_password(password)
+        now = time.time()
+        with _Txn(conn):
+            if _find_user(conn, args.name):
+                raise CLIError(f"user {args.name!r} already exists")
+            conn.execute("INSERT INTO users (username, password_hash, enabled, created_at, updated_at)"
+                         " VALUES (?, ?, ?, ?, ?)",
+                         (args.name, password_hash, 0 if args.disabled else 1, now, now))
+    _out(f"user {args.name} created{' (disabled)' if args.disabled else ''}")
+    _reload_hint()
     return 0
+
+
+def _update_user(args, **sets) -> None:
+    cfg = _config(args)
+    with closing(_connect(cfg)) as conn:
+        row = _find_user(conn, args.name)
+        if row is None:
+            raise CLIError(f"no user named {args.name!r}")
+        if sets.pop("password", False):
+            password = _read_password(args)
+            _validate_user(cfg, row[1], password)
+            sets["password_hash"] = _hash_user_password(password)
+        cols = sorted(sets)
+        with _Txn(conn):
+            # updated_at changes → the user's outstanding tokens stop working
+            conn.execute(
+                f"UPDATE users SET {', '.join(c + ' = ?' for c in cols)}, updated_at = ? WHERE id = ?",
+                tuple(sets[c] for c in cols) + (time.time(), row[0]))
+
+
+def cmd_user_passwd(args) -> int:
+    _update_user(args, password=True)
+    _out(f"password of {args.name} changed (its tokens are revoked)")
+    _reload_hint()
+    return 0
+
+
+def cmd_user_disable(args) -> int:
+    _update_user(args, enabled=0)
+    _out(f"user {args.name} disabled")
+    _reload_hint()
+    return 0
+
+
+def cmd_user_enable(args) -> int:
+    _update_user(args, enabled=1)
+    _out(f"user {args.name} enabled")
+    _reload_hint()
+    return 0
+
+
+def _fmt_time(t: Optional[float]) -> str:
+    if not t:
+        return "-"
+    return datetime.fromtimestamp(float(t), timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def cmd_user_list(args) -> int:
+    cfg = _config(args)
+    with closing(_connect(cfg)) as conn:
+        rows = conn.execute("SELECT id, username, enabled, created_at, updated_at, last_login_at,"
+                            " password_hash FROM users ORDER BY id").fetchall()
+    from zmirror.auth.passwords import is_legacy_md5
+
+    users = [{"id": r[0], "username": r[1], "enabled": bool(r[2]), "created_at": r[3],
+              "updated_at": r[4], "last_login_at": r[5], "legacy_md5": is_legacy_md5(r[6])}
+             for r in rows]
+    if args.json:
+        _out(json.dumps(users, ensure_ascii=False, indent=2))
+        return 0
+    if not users:
+        _out("no users / 没有用户")
+        return 0
+    w = max(8, max(len(u["username"]) for u in users))
+    _out(f"{'ID':>5}  {'USERNAME':<{w}}  {'ENABLED':<7}  {'CREATED':<20}  {'LAST LOGIN':<20}")
+    for u in users:
+        note = "  (MD5, re-hashed at next login)" if u["legacy_md5"] else ""
+        _out(f"{u['id']:>5}  {u['username']:<{w}}  {'yes' if u['enabled'] else 'no':<7}  "
+             f"{_fmt_time(u['created_at']):<20}  {_fmt_time(u['last_login_at']):<20}{note}")
+    return 0
+
+
+# --- admin-password -------------------------------------------------------------------
+
+_SECTION_RE = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]\s*(#.*)?$")
+_PASSWORD_RE = re.compile(r"^(\s*)password\s*=")
+
+
+def set_admin_password_text(text: str, value: str) -> str:
+    """``text`` (config.toml) with ``[admin] password`` set to ``value``; every
+    other line (comments included) is kept as it was."""
+    import toml
+
+    line_value = "password = " + toml.dumps({"v": value}).split("=", 1)[1].strip()
+    lines = text.splitlines(keepends=True)
+    section = None
+    admin_header = None
+    for i, line in enumerate(lines):
+        m = _SECTION_RE.match(line)
+        if m:
+            section = m.group(1)
+            if section == "admin":
+                admin_header = i
+            continue
+        if section == "admin":
+            pm = _PASSWORD_RE.match(line)
+            if pm:
+                end = "\n" if line.endswith("\n") else ""
+                lines[i] = pm.group(1) + line_value + end
+                return "".join(lines)
+    if admin_header is not None:
+        lines.insert(admin_header + 1, line_value + "\n")
+        return "".join(lines)
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return text + "\n[admin]\n" + line_value + "\n"
+
+
+def write_preserving_mode(path: Path, text: str) -> None:
+    """Atomically replace ``path`` with ``text``; same mode (0600 if new), owner kept when possible."""
+    try:
+        st = path.stat()
+        mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+    except FileNotFoundError:
+        mode, uid, gid = 0o600, None, None
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), mode)
+            if uid is not None:
+                try:
+                    os.fchown(f.fileno(), uid, gid)
+                except PermissionError:
+                    pass
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def cmd_admin_password(args) -> int:
+    from zmirror.auth.passwords import hash_admin_password
+    from zmirror.config import DEFAULT_ADMIN_PASSWORD, ConfigError, parse_config
+
+    cfg = _config(args)
+    password = _read_password(args, "New admin password / 新的管理员密码: ")
+    if password == DEFAULT_ADMIN_PASSWORD:
+        raise CLIError("refusing the well-known default password")
+    if len(password) > 1024:
+        raise CLIError("the password is too long (at most 1024 characters)")
+    if len(password) < 8:
+        _err("warning: a password shorter than 8 characters is easy to guess")
+    path = cfg.config_path
+    text = path.read_text(encoding="utf-8")
+    new_text = set_admin_password_text(text, hash_admin_password(password))
+    try:
+        parse_config(new_text, data_dir=cfg.data_dir, config_path=path)
+    except ConfigError as e:  # never write a file the server would refuse
+        raise CLIError(f"cannot update {path}: {e}") from None
+    write_preserving_mode(path, new_text)
+    _out(f"admin password updated in {path} (stored as an argon2 hash)")
+    _err("note: a running server applies it on SIGHUP or restart.")
+    return 0
+
+
+# --- check-config ---------------------------------------------------------------------
+
+
+def cmd_check_config(args) -> int:
+    cfg = _config(args)
+    for w in cfg.warnings:
+        _err(f"warning: {w}")
+    if cfg.admin_password_is_default:
+        _err("warning: the admin password is still the default; run `zmirror admin-password`")
+    if cfg.metrics.listen:
+        from twisted.internet import endpoints
+
+        class _R:  # a stand-in reactor: only the description is parsed
+            pass
+
+        try:
+            endpoints.serverFromString(_R(), cfg.metrics.listen)
+        except (ValueError, KeyError, TypeError) as e:
+            raise CLIError(f"{cfg.config_path}: metrics.listen: invalid endpoint "
+                           f"{cfg.metrics.listen!r}: {e}") from None
+    _out(f"{cfg.config_path}: OK")
+    return 0
+
+
+# --- backup -----------------------------------------------------------------------------
+
+
+def cmd_backup(args) -> int:
+    from zmirror.auth.tokens import SECRET_FILE
+
+    cfg = _config(args)
+    dest = Path(args.dest).resolve()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise CLIError(f"{dest} exists and is not an empty directory")
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(dest, 0o700)
+    db_path = cfg.database_path
+    if not db_path.exists():
+        raise CLIError(f"{db_path}: no database to back up")
+    target = dest / db_path.name
+    src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        src.execute("PRAGMA busy_timeout = 10000")
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        out = sqlite3.connect(str(target))
+        try:
+            src.backup(out, pages=1024)  # online: a consistent snapshot while the server writes
+            ok = out.execute("PRAGMA integrity_check").fetchone()[0]
+            version = out.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            out.close()
+    except sqlite3.Error as e:
+        raise CLIError(f"backup of {db_path} failed: {e}") from None
+    finally:
+        src.close()
+    if ok != "ok":
+        raise CLIError(f"the backup copy failed its integrity check: {ok}")
+    copied = [target.name]
+    for name, source in (("config.toml", cfg.config_path), (SECRET_FILE, cfg.data_dir / SECRET_FILE)):
+        if source.exists():
+            shutil.copy2(source, dest / name)
+            os.chmod(dest / name, 0o600)
+            copied.append(name)
+    _out(f"backup written to {dest}: {', '.join(copied)} (schema version {version})")
+    _out("restore: stop zmirror, copy these files into the data directory, start zmirror")
+    return 0
+
+
+# --- import-zmirror -------------------------------------------------------------------------
+
+USER_NAME_COLS = ("username", "user_name", "login", "account", "name", "user")
+USER_PASS_COLS = ("password_hash", "passwd_hash", "pwd_hash", "hash", "password", "passwd", "pwd", "pass")
+ENABLED_COLS = ("enabled", "is_enabled", "active", "is_active", "status", "state")
+DISABLED_COLS = ("disabled", "is_disabled", "blocked", "locked")
+CREATED_COLS = ("created_at", "create_time", "created", "ctime", "created_time", "gmt_create")
+REG_URL_COLS = ("url", "registry_url", "address", "endpoint", "upstream", "host", "server", "mirror")
+REG_NAME_COLS = ("name", "registry_name", "title", "label", "alias")
+PRIORITY_COLS = ("priority", "sort", "sort_order", "order", "rank", "weight", "position", "seq")
+REG_USER_COLS = ("username", "user", "auth_user", "auth_username", "login")
+REG_PASS_COLS = ("password", "auth_password", "passwd", "secret", "token")
+WL_PREFIX_COLS = ("prefix", "pattern", "repository", "repo", "image", "namespace", "path",
+                  "whitelist", "value", "name", "rule")
+NOTE_COLS = ("note", "notes", "description", "remark", "comment", "memo")
+
+
+def _pick(cols: list[str], names: tuple) -> Optional[str]:
+    lower = {c.lower(): c for c in cols}
+    for n in names:
+        if n in lower:
+            return lower[n]
+    return None
+
+
+def _truthy(v: Any, default: bool = True) -> bool:
+    if v is None:
+        return default
+    if isinstance(v, (int, float)):
+        return v != 0
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "y", "on", "enabled", "enable", "active", "normal", "ok"):
+        return True
+    if s in ("0", "false", "no", "n", "off", "disabled", "disable", "inactive", "blocked", "locked"):
+        return False
+    return default
+
+
+def _timestamp(v: Any) -> Optional[float]:
+    if v is None or v == "":
+        return None
+    if isinstance(v, (int, float)):
+        t = float(v)
+        return t / 1000.0 if t > 1e11 else t  # milliseconds
+    s = str(v).strip()
+    try:
+        return _timestamp(float(s))
+    except ValueError:
+        pass
+    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S.%f",
+                "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(s.rstrip("Z"), fmt).replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            continue
+    return None
+
+
+class SourceTables:
+    """The source database's tables and the columns this importer maps."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.tables: dict[str, list[str]] = {}
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                    "AND name NOT LIKE 'sqlite_%' ORDER BY name"):
+            cols = [r[1] for r in conn.execute(f'PRAGMA table_info("{_ident(name)}")')]
+            self.tables[name] = cols
+
+    def find(self, name_hints: tuple, required: tuple[tuple, ...]) -> Optional[str]:
+        """The first table whose name contains a hint and that has a column from
+        each group in ``required``."""
+        for hint in name_hints:
+            for table, cols in self.tables.items():
+                if hint in table.lower() and all(_pick(cols, group) for group in required):
+                    return table
+        return None
+
+    def rows(self, table: str) -> list[dict]:
+        cur = self.conn.execute(f'SELECT * FROM "{_ident(table)}"')
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def _ident(name: str) -> str:
+    return name.replace('"', '""')
+
+
+class ImportReport:
+    def __init__(self):
+        self.counts: dict[str, dict[str, int]] = {}
+        self.notes: list[str] = []
+
+    def add(self, kind: str, outcome: str, note: Optional[str] = None) -> None:
+        self.counts.setdefault(kind, {}).setdefault(outcome, 0)
+        self.counts[kind][outcome] += 1
+        if note:
+            self.notes.append(note)
+
+
+def _classify_hash(value: Any, plaintext: bool) -> tuple[Optional[str], str]:
+    """``(stored_hash, outcome)`` for a source password value."""
+    from zmirror.auth.passwords import is_legacy_md5, make_context
+
+    if value is None or value == "":
+        return None, "no password"
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            return None, "unreadable password"
+    value = str(value).strip()
+    if is_legacy_md5(value):
+        return value.lower(), "md5"
+    ctx = make_context()
+    try:
+        if ctx.identify(value, required=False):
+            return value, "hash"
+    except (ValueError, TypeError):
+        pass
+    if plaintext:
+        return ctx.hash(value), "plaintext"
+    return None, "unrecognized password format (use --plaintext-passwords if the old database stored plain text)"
+
+
+def import_zmirror(source: Path, conn: sqlite3.Connection, *, admin_username: str,
+                   dry_run: bool = False, plaintext: bool = False) -> ImportReport:
+    """Import users, registries and whitelist entries from an original ZMirror database.
+
+    Idempotent: existing usernames, registry URLs/names and whitelist prefixes
+    are left alone.  Runs in one transaction (all or nothing).
+    """
+    from zmirror.db.registries import normalize_url
+    from zmirror.db.users import InvalidField, validate_username
+    from zmirror.db.whitelists import validate_prefix
+
+    report = ImportReport()
+    try:
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        src.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.Error as e:
+        raise CLIError(f"{source}: not a readable SQLite database: {e}") from None
+    try:
+        tables = SourceTables(src)
+        if not tables.tables:
+            raise CLIError(f"{source}: the database has no tables")
+        now = time.time()
+        users_t = tables.find(("user", "account", "member"), (USER_NAME_COLS, USER_PASS_COLS))
+        regs_t = tables.find(("registr", "upstream", "mirror", "source", "repo"), (REG_URL_COLS,))
+        wl_t = tables.find(("white", "allow", "public", "anonymous", "prefix"), (WL_PREFIX_COLS,))
+        report.notes.append(f"source tables: {', '.join(f'{t}({len(c)} columns)' for t, c in tables.tables.items())}")
+        report.notes.append(f"mapped: users={users_t or '-'} registries={regs_t or '-'} whitelists={wl_t or '-'}")
+        with _Txn(conn):
+            # --- users ---
+            if users_t:
+                cols = tables.tables[users_t]
+                c_name, c_pass = _pick(cols, USER_NAME_COLS), _pick(cols, USER_PASS_COLS)
+                c_en, c_dis, c_created = (_pick(cols, ENABLED_COLS), _pick(cols, DISABLED_COLS),
+                                          _pick(cols, CREATED_COLS))
+                for row in tables.rows(users_t):
+                    name = row.get(c_name)
+                    name = str(name).strip() if name is not None else ""
+                    try:
+                        validate_username(name, admin_username)
+                    except InvalidField as e:
+                        report.add("users", "skipped (invalid)", f"user {name[:64]!r}: {e.message}")
+                        continue
+                    if _find_user(conn, name):
+                        report.add("users", "already present")
+                        continue
+                    stored, how = _classify_hash(row.get(c_pass), plaintext)
+                    if stored is None:
+                        report.add("users", "skipped (password)", f"user {name!r}: {how}")
+                        continue
+                    enabled = _truthy(row.get(c_en)) if c_en else True
+                    if c_dis:
+                        enabled = enabled and not _truthy(row.get(c_dis), default=False)
+                    created = _timestamp(row.get(c_created)) if c_created else None
+                    conn.execute(
+                        "INSERT INTO users (username, password_hash, enabled, created_at, updated_at)"
+                        " VALUES (?, ?, ?, ?, ?)", (name, stored, int(enabled), created or now, now))
+                    report.add("users", "imported" + (" (MD5 kept, re-hashed at next login)"
+                                                     if how == "md5" else ""))
+            # --- registries ---
+            if regs_t:
+                cols = tables.tables[regs_t]
+                c_url, c_name = _pick(cols, REG_URL_COLS), _pick(cols, REG_NAME_COLS)
+                c_prio, c_en = _pick(cols, PRIORITY_COLS), _pick(cols, ENABLED_COLS)
+                c_user, c_pw = _pick(cols, REG_USER_COLS), _pick(cols, REG_PASS_COLS)
+                for row in tables.rows(regs_t):
+                    raw = str(row.get(c_url) or "").strip()
+                    if raw and "://" not in raw:
+                        raw = "https://" + raw
+                    try:
+                        url = normalize_url(raw)
+                    except ValueError as e:
+                        report.add("registries", "skipped (invalid)", f"registry {raw[:100]!r}: {e}")
+                        continue
+                    from urllib.parse import urlsplit
+
+                    name = str(row.get(c_name) or "").strip()[:100] if c_name and c_name != c_url else ""
+                    name = name or urlsplit(url).hostname or url
+                    exists = conn.execute("SELECT 1 FROM registries WHERE url = ? OR lower(name) = lower(?)",
+                                          (url, name)).fetchone()
+                    if exists:
+                        report.add("registries", "already present")
+                        continue
+                    try:
+                        priority = int(row.get(c_prio)) if c_prio and row.get(c_prio) is not None else 100
+                    except (TypeError, ValueError):
+                        priority = 100
+                    priority = min(max(priority, 0), 1_000_000)
+                    enabled = _truthy(row.get(c_en)) if c_en else True
+                    user = str(row.get(c_user) or "") if c_user else ""
+                    pw = str(row.get(c_pw) or "") if c_pw else ""
+                    conn.execute("INSERT INTO registries (name, url, priority, enabled, username, password,"
+                                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                 (name, url, priority, int(enabled), user, pw, now, now))
+                    report.add("registries", "imported")
+            # --- whitelist ---
+            if wl_t:
+                cols = tables.tables[wl_t]
+                c_prefix, c_en, c_note = (_pick(cols, WL_PREFIX_COLS), _pick(cols, ENABLED_COLS),
+                                          _pick(cols, NOTE_COLS))
+                for row in tables.rows(wl_t):
+                    raw = row.get(c_prefix)
+                    try:
+                        # repository names are lower case; the old matcher was not strict about it
+                        prefix = validate_prefix(str(raw).strip().lower() if raw is not None else "")
+                    except InvalidField as e:
+                        report.add("whitelists", "skipped (invalid)", f"whitelist {str(raw)[:100]!r}: {e.message}")
+                        continue
+                    if conn.execute("SELECT 1 FROM whitelists WHERE prefix = ?", (prefix,)).fetchone():
+                        report.add("whitelists", "already present")
+                        continue
+                    enabled = _truthy(row.get(c_en)) if c_en else True
+                    note = str(row.get(c_note) or "")[:1000] if c_note else ""
+                    note = note or f"imported from {source.name}"
+                    conn.execute("INSERT INTO whitelists (prefix, enabled, note, created_at, updated_at)"
+                                 " VALUES (?, ?, ?, ?, ?)", (prefix, int(enabled), note, now, now))
+                    report.add("whitelists", "imported")
+            if dry_run:
+                raise _DryRun()
+    except _DryRun:
+        report.notes.append("dry run: nothing was written")
+    finally:
+        src.close()
+    return report
+
+
+class _DryRun(Exception):
+    pass
+
+
+def cmd_import_zmirror(args) -> int:
+    cfg = _config(args)
+    source = Path(args.path).resolve()
+    if not source.is_file():
+        raise CLIError(f"{source}: no such file")
+    if cfg.database_path.exists() and source.samefile(cfg.database_path):
+        raise CLIError(f"{source} is this server's own database")
+    with closing(_connect(cfg)) as conn:
+        report = import_zmirror(source, conn, admin_username=cfg.admin.username,
+                                dry_run=args.dry_run, plaintext=args.plaintext_passwords)
+    for note in report.notes:
+        _out(note)
+    for kind in ("users", "registries", "whitelists"):
+        counts = report.counts.get(kind, {})
+        summary = ", ".join(f"{n} {what}" for what, n in sorted(counts.items())) or "nothing found"
+        _out(f"{kind}: {summary}")
+    if not args.dry_run:
+        _reload_hint()
+    return 0
+
+
+# --- parser -----------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zmirror", description="ZMirror administration / ZMirror 管理工具")
-    p.add_argument("--data", default="data", help="data directory (default ./data)")
-    p.add_argument("--config", default=None, help="config file (default <data>/config.toml)")
+    p.add_argument("--data", default=os.environ.get("ZMIRROR_DATA", "data"),
+                   help="data directory (default $ZMIRROR_DATA or ./data)")
+    p.add_argument("--config", default=os.environ.get("ZMIRROR_CONFIG") or None,
+                   help="config file (default <data>/config.toml)")
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("check-config", help="validate config.toml")
+
+    c = sub.add_parser("check-config", help="validate config.toml / 检查配置")
     c.set_defaults(func=cmd_check_config)
+
+    u = sub.add_parser("user", help="registry users / 仓库用户")
+    usub = u.add_subparsers(dest="user_command", required=True)
+    a = usub.add_parser("add", help="create a user / 新建用户")
+    a.add_argument("name")
+    a.add_argument("--stdin", "--password-stdin", action="store_true", help="read the password from stdin")
+    a.add_argument("--disabled", action="store_true", help="create it disabled")
+    a.set_defaults(func=cmd_user_add)
+    pw = usub.add_parser("passwd", help="set a user's password / 修改密码")
+    pw.add_argument("name")
+    pw.add_argument("--stdin", "--password-stdin", action="store_true", help="read the password from stdin")
+    pw.set_defaults(func=cmd_user_passwd)
+    for name, func, text in (("disable", cmd_user_disable, "disable a user / 禁用用户"),
+                             ("enable", cmd_user_enable, "enable a user / 启用用户")):
+        x = usub.add_parser(name, help=text)
+        x.add_argument("name")
+        x.set_defaults(func=func)
+    ls = usub.add_parser("list", help="list users / 用户列表")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_user_list)
+
+    ap = sub.add_parser("admin-password", help="set the admin password (stored hashed) / 设置管理员密码")
+    ap.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    ap.set_defaults(func=cmd_admin_password)
+
+    im = sub.add_parser("import-zmirror", help="import an original ZMirror registry.db / 导入旧版数据库")
+    im.add_argument("path")
+    im.add_argument("--dry-run", action="store_true", help="report what would be imported")
+    im.add_argument("--plaintext-passwords", action="store_true",
+                    help="hash password values that are neither MD5 hex nor a known hash")
+    im.set_defaults(func=cmd_import_zmirror)
+
+    b = sub.add_parser("backup", help="online backup of database and config / 在线备份")
+    b.add_argument("dest", help="directory to create (must not exist or be empty)")
+    b.set_defaults(func=cmd_backup)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CLIError as e:
+        _err(f"zmirror: error: {e}")
+        return 1
+    except KeyboardInterrupt:
+        _err("zmirror: interrupted")
+        return 130
+    except OSError as e:
+        _err(f"zmirror: error: {e.filename or ''}: {e.strerror or e}")
+        return 1
 
 
 if __name__ == "__main__":
