@@ -124,7 +124,9 @@ class BrowserCase(unittest.TestCase):
     def storage(self, kind: str, key: str):
         return self.driver.execute_script(f"return window.{kind}.getItem(arguments[0])", key)
 
-    def shot(self, name: str):
+    def shot(self, name: str, toasts: bool = False):
+        """A screenshot of the viewport. Toast messages (transient, stacked at the top)
+        are hidden unless `toasts`: they would cover the page being checked."""
         path = self.shots / f"{name}-{self.width}x{self.height}.png"
         # let transitions settle (dialogs, drawers, toasts): no finite animation running
         self.wait().until(
@@ -134,7 +136,14 @@ class BrowserCase(unittest.TestCase):
             ),
             "animations finished",
         )
-        self.assertTrue(self.driver.save_screenshot(str(path)), path)
+        hide = "document.querySelectorAll('.el-message').forEach(e => { e.style.visibility = arguments[0] })"
+        if not toasts:
+            self.driver.execute_script(hide, "hidden")
+        try:
+            self.assertTrue(self.driver.save_screenshot(str(path)), path)
+        finally:
+            if not toasts:
+                self.driver.execute_script(hide, "")
         self.assertGreater(path.stat().st_size, 5000)
         return path
 
@@ -156,6 +165,18 @@ class BrowserCase(unittest.TestCase):
     def close_password_warning(self):
         self.click(sel("default-password") + " .el-alert__close-btn")
         self.gone(sel("default-password"))
+
+    def shot_bottom(self, name: str):
+        """A screenshot with the page content scrolled to its end."""
+        self.driver.execute_script("const m = document.querySelector('.main'); m.scrollTop = m.scrollHeight")
+        self.wait().until(
+            lambda d: d.execute_script("const m = document.querySelector('.main');"
+                                       " return m.scrollTop + m.clientHeight >= m.scrollHeight - 2"),
+            "scrolled to the end",
+        )
+        path = self.shot(name)
+        self.driver.execute_script("document.querySelector('.main').scrollTop = 0")
+        return path
 
     def nav(self, name: str):
         """Go to a page through the menu (the drawer on a phone)."""
@@ -238,7 +259,7 @@ class DesktopTests(BrowserCase):
         self.type(sel("registry-url"), "http://127.0.0.1:10")
         self.click(sel("registry-save"))
         self.wait_field_error("已存在")  # 409 {"fields": {"name": "already exists"}} next to the name
-        self.shot("registry-field-error-zh")
+        self.shot("registry-field-error-zh", toasts=True)
         self.driver.find_element("css selector", ".el-dialog__headerbtn").click()
         self.gone(".el-dialog")
 
@@ -318,9 +339,13 @@ class DesktopTests(BrowserCase):
         # --- dashboard --------------------------------------------------------------------
         self.nav("dashboard")
         self.wait_text(sel("upstream-health"), "hub-test")
+        status, body = self.server.request("GET", "/api/stats", auth=(ADMIN_USER, ADMIN_PASSWORD))
+        if json.loads(body).get("cache"):
+            self.find(sel("cache-card"))  # cache usage, when the cache exists
         self.charts_drawn()
         self.assertFalse(d.find_elements("css selector", sel("default-password")))
         self.shot("dashboard-zh")
+        self.shot_bottom("dashboard-bottom-zh")
 
         # --- English, remembered; Element Plus in English too -------------------------------
         self.click(sel("lang-toggle"))
@@ -328,6 +353,7 @@ class DesktopTests(BrowserCase):
         self.assertEqual(self.storage("localStorage", "zmirror.lang"), "en")
         self.charts_drawn()
         self.shot("dashboard-en")
+        self.shot_bottom("dashboard-bottom-en")
         self.nav("logs")
         self.wait_text(sel("logs-pager"), "Total")
         self.shot("logs-en")
@@ -391,6 +417,7 @@ class PhoneTests(BrowserCase):
         self.assertFalse(d.find_elements("css selector", ".aside"))
         self.charts_drawn()
         self.shot("dashboard-zh")
+        self.shot_bottom("dashboard-bottom-zh")
         self.close_password_warning()
         self.click(sel("menu-toggle"))
         self.find(".nav-drawer " + sel("nav-logs"))
@@ -428,6 +455,7 @@ class PhoneTests(BrowserCase):
         self.find(sel("stat-requests"))
         self.charts_drawn()
         self.shot("dashboard-en")
+        self.shot_bottom("dashboard-bottom-en")
         self.nav("logs")
         self.wait_text(sel("logs-pager"), "Total")
         self.shot("logs-en")

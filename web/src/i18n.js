@@ -44,6 +44,12 @@ const messages = {
       lastChecked: '最近检查', failures: '连续失败',
     },
     state: { up: '正常', down: '故障', cooldown: '冷却中', unknown: '未知' },
+    cache: {
+      bytes: '已用空间', max_bytes: '容量上限', blobs: '缓存的数据层', hits: '命中', misses: '未命中',
+      bytes_from_cache: '从缓存发送', bytes_from_upstream: '从上游下载', evictions: '淘汰次数',
+      verify_failures: '校验失败', hitRate: '命中率', downloads: '进行中的下载', stale_served: '过期仍使用',
+      revalidated: '重新验证',
+    },
     registries: {
       title: '上游仓库', add: '新增上游', editTitle: '编辑上游', addTitle: '新增上游',
       name: '名称', url: '地址', priority: '优先级', username: '用户名', password: '密码',
@@ -142,6 +148,12 @@ const messages = {
       lastError: 'Last error', lastChecked: 'Last checked', failures: 'Failures in a row',
     },
     state: { up: 'Up', down: 'Down', cooldown: 'Cooling down', unknown: 'Unknown' },
+    cache: {
+      bytes: 'Used', max_bytes: 'Capacity', blobs: 'Cached blobs', hits: 'Hits', misses: 'Misses',
+      bytes_from_cache: 'Sent from cache', bytes_from_upstream: 'Fetched upstream', evictions: 'Evictions',
+      verify_failures: 'Verify failures', hitRate: 'Hit rate', downloads: 'Downloads in progress',
+      stale_served: 'Stale served', revalidated: 'Revalidated',
+    },
     registries: {
       title: 'Upstream registries', add: 'Add registry', editTitle: 'Edit registry',
       addTitle: 'Add registry', name: 'Name', url: 'URL', priority: 'Priority', username: 'Username',
