@@ -147,10 +147,19 @@ class BrowserCase(unittest.TestCase):
         self.assertGreater(path.stat().st_size, 5000)
         return path
 
-    def api_registries(self):
-        status, body = self.server.request("GET", "/api/registries", auth=(ADMIN_USER, ADMIN_PASSWORD))
+    def api_items(self, path: str):
+        status, body = self.server.request("GET", path, auth=(ADMIN_USER, ADMIN_PASSWORD))
         self.assertEqual(status, 200)
         return json.loads(body)["items"]
+
+    def api_registries(self):
+        return self.api_items("/api/registries")
+
+    def confirm(self):
+        """Accept the confirmation box (ElMessageBox: cancel, then confirm)."""
+        self.find(".el-message-box")
+        self.click(".el-message-box__btns button:nth-child(2)")
+        self.gone(".el-message-box")
 
     def charts_drawn(self):
         """Every echarts chart on the page has finished drawing (animations included)."""
@@ -301,6 +310,18 @@ class DesktopTests(BrowserCase):
         self.wait_text(sel("users-table"), "alice")
         self.gone(".el-dialog")
         self.shot("users-zh")
+        self.click(sel("user-enabled-alice"))
+        self.wait().until(lambda d: not self.api_items("/api/users")[0]["enabled"], "alice disabled")
+        self.click(sel("user-add"))  # a second user, deleted again (with a confirmation)
+        self.type(sel("user-username"), "bob")
+        self.type(sel("user-password"), "bob-password")
+        self.click(sel("user-save"))
+        self.wait_text(sel("users-table"), "bob")
+        self.gone(".el-dialog")
+        self.click(sel("user-delete-bob"))
+        self.confirm()
+        self.wait_no_text(sel("users-table"), "bob")
+        self.assertEqual([u["username"] for u in self.api_items("/api/users")], ["alice"])
 
         # --- access logs: registry requests show up (auto refresh), filters, pagination ------
         self.nav("logs")
@@ -368,6 +389,16 @@ class DesktopTests(BrowserCase):
         self.nav("help")
         self.wait_text(sel("page-title"), "How to use")
         self.shot("help-en")
+
+        # --- clear the access logs (with a confirmation) ------------------------------------
+        self.nav("logs")
+        self.wait_text(sel("logs-table"), "library/nginx")
+        self.click(sel("logs-clear"))
+        self.click(sel("logs-clear-all"))
+        self.confirm()
+        self.message("rows deleted")
+        self.wait_text(sel("logs-table"), "No data")
+        self.assertEqual(self.api_items("/api/logs"), [])
 
         # --- log out: credentials gone, pages need a login again ----------------------------
         self.click(sel("logout"))
