@@ -68,6 +68,7 @@ class ZMirrorApp:
         return self.token.handle(request)
 
     @app.route("/api", branch=True, methods=ALL_METHODS)
+    @app.route("/api/", branch=True, methods=ALL_METHODS)
     def api(self, request):
         if self.admin is None:
             return not_found(request)

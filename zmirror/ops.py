@@ -32,6 +32,7 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
 from zmirror.logs import LogControl
+from zmirror.service import SequentialMultiService
 
 log = Logger()
 
@@ -40,7 +41,8 @@ LIVE = ("access.anonymous", "log.level", "server.trusted_proxies", "metrics.acce
         "admin.password")
 
 
-class ZMirrorService(MultiService):
+
+class ZMirrorService(SequentialMultiService):
     """The top service; gives the twistd application ZMirror's log observer."""
 
     log_observer: Optional[Any] = None

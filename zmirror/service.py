@@ -4,13 +4,55 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from urllib.parse import unquote_to_bytes
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.web.http import HTTPChannel
 from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
 log = Logger()
+
+
+class SequentialMultiService(MultiService):
+    """Stops its children one after another, in reverse order, each waiting
+    for the previous one: the port stops accepting, in-flight requests drain,
+    the access-log queue and cache index are written, and only then does the
+    database close.  (``MultiService`` stops them all at once.)"""
+
+    def stopService(self):
+        Service.stopService(self)
+        children = list(self)[::-1]
+
+        async def stop_all():
+            for child in children:
+                try:
+                    await maybeDeferred(child.stopService)
+                except Exception:
+                    log.failure("stopping {child} failed", child=child)
+
+        return Deferred.fromCoroutine(stop_all())
+
+
+class PlainHTTPChannel(HTTPChannel):
+    """HTTP/1.1 that answers a TLS ClientHello at once with a 400, as Go's
+    server does: skopeo and podman probe TLS first on an "insecure" registry
+    and fall back to plain HTTP only when the probe is refused promptly."""
+
+    _checked = False
+
+    def dataReceived(self, data):
+        if not self._checked and data:
+            self._checked = True
+            if data[:1] == b"\x16":
+                self.transport.write(b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                                     b"Connection: close\r\n\r\n"
+                                     b"Client sent an HTTPS request to an HTTP server.\n")
+                self.transport.loseConnection()
+                return
+        return super().dataReceived(data)
 
 
 class DatabaseService(Service):
@@ -61,6 +103,15 @@ class InflightTracker:
 
     def render(self, request):
         self._begin(request)
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+        except UnicodeDecodeError:
+            # Klein would answer this with a plain-text 400 and a logged traceback
+            body = b'{"error": "request path is not valid UTF-8"}'
+            request.setResponseCode(400)
+            request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+            request.setHeader(b"Content-Length", str(len(body)).encode())
+            return body
         return self.wrapped.render(request)
 
     def putChild(self, path, child):

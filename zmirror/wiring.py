@@ -27,7 +27,8 @@ from zmirror.ops import instrument
 from zmirror.registry.proxy import Proxy
 from zmirror.registry.routes import RegistryRoutes
 from zmirror.upstream.client import UpstreamPool
-from zmirror.service import CallbackService, DatabaseService, DrainService, InflightTracker
+from zmirror.service import (CallbackService, DatabaseService, DrainService, InflightTracker,
+                             PlainHTTPChannel)
 
 log = Logger()
 
@@ -83,6 +84,7 @@ def build(config: Config, reactor: Any) -> dict:
                      ui=_ui_resource())
     root = InflightTracker(app.resource())
     site = Site(root, reactor=reactor)
+    site.protocol = PlainHTTPChannel
     site.displayTracebacks = False
     # Services stop in reverse order: the access-log queue is written before the
     # DatabaseService closes the pools.
