@@ -152,6 +152,34 @@ class BlobCacheTests(CacheTestBase):
         self.assertEqual(self.blobs.size, 0)
 
 
+class CrossRepositoryTests(CacheTestBase):
+    @deferred_test
+    async def test_cached_blob_not_served_for_repository_that_lacks_it(self):
+        await self.start()
+        await self.env.arequest("GET", f"/v2/private/repo/blobs/{self.digest}")
+        # another repository asks for the same digest: the upstream is asked first
+        self.up.faults[f"/v2/public/repo/blobs/{self.digest}"] = [404]
+        resp, body = await self.env.arequest("GET", f"/v2/public/repo/blobs/{self.digest}")
+        self.assertEqual(resp.code, 404)
+        self.assertEqual(json.loads(body)["errors"][0]["code"], "BLOB_UNKNOWN")
+        # where the upstream confirms it, the cached copy is served (HEAD only upstream)
+        resp, body = await self.env.arequest("GET", f"/v2/other/repo/blobs/{self.digest}")
+        self.assertEqual(body, self.data)
+        self.assertEqual(len(self.blob_gets()), 1)
+        self.assertIn("other/repo", self.blobs.lookup(self.digest).repos)
+
+    @deferred_test
+    async def test_cached_manifest_checked_per_repository(self):
+        await self.start()
+        digest = self.up.add_manifest("library/a", "1", MANIFEST)
+        await self.env.arequest("GET", f"/v2/library/a/manifests/{digest}")
+        resp, body = await self.env.arequest("GET", f"/v2/library/b/manifests/{digest}")
+        self.assertEqual(resp.code, 404)
+        self.up.add_manifest("library/b", None, MANIFEST)
+        resp, body = await self.env.arequest("GET", f"/v2/library/b/manifests/{digest}")
+        self.assertEqual((resp.code, body), (200, MANIFEST))
+
+
 class EvictionTests(CacheTestBase):
     max_size = 7 << 20  # room for two 3 MiB blobs
 

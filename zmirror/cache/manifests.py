@@ -111,6 +111,11 @@ class ManifestCache:
             self.tags.setdefault((repository, tag), {})[m.media_type] = entry
         self._write(_store_rows, m, now, None if known else m, repository if new_repo else None, entry)
 
+    def add_repo(self, digest: str, repository: str) -> None:
+        if repository not in self.repos.setdefault(digest, set()):
+            self.repos[digest].add(repository)
+            self._write(_add_repo, digest, repository)
+
     def refresh(self, entry: TagEntry) -> None:
         entry.fetched_at = self.clock.seconds()
         self.stats["revalidated"] += 1
@@ -168,6 +173,11 @@ def _store_rows(txn, m: Manifest, now: float, new: Optional[Manifest], repo: Opt
             "ON CONFLICT(repository, tag, media_type) DO UPDATE SET digest = excluded.digest, "
             "fetched_at = excluded.fetched_at",
             (entry.repository, entry.tag, entry.media_type, entry.digest, entry.fetched_at))
+
+
+def _add_repo(txn, digest, repository):
+    txn.execute("INSERT OR IGNORE INTO cache_manifest_repos (digest, repository) VALUES (?, ?)",
+                (digest, repository))
 
 
 def _refresh_tag(txn, repository, tag, media_type, fetched_at):

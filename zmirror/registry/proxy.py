@@ -377,6 +377,10 @@ class Proxy:
         if pull.path.by_digest:
             m = await cache.get(ref)
             if m is not None and acceptable(m.media_type, accept):
+                if name not in cache.repos.get(ref, ()):
+                    # known from another repository only: confirm it exists in this one
+                    await self._upstream_manifest(pull, True)
+                    cache.add_repo(ref, name)
                 return self._hit(pull, cache, m)
             return self._manifest_result(pull, await self._fill_manifest(pull, None))
 
@@ -439,6 +443,15 @@ class Proxy:
         cache = self.blobs
         if cache is not None:
             entry = cache.lookup(digest)
+            if entry is not None and name not in entry.repos:
+                # Cached via another repository: content addressing alone must not
+                # let a pull of repository A read a blob only known to be in B.
+                up, resp, _ = await self._fetch(pull, b"HEAD", f"/v2/{name}/blobs/{digest}", {},
+                                                unknown_code="BLOB_UNKNOWN")
+                discard(resp)
+                entry = cache.lookup(digest)
+                if entry is not None:
+                    cache.touch(entry, name)
             if entry is not None:
                 f = None if pull.head else cache.open(entry)
                 if pull.head or f is not None:
