@@ -72,6 +72,9 @@ class _Flat:
 
     def __call__(self, event: dict) -> None:
         e = dict(event)
+        # objects that serialize to {"unpersistable": true}: noise for a log shipper
+        e.pop("log_logger", None)
+        e.pop("log_source", None)
         t = e.get("log_time") or time.time()
         e["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
         level = e.get("log_level")
