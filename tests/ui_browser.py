@@ -41,19 +41,20 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _which(name: str, fallback: str) -> Optional[str]:
-    found = shutil.which(name)
-    if found:
-        return found
-    return fallback if os.access(fallback, os.X_OK) else None
+def _find(env: str, name: str, fallback: str) -> Optional[str]:
+    """An executable from $env, else on PATH, else at `fallback`; None when none exists."""
+    for candidate in (os.environ.get(env), shutil.which(name), fallback):
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 def chromium_path() -> Optional[str]:
-    return os.environ.get("ZMIRROR_CHROMIUM") or _which("chromium", "/usr/bin/chromium")
+    return _find("ZMIRROR_CHROMIUM", "chromium", "/usr/bin/chromium")
 
 
 def chromedriver_path() -> Optional[str]:
-    return os.environ.get("ZMIRROR_CHROMEDRIVER") or _which("chromedriver", "/usr/bin/chromedriver")
+    return _find("ZMIRROR_CHROMEDRIVER", "chromedriver", "/usr/bin/chromedriver")
 
 
 def skip_reason() -> Optional[str]:
