@@ -2,7 +2,7 @@
 # Installs the Debian packages the end-to-end tests use, when missing and when root.
 # Real upstream registry (docker-registry), real client (skopeo), headless browser (chromium).
 set -u
-PKGS="docker-registry skopeo chromium chromium-driver curl"
+PKGS="docker-registry skopeo chromium chromium-driver fonts-wqy-microhei curl"
 missing=()
 for p in $PKGS; do
   [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" = installed ] || missing+=("$p")
