@@ -37,8 +37,8 @@ log = Logger()
 # Below this size hashing inline is cheaper than starting a thread.
 THREADED_HASH_MIN = 4 << 20
 # Socket read size for upstream blob bodies: Twisted reads 64 KiB per call by
-# default; 256 KiB cut the per-byte overhead of a relay by ~25 % here.
-READ_SIZE = 256 << 10
+# default; 256 KiB-1 MiB cut the per-byte overhead of a relay by ~25 % here.
+READ_SIZE = 1 << 20
 
 
 def _enlarge_reads(transport) -> None:
