@@ -28,6 +28,7 @@ class ManifestTests(unittest.TestCase):
         self.assertEqual(h.getRawHeaders(b"docker-content-digest"), [self.digest.encode()])
         self.assertEqual(resp.length, len(MANIFEST))
         self.assertEqual(h.getRawHeaders(b"cache-control"), [b"public, max-age=300"])
+        self.assertEqual(h.getRawHeaders(b"vary"), [b"Accept"])
         self.assertEqual(h.getRawHeaders(b"docker-distribution-api-version"), [b"registry/2.0"])
         # one-component name normalized to library/
         self.assertIn("GET /v2/library/nginx/manifests/latest", self.env.upstream_paths(self.up))

@@ -328,6 +328,8 @@ class Proxy:
             b"Etag": f'"{m.digest}"'.encode(),
             b"Cache-Control": cache_control,
         }
+        if not pull.path.by_digest:
+            headers[b"Vary"] = b"Accept"  # a tag answers with different manifests per Accept
         if warning:
             headers[b"Warning"] = warning.encode()
         length = m.length if m.body is None else len(m.body)
