@@ -623,6 +623,41 @@ class ZMirror:
     def tail(self, n: int = 60) -> str:
         return self.proc.tail(n)
 
+    # -- the admin API (Basic auth with the config.toml admin)
+
+    def admin_credentials(self) -> tuple[str, str]:
+        import toml
+
+        conf = toml.loads((self.data / "config.toml").read_text())
+        return conf["admin"]["username"], conf["admin"]["password"]
+
+    def api(self, method: str, path: str, obj=None, timeout: float = 30) -> HTTPResult:
+        """``METHOD /api{path}`` as the admin, with ``obj`` as the JSON body."""
+        user, password = self.admin_credentials()
+        return http_json(method, f"{self.url}/api{path}", obj, auth=(user, password), timeout=timeout)
+
+    def _api_ok(self, method: str, path: str, obj=None) -> dict | None:
+        r = self.api(method, path, obj)
+        if r.status not in (200, 201, 204):
+            raise HarnessError(f"{method} /api{path} {obj!r}: {r.describe()}")
+        return r.json() if r.body else None
+
+    def add_user(self, username: str, password: str, enabled: bool = True) -> dict:
+        """Creates a registry user through ``POST /api/users``; returns the user row (with ``id``)."""
+        return self._api_ok("POST", "/users", {"username": username, "password": password, "enabled": enabled})
+
+    def set_user_enabled(self, uid: int, enabled: bool) -> dict:
+        return self._api_ok("PUT", f"/users/{uid}", {"enabled": enabled})
+
+    def add_whitelist(self, prefix: str, note: str = "") -> dict:
+        return self._api_ok("POST", "/whitelists", {"prefix": prefix, "note": note})
+
+    def access_logs(self, **query) -> list[dict]:
+        """Rows of ``GET /api/logs`` (newest first); the access log is written in batches (~0.5 s)."""
+        query.setdefault("page_size", 500)
+        out = self._api_ok("GET", "/logs?" + urllib.parse.urlencode(query))
+        return out["items"] if out else []
+
 
 class Harness:
     """Starts and stops real registries and zmirror instances in one temp dir."""
@@ -784,6 +819,18 @@ dir = {json.dumps(str(data / "cache"))}
         self.zmirrors[name] = zm
         return zm
 
+    def start_zmirror_access(self, name: str, upstreams: list[Upstream], *, anonymous: str = "whitelist",
+                             whitelist: Iterable[str] = (), users: Iterable[tuple[str, str]] = (),
+                             **kw) -> ZMirror:
+        """:meth:`start_zmirror` in an access-control mode (default ``whitelist``), then the whitelist
+        entries and registry users created through the admin API (as an operator would)."""
+        zm = self.start_zmirror(name, upstreams, anonymous=anonymous, **kw)
+        for prefix in whitelist:
+            zm.add_whitelist(prefix, note="e2e")
+        for username, password in users:
+            zm.add_user(username, password)
+        return zm
+
     def stop_zmirror(self, zm: ZMirror) -> None:
         zm.proc.stop()
         self.zmirrors.pop(zm.name, None)
@@ -932,6 +979,26 @@ def http_request(method: str, url: str, headers: Iterable[tuple[str, str]] = (),
         resp = conn.getresponse()
         body = resp.read() if read_limit is None else resp.read(read_limit)
         return HTTPResult(resp.status, resp.headers, body)
+    finally:
+        conn.close()
+
+
+def http_json(method: str, url: str, obj=None, *, auth: tuple[str, str] | None = None,
+              headers: Iterable[tuple[str, str]] = (), timeout: float = 30) -> HTTPResult:
+    """One request with an optional JSON body and HTTP Basic credentials."""
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
+    hdrs = dict(headers)
+    if auth is not None:
+        hdrs["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    body = None
+    if obj is not None:
+        body = json.dumps(obj).encode()
+        hdrs["Content-Type"] = "application/json"
+    try:
+        conn.request(method, (u.path or "/") + (f"?{u.query}" if u.query else ""), body=body, headers=hdrs)
+        resp = conn.getresponse()
+        return HTTPResult(resp.status, resp.headers, resp.read())
     finally:
         conn.close()
 
