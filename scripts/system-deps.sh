@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the end-to-end tests use, when missing and when root.
-# Real upstream registry (docker-registry), real client (skopeo), headless browser (chromium).
+# Real upstream registry (docker-registry), real client (skopeo), headless browser (chromium),
+# and the clients of the access-control e2e tests: podman (+ netavark, its network stack), dockerd and
+# the docker CLI (docker.io), containerd with ctr, runc. The tests start their own dockerd/containerd
+# with state in a temp dir; apt must not start them as system services (policy-rc.d below).
 set -u
-PKGS="docker-registry skopeo chromium chromium-driver fonts-wqy-microhei curl"
+PKGS="docker-registry skopeo chromium chromium-driver fonts-wqy-microhei curl
+      podman netavark docker.io containerd runc"
 missing=()
 for p in $PKGS; do
   [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" = installed ] || missing+=("$p")
@@ -16,7 +20,7 @@ echo "system-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 policy=/usr/sbin/policy-rc.d; had_policy=0
 [ -e "$policy" ] && had_policy=1
-# keep apt from starting the registry as a system service
+# keep apt from starting the registry, dockerd or containerd as system services
 [ $had_policy = 0 ] && printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
 apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 rc=$?
