@@ -68,3 +68,34 @@ class LockoutTests(unittest.TestCase):
         self.lock.failure("alice", "10.1.1.1")
         self.assertTrue(any(e.get("account") == "alice" for e in events))
         self.assertFalse(any("password" in str(e) for e in events))
+
+
+class RegistryLoginsDoNotLockTheAdminTests(unittest.TestCase):
+    def test_failed_registry_logins_as_admin_leave_the_admin_ui_open(self):
+        from twisted.internet.defer import Deferred
+
+        from zmirror.auth.credentials import Authenticator
+
+        class NoUsers:
+            async def get_by_username(self, name):
+                return None
+
+        class Passwords:
+            async def dummy_verify(self, password):
+                return None
+
+        clock = Clock()
+        lockout = Lockout(clock, max_account=10, max_ip=1000)
+        auth = Authenticator(NoUsers(), Passwords(), lockout, clock=clock, admin_username="admin")
+
+        async def attack():
+            for i in range(20):
+                self.assertIsNone(await auth.authenticate("admin", f"guess{i}", f"10.0.0.{i}"))
+
+        d = Deferred.fromCoroutine(attack())
+        self.assertTrue(d.called)
+        # the registry account "admin" is locked for registry logins ...
+        with self.assertRaises(Locked):
+            lockout.enforce("user:admin", "10.9.9.9")
+        # ... but the admin API's account is untouched
+        self.assertEqual(lockout.check("admin", "10.9.9.9"), 0)

@@ -58,8 +58,11 @@ class Authenticator:
         Raises :class:`~zmirror.auth.lockout.Locked` while the account or
         address is locked out (the password is then not checked).
         """
-        account = username if isinstance(username, str) else ""
-        self.lockout.enforce(account[:64], ip)
+        # Registry accounts are counted apart from the admin's (the admin API uses
+        # the bare name): failed registry logins as "admin" must not lock the
+        # admin out of the web UI.  Failures per IP are shared.
+        account = "user:" + (username if isinstance(username, str) else "")[:64]
+        self.lockout.enforce(account, ip)
         row = None
         if (isinstance(username, str) and isinstance(password, str)
                 and USERNAME_RE.match(username) and len(password) <= 1024
@@ -67,13 +70,13 @@ class Authenticator:
             row = await self.users.get_by_username(username)
         if row is None or not row["enabled"]:
             await self.passwords.dummy_verify(password if isinstance(password, str) else "")
-            self.lockout.failure(account[:64], ip)
+            self.lockout.failure(account, ip)
             return None
         ok, new_hash = await self.passwords.verify(password, row["password_hash"], account=username)
         if not ok:
-            self.lockout.failure(username, ip)
+            self.lockout.failure(account, ip)
             return None
-        self.lockout.success(username, ip)
+        self.lockout.success(account, ip)
         auth = {k: row[k] for k in ("id", "username", "password_hash", "enabled", "updated_at")}
         if new_hash:
             updated = await self.users.set_hash(row["id"], new_hash)
