@@ -1,4 +1,4 @@
-import { ElMessage } from 'element-plus'
+import { ElMessage, ElMessageBox } from 'element-plus'
 import { lang, t } from './i18n'
 
 export function formatBytes(n) {
@@ -82,6 +82,22 @@ export function showError(err, fieldErrors) {
 
 export function clearErrors(fieldErrors) {
   Object.keys(fieldErrors).forEach((k) => delete fieldErrors[k])
+}
+
+// A confirmation box for a destructive action (the confirm button says "delete");
+// resolves to true when the user confirmed.
+export async function confirmDanger(message, title = t('common.deleteTitle')) {
+  try {
+    await ElMessageBox.confirm(message, title, {
+      type: 'warning',
+      confirmButtonText: t('common.delete'),
+      cancelButtonText: t('common.cancel'),
+      confirmButtonClass: 'el-button--danger',
+    })
+    return true
+  } catch (e) {
+    return false
+  }
 }
 
 // Copies text; falls back to a hidden textarea where the Clipboard API is missing
