@@ -79,6 +79,7 @@ def build(config: Config, reactor: Any) -> dict:
         trusted=trusted,
         accesslog=accesslog,
         cache=blob_cache,
+        manifest_cache=manifest_cache,
     )
     app = ZMirrorApp(registry, token=access.token_service, admin=admin.resource(),
                      ui=_ui_resource())

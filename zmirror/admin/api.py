@@ -184,6 +184,7 @@ class AdminAPI:
         trusted: Optional[TrustedProxies] = None,
         cache: Any = None,
         accesslog: Any = None,
+        manifest_cache: Any = None,
     ):
         self.config = config
         self.clock = clock
@@ -196,6 +197,7 @@ class AdminAPI:
         self.passwords = passwords if passwords is not None else Passwords(clock=clock)
         self.trusted = trusted or TrustedProxies()
         self.cache = cache
+        self.manifest_cache = manifest_cache
         self.accesslog = accesslog  # the batched writer (queue depth in /api/stats)
 
     def resource(self):
@@ -597,6 +599,60 @@ class AdminAPI:
             out["log_queue"] = getattr(self.accesslog, "queue_depth", 0)
         return out
 
+
+    # --- pull-through cache -------------------------------------------------------------------
+
+    @api_route("/cache", ["GET"])
+    async def cache_get(self, request):
+        query(request, ())
+        if self.cache is None:
+            return {"enabled": False}
+        blobs = self.cache.summary()
+        manifests = self.manifest_cache.summary() if self.manifest_cache is not None else {}
+        hits = blobs["hits"] + manifests.get("hits", 0)
+        misses = blobs["misses"] + manifests.get("misses", 0)
+        return {
+            "enabled": True,
+            "size": blobs["size"],
+            "max_size": blobs["max_size"],
+            "entries": blobs["entries"],
+            "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
+            "bytes_from_cache": blobs["bytes_from_cache"],
+            "bytes_from_upstream": blobs["bytes_from_upstream"],
+            "blobs": blobs,
+            "manifests": manifests,
+        }
+
+    @api_route("/cache", ["DELETE"])
+    async def cache_delete(self, request):
+        """Empty the cache, or drop one repository (``?repository=``) or one digest (``?digest=``)."""
+        from zmirror.registry.errors import RegistryError
+        from zmirror.registry.reference import parse_digest, parse_name
+
+        params = query(request, ("repository", "digest"))
+        if self.cache is None:
+            raise Invalid("the cache is disabled", {})
+        repository = digest = None
+        errors: dict[str, str] = {}
+        if params.get("repository", "").strip():
+            try:
+                repository = parse_name(params["repository"].strip())
+            except RegistryError:
+                errors["repository"] = "not a valid repository name"
+        if params.get("digest", "").strip():
+            try:
+                digest = parse_digest(params["digest"].strip())
+            except RegistryError:
+                errors["digest"] = "not a valid digest (sha256:<64 hex>)"
+        if repository is not None and digest is not None:
+            errors["digest"] = "give either repository or digest, not both"
+        if errors:
+            raise Invalid("invalid query: " + ", ".join(f"{k} {v}" for k, v in errors.items()), errors)
+        blobs = await self.cache.delete(digest=digest, repository=repository)
+        manifests = 0
+        if self.manifest_cache is not None:
+            manifests = await self.manifest_cache.delete(repository=repository, digest=digest)
+        return {"deleted": {"blobs": blobs, "manifests": manifests}}
 
     async def _cache_stats(self) -> dict:
         """The cache's counters (``stats`` dict or method) plus its size and fill."""
