@@ -293,3 +293,59 @@ class ManifestCacheTests(CacheTestBase):
         del self.env.agent.agents["up1.fake"]  # upstream gone: served from the restored cache
         resp, body = await self.env.arequest("GET", self.tag_path)
         self.assertEqual((resp.code, body), (200, MANIFEST))
+
+
+class SendfileTests(unittest.TestCase):
+    """Cached blobs go out with sendfile(2) over a real TCP connection."""
+
+    @deferred_test
+    async def test_file_served_by_sendfile(self):
+        import treq
+        from twisted.web.resource import Resource
+        from twisted.web.server import NOT_DONE_YET, Site
+
+        from zmirror.cache import blobs as blobmod
+        from zmirror.registry.proxy import FileResult
+
+        data = os.urandom((5 << 20) + 123)
+        path = Path(self.mktemp())
+        path.write_bytes(data)
+        used = []
+        real = blobmod._SendfileWriter
+
+        class Spy(real):
+            def __init__(self, *a, **kw):
+                used.append(True)
+                super().__init__(*a, **kw)
+
+        self.patch(blobmod, "_SendfileWriter", Spy)
+
+        class Blob(Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                rng = request.getHeader(b"range")
+                start, end, status = 0, None, 200
+                headers = {b"Content-Length": str(len(data)).encode()}
+                if rng:
+                    start, end, status = 1000, 1999, 206
+                    headers = {b"Content-Length": b"1000"}
+                result = FileResult(status, headers, open(path, "rb", buffering=0), len(data),
+                                    start, end, reactor=reactor)
+                d = Deferred.fromCoroutine(result.send(request))
+                d.addCallback(lambda _: request.finish())
+                return NOT_DONE_YET
+
+        port = reactor.listenTCP(0, Site(Blob()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = f"http://127.0.0.1:{port.getHost().port}/blob"
+        from twisted.web.client import HTTPConnectionPool
+
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        resp = await treq.get(url, pool=pool)
+        body = await treq.content(resp)
+        self.assertEqual(len(body), len(data))
+        self.assertEqual(body, data)
+        resp = await treq.get(url, headers={"Range": "bytes=1000-1999"}, pool=pool)
+        self.assertEqual(await treq.content(resp), data[1000:2000])
+        self.assertEqual(len(used), 2)

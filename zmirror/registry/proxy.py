@@ -110,6 +110,7 @@ class DownloadResult:
             request.setHeader(k, v)
         producer = self.download.follow(request, self.start, self.end)
         producer.stats = self.download.cache.stats
+        producer.reactor = self.download.cache.reactor
         await producer.begin()
         return None
 
@@ -126,6 +127,7 @@ class FileResult:
     end: Optional[int] = None
     on_close: Optional[Callable[[], None]] = None
     stats: Optional[dict] = None
+    reactor: Any = None
 
     async def send(self, request):
         request.setResponseCode(self.status)
@@ -136,7 +138,8 @@ class FileResult:
                 self.on_close()
             return b""
         producer = FollowerProducer(request, file=self.file, size=self.size, start=self.start,
-                                    end=self.end, on_close=self.on_close, stats=self.stats)
+                                    end=self.end, on_close=self.on_close, stats=self.stats,
+                                    reactor=self.reactor)
         await producer.begin()
         return None
 
@@ -461,8 +464,10 @@ class Proxy:
                     cache.stats["hits"] += 1
                     if pull.record is not None:
                         pull.record.cache_hit = True
-                    return _file_result(pull, out, entry.size, file=f,
-                                        on_close=lambda: cache.release(entry), stats=cache.stats)
+                    result = _file_result(pull, out, entry.size, file=f,
+                                          on_close=lambda: cache.release(entry), stats=cache.stats)
+                    result.reactor = cache.reactor
+                    return result
             if not pull.head:
                 # a miss, Range or not, fills the cache; ranges are served from the download
                 return await self._cached_download(pull, out)
