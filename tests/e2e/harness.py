@@ -21,8 +21,15 @@ Pieces:
   dir whose SQLite ``registries`` table lists the upstreams under test.
 - :class:`E2EEnvironment` is the standard set the suite shares; get it with
   :func:`shared` (built once per process, stopped at exit).
-- :func:`skopeo_copy`, :func:`skopeo_inspect_raw`, :func:`http_request` and
-  :func:`dir_problems` are the client-side helpers.
+- :func:`skopeo_copy`, :func:`skopeo_inspect_raw`, :func:`http_request`,
+  :func:`http_stream` (big bodies, hashed as read) and :func:`dir_problems` are
+  the client-side helpers.
+- For cache tests: :meth:`E2EEnvironment.extra_open` (a registry of one's own
+  holding some of the built images), :meth:`Harness.stop_registry` /
+  :meth:`Harness.resume_registry` (same port and storage),
+  :meth:`Harness.restart_zmirror` (clean or SIGKILL, same data dir and port),
+  :meth:`Registry.requests` (count upstream requests in its access log) and
+  :class:`ThrottledProxy` (pace an upstream to keep a download in flight).
 
 ``python tests/e2e/harness.py up`` starts the standard environment plus the
 main zmirror instance and prints the addresses (handy for
@@ -591,6 +598,32 @@ class Registry:
     def creds_arg(self) -> str | None:
         return f"{self.creds[0]}:{self.creds[1]}" if self.creds else None
 
+    def log_offset(self) -> int:
+        """The current size of the registry's log: pass it as ``since`` to :meth:`requests`."""
+        try:
+            return self.proc.log.stat().st_size
+        except OSError:
+            return 0
+
+    def requests(self, method: str, path: str, since: int = 0) -> list[str]:
+        """Access-log lines (``"GET /v2/... HTTP/1.1" 200 ...``, written when a response ends) of
+        ``method`` on exactly ``path`` (query ignored), from byte ``since`` of the log on."""
+        try:
+            with open(self.proc.log, "rb") as f:
+                f.seek(since)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return []
+        out = []
+        for line in text.splitlines():
+            i = line.find(f'"{method} ')
+            if i < 0 or ' - - [' not in line[:i]:
+                continue  # not an access-log line (the structured "response completed" lines differ)
+            target = line[i + len(method) + 2:].split(" ", 1)[0]
+            if target.split("?", 1)[0] == path:
+                out.append(line)
+        return out
+
 
 @dataclass
 class Upstream:
@@ -835,6 +868,44 @@ dir = {json.dumps(str(data / "cache"))}
         zm.proc.stop()
         self.zmirrors.pop(zm.name, None)
 
+    def restart_zmirror(self, zm: ZMirror, *, kill: bool = False, timeout: float = 60) -> ZMirror:
+        """Stops ``zm`` (SIGTERM and a clean shutdown, or SIGKILL with ``kill``) and starts it again
+        on the same data dir, config and port; ``zm`` is updated in place and returned."""
+        if kill:
+            if zm.proc.alive():
+                zm.proc.popen.kill()
+            zm.proc.popen.wait(10)
+        else:
+            zm.proc.stop()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        argv = [twistd_bin(), "-n", "--pidfile=", "zmirror", "--data", str(zm.data),
+                "--listen", f"tcp:{zm.port}:interface=127.0.0.1"]
+        proc = spawn(f"zmirror-{zm.name}", argv, zm.proc.log, env=env, cwd=zm.data.parent)
+        self.procs.append(proc)
+        zm.proc = proc
+        wait_http(f"http://127.0.0.1:{zm.port}/v2/", proc, timeout=timeout)
+        self.zmirrors[zm.name] = zm
+        return zm
+
+    def stop_registry(self, reg: Registry) -> None:
+        """Stops a registry (its storage stays); :meth:`resume_registry` starts it again."""
+        reg.proc.stop()
+
+    def resume_registry(self, reg: Registry, timeout: float = 30) -> Registry:
+        """Starts a stopped open registry again on the same port, config and storage."""
+        if reg.proc.alive():
+            return reg
+        if reg.kind != "open":
+            raise HarnessError(f"resume_registry: only open registries can be restarted, not {reg.kind}")
+        conf = self.root / "conf" / f"{reg.name}.yml"
+        proc = spawn(reg.name, ["docker-registry", "serve", str(conf)], reg.proc.log,
+                     env=_env_without_registry_vars())
+        self.procs.append(proc)
+        reg.proc = proc
+        wait_http(f"{reg.url}/v2/", proc, timeout=timeout)
+        return reg
+
     # -- teardown
 
     def stop(self) -> None:
@@ -1007,6 +1078,137 @@ def manifest_headers(*types: str) -> list[tuple[str, str]]:
     return [("Accept", t) for t in (types or MANIFEST_ACCEPT)]
 
 
+@dataclass
+class StreamedResult:
+    """A response read in chunks and hashed, never held in memory."""
+
+    status: int
+    headers: http.client.HTTPMessage
+    length: int
+    digest: str  # "sha256:<hex>" of the bytes read
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+def http_stream(method: str, url: str, headers: Iterable[tuple[str, str]] = (), timeout: float = 60,
+                chunk: int = MiB) -> StreamedResult:
+    """:func:`http_request` for big bodies: reads to the end in ``chunk`` reads and hashes them."""
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
+    try:
+        conn.putrequest(method, (u.path or "/") + (f"?{u.query}" if u.query else ""), skip_accept_encoding=True)
+        for k, v in headers:
+            conn.putheader(k, v)
+        conn.endheaders()
+        resp = conn.getresponse()
+        h, n = hashlib.sha256(), 0
+        while True:
+            data = resp.read(chunk)
+            if not data:
+                break
+            h.update(data)
+            n += len(data)
+        return StreamedResult(resp.status, resp.headers, n, "sha256:" + h.hexdigest())
+    finally:
+        conn.close()
+
+
+class ThrottledProxy:
+    """A TCP forwarder on 127.0.0.1 to ``127.0.0.1:target_port`` that paces what the target sends at
+    ``rate`` bytes/s per connection (None: unlimited; may be changed at any time, open connections
+    included).  Put it between zmirror and a registry to keep a download in flight long enough to
+    join it, read part of it, or kill zmirror in the middle of it.  Threads; :meth:`close` stops all."""
+
+    def __init__(self, target_port: int, rate: float | None = None, chunk: int = 64 * 1024):
+        self.target_port = target_port
+        self.rate = rate
+        self.chunk = chunk
+        self.connections = 0  # accepted so far
+        self._closed = False
+        self._socks: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept_loop, name=f"throttle-{self.port}", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _track(self, s: socket.socket) -> None:
+        with self._lock:
+            self._socks.add(s)
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        self._track(client)
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+        except OSError:
+            self._close_pair(client, None)
+            return
+        self._track(upstream)
+        for s in (client, upstream):
+            s.settimeout(120)
+        threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+        self._pump(upstream, client, True)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, paced: bool) -> None:
+        try:
+            while not self._closed:
+                data = src.recv(self.chunk)
+                if not data:
+                    break
+                dst.sendall(data)
+                rate = self.rate
+                if paced and rate:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        finally:
+            self._close_pair(src, dst)
+
+    def _close_pair(self, a: socket.socket, b: socket.socket | None) -> None:
+        for s in (a, b):
+            if s is None:
+                continue
+            with self._lock:
+                self._socks.discard(s)
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        with self._lock:
+            socks, self._socks = list(self._socks), set()
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        self._thread.join(5)
+
+
 # --------------------------------------------------------------------------- the shared environment
 
 
@@ -1036,6 +1238,8 @@ class E2EEnvironment(Harness):
         self.images: dict[str, Image] = {}
         self.dead = ""
         self.timings: dict[str, float] = {}
+        self._extra_lock = threading.Lock()
+        self._extra_keys: dict[str, tuple[str, ...]] = {}
 
     def setup(self) -> E2EEnvironment:
         t0 = time.monotonic()
@@ -1059,6 +1263,23 @@ class E2EEnvironment(Harness):
         ])
         self.timings["push"] = time.monotonic() - t1
         return self
+
+    def extra_open(self, name: str, keys: Iterable[str]) -> Registry:
+        """An open registry of its own (own port and storage) holding the built images ``keys``,
+        for tests that stop and restart their upstream without disturbing the shared ones.
+        Started and seeded once per process; started again here if a test left it stopped."""
+        keys = tuple(keys)
+        with self._extra_lock:
+            reg = self.registries.get(name)
+            if reg is None:
+                if name in ("open", "open2", "token", "basic"):
+                    raise HarnessError(f"{name} is a shared registry")
+                reg = self.start_open(name)
+                self.push_many([(self.images[k], reg) for k in keys])
+                self._extra_keys[name] = keys
+            elif self._extra_keys.get(name) != keys:
+                raise HarnessError(f"extra registry {name} holds {self._extra_keys.get(name)}, not {keys}")
+            return self.resume_registry(reg)
 
     def proxy(self, name: str) -> ZMirror:
         with self._lock:
