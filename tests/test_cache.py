@@ -211,6 +211,30 @@ class EvictionTests(CacheTestBase):
         await deferLater(reactor, 0.05, lambda: None)
         self.assertFalse(self.blobs.path(digests[1]).exists())
 
+    @deferred_test
+    async def test_deleted_while_read_then_fetched_again_keeps_new_copy(self):
+        # found by tests/e2e/test_cache_e2e.py: the old copy's deferred unlink went by path
+        # and removed the copy fetched after the delete (index said cached, file gone)
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        await self.env.arequest("GET", path)
+        old = self.blobs.lookup(self.digest)
+        f = self.blobs.open(old)  # a slow reader of the old copy
+        self.assertEqual(await self.blobs.delete(digest=self.digest), 1)
+        resp, body = await self.env.arequest("GET", path)  # fetched and cached again
+        self.assertEqual(body, self.data)
+        self.assertIsNotNone(self.blobs.lookup(self.digest))
+        self.assertEqual(os.pread(f.fileno(), 10, 0), self.data[:10])
+        f.close()
+        self.blobs.release(old)
+        from twisted.internet.task import deferLater
+
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(self.blobs.path(self.digest).read_bytes(), self.data)
+        resp, body = await self.env.arequest("GET", path)
+        self.assertEqual(body, self.data)
+        self.assertEqual(len(self.blob_gets()), 2)
+
 
 class ManifestCacheTests(CacheTestBase):
     def setUp(self):

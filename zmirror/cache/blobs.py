@@ -261,6 +261,9 @@ class BlobCache:
         if not ok:
             self.stats["verify_failures"] += 1 if dl.verify_failed else 0
             return
+        # A copy deleted or evicted while read is unlinked by path when its last reader
+        # closes; this new copy was renamed over that path, so that unlink must not happen.
+        self._doomed.discard(dl.digest)
         e = BlobEntry(dl.digest, dl.length, self.reactor.seconds(), repos={dl.repo})
         self._add(e)
         self._dirty.add(e.digest)
