@@ -16,6 +16,7 @@ Skipped when ``docker-registry`` or ``skopeo`` is missing.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import shutil
 import socket
@@ -384,3 +385,41 @@ class CacheE2ETests(CacheE2ECase):
         rows = self.blob_rows(zm, img, layer, 4)
         self.assertEqual([hit(r) for r in rows], [True, False, True, False])
         self.assertEqual(self.cache(zm)["entries"], len(blobs))
+
+    def test_delete_while_read_then_fetched_again(self):
+        """DELETE /api/cache of a blob a slow client is reading, a new copy fetched meanwhile: the
+        reader gets its whole blob, and the new copy stays cached once the old reader is done."""
+        zm = self.zmirror("doomed")
+        img = self.images["big"]
+        blob = img.largest_blob()
+        since = self.reg.log_offset()
+        path = self.cache_path(zm, blob.digest)
+        self.check_full(zm, img, blob)  # cached
+        conn = http.client.HTTPConnection("127.0.0.1", zm.port, timeout=30)
+        self.addCleanup(conn.close)
+        conn.request("GET", f"/v2/{img.repo}/blobs/{blob.digest}")
+        resp = conn.getresponse()
+        self.assertEqual(resp.status, 200)
+        h = hashlib.sha256(resp.read(4 * MiB))  # then stalls with the file open
+
+        r = zm.api("DELETE", f"/cache?digest={blob.digest}")
+        self.assertEqual((r.status, r.json()["deleted"]["blobs"]), (200, 1), r.describe())
+        self.assertEqual(self.cache(zm)["entries"], 0)
+        self.check_full(zm, img, blob)  # fetched again and cached again
+        self.assertEqual(len(self.settled_upstream_gets(img, blob, since, 2)), 2)
+        wait_for(lambda: self.cache(zm)["entries"] == 1, 10, "the new copy indexed")
+
+        while True:  # the old reader finishes its own copy
+            chunk = resp.read(MiB)
+            if not chunk:
+                break
+            h.update(chunk)
+        self.assertEqual("sha256:" + h.hexdigest(), blob.digest)
+        conn.close()
+        time.sleep(0.5)  # the old copy's last reader is gone: its deferred unlink has run by now
+
+        self.assertEqual(self.cache(zm)["entries"], 1)
+        self.assertTrue(path.exists(), "the new copy was deleted when the old copy's reader finished")
+        self.check_full(zm, img, blob)
+        time.sleep(0.3)
+        self.assertEqual(len(self.upstream_gets(img, blob, since)), 2, "the cached copy was not served")
