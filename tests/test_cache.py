@@ -319,6 +319,77 @@ class ManifestCacheTests(CacheTestBase):
         self.assertEqual((resp.code, body), (200, MANIFEST))
 
 
+
+class _SlowQueries:
+    """A Database whose queries wait for ``gate``: a cache start that takes its time."""
+
+    def __init__(self, db):
+        self.db = db
+        self.gate = Deferred()
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    async def query(self, *a):
+        if not self.gate.called:
+            waiter = Deferred()
+            self.gate.addCallback(lambda r: (waiter.callback(None), r)[1])
+            await waiter
+        return await self.db.query(*a)
+
+
+class StartupTests(CacheTestBase):
+    """Requests that arrive while the caches load their index at start wait for it
+    (found by tests/e2e/test_cache_e2e.py: with 60k cached blobs, a pull right after a
+    restart with the upstream down answered 502 instead of the cached blob)."""
+
+    async def restart_slowly(self):
+        from twisted.internet.task import deferLater
+
+        await deferLater(reactor, 0.1, lambda: None)  # let the async index writes land
+        self.make_env()
+        self.blobs.db = _SlowQueries(self.db)
+        self.manifests.db = _SlowQueries(self.db)
+        started = DeferredList([Deferred.fromCoroutine(self.blobs.start()),
+                                Deferred.fromCoroutine(self.manifests.start())], fireOnOneErrback=True)
+        del self.env.agent.agents["up1.fake"]  # only the cache can answer
+        return started
+
+    async def check_waits(self, started, method, path):
+        from twisted.internet.task import deferLater
+
+        req = ensureDeferred(self.env.arequest(method, path))
+        await deferLater(reactor, 0.1, lambda: None)
+        self.assertFalse(req.called, "answered before the cache index was loaded")
+        self.blobs.db.gate.callback(None)
+        self.manifests.db.gate.callback(None)
+        await started
+        resp, body = await req
+        self.assertEqual(resp.code, 200)
+        return body
+
+    @deferred_test
+    async def test_blob_request_waits_for_the_index(self):
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        await self.env.arequest("GET", path)
+        started = await self.restart_slowly()
+        body = await self.check_waits(started, "GET", path)
+        self.assertEqual(body, self.data)
+        self.assertEqual(len(self.blob_gets()), 1)
+        self.assertEqual(os.listdir(self.base / "cache" / "tmp"), [])
+
+    @deferred_test
+    async def test_manifest_request_waits_for_the_index(self):
+        await self.start()
+        tag_path = "/v2/library/nginx/manifests/latest"
+        self.up.add_manifest("library/nginx", "latest", MANIFEST)
+        await self.env.arequest("GET", tag_path)
+        started = await self.restart_slowly()
+        body = await self.check_waits(started, "GET", tag_path)
+        self.assertEqual(body, MANIFEST)
+
+
 class SendfileTests(unittest.TestCase):
     """Cached blobs go out with sendfile(2) over a real TCP connection."""
 

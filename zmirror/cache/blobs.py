@@ -37,6 +37,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
+from zmirror.cache.gate import LoadGate
 from zmirror.upstream.digestworker import DigestWorker
 from zmirror.upstream.relay import _enlarge_reads
 
@@ -73,6 +74,7 @@ class BlobCache:
         self.downloads: dict[str, Download] = {}
         self._dirty: set[str] = set()
         self._doomed: set[str] = set()  # evicted while being read: unlink when the last reader closes
+        self.loading = LoadGate()  # closed while start() loads the index: requests wait on it
         self.stats = {"hits": 0, "misses": 0, "bytes_from_cache": 0, "bytes_from_upstream": 0,
                       "evictions": 0, "verify_failures": 0}
 
@@ -86,6 +88,15 @@ class BlobCache:
         return deferToThreadPool(self.reactor, self._pool(), f, *a)
 
     async def start(self) -> None:
+        """Load the index (:meth:`_load`; requests wait on ``loading`` meanwhile), then evict."""
+        self.loading.close()
+        try:
+            await self._load()
+        finally:
+            self.loading.open()
+        await self.evict()
+
+    async def _load(self) -> None:
         """Clean temp files, load the index, adopt verified files the index lost."""
         rows = await self.db.query("SELECT digest, size, last_access FROM cache_blobs ORDER BY last_access")
         repos = await self.db.query("SELECT digest, repository FROM cache_blob_repos")
@@ -115,7 +126,6 @@ class BlobCache:
             await self.flush_index()
         log.info("blob cache: {n} blobs, {size} bytes in {root}", n=len(self.entries), size=self.size,
                  root=str(self.root))
-        await self.evict()
 
     def _scan(self) -> dict[str, int]:
         tmp = self.root / "tmp"

@@ -17,6 +17,8 @@ from typing import Any, Optional
 
 from twisted.logger import Logger
 
+from zmirror.cache.gate import LoadGate
+
 log = Logger()
 
 
@@ -56,14 +58,19 @@ class ManifestCache:
         self._body_bytes = 0
         self.repos: dict[str, set[str]] = {}  # digest -> repositories
         self.stats = {"hits": 0, "misses": 0, "stale_served": 0, "revalidated": 0}
+        self.loading = LoadGate()  # closed while start() loads the tags: requests wait on it
 
     async def start(self) -> None:
-        rows = await self.db.query(
-            "SELECT repository, tag, media_type, digest, fetched_at FROM cache_tags")
-        for r in rows:
-            self.tags.setdefault((r["repository"], r["tag"]), {})[r["media_type"]] = TagEntry(**r)
-        for r in await self.db.query("SELECT digest, repository FROM cache_manifest_repos"):
-            self.repos.setdefault(r["digest"], set()).add(r["repository"])
+        self.loading.close()
+        try:
+            rows = await self.db.query(
+                "SELECT repository, tag, media_type, digest, fetched_at FROM cache_tags")
+            for r in rows:
+                self.tags.setdefault((r["repository"], r["tag"]), {})[r["media_type"]] = TagEntry(**r)
+            for r in await self.db.query("SELECT digest, repository FROM cache_manifest_repos"):
+                self.repos.setdefault(r["digest"], set()).add(r["repository"])
+        finally:
+            self.loading.open()
 
     # -- lookups ------------------------------------------------------------------
     def tag(self, repository: str, tag: str, accept: list[str]) -> Optional[TagEntry]:

@@ -377,6 +377,8 @@ class Proxy:
 
     async def _cached_manifest(self, pull) -> BytesResult:
         cache = self.manifests
+        if cache.loading.closed:
+            await cache.loading.wait()  # the tags are being loaded at start
         name, ref = pull.path.name, pull.path.reference
         accept = pull.accept or DEFAULT_ACCEPT
         if pull.path.by_digest:
@@ -447,6 +449,8 @@ class Proxy:
         }
         cache = self.blobs
         if cache is not None:
+            if cache.loading.closed:
+                await cache.loading.wait()  # the index is being loaded at start
             entry = cache.lookup(digest)
             if entry is not None and name not in entry.repos:
                 # Cached via another repository: content addressing alone must not
