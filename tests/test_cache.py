@@ -320,6 +320,75 @@ class ManifestCacheTests(CacheTestBase):
 
 
 
+class CreatorLeavesTests(CacheTestBase):
+    """The request that started a download goes away before the upstream answered
+    (found by tests/e2e/test_cache_e2e.py: a client that had joined got a 502
+    "response failed: CancelledError" and the upstream was marked failed)."""
+
+    @deferred_test
+    async def test_joined_request_survives_creator_cancel(self):
+        from twisted.internet.task import deferLater
+
+        from zmirror.registry.reference import parse_path
+        from zmirror.registry.routes import PullRequest
+
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        gate = Deferred()
+        real = self.env.agent.request
+
+        def held(method, uri, headers=None, bodyProducer=None):
+            if b"/blobs/" not in uri:
+                return real(method, uri, headers, bodyProducer)
+            d = Deferred()  # cancellable like an Agent request still waiting for headers
+            gate.addCallback(lambda _: real(method, uri, headers, bodyProducer).chainDeferred(d))
+            return d
+
+        self.env.agent.request = held
+
+        def pull():
+            return Deferred.fromCoroutine(self.env.proxy.pull(PullRequest(parse_path(path), b"GET")))
+
+        creator = pull()
+        joined = pull()
+        creator.addErrback(lambda f: None)  # its client left: cancelled below
+        creator.cancel()
+        gate.callback(None)
+        for _ in range(200):
+            self.env.agent.flush()
+            if joined.called:
+                break
+            await deferLater(reactor, 0.001, lambda: None)
+        result = await joined  # a result to send, not the creator's cancellation
+        self.assertEqual(result.status, 200)
+        # nobody reads it, the download still completes and is cached
+        for _ in range(2000):
+            self.env.agent.flush()
+            if self.blobs.lookup(self.digest) is not None:
+                break
+            await deferLater(reactor, 0.001, lambda: None)
+        self.assertIsNotNone(self.blobs.lookup(self.digest))
+        self.assertEqual(len(self.blob_gets()), 1)
+        self.assertEqual(self.env.pool.upstreams[0].health.consecutive_failures, 0)
+
+    @deferred_test
+    async def test_temp_file_not_creatable_fails_cleanly(self):
+        import shutil
+
+        await self.start()
+        tmp = self.base / "cache" / "tmp"
+        shutil.rmtree(tmp)
+        tmp.write_bytes(b"not a directory")  # the download's temp file cannot be created
+        path = f"/v2/library/x/blobs/{self.digest}"
+        resp, body = await self.env.arequest("GET", path, timeout=5)
+        self.assertEqual(resp.code, 503)
+        self.assertEqual(json.loads(body)["errors"][0]["code"], "UNAVAILABLE")
+        self.assertEqual(self.blobs.downloads, {})
+        tmp.unlink()
+        resp, body = await self.env.arequest("GET", path)
+        self.assertEqual((resp.code, body), (200, self.data))
+
+
 class _SlowQueries:
     """A Database whose queries wait for ``gate``: a cache start that takes its time."""
 

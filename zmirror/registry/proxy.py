@@ -485,17 +485,11 @@ class Proxy:
             pull.record.cache_hit = False
         dl, created = cache.download(digest, name)
         if created:
-            try:
-                up, resp, _ = await self._fetch(pull, b"GET", f"/v2/{name}/blobs/{digest}", {},
-                                                unknown_code="BLOB_UNKNOWN")
-            except BaseException as e:
-                dl.fail_before_start(e)
-                raise
-            length = None if resp.length is UNKNOWN_LENGTH else int(resp.length)
-            ctype = _header(resp, b"content-type")
-            dl.start(resp, length, ctype.encode() if ctype else None)
-        else:
-            await dl.when_ready()
+            # The fetch belongs to the download, not to this request: when this client
+            # goes away (Klein cancels its handler) the others still get the blob.
+            fetch = Deferred.fromCoroutine(self._start_download(pull, dl))
+            fetch.addErrback(lambda f: log.failure("starting the download of {d} failed", f, d=digest))
+        await dl.when_ready()
         out[b"Content-Type"] = dl.content_type
         if dl.length is None:
             # unknown length: stream it as it comes (chunked)
@@ -510,6 +504,24 @@ class Proxy:
         out[b"Content-Range"] = f"bytes {start}-{end}/{dl.length}".encode()
         out[b"Content-Length"] = str(end - start + 1).encode()
         return DownloadResult(206, out, dl, start, end)
+
+    async def _start_download(self, pull, dl) -> None:
+        name, digest = pull.path.name, pull.path.reference
+        try:
+            up, resp, _ = await self._fetch(pull, b"GET", f"/v2/{name}/blobs/{digest}", {},
+                                            unknown_code="BLOB_UNKNOWN")
+        except Exception as e:
+            dl.fail_before_start(e)
+            return
+        length = None if resp.length is UNKNOWN_LENGTH else int(resp.length)
+        ctype = _header(resp, b"content-type")
+        try:
+            dl.start(resp, length, ctype.encode() if ctype else None)
+        except OSError as e:  # the temp file could not be created: fail everyone waiting, not hang them
+            log.error("cannot start the cache download of {d}: {e}", d=digest, e=e)
+            if dl.state == "pending":
+                discard(resp)
+                dl.fail_before_start(RegistryError("UNAVAILABLE", "the cache cannot store this blob now"))
 
     async def _upstream_blob(self, pull, out):
         name, digest = pull.path.name, pull.path.reference
