@@ -1125,6 +1125,8 @@ class ThrottledProxy:
         self.rate = rate
         self.chunk = chunk
         self.connections = 0  # accepted so far
+        self._flowing = threading.Event()  # cleared by hold(): the target's bytes wait
+        self._flowing.set()
         self._closed = False
         self._socks: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -1139,6 +1141,13 @@ class ThrottledProxy:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def hold(self) -> None:
+        """Hold back everything the target sends (responses not even started) until :meth:`release`."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
 
     def _track(self, s: socket.socket) -> None:
         with self._lock:
@@ -1174,6 +1183,8 @@ class ThrottledProxy:
                 data = src.recv(self.chunk)
                 if not data:
                     break
+                if paced:
+                    self._flowing.wait(60)
                 dst.sendall(data)
                 rate = self.rate
                 if paced and rate:
@@ -1197,6 +1208,7 @@ class ThrottledProxy:
 
     def close(self) -> None:
         self._closed = True
+        self._flowing.set()
         self._listener.close()
         with self._lock:
             socks, self._socks = list(self._socks), set()

@@ -423,3 +423,48 @@ class CacheE2ETests(CacheE2ECase):
         self.check_full(zm, img, blob)
         time.sleep(0.3)
         self.assertEqual(len(self.upstream_gets(img, blob, since)), 2, "the cached copy was not served")
+
+    def test_first_client_leaving_does_not_fail_the_others(self):
+        """The client that started a download goes away — before the upstream answered, and again
+        mid-body on another blob — and the clients that joined it still get the whole blob, from
+        one upstream fetch."""
+        t = self.throttle(20 * MiB)
+        zm = self.zmirror("leave", t.url)
+        img = self.images["big"]
+        blob = img.largest_blob()
+        small = self.images["dockerv2"]
+        layer = small.blobs[1]
+        since = self.reg.log_offset()
+
+        # 1. before the upstream answered: the upstream's bytes are held back
+        t.hold()
+        first = socket.create_connection(("127.0.0.1", zm.port), timeout=10)
+        first.sendall(f"GET /v2/{small.repo}/blobs/{layer.digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        time.sleep(0.3)
+        with ThreadPoolExecutor(max_workers=1) as ex:
+            joined = ex.submit(H.http_stream, "GET", self.blob_url(zm, small, layer), timeout=30)
+            time.sleep(0.3)
+            first.close()  # the first client leaves while its request waits for the upstream
+            time.sleep(0.3)
+            t.release()
+            r = joined.result(timeout=40)
+        self.assertEqual(r.status, 200, self.tails())
+        self.assertEqual((r.length, r.digest), (layer.size, layer.digest))
+
+        # 2. mid-body: the first client reads 1 MiB and leaves, a second one joined meanwhile
+        conn = http.client.HTTPConnection("127.0.0.1", zm.port, timeout=30)
+        self.addCleanup(conn.close)
+        conn.request("GET", f"/v2/{img.repo}/blobs/{blob.digest}")
+        resp = conn.getresponse()
+        self.assertEqual(resp.status, 200)
+        resp.read(MiB)
+        with ThreadPoolExecutor(max_workers=1) as ex:
+            joined = ex.submit(H.http_stream, "GET", self.blob_url(zm, img, blob), timeout=60)
+            time.sleep(0.3)
+            conn.close()
+            r = joined.result(timeout=70)
+        self.assertEqual(r.status, 200, self.tails())
+        self.assertEqual((r.length, r.digest), (blob.size, blob.digest))
+        self.assertEqual(len(self.settled_upstream_gets(img, blob, since, 1)), 1)
+        self.assertEqual(len(self.settled_upstream_gets(small, layer, since, 1)), 1)
+        self.assertEqual(self.cache(zm)["entries"], 2)
