@@ -341,6 +341,7 @@ class CacheE2ETests(CacheE2ECase):
         self.assertEqual(len(self.upstream_gets(img, blob, since)), n, "a pull after a clean restart went upstream")
         rows = self.blob_rows(zm, img, blob, 2)
         self.assertEqual(hit(rows[0]), True, rows[0])
+        self.assertEqual((rows[0]["status"], rows[0]["bytes"]), (200, blob.size), rows[0])  # sent by sendfile(2)
         self.assertEqual(self.cache(zm)["entries"], 1)
 
     def test_admin_cache_api_and_access_log(self):
