@@ -184,6 +184,21 @@ class EvictionTests(CacheTestBase):
     max_size = 7 << 20  # room for two 3 MiB blobs
 
     @deferred_test
+    async def test_blob_larger_than_the_cache_is_served_not_kept(self):
+        await self.start()
+        await self.env.arequest("GET", f"/v2/library/x/blobs/{self.digest}")
+        huge = os.urandom(8 << 20)
+        digest = self.up.add_blob(huge)
+        resp, body = await self.env.arequest("GET", f"/v2/library/x/blobs/{digest}")
+        self.assertEqual(body, huge)
+        from twisted.internet.task import deferLater
+
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertIsNone(self.blobs.lookup(digest))
+        self.assertFalse(self.blobs.path(digest).exists())
+        self.assertIsNotNone(self.blobs.lookup(self.digest))  # the rest of the cache survives
+
+    @deferred_test
     async def test_lru_order_and_readers(self):
         await self.start()
         blobs = [os.urandom(3 << 20) for _ in range(3)]

@@ -356,3 +356,19 @@ class TagsTests(unittest.TestCase):
         resp, body = env.request("GET", "/v2/x/tags/list?last=-x")
         self.assertEqual(resp.code, 400)
         self.assertEqual(err_code(body), "TAG_INVALID")
+
+
+class ClientGoneTests(unittest.TestCase):
+    def test_cancelled_request_is_not_an_upstream_failure(self):
+        from twisted.internet.defer import CancelledError, Deferred
+
+        up = FakeRegistry()
+        path = "/v2/library/x/manifests/1"
+        up.faults[path] = ["hang"]
+        env = ProxyEnv([("a.fake", up)])
+        d = Deferred.fromCoroutine(env.pool.request(env.pool.upstreams[0], b"GET", path))
+        env.agent.flush()
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(env.pool.health()[1]["consecutive_failures"], 0)
+        self.assertNotEqual(env.pool.health()[1]["state"], "down")

@@ -274,6 +274,12 @@ class BlobCache:
         # A copy deleted or evicted while read is unlinked by path when its last reader
         # closes; this new copy was renamed over that path, so that unlink must not happen.
         self._doomed.discard(dl.digest)
+        if dl.length > self.max_size:
+            # larger than the whole cache: keeping it would evict everything else
+            # (and then itself); its readers hold the file open until they finish
+            log.info("blob {d} ({n} bytes) is larger than the cache; not kept", d=dl.digest, n=dl.length)
+            self._unlink(dl.digest)
+            return
         e = BlobEntry(dl.digest, dl.length, self.reactor.seconds(), repos={dl.repo})
         self._add(e)
         self._dirty.add(e.digest)

@@ -314,8 +314,8 @@ class UpstreamPool:
         except Exception as e:
             if timed_out:
                 raise UpstreamError(f"no response from {_host(url)} within {self.header_timeout:g}s") from None
-            if isinstance(e, CancelledError):
-                raise
+            if _cancelled(e):
+                raise CancelledError() from None  # our client went away: not the upstream's fault
             raise _describe(e, url) from None
         finally:
             if timer.active():
@@ -347,6 +347,14 @@ class UpstreamPool:
             out["error"] = str(e)
         out["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
         return out
+
+
+def _cancelled(e: Exception) -> bool:
+    """A cancellation (ours), possibly wrapped by the HTTP client."""
+    if isinstance(e, CancelledError):
+        return True
+    reasons = getattr(e, "reasons", None)
+    return bool(reasons) and all(r.check(CancelledError) for r in reasons)
 
 
 def _describe(e: Exception, url: str) -> "UpstreamError":
