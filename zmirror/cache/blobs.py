@@ -39,7 +39,7 @@ from zope.interface import implementer
 
 from zmirror.cache.gate import LoadGate
 from zmirror.upstream.digestworker import DigestWorker
-from zmirror.upstream.relay import _enlarge_reads
+from zmirror.upstream.relay import _enlarge_reads, abort_client
 
 log = Logger()
 
@@ -671,10 +671,7 @@ class FollowerProducer:
         except Exception:
             pass
         self._close()
-        channel = getattr(self.request, "channel", None)
-        transport = getattr(channel, "transport", None)
-        if transport is not None:
-            getattr(transport, "abortConnection", transport.loseConnection)()
+        abort_client(self.request)
         # ``done`` fires from _client_gone once the connection is really gone, so
         # the web layer never finishes this response as if it were complete.
 

@@ -41,6 +41,16 @@ THREADED_HASH_MIN = 4 << 20
 READ_SIZE = 1 << 20
 
 
+def abort_client(request) -> None:
+    """Drop a client's connection without ending the response: a client must
+    never take a truncated or unverified body for a complete one."""
+    channel = getattr(request, "channel", None)
+    transport = getattr(channel, "transport", None) or getattr(request, "transport", None)
+    if transport is not None:
+        abort = getattr(transport, "abortConnection", None) or transport.loseConnection
+        abort()
+
+
 def _enlarge_reads(transport) -> None:
     """Raise the read size of the TCP connection under a response's transport
     (``TransportProxyProducer`` → the connection, possibly under TLS)."""
@@ -261,11 +271,7 @@ class BlobRelay(Protocol):
                 pass
 
     def _abort_client(self):
-        channel = getattr(self.request, "channel", None)
-        transport = getattr(channel, "transport", None) or getattr(self.request, "transport", None)
-        if transport is not None:
-            abort = getattr(transport, "abortConnection", None) or transport.loseConnection
-            abort()
+        abort_client(self.request)
 
     def _unregister(self):
         if self._client_gone:
