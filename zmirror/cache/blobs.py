@@ -39,7 +39,7 @@ from zope.interface import implementer
 
 from zmirror.cache.gate import LoadGate
 from zmirror.upstream.digestworker import DigestWorker
-from zmirror.upstream.relay import _enlarge_reads, abort_client
+from zmirror.upstream.relay import enlarge_reads, abort_client
 
 log = Logger()
 
@@ -368,7 +368,7 @@ class Download(Protocol):
     # -- upstream protocol --------------------------------------------------------
     def connectionMade(self):
         self.upstream = self.transport
-        _enlarge_reads(self.transport)
+        enlarge_reads(self.transport)
         self._arm_idle()
 
     def dataReceived(self, data: bytes):

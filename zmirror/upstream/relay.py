@@ -51,7 +51,7 @@ def abort_client(request) -> None:
         abort()
 
 
-def _enlarge_reads(transport) -> None:
+def enlarge_reads(transport) -> None:
     """Raise the read size of the TCP connection under a response's transport
     (``TransportProxyProducer`` → the connection, possibly under TLS)."""
     t = getattr(transport, "_producer", None)
@@ -169,7 +169,7 @@ class BlobRelay(Protocol):
     # -- upstream side ------------------------------------------------------
     def connectionMade(self):
         self.upstream = self.transport
-        _enlarge_reads(self.transport)
+        enlarge_reads(self.transport)
         if self._client_gone:
             self.transport.stopProducing()
             return
