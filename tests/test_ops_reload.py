@@ -89,6 +89,7 @@ class ReloadTests(unittest.TestCase):
         self.assertEqual(self.c["log_control"].level, "debug")
         self.assertEqual(self.c["metrics_endpoint"].access, "open")
         self.assertEqual(self.c["admin"].config.admin.password, new_hash)
+        self.assertEqual(self.c["admin"].config.access.anonymous, "all")  # /api/whitelists/match mode
         line = [t for t in cap.texts() if t.startswith("reload: configuration re-read")][0]
         self.assertIn("access.anonymous", line)
         self.assertIn("needs a restart: server.port", line)

@@ -22,6 +22,7 @@ restores the previous handler when it stops; nothing is installed at import.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 import threading
@@ -161,8 +162,13 @@ class Reloader:
             endpoint.reload(new)
         admin = c.get("admin")
         if admin is not None and new.admin.username == old.admin.username:
-            # the admin API reads config.admin on each login check
+            # the admin API reads config.admin on each login check, and the access
+            # mode for /api/whitelists/match
             admin.config = _with_admin(admin.config, new.admin)
+            try:
+                admin.config = dataclasses.replace(admin.config, access=new.access)
+            except TypeError:
+                pass
         changed = _changed(old, new)
         live = [k for k in changed if k in LIVE]
         restart = [k for k in changed if k not in LIVE]
@@ -175,8 +181,6 @@ class Reloader:
                  rest=("; needs a restart: " + ", ".join(sorted(set(restart)))) if restart else "")
         # keep the username the running services were built with
         if new.admin.username != old.admin.username:
-            import dataclasses
-
             new = dataclasses.replace(new, admin=dataclasses.replace(new.admin,
                                                                      username=old.admin.username))
         self.config = new
