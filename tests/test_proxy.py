@@ -372,3 +372,25 @@ class ClientGoneTests(unittest.TestCase):
         self.failureResultOf(d, CancelledError)
         self.assertEqual(env.pool.health()[1]["consecutive_failures"], 0)
         self.assertNotEqual(env.pool.health()[1]["state"], "down")
+
+
+class ProbeTests(unittest.TestCase):
+    def test_probe_result_recorded_in_health(self):
+        up = FakeRegistry()
+        env = ProxyEnv([("a.fake", up), ("down.fake", FakeRegistry())])
+        del env.agent.agents["down.fake"]
+        for row_id, host in ((1, "a.fake"), (2, "down.fake")):
+            d = ensure(env.pool.probe({"id": row_id, "url": f"http://{host}"}))
+            env.agent.flush()
+            result = self.successResultOf(d)
+            env.pool.record_probe(row_id, result)
+        h = env.pool.health()
+        self.assertEqual(h[1]["state"], "up")
+        self.assertEqual(h[2]["state"], "down")
+        self.assertIn("cannot connect", h[2]["last_error"])
+
+
+def ensure(coro):
+    from twisted.internet.defer import Deferred
+
+    return Deferred.fromCoroutine(coro)

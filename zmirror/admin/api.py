@@ -399,6 +399,9 @@ class AdminAPI:
         out = dict(PROBE_KEYS)
         if isinstance(result, dict):
             out.update({k: result[k] for k in PROBE_KEYS if k in result})
+        record = getattr(self.upstreams, "record_probe", None)
+        if record is not None:
+            record(row["id"], out)  # the health column shows what the test found
         return out
 
     # --- whitelists --------------------------------------------------------------------------

@@ -186,6 +186,16 @@ class UpstreamPool:
         if self.metrics is not None:
             self.metrics.upstream_failed(up.name)
 
+    def record_probe(self, upstream_id: int, result: dict) -> None:
+        """Fold an admin "test connection" result into the health memory."""
+        for up in self.upstreams:
+            if up.id == upstream_id:
+                if result.get("ok"):
+                    self.mark_ok(up, (result.get("latency_ms") or 0) / 1000.0)
+                else:
+                    self.mark_failed(up, result.get("error") or f"/v2/ answered {result.get('status')}")
+                return
+
     # -- requests ----------------------------------------------------------
     async def request(self, up: Upstream, method: bytes, path: str, *, headers: Optional[dict] = None,
                       scope: Optional[str] = None):
