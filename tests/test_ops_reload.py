@@ -17,7 +17,7 @@ from zmirror import cli
 from zmirror.auth.passwords import fast_context, hash_admin_password
 from zmirror.config import DEFAULT_CONFIG, load_config
 from zmirror.logs import LogControl
-from zmirror.ops import Reloader, SighupService, ZMirrorService
+from zmirror.ops import SighupService, ZMirrorService
 from zmirror.tap import Options, makeService
 
 

@@ -3,7 +3,7 @@ import json
 from twisted.trial import unittest
 
 from tests.proxyenv import ProxyEnv
-from zmirror.testing import DOCKER_V2, FakeRegistry, sha256
+from zmirror.testing import DOCKER_V2, FakeRegistry
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2, "layers": []}).encode()

@@ -28,7 +28,7 @@ import sys
 import threading
 from typing import Any, Callable, Optional
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import Service
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 

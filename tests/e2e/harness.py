@@ -1037,9 +1037,9 @@ class HTTPResult:
         return f"HTTP {self.status} [{hs}] body={self.body[:300]!r}"
 
 
-def http_request(method: str, url: str, headers: Iterable[tuple[str, str]] = (), timeout: float = 60,
-                 read_limit: int | None = None) -> HTTPResult:
-    """One request on a fresh connection; repeated header names become separate lines."""
+def _send_raw(method: str, url: str, headers: Iterable[tuple[str, str]], timeout: float):
+    """Send a request on a fresh connection (repeated header names stay separate lines);
+    returns (connection, response) — the caller reads the body and closes."""
     u = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
     try:
@@ -1047,7 +1047,17 @@ def http_request(method: str, url: str, headers: Iterable[tuple[str, str]] = (),
         for k, v in headers:
             conn.putheader(k, v)
         conn.endheaders()
-        resp = conn.getresponse()
+        return conn, conn.getresponse()
+    except BaseException:
+        conn.close()
+        raise
+
+
+def http_request(method: str, url: str, headers: Iterable[tuple[str, str]] = (), timeout: float = 60,
+                 read_limit: int | None = None) -> HTTPResult:
+    """One request on a fresh connection; repeated header names become separate lines."""
+    conn, resp = _send_raw(method, url, headers, timeout)
+    try:
         body = resp.read() if read_limit is None else resp.read(read_limit)
         return HTTPResult(resp.status, resp.headers, body)
     finally:
@@ -1094,14 +1104,8 @@ class StreamedResult:
 def http_stream(method: str, url: str, headers: Iterable[tuple[str, str]] = (), timeout: float = 60,
                 chunk: int = MiB) -> StreamedResult:
     """:func:`http_request` for big bodies: reads to the end in ``chunk`` reads and hashes them."""
-    u = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
+    conn, resp = _send_raw(method, url, headers, timeout)
     try:
-        conn.putrequest(method, (u.path or "/") + (f"?{u.query}" if u.query else ""), skip_accept_encoding=True)
-        for k, v in headers:
-            conn.putheader(k, v)
-        conn.endheaders()
-        resp = conn.getresponse()
         h, n = hashlib.sha256(), 0
         while True:
             data = resp.read(chunk)

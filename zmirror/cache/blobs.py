@@ -454,12 +454,6 @@ class Download(Protocol):
                 pass
             self._file = None
 
-    def abort(self):
-        """No reader left and the fetch is not finished: keep fetching (it will
-        be cached); this hook exists for shutdown."""
-        if self.upstream is not None and self.state == "running":
-            self.upstream.stopProducing()
-
     # -- idle timer --------------------------------------------------------------
     def _arm_idle(self):
         if self._idle is None:

@@ -70,8 +70,6 @@ class StreamResult:
     expected_digest: Optional[str]
     expected_length: Optional[int]
     idle_timeout: float
-    on_end: Optional[Callable[[Any], None]] = None
-    sink_file: Any = None
 
     async def send(self, request):
         request.setResponseCode(self.status)
@@ -85,12 +83,9 @@ class StreamResult:
             expected_length=self.expected_length,
             idle_timeout=self.idle_timeout,
             reactor=self.clock,
-            sink_file=self.sink_file,
         )
         self.response.deliverBody(relay)
-        outcome = await relay.done  # cancelling this aborts the upstream transfer
-        if self.on_end is not None:
-            self.on_end(outcome)
+        await relay.done  # cancelling this aborts the upstream transfer
         return None
 
 

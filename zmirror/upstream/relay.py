@@ -98,9 +98,8 @@ class _ProducerShim:
 class BlobRelay(Protocol):
     """``response.deliverBody(BlobRelay(request, ...))``; ``done`` fires with a RelayOutcome.
 
-    ``sink_file``: an open binary file that receives every byte (written on the
-    digest worker thread when there is one).  ``reactor``: for the worker
-    thread's callbacks; without one (or for small bodies) hashing is inline.
+    ``reactor``: for the digest worker thread's callbacks; without one (or for
+    small bodies) hashing is inline.
     """
 
     def __init__(
@@ -112,14 +111,12 @@ class BlobRelay(Protocol):
         expected_length: Optional[int] = None,
         idle_timeout: float = 60.0,
         reactor: Any = None,
-        sink_file: Any = None,
     ):
         self.request = request
         self.clock = clock
         self.expected_digest = expected_digest
         self.expected_length = expected_length
         self.idle_timeout = idle_timeout
-        self.sink_file = sink_file
         self.done: Deferred = Deferred(lambda _d: self.abort_upstream())
         self.outcome: Optional[RelayOutcome] = None
         self.upstream = None
@@ -137,8 +134,8 @@ class BlobRelay(Protocol):
         algo = expected_digest.split(":", 1)[0] if expected_digest else None
         if algo in ("sha256", "sha512"):
             big = expected_length is None or expected_length >= THREADED_HASH_MIN
-            if reactor is not None and hasattr(reactor, "callFromThread") and (big or sink_file):
-                self.worker = DigestWorker(algo, reactor, file=sink_file,
+            if reactor is not None and hasattr(reactor, "callFromThread") and big:
+                self.worker = DigestWorker(algo, reactor,
                                            on_drained=lambda: self.resume("worker"))
             else:
                 self.hasher = hashlib.new(algo)
@@ -187,8 +184,6 @@ class BlobRelay(Protocol):
                 self.pause("worker")
         elif self.hasher is not None:
             self.hasher.update(data)
-            if self.sink_file is not None:
-                self.sink_file.write(data)
         if self.verifying:
             held, self._held = self._held, data
             if held is not None:
