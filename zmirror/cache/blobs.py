@@ -37,6 +37,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
+from zmirror.cache import kernelcopy
 from zmirror.cache.gate import LoadGate
 from zmirror.upstream.digestworker import DigestWorker
 from zmirror.upstream.relay import enlarge_reads, abort_client
@@ -318,6 +319,13 @@ class Download(Protocol):
         self._file = None
         self.worker: Optional[DigestWorker] = None
         self.received = 0
+        # "relay": bytes pass through dataReceived; "probe": deciding whether to
+        # splice (bytes Twisted already read collect in _prefix); "splice": the
+        # kernel moves the body (kernelcopy.SpliceFill)
+        self.mode = "relay"
+        self._prefix: list = []
+        self._tcp = None
+        self._early_loss = None
 
     # called by the proxy with the upstream's 200 response
     def start(self, response, length: Optional[int], content_type: Optional[bytes]) -> None:
@@ -329,12 +337,65 @@ class Download(Protocol):
         fd_path = tmpdir / f"{self.digest.split(':', 1)[1]}.{os.getpid()}.{id(self):x}"
         self.tmp_path = fd_path
         self._file = open(fd_path, "wb", buffering=0)
+        self.state = "running"
+        if length is not None and length >= kernelcopy.SPLICE_MIN and kernelcopy.available():
+            self.mode = "probe"  # connectionMade tells whether the transport allows splicing
+        else:
+            self._start_worker()
+        response.deliverBody(self)
+        if self.mode == "probe":
+            # No more socket reads; body bytes the HTTP parser already holds are
+            # delivered when the call stack that brought us the response unwinds.
+            self.upstream.pauseProducing()
+            self.cache.reactor.callLater(0, self._start_splice)
+        self._set_ready(self)
+
+    def _start_worker(self) -> None:
         algo = self.digest.split(":", 1)[0]
         self.worker = DigestWorker(algo, self.cache.reactor, file=self._file,
                                    on_drained=self._worker_drained, on_progress=self._progress)
-        self.state = "running"
-        response.deliverBody(self)
-        self._set_ready(self)
+
+    def _start_splice(self) -> None:
+        """Stop Twisted reading the upstream socket and move the rest of the
+        body in the kernel (kernelcopy.SpliceFill)."""
+        if self.state != "running":
+            return
+        prefix, self._prefix = self._prefix, []
+        if self._early_loss is not None:
+            # the upstream connection ended before the switch: finish the ordinary way
+            self.mode = "relay"
+            self._start_worker()
+            self.received = 0
+            for data in prefix:
+                self.dataReceived(data)
+            self.connectionLost(self._early_loss)
+            return
+        self.mode = "splice"
+        self._cancel_idle()
+        fds = []
+        try:
+            fds.append(os.dup(self._tcp.fileno()))
+            fds.append(os.dup(self._file.fileno()))
+            fds.append(os.open(self.tmp_path, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        algo = self.digest.split(":", 1)[0]
+        self.worker = kernelcopy.SpliceFill(
+            algo, self.cache.reactor, sock_fd=fds[0], file_fd=fds[1], read_fd=fds[2], prefix=prefix,
+            length=self.length, idle_timeout=self.cache.idle_timeout, on_progress=self._progress)
+        self.worker.finish().addCallback(self._spliced)
+
+    def _spliced(self, digest: Optional[str]) -> None:
+        # Twisted's HTTP client still waits for the body it never read: drop the connection
+        self._tcp.abortConnection()
+        if digest is None:
+            if self.state == "running":
+                self._fail(self.worker.error or "aborted")
+            return
+        self.received = self.length
+        self._verify(digest)
 
     def fail_before_start(self, exc: BaseException) -> None:
         self.state = "failed"
@@ -369,9 +430,22 @@ class Download(Protocol):
     def connectionMade(self):
         self.upstream = self.transport
         enlarge_reads(self.transport)
+        if self.mode == "probe":
+            self._tcp = kernelcopy.plain_tcp(self.transport)
+            if self._tcp is None:
+                self.mode = "relay"
+                self._start_worker()
         self._arm_idle()
 
     def dataReceived(self, data: bytes):
+        if self.mode == "probe":  # keep what Twisted read before the switch
+            self._prefix.append(data)
+            self.received += len(data)
+            return
+        if self.mode == "splice":  # cannot happen: Twisted no longer reads this socket
+            self.worker.abort()
+            self._fail("body bytes arrived after the switch to splice(2)")
+            return
         offset = self.received
         self.received += len(data)
         if self._idle is not None:
@@ -395,11 +469,18 @@ class Download(Protocol):
             self.upstream.resumeProducing()
 
     def _progress(self, written: int):
+        if self.mode == "splice":
+            self.cache.stats["bytes_from_upstream"] += written - self.written
         self.written = written
         for f in list(self.followers):
             f.data_available()
 
     def connectionLost(self, reason):
+        if self.mode == "probe":
+            self._early_loss = reason
+            return
+        if self.mode == "splice":
+            return  # our own abort after the kernel copy ended; SpliceFill reports how it went
         self._cancel_idle()
         if not (reason.check(ResponseDone) or (reason.check(PotentialDataLoss) and self.length is None)):
             self._fail(f"upstream body broken after {self.received} bytes: {reason.getErrorMessage()}")
@@ -481,8 +562,9 @@ class Download(Protocol):
 class FollowerProducer:
     """Streams a blob to one client from a file that may still be growing.
 
-    A push producer that writes 1 MiB reads while the client's transport is
-    not paused; when it has caught up with a running download it waits for
+    On plain TCP the body goes by sendfile(2) (:class:`_SendfileWriter`);
+    otherwise a push producer writes 64 KiB reads while the client's transport
+    is not paused.  When it has caught up with a running download it waits for
     ``data_available``.  ``done`` fires True when every byte was sent, False
     when the client went away or had to be aborted (after its connection is
     gone, so the web layer never finishes a short response as complete).
@@ -517,10 +599,9 @@ class FollowerProducer:
             except OSError as e:
                 self._abort(f"cannot open blob: {e}")
                 return self.done
-        # sendfile for complete files; a running download is followed with reads
-        # (measured: sendfile chasing a file being written was ~25 % slower)
-        complete = self.download is None or self.download.state == "done"
-        transport = _sendfile_transport(self.request, self.reactor) if complete else None
+        # sendfile(2) whenever the client is on plain TCP, also while the download
+        # still runs (it then waits for data_available when it has caught up)
+        transport = _sendfile_transport(self.request, self.reactor)
         if transport is not None:
             # status line and headers go out through the transport first; the
             # body then moves from the page cache to the socket in the kernel
@@ -618,6 +699,8 @@ class FollowerProducer:
         """Bytes as they arrive from upstream, when this reader is right there."""
         if self.paused or self._finished or self.pos != offset or self.end is not None:
             return
+        if self._sf is not None:
+            return  # the sendfile writer reads the file; bytes written here would pass it
         dl = self.download
         if dl.length is not None and offset + len(data) >= dl.length:
             data = data[: dl.length - 1 - offset]  # the last byte waits for verification

@@ -1,0 +1,206 @@
+"""Filling the cache from a plain-TCP upstream without the bytes entering Python.
+
+When an upstream answers a blob GET over plain TCP with a known length, the
+body goes from the socket through a pipe into the temp file with splice(2)
+(one copy, into the page cache); a second thread hashes the file from the page
+cache through mmap(2), and clients follow the file with sendfile(2).  On a
+2-core machine this is most of the CPU a cold pull costs: the relay through
+Python copied every byte four times (recv, write, read, send).
+
+:class:`SpliceFill` has the interface of :class:`DigestWorker` that
+:class:`~zmirror.cache.blobs.Download` uses: ``finish()`` fires with the
+digest once every byte is on disk and hashed, ``error`` tells why not,
+``abort()`` stops it.  Both threads own duplicates of the descriptors they use
+and close them themselves, so the reactor closing its own never races them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import mmap
+import os
+import select
+import threading
+from typing import Any, Callable, Optional
+
+from twisted.internet.defer import Deferred
+
+# Below this size the ordinary relay is as cheap as starting two threads.
+SPLICE_MIN = 4 << 20
+PIPE_SIZE = 1 << 20
+HASH_WINDOW = 2 << 20  # bytes hashed per mmap(2)
+_GRANULE = mmap.ALLOCATIONGRANULARITY
+_POLL_SLICE_MS = 500
+
+
+def available() -> bool:
+    return all(hasattr(os, a) for a in ("splice", "SPLICE_F_MOVE", "SPLICE_F_NONBLOCK")) \
+        and hasattr(mmap, "MAP_POPULATE")
+
+
+def plain_tcp(transport) -> Any:
+    """The TCP connection under a response body's transport if it is plain
+    TCP (no TLS, no test double), else None."""
+    from twisted.internet import tcp
+
+    t = getattr(transport, "_producer", None)
+    if type(t) is tcp.Client and not getattr(t, "TLS", False) and hasattr(t, "fileno"):
+        return t
+    return None
+
+
+class SpliceFill:
+    """Copies ``length - len(prefix)`` more bytes from ``sock_fd`` into
+    ``file_fd`` (after writing ``prefix``, the bytes Twisted had already read)
+    and hashes the file through ``read_fd``.  Takes ownership of the three
+    descriptors."""
+
+    def __init__(self, algorithm: str, reactor: Any, *, sock_fd: int, file_fd: int, read_fd: int,
+                 prefix: list, length: int, idle_timeout: float,
+                 on_progress: Optional[Callable[[int], None]] = None):
+        self.algorithm = algorithm
+        self.reactor = reactor
+        self.length = length
+        self.idle_timeout = idle_timeout
+        self.on_progress = on_progress
+        self.written = 0
+        self.error: Optional[str] = None
+        self._sock, self._file, self._read = sock_fd, file_fd, read_fd
+        self._prefix = prefix
+        self._cond = threading.Condition()
+        self._stop = False
+        self._writing = True
+        self._progress_pending = False
+        self._done: Deferred = Deferred()
+        self._hash = hashlib.new(algorithm)
+        self._writer = threading.Thread(target=self._write_loop, name="zmirror-splice", daemon=True)
+        self._hasher = threading.Thread(target=self._hash_loop, name="zmirror-hash", daemon=True)
+        self._writer.start()
+        self._hasher.start()
+
+    # -- reactor side -------------------------------------------------------------
+    def finish(self) -> Deferred:
+        """Fires with ``"algo:hex"`` when the whole body is written and hashed,
+        or with None when it failed (see ``error``)."""
+        return self._done
+
+    def abort(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+
+    def _fire(self, result) -> None:
+        if not self._done.called:
+            self._done.callback(result)
+
+    def _report_progress(self) -> None:
+        with self._cond:
+            self._progress_pending = False
+            written = self.written
+        if self.on_progress is not None and not self._stop:
+            self.on_progress(written)
+
+    # -- threads --------------------------------------------------------------------
+    def _failed(self, why: str) -> None:
+        with self._cond:
+            if self.error is None:
+                self.error = why
+            self._stop = True
+            self._cond.notify_all()
+
+    def _advance(self, n: int) -> None:
+        with self._cond:
+            self.written += n
+            self._cond.notify_all()
+            report = not self._progress_pending
+            self._progress_pending = True
+        if report:
+            self.reactor.callFromThread(self._report_progress)
+
+    def _write_loop(self) -> None:
+        r = w = -1
+        try:
+            for chunk in self._prefix:
+                view = memoryview(chunk)
+                while view:
+                    n = os.write(self._file, view)
+                    view = view[n:]
+                self._advance(len(chunk))
+            self._prefix = []
+            r, w = os.pipe2(os.O_CLOEXEC)
+            try:
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass  # a smaller pipe only means more calls
+            poller = select.poll()
+            poller.register(self._sock, select.POLLIN)
+            idle = 0.0
+            remaining = self.length - self.written
+            while remaining > 0:
+                if self._stop:
+                    return
+                try:
+                    n = os.splice(self._sock, w, min(remaining, PIPE_SIZE),
+                                  flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+                except BlockingIOError:
+                    if not poller.poll(_POLL_SLICE_MS):
+                        idle += _POLL_SLICE_MS / 1000
+                        if idle >= self.idle_timeout:
+                            self._failed(f"upstream sent nothing for {self.idle_timeout:g} s "
+                                         f"after {self.written} of {self.length} bytes")
+                            return
+                    continue
+                if n == 0:
+                    self._failed(f"upstream sent {self.written} of {self.length} bytes")
+                    return
+                idle = 0.0
+                left = n
+                while left:
+                    left -= os.splice(r, self._file, left, flags=os.SPLICE_F_MOVE)
+                remaining -= n
+                self._advance(n)
+        except OSError as e:
+            self._failed(f"upstream body or cache write failed after {self.written} bytes: {e}")
+        finally:
+            for fd in (r, w, self._sock, self._file):
+                if fd >= 0:
+                    os.close(fd)
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+    def _hash_loop(self) -> None:
+        h, pos, length = self._hash, 0, self.length
+        try:
+            while pos < length:
+                with self._cond:
+                    # hash in large windows: wait for a full one unless the writer is done
+                    while not self._stop and self._writing and self.written - pos < min(HASH_WINDOW, length - pos):
+                        self._cond.wait()
+                    if self._stop:
+                        return
+                    end = self.written
+                    if end <= pos:  # writer finished short; it reported why
+                        return
+                while pos < end:
+                    base = pos - pos % _GRANULE
+                    size = min(end, base + HASH_WINDOW) - base
+                    with mmap.mmap(self._read, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE,
+                                   prot=mmap.PROT_READ, offset=base) as m:
+                        with memoryview(m) as whole, whole[pos - base:] as view:
+                            h.update(view)
+                    pos = base + size
+            self.reactor.callFromThread(self._fire, f"{self.algorithm}:{h.hexdigest()}")
+        except (OSError, ValueError) as e:
+            self._failed(f"hashing the cache file failed: {e}")
+        finally:
+            os.close(self._read)
+            if self.error is not None or pos < length:
+                # wait for the writer so ``error`` is final when the reactor hears of it
+                with self._cond:
+                    while self._writing:
+                        self._cond.wait()
+                if self.error is None:
+                    self.error = "aborted"
+                self.reactor.callFromThread(self._fire, None)
