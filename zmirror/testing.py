@@ -50,7 +50,7 @@ class FakeRegistry:
         self.token_requests: list[dict] = []
         self.issued: set[str] = set()
         # fault injection: path -> list of actions consumed one per request
-        # actions: int status | ("status", code, headers) | "hang" | "truncate" | "corrupt"
+        # actions: int status | ("status", code, headers) | "hang" | "truncate" | "stall" | "corrupt"
         self.faults: dict[str, list[Any]] = {}
         self.omit_digest = False
 
@@ -204,8 +204,15 @@ class FakeRegistry:
         request.setHeader(b"Content-Length", str(len(data)).encode())
         if fault == "truncate":
             request.write(data[: len(data) // 2])
-            request.channel.transport.loseConnection()
+            transport = request.channel.transport
+            if getattr(transport, "producer", None) is not None:
+                # over real TCP a (paused) producer would keep the close from happening
+                transport.unregisterProducer()
+            transport.loseConnection()
             return Deferred()  # never finishes
+        if fault == "stall":  # half the body, then silence with the connection open
+            request.write(data[: len(data) // 2])
+            return Deferred()
         if fault == "corrupt":
             data = data[:-1] + bytes([data[-1] ^ 1])
         return data

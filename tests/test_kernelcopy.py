@@ -1,0 +1,169 @@
+"""Cache fills in the kernel (zmirror/cache/kernelcopy.py), over real TCP.
+
+The fake upstream registry and the proxy listen on 127.0.0.1 so that the
+upstream response arrives on a real socket (the only case where the body is
+spliced) and clients get it by sendfile(2).
+"""
+
+import os
+from pathlib import Path
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.trial import unittest
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.server import Site
+
+from zmirror.accesslog import MemoryAccessLog
+from zmirror.app import ZMirrorApp
+from zmirror.cache import BlobCache, kernelcopy
+from zmirror.db import Database, migrate
+from zmirror.registry.proxy import Proxy
+from zmirror.registry.routes import RegistryRoutes
+from zmirror.testing import FakeRegistry
+from zmirror.upstream.client import UpstreamPool
+
+
+def deferred_test(f):
+    def wrapper(self):
+        return Deferred.fromCoroutine(f(self))
+
+    wrapper.__name__ = f.__name__
+    return wrapper
+
+
+class KernelCopyTests(unittest.TestCase):
+    timeout = 60
+
+    def setUp(self):
+        if not kernelcopy.available():
+            raise unittest.SkipTest("splice(2) is not available here")
+        self.base = Path(self.mktemp()).resolve()
+        self.base.mkdir()
+        migrate(self.base / "db.sqlite")
+        self.db = Database(self.base / "db.sqlite", reactor)
+        self.db.start()
+        self.addCleanup(self.db.close)
+        self.up = FakeRegistry()
+        self.data = os.urandom((6 << 20) + 4321)  # above kernelcopy.SPLICE_MIN
+        self.digest = self.up.add_blob(self.data)
+        self.path = f"/v2/library/x/blobs/{self.digest}"
+        up_port = reactor.listenTCP(0, Site(self.up.resource()), interface="127.0.0.1")
+        self.addCleanup(up_port.stopListening)
+
+        self.fills = []
+        real = kernelcopy.SpliceFill
+        fills = self.fills
+
+        class Spy(real):
+            def __init__(self, *a, **kw):
+                fills.append(self)
+                super().__init__(*a, **kw)
+
+        self.patch(kernelcopy, "SpliceFill", Spy)
+
+        upstream_pool = HTTPConnectionPool(reactor, persistent=True)
+        self.addCleanup(upstream_pool.closeCachedConnections)
+        pool = UpstreamPool(Agent(reactor, pool=upstream_pool), reactor, header_timeout=10, cooldown=1)
+        pool.set_registries([{"id": 1, "name": "up", "url": f"http://127.0.0.1:{up_port.getHost().port}",
+                              "priority": 1, "enabled": 1, "username": "", "password": ""}])
+        self.blobs = BlobCache(self.base / "cache", self.db, reactor, max_size=1 << 30, idle_timeout=1)
+        proxy = Proxy(pool, reactor, idle_timeout=30, blobs=self.blobs)
+        self.log = MemoryAccessLog()
+        routes = RegistryRoutes(proxy, clock=reactor, accesslog=self.log,
+                                base_url=lambda request: "http://proxy.test")
+        port = reactor.listenTCP(0, Site(ZMirrorApp(routes).resource()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.url = f"http://127.0.0.1:{port.getHost().port}"
+        self.client_pool = HTTPConnectionPool(reactor, persistent=False)
+
+    async def get(self, headers=None):
+        resp = await treq.get(self.url + self.path, headers=headers or {}, pool=self.client_pool)
+        return resp, await treq.content(resp)
+
+    def blob_gets(self):
+        return [r for r in self.up.requests if r[0] == "GET" and "/blobs/" in r[2]]
+
+    def assert_nothing_kept(self):
+        self.assertIsNone(self.blobs.lookup(self.digest))
+        self.assertFalse(self.blobs.path(self.digest).exists())
+        self.assertEqual(os.listdir(self.base / "cache" / "tmp"), [])
+
+    @deferred_test
+    async def test_fill_by_splice_then_hit(self):
+        await self.blobs.start()
+        resp, body = await self.get()
+        self.assertEqual(resp.code, 200)
+        self.assertEqual(body, self.data)
+        self.assertEqual(len(self.fills), 1)  # the kernel path was taken
+        self.assertIsNone(self.fills[0].error)
+        self.assertEqual(self.blobs.path(self.digest).read_bytes(), self.data)
+        self.assertEqual(os.listdir(self.base / "cache" / "tmp"), [])
+        self.assertEqual(self.blobs.stats["bytes_from_upstream"], len(self.data))
+        self.assertEqual(self.log.records[-1].bytes, len(self.data))
+        self.assertIs(self.log.records[-1].cache_hit, False)
+        resp, body = await self.get()
+        self.assertEqual(body, self.data)
+        self.assertIs(self.log.records[-1].cache_hit, True)
+        self.assertEqual(len(self.blob_gets()), 1)
+
+    @deferred_test
+    async def test_concurrent_clients_and_a_range_share_one_fetch(self):
+        await self.blobs.start()
+        gets = [ensureDeferred(self.get()) for _ in range(5)]
+        gets.append(ensureDeferred(self.get({"Range": "bytes=5000000-5999999"})))
+        results = await DeferredList(gets, consumeErrors=True)
+        for ok, value in results[:5]:
+            self.assertTrue(ok, value)
+            self.assertEqual(value[0].code, 200)
+            self.assertEqual(value[1], self.data)
+        ok, (resp, body) = results[5]
+        self.assertEqual(resp.code, 206)
+        self.assertEqual(body, self.data[5000000:6000000])
+        self.assertEqual(len(self.blob_gets()), 1)
+        self.assertEqual(len(self.fills), 1)
+
+    async def _fault_aborts_client(self, fault):
+        await self.blobs.start()
+        self.up.faults[f"/v2/library/x/blobs/{self.digest}"] = [fault]
+        resp = await treq.get(self.url + self.path, pool=self.client_pool)
+        self.assertEqual(resp.code, 200)
+        try:
+            body = await treq.content(resp)
+        except Exception:
+            pass  # the connection was cut: the client cannot take the body for complete
+        else:
+            self.fail(f"a {fault} upstream body reached the client as complete ({len(body)} bytes)")
+        self.assertEqual(len(self.fills), 1)
+        self.assert_nothing_kept()
+        # the next request fetches again, this time whole
+        resp, body = await self.get()
+        self.assertEqual(body, self.data)
+        self.assertIsNotNone(self.blobs.lookup(self.digest))
+
+    @deferred_test
+    async def test_corrupt_upstream_aborts_client_and_keeps_nothing(self):
+        await self._fault_aborts_client("corrupt")
+        self.assertIsNone(self.fills[0].error)  # every byte arrived; the digest did not match
+        self.assertEqual(self.blobs.stats["verify_failures"], 1)
+
+    @deferred_test
+    async def test_truncated_upstream_aborts_client_and_keeps_nothing(self):
+        await self._fault_aborts_client("truncate")
+        self.assertIn(f"upstream sent {len(self.data) // 2} of {len(self.data)} bytes", self.fills[0].error)
+
+    @deferred_test
+    async def test_stalled_upstream_times_out(self):
+        await self._fault_aborts_client("stall")
+        self.assertIn("sent nothing for 1 s", self.fills[0].error)
+
+    @deferred_test
+    async def test_small_blob_goes_through_python(self):
+        small = os.urandom(100_000)
+        digest = self.up.add_blob(small)
+        await self.blobs.start()
+        resp = await treq.get(f"{self.url}/v2/library/x/blobs/{digest}", pool=self.client_pool)
+        self.assertEqual(await treq.content(resp), small)
+        self.assertEqual(self.fills, [])
+        self.assertEqual(self.blobs.path(digest).read_bytes(), small)
