@@ -13,9 +13,10 @@
 
 The CLI is not the server: it uses :mod:`sqlite3` synchronously (WAL mode, a
 busy timeout, one short transaction per command), so it is safe while the
-server runs.  The server re-reads users, whitelist and registries on SIGHUP
-(``docker kill -s HUP zmirror`` / ``systemctl reload zmirror``); password and
-enabled changes made here are checked by the server's logins at once.
+server runs.  A running server notices changes to users, whitelist and
+registries within about 2 s (it polls SQLite's ``data_version``; SIGHUP also
+re-reads them): a disabled or re-passworded user's tokens stop working then;
+password logins see the change at once.
 
 Exit status: 0 success, 1 user error (one line on stderr, no traceback).
 """
@@ -117,9 +118,8 @@ def _hash_user_password(password: str) -> str:
 
 
 def _reload_hint() -> None:
-    _err("note: a running server picks this up on SIGHUP "
-         "(docker kill -s HUP <container> / systemctl reload zmirror) or on restart; "
-         "password and enable/disable changes apply to new logins at once.")
+    _err("note: a running server picks this up within 2 s (no SIGHUP or restart needed); "
+         "tokens of a disabled user or one with a new password stop working then.")
 
 
 # --- user ---------------------------------------------------------------------------

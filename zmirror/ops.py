@@ -15,7 +15,9 @@ foreground without ``--logfile`` (Docker, systemd), else the ``--logfile``
 live: ``[access] anonymous``, ``[log] level``, ``[server] trusted_proxies``,
 ``[metrics] access`` and the ``[admin]`` password.  Everything else is logged
 as "needs a restart".  It also re-reads users, whitelist and registries from
-the database (changed by the ``zmirror`` CLI while the server runs).  :class:`SighupService` installs the SIGHUP handler
+the database (changed by the ``zmirror`` CLI while the server runs); between
+SIGHUPs, :class:`DatabaseWatchService` notices such changes within 2 s and
+re-reads the changed stores the same way.  :class:`SighupService` installs the SIGHUP handler
 when the service starts in the main thread (that is, under twistd) and
 restores the previous handler when it stops; nothing is installed at import.
 """
@@ -36,6 +38,12 @@ from zmirror.logs import LogControl
 from zmirror.service import SequentialMultiService
 
 log = Logger()
+
+# database tables behind the in-memory stores (components of the same names)
+STORE_TABLES = ("users", "whitelists", "registries")
+
+# seconds between checks for database changes made by other processes (the CLI)
+DB_POLL_INTERVAL = 2.0
 
 # settings that apply without a restart (section.key)
 LIVE = ("access.anonymous", "log.level", "server.trusted_proxies", "metrics.access",
@@ -123,26 +131,36 @@ class Reloader:
         self.refresh_stores()
         return True
 
-    def refresh_stores(self):
+    def refresh_stores(self, tables: Optional[Any] = None, reason: str = "reload",
+                       quiet: bool = False):
         """Re-read users, whitelist and registries from the database, for changes
-        made outside the server (``zmirror user ...``, ``import-zmirror``).
-        Returns a Deferred (errors are logged, never raised)."""
+        made outside the server (``zmirror user ...``, ``import-zmirror``): on
+        SIGHUP (all three) and from :class:`DatabaseWatchService` (only the
+        ``tables`` whose content changed).  Returns a Deferred (errors are
+        logged, never raised)."""
         from twisted.internet.defer import Deferred
 
         c = self.components
+        wanted = [t for t in STORE_TABLES if tables is None or t in tables]
 
         async def go():
-            users, whitelists, registries = c.get("users"), c.get("whitelists"), c.get("registries")
-            if users is not None:
-                await users.load()
-            if whitelists is not None:
-                await whitelists.load()
-            if registries is not None:
-                await registries.publish()
-            log.info("reload: users, whitelist and registries re-read from the database")
+            done = []
+            for table in wanted:
+                store = c.get(table)
+                if store is None:
+                    continue
+                if table == "registries":
+                    await store.publish()  # the proxy core's upstream list follows
+                else:
+                    await store.load()
+                done.append(table)
+            if done:
+                (log.debug if quiet else log.info)("{reason}: {tables} re-read from the database",
+                                                   reason=reason, tables=", ".join(done))
 
         d = Deferred.fromCoroutine(go())
-        d.addErrback(lambda f: log.failure("reload: re-reading the database failed", f))
+        d.addErrback(lambda f: log.failure("{reason}: re-reading the database failed", f,
+                                           reason=reason))
         return d
 
     def apply(self, new: Any) -> None:
@@ -236,6 +254,93 @@ class SighupService(Service):
             self.installed = False
 
 
+class DatabaseWatchService(Service):
+    """Every ``interval`` seconds (on ``clock``) asks a
+    :class:`~zmirror.db.watch.ChangeWatcher` whether the users / whitelists /
+    registries tables changed, and re-reads those stores with
+    :meth:`Reloader.refresh_stores` (the SIGHUP path).  So a user disabled with
+    the ``zmirror`` CLI loses its tokens within ``interval`` seconds.
+
+    One check at a time (``LoopingCall`` waits for the returned Deferred); the
+    first one runs at start and re-reads every store quietly.  Changes the server
+    makes itself (admin API) are re-read too, which is harmless.  Stopping waits
+    for a running check, then closes the watcher's connection.
+    """
+
+    def __init__(self, watcher: Any, reloader: Any, clock: Any, interval: float = DB_POLL_INTERVAL):
+        self.watcher = watcher
+        self.reloader = reloader
+        self.clock = clock
+        self.interval = interval
+        self.polls = 0
+        self._loop: Any = None
+        self._pending: Any = None
+        self._waiters: list = []
+        self._failing = False
+
+    def startService(self):
+        super().startService()
+        from twisted.internet.task import LoopingCall
+
+        self._loop = LoopingCall(self.poll)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=True).addErrback(
+            lambda f: log.failure("database watch stopped", f))
+
+    def poll(self):
+        """One check (and re-read); a Deferred that never errbacks."""
+        from twisted.internet.defer import Deferred
+
+        outer: Deferred = Deferred()
+        self._pending = outer
+
+        def finished(_):
+            outer.callback(None)  # the LoopingCall schedules the next check first,
+            self._done()  # then wait() returns
+
+        Deferred.fromCoroutine(self._poll()).addBoth(finished)
+        return outer
+
+    async def _poll(self) -> None:
+        first = self.polls == 0
+        self.polls += 1
+        try:
+            changed = await self.watcher.check()
+        except Exception:
+            if not self._failing:  # once until it works again, not every interval
+                log.failure("database watch: checking for changes failed (retrying)")
+            self._failing = True
+            return
+        self._failing = False
+        if changed:
+            await self.reloader.refresh_stores(changed, reason="database changed", quiet=first)
+
+    def _done(self) -> None:
+        self._pending = None
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            w.callback(None)
+
+    def wait(self):
+        """A Deferred that fires when no check is running."""
+        from twisted.internet.defer import Deferred, succeed
+
+        if self._pending is None:
+            return succeed(None)
+        w: Deferred = Deferred()
+        self._waiters.append(w)
+        return w
+
+    def stopService(self):
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        d = self.wait()
+        d.addCallback(lambda _: self.watcher.close())
+        d.addErrback(lambda f: log.failure("database watch: closing failed", f))
+        return d
+
+
 def instrument(config: Any, reactor: Any, components: dict) -> dict:
     """Adds metrics, ``/healthz``, ``/readyz`` and ``/metrics`` to what
     :func:`zmirror.wiring.build` built (called at its end); returns ``components``.
@@ -302,12 +407,21 @@ def _quiet_paths(site: Any, paths: tuple) -> None:
 
 
 def attach(top: ZMirrorService, options: Any, config: Any, components: dict, reactor: Any) -> None:
-    """Logging and SIGHUP reload for the service tree ``makeService`` returns."""
+    """Logging, SIGHUP reload and the database watch for the service tree
+    ``makeService`` returns (added last, so they stop first)."""
     control = setup_logging(top, options, config)
     reloader = Reloader(config, components, control)
     components["log_control"] = control
     components["reloader"] = reloader
     SighupService(reloader, reactor).setServiceParent(top)
+    db = components.get("db")
+    if db is not None:
+        from zmirror.db.watch import ChangeWatcher
+
+        watch = DatabaseWatchService(ChangeWatcher.for_database(db), reloader, reactor)
+        watch.setServiceParent(top)
+        components["db_watch"] = watch
 
 
-__all__ = ["ZMirrorService", "Reloader", "SighupService", "attach", "instrument", "setup_logging", "LIVE"]
+__all__ = ["ZMirrorService", "Reloader", "SighupService", "DatabaseWatchService", "attach",
+           "instrument", "setup_logging", "LIVE", "STORE_TABLES", "DB_POLL_INTERVAL"]

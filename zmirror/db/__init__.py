@@ -120,6 +120,7 @@ class Database:
 
     def __init__(self, path: Path, reactor: Any, readers: int = 3):
         self.path = path
+        self.reactor = reactor
         kw = dict(
             check_same_thread=False,
             cp_openfun=_configure,
