@@ -102,3 +102,90 @@ class RegistryLoginsDoNotLockTheAdminTests(unittest.TestCase):
             lockout.enforce("user:admin", "10.9.9.9")
         # ... but the admin API's account is untouched
         self.assertEqual(lockout.check("admin", "10.9.9.9"), 0)
+
+
+class ConfiguredLockoutTests(unittest.TestCase):
+    """``[lockout]`` in config.toml decides when logins lock."""
+
+    def config(self, text):
+        from pathlib import Path
+
+        from zmirror.config import parse_config
+
+        return parse_config(text, data_dir=Path("/srv/d"), config_path=Path("/srv/d/config.toml"))
+
+    def test_defaults_unchanged(self):
+        from zmirror.auth.lockout import settings
+
+        lock = Lockout(Clock(), **settings(self.config("").lockout))
+        self.assertEqual((lock.max_account, lock.max_ip, lock.window, lock.cooldown),
+                         (10, 30, 600.0, 300.0))
+        self.assertEqual(settings(None), {})
+
+    def test_configure_rejects_non_positive(self):
+        for kw in ({"max_account": 0}, {"max_ip": -1}, {"window": 0}, {"cooldown": "5"},
+                   {"max_account": True}):
+            args = dict(max_account=3, max_ip=5, window=60, cooldown=120)
+            args.update(kw)
+            with self.assertRaises(ValueError, msg=kw):
+                Lockout(Clock(), **args)
+
+    def test_reconfigure_keeps_counts_and_locks(self):
+        clock = Clock()
+        lock = Lockout(clock, max_account=3, max_ip=100, window=60, cooldown=120)
+        for _ in range(3):
+            lock.failure("alice", "ip")
+        lock.failure("bob", "ip")
+        lock.failure("bob", "ip")
+        self.assertEqual(lock.retry_after("alice", "x"), 120)
+        # a higher limit: bob's two failures still count, alice stays locked
+        lock.configure(max_account=5, max_ip=100, window=60, cooldown=30)
+        self.assertEqual(lock.retry_after("alice", "x"), 120)
+        lock.failure("bob", "ip")
+        lock.failure("bob", "ip")
+        self.assertEqual(lock.check("bob", "x"), 0)
+        lock.failure("bob", "ip")  # the 5th
+        self.assertEqual(lock.retry_after("bob", "x"), 30)
+        # a lower limit applies from the next failure
+        lock.configure(max_account=2, max_ip=100, window=60, cooldown=30)
+        lock.failure("carol", "ip")
+        self.assertEqual(lock.check("carol", "x"), 0)
+        lock.failure("carol", "ip")
+        self.assertEqual(lock.retry_after("carol", "x"), 30)
+
+    def test_configured_threshold_is_what_locks_token_logins(self):
+        from tests.authfixtures import basic, coro, make_env
+        from zmirror.auth.lockout import settings
+
+        cfg = self.config("[lockout]\nmax_account_failures = 4\nmax_ip_failures = 1000\n"
+                          "window = 30\ncooldown = 45\n")
+
+        @coro
+        async def run(self):
+            env = make_env(self, lockout_kw=settings(cfg.lockout))
+            await env.users.create("alice", "alicepw")
+
+            async def login(password):
+                resp, body = await env.json(
+                    "GET", "http://mirror/token?account=alice",
+                    headers={b"Authorization": [basic("alice", password)]})
+                return resp, body
+
+            for _ in range(3):
+                self.assertEqual((await login("bad"))[0].code, 401)
+            self.assertEqual((await login("alicepw"))[0].code, 200)  # 3 < 4: not locked
+            # a success clears the account's failures: four more
+            for _ in range(4):
+                self.assertEqual((await login("bad"))[0].code, 401)
+            resp, body = await login("alicepw")
+            self.assertEqual(resp.code, 429)
+            self.assertEqual(resp.headers.getRawHeaders(b"retry-after"), [b"45"])
+            env.clock.advance(45)
+            self.assertEqual((await login("alicepw"))[0].code, 200)
+            # failures further apart than the window never add up
+            for _ in range(6):
+                self.assertEqual((await login("bad"))[0].code, 401)
+                env.clock.advance(10.1)
+            self.assertEqual((await login("alicepw"))[0].code, 200)
+
+        return run(self)

@@ -105,3 +105,45 @@ class ParseTests(unittest.TestCase):
         with self.assertRaises(ConfigError) as e:
             self.parse('[cache]\nmax_size = "big"\n')
         self.assertIn("cache.max_size", str(e.exception))
+
+
+class LockoutSectionTests(unittest.TestCase):
+    def parse(self, text):
+        return parse_config(text, data_dir=Path("/srv/d"), config_path=Path("/srv/d/config.toml"))
+
+    def test_defaults_are_the_old_fixed_values(self):
+        from zmirror.config import LockoutConfig
+
+        for cfg in (self.parse(""), self.parse(DEFAULT_CONFIG)):
+            self.assertEqual(cfg.lockout, LockoutConfig())
+            self.assertEqual((cfg.lockout.max_account_failures, cfg.lockout.max_ip_failures,
+                              cfg.lockout.window, cfg.lockout.cooldown), (10, 30, 600, 300))
+        self.assertEqual(self.parse(DEFAULT_CONFIG).warnings, ())
+
+    def test_values(self):
+        cfg = self.parse("[lockout]\nmax_account_failures = 5\nmax_ip_failures = 100\n"
+                         "window = 60\ncooldown = 3600\n")
+        self.assertEqual((cfg.lockout.max_account_failures, cfg.lockout.max_ip_failures,
+                          cfg.lockout.window, cfg.lockout.cooldown), (5, 100, 60, 3600))
+
+    def test_bad_values_name_the_key(self):
+        for key in ("max_account_failures", "max_ip_failures", "window", "cooldown"):
+            for bad in ("0", "-1", "2.5", '"10"', "true", "[]"):
+                with self.assertRaises(ConfigError, msg=f"{key} = {bad}") as e:
+                    self.parse(f"[lockout]\n{key} = {bad}\n")
+                msg = str(e.exception)
+                self.assertIn(f"lockout.{key}", msg)
+                self.assertIn("/srv/d/config.toml", msg)
+                self.assertNotIn("\n", msg)
+        with self.assertRaises(ConfigError) as e:
+            self.parse("[lockout]\nwindow = 99999999\n")
+        self.assertIn("must be between 1 and", str(e.exception))
+        with self.assertRaises(ConfigError) as e:
+            self.parse("lockout = 3\n")
+        self.assertIn("expected a table [lockout]", str(e.exception))
+
+    def test_unknown_key_warns(self):
+        cfg = self.parse("[lockout]\nmax_failures = 3\n")
+        self.assertEqual(cfg.lockout.max_account_failures, 10)
+        self.assertEqual(len(cfg.warnings), 1)
+        self.assertIn("lockout.max_failures", cfg.warnings[0])

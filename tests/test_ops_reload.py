@@ -95,6 +95,29 @@ class ReloadTests(unittest.TestCase):
         self.assertIn("needs a restart: server.port", line)
         self.assertNotIn(new_hash, "\n".join(cap.texts()))
 
+    def test_lockout_thresholds_from_config_and_applied_on_sighup(self):
+        lockout = self.c["lockout"]
+        self.assertIs(self.c["admin"].lockout, lockout)  # one lockout for registry and admin logins
+        self.assertEqual((lockout.max_account, lockout.max_ip, lockout.window, lockout.cooldown),
+                         (10, 30, 600.0, 300.0))
+        cap = Captured(self)
+        set_in_config(self.data, "max_account_failures = 10", "max_account_failures = 3")
+        set_in_config(self.data, "cooldown = 300", "cooldown = 900")
+        self.assertTrue(self.c["reloader"].reload())
+        self.assertEqual((lockout.max_account, lockout.max_ip, lockout.cooldown), (3, 30, 900.0))
+        line = [t for t in cap.texts() if t.startswith("reload: configuration re-read")][0]
+        self.assertIn("lockout.max_account_failures", line)
+        self.assertIn("lockout.cooldown", line)
+        self.assertNotIn("needs a restart", line)
+        for _ in range(3):
+            lockout.failure("someone", "10.0.0.1")
+        self.assertGreater(lockout.check("someone", "10.0.0.2"), 0)
+        # a bad value is refused and the running thresholds stay
+        set_in_config(self.data, "max_account_failures = 3", "max_account_failures = 0")
+        self.assertFalse(self.c["reloader"].reload())
+        self.assertEqual(lockout.max_account, 3)
+        self.assertTrue(any("lockout.max_account_failures" in t for t in cap.texts()))
+
     def test_broken_file_keeps_the_running_configuration(self):
         cap = Captured(self)
         (self.data / "config.toml").write_text('[access]\nanonymous = "everyone"\n')

@@ -55,6 +55,17 @@ path = "./data/registry.db"
 # Anonymous pulls / 匿名拉取: "whitelist" (only whitelisted prefixes), "all", "none"
 anonymous = "whitelist"
 
+[lockout]
+# Brute-force protection for registry logins and the admin account (applies on SIGHUP).
+# 登录防爆破（仓库用户与管理员账号），SIGHUP 生效。
+# Failed logins within `window` seconds that lock an account / a client address
+# 在 window 秒内，同一账号 / 同一客户端地址失败多少次后锁定
+max_account_failures = 10
+max_ip_failures = 30
+window = 600
+# Seconds a locked account or address must wait (answered with 429) / 锁定时长（秒）
+cooldown = 300
+
 [upstream]
 # Seconds to wait for a TCP/TLS connection and for response headers / 连接与响应头超时（秒）
 connect_timeout = 10
@@ -147,6 +158,14 @@ class AccessConfig:
 
 
 @dataclass(frozen=True)
+class LockoutConfig:
+    max_account_failures: int = 10
+    max_ip_failures: int = 30
+    window: int = 600
+    cooldown: int = 300
+
+
+@dataclass(frozen=True)
 class UpstreamConfig:
     connect_timeout: float = 10.0
     idle_timeout: float = 60.0
@@ -185,6 +204,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
+    lockout: LockoutConfig = field(default_factory=LockoutConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -286,6 +306,12 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     },
     "database": {"path": lambda k, v: _str(k, v, nonempty=True)},
     "access": {"anonymous": lambda k, v: _str(k, v, choices=("whitelist", "all", "none"))},
+    "lockout": {
+        "max_account_failures": lambda k, v: _int(k, v, 1, 1_000_000),
+        "max_ip_failures": lambda k, v: _int(k, v, 1, 1_000_000),
+        "window": lambda k, v: _int(k, v, 1, 7 * 86400),
+        "cooldown": lambda k, v: _int(k, v, 1, 7 * 86400),
+    },
     "upstream": {
         "connect_timeout": lambda k, v: _num(k, v, 0.1, 3600),
         "idle_timeout": lambda k, v: _num(k, v, 0.1, 86400),
@@ -314,6 +340,7 @@ _SECTION_CLASSES = {
     "admin": AdminConfig,
     "database": DatabaseConfig,
     "access": AccessConfig,
+    "lockout": LockoutConfig,
     "upstream": UpstreamConfig,
     "cache": CacheConfig,
     "log": LogConfig,

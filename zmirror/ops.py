@@ -13,7 +13,7 @@ foreground without ``--logfile`` (Docker, systemd), else the ``--logfile``
 
 **Reload.**  :class:`Reloader` re-reads config.toml and applies what can change
 live: ``[access] anonymous``, ``[log] level``, ``[server] trusted_proxies``,
-``[metrics] access`` and the ``[admin]`` password.  Everything else is logged
+``[metrics] access``, the ``[admin]`` password and the ``[lockout]`` thresholds.  Everything else is logged
 as "needs a restart".  It also re-reads users, whitelist and registries from
 the database (changed by the ``zmirror`` CLI while the server runs); between
 SIGHUPs, :class:`DatabaseWatchService` notices such changes within 2 s and
@@ -47,7 +47,8 @@ DB_POLL_INTERVAL = 2.0
 
 # settings that apply without a restart (section.key)
 LIVE = ("access.anonymous", "log.level", "server.trusted_proxies", "metrics.access",
-        "admin.password")
+        "admin.password", "lockout.max_account_failures", "lockout.max_ip_failures",
+        "lockout.window", "lockout.cooldown")
 
 
 
@@ -175,6 +176,11 @@ class Reloader:
             policy.reload(new)
         if self.log_control is not None:
             self.log_control.reload(new)
+        lockout = c.get("lockout")
+        if lockout is not None and hasattr(lockout, "configure"):
+            from zmirror.auth.lockout import settings
+
+            lockout.configure(**settings(new.lockout))
         endpoint = c.get("metrics_endpoint")
         if endpoint is not None:
             endpoint.reload(new)

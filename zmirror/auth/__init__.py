@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from zmirror.auth.credentials import Authenticator
-from zmirror.auth.lockout import Locked, Lockout
+from zmirror.auth.lockout import Locked, Lockout, settings as lockout_settings
 from zmirror.auth.passwords import AdminCredentials, Passwords
 from zmirror.auth.policy import AccessPolicy
 from zmirror.auth.tokens import TokenIssuer, load_or_create_secret
@@ -67,7 +67,8 @@ def build(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
     admin_username = config.admin.username
     users = UserStore(db, reactor, passwords=passwords, admin_username=admin_username)
     whitelists = WhitelistStore(db, reactor)
-    lockout = Lockout(reactor)
+    # [lockout] thresholds; zmirror.ops.Reloader re-applies them on SIGHUP
+    lockout = Lockout(reactor, **lockout_settings(getattr(config, "lockout", None)))
     tokens = TokenIssuer(secret, reactor, service=SERVICE)
     authenticator = Authenticator(users, passwords, lockout, clock=reactor,
                                   admin_username=admin_username)

@@ -16,6 +16,11 @@ Usage::
 
 Failures are logged with account and address, never the password.  Memory is
 bounded: stale entries are pruned and at most ``max_keys`` keys are tracked.
+
+The thresholds come from ``[lockout]`` in config.toml (:func:`settings`;
+defaults 10 per account / 30 per address in 600 s, 300 s cool-down) and
+:meth:`Lockout.configure` changes them on SIGHUP; failures already counted and
+locks in force are kept.
 """
 
 from __future__ import annotations
@@ -37,17 +42,35 @@ class Locked(Exception):
         super().__init__(f"too many failed logins, retry in {retry_after} s")
 
 
+def settings(section: Any) -> dict:
+    """:class:`Lockout` keyword arguments from a ``[lockout]`` config section
+    (:class:`zmirror.config.LockoutConfig`); ``{}`` (the defaults) for None."""
+    if section is None:
+        return {}
+    return dict(max_account=section.max_account_failures, max_ip=section.max_ip_failures,
+                window=float(section.window), cooldown=float(section.cooldown))
+
+
 class Lockout:
     def __init__(self, clock: Any, *, max_account: int = 10, max_ip: int = 30,
                  window: float = 600.0, cooldown: float = 300.0, max_keys: int = 100_000):
         self.clock = clock
-        self.max_account = max_account
-        self.max_ip = max_ip
-        self.window = window
-        self.cooldown = cooldown
         self.max_keys = max_keys
         self._failures: "OrderedDict[str, deque]" = OrderedDict()
         self._locked: dict[str, float] = {}
+        self.configure(max_account=max_account, max_ip=max_ip, window=window, cooldown=cooldown)
+
+    def configure(self, *, max_account: int, max_ip: int, window: float, cooldown: float) -> None:
+        """Set the thresholds (at start and on SIGHUP).  Counted failures and
+        current locks stay; the new limits apply from the next failure."""
+        for name, value in (("max_account", max_account), ("max_ip", max_ip),
+                            ("window", window), ("cooldown", cooldown)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"lockout {name} must be a positive number, got {value!r}")
+        self.max_account = int(max_account)
+        self.max_ip = int(max_ip)
+        self.window = float(window)
+        self.cooldown = float(cooldown)
 
     @staticmethod
     def _keys(account: str, ip: str) -> list[tuple[str, str]]:
@@ -92,9 +115,11 @@ class Lockout:
             limit = self.max_account if kind == "account" else self.max_ip
             q = self._failures.get(key)
             if q is None:
-                q = self._failures[key] = deque(maxlen=max(limit, 1))
+                q = self._failures[key] = deque(maxlen=limit)
             else:
                 self._failures.move_to_end(key)
+                if q.maxlen != limit:  # the limit was reconfigured
+                    q = self._failures[key] = deque(q, maxlen=limit)
             q.append(now)
             while q and q[0] < now - self.window:
                 q.popleft()
