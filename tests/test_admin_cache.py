@@ -48,6 +48,7 @@ class CacheRouteTests(AdminTestMixin, unittest.TestCase):
         self.assertEqual(obj["hit_ratio"], 0.5)  # (3 + 1) / (3 + 1 + 1 + 3)
         self.assertEqual((obj["bytes_from_cache"], obj["bytes_from_upstream"]), (200, 100))
         self.assertEqual(obj["manifests"]["tags"], 1)
+        self.assertEqual((obj["storing"], obj["store_error"]), (True, None))
 
     @coro
     async def test_delete_all_repository_digest(self):

@@ -387,8 +387,10 @@ class CreatorLeavesTests(CacheTestBase):
         self.assertEqual(self.env.pool.upstreams[0].health.consecutive_failures, 0)
 
     @deferred_test
-    async def test_temp_file_not_creatable_fails_cleanly(self):
+    async def test_temp_file_not_creatable_relays_without_caching(self):
         import shutil
+
+        from zmirror.cache import blobs as blobmod
 
         await self.start()
         tmp = self.base / "cache" / "tmp"
@@ -396,12 +398,62 @@ class CreatorLeavesTests(CacheTestBase):
         tmp.write_bytes(b"not a directory")  # the download's temp file cannot be created
         path = f"/v2/library/x/blobs/{self.digest}"
         resp, body = await self.env.arequest("GET", path, timeout=5)
-        self.assertEqual(resp.code, 503)
-        self.assertEqual(json.loads(body)["errors"][0]["code"], "UNAVAILABLE")
+        self.assertEqual((resp.code, body), (200, self.data))  # relayed, not a 503
         self.assertEqual(self.blobs.downloads, {})
+        self.assertIsNone(self.blobs.lookup(self.digest))
+        summary = self.blobs.summary()
+        self.assertFalse(summary["storing"])
+        self.assertIn("cannot create a temporary file", summary["store_error"])
+        self.assertEqual(summary["write_failures"], 1)
+        # meanwhile misses go straight to upstream, without trying the disk again
+        resp, body = await self.env.arequest("GET", path, timeout=5)
+        self.assertEqual((resp.code, body), (200, self.data))
+        self.assertEqual(self.blobs.summary()["write_failures"], 1)
+        self.assertEqual(len(self.blob_gets()), 3)
+        # after STORE_RETRY seconds the cache tries again
         tmp.unlink()
+        self.blobs._store_failed_at -= blobmod.STORE_RETRY
         resp, body = await self.env.arequest("GET", path)
         self.assertEqual((resp.code, body), (200, self.data))
+        self.assertTrue(self.blobs.storing())
+        self.assertIsNotNone(self.blobs.lookup(self.digest))
+
+    @deferred_test
+    async def test_write_error_mid_download_then_relay(self):
+        """The disk fails while a blob is written (full, I/O error): its client is
+        cut off (the bytes are nowhere), later misses are relayed uncached."""
+        import errno
+
+        from zmirror.cache import blobs as blobmod
+
+        class FailingFile:
+            def __init__(self, f):
+                self.f = f
+
+            def write(self, data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            def __getattr__(self, name):
+                return getattr(self.f, name)
+
+        real = blobmod.DigestWorker
+
+        class Worker(real):
+            def __init__(self, *a, file=None, **kw):
+                super().__init__(*a, file=FailingFile(file), **kw)
+
+        self.patch(blobmod, "DigestWorker", Worker)
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        with self.assertRaises(ResponseFailed):
+            await self.env.arequest("GET", path, timeout=5)
+        self.assertIsNone(self.blobs.lookup(self.digest))
+        self.assertEqual(os.listdir(self.base / "cache" / "tmp"), [])
+        self.assertFalse(self.blobs.storing())
+        self.assertIn("No space left", self.blobs.summary()["store_error"])
+        resp, body = await self.env.arequest("GET", path, timeout=5)
+        self.assertEqual((resp.code, body), (200, self.data))
+        self.assertIsNone(self.blobs.lookup(self.digest))
 
 
 class _SlowQueries:

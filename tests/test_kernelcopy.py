@@ -11,6 +11,7 @@ from pathlib import Path
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
@@ -167,3 +168,83 @@ class KernelCopyTests(unittest.TestCase):
         self.assertEqual(await treq.content(resp), small)
         self.assertEqual(self.fills, [])
         self.assertEqual(self.blobs.path(digest).read_bytes(), small)
+
+
+class SpliceFillTests(unittest.TestCase):
+    """SpliceFill on its own: a socket pair stands in for the upstream connection."""
+
+    timeout = 30
+
+    def setUp(self):
+        if not kernelcopy.available():
+            raise unittest.SkipTest("splice(2) is not available here")
+
+    def fill(self, file_fd, read_fd, prefix, length, send: bytes, close: bool = False):
+        import socket
+        import threading
+
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+
+        def upstream():
+            try:
+                theirs.sendall(send)
+                if close:
+                    theirs.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+        threading.Thread(target=upstream, daemon=True).start()
+        return kernelcopy.SpliceFill("sha256", reactor, sock_fd=os.dup(ours.fileno()), file_fd=file_fd,
+                                     read_fd=read_fd, prefix=prefix, length=length, idle_timeout=5)
+
+    @deferred_test
+    async def test_prefix_and_spliced_rest_hashed(self):
+        import hashlib
+
+        data = os.urandom((5 << 20) + 17)
+        path = self.mktemp()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+        rfd = os.open(path, os.O_RDONLY)
+        progress = []
+        sf = self.fill(fd, rfd, [data[:1000], data[1000:70000]], len(data), data[70000:])
+        sf.on_progress = progress.append
+        digest = await sf.finish()
+        self.assertEqual(digest, "sha256:" + hashlib.sha256(data).hexdigest())
+        self.assertIsNone(sf.error)
+        self.assertEqual(Path(path).read_bytes(), data)
+        self.assertEqual(sf.written, len(data))
+        self.assertTrue(progress and progress == sorted(progress) and progress[-1] <= len(data))
+
+    @deferred_test
+    async def test_disk_error_is_told_apart_from_upstream_errors(self):
+        path = self.mktemp()
+        Path(path).write_bytes(b"")
+        full = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC
+        sf = self.fill(full, os.open(path, os.O_RDONLY), [b"x" * 100], 1 << 20, b"y" * ((1 << 20) - 100))
+        self.assertIsNone(await sf.finish())
+        self.assertTrue(sf.disk_error)
+        self.assertIn("cache write failed", sf.error)
+
+    @deferred_test
+    async def test_upstream_closing_early_is_not_a_disk_error(self):
+        path = self.mktemp()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+        sf = self.fill(fd, os.open(path, os.O_RDONLY), [], 1 << 20, b"z" * 1000, close=True)
+        self.assertIsNone(await sf.finish())
+        self.assertFalse(sf.disk_error)
+        self.assertEqual(sf.error, f"upstream sent 1000 of {1 << 20} bytes")
+
+    @deferred_test
+    async def test_abort_stops_both_threads(self):
+        path = self.mktemp()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+        sf = self.fill(fd, os.open(path, os.O_RDONLY), [], 1 << 20, b"z" * 1000)
+        await deferLater(reactor, 0.2, lambda: None)
+        self.assertIsNone(sf.error)  # waiting for more: not idle for 5 s yet
+        sf.abort()
+        self.assertIsNone(await sf.finish())
+        self.assertEqual(sf.error, "aborted")
+        self.assertFalse(sf._writer.is_alive() and sf._hasher.is_alive())

@@ -47,7 +47,7 @@ const messages = {
     cache: {
       bytes: '已用空间', max_bytes: '容量上限', blobs: '缓存的数据层', hits: '命中', misses: '未命中',
       bytes_from_cache: '从缓存发送', bytes_from_upstream: '从上游下载', evictions: '淘汰次数',
-      verify_failures: '校验失败', hitRate: '命中率', downloads: '进行中的下载', stale_served: '过期仍使用',
+      verify_failures: '校验失败', write_failures: '写入失败（磁盘）', hitRate: '命中率', downloads: '进行中的下载', stale_served: '过期仍使用',
       revalidated: '重新验证',
     },
     registries: {
@@ -151,7 +151,7 @@ const messages = {
     cache: {
       bytes: 'Used', max_bytes: 'Capacity', blobs: 'Cached blobs', hits: 'Hits', misses: 'Misses',
       bytes_from_cache: 'Sent from cache', bytes_from_upstream: 'Fetched upstream', evictions: 'Evictions',
-      verify_failures: 'Verify failures', hitRate: 'Hit rate', downloads: 'Downloads in progress',
+      verify_failures: 'Verify failures', write_failures: 'Write failures (disk)', hitRate: 'Hit rate', downloads: 'Downloads in progress',
       stale_served: 'Stale served', revalidated: 'Revalidated',
     },
     registries: {

@@ -622,6 +622,9 @@ class AdminAPI:
             "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
             "bytes_from_cache": blobs["bytes_from_cache"],
             "bytes_from_upstream": blobs["bytes_from_upstream"],
+            # False for a while after the cache disk failed a write: misses are relayed uncached
+            "storing": blobs.get("storing", True),
+            "store_error": blobs.get("store_error"),
             "blobs": blobs,
             "manifests": manifests,
         }

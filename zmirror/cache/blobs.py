@@ -44,7 +44,15 @@ from zmirror.upstream.relay import enlarge_reads, abort_client
 
 log = Logger()
 
+# After the cache disk failed a write (full, read-only, gone), misses are relayed
+# without storing for this long before the cache tries again.
+STORE_RETRY = 60.0
+
 CHUNK = 64 << 10  # file reads: 64 KiB measured best here (1 MiB reads were ~3x slower)
+
+
+class CacheUnavailable(Exception):
+    """The cache cannot store a blob now (disk full or unwritable)."""
 
 
 @dataclass
@@ -77,7 +85,28 @@ class BlobCache:
         self._doomed: set[str] = set()  # evicted while being read: unlink when the last reader closes
         self.loading = LoadGate()  # closed while start() loads the index: requests wait on it
         self.stats = {"hits": 0, "misses": 0, "bytes_from_cache": 0, "bytes_from_upstream": 0,
-                      "evictions": 0, "verify_failures": 0}
+                      "evictions": 0, "verify_failures": 0, "write_failures": 0}
+        self._store_failed_at: Optional[float] = None
+        self.store_error = ""
+
+    # -- health of the cache disk ------------------------------------------------
+    def storing(self) -> bool:
+        """False for STORE_RETRY s after a write to the cache failed: misses are
+        then relayed from upstream without being stored."""
+        if self._store_failed_at is None:
+            return True
+        if self.reactor.seconds() - self._store_failed_at >= STORE_RETRY:
+            self._store_failed_at = None
+            return True
+        return False
+
+    def store_failed(self, why: str) -> None:
+        if self._store_failed_at is None:
+            log.error("blob cache cannot store ({why}); relaying without caching for {s:g} s",
+                      why=why, s=STORE_RETRY)
+        self._store_failed_at = self.reactor.seconds()
+        self.store_error = why
+        self.stats["write_failures"] += 1
 
     # -- lifecycle --------------------------------------------------------------
     def _pool(self):
@@ -253,6 +282,8 @@ class BlobCache:
             "entries": len(self.entries),
             "downloads": len(self.downloads),
             "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
+            "storing": self.storing(),
+            "store_error": self.store_error or None,
             **self.stats,
         }
 
@@ -377,10 +408,12 @@ class Download(Protocol):
             fds.append(os.dup(self._tcp.fileno()))
             fds.append(os.dup(self._file.fileno()))
             fds.append(os.open(self.tmp_path, os.O_RDONLY | os.O_CLOEXEC))
-        except OSError:
+        except OSError as e:  # out of descriptors, temp file gone
             for fd in fds:
                 os.close(fd)
-            raise
+            self._tcp.abortConnection()
+            self._fail(f"cannot start the cache fill: {e}")
+            return
         algo = self.digest.split(":", 1)[0]
         self.worker = kernelcopy.SpliceFill(
             algo, self.cache.reactor, sock_fd=fds[0], file_fd=fds[1], read_fd=fds[2], prefix=prefix,
@@ -392,6 +425,8 @@ class Download(Protocol):
         self._tcp.abortConnection()
         if digest is None:
             if self.state == "running":
+                if self.worker.disk_error:
+                    self.cache.store_failed(self.worker.error)
                 self._fail(self.worker.error or "aborted")
             return
         self.received = self.length
@@ -495,7 +530,10 @@ class Download(Protocol):
     def _verify(self, digest: str):
         self._close_file()
         if self.worker.error is not None:
-            self._fail(f"cache write failed: {self.worker.error}")
+            why = f"cache write failed: {self.worker.error}"
+            if getattr(self.worker, "disk_error", True):
+                self.cache.store_failed(why)
+            self._fail(why)
             return
         if digest != self.digest:
             self.verify_failed = True
@@ -506,6 +544,7 @@ class Download(Protocol):
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.tmp_path, final)
         except OSError as e:
+            self.cache.store_failed(f"cannot store blob: {e}")
             self._fail(f"cannot store blob: {e}")
             return
         self.state = "done"

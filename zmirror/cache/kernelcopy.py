@@ -66,6 +66,7 @@ class SpliceFill:
         self.on_progress = on_progress
         self.written = 0
         self.error: Optional[str] = None
+        self.disk_error = False  # True when writing the cache file (not the upstream) failed
         self._sock, self._file, self._read = sock_fd, file_fd, read_fd
         self._prefix = prefix
         self._cond = threading.Condition()
@@ -124,7 +125,7 @@ class SpliceFill:
             for chunk in self._prefix:
                 view = memoryview(chunk)
                 while view:
-                    n = os.write(self._file, view)
+                    n = self._to_file(os.write, self._file, view)
                     view = view[n:]
                 self._advance(len(chunk))
             self._prefix = []
@@ -157,11 +158,12 @@ class SpliceFill:
                 idle = 0.0
                 left = n
                 while left:
-                    left -= os.splice(r, self._file, left, flags=os.SPLICE_F_MOVE)
+                    left -= self._to_file(os.splice, r, self._file, left, flags=os.SPLICE_F_MOVE)
                 remaining -= n
                 self._advance(n)
         except OSError as e:
-            self._failed(f"upstream body or cache write failed after {self.written} bytes: {e}")
+            what = "cache write failed" if self.disk_error else "upstream body broken"
+            self._failed(f"{what} after {self.written} bytes: {e}")
         finally:
             for fd in (r, w, self._sock, self._file):
                 if fd >= 0:
@@ -169,6 +171,13 @@ class SpliceFill:
             with self._cond:
                 self._writing = False
                 self._cond.notify_all()
+
+    def _to_file(self, call, *args, **kw) -> int:
+        try:
+            return call(*args, **kw)
+        except OSError:
+            self.disk_error = True
+            raise
 
     def _hash_loop(self) -> None:
         h, pos, length = self._hash, 0, self.length

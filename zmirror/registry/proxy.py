@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from zmirror.cache.blobs import FollowerProducer
+from zmirror.cache.blobs import CacheUnavailable, FollowerProducer
 from zmirror.cache.manifests import Manifest, acceptable
 from zmirror.registry.errors import RegistryError
 from zmirror.registry.reference import BLOB, MANIFEST, TAGS, parse_tag
@@ -467,9 +467,12 @@ class Proxy:
                                           on_close=lambda: cache.release(entry), stats=cache.stats)
                     result.reactor = cache.reactor
                     return result
-            if not pull.head:
+            if not pull.head and cache.storing():
                 # a miss, Range or not, fills the cache; ranges are served from the download
-                return await self._cached_download(pull, out)
+                try:
+                    return await self._cached_download(pull, out)
+                except CacheUnavailable:
+                    pass  # the cache disk failed: relay this one from upstream without storing
         return await self._upstream_blob(pull, out)
 
     async def _cached_download(self, pull, out):
@@ -513,10 +516,10 @@ class Proxy:
         try:
             dl.start(resp, length, ctype.encode() if ctype else None)
         except OSError as e:  # the temp file could not be created: fail everyone waiting, not hang them
-            log.error("cannot start the cache download of {d}: {e}", d=digest, e=e)
+            self.blobs.store_failed(f"cannot create a temporary file: {e}")
             if dl.state == "pending":
                 discard(resp)
-                dl.fail_before_start(RegistryError("UNAVAILABLE", "the cache cannot store this blob now"))
+                dl.fail_before_start(CacheUnavailable(str(e)))
 
     async def _upstream_blob(self, pull, out):
         name, digest = pull.path.name, pull.path.reference
