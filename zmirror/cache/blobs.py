@@ -6,12 +6,17 @@ Layout under the cache directory::
     tmp/                        downloads in progress (emptied at start)
 
 A blob fetched from upstream is written to ``tmp/`` by a :class:`Download`
-(hash + write on a worker thread, never paced by any one client), verified
+(hash + write on a worker thread, never paced by any one client; from a
+plain-TCP upstream the body is moved in the kernel, see kernelcopy.py), verified
 against its digest, and only then renamed into ``blobs/``.  Every client of
 that blob — the first one included — reads the growing temp file at its own
-pace (:class:`FollowerProducer`), so a slow client slows nobody else.  The last
+pace (:class:`FollowerProducer`, by sendfile(2) on plain TCP), so a slow
+client slows nobody else.  The last
 byte is released only after verification: a corrupt or truncated download
 aborts its clients' connections and leaves nothing behind.
+
+When the cache disk fails a write, misses are relayed without storing for
+STORE_RETRY seconds (:meth:`BlobCache.storing`).
 
 The index (size, last access, repositories) lives in memory, loaded from the
 ``cache_blobs`` table at start and written back in batches; eviction is least
