@@ -29,6 +29,12 @@ from zmirror.upstream.client import UpstreamPool
 
 class KernelCopyTests(unittest.TestCase):
     timeout = 60
+    kernel = True  # RelayFillTests runs the same tests with the fill through Python
+
+    def expect_fills(self, n=1):
+        """``n`` kernel fills happened (none when the kernel path is off)."""
+        self.assertEqual(len(self.fills), n if self.kernel else 0)
+        return self.fills[0] if self.fills else None
 
     def setUp(self):
         if not kernelcopy.available():
@@ -56,6 +62,19 @@ class KernelCopyTests(unittest.TestCase):
                 super().__init__(*a, **kw)
 
         self.patch(kernelcopy, "SpliceFill", Spy)
+        if not self.kernel:
+            self.patch(kernelcopy, "available", lambda: False)
+        from zmirror.cache import blobs as blobmod
+
+        self.sendfile_writers = []
+        writers, real_writer = self.sendfile_writers, blobmod._SendfileWriter
+
+        class WriterSpy(real_writer):
+            def __init__(self, producer, transport):
+                writers.append(producer.download)
+                super().__init__(producer, transport)
+
+        self.patch(blobmod, "_SendfileWriter", WriterSpy)
 
         upstream_pool = HTTPConnectionPool(reactor, persistent=True)
         self.addCleanup(upstream_pool.closeCachedConnections)
@@ -90,8 +109,12 @@ class KernelCopyTests(unittest.TestCase):
         resp, body = await self.get()
         self.assertEqual(resp.code, 200)
         self.assertEqual(body, self.data)
-        self.assertEqual(len(self.fills), 1)  # the kernel path was taken
-        self.assertIsNone(self.fills[0].error)
+        fill = self.expect_fills()  # the kernel path was taken
+        if fill is not None:
+            self.assertIsNone(fill.error)
+        # the client followed the running download with sendfile(2)
+        self.assertEqual(len(self.sendfile_writers), 1)
+        self.assertIsNotNone(self.sendfile_writers[0])
         self.assertEqual(self.blobs.path(self.digest).read_bytes(), self.data)
         self.assertEqual(os.listdir(self.base / "cache" / "tmp"), [])
         self.assertEqual(self.blobs.stats["bytes_from_upstream"], len(self.data))
@@ -101,6 +124,7 @@ class KernelCopyTests(unittest.TestCase):
         self.assertEqual(body, self.data)
         self.assertIs(self.log.records[-1].cache_hit, True)
         self.assertEqual(len(self.blob_gets()), 1)
+        self.assertEqual(self.sendfile_writers[1:], [None])  # the hit: sendfile from the cached file
 
     @deferred_test
     async def test_concurrent_clients_and_a_range_share_one_fetch(self):
@@ -116,7 +140,7 @@ class KernelCopyTests(unittest.TestCase):
         self.assertEqual(resp.code, 206)
         self.assertEqual(body, self.data[5000000:6000000])
         self.assertEqual(len(self.blob_gets()), 1)
-        self.assertEqual(len(self.fills), 1)
+        self.expect_fills()
 
     async def _fault_aborts_client(self, fault):
         await self.blobs.start()
@@ -129,7 +153,7 @@ class KernelCopyTests(unittest.TestCase):
             pass  # the connection was cut: the client cannot take the body for complete
         else:
             self.fail(f"a {fault} upstream body reached the client as complete ({len(body)} bytes)")
-        self.assertEqual(len(self.fills), 1)
+        self.expect_fills()
         self.assert_nothing_kept()
         # the next request fetches again, this time whole
         resp, body = await self.get()
@@ -139,18 +163,21 @@ class KernelCopyTests(unittest.TestCase):
     @deferred_test
     async def test_corrupt_upstream_aborts_client_and_keeps_nothing(self):
         await self._fault_aborts_client("corrupt")
-        self.assertIsNone(self.fills[0].error)  # every byte arrived; the digest did not match
+        if self.kernel:
+            self.assertIsNone(self.fills[0].error)  # every byte arrived; the digest did not match
         self.assertEqual(self.blobs.stats["verify_failures"], 1)
 
     @deferred_test
     async def test_truncated_upstream_aborts_client_and_keeps_nothing(self):
         await self._fault_aborts_client("truncate")
-        self.assertIn(f"upstream sent {len(self.data) // 2} of {len(self.data)} bytes", self.fills[0].error)
+        if self.kernel:
+            self.assertIn(f"upstream sent {len(self.data) // 2} of {len(self.data)} bytes", self.fills[0].error)
 
     @deferred_test
     async def test_stalled_upstream_times_out(self):
         await self._fault_aborts_client("stall")
-        self.assertIn("sent nothing for 1 s", self.fills[0].error)
+        if self.kernel:
+            self.assertIn("sent nothing for 1 s", self.fills[0].error)
 
     @deferred_test
     async def test_small_blob_goes_through_python(self):
@@ -161,6 +188,13 @@ class KernelCopyTests(unittest.TestCase):
         self.assertEqual(await treq.content(resp), small)
         self.assertEqual(self.fills, [])
         self.assertEqual(self.blobs.path(digest).read_bytes(), small)
+
+
+class RelayFillTests(KernelCopyTests):
+    """The same over real TCP with the fill through Python (as from a TLS upstream):
+    clients still follow the growing file with sendfile(2)."""
+
+    kernel = False
 
 
 class SpliceFillTests(unittest.TestCase):
