@@ -159,7 +159,11 @@ class SpliceFill:
                 idle = 0.0
                 left = n
                 while left:
-                    left -= self._to_file(os.splice, r, self._file, left, flags=os.SPLICE_F_MOVE)
+                    moved = self._to_file(os.splice, r, self._file, left, flags=os.SPLICE_F_MOVE)
+                    if moved <= 0:  # never expected: the pipe holds ``left`` bytes
+                        self.disk_error = True
+                        raise OSError(f"splice into the cache file moved {moved} bytes")
+                    left -= moved
                 remaining -= n
                 self._advance(n)
         except OSError as e:
