@@ -125,6 +125,64 @@ class BlobCacheTests(CacheTestBase):
         await self._expect_nothing_cached("truncate")
 
     @deferred_test
+    async def test_restart_drops_a_file_cut_short(self):
+        """After a crash a renamed blob may have lost its tail (never written out):
+        its size no longer matches the index, so it is deleted and fetched again."""
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        await self.env.arequest("GET", path)
+        await self.blobs.flush_index()
+        stored = self.blobs.path(self.digest)
+        with open(stored, "r+b") as f:
+            f.truncate(len(self.data) // 3)
+        self.make_env()
+        await self.start()
+        self.assertIsNone(self.blobs.lookup(self.digest))
+        self.assertFalse(stored.exists())
+        rows = await self.db.query("SELECT digest FROM cache_blobs")
+        self.assertEqual(rows, [])
+        resp, body = await self.env.arequest("GET", path)
+        self.assertEqual(body, self.data)
+        self.assertEqual(stored.read_bytes(), self.data)
+        self.assertEqual(len(self.blob_gets()), 2)
+
+    @deferred_test
+    async def test_restart_verifies_files_the_index_lost(self):
+        good = os.urandom(70_000)
+        good_digest = self.up.add_blob(good)
+        bad_digest = self.up.add_blob(os.urandom(50_000))
+        await self.start()
+        for digest, content in ((good_digest, good), (bad_digest, b"\0" * 50_000)):
+            p = self.blobs.path(digest)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(content)  # in place, but no index row
+        self.make_env()
+        await self.start()
+        self.assertEqual(self.blobs.lookup(good_digest).size, len(good))
+        self.assertIsNone(self.blobs.lookup(bad_digest))
+        self.assertFalse(self.blobs.path(bad_digest).exists())
+        rows = await self.db.query("SELECT digest FROM cache_blobs")
+        self.assertEqual([r["digest"] for r in rows], [good_digest])
+        # the adopted blob is served (after the upstream confirms the repository has it)
+        resp, body = await self.env.arequest("GET", f"/v2/library/x/blobs/{good_digest}")
+        self.assertEqual(body, good)
+        self.assertEqual(self.env.log.records[-1].cache_hit, True)
+
+    @deferred_test
+    async def test_restart_deletes_unindexed_files_beyond_the_verification_budget(self):
+        from zmirror.cache import blobs as blobmod
+
+        await self.start()
+        p = self.blobs.path(self.digest)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(self.data)
+        self.patch(blobmod, "ADOPT_VERIFY_MAX", len(self.data) - 1)
+        self.make_env()
+        await self.start()
+        self.assertIsNone(self.blobs.lookup(self.digest))
+        self.assertFalse(p.exists())  # a cache: fetched again when asked for
+
+    @deferred_test
     async def test_restart_keeps_index_and_cleans_tmp(self):
         await self.start()
         path = f"/v2/library/x/blobs/{self.digest}"

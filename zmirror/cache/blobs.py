@@ -26,6 +26,7 @@ a reader holds it open.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections import OrderedDict
@@ -52,6 +53,8 @@ log = Logger()
 # After the cache disk failed a write (full, read-only, gone), misses are relayed
 # without storing for this long before the cache tries again.
 STORE_RETRY = 60.0
+# At start, blob files the index lost are hashed before being adopted, up to this many bytes.
+ADOPT_VERIFY_MAX = 4 << 30
 
 CHUNK = 64 << 10  # file reads: 64 KiB measured best here (1 MiB reads were ~3x slower)
 
@@ -132,28 +135,41 @@ class BlobCache:
         await self.evict()
 
     async def _load(self) -> None:
-        """Clean temp files, load the index, adopt verified files the index lost."""
+        """Clean temp files, load the index, adopt verified files the index lost.
+
+        A file whose size differs from its index row (cut short by a crash before
+        the kernel wrote it out) is deleted; a file the index does not know (the
+        index write was lost) is hashed before it is adopted."""
         rows = await self.db.query("SELECT digest, size, last_access FROM cache_blobs ORDER BY last_access")
         repos = await self.db.query("SELECT digest, repository FROM cache_blob_repos")
         present = await self._in_thread(self._scan)
-        known = set()
+        known, stale, damaged = set(), [], []
         for r in rows:
-            if r["digest"] not in present:
-                continue  # file gone (deleted by hand): forget it
-            known.add(r["digest"])
-            self._add(BlobEntry(r["digest"], int(r["size"]), float(r["last_access"])))
-        stale = [r["digest"] for r in rows if r["digest"] not in present]
+            digest, size = r["digest"], int(r["size"])
+            if digest not in present:
+                stale.append(digest)  # file gone (deleted by hand): forget it
+            elif present[digest] != size:
+                stale.append(digest)
+                damaged.append(digest)
+            else:
+                known.add(digest)
+                self._add(BlobEntry(digest, size, float(r["last_access"])))
+        unknown = [d for d in present if d not in known and d not in damaged]
+        verified, dropped = [], []
+        if unknown or damaged:
+            verified, dropped = await self._in_thread(self._check_files, unknown, damaged)
+        for digest, why in dropped:
+            log.warn("cached blob {d} deleted at start: {why}", d=digest, why=why)
         for r in repos:
             e = self.entries.get(r["digest"])
             if e is not None:
                 e.repos.add(r["repository"])
         now = self.reactor.seconds()
         adopted = []
-        for digest, size in present.items():
-            if digest not in known:
-                # renamed into place (so verified) but the index write was lost
-                self._add(BlobEntry(digest, size, now))
-                adopted.append(digest)
+        for digest in verified:
+            # renamed into place and its content checked again, but the index write was lost
+            self._add(BlobEntry(digest, present[digest], now))
+            adopted.append(digest)
         if stale:
             await self.db.write(_delete_blob_rows, stale)
         if adopted:
@@ -161,6 +177,35 @@ class BlobCache:
             await self.flush_index()
         log.info("blob cache: {n} blobs, {size} bytes in {root}", n=len(self.entries), size=self.size,
                  root=str(self.root))
+
+    def _check_files(self, unknown: list, damaged: list) -> tuple[list, list]:
+        """(thread) Delete ``damaged`` files; hash the ``unknown`` ones (up to
+        ADOPT_VERIFY_MAX bytes in all, the rest are deleted: the cache refetches).
+        Returns (digests whose content matches their name, [(digest, why deleted)])."""
+        good, dropped, budget = [], [], ADOPT_VERIFY_MAX
+        for digest in damaged:
+            dropped.append((digest, "its size differs from the index (cut short by a crash?)"))
+            _silent_unlink(self.path(digest))
+        for digest in unknown:
+            path = self.path(digest)
+            algo, hexd = digest.split(":", 1)
+            try:
+                size = path.stat().st_size
+                if size > budget:
+                    raise ValueError("over the verification budget")
+                budget -= size
+                with open(path, "rb") as f:
+                    ok = hashlib.file_digest(f, algo).hexdigest() == hexd
+            except (OSError, ValueError) as e:
+                dropped.append((digest, f"not in the index and not verifiable ({e})"))
+                _silent_unlink(path)
+                continue
+            if ok:
+                good.append(digest)
+            else:
+                dropped.append((digest, "not in the index and its content does not match its digest"))
+                _silent_unlink(path)
+        return good, dropped
 
     def _scan(self) -> dict[str, int]:
         tmp = self.root / "tmp"
