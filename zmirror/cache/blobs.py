@@ -440,6 +440,7 @@ class Download(Protocol):
         """Stop Twisted reading the upstream socket and move the rest of the
         body in the kernel (kernelcopy.SpliceFill)."""
         if self.state != "running":
+            self._tcp.abortConnection()  # paused for the switch: never leave it hanging
             return
         prefix, self._prefix = self._prefix, []
         if self._early_loss is not None:
