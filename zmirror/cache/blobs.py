@@ -194,8 +194,11 @@ class BlobCache:
                 if size > budget:
                     raise ValueError("over the verification budget")
                 budget -= size
-                with open(path, "rb") as f:
-                    ok = hashlib.file_digest(f, algo).hexdigest() == hexd
+                h = hashlib.new(algo)
+                with open(path, "rb", buffering=0) as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+                ok = h.hexdigest() == hexd
             except (OSError, ValueError) as e:
                 dropped.append((digest, f"not in the index and not verifiable ({e})"))
                 _silent_unlink(path)
