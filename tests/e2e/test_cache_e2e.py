@@ -500,3 +500,44 @@ class CacheE2ETests(CacheE2ECase):
         self.assertEqual((c["entries"], c["size"]), (before["entries"], before["size"]))
         self.assertEqual(c["entries"], len(small.all_blobs()), c)
         self.assertEqual(c["size"], sum(b.size for b in small.all_blobs().values()), c)
+
+
+class CacheDiskFullE2ETests(CacheE2ECase):
+    """The cache directory on a full disk (an 8 MiB tmpfs, mounted as root): pulls go on, uncached."""
+
+    def setUp(self):
+        super().setUp()
+        import os
+        import subprocess
+
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("mounting a tmpfs needs root")
+        self.mnt = self.env.root / "zmirror" / "cache-diskfull" / "data" / "cache"
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(self.mnt)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise unittest.SkipTest(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        # cleanups run last-in first-out: zmirror (added by self.zmirror) stops before the unmount
+        self.addCleanup(subprocess.run, ["umount", "-l", str(self.mnt)], capture_output=True)
+
+    def test_disk_full_cache_relays_uncached(self):
+        zm = self.zmirror("diskfull")
+        img = self.images["big"]
+        blob = img.largest_blob()
+        self.assertGreater(blob.size, 16 * MiB)
+        # the download that runs into ENOSPC cannot finish: its client is cut off, never
+        # handed a short body as complete
+        with self.assertRaises((http.client.IncompleteRead, ConnectionError)):
+            H.http_stream("GET", self.blob_url(zm, img, blob), timeout=60)
+        c = self.cache(zm)
+        self.assertFalse(c["storing"], c)
+        self.assertIn("No space left", c["store_error"] or "", c)
+        self.assertGreaterEqual(c["blobs"]["write_failures"], 1, c)
+        self.assertEqual(list((self.mnt / "tmp").iterdir()), [])
+        # meanwhile pulls are relayed from upstream without storing
+        self.check_full(zm, img, blob)
+        self.assertFalse(self.cache_path(zm, blob.digest).exists())
+        self.copy(zm, "dockerv2")
+        rows = self.blob_rows(zm, img, blob, 2)
+        self.assertEqual(rows[0]["status"], 200, rows[0])
