@@ -467,6 +467,8 @@ class CreatorLeavesTests(CacheTestBase):
         resp, body = await self.env.arequest("GET", path, timeout=5)
         self.assertEqual((resp.code, body), (200, self.data))
         self.assertEqual(self.blobs.summary()["write_failures"], 1)
+        self.assertIs(self.env.log.records[-1].cache_hit, False)  # logged as a miss
+        self.assertEqual(self.blobs.summary()["misses"], 2)
         self.assertEqual(len(self.blob_gets()), 3)
         # after STORE_RETRY seconds the cache tries again
         tmp.unlink()

@@ -467,12 +467,17 @@ class Proxy:
                                           on_close=lambda: cache.release(entry), stats=cache.stats)
                     result.reactor = cache.reactor
                     return result
-            if not pull.head and cache.storing():
-                # a miss, Range or not, fills the cache; ranges are served from the download
-                try:
-                    return await self._cached_download(pull, out)
-                except CacheUnavailable:
-                    pass  # the cache disk failed: relay this one from upstream without storing
+            if not pull.head:
+                if cache.storing():
+                    # a miss, Range or not, fills the cache; ranges are served from the download
+                    try:
+                        return await self._cached_download(pull, out)
+                    except CacheUnavailable:
+                        pass  # the cache disk failed: relay this one from upstream without storing
+                else:
+                    cache.stats["misses"] += 1  # (_cached_download counts its own)
+                if pull.record is not None:
+                    pull.record.cache_hit = False
         return await self._upstream_blob(pull, out)
 
     async def _cached_download(self, pull, out):
