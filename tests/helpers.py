@@ -61,3 +61,33 @@ def stop(proc: subprocess.Popen, timeout: float = 15.0) -> bytes:
         proc.kill()
         out, _ = proc.communicate()
     return out or b""
+
+
+def spy_constructor(case, module, name: str, record=None) -> list:
+    """Patch ``module.name`` (a class) for the duration of test ``case`` with a
+    subclass that notes every construction; returns the list of notes:
+    ``record(*args, **kwargs)`` of each call, or the new instances."""
+    real = getattr(module, name)
+    notes: list = []
+
+    class Spy(real):
+        def __init__(self, *a, **kw):
+            notes.append(self if record is None else record(*a, **kw))
+            super().__init__(*a, **kw)
+
+    case.patch(module, name, Spy)
+    return notes
+
+
+def temp_database(case, reactor):
+    """A migrated SQLite database in a fresh temp dir of test ``case``, started
+    and closed with the test: returns (the dir, the zmirror.db.Database)."""
+    from zmirror.db import Database, migrate
+
+    base = Path(case.mktemp()).resolve()
+    base.mkdir()
+    migrate(base / "db.sqlite")
+    db = Database(base / "db.sqlite", reactor)
+    db.start()
+    case.addCleanup(db.close)
+    return base, db

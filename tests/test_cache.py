@@ -9,9 +9,9 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.trial import unittest
 from twisted.web._newclient import ResponseFailed
 
+from tests.helpers import spy_constructor, temp_database
 from tests.proxyenv import ProxyEnv
 from zmirror.cache import BlobCache, ManifestCache
-from zmirror.db import Database, migrate
 from zmirror.testing import DOCKER_V2, FakeRegistry
 
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2, "layers": []}).encode()
@@ -29,12 +29,7 @@ class CacheTestBase(unittest.TestCase):
     max_size = 1 << 30
 
     def setUp(self):
-        self.base = Path(self.mktemp()).resolve()
-        self.base.mkdir()
-        migrate(self.base / "db.sqlite")
-        self.db = Database(self.base / "db.sqlite", reactor)
-        self.db.start()
-        self.addCleanup(self.db.close)
+        self.base, self.db = temp_database(self, reactor)
         self.up = FakeRegistry()
         self.data = os.urandom(3 << 20)  # 3 MiB
         self.digest = self.up.add_blob(self.data)
@@ -601,15 +596,7 @@ class SendfileTests(unittest.TestCase):
         data = os.urandom((5 << 20) + 123)
         path = Path(self.mktemp())
         path.write_bytes(data)
-        used = []
-        real = blobmod._SendfileWriter
-
-        class Spy(real):
-            def __init__(self, *a, **kw):
-                used.append(True)
-                super().__init__(*a, **kw)
-
-        self.patch(blobmod, "_SendfileWriter", Spy)
+        used = spy_constructor(self, blobmod, "_SendfileWriter")
 
         class Blob(Resource):
             isLeaf = True

@@ -17,10 +17,11 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
 from tests.authfixtures import coro as deferred_test
+from tests.helpers import spy_constructor, temp_database
 from zmirror.accesslog import MemoryAccessLog
 from zmirror.app import ZMirrorApp
 from zmirror.cache import BlobCache, kernelcopy
-from zmirror.db import Database, migrate
+from zmirror.cache import blobs as blobmod
 from zmirror.registry.proxy import Proxy
 from zmirror.registry.routes import RegistryRoutes
 from zmirror.testing import FakeRegistry
@@ -39,12 +40,7 @@ class KernelCopyTests(unittest.TestCase):
     def setUp(self):
         if not kernelcopy.available():
             raise unittest.SkipTest("splice(2) is not available here")
-        self.base = Path(self.mktemp()).resolve()
-        self.base.mkdir()
-        migrate(self.base / "db.sqlite")
-        self.db = Database(self.base / "db.sqlite", reactor)
-        self.db.start()
-        self.addCleanup(self.db.close)
+        self.base, self.db = temp_database(self, reactor)
         self.up = FakeRegistry()
         self.data = os.urandom((6 << 20) + 4321)  # above kernelcopy.SPLICE_MIN
         self.digest = self.up.add_blob(self.data)
@@ -52,29 +48,12 @@ class KernelCopyTests(unittest.TestCase):
         up_port = reactor.listenTCP(0, Site(self.up.resource()), interface="127.0.0.1")
         self.addCleanup(up_port.stopListening)
 
-        self.fills = []
-        real = kernelcopy.SpliceFill
-        fills = self.fills
-
-        class Spy(real):
-            def __init__(self, *a, **kw):
-                fills.append(self)
-                super().__init__(*a, **kw)
-
-        self.patch(kernelcopy, "SpliceFill", Spy)
+        self.fills = spy_constructor(self, kernelcopy, "SpliceFill")
         if not self.kernel:
             self.patch(kernelcopy, "available", lambda: False)
-        from zmirror.cache import blobs as blobmod
-
-        self.sendfile_writers = []
-        writers, real_writer = self.sendfile_writers, blobmod._SendfileWriter
-
-        class WriterSpy(real_writer):
-            def __init__(self, producer, transport):
-                writers.append(producer.download)
-                super().__init__(producer, transport)
-
-        self.patch(blobmod, "_SendfileWriter", WriterSpy)
+        # the download each sendfile writer follows (None: a cached file)
+        self.sendfile_writers = spy_constructor(self, blobmod, "_SendfileWriter",
+                                                lambda producer, transport: producer.download)
 
         upstream_pool = HTTPConnectionPool(reactor, persistent=True)
         self.addCleanup(upstream_pool.closeCachedConnections)
