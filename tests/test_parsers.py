@@ -1,10 +1,13 @@
 """Property tests for the parsers every decision rests on."""
 
+import json
+import re
+
 from hypothesis import given, settings, strategies as st
 from twisted.trial import unittest
 
 from zmirror.registry.errors import RegistryError
-from zmirror.registry.reference import BLOB, MANIFEST, TAGS, parse_name, parse_path
+from zmirror.registry.reference import BLOB, MANIFEST, TAGS, is_digest, parse_name, parse_path
 from zmirror.upstream.auth import parse_www_authenticate
 
 alnum = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=8)
@@ -14,6 +17,10 @@ component = st.builds(lambda first, rest: first + "".join(s + a for s, a in rest
 name = st.lists(component, min_size=1, max_size=4).map("/".join).filter(lambda n: len(n) <= 200)
 tag = st.from_regex(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,40}\Z")
 digest = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64).map(lambda h: "sha256:" + h)
+# The spec's grammar, written out independently of the parser under test.
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
+DIGEST_SHAPE_RE = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+\Z")
 
 
 class ReferenceProperties(unittest.TestCase):
@@ -50,6 +57,53 @@ class ReferenceProperties(unittest.TestCase):
     def test_encoding_tricks_refused(self, n, trick):
         with self.assertRaises(RegistryError):
             parse_path(f"/v2/{n}{trick}x/manifests/latest")
+
+    def test_invalid_manifest_reference_is_unknown_manifest(self):
+        # The conformance suite's "nonexistent manifest": off the tag grammar, so no manifest has it.
+        for path in ("/v2/conf/repo/manifests/.INVALID_MANIFEST_NAME", b"/v2/a/manifests/-bad",
+                     "/v2/a/manifests/" + "t" * 129, "/v2/a/manifests/", "/v2/a/manifests/a:b:c",
+                     "/v2/a/manifests/:x", "/v2/a/manifests/SHA256:" + "a" * 64):
+            with self.assertRaises(RegistryError) as cm:
+                parse_path(path)
+            self.assertEqual((cm.exception.status, cm.exception.code), (404, "MANIFEST_UNKNOWN"), path)
+            self.assertEqual(json.loads(cm.exception.body())["errors"][0]["code"], "MANIFEST_UNKNOWN")
+
+    @given(name, st.text(max_size=40).filter(lambda r: "/" not in r and "%" not in r and "\\" not in r))
+    def test_any_manifest_reference_parses_or_is_a_clean_error(self, n, ref):
+        try:
+            p = parse_path(f"/v2/{n}/manifests/{ref}")
+        except RegistryError as e:
+            if is_digest(ref) and DIGEST_SHAPE_RE.match(ref):
+                self.assertEqual((e.status, e.code), (400, "DIGEST_INVALID"))
+            else:
+                self.assertEqual((e.status, e.code), (404, "MANIFEST_UNKNOWN"))
+        else:
+            self.assertEqual(p.reference, ref)
+            self.assertTrue(TAG_RE.fullmatch(ref) or DIGEST_RE.fullmatch(ref), ref)
+
+    def test_invalid_names_stay_name_invalid(self):
+        # the name is checked before the reference: a bad name is NAME_INVALID whatever follows
+        for path in ("/v2/A/manifests/.INVALID_MANIFEST_NAME", "/v2/a/../b/manifests/-x", "/v2/a//b/manifests/latest"):
+            with self.assertRaises(RegistryError) as cm:
+                parse_path(path)
+            self.assertEqual((cm.exception.status, cm.exception.code), (400, "NAME_INVALID"), path)
+
+    def test_bad_digests_stay_digest_invalid(self):
+        for path in ("/v2/a/manifests/sha256:totallywrong", "/v2/a/manifests/sha384:" + "a" * 96,
+                     "/v2/a/blobs/latest", "/v2/a/blobs/.INVALID"):
+            with self.assertRaises(RegistryError) as cm:
+                parse_path(path)
+            self.assertEqual((cm.exception.status, cm.exception.code), (400, "DIGEST_INVALID"), path)
+
+    def test_trailing_newline_is_not_on_grammar(self):
+        # "$" in a Python regex also matches before a final "\n"; the parser must not accept one.
+        for path, status in (("/v2/a/manifests/latest\n", 404), ("/v2/a\n/manifests/latest", 400),
+                             ("/v2/a/blobs/sha256:" + "a" * 64 + "\n", 400)):
+            with self.assertRaises(RegistryError) as cm:
+                parse_path(path)
+            self.assertEqual(cm.exception.status, status, repr(path))
+        with self.assertRaises(RegistryError):
+            parse_name("a\n")
 
     def test_length_limit(self):
         with self.assertRaises(RegistryError):

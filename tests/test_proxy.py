@@ -92,13 +92,18 @@ class ManifestTests(unittest.TestCase):
             ("/v2/a%2e%2e/manifests/latest", "NAME_INVALID"),
             ("/v2/A/manifests/latest", "NAME_INVALID"),
             ("/v2/a//b/manifests/latest", "NAME_INVALID"),
-            ("/v2/a/manifests/-bad", "TAG_INVALID"),
             ("/v2/a/manifests/sha256:abc", "DIGEST_INVALID"),
             ("/v2/a/blobs/latest", "DIGEST_INVALID"),
         ]:
             resp, body = self.env.request("GET", path)
             self.assertEqual(resp.code, 400, path)
             self.assertEqual(err_code(body), code, path)
+        # an off-grammar manifest reference names no manifest (distribution spec conformance)
+        for method in ("GET", "HEAD"):
+            resp, body = self.env.request(method, "/v2/a/manifests/.INVALID_MANIFEST_NAME")
+            self.assertEqual(resp.code, 404, method)
+            if method == "GET":
+                self.assertEqual(err_code(body), "MANIFEST_UNKNOWN")
         self.assertEqual(self.up.requests, [])
 
     def test_push_unsupported(self):

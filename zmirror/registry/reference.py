@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from zmirror.registry.errors import RegistryError
 
 NAME_MAX = 255
-_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_DIGEST = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
-_DIGEST_SHAPE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+# Anchored with \Z, not $: "$" also matches before a trailing newline.
+_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*\Z")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+_DIGEST = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z")
+_DIGEST_SHAPE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+\Z")
 
 MANIFEST = "manifest"
 BLOB = "blob"
@@ -65,8 +66,20 @@ def parse_tag(raw: str) -> str:
 
 
 def parse_reference(raw: str) -> str:
-    """A manifest reference: a digest if it holds ':', else a tag."""
-    return parse_digest(raw) if is_digest(raw) else parse_tag(raw)
+    """A manifest reference: a tag, or a digest if it holds ':'.
+
+    A reference that is neither a tag nor shaped like a digest names no
+    manifest: 404 MANIFEST_UNKNOWN, as the distribution spec and its
+    conformance suite expect (e.g. ``.INVALID_MANIFEST_NAME``) and as
+    distribution answers (its manifest route only matches tag|digest).  A
+    digest-shaped reference with a bad or unsupported value stays 400
+    DIGEST_INVALID.  Nothing off-grammar ever reaches an upstream.
+    """
+    if _TAG.match(raw):
+        return raw
+    if is_digest(raw) and _DIGEST_SHAPE.match(raw):
+        return parse_digest(raw)
+    raise RegistryError("MANIFEST_UNKNOWN", detail={"reference": raw[:200]})
 
 
 @dataclass(frozen=True)
@@ -85,9 +98,10 @@ class RegistryPath:
 def parse_path(path: bytes | str) -> RegistryPath:
     """Parse the path (no query string) of a request under ``/v2/``.
 
-    Raises RegistryError: NAME_INVALID / TAG_INVALID / DIGEST_INVALID for
-    off-grammar input, UNSUPPORTED for push and catalog endpoints,
-    NOT_FOUND for anything else.
+    Raises RegistryError: NAME_INVALID / DIGEST_INVALID for off-grammar
+    input (the name is checked first), MANIFEST_UNKNOWN (404) for a manifest
+    reference that is neither a tag nor a digest, UNSUPPORTED for push and
+    catalog endpoints, NOT_FOUND for anything else.
     """
     if isinstance(path, bytes):
         try:
