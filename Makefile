@@ -6,7 +6,7 @@ DATA   ?= data
 WEBUI_STAMP := zmirror/webui/index.html
 WEB_SOURCES := $(shell find web -path web/node_modules -prune -o -type f -print 2>/dev/null)
 
-.PHONY: deps run dev ui build build-release test test-unit fmt lint clean system-deps
+.PHONY: deps run dev ui build build-release test test-unit conformance fmt lint clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ test: deps system-deps ui
 
 test-unit: deps
 	$(BIN)/trial tests --exclude-e2e 2>/dev/null || $(BIN)/trial tests
+
+# The OCI distribution-spec conformance suite (Pull) through zmirror, on 127.0.0.1 (~1 min;
+# needs the suite's scripts in ../shared/conformance or CONFORMANCE_DIR)
+conformance: deps system-deps
+	ZMIRROR_BIN=$(abspath $(BIN)) bash scripts/conformance.sh
 
 fmt: deps
 	$(BIN)/ruff format zmirror tests twisted bench
