@@ -48,7 +48,7 @@ test: deps system-deps ui
 test-unit: deps
 	$(BIN)/trial tests --exclude-e2e 2>/dev/null || $(BIN)/trial tests
 
-# The OCI distribution-spec conformance suite (Pull) through zmirror, on 127.0.0.1 (~1 min;
+# The OCI distribution-spec conformance suite (Pull) through zmirror, on 127.0.0.1 (under a minute;
 # needs the suite's scripts in ../shared/conformance or CONFORMANCE_DIR)
 conformance: deps system-deps
 	ZMIRROR_BIN=$(abspath $(BIN)) bash scripts/conformance.sh
