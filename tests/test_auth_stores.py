@@ -126,7 +126,6 @@ class UserStoreTests(unittest.TestCase):
             return await real()
 
         fresh.load = counting
-        fresh._loader._load = counting
         results = await gatherResults([Deferred.fromCoroutine(fresh.auth_user(1)) for _ in range(5)])
         self.assertEqual([r["username"] for r in results], ["alice"] * 5)
         self.assertEqual(len(loads), 1)

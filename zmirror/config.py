@@ -82,6 +82,9 @@ dir = "./data/cache"
 max_size = "50GB"
 # Seconds a manifest fetched by tag is served before it is revalidated upstream
 manifest_ttl = 300
+# Cached tags kept in memory (the rest are read from the database when asked for)
+# 内存中保留的已缓存标签数（其余按需从数据库读取）
+manifest_tags_in_memory = 100000
 
 [log]
 # "text" or "json" log lines / 日志格式
@@ -178,6 +181,7 @@ class CacheConfig:
     dir: str = "./data/cache"
     max_size: int = 50 * 1000**3
     manifest_ttl: float = 300.0
+    manifest_tags_in_memory: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -322,6 +326,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "dir": lambda k, v: _str(k, v, nonempty=True),
         "max_size": lambda k, v: _size(k, v),
         "manifest_ttl": lambda k, v: _num(k, v, 0, 365 * 86400),
+        "manifest_tags_in_memory": lambda k, v: _int(k, v, 1, 100_000_000),
     },
     "log": {
         "format": lambda k, v: _str(k, v, choices=("text", "json")),

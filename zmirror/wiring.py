@@ -44,7 +44,8 @@ def build(config: Config, reactor: Any) -> dict:
     if config.cache.enabled:
         blob_cache = BlobCache(config.cache_dir, db, reactor, max_size=config.cache.max_size,
                                idle_timeout=config.upstream.idle_timeout)
-        manifest_cache = ManifestCache(db, reactor, ttl=config.cache.manifest_ttl)
+        manifest_cache = ManifestCache(db, reactor, ttl=config.cache.manifest_ttl,
+                                       tag_limit=config.cache.manifest_tags_in_memory)
     proxy = Proxy(upstreams, reactor, idle_timeout=config.upstream.idle_timeout,
                   blobs=blob_cache, manifests=manifest_cache)
     # admin changes to registries reach the proxy core's in-memory list at once

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+
+from zmirror.singleflight import Flight
 
 
 class LoadGate:
@@ -15,30 +17,36 @@ class LoadGate:
     it): a request answered then would miss a cached item — an upstream fetch, or an
     error when every upstream is down — and a blob download begun before the
     start-up sweep of ``tmp/`` would lose its temp file.  Requests :meth:`wait`.
+
+    The load is a :class:`~zmirror.singleflight.Flight` owned by the gate: a
+    waiting request that goes away (Klein cancels it) only detaches itself.
     """
 
     def __init__(self) -> None:
-        self._waiters: Optional[list[Deferred]] = None
+        self._loaded: Optional[Deferred] = None  # fired by open()
+        self._flight: Optional[Flight] = None
 
     @property
     def closed(self) -> bool:
-        return self._waiters is not None
+        return self._flight is not None
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for the gate to open (cancelled ones are not counted)."""
+        return self._flight.waiting if self._flight is not None else 0
 
     def close(self) -> None:
-        if self._waiters is None:
-            self._waiters = []
+        if self._flight is None:
+            self._loaded = Deferred()
+            self._flight = Flight(self._loaded)
 
     def open(self) -> None:
-        waiters, self._waiters = self._waiters or [], None
-        for d in waiters:
-            if not d.called:  # a waiter whose request went away was cancelled
-                d.callback(None)
+        loaded, self._loaded, self._flight = self._loaded, None, None
+        if loaded is not None:
+            loaded.callback(None)
 
     def wait(self) -> Deferred:
         """Fires (with None) once the gate is open: at once if it is."""
-        d: Deferred = Deferred()
-        if self._waiters is None:
-            d.callback(None)
-        else:
-            self._waiters.append(d)
-        return d
+        if self._flight is None:
+            return succeed(None)
+        return self._flight.wait()

@@ -1,16 +1,23 @@
 """Manifest cache: bodies by digest (kept for good), tags with a fetch time.
 
-Everything needed to answer is in memory (loaded at start, bounded LRU for
-bodies with the database as the backing store), so a cached manifest costs
-no I/O; changes are written to SQLite through the serialized writer.
+The database is the backing store of everything; memory holds bounded LRU
+copies so that a hot manifest costs no I/O: bodies (up to ``memory_limit``
+bytes), tag entries (up to ``tag_limit``; the most recently fetched ones are
+loaded at start) and which repositories a digest was seen in (up to
+``repo_limit`` pairs).  Whatever is not in memory is looked up in the database
+before it counts as a miss.  Changes are written to SQLite through the
+serialized writer.
 
 A tag maps to one digest per media type, because upstreams answer a tag with
 different manifests for different Accept sets (a list or one of its children).
 A cached manifest is only served to a client whose Accept admits its type.
+Only valid media types and digests are cached: rows that are not (written by
+an older version) are ignored.
 """
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -20,6 +27,29 @@ from twisted.logger import Logger
 from zmirror.cache.gate import LoadGate
 
 log = Logger()
+
+# RFC 6838 section 4.2: type-name "/" subtype-name, each a restricted-name
+_RESTRICTED_NAME = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+_MEDIA_TYPE = re.compile(rf"^{_RESTRICTED_NAME}/{_RESTRICTED_NAME}$")
+_PARAMETERS = re.compile(r"^[\x20-\x7e\t]*$")
+_DIGEST = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
+
+
+def valid_media_type(value: Any) -> bool:
+    """Is ``value`` a bare RFC 6838 media type (``type/subtype``, no parameters)?"""
+    return isinstance(value, str) and bool(_MEDIA_TYPE.match(value))
+
+
+def content_media_type(value: Optional[str]) -> Optional[str]:
+    """The media type of a ``Content-Type`` value (parameters dropped), or None
+    if it is missing or not a valid media type."""
+    if not value:
+        return None
+    base, _, params = value.partition(";")
+    base = base.strip(" \t")
+    if not valid_media_type(base) or not _PARAMETERS.match(params):
+        return None
+    return base
 
 
 @dataclass
@@ -47,16 +77,30 @@ def acceptable(media_type: str, accept: list[str]) -> bool:
     return False
 
 
+def _valid_row(r: dict) -> bool:
+    return valid_media_type(r.get("media_type")) and bool(_DIGEST.match(r.get("digest") or ""))
+
+
 class ManifestCache:
-    def __init__(self, db: Any, clock: Any, *, ttl: float = 300.0, memory_limit: int = 64 << 20):
+    def __init__(self, db: Any, clock: Any, *, ttl: float = 300.0, memory_limit: int = 64 << 20,
+                 tag_limit: int = 100_000, repo_limit: int = 100_000):
         self.db = db
         self.clock = clock
         self.ttl = ttl
         self.memory_limit = memory_limit
-        self.tags: dict[tuple[str, str], dict[str, TagEntry]] = {}
+        self.tag_limit = max(1, tag_limit)  # tag entries (repository, tag, media type) in memory
+        self.repo_limit = max(1, repo_limit)  # (digest, repository) pairs in memory
+        # (repository, tag) -> {media type: entry}; LRU order
+        self.tags: "OrderedDict[tuple[str, str], dict[str, TagEntry]]" = OrderedDict()
+        self._tag_entries = 0
+        # keys of self.tags whose dict may lack media types the database has
+        # (stored while the key was not in memory)
+        self._partial: set[tuple[str, str]] = set()
+        # keys whose deletion is still being written: the database must not bring them back
+        self._dropping: dict[tuple[str, str], int] = {}
         self._bodies: "OrderedDict[str, Manifest]" = OrderedDict()
         self._body_bytes = 0
-        self.repos: dict[str, set[str]] = {}  # digest -> repositories
+        self._repos: "OrderedDict[tuple[str, str], None]" = OrderedDict()  # (digest, repository)
         self.stats = {"hits": 0, "misses": 0, "stale_served": 0, "revalidated": 0}
         self.loading = LoadGate()  # closed while start() loads the tags: requests wait on it
 
@@ -64,22 +108,41 @@ class ManifestCache:
         self.loading.close()
         try:
             rows = await self.db.query(
-                "SELECT repository, tag, media_type, digest, fetched_at FROM cache_tags")
-            for r in rows:
-                self.tags.setdefault((r["repository"], r["tag"]), {})[r["media_type"]] = TagEntry(**r)
-            for r in await self.db.query("SELECT digest, repository FROM cache_manifest_repos"):
-                self.repos.setdefault(r["digest"], set()).add(r["repository"])
+                "SELECT repository, tag, media_type, digest, fetched_at FROM cache_tags "
+                "ORDER BY fetched_at DESC LIMIT ?", (self.tag_limit,))
+            truncated = len(rows) >= self.tag_limit
+            for r in reversed(rows):  # the most recently fetched end up most recently used
+                if _valid_row(r):
+                    self._put_tag(TagEntry(**r))
+                    if truncated:  # older media types of this tag may have been left out
+                        self._partial.add((r["repository"], r["tag"]))
         finally:
             self.loading.open()
 
     # -- lookups ------------------------------------------------------------------
-    def tag(self, repository: str, tag: str, accept: list[str]) -> Optional[TagEntry]:
-        """The most recently fetched entry of this tag that the client accepts."""
-        entries = self.tags.get((repository, tag))
-        if not entries:
+    async def tag(self, repository: str, tag: str, accept: list[str]) -> Optional[TagEntry]:
+        """The most recently fetched entry of this tag that the client accepts
+        (from memory, else from the database)."""
+        key = (repository, tag)
+        entries = self.tags.get(key)
+        if entries is not None:
+            self.tags.move_to_end(key)
+            found = _newest(entries, accept)
+            if found is not None or key not in self._partial:
+                return found
+        if key in self._dropping:
             return None
-        ok = [e for e in entries.values() if acceptable(e.media_type, accept)]
-        return max(ok, key=lambda e: e.fetched_at) if ok else None
+        rows = await self.db.query(
+            "SELECT repository, tag, media_type, digest, fetched_at FROM cache_tags "
+            "WHERE repository = ? AND tag = ?", (repository, tag))
+        if key in self._dropping:
+            return None
+        current = self.tags.get(key, {})
+        for r in rows:
+            if _valid_row(r) and r["media_type"] not in current:  # memory is newer than the database
+                self._put_tag(TagEntry(**r))
+        self._partial.discard(key)
+        return _newest(self.tags.get(key, {}), accept)
 
     def fresh(self, entry: TagEntry) -> bool:
         return self.clock.seconds() - entry.fetched_at < self.ttl
@@ -90,11 +153,23 @@ class ManifestCache:
             self._bodies.move_to_end(digest)
             return m
         rows = await self.db.query("SELECT media_type, body FROM cache_manifests WHERE digest = ?", (digest,))
-        if not rows:
+        if not rows or not valid_media_type(rows[0]["media_type"]):
             return None
         m = Manifest(digest, rows[0]["media_type"], bytes(rows[0]["body"]))
         self._remember(m)
         return m
+
+    async def has_repo(self, digest: str, repository: str) -> bool:
+        """Was ``digest`` seen in ``repository`` (memory, else the database)?"""
+        key = (digest, repository)
+        if key in self._repos:
+            self._repos.move_to_end(key)
+            return True
+        rows = await self.db.query(
+            "SELECT 1 AS found FROM cache_manifest_repos WHERE digest = ? AND repository = ?", key)
+        if rows:
+            self._remember_repo(digest, repository)
+        return bool(rows)
 
     def _remember(self, m: Manifest) -> None:
         if m.digest in self._bodies:
@@ -105,22 +180,55 @@ class ManifestCache:
             _, old = self._bodies.popitem(last=False)
             self._body_bytes -= len(old.body)
 
+    def _remember_repo(self, digest: str, repository: str) -> bool:
+        """Note the pair in memory; True if it was not there."""
+        key = (digest, repository)
+        if key in self._repos:
+            self._repos.move_to_end(key)
+            return False
+        self._repos[key] = None
+        while len(self._repos) > self.repo_limit:
+            self._repos.popitem(last=False)
+        return True
+
+    def _put_tag(self, entry: TagEntry) -> None:
+        key = (entry.repository, entry.tag)
+        entries = self.tags.get(key)
+        if entries is None:
+            entries = self.tags[key] = {}
+        else:
+            self.tags.move_to_end(key)
+        if entry.media_type not in entries:
+            self._tag_entries += 1
+        entries[entry.media_type] = entry
+        while self._tag_entries > self.tag_limit and len(self.tags) > 1:
+            old_key, old = self.tags.popitem(last=False)
+            self._tag_entries -= len(old)
+            self._partial.discard(old_key)
+
+    def _pop_tag(self, key: tuple[str, str]) -> None:
+        old = self.tags.pop(key, None)
+        if old is not None:
+            self._tag_entries -= len(old)
+        self._partial.discard(key)
+
     # -- updates ------------------------------------------------------------------
     def store(self, repository: str, tag: Optional[str], m: Manifest) -> None:
         now = self.clock.seconds()
-        new_repo = repository not in self.repos.get(m.digest, set())
         known = m.digest in self._bodies
         self._remember(m)
-        self.repos.setdefault(m.digest, set()).add(repository)
+        new_repo = self._remember_repo(m.digest, repository)  # (INSERT OR IGNORE if in the database)
         entry = None
         if tag is not None:
             entry = TagEntry(repository, tag, m.media_type, m.digest, now)
-            self.tags.setdefault((repository, tag), {})[m.media_type] = entry
+            key = (repository, tag)
+            if key not in self.tags:
+                self._partial.add(key)  # the database may hold other media types of it
+            self._put_tag(entry)
         self._write(_store_rows, m, now, None if known else m, repository if new_repo else None, entry)
 
     def add_repo(self, digest: str, repository: str) -> None:
-        if repository not in self.repos.setdefault(digest, set()):
-            self.repos[digest].add(repository)
+        if self._remember_repo(digest, repository):
             self._write(_add_repo, digest, repository)
 
     def refresh(self, entry: TagEntry) -> None:
@@ -129,40 +237,59 @@ class ManifestCache:
         self._write(_refresh_tag, entry.repository, entry.tag, entry.media_type, entry.fetched_at)
 
     def drop_tag(self, repository: str, tag: str) -> None:
-        if self.tags.pop((repository, tag), None) is not None:
-            self._write(_drop_tag, repository, tag)
+        key = (repository, tag)
+        self._pop_tag(key)  # the database may hold it even when memory does not: always delete there
+        self._dropping[key] = self._dropping.get(key, 0) + 1
+
+        def written(result):
+            n = self._dropping.get(key, 0) - 1
+            if n > 0:
+                self._dropping[key] = n
+            else:
+                self._dropping.pop(key, None)
+            return result
+
+        self._write(_drop_tag, repository, tag, then=written)
 
     async def delete(self, *, repository: Optional[str] = None, digest: Optional[str] = None) -> int:
-        if digest is not None:
-            digests = {digest}
-        elif repository is not None:
-            digests = {d for d, repos in self.repos.items() if repository in repos}
-        else:
-            digests = set(self._bodies) | set(self.repos)
         everything = digest is None and repository is None
+        n, digests = await self.db.write(_delete_rows, repository, digest)
         for key in list(self.tags):
             entries = self.tags[key]
             for mt in list(entries):
                 e = entries[mt]
                 if everything or e.digest == digest or (repository is not None and key[0] == repository):
                     del entries[mt]
+                    self._tag_entries -= 1
             if not entries:
-                del self.tags[key]
+                self._pop_tag(key)
+        if everything:
+            digests = digests | set(self._bodies)
+            self._repos.clear()
         for d in digests:
             m = self._bodies.pop(d, None)
             if m is not None:
                 self._body_bytes -= len(m.body)
-            self.repos.pop(d, None)
-        n = await self.db.write(_delete_rows, repository, digest)
+        for key in list(self._repos):
+            if key[0] in digests or key[1] == repository:
+                del self._repos[key]
         return max(n, len(digests))
 
     def summary(self) -> dict:
-        return {"tags": sum(len(v) for v in self.tags.values()), "in_memory": len(self._bodies),
+        """Counts of what is in memory (the database may hold more)."""
+        return {"tags": self._tag_entries, "tag_limit": self.tag_limit, "in_memory": len(self._bodies),
                 **self.stats}
 
-    def _write(self, f, *args) -> None:
+    def _write(self, f, *args, then=None) -> None:
         d = self.db.write(f, *args)
+        if then is not None:
+            d.addBoth(then)
         d.addErrback(lambda fail: log.failure("manifest cache write failed", fail))
+
+
+def _newest(entries: dict[str, TagEntry], accept: list[str]) -> Optional[TagEntry]:
+    ok = [e for e in entries.values() if acceptable(e.media_type, accept)]
+    return max(ok, key=lambda e: e.fetched_at) if ok else None
 
 
 def _store_rows(txn, m: Manifest, now: float, new: Optional[Manifest], repo: Optional[str],
@@ -196,13 +323,16 @@ def _drop_tag(txn, repository, tag):
     txn.execute("DELETE FROM cache_tags WHERE repository = ? AND tag = ?", (repository, tag))
 
 
-def _delete_rows(txn, repository, digest) -> int:
+def _delete_rows(txn, repository, digest) -> tuple[int, set[str]]:
+    """Delete from the database; returns (manifests deleted, the digests concerned)."""
     if digest is not None:
         txn.execute("DELETE FROM cache_tags WHERE digest = ?", (digest,))
         txn.execute("DELETE FROM cache_manifest_repos WHERE digest = ?", (digest,))
         txn.execute("DELETE FROM cache_manifests WHERE digest = ?", (digest,))
-        return txn.rowcount
+        return txn.rowcount, {digest}
     if repository is not None:
+        txn.execute("SELECT DISTINCT digest FROM cache_manifest_repos WHERE repository = ?", (repository,))
+        digests = {r[0] for r in txn.fetchall()}
         txn.execute("DELETE FROM cache_tags WHERE repository = ?", (repository,))
         txn.execute(
             "DELETE FROM cache_manifests WHERE digest IN (SELECT digest FROM cache_manifest_repos "
@@ -210,8 +340,10 @@ def _delete_rows(txn, repository, digest) -> int:
             "WHERE repository != ?)", (repository, repository))
         n = txn.rowcount
         txn.execute("DELETE FROM cache_manifest_repos WHERE repository = ?", (repository,))
-        return n
+        return n, digests
+    txn.execute("SELECT digest FROM cache_manifests")
+    digests = {r[0] for r in txn.fetchall()}
     txn.execute("DELETE FROM cache_tags")
     txn.execute("DELETE FROM cache_manifest_repos")
     txn.execute("DELETE FROM cache_manifests")
-    return txn.rowcount
+    return txn.rowcount, digests

@@ -20,11 +20,10 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from zmirror.db.errors import Conflict, NotFound
+from zmirror.singleflight import SingleFlight
 
 log = Logger()
 
@@ -114,7 +113,7 @@ class UserStore:
         self.passwords = passwords
         self.admin_username = admin_username
         self._by_id: Optional[dict[int, dict]] = None
-        self._loader = Loader(self.load, lambda: self._by_id is not None)
+        self._loading: SingleFlight = SingleFlight()  # the first load, shared by concurrent callers
 
     # --- validation helpers ------------------------------------------------
 
@@ -260,7 +259,10 @@ class UserStore:
         return len(rows)
 
     async def _ensure_loaded(self) -> None:
-        await self._loader.ensure()
+        # One load shared by every concurrent first caller and owned by none of them:
+        # a caller that goes away does not fail the others' wait.
+        if self._by_id is None:
+            await self._loading.run("load", self.load)
 
     async def auth_user(self, uid: int) -> Optional[dict]:
         """The auth row (id, username, password_hash, enabled, updated_at) or None."""
@@ -278,41 +280,5 @@ class UserStore:
         self._remember(row)
 
 
-class Loader:
-    """Runs ``load()`` once on first demand; concurrent callers wait for the same run.
-
-    ``ensure()`` returns at once when ``is_loaded()`` is true.  A failed load is
-    retried by the next caller.
-    """
-
-    def __init__(self, load, is_loaded):
-        self._load = load
-        self._is_loaded = is_loaded
-        self._waiters: Optional[list[Deferred]] = None
-
-    async def ensure(self) -> None:
-        if self._is_loaded():
-            return
-        if self._waiters is not None:
-            d: Deferred = Deferred()
-            self._waiters.append(d)
-            await d
-            return
-        self._waiters = []
-        failure = None
-        try:
-            await self._load()
-        except Exception:
-            failure = Failure()
-            raise
-        finally:
-            waiters, self._waiters = self._waiters, None
-            for w in waiters:
-                if failure is None:
-                    w.callback(None)
-                else:
-                    w.errback(failure)
-
-
-__all__ = ["UserStore", "Loader", "validate_username", "validate_password", "InvalidField",
+__all__ = ["UserStore", "validate_username", "validate_password", "InvalidField",
            "NotFound", "Conflict", "public"]

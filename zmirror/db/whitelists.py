@@ -17,7 +17,8 @@ from twisted.logger import Logger
 
 from zmirror.auth.whitelist import Entry, InvalidPrefix, Matcher, normalize_prefix
 from zmirror.db.errors import Conflict, NotFound
-from zmirror.db.users import InvalidField, Loader
+from zmirror.db.users import InvalidField
+from zmirror.singleflight import SingleFlight
 
 log = Logger()
 
@@ -76,7 +77,7 @@ class WhitelistStore:
         self.db = db
         self.clock = clock
         self._matcher: Optional[Matcher] = None
-        self._loader = Loader(self.load, lambda: self._matcher is not None)
+        self._loading: SingleFlight = SingleFlight()  # the first load, shared by concurrent callers
         self._subscribers: list[Callable[[Matcher], Any]] = []
 
     # --- the matcher -------------------------------------------------------
@@ -93,7 +94,7 @@ class WhitelistStore:
     async def ready(self) -> Matcher:
         """The matcher, loading it first if this is the first use."""
         if self._matcher is None:
-            await self._loader.ensure()
+            await self._loading.run("load", self.load)
         return self.matcher
 
     async def load(self) -> Matcher:

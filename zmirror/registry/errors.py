@@ -2,6 +2,12 @@
 
 ``{"errors": [{"code": "...", "message": "...", "detail": ...}]}``
 Raise :class:`RegistryError` anywhere below the routes; the route layer renders it.
+
+What is rendered goes to anyone who can reach ``/v2/``, anonymous clients
+included: ``message`` and ``detail`` may only describe the client's own request
+(its name, tag, digest, the access it lacks), never upstream registries (their
+names, hosts, ports or answers).  Those go in ``internal``, which is kept for
+logs and the admin side and never rendered.
 """
 
 from __future__ import annotations
@@ -47,11 +53,13 @@ class RegistryError(Exception):
         *,
         status: int | None = None,
         headers: dict[bytes, bytes] | None = None,
+        internal: Any = None,
     ):
         default_status, default_message = CODES.get(code, (500, code.lower()))
         self.code = code
         self.message = message or default_message
-        self.detail = detail
+        self.detail = detail  # rendered to the client
+        self.internal = internal  # never rendered: what upstreams answered, for logs and admins
         self.status = status or default_status
         self.headers = dict(headers or {})
         super().__init__(f"{self.status} {code}: {self.message}")

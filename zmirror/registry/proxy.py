@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -20,9 +21,9 @@ from twisted.logger import Logger
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from zmirror.cache.blobs import CacheUnavailable, FollowerProducer
-from zmirror.cache.manifests import Manifest, acceptable
+from zmirror.cache.manifests import Manifest, acceptable, content_media_type, valid_media_type
 from zmirror.registry.errors import RegistryError
-from zmirror.registry.reference import BLOB, MANIFEST, TAGS, parse_tag
+from zmirror.registry.reference import BLOB, MANIFEST, TAGS, parse_digest, parse_tag
 from zmirror.upstream.client import Upstream, UpstreamError, UpstreamPool, discard, read_limited
 from zmirror.upstream.relay import BlobRelay
 
@@ -36,6 +37,7 @@ DEFAULT_ACCEPT = [DOCKER_V2, DOCKER_LIST, OCI_MANIFEST, OCI_INDEX]
 
 MAX_MANIFEST = 8 << 20
 MAX_TAGS = 16 << 20
+MAX_RETRY_AFTER = 86400
 IMMUTABLE = "max-age=31536000, immutable"
 TAG_TTL = "max-age=300"
 
@@ -290,27 +292,40 @@ class Proxy:
                 attempts.append(_Attempt(up, "error", f"HTTP {code}"))
             else:
                 attempts.append(_Attempt(up, "error", f"unexpected HTTP {code}"))
-        raise self._final_error(attempts, unknown_code)
+        raise self._final_error(pull, attempts, unknown_code)
 
-    def _final_error(self, attempts: list[_Attempt], unknown_code: str) -> RegistryError:
+    def _final_error(self, pull, attempts: list[_Attempt], unknown_code: str) -> RegistryError:
+        """The client's error after every upstream was tried.
+
+        What each upstream answered (names, hosts, reasons) is logged here, once,
+        and kept on the error as ``internal`` (and in the pool's health memory for
+        the admin API); the client only gets the code and a generic message.
+        """
         kinds = {a.kind for a in attempts}
-        detail = [{"upstream": a.upstream.name, "result": a.kind, "detail": a.detail} for a in attempts]
+        internal = [{"upstream": a.upstream.name, "result": a.kind, "detail": a.detail} for a in attempts]
         if kinds <= {"notfound", "denied"}:
-            return RegistryError(unknown_code, detail=detail)
-        if kinds == {"ratelimited"}:
+            err = RegistryError(unknown_code, internal=internal)
+        elif kinds == {"ratelimited"}:
             waits = []
             for a in attempts:
                 try:
-                    waits.append(int(a.retry_after))
+                    waits.append(min(max(int(a.retry_after), 1), MAX_RETRY_AFTER))
                 except (TypeError, ValueError):
                     pass
             retry = str(min(waits)) if waits else "60"
-            return RegistryError("TOOMANYREQUESTS", "every upstream registry is rate-limiting us",
-                                 detail=detail, headers={b"Retry-After": retry.encode()})
-        if "error" in kinds:
-            return RegistryError("UPSTREAM_ERROR", "no upstream registry could answer", detail=detail,
-                                 status=502)
-        return RegistryError("UNAVAILABLE", "no upstream registry could answer", detail=detail, status=503)
+            err = RegistryError("TOOMANYREQUESTS", "every upstream registry is rate-limiting us",
+                                internal=internal, headers={b"Retry-After": retry.encode()})
+        elif "error" in kinds:
+            err = RegistryError("UPSTREAM_ERROR", "no upstream registry could answer", internal=internal,
+                                status=502)
+        else:
+            err = RegistryError("UNAVAILABLE", "no upstream registry could answer", internal=internal,
+                                status=503)
+        emit = log.debug if kinds <= {"notfound"} else log.info
+        emit("{kind} {name}:{ref}: {code} after trying {attempts}", kind=pull.path.kind,
+             name=pull.path.name, ref=pull.path.reference or "-", code=err.code,
+             attempts="; ".join(f"{a['upstream']}: {a['result']} ({a['detail']})" for a in internal))
+        return err
 
     # -- manifests --------------------------------------------------------
     async def manifest(self, pull) -> BytesResult:
@@ -319,9 +334,11 @@ class Proxy:
         return await self._cached_manifest(pull)
 
     def _manifest_result(self, pull, m: "_ManifestData", *, warning: Optional[str] = None) -> BytesResult:
+        # m.media_type and m.digest were checked where they came in (an upstream
+        # answer: _upstream_manifest; the database: ManifestCache)
         cache_control = _cache_control(pull, IMMUTABLE if pull.path.by_digest else TAG_TTL)
         headers = {
-            b"Content-Type": m.media_type.encode("latin-1"),
+            b"Content-Type": m.media_type.encode("ascii"),
             b"Docker-Content-Digest": m.digest.encode(),
             b"Etag": f'"{m.digest}"'.encode(),
             b"Cache-Control": cache_control,
@@ -343,18 +360,20 @@ class Proxy:
         by_digest = pull.path.by_digest
         if head:
             up, resp, _ = await self._fetch(pull, b"HEAD", path, headers, unknown_code="MANIFEST_UNKNOWN")
-            digest = _header(resp, b"docker-content-digest")
+            digest = _valid_digest(_header(resp, b"docker-content-digest"))
             length = _header(resp, b"content-length")
-            ctype = _header(resp, b"content-type")
+            ctype = content_media_type(_header(resp, b"content-type"))
             discard(resp)
             if by_digest and digest and digest != ref:
                 digest = None  # do not trust it; fall through to GET and verify
-            if digest and length and length.isdigit() and ctype:
+            if digest and length and _DIGITS.match(length) and int(length) <= MAX_MANIFEST and ctype:
                 return _ManifestData(digest, ctype, None, int(length))
-            # the upstream's HEAD lacks what clients need: GET and compute
+            # the upstream's HEAD lacks what clients need (or says it in a form we do
+            # not pass on): GET and compute
 
         async def read_manifest(up, resp):
-            body = await _with_timeout(read_limited(resp, MAX_MANIFEST), self.idle_timeout, self.clock)
+            raw_ctype = _header(resp, b"content-type")
+            body = await read_limited(resp, MAX_MANIFEST, self.idle_timeout, self.clock)
             algo = ref.split(":")[0] if by_digest else "sha256"
             computed = f"{algo}:{hashlib.new(algo, body).hexdigest()}"
             if by_digest and computed != ref:
@@ -363,11 +382,19 @@ class Proxy:
             if claimed and claimed.startswith("sha256:") and claimed != computed and algo == "sha256":
                 log.warn("upstream {name} claimed digest {c} but content hashes to {d}",
                          name=up.name, c=claimed, d=computed)
-            return body, computed
+            # a bad media type is a bad answer: fail over, and never cache it
+            if raw_ctype:
+                media_type = content_media_type(raw_ctype)
+                if media_type is None:
+                    raise UpstreamError(f"manifest from {up.name} has an invalid Content-Type")
+            else:
+                media_type = _sniff_media_type(body)
+                if media_type is None:
+                    raise UpstreamError(f"manifest from {up.name} has an invalid mediaType")
+            return body, computed, media_type
 
-        up, resp, (body, digest) = await self._fetch(
+        up, resp, (body, digest, ctype) = await self._fetch(
             pull, b"GET", path, headers, unknown_code="MANIFEST_UNKNOWN", validate=read_manifest)
-        ctype = _header(resp, b"content-type") or _sniff_media_type(body)
         return _ManifestData(digest, ctype, body, len(body))
 
     async def _cached_manifest(self, pull) -> BytesResult:
@@ -379,14 +406,14 @@ class Proxy:
         if pull.path.by_digest:
             m = await cache.get(ref)
             if m is not None and acceptable(m.media_type, accept):
-                if name not in cache.repos.get(ref, ()):
+                if not await cache.has_repo(ref, name):
                     # known from another repository only: confirm it exists in this one
                     await self._upstream_manifest(pull, True)
                     cache.add_repo(ref, name)
                 return self._hit(pull, cache, m)
             return self._manifest_result(pull, await self._fill_manifest(pull, None))
 
-        entry = cache.tag(name, ref, accept)
+        entry = await cache.tag(name, ref, accept)
         cached = await cache.get(entry.digest) if entry is not None else None
         if cached is not None and cache.fresh(entry):
             return self._hit(pull, cache, cached)
@@ -571,19 +598,18 @@ class Proxy:
         path = f"/v2/{name}/tags/list" + ("?" + urlencode(query) if query else "")
 
         async def read_tags(up, resp):
-            return await _with_timeout(read_limited(resp, MAX_TAGS), self.idle_timeout, self.clock)
+            body = await read_limited(resp, MAX_TAGS, self.idle_timeout, self.clock)
+            link = _header(resp, b"link")
+            return body, (_rewrite_link(link, name, pull.base_url) if link else None)
 
-        up, resp, body = await self._fetch(pull, b"GET", path, {b"Accept": b"application/json"},
-                                           unknown_code="NAME_UNKNOWN", validate=read_tags)
+        up, resp, (body, link) = await self._fetch(pull, b"GET", path, {b"Accept": b"application/json"},
+                                                   unknown_code="NAME_UNKNOWN", validate=read_tags)
         headers = {
             b"Content-Type": b"application/json; charset=utf-8",
             b"Cache-Control": b"no-store",
         }
-        link = _header(resp, b"link")
         if link:
-            rewritten = _rewrite_link(link, name, pull.base_url)
-            if rewritten:
-                headers[b"Link"] = rewritten.encode()
+            headers[b"Link"] = link.encode("ascii")
         return BytesResult(200, headers, body=body, head=pull.head)
 
 
@@ -602,41 +628,67 @@ def _arg(query: dict, name: bytes) -> Optional[str]:
         raise RegistryError("BAD_REQUEST", f"invalid {name.decode()} parameter", status=400) from None
 
 
-def _rewrite_link(link: str, name: str, base_url: str) -> Optional[str]:
-    """Point an upstream ``Link: <...?last=x&n=y>; rel="next"`` at this server."""
-    start, end = link.find("<"), link.find(">")
-    if start < 0 or end < start:
+_DIGITS = re.compile(r"^[0-9]{1,18}$")
+_LINK = re.compile(r"^\s*<([^<>]*)>(.*)$", re.S)
+_REL = re.compile(r";\s*rel\s*=\s*(?:\"([^\"]*)\"|([^\s;,]+))", re.I)
+
+
+def _valid_digest(value: Optional[str]) -> Optional[str]:
+    """An upstream's ``Docker-Content-Digest`` if it is a digest we support, else None."""
+    if not value:
         return None
-    target = urlsplit(link[start + 1:end])
-    q = parse_qs(target.query)
+    try:
+        return parse_digest(value.strip())
+    except RegistryError:
+        return None
+
+
+def _rewrite_link(link: str, name: str, base_url: str) -> Optional[str]:
+    """Our own ``Link: <...?n=y&last=x>; rel="next"`` for an upstream's next-page link.
+
+    Only ``n`` and ``last`` are taken from the upstream's link, both checked
+    (``last`` must be a tag); a link with another ``rel`` is dropped.  A next
+    link we cannot follow is a bad answer (UpstreamError): passing on a list
+    without it would make the client believe it has every tag.
+    """
+    m = _LINK.match(link)
+    if not m:
+        raise UpstreamError("tags list with an invalid Link header")
+    target, params = m.groups()
+    rel = _REL.search(params)
+    rels = (rel.group(1) or rel.group(2) or "").lower().split() if rel else []
+    if "next" not in rels:
+        return None
+    try:
+        q = parse_qs(urlsplit(target).query)
+    except ValueError:
+        raise UpstreamError("tags list with an invalid Link header") from None
     keep = {}
-    for key in ("n", "last"):
-        if key in q and q[key]:
-            keep[key] = q[key][0]
-    rest = link[end + 1:]
-    return f"<{base_url}/v2/{name}/tags/list?{urlencode(keep)}>{rest}"
+    n = q.get("n", [None])[0]
+    if n is not None:
+        if not _DIGITS.match(n) or len(n) > 6:
+            raise UpstreamError("tags list with an invalid n in its Link header")
+        keep["n"] = n
+    last = q.get("last", [None])[0]
+    try:
+        keep["last"] = parse_tag(last or "")
+    except RegistryError:
+        raise UpstreamError("tags list with an invalid last in its Link header") from None
+    return f'<{base_url}/v2/{name}/tags/list?{urlencode(keep)}>; rel="next"'
 
 
-def _sniff_media_type(body: bytes) -> str:
+def _sniff_media_type(body: bytes) -> Optional[str]:
+    """The media type a manifest body declares; None if it declares one that is
+    not a valid media type."""
     try:
         doc = json.loads(body)
         mt = doc.get("mediaType")
         if isinstance(mt, str) and mt:
-            return mt
+            return mt if valid_media_type(mt) else None
+        if mt is not None and not isinstance(mt, str):
+            return None
         if doc.get("schemaVersion") == 1:
             return "application/vnd.docker.distribution.manifest.v1+prettyjws"
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         pass
     return OCI_MANIFEST
-
-
-async def _with_timeout(d: Deferred | Any, timeout: float, clock: Any):
-    if not isinstance(d, Deferred):
-        d = Deferred.fromCoroutine(d)
-    d.addTimeout(timeout, clock)
-    try:
-        return await d
-    except Exception as e:
-        if isinstance(e, UpstreamError):
-            raise
-        raise UpstreamError(f"reading the upstream body failed: {e.__class__.__name__}") from None

@@ -8,10 +8,13 @@ challenges in one header, quoted-string values with escapes and commas
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+
+from zmirror.singleflight import SingleFlight
 
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _SCHEME_RE = re.compile(r"\s*(" + _TOKEN + r")")
@@ -134,19 +137,30 @@ class TokenCache:
 
     ``get(key, fetch)`` returns a cached token or awaits ``fetch()`` which must
     return ``(token, expires_in_seconds)``; concurrent callers for one key share
-    that single fetch.
+    that single fetch.  The fetch belongs to no caller (:class:`SingleFlight`):
+    a caller that is cancelled (its client went away) only stops waiting.
+
+    Memory is bounded: expired tokens are purged (a sweep at most every
+    ``SWEEP_EVERY`` seconds), and at most ``max_entries`` tokens are kept, the
+    least recently used one going first.
     """
 
     MARGIN = 5.0  # seconds before expiry at which a token is no longer handed out
+    SWEEP_EVERY = 60.0
 
-    def __init__(self, clock: Any):
+    def __init__(self, clock: Any, *, max_entries: int = 10_000):
         self.clock = clock
-        self._tokens: dict[Any, CachedToken] = {}
-        self._inflight: dict[Any, list[Deferred]] = {}
+        self.max_entries = max(1, max_entries)
+        self._tokens: "OrderedDict[Any, CachedToken]" = OrderedDict()
+        self._fetches: SingleFlight = SingleFlight()
+        self._next_sweep = clock.seconds() + self.SWEEP_EVERY
 
     def peek(self, key: Any) -> str | None:
+        now = self.clock.seconds()
+        self._sweep(now)
         t = self._tokens.get(key)
-        if t and t.expires_at - self.MARGIN > self.clock.seconds():
+        if t and t.expires_at - self.MARGIN > now:
+            self._tokens.move_to_end(key)
             return t.token
         if t:
             del self._tokens[key]
@@ -155,26 +169,39 @@ class TokenCache:
     def invalidate(self, key: Any) -> None:
         self._tokens.pop(key, None)
 
-    async def get(self, key: Any, fetch: Callable[[], Awaitable[tuple[str, float]]]) -> str:
+    def get(self, key: Any, fetch: Callable[[], Awaitable[tuple[str, float]]]) -> "Deferred[str]":
+        """A Deferred with the token; cancelling it detaches only this caller."""
         cached = self.peek(key)
         if cached is not None:
-            return cached
-        waiters = self._inflight.get(key)
-        if waiters is not None:
-            d: Deferred = Deferred()
-            waiters.append(d)
-            return await d
-        self._inflight[key] = []
-        try:
+            return succeed(cached)
+
+        async def work() -> str:
             token, expires_in = await fetch()
-        except BaseException as e:
-            for d in self._inflight.pop(key, []):
-                d.errback(e)
-            raise
-        self._tokens[key] = CachedToken(token, self.clock.seconds() + max(expires_in, 0))
-        for d in self._inflight.pop(key, []):
-            d.callback(token)
-        return token
+            self._put(key, token, expires_in)
+            return token
+
+        return self._fetches.run(key, work)
+
+    def _put(self, key: Any, token: str, expires_in: float) -> None:
+        now = self.clock.seconds()
+        self._tokens[key] = CachedToken(token, now + max(expires_in, 0))
+        self._tokens.move_to_end(key)
+        if len(self._tokens) > self.max_entries:
+            self._sweep(now, force=True)
+        while len(self._tokens) > self.max_entries:
+            self._tokens.popitem(last=False)
+
+    def _sweep(self, now: float, force: bool = False) -> None:
+        if not force and now < self._next_sweep:
+            return
+        self._next_sweep = now + self.SWEEP_EVERY
+        for k in [k for k, t in self._tokens.items() if t.expires_at - self.MARGIN <= now]:
+            del self._tokens[k]
+
+    @property
+    def fetching(self) -> int:
+        """Token fetches in flight."""
+        return len(self._fetches)
 
     def __len__(self) -> int:
         return len(self._tokens)

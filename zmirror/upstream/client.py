@@ -10,22 +10,30 @@ health memory.  :meth:`UpstreamPool.request` sends one request to one upstream:
 - follows redirects itself, dropping ``Authorization`` on any hop that leaves
   the upstream's origin (CDN hops), so credentials only ever go to the upstream
   registry and its token realm;
-- applies a timeout until the response headers arrive.
+- applies a timeout until the response headers arrive;
+- checks every URL it is about to request (the upstream's redirect
+  ``Location``, a token ``realm``): an upstream value that is not a plain
+  http(s) URL is an :class:`UpstreamError` (a bad answer), never an exception
+  that escapes as a 500.
 
-Bodies are never read here: callers get the :class:`IResponse` and stream it.
+Blob bodies are never read here: callers get the :class:`IResponse` and stream
+it.  Small bodies (token, manifest, tag list) are read by :func:`read_limited`,
+bounded in size and time; a read that times out or is cancelled closes its
+connection.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web.client import ResponseFailed
@@ -39,6 +47,7 @@ log = Logger()
 USER_AGENT = b"zmirror/0.1 (+https://github.com/zmirror)"
 MAX_REDIRECTS = 5
 MAX_TOKEN_BODY = 1 << 20
+MAX_TOKEN_LIFETIME = 24 * 3600.0  # an upstream token is never kept longer than this
 FAILURES_BEFORE_COOLDOWN = 3
 
 
@@ -98,9 +107,39 @@ class Upstream:
 
 
 def _origin(url: str) -> tuple[str, str, int]:
-    u = urlsplit(url)
-    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        u = urlsplit(url)
+        port = u.port or (443 if u.scheme == "https" else 80)
+    except ValueError:  # an invalid port or IPv6 literal: matches no origin
+        return ("", "", -1)
     return (u.scheme, (u.hostname or "").lower(), port)
+
+
+_URL_CHARS = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: no spaces, controls or non-ASCII
+_TOKEN_CHARS = re.compile(r"^[\x21-\x7e]{1,65536}$")
+
+
+def _scheme(url: str) -> str:
+    try:
+        return urlsplit(url).scheme.lower()
+    except ValueError:
+        return ""
+
+
+def checked_url(url: str, what: str) -> str:
+    """``url`` if it is a plain http(s) URL an agent can request; else UpstreamError
+    (the value came from an upstream: a redirect Location, a token realm)."""
+    if not _URL_CHARS.match(url):
+        raise UpstreamError(f"{what} is not a valid URL (spaces, control or non-ASCII characters)",
+                            status=502)
+    try:
+        u = urlsplit(url)
+        u.port  # raises ValueError for a port that is not a number in 0..65535
+    except ValueError:
+        raise UpstreamError(f"{what} is not a valid URL", status=502) from None
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise UpstreamError(f"{what} is not an http(s) URL with a host", status=502)
+    return url
 
 
 class _Discard(Protocol):
@@ -121,11 +160,13 @@ class UpstreamPool:
     """The enabled upstreams in priority order, their health and the HTTP agent."""
 
     def __init__(self, agent: Any, clock: Any, *, header_timeout: float = 10.0, cooldown: float = 30.0,
-                 treq_client: Any = None, metrics: Any = None):
+                 treq_client: Any = None, metrics: Any = None, body_timeout: Optional[float] = None):
         self.agent = agent
         self.metrics = metrics  # zmirror.metrics.Metrics or None
         self.clock = clock
         self.header_timeout = header_timeout
+        # reading a token response's body (small): defaults to the header timeout
+        self.body_timeout = header_timeout if body_timeout is None else body_timeout
         self.cooldown = cooldown
         self.tokens = TokenCache(clock)
         self.upstreams: list[Upstream] = []
@@ -238,8 +279,9 @@ class UpstreamPool:
         for ch in challenges:
             if ch.scheme == "bearer" and ch.get("realm"):
                 realm = ch.get("realm")
-                if urlsplit(realm).scheme not in ("http", "https"):
-                    continue
+                if not realm.lower().startswith(("http://", "https://")):
+                    continue  # a realm we cannot fetch from: try another challenge
+                realm = checked_url(realm, "token realm")
                 service = ch.get("service") or ""
                 want_scope = scope or ch.get("scope") or ""
                 key = self._token_key(up, scope)
@@ -272,7 +314,7 @@ class UpstreamPool:
         if resp.code != 200:
             discard(resp)
             raise UpstreamError(f"token endpoint answered {resp.code}", status=resp.code)
-        body = await _read_limited(resp, MAX_TOKEN_BODY)
+        body = await read_limited(resp, MAX_TOKEN_BODY, self.body_timeout, self.clock)
         try:
             data = json.loads(body)
             token = data.get("token") or data.get("access_token")
@@ -281,7 +323,11 @@ class UpstreamPool:
             raise UpstreamError("token endpoint answered invalid JSON") from None
         if not token or not isinstance(token, str):
             raise UpstreamError("token endpoint answered no token")
-        return token, expires_in
+        if not _TOKEN_CHARS.match(token):
+            raise UpstreamError("token endpoint answered a token that cannot go in a header")
+        if expires_in != expires_in:  # NaN
+            expires_in = 60.0
+        return token, min(max(expires_in, 0.0), MAX_TOKEN_LIFETIME)
 
     async def _send(self, up: Upstream, method: bytes, url: str, hdrs: dict, auth: Optional[bytes]):
         origin = up.origin
@@ -295,9 +341,13 @@ class UpstreamPool:
                 discard(resp)
                 if not loc:
                     raise UpstreamError(f"redirect {resp.code} without Location", status=502)
-                url = urljoin(url, loc[0].decode("latin-1"))
-                if urlsplit(url).scheme not in ("http", "https"):
+                try:
+                    url = urljoin(url, loc[0].decode("latin-1"))
+                except ValueError:
+                    raise UpstreamError(f"redirect {resp.code} with an invalid Location", status=502) from None
+                if _scheme(url) not in ("http", "https"):
                     raise UpstreamError("redirect to a non-HTTP URL", status=502)
+                url = checked_url(url, "redirect Location")
                 if resp.code == 303:
                     method = b"GET" if method != b"HEAD" else b"HEAD"
                 continue
@@ -311,7 +361,11 @@ class UpstreamPool:
                 headers.setRawHeaders(k, v)
             else:
                 headers.setRawHeaders(k, [v])
-        d = self.agent.request(method, url.encode("ascii"), headers, None)
+        raw_url = checked_url(url, "URL").encode("ascii")
+        try:
+            d = self.agent.request(method, raw_url, headers, None)
+        except Exception as e:  # e.g. an URI the agent cannot parse
+            raise _describe(e, url) from None
         timed_out = []
 
         def on_timeout():
@@ -395,12 +449,22 @@ class _LimitedReader(Protocol):
         self.chunks: list[bytes] = []
         self.size = 0
 
+    def abort(self) -> None:
+        """Stop reading and close the connection (the body is not wanted any more)."""
+        transport = self.transport
+        if transport is not None:
+            try:
+                transport.stopProducing()
+            except Exception:
+                pass
+
     def dataReceived(self, data: bytes):
+        if self.finished.called:
+            return
         self.size += len(data)
         if self.size > self.limit:
-            if not self.finished.called:
-                self.finished.errback(UpstreamError(f"response larger than {self.limit} bytes"))
-            self.transport.stopProducing()
+            self.finished.errback(UpstreamError(f"response larger than {self.limit} bytes"))
+            self.abort()
             return
         self.chunks.append(data)
 
@@ -416,14 +480,46 @@ class _LimitedReader(Protocol):
             self.finished.errback(UpstreamError(f"body read failed: {reason.value}"[:300]))
 
 
-async def _read_limited(response, limit: int) -> bytes:
-    """Read a small body (manifest, token, tags list) with a size cap."""
+def read_limited(response, limit: int, timeout: float, clock: Any) -> "Deferred[bytes]":
+    """Read a small body (manifest, token, tags list) with a size cap and a deadline.
+
+    Errbacks with UpstreamError when the body is too large, breaks off or is not
+    complete within ``timeout`` seconds; then (and when the returned Deferred is
+    cancelled: our client went away, CancelledError) the connection is closed, so
+    a stalled upstream holds nothing.
+    """
     if response.length is not UNKNOWN_LENGTH and response.length > limit:
         discard(response)
-        raise UpstreamError(f"response of {response.length} bytes is over the {limit} byte limit")
-    d: Deferred = Deferred()
-    response.deliverBody(_LimitedReader(limit, d))
-    return await d
+        return fail(UpstreamError(f"response of {response.length} bytes is over the {limit} byte limit"))
+    box: list[_LimitedReader] = []
+
+    def cancel(d: Deferred) -> None:
+        d.errback(CancelledError())  # first: closing may report a lost connection at once
+        if box:
+            box[0].abort()
+
+    d: Deferred = Deferred(cancel)
+    reader = _LimitedReader(limit, d)
+    box.append(reader)
+
+    def on_timeout() -> None:
+        if not d.called:
+            d.errback(UpstreamError(f"body not complete within {timeout:g}s"))
+            reader.abort()
+
+    timer = clock.callLater(timeout, on_timeout)
+
+    def done(result):
+        if timer.active():
+            timer.cancel()
+        return result
+
+    d.addBoth(done)
+    try:
+        response.deliverBody(reader)
+    except Exception as e:
+        if not d.called:
+            d.errback(UpstreamError(f"body read failed: {e.__class__.__name__}"))
+    return d
 
 
-read_limited = _read_limited

@@ -1,0 +1,680 @@
+"""Issue "Safe to expose", upstream side: shared fetches owned by no caller,
+cancellations that are not upstream failures, upstream values checked where they
+come in, bounded body reads and memory, no upstream internals in client errors.
+
+The upstreams here are scripted ``IResponse`` objects (:class:`ScriptAgent`), so
+a test can hold a body half-way, see whether its connection was closed, and send
+header values no real server library would produce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent
+from zope.interface import implementer
+
+import zmirror.registry.proxy as proxy_module
+from tests.helpers import temp_database
+from zmirror.cache.gate import LoadGate
+from zmirror.cache.manifests import Manifest, ManifestCache
+from zmirror.registry.errors import RegistryError
+from zmirror.registry.proxy import Proxy
+from zmirror.registry.reference import parse_path
+from zmirror.registry.routes import PullRequest
+from zmirror.upstream.auth import TokenCache
+from zmirror.upstream.client import UpstreamPool
+
+DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2, "layers": []}).encode()
+MDIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+TAG_PATH = "/v2/library/x/manifests/latest"
+TAGS_PATH = "/v2/library/x/tags/list"
+
+
+def deferred_test(f):
+    def wrapper(self):
+        return Deferred.fromCoroutine(f(self))
+
+    wrapper.__name__ = f.__name__
+    return wrapper
+
+
+# -- a scripted upstream -------------------------------------------------------------------------
+
+class BodyTransport:
+    """The transport a response body is delivered over; records being closed."""
+
+    def __init__(self, response: "FakeResponse"):
+        self.response = response
+        self.stopped = False
+
+    def stopProducing(self):
+        if self.stopped:
+            return
+        self.stopped = True
+        r = self.response
+        if r.protocol is not None and not r.finished:
+            r.finished = True
+            r.protocol.connectionLost(Failure(ResponseFailed([Failure(ConnectionLost())])))
+
+    loseConnection = stopProducing
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+
+class FakeResponse:
+    """An ``IResponse``: ``body`` is delivered at once; with ``stall`` the body then
+    never ends (the connection stays open until someone closes it)."""
+
+    def __init__(self, code: int = 200, headers: dict | None = None, body: bytes = b"", *, stall: bool = False):
+        self.code = code
+        self.phrase = b"OK"
+        self.version = (b"HTTP", 1, 1)
+        self.headers = Headers()
+        for k, v in (headers or {}).items():
+            self.headers.setRawHeaders(k, v if isinstance(v, list) else [v])
+        self.body = body
+        self.stall = stall
+        self.length = UNKNOWN_LENGTH if stall else len(body)
+        self.protocol = None
+        self.finished = False
+        self.transport = BodyTransport(self)
+        self.request = None
+        self.previousResponse = None
+
+    def deliverBody(self, protocol):
+        self.protocol = protocol
+        protocol.makeConnection(self.transport)
+        if self.finished:
+            return
+        if self.body:
+            protocol.dataReceived(self.body)
+        if not self.stall and not self.finished:
+            self.finished = True
+            protocol.connectionLost(Failure(ResponseDone()))
+
+
+@implementer(IAgent)
+class ScriptAgent:
+    """Answers ``(method, url)`` with ``factory()`` (a FakeResponse or a Deferred of
+    one); anything else is refused.  ``responses`` keeps every response made."""
+
+    def __init__(self):
+        self.routes: dict[tuple[str, str], object] = {}
+        self.sent: list[tuple[str, str]] = []
+        self.responses: list[FakeResponse] = []
+
+    def on(self, method: str, url: str, factory):
+        self.routes[(method, url)] = factory
+
+    def request(self, method, uri, headers=None, bodyProducer=None):
+        key = (method.decode(), uri.decode())
+        self.sent.append(key)
+        factory = self.routes.get(key)
+        if factory is None:
+            return fail(ConnectionRefusedError(key[1]))
+        out = factory()
+        if isinstance(out, Deferred):
+            return out
+        self.responses.append(out)
+        return succeed(out)
+
+
+def manifest_response(body: bytes = MANIFEST, *, ctype=DOCKER_V2.encode(), stall=False, **extra):
+    headers = {b"Docker-Content-Digest": ("sha256:" + hashlib.sha256(body).hexdigest()).encode()}
+    if ctype is not None:
+        headers[b"Content-Type"] = ctype
+    headers.update(extra.get("headers", {}))
+    return FakeResponse(200, headers, body, stall=stall)
+
+
+class World:
+    def __init__(self, hosts=("a.fake",), *, manifests=None, idle_timeout=30.0, clock=None):
+        self.clock = clock or Clock()
+        self.agent = ScriptAgent()
+        self.pool = UpstreamPool(self.agent, self.clock, header_timeout=10, cooldown=30)
+        self.pool.set_registries([{"id": i, "name": h, "url": f"http://{h}", "priority": i, "enabled": 1}
+                                  for i, h in enumerate(hosts, start=1)])
+        self.proxy = Proxy(self.pool, self.clock, idle_timeout=idle_timeout, manifests=manifests)
+
+    def pull(self, path: str, method: bytes = b"GET", accept=None) -> Deferred:
+        p = PullRequest(path=parse_path(path), method=method, accept=accept or [],
+                        base_url="http://proxy.test")
+        return Deferred.fromCoroutine(self.proxy.pull(p))
+
+    def health(self, uid: int = 1) -> dict:
+        return self.pool.health()[uid]
+
+
+def token_challenge(realm: str = "http://auth.fake/token"):
+    return lambda: FakeResponse(401, {b"WWW-Authenticate": f'Bearer realm="{realm}",service="s"'.encode()})
+
+
+# -- 1. shared work owned by no caller ---------------------------------------------------------------
+
+class SharedTokenFetchTests(unittest.TestCase):
+    def test_token_cache_first_waiter_cancelled(self):
+        cache = TokenCache(Clock())
+        work = Deferred()
+        calls = []
+
+        def fetch():
+            calls.append(1)
+            return work
+
+        first = ensureDeferred(cache.get("k", fetch))
+        second = ensureDeferred(cache.get("k", fetch))
+        first.cancel()
+        self.failureResultOf(first, CancelledError)
+        self.assertFalse(work.called, "the shared fetch was cancelled with its first caller")
+        work.callback(("tok", 300))
+        self.assertEqual(self.successResultOf(second), "tok")
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(cache.peek("k"), "tok")
+
+    def test_pull_whose_client_left_does_not_fail_the_one_sharing_its_token(self):
+        w = World()
+        token = Deferred()
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, token_challenge())
+        w.agent.on("GET", "http://auth.fake/token?service=s&scope=repository%3Alibrary%2Fx%3Apull",
+                   lambda: token)
+        first, second = w.pull(TAG_PATH), w.pull(TAG_PATH)
+        first.cancel()
+        self.failureResultOf(first, CancelledError)
+        self.assertEqual(len([s for s in w.agent.sent if "auth.fake" in s[1]]), 1)
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, lambda: manifest_response())
+        token.callback(FakeResponse(200, {}, json.dumps({"token": "t1", "expires_in": 300}).encode()))
+        result = self.successResultOf(second)
+        self.assertEqual((result.status, result.body), (200, MANIFEST))
+        self.assertEqual(w.health()["consecutive_failures"], 0)
+
+
+class _SlowReads:
+    """A Database whose reads wait for ``gate``."""
+
+    def __init__(self, db):
+        self.db = db
+        self.gate = Deferred()
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    async def read(self, *a, **kw):
+        if not self.gate.called:
+            waiter = Deferred()
+            self.gate.addCallback(lambda r: (waiter.callback(None), r)[1])
+            await waiter
+        return await self.db.read(*a, **kw)
+
+
+class SharedStoreLoadTests(unittest.TestCase):
+    def setUp(self):
+        self.base, self.db = temp_database(self, reactor)
+
+    async def _first_caller_leaves(self, store, use):
+        """``use(store)`` twice while the first load waits; the first caller leaves."""
+        slow = _SlowReads(self.db)
+        store.db = slow
+        first = Deferred.fromCoroutine(use(store))
+        second = Deferred.fromCoroutine(use(store))
+        first.cancel()
+        self.failureResultOf(first, CancelledError)
+        slow.gate.callback(None)
+        return await second
+
+    @deferred_test
+    async def test_user_store_load_survives_first_caller_leaving(self):
+        from zmirror.auth.passwords import Passwords, fast_context
+        from zmirror.db.users import UserStore
+
+        pw = Passwords(context=fast_context(), clock=reactor)
+        users = UserStore(self.db, reactor, passwords=pw)
+        u = await users.create_with_hash("alice", "$md5$x")
+        fresh = UserStore(self.db, reactor, passwords=pw)
+        row = await self._first_caller_leaves(fresh, lambda s: s.auth_user(u["id"]))
+        self.assertEqual(row["username"], "alice")
+
+    @deferred_test
+    async def test_whitelist_load_survives_first_caller_leaving(self):
+        from zmirror.db.whitelists import WhitelistStore
+
+        await WhitelistStore(self.db, reactor).create("library")
+        fresh = WhitelistStore(self.db, reactor)
+        matcher = await self._first_caller_leaves(fresh, lambda s: s.ready())
+        self.assertIsNotNone(matcher.match("library/nginx"))
+
+
+class LoadGateTests(unittest.TestCase):
+    def test_waiter_that_leaves_is_let_go(self):
+        gate = LoadGate()
+        gate.close()
+        a, b = gate.wait(), gate.wait()
+        a.cancel()
+        self.failureResultOf(a, CancelledError)
+        self.assertEqual(gate.waiting, 1)  # not held until the gate opens
+        self.assertNoResult(b)
+        gate.open()
+        self.assertIsNone(self.successResultOf(b))
+        self.assertFalse(gate.closed)
+        self.assertIsNone(self.successResultOf(gate.wait()))
+
+
+# -- 2. a cancellation is not an upstream failure -----------------------------------------------------
+
+class CancellationTests(unittest.TestCase):
+    def _client_leaves_three_times(self, path, factory):
+        w = World()
+        w.agent.on("GET", "http://a.fake" + path, factory)
+        for _ in range(3):
+            d = w.pull(path)
+            self.assertNoResult(d)
+            d.cancel()
+            self.failureResultOf(d, CancelledError)
+        h = w.health()
+        self.assertEqual(h["consecutive_failures"], 0)
+        self.assertNotIn(h["state"], ("down", "cooldown"))
+        self.assertEqual([u.name for u in w.pool.candidates()], ["a.fake"])
+        # and the half-read body's connection was closed, not left reading
+        self.assertEqual(len(w.agent.responses), 3)
+        self.assertTrue(all(r.transport.stopped for r in w.agent.responses))
+
+    def test_manifest_body_read(self):
+        self._client_leaves_three_times(TAG_PATH, lambda: manifest_response(MANIFEST[:10], stall=True))
+
+    def test_tags_body_read(self):
+        self._client_leaves_three_times(
+            TAGS_PATH, lambda: FakeResponse(200, {b"Content-Type": b"application/json"}, b'{"na', stall=True))
+
+
+# -- 3. upstream values checked where they come in ----------------------------------------------------
+
+class UpstreamValueTests(unittest.TestCase):
+    def two(self, bad, path=TAG_PATH, good=None):
+        """Upstream a.fake answers ``bad()``, b.fake ``good()``."""
+        w = World(("a.fake", "b.fake"))
+        w.agent.on("GET", "http://a.fake" + path, bad)
+        w.agent.on("GET", "http://b.fake" + path, good or (lambda: manifest_response()))
+        return w
+
+    def assertFailsOver(self, w, d):
+        result = self.successResultOf(d)
+        self.assertEqual(result.status, 200)
+        self.assertEqual(w.health(1)["state"], "down")
+        self.assertEqual(w.health(2)["state"], "up")
+        return result
+
+    def assertUpstreamError(self, d):
+        err = self.failureResultOf(d, RegistryError).value
+        self.assertEqual((err.status, err.code), (502, "UPSTREAM_ERROR"))
+
+    def test_sniffed_media_type_not_latin1(self):
+        body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.\u4e2d\u6587+json"}).encode()
+        w = self.two(lambda: manifest_response(body, ctype=None))
+        result = self.assertFailsOver(w, w.pull(TAG_PATH))
+        self.assertEqual(result.headers[b"Content-Type"], DOCKER_V2.encode())
+        w1 = World()
+        w1.agent.on("GET", "http://a.fake" + TAG_PATH, lambda: manifest_response(body, ctype=None))
+        self.assertUpstreamError(w1.pull(TAG_PATH))
+
+    def test_sniffed_media_type_not_a_media_type(self):
+        for mt in ("application/json\r\nX-Evil: 1", "notatype", "a/b c", 7):
+            body = json.dumps({"schemaVersion": 2, "mediaType": mt}).encode()
+            w = self.two(lambda: manifest_response(body, ctype=None))
+            self.assertFailsOver(w, w.pull(TAG_PATH))
+
+    def test_content_type_header_invalid(self):
+        for ctype in (b"application/\xe4json", b"\x01", b"/json", b"application/json; x=\x7f"):
+            w = self.two(lambda: manifest_response(ctype=ctype))
+            result = self.assertFailsOver(w, w.pull(TAG_PATH))
+            self.assertEqual(result.headers[b"Content-Type"], DOCKER_V2.encode())
+
+    def test_content_type_parameters_dropped(self):
+        w = World()
+        w.agent.on("GET", "http://a.fake" + TAG_PATH,
+                   lambda: manifest_response(ctype=DOCKER_V2.encode() + b"; charset=utf-8"))
+        self.assertEqual(self.successResultOf(w.pull(TAG_PATH)).headers[b"Content-Type"], DOCKER_V2.encode())
+
+    def test_redirect_location_not_ascii(self):
+        for loc in ("http://cdn.fake/m/\u00e4".encode("latin-1"), b"http://cdn.fake/a b", b"http://cdn.fake/\x00"):
+            w = self.two(lambda: FakeResponse(307, {b"Location": loc}))
+            self.assertFailsOver(w, w.pull(TAG_PATH))
+            self.assertIn("Location", w.health(1)["last_error"])
+
+    def test_redirect_location_bad_port_or_host(self):
+        for loc in (b"http://cdn.fake:99999/m", b"http://cdn.fake:abc/m", b"http://[::1/m", b"http:///m"):
+            w = self.two(lambda: FakeResponse(307, {b"Location": loc}))
+            self.assertFailsOver(w, w.pull(TAG_PATH))
+        w = World()
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, lambda: FakeResponse(307, {b"Location": b"http://x:99999/"}))
+        self.assertUpstreamError(w.pull(TAG_PATH))
+
+    def test_token_realm_invalid(self):
+        for realm in ("http://auth.f\u00e4ke/token", "http://[::1/token", "http://auth.fake:99999/token"):
+            w = self.two(token_challenge(realm))
+            self.assertFailsOver(w, w.pull(TAG_PATH))
+            self.assertIn("realm", w.health(1)["last_error"])
+
+    def test_head_digest_and_length_not_trusted_blindly(self):
+        w = World()
+        w.agent.on("HEAD", "http://a.fake" + TAG_PATH, lambda: FakeResponse(
+            200, {b"Docker-Content-Digest": b"sha256:\xe4", b"Content-Type": DOCKER_V2.encode(),
+                  b"Content-Length": b"\xb2"}))  # "²": str.isdigit() says yes, int() says no
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, lambda: manifest_response())
+        result = self.successResultOf(w.pull(TAG_PATH, b"HEAD"))
+        self.assertEqual(result.headers[b"Docker-Content-Digest"], MDIGEST.encode())
+        self.assertEqual(result.content_length, len(MANIFEST))
+        self.assertEqual([m for m, _ in w.agent.sent], ["HEAD", "GET"])  # GET to compute it
+
+    def test_tags_link_next_rebuilt_from_checked_values(self):
+        w = World()
+        w.agent.on("GET", "http://a.fake" + TAGS_PATH, lambda: FakeResponse(
+            200, {b"Link": b'</v2/library/x/tags/list?last=b&n=2&evil=1>; rel="next", <http://evil.example/>; '
+                           b'rel="prev"'}, b'{"name":"library/x","tags":["a","b"]}'))
+        result = self.successResultOf(w.pull(TAGS_PATH))
+        self.assertEqual(result.headers[b"Link"],
+                         b'<http://proxy.test/v2/library/x/tags/list?n=2&last=b>; rel="next"')
+
+    def test_tags_link_with_bad_values_fails_over(self):
+        for link in ('</v2/library/x/tags/list?last=\u00e4&n=2>; rel="next"'.encode("latin-1"),
+                     b'</v2/library/x/tags/list?last=-x>; rel="next"',
+                     b'</v2/library/x/tags/list?n=2>; rel="next"',
+                     b'</v2/library/x/tags/list?last=b&n=x>; rel="next"',
+                     b'garbage'):
+            body = b'{"name":"library/x","tags":["a"]}'
+            w = self.two(lambda: FakeResponse(200, {b"Link": link}, body), TAGS_PATH,
+                         lambda: FakeResponse(200, {}, body))
+            result = self.assertFailsOver(w, w.pull(TAGS_PATH))
+            self.assertNotIn(b"Link", result.headers)
+
+
+class NothingInvalidCachedTests(unittest.TestCase):
+    @deferred_test
+    async def test_bad_media_type_is_not_cached(self):
+        _, db = temp_database(self, reactor)
+        cache = ManifestCache(db, Clock())
+        await cache.start()
+        body = json.dumps({"schemaVersion": 2, "mediaType": "application/\u00ff\u4e2d"}).encode()
+        w = World(manifests=cache, clock=cache.clock)
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, lambda: manifest_response(body, ctype=None))
+        for _ in range(2):  # the second pull meets no poisoned cache entry either
+            with self.assertRaises(RegistryError) as caught:
+                await w.pull(TAG_PATH)
+            self.assertEqual(caught.exception.code, "UPSTREAM_ERROR")
+        self.assertIsNone(await cache.tag("library/x", "latest", ["*/*"]))
+        self.assertEqual(await db.query("SELECT digest FROM cache_manifests"), [])
+
+    @deferred_test
+    async def test_rows_with_invalid_media_types_are_ignored(self):
+        _, db = temp_database(self, reactor)
+        await db.execute("INSERT INTO cache_manifests VALUES (?, ?, ?, 0, 0)", (MDIGEST, "bad\u00e4type", MANIFEST))
+        await db.execute("INSERT INTO cache_tags VALUES ('library/x', 'latest', ?, ?, 0)",
+                         ("bad\u00e4type", MDIGEST))
+        cache = ManifestCache(db, Clock())
+        await cache.start()
+        self.assertIsNone(await cache.tag("library/x", "latest", ["*/*"]))
+        self.assertIsNone(await cache.get(MDIGEST))
+
+
+# -- 4. bounded small-body reads ----------------------------------------------------------------------
+
+class BodyTimeoutTests(unittest.TestCase):
+    def test_token_body_read_times_out_and_closes(self):
+        w = World()
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, token_challenge())
+        w.agent.on("GET", "http://auth.fake/token?service=s&scope=repository%3Alibrary%2Fx%3Apull",
+                   lambda: FakeResponse(200, {}, b'{"tok', stall=True))
+        d = w.pull(TAG_PATH)
+        self.assertNoResult(d)
+        w.clock.advance(w.pool.body_timeout + 1)
+        self.assertUpstreamError(d)
+        token_resp = [r for r in w.agent.responses if r.code == 200][0]
+        self.assertTrue(token_resp.transport.stopped)
+        self.assertEqual(w.pool.tokens.fetching, 0)  # and the next pull can fetch again
+
+    def assertUpstreamError(self, d):
+        err = self.failureResultOf(d, RegistryError).value
+        self.assertEqual((err.status, err.code), (502, "UPSTREAM_ERROR"))
+
+    def _stalls(self, path, factory):
+        w = World(idle_timeout=30)
+        w.agent.on("GET", "http://a.fake" + path, factory)
+        d = w.pull(path)
+        self.assertNoResult(d)
+        w.clock.advance(31)
+        self.assertUpstreamError(d)
+        self.assertTrue(w.agent.responses[0].transport.stopped, "the stalled connection was left open")
+        self.assertIn("within", w.health()["last_error"])
+        self.assertEqual(w.clock.getDelayedCalls(), [])
+
+    def test_manifest_body_read_times_out_and_closes(self):
+        self._stalls(TAG_PATH, lambda: manifest_response(MANIFEST[:5], stall=True))
+
+    def test_tags_body_read_times_out_and_closes(self):
+        self._stalls(TAGS_PATH, lambda: FakeResponse(200, {}, b'{"t', stall=True))
+
+
+# -- 5. bounded memory ---------------------------------------------------------------------------
+
+class TokenCacheBoundsTests(unittest.TestCase):
+    def fill(self, cache, keys, expires_in=300):
+        for k in keys:
+            self.successResultOf(ensureDeferred(cache.get(k, lambda: succeed((f"t{k}", expires_in)))))
+
+    def test_count_capped_least_recently_used_first(self):
+        cache = TokenCache(Clock(), max_entries=3)
+        self.fill(cache, [1, 2, 3])
+        self.assertEqual(cache.peek(1), "t1")  # 1 is now the most recently used
+        self.fill(cache, [4, 5])
+        self.assertEqual(len(cache), 3)
+        self.assertEqual([k for k in (1, 2, 3, 4, 5) if cache.peek(k)], [1, 4, 5])
+
+    def test_expired_tokens_are_purged(self):
+        clock = Clock()
+        cache = TokenCache(clock)
+        self.fill(cache, range(100), expires_in=60)
+        clock.advance(120)
+        self.fill(cache, ["new"])
+        self.assertEqual(len(cache), 1)
+
+    def test_absurd_lifetimes_are_bounded(self):
+        w = World()
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, token_challenge())
+        w.agent.on("GET", "http://auth.fake/token?service=s&scope=repository%3Alibrary%2Fx%3Apull",
+                   lambda: FakeResponse(200, {}, b'{"token": "t", "expires_in": 1e300}'))
+        self.failureResultOf(w.pull(TAG_PATH), RegistryError)  # a keeps answering 401
+        w.clock.advance(2 * 86400)
+        self.assertEqual(len(w.pool.tokens), 1)
+        self.assertIsNone(w.pool.tokens.peek((1, "http://a.fake", "", "repository:library/x:pull")))
+
+
+class ManifestCacheBoundsTests(unittest.TestCase):
+    def setUp(self):
+        self.base, self.db = temp_database(self, reactor)
+
+    async def settle(self):
+        from twisted.internet.task import deferLater
+
+        await deferLater(reactor, 0.1, lambda: None)  # let the async writes land
+
+    def manifest(self, i):
+        body = MANIFEST + str(i).encode()
+        return Manifest("sha256:" + hashlib.sha256(body).hexdigest(), DOCKER_V2, body)
+
+    @deferred_test
+    async def test_tags_and_repositories_bounded_database_backs_them(self):
+        cache = ManifestCache(self.db, Clock(), tag_limit=3, repo_limit=3)
+        await cache.start()
+        ms = [self.manifest(i) for i in range(10)]
+        for i, m in enumerate(ms):
+            cache.store(f"r{i}", f"t{i}", m)
+        self.assertLessEqual(sum(len(v) for v in cache.tags.values()), 3)
+        self.assertLessEqual(len(cache._repos), 3)
+        self.assertEqual(cache.summary()["tags"], 3)
+        await self.settle()
+        for i, m in enumerate(ms):  # evicted from memory, found in the database
+            entry = await cache.tag(f"r{i}", f"t{i}", [DOCKER_V2])
+            self.assertEqual(entry.digest, m.digest)
+            self.assertTrue(await cache.has_repo(m.digest, f"r{i}"))
+            self.assertFalse(await cache.has_repo(m.digest, "elsewhere"))
+        self.assertLessEqual(sum(len(v) for v in cache.tags.values()), 3)
+        self.assertLessEqual(len(cache._repos), 3)
+        # a restart loads at most the limit, the most recently fetched ones
+        again = ManifestCache(self.db, Clock(), tag_limit=3)
+        await again.start()
+        self.assertEqual(again.summary()["tags"], 3)
+
+    @deferred_test
+    async def test_other_media_type_of_a_tag_not_in_memory_is_found(self):
+        cache = ManifestCache(self.db, Clock(), tag_limit=1)
+        await cache.start()
+        a, b = self.manifest(1), Manifest(self.manifest(2).digest, "application/vnd.oci.image.index.v1+json",
+                                          self.manifest(2).body)
+        cache.store("r", "t", a)
+        cache.store("other", "t", self.manifest(3))  # evicts r:t
+        await self.settle()
+        cache.store("r", "t", b)  # r:t back in memory with one media type only
+        entry = await cache.tag("r", "t", [DOCKER_V2])
+        self.assertEqual(entry.digest, a.digest)
+
+    @deferred_test
+    async def test_dropped_tag_not_brought_back_from_the_database(self):
+        cache = ManifestCache(self.db, Clock(), tag_limit=1)
+        await cache.start()
+        cache.store("r", "t", self.manifest(1))
+        await self.settle()
+        cache.store("other", "t", self.manifest(2))  # evicts r:t from memory
+        cache.drop_tag("r", "t")
+        self.assertIsNone(await cache.tag("r", "t", [DOCKER_V2]))
+        await self.settle()
+        self.assertIsNone(await cache.tag("r", "t", [DOCKER_V2]))
+
+    @deferred_test
+    async def test_pull_served_from_the_database_when_evicted_and_upstream_gone(self):
+        clock = Clock()
+        cache = ManifestCache(self.db, clock, tag_limit=1, repo_limit=1)
+        await cache.start()
+        w = World(manifests=cache, clock=clock)
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, lambda: manifest_response())
+        other = "/v2/library/y/manifests/latest"
+        w.agent.on("GET", "http://a.fake" + other, lambda: manifest_response(MANIFEST + b" "))
+        self.assertEqual((await w.pull(TAG_PATH)).body, MANIFEST)
+        await w.pull(other)  # pushes library/x out of memory
+        self.assertNotIn(("library/x", "latest"), cache.tags)
+        await self.settle()
+        w.agent.routes.clear()  # upstream gone
+        sent = len(w.agent.sent)
+        result = await w.pull(TAG_PATH)
+        self.assertEqual((result.status, result.body), (200, MANIFEST))
+        result = await w.pull(f"/v2/library/x/manifests/{MDIGEST}")
+        self.assertEqual((result.status, result.body), (200, MANIFEST))
+        self.assertEqual(len(w.agent.sent), sent)
+
+
+# -- 6. no upstream internals in client errors ----------------------------------------------------
+
+class ClientErrorTests(unittest.TestCase):
+    def test_final_error_generic_for_client_detailed_in_one_log_event(self):
+        events = []
+        self.patch(proxy_module, "log", Logger(observer=events.append))
+        w = World(("a.fake:5000", "b.fake"))
+        w.pool.set_registries([
+            {"id": 1, "name": "a.fake:5000", "url": "http://a.fake:5000", "priority": 1, "enabled": 1,
+             "username": "user", "password": "pa55word"},
+            {"id": 2, "name": "secret-mirror", "url": "http://b.fake", "priority": 2, "enabled": 1}])
+        w.agent.on("GET", "http://a.fake:5000" + TAG_PATH, lambda: FakeResponse(500))
+        err = self.failureResultOf(w.pull(TAG_PATH), RegistryError).value  # b.fake refuses
+        self.assertEqual((err.status, err.code), (502, "UPSTREAM_ERROR"))
+        body = err.body().decode()
+        for leak in ("a.fake", "5000", "b.fake", "secret-mirror", "pa55word", "detail", "refused"):
+            self.assertNotIn(leak, body)
+        self.assertEqual(json.loads(body)["errors"][0]["message"], "no upstream registry could answer")
+        self.assertEqual([a["upstream"] for a in err.internal], ["a.fake:5000", "secret-mirror"])
+        from twisted.logger import formatEvent
+
+        logged = [formatEvent(e) for e in events]
+        self.assertEqual(len(logged), 1, logged)
+        self.assertIn("a.fake:5000", logged[0])
+        self.assertIn("secret-mirror", logged[0])
+        self.assertNotIn("pa55word", logged[0])
+
+    def test_not_found_and_rate_limited_carry_no_upstream_names(self):
+        w = World(("a.fake", "b.fake"))
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, lambda: FakeResponse(404))
+        w.agent.on("GET", "http://b.fake" + TAG_PATH, lambda: FakeResponse(429, {b"Retry-After": b"-5"}))
+        err = self.failureResultOf(w.pull(TAG_PATH), RegistryError).value
+        self.assertNotIn("fake", err.body().decode())
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, lambda: FakeResponse(429, {b"Retry-After": b"10"}))
+        err = self.failureResultOf(w.pull(TAG_PATH), RegistryError).value
+        self.assertEqual(err.code, "TOOMANYREQUESTS")
+        self.assertEqual(err.headers[b"Retry-After"], b"1")  # a negative wait is bounded
+        self.assertNotIn("fake", err.body().decode())
+
+
+class RealConnectionTests(unittest.TestCase):
+    """Over real TCP with twisted.web's Agent: a body read that times out closes
+    the upstream connection (seen from the server's side)."""
+
+    @deferred_test
+    async def test_stalled_manifest_body_closes_the_connection(self):
+        from twisted.internet.task import deferLater
+        from twisted.web.client import Agent
+        from twisted.web.resource import Resource
+        from twisted.web.server import NOT_DONE_YET, Site
+
+        lost = Deferred()
+
+        class Stall(Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                request.setHeader(b"Content-Type", DOCKER_V2.encode())
+                request.setHeader(b"Content-Length", str(len(MANIFEST)).encode())
+                request.write(MANIFEST[:10])
+                request.notifyFinish().addBoth(lambda r: lost.called or lost.callback([r]))
+                return NOT_DONE_YET
+
+        port = reactor.listenTCP(0, Site(Stall()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        host = f"127.0.0.1:{port.getHost().port}"
+        clock = Clock()
+        pool = UpstreamPool(Agent(reactor), clock, header_timeout=10)
+        pool.set_registries([{"id": 1, "name": "a", "url": f"http://{host}", "priority": 1, "enabled": 1}])
+        proxy = Proxy(pool, clock, idle_timeout=30)
+        d = Deferred.fromCoroutine(proxy.pull(PullRequest(path=parse_path(TAG_PATH), method=b"GET")))
+        while not any(c.getTime() == 30 for c in clock.getDelayedCalls()):  # the body read began
+            await deferLater(reactor, 0.01, lambda: None)
+        clock.advance(31)
+        with self.assertRaises(RegistryError):
+            await d
+        [reason] = await lost
+        self.assertIsInstance(reason, Failure)  # the request never finished: its connection was closed
+
+
+class TagLimitConfigTests(unittest.TestCase):
+    def test_manifest_tags_in_memory_configurable(self):
+        from pathlib import Path
+
+        from zmirror.config import ConfigError, parse_config
+
+        def parse(text):
+            return parse_config(text, data_dir=Path("/srv/d"), config_path=Path("/srv/d/config.toml"))
+
+        self.assertEqual(parse("").cache.manifest_tags_in_memory, 100_000)
+        self.assertEqual(parse("[cache]\nmanifest_tags_in_memory = 500\n").cache.manifest_tags_in_memory, 500)
+        with self.assertRaises(ConfigError):
+            parse("[cache]\nmanifest_tags_in_memory = 0\n")
