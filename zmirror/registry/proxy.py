@@ -128,9 +128,7 @@ class FileResult:
         request.setResponseCode(self.status)
         for k, v in self.headers.items():
             request.setHeader(k, v)
-        if self.file is None:  # HEAD
-            if self.on_close is not None:
-                self.on_close()
+        if self.file is None:  # HEAD: answered from the index, no file was opened
             return b""
         producer = FollowerProducer(request, file=self.file, size=self.size, start=self.start,
                                     end=self.end, on_close=self.on_close, stats=self.stats,
@@ -173,7 +171,7 @@ def _parse_range(value: Optional[str], size: int):
 def _file_result(pull, out: dict, size: int, *, file, on_close, stats) -> "FileResult":
     if pull.head:
         out[b"Content-Length"] = str(size).encode()
-        return FileResult(200, out, None, size, on_close=on_close)
+        return FileResult(200, out, None, size)
     rng = _parse_range(pull.range, size)
     if rng is _UNSATISFIABLE:
         file.close()
@@ -463,8 +461,11 @@ class Proxy:
                     cache.stats["hits"] += 1
                     if pull.record is not None:
                         pull.record.cache_hit = True
-                    result = _file_result(pull, out, entry.size, file=f,
-                                          on_close=lambda: cache.release(entry), stats=cache.stats)
+                    # a HEAD took no reader: nothing to release (a release without an
+                    # open would let eviction unlink a blob another client is reading)
+                    release = None if f is None else (lambda: cache.release(entry))
+                    result = _file_result(pull, out, entry.size, file=f, on_close=release,
+                                          stats=cache.stats)
                     result.reactor = cache.reactor
                     return result
             if not pull.head:
