@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import UNKNOWN_LENGTH
+from werkzeug.http import parse_range_header
 
 from zmirror.cache.blobs import CacheUnavailable, FollowerProducer
 from zmirror.cache.manifests import Manifest, acceptable
@@ -142,30 +143,18 @@ _UNSATISFIABLE = object()
 
 def _parse_range(value: Optional[str], size: int):
     """A single ``bytes=`` range → (start, end) inclusive; None to send it all
-    (no header, several ranges, or a form we ignore as RFC 9110 allows);
+    (no header, several ranges, another unit, or a form werkzeug rejects as
+    malformed — ``bytes=5-3``, ``bytes=-0`` — which RFC 9110 lets us ignore);
     _UNSATISFIABLE for 416."""
-    if not value:
+    rng = parse_range_header(value) if value else None
+    if rng is None or rng.units != "bytes" or len(rng.ranges) != 1:
         return None
-    value = value.strip()
-    if not value.lower().startswith("bytes=") or "," in value:
-        return None
-    spec = value[6:].strip()
-    first, sep, last = spec.partition("-")
-    if not sep:
-        return None
-    try:
-        if first == "":
-            n = int(last)
-            if n <= 0:
-                return _UNSATISFIABLE
-            return (max(size - n, 0), size - 1) if size else _UNSATISFIABLE
-        start = int(first)
-        end = int(last) if last else size - 1
-    except ValueError:
-        return None
-    if start < 0 or start >= size or end < start:
+    first, stop = rng.ranges[0]  # stop is exclusive, None for "to the end"
+    if first < 0:  # suffix: the last -first bytes
+        return (max(size + first, 0), size - 1) if size else _UNSATISFIABLE
+    if first >= size:
         return _UNSATISFIABLE
-    return start, min(end, size - 1)
+    return first, size - 1 if stop is None else min(stop - 1, size - 1)
 
 
 def _file_result(pull, out: dict, size: int, *, file, on_close, stats) -> "FileResult":
