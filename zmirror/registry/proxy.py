@@ -71,6 +71,7 @@ class StreamResult:
     expected_digest: Optional[str]
     expected_length: Optional[int]
     idle_timeout: float
+    threads: Any = None  # TransferThreads to hash on (else inline)
 
     async def send(self, request):
         request.setResponseCode(self.status)
@@ -83,7 +84,7 @@ class StreamResult:
             expected_digest=self.expected_digest,
             expected_length=self.expected_length,
             idle_timeout=self.idle_timeout,
-            reactor=self.clock,
+            threads=self.threads,
         )
         self.response.deliverBody(relay)
         await relay.done  # cancelling this aborts the upstream transfer
@@ -198,16 +199,12 @@ def _cache_control(pull, max_age: str) -> bytes:
 
 class Proxy:
     def __init__(self, pool: UpstreamPool, clock: Any, *, idle_timeout: float = 60.0,
-                 blobs: Any = None, manifests: Any = None, verify_blobs: bool = False):
+                 blobs: Any = None, manifests: Any = None):
         self.pool = pool
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.blobs = blobs  # zmirror.cache.BlobCache or None
         self.manifests = manifests  # zmirror.cache.ManifestCache or None
-        # Hash pass-through blobs and abort the client on a mismatch.  Off by
-        # default: clients verify digests themselves, and hashing costs about
-        # as much CPU as relaying; what goes into the cache is always verified.
-        self.verify_blobs = verify_blobs
 
     async def pull(self, pull):
         kind = pull.path.kind
@@ -476,17 +473,10 @@ class Proxy:
         cache.stats["misses"] += 1
         if pull.record is not None:
             pull.record.cache_hit = False
-        dl, created = cache.download(digest, name)
-        if created:
-            # The fetch belongs to the download, not to this request: when this client
-            # goes away (Klein cancels its handler) the others still get the blob.
-            fetch = Deferred.fromCoroutine(self._start_download(pull, dl))
-            fetch.addErrback(lambda f: log.failure("starting the download of {d} failed", f, d=digest))
-        await dl.when_ready()
+        # The fetch belongs to the download, not to this request: when this client
+        # goes away (Klein cancels its handler) only this wait is cancelled.
+        dl = await cache.download(digest, name, lambda: self._start_download(pull))
         out[b"Content-Type"] = dl.content_type
-        if dl.length is None:
-            # unknown length: stream it as it comes (chunked)
-            return DownloadResult(200, out, dl, 0, None)
         rng = _parse_range(pull.range, dl.length)
         if rng is _UNSATISFIABLE:
             raise RegistryError("RANGE_INVALID", headers={b"Content-Range": f"bytes */{dl.length}".encode()})
@@ -498,23 +488,14 @@ class Proxy:
         out[b"Content-Length"] = str(end - start + 1).encode()
         return DownloadResult(206, out, dl, start, end)
 
-    async def _start_download(self, pull, dl) -> None:
+    async def _start_download(self, pull):
+        """The upstream's 200 for a cache fill: (response, length or None, content type)."""
         name, digest = pull.path.name, pull.path.reference
-        try:
-            up, resp, _ = await self._fetch(pull, b"GET", f"/v2/{name}/blobs/{digest}", {},
-                                            unknown_code="BLOB_UNKNOWN")
-        except Exception as e:
-            dl.fail_before_start(e)
-            return
+        up, resp, _ = await self._fetch(pull, b"GET", f"/v2/{name}/blobs/{digest}", {},
+                                        unknown_code="BLOB_UNKNOWN")
         length = None if resp.length is UNKNOWN_LENGTH else int(resp.length)
         ctype = _header(resp, b"content-type")
-        try:
-            dl.start(resp, length, ctype.encode() if ctype else None)
-        except OSError as e:  # the temp file could not be created: fail everyone waiting, not hang them
-            self.blobs.store_failed(f"cannot create a temporary file: {e}")
-            if dl.state == "pending":
-                discard(resp)
-                dl.fail_before_start(CacheUnavailable(str(e)))
+        return resp, length, ctype.encode() if ctype else None
 
     async def _upstream_blob(self, pull, out):
         name, digest = pull.path.name, pull.path.reference
@@ -538,13 +519,19 @@ class Proxy:
             return BytesResult(200, out, head=True,
                                content_length=int(length) if length and length.isdigit() else 0)
         length = None if resp.length is UNKNOWN_LENGTH else int(resp.length)
+        threads = self.blobs.transfers if self.blobs is not None else None
         if resp.code == 206:
             cr = _header(resp, b"content-range")
             if cr:
                 out[b"Content-Range"] = cr.encode()
+            # Part of a blob cannot be checked against its digest: nothing in front of
+            # us (a CDN, a shared cache) may keep these bytes as the blob's for a year.
+            out[b"Cache-Control"] = b"no-store"
             return StreamResult(206, out, resp, self.clock, None, length, self.idle_timeout)
-        return StreamResult(200, out, resp, self.clock, digest if self.verify_blobs else None, length,
-                            self.idle_timeout)
+        # The whole blob: always hashed, its last bytes held back until the digest
+        # matched (a mismatch aborts the connection), so the public immutable
+        # Cache-Control is only ever attached to a body that ends verified.
+        return StreamResult(200, out, resp, self.clock, digest, length, self.idle_timeout, threads)
 
     # -- tags ---------------------------------------------------------------
     async def tags(self, pull) -> BytesResult:
