@@ -1107,15 +1107,14 @@ class CacheUpkeep:
         self.clock = clock
         self.interval = interval
         self.failures: dict[str, int] = {}  # consecutive failures per job
-        self.started: set[str] = set()  # caches whose start worked
         self._calls: dict[str, Any] = {}
         self._stopped = False
 
     def start(self) -> None:
         self._stopped = False
-        self._run("blob cache start", self.blobs.start, lambda: self.started.add("blobs"))
+        self._run("blob cache start", self.blobs.start, lambda: None)
         if self.manifests is not None:
-            self._run("manifest cache start", self.manifests.start, lambda: self.started.add("manifests"))
+            self._run("manifest cache start", self.manifests.start, lambda: None)
         self._later("blob index write", self.interval, self._flush)
 
     def _flush(self) -> None:
