@@ -518,3 +518,77 @@ class OrphanLimitTests(_LimitTestBase):
         self.assertEqual(self.blobs.stats["orphans_aborted"], 1)
         await deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(self.tmp_files(), [])
+
+
+class _FailingQueries:
+    def __init__(self, db, failures=1):
+        self.db, self.failures = db, failures
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    def query(self, *a):
+        if self.failures:
+            self.failures -= 1
+            from twisted.internet.defer import fail
+
+            return fail(RuntimeError("database is locked (test)"))
+        return self.db.query(*a)
+
+
+class RetriedStartTests(CacheTestBase):
+    @deferred_test
+    async def test_retried_start_keeps_running_downloads_temp_files(self):
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        await self.env.arequest("GET", path)
+        await self.blobs.flush_index()
+        self.make_env()
+        self.blobs.db = _FailingQueries(self.db)
+        with self.assertRaises(RuntimeError):
+            await self.blobs.start()
+        self.assertFalse(self.blobs.loading.closed)  # requests are not held by a failed start
+        # a download started meanwhile has its temp file in tmp/
+        running = self.base / "cache" / "tmp" / "in-flight.partial"
+        running.write_bytes(b"half a blob")
+        await self.blobs.start()  # the retry
+        self.assertTrue(running.exists())
+        self.assertIsNotNone(self.blobs.lookup(self.digest))
+        resp, body = await self.env.arequest("GET", path)
+        self.assertEqual(body, self.data)
+        self.assertEqual(len(self.blob_gets()), 1)
+
+
+class FlushOrderTests(CacheTestBase):
+    @deferred_test
+    async def test_flush_waits_for_the_flush_in_flight(self):
+        """A flush that finds nothing dirty because a running flush took it all must
+        still wait for that write (found by test_restart_drops_a_file_cut_short: the
+        index write of a new blob landed after the restart had read the index)."""
+        await self.start()
+        await self.env.arequest("GET", f"/v2/library/x/blobs/{self.digest}")
+        await self.blobs.flush_index()
+        entry = self.blobs.lookup(self.digest)
+        gate = Deferred()
+        real = self.db.write
+
+        class SlowWrites:
+            def __getattr__(_self, name):
+                return getattr(self.db, name)
+
+            def write(_self, *a):
+                d = Deferred()
+                gate.addCallback(lambda _: real(*a).chainDeferred(d))
+                return d
+
+        self.blobs.db = SlowWrites()
+        self.blobs.touch(entry, "library/late")
+        first = Deferred.fromCoroutine(self.blobs.flush_index())  # takes the dirty row, waits
+        second = Deferred.fromCoroutine(self.blobs.flush_index())
+        await deferLater(reactor, 0.01, lambda: None)
+        self.assertFalse(second.called)  # the row is not written yet
+        gate.callback(None)
+        await second
+        await first
+        repos = await self.db.query("SELECT repository FROM cache_blob_repos WHERE digest = ?", (self.digest,))
+        self.assertIn("library/late", {r["repository"] for r in repos})

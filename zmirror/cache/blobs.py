@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IPushProducer, IWriteDescriptor
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThreadPool
@@ -120,6 +120,7 @@ class BlobCache:
         self.size = 0
         self.downloads: dict[str, Download] = {}
         self._dirty: set[str] = set()
+        self._flush_lock = DeferredLock()
         self._doomed: set[str] = set()  # evicted while being read: unlink when the last reader closes
         self.loading = LoadGate()  # closed while start() loads the index: requests wait on it
         self.stats = {"hits": 0, "misses": 0, "bytes_from_cache": 0, "bytes_from_upstream": 0,
@@ -171,6 +172,11 @@ class BlobCache:
         A file whose size differs from its index row (cut short by a crash before
         the kernel wrote it out) is deleted; a file the index does not know (the
         index write was lost) is hashed before it is adopted."""
+        if not self._swept:
+            # First thing of the first start only: when a failed start is retried,
+            # downloads begun in between have their temp files there.
+            self._swept = True
+            await self._in_thread(self._sweep_tmp)
         rows = await self.db.query("SELECT digest, size, last_access FROM cache_blobs ORDER BY last_access")
         repos = await self.db.query("SELECT digest, repository FROM cache_blob_repos")
         present = await self._in_thread(self._scan)
@@ -243,12 +249,18 @@ class BlobCache:
                 _silent_unlink(path)
         return good, dropped
 
-    def _scan(self) -> dict[str, int]:
+    def _sweep_tmp(self) -> None:
+        """(thread) Empty tmp/ in place (it never disappears, not even for a moment)."""
         tmp = self.root / "tmp"
-        if not self._swept:  # not again when a failed start is retried: downloads run by then
-            self._swept = True
-            shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True, exist_ok=True)
+        for entry in os.scandir(tmp):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                _silent_unlink(entry.path)
+
+    def _scan(self) -> dict[str, int]:
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
         out: dict[str, int] = {}
         base = self.root / "blobs"
         if not base.exists():
@@ -266,7 +278,12 @@ class BlobCache:
 
     async def flush_index(self) -> None:
         """Write changed entries (new blobs, access times) in one transaction.
-        When the write fails they stay dirty for the next flush."""
+        When the write fails they stay dirty for the next flush.  Flushes run one
+        at a time: when this returns, every change made before it is written
+        (also those a flush already running had taken), e.g. at shutdown."""
+        await self._flush_lock.run(lambda: Deferred.fromCoroutine(self._flush()))
+
+    async def _flush(self) -> None:
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()
