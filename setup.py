@@ -35,6 +35,7 @@ setup(
         "twisted[tls]>=23.8",
         "treq>=23.11",
         "klein>=23.5",
+        "werkzeug>=2.3",  # parse_range_header (comes with klein; used directly)
         "txaio>=23.1",
         "toml>=0.10",
         "passlib>=1.7.4",

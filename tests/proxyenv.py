@@ -17,7 +17,7 @@ from zmirror.testing import FakeRegistry, HostAgent
 
 class ProxyEnv:
     def __init__(self, upstreams: list[tuple[str, FakeRegistry]], *, extra_hosts=None, policy=None,
-                 cooldown: float = 30.0, credentials=None, verify_blobs: bool = True,
+                 cooldown: float = 30.0, credentials=None,
                  blobs=None, manifests=None):
         self.clock = Clock()
         hosts = {host: reg.resource() for host, reg in upstreams}
@@ -32,8 +32,7 @@ class ProxyEnv:
             rows.append({"id": i, "name": host, "url": f"http://{host}", "priority": i, "enabled": 1,
                          "username": user, "password": pw})
         self.pool.set_registries(rows)
-        self.proxy = Proxy(self.pool, self.clock, idle_timeout=30, verify_blobs=verify_blobs,
-                           blobs=blobs, manifests=manifests)
+        self.proxy = Proxy(self.pool, self.clock, idle_timeout=30, blobs=blobs, manifests=manifests)
         self.log = MemoryAccessLog()
         self.routes = RegistryRoutes(self.proxy, clock=self.clock, accesslog=self.log, policy=policy,
                                      base_url=lambda request: "http://proxy.test")

@@ -25,8 +25,14 @@ def deferred_test(f):
     return wrapper
 
 
+def stop_transfers(blobs):
+    blobs.abort_downloads()
+    blobs.transfers.stop()
+
+
 class CacheTestBase(unittest.TestCase):
     max_size = 1 << 30
+    cache_options: dict = {}
 
     def setUp(self):
         self.base, self.db = temp_database(self, reactor)
@@ -36,7 +42,9 @@ class CacheTestBase(unittest.TestCase):
         self.make_env()
 
     def make_env(self, upstreams=None):
-        self.blobs = BlobCache(self.base / "cache", self.db, reactor, max_size=self.max_size, idle_timeout=30)
+        self.blobs = BlobCache(self.base / "cache", self.db, reactor, max_size=self.max_size, idle_timeout=30,
+                               **self.cache_options)
+        self.addCleanup(stop_transfers, self.blobs)
         self.manifests = ManifestCache(self.db, reactor, ttl=300)
         self.env = ProxyEnv(upstreams or [("up1.fake", self.up)], blobs=self.blobs, manifests=self.manifests)
         self.manifests.clock = self.env.clock  # TTLs follow the test clock

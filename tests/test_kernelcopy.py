@@ -26,10 +26,17 @@ from zmirror.registry.proxy import Proxy
 from zmirror.registry.routes import RegistryRoutes
 from zmirror.testing import FakeRegistry
 from zmirror.upstream.client import UpstreamPool
+from zmirror.upstream.digestworker import TransferThreads
+
+
+def stop_transfers(blobs):
+    blobs.abort_downloads()
+    blobs.transfers.stop()
 
 
 class KernelCopyTests(unittest.TestCase):
     timeout = 60
+    transfer_threads = 16
     kernel = True  # RelayFillTests runs the same tests with the fill through Python
 
     def expect_fills(self, n=1):
@@ -60,7 +67,9 @@ class KernelCopyTests(unittest.TestCase):
         pool = UpstreamPool(Agent(reactor, pool=upstream_pool), reactor, header_timeout=10, cooldown=1)
         pool.set_registries([{"id": 1, "name": "up", "url": f"http://127.0.0.1:{up_port.getHost().port}",
                               "priority": 1, "enabled": 1, "username": "", "password": ""}])
-        self.blobs = BlobCache(self.base / "cache", self.db, reactor, max_size=1 << 30, idle_timeout=1)
+        self.blobs = BlobCache(self.base / "cache", self.db, reactor, max_size=1 << 30, idle_timeout=1,
+                               transfer_threads=self.transfer_threads)
+        self.addCleanup(stop_transfers, self.blobs)
         proxy = Proxy(pool, reactor, idle_timeout=30, blobs=self.blobs)
         self.log = MemoryAccessLog()
         routes = RegistryRoutes(proxy, clock=reactor, accesslog=self.log,
@@ -159,6 +168,17 @@ class KernelCopyTests(unittest.TestCase):
             self.assertIn("sent nothing for 1 s", self.fills[0].error)
 
     @deferred_test
+    async def test_one_free_thread_fills_through_python(self):
+        """A kernel copy needs two transfer threads; with one free the fill goes through Python."""
+        await self.blobs.start()
+        self.blobs.transfers.size = 1
+        resp, body = await self.get()
+        self.assertEqual((resp.code, body), (200, self.data))
+        self.assertEqual(self.fills, [])
+        self.assertEqual(self.blobs.path(self.digest).read_bytes(), self.data)
+        self.assertEqual(len(self.blob_gets()), 1)
+
+    @deferred_test
     async def test_small_blob_goes_through_python(self):
         small = os.urandom(100_000)
         digest = self.up.add_blob(small)
@@ -203,7 +223,9 @@ class SpliceFillTests(unittest.TestCase):
                 pass
 
         threading.Thread(target=upstream, daemon=True).start()
-        return kernelcopy.SpliceFill("sha256", reactor, sock_fd=os.dup(ours.fileno()), file_fd=file_fd,
+        threads = TransferThreads(reactor, 2)
+        self.addCleanup(threads.stop)
+        return kernelcopy.SpliceFill("sha256", threads.lease(2), sock_fd=os.dup(ours.fileno()), file_fd=file_fd,
                                      read_fd=read_fd, prefix=prefix, length=length, idle_timeout=5)
 
     @deferred_test
@@ -253,4 +275,8 @@ class SpliceFillTests(unittest.TestCase):
         sf.abort()
         self.assertIsNone(await sf.finish())
         self.assertEqual(sf.error, "aborted")
-        self.assertFalse(sf._writer.is_alive() and sf._hasher.is_alive())
+        for _ in range(100):  # the writer notices within one 0.5 s poll slice
+            if sf.threads_running == 0:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(sf.threads_running, 0)

@@ -11,6 +11,7 @@ from twisted.trial import unittest
 from twisted.web.client import ResponseDone
 from twisted.web.http import HTTPChannel, Request
 
+from zmirror.upstream.digestworker import TransferThreads
 from zmirror.upstream.relay import BlobRelay
 
 
@@ -107,7 +108,9 @@ class ThreadedDigestTests(unittest.TestCase):
         chunk = bytes(range(256)) * 1024
         total = chunk * 24  # 6 MiB: above the threaded threshold
         digest = "sha256:" + hashlib.sha256(total).hexdigest()
-        relay = BlobRelay(request, reactor, reactor=reactor, expected_digest=digest,
+        threads = TransferThreads(reactor, 1)
+        self.addCleanup(threads.stop)
+        relay = BlobRelay(request, reactor, threads=threads, expected_digest=digest,
                           expected_length=len(total), idle_timeout=10)
         self.assertIsNotNone(relay.worker)
         upstream = StringTransport()
@@ -125,7 +128,9 @@ class ThreadedDigestTests(unittest.TestCase):
 
     def test_worker_backpressure(self):
         channel, client, request = make_request()
-        relay = BlobRelay(request, reactor, reactor=reactor, expected_digest="sha256:" + "0" * 64,
+        threads = TransferThreads(reactor, 1)
+        self.addCleanup(threads.stop)
+        relay = BlobRelay(request, reactor, threads=threads, expected_digest="sha256:" + "0" * 64,
                           idle_timeout=10)
         relay.worker.high_water = 1000
         relay.worker.low_water = 0

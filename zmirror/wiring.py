@@ -123,31 +123,15 @@ def build(config: Config, reactor: Any) -> dict:
 
 
 def _cache_services(blobs, manifests, reactor) -> list:
-    """Load the cache index after the pools start; write access times every
-    30 s and at shutdown."""
+    """Load the cache indexes after the pools start (retried until they load);
+    write access times every 30 s (a failed write is retried, backing off) and
+    at shutdown, then join the transfer threads."""
     if blobs is None:
         return []
-    from twisted.internet.defer import Deferred, DeferredList
-    from twisted.internet.task import LoopingCall
+    from zmirror.cache.blobs import CacheUpkeep
 
-    flusher = LoopingCall(lambda: Deferred.fromCoroutine(blobs.flush_index()))
-    flusher.clock = reactor
-
-    stopped = []  # set by stop(): a start finishing after it must not start the loop
-
-    def start():
-        d = DeferredList([Deferred.fromCoroutine(blobs.start()), Deferred.fromCoroutine(manifests.start())],
-                         fireOnOneErrback=True, consumeErrors=True)
-        d.addCallback(lambda _: None if stopped else flusher.start(30, now=False))
-        d.addErrback(lambda f: log.failure("cache start failed", f))
-
-    def stop():
-        stopped.append(True)
-        if flusher.running:
-            flusher.stop()
-        return Deferred.fromCoroutine(blobs.flush_index())
-
-    return [CallbackService(start=start, stop=stop)]
+    upkeep = CacheUpkeep(blobs, manifests, reactor)
+    return [CallbackService(start=upkeep.start, stop=upkeep.stop)]
 
 
 def _upstream_pool(config: Config, reactor: Any) -> UpstreamPool:

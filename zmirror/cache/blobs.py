@@ -18,6 +18,17 @@ aborts its clients' connections and leaves nothing behind.
 When the cache disk fails a write, misses are relayed without storing for
 STORE_RETRY seconds (:meth:`BlobCache.storing`).
 
+Bounds: downloads hash and write on threads leased from one bounded pool
+(:class:`~zmirror.upstream.digestworker.TransferThreads`, never a queue of
+waiting transfers); the temp files of running downloads add up to at most
+``max_size``; a download every client has left is finished only while at most
+``max_orphans`` of them, with at most ``max_orphan_bytes`` still to fetch, are
+running.  A miss beyond the first two bounds is relayed uncached; an orphan
+beyond the last is aborted and its temp file removed.
+
+The start of a download is single-flight (:class:`~zmirror.singleflight.SingleFlight`):
+the upstream fetch belongs to no caller, a caller that goes away only detaches.
+
 The index (size, last access, repositories) lives in memory, loaded from the
 ``cache_blobs`` table at start and written back in batches; eviction is least
 recently used first, accounted incrementally, and never deletes a blob while
@@ -34,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IPushProducer, IWriteDescriptor
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThreadPool
@@ -45,7 +56,9 @@ from zope.interface import implementer
 
 from zmirror.cache import kernelcopy
 from zmirror.cache.gate import LoadGate
-from zmirror.upstream.digestworker import DigestWorker
+from zmirror.singleflight import SingleFlight
+from zmirror.upstream.client import discard
+from zmirror.upstream.digestworker import TRANSFER_THREADS, DigestWorker, TransferThreads
 from zmirror.upstream.relay import enlarge_reads, abort_client
 
 log = Logger()
@@ -57,6 +70,16 @@ STORE_RETRY = 60.0
 ADOPT_VERIFY_MAX = 4 << 30
 
 CHUNK = 64 << 10  # file reads: 64 KiB measured best here (1 MiB reads were ~3x slower)
+
+# Downloads every client has left are finished while at most this many run,
+# with at most this many bytes left to fetch between them; beyond, aborted.
+MAX_ORPHANS = 4
+MAX_ORPHAN_BYTES = 2 << 30
+
+# Background work of the cache (start, index writes) that failed is retried after
+# RETRY_FIRST s, doubling on each further failure up to RETRY_MAX s.
+RETRY_FIRST = 5.0
+RETRY_MAX = 300.0
 
 
 class CacheUnavailable(Exception):
@@ -79,21 +102,30 @@ def _blob_relpath(digest: str) -> str:
 
 class BlobCache:
     def __init__(self, root: Path, db: Any, reactor: Any, *, max_size: int, threadpool: Any = None,
-                 idle_timeout: float = 60.0):
+                 idle_timeout: float = 60.0, transfer_threads: int = TRANSFER_THREADS,
+                 max_orphans: int = MAX_ORPHANS, max_orphan_bytes: int = MAX_ORPHAN_BYTES):
         self.root = Path(root)
         self.db = db
         self.reactor = reactor
         self.max_size = max_size
         self.idle_timeout = idle_timeout
-        self._threadpool = threadpool
+        self._threadpool = threadpool  # short file jobs (scan, unlink); not transfers
+        # threads for transfers (downloads, and pass-through relays that hash)
+        self.transfers = TransferThreads(reactor, transfer_threads)
+        self.max_orphans = max_orphans
+        self.max_orphan_bytes = max_orphan_bytes
+        self._starting: SingleFlight = SingleFlight()  # downloads waiting for the upstream's answer
+        self._swept = False  # tmp/ is emptied once, at the first start: later its files are ours
         self.entries: "OrderedDict[str, BlobEntry]" = OrderedDict()  # LRU: oldest first
         self.size = 0
         self.downloads: dict[str, Download] = {}
         self._dirty: set[str] = set()
+        self._flush_lock = DeferredLock()
         self._doomed: set[str] = set()  # evicted while being read: unlink when the last reader closes
         self.loading = LoadGate()  # closed while start() loads the index: requests wait on it
         self.stats = {"hits": 0, "misses": 0, "bytes_from_cache": 0, "bytes_from_upstream": 0,
-                      "evictions": 0, "verify_failures": 0, "write_failures": 0}
+                      "evictions": 0, "verify_failures": 0, "write_failures": 0,
+                      "relayed_over_limits": 0, "orphans_aborted": 0}
         self._store_failed_at: Optional[float] = None
         self.store_error = ""
 
@@ -140,6 +172,11 @@ class BlobCache:
         A file whose size differs from its index row (cut short by a crash before
         the kernel wrote it out) is deleted; a file the index does not know (the
         index write was lost) is hashed before it is adopted."""
+        if not self._swept:
+            # First thing of the first start only: when a failed start is retried,
+            # downloads begun in between have their temp files there.
+            self._swept = True
+            await self._in_thread(self._sweep_tmp)
         rows = await self.db.query("SELECT digest, size, last_access FROM cache_blobs ORDER BY last_access")
         repos = await self.db.query("SELECT digest, repository FROM cache_blob_repos")
         present = await self._in_thread(self._scan)
@@ -153,7 +190,8 @@ class BlobCache:
                 damaged.append(digest)
             else:
                 known.add(digest)
-                self._add(BlobEntry(digest, size, float(r["last_access"])))
+                if digest not in self.entries:  # a retried start keeps what it has
+                    self._add(BlobEntry(digest, size, float(r["last_access"])))
         unknown = [d for d in present if d not in known and d not in damaged]
         verified, dropped = [], []
         if unknown or damaged:
@@ -168,7 +206,8 @@ class BlobCache:
         adopted = []
         for digest in verified:
             # renamed into place and its content checked again, but the index write was lost
-            self._add(BlobEntry(digest, present[digest], now))
+            if digest not in self.entries:
+                self._add(BlobEntry(digest, present[digest], now))
             adopted.append(digest)
         if stale:
             await self.db.write(_delete_blob_rows, stale)
@@ -210,10 +249,18 @@ class BlobCache:
                 _silent_unlink(path)
         return good, dropped
 
-    def _scan(self) -> dict[str, int]:
+    def _sweep_tmp(self) -> None:
+        """(thread) Empty tmp/ in place (it never disappears, not even for a moment)."""
         tmp = self.root / "tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True, exist_ok=True)
+        for entry in os.scandir(tmp):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                _silent_unlink(entry.path)
+
+    def _scan(self) -> dict[str, int]:
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
         out: dict[str, int] = {}
         base = self.root / "blobs"
         if not base.exists():
@@ -230,7 +277,13 @@ class BlobCache:
         return out
 
     async def flush_index(self) -> None:
-        """Write changed entries (new blobs, access times) in one transaction."""
+        """Write changed entries (new blobs, access times) in one transaction.
+        When the write fails they stay dirty for the next flush.  Flushes run one
+        at a time: when this returns, every change made before it is written
+        (also those a flush already running had taken), e.g. at shutdown."""
+        await self._flush_lock.run(lambda: Deferred.fromCoroutine(self._flush()))
+
+    async def _flush(self) -> None:
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()
@@ -241,7 +294,11 @@ class BlobCache:
                 continue
             rows.append((e.digest, e.size, e.last_access, e.last_access))
             repo_rows.extend((e.digest, r) for r in e.repos)
-        await self.db.write(_upsert_blob_rows, rows, repo_rows)
+        try:
+            await self.db.write(_upsert_blob_rows, rows, repo_rows)
+        except BaseException:
+            self._dirty |= dirty  # rows are rebuilt from the entries then (evicted ones drop out)
+            raise
 
     # -- index --------------------------------------------------------------
     def _add(self, e: BlobEntry) -> None:
@@ -334,6 +391,10 @@ class BlobCache:
             "max_size": self.max_size,
             "entries": len(self.entries),
             "downloads": len(self.downloads),
+            "temp_bytes": self.temp_bytes(),
+            "orphans": sum(1 for dl in self.downloads.values() if dl.orphaned),
+            "transfer_threads": self.transfers.size,
+            "transfer_threads_busy": self.transfers.busy,
             "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
             "storing": self.storing(),
             "store_error": self.store_error or None,
@@ -341,15 +402,87 @@ class BlobCache:
         }
 
     # -- downloads ------------------------------------------------------------
-    def download(self, digest: str, repo: str) -> tuple["Download", bool]:
-        """The in-flight download of ``digest``, creating it if needed.
-        Returns (download, created)."""
+    def download(self, digest: str, repo: str,
+                 fetch: Callable[[], Any]) -> Deferred:
+        """The running download of ``digest``, or the one being started with
+        ``fetch()`` (a coroutine returning ``(response, length, content_type)``
+        of the upstream's 200, or raising its error).  Single-flight: the start
+        belongs to no caller; cancelling the returned Deferred detaches only its
+        caller.  Fails with :class:`CacheUnavailable` when this miss is to be
+        relayed uncached (disk failing, no transfer thread free, temp bytes at
+        ``max_size``)."""
         dl = self.downloads.get(digest)
         if dl is not None:
-            return dl, False
+            return succeed(dl)
+        return self._starting.run(digest, lambda: self._begin(digest, repo, fetch))
+
+    def temp_bytes(self) -> int:
+        """Bytes the temp files of running downloads take when complete."""
+        return sum(dl.length or 0 for dl in self.downloads.values())
+
+    def _admit(self, length: Optional[int]) -> None:
+        """Raise CacheUnavailable unless a download of ``length`` bytes (None:
+        not known yet) fits the temp budget and can lease a thread."""
+        why = None
+        if self.transfers.free < 1:
+            why = "no transfer thread free"
+        elif length is None and self.temp_bytes() >= self.max_size:
+            why = "temp files of running downloads at the cache size"
+        elif length is not None and self.temp_bytes() + length > self.max_size:
+            why = "temp files of running downloads would exceed the cache size"
+        if why is not None:
+            self.stats["relayed_over_limits"] += 1
+            raise CacheUnavailable(why)
+
+    async def _begin(self, digest: str, repo: str, fetch: Callable[[], Any]) -> "Download":
+        self._admit(None)  # spare the upstream a request whose answer could not be stored
+        response, length, content_type = await fetch()
+        if length is None:
+            # a body of unknown size cannot be budgeted: relayed (and verified) uncached
+            discard(response)
+            self.stats["relayed_over_limits"] += 1
+            raise CacheUnavailable("upstream sent no Content-Length")
+        try:
+            self._admit(length)
+        except CacheUnavailable:
+            discard(response)
+            raise
         dl = Download(self, digest, repo)
         self.downloads[digest] = dl
-        return dl, True
+        try:
+            dl.start(response, length, content_type)
+        except (OSError, CacheUnavailable) as e:
+            # the temp file could not be created (or no thread after all): relay it uncached
+            self.downloads.pop(digest, None)
+            if dl.state == "pending":
+                discard(response)
+            if isinstance(e, OSError):
+                self.store_failed(f"cannot create a temporary file: {e}")
+                raise CacheUnavailable(str(e)) from None
+            raise
+        flight = self._starting.get(digest)
+        # Every caller left while the upstream took its time.  (No flight yet: the
+        # answer came at once, before any caller could wait, let alone leave.)
+        if flight is not None and flight.waiting == 0:
+            self._check_orphan(dl)
+        return dl
+
+    def _check_orphan(self, dl: "Download") -> None:
+        """``dl`` lost its last client: finish it only while under the orphan caps."""
+        if dl.state not in ("running", "pending") or dl.followers or dl.orphaned:
+            return
+        others = [d for d in self.downloads.values() if d.orphaned and d is not dl]
+        left = sum(d.remaining for d in others) + dl.remaining
+        if len(others) + 1 > self.max_orphans or left > self.max_orphan_bytes:
+            self.stats["orphans_aborted"] += 1
+            dl.abandon(f"every client left and {len(others)} downloads nobody waits for "
+                       f"({left} bytes to fetch) are already running")
+        else:
+            dl.orphaned = True
+
+    def abort_downloads(self, why: str = "shutting down") -> None:
+        for dl in list(self.downloads.values()):
+            dl.abandon(why)
 
     def _download_finished(self, dl: "Download", ok: bool) -> None:
         self.downloads.pop(dl.digest, None)
@@ -372,15 +505,17 @@ class BlobCache:
         d.addErrback(lambda f: log.failure("cache index update failed", f))
 
     async def _after_insert(self):
-        await self.flush_index()
-        await self.evict()
+        try:
+            await self.flush_index()  # a failure leaves the rows dirty for the flusher
+        finally:
+            await self.evict()
 
 
 class Download(Protocol):
     """One upstream fetch of a blob into a temp file, shared by all its readers.
 
-    ``ready`` fires when the upstream answered (headers known) or errbacks with
-    the upstream error; readers then attach with :meth:`follow`.
+    Created by :meth:`BlobCache.download` once the upstream answered (headers
+    known); readers attach with :meth:`follow`.
     """
 
     def __init__(self, cache: BlobCache, digest: str, repo: str):
@@ -393,8 +528,8 @@ class Download(Protocol):
         self.state = "pending"  # pending | running | done | failed
         self.failure_reason = ""
         self.verify_failed = False
-        self._ready_waiters: list[Deferred] = []
-        self._ready_result: Any = None
+        self.orphaned = False  # every client left; finishing it counts against the orphan caps
+        self._lease = None  # the transfer threads this download may use
         self.followers: list[FollowerProducer] = []
         self.upstream = None
         self._idle = None
@@ -411,18 +546,37 @@ class Download(Protocol):
         self._tcp = None
         self._early_loss = None
 
-    # called by the proxy with the upstream's 200 response
+    @property
+    def remaining(self) -> int:
+        """Bytes still to fetch."""
+        return max((self.length or 0) - self.written, 0)
+
+    # called by BlobCache._begin with the upstream's 200 response
     def start(self, response, length: Optional[int], content_type: Optional[bytes]) -> None:
         self.length = length
         if content_type:
             self.content_type = content_type
-        tmpdir = self.cache.root / "tmp"
-        tmpdir.mkdir(parents=True, exist_ok=True)
-        fd_path = tmpdir / f"{self.digest.split(':', 1)[1]}.{os.getpid()}.{id(self):x}"
-        self.tmp_path = fd_path
-        self._file = open(fd_path, "wb", buffering=0)
+        threads = self.cache.transfers
+        splice = length is not None and length >= kernelcopy.SPLICE_MIN and kernelcopy.available()
+        # the kernel copy needs two threads; with one free the body goes through Python
+        lease = threads.lease(kernelcopy.SpliceFill.THREADS) if splice else None
+        if lease is None:
+            splice = False
+            lease = threads.lease(1)
+        if lease is None:
+            raise CacheUnavailable("no transfer thread free")
+        self._lease = lease
+        try:
+            tmpdir = self.cache.root / "tmp"
+            tmpdir.mkdir(parents=True, exist_ok=True)
+            fd_path = tmpdir / f"{self.digest.split(':', 1)[1]}.{os.getpid()}.{id(self):x}"
+            self.tmp_path = fd_path
+            self._file = open(fd_path, "wb", buffering=0)
+        except OSError:
+            lease.close()
+            raise
         self.state = "running"
-        if length is not None and length >= kernelcopy.SPLICE_MIN and kernelcopy.available():
+        if splice:
             self.mode = "probe"  # connectionMade tells whether the transport allows splicing
         else:
             self._start_worker()
@@ -432,17 +586,18 @@ class Download(Protocol):
             # delivered when the call stack that brought us the response unwinds.
             self.upstream.pauseProducing()
             self.cache.reactor.callLater(0, self._start_splice)
-        self._set_ready(self)
 
     def _start_worker(self) -> None:
         algo = self.digest.split(":", 1)[0]
-        self.worker = DigestWorker(algo, self.cache.reactor, file=self._file,
+        self.worker = DigestWorker(algo, self._lease, file=self._file,
                                    on_drained=self._worker_drained, on_progress=self._progress)
+        self._lease.close()  # a second thread reserved for a kernel copy is not needed
 
     def _start_splice(self) -> None:
         """Stop Twisted reading the upstream socket and move the rest of the
         body in the kernel (kernelcopy.SpliceFill)."""
         if self.state != "running":
+            self._lease.close()
             self._tcp.abortConnection()  # paused for the switch: never leave it hanging
             return
         prefix, self._prefix = self._prefix, []
@@ -452,7 +607,7 @@ class Download(Protocol):
             self._start_worker()
             self.received = 0
             for data in prefix:
-                self.dataReceived(data)
+                self._data(data)
             self.connectionLost(self._early_loss)
             return
         self.mode = "splice"
@@ -470,7 +625,7 @@ class Download(Protocol):
             return
         algo = self.digest.split(":", 1)[0]
         self.worker = kernelcopy.SpliceFill(
-            algo, self.cache.reactor, sock_fd=fds[0], file_fd=fds[1], read_fd=fds[2], prefix=prefix,
+            algo, self._lease, sock_fd=fds[0], file_fd=fds[1], read_fd=fds[2], prefix=prefix,
             length=self.length, idle_timeout=self.cache.idle_timeout, on_progress=self._progress)
         self.worker.finish().addCallback(self._spliced)
 
@@ -486,34 +641,14 @@ class Download(Protocol):
         self.received = self.length
         self._verify(digest)
 
-    def fail_before_start(self, exc: BaseException) -> None:
-        self.state = "failed"
-        self.failure_reason = str(exc)
-        self.cache._download_finished(self, False)
-        self._set_ready(exc)
-
-    def when_ready(self) -> Deferred:
-        """A new Deferred firing with this download once the upstream answered,
-        or failing with the upstream error."""
-        d: Deferred = Deferred()
-        if self._ready_result is None:
-            self._ready_waiters.append(d)
-        elif isinstance(self._ready_result, BaseException):
-            d.errback(self._ready_result)
-        else:
-            d.callback(self)
-        return d
-
-    def _set_ready(self, result) -> None:
-        self._ready_result = result
-        waiters, self._ready_waiters = self._ready_waiters, []
-        for d in waiters:
-            if d.called:
-                continue
-            if isinstance(result, BaseException):
-                d.errback(result)
-            else:
-                d.callback(self)
+    def abandon(self, why: str) -> None:
+        """Stop this download (nobody waits for it, or shutdown) and remove its temp file."""
+        if self.state not in ("running", "pending"):
+            return
+        upstream = self.upstream
+        self._fail(why)
+        if self.mode != "splice" and upstream is not None:
+            upstream.stopProducing()  # a splice ends through the aborted SpliceFill
 
     # -- upstream protocol --------------------------------------------------------
     def connectionMade(self):
@@ -527,6 +662,11 @@ class Download(Protocol):
         self._arm_idle()
 
     def dataReceived(self, data: bytes):
+        if self.state != "running":
+            return  # abandoned: the upstream connection is being closed
+        self._data(data)
+
+    def _data(self, data: bytes):
         if self.mode == "probe":  # keep what Twisted read before the switch
             self._prefix.append(data)
             self.received += len(data)
@@ -571,6 +711,8 @@ class Download(Protocol):
         if self.mode == "splice":
             return  # our own abort after the kernel copy ended; SpliceFill reports how it went
         self._cancel_idle()
+        if self.state != "running":
+            return  # abandoned
         if not (reason.check(ResponseDone) or (reason.check(PotentialDataLoss) and self.length is None)):
             self._fail(f"upstream body broken after {self.received} bytes: {reason.getErrorMessage()}")
             return
@@ -611,6 +753,9 @@ class Download(Protocol):
         log.warn("blob download {d} failed: {why}", d=self.digest, why=why)
         self.state = "failed"
         self.failure_reason = why
+        self._cancel_idle()
+        if self._lease is not None:
+            self._lease.close()
         if self.worker is not None:
             self.worker.abort()
         self._close_file()
@@ -648,7 +793,14 @@ class Download(Protocol):
     def follow(self, request, start: int = 0, end: Optional[int] = None) -> "FollowerProducer":
         f = FollowerProducer(request, self, start=start, end=end)
         self.followers.append(f)
+        self.orphaned = False
         return f
+
+    def _unfollow(self, f: "FollowerProducer") -> None:
+        if f in self.followers:
+            self.followers.remove(f)
+            if not self.followers:
+                self.cache._check_orphan(self)
 
 
 @implementer(IPushProducer)
@@ -848,8 +1000,8 @@ class FollowerProducer:
     def _close(self):
         if self._sf is not None:
             self._sf.close()
-        if self.download is not None and self in self.download.followers:
-            self.download.followers.remove(self)
+        if self.download is not None:
+            self.download._unfollow(self)
         if self.file is not None:
             try:
                 self.file.close()
@@ -948,3 +1100,78 @@ def _upsert_blob_rows(txn, rows, repo_rows):
         rows,
     )
     txn.executemany("INSERT OR IGNORE INTO cache_blob_repos (digest, repository) VALUES (?, ?)", repo_rows)
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds before the next try after ``failures`` failures in a row."""
+    return min(RETRY_FIRST * 2 ** (failures - 1), RETRY_MAX)
+
+
+class CacheUpkeep:
+    """The caches' background work, run by a service (zmirror/wiring.py).
+
+    ``start()``: load the blob and manifest indexes (each retried after a
+    failure, backing off, until it worked) and write the blob index every
+    ``interval`` s; a failed write keeps its rows dirty and is retried sooner,
+    backing off, then the usual interval resumes.  ``stop()``: abort the
+    downloads still running, write the index once more, join the transfer
+    threads.
+    """
+
+    def __init__(self, blobs: BlobCache, manifests: Any, clock: Any, *, interval: float = 30.0):
+        self.blobs = blobs
+        self.manifests = manifests
+        self.clock = clock
+        self.interval = interval
+        self.failures: dict[str, int] = {}  # consecutive failures per job
+        self._calls: dict[str, Any] = {}
+        self._stopped = False
+
+    def start(self) -> None:
+        self._stopped = False
+        self._run("blob cache start", self.blobs.start, lambda: None)
+        if self.manifests is not None:
+            self._run("manifest cache start", self.manifests.start, lambda: None)
+        self._later("blob index write", self.interval, self._flush)
+
+    def _flush(self) -> None:
+        self._run("blob index write", self.blobs.flush_index,
+                  lambda: self._later("blob index write", self.interval, self._flush))
+
+    def _run(self, job: str, f: Callable[[], Any], ok: Callable[[], None]) -> None:
+        d = Deferred.fromCoroutine(f())
+
+        def worked(_):
+            self.failures[job] = 0
+            if not self._stopped:
+                ok()
+
+        def failed(failure):
+            n = self.failures[job] = self.failures.get(job, 0) + 1
+            delay = retry_delay(n)
+            log.failure("{job} failed ({n} in a row); retrying in {delay:g} s", failure,
+                        job=job, n=n, delay=delay)
+            self._later(job, delay, lambda: self._run(job, f, ok))
+
+        d.addCallbacks(worked, failed)
+
+    def _later(self, job: str, delay: float, f: Callable[[], None]) -> None:
+        if self._stopped:
+            return
+        self._calls[job] = self.clock.callLater(delay, f)
+
+    def stop(self) -> Deferred:
+        self._stopped = True
+        for call in self._calls.values():
+            if call.active():
+                call.cancel()
+        self._calls.clear()
+        self.blobs.abort_downloads()
+
+        async def last_write():
+            try:
+                await self.blobs.flush_index()
+            finally:
+                self.blobs.transfers.stop()
+
+        return Deferred.fromCoroutine(last_write())

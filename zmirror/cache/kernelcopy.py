@@ -13,6 +13,9 @@ here the only copy is into the page cache, and the proxy's CPU for a cold
 digest once every byte is on disk and hashed, ``error`` tells why not,
 ``abort()`` stops it.  Both threads own duplicates of the descriptors they use
 and close them themselves, so the reactor closing its own never races them.
+The two threads come from a lease of the cache's bounded
+:class:`~zmirror.upstream.digestworker.TransferThreads`; a download that
+cannot lease two goes through Python (one thread) instead.
 """
 
 from __future__ import annotations
@@ -55,13 +58,15 @@ class SpliceFill:
     """Copies ``length - len(prefix)`` more bytes from ``sock_fd`` into
     ``file_fd`` (after writing ``prefix``, the bytes Twisted had already read)
     and hashes the file through ``read_fd``.  Takes ownership of the three
-    descriptors."""
+    descriptors.  Runs on two threads of ``lease``."""
 
-    def __init__(self, algorithm: str, reactor: Any, *, sock_fd: int, file_fd: int, read_fd: int,
+    THREADS = 2
+
+    def __init__(self, algorithm: str, lease: Any, *, sock_fd: int, file_fd: int, read_fd: int,
                  prefix: list, length: int, idle_timeout: float,
                  on_progress: Optional[Callable[[int], None]] = None):
         self.algorithm = algorithm
-        self.reactor = reactor
+        self.reactor = lease.reactor
         self.length = length
         self.idle_timeout = idle_timeout
         self.on_progress = on_progress
@@ -76,10 +81,25 @@ class SpliceFill:
         self._progress_pending = False
         self._done: Deferred = Deferred()
         self._hash = hashlib.new(algorithm)
-        self._writer = threading.Thread(target=self._write_loop, name="zmirror-splice", daemon=True)
-        self._hasher = threading.Thread(target=self._hash_loop, name="zmirror-hash", daemon=True)
-        self._writer.start()
-        self._hasher.start()
+        self.threads_running = 2  # (guarded by _cond) for tests: both loops end on abort
+        lease.run(self._writer_thread)
+        lease.run(self._hasher_thread)
+
+    def _writer_thread(self) -> None:
+        try:
+            self._write_loop()
+        finally:
+            self._thread_ended()
+
+    def _hasher_thread(self) -> None:
+        try:
+            self._hash_loop()
+        finally:
+            self._thread_ended()
+
+    def _thread_ended(self) -> None:
+        with self._cond:
+            self.threads_running -= 1
 
     # -- reactor side -------------------------------------------------------------
     def finish(self) -> Deferred:

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import UNKNOWN_LENGTH
+from werkzeug.http import parse_range_header
 
 from zmirror.cache.blobs import CacheUnavailable, FollowerProducer
 from zmirror.cache.manifests import Manifest, acceptable, content_media_type, valid_media_type
@@ -72,6 +73,7 @@ class StreamResult:
     expected_digest: Optional[str]
     expected_length: Optional[int]
     idle_timeout: float
+    threads: Any = None  # TransferThreads to hash on (else inline)
 
     async def send(self, request):
         request.setResponseCode(self.status)
@@ -84,7 +86,7 @@ class StreamResult:
             expected_digest=self.expected_digest,
             expected_length=self.expected_length,
             idle_timeout=self.idle_timeout,
-            reactor=self.clock,
+            threads=self.threads,
         )
         self.response.deliverBody(relay)
         await relay.done  # cancelling this aborts the upstream transfer
@@ -130,9 +132,7 @@ class FileResult:
         request.setResponseCode(self.status)
         for k, v in self.headers.items():
             request.setHeader(k, v)
-        if self.file is None:  # HEAD
-            if self.on_close is not None:
-                self.on_close()
+        if self.file is None:  # HEAD: answered from the index, no file was opened
             return b""
         producer = FollowerProducer(request, file=self.file, size=self.size, start=self.start,
                                     end=self.end, on_close=self.on_close, stats=self.stats,
@@ -146,36 +146,24 @@ _UNSATISFIABLE = object()
 
 def _parse_range(value: Optional[str], size: int):
     """A single ``bytes=`` range → (start, end) inclusive; None to send it all
-    (no header, several ranges, or a form we ignore as RFC 9110 allows);
+    (no header, several ranges, another unit, or a form werkzeug rejects as
+    malformed — ``bytes=5-3``, ``bytes=-0`` — which RFC 9110 lets us ignore);
     _UNSATISFIABLE for 416."""
-    if not value:
+    rng = parse_range_header(value) if value else None
+    if rng is None or rng.units != "bytes" or len(rng.ranges) != 1:
         return None
-    value = value.strip()
-    if not value.lower().startswith("bytes=") or "," in value:
-        return None
-    spec = value[6:].strip()
-    first, sep, last = spec.partition("-")
-    if not sep:
-        return None
-    try:
-        if first == "":
-            n = int(last)
-            if n <= 0:
-                return _UNSATISFIABLE
-            return (max(size - n, 0), size - 1) if size else _UNSATISFIABLE
-        start = int(first)
-        end = int(last) if last else size - 1
-    except ValueError:
-        return None
-    if start < 0 or start >= size or end < start:
+    first, stop = rng.ranges[0]  # stop is exclusive, None for "to the end"
+    if first < 0:  # suffix: the last -first bytes
+        return (max(size + first, 0), size - 1) if size else _UNSATISFIABLE
+    if first >= size:
         return _UNSATISFIABLE
-    return start, min(end, size - 1)
+    return first, size - 1 if stop is None else min(stop - 1, size - 1)
 
 
 def _file_result(pull, out: dict, size: int, *, file, on_close, stats) -> "FileResult":
     if pull.head:
         out[b"Content-Length"] = str(size).encode()
-        return FileResult(200, out, None, size, on_close=on_close)
+        return FileResult(200, out, None, size)
     rng = _parse_range(pull.range, size)
     if rng is _UNSATISFIABLE:
         file.close()
@@ -213,16 +201,12 @@ def _cache_control(pull, max_age: str) -> bytes:
 
 class Proxy:
     def __init__(self, pool: UpstreamPool, clock: Any, *, idle_timeout: float = 60.0,
-                 blobs: Any = None, manifests: Any = None, verify_blobs: bool = False):
+                 blobs: Any = None, manifests: Any = None):
         self.pool = pool
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.blobs = blobs  # zmirror.cache.BlobCache or None
         self.manifests = manifests  # zmirror.cache.ManifestCache or None
-        # Hash pass-through blobs and abort the client on a mismatch.  Off by
-        # default: clients verify digests themselves, and hashing costs about
-        # as much CPU as relaying; what goes into the cache is always verified.
-        self.verify_blobs = verify_blobs
 
     async def pull(self, pull):
         kind = pull.path.kind
@@ -490,8 +474,11 @@ class Proxy:
                     cache.stats["hits"] += 1
                     if pull.record is not None:
                         pull.record.cache_hit = True
-                    result = _file_result(pull, out, entry.size, file=f,
-                                          on_close=lambda: cache.release(entry), stats=cache.stats)
+                    # a HEAD took no reader: nothing to release (a release without an
+                    # open would let eviction unlink a blob another client is reading)
+                    release = None if f is None else (lambda: cache.release(entry))
+                    result = _file_result(pull, out, entry.size, file=f, on_close=release,
+                                          stats=cache.stats)
                     result.reactor = cache.reactor
                     return result
             if not pull.head:
@@ -513,17 +500,10 @@ class Proxy:
         cache.stats["misses"] += 1
         if pull.record is not None:
             pull.record.cache_hit = False
-        dl, created = cache.download(digest, name)
-        if created:
-            # The fetch belongs to the download, not to this request: when this client
-            # goes away (Klein cancels its handler) the others still get the blob.
-            fetch = Deferred.fromCoroutine(self._start_download(pull, dl))
-            fetch.addErrback(lambda f: log.failure("starting the download of {d} failed", f, d=digest))
-        await dl.when_ready()
+        # The fetch belongs to the download, not to this request: when this client
+        # goes away (Klein cancels its handler) only this wait is cancelled.
+        dl = await cache.download(digest, name, lambda: self._start_download(pull))
         out[b"Content-Type"] = dl.content_type
-        if dl.length is None:
-            # unknown length: stream it as it comes (chunked)
-            return DownloadResult(200, out, dl, 0, None)
         rng = _parse_range(pull.range, dl.length)
         if rng is _UNSATISFIABLE:
             raise RegistryError("RANGE_INVALID", headers={b"Content-Range": f"bytes */{dl.length}".encode()})
@@ -535,23 +515,14 @@ class Proxy:
         out[b"Content-Length"] = str(end - start + 1).encode()
         return DownloadResult(206, out, dl, start, end)
 
-    async def _start_download(self, pull, dl) -> None:
+    async def _start_download(self, pull):
+        """The upstream's 200 for a cache fill: (response, length or None, content type)."""
         name, digest = pull.path.name, pull.path.reference
-        try:
-            up, resp, _ = await self._fetch(pull, b"GET", f"/v2/{name}/blobs/{digest}", {},
-                                            unknown_code="BLOB_UNKNOWN")
-        except Exception as e:
-            dl.fail_before_start(e)
-            return
+        up, resp, _ = await self._fetch(pull, b"GET", f"/v2/{name}/blobs/{digest}", {},
+                                        unknown_code="BLOB_UNKNOWN")
         length = None if resp.length is UNKNOWN_LENGTH else int(resp.length)
         ctype = _header(resp, b"content-type")
-        try:
-            dl.start(resp, length, ctype.encode() if ctype else None)
-        except OSError as e:  # the temp file could not be created: fail everyone waiting, not hang them
-            self.blobs.store_failed(f"cannot create a temporary file: {e}")
-            if dl.state == "pending":
-                discard(resp)
-                dl.fail_before_start(CacheUnavailable(str(e)))
+        return resp, length, ctype.encode() if ctype else None
 
     async def _upstream_blob(self, pull, out):
         name, digest = pull.path.name, pull.path.reference
@@ -575,13 +546,19 @@ class Proxy:
             return BytesResult(200, out, head=True,
                                content_length=int(length) if length and length.isdigit() else 0)
         length = None if resp.length is UNKNOWN_LENGTH else int(resp.length)
+        threads = self.blobs.transfers if self.blobs is not None else None
         if resp.code == 206:
             cr = _header(resp, b"content-range")
             if cr:
                 out[b"Content-Range"] = cr.encode()
+            # Part of a blob cannot be checked against its digest: nothing in front of
+            # us (a CDN, a shared cache) may keep these bytes as the blob's for a year.
+            out[b"Cache-Control"] = b"no-store"
             return StreamResult(206, out, resp, self.clock, None, length, self.idle_timeout)
-        return StreamResult(200, out, resp, self.clock, digest if self.verify_blobs else None, length,
-                            self.idle_timeout)
+        # The whole blob: always hashed, its last bytes held back until the digest
+        # matched (a mismatch aborts the connection), so the public immutable
+        # Cache-Control is only ever attached to a body that ends verified.
+        return StreamResult(200, out, resp, self.clock, digest, length, self.idle_timeout, threads)
 
     # -- tags ---------------------------------------------------------------
     async def tags(self, pull) -> BytesResult:

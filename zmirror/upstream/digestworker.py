@@ -1,10 +1,16 @@
 """Hashing (and optionally writing) a byte stream on a worker thread.
 
 Relaying a blob costs the reactor thread little; hashing it costs about as
-much again.  ``hashlib`` releases the GIL for large updates, so a dedicated
-thread per transfer computes the digest on the other core while the reactor
-keeps relaying.  The same thread can write the bytes to a file (the cache tee),
+much again.  ``hashlib`` releases the GIL for large updates, so a worker
+thread computes the digest on the other core while the reactor keeps
+relaying.  The same thread can write the bytes to a file (the cache tee),
 keeping blocking disk writes off the reactor thread.
+
+Threads come from :class:`TransferThreads`, a bounded pool: a transfer holds
+its thread from its first byte to its last, so the pool never queues work
+(a queued transfer would wait for another one to end, its upstream connection
+paused meanwhile); a transfer that gets no thread takes another path (the
+relay hashes inline, a cache miss is relayed uncached).
 
 Flow control: ``update`` returns False once more than ``high_water`` bytes are
 queued; the caller pauses its producer and ``on_drained`` is called (in the
@@ -19,17 +25,104 @@ import threading
 from typing import Any, BinaryIO, Callable, Optional
 
 from twisted.internet.defer import Deferred
+from twisted.python.threadpool import ThreadPool
 
 _STOP = object()
 
+TRANSFER_THREADS = 16  # default size of a TransferThreads pool
+
+
+class _TransferPool(ThreadPool):
+    # daemon threads: a transfer stuck in a system call never holds the process at exit
+    @staticmethod
+    def threadFactory(*a, **kw) -> threading.Thread:
+        return threading.Thread(*a, daemon=True, **kw)
+
+
+class TransferThreads:
+    """At most ``size`` threads for blob transfers (digest workers, kernel copies).
+
+    :meth:`lease` reserves ``n`` threads only if that many are free, else
+    returns None: work is never queued behind running transfers.  Accounting
+    happens in the reactor thread; a thread's slot is free again once the
+    function it ran has returned.  The Twisted ThreadPool under it starts on
+    first use; :meth:`stop` (the cache's service, at shutdown) joins it.
+    """
+
+    def __init__(self, reactor: Any, size: int = TRANSFER_THREADS, name: str = "zmirror-transfer"):
+        self.reactor = reactor
+        self.size = size
+        self.name = name
+        self.busy = 0  # leased slots (running or reserved)
+        self._pool: Optional[ThreadPool] = None
+
+    @property
+    def free(self) -> int:
+        return self.size - self.busy
+
+    def lease(self, n: int = 1) -> Optional["Lease"]:
+        if n > self.free:
+            return None
+        self.busy += n
+        return Lease(self, n)
+
+    def _release(self, n: int) -> None:
+        self.busy -= n
+
+    def _call(self, f: Callable[[], None]) -> None:
+        if self._pool is None:
+            self._pool = _TransferPool(0, self.size, self.name)
+        if not self._pool.started:
+            self._pool.start()
+
+        def body():
+            try:
+                f()
+            finally:
+                self.reactor.callFromThread(self._release, 1)
+
+        self._pool.callInThread(body)
+
+    def stop(self) -> None:
+        """Join the threads (their transfers must have been told to stop)."""
+        pool, self._pool = self._pool, None
+        if pool is not None and pool.started:
+            pool.stop()
+
+
+class Lease:
+    """Threads reserved in a :class:`TransferThreads`: :meth:`run` uses one,
+    :meth:`close` gives back those not used (idempotent)."""
+
+    def __init__(self, threads: TransferThreads, n: int):
+        self.threads = threads
+        self.left = n
+
+    @property
+    def reactor(self) -> Any:
+        return self.threads.reactor
+
+    def run(self, f: Callable[[], None]) -> None:
+        if self.left <= 0:
+            raise RuntimeError("no thread left in this lease")
+        self.left -= 1
+        self.threads._call(f)
+
+    def close(self) -> None:
+        if self.left:
+            self.threads._release(self.left)
+            self.left = 0
+
 
 class DigestWorker:
-    def __init__(self, algorithm: str, reactor: Any, *, file: Optional[BinaryIO] = None,
+    """Runs on one thread of ``lease`` (see :class:`TransferThreads`)."""
+
+    def __init__(self, algorithm: str, lease: Lease, *, file: Optional[BinaryIO] = None,
                  on_drained: Optional[Callable[[], None]] = None,
                  on_progress: Optional[Callable[[int], None]] = None,
                  high_water: int = 16 << 20, low_water: int = 4 << 20):
         self.algorithm = algorithm
-        self.reactor = reactor
+        self.reactor = lease.reactor
         self.file = file
         self.on_drained = on_drained
         # on_progress(bytes_written) runs in the reactor thread after writes
@@ -46,8 +139,7 @@ class DigestWorker:
         self._over = False
         self._done: Deferred = Deferred()
         self.error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, name="zmirror-digest", daemon=True)
-        self._thread.start()
+        lease.run(self._run)
 
     def update(self, data: bytes) -> bool:
         """Queue ``data``; False means "pause: the worker is behind"."""

@@ -6,11 +6,11 @@ buffer fills, Twisted pauses the upstream read, so memory stays flat whatever
 the blob size.
 
 Integrity: when the full blob is sent (no Range) its digest is computed on
-the fly — on a worker thread (:class:`DigestWorker`) when a reactor with
-threads is available, inline otherwise — and the last chunk is held back
-until the upstream body has ended and the digest matched.  A mismatch or a
-truncated upstream body aborts the client connection, so a client never sees
-a short or corrupt body end as if complete.
+the fly — on a worker thread (:class:`DigestWorker`) when the bounded
+transfer pool has one free, inline otherwise — and the last chunk is held
+back until the upstream body has ended and the digest matched.  A mismatch or
+a truncated upstream body aborts the client connection, so a client (or a CDN
+in front of us) never sees a short or corrupt body end as if complete.
 
 Timeouts: an idle timer (no bytes from upstream for ``idle_timeout`` s while
 nobody on our side is holding the upstream back) aborts the transfer.  The
@@ -98,8 +98,8 @@ class _ProducerShim:
 class BlobRelay(Protocol):
     """``response.deliverBody(BlobRelay(request, ...))``; ``done`` fires with a RelayOutcome.
 
-    ``reactor``: for the digest worker thread's callbacks; without one (or for
-    small bodies) hashing is inline.
+    ``threads``: a :class:`~zmirror.upstream.digestworker.TransferThreads` to
+    hash on; without one, with none free, or for small bodies hashing is inline.
     """
 
     def __init__(
@@ -110,7 +110,7 @@ class BlobRelay(Protocol):
         expected_digest: Optional[str] = None,
         expected_length: Optional[int] = None,
         idle_timeout: float = 60.0,
-        reactor: Any = None,
+        threads: Any = None,
     ):
         self.request = request
         self.clock = clock
@@ -134,9 +134,9 @@ class BlobRelay(Protocol):
         algo = expected_digest.split(":", 1)[0] if expected_digest else None
         if algo in ("sha256", "sha512"):
             big = expected_length is None or expected_length >= THREADED_HASH_MIN
-            if reactor is not None and hasattr(reactor, "callFromThread") and big:
-                self.worker = DigestWorker(algo, reactor,
-                                           on_drained=lambda: self.resume("worker"))
+            lease = threads.lease(1) if threads is not None and big else None
+            if lease is not None:
+                self.worker = DigestWorker(algo, lease, on_drained=lambda: self.resume("worker"))
             else:
                 self.hasher = hashlib.new(algo)
         request.notifyFinish().addErrback(self._client_lost)

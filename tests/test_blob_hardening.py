@@ -1,0 +1,594 @@
+"""Blob path hardening ("Safe to expose"): reader counts, verified pass-through,
+index flushes that survive failures, bounded transfer threads and temp bytes,
+orphaned downloads, Range parsing."""
+
+import os
+
+from hypothesis import given, settings, strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
+from twisted.trial import unittest
+from twisted.web._newclient import ResponseFailed
+
+from tests.test_cache import CacheTestBase, deferred_test
+from tests.proxyenv import ProxyEnv
+from zmirror.registry.proxy import Proxy
+from zmirror.testing import FakeRegistry
+
+
+class HeadReaderCountTests(CacheTestBase):
+    @deferred_test
+    async def test_head_hits_take_no_reader(self):
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        await self.env.arequest("GET", path)
+        entry = self.blobs.lookup(self.digest)
+        for _ in range(3):
+            resp, body = await self.env.arequest("HEAD", path)
+            self.assertEqual((resp.code, body), (200, b""))
+        self.assertEqual(self.blobs.summary()["hits"], 3)
+        self.assertEqual(entry.readers, 0)
+
+    @deferred_test
+    async def test_blob_read_during_heads_survives_eviction(self):
+        """The invariant the reader count exists for: never unlink a blob while it is read."""
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        await self.env.arequest("GET", path)
+        entry = self.blobs.lookup(self.digest)
+        f = self.blobs.open(entry)  # a slow reader
+        for _ in range(3):
+            await self.env.arequest("HEAD", path)
+        await self.blobs.delete(digest=self.digest)
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertTrue(self.blobs.path(self.digest).exists())
+        f.close()
+        self.blobs.release(entry)
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertFalse(self.blobs.path(self.digest).exists())
+
+
+def _old_parse_range(value, size):
+    """The hand-written parser _parse_range replaced (reference for valid single ranges)."""
+    from zmirror.registry.proxy import _UNSATISFIABLE
+
+    if not value:
+        return None
+    value = value.strip()
+    if not value.lower().startswith("bytes=") or "," in value:
+        return None
+    first, sep, last = value[6:].strip().partition("-")
+    if not sep:
+        return None
+    try:
+        if first == "":
+            n = int(last)
+            if n <= 0:
+                return _UNSATISFIABLE
+            return (max(size - n, 0), size - 1) if size else _UNSATISFIABLE
+        start = int(first)
+        end = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if start < 0 or start >= size or end < start:
+        return _UNSATISFIABLE
+    return start, min(end, size - 1)
+
+
+class RangeParsingTests(unittest.TestCase):
+    sizes = st.integers(min_value=0, max_value=1 << 40)
+    positions = st.integers(min_value=0, max_value=1 << 41)
+
+    @given(size=sizes, first=positions, length=st.integers(min_value=0, max_value=1 << 41),
+           open_end=st.booleans())
+    @settings(max_examples=300)
+    def test_first_last_ranges_as_before(self, size, first, length, open_end):
+        from zmirror.registry.proxy import _parse_range
+
+        value = f"bytes={first}-" if open_end else f"bytes={first}-{first + length}"
+        self.assertEqual(_parse_range(value, size), _old_parse_range(value, size))
+
+    @given(size=sizes, n=st.integers(min_value=1, max_value=1 << 41))
+    @settings(max_examples=200)
+    def test_suffix_ranges_as_before(self, size, n):
+        from zmirror.registry.proxy import _parse_range
+
+        value = f"bytes=-{n}"
+        self.assertEqual(_parse_range(value, size), _old_parse_range(value, size))
+
+    @given(value=st.text(max_size=40), size=sizes)
+    @settings(max_examples=300)
+    def test_any_header_gives_a_range_all_or_416(self, value, size):
+        from zmirror.registry.proxy import _UNSATISFIABLE, _parse_range
+
+        r = _parse_range(value, size)
+        if r is not None and r is not _UNSATISFIABLE:
+            start, end = r
+            self.assertTrue(0 <= start <= end < size, (value, size, r))
+
+    def test_forms_sent_whole(self):
+        from zmirror.registry.proxy import _parse_range
+
+        for value in ("bytes=0-1,5-6", "items=0-5", "bytes=5", "bytes=+1-2", "bytes=1_0-20", "bytes=x-",
+                      "bytes=5-3", "bytes=-0", "bytes=-", ""):
+            self.assertIsNone(_parse_range(value, 100), value)
+
+    def test_unsatisfiable_answers_416_with_the_size(self):
+        import json
+
+        up = FakeRegistry()
+        data = os.urandom(1000)
+        digest = up.add_blob(data)
+        env = ProxyEnv([("up1.fake", up)])
+        path = f"/v2/library/x/blobs/{digest}"
+        # the fake upstream answers 416 itself; the proxy relays it as RANGE_INVALID
+        resp, body = env.request("GET", path, headers={"Range": "bytes=1000-"})
+        self.assertEqual(resp.code, 416)
+        self.assertEqual(json.loads(body)["errors"][0]["code"], "RANGE_INVALID")
+        self.assertEqual(resp.headers.getRawHeaders(b"content-range"), [b"bytes */1000"])
+
+
+class CachedRangeTests(CacheTestBase):
+    @deferred_test
+    async def test_ranges_from_the_cache(self):
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        size = len(self.data)
+        await self.env.arequest("GET", path)
+        for value, status, want in (("bytes=10-19", 206, self.data[10:20]),
+                                    ("bytes=-5", 206, self.data[-5:]),
+                                    (f"bytes={size - 3}-{size + 50}", 206, self.data[-3:]),
+                                    ("bytes=0-1,4-5", 200, self.data),
+                                    ("bytes=9-2", 200, self.data)):
+            resp, body = await self.env.arequest("GET", path, headers={"Range": value})
+            self.assertEqual((resp.code, body), (status, want), value)
+        resp, body = await self.env.arequest("GET", path, headers={"Range": f"bytes={size}-"})
+        self.assertEqual(resp.code, 416)
+        self.assertEqual(resp.headers.getRawHeaders(b"content-range"), [f"bytes */{size}".encode()])
+
+
+def err_code(body):
+    import json
+
+    return json.loads(body)["errors"][0]["code"]
+
+
+class VerifiedPassThroughTests(unittest.TestCase):
+    """Blobs relayed uncached go out as ``public, immutable``: a CDN would keep a
+    corrupt one for a year unless it never ends as complete."""
+
+    def setUp(self):
+        self.up = FakeRegistry()
+        self.data = bytes(range(256)) * 4096
+        self.digest = self.up.add_blob(self.data)
+        self.path = f"/v2/library/x/blobs/{self.digest}"
+        self.env = ProxyEnv([("up1.fake", self.up)])
+        # the proxy as the wiring builds it: no option to turn verification on
+        self.env.routes.proxy = Proxy(self.env.pool, self.env.clock, idle_timeout=30)
+
+    def test_corrupt_full_blob_never_completes(self):
+        self.up.faults[self.path] = ["corrupt"]
+        with self.assertRaises(ResponseFailed):
+            self.env.request("GET", self.path)
+        rec = self.env.log.records[-1]
+        self.assertLess(rec.bytes, len(self.data))  # the last bytes were held back
+
+    def test_good_full_blob_is_immutable(self):
+        resp, body = self.env.request("GET", self.path)
+        self.assertEqual((resp.code, body), (200, self.data))
+        self.assertEqual(resp.headers.getRawHeaders(b"cache-control"), [b"public, max-age=31536000, immutable"])
+
+    def test_ranged_answer_is_not_publicly_cacheable(self):
+        resp, body = self.env.request("GET", self.path, headers={"Range": "bytes=100-199"})
+        self.assertEqual((resp.code, body), (206, self.data[100:200]))
+        self.assertEqual(resp.headers.getRawHeaders(b"cache-control"), [b"no-store"])
+
+
+class PassThroughWhileCacheFailsTests(CacheTestBase):
+    def setUp(self):
+        super().setUp()
+        self.env.routes.proxy = Proxy(self.env.pool, self.env.clock, idle_timeout=30, blobs=self.blobs,
+                                      manifests=self.manifests)
+
+    @deferred_test
+    async def test_relayed_uncached_blob_is_verified(self):
+        await self.start()
+        self.blobs.store_failed("disk full (test)")
+        path = f"/v2/library/x/blobs/{self.digest}"
+        self.up.faults[path] = ["corrupt"]
+        with self.assertRaises(ResponseFailed):
+            await self.env.arequest("GET", path)
+        resp, body = await self.env.arequest("GET", path, headers={"Range": "bytes=0-9"})
+        self.assertEqual((resp.code, body), (206, self.data[:10]))
+        self.assertEqual(resp.headers.getRawHeaders(b"cache-control"), [b"no-store"])
+        self.assertIsNone(self.blobs.lookup(self.digest))
+
+
+class _FailingWrites:
+    """A Database whose next ``failures`` writes fail."""
+
+    def __init__(self, db, failures=1):
+        self.db = db
+        self.failures = failures
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    def write(self, *a):
+        if self.failures:
+            self.failures -= 1
+            from twisted.internet.defer import fail
+
+            return fail(RuntimeError("database is locked (test)"))
+        return self.db.write(*a)
+
+
+class IndexWriteFailureTests(CacheTestBase):
+    @deferred_test
+    async def test_failed_write_keeps_rows_dirty(self):
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        await self.env.arequest("GET", path)
+        await self.blobs.flush_index()
+        self.env.clock.advance(0)
+        entry = self.blobs.lookup(self.digest)
+        self.patch(self.blobs, "reactor", Clock())
+        self.blobs.reactor.advance(10 ** 9)  # a later access time
+        self.blobs.touch(entry, "library/y")
+        self.blobs.db = _FailingWrites(self.db)
+        with self.assertRaises(RuntimeError):
+            await self.blobs.flush_index()
+        self.assertIn(self.digest, self.blobs._dirty)
+        await self.blobs.flush_index()  # the next flush writes them
+        self.assertEqual(self.blobs._dirty, set())
+        rows = await self.db.query("SELECT last_access FROM cache_blobs WHERE digest = ?", (self.digest,))
+        self.assertEqual(float(rows[0]["last_access"]), 10.0 ** 9)
+        repos = await self.db.query("SELECT repository FROM cache_blob_repos WHERE digest = ?", (self.digest,))
+        self.assertIn("library/y", {r["repository"] for r in repos})
+
+
+class _FakeTransfers:
+    stopped = False
+
+    def stop(self):
+        self.stopped = True
+
+
+class _FakeCache:
+    """start / flush_index that fail the first ``n`` times."""
+
+    def __init__(self, start_failures=0, flush_failures=0):
+        self.start_failures, self.flush_failures = start_failures, flush_failures
+        self.starts = self.flushes = 0
+        self.transfers = _FakeTransfers()
+        self.aborted = False
+
+    async def start(self):
+        self.starts += 1
+        if self.starts <= self.start_failures:
+            raise RuntimeError("cache dir unreadable (test)")
+
+    async def flush_index(self):
+        self.flushes += 1
+        if self.flushes <= self.flush_failures:
+            raise RuntimeError("database is locked (test)")
+
+    def abort_downloads(self):
+        self.aborted = True
+
+
+class CacheServiceTests(unittest.TestCase):
+    def service(self, blobs, manifests):
+        from zmirror.wiring import _cache_services
+
+        clock = Clock()
+        [svc] = _cache_services(blobs, manifests, clock)
+        svc.startService()
+        return svc, clock
+
+    def test_flusher_survives_failed_writes(self):
+        from zmirror.cache.blobs import retry_delay
+
+        blobs = _FakeCache(flush_failures=2)
+        svc, clock = self.service(blobs, _FakeCache())
+        clock.advance(30)
+        self.assertEqual(blobs.flushes, 1)  # failed
+        clock.advance(retry_delay(1))
+        self.assertEqual(blobs.flushes, 2)  # failed again: backs off
+        clock.advance(retry_delay(2) - 0.1)
+        self.assertEqual(blobs.flushes, 2)
+        clock.advance(0.1)
+        self.assertEqual(blobs.flushes, 3)  # worked: the usual interval again
+        clock.advance(30)
+        self.assertEqual(blobs.flushes, 4)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+        d = svc.stopService()
+        self.successResultOf(d)
+        self.assertEqual(blobs.flushes, 5)  # the last write at stop
+        self.assertTrue(blobs.aborted and blobs.transfers.stopped)
+        clock.advance(3600)
+        self.assertEqual(blobs.flushes, 5)  # nothing after stop
+
+    def test_failing_start_is_retried(self):
+        blobs, manifests = _FakeCache(start_failures=2), _FakeCache(start_failures=1)
+        svc, clock = self.service(blobs, manifests)
+        self.assertEqual((blobs.starts, manifests.starts), (1, 1))
+        for _ in range(10):
+            clock.advance(60)
+        self.assertEqual((blobs.starts, manifests.starts), (3, 2))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
+        self.successResultOf(svc.stopService())
+
+
+class TransferThreadsTests(unittest.TestCase):
+    def test_leases_never_exceed_the_pool(self):
+        from zmirror.upstream.digestworker import TransferThreads
+
+        threads = TransferThreads(reactor, 3)
+        self.addCleanup(threads.stop)
+        two = threads.lease(2)
+        self.assertIsNotNone(two)
+        self.assertIsNone(threads.lease(2))
+        one = threads.lease(1)
+        self.assertIsNotNone(one)
+        self.assertIsNone(threads.lease(1))
+        two.close()
+        two.close()  # idempotent
+        self.assertEqual(threads.free, 2)
+        one.close()
+        self.assertEqual(threads.busy, 0)
+
+    @deferred_test
+    async def test_a_thread_is_free_again_when_its_work_returned(self):
+        import threading
+
+        from zmirror.upstream.digestworker import TransferThreads
+
+        threads = TransferThreads(reactor, 1)
+        self.addCleanup(threads.stop)
+        gate, seen = threading.Event(), []
+        lease = threads.lease(1)
+        lease.run(lambda: (gate.wait(10), seen.append(threading.current_thread().name)))
+        self.assertIsNone(threads.lease(1))
+        gate.set()
+        for _ in range(200):
+            if threads.free:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(threads.free, 1)
+        self.assertIn("zmirror-transfer", seen[0])
+
+
+class _Held:
+    """Start a cache download of ``path`` and keep it running (the fake upstream
+    stalls after half the body), optionally with a client following it."""
+
+    def __init__(self, case, path):
+        from zmirror.registry.reference import parse_path
+        from zmirror.registry.routes import PullRequest
+
+        self.case = case
+        self.result = None
+        d = Deferred.fromCoroutine(case.env.proxy.pull(PullRequest(parse_path(path), b"GET")))
+        d.addCallback(lambda r: setattr(self, "result", r))
+        self.d = d
+
+    async def ready(self):
+        for _ in range(500):
+            self.case.env.agent.flush()
+            if self.d.called:
+                break
+            await deferLater(reactor, 0.001, lambda: None)
+        self.followers_before = len(self.result.download.followers) if self.result else 0
+        return self.result
+
+    def follow(self):
+        """A client that reads the download; returns the request (close it to leave)."""
+        from tests.test_relay import make_request
+
+        _channel, _client, request = make_request()
+        self.sent = Deferred.fromCoroutine(self.result.send(request))
+        self.case.assertEqual(len(self.result.download.followers), 1 + self.followers_before)
+        return request
+
+
+def client_leaves(request):
+    from twisted.internet.error import ConnectionLost
+    from twisted.python.failure import Failure
+
+    request.connectionLost(Failure(ConnectionLost()))
+
+
+class _LimitTestBase(CacheTestBase):
+    max_size = 7 << 20
+
+    def held_blob(self, size=3 << 20):
+        data = os.urandom(size)
+        digest = self.up.add_blob(data)
+        path = f"/v2/library/x/blobs/{digest}"
+        self.up.faults[path] = ["stall"]
+        return digest, path
+
+    def tmp_files(self):
+        return os.listdir(self.base / "cache" / "tmp")
+
+
+class TransferLimitTests(_LimitTestBase):
+    cache_options = {"transfer_threads": 1}
+
+    @deferred_test
+    async def test_no_thread_free_relays_uncached(self):
+        await self.start()
+        held, held_path = self.held_blob()
+        result = await _Held(self, held_path).ready()
+        self.assertEqual(result.status, 200)
+        self.assertEqual(self.blobs.transfers.free, 0)
+        path = f"/v2/library/x/blobs/{self.digest}"
+        resp, body = await self.env.arequest("GET", path)
+        self.assertEqual((resp.code, body), (200, self.data))  # relayed, and verified inline
+        self.assertIsNone(self.blobs.lookup(self.digest))
+        self.assertEqual(list(self.blobs.downloads), [held])
+        self.assertEqual(self.blobs.stats["relayed_over_limits"], 1)
+
+
+class TempBytesLimitTests(_LimitTestBase):
+
+    @deferred_test
+    async def test_download_over_the_temp_budget_relays_uncached(self):
+        await self.start()
+        held, held_path = self.held_blob(3 << 20)
+        await _Held(self, held_path).ready()
+        big = os.urandom(5 << 20)  # 3 + 5 MiB in flight would exceed max_size (7 MiB)
+        digest = self.up.add_blob(big)
+        resp, body = await self.env.arequest("GET", f"/v2/library/x/blobs/{digest}")
+        self.assertEqual((resp.code, body), (200, big))
+        self.assertIsNone(self.blobs.lookup(digest))
+        self.assertEqual(self.blobs.temp_bytes(), 3 << 20)
+        self.assertEqual(len(self.tmp_files()), 1)  # only the held download's
+        self.assertEqual(self.blobs.stats["relayed_over_limits"], 1)
+        # what fits (3 + 3 MiB) is still cached
+        resp, body = await self.env.arequest("GET", f"/v2/library/x/blobs/{self.digest}")
+        self.assertEqual(body, self.data)
+        self.assertIsNotNone(self.blobs.lookup(self.digest))
+
+
+class OrphanLimitTests(_LimitTestBase):
+    cache_options = {"max_orphans": 1}
+    max_size = 1 << 30
+
+    @deferred_test
+    async def test_orphans_beyond_the_cap_are_aborted(self):
+        await self.start()
+        first, first_path = self.held_blob()
+        second, second_path = self.held_blob()
+        kept = _Held(self, first_path)
+        await kept.ready()
+        client = kept.follow()
+        dropped = _Held(self, second_path)
+        await dropped.ready()
+        other = dropped.follow()
+        self.assertEqual(len(self.tmp_files()), 2)
+        client_leaves(client)  # the first orphan: within the cap, it is finished
+        self.assertEqual(self.blobs.downloads[first].state, "running")
+        self.assertTrue(self.blobs.downloads[first].orphaned)
+        client_leaves(other)  # a second one: aborted, its temp file removed
+        self.assertNotIn(second, self.blobs.downloads)
+        self.assertEqual(dropped.result.download.state, "failed")
+        self.assertEqual(self.blobs.stats["orphans_aborted"], 1)
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(self.tmp_files()), 1)
+        self.assertEqual(self.blobs.transfers.busy, 1)  # the aborted one's thread is back
+        # a client that comes back to the kept one makes it wanted again
+        again = _Held(self, first_path)
+        await again.ready()
+        self.assertIs(again.result.download, self.blobs.downloads[first])
+        again.follow()
+        self.assertFalse(self.blobs.downloads[first].orphaned)
+
+    @deferred_test
+    async def test_download_left_before_the_upstream_answered(self):
+        """Every caller went away while the fetch was pending: an orphan from the start."""
+        self.blobs.max_orphan_bytes = 1 << 20  # less than the blob: never finished unwatched
+        await self.start()
+        digest, path = self.held_blob()
+        gate = Deferred()
+        real = self.env.agent.request
+
+        def held(method, uri, headers=None, bodyProducer=None):
+            if b"/blobs/" not in uri:
+                return real(method, uri, headers, bodyProducer)
+            d = Deferred()  # the upstream answers once the gate opens
+            gate.addCallback(lambda _: real(method, uri, headers, bodyProducer).chainDeferred(d))
+            return d
+
+        self.env.agent.request = held
+        caller = _Held(self, path)
+        caller.d.addErrback(lambda f: None)
+        self.assertIn(digest, self.blobs._starting)
+        caller.d.cancel()  # detaches only this caller; the fetch goes on
+        gate.callback(None)
+        for _ in range(500):
+            self.env.agent.flush()
+            if digest not in self.blobs._starting:
+                break
+            await deferLater(reactor, 0.001, lambda: None)
+        self.assertNotIn(digest, self.blobs._starting)
+        self.assertNotIn(digest, self.blobs.downloads)
+        self.assertEqual(self.blobs.stats["orphans_aborted"], 1)
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(self.tmp_files(), [])
+
+
+class _FailingQueries:
+    def __init__(self, db, failures=1):
+        self.db, self.failures = db, failures
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    def query(self, *a):
+        if self.failures:
+            self.failures -= 1
+            from twisted.internet.defer import fail
+
+            return fail(RuntimeError("database is locked (test)"))
+        return self.db.query(*a)
+
+
+class RetriedStartTests(CacheTestBase):
+    @deferred_test
+    async def test_retried_start_keeps_running_downloads_temp_files(self):
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        await self.env.arequest("GET", path)
+        await self.blobs.flush_index()
+        self.make_env()
+        self.blobs.db = _FailingQueries(self.db)
+        with self.assertRaises(RuntimeError):
+            await self.blobs.start()
+        self.assertFalse(self.blobs.loading.closed)  # requests are not held by a failed start
+        # a download started meanwhile has its temp file in tmp/
+        running = self.base / "cache" / "tmp" / "in-flight.partial"
+        running.write_bytes(b"half a blob")
+        await self.blobs.start()  # the retry
+        self.assertTrue(running.exists())
+        self.assertIsNotNone(self.blobs.lookup(self.digest))
+        resp, body = await self.env.arequest("GET", path)
+        self.assertEqual(body, self.data)
+        self.assertEqual(len(self.blob_gets()), 1)
+
+
+class FlushOrderTests(CacheTestBase):
+    @deferred_test
+    async def test_flush_waits_for_the_flush_in_flight(self):
+        """A flush that finds nothing dirty because a running flush took it all must
+        still wait for that write (found by test_restart_drops_a_file_cut_short: the
+        index write of a new blob landed after the restart had read the index)."""
+        await self.start()
+        await self.env.arequest("GET", f"/v2/library/x/blobs/{self.digest}")
+        await self.blobs.flush_index()
+        entry = self.blobs.lookup(self.digest)
+        gate = Deferred()
+        real = self.db.write
+
+        class SlowWrites:
+            def __getattr__(_self, name):
+                return getattr(self.db, name)
+
+            def write(_self, *a):
+                d = Deferred()
+                gate.addCallback(lambda _: real(*a).chainDeferred(d))
+                return d
+
+        self.blobs.db = SlowWrites()
+        self.blobs.touch(entry, "library/late")
+        first = Deferred.fromCoroutine(self.blobs.flush_index())  # takes the dirty row, waits
+        second = Deferred.fromCoroutine(self.blobs.flush_index())
+        await deferLater(reactor, 0.01, lambda: None)
+        self.assertFalse(second.called)  # the row is not written yet
+        gate.callback(None)
+        await second
+        await first
+        repos = await self.db.query("SELECT repository FROM cache_blob_repos WHERE digest = ?", (self.digest,))
+        self.assertIn("library/late", {r["repository"] for r in repos})
