@@ -574,15 +574,7 @@ class CancelledLoginTests(unittest.TestCase):
         self.assertEqual(lockout._recent("a:user:alice", clock.seconds()), 1)
 
     def test_cancelled_admin_login(self):
-        case = self
-
-        class Admin(AdminTestMixin):
-            def __init__(self):
-                self.mktemp = case.mktemp
-                self.addCleanup = case.addCleanup
-                self.setUp()
-
-        a = Admin()
+        a = _AdminSetup(self)
         held = HeldRun()
         a.passwords.run = held
         request = DummyRequest([b"me"])
