@@ -189,3 +189,83 @@ class ConfiguredLockoutTests(unittest.TestCase):
             self.assertEqual((await login("alicepw"))[0].code, 200)
 
         return run(self)
+
+
+class InFlightAttemptTests(unittest.TestCase):
+    """``Lockout.attempt``: failures recorded *or in flight* count against the limit."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.lock = Lockout(self.clock, max_account=3, max_ip=5, window=60, cooldown=120)
+
+    def test_attempts_in_flight_fill_the_account_limit(self):
+        attempts = [self.lock.attempt("alice", f"10.0.0.{i}") for i in range(3)]
+        self.assertEqual(self.lock.in_flight("alice"), 3)
+        with self.assertRaises(Locked) as cm:
+            self.lock.attempt("ALICE", "10.0.0.9")
+        self.assertEqual((cm.exception.retry_after, cm.exception.reason), (1, "in_flight"))
+        self.assertEqual(self.lock.check("alice", "x"), 0, "no lock in force yet")
+        self.lock.attempt("bob", "10.0.0.9").end()  # other accounts are not affected
+        # one ends without an outcome: room for one more
+        attempts[0].end()
+        attempts[0].end()  # twice is harmless
+        again = self.lock.attempt("alice", "10.0.0.9")
+        self.assertEqual(self.lock.in_flight("alice"), 3)
+        # all fail: locked for the cool-down
+        for a in attempts[1:] + [again]:
+            a.failure()
+        self.assertEqual(self.lock.in_flight("alice"), 0)
+        with self.assertRaises(Locked) as cm:
+            self.lock.attempt("alice", "10.0.0.10")
+        self.assertEqual((cm.exception.retry_after, cm.exception.reason), (120, "locked"))
+
+    def test_recorded_failures_and_in_flight_add_up(self):
+        self.lock.failure("alice", "a")
+        self.lock.failure("alice", "b")
+        first = self.lock.attempt("alice", "c")
+        with self.assertRaises(Locked):
+            self.lock.attempt("alice", "d")
+        first.success()  # clears the account's failures
+        self.assertEqual(self.lock.in_flight("alice"), 0)
+        for _ in range(3):
+            self.lock.attempt("alice", "e").end()
+        # failures older than the window no longer count
+        self.lock.failure("carol", "f")
+        self.lock.failure("carol", "f")
+        self.clock.advance(61)
+        attempts = [self.lock.attempt("carol", "g") for _ in range(3)]
+        self.assertEqual(self.lock.in_flight("carol"), 3)
+        for a in attempts:
+            a.end()
+
+    def test_address_limit_across_accounts(self):
+        attempts = [self.lock.attempt(f"user{i}", "10.0.0.1") for i in range(5)]
+        self.assertEqual(self.lock.in_flight(ip="10.0.0.1"), 5)
+        with self.assertRaises(Locked):
+            self.lock.attempt("fresh", "10.0.0.1")
+        self.lock.attempt("fresh", "10.0.0.2").end()
+        for a in attempts:
+            a.end()
+        self.assertEqual(self.lock._in_flight, {})
+
+    def test_leaving_the_block_ends_the_attempt(self):
+        class Boom(Exception):
+            pass
+
+        with self.assertRaises(Boom):
+            with self.lock.attempt("alice", "ip"):
+                raise Boom()
+        self.assertEqual((self.lock.in_flight("alice"), self.lock.in_flight(ip="ip")), (0, 0))
+        self.assertEqual(self.lock._recent("a:alice", self.clock.seconds()), 0, "no outcome")
+        with self.lock.attempt("alice", "ip") as a:
+            a.failure()
+            a.failure()  # recorded once
+        self.assertEqual(self.lock._recent("a:alice", self.clock.seconds()), 1)
+
+    def test_reconfigured_limit_applies_to_attempts(self):
+        attempts = [self.lock.attempt("alice", "ip") for _ in range(2)]
+        self.lock.configure(max_account=2, max_ip=5, window=60, cooldown=120)
+        with self.assertRaises(Locked):
+            self.lock.attempt("alice", "ip")
+        for a in attempts:
+            a.end()

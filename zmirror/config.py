@@ -65,6 +65,10 @@ max_ip_failures = 30
 window = 600
 # Seconds a locked account or address must wait (answered with 429) / 锁定时长（秒）
 cooldown = 300
+# Password checks (argon2: a CPU core and 19 MiB each) running at once, and waiting; logins beyond
+# that get 429 (needs a restart) / 同时校验的密码数与排队数，超出返回 429（重启生效）
+max_concurrent_verifications = 2
+max_queued_verifications = 32
 
 [upstream]
 # Seconds to wait for a TCP/TLS connection and for response headers / 连接与响应头超时（秒）
@@ -166,6 +170,8 @@ class LockoutConfig:
     max_ip_failures: int = 30
     window: int = 600
     cooldown: int = 300
+    max_concurrent_verifications: int = 2
+    max_queued_verifications: int = 32
 
 
 @dataclass(frozen=True)
@@ -315,6 +321,8 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "max_ip_failures": lambda k, v: _int(k, v, 1, 1_000_000),
         "window": lambda k, v: _int(k, v, 1, 7 * 86400),
         "cooldown": lambda k, v: _int(k, v, 1, 7 * 86400),
+        "max_concurrent_verifications": lambda k, v: _int(k, v, 1, 64),
+        "max_queued_verifications": lambda k, v: _int(k, v, 0, 100_000),
     },
     "upstream": {
         "connect_timeout": lambda k, v: _num(k, v, 0.1, 3600),

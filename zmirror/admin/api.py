@@ -8,8 +8,6 @@ Every error is a JSON ``{"error", "fields"}`` answer, never a traceback.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import json
 import platform
@@ -38,6 +36,8 @@ from zmirror.admin.validate import (
     query,
     string,
 )
+from zmirror.auth.credentials import parse_basic
+from zmirror.auth.lockout import Locked, NullAttempt
 from zmirror.auth.passwords import AdminCredentials, Passwords
 from zmirror.db.accesslogs import (
     KINDS,
@@ -146,21 +146,7 @@ async def _maybe(x):
 
 
 def _parse_basic(request) -> Optional[tuple[str, str]]:
-    header = request.getHeader(b"authorization")
-    if not header:
-        return None
-    scheme, _, value = header.partition(b" ")
-    if scheme.lower() != b"basic" or not value.strip():
-        return None
-    try:
-        raw = base64.b64decode(value.strip(), validate=True)
-        text = raw.decode("utf-8")
-    except (binascii.Error, ValueError):
-        return None
-    username, sep, password = text.partition(":")
-    if not sep:
-        return None
-    return username, password
+    return parse_basic(request.getHeader(b"authorization"))
 
 
 class AdminAPI:
@@ -266,28 +252,44 @@ class AdminAPI:
             raise ApiError(401, "authentication required", headers={b"WWW-Authenticate": REALM})
         username, password = creds
         ip = client_ip(request, self.trusted)
-        if self.lockout is not None:
-            retry = await _maybe(self.lockout.check(username, ip))
-            if retry:
-                retry = max(1, int(-(-float(retry) // 1)))
-                raise ApiError(429, "too many failed logins, try again later",
-                               headers={b"Retry-After": str(retry).encode()},
-                               extra={"retry_after": retry})
-        if await self._is_admin(username, password):
-            if self.lockout is not None:
-                await _maybe(self.lockout.success(username, ip))
+        try:
+            return await self._check_login(username, password, ip)
+        except Locked as e:
+            # locked out, too many logins at once, or the verification queue is full
+            raise ApiError(429, e.message, headers={b"Retry-After": str(e.retry_after).encode()},
+                           extra={"retry_after": e.retry_after}) from None
+
+    async def _check_login(self, username: str, password: str, ip: str) -> str:
+        """The admin's name, or ApiError 401/403; Locked → 429 (nothing verified)."""
+        lockout = self.lockout
+        admin = self._admin_credentials()
+        if lockout is not None:
+            lockout.enforce(username, ip)
+        if admin.cached(username, password):  # verified a moment ago: no slot, not in flight
+            if lockout is not None:
+                lockout.success(username, ip)
             return username
-        if await self._is_registry_user(username, password):
-            raise ApiError(403, "this account may pull images but not administer ZMirror")
-        if self.lockout is not None:
-            await _maybe(self.lockout.failure(username, ip))
+        # in flight until the outcome is recorded; leaving the block ends it
+        with (lockout.attempt(username, ip) if lockout is not None else NullAttempt()) as attempt:
+            if await admin.check(username, password):
+                attempt.success()
+                return username
+            try:
+                registry_user = await self._is_registry_user(username, password)
+            except Locked:
+                # the admin password was checked (and wrong): that counts, or a
+                # full queue would hide every wrong guess from the lockout
+                attempt.failure()
+                raise
+            if registry_user:
+                raise ApiError(403, "this account may pull images but not administer ZMirror")
+            attempt.failure()
         log.info("admin API: failed login for {user!r} from {ip}", user=username[:64], ip=ip)
         raise ApiError(401, "invalid username or password", headers={b"WWW-Authenticate": REALM})
 
-    async def _is_admin(self, username: str, password: str) -> bool:
+    def _admin_credentials(self) -> AdminCredentials:
         admin = self.config.admin
-        creds = AdminCredentials(admin.username, admin.password, self.passwords)
-        return bool(await creds.check(username, password))
+        return AdminCredentials(admin.username, admin.password, self.passwords)
 
     async def _is_registry_user(self, username: str, password: str) -> bool:
         """Valid credentials of an enabled registry user (→ 403, not 401)."""

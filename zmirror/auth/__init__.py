@@ -12,12 +12,20 @@ from typing import Any, Optional
 
 from zmirror.auth.credentials import Authenticator
 from zmirror.auth.lockout import Locked, Lockout, settings as lockout_settings
-from zmirror.auth.passwords import AdminCredentials, Passwords
+from zmirror.auth.passwords import AdminCredentials, Busy, Passwords
 from zmirror.auth.policy import AccessPolicy
 from zmirror.auth.tokens import TokenIssuer, load_or_create_secret
 from zmirror.auth.tokenservice import TokenService
 
 SERVICE = "zmirror"
+
+
+def verification_limits(section: Any) -> tuple[int, int]:
+    """``(concurrency, queue)`` of password verifications from ``[lockout]``."""
+    from zmirror.auth import passwords as pw
+
+    return (getattr(section, "max_concurrent_verifications", pw.CONCURRENCY),
+            getattr(section, "max_queued_verifications", pw.QUEUE))
 
 
 @dataclass
@@ -50,18 +58,21 @@ def build(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
     trusted = trusted or TrustedProxies(config.server.trusted_proxies)
     services: list = []
     if passwords is None:
+        # one bound on password verifications for registry logins and the admin's
+        # Basic auth: that many slots (and threads), that many waiting, then 429
+        concurrency, queue = verification_limits(getattr(config, "lockout", None))
         run = None
         if threads:
             from twisted.internet.threads import deferToThreadPool
             from twisted.python.threadpool import ThreadPool
 
-            pool = ThreadPool(minthreads=0, maxthreads=2, name="zmirror-passwords")
+            pool = ThreadPool(minthreads=0, maxthreads=concurrency, name="zmirror-passwords")
 
             def run(f, *args):
                 return deferToThreadPool(reactor, pool, f, *args)
 
             services.append(CallbackService(start=pool.start, stop=pool.stop))
-        passwords = Passwords(run=run, clock=reactor)
+        passwords = Passwords(run=run, clock=reactor, concurrency=concurrency, queue=queue)
     if secret is None:
         secret = load_or_create_secret(config.data_dir)
     admin_username = config.admin.username
@@ -99,4 +110,5 @@ def build(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
     )
 
 
-__all__ = ["AccessControl", "build", "Locked", "Lockout", "SERVICE"]
+__all__ = ["AccessControl", "build", "Busy", "Locked", "Lockout", "SERVICE",
+           "verification_limits"]

@@ -4,34 +4,52 @@
 user up, verifies the password (constant-time; unknown and disabled users cost
 the same as real ones), re-hashes legacy MD5 hashes after a success and records
 the login time.  The admin account of config.toml is never a registry user.
+
+:func:`parse_basic` is the one parser of ``Authorization: Basic`` headers (the
+registry, ``/token`` and the admin API use it).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Optional
+from typing import Any, Optional, Union
+
+from werkzeug.datastructures import Authorization
 
 from zmirror.auth.lockout import Locked, Lockout
 from zmirror.db.users import USERNAME_RE
 
 
-def parse_basic(header: Optional[bytes]) -> Optional[tuple[str, str]]:
-    """``(username, password)`` from an ``Authorization: Basic`` value, or None if malformed."""
+def parse_basic(header: Union[bytes, str, None]) -> Optional[tuple[str, str]]:
+    """``(username, password)`` from an ``Authorization: Basic`` value, or None if malformed.
+
+    The credentials are UTF-8; the password is everything after the first ':'
+    (it may contain more).  None for another scheme, bad base64, bad UTF-8 or
+    a missing ':' (RFC 7617 requires it).
+    """
     if not header:
         return None
+    if isinstance(header, bytes):
+        header = header.decode("latin-1")
     try:
-        scheme, _, value = header.strip().partition(b" ")
-        if scheme.lower() != b"basic":
-            return None
-        raw = base64.b64decode(value.strip(), validate=True)
-        text = raw.decode("utf-8")
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+        auth = Authorization.from_header(header.strip())
+    except ValueError:  # non-ASCII in the base64 part (werkzeug lets that through)
         return None
-    if ":" not in text:
+    if auth is None or auth.type != "basic":
         return None
-    user, _, password = text.partition(":")
-    return user, password
+    username, password = auth.username or "", auth.password or ""
+    if not password and not _ends_with_colon(header):
+        return None  # werkzeug reads "user" (no ':') as "user:"
+    return username, password
+
+
+def _ends_with_colon(header: str) -> bool:
+    try:
+        raw = base64.b64decode(header.strip().partition(" ")[2].strip(" \t"), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return raw.endswith(b":")
 
 
 def auth_scheme(header: Optional[bytes]) -> str:
@@ -55,8 +73,11 @@ class Authenticator:
     async def authenticate(self, username: str, password: str, ip: str) -> Optional[dict]:
         """The user's auth row on success; None for bad credentials.
 
-        Raises :class:`~zmirror.auth.lockout.Locked` while the account or
-        address is locked out (the password is then not checked).
+        Raises :class:`~zmirror.auth.lockout.Locked` (the password is then not
+        checked) while the account or address is locked out, while as many of
+        its logins as its limit allows are failed or being checked, or
+        (:class:`~zmirror.auth.passwords.Busy`) while the verification queue
+        is full.
         """
         # Registry accounts are counted apart from the admin's (the admin API uses
         # the bare name): failed registry logins as "admin" must not lock the
@@ -68,15 +89,33 @@ class Authenticator:
                 and USERNAME_RE.match(username) and len(password) <= 1024
                 and not (self.admin_username and username.lower() == self.admin_username.lower())):
             row = await self.users.get_by_username(username)
-        if row is None or not row["enabled"]:
-            await self.passwords.dummy_verify(password if isinstance(password, str) else "")
-            self.lockout.failure(account, ip)
-            return None
-        ok, new_hash = await self.passwords.verify(password, row["password_hash"], account=username)
-        if not ok:
-            self.lockout.failure(account, ip)
-            return None
-        self.lockout.success(account, ip)
+        usable = row is not None and bool(row["enabled"])
+        if usable and self._is_cached(password, row, username):
+            # verified a moment ago (clients sending Basic on every request): no
+            # verification, so nothing to count as in flight
+            self.lockout.success(account, ip)
+            return await self._succeeded(row, None)
+        # counted as in flight until the outcome is recorded; leaving the block
+        # (an error, the client going away) ends it too
+        with self.lockout.attempt(account, ip) as attempt:
+            if not usable:
+                await self.passwords.dummy_verify(password if isinstance(password, str) else "")
+                attempt.failure()
+                return None
+            ok, new_hash = await self.passwords.verify(password, row["password_hash"],
+                                                       account=username)
+            if not ok:
+                attempt.failure()
+                return None
+            attempt.success()
+        return await self._succeeded(row, new_hash)
+
+    def _is_cached(self, password: Any, row: dict, username: str) -> bool:
+        is_cached = getattr(self.passwords, "is_cached", None)
+        return bool(is_cached is not None and isinstance(password, str)
+                    and is_cached(password, row["password_hash"], account=username))
+
+    async def _succeeded(self, row: dict, new_hash: Optional[str]) -> dict:
         auth = {k: row[k] for k in ("id", "username", "password_hash", "enabled", "updated_at")}
         if new_hash:
             updated = await self.users.set_hash(row["id"], new_hash)

@@ -9,10 +9,23 @@ account cannot be used to reset an attacker's address).
 
 Usage::
 
-    wait = lockout.check(account, ip)      # 0 → go ahead, else seconds to wait
-    if wait: answer 429, Retry-After: ceil(wait)
-    ... verify ...
-    lockout.failure(account, ip) / lockout.success(account, ip)
+    with lockout.attempt(account, ip) as attempt:   # raises Locked → 429 + Retry-After
+        ok = await verify(...)
+        attempt.success() if ok else attempt.failure()
+
+An attempt counts as *in flight* from :meth:`Lockout.attempt` until it
+records its outcome or leaves the ``with`` block (also by an exception or a
+cancellation: a client that disconnects while its password is verified never
+leaks a count).  With ``limit`` failures recorded *or in flight* for the
+account or the address, :meth:`Lockout.attempt` raises :class:`Locked`
+without letting the caller verify anything: concurrent guesses cannot get
+past the limit by all being checked before the first failure is recorded.
+Such a refusal while no lock is in force says ``Retry-After: 1`` (the
+attempts in flight end within a verification's time; if they all fail, the
+account is locked and the next try learns the real cool-down).
+
+The lower-level ``check`` / ``enforce`` / ``failure`` / ``success`` remain
+for callers that only need the locks.
 
 Failures are logged with account and address, never the password.  Memory is
 bounded: stale entries are pruned and at most ``max_keys`` keys are tracked.
@@ -34,12 +47,28 @@ from twisted.logger import Logger
 log = Logger()
 
 
-class Locked(Exception):
-    """Raised by :meth:`Lockout.enforce` while locked; ``retry_after`` in whole seconds."""
+# Retry-After (seconds) when the attempts in flight fill the limit but no lock is in force
+IN_FLIGHT_RETRY_AFTER = 1
 
-    def __init__(self, retry_after: int):
-        self.retry_after = retry_after
-        super().__init__(f"too many failed logins, retry in {retry_after} s")
+
+class Locked(Exception):
+    """Raised while a login must not be checked now (answer 429 with
+    ``Retry-After: retry_after``, whole seconds).
+
+    ``reason``: "locked" (too many failed logins), "in_flight" (too many
+    logins of the account / address being checked right now) or, for the
+    subclass :class:`zmirror.auth.passwords.Busy`, "busy".  ``message`` is
+    what clients are told.
+    """
+
+    reason = "locked"
+
+    def __init__(self, retry_after: int, message: str = "", reason: str = ""):
+        self.retry_after = max(1, int(retry_after))
+        if reason:
+            self.reason = reason
+        self.message = message or (f"too many failed logins; retry in {self.retry_after} seconds")
+        super().__init__(self.message)
 
 
 def settings(section: Any) -> dict:
@@ -58,6 +87,7 @@ class Lockout:
         self.max_keys = max_keys
         self._failures: "OrderedDict[str, deque]" = OrderedDict()
         self._locked: dict[str, float] = {}
+        self._in_flight: dict[str, int] = {}  # key → attempts being checked now
         self.configure(max_account=max_account, max_ip=max_ip, window=window, cooldown=cooldown)
 
     def configure(self, *, max_account: int, max_ip: int, window: float, cooldown: float) -> None:
@@ -107,6 +137,49 @@ class Lockout:
         if r:
             raise Locked(r)
 
+    def attempt(self, account: str, ip: str) -> "Attempt":
+        """Start a login attempt, counted as in flight until it ends.
+
+        Raises :class:`Locked` (the caller must not verify the password) while
+        the account or the address is locked, or while its failures in the
+        window plus its attempts in flight reach its limit.
+        """
+        self.enforce(account, ip)
+        now = self.clock.seconds()
+        keys = self._keys(account, ip)
+        for kind, key in keys:
+            limit = self.max_account if kind == "account" else self.max_ip
+            if self._recent(key, now) + self._in_flight.get(key, 0) >= limit:
+                log.info("login for {kind} {key} refused: {n} attempts in flight",
+                         kind=kind, key=key[2:][:100], n=self._in_flight.get(key, 0))
+                raise Locked(IN_FLIGHT_RETRY_AFTER,
+                             "too many logins for this account or address at once; retry in "
+                             f"{IN_FLIGHT_RETRY_AFTER} seconds", reason="in_flight")
+        for _kind, key in keys:
+            self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        return Attempt(self, account, ip, [key for _kind, key in keys])
+
+    def in_flight(self, account: str = "", ip: str = "") -> int:
+        """Attempts in flight for ``account`` (or, without it, for ``ip``)."""
+        keys = self._keys(account, "" if account else ip)
+        return self._in_flight.get(keys[0][1], 0) if keys else 0
+
+    def _end(self, keys: list[str]) -> None:
+        for key in keys:
+            n = self._in_flight.get(key, 0) - 1
+            if n > 0:
+                self._in_flight[key] = n
+            else:
+                self._in_flight.pop(key, None)
+
+    def _recent(self, key: str, now: float) -> int:
+        q = self._failures.get(key)
+        if not q:
+            return 0
+        while q and q[0] < now - self.window:
+            q.popleft()
+        return len(q)
+
     def failure(self, account: str, ip: str, *, what: str = "login") -> None:
         now = self.clock.seconds()
         log.warn("failed {what} for account {account!r} from {ip}", what=what,
@@ -146,3 +219,62 @@ class Lockout:
             if (not q or q[-1] < now - self.window) and self._locked.get(key, 0) <= now:
                 del self._failures[key]
                 self._locked.pop(key, None)
+
+
+class Attempt:
+    """One login attempt in flight (from :meth:`Lockout.attempt`).
+
+    ``failure()`` / ``success()`` record the outcome and end it; ``end()``
+    ends it without an outcome (nothing was verified, or the caller went
+    away).  Ending twice is harmless; use it as a context manager so every
+    path ends it.
+    """
+
+    def __init__(self, lockout: Lockout, account: str, ip: str, keys: list[str]):
+        self.lockout = lockout
+        self.account = account
+        self.ip = ip
+        self._keys = keys
+        self.ended = False
+
+    def end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.lockout._end(self._keys)
+
+    def failure(self, *, what: str = "login") -> None:
+        if not self.ended:
+            self.lockout.failure(self.account, self.ip, what=what)
+        self.end()
+
+    def success(self) -> None:
+        if not self.ended:
+            self.lockout.success(self.account, self.ip)
+        self.end()
+
+    def __enter__(self) -> "Attempt":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.end()
+
+
+class NullAttempt:
+    """An :class:`Attempt` stand-in for callers without a lockout."""
+
+    ended = False
+
+    def end(self) -> None:
+        pass
+
+    def failure(self, *, what: str = "login") -> None:
+        pass
+
+    def success(self) -> None:
+        pass
+
+    def __enter__(self) -> "NullAttempt":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass

@@ -14,6 +14,18 @@ thread pool in production; synchronous in tests).  Successful verifications
 are remembered for a few minutes under a keyed digest of (user, password,
 stored hash), so clients that send Basic credentials on every request do not
 pay an argon2 verification per blob.
+
+At most ``concurrency`` verifications run at once (argon2 costs a core and
+19 MiB each) and at most ``queue`` more wait for a slot; beyond that
+:meth:`Passwords.verify` / :meth:`Passwords.dummy_verify` raise :class:`Busy`
+at once (callers answer 429 with ``Retry-After``) instead of queueing without
+bound.  The registry logins and the admin's Basic auth share one
+:class:`Passwords`, hence one bound.  A slot is held until the verification
+really ends: a caller that is cancelled while its verification runs only
+detaches itself (the work is owned by no caller, as in
+:mod:`zmirror.singleflight`), so disconnecting clients cannot pile up hidden
+work; a caller cancelled while queued leaves the queue at once.  Cached
+successes need no slot.
 """
 
 from __future__ import annotations
@@ -26,7 +38,10 @@ from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 from passlib.context import CryptContext
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import DeferredSemaphore, maybeDeferred
+
+from zmirror.auth.lockout import Locked
+from zmirror.singleflight import Flight
 
 _MD5_HEX = re.compile(r"^[0-9a-fA-F]{32}$")
 PASSWORD_MAX = 1024
@@ -51,6 +66,23 @@ def is_legacy_md5(stored: str) -> bool:
     return bool(_MD5_HEX.match(stored or ""))
 
 
+# defaults of [lockout] max_concurrent_verifications / max_queued_verifications
+CONCURRENCY = 2
+QUEUE = 32
+# Retry-After (seconds) when the verification queue is full
+BUSY_RETRY_AFTER = 1
+
+
+class Busy(Locked):
+    """Too many password verifications running and queued: answer 429."""
+
+    reason = "busy"
+
+    def __init__(self, retry_after: int = BUSY_RETRY_AFTER):
+        super().__init__(retry_after, "too many logins being checked; retry in "
+                         f"{max(1, int(retry_after))} seconds", reason="busy")
+
+
 def _sync_run(f: Callable, *args: Any):
     return maybeDeferred(f, *args)
 
@@ -59,9 +91,16 @@ class Passwords:
     """Hash and verify passwords; ``run`` executes the slow parts off the reactor thread."""
 
     def __init__(self, context: Optional[CryptContext] = None, run: Optional[Callable] = None,
-                 clock: Any = None, cache_ttl: float = 300.0, cache_size: int = 10_000):
+                 clock: Any = None, cache_ttl: float = 300.0, cache_size: int = 10_000,
+                 concurrency: int = CONCURRENCY, queue: int = QUEUE):
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
+        if isinstance(queue, bool) or not isinstance(queue, int) or queue < 0:
+            raise ValueError(f"queue must be a non-negative integer, got {queue!r}")
         self.context = context or make_context()
         self.run = run or _sync_run
+        self.slots = DeferredSemaphore(concurrency)
+        self.queue = queue
         self.clock = clock
         self.cache_ttl = cache_ttl
         self.cache_size = cache_size
@@ -97,22 +136,57 @@ class Passwords:
 
     # --- async API ------------------------------------------------------
 
+    @property
+    def running(self) -> int:
+        """Slow operations holding a slot now."""
+        return self.slots.limit - self.slots.tokens
+
+    @property
+    def queued(self) -> int:
+        """Slow operations waiting for a slot."""
+        return len(self.slots.waiting)
+
+    async def slow(self, f: Callable, *args: Any, bounded: bool = True) -> Any:
+        """``await run(f, *args)`` in one of the slots.
+
+        ``bounded``: raise :class:`Busy` instead of waiting when every slot is
+        taken and the queue is full (logins); False waits in any case (the
+        admin's own hashing of new passwords).
+        """
+        if bounded and self.slots.tokens == 0 and len(self.slots.waiting) >= self.queue:
+            raise Busy()
+        await self.slots.acquire()  # cancelled while waiting: leaves the queue, holds nothing
+        # the slot is released when the work ends, not when this caller goes away
+        flight = Flight.start(lambda: self.run(f, *args), on_done=self.slots.release)
+        return await flight.wait()
+
     async def hash(self, password: str) -> str:
-        return await self.run(self.hash_sync, password)
+        return await self.slow(self.hash_sync, password, bounded=False)
+
+    def is_cached(self, password: str, stored: str, *, account: str = "") -> bool:
+        """Whether ``password`` was verified against ``stored`` recently (no slot needed)."""
+        return self._cached(self._key(account, password, stored))
 
     async def verify(self, password: str, stored: str, *, account: str = "") -> tuple[bool, Optional[str]]:
-        """Verify ``password`` against ``stored``; positive results are cached briefly."""
+        """Verify ``password`` against ``stored``; positive results are cached briefly.
+
+        Raises :class:`Busy` when the verification queue is full.
+        """
         key = self._key(account, password, stored)
         if self._cached(key):
             return True, None
-        ok, new = await self.run(self.verify_sync, password, stored)
+        ok, new = await self.slow(self.verify_sync, password, stored)
         if ok and new is None:
             self._remember(key)
         return ok, new
 
     async def dummy_verify(self, password: str) -> None:
-        """Spend the time of a real verification (unknown or disabled user)."""
-        await self.run(self.verify_sync, password if isinstance(password, str) else "", self._dummy)
+        """Spend the time of a real verification (unknown or disabled user).
+
+        Raises :class:`Busy` when the verification queue is full.
+        """
+        await self.slow(self.verify_sync, password if isinstance(password, str) else "",
+                        self._dummy)
 
     # --- positive-result cache --------------------------------------------
 
@@ -196,8 +270,9 @@ def same_text(a: str, b: str) -> bool:
 class AdminCredentials:
     """Checks the ``[admin]`` username/password of config.toml (for the admin API).
 
-    ``await check(username, password)`` → bool.  Hash verification runs through
-    ``passwords.run`` and successful results are cached like users' ones.
+    ``await check(username, password)`` → bool.  Hash verification runs in one
+    of ``passwords``' slots (may raise :class:`Busy`) and successful results
+    are cached like users' ones (:meth:`cached`: no slot needed).
     """
 
     def __init__(self, username: str, configured_password: str, passwords: Passwords):
@@ -209,16 +284,27 @@ class AdminCredentials:
     def is_hashed(self) -> bool:
         return is_hash(self._configured)
 
+    def _cache_key(self, password: str) -> bytes:
+        return self.passwords._key("\0admin", password, self._configured)
+
+    def cached(self, username: str, password: str) -> bool:
+        """True if these are the admin's credentials and a hashed password was
+        verified recently (False says nothing: call :meth:`check`)."""
+        if not isinstance(password, str) or not self.is_hashed:
+            return False
+        return same_text(username or "", self.username) and \
+            self.passwords._cached(self._cache_key(password))
+
     async def check(self, username: str, password: str) -> bool:
         user_ok = same_text(username or "", self.username)
         if not isinstance(password, str):
             return False
         if not self.is_hashed:
             return user_ok & verify_admin_sync(password, self._configured)
-        key = self.passwords._key("\0admin", password, self._configured)
+        key = self._cache_key(password)
         if self.passwords._cached(key):
             return user_ok
-        ok = await self.passwords.run(verify_admin_sync, password, self._configured)
+        ok = await self.passwords.slow(verify_admin_sync, password, self._configured)
         if ok:
             self.passwords._remember(key)
         return bool(user_ok and ok)

@@ -14,8 +14,9 @@ existing, enabled and unchanged), or a user's HTTP Basic credentials.  Bad
 credentials are refused even for a whitelisted repository (they are never
 silently downgraded to anonymous).  Denials are ``401 UNAUTHORIZED`` with
 Docker's Bearer challenge; a token without the needed scope adds
-``error="insufficient_scope"``.  Too many failed logins → ``429`` with
-``Retry-After``.
+``error="insufficient_scope"``.  Too many failed logins, too many logins of
+one account / address at once, or a full password-verification queue →
+``429 TOOMANYREQUESTS`` with ``Retry-After`` (the password is not checked).
 
 ``/v2/`` itself answers 401 without credentials in every mode, as Docker Hub
 does: clients only learn the token realm from that challenge, and ``docker
@@ -109,9 +110,10 @@ class AccessPolicy:
 
     @staticmethod
     def _locked(e: Locked) -> RegistryError:
+        # locked out, too many logins of the account / address at once, or the
+        # password-verification queue is full (e.reason)
         return RegistryError(
-            "TOOMANYREQUESTS",
-            f"too many failed logins; retry in {e.retry_after} seconds",
+            "TOOMANYREQUESTS", e.message,
             headers={b"Retry-After": str(e.retry_after).encode()},
         )
 
@@ -187,7 +189,7 @@ class AccessPolicy:
         try:
             user = await self.authenticator.authenticate(username, password, ip)
         except Locked as e:
-            self._failed("locked")
+            self._failed(e.reason)
             raise self._locked(e)
         if user is None:
             self._failed("bad_credentials")

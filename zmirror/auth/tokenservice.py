@@ -12,7 +12,8 @@ Answer: ``{"token", "access_token", "expires_in", "issued_at"[, "refresh_token"]
 The grant is the intersection of what was asked and what the caller may do:
 ``pull`` on repositories anonymous users may pull for anyone, ``pull`` on any
 repository for an enabled user, never anything else.  Bad credentials → 401,
-malformed requests → 400, too many failures → 429 + ``Retry-After``; error
+malformed requests → 400, too many failures (or too many logins at once, or a
+full password-verification queue) → 429 + ``Retry-After``; error
 bodies are JSON (``details`` is what the docker CLI prints).  A refresh token is
 issued for ``offline_token=true`` / ``access_type=offline`` and stops working
 when its user is disabled, deleted or changes password.
@@ -25,7 +26,7 @@ import time
 from typing import Any, Optional
 from urllib.parse import parse_qs
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
 from zmirror.accesslog import AccessRecord
@@ -129,6 +130,8 @@ class TokenService:
             body = {"error": e.error, "error_description": e.details, "details": e.details}
             if e.retry_after is not None:
                 body["retry_after"] = e.retry_after
+        except CancelledError:
+            raise  # the client went away (Klein cancelled us): nothing to answer
         except Exception:
             log.failure("token endpoint failed")
             status, body = 500, {"error": "server_error", "details": "internal error"}
@@ -217,10 +220,9 @@ class TokenService:
     async def _login(self, username: str, password: str, ip: str) -> dict:
         try:
             user = await self.authenticator.authenticate(username, password, ip)
-        except Locked as e:
-            self._failed("locked")
-            raise TokenError(429, "too_many_requests",
-                             f"too many failed logins; retry in {e.retry_after} seconds",
+        except Locked as e:  # locked out, too many at once, or verification queue full
+            self._failed(e.reason)
+            raise TokenError(429, "too_many_requests", e.message,
                              {b"Retry-After": str(e.retry_after).encode()},
                              retry_after=e.retry_after) from None
         if user is None:
