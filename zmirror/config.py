@@ -45,6 +45,8 @@ trusted_proxies = []
 [admin]
 # Admin account of the web UI and /api (not a registry user).
 # 管理后台账号（不是镜像仓库用户）。Change the default password! 请务必修改默认密码！
+# While it is the default, the admin API only lets you change it (web UI or `zmirror admin-password`).
+# 默认密码下管理 API 只允许修改密码（管理界面或 `zmirror admin-password`）。
 # The password may be plain text or a passlib hash (see `zmirror admin-password`).
 username = "admin"
 password = "admin123"
