@@ -38,6 +38,7 @@ setup(
         "werkzeug>=2.3",  # parse_range_header (comes with klein; used directly)
         "txaio>=23.1",
         "toml>=0.10",
+        "tomlkit>=0.11",  # edits config.toml keeping its comments (admin password change)
         "passlib>=1.7.4",
         "argon2-cffi>=21.3",
         "PyJWT>=2.8",

@@ -183,18 +183,70 @@ class AdminPasswordTests(CLITestCase):
         self.assertIn("default", err)
         self.assertIn('password = "admin123"', (self.data / "config.toml").read_text())
 
+    def test_refuses_what_the_api_refuses(self):
+        # the same rules as PUT /api/me/password (zmirror.config.admin_password_problem)
+        self.ok("check-config")
+        before = (self.data / "config.toml").read_bytes()
+        for password, words in (("short7!", "at least 8"), ("x" * 1025, "at most 1024"),
+                                ("with\ttab-inside", "control characters")):
+            code, _, err = self.run_cli("admin-password", "--stdin", stdin=password + "\n")
+            self.assertEqual(code, 1, password)
+            self.assertIn(words, err)
+            self.assertNotIn("Traceback", err)
+        self.assertEqual((self.data / "config.toml").read_bytes(), before)
+
+    def test_odd_layouts_keep_their_comments(self):
+        self.ok("check-config")
+        path = self.data / "config.toml"
+        text = ('# top comment\n[admin]  # the admin\nusername = "root"\n'
+                'password = \'old-literal\'   # trailing note\n\n# about logs\n[log]\nlevel = "info"\n')
+        path.write_text(text)
+        os.chmod(path, 0o600)
+        self.ok("admin-password", "--stdin", stdin="N3w-admin-pass\n")
+        after = path.read_text()
+        for keep in ("# top comment\n", "[admin]  # the admin\n", 'username = "root"\n',
+                     "   # trailing note\n", "# about logs\n[log]\nlevel = \"info\"\n"):
+            self.assertIn(keep, after)
+        cfg = load_config(self.data)
+        self.assertEqual(cfg.admin.username, "root")
+        self.assertTrue(verify_admin_sync("N3w-admin-pass", cfg.admin.password))
+        self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
+        # an inline table is edited in place
+        path.write_text('admin = { username = "root", password = "old-password" } # inline\n')
+        self.ok("admin-password", "--stdin", stdin="N3w-admin-pass\n")
+        self.assertIn("# inline", path.read_text())
+        self.assertTrue(verify_admin_sync("N3w-admin-pass", load_config(self.data).admin.password))
+
+    def test_refuses_a_file_the_server_would_refuse(self):
+        self.ok("check-config")
+        path = self.data / "config.toml"
+        path.write_text('admin = "not a table"\n')
+        code, _, err = self.run_cli("admin-password", "--stdin", stdin="N3w-admin-pass\n")
+        self.assertEqual(code, 1)
+        self.assertIn("admin", err)
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(path.read_text(), 'admin = "not a table"\n')
+
     def test_set_text_variants(self):
+        from zmirror.config import set_admin_password_text
+
         h = "$argon2id$v=19$m=19456,t=2,p=1$abc$def"
-        # no password key in [admin]
-        t = cli.set_admin_password_text('[admin]\nusername = "root"\n\n[log]\nlevel = "info"\n', h)
-        self.assertIn(f'[admin]\npassword = "{h}"\nusername = "root"', t)
+        # no password key in [admin]: added to the table, the rest kept
+        t = set_admin_password_text('[admin]\nusername = "root"\n\n[log]\nlevel = "info"\n', h)
+        self.assertEqual(t, f'[admin]\nusername = "root"\npassword = "{h}"\n\n[log]\nlevel = "info"\n')
         # no [admin] section
-        t = cli.set_admin_password_text('[server]\nport = 1\n', h)
+        t = set_admin_password_text('[server]\nport = 1\n', h)
         self.assertTrue(t.endswith(f'[admin]\npassword = "{h}"\n'))
-        # a "password" in another section is not touched
-        t = cli.set_admin_password_text('[log]\npassword = "x"\n[admin]\npassword = "y" # old\n', h)
-        self.assertIn('[log]\npassword = "x"\n', t)
-        self.assertIn(f'[admin]\npassword = "{h}"\n', t)
+        self.assertTrue(t.startswith('[server]\nport = 1\n'))
+        # a "password" in another section is not touched; the line's comment stays
+        t = set_admin_password_text('[log]\npassword = "x"\n[admin]\npassword = "y" # old\n', h)
+        self.assertEqual(t, f'[log]\npassword = "x"\n[admin]\npassword = "{h}" # old\n')
+        # a value that needs escaping stays a valid TOML string
+        import toml
+
+        t = set_admin_password_text('[admin]\npassword = "y"\n', 'a"b\\c')
+        self.assertEqual(toml.loads(t)["admin"]["password"], 'a"b\\c')
+        self.assertIs(cli.set_admin_password_text, set_admin_password_text)  # one editor for both
 
     def test_mode_kept_when_not_0600(self):
         self.ok("check-config")

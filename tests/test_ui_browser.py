@@ -12,13 +12,16 @@ is not built (`make ui`).
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import stat
 from pathlib import Path
 
 from twisted.trial import unittest
 
 from tests import ui_browser
-from tests.ui_browser import ADMIN_PASSWORD, ADMIN_USER, WAIT, Server
+from tests.ui_browser import ADMIN_PASSWORD, ADMIN_USER, DEFAULT_PASSWORD, WAIT, Server
 
 SKIP = ui_browser.skip_reason()
 
@@ -32,13 +35,14 @@ class BrowserCase(unittest.TestCase):
         skip = SKIP
 
     width, height, mobile = 1366, 768, False
+    admin_password = ADMIN_PASSWORD  # in the server's config.toml; None: the generated default
 
     def setUp(self):
         self.out = Path(self.mktemp()).resolve()
         self.out.mkdir(parents=True)
         self.shots = self.out / "screenshots"
         self.shots.mkdir()
-        self.server = Server(self.out / "server").start()
+        self.server = Server(self.out / "server", admin_password=self.admin_password).start()
         self.addCleanup(self.server.stop)
         self.driver = ui_browser.make_driver(self.out / "profile", self.width, self.height, self.mobile)
         self.addCleanup(self._quit)
@@ -171,10 +175,6 @@ class BrowserCase(unittest.TestCase):
             "charts drawn",
         )
 
-    def close_password_warning(self):
-        self.click(sel("default-password") + " .el-alert__close-btn")
-        self.gone(sel("default-password"))
-
     def shot_bottom(self, name: str):
         """A screenshot with the page content scrolled to its end."""
         self.driver.execute_script("const m = document.querySelector('.main'); m.scrollTop = m.scrollHeight")
@@ -241,8 +241,7 @@ class DesktopTests(BrowserCase):
         self.assertTrue(d.current_url.endswith("/registries"), d.current_url)
         self.assertIsNotNone(self.storage("sessionStorage", "zmirror.auth"))
         self.assertIsNone(self.storage("localStorage", "zmirror.auth"))
-        self.find(sel("default-password"))  # the generated config keeps the default password
-        self.close_password_warning()  # closed for this browser session
+        self.assertFalse(d.find_elements("css selector", sel("password-dialog")))  # not the default
 
         # --- registries: client-side URL check, add, server-side duplicate, test -------------
         self.click(sel("registry-add"))
@@ -364,7 +363,6 @@ class DesktopTests(BrowserCase):
         if json.loads(body).get("cache"):
             self.find(sel("cache-card"))  # cache usage, when the cache exists
         self.charts_drawn()
-        self.assertFalse(d.find_elements("css selector", sel("default-password")))
         self.shot("dashboard-zh")
         self.shot_bottom("dashboard-bottom-zh")
 
@@ -449,7 +447,6 @@ class PhoneTests(BrowserCase):
         self.charts_drawn()
         self.shot("dashboard-zh")
         self.shot_bottom("dashboard-bottom-zh")
-        self.close_password_warning()
         self.click(sel("menu-toggle"))
         self.find(".nav-drawer " + sel("nav-logs"))
         self.shot("menu-zh")
@@ -513,3 +510,152 @@ class PhoneTests(BrowserCase):
         self.assertIsNotNone(self.find(sel("login-submit")).get_attribute("disabled"))
         self.assertIsNone(self.storage("sessionStorage", "zmirror.auth"))
         self.shot("login-locked-zh")
+
+
+GATED = {"error": "change the default admin password first", "fields": {}}
+
+
+def comment_lines(text: str) -> list:
+    return [ln for ln in text.splitlines() if ln.lstrip().startswith("#")]
+
+
+class DefaultPasswordTests(BrowserCase):
+    """The generated config (admin / admin123): the first login has to set a new password."""
+
+    width, height, mobile = 1366, 768, False
+    admin_password = None
+
+    def press_escape(self):
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        ActionChains(self.driver).send_keys(Keys.ESCAPE).perform()
+
+    def click_outside(self):
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        ActionChains(self.driver).move_by_offset(5, 5).click().perform()  # the dialog's mask
+
+    def set_new_password(self, new: str):
+        self.type(sel("password-new"), new)
+        self.type(sel("password-confirm"), new)
+        self.click(sel("password-save"))
+
+    def test_first_login_forces_a_new_password(self):
+        from zmirror.auth.passwords import is_hash, verify_admin_sync
+        from zmirror.config import load_config
+
+        d = self.driver
+        base = self.server.base
+        config = self.server.config_path
+        before = config.read_text()
+        self.assertIn(f'password = "{DEFAULT_PASSWORD}"', before)
+        status, body = self.server.request("GET", "/api/registries", auth=(ADMIN_USER, DEFAULT_PASSWORD))
+        self.assertEqual((status, json.loads(body)), (403, GATED))
+
+        # --- log in with the default: the dialog, and nothing else, until it is changed ---
+        d.get(base + "/registries")
+        self.find(sel("login-username"))
+        self.login(DEFAULT_PASSWORD)
+        self.find(sel("password-forced"))
+        self.find(sel("password-new"))
+        self.assertFalse(d.find_elements("css selector", sel("password-current")))  # it is the default
+        self.assertFalse([e for e in d.find_elements("css selector", ".el-dialog .el-dialog__headerbtn")
+                          if e.is_displayed()])
+        self.assertFalse(d.find_elements("css selector", sel("registries-table")))
+        self.shot("default-password-dialog-zh")
+        self.press_escape()
+        self.click_outside()
+        self.find(sel("password-forced"))  # still there
+        self.assertFalse(d.find_elements("css selector", ".el-message--error"))  # no 403 toasts
+
+        # --- the dialog's own checks, then a good password -------------------------------
+        self.set_new_password("short")
+        self.wait_field_error("至少 8 个字符")
+        self.set_new_password(DEFAULT_PASSWORD)
+        self.wait_field_error("不能使用默认密码")
+        self.type(sel("password-new"), "Fresh-admin-pw-1")
+        self.type(sel("password-confirm"), "Fresh-admin-pw-2")
+        self.click(sel("password-save"))
+        self.wait_field_error("两次输入的密码不一致")
+        self.shot("default-password-errors-zh")
+        self.set_new_password("Fresh-admin-pw-1")
+        self.message("管理员密码已修改")
+        self.gone(sel("password-forced"))
+        # the app goes on with the new credentials: the page asked for loads
+        self.wait_text(sel("registries-table"), "Docker Hub")
+        self.assertTrue(d.current_url.endswith("/registries"), d.current_url)
+        stored = json.loads(self.storage("sessionStorage", "zmirror.auth"))
+        self.assertEqual(stored["token"], base64.b64encode(b"admin:Fresh-admin-pw-1").decode())
+        self.shot("registries-after-change-zh")
+
+        # --- config.toml: a hash, every comment, mode 0600 -------------------------------
+        after = config.read_text()
+        self.assertNotIn("Fresh-admin-pw-1", after)
+        self.assertNotIn(f'password = "{DEFAULT_PASSWORD}"', after)
+        self.assertEqual(comment_lines(after), comment_lines(before))
+        self.assertEqual(stat.S_IMODE(os.stat(config).st_mode), 0o600)
+        cfg = load_config(self.server.data)
+        self.assertTrue(is_hash(cfg.admin.password))
+        self.assertTrue(verify_admin_sync("Fresh-admin-pw-1", cfg.admin.password))
+        self.assertEqual(self.server.request("GET", "/api/me", auth=(ADMIN_USER, DEFAULT_PASSWORD))[0], 401)
+        status, body = self.server.request("GET", "/api/me", auth=(ADMIN_USER, "Fresh-admin-pw-1"))
+        self.assertEqual((status, json.loads(body)["default_password"]), (200, False))
+
+        # --- still logged in after a reload; no dialog -----------------------------------
+        d.refresh()
+        self.wait_text(sel("registries-table"), "Docker Hub")
+        self.assertFalse(d.find_elements("css selector", sel("password-forced")))
+
+        # --- "change password" in the header: the server's field error, then success ------
+        self.click(sel("change-password"))
+        self.type(sel("password-current"), "Not-the-password-1")
+        self.set_new_password("Second-admin-pw-2")
+        self.wait_field_error("当前密码不正确")  # 400 {"fields": {"current_password": ...}}
+        self.shot("change-password-error-zh", toasts=True)
+        self.type(sel("password-current"), "Fresh-admin-pw-1")
+        self.click(sel("password-save"))
+        self.message("管理员密码已修改")
+        self.gone(".el-dialog")
+        self.nav("users")
+        self.find(sel("users-table"))
+        self.assertEqual(self.server.request("GET", "/api/me", auth=(ADMIN_USER, "Fresh-admin-pw-1"))[0], 401)
+        self.assertEqual(self.server.request("GET", "/api/users", auth=(ADMIN_USER, "Second-admin-pw-2"))[0], 200)
+        # this one can be closed
+        self.click(sel("change-password"))
+        self.find(sel("password-current"))
+        self.press_escape()
+        self.gone(".el-dialog")
+
+        # --- log out and in again with the new password: straight to the app --------------
+        self.click(sel("logout"))
+        self.find(sel("login-username"))
+        self.login("Second-admin-pw-2")
+        self.find(sel("stat-requests"))
+        self.assertFalse(d.find_elements("css selector", sel("password-forced")))
+        self.assertEqual(comment_lines(config.read_text()), comment_lines(before))
+        self.assertEqual(stat.S_IMODE(os.stat(config).st_mode), 0o600)
+
+
+class DefaultPasswordPhoneTests(DefaultPasswordTests):
+    width, height, mobile = 390, 844, True
+
+    def test_first_login_forces_a_new_password(self):
+        d = self.driver
+        d.get(self.server.base + "/")
+        self.find(sel("login-username"))
+        self.click(sel("lang-toggle"))
+        self.login(DEFAULT_PASSWORD)
+        self.find(sel("password-forced"))
+        self.assertIn("Set a new admin password", self.find(".el-dialog").text)
+        self.shot("default-password-dialog-en")
+        # the forced dialog's way out is logging out
+        self.click(sel("password-logout"))
+        self.find(sel("login-username"))
+        self.assertIsNone(self.storage("sessionStorage", "zmirror.auth"))
+        self.login(DEFAULT_PASSWORD)
+        self.set_new_password("Phone-admin-pw-1")
+        self.message("Admin password changed")
+        self.find(sel("stat-requests"))
+        self.charts_drawn()
+        self.shot("dashboard-after-change-en")

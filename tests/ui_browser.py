@@ -20,7 +20,8 @@ from tests.helpers import REPO, free_port, start_twistd, stop, wait_port
 
 WEBUI_INDEX = REPO / "zmirror" / "webui" / "index.html"
 ADMIN_USER = "admin"
-ADMIN_PASSWORD = "admin123"  # the generated config's default
+DEFAULT_PASSWORD = "admin123"  # the generated config's default: the API refuses work with it
+ADMIN_PASSWORD = "Browser-admin-pw-1"  # what Server writes into the config unless told otherwise
 WAIT = 20  # seconds for explicit waits
 
 CHROMIUM_ARGS = [
@@ -75,17 +76,31 @@ def skip_reason() -> Optional[str]:
 class Server:
     """`twistd -n zmirror` on a free port with its own data directory."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, admin_password: Optional[str] = ADMIN_PASSWORD):
+        """``admin_password``: written into the generated config before the start;
+        None leaves the generated default (``admin123``)."""
         self.workdir = workdir
         self.data = workdir / "data"
+        self.admin_password = admin_password
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.host = f"127.0.0.1:{self.port}"
         self.proc = None
         self.output = b""
 
+    @property
+    def config_path(self) -> Path:
+        return self.data / "config.toml"
+
     def start(self) -> "Server":
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.admin_password is not None and not self.config_path.exists():
+            from zmirror.config import DEFAULT_CONFIG
+
+            self.data.mkdir(parents=True, exist_ok=True)
+            self.config_path.write_text(DEFAULT_CONFIG.replace(
+                f'password = "{DEFAULT_PASSWORD}"', f'password = "{self.admin_password}"'))
+            os.chmod(self.config_path, 0o600)
         self.proc = start_twistd(
             self.workdir,
             "zmirror",

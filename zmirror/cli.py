@@ -27,17 +27,18 @@ import argparse
 import getpass
 import json
 import os
-import re
 import shutil
 import sqlite3
-import stat
 import sys
-import tempfile
 import time
 from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
+
+# the config.toml editor (tomlkit, atomic write) shared with the admin API's
+# PUT /api/me/password
+from zmirror.config import set_admin_password_text, write_preserving_mode  # noqa: F401
 
 
 class CLIError(Exception):
@@ -234,88 +235,21 @@ def cmd_user_list(args) -> int:
 
 # --- admin-password -------------------------------------------------------------------
 
-_SECTION_RE = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]\s*(#.*)?$")
-_PASSWORD_RE = re.compile(r"^(\s*)password\s*=")
-
-
-def set_admin_password_text(text: str, value: str) -> str:
-    """``text`` (config.toml) with ``[admin] password`` set to ``value``; every
-    other line (comments included) is kept as it was."""
-    import toml
-
-    line_value = "password = " + toml.dumps({"v": value}).split("=", 1)[1].strip()
-    lines = text.splitlines(keepends=True)
-    section = None
-    admin_header = None
-    for i, line in enumerate(lines):
-        m = _SECTION_RE.match(line)
-        if m:
-            section = m.group(1)
-            if section == "admin":
-                admin_header = i
-            continue
-        if section == "admin":
-            pm = _PASSWORD_RE.match(line)
-            if pm:
-                end = "\n" if line.endswith("\n") else ""
-                lines[i] = pm.group(1) + line_value + end
-                return "".join(lines)
-    if admin_header is not None:
-        lines.insert(admin_header + 1, line_value + "\n")
-        return "".join(lines)
-    if text and not text.endswith("\n"):
-        text += "\n"
-    return text + "\n[admin]\n" + line_value + "\n"
-
-
-def write_preserving_mode(path: Path, text: str) -> None:
-    """Atomically replace ``path`` with ``text``; same mode (0600 if new), owner kept when possible."""
-    try:
-        st = path.stat()
-        mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-    except FileNotFoundError:
-        mode, uid, gid = 0o600, None, None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), mode)
-            if uid is not None:
-                try:
-                    os.fchown(f.fileno(), uid, gid)
-                except PermissionError:
-                    pass
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def cmd_admin_password(args) -> int:
     from zmirror.auth.passwords import hash_admin_password
-    from zmirror.config import DEFAULT_ADMIN_PASSWORD, ConfigError, parse_config
+    from zmirror.config import ConfigError, admin_password_problem, update_admin_password
 
     cfg = _config(args)
     password = _read_password(args, "New admin password / 新的管理员密码: ")
-    if password == DEFAULT_ADMIN_PASSWORD:
-        raise CLIError("refusing the well-known default password")
-    if len(password) > 1024:
-        raise CLIError("the password is too long (at most 1024 characters)")
-    if len(password) < 8:
-        _err("warning: a password shorter than 8 characters is easy to guess")
+    problem = admin_password_problem(password)
+    if problem is not None:
+        raise CLIError(f"the new admin password {problem}")
     path = cfg.config_path
-    text = path.read_text(encoding="utf-8")
-    new_text = set_admin_password_text(text, hash_admin_password(password))
     try:
-        parse_config(new_text, data_dir=cfg.data_dir, config_path=path)
-    except ConfigError as e:  # never write a file the server would refuse
-        raise CLIError(f"cannot update {path}: {e}") from None
-    write_preserving_mode(path, new_text)
+        # tomlkit keeps every comment; never writes a file the server would refuse
+        update_admin_password(path, hash_admin_password(password), data_dir=cfg.data_dir)
+    except ConfigError as e:
+        raise CLIError(f"cannot update the admin password: {e}") from None
     _out(f"admin password updated in {path} (stored as an argon2 hash)")
     _err("note: a running server applies it on SIGHUP or restart.")
     return 0

@@ -15,6 +15,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
+import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,8 @@ trusted_proxies = []
 [admin]
 # Admin account of the web UI and /api (not a registry user).
 # 管理后台账号（不是镜像仓库用户）。Change the default password! 请务必修改默认密码！
+# While it is the default, the admin API only lets you change it (web UI or `zmirror admin-password`).
+# 默认密码下管理 API 只允许修改密码（管理界面或 `zmirror admin-password`）。
 # The password may be plain text or a passlib hash (see `zmirror admin-password`).
 username = "admin"
 password = "admin123"
@@ -445,3 +450,132 @@ def load_config(data_dir: str | os.PathLike | None = None, config_path: str | os
 def replace(config: Config, **sections: Any) -> Config:
     """A copy of ``config`` with whole sections replaced (tests, reload)."""
     return dataclasses.replace(config, **sections)
+
+
+# --- editing config.toml (the admin password) ------------------------------------
+
+ADMIN_PASSWORD_MIN = 8
+ADMIN_PASSWORD_MAX = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def admin_password_problem(password: Any) -> str | None:
+    """Why ``password`` cannot be the new admin password (a field message), or None.
+
+    The same rules for ``PUT /api/me/password`` and ``zmirror admin-password``."""
+    if not isinstance(password, str):
+        return "must be a string"
+    if not password:
+        return "must not be empty"
+    if len(password) < ADMIN_PASSWORD_MIN:
+        return f"must be at least {ADMIN_PASSWORD_MIN} characters"
+    if len(password) > ADMIN_PASSWORD_MAX:
+        return f"must be at most {ADMIN_PASSWORD_MAX} characters"
+    if _CONTROL.search(password):
+        return "must not contain control characters"
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text"
+    if password == DEFAULT_ADMIN_PASSWORD:
+        return "must not be the default password"
+    return None
+
+
+def set_admin_password_text(text: str, value: str) -> str:
+    """``text`` (config.toml) with ``[admin] password`` set to ``value``.
+
+    Edited with tomlkit, so every comment, blank line and other value stays as it
+    was; a missing ``[admin]`` table is added.  Raises :class:`ConfigError` when
+    ``text`` is not TOML or ``admin`` is not a table.
+    """
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+
+    try:
+        doc = tomlkit.parse(text)
+    except TOMLKitError as e:
+        raise ConfigError(f"invalid TOML: {e}") from None
+    admin = doc.get("admin")
+    if admin is None:
+        doc.add("admin", tomlkit.table())
+        admin = doc["admin"]
+    elif not isinstance(admin, dict):
+        raise ConfigError("admin: expected a table [admin]")
+    admin["password"] = value
+    return tomlkit.dumps(doc)
+
+
+def write_preserving_mode(path: Path, text: str) -> None:
+    """Atomically replace ``path`` with ``text`` (a temporary file in the same
+    directory, fsync, rename): the same mode (0600 if new), the owner kept when
+    possible.  A reader sees the old or the new file, never a part."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+    except FileNotFoundError:
+        mode, uid, gid = 0o600, None, None
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), mode)
+            if uid is not None:
+                try:
+                    os.fchown(f.fileno(), uid, gid)
+                except PermissionError:
+                    pass
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # the rename itself survives a crash
+        dfd = os.open(str(path.parent), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+# one read-modify-write of a config file at a time in this process (API requests
+# run it in threads; the file itself is replaced atomically)
+_write_lock = threading.Lock()
+
+
+def update_admin_password(config_path: Path, value: str, *, data_dir: Path) -> Config:
+    """Set ``[admin] password`` of the file at ``config_path`` to ``value`` (a hash).
+
+    Blocking (call it off the reactor thread).  The result is validated with
+    :func:`parse_config` before the file is replaced, so a file the server
+    would refuse is never written; returns the configuration the new file
+    holds.  Raises :class:`ConfigError` (missing, unreadable or invalid file)
+    or :class:`OSError` (cannot write).
+    """
+    path = Path(config_path)
+    with _write_lock:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
+        parse_config(text, data_dir=data_dir, config_path=path)  # the file as it is must be valid
+        try:
+            new_text = set_admin_password_text(text, value)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        new = parse_config(new_text, data_dir=data_dir, config_path=path)
+        if new.admin.password != value:
+            raise ConfigError(f"{path}: [admin] password could not be set")
+        write_preserving_mode(path, new_text)
+        return new

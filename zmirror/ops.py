@@ -210,6 +210,11 @@ class Reloader:
         self.config = new
         self.reloads += 1
 
+    def admin_changed(self, admin: Any) -> None:
+        """The admin API wrote a new ``[admin] password`` to config.toml and
+        applies it already: the next reload compares against it."""
+        self.config = _with_admin(self.config, admin)
+
 
 def _with_admin(config: Any, admin: Any) -> Any:
     import dataclasses
@@ -419,6 +424,9 @@ def attach(top: ZMirrorService, options: Any, config: Any, components: dict, rea
     reloader = Reloader(config, components, control)
     components["log_control"] = control
     components["reloader"] = reloader
+    admin = components.get("admin")
+    if admin is not None and hasattr(admin, "on_admin_change"):
+        admin.on_admin_change = reloader.admin_changed
     SighupService(reloader, reactor).setServiceParent(top)
     db = components.get("db")
     if db is not None:

@@ -5,10 +5,16 @@ import { t } from './i18n'
 
 const STORAGE_KEY = 'zmirror.auth'
 
+// The password of the generated config.toml. While it is in use the server answers every
+// /api call but GET /api/me and PUT /api/me/password with 403 DEFAULT_PASSWORD_ERROR.
+export const DEFAULT_ADMIN_PASSWORD = 'admin123'
+const DEFAULT_PASSWORD_ERROR = 'change the default admin password first'
+
 export const session = reactive({
   token: readToken(),
   username: readUser(),
-  defaultPassword: false,
+  // true: the default password is in use (the app waits for a new one); null: not known yet
+  defaultPassword: null,
 })
 
 function readStored() {
@@ -56,10 +62,9 @@ function storeSession(token, username) {
 export function clearSession() {
   session.token = null
   session.username = ''
-  session.defaultPassword = false
+  session.defaultPassword = null
   try {
     sessionStorage.removeItem(STORAGE_KEY)
-    sessionStorage.removeItem('zmirror.pwWarningDismissed')
   } catch (e) {
     /* ignore */
   }
@@ -151,6 +156,10 @@ export async function request(method, path, options = {}) {
       clearSession()
       if (onUnauthorized) onUnauthorized(e)
       e.handled = true
+    } else if (e instanceof ApiError && e.status === 403 && e.message === DEFAULT_PASSWORD_ERROR) {
+      // the layout shows the "set a new password" dialog instead of an error
+      session.defaultPassword = true
+      e.handled = true
     }
     throw e
   }
@@ -161,6 +170,18 @@ export async function login(username, password) {
   const token = basicToken(username, password)
   const me = await rawRequest('GET', '/api/me', { token })
   storeSession(token, (me && me.username) || username)
+  session.defaultPassword = !!(me && me.default_password)
+  return me
+}
+
+// PUT /api/me/password; on success the new credentials replace the stored ones at once
+// (the old password no longer works on the server).
+export async function changePassword(currentPassword, newPassword) {
+  const me = await request('PUT', '/api/me/password', {
+    body: { current_password: currentPassword, new_password: newPassword },
+  })
+  const username = (me && me.username) || session.username
+  storeSession(basicToken(username, newPassword), username)
   session.defaultPassword = !!(me && me.default_password)
   return me
 }

@@ -32,8 +32,16 @@ const messages = {
       notAdmin: '该账号不是管理员', failed: '登录失败：{msg}',
     },
     header: {
-      defaultPassword: '管理员密码仍为默认值，请尽快在 config.toml 中修改 [admin] password。',
       version: '版本',
+    },
+    password: {
+      menu: '修改密码', title: '修改管理员密码', forcedTitle: '设置新的管理员密码',
+      forcedHint: '您正在使用默认密码 admin123，任何能访问本服务的人都可能登录。请先设置新密码，之后才能使用管理功能。',
+      current: '当前密码', new: '新密码', confirm: '确认新密码', submit: '保存新密码',
+      currentRequired: '请输入当前密码', newRequired: '请输入新密码', confirmRequired: '请再次输入新密码',
+      tooShort: '至少 {n} 个字符', tooLong: '最多 {n} 个字符', notDefault: '不能使用默认密码',
+      mismatch: '两次输入的密码不一致', changed: '管理员密码已修改',
+      help: '新密码以哈希形式写入 config.toml 的 [admin] password，立即生效；旧密码随即失效。',
     },
     dashboard: {
       requests: '请求数', bytes: '流量', errors: '错误数', errorRate: '错误率', users: '用户',
@@ -136,8 +144,16 @@ const messages = {
       notAdmin: 'This account is not the admin', failed: 'Login failed: {msg}',
     },
     header: {
-      defaultPassword: 'The admin password is still the default. Change [admin] password in config.toml soon.',
       version: 'Version',
+    },
+    password: {
+      menu: 'Change password', title: 'Change the admin password', forcedTitle: 'Set a new admin password',
+      forcedHint: 'You are using the default password admin123, which anyone who reaches this server could use. Set a new password before using the admin functions.',
+      current: 'Current password', new: 'New password', confirm: 'Repeat the new password', submit: 'Save the new password',
+      currentRequired: 'Enter the current password', newRequired: 'Enter a new password', confirmRequired: 'Repeat the new password',
+      tooShort: 'At least {n} characters', tooLong: 'At most {n} characters', notDefault: 'Must not be the default password',
+      mismatch: 'The passwords do not match', changed: 'Admin password changed',
+      help: 'The new password is stored as a hash in [admin] password of config.toml and applies at once; the old one stops working.',
     },
     dashboard: {
       requests: 'Requests', bytes: 'Traffic', errors: 'Errors', errorRate: 'Error rate', users: 'Users',

@@ -52,6 +52,12 @@ const SERVER_TEXT_ZH = {
   'must be true or false': '必须为 true 或 false',
   "is the admin account's name, which cannot be a registry user": '与管理员账号同名，不能作为仓库用户',
   "may only contain letters, digits, '.', '_' and '-'": "只能包含字母、数字、'.'、'_' 和 '-'",
+  'must be at least 8 characters': '至少 8 个字符',
+  'must be at most 1024 characters': '最多 1024 个字符',
+  'must not be the default password': '不能使用默认密码',
+  'is not the current password': '当前密码不正确',
+  'must differ from the current password': '不能与当前密码相同',
+  'must not contain control characters': '不能包含控制字符',
 }
 
 export function translateServerText(text) {

@@ -8,6 +8,7 @@ Every error is a JSON ``{"error", "fields"}`` answer, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import platform
@@ -16,7 +17,7 @@ from inspect import isawaitable
 from typing import Any, Callable, Optional
 
 from klein import Klein
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, DeferredLock
 from twisted.logger import Logger
 
 import twisted
@@ -38,7 +39,13 @@ from zmirror.admin.validate import (
 )
 from zmirror.auth.credentials import parse_basic
 from zmirror.auth.lockout import Locked, NullAttempt
-from zmirror.auth.passwords import AdminCredentials, Passwords
+from zmirror.auth.passwords import AdminCredentials, Passwords, hash_admin_password, same_text
+from zmirror.config import (
+    DEFAULT_ADMIN_PASSWORD,
+    ConfigError,
+    admin_password_problem,
+    update_admin_password,
+)
 from zmirror.db.accesslogs import (
     KINDS,
     PAGE_SIZE_DEFAULT,
@@ -49,6 +56,7 @@ from zmirror.db.accesslogs import (
 from zmirror.db.errors import Conflict, NotFound
 from zmirror.db.registries import normalize_url
 from zmirror.net import TrustedProxies, client_ip
+from zmirror.singleflight import Flight
 
 log = Logger()
 
@@ -59,14 +67,21 @@ UNKNOWN_HEALTH = {"state": "unknown", "last_error": None, "last_latency_ms": Non
                   "last_checked_at": None, "consecutive_failures": 0}
 PROBE_KEYS = {"ok": False, "status": None, "latency_ms": None, "auth": "unknown", "error": None}
 
+DEFAULT_PASSWORD_ERROR = "change the default admin password first"
+
 _app = Klein()
 
 
-def api_route(path: str, methods: list[str]):
+def api_route(path: str, methods: list[str], *, with_default_password: bool = False):
     """A route that requires the admin and answers JSON (handler returns
-    ``obj`` → 200, ``(status, obj)``, or ``None`` → 204)."""
+    ``obj`` → 200, ``(status, obj)``, or ``None`` → 204).
+
+    While the admin password is still the well-known default, only the routes
+    marked ``with_default_password`` (the session check and the password
+    change) answer; every other one is a 403."""
 
     def deco(f):
+        f.with_default_password = with_default_password
         @_app.route(path, methods=methods)
         @functools.wraps(f)
         async def handler(self, request, **kw):
@@ -96,6 +111,21 @@ REGISTRY_FIELDS = {
     "password": Field(string(0, 4096, strip=False), default=""),
 }
 REGISTRY_UPDATE_FIELDS = {"id": Field(identifier), **REGISTRY_FIELDS}
+
+# --- the admin's own password -----------------------------------------------------------
+
+
+def _new_admin_password(x: Any) -> str:
+    problem = admin_password_problem(x)
+    if problem is not None:
+        raise ValueError(problem)
+    return x
+
+
+ADMIN_PASSWORD_FIELDS = {
+    "current_password": Field(string(1, 1024, strip=False), required=True),
+    "new_password": Field(_new_admin_password, required=True),
+}
 
 # --- users and whitelists (the stores' own validators, so both agree) ------------------
 
@@ -185,6 +215,9 @@ class AdminAPI:
         self.cache = cache
         self.manifest_cache = manifest_cache
         self.accesslog = accesslog  # the batched writer (queue depth in /api/stats)
+        # called with the new AdminConfig after PUT /api/me/password (zmirror.ops.Reloader)
+        self.on_admin_change: Optional[Callable[[Any], None]] = None
+        self._password_lock = DeferredLock()
 
     def resource(self):
         return self.app.resource()
@@ -194,11 +227,19 @@ class AdminAPI:
     async def _serve(self, request, f: Callable, kw: dict):
         try:
             await self._authenticate(request)
+            if not getattr(f, "with_default_password", False) and self._default_password_in_use(request):
+                raise ApiError(403, DEFAULT_PASSWORD_ERROR)
             result = await _maybe(f(self, request, **kw))
         except CancelledError:
             raise
         except ApiError as e:
             return self._error(request, e)
+        except Locked as e:
+            # locked out, too many logins at once, or the password-check queue is full
+            # (at login, or when a handler verifies a password: the password change)
+            return self._error(request, ApiError(
+                429, e.message, headers={b"Retry-After": str(e.retry_after).encode()},
+                extra={"retry_after": e.retry_after}))
         except NotFound:
             return self._error(request, ApiError(404, "not found"))
         except Conflict as e:
@@ -252,12 +293,7 @@ class AdminAPI:
             raise ApiError(401, "authentication required", headers={b"WWW-Authenticate": REALM})
         username, password = creds
         ip = client_ip(request, self.trusted)
-        try:
-            return await self._check_login(username, password, ip)
-        except Locked as e:
-            # locked out, too many logins at once, or the verification queue is full
-            raise ApiError(429, e.message, headers={b"Retry-After": str(e.retry_after).encode()},
-                           extra={"retry_after": e.retry_after}) from None
+        return await self._check_login(username, password, ip)
 
     async def _check_login(self, username: str, password: str, ip: str) -> str:
         """The admin's name, or ApiError 401/403; Locked → 429 (nothing verified)."""
@@ -308,10 +344,68 @@ class AdminAPI:
 
     # --- session -----------------------------------------------------------------------------
 
-    @api_route("/me", ["GET"])
-    def me(self, request):
+    def _default_password_in_use(self, request) -> bool:
+        """The admin password is the well-known default: configured as plain text,
+        or (a hash of it) the password this authenticated request carries."""
+        if getattr(self.config, "admin_password_is_default", False):
+            return True
+        creds = _parse_basic(request)
+        return creds is not None and same_text(creds[1], DEFAULT_ADMIN_PASSWORD)
+
+    def _me(self, request) -> dict:
         return {"username": self.config.admin.username,
-                "default_password": bool(self.config.admin_password_is_default)}
+                "default_password": self._default_password_in_use(request)}
+
+    @api_route("/me", ["GET"], with_default_password=True)
+    def me(self, request):
+        return self._me(request)
+
+    @api_route("/me/password", ["PUT"], with_default_password=True)
+    async def me_password(self, request):
+        """Change the admin password: a passlib hash in config.toml, applied at once."""
+        values = check(json_body(request), ADMIN_PASSWORD_FIELDS)
+        # Owned by no caller: a client that hangs up while the file is being written
+        # cannot leave the file and the running server disagreeing.
+        flight = Flight.start(lambda: self._change_password(values["current_password"],
+                                                            values["new_password"]))
+        await flight.wait()
+        return {"username": self.config.admin.username, "default_password": False}
+
+    async def _change_password(self, current: str, new: str) -> None:
+        # one change at a time: a second request waits, then must know the new password
+        await self._password_lock.acquire()
+        try:
+            admin = self.config.admin
+            creds = AdminCredentials(admin.username, admin.password, self.passwords)
+            if not await creds.check(admin.username, current):
+                raise Invalid("invalid input: current_password is not the current password",
+                              {"current_password": "is not the current password"})
+            if same_text(new, current):
+                raise Invalid("invalid input: new_password must differ from the current password",
+                              {"new_password": "must differ from the current password"})
+            hashed = await self.passwords.run(hash_admin_password, new)
+            path = self.config.config_path
+            try:
+                await self.passwords.run(functools.partial(
+                    update_admin_password, path, hashed, data_dir=self.config.data_dir))
+            except ConfigError as e:
+                log.error("admin API: cannot change the admin password: {error}", error=str(e))
+                raise ApiError(409, "config.toml cannot be updated (see the server log);"
+                                    " fix the file or use `zmirror admin-password`") from None
+            except OSError as e:
+                log.error("admin API: cannot write {path}: {error}", path=str(path),
+                          error=e.strerror or type(e).__name__)
+                raise ApiError(503, "config.toml cannot be written (see the server log)") from None
+            self._set_admin(dataclasses.replace(admin, password=hashed))
+            log.info("admin API: the admin password was changed (config.toml updated)")
+        finally:
+            self._password_lock.release()
+
+    def _set_admin(self, admin: Any) -> None:
+        """The running server uses ``admin`` from now on (the next login check)."""
+        self.config = dataclasses.replace(self.config, admin=admin)
+        if self.on_admin_change is not None:
+            self.on_admin_change(admin)
 
     @api_route("/version", ["GET"])
     def version(self, request):
