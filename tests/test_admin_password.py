@@ -271,6 +271,27 @@ class ChangeValidationTests(FileConfigMixin, unittest.TestCase):
         self.assertEqual(code, 200)  # the old password still works
 
     @coro
+    async def test_full_password_check_queue_during_the_change_is_429(self):
+        from zmirror.admin import api as api_module
+        from zmirror.auth.passwords import Busy
+
+        real = api_module.AdminCredentials.check
+        calls = []
+
+        async def check(creds, username, password):
+            calls.append(username)
+            if len(calls) == 1:  # the login itself goes through
+                return await real(creds, username, password)
+            raise Busy(3)  # the change's check of current_password finds the queue full
+
+        self.patch(api_module.AdminCredentials, "check", check)
+        before = self.path.read_bytes()
+        code, headers, obj = await self.change(self.password, NEW)
+        self.assertEqual(code, 429, obj)
+        self.assertEqual(headers.getRawHeaders(b"retry-after"), [b"3"])
+        self.assertEqual(self.path.read_bytes(), before)
+
+    @coro
     async def test_other_settings_untouched(self):
         # an operator's edit (not yet reloaded) and comments in odd places survive
         text = self.path.read_text().replace(

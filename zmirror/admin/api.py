@@ -175,6 +175,12 @@ async def _maybe(x):
     return (await x) if isawaitable(x) else x
 
 
+def _too_many(e: Locked) -> ApiError:
+    """429 for a lockout, too many logins at once, or a full password-check queue."""
+    return ApiError(429, e.message, headers={b"Retry-After": str(e.retry_after).encode()},
+                    extra={"retry_after": e.retry_after})
+
+
 def _parse_basic(request) -> Optional[tuple[str, str]]:
     return parse_basic(request.getHeader(b"authorization"))
 
@@ -235,11 +241,9 @@ class AdminAPI:
         except ApiError as e:
             return self._error(request, e)
         except Locked as e:
-            # locked out, too many logins at once, or the password-check queue is full
-            # (at login, or when a handler verifies a password: the password change)
-            return self._error(request, ApiError(
-                429, e.message, headers={b"Retry-After": str(e.retry_after).encode()},
-                extra={"retry_after": e.retry_after}))
+            # the password-check queue is full while a handler verifies a password
+            # (the password change); at login _authenticate already made it an ApiError
+            return self._error(request, _too_many(e))
         except NotFound:
             return self._error(request, ApiError(404, "not found"))
         except Conflict as e:
@@ -293,7 +297,10 @@ class AdminAPI:
             raise ApiError(401, "authentication required", headers={b"WWW-Authenticate": REALM})
         username, password = creds
         ip = client_ip(request, self.trusted)
-        return await self._check_login(username, password, ip)
+        try:
+            return await self._check_login(username, password, ip)
+        except Locked as e:
+            raise _too_many(e) from None
 
     async def _check_login(self, username: str, password: str, ip: str) -> str:
         """The admin's name, or ApiError 401/403; Locked → 429 (nothing verified)."""
