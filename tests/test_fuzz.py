@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sqlite3
 from pathlib import Path
 from urllib.parse import quote_from_bytes
@@ -43,10 +44,11 @@ REPO = "library/alpine"
 CONFIG_BLOB = b'{"architecture":"amd64","os":"linux"}'
 LAYER = b"layer-bytes " * 100
 
+# ZMIRROR_FUZZ_EXAMPLES=5000 ZMIRROR_FUZZ_RANDOM=1 for a longer, randomized hunt by hand
 FUZZ = settings(
-    max_examples=120,
+    max_examples=int(os.environ.get("ZMIRROR_FUZZ_EXAMPLES") or 250),
     deadline=None,
-    derandomize=True,
+    derandomize=not os.environ.get("ZMIRROR_FUZZ_RANDOM"),
     database=None,
     suppress_health_check=list(HealthCheck),
     print_blob=False,
@@ -57,7 +59,7 @@ FUZZ = settings(
 _TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)
 _SPECIAL_SEGMENTS = [
     "", ".", "..", "%00", "%2F", "%2f", "%ff", "%", "%zz", "%e9", "%c3%a9", "%C0%AE", "a" * 256,
-    "b" * 300, "x" * 5000, "é", "\u202e", "manifests", "blobs", "uploads", "tags", "list", "_catalog",
+    "b" * 300, "x" * 5000, "é", "%E2%80%AE", "manifests", "blobs", "uploads", "tags", "list", "_catalog",
     "library", "alpine", "latest", "sha256:" + "0" * 64, "sha256:" + "f" * 63, "sha512:" + "a" * 128,
     "index.html", "assets", "favicon.svg", ".hidden", "~", "registries", "users", "whitelists",
     "logs", "stats", "cache", "me", "version", "1", "0", "-1", "99999999999999999999999", "test",
@@ -74,12 +76,18 @@ def _raw_segment(data: bytes) -> str:
     return data.translate(None, b" \r\n?#").decode("latin-1")
 
 
-segment = st.one_of(
-    st.sampled_from(_SPECIAL_SEGMENTS),
-    _TEXT.map(lambda t: _percent(t.encode("utf-8"))),
-    st.binary(max_size=12).map(_percent),
-    st.binary(max_size=12).map(_raw_segment),
-    st.from_regex(r"\A[a-z0-9]{1,10}([._-][a-z0-9]{1,6})?\Z"),
+def weighted(*pairs):
+    """Pick a strategy with the given weights, then draw from it (shrinks to the first)."""
+    choices = [i for i, (weight, _) in enumerate(pairs) for _ in range(weight)]
+    return st.sampled_from(choices).flatmap(lambda i: pairs[i][1])
+
+
+segment = weighted(
+    (3, st.sampled_from(_SPECIAL_SEGMENTS)),
+    (3, st.from_regex(r"\A[a-z0-9]{1,10}([._-][a-z0-9]{1,6})?\Z")),
+    (1, _TEXT.map(lambda t: _percent(t.encode("utf-8")))),
+    (1, st.binary(max_size=12).map(_percent)),
+    (1, st.binary(max_size=12).map(_raw_segment)),
 )
 
 
@@ -88,22 +96,22 @@ def _join(prefix: str):
 
 
 def _digest(blobs: list[str]):
-    return st.one_of(st.sampled_from(blobs),
-                     st.binary(min_size=32, max_size=32).map(lambda b: "sha256:" + b.hex()),
-                     segment)
+    return weighted((3, st.sampled_from(blobs)),
+                    (1, st.binary(min_size=32, max_size=32).map(lambda b: "sha256:" + b.hex())),
+                    (1, segment))
 
 
 def v2_paths(known: dict):
-    name = st.one_of(st.just(REPO), st.just("alpine"), st.just("docker.io/library/alpine"),
-                     st.lists(segment, min_size=1, max_size=4).map("/".join))
-    ref = st.one_of(st.sampled_from(["latest", known["manifest"]]), _digest(known["blobs"]), segment)
-    return st.one_of(
-        st.builds(lambda n, r: f"/v2/{n}/manifests/{r}", name, ref),
-        st.builds(lambda n, d: f"/v2/{n}/blobs/{d}", name, _digest(known["blobs"])),
-        st.builds(lambda n: f"/v2/{n}/tags/list", name),
-        st.builds(lambda n, u: f"/v2/{n}/blobs/uploads/{u}", name, segment),
-        st.sampled_from(["/v2", "/v2/", "/v2/_catalog", "/v2//", "/v2/%2e%2e/"]),
-        _join("/v2/"),
+    name = weighted((3, st.sampled_from([REPO, "alpine", "docker.io/library/alpine", "library/nginx"])),
+                    (2, st.lists(segment, min_size=1, max_size=4).map("/".join)))
+    ref = weighted((3, st.sampled_from(["latest", known["manifest"]])), (1, _digest(known["blobs"])), (1, segment))
+    return weighted(
+        (4, st.builds(lambda n, r: f"/v2/{n}/manifests/{r}", name, ref)),
+        (4, st.builds(lambda n, d: f"/v2/{n}/blobs/{d}", name, _digest(known["blobs"]))),
+        (1, st.builds(lambda n: f"/v2/{n}/tags/list", name)),
+        (1, st.builds(lambda n, u: f"/v2/{n}/blobs/uploads/{u}", name, segment)),
+        (1, st.sampled_from(["/v2", "/v2/", "/v2/_catalog", "/v2//", "/v2/%2e%2e/"])),
+        (1, _join("/v2/")),
     )
 
 
@@ -111,56 +119,63 @@ API_ENDPOINTS = ["/api", "/api/", "/api/me", "/api/version", "/api/registries", 
                  "/api/registries/1/test", "/api/registries/2", "/api/whitelists", "/api/whitelists/1",
                  "/api/whitelists/match", "/api/users", "/api/users/1", "/api/logs", "/api/stats",
                  "/api/cache"]
-api_paths = st.one_of(st.sampled_from(API_ENDPOINTS), _join("/api/"),
-                      st.builds(lambda p, s: p + "/" + s, st.sampled_from(API_ENDPOINTS), segment))
-other_paths = st.one_of(
-    st.sampled_from(["/", "/token", "/healthz", "/readyz", "/metrics", "/favicon.svg", "/index.html",
+api_paths = weighted((4, st.sampled_from(API_ENDPOINTS)), (1, _join("/api/")),
+                     (1, st.builds(lambda p, s: p + "/" + s, st.sampled_from(API_ENDPOINTS), segment)))
+other_paths = weighted(
+    (3, st.sampled_from(["/", "/token", "/healthz", "/readyz", "/metrics", "/favicon.svg", "/index.html",
                      "/assets/", "/registries", "/login", "//", "/%2e%2e/%2e%2e/etc/passwd",
-                     "/assets/../../setup.py", "*"]),
-    _join("/assets/"), _join("/"),
-    st.binary(max_size=40).map(lambda b: "/" + _raw_segment(b)),
+                         "/assets/../../setup.py", "*"])),
+    (1, _join("/assets/")), (2, _join("/")),
+    (1, st.binary(max_size=40).map(lambda b: "/" + _raw_segment(b))),
 )
 
-_QUERY_ITEMS = st.one_of(
-    st.sampled_from(["ns=docker.io", "ns=ghcr.io", "ns=", "n=-1", "n=0", "n=1", "n=10000000000000000000000",
+_QUERY_ITEMS = weighted(
+    (3, st.sampled_from(["ns=docker.io", "ns=ghcr.io", "ns=", "n=-1", "n=0", "n=1", "n=10000000000000000000000",
                      "last=", "last=%ff", "scope=repository:library/alpine:pull", "scope=garbage",
                      "scope=repository:a:push,pull", "service=zmirror", "offline_token=true",
                      "account=admin", "client_id=docker", "limit=-5", "limit=abc", "offset=9e99",
-                     "page=0", "q=%00", "since=-1", "until=x", "status=abc", "kind=x", "sort=;drop"]),
-    st.builds(lambda k, v: f"{k}={v}", _TEXT.map(lambda t: _percent(t.encode())),
-              _TEXT.map(lambda t: _percent(t.encode()))),
-    st.binary(max_size=10).map(_raw_segment),
+                     "page=0", "q=%00", "since=-1", "until=x", "status=abc", "kind=x", "sort=;drop"])),
+    (1, st.builds(lambda k, v: f"{k}={v}", _TEXT.map(lambda t: _percent(t.encode())),
+                  _TEXT.map(lambda t: _percent(t.encode())))),
+    (1, st.binary(max_size=10).map(_raw_segment)),
 )
-queries = st.one_of(st.just(""), st.lists(_QUERY_ITEMS, max_size=4).map(lambda q: "?" + "&".join(q)))
+queries = weighted((2, st.just("")), (1, st.lists(_QUERY_ITEMS, max_size=4).map(lambda q: "?" + "&".join(q))))
 
 
 def _basic(user: str, password: str) -> bytes:
     return b"Basic " + base64.b64encode(f"{user}:{password}".encode("utf-8"))
 
 
-_header_value = st.binary(max_size=40).map(lambda b: b.translate(None, b"\r\n").strip())
-authorization = st.one_of(
-    st.none(),
-    st.just(_basic(*ADMIN)),
-    st.builds(_basic, st.sampled_from(["admin", "alice", ""]) | _TEXT.filter(lambda t: ":" not in t),
-              st.sampled_from(["admin123", "", "x" * 2000]) | _TEXT),
-    st.binary(max_size=30).map(lambda b: b"Basic " + base64.b64encode(b)),
-    _header_value.map(lambda v: b"Basic " + v),
-    st.sampled_from([b"Bearer ", b"Bearer a.b.c", b"Bearer eyJhbGciOiJub25lIn0.e30.", b"bearer x",
-                     b"Basic", b"Basic =", b"Negotiate abc"]),
-    _header_value.map(lambda v: b"Bearer " + v),
-    _header_value,
+# mostly well-formed values (so requests get past the HTTP parser), some raw bytes
+_header_value = weighted(
+    (4, st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=40).map(lambda t: t.strip().encode())),
+    (1, st.binary(max_size=40).map(lambda b: b.translate(None, b"\r\n").strip())),
 )
-ranges = st.one_of(st.none(), st.sampled_from([b"bytes=0-0", b"bytes=0-", b"bytes=10-5", b"bytes=-1", b"bytes=-0",
+_admin = st.just(_basic(*ADMIN))
+authorization = weighted(
+    (6, st.none()),
+    (1, _admin),
+    (2, st.builds(_basic, st.sampled_from(["admin", "alice", ""]) | _TEXT.filter(lambda t: ":" not in t),
+                  st.sampled_from(["admin123", "", "x" * 2000]) | _TEXT)),
+    (1, st.binary(max_size=30).map(lambda b: b"Basic " + base64.b64encode(b))),
+    (1, _header_value.map(lambda v: b"Basic " + v)),
+    (1, st.sampled_from([b"Bearer ", b"Bearer a.b.c", b"Bearer eyJhbGciOiJub25lIn0.e30.", b"bearer x",
+                         b"Basic", b"Basic =", b"Negotiate abc"])),
+    (1, _header_value.map(lambda v: b"Bearer " + v)),
+    (1, _header_value),
+)
+admin_mostly = weighted((3, _admin), (1, authorization))
+ranges = weighted((4, st.none()), (2, st.sampled_from([b"bytes=0-0", b"bytes=0-", b"bytes=10-5", b"bytes=-1", b"bytes=-0",
                                                b"bytes=5-10,20-30", b"bytes=99999999999999999999999-",
-                                               b"items=0-1", b"bytes=a-b", b"bytes="]), _header_value)
+                                               b"items=0-1", b"bytes=a-b", b"bytes="])), (1, _header_value))
 accepts = st.lists(st.one_of(st.sampled_from([
     b"application/vnd.docker.distribution.manifest.v2+json",
     b"application/vnd.oci.image.index.v1+json", b"application/vnd.oci.image.manifest.v1+json",
     b"application/vnd.docker.distribution.manifest.list.v2+json", b"*/*", b"text/html",
     b"application/json;q=0", b"application/json;q=abc"]), _header_value), max_size=3)
-content_types = st.sampled_from([b"application/json", b"application/json; charset=utf-8",
-                                 b"application/x-www-form-urlencoded", b"text/plain", b"", b"multipart/form-data"])
+content_types = st.sampled_from([b"application/json", b"application/json", b"application/json; charset=utf-8",
+                                 b"application/x-www-form-urlencoded", b"application/x-www-form-urlencoded",
+                                 b"text/plain", b"", b"multipart/form-data"])
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _TEXT,
@@ -184,12 +199,15 @@ form_bodies = st.one_of(
                                                        for k, v in d.items()).encode()),
     st.binary(max_size=64),
 )
-methods = st.one_of(st.sampled_from([b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS",
-                                     b"TRACE", b"CONNECT", b"get", b"PROPFIND"]),
-                    st.from_regex(rb"\A[A-Z]{1,8}\Z"))
+_ODD_METHODS = weighted((3, st.sampled_from([b"OPTIONS", b"TRACE", b"CONNECT", b"get", b"Head", b"PROPFIND"])),
+                        (1, st.from_regex(rb"\A[A-Z]{1,8}\Z")))
+read_methods = weighted((6, st.just(b"GET")), (2, st.just(b"HEAD")),
+                        (1, st.sampled_from([b"POST", b"PUT", b"DELETE", b"PATCH"])), (1, _ODD_METHODS))
+write_methods = weighted((2, st.just(b"GET")), (2, st.just(b"POST")),
+                         (2, st.sampled_from([b"PUT", b"PATCH", b"DELETE", b"HEAD"])), (1, _ODD_METHODS))
 
 
-def requests(paths, bodies=None):
+def requests(paths, bodies=None, methods=read_methods, auth=authorization):
     """(method, target, headers, body) tuples."""
     body = st.none() if bodies is None else st.one_of(st.none(), bodies)
 
@@ -209,7 +227,7 @@ def requests(paths, bodies=None):
     extra_headers = st.lists(st.tuples(st.sampled_from([b"X-Forwarded-For", b"Accept-Encoding", b"If-None-Match",
                                                         b"User-Agent", b"Cookie", b"Origin", b"Referer"]),
                                        _header_value), max_size=2)
-    return st.builds(make, methods, paths, queries, authorization, ranges, accepts, content_types,
+    return st.builds(make, methods, paths, queries, auth, ranges, accepts, content_types,
                      extra_headers, body)
 
 
@@ -321,6 +339,7 @@ class SurfaceFuzz(unittest.TestCase):
         self.port = reactor.listenTCP(0, self.components["site"], interface="127.0.0.1")
 
         self.errors: list[dict] = []
+        self.answered: list[bytes] = []
 
         def observe(event):
             if event.get("log_failure") is not None or event.get("log_level") in (LogLevel.error,
@@ -352,6 +371,7 @@ class SurfaceFuzz(unittest.TestCase):
         raw_request = _raw_request(method, target, headers, body)
         before = len(self.errors)
         raw = blockingCallFromThread(reactor, self._send, raw_request)
+        self.answered.append(raw[:12])
         what = f"{raw_request[:600]!r}\n-> {raw[:600]!r}"
         status = _status(raw)
         self.assertLess(status, 500, what)
@@ -366,17 +386,23 @@ class SurfaceFuzz(unittest.TestCase):
         def prop(case):
             self.check(*case)
 
-        return deferToThread(prop)
+        def ran(_):
+            # the property really ran, on many different requests
+            self.assertGreaterEqual(len(self.answered), FUZZ.max_examples)
+
+        return deferToThread(prop).addCallback(ran)
 
     def test_registry_api(self):
         return self.run_property(requests(v2_paths(self.known)))
 
     def test_token_endpoint(self):
         paths = st.one_of(st.just("/token"), st.sampled_from(["/token/", "/%74oken", "/token%00"]))
-        return self.run_property(requests(paths, st.one_of(form_bodies, json_bodies)))
+        return self.run_property(requests(paths, st.one_of(form_bodies, form_bodies, json_bodies),
+                                          write_methods))
 
     def test_admin_api(self):
-        return self.run_property(requests(api_paths, st.one_of(json_bodies, form_bodies)))
+        return self.run_property(requests(api_paths, st.one_of(json_bodies, json_bodies, form_bodies),
+                                          write_methods, admin_mostly))
 
     def test_ui_health_and_everything_else(self):
         return self.run_property(requests(other_paths, st.binary(max_size=32)))

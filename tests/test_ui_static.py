@@ -199,3 +199,4 @@ class WebUITests(unittest.TestCase):
             response, body = yield self.get("/registries", method=method)
             self.assertEqual(response.code, 405, method)
             self.assertIn("error", json.loads(body))
+            self.assertEqual(sorted(self.header(response, "Allow").split(", ")), ["GET", "HEAD"])  # kept from Klein
