@@ -46,7 +46,7 @@ LAYER = b"layer-bytes " * 100
 
 # ZMIRROR_FUZZ_EXAMPLES=5000 ZMIRROR_FUZZ_RANDOM=1 for a longer, randomized hunt by hand
 FUZZ = settings(
-    max_examples=int(os.environ.get("ZMIRROR_FUZZ_EXAMPLES") or 250),
+    max_examples=int(os.environ.get("ZMIRROR_FUZZ_EXAMPLES") or 300),
     deadline=None,
     derandomize=not os.environ.get("ZMIRROR_FUZZ_RANDOM"),
     database=None,
@@ -116,9 +116,9 @@ def v2_paths(known: dict):
 
 
 API_ENDPOINTS = ["/api", "/api/", "/api/me", "/api/version", "/api/registries", "/api/registries/1",
-                 "/api/registries/1/test", "/api/registries/2", "/api/whitelists", "/api/whitelists/1",
-                 "/api/whitelists/match", "/api/users", "/api/users/1", "/api/logs", "/api/stats",
-                 "/api/cache"]
+                 "/api/registries/1/test", "/api/registries/2", "/api/registries/2/test", "/api/whitelists",
+                 "/api/whitelists/1", "/api/whitelists/2", "/api/whitelists/match", "/api/users",
+                 "/api/users/1", "/api/users/2", "/api/logs", "/api/stats", "/api/cache"]
 api_paths = weighted((4, st.sampled_from(API_ENDPOINTS)), (1, _join("/api/")),
                      (1, st.builds(lambda p, s: p + "/" + s, st.sampled_from(API_ENDPOINTS), segment)))
 other_paths = weighted(
@@ -189,7 +189,24 @@ _field_value = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), _
 _shaped = st.dictionaries(st.sampled_from(["name", "url", "priority", "enabled", "username", "password",
                                            "id", "pattern", "prefix", "description", "repository", "users",
                                            "extra"]), _field_value, max_size=6)
-json_bodies = st.one_of(_json, _shaped).map(lambda v: json.dumps(v).encode())
+_junk = st.one_of(st.none(), st.integers(), st.floats(), st.lists(st.integers(), max_size=2), _TEXT)
+_registry_body = st.fixed_dictionaries(
+    {"name": _TEXT | st.sampled_from(["Local", "x" * 101]),
+     "url": st.sampled_from(["http://127.0.0.1:1/", "http://127.0.0.1:9", "https://127.0.0.1:1/v2/", "http://",
+                             "ftp://127.0.0.1/", "127.0.0.1", "http://127.0.0.1:99999/", "http://[::1]:1/"]) | _TEXT},
+    optional={"priority": st.integers(-5, 2_000_000) | _junk, "enabled": st.booleans() | _junk,
+              "username": _TEXT | _junk, "password": _TEXT | _junk, "id": st.integers(-1, 5) | _junk})
+_user_body = st.fixed_dictionaries(
+    {"username": st.from_regex(r"\A[A-Za-z0-9._-]{1,12}\Z") | st.sampled_from(["admin", "x" * 65]) | _junk,
+     "password": _TEXT | st.sampled_from(["Sup3r-secret-pw", "x" * 1025]) | _junk},
+    optional={"enabled": st.booleans() | _junk, "id": st.integers(-1, 5) | _junk})
+_whitelist_body = st.fixed_dictionaries(
+    {"prefix": st.sampled_from(["library/*", "library/alpine", "docker.io/library/alpine", "ghcr.io/**", "a/b",
+                                "", "*", "**", "/", "a//b", "A/B", "x" * 300]) | _TEXT | _junk},
+    optional={"note": _TEXT | _junk, "enabled": st.booleans() | _junk, "id": st.integers(-1, 5) | _junk})
+_structured = st.one_of(_registry_body, _user_body, _whitelist_body)
+json_bodies = weighted((3, _structured), (1, st.lists(_structured, max_size=3)), (1, _json),
+                       (1, _shaped)).map(lambda v: json.dumps(v).encode())
 form_bodies = st.one_of(
     st.dictionaries(st.sampled_from(["grant_type", "username", "password", "refresh_token", "scope",
                                      "service", "client_id", "access_type"]),
@@ -207,11 +224,15 @@ write_methods = weighted((2, st.just(b"GET")), (2, st.just(b"POST")),
                          (2, st.sampled_from([b"PUT", b"PATCH", b"DELETE", b"HEAD"])), (1, _ODD_METHODS))
 
 
-def requests(paths, bodies=None, methods=read_methods, auth=authorization):
-    """(method, target, headers, body) tuples."""
-    body = st.none() if bodies is None else st.one_of(st.none(), bodies)
+def requests(paths, bodies=None, methods=read_methods, auth=authorization, targets=None, ctypes=content_types):
+    """(method, target, headers, body) tuples.  ``targets``, if given, draws (path, body)
+    pairs instead of independent ``paths`` and ``bodies``."""
+    if targets is None:
+        body = st.none() if bodies is None else weighted((1, st.none()), (2, bodies))
+        targets = st.tuples(paths, body)
 
-    def make(method, path, query, auth, rng, accept, ctype, extra, data):
+    def make(method, target, query, auth, rng, accept, ctype, extra, chunked):
+        path, data = target
         headers = []
         if auth is not None:
             headers.append((b"Authorization", auth))
@@ -222,13 +243,34 @@ def requests(paths, bodies=None, methods=read_methods, auth=authorization):
             headers.append((b"Content-Type", ctype))
         headers += extra
         target = (path + query).encode("latin-1") if path != "*" else b"*"
-        return method, target, headers, data
+        return method, target, headers, data, chunked and data is not None
 
     extra_headers = st.lists(st.tuples(st.sampled_from([b"X-Forwarded-For", b"Accept-Encoding", b"If-None-Match",
                                                         b"User-Agent", b"Cookie", b"Origin", b"Referer"]),
                                        _header_value), max_size=2)
-    return st.builds(make, methods, paths, queries, auth, ranges, accepts, content_types,
-                     extra_headers, body)
+    chunked = weighted((3, st.just(False)), (1, st.just(True)))
+    return st.builds(make, methods, targets, queries, auth, ranges, accepts, ctypes, extra_headers, chunked)
+
+
+def _as_json(strategy):
+    return strategy.map(lambda v: json.dumps(v).encode())
+
+
+# admin requests whose body fits the endpoint, so the handlers behind validation run too
+_ids = st.sampled_from(["1", "2", "3", "0", "-1", "x", "99999999999999999999"])
+api_targets = weighted(
+    (2, st.tuples(api_paths, weighted((1, st.none()), (2, json_bodies), (1, form_bodies)))),
+    (1, st.tuples(st.just("/api/registries"), _as_json(_registry_body))),
+    (1, st.tuples(_ids.map(lambda i: f"/api/registries/{i}"), _as_json(_registry_body))),
+    (1, st.tuples(st.just("/api/users"), _as_json(_user_body))),
+    (1, st.tuples(_ids.map(lambda i: f"/api/users/{i}"), _as_json(_user_body))),
+    (1, st.tuples(st.just("/api/whitelists"), _as_json(_whitelist_body))),
+    (1, st.tuples(_ids.map(lambda i: f"/api/whitelists/{i}"), _as_json(_whitelist_body))),
+)
+api_methods = weighted((2, st.just(b"GET")), (3, st.just(b"POST")), (2, st.just(b"PUT")),
+                       (1, st.sampled_from([b"DELETE", b"PATCH", b"HEAD"])), (1, _ODD_METHODS))
+json_mostly = weighted((4, st.sampled_from([b"application/json", b"application/json; charset=utf-8"])),
+                       (1, content_types))
 
 
 # --- the raw HTTP client ---------------------------------------------------------------
@@ -251,10 +293,14 @@ class OneShot(Protocol):
             self.done.callback(self.received)
 
 
-def _raw_request(method: bytes, target: bytes, headers, body) -> bytes:
+def _raw_request(method: bytes, target: bytes, headers, body, chunked: bool = False) -> bytes:
     lines = [method + b" " + target + b" HTTP/1.1", b"Host: 127.0.0.1", b"Connection: close"]
     lines += [name + b": " + value for name, value in headers]
-    if body is not None:
+    if body is not None and chunked:
+        lines.append(b"Transfer-Encoding: chunked")
+        pieces = [body[i:i + 7] for i in range(0, len(body), 7)]
+        body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+    elif body is not None:
         lines.append(b"Content-Length: %d" % len(body))
     return b"\r\n".join(lines) + b"\r\n\r\n" + (body or b"")
 
@@ -367,8 +413,8 @@ class SurfaceFuzz(unittest.TestCase):
         client.done.addTimeout(30, reactor)
         return client.done
 
-    def check(self, method: bytes, target: bytes, headers, body) -> None:
-        raw_request = _raw_request(method, target, headers, body)
+    def check(self, method: bytes, target: bytes, headers, body, chunked: bool = False) -> None:
+        raw_request = _raw_request(method, target, headers, body, chunked)
         before = len(self.errors)
         raw = blockingCallFromThread(reactor, self._send, raw_request)
         self.answered.append(raw[:12])
@@ -401,8 +447,8 @@ class SurfaceFuzz(unittest.TestCase):
                                           write_methods))
 
     def test_admin_api(self):
-        return self.run_property(requests(api_paths, st.one_of(json_bodies, json_bodies, form_bodies),
-                                          write_methods, admin_mostly))
+        return self.run_property(requests(None, methods=api_methods, auth=admin_mostly, targets=api_targets,
+                                          ctypes=json_mostly))
 
     def test_ui_health_and_everything_else(self):
         return self.run_property(requests(other_paths, st.binary(max_size=32)))
