@@ -209,6 +209,7 @@ class OverTCP(unittest.TestCase):
         self.assertEqual(json.loads(body)["errors"][0]["code"], "UNSUPPORTED")
         self.assertEqual(headers[b"docker-distribution-api-version"], b"registry/2.0")
         self.assertEqual(headers[b"connection"], b"close")
+        self.assertEqual(headers[b"allow"], b"GET, HEAD")
         self.assertLess(self.read_by_server(), MIB)
         self.assertStoredNothing()
 

@@ -69,11 +69,7 @@ def body_cap(path: bytes) -> tuple[str, int]:
 
     Decided on the percent-decoded path, the way the router sees it; any spelling
     that is not exactly /token or /api gets the strictest cap (no body)."""
-    target = path.split(b"?", 1)[0]
-    try:
-        decoded = unquote_to_bytes(target)
-    except Exception:  # pragma: no cover - unquote_to_bytes takes any bytes
-        decoded = target
+    decoded = unquote_to_bytes(path.split(b"?", 1)[0])
     if decoded == b"/v2" or decoded.startswith(b"/v2/"):
         return "v2", 0
     if decoded == b"/token":
@@ -86,6 +82,8 @@ def body_cap(path: bytes) -> tuple[str, int]:
 def _refusal(area: str, status: int, message: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     headers = [(b"Content-Type", b"application/json; charset=utf-8"),
                (b"Cache-Control", b"no-store")]
+    if status == 405:
+        headers.append((b"Allow", b"GET, HEAD"))
     if area == "v2":
         code = "UNSUPPORTED" if status == 405 else "SIZE_INVALID"
         err = RegistryError(code, message, status=status)
