@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 from treq.testing import StubTreq
@@ -154,3 +155,48 @@ class WebUITests(unittest.TestCase):
         empty.mkdir()
         self.assertIsNone(ui_resource(empty))
         self.assertIsInstance(ui_resource(self.root), WebUI)
+
+    @inlineCallbacks
+    def test_overlong_names_are_json_404(self):
+        # a component over NAME_MAX (255 bytes) used to reach stat(): ENAMETOOLONG, a 500
+        self.flushLoggedErrors()
+        for path in ("/" + "a" * 256, "/assets/" + "a" * 300 + ".js", "/" + "a" * 300 + ".png",
+                     "/registries/" + "b" * 5000, "/assets/" + "a" * 250 + ".js"):
+            response, body = yield self.get(path, headers={"Accept-Encoding": "gzip"})
+            self.assertEqual(response.code, 404, path[:40])
+            self.assertEqual(json.loads(body), {"error": "not found"})
+            self.assertEqual(self.header(response, "Content-Type"), "application/json; charset=utf-8")
+        # a deep client route longer than PATH_MAX is no file: the SPA page, not an error
+        response, body = yield self.get("/" + "/".join(["c" * 200] * 30))
+        self.assertEqual((response.code, body), (200, INDEX))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_lookup_errors_are_404(self):
+        # any OSError from the file system (permissions, a name the OS refuses) is a miss
+        ui = WebUI(self.root)
+
+        def broken(*a, **kw):
+            raise PermissionError(13, "Permission denied")
+
+        self.patch(Path, "is_file", broken)
+        self.assertIsNone(ui._file(["favicon.svg"]))
+        self.assertIsNone(ui._file(["x" * 1000]))
+
+    def test_other_methods_are_json_405(self):
+        # Klein matches methods case-insensitively, so "get" reaches the UI resource,
+        # where twisted.web answered 501 with an HTML page
+        for method in (b"get", b"Head", b"POST", b"PROPFIND"):
+            request, body = self.render(b"/registries", method=method)
+            self.assertEqual(request.responseCode, 405, method)
+            self.assertEqual(json.loads(body), {"error": "method not allowed"})
+            self.assertEqual(request.responseHeaders.getRawHeaders(b"allow"), [b"GET, HEAD"])
+            self.assertEqual(request.responseHeaders.getRawHeaders(b"content-type"),
+                             [b"application/json; charset=utf-8"])
+
+    @inlineCallbacks
+    def test_other_methods_through_the_app(self):
+        for method in ("POST", "DELETE", "OPTIONS"):
+            response, body = yield self.get("/registries", method=method)
+            self.assertEqual(response.code, 405, method)
+            self.assertIn("error", json.loads(body))
+            self.assertEqual(sorted(self.header(response, "Allow").split(", ")), ["GET", "HEAD"])  # kept from Klein

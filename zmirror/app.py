@@ -98,6 +98,15 @@ class ZMirrorApp:
         exc = failure.value
         if isinstance(exc, HTTPException):
             code, message = exc.code or 500, exc.name.lower()
+            # keep what the answer needs: Allow on a 405, Location on a redirect
+            try:
+                extra = exc.get_response().headers
+            except Exception:  # pragma: no cover - werkzeug builds these from its own data
+                extra = {}
+            for name in ("Allow", "Location"):
+                value = extra.get(name)
+                if value:
+                    request.setHeader(name.encode(), value.encode("latin-1", "replace"))
         else:
             from twisted.logger import Logger
 

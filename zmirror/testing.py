@@ -73,8 +73,8 @@ class FakeRegistry:
 
     # -- helpers ------------------------------------------------------------
     def _log(self, request):
-        hdrs = {k.decode().lower(): [x.decode() for x in v] for k, v in request.requestHeaders.getAllRawHeaders()}
-        host = (request.getHeader(b"host") or b"").decode()
+        hdrs = {k.decode("latin-1").lower(): [x.decode("latin-1") for x in v] for k, v in request.requestHeaders.getAllRawHeaders()}
+        host = (request.getHeader(b"host") or b"").decode("latin-1")
         self.requests.append((request.method.decode(), host, request.uri.decode(), hdrs))
 
     def _fault(self, request) -> Any:
@@ -93,7 +93,7 @@ class FakeRegistry:
     def _authorized(self, request, scope: Optional[str]) -> bool:
         if self.auth is None:
             return True
-        got = (request.getHeader(b"authorization") or b"").decode()
+        got = (request.getHeader(b"authorization") or b"").decode("latin-1")
         if self.auth == "basic":
             user, pw = self.credentials or ("", "")
             return got == "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
@@ -152,7 +152,7 @@ class FakeRegistry:
         if entry is None:
             return self._error(request, 404, "MANIFEST_UNKNOWN")
         media_type, body = entry
-        accept = ",".join(x.decode() for x in request.requestHeaders.getRawHeaders(b"accept") or [])
+        accept = ",".join(x.decode("latin-1") for x in request.requestHeaders.getRawHeaders(b"accept") or [])
         if media_type not in accept:
             return self._error(request, 404, "MANIFEST_UNKNOWN")
         if r == "corrupt":
@@ -190,10 +190,13 @@ class FakeRegistry:
         request.setHeader(b"Docker-Content-Digest", sha256(data).encode())
         rng = request.getHeader(b"range")
         if rng and rng.startswith(b"bytes="):
-            start_s, _, end_s = rng[6:].decode().partition("-")
-            start = int(start_s)
-            end = int(end_s) if end_s else len(data) - 1
-            if start >= len(data):
+            start_s, _, end_s = rng[6:].decode("latin-1").partition("-")
+            try:
+                start = int(start_s)
+                end = int(end_s) if end_s else len(data) - 1
+            except ValueError:
+                start = end = len(data)  # what this fake cannot parse it does not satisfy
+            if start >= len(data) or start < 0 or end < start:
                 request.setResponseCode(416)
                 request.setHeader(b"Content-Range", f"bytes */{len(data)}".encode())
                 return b""
@@ -228,10 +231,13 @@ class FakeRegistry:
         n = request.args.get(b"n")
         last = request.args.get(b"last")
         if last:
-            tags = [t for t in tags if t > last[0].decode()]
+            tags = [t for t in tags if t > last[0].decode("latin-1")]
         if n:
-            k = int(n[0])
-            if len(tags) > k:
+            try:
+                k = int(n[0])
+            except ValueError:
+                return self._error(request, 400, "PAGINATION_NUMBER_INVALID")
+            if len(tags) > k > 0:
                 tags = tags[:k]
                 request.setHeader(
                     b"Link", f'</v2/{name}/tags/list?last={tags[-1]}&n={k}>; rel="next"'.encode())

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Optional
@@ -54,6 +55,10 @@ CSP = (
 )
 
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9._~@+=,-]+$")
+# NAME_MAX of common file systems: a longer component names no file (stat() would fail
+# with ENAMETOOLONG) and no client-side route either
+MAX_SEGMENT = 255
+READ_METHODS = (b"GET", b"HEAD")
 
 
 class WebUI(Resource):
@@ -88,7 +93,8 @@ class WebUI(Resource):
         if not path:
             return []
         parts = path.split("/")
-        if any(p in ("", ".", "..") or not _SAFE_SEGMENT.match(p) for p in parts):
+        if any(p in ("", ".", "..") or len(p) > MAX_SEGMENT or not _SAFE_SEGMENT.match(p)
+               for p in parts):
             return None
         return parts
 
@@ -98,9 +104,10 @@ class WebUI(Resource):
         candidate = self.directory.joinpath(*parts)
         try:
             resolved = candidate.resolve()
-        except OSError:
-            return None
-        if self.directory not in resolved.parents or not resolved.is_file():
+            if self.directory not in resolved.parents or not resolved.is_file():
+                return None
+        except (OSError, ValueError):
+            # ENAMETOOLONG, EACCES, ...: whatever the file system refuses is not a file here
             return None
         return resolved
 
@@ -131,6 +138,12 @@ class WebUI(Resource):
         request.setHeader(b"Content-Length", str(len(data)).encode())
         return data
 
+    def render(self, request):
+        # Klein matches methods case-insensitively: "get" or "Head" arrive here too
+        if request.method not in READ_METHODS:
+            return self._error(request, 405, "method not allowed", ((b"Allow", b"GET, HEAD"),))
+        return super().render(request)
+
     def render_GET(self, request):
         parts = self._relative(request)
         if parts:
@@ -150,9 +163,14 @@ class WebUI(Resource):
         return b""
 
     def _not_found(self, request) -> bytes:
-        body = b'{"error": "not found"}'
+        return self._error(request, 404, "not found")
+
+    def _error(self, request, status: int, message: str, headers=()) -> bytes:
+        body = json.dumps({"error": message}).encode()
         self._common_headers(request)
-        request.setResponseCode(404)
+        for name, value in headers:
+            request.setHeader(name, value)
+        request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
         request.setHeader(b"Cache-Control", NO_STORE)
         request.setHeader(b"Content-Length", str(len(body)).encode())

@@ -28,7 +28,7 @@ from zmirror.registry.proxy import Proxy
 from zmirror.registry.routes import RegistryRoutes
 from zmirror.upstream.client import UpstreamPool
 from zmirror.service import (CallbackService, DatabaseService, DrainService, InflightTracker,
-                             PlainHTTPChannel)
+                             LimitedRequest, PlainHTTPChannel)
 
 log = Logger()
 
@@ -86,7 +86,8 @@ def build(config: Config, reactor: Any) -> dict:
                      ui=_ui_resource())
     root = InflightTracker(app.resource())
     site = Site(root, reactor=reactor)
-    site.protocol = PlainHTTPChannel
+    site.protocol = PlainHTTPChannel  # TLS probe answer and request body limits
+    site.requestFactory = LimitedRequest
     site.displayTracebacks = False
     # Services stop in reverse order: the access-log queue is written before the
     # DatabaseService closes the pools.

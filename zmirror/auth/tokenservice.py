@@ -38,7 +38,7 @@ from zmirror.registry.reference import parse_name
 
 log = Logger()
 
-MAX_BODY = 64 * 1024
+MAX_BODY = 8 * 1024  # also the /token cap of the HTTP channel (zmirror.service)
 MAX_SCOPES = 32
 MAX_PARAM = 4096
 
