@@ -8,6 +8,7 @@ and look at what the server's channel read and whether it made a temp file.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import tempfile as real_tempfile
 
 from twisted.application.service import MultiService
@@ -151,11 +152,18 @@ class Constants(unittest.TestCase):
         self.assertEqual(status, 413)
 
 
+ADMIN_PASSWORD = "Limits-admin-pw-1"
+
+
 class OverTCP(unittest.TestCase):
     """Against the Site of the wired application, listening on 127.0.0.1."""
 
     def setUp(self):
-        self.config = load_config(self.mktemp())  # default config: admin / admin123
+        data = Path(self.mktemp()).resolve()
+        load_config(data)  # writes the default config.toml; the admin password must not be the default
+        path = data / "config.toml"
+        path.write_text(path.read_text().replace('password = "admin123"', f'password = "{ADMIN_PASSWORD}"'))
+        self.config = load_config(data)
         self.components = build(self.config, reactor)
         self.top = MultiService()
         for svc in self.components["services"]:
@@ -289,7 +297,7 @@ class OverTCP(unittest.TestCase):
 
     @coro
     async def test_huge_chunked_api_body_stopped_at_the_cap(self):
-        auth = basic("admin", "admin123")["Authorization"].encode()
+        auth = basic("admin", ADMIN_PASSWORD)["Authorization"].encode()
         status, _, body, _ = await self.send(
             b"POST /api/registries HTTP/1.1\r\nHost: t\r\nAuthorization: " + auth + b"\r\n"
             b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n", chunked_body)
@@ -300,7 +308,7 @@ class OverTCP(unittest.TestCase):
 
     @coro
     async def test_small_chunked_api_body_is_accepted(self):
-        auth = basic("admin", "admin123")["Authorization"].encode()
+        auth = basic("admin", ADMIN_PASSWORD)["Authorization"].encode()
         doc = json.dumps({"name": "Local", "url": "http://127.0.0.1:9/", "priority": 0}).encode()
         chunks = b"".join(b"%x\r\n%s\r\n" % (len(doc[i:i + 10]), doc[i:i + 10])
                           for i in range(0, len(doc), 10)) + b"0\r\n\r\n"
