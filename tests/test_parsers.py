@@ -154,3 +154,33 @@ class ChallengeProperties(unittest.TestCase):
         except ChallengeParseError:
             return
         self.assertIsInstance(out, list)
+
+
+class MergedAcceptTests(unittest.TestCase):
+    """Accept lines are merged, and only well-formed media ranges go on to upstreams."""
+
+    def accept(self, *lines: bytes) -> list:
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from zmirror.registry.routes import merged_accept
+
+        req = DummyRequest([b""])
+        req.requestHeaders.setRawHeaders(b"accept", list(lines))
+        return merged_accept(req)
+
+    def test_merged_in_order_without_duplicates(self):
+        self.assertEqual(
+            self.accept(b"application/vnd.oci.image.manifest.v1+json, */*;q=0.5",
+                        b"application/vnd.oci.image.manifest.v1+json", b"application/*"),
+            ["application/vnd.oci.image.manifest.v1+json", "*/*;q=0.5", "application/*"])
+
+    def test_junk_is_dropped(self):
+        got = self.accept(b"\x80", b"a" * 300 + b"/b", b"text/plain; q=\x7f", b"/x", b"x/",
+                          b"application/json", b"*/x")
+        self.assertEqual(got, ["application/json"])
+
+    def test_bounded(self):
+        from zmirror.registry.routes import MAX_ACCEPT_ITEMS
+
+        got = self.accept(b", ".join(b"a/t%d" % i for i in range(1000)))
+        self.assertEqual(len(got), MAX_ACCEPT_ITEMS)

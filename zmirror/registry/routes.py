@@ -9,6 +9,7 @@ registry JSON format; nothing below may leak a traceback to the client.
 from __future__ import annotations
 
 import json
+import re
 from inspect import isawaitable
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -64,14 +65,27 @@ class PullRequest:
         return self.method == b"HEAD"
 
 
+# an Accept item we pass on to upstreams: a media range (RFC 9110 12.5.1) in printable ASCII
+_MEDIA_RANGE = re.compile(
+    r"(\*/\*|[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/(\*|[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}))"
+    r"(\s*;[\x20-\x7e\t]*)?")
+MAX_ACCEPT_ITEMS = 64
+
+
 def merged_accept(request) -> list[str]:
-    """All ``Accept`` header lines merged into one ordered, de-duplicated list."""
+    """All ``Accept`` header lines merged into one ordered, de-duplicated list.
+
+    Only well-formed media ranges are kept (at most ``MAX_ACCEPT_ITEMS``): the
+    list is sent on to upstream registries, which must not see a client's junk.
+    """
     out: list[str] = []
     for line in request.requestHeaders.getRawHeaders(b"accept") or []:
         for item in line.decode("latin-1").split(","):
             item = item.strip()
-            if item and item not in out:
+            if item and item not in out and _MEDIA_RANGE.fullmatch(item):
                 out.append(item)
+                if len(out) >= MAX_ACCEPT_ITEMS:
+                    return out
     return out
 
 
