@@ -64,9 +64,11 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     if config.admin_password_is_default:
         log.warn(
             "\n" + "!" * 72 + "\n"
-            "!!  The admin password is still the default. Change [admin] password in\n"
-            "!!  {path}\n"
-            "!!  管理员密码仍为默认值，请修改配置文件中的 [admin] password。\n" + "!" * 72,
+            "!!  The admin password is still the default: the admin API only lets it be\n"
+            "!!  changed (log in to the web UI, or run `zmirror admin-password`); it is\n"
+            "!!  stored hashed in {path}\n"
+            "!!  管理员密码仍为默认值：管理接口只允许修改密码（登录管理界面或运行\n"
+            "!!  `zmirror admin-password`），新密码以哈希形式写入上述文件。\n" + "!" * 72,
             path=str(config.config_path),
         )
     listen = options["listen"] or config.listen_endpoint()
