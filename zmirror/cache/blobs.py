@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -80,6 +81,37 @@ MAX_ORPHAN_BYTES = 2 << 30
 # RETRY_FIRST s, doubling on each further failure up to RETRY_MAX s.
 RETRY_FIRST = 5.0
 RETRY_MAX = 300.0
+
+
+OCTET_STREAM = b"application/octet-stream"
+# An upstream's blob Content-Type is passed on when it is a media type (RFC 6838
+# restricted names) with parameters of printable ASCII, at most this long.
+CONTENT_TYPE_MAX = 255
+_NAME = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+_CONTENT_TYPE = re.compile(rf"{_NAME}/{_NAME}(?:[ \t]*;[\x20-\x7e\t]*)?")
+
+
+def blob_content_type(value: Any) -> bytes:
+    """The Content-Type to send with a blob for an upstream's ``value`` (bytes,
+    str or None): the value itself when it is a valid media type with printable
+    ASCII parameters and at most CONTENT_TYPE_MAX long, else
+    ``application/octet-stream``.
+
+    An invalid one is replaced, not treated as a bad answer: the blob's bytes are
+    checked against its digest, and registry clients give a blob's Content-Type
+    no meaning (the distribution spec's blobs are ``application/octet-stream``),
+    so failing over on it would turn a good upstream into an outage."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            return OCTET_STREAM
+    if not isinstance(value, str):
+        return OCTET_STREAM
+    value = value.strip(" \t")
+    if len(value) > CONTENT_TYPE_MAX or not _CONTENT_TYPE.fullmatch(value):
+        return OCTET_STREAM
+    return value.encode("ascii")
 
 
 class CacheUnavailable(Exception):
@@ -523,7 +555,7 @@ class Download(Protocol):
         self.digest = digest
         self.repo = repo
         self.length: Optional[int] = None
-        self.content_type = b"application/octet-stream"
+        self.content_type = OCTET_STREAM  # replayed to every follower
         self.written = 0  # bytes on disk, readable by followers
         self.state = "pending"  # pending | running | done | failed
         self.failure_reason = ""
@@ -554,8 +586,7 @@ class Download(Protocol):
     # called by BlobCache._begin with the upstream's 200 response
     def start(self, response, length: Optional[int], content_type: Optional[bytes]) -> None:
         self.length = length
-        if content_type:
-            self.content_type = content_type
+        self.content_type = blob_content_type(content_type)
         threads = self.cache.transfers
         splice = length is not None and length >= kernelcopy.SPLICE_MIN and kernelcopy.available()
         # the kernel copy needs two threads; with one free the body goes through Python
