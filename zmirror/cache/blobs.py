@@ -21,7 +21,7 @@ STORE_RETRY seconds (:meth:`BlobCache.storing`).
 Bounds: downloads hash and write on threads leased from one bounded pool
 (:class:`~zmirror.upstream.digestworker.TransferThreads`, never a queue of
 waiting transfers); the temp files of running downloads add up to at most
-``max_size``; a download every client has left is finished only while at most
+``max_temp_bytes`` (default: ``max_size``); a download every client has left is finished only while at most
 ``max_orphans`` of them, with at most ``max_orphan_bytes`` still to fetch, are
 running.  A miss beyond the first two bounds is relayed uncached; an orphan
 beyond the last is aborted and its temp file removed.
@@ -135,11 +135,14 @@ def _blob_relpath(digest: str) -> str:
 class BlobCache:
     def __init__(self, root: Path, db: Any, reactor: Any, *, max_size: int, threadpool: Any = None,
                  idle_timeout: float = 60.0, transfer_threads: int = TRANSFER_THREADS,
+                 max_temp_bytes: Optional[int] = None,
                  max_orphans: int = MAX_ORPHANS, max_orphan_bytes: int = MAX_ORPHAN_BYTES):
         self.root = Path(root)
         self.db = db
         self.reactor = reactor
         self.max_size = max_size
+        # temp files of running downloads, in all (None or 0: the cache size)
+        self.max_temp_bytes = max_temp_bytes or max_size
         self.idle_timeout = idle_timeout
         self._threadpool = threadpool  # short file jobs (scan, unlink); not transfers
         # threads for transfers (downloads, and pass-through relays that hash)
@@ -424,6 +427,7 @@ class BlobCache:
             "entries": len(self.entries),
             "downloads": len(self.downloads),
             "temp_bytes": self.temp_bytes(),
+            "max_temp_bytes": self.max_temp_bytes,
             "orphans": sum(1 for dl in self.downloads.values() if dl.orphaned),
             "transfer_threads": self.transfers.size,
             "transfer_threads_busy": self.transfers.busy,
@@ -442,7 +446,7 @@ class BlobCache:
         belongs to no caller; cancelling the returned Deferred detaches only its
         caller.  Fails with :class:`CacheUnavailable` when this miss is to be
         relayed uncached (disk failing, no transfer thread free, temp bytes at
-        ``max_size``)."""
+        ``max_temp_bytes``)."""
         dl = self.downloads.get(digest)
         if dl is not None:
             return succeed(dl)
@@ -458,10 +462,10 @@ class BlobCache:
         why = None
         if self.transfers.free < 1:
             why = "no transfer thread free"
-        elif length is None and self.temp_bytes() >= self.max_size:
-            why = "temp files of running downloads at the cache size"
-        elif length is not None and self.temp_bytes() + length > self.max_size:
-            why = "temp files of running downloads would exceed the cache size"
+        elif length is None and self.temp_bytes() >= self.max_temp_bytes:
+            why = "temp files of running downloads at their limit"
+        elif length is not None and self.temp_bytes() + length > self.max_temp_bytes:
+            why = "temp files of running downloads would exceed their limit"
         if why is not None:
             self.stats["relayed_over_limits"] += 1
             raise CacheUnavailable(why)
