@@ -179,6 +179,11 @@ class VerifiedPassThroughTests(unittest.TestCase):
         self.assertEqual((resp.code, body), (200, self.data))
         self.assertEqual(resp.headers.getRawHeaders(b"cache-control"), [b"public, max-age=31536000, immutable"])
 
+    def test_head_over_http_answers_the_upstream_length(self):
+        resp, body = self.env.request("HEAD", self.path)
+        self.assertEqual((resp.code, body), (200, b""))
+        self.assertEqual(resp.headers.getRawHeaders(b"content-length"), [str(len(self.data)).encode()])
+
     def test_ranged_answer_is_not_publicly_cacheable(self):
         resp, body = self.env.request("GET", self.path, headers={"Range": "bytes=100-199"})
         self.assertEqual((resp.code, body), (206, self.data[100:200]))
