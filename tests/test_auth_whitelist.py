@@ -81,6 +81,22 @@ class MatcherTests(unittest.TestCase):
             self.assertEqual(normalize_prefix(good), good)
         self.assertEqual(normalize_prefix("  helloz \t"), "helloz")
 
+    def test_newline_is_never_part_of_a_prefix(self):
+        """``$`` would also match before a trailing newline: the patterns end in ``\\Z``."""
+        from zmirror.auth.whitelist import _COMPONENT, _PARTIAL
+
+        self.assertIsNone(_COMPONENT.match("helloz\n"))
+        self.assertIsNone(_PARTIAL.match("helloz\n"))
+        for bad in ("helloz\n/nginx", "library\n/nginx", "helloz\n*", "a/helloz\n*", "a/b\n/c"):
+            with self.assertRaises(InvalidPrefix, msg=repr(bad)):
+                normalize_prefix(bad)
+        # surrounding whitespace typed by an admin is stripped: what is stored has no newline
+        self.assertEqual(normalize_prefix("helloz\n"), "helloz")
+        # and an entry holding one (written around the checks) matches no name
+        m = matcher("helloz\n", "hello\n*")
+        for name in ("helloz", "helloz/nginx", "library/helloz", "hello-world"):
+            self.assertIsNone(m.match(name), name)
+
 
 # --- property tests ---------------------------------------------------------
 

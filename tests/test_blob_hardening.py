@@ -179,6 +179,11 @@ class VerifiedPassThroughTests(unittest.TestCase):
         self.assertEqual((resp.code, body), (200, self.data))
         self.assertEqual(resp.headers.getRawHeaders(b"cache-control"), [b"public, max-age=31536000, immutable"])
 
+    def test_head_over_http_answers_the_upstream_length(self):
+        resp, body = self.env.request("HEAD", self.path)
+        self.assertEqual((resp.code, body), (200, b""))
+        self.assertEqual(resp.headers.getRawHeaders(b"content-length"), [str(len(self.data)).encode()])
+
     def test_ranged_answer_is_not_publicly_cacheable(self):
         resp, body = self.env.request("GET", self.path, headers={"Range": "bytes=100-199"})
         self.assertEqual((resp.code, body), (206, self.data[100:200]))
@@ -453,6 +458,23 @@ class TempBytesLimitTests(_LimitTestBase):
         self.assertIsNotNone(self.blobs.lookup(self.digest))
 
 
+class TempBytesSettingTests(_LimitTestBase):
+    """The temp limit set apart from the cache size ([cache] max_temp_size)."""
+    max_size = 1 << 30
+    cache_options = {"max_temp_bytes": 5 << 20}
+
+    @deferred_test
+    async def test_temp_limit_below_the_cache_size(self):
+        await self.start()
+        await _Held(self, self.held_blob(3 << 20)[1]).ready()
+        # 3 + 3 MiB fits the cache (1 GiB) but not the temp limit (5 MiB)
+        resp, body = await self.env.arequest("GET", f"/v2/library/x/blobs/{self.digest}")
+        self.assertEqual((resp.code, body), (200, self.data))
+        self.assertIsNone(self.blobs.lookup(self.digest))
+        self.assertEqual(self.blobs.stats["relayed_over_limits"], 1)
+        self.assertEqual(self.blobs.summary()["max_temp_bytes"], 5 << 20)
+
+
 class OrphanLimitTests(_LimitTestBase):
     cache_options = {"max_orphans": 1}
     max_size = 1 << 30
@@ -592,3 +614,231 @@ class FlushOrderTests(CacheTestBase):
         await first
         repos = await self.db.query("SELECT repository FROM cache_blob_repos WHERE digest = ?", (self.digest,))
         self.assertIn("library/late", {r["repository"] for r in repos})
+
+
+# -- upstream values on the blob path -------------------------------------------------------------
+
+BLOB = bytes(range(100))
+BDIGEST = "sha256:" + __import__("hashlib").sha256(BLOB).hexdigest()
+BPATH = f"/v2/library/x/blobs/{BDIGEST}"
+OCTET = b"application/octet-stream"
+BAD_CONTENT_TYPES = [
+    b"\xb2",  # not ASCII (latin-1 "superscript two")
+    b"application/\xe4\xb8\xad",  # UTF-8 bytes
+    b"text/plain\rX-Injected: 1",  # a CR that would split the header
+    b"application/" + b"x" * 300,  # over-long
+    b"application/json; " + b"p=" * 200,  # over-long parameters
+    b"not a media type",
+    b"application/json; \x00",
+    b"",
+]
+
+
+def blob_answer(code=200, headers=None, body=BLOB, *, ctype=OCTET, length=True):
+    from tests.test_upstream_hardening import FakeResponse
+
+    h = {}
+    if ctype is not None:
+        h[b"Content-Type"] = ctype
+    if length is True:
+        h[b"Content-Length"] = str(len(body)).encode()
+    elif length is not None:
+        h[b"Content-Length"] = length
+    h.update(headers or {})
+    return FakeResponse(code, h, body)
+
+
+def script_world(hosts=("a.fake",), blobs=None):
+    """A proxy whose upstreams are scripted responses (tests.test_upstream_hardening)."""
+    from tests.test_upstream_hardening import World
+
+    w = World(hosts)
+    if blobs is not None:
+        w.proxy.blobs = blobs
+    return w
+
+
+def pull_blob(w, method=b"GET", range=None) -> Deferred:
+    from zmirror.registry.reference import parse_path
+    from zmirror.registry.routes import PullRequest
+
+    p = PullRequest(path=parse_path(BPATH), method=method, range=range, base_url="http://proxy.test")
+    return Deferred.fromCoroutine(w.proxy.pull(p))
+
+
+class BlobUpstreamValueTests(unittest.TestCase):
+    """Values an upstream sends on the blob path and we copy to the client are
+    checked: replaced (Content-Type) or a bad answer that fails over."""
+
+    world = staticmethod(script_world)
+    pull = staticmethod(pull_blob)
+
+    def on(self, w, host, method, factory):
+        w.agent.on(method, f"http://{host}{BPATH}", factory)
+
+    def failed_over(self, w, d):
+        result = self.successResultOf(d)
+        self.assertEqual(w.health(1)["state"], "down")
+        self.assertEqual(w.health(2)["state"], "up")
+        return result
+
+    def upstream_error(self, d):
+        from zmirror.registry.errors import RegistryError
+
+        err = self.failureResultOf(d, RegistryError).value
+        self.assertEqual((err.status, err.code), (502, "UPSTREAM_ERROR"))
+
+    # Content-Type: replaced by application/octet-stream when invalid
+    def test_invalid_content_type_replaced(self):
+        for ctype in BAD_CONTENT_TYPES:
+            for method in (b"GET", b"HEAD"):
+                w = self.world()
+                self.on(w, "a.fake", method.decode(), lambda: blob_answer(ctype=ctype))
+                result = self.successResultOf(self.pull(w, method))
+                self.assertEqual((result.status, result.headers[b"Content-Type"]), (200, OCTET), (ctype, method))
+                self.assertEqual(w.health(1)["state"], "up")
+
+    def test_valid_content_type_passed_on(self):
+        for ctype in (b"application/vnd.docker.image.rootfs.diff.tar.gzip", b"application/x-tar; q=1",
+                      b" application/octet-stream\t"):
+            w = self.world()
+            self.on(w, "a.fake", "GET", lambda: blob_answer(ctype=ctype))
+            result = self.successResultOf(self.pull(w))
+            self.assertEqual(result.headers[b"Content-Type"], ctype.strip(b" \t"))
+
+    def test_blob_content_type_never_unsafe(self):
+        from zmirror.cache.blobs import CONTENT_TYPE_MAX, blob_content_type
+
+        @given(st.one_of(st.binary(max_size=300), st.text(max_size=300), st.none()))
+        @settings(max_examples=300)
+        def check(value):
+            out = blob_content_type(value)
+            self.assertLessEqual(len(out), CONTENT_TYPE_MAX)
+            self.assertTrue(all(0x20 <= c < 0x7f or c == 0x09 for c in out), out)
+            self.assertIn(b"/", out)
+
+        check()
+
+    # HEAD: the length is required and must be digits
+    def test_head_content_length_invalid_fails_over(self):
+        for length in (b"\xb2", b"12a", b"-1", b"1e3", b"", b"1" * 19, b"\xd9\xa3", None):
+            w = self.world(("a.fake", "b.fake"))
+            self.on(w, "a.fake", "HEAD", lambda: blob_answer(body=b"", length=length))
+            self.on(w, "b.fake", "HEAD", lambda: blob_answer(body=b"", length=b"100"))
+            result = self.failed_over(w, self.pull(w, b"HEAD"))
+            self.assertEqual((result.status, result.content_length), (200, 100), length)
+
+    def test_head_content_length_invalid_everywhere_is_502(self):
+        w = self.world()
+        self.on(w, "a.fake", "HEAD", lambda: blob_answer(body=b"", length=b"\xb2"))
+        self.upstream_error(self.pull(w, b"HEAD"))
+
+    def test_head_answered_with_a_range_fails_over(self):
+        w = self.world(("a.fake", "b.fake"))
+        self.on(w, "a.fake", "HEAD", lambda: blob_answer(206, {b"Content-Range": b"bytes 0-9/100"}, b""))
+        self.on(w, "b.fake", "HEAD", lambda: blob_answer(body=b"", length=b"100"))
+        self.assertEqual(self.failed_over(w, self.pull(w, b"HEAD")).content_length, 100)
+
+    # 206 / 416: Content-Range must be well formed (and agree with the body)
+    def test_partial_answer_content_range_invalid_fails_over(self):
+        good = lambda: blob_answer(206, {b"Content-Range": b"bytes 0-9/100"}, BLOB[:10])  # noqa: E731
+        for cr in (None, b"bytes 0-9/\xb2", b"bytes 9-0/100", b"bytes 0-9/5", b"bytes 0-9/*",
+                   b"items 0-9/100", b"bytes 0-19/100", b"bytes \xb2-9/100", b"bytes 0-9/100, 10-19/100",
+                   b"bytes 0-9/100\rX-Injected: 1", b"bytes 0-9/" + b"9" * 19):
+            w = self.world(("a.fake", "b.fake"))
+            self.on(w, "a.fake", "GET",
+                    lambda: blob_answer(206, {b"Content-Range": cr} if cr is not None else {}, BLOB[:10]))
+            self.on(w, "b.fake", "GET", good)
+            result = self.failed_over(w, self.pull(w, range="bytes=0-9"))
+            self.assertEqual((result.status, result.headers[b"Content-Range"]), (206, b"bytes 0-9/100"), cr)
+            self.assertEqual(result.expected_length, 10)
+
+    def test_partial_answer_content_range_respelled(self):
+        w = self.world()
+        self.on(w, "a.fake", "GET", lambda: blob_answer(206, {b"Content-Range": b"  BYTES 0-9/100 "}, BLOB[:10]))
+        result = self.successResultOf(self.pull(w, range="bytes=0-9"))
+        self.assertEqual(result.headers[b"Content-Range"], b"bytes 0-9/100")
+
+    def test_partial_answer_to_a_request_without_range_fails_over(self):
+        w = self.world(("a.fake", "b.fake"))
+        self.on(w, "a.fake", "GET", lambda: blob_answer(206, {b"Content-Range": b"bytes 0-9/100"}, BLOB[:10]))
+        self.on(w, "b.fake", "GET", lambda: blob_answer())
+        result = self.failed_over(w, self.pull(w))
+        self.assertEqual((result.status, result.expected_digest), (200, BDIGEST))
+
+    def test_unsatisfiable_answer_content_range_invalid_fails_over(self):
+        from zmirror.registry.errors import RegistryError
+
+        for cr in (b"bytes */\xb2", b"bytes */x", b"bytes 0-9/100", b"bytes */100\rX-Injected: 1"):
+            w = self.world(("a.fake", "b.fake"))
+            self.on(w, "a.fake", "GET", lambda: blob_answer(416, {b"Content-Range": cr}, b""))
+            self.on(w, "b.fake", "GET", lambda: blob_answer(416, {b"Content-Range": b"bytes */100"}, b""))
+            err = self.failureResultOf(self.pull(w, range="bytes=500-"), RegistryError).value
+            self.assertEqual((err.code, err.headers), ("RANGE_INVALID", {b"Content-Range": b"bytes */100"}), cr)
+            self.assertEqual(w.health(1)["state"], "down")
+
+    def test_only_a_single_range_goes_upstream(self):
+        w = self.world()
+        sent = []
+        request = w.agent.request
+
+        def record(method, uri, headers=None, bodyProducer=None):
+            sent.append(headers.getRawHeaders(b"range") if headers is not None else None)
+            return request(method, uri, headers, bodyProducer)
+
+        w.agent.request = record
+        self.on(w, "a.fake", "GET", lambda: blob_answer())
+        for rng, upstream in (("bytes=0-1,5-6", None), ("items=0-5", None), ("bytes=5-3", None),
+                              ("bytes=0-9", [b"bytes=0-9"]), ("bytes=-5", [b"bytes=-5"])):
+            del sent[:]
+            self.successResultOf(self.pull(w, range=rng))
+            self.assertEqual(sent, [upstream], rng)
+
+
+class CachedDownloadValueTests(unittest.TestCase):
+    """The Content-Type a cache download stores and replays to its followers."""
+
+    def setUp(self):
+        from tests.helpers import temp_database
+        from tests.test_cache import stop_transfers
+        from zmirror.cache.blobs import BlobCache
+
+        self.base, self.db = temp_database(self, reactor)
+        self.blobs = BlobCache(self.base / "cache", self.db, reactor, max_size=1 << 30, idle_timeout=30)
+        self.addCleanup(stop_transfers, self.blobs)
+
+    async def wait_done(self, dl):
+        for _ in range(500):
+            if dl.state in ("done", "failed"):
+                break
+            await deferLater(reactor, 0.002, lambda: None)
+        self.assertEqual(dl.state, "done")
+
+    @deferred_test
+    async def test_invalid_content_type_not_stored_nor_replayed(self):
+        await self.blobs.start()
+        for ctype in BAD_CONTENT_TYPES:
+            await self.blobs.delete()
+            w = script_world(blobs=self.blobs)
+            w.agent.on("GET", f"http://a.fake{BPATH}", lambda ctype=ctype: blob_answer(ctype=ctype))
+            first = await pull_blob(w)
+            dl = first.download
+            self.assertEqual(dl.content_type, OCTET, ctype)
+            self.assertEqual(first.headers[b"Content-Type"], OCTET, ctype)
+            # another client of the same download gets the stored value
+            second = await pull_blob(w)
+            self.assertIs(second.download, dl)
+            self.assertEqual(second.headers[b"Content-Type"], OCTET, ctype)
+            await self.wait_done(dl)
+
+    @deferred_test
+    async def test_download_start_checks_what_it_is_given(self):
+        from zmirror.cache.blobs import Download
+
+        await self.blobs.start()
+        for ctype, stored in ((b"text/plain\r\nX-Injected: 1", OCTET), ("application/x-tar", b"application/x-tar"),
+                              (None, OCTET)):
+            dl = Download(self.blobs, BDIGEST, "library/x")
+            dl.start(blob_answer(), len(BLOB), ctype)
+            self.assertEqual(dl.content_type, stored)
+            await self.wait_done(dl)

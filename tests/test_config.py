@@ -147,3 +147,94 @@ class LockoutSectionTests(unittest.TestCase):
         self.assertEqual(cfg.lockout.max_account_failures, 10)
         self.assertEqual(len(cfg.warnings), 1)
         self.assertIn("lockout.max_failures", cfg.warnings[0])
+
+
+class CacheLimitSettingsTests(unittest.TestCase):
+    """[cache] transfer_threads, max_temp_size, max_orphans, max_orphan_size."""
+
+    def parse(self, text):
+        return parse_config(text, data_dir=Path("/srv/d"), config_path=Path("/srv/d/config.toml"))
+
+    def test_defaults_are_the_blob_cache_defaults(self):
+        from zmirror.cache.blobs import MAX_ORPHAN_BYTES, MAX_ORPHANS
+        from zmirror.config import CacheConfig
+        from zmirror.upstream.digestworker import TRANSFER_THREADS
+
+        for cfg in (self.parse(""), self.parse(DEFAULT_CONFIG)):
+            self.assertEqual(cfg.cache, CacheConfig())
+            c = cfg.cache
+            self.assertEqual((c.transfer_threads, c.max_temp_size, c.max_orphans, c.max_orphan_size),
+                             (TRANSFER_THREADS, 0, MAX_ORPHANS, MAX_ORPHAN_BYTES))
+        self.assertEqual(self.parse(DEFAULT_CONFIG).warnings, ())
+
+    def test_values(self):
+        c = self.parse('[cache]\ntransfer_threads = 4\nmax_temp_size = "10GB"\nmax_orphans = 0\n'
+                       'max_orphan_size = "512MiB"\n').cache
+        self.assertEqual((c.transfer_threads, c.max_temp_size, c.max_orphans, c.max_orphan_size),
+                         (4, 10 * 10**9, 0, 512 << 20))
+        c = self.parse("[cache]\nmax_temp_size = 1000\nmax_orphan_size = 0\n").cache
+        self.assertEqual((c.max_temp_size, c.max_orphan_size), (1000, 0))
+
+    def test_bad_values_name_the_key(self):
+        cases = {
+            "transfer_threads": ("0", "-1", "257", "2.5", '"4"', "true"),
+            "max_orphans": ("-1", "10001", "1.5", '"4"', "false"),
+            "max_temp_size": ('"lots"', "-1", '"-5GB"', "true", "[]"),
+            "max_orphan_size": ('"2 gigs"', "-1", "false", "{}"),
+        }
+        for key, bads in cases.items():
+            for bad in bads:
+                with self.assertRaises(ConfigError, msg=f"{key} = {bad}") as e:
+                    self.parse(f"[cache]\n{key} = {bad}\n")
+                msg = str(e.exception)
+                self.assertIn(f"cache.{key}", msg)
+                self.assertIn("/srv/d/config.toml", msg)
+                self.assertNotIn("\n", msg)
+
+    def test_default_config_explains_them_in_both_languages(self):
+        text = DEFAULT_CONFIG.split("[cache]", 1)[1].split("\n[", 1)[0]
+        for key in ("transfer_threads", "max_temp_size", "max_orphans", "max_orphan_size"):
+            lines = text.splitlines()
+            at = next(i for i, ln in enumerate(lines) if ln.startswith(f"{key} ="))
+            above = []
+            for ln in reversed(lines[:at]):
+                if not ln.startswith("#"):
+                    if above:
+                        break
+                    continue
+                above.append(ln)
+            comment = " ".join(above)
+            self.assertRegex(comment, r"[A-Za-z]{4}", key)
+            self.assertRegex(comment, r"[\u4e00-\u9fff]", key)
+
+
+class CacheLimitWiringTests(unittest.TestCase):
+    def test_build_passes_the_cache_limits(self):
+        from twisted.internet import reactor
+
+        from zmirror.wiring import build
+
+        data = Path(self.mktemp()).resolve()
+        data.mkdir()
+        (data / "config.toml").write_text(
+            '[cache]\nmax_size = "1GB"\ntransfer_threads = 3\nmax_temp_size = "200MB"\n'
+            'max_orphans = 2\nmax_orphan_size = "100MB"\n')
+        components = build(load_config(data), reactor)
+        blobs = components["blob_cache"]
+        self.addCleanup(blobs.transfers.stop)
+        self.assertEqual((blobs.max_size, blobs.transfers.size, blobs.max_temp_bytes, blobs.max_orphans,
+                          blobs.max_orphan_bytes), (10**9, 3, 200 * 10**6, 2, 100 * 10**6))
+        summary = blobs.summary()
+        self.assertEqual((summary["transfer_threads"], summary["max_temp_bytes"]), (3, 200 * 10**6))
+
+    def test_temp_limit_defaults_to_the_cache_size(self):
+        from twisted.internet import reactor
+
+        from zmirror.wiring import build
+
+        data = Path(self.mktemp()).resolve()
+        data.mkdir()
+        (data / "config.toml").write_text('[cache]\nmax_size = "1GB"\n')
+        blobs = build(load_config(data), reactor)["blob_cache"]
+        self.addCleanup(blobs.transfers.stop)
+        self.assertEqual(blobs.max_temp_bytes, 10**9)

@@ -94,6 +94,18 @@ manifest_ttl = 300
 # Cached tags kept in memory (the rest are read from the database when asked for)
 # 内存中保留的已缓存标签数（其余按需从数据库读取）
 manifest_tags_in_memory = 100000
+# Limits of cold pulls (need a restart) / 冷拉取的资源上限（重启生效）
+# Threads that hash and write downloads (a kernel copy takes 2); with none free a miss is relayed
+# uncached / 下载写入与摘要计算的线程数（一次内核拷贝占 2 个），没有空闲线程时未命中直接转发、不写缓存
+transfer_threads = 16
+# Temp files of running downloads in all; a miss beyond is relayed uncached. 0: same as max_size
+# 正在下载的临时文件合计上限，超出的未命中直接转发、不写缓存；0 表示与 max_size 相同
+max_temp_size = 0
+# Downloads every client has left are finished while at most this many, with at most
+# max_orphan_size left to fetch between them, run; beyond, they are aborted (0: always aborted)
+# 所有客户端都已离开的下载：最多同时完成多少个、合计剩余多少字节，超出的被中止（0 表示总是中止）
+max_orphans = 4
+max_orphan_size = "2GiB"
 
 [log]
 # "text" or "json" log lines / 日志格式
@@ -193,6 +205,10 @@ class CacheConfig:
     max_size: int = 50 * 1000**3
     manifest_ttl: float = 300.0
     manifest_tags_in_memory: int = 100_000
+    transfer_threads: int = 16
+    max_temp_size: int = 0  # 0: max_size
+    max_orphans: int = 4
+    max_orphan_size: int = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -340,6 +356,10 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "max_size": lambda k, v: _size(k, v),
         "manifest_ttl": lambda k, v: _num(k, v, 0, 365 * 86400),
         "manifest_tags_in_memory": lambda k, v: _int(k, v, 1, 100_000_000),
+        "transfer_threads": lambda k, v: _int(k, v, 1, 256),
+        "max_temp_size": lambda k, v: _size(k, v),
+        "max_orphans": lambda k, v: _int(k, v, 0, 10_000),
+        "max_orphan_size": lambda k, v: _size(k, v),
     },
     "log": {
         "format": lambda k, v: _str(k, v, choices=("text", "json")),

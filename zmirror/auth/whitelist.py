@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 PREFIX_MAX = 255
-_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$")
+# Anchored with \Z, not $: "$" also matches before a trailing newline.
+_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*\Z")
 # a component cut anywhere: "hello", "hello-", "hello_", "hello.w", ""
-_PARTIAL = re.compile(r"^(?:[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\.|_|__|-+)?)?$")
+_PARTIAL = re.compile(r"^(?:[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\.|_|__|-+)?)?\Z")
 LIBRARY = "library/"
 
 

@@ -21,7 +21,7 @@ STORE_RETRY seconds (:meth:`BlobCache.storing`).
 Bounds: downloads hash and write on threads leased from one bounded pool
 (:class:`~zmirror.upstream.digestworker.TransferThreads`, never a queue of
 waiting transfers); the temp files of running downloads add up to at most
-``max_size``; a download every client has left is finished only while at most
+``max_temp_bytes`` (default: ``max_size``); a download every client has left is finished only while at most
 ``max_orphans`` of them, with at most ``max_orphan_bytes`` still to fetch, are
 running.  A miss beyond the first two bounds is relayed uncached; an orphan
 beyond the last is aborted and its temp file removed.
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -82,6 +83,37 @@ RETRY_FIRST = 5.0
 RETRY_MAX = 300.0
 
 
+OCTET_STREAM = b"application/octet-stream"
+# An upstream's blob Content-Type is passed on when it is a media type (RFC 6838
+# restricted names) with parameters of printable ASCII, at most this long.
+CONTENT_TYPE_MAX = 255
+_NAME = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+_CONTENT_TYPE = re.compile(rf"{_NAME}/{_NAME}(?:[ \t]*;[\x20-\x7e\t]*)?")
+
+
+def blob_content_type(value: Any) -> bytes:
+    """The Content-Type to send with a blob for an upstream's ``value`` (bytes,
+    str or None): the value itself when it is a valid media type with printable
+    ASCII parameters and at most CONTENT_TYPE_MAX long, else
+    ``application/octet-stream``.
+
+    An invalid one is replaced, not treated as a bad answer: the blob's bytes are
+    checked against its digest, and registry clients give a blob's Content-Type
+    no meaning (the distribution spec's blobs are ``application/octet-stream``),
+    so failing over on it would turn a good upstream into an outage."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            return OCTET_STREAM
+    if not isinstance(value, str):
+        return OCTET_STREAM
+    value = value.strip(" \t")
+    if len(value) > CONTENT_TYPE_MAX or not _CONTENT_TYPE.fullmatch(value):
+        return OCTET_STREAM
+    return value.encode("ascii")
+
+
 class CacheUnavailable(Exception):
     """The cache cannot store a blob now (disk full or unwritable)."""
 
@@ -103,11 +135,14 @@ def _blob_relpath(digest: str) -> str:
 class BlobCache:
     def __init__(self, root: Path, db: Any, reactor: Any, *, max_size: int, threadpool: Any = None,
                  idle_timeout: float = 60.0, transfer_threads: int = TRANSFER_THREADS,
+                 max_temp_bytes: Optional[int] = None,
                  max_orphans: int = MAX_ORPHANS, max_orphan_bytes: int = MAX_ORPHAN_BYTES):
         self.root = Path(root)
         self.db = db
         self.reactor = reactor
         self.max_size = max_size
+        # temp files of running downloads, in all (None or 0: the cache size)
+        self.max_temp_bytes = max_temp_bytes or max_size
         self.idle_timeout = idle_timeout
         self._threadpool = threadpool  # short file jobs (scan, unlink); not transfers
         # threads for transfers (downloads, and pass-through relays that hash)
@@ -392,6 +427,7 @@ class BlobCache:
             "entries": len(self.entries),
             "downloads": len(self.downloads),
             "temp_bytes": self.temp_bytes(),
+            "max_temp_bytes": self.max_temp_bytes,
             "orphans": sum(1 for dl in self.downloads.values() if dl.orphaned),
             "transfer_threads": self.transfers.size,
             "transfer_threads_busy": self.transfers.busy,
@@ -410,7 +446,7 @@ class BlobCache:
         belongs to no caller; cancelling the returned Deferred detaches only its
         caller.  Fails with :class:`CacheUnavailable` when this miss is to be
         relayed uncached (disk failing, no transfer thread free, temp bytes at
-        ``max_size``)."""
+        ``max_temp_bytes``)."""
         dl = self.downloads.get(digest)
         if dl is not None:
             return succeed(dl)
@@ -426,10 +462,10 @@ class BlobCache:
         why = None
         if self.transfers.free < 1:
             why = "no transfer thread free"
-        elif length is None and self.temp_bytes() >= self.max_size:
-            why = "temp files of running downloads at the cache size"
-        elif length is not None and self.temp_bytes() + length > self.max_size:
-            why = "temp files of running downloads would exceed the cache size"
+        elif length is None and self.temp_bytes() >= self.max_temp_bytes:
+            why = "temp files of running downloads at their limit"
+        elif length is not None and self.temp_bytes() + length > self.max_temp_bytes:
+            why = "temp files of running downloads would exceed their limit"
         if why is not None:
             self.stats["relayed_over_limits"] += 1
             raise CacheUnavailable(why)
@@ -523,7 +559,7 @@ class Download(Protocol):
         self.digest = digest
         self.repo = repo
         self.length: Optional[int] = None
-        self.content_type = b"application/octet-stream"
+        self.content_type = OCTET_STREAM  # replayed to every follower
         self.written = 0  # bytes on disk, readable by followers
         self.state = "pending"  # pending | running | done | failed
         self.failure_reason = ""
@@ -554,8 +590,7 @@ class Download(Protocol):
     # called by BlobCache._begin with the upstream's 200 response
     def start(self, response, length: Optional[int], content_type: Optional[bytes]) -> None:
         self.length = length
-        if content_type:
-            self.content_type = content_type
+        self.content_type = blob_content_type(content_type)
         threads = self.cache.transfers
         splice = length is not None and length >= kernelcopy.SPLICE_MIN and kernelcopy.available()
         # the kernel copy needs two threads; with one free the body goes through Python

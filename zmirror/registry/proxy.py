@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import UNKNOWN_LENGTH
 from werkzeug.http import parse_range_header
 
-from zmirror.cache.blobs import CacheUnavailable, FollowerProducer
+from zmirror.cache.blobs import CacheUnavailable, FollowerProducer, blob_content_type
 from zmirror.cache.manifests import Manifest, acceptable, content_media_type, valid_media_type
 from zmirror.registry.errors import RegistryError
 from zmirror.registry.reference import BLOB, MANIFEST, TAGS, parse_digest, parse_tag
@@ -516,45 +516,56 @@ class Proxy:
         return DownloadResult(206, out, dl, start, end)
 
     async def _start_download(self, pull):
-        """The upstream's 200 for a cache fill: (response, length or None, content type)."""
+        """The upstream's 200 for a cache fill: (response, length or None, raw
+        Content-Type); the download checks the Content-Type it replays
+        (:func:`~zmirror.cache.blobs.blob_content_type`)."""
         name, digest = pull.path.name, pull.path.reference
         up, resp, _ = await self._fetch(pull, b"GET", f"/v2/{name}/blobs/{digest}", {},
                                         unknown_code="BLOB_UNKNOWN")
         length = None if resp.length is UNKNOWN_LENGTH else int(resp.length)
-        ctype = _header(resp, b"content-type")
-        return resp, length, ctype.encode() if ctype else None
+        ctype = resp.headers.getRawHeaders(b"content-type")
+        return resp, length, ctype[0] if ctype else None
 
     async def _upstream_blob(self, pull, out):
         name, digest = pull.path.name, pull.path.reference
         path = f"/v2/{name}/blobs/{digest}"
         headers: dict = {}
-        if pull.range and not pull.head:
-            headers[b"Range"] = pull.range.encode("latin-1")
+        # only a single bytes range goes upstream, in our own spelling (anything
+        # else is answered with the whole blob, as from the cache)
+        rng = None if pull.head else _single_range(pull.range)
+        if rng is not None:
+            headers[b"Range"] = rng.encode("ascii")
         method = b"HEAD" if pull.head else b"GET"
-        up, resp, _ = await self._fetch(pull, method, path, headers, unknown_code="BLOB_UNKNOWN",
-                                        ok_codes=(200, 206), terminal_codes=(416,))
-        out[b"Content-Type"] = (_header(resp, b"content-type") or "application/octet-stream").encode()
+
+        async def check(up, resp):
+            """What the client gets copied from the answer, checked: a bad one
+            is the upstream's failure (fail over), never a 500 or a bad header."""
+            try:
+                return _checked_blob_answer(up.name, resp, head=pull.head, ranged=rng is not None)
+            except UpstreamError:
+                discard(resp)
+                raise
+
+        up, resp, checked = await self._fetch(pull, method, path, headers, unknown_code="BLOB_UNKNOWN",
+                                              ok_codes=(200, 206, 416), validate=check)
+        out[b"Content-Type"] = blob_content_type(resp.headers.getRawHeaders(b"content-type", [None])[0])
         if pull.record is not None and self.blobs is not None:
             pull.record.cache_hit = False
         if resp.code == 416:
             discard(resp)
-            cr = _header(resp, b"content-range")
-            raise RegistryError("RANGE_INVALID", headers={b"Content-Range": cr.encode()} if cr else None)
+            raise RegistryError("RANGE_INVALID", headers={b"Content-Range": checked} if checked else None)
         if pull.head:
-            length = _header(resp, b"content-length")
             discard(resp)
-            return BytesResult(200, out, head=True,
-                               content_length=int(length) if length and length.isdigit() else 0)
+            return BytesResult(200, out, head=True, content_length=checked)
         length = None if resp.length is UNKNOWN_LENGTH else int(resp.length)
         threads = self.blobs.transfers if self.blobs is not None else None
         if resp.code == 206:
-            cr = _header(resp, b"content-range")
-            if cr:
-                out[b"Content-Range"] = cr.encode()
+            first, last, size = checked
+            out[b"Content-Range"] = f"bytes {first}-{last}/{size}".encode()
             # Part of a blob cannot be checked against its digest: nothing in front of
             # us (a CDN, a shared cache) may keep these bytes as the blob's for a year.
             out[b"Cache-Control"] = b"no-store"
-            return StreamResult(206, out, resp, self.clock, None, length, self.idle_timeout)
+            return StreamResult(206, out, resp, self.clock, None, last - first + 1, self.idle_timeout)
         # The whole blob: always hashed, its last bytes held back until the digest
         # matched (a mismatch aborts the connection), so the public immutable
         # Cache-Control is only ever attached to a body that ends verified.
@@ -618,6 +629,55 @@ def _valid_digest(value: Optional[str]) -> Optional[str]:
         return parse_digest(value.strip())
     except RegistryError:
         return None
+
+
+def _single_range(value: Optional[str]) -> Optional[str]:
+    """A client's ``Range`` as we send it upstream: one bytes range, respelled;
+    None (ask for the whole blob) for anything else."""
+    rng = parse_range_header(value) if value else None
+    if rng is None or rng.units != "bytes" or len(rng.ranges) != 1:
+        return None
+    return rng.to_header()
+
+
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,18})-([0-9]{1,18})/([0-9]{1,18})", re.I)
+_UNSATISFIED_RANGE = re.compile(r"bytes \*/([0-9]{1,18})", re.I)
+
+
+def _checked_blob_answer(upstream: str, resp, *, head: bool, ranged: bool):
+    """Check what a blob answer (200/206/416) gives the client; raise
+    UpstreamError for a bad one.  Returns, by answer: a HEAD's length (its
+    ``Content-Length``, required: a HEAD answered without it would tell the
+    client a wrong size); a 206's ``(first, last, size)`` from its
+    ``Content-Range`` (required, consistent with its length); a 416's
+    ``Content-Range`` respelled (or None when it sent none); None for a GET's 200."""
+    code = resp.code
+    if head:
+        if code != 200:
+            raise UpstreamError(f"blob HEAD from {upstream} answered {code}")
+        length = _header(resp, b"content-length")
+        if length is None or not _DIGITS.fullmatch(length.strip(" \t")):
+            raise UpstreamError(f"blob HEAD from {upstream} has no valid Content-Length")
+        return int(length)
+    if code != 200 and not ranged:
+        raise UpstreamError(f"blob from {upstream} answered {code} to a request without Range")
+    if code == 206:
+        m = _CONTENT_RANGE.fullmatch((_header(resp, b"content-range") or "").strip(" \t"))
+        first, last, size = (int(g) for g in m.groups()) if m else (0, -1, 0)
+        if not m or not first <= last < size:
+            raise UpstreamError(f"partial blob from {upstream} has no valid Content-Range")
+        if resp.length is not UNKNOWN_LENGTH and resp.length != last - first + 1:
+            raise UpstreamError(f"partial blob from {upstream}: Content-Range and length disagree")
+        return first, last, size
+    if code == 416:
+        cr = _header(resp, b"content-range")
+        if cr is None:
+            return None
+        m = _UNSATISFIED_RANGE.fullmatch(cr.strip(" \t"))
+        if not m:
+            raise UpstreamError(f"416 from {upstream} has an invalid Content-Range")
+        return f"bytes */{int(m.group(1))}".encode()
+    return None
 
 
 def _rewrite_link(link: str, name: str, base_url: str) -> Optional[str]:
