@@ -678,3 +678,27 @@ class TagLimitConfigTests(unittest.TestCase):
         self.assertEqual(parse("[cache]\nmanifest_tags_in_memory = 500\n").cache.manifest_tags_in_memory, 500)
         with self.assertRaises(ConfigError):
             parse("[cache]\nmanifest_tags_in_memory = 0\n")
+
+
+class TrailingNewlineTests(unittest.TestCase):
+    """``$`` also matches before a final newline: the checks of upstream values use ``\\Z``."""
+
+    def test_media_type_and_digest(self):
+        from zmirror.cache.manifests import content_media_type, valid_media_type
+
+        self.assertTrue(valid_media_type("application/json"))
+        self.assertFalse(valid_media_type("application/json\n"))
+        self.assertIsNone(content_media_type("application/json; charset=utf-8\n"))
+
+    def test_tag_page_size(self):
+        from zmirror.registry.proxy import _DIGITS
+
+        self.assertTrue(_DIGITS.match("5"))
+        self.assertIsNone(_DIGITS.match("5\n"))
+
+    def test_external_url(self):
+        from zmirror.config import ConfigError, _validate_external_url
+
+        _validate_external_url("server.external_url", "https://mirror.example.com")
+        with self.assertRaises(ConfigError):
+            _validate_external_url("server.external_url", "https://mirror.example.com\n")

@@ -307,7 +307,7 @@ def _str_list(key: str, v: Any) -> tuple[str, ...]:
 
 
 def _validate_external_url(key: str, v: str) -> str:
-    if v and not re.match(r"^https?://[^/?#@\s]+(/[^?#\s]*)?$", v):
+    if v and not re.match(r"^https?://[^/?#@\s]+(/[^?#\s]*)?\Z", v):
         raise ConfigError(f"{key}: must be an http(s) URL without query or credentials, got {v!r}")
     return v.rstrip("/")
 

@@ -30,9 +30,9 @@ log = Logger()
 
 # RFC 6838 section 4.2: type-name "/" subtype-name, each a restricted-name
 _RESTRICTED_NAME = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
-_MEDIA_TYPE = re.compile(rf"^{_RESTRICTED_NAME}/{_RESTRICTED_NAME}$")
-_PARAMETERS = re.compile(r"^[\x20-\x7e\t]*$")
-_DIGEST = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
+_MEDIA_TYPE = re.compile(rf"^{_RESTRICTED_NAME}/{_RESTRICTED_NAME}\Z")
+_PARAMETERS = re.compile(r"^[\x20-\x7e\t]*\Z")
+_DIGEST = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z")
 
 
 def valid_media_type(value: Any) -> bool:

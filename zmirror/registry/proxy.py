@@ -616,7 +616,7 @@ def _arg(query: dict, name: bytes) -> Optional[str]:
         raise RegistryError("BAD_REQUEST", f"invalid {name.decode()} parameter", status=400) from None
 
 
-_DIGITS = re.compile(r"^[0-9]{1,18}$")
+_DIGITS = re.compile(r"^[0-9]{1,18}\Z")
 _LINK = re.compile(r"^\s*<([^<>]*)>(.*)$", re.S)
 _REL = re.compile(r";\s*rel\s*=\s*(?:\"([^\"]*)\"|([^\s;,]+))", re.I)
 
