@@ -590,7 +590,9 @@ class ManifestCacheBoundsTests(unittest.TestCase):
 class ClientErrorTests(unittest.TestCase):
     def test_final_error_generic_for_client_detailed_in_one_log_event(self):
         events = []
-        self.patch(proxy_module, "log", Logger(observer=events.append))
+        from zmirror.upstream import failover
+
+        self.patch(failover, "log", Logger(observer=events.append))
         w = World(("a.fake:5000", "b.fake"))
         w.pool.set_registries([
             {"id": 1, "name": "a.fake:5000", "url": "http://a.fake:5000", "priority": 1, "enabled": 1,

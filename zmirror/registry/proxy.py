@@ -4,7 +4,8 @@
 :class:`BytesResult` for manifests, tag lists and HEADs (small bodies held in
 memory) or :class:`StreamResult` for blob bodies (relayed with backpressure,
 never buffered).  Upstreams are tried in priority order with failover
-(:meth:`Proxy._fetch`); the pull-through cache plugs in before that.
+(:class:`zmirror.upstream.failover.Failover`); the pull-through cache plugs in
+before that.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import UNKNOWN_LENGTH
 from werkzeug.http import parse_range_header
@@ -25,7 +25,8 @@ from zmirror.cache.blobs import CacheUnavailable, FollowerProducer, blob_content
 from zmirror.cache.manifests import Manifest, acceptable, content_media_type, valid_media_type
 from zmirror.registry.errors import RegistryError
 from zmirror.registry.reference import BLOB, MANIFEST, TAGS, parse_digest, parse_tag
-from zmirror.upstream.client import Upstream, UpstreamError, UpstreamPool, discard, read_limited
+from zmirror.upstream.client import UpstreamError, UpstreamPool, discard, read_limited
+from zmirror.upstream.failover import Failover, header as _header
 from zmirror.upstream.relay import BlobRelay
 
 log = Logger()
@@ -38,7 +39,6 @@ DEFAULT_ACCEPT = [DOCKER_V2, DOCKER_LIST, OCI_MANIFEST, OCI_INDEX]
 
 MAX_MANIFEST = 8 << 20
 MAX_TAGS = 16 << 20
-MAX_RETRY_AFTER = 86400
 IMMUTABLE = "max-age=31536000, immutable"
 TAG_TTL = "max-age=300"
 
@@ -186,14 +186,6 @@ class _ManifestData:
     length: int
 
 
-@dataclass
-class _Attempt:
-    upstream: Upstream
-    kind: str  # ok | notfound | denied | ratelimited | error
-    detail: str = ""
-    retry_after: Optional[str] = None
-
-
 def _cache_control(pull, max_age: str) -> bytes:
     scope = "private" if pull.identity.private else "public"
     return f"{scope}, {max_age}".encode()
@@ -207,6 +199,7 @@ class Proxy:
         self.idle_timeout = idle_timeout
         self.blobs = blobs  # zmirror.cache.BlobCache or None
         self.manifests = manifests  # zmirror.cache.ManifestCache or None
+        self.failover = Failover(pool, clock)
 
     async def pull(self, pull):
         kind = pull.path.kind
@@ -218,98 +211,12 @@ class Proxy:
             return await self.tags(pull)
         raise RegistryError("NOT_FOUND", status=404)
 
-    # -- failover ---------------------------------------------------------
-    async def _fetch(
-        self,
-        pull,
-        method: bytes,
-        path: str,
-        headers: dict,
-        *,
-        unknown_code: str,
-        ok_codes: tuple[int, ...] = (200,),
-        terminal_codes: tuple[int, ...] = (),
-        validate: Optional[Callable[[Upstream, Any], Awaitable[Any]]] = None,
-    ):
-        """Try upstreams in order; returns ``(upstream, response, validated)``.
-
-        ``validate(up, resp)`` may read the body and raise UpstreamError to
-        fail over to the next upstream (e.g. a digest mismatch).
-        """
-        scope = f"repository:{pull.path.name}:pull"
-        attempts: list[_Attempt] = []
-        candidates = self.pool.candidates()
-        if not candidates:
-            raise RegistryError("UNAVAILABLE", "no upstream registry is enabled", status=503)
-        for up in candidates:
-            started = self.clock.seconds()
-            try:
-                resp = await self.pool.request(up, method, path, headers=headers, scope=scope)
-            except UpstreamError as e:
-                self.pool.mark_failed(up, str(e))
-                attempts.append(_Attempt(up, "error", str(e)))
-                continue
-            code = resp.code
-            if code in ok_codes or code in terminal_codes:
-                try:
-                    validated = await validate(up, resp) if validate and code in ok_codes else None
-                except UpstreamError as e:
-                    self.pool.mark_failed(up, str(e))
-                    attempts.append(_Attempt(up, "error", str(e)))
-                    continue
-                self.pool.mark_ok(up, self.clock.seconds() - started)
-                if pull.record is not None:
-                    pull.record.upstream = up.name
-                return up, resp, validated
-            discard(resp)
-            if code == 404:
-                self.pool.mark_ok(up, self.clock.seconds() - started)
-                attempts.append(_Attempt(up, "notfound", "404"))
-            elif code in (401, 403):
-                attempts.append(_Attempt(up, "denied", f"{code} after authentication"))
-            elif code == 429:
-                ra = resp.headers.getRawHeaders(b"retry-after")
-                attempts.append(_Attempt(up, "ratelimited", "429",
-                                         ra[0].decode("latin-1") if ra else None))
-            elif code >= 500:
-                self.pool.mark_failed(up, f"HTTP {code}")
-                attempts.append(_Attempt(up, "error", f"HTTP {code}"))
-            else:
-                attempts.append(_Attempt(up, "error", f"unexpected HTTP {code}"))
-        raise self._final_error(pull, attempts, unknown_code)
-
-    def _final_error(self, pull, attempts: list[_Attempt], unknown_code: str) -> RegistryError:
-        """The client's error after every upstream was tried.
-
-        What each upstream answered (names, hosts, reasons) is logged here, once,
-        and kept on the error as ``internal`` (and in the pool's health memory for
-        the admin API); the client only gets the code and a generic message.
-        """
-        kinds = {a.kind for a in attempts}
-        internal = [{"upstream": a.upstream.name, "result": a.kind, "detail": a.detail} for a in attempts]
-        if kinds <= {"notfound", "denied"}:
-            err = RegistryError(unknown_code, internal=internal)
-        elif kinds == {"ratelimited"}:
-            waits = []
-            for a in attempts:
-                try:
-                    waits.append(min(max(int(a.retry_after), 1), MAX_RETRY_AFTER))
-                except (TypeError, ValueError):
-                    pass
-            retry = str(min(waits)) if waits else "60"
-            err = RegistryError("TOOMANYREQUESTS", "every upstream registry is rate-limiting us",
-                                internal=internal, headers={b"Retry-After": retry.encode()})
-        elif "error" in kinds:
-            err = RegistryError("UPSTREAM_ERROR", "no upstream registry could answer", internal=internal,
-                                status=502)
-        else:
-            err = RegistryError("UNAVAILABLE", "no upstream registry could answer", internal=internal,
-                                status=503)
-        emit = log.debug if kinds <= {"notfound"} else log.info
-        emit("{kind} {name}:{ref}: {code} after trying {attempts}", kind=pull.path.kind,
-             name=pull.path.name, ref=pull.path.reference or "-", code=err.code,
-             attempts="; ".join(f"{a['upstream']}: {a['result']} ({a['detail']})" for a in internal))
-        return err
+    async def _fetch(self, pull, method: bytes, path: str, headers: dict, **kw):
+        """:meth:`Failover.fetch` for this pull request (its repository's scope,
+        its access-log record, its path in the logs)."""
+        return await self.failover.fetch(method, path, headers, name=pull.path.name,
+                                         what=(pull.path.kind, pull.path.reference), record=pull.record,
+                                         **kw)
 
     # -- manifests --------------------------------------------------------
     async def manifest(self, pull) -> BytesResult:
@@ -599,11 +506,6 @@ class Proxy:
         if link:
             headers[b"Link"] = link.encode("ascii")
         return BytesResult(200, headers, body=body, head=pull.head)
-
-
-def _header(resp, name: bytes) -> Optional[str]:
-    v = resp.headers.getRawHeaders(name)
-    return v[0].decode("latin-1") if v else None
 
 
 def _arg(query: dict, name: bytes) -> Optional[str]:
