@@ -91,3 +91,37 @@ def temp_database(case, reactor):
     db.start()
     case.addCleanup(db.close)
     return base, db
+
+
+def write_default_config(data: Path, replacements: dict | None = None) -> Path:
+    """``data/config.toml``: the generated default config with each ``old → new``
+    of ``replacements`` applied (each must be there), mode 0600."""
+    from zmirror.config import DEFAULT_CONFIG
+
+    text = DEFAULT_CONFIG
+    for old, new in (replacements or {}).items():
+        if old not in text:
+            raise AssertionError(f"not in the default config: {old!r}")
+        text = text.replace(old, new)
+    data.mkdir(parents=True, exist_ok=True)
+    path = data / "config.toml"
+    path.write_text(text)
+    os.chmod(path, 0o600)
+    return path
+
+
+def admin_password_line(password: str) -> dict:
+    """The replacement for :func:`write_default_config` that sets the admin password
+    (tests of the admin API: while it is the default, the API only lets it be changed)."""
+    return {'password = "admin123"': f'password = "{password}"'}
+
+
+def start_services(components: dict):
+    """A started MultiService holding the services of ``zmirror.wiring.build``."""
+    from twisted.application.service import MultiService
+
+    top = MultiService()
+    for svc in components["services"]:
+        svc.setServiceParent(top)
+    top.startService()
+    return top

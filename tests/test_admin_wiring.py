@@ -11,16 +11,23 @@ import time
 from pathlib import Path
 
 import treq
-from twisted.application.service import MultiService
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 from twisted.trial import unittest
 
-from tests.helpers import free_port, start_twistd, stop, wait_port
+from tests.helpers import (
+    admin_password_line,
+    free_port,
+    start_services,
+    start_twistd,
+    stop,
+    wait_port,
+    write_default_config,
+)
 from tests.test_admin_registries import coro
 from tests.test_admin_support import basic
 from zmirror.auth.passwords import is_hash, verify_admin_sync
-from zmirror.config import DEFAULT_ADMIN_PASSWORD, DEFAULT_CONFIG, load_config
+from zmirror.config import DEFAULT_ADMIN_PASSWORD, load_config
 from zmirror.wiring import build
 
 ADMIN_PW = "Wiring-admin-pw-1"
@@ -29,11 +36,7 @@ GATED = {"error": "change the default admin password first", "fields": {}}
 
 def write_config(data: Path, password: str = DEFAULT_ADMIN_PASSWORD) -> Path:
     """The generated default config.toml, with ``password`` for the admin."""
-    data.mkdir(parents=True, exist_ok=True)
-    path = data / "config.toml"
-    path.write_text(DEFAULT_CONFIG.replace('password = "admin123"', f'password = "{password}"'))
-    os.chmod(path, 0o600)
-    return path
+    return write_default_config(data, admin_password_line(password))
 
 
 def comments(text: str) -> list[str]:
@@ -57,10 +60,7 @@ class WiringTests(unittest.TestCase):
         write_config(data, ADMIN_PW)  # the generated config, the admin password changed
         self.config = load_config(data)
         self.components = build(self.config, reactor)
-        self.top = MultiService()
-        for svc in self.components["services"]:
-            svc.setServiceParent(self.top)
-        self.top.startService()
+        self.top = start_services(self.components)
         self.port = reactor.listenTCP(0, self.components["site"], interface="127.0.0.1")
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
         self.auth = basic("admin", ADMIN_PW)

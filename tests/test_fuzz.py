@@ -24,7 +24,6 @@ from urllib.parse import quote_from_bytes
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.application.service import MultiService
 from twisted.internet import error, reactor
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.protocol import ClientFactory, Protocol
@@ -33,6 +32,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from twisted.web.server import Site
 
+from tests.helpers import admin_password_line, start_services, write_default_config
 from zmirror.config import load_config
 from zmirror.db import migrate
 from zmirror.testing import DOCKER_V2, FakeRegistry
@@ -352,16 +352,10 @@ class SurfaceFuzz(unittest.TestCase):
         upstream = f"http://127.0.0.1:{self.upstream_port.getHost().port}"
 
         data = Path(self.mktemp()).resolve() / "data"
-        config = load_config(data)  # writes the default config.toml
-        path = data / "config.toml"
-        text = path.read_text()
-        for old, new in (('anonymous = "whitelist"', 'anonymous = "all"'),
-                         ('password = "admin123"', f'password = "{ADMIN[1]}"'),
-                         ("max_account_failures = 10", "max_account_failures = 1000000"),
-                         ("max_ip_failures = 30", "max_ip_failures = 1000000")):
-            self.assertIn(old, text)
-            text = text.replace(old, new)
-        path.write_text(text)
+        write_default_config(data, {'anonymous = "whitelist"': 'anonymous = "all"',
+                                    "max_account_failures = 10": "max_account_failures = 1000000",
+                                    "max_ip_failures = 30": "max_ip_failures = 1000000",
+                                    **admin_password_line(ADMIN[1])})
         config = load_config(data)
         migrate(config.database_path)
         conn = sqlite3.connect(str(config.database_path))
@@ -372,10 +366,7 @@ class SurfaceFuzz(unittest.TestCase):
         self.components = build(config, reactor)
         upstreams = self.components["upstreams"]
         upstreams.agent = LoopbackOnlyAgent(upstreams.agent, upstream.encode() + b"/")
-        self.top = MultiService()
-        for svc in self.components["services"]:
-            svc.setServiceParent(self.top)
-        self.top.startService()
+        self.top = start_services(self.components)
         # the built UI is not in git: serve a small one so its file lookups are fuzzed too
         ui = Path(self.mktemp())
         (ui / "assets").mkdir(parents=True)

@@ -8,23 +8,29 @@ and look at what the server's channel read and whether it made a temp file.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import tempfile as real_tempfile
+from pathlib import Path
 
-from twisted.application.service import MultiService
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.trial import unittest
 from twisted.web import http
 
+from tests.helpers import admin_password_line, start_services, write_default_config
 from tests.test_admin_registries import coro
 from tests.test_admin_support import basic
 from zmirror import service
 from zmirror.admin import validate
 from zmirror.auth import tokenservice
 from zmirror.config import load_config
-from zmirror.service import API_MAX_BODY, LINGER_BYTES, TOKEN_MAX_BODY, body_cap, refusal_for
+from zmirror.service import (
+    API_MAX_BODY,
+    LINGER_BYTES,
+    TOKEN_MAX_BODY,
+    body_cap,
+    refusal_for,
+)
 from zmirror.wiring import build
 
 HUGE = 1536 * 1024 * 1024  # a 1.5 GB body, announced; the client never sends it all
@@ -160,15 +166,10 @@ class OverTCP(unittest.TestCase):
 
     def setUp(self):
         data = Path(self.mktemp()).resolve()
-        load_config(data)  # writes the default config.toml; the admin password must not be the default
-        path = data / "config.toml"
-        path.write_text(path.read_text().replace('password = "admin123"', f'password = "{ADMIN_PASSWORD}"'))
+        write_default_config(data, admin_password_line(ADMIN_PASSWORD))
         self.config = load_config(data)
         self.components = build(self.config, reactor)
-        self.top = MultiService()
-        for svc in self.components["services"]:
-            svc.setServiceParent(self.top)
-        self.top.startService()
+        self.top = start_services(self.components)
         site = self.components["site"]
         self.channels = []
         original = site.buildProtocol
