@@ -13,7 +13,8 @@ from twisted.trial import unittest
 
 from tests.helpers import temp_database
 from tests.proxyenv import ProxyEnv
-from tests.test_upstream_hardening import MANIFEST, MDIGEST, TAG_PATH, TAGS_PATH, FakeResponse, World, manifest_response
+from tests.test_upstream_hardening import (MANIFEST, MDIGEST, TAG_PATH, TAGS_PATH, FakeResponse, World,
+                                          manifest_response)
 from zmirror.cache.manifests import Manifest, ManifestCache
 from zmirror.registry.errors import RegistryError
 from zmirror.registry.manifests import STALE_WARNING, PullThroughManifests

@@ -26,11 +26,10 @@ from werkzeug.http import parse_range_header
 from zmirror.cache.blobs import CacheUnavailable, FollowerProducer, blob_content_type
 from zmirror.registry.errors import RegistryError
 from zmirror.registry.manifests import PullThroughManifests
-from zmirror.registry.mediatypes import DEFAULT_ACCEPT, DOCKER_LIST, DOCKER_V2, OCI_INDEX, OCI_MANIFEST  # noqa: F401
 from zmirror.registry.reference import BLOB, MANIFEST, TAGS, parse_tag
 from zmirror.upstream.client import UpstreamError, UpstreamPool, discard
 from zmirror.upstream.failover import Failover, header as _header
-from zmirror.upstream.manifests import MAX_MANIFEST, MAX_TAGS, ManifestResult, RemoteManifests, RemoteTags  # noqa: F401
+from zmirror.upstream.manifests import ManifestResult, RemoteManifests, RemoteTags
 from zmirror.upstream.relay import BlobRelay
 
 log = Logger()
