@@ -1,4 +1,4 @@
-"""Pull-through cache: verified blob store, single-flight, eviction, manifests."""
+"""Pull-through cache: verified blob store, single-flight, eviction (manifests: tests/test_manifests.py)."""
 
 import json
 import os
@@ -229,17 +229,6 @@ class CrossRepositoryTests(CacheTestBase):
         self.assertEqual(len(self.blob_gets()), 1)
         self.assertIn("other/repo", self.blobs.lookup(self.digest).repos)
 
-    @deferred_test
-    async def test_cached_manifest_checked_per_repository(self):
-        await self.start()
-        digest = self.up.add_manifest("library/a", "1", MANIFEST)
-        await self.env.arequest("GET", f"/v2/library/a/manifests/{digest}")
-        resp, body = await self.env.arequest("GET", f"/v2/library/b/manifests/{digest}")
-        self.assertEqual(resp.code, 404)
-        self.up.add_manifest("library/b", None, MANIFEST)
-        resp, body = await self.env.arequest("GET", f"/v2/library/b/manifests/{digest}")
-        self.assertEqual((resp.code, body), (200, MANIFEST))
-
 
 class EvictionTests(CacheTestBase):
     max_size = 7 << 20  # room for two 3 MiB blobs
@@ -310,90 +299,6 @@ class EvictionTests(CacheTestBase):
         resp, body = await self.env.arequest("GET", path)
         self.assertEqual(body, self.data)
         self.assertEqual(len(self.blob_gets()), 2)
-
-
-class ManifestCacheTests(CacheTestBase):
-    def setUp(self):
-        super().setUp()
-        self.mdigest = self.up.add_manifest("library/nginx", "latest", MANIFEST)
-        self.tag_path = "/v2/library/nginx/manifests/latest"
-
-    def manifest_requests(self, method=None):
-        return [r for r in self.up.requests if "/manifests/" in r[2] and (method is None or r[0] == method)]
-
-    @deferred_test
-    async def test_by_digest_cached_for_good(self):
-        await self.start()
-        path = f"/v2/library/nginx/manifests/{self.mdigest}"
-        for _ in range(3):
-            resp, body = await self.env.arequest("GET", path)
-            self.assertEqual(body, MANIFEST)
-        self.env.clock.advance(10 ** 6)
-        resp, body = await self.env.arequest("HEAD", path)
-        self.assertEqual(resp.headers.getRawHeaders(b"docker-content-digest"), [self.mdigest.encode()])
-        self.assertEqual(len(self.manifest_requests()), 1)
-
-    @deferred_test
-    async def test_tag_ttl_and_revalidation(self):
-        await self.start()
-        await self.env.arequest("GET", self.tag_path)
-        await self.env.arequest("GET", self.tag_path)
-        self.assertEqual(len(self.manifest_requests()), 1)  # fresh: local
-        self.env.clock.advance(301)
-        resp, body = await self.env.arequest("GET", self.tag_path)
-        self.assertEqual(body, MANIFEST)
-        self.assertEqual([r[0] for r in self.manifest_requests()], ["GET", "HEAD"])  # revalidated by HEAD
-        # the tag moves upstream: the next revalidation fetches the new manifest
-        new = MANIFEST.replace(b"[]", b"[ ]")
-        self.up.add_manifest("library/nginx", "latest", new)
-        self.env.clock.advance(301)
-        resp, body = await self.env.arequest("GET", self.tag_path)
-        self.assertEqual(body, new)
-
-    @deferred_test
-    async def test_stale_served_when_upstream_down(self):
-        await self.start()
-        await self.env.arequest("GET", self.tag_path)
-        self.env.clock.advance(301)
-        self.up.faults[self.tag_path] = [503, 503]
-        resp, body = await self.env.arequest("GET", self.tag_path)
-        self.assertEqual(resp.code, 200)
-        self.assertEqual(body, MANIFEST)
-        self.assertEqual(resp.headers.getRawHeaders(b"warning"), [b'110 - "Response is Stale"'])
-        # rate-limited everywhere: stale too
-        self.up.faults[self.tag_path] = [429, 429]
-        resp, body = await self.env.arequest("GET", self.tag_path)
-        self.assertEqual((resp.code, body), (200, MANIFEST))
-        # all upstreams gone (connection refused)
-        del self.env.agent.agents["up1.fake"]
-        resp, body = await self.env.arequest("HEAD", self.tag_path)
-        self.assertEqual(resp.code, 200)
-
-    @deferred_test
-    async def test_not_served_to_client_that_does_not_accept_it(self):
-        await self.start()
-        await self.env.arequest("GET", self.tag_path)
-        oci_only = {"Accept": ["application/vnd.oci.image.manifest.v1+json"]}
-        resp, body = await self.env.arequest("GET", self.tag_path, headers=oci_only)
-        self.assertEqual(resp.code, 404)  # the fake (like distribution) has no OCI form of it
-        self.assertEqual(len(self.manifest_requests()), 2)
-        resp, body = await self.env.arequest("GET", self.tag_path, headers={"Accept": ["*/*"]})
-        self.assertEqual((resp.code, body), (200, MANIFEST))
-        self.assertEqual(len(self.manifest_requests()), 2)
-
-    @deferred_test
-    async def test_persisted_across_restart(self):
-        await self.start()
-        await self.env.arequest("GET", self.tag_path)
-        from twisted.internet.task import deferLater
-
-        await deferLater(reactor, 0.1, lambda: None)  # let the async writes land
-        self.make_env()
-        await self.start()
-        del self.env.agent.agents["up1.fake"]  # upstream gone: served from the restored cache
-        resp, body = await self.env.arequest("GET", self.tag_path)
-        self.assertEqual((resp.code, body), (200, MANIFEST))
-
 
 
 class CreatorLeavesTests(CacheTestBase):

@@ -686,14 +686,14 @@ class TrailingNewlineTests(unittest.TestCase):
     """``$`` also matches before a final newline: the checks of upstream values use ``\\Z``."""
 
     def test_media_type_and_digest(self):
-        from zmirror.cache.manifests import content_media_type, valid_media_type
+        from zmirror.registry.mediatypes import content_media_type, valid_media_type
 
         self.assertTrue(valid_media_type("application/json"))
         self.assertFalse(valid_media_type("application/json\n"))
         self.assertIsNone(content_media_type("application/json; charset=utf-8\n"))
 
     def test_tag_page_size(self):
-        from zmirror.registry.proxy import _DIGITS
+        from zmirror.upstream.manifests import _DIGITS
 
         self.assertTrue(_DIGITS.match("5"))
         self.assertIsNone(_DIGITS.match("5\n"))

@@ -6,6 +6,11 @@
   bodies, never-answering requests).
 - :class:`HostAgent`: an ``IAgent`` that routes by URL host to in-memory
   resources (``RequestTraversalAgent``), refusing connections to unknown hosts.
+- :class:`FakeManifestSource` (a remote
+  :class:`~zmirror.registry.manifests.ManifestSource`) and
+  :class:`MemoryManifests` (a local store for
+  :class:`~zmirror.registry.manifests.PullThroughManifests`), for tests of the
+  manifest flow without an upstream or a database.
 """
 
 from __future__ import annotations
@@ -22,6 +27,12 @@ from twisted.internet import error
 from twisted.internet.defer import Deferred, fail
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
+
+from zmirror.cache.gate import LoadGate
+from zmirror.cache.manifests import Manifest, TagEntry
+from zmirror.registry.errors import RegistryError
+from zmirror.registry.mediatypes import DEFAULT_ACCEPT, acceptable
+from zmirror.upstream.manifests import ManifestResult
 
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
@@ -264,3 +275,94 @@ class HostAgent:
     def flush(self):
         for a in self.agents.values():
             a.flush()
+
+
+class FakeManifestSource:
+    """A remote :class:`~zmirror.registry.manifests.ManifestSource` answering
+    from memory.  ``calls`` records ``(repository, reference, "HEAD" | "GET")``;
+    ``errors[(repository, reference)]`` is a list of RegistryErrors raised one
+    per call before it answers again; a HEAD answers without a body."""
+
+    def __init__(self):
+        self.manifests: dict[tuple[str, str], tuple[str, bytes]] = {}
+        self.errors: dict[tuple[str, str], list[RegistryError]] = {}
+        self.calls: list[tuple[str, str, str]] = []
+
+    def add(self, repository: str, tag: Optional[str], body: bytes, media_type: str = DOCKER_V2) -> str:
+        digest = sha256(body)
+        self.manifests[(repository, digest)] = (media_type, body)
+        if tag:
+            self.manifests[(repository, tag)] = (media_type, body)
+        return digest
+
+    def fail(self, repository: str, reference: str, *errors: RegistryError) -> None:
+        self.errors.setdefault((repository, reference), []).extend(errors)
+
+    async def get(self, repository: str, reference: str, accept: list[str], *, head: bool = False,
+                  record: Any = None) -> ManifestResult:
+        self.calls.append((repository, reference, "HEAD" if head else "GET"))
+        pending = self.errors.get((repository, reference))
+        if pending:
+            raise pending.pop(0)
+        entry = self.manifests.get((repository, reference))
+        if entry is None or not acceptable(entry[0], accept or DEFAULT_ACCEPT):
+            raise RegistryError("MANIFEST_UNKNOWN")
+        media_type, body = entry
+        return ManifestResult(sha256(body), media_type, None if head else body, len(body))
+
+
+class MemoryManifests:
+    """A local manifest store in memory with the methods
+    :class:`~zmirror.registry.manifests.PullThroughManifests` uses (those of
+    :class:`~zmirror.cache.manifests.ManifestCache`), its TTL on ``clock``."""
+
+    def __init__(self, clock: Any, *, ttl: float = 300.0):
+        self.clock = clock
+        self.ttl = ttl
+        self.bodies: dict[str, Manifest] = {}
+        self.tags: dict[tuple[str, str], dict[str, TagEntry]] = {}
+        self.repos: set[tuple[str, str]] = set()  # (digest, repository)
+        self.stats = {"hits": 0, "misses": 0, "stale_served": 0, "revalidated": 0}
+        self.loading = LoadGate()
+
+    async def ready(self) -> None:
+        if self.loading.closed:
+            await self.loading.wait()
+
+    async def get(self, digest: str) -> Optional[Manifest]:
+        return self.bodies.get(digest)
+
+    async def has_repo(self, digest: str, repository: str) -> bool:
+        return (digest, repository) in self.repos
+
+    async def tag(self, repository: str, tag: str, accept: list[str]) -> Optional[TagEntry]:
+        ok = [e for e in self.tags.get((repository, tag), {}).values() if acceptable(e.media_type, accept)]
+        return max(ok, key=lambda e: e.fetched_at) if ok else None
+
+    def fresh(self, entry: TagEntry) -> bool:
+        return self.clock.seconds() - entry.fetched_at < self.ttl
+
+    def add_repo(self, digest: str, repository: str) -> None:
+        self.repos.add((digest, repository))
+
+    def refresh(self, entry: TagEntry) -> None:
+        entry.fetched_at = self.clock.seconds()
+        self.stats["revalidated"] += 1
+
+    def store(self, repository: str, tag: Optional[str], m: Manifest) -> None:
+        self.bodies.setdefault(m.digest, m)
+        self.repos.add((m.digest, repository))
+        if tag is not None:
+            entry = TagEntry(repository, tag, m.media_type, m.digest, self.clock.seconds())
+            self.tags.setdefault((repository, tag), {})[m.media_type] = entry
+
+    def drop_tag(self, repository: str, tag: str) -> None:
+        self.tags.pop((repository, tag), None)
+
+    def count_hit(self, *, stale: bool = False) -> None:
+        self.stats["hits"] += 1
+        if stale:
+            self.stats["stale_served"] += 1
+
+    def count_miss(self) -> None:
+        self.stats["misses"] += 1

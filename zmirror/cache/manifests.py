@@ -1,5 +1,11 @@
 """Manifest cache: bodies by digest (kept for good), tags with a fetch time.
 
+The local store of :class:`zmirror.registry.manifests.PullThroughManifests`
+(which decides hit, miss, revalidation and stale serving); this module only
+stores and looks up, and keeps the counters ``GET /api/cache`` reports
+(changed only by its own methods: :meth:`ManifestCache.count_hit`,
+:meth:`~ManifestCache.count_miss`, :meth:`~ManifestCache.refresh`).
+
 The database is the backing store of everything; memory holds bounded LRU
 copies so that a hot manifest costs no I/O: bodies (up to ``memory_limit``
 bytes), tag entries (up to ``tag_limit``; the most recently fetched ones are
@@ -25,31 +31,11 @@ from typing import Any, Optional
 from twisted.logger import Logger
 
 from zmirror.cache.gate import LoadGate
+from zmirror.registry.mediatypes import acceptable, content_media_type, valid_media_type  # noqa: F401
 
 log = Logger()
 
-# RFC 6838 section 4.2: type-name "/" subtype-name, each a restricted-name
-_RESTRICTED_NAME = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
-_MEDIA_TYPE = re.compile(rf"^{_RESTRICTED_NAME}/{_RESTRICTED_NAME}\Z")
-_PARAMETERS = re.compile(r"^[\x20-\x7e\t]*\Z")
 _DIGEST = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z")
-
-
-def valid_media_type(value: Any) -> bool:
-    """Is ``value`` a bare RFC 6838 media type (``type/subtype``, no parameters)?"""
-    return isinstance(value, str) and bool(_MEDIA_TYPE.match(value))
-
-
-def content_media_type(value: Optional[str]) -> Optional[str]:
-    """The media type of a ``Content-Type`` value (parameters dropped), or None
-    if it is missing or not a valid media type."""
-    if not value:
-        return None
-    base, _, params = value.partition(";")
-    base = base.strip(" \t")
-    if not valid_media_type(base) or not _PARAMETERS.match(params):
-        return None
-    return base
 
 
 @dataclass
@@ -66,15 +52,6 @@ class Manifest:
     digest: str
     media_type: str
     body: bytes
-
-
-def acceptable(media_type: str, accept: list[str]) -> bool:
-    """Does a client's merged Accept list admit ``media_type``?"""
-    for item in accept:
-        t = item.split(";", 1)[0].strip().lower()
-        if t == "*/*" or t == media_type.lower():
-            return True
-    return False
 
 
 def _valid_row(r: dict) -> bool:
@@ -118,6 +95,11 @@ class ManifestCache:
                         self._partial.add((r["repository"], r["tag"]))
         finally:
             self.loading.open()
+
+    async def ready(self) -> None:
+        """Returns once the tags are loaded (at once, except while start() runs)."""
+        if self.loading.closed:
+            await self.loading.wait()
 
     # -- lookups ------------------------------------------------------------------
     async def tag(self, repository: str, tag: str, accept: list[str]) -> Optional[TagEntry]:
@@ -211,6 +193,17 @@ class ManifestCache:
         if old is not None:
             self._tag_entries -= len(old)
         self._partial.discard(key)
+
+    # -- counters -----------------------------------------------------------------
+    def count_hit(self, *, stale: bool = False) -> None:
+        """A pull answered from here (``stale``: past its TTL, upstreams failing)."""
+        self.stats["hits"] += 1
+        if stale:
+            self.stats["stale_served"] += 1
+
+    def count_miss(self) -> None:
+        """A pull answered from an upstream (and stored here)."""
+        self.stats["misses"] += 1
 
     # -- updates ------------------------------------------------------------------
     def store(self, repository: str, tag: Optional[str], m: Manifest) -> None:

@@ -1,0 +1,403 @@
+"""The manifest sources: PullThroughManifests over fake local and remote stores,
+RemoteManifests and RemoteTags over scripted upstream answers, and the proxy
+choosing between them."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from tests.helpers import temp_database
+from tests.proxyenv import ProxyEnv
+from tests.test_upstream_hardening import (MANIFEST, MDIGEST, TAG_PATH, TAGS_PATH, FakeResponse, World,
+                                          manifest_response)
+from zmirror.cache.manifests import Manifest, ManifestCache
+from zmirror.registry.errors import RegistryError
+from zmirror.registry.manifests import STALE_WARNING, PullThroughManifests
+from zmirror.registry.mediatypes import DOCKER_V2, OCI_INDEX, OCI_MANIFEST
+from zmirror.testing import FakeManifestSource, FakeRegistry, MemoryManifests, sha256
+from zmirror.upstream.manifests import RemoteManifests, RemoteTags
+
+REPO = "library/nginx"
+BODY = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2, "layers": []}).encode()
+NEW = BODY.replace(b"[]", b"[ ]")
+
+
+def deferred_test(f):
+    def wrapper(self):
+        return Deferred.fromCoroutine(f(self))
+
+    wrapper.__name__ = f.__name__
+    return wrapper
+
+
+class PullThroughTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.local = MemoryManifests(self.clock, ttl=300)
+        self.remote = FakeManifestSource()
+        self.source = PullThroughManifests(self.local, self.remote)
+        self.digest = self.remote.add(REPO, "latest", BODY)
+
+    def get(self, reference, repo=REPO, accept=(), head=False):
+        return Deferred.fromCoroutine(self.source.get(repo, reference, list(accept), head=head))
+
+    def result(self, reference, **kw):
+        return self.successResultOf(self.get(reference, **kw))
+
+    def stats(self, *names):
+        return tuple(self.local.stats[n] for n in names)
+
+    def test_miss_fetches_with_get_and_stores(self):
+        m = self.result("latest")
+        self.assertEqual((m.digest, m.media_type, m.body, m.cache_hit, m.warning),
+                         (self.digest, DOCKER_V2, BODY, False, None))
+        self.assertEqual(self.remote.calls, [(REPO, "latest", "GET")])
+        self.assertEqual(self.local.bodies[self.digest].body, BODY)
+        self.assertEqual(self.local.tags[(REPO, "latest")][DOCKER_V2].digest, self.digest)
+        self.assertEqual(self.stats("hits", "misses"), (0, 1))
+
+    def test_client_head_on_a_miss_fills_with_get(self):
+        m = self.result("latest", head=True)
+        self.assertEqual(m.body, BODY)  # the caller drops it; the cache keeps it
+        self.assertEqual(self.remote.calls, [(REPO, "latest", "GET")])
+
+    def test_fresh_tag_is_a_hit_without_upstream(self):
+        self.result("latest")
+        self.clock.advance(299)
+        m = self.result("latest")
+        self.assertEqual((m.body, m.cache_hit, m.warning), (BODY, True, None))
+        self.assertEqual(len(self.remote.calls), 1)
+        self.assertEqual(self.stats("hits", "misses"), (1, 1))
+
+    def test_by_digest_is_kept_for_good(self):
+        self.result(self.digest)
+        self.clock.advance(10 ** 7)
+        m = self.result(self.digest)
+        self.assertEqual((m.body, m.cache_hit), (BODY, True))
+        self.assertEqual(self.remote.calls, [(REPO, self.digest, "GET")])
+
+    def test_stale_tag_revalidated_by_head(self):
+        self.result("latest")
+        self.clock.advance(301)
+        m = self.result("latest")
+        self.assertEqual((m.body, m.cache_hit), (BODY, True))
+        self.assertEqual([c[2] for c in self.remote.calls], ["GET", "HEAD"])
+        self.assertEqual(self.stats("hits", "revalidated"), (1, 1))
+        self.assertTrue(self.local.fresh(self.local.tags[(REPO, "latest")][DOCKER_V2]))
+        self.result("latest")  # fresh again: local
+        self.assertEqual(len(self.remote.calls), 2)
+
+    def test_stale_tag_moved_upstream_is_fetched_again(self):
+        self.result("latest")
+        self.clock.advance(301)
+        new = self.remote.add(REPO, "latest", NEW)
+        m = self.result("latest")
+        self.assertEqual((m.digest, m.body, m.cache_hit), (new, NEW, False))
+        self.assertEqual([c[2] for c in self.remote.calls], ["GET", "HEAD", "GET"])
+        self.assertEqual(self.local.tags[(REPO, "latest")][DOCKER_V2].digest, new)
+
+    def test_stale_served_with_warning_when_upstreams_fail(self):
+        self.result("latest")
+        for i, code in enumerate(("UNAVAILABLE", "UPSTREAM_ERROR", "TOOMANYREQUESTS"), start=1):
+            self.clock.advance(301)
+            self.remote.fail(REPO, "latest", RegistryError(code))
+            m = self.result("latest")
+            self.assertEqual((m.body, m.cache_hit, m.warning), (BODY, True, STALE_WARNING))
+            self.assertEqual(self.stats("hits", "stale_served", "revalidated"), (i, i, 0))
+        # the HEAD answered but the GET after it failed: stale too
+        self.clock.advance(301)
+        self.remote.add(REPO, "latest", NEW)
+        self.remote.errors[(REPO, "latest")] = []
+        real = self.remote.get
+
+        async def head_ok_get_down(repository, reference, accept, *, head=False, record=None):
+            if not head:
+                self.remote.calls.append((repository, reference, "GET"))
+                raise RegistryError("UNAVAILABLE")
+            return await real(repository, reference, accept, head=head, record=record)
+
+        self.remote.get = head_ok_get_down
+        m = self.result("latest")
+        self.assertEqual((m.body, m.warning), (BODY, STALE_WARNING))
+        self.assertEqual([c[2] for c in self.remote.calls[-2:]], ["HEAD", "GET"])
+
+    def test_stale_not_served_for_other_errors(self):
+        self.result("latest")
+        self.clock.advance(301)
+        self.remote.fail(REPO, "latest", RegistryError("DENIED"))
+        err = self.failureResultOf(self.get("latest"), RegistryError).value
+        self.assertEqual(err.code, "DENIED")
+        self.assertIn((REPO, "latest"), self.local.tags)  # kept: the tag may well exist
+        self.assertEqual(self.stats("stale_served"), (0,))
+
+    def test_tag_gone_upstream_is_dropped(self):
+        self.result("latest")
+        self.clock.advance(301)
+        del self.remote.manifests[(REPO, "latest")]
+        err = self.failureResultOf(self.get("latest"), RegistryError).value
+        self.assertEqual((err.status, err.code), (404, "MANIFEST_UNKNOWN"))
+        self.assertNotIn((REPO, "latest"), self.local.tags)
+        self.assertIn(self.digest, self.local.bodies)  # the body stays, by digest
+        self.failureResultOf(self.get("latest"), RegistryError)  # no stale copy any more
+        self.assertEqual([c[2] for c in self.remote.calls], ["GET", "HEAD", "GET"])
+
+    def test_miss_with_upstreams_failing_raises(self):
+        self.remote.fail(REPO, "latest", RegistryError("UNAVAILABLE"))
+        err = self.failureResultOf(self.get("latest"), RegistryError).value
+        self.assertEqual(err.code, "UNAVAILABLE")
+        self.assertEqual(self.local.tags, {})
+        self.assertEqual(self.stats("hits", "misses"), (0, 0))
+
+    def test_digest_known_from_another_repository_confirmed_by_head(self):
+        self.result(self.digest)  # cached through library/nginx
+        err = self.failureResultOf(self.get(self.digest, repo="library/other"), RegistryError).value
+        self.assertEqual(err.code, "MANIFEST_UNKNOWN")  # not in library/other upstream
+        self.assertEqual(self.remote.calls[-1], ("library/other", self.digest, "HEAD"))
+        self.assertNotIn((self.digest, "library/other"), self.local.repos)
+        self.remote.add("library/other", None, BODY)
+        m = self.result(self.digest, repo="library/other")
+        self.assertEqual((m.body, m.cache_hit), (BODY, True))
+        self.assertEqual(self.remote.calls[-1], ("library/other", self.digest, "HEAD"))  # no GET
+        self.assertIn((self.digest, "library/other"), self.local.repos)
+        calls = len(self.remote.calls)
+        self.result(self.digest, repo="library/other")  # known there now: no upstream
+        self.assertEqual(len(self.remote.calls), calls)
+
+    def test_cached_type_the_client_does_not_accept_goes_upstream(self):
+        self.result("latest")
+        self.remote.add(REPO, "latest", NEW, media_type=OCI_INDEX)
+        m = self.result("latest", accept=[OCI_INDEX])
+        self.assertEqual((m.media_type, m.body, m.cache_hit), (OCI_INDEX, NEW, False))
+        # both forms of the tag are kept, each served to the client that accepts it
+        self.assertEqual(self.result("latest", accept=[DOCKER_V2]).body, BODY)
+        self.assertEqual(self.result("latest", accept=[OCI_INDEX]).body, NEW)
+        self.assertEqual(len(self.remote.calls), 2)
+
+    def test_by_digest_of_a_type_the_client_does_not_accept_goes_upstream(self):
+        self.result(self.digest)
+        err = self.failureResultOf(self.get(self.digest, accept=[OCI_INDEX]), RegistryError).value
+        self.assertEqual(err.code, "MANIFEST_UNKNOWN")
+        self.assertEqual(self.remote.calls[-1], (REPO, self.digest, "GET"))
+        self.assertEqual(self.result(self.digest, accept=["*/*"]).cache_hit, True)
+
+    def test_waits_until_the_local_store_is_loaded(self):
+        self.local.loading.close()
+        d = self.get("latest")
+        self.assertNoResult(d)
+        self.assertEqual(self.remote.calls, [])
+        self.local.loading.open()
+        self.assertEqual(self.successResultOf(d).body, BODY)
+
+
+class RemoteManifestTests(unittest.TestCase):
+    """RemoteManifests on its own (the proxy's tests cover it through HTTP)."""
+
+    def remote(self, *hosts):
+        w = World(hosts or ("a.fake",))
+        return w, RemoteManifests(w.proxy.failover, w.clock, idle_timeout=30)
+
+    def test_head_answered_from_the_upstreams_headers(self):
+        w, remote = self.remote()
+        w.agent.on("HEAD", "http://a.fake" + TAG_PATH, lambda: FakeResponse(
+            200, {b"Docker-Content-Digest": MDIGEST.encode(), b"Content-Type": DOCKER_V2.encode(),
+                  b"Content-Length": str(len(MANIFEST)).encode()}))
+        m = self.successResultOf(Deferred.fromCoroutine(remote.get("library/x", "latest", [], head=True)))
+        self.assertEqual((m.digest, m.media_type, m.body, m.length, m.cache_hit),
+                         (MDIGEST, DOCKER_V2, None, len(MANIFEST), None))
+        self.assertEqual([s[0] for s in w.agent.sent], ["HEAD"])
+
+    def test_head_naming_another_digest_is_checked_with_get(self):
+        w, remote = self.remote()
+        path = f"/v2/library/x/manifests/{MDIGEST}"
+        w.agent.on("HEAD", "http://a.fake" + path, lambda: FakeResponse(
+            200, {b"Docker-Content-Digest": sha256(b"other").encode(), b"Content-Type": DOCKER_V2.encode(),
+                  b"Content-Length": b"5"}))
+        w.agent.on("GET", "http://a.fake" + path, lambda: manifest_response())
+        m = self.successResultOf(Deferred.fromCoroutine(remote.get("library/x", MDIGEST, [], head=True)))
+        self.assertEqual((m.digest, m.body), (MDIGEST, MANIFEST))
+        self.assertEqual([s[0] for s in w.agent.sent], ["HEAD", "GET"])
+
+    def test_body_not_matching_its_digest_fails_over(self):
+        w, remote = self.remote("a.fake", "b.fake")
+        path = f"/v2/library/x/manifests/{MDIGEST}"
+        w.agent.on("GET", "http://a.fake" + path, lambda: manifest_response(MANIFEST + b" "))
+        w.agent.on("GET", "http://b.fake" + path, lambda: manifest_response())
+        m = self.successResultOf(Deferred.fromCoroutine(remote.get("library/x", MDIGEST, [OCI_MANIFEST])))
+        self.assertEqual(m.body, MANIFEST)
+        self.assertIn("digest mismatch", w.health(1)["last_error"])
+
+    def test_accept_sent_upstream_defaults_to_modern_types(self):
+        w, remote = self.remote()
+        seen = []
+        real = w.agent.request
+
+        def spy(method, uri, headers=None, bodyProducer=None):
+            seen.append(headers.getRawHeaders(b"accept"))
+            return real(method, uri, headers, bodyProducer)
+
+        w.agent.request = spy
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, lambda: manifest_response())
+        self.successResultOf(Deferred.fromCoroutine(remote.get("library/x", "latest", [])))
+        for t in (DOCKER_V2, OCI_INDEX, OCI_MANIFEST):
+            self.assertIn(t, seen[0][0].decode())
+
+
+class RemoteTagsTests(unittest.TestCase):
+    def test_page_and_next_link_under_our_base_url(self):
+        w = World()
+        body = b'{"name":"library/x","tags":["a","b"]}'
+        w.agent.on("GET", "http://a.fake" + TAGS_PATH + "?n=2&last=0",
+                   lambda: FakeResponse(200, {b"Link": b'</v2/library/x/tags/list?last=b&n=2>; rel="next"'}, body))
+        tags = RemoteTags(w.proxy.failover, w.clock, idle_timeout=30)
+        page = self.successResultOf(Deferred.fromCoroutine(
+            tags.list("library/x", n="2", last="0", base_url="http://proxy.test")))
+        self.assertEqual(page.body, body)
+        self.assertEqual(page.link, '<http://proxy.test/v2/library/x/tags/list?n=2&last=b>; rel="next"')
+
+
+class ProxySourceTests(unittest.TestCase):
+    """The proxy picks the source and only shapes headers."""
+
+    def test_cache_off_uses_the_remote_source(self):
+        w = World()
+        self.assertIsInstance(w.proxy.manifest_source, RemoteManifests)
+
+    def test_cache_on_uses_the_pull_through_source_and_records_hits(self):
+        from zmirror.registry.reference import parse_path
+        from zmirror.registry.routes import PullRequest
+
+        clock = Clock()
+        local = MemoryManifests(clock)
+        local.store("library/x", "latest", Manifest(MDIGEST, DOCKER_V2, MANIFEST))
+        w = World(manifests=local, clock=clock)
+        self.assertIsInstance(w.proxy.manifest_source, PullThroughManifests)
+
+        class Record:
+            cache_hit = None
+            upstream = None
+
+        rec = Record()
+        p = PullRequest(path=parse_path(TAG_PATH), method=b"HEAD", record=rec)
+        result = self.successResultOf(Deferred.fromCoroutine(w.proxy.pull(p)))
+        self.assertEqual((result.status, result.head, result.content_length), (200, True, len(MANIFEST)))
+        self.assertEqual(result.headers[b"Docker-Content-Digest"], MDIGEST.encode())
+        self.assertEqual(result.headers[b"Vary"], b"Accept")
+        self.assertNotIn(b"Warning", result.headers)
+        self.assertEqual((rec.cache_hit, rec.upstream), (True, None))
+        self.assertEqual(w.agent.sent, [])
+        # stale and every upstream refusing: served with the Warning header
+        clock.advance(301)
+        result = self.successResultOf(Deferred.fromCoroutine(w.proxy.pull(p)))
+        self.assertEqual(result.headers[b"Warning"], STALE_WARNING.encode())
+        self.assertEqual(local.stats["stale_served"], 1)
+
+
+class ManifestCacheTests(unittest.TestCase):
+    """The whole flow over HTTP: ManifestCache on a real database, FakeRegistry upstream."""
+
+    def setUp(self):
+        self.base, self.db = temp_database(self, reactor)
+        self.up = FakeRegistry()
+        self.make_env()
+        self.mdigest = self.up.add_manifest("library/nginx", "latest", MANIFEST)
+        self.tag_path = "/v2/library/nginx/manifests/latest"
+
+    def make_env(self):
+        self.manifests = ManifestCache(self.db, reactor, ttl=300)
+        self.env = ProxyEnv([("up1.fake", self.up)], manifests=self.manifests)
+        self.manifests.clock = self.env.clock  # TTLs follow the test clock
+
+    async def start(self):
+        await self.manifests.start()
+
+    def manifest_requests(self, method=None):
+        return [r for r in self.up.requests if "/manifests/" in r[2] and (method is None or r[0] == method)]
+
+    @deferred_test
+    async def test_by_digest_cached_for_good(self):
+        await self.start()
+        path = f"/v2/library/nginx/manifests/{self.mdigest}"
+        for _ in range(3):
+            resp, body = await self.env.arequest("GET", path)
+            self.assertEqual(body, MANIFEST)
+        self.env.clock.advance(10 ** 6)
+        resp, body = await self.env.arequest("HEAD", path)
+        self.assertEqual(resp.headers.getRawHeaders(b"docker-content-digest"), [self.mdigest.encode()])
+        self.assertEqual(len(self.manifest_requests()), 1)
+
+    @deferred_test
+    async def test_tag_ttl_and_revalidation(self):
+        await self.start()
+        await self.env.arequest("GET", self.tag_path)
+        await self.env.arequest("GET", self.tag_path)
+        self.assertEqual(len(self.manifest_requests()), 1)  # fresh: local
+        self.env.clock.advance(301)
+        resp, body = await self.env.arequest("GET", self.tag_path)
+        self.assertEqual(body, MANIFEST)
+        self.assertEqual([r[0] for r in self.manifest_requests()], ["GET", "HEAD"])  # revalidated by HEAD
+        # the tag moves upstream: the next revalidation fetches the new manifest
+        new = MANIFEST.replace(b"[]", b"[ ]")
+        self.up.add_manifest("library/nginx", "latest", new)
+        self.env.clock.advance(301)
+        resp, body = await self.env.arequest("GET", self.tag_path)
+        self.assertEqual(body, new)
+
+    @deferred_test
+    async def test_stale_served_when_upstream_down(self):
+        await self.start()
+        await self.env.arequest("GET", self.tag_path)
+        self.env.clock.advance(301)
+        self.up.faults[self.tag_path] = [503, 503]
+        resp, body = await self.env.arequest("GET", self.tag_path)
+        self.assertEqual(resp.code, 200)
+        self.assertEqual(body, MANIFEST)
+        self.assertEqual(resp.headers.getRawHeaders(b"warning"), [b'110 - "Response is Stale"'])
+        # rate-limited everywhere: stale too
+        self.up.faults[self.tag_path] = [429, 429]
+        resp, body = await self.env.arequest("GET", self.tag_path)
+        self.assertEqual((resp.code, body), (200, MANIFEST))
+        # all upstreams gone (connection refused)
+        del self.env.agent.agents["up1.fake"]
+        resp, body = await self.env.arequest("HEAD", self.tag_path)
+        self.assertEqual(resp.code, 200)
+
+    @deferred_test
+    async def test_not_served_to_client_that_does_not_accept_it(self):
+        await self.start()
+        await self.env.arequest("GET", self.tag_path)
+        oci_only = {"Accept": ["application/vnd.oci.image.manifest.v1+json"]}
+        resp, body = await self.env.arequest("GET", self.tag_path, headers=oci_only)
+        self.assertEqual(resp.code, 404)  # the fake (like distribution) has no OCI form of it
+        self.assertEqual(len(self.manifest_requests()), 2)
+        resp, body = await self.env.arequest("GET", self.tag_path, headers={"Accept": ["*/*"]})
+        self.assertEqual((resp.code, body), (200, MANIFEST))
+        self.assertEqual(len(self.manifest_requests()), 2)
+
+    @deferred_test
+    async def test_persisted_across_restart(self):
+        await self.start()
+        await self.env.arequest("GET", self.tag_path)
+        from twisted.internet.task import deferLater
+
+        await deferLater(reactor, 0.1, lambda: None)  # let the async writes land
+        self.make_env()
+        await self.start()
+        del self.env.agent.agents["up1.fake"]  # upstream gone: served from the restored cache
+        resp, body = await self.env.arequest("GET", self.tag_path)
+        self.assertEqual((resp.code, body), (200, MANIFEST))
+
+    @deferred_test
+    async def test_cached_manifest_checked_per_repository(self):
+        await self.start()
+        digest = self.up.add_manifest("library/a", "1", MANIFEST)
+        await self.env.arequest("GET", f"/v2/library/a/manifests/{digest}")
+        resp, body = await self.env.arequest("GET", f"/v2/library/b/manifests/{digest}")
+        self.assertEqual(resp.code, 404)
+        self.up.add_manifest("library/b", None, MANIFEST)
+        resp, body = await self.env.arequest("GET", f"/v2/library/b/manifests/{digest}")
+        self.assertEqual((resp.code, body), (200, MANIFEST))
