@@ -32,10 +32,10 @@ from typing import Any, Callable, Optional
 
 from zmirror.auth.credentials import Authenticator, Locked, auth_scheme, parse_basic
 from zmirror.auth.tokens import Claims, InvalidToken, TokenIssuer
+from zmirror.identity import Identity
 from zmirror.net import TrustedProxies, base_url, client_ip
 from zmirror.registry.errors import RegistryError
 from zmirror.registry.reference import RegistryPath
-from zmirror.registry.routes import Identity
 
 MODES = ("whitelist", "all", "none")
 
