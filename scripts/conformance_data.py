@@ -79,7 +79,7 @@ def init(data: Path, port: int, upstream: str) -> None:
 
 
 def whitelist(data: Path, prefix: str, on: bool) -> None:
-    from zmirror.db.whitelists import validate_prefix
+    from zmirror.auth.whitelist import validate_prefix
 
     prefix = validate_prefix(prefix)
     now = time.time()

@@ -21,6 +21,8 @@ from zmirror.auth.passwords import Passwords, fast_context
 from zmirror.auth.policy import AccessPolicy
 from zmirror.auth.tokens import TokenIssuer
 from zmirror.auth.tokenservice import TokenService
+from zmirror.auth.users import UserAccounts
+from zmirror.auth.whitelist import Whitelist
 from zmirror.db import Database, migrate
 from zmirror.db.users import UserStore
 from zmirror.db.whitelists import WhitelistStore
@@ -123,13 +125,15 @@ def make_env(testcase, *, mode: str = "whitelist", trusted=(), external_url: str
     clock.advance(START)
     db = temp_db(testcase)
     passwords = Passwords(context=fast_context(), clock=clock)
-    users = UserStore(db, clock, passwords=passwords, admin_username="admin")
+    users = UserStore(db, clock, admin_username="admin")
+    accounts = UserAccounts(users, passwords)
     whitelists = WhitelistStore(db, clock)
+    whitelist = Whitelist(whitelists)
     lockout = Lockout(clock, **(lockout_kw or {}))
     tokens = TokenIssuer(SECRET, clock, service="zmirror")
     tp = TrustedProxies(trusted)
     authn = Authenticator(users, passwords, lockout, clock=clock, admin_username="admin")
-    policy = AccessPolicy(whitelists=whitelists, users=users, tokens=tokens, authenticator=authn,
+    policy = AccessPolicy(whitelist=whitelist, users=users, tokens=tokens, authenticator=authn,
                           mode=mode, trusted=tp, external_url=external_url)
     log = MemoryAccessLog()
     token_service = TokenService(tokens=tokens, authenticator=authn, policy=policy, users=users,
@@ -138,6 +142,7 @@ def make_env(testcase, *, mode: str = "whitelist", trusted=(), external_url: str
     routes = RegistryRoutes(proxy, policy=policy, accesslog=log, clock=clock, trusted=tp)
     app = ZMirrorApp(routes, token=token_service)
     client = StubTreq(app.resource())
-    return Env(clock=clock, db=db, passwords=passwords, users=users, whitelists=whitelists,
+    return Env(clock=clock, db=db, passwords=passwords, users=users, accounts=accounts,
+               whitelists=whitelists, whitelist=whitelist,
                lockout=lockout, tokens=tokens, authn=authn, policy=policy, log=log,
                token_service=token_service, proxy=proxy, routes=routes, app=app, client=client)

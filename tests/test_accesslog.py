@@ -19,7 +19,8 @@ from zmirror.accesslog import AccessRecord, BatchedAccessLog
 from zmirror.app import ZMirrorApp
 from zmirror.db import Database, migrate
 from zmirror.net import TrustedProxies
-from zmirror.registry.routes import Identity, RegistryRoutes
+from zmirror.identity import Identity
+from zmirror.registry.routes import RegistryRoutes
 from zmirror.service import CallbackService, DatabaseService
 
 

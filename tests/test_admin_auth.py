@@ -122,8 +122,8 @@ class AuthTests(AdminTestMixin, unittest.TestCase):
 
     @coro
     async def test_registry_user_gets_403(self):
-        await self.users.create("bob", "bob-password")
-        await self.users.create("off", "off-password", enabled=False)
+        await self.api.accounts.create("bob", "bob-password")
+        await self.api.accounts.create("off", "off-password", enabled=False)
         before = self.db.snapshot()
         for method, path, body in ROUTES:
             self.assertError(await self.call(method, path, body, auth=basic("bob", "bob-password")),

@@ -152,7 +152,7 @@ class StatsTests(AdminTestMixin, unittest.TestCase):
         insert(self.db, created_at=now - 3 * DAY, repository="old/repo", status=200, bytes=7)
         insert(self.db, created_at=now - 30 * DAY, repository="ancient/repo", status=500,
                bytes=999)  # outside every window
-        await self.users.create("alice", "alice-password")
+        await self.api.accounts.create("alice", "alice-password")
         await self.whitelists.create("library/nginx")
         _c, _h, obj = await self.call("GET", "/api/stats")
         t = obj["totals"]

@@ -110,7 +110,7 @@ class DefaultPasswordGateTests(FileConfigMixin, unittest.TestCase):
                 self.assertEqual(code, 401, (method, path, obj))
                 self.assertIn(b"Basic", headers.getRawHeaders(b"www-authenticate")[0])
         # a registry user is not the admin: 403, but the registry user's own message
-        await self.users.create("bob", "bob-password")
+        await self.api.accounts.create("bob", "bob-password")
         code, _h, obj = await self.call("GET", "/api/registries", auth=basic("bob", "bob-password"))
         self.assertEqual(code, 403)
         self.assertNotEqual(obj, GATED)
@@ -238,7 +238,7 @@ class ChangeValidationTests(FileConfigMixin, unittest.TestCase):
 
     @coro
     async def test_needs_the_admin(self):
-        await self.users.create("bob", "bob-password")
+        await self.api.accounts.create("bob", "bob-password")
         for auth in (None, basic("admin", "Wrong-pass-1"), basic("bob", "bob-password")):
             before = self.path.read_bytes()
             code, _h, _o = await self.change(self.password, NEW, auth=auth)

@@ -46,7 +46,7 @@ class SameParserEverywhereTests(AdminTestMixin, unittest.TestCase):
 
         pw = "pä:ss:wörd"
         env = make_env(self)
-        await env.users.create("alice", pw)
+        await env.accounts.create("alice", pw)
         good = "Basic " + b64(f"alice:{pw}".encode())
         resp, _b = await env.call("GET", "http://mirror/token?account=alice",
                                   headers={b"Authorization": [good.encode()]})

@@ -97,7 +97,7 @@ class ConcurrentTokenLoginTests(unittest.TestCase):
     @coro
     async def test_concurrent_wrong_logins_verify_at_most_the_limit(self):
         env = make_env(self, lockout_kw={"max_account": 10, "max_ip": 1000})
-        await env.users.create("alice", "alicepw")
+        await env.accounts.create("alice", "alicepw")
         held = HeldRun()
         env.passwords.run = held
         results: list = []
@@ -162,7 +162,7 @@ class ConcurrentTokenLoginTests(unittest.TestCase):
     @coro
     async def test_cached_success_needs_no_slot_and_is_not_held_up(self):
         env = make_env(self, lockout_kw={"max_account": 3, "max_ip": 1000})
-        await env.users.create("alice", "alicepw")
+        await env.accounts.create("alice", "alicepw")
         resp, _b = await env.call("GET", TOKEN, headers={b"Authorization": [basic("alice",
                                                                                    "alicepw")]})
         self.assertEqual(resp.code, 200)
@@ -238,6 +238,8 @@ class RealHTTPLoginTests(unittest.TestCase):
         from zmirror.auth.policy import AccessPolicy
         from zmirror.auth.tokens import TokenIssuer
         from zmirror.auth.tokenservice import TokenService
+        from zmirror.auth.users import UserAccounts
+        from zmirror.auth.whitelist import Whitelist
         from zmirror.db.users import UserStore
         from zmirror.db.whitelists import WhitelistStore
         from zmirror.registry.routes import RegistryRoutes
@@ -245,13 +247,13 @@ class RealHTTPLoginTests(unittest.TestCase):
 
         passwords, verified = self.counting_passwords()
         db = temp_db(self)
-        users = UserStore(db, reactor, passwords=passwords, admin_username="admin")
-        await users.create("alice", "alicepw")
+        users = UserStore(db, reactor, admin_username="admin")
+        await UserAccounts(users, passwords).create("alice", "alicepw")
         lockout = Lockout(reactor, max_account=10, max_ip=1000)
         tokens = TokenIssuer(b"k" * 32, reactor, service="zmirror")
         authn = Authenticator(users, passwords, lockout, clock=reactor, admin_username="admin")
-        policy = AccessPolicy(whitelists=WhitelistStore(db, reactor), users=users, tokens=tokens,
-                              authenticator=authn)
+        policy = AccessPolicy(whitelist=Whitelist(WhitelistStore(db, reactor)), users=users,
+                              tokens=tokens, authenticator=authn)
         service = TokenService(tokens=tokens, authenticator=authn, policy=policy, users=users,
                                clock=reactor)
         app = ZMirrorApp(RegistryRoutes(None, policy=policy, clock=reactor), token=service)
@@ -435,7 +437,7 @@ class VerificationQueueTests(unittest.TestCase):
 
     async def full_env(self):
         env = make_env(self, lockout_kw={"max_account": 10, "max_ip": 1000})
-        await env.users.create("alice", "alicepw")
+        await env.accounts.create("alice", "alicepw")
         held = HeldRun()
         env.passwords.run = held
         env.passwords.queue = 2
@@ -511,7 +513,7 @@ class CancelledLoginTests(unittest.TestCase):
     @coro
     async def test_cancel_while_verifying(self):
         env = make_env(self, lockout_kw={"max_account": 10, "max_ip": 1000})
-        await env.users.create("alice", "alicepw")
+        await env.accounts.create("alice", "alicepw")
         held = HeldRun()
         run, env.passwords.run = env.passwords.run, held
         request = DummyRequest([b"token"])

@@ -163,7 +163,7 @@ class ConfiguredLockoutTests(unittest.TestCase):
         @coro
         async def run(self):
             env = make_env(self, lockout_kw=settings(cfg.lockout))
-            await env.users.create("alice", "alicepw")
+            await env.accounts.create("alice", "alicepw")
 
             async def login(password):
                 resp, body = await env.json(

@@ -22,7 +22,7 @@ class PolicyTests(unittest.TestCase):
         self.env = make_env(self, lockout_kw={"max_account": 3, "max_ip": 50})
         await self.env.whitelists.create("helloz")
         await self.env.whitelists.create("nginx")
-        self.alice = await self.env.users.create("alice", "alicepw")
+        self.alice = await self.env.accounts.create("alice", "alicepw")
 
     async def token(self, scopes=(), user=None, password=None):
         headers = {b"Authorization": [basic(user, password)]} if user else None
@@ -114,7 +114,7 @@ class PolicyTests(unittest.TestCase):
         self.assertIn('error="insufficient_scope"', www(resp))
         self.assertIn('scope="repository:secret/x:pull"', www(resp))
         # a scope granted while whitelisted stops working when the entry goes
-        entry = self.env.whitelists.match("helloz/demo")
+        entry = self.env.whitelist.match("helloz/demo")
         await self.env.whitelists.update(entry.id, enabled=False)
         resp, _ = await self.pull("helloz/demo", auth=self.bearer(tok))
         self.assertEqual(resp.code, 401)
@@ -144,7 +144,7 @@ class PolicyTests(unittest.TestCase):
     @coro
     async def test_user_token_dies_with_user_changes(self):
         for change in ({"enabled": False}, {"password": "other"}, "delete"):
-            user = await self.env.users.create("bob", "bobpw")
+            user = await self.env.accounts.create("bob", "bobpw")
             tok = await self.token(["repository:secret/x:pull"], user="bob", password="bobpw")
             resp, _ = await self.pull("secret/x", auth=self.bearer(tok))
             self.assertEqual(resp.code, 200)
@@ -152,7 +152,7 @@ class PolicyTests(unittest.TestCase):
             if change == "delete":
                 await self.env.users.delete(user["id"])
             else:
-                await self.env.users.update(user["id"], **change)
+                await self.env.accounts.update(user["id"], **change)
             resp, _ = await self.pull("secret/x", auth=self.bearer(tok))
             self.assertEqual(resp.code, 401, change)
             existing = await self.env.users.get_by_username("bob")
@@ -240,7 +240,7 @@ class AllModeTests(unittest.TestCase):
     @coro
     async def setUp(self):
         self.env = make_env(self, mode="all")
-        await self.env.users.create("alice", "alicepw")
+        await self.env.accounts.create("alice", "alicepw")
 
     token = PolicyTests.token
     pull = PolicyTests.pull
@@ -267,7 +267,7 @@ class NoneModeTests(unittest.TestCase):
     async def test_everything_needs_a_user(self):
         env = make_env(self, mode="none")
         await env.whitelists.create("helloz")
-        await env.users.create("alice", "alicepw")
+        await env.accounts.create("alice", "alicepw")
         resp, _ = await env.call("GET", M.format("helloz/demo"))
         self.assertEqual(resp.code, 401)
         resp, body = await env.json("GET", "http://mirror/token?scope=repository:helloz/demo:pull")

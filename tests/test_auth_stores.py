@@ -1,4 +1,5 @@
-"""UserStore and WhitelistStore against a temporary SQLite file."""
+"""UserStore and WhitelistStore against a temporary SQLite file, with the auth
+layer above them (UserAccounts hashes passwords, Whitelist builds the matcher)."""
 
 import hashlib
 
@@ -7,6 +8,8 @@ from twisted.trial import unittest
 
 from tests.authfixtures import START, coro, temp_db
 from zmirror.auth.passwords import Passwords, fast_context
+from zmirror.auth.users import UserAccounts
+from zmirror.auth.whitelist import Whitelist, validate_prefix
 from zmirror.db.errors import Conflict, NotFound
 from zmirror.db.users import InvalidField, UserStore, validate_username
 from zmirror.db.whitelists import WhitelistStore
@@ -18,16 +21,17 @@ class UserStoreTests(unittest.TestCase):
         self.clock.advance(START)
         self.db = temp_db(self)
         self.pw = Passwords(context=fast_context(), clock=self.clock)
-        self.users = UserStore(self.db, self.clock, passwords=self.pw, admin_username="admin")
+        self.users = UserStore(self.db, self.clock, admin_username="admin")
+        self.accounts = UserAccounts(self.users, self.pw)
 
     @coro
     async def test_create_list_get(self):
-        u = await self.users.create("alice", "pw1")
+        u = await self.accounts.create("alice", "pw1")
         self.assertEqual(set(u), {"id", "username", "enabled", "created_at", "updated_at",
                                   "last_login_at"})
         self.assertEqual((u["username"], u["enabled"], u["created_at"], u["last_login_at"]),
                          ("alice", True, START, None))
-        await self.users.create("bob", "pw2", enabled=False)
+        await self.accounts.create("bob", "pw2", enabled=False)
         rows = await self.users.list()
         self.assertEqual([r["username"] for r in rows], ["alice", "bob"])
         self.assertFalse(any("password_hash" in r for r in rows))
@@ -45,35 +49,35 @@ class UserStoreTests(unittest.TestCase):
     async def test_username_rules(self):
         for bad in ("", "a" * 65, "a b", "a:b", "ü", "a/b", None, 3, "admin", "ADMIN"):
             with self.assertRaises(InvalidField) as cm:
-                await self.users.create(bad, "pw")
+                await self.accounts.create(bad, "pw")
             self.assertEqual(cm.exception.field, "username")
         for good in ("a", "A.b_c-d", "x" * 64, "123"):
-            await self.users.create(good, "pw")
+            await self.accounts.create(good, "pw")
         self.assertEqual(validate_username("admin"), "admin", "without an admin name it is fine")
         with self.assertRaises(InvalidField):
             validate_username("admin", "admin")
         for bad in ("", None, "x" * 1025, "a\x00b"):
             with self.assertRaises(InvalidField) as cm:
-                await self.users.create("valid", bad)
+                await self.accounts.create("valid", bad)
             self.assertEqual(cm.exception.field, "password")
 
     @coro
     async def test_duplicates_conflict_case_insensitively(self):
-        await self.users.create("alice", "pw")
+        await self.accounts.create("alice", "pw")
         for name in ("alice", "Alice"):
             with self.assertRaises(Conflict) as cm:
-                await self.users.create(name, "pw")
+                await self.accounts.create(name, "pw")
             self.assertEqual(cm.exception.field, "username")
 
     @coro
     async def test_update_delete(self):
-        u = await self.users.create("alice", "pw")
+        u = await self.accounts.create("alice", "pw")
         old_hash = (await self.users.get_by_username("alice"))["password_hash"]
         self.clock.advance(10)
         u2 = await self.users.update(u["id"], enabled=False)
         self.assertFalse(u2["enabled"])
         self.assertEqual(u2["updated_at"], START + 10)
-        u3 = await self.users.update(u["id"], password="new", enabled=True)
+        u3 = await self.accounts.update(u["id"], password="new", enabled=True)
         self.assertTrue(u3["enabled"])
         full = await self.users.get_by_username("alice")
         self.assertNotEqual(full["password_hash"], old_hash)
@@ -98,15 +102,55 @@ class UserStoreTests(unittest.TestCase):
         self.assertIsNone(await self.users.set_hash(999, "x"))
 
     @coro
+    async def test_store_saves_the_hash_it_is_given_and_hashes_nothing(self):
+        u = await self.users.create_with_hash("alice", "$argon2id$given")
+        self.assertEqual((await self.users.get_by_username("alice"))["password_hash"],
+                         "$argon2id$given")
+        await self.users.update(u["id"], password_hash="$argon2id$other")
+        self.assertEqual((await self.users.get_by_username("alice"))["password_hash"],
+                         "$argon2id$other")
+        for bad in ("", 3):
+            with self.assertRaises(InvalidField) as cm:
+                await self.users.update(u["id"], password_hash=bad)
+            self.assertEqual(cm.exception.field, "password")
+        for bad in ("", None, 3):
+            with self.assertRaises(InvalidField):
+                await self.users.create_with_hash("bob", bad)
+        with self.assertRaises(TypeError):  # a plain password never reaches the store
+            await self.users.update(u["id"], password="plain")
+        self.assertFalse(hasattr(self.users, "passwords"))
+        self.assertEqual(await self.users.count(), 1)
+
+    @coro
+    async def test_accounts_refuse_a_bad_password_before_hashing_or_writing(self):
+        hashed = []
+        real = self.pw.hash
+
+        async def counting(password):
+            hashed.append(password)
+            return await real(password)
+
+        self.pw.hash = counting
+        u = await self.accounts.create("alice", "pw")
+        self.assertEqual(hashed, ["pw"])
+        before = await self.users.get_by_username("alice")
+        for bad in ("", 3, "x" * 1025, "a\x00b"):
+            with self.assertRaises(InvalidField) as cm:
+                await self.accounts.update(u["id"], password=bad)
+            self.assertEqual(cm.exception.field, "password")
+        self.assertEqual(hashed, ["pw"])
+        self.assertEqual(await self.users.get_by_username("alice"), before)
+
+    @coro
     async def test_in_memory_auth_state_follows_writes(self):
-        u = await self.users.create("alice", "pw")
+        u = await self.accounts.create("alice", "pw")
         # lazy load on first use sees the row
         state = await self.users.auth_user(u["id"])
         self.assertEqual(state["username"], "alice")
         self.assertTrue(state["enabled"])
         await self.users.update(u["id"], enabled=False)
         self.assertFalse((await self.users.auth_user(u["id"]))["enabled"])
-        b = await self.users.create("bob", "pw")
+        b = await self.accounts.create("bob", "pw")
         self.assertEqual((await self.users.auth_user(b["id"]))["username"], "bob")
         await self.users.delete(u["id"])
         self.assertIsNone(await self.users.auth_user(u["id"]))
@@ -116,8 +160,8 @@ class UserStoreTests(unittest.TestCase):
     async def test_concurrent_first_loads_share_one_query(self):
         from twisted.internet.defer import Deferred, gatherResults
 
-        await self.users.create("alice", "pw")
-        fresh = UserStore(self.db, self.clock, passwords=self.pw)
+        await self.accounts.create("alice", "pw")
+        fresh = UserStore(self.db, self.clock)
         loads = []
         real = fresh.load
 
@@ -136,59 +180,111 @@ class WhitelistStoreTests(unittest.TestCase):
         self.clock = Clock()
         self.clock.advance(START)
         self.db = temp_db(self)
-        self.wl = WhitelistStore(self.db, self.clock)
+        self.store = WhitelistStore(self.db, self.clock)
+        self.wl = Whitelist(self.store)  # the auth layer's live matcher on the store
 
     @coro
     async def test_crud_and_matcher(self):
         self.assertFalse(self.wl.loaded)
         await self.wl.load()
+        self.assertTrue(self.wl.loaded)
         self.assertFalse(self.wl.matcher.allows("helloz/x"))
-        e = await self.wl.create("helloz", note=" demo ")
+        e = await self.store.create("helloz", note=" demo ")
         self.assertEqual(set(e), {"id", "prefix", "enabled", "note", "created_at", "updated_at"})
         self.assertEqual((e["prefix"], e["enabled"], e["note"]), ("helloz", True, "demo"))
         self.assertTrue(self.wl.matcher.allows("helloz/x"))
         self.assertEqual(self.wl.match("helloz/x").id, e["id"])
-        await self.wl.update(e["id"], enabled=False)
+        await self.store.update(e["id"], enabled=False)
         self.assertFalse(self.wl.matcher.allows("helloz/x"))
-        await self.wl.update(e["id"], enabled=True, prefix="nginx")
+        await self.store.update(e["id"], enabled=True, prefix="nginx")
         self.assertTrue(self.wl.matcher.allows("library/nginx"))
         self.assertFalse(self.wl.matcher.allows("helloz/x"))
-        self.assertEqual((await self.wl.get(e["id"]))["prefix"], "nginx")
-        self.assertEqual(len(await self.wl.list()), 1)
-        await self.wl.delete(e["id"])
+        self.assertEqual((await self.store.get(e["id"]))["prefix"], "nginx")
+        self.assertEqual(len(await self.store.list()), 1)
+        await self.store.delete(e["id"])
         self.assertFalse(self.wl.matcher.allows("library/nginx"))
         with self.assertRaises(NotFound):
-            await self.wl.delete(e["id"])
+            await self.store.delete(e["id"])
         with self.assertRaises(NotFound):
-            await self.wl.update(e["id"], note="x")
+            await self.store.update(e["id"], note="x")
         with self.assertRaises(NotFound):
-            await self.wl.get(e["id"])
+            await self.store.get(e["id"])
+
+    @coro
+    async def test_subscribers_get_the_enabled_rows_after_each_change(self):
+        seen = []
+        unsubscribe = self.store.subscribe(seen.append)
+        a = await self.store.create("a")
+        await self.store.create("b", enabled=False)
+        self.assertEqual(seen, [[{"id": a["id"], "prefix": "a"}], [{"id": a["id"], "prefix": "a"}]])
+        rows = await self.store.load()
+        self.assertEqual(rows, [{"id": a["id"], "prefix": "a"}])
+        self.assertEqual(seen[-1], rows)
+        unsubscribe()
+        await self.store.delete(a["id"])
+        self.assertEqual(len(seen), 3)
+        self.assertFalse(self.wl.matcher.allows("a/x"))  # the Whitelist still follows
+
+    @coro
+    async def test_a_failing_subscriber_does_not_break_writes_or_others(self):
+        def bad(rows):
+            raise RuntimeError("subscriber bug")
+
+        self.store.subscribe(bad)
+        await self.store.create("helloz")
+        self.assertTrue(self.wl.matcher.allows("helloz/x"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     @coro
     async def test_validation_and_conflicts(self):
-        from zmirror.db.users import InvalidField
-
+        # the syntax of a prefix is the policy's: checked before the store is called
         for bad in ("", "  ", "*", "A", "a/../b", None):
             with self.assertRaises(InvalidField) as cm:
-                await self.wl.create(bad)
+                validate_prefix(bad)
+            self.assertEqual(cm.exception.field, "prefix")
+        self.assertEqual(validate_prefix(" helloz "), "helloz")
+        # the store checks what the column needs
+        for bad in ("", None, 3, "x" * 256, "a\x00b"):
+            with self.assertRaises(InvalidField) as cm:
+                await self.store.create(bad)
             self.assertEqual(cm.exception.field, "prefix")
         with self.assertRaises(InvalidField):
-            await self.wl.create("ok", note="x" * 1001)
-        a = await self.wl.create("a")
-        await self.wl.create("b")
+            await self.store.create("ok", note="x" * 1001)
+        a = await self.store.create("a")
+        await self.store.create("b")
         with self.assertRaises(Conflict):
-            await self.wl.create("a")
+            await self.store.create("a")
         with self.assertRaises(Conflict) as cm:
-            await self.wl.update(a["id"], prefix="b")
+            await self.store.update(a["id"], prefix="b")
         self.assertEqual(cm.exception.field, "prefix")
-        self.assertEqual(await self.wl.count(), 2)
+        self.assertEqual(await self.store.count(), 2)
 
     @coro
     async def test_loads_from_database_at_start(self):
-        await self.wl.create("helloz")
-        await self.wl.create("off", enabled=False)
-        fresh = WhitelistStore(self.db, self.clock)
+        await self.store.create("helloz")
+        await self.store.create("off", enabled=False)
+        fresh = Whitelist(WhitelistStore(self.db, self.clock))
+        self.assertFalse(fresh.loaded)
         m = await fresh.ready()
         self.assertTrue(m.allows("helloz/a"))
         self.assertFalse(m.allows("off/a"))
         self.assertEqual(len(m), 1)
+
+    @coro
+    async def test_concurrent_first_uses_share_one_load(self):
+        from twisted.internet.defer import Deferred, gatherResults
+
+        await self.store.create("helloz")
+        store = WhitelistStore(self.db, self.clock)
+        fresh = Whitelist(store)
+        loads = []
+        real = store.load
+
+        async def counting():
+            loads.append(1)
+            return await real()
+
+        store.load = counting
+        results = await gatherResults([Deferred.fromCoroutine(fresh.ready()) for _ in range(5)])
+        self.assertTrue(all(m.allows("helloz/x") for m in results))
+        self.assertEqual(len(loads), 1)

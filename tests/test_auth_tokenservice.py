@@ -44,7 +44,7 @@ class TokenServiceTests(unittest.TestCase):
     async def setUp(self):
         self.env = make_env(self, lockout_kw={"max_account": 3, "max_ip": 50})
         await self.env.whitelists.create("helloz")
-        self.alice = await self.env.users.create("alice", "alicepw")
+        self.alice = await self.env.accounts.create("alice", "alicepw")
 
     async def get(self, query, headers=None):
         return await self.env.json("GET", T + "?" + urlencode(query, doseq=True), headers=headers)
@@ -112,7 +112,7 @@ class TokenServiceTests(unittest.TestCase):
 
     @coro
     async def test_bad_credentials_401(self):
-        await self.env.users.create("off", "offpw", enabled=False)
+        await self.env.accounts.create("off", "offpw", enabled=False)
         for user, pw in (("alice", "wrong"), ("nobody", "x"), ("admin", "admin123"),
                          ("off", "offpw"), ("alice", ""), ("", "")):
             resp, body = await self.get({"scope": "repository:secret/x:pull"},
@@ -193,11 +193,11 @@ class TokenServiceTests(unittest.TestCase):
         resp, body = await self.post(form)
         self.assertEqual(resp.code, 200)
         # disabled → dead, and it stays dead after re-enabling
-        await self.env.users.update(self.alice["id"], enabled=False)
+        await self.env.accounts.update(self.alice["id"], enabled=False)
         resp, body = await self.post(form)
         self.assertEqual(resp.code, 401)
         self.assertEqual(body["error"], "invalid_grant")
-        await self.env.users.update(self.alice["id"], enabled=True)
+        await self.env.accounts.update(self.alice["id"], enabled=True)
         resp, body = await self.post(form)
         self.assertEqual(resp.code, 401)
         # a fresh login works; a password change kills it
@@ -205,7 +205,7 @@ class TokenServiceTests(unittest.TestCase):
                                     headers={b"Authorization": [basic("alice", "alicepw")]})
         form["refresh_token"] = body["refresh_token"]
         self.assertEqual((await self.post(form))[0].code, 200)
-        await self.env.users.update(self.alice["id"], password="newpw")
+        await self.env.accounts.update(self.alice["id"], password="newpw")
         self.assertEqual((await self.post(form))[0].code, 401)
         # deleted → dead
         resp, body = await self.get({"offline_token": "true"},

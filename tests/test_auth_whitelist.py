@@ -210,7 +210,7 @@ class RoutesPropertyTests(unittest.TestCase):
         self.assertNotEqual(resp.code, 500, body)
         if len(env.proxy.pulls) > before:
             fetched = env.proxy.pulls[-1].path.name
-            self.assertTrue(env.whitelists.matcher.allows(fetched), fetched)
+            self.assertTrue(env.whitelist.matcher.allows(fetched), fetched)
             self.assertEqual(json.loads(body)["fetched"], fetched)
             self.assertEqual(resp.code, 200)
         else:

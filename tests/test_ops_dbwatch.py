@@ -90,7 +90,7 @@ class WatchServiceTests(unittest.TestCase):
     async def setUp(self):
         self.env = make_env(self, lockout_kw={"max_account": 50, "max_ip": 500})
         await self.env.whitelists.create("helloz")
-        self.alice = await self.env.users.create("alice", "alicepw")
+        self.alice = await self.env.accounts.create("alice", "alicepw")
         # a data directory whose config points the CLI at the test's database
         self.data = Path(self.mktemp()).resolve() / "data"
         write_config(self.data)
@@ -172,12 +172,12 @@ class WatchServiceTests(unittest.TestCase):
         conn.execute("INSERT INTO whitelists (prefix, created_at, updated_at) VALUES ('team', ?, ?)",
                      (now, now))
         conn.close()
-        self.assertFalse(self.env.whitelists.matcher.allows("team/app"))
+        self.assertFalse(self.env.whitelist.matcher.allows("team/app"))
         await self.tick()
         self.assertEqual(await self.refresh(refresh_token), 401)
         users = {u["username"] for u in self.env.users._by_id.values()}
         self.assertEqual(users, {"alice", "ivan"})
-        self.assertTrue(self.env.whitelists.matcher.allows("team/app"))
+        self.assertTrue(self.env.whitelist.matcher.allows("team/app"))
         resp, _ = await self.login("new-pw")
         self.assertEqual(resp.code, 200)
 

@@ -162,7 +162,10 @@ class ReloadTests(unittest.TestCase):
         conn.commit()
         conn.close()
         yield self.c["reloader"].refresh_stores()
-        self.assertTrue(self.c["whitelists"].matcher.allows("helloz/app"))
+        whitelist = self.c["access"].whitelist  # one live matcher: policy and admin API share it
+        self.assertIs(self.c["access"].policy.whitelist, whitelist)
+        self.assertIs(self.c["admin"].whitelist, whitelist)
+        self.assertTrue(whitelist.matcher.allows("helloz/app"))
         self.assertEqual([u.url for u in self.c["upstreams"].upstreams], ["https://mirror.test"])
 
 

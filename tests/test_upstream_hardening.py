@@ -239,22 +239,21 @@ class SharedStoreLoadTests(unittest.TestCase):
 
     @deferred_test
     async def test_user_store_load_survives_first_caller_leaving(self):
-        from zmirror.auth.passwords import Passwords, fast_context
         from zmirror.db.users import UserStore
 
-        pw = Passwords(context=fast_context(), clock=reactor)
-        users = UserStore(self.db, reactor, passwords=pw)
+        users = UserStore(self.db, reactor)
         u = await users.create_with_hash("alice", "$md5$x")
-        fresh = UserStore(self.db, reactor, passwords=pw)
+        fresh = UserStore(self.db, reactor)
         row = await self._first_caller_leaves(fresh, lambda s: s.auth_user(u["id"]))
         self.assertEqual(row["username"], "alice")
 
     @deferred_test
     async def test_whitelist_load_survives_first_caller_leaving(self):
+        from zmirror.auth.whitelist import Whitelist
         from zmirror.db.whitelists import WhitelistStore
 
         await WhitelistStore(self.db, reactor).create("library")
-        fresh = WhitelistStore(self.db, reactor)
+        fresh = Whitelist(WhitelistStore(self.db, reactor))
         matcher = await self._first_caller_leaves(fresh, lambda s: s.ready())
         self.assertIsNotNone(matcher.match("library/nginx"))
 

@@ -127,7 +127,8 @@ def _reload_hint() -> None:
 
 
 def _validate_user(cfg, name: str, password: Optional[str] = None) -> None:
-    from zmirror.db.users import InvalidField, validate_password, validate_username
+    from zmirror.auth.users import validate_password
+    from zmirror.db.users import InvalidField, validate_username
 
     try:
         validate_username(name, cfg.admin.username)
@@ -457,8 +458,8 @@ def import_zmirror(source: Path, conn: sqlite3.Connection, *, admin_username: st
     are left alone.  Runs in one transaction (all or nothing).
     """
     from zmirror.db.registries import normalize_url
+    from zmirror.auth.whitelist import validate_prefix
     from zmirror.db.users import InvalidField, validate_username
-    from zmirror.db.whitelists import validate_prefix
 
     report = ImportReport()
     try:

@@ -153,6 +153,8 @@ class Reloader:
                 if table == "registries":
                     await store.publish()  # the proxy core's upstream list follows
                 else:
+                    # users: the in-memory auth rows; whitelists: the enabled rows go to
+                    # the subscribed zmirror.auth.whitelist.Whitelist (a new matcher)
                     await store.load()
                 done.append(table)
             if done:

@@ -78,6 +78,8 @@ def build(config: Config, reactor: Any) -> dict:
         accesslogs=accesslogs,
         users=access.users,
         whitelists=access.whitelists,
+        whitelist=access.whitelist,
+        accounts=access.accounts,
         lockout=access.lockout,
         upstreams=upstreams,
         passwords=access.passwords,

@@ -40,6 +40,8 @@ from zmirror.admin.validate import (
 from zmirror.auth.credentials import parse_basic
 from zmirror.auth.lockout import Locked, NullAttempt
 from zmirror.auth.passwords import AdminCredentials, Passwords, hash_admin_password, same_text
+from zmirror.auth.users import UserAccounts, validate_password
+from zmirror.auth.whitelist import Whitelist, validate_prefix
 from zmirror.config import (
     DEFAULT_ADMIN_PASSWORD,
     ConfigError,
@@ -55,6 +57,8 @@ from zmirror.db.accesslogs import (
 )
 from zmirror.db.errors import Conflict, NotFound
 from zmirror.db.registries import normalize_url
+from zmirror.db.users import validate_username
+from zmirror.db.whitelists import validate_note
 from zmirror.net import TrustedProxies, client_ip
 from zmirror.singleflight import Flight
 
@@ -127,47 +131,31 @@ ADMIN_PASSWORD_FIELDS = {
     "new_password": Field(_new_admin_password, required=True),
 }
 
-# --- users and whitelists (the stores' own validators, so both agree) ------------------
-
-
-def _users_validator(name: str) -> Callable[[Any], Any]:
-    def v(x: Any) -> Any:
-        from zmirror.db import users
-
-        return getattr(users, name)(x)
-
-    return v
-
-
-def _whitelist_validator(name: str) -> Callable[[Any], Any]:
-    def v(x: Any) -> Any:
-        from zmirror.db import whitelists
-
-        return getattr(whitelists, name)(x)
-
-    return v
+# --- users and whitelists: the validators of the layers the handlers call ---------------
+# usernames and notes: the stores' own constraints; passwords: zmirror.auth.users, which
+# hashes them; prefixes: zmirror.auth.whitelist, the matcher's syntax
 
 
 USER_FIELDS = {
-    "username": Field(_users_validator("validate_username"), required=True),
-    "password": Field(_users_validator("validate_password"), required=True),
+    "username": Field(validate_username, required=True),  # the admin's name: the handler
+    "password": Field(validate_password, required=True),
     "enabled": Field(boolean, default=True),
 }
 USER_UPDATE_FIELDS = {
     "id": Field(identifier),
-    "password": Field(_users_validator("validate_password")),
+    "password": Field(validate_password),
     "enabled": Field(boolean),
 }
 WHITELIST_FIELDS = {
-    "prefix": Field(_whitelist_validator("validate_prefix"), required=True),
+    "prefix": Field(validate_prefix, required=True),
     "enabled": Field(boolean, default=True),
-    "note": Field(_whitelist_validator("validate_note"), default=""),
+    "note": Field(validate_note, default=""),
 }
 WHITELIST_UPDATE_FIELDS = {
     "id": Field(identifier),
-    "prefix": Field(_whitelist_validator("validate_prefix")),
+    "prefix": Field(validate_prefix),
     "enabled": Field(boolean),
-    "note": Field(_whitelist_validator("validate_note")),
+    "note": Field(validate_note),
 }
 
 
@@ -200,6 +188,8 @@ class AdminAPI:
         accesslogs: Any,
         users: Any = None,
         whitelists: Any = None,
+        whitelist: Any = None,
+        accounts: Any = None,
         lockout: Any = None,
         upstreams: Any = None,
         passwords: Any = None,
@@ -212,11 +202,20 @@ class AdminAPI:
         self.clock = clock
         self.registries = registries
         self.accesslogs = accesslogs
-        self.users = users
+        self.users = users  # the stores: rows
         self.whitelists = whitelists
         self.lockout = lockout
         self.upstreams = upstreams
         self.passwords = passwords if passwords is not None else Passwords(clock=clock)
+        # the auth layer above the stores: the live whitelist (match tester) and user
+        # create/update (passwords hashed before the store is called); made here from
+        # the stores unless the wiring shares its own
+        if whitelist is None and whitelists is not None:
+            whitelist = Whitelist(whitelists)
+        self.whitelist = whitelist
+        if accounts is None and users is not None:
+            accounts = UserAccounts(users, self.passwords)
+        self.accounts = accounts
         self.trusted = trusted or TrustedProxies()
         self.cache = cache
         self.manifest_cache = manifest_cache
@@ -534,7 +533,7 @@ class AdminAPI:
 
     @api_route("/whitelists/match", ["GET"])
     async def whitelists_match(self, request):
-        store = self._need(self.whitelists, "whitelists")
+        whitelist = self._need(self.whitelist, "whitelists")
         params = query(request, ("repository",))
         repo = params.get("repository", "").strip()
         if not repo:
@@ -547,9 +546,8 @@ class AdminAPI:
         except RegistryError:
             raise Invalid("invalid query: repository is not a valid repository name",
                           {"repository": "is not a valid repository name"}) from None
-        if hasattr(store, "ready"):
-            await store.ready()
-        matched = store.match(name)
+        await whitelist.ready()
+        matched = whitelist.match(name)
         mode = self.config.access.anonymous
         if mode == "all":
             allowed = True
@@ -602,13 +600,13 @@ class AdminAPI:
 
     @api_route("/users", ["POST"])
     async def users_create(self, request):
-        store = self._need(self.users, "users")
+        accounts = self._need(self.accounts, "users")
         values = check(json_body(request), USER_FIELDS)
         if values["username"].lower() == self.config.admin.username.lower():
             raise Invalid("invalid input: username is the admin account's name",
                           {"username": "is the admin account's name, which cannot be a"
                                        " registry user"})
-        row = await _store_call(store.create, values, "password")
+        row = await _store_call(accounts.create, values, "password")
         return 201, self._user_out(row)
 
     @api_route("/users/<uid>", ["GET"])
@@ -618,13 +616,13 @@ class AdminAPI:
 
     @api_route("/users/<uid>", ["PUT"])
     async def users_update(self, request, uid):
-        store = self._need(self.users, "users")
+        accounts = self._need(self.accounts, "users")
         uid = path_id(uid)
         values = check(json_body(request), USER_UPDATE_FIELDS, partial=True)
         _same_id(values, uid)
         if not values:
             raise Invalid("nothing to update", {})
-        row = await _store_call(functools.partial(store.update, uid), values, "password")
+        row = await _store_call(functools.partial(accounts.update, uid), values, "password")
         return self._user_out(row)
 
     @api_route("/users/<uid>", ["DELETE"])

@@ -2,7 +2,10 @@
 
 :func:`build` assembles the parts from the configuration; ``zmirror.wiring``
 plugs ``policy`` into ``RegistryRoutes`` and ``token_service`` into
-``ZMirrorApp`` and hands the stores to the admin API.
+``ZMirrorApp`` and hands the stores, the live whitelist and the accounts to
+the admin API.  The stores (``zmirror.db``) only hold rows: the whitelist
+matcher (:class:`~zmirror.auth.whitelist.Whitelist`) and password hashing
+(:class:`~zmirror.auth.users.UserAccounts`) live here, above them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from zmirror.auth.passwords import AdminCredentials, Busy, Passwords
 from zmirror.auth.policy import AccessPolicy
 from zmirror.auth.tokens import TokenIssuer, load_or_create_secret
 from zmirror.auth.tokenservice import TokenService
+from zmirror.auth.users import UserAccounts
+from zmirror.auth.whitelist import Whitelist
 
 SERVICE = "zmirror"
 
@@ -30,8 +35,10 @@ def verification_limits(section: Any) -> tuple[int, int]:
 
 @dataclass
 class AccessControl:
-    users: Any
-    whitelists: Any
+    users: Any  # zmirror.db.users.UserStore
+    whitelists: Any  # zmirror.db.whitelists.WhitelistStore
+    whitelist: Whitelist  # the live matcher, following the store
+    accounts: UserAccounts  # user create/update: validates and hashes passwords
     lockout: Lockout
     passwords: Passwords
     tokens: TokenIssuer
@@ -76,15 +83,17 @@ def build(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
     if secret is None:
         secret = load_or_create_secret(config.data_dir)
     admin_username = config.admin.username
-    users = UserStore(db, reactor, passwords=passwords, admin_username=admin_username)
+    users = UserStore(db, reactor, admin_username=admin_username)
+    accounts = UserAccounts(users, passwords)
     whitelists = WhitelistStore(db, reactor)
+    whitelist = Whitelist(whitelists)
     # [lockout] thresholds; zmirror.ops.Reloader re-applies them on SIGHUP
     lockout = Lockout(reactor, **lockout_settings(getattr(config, "lockout", None)))
     tokens = TokenIssuer(secret, reactor, service=SERVICE)
     authenticator = Authenticator(users, passwords, lockout, clock=reactor,
                                   admin_username=admin_username)
     policy = AccessPolicy(
-        whitelists=whitelists, users=users, tokens=tokens, authenticator=authenticator,
+        whitelist=whitelist, users=users, tokens=tokens, authenticator=authenticator,
         mode=config.access.anonymous, trusted=trusted, external_url=config.server.external_url,
     )
     token_service = TokenService(tokens=tokens, authenticator=authenticator, policy=policy,
@@ -96,7 +105,7 @@ def build(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
         from twisted.logger import Logger
 
         async def go():
-            await whitelists.load()
+            await whitelist.load()
             await users.load()
 
         Deferred.fromCoroutine(go()).addErrback(
@@ -104,9 +113,10 @@ def build(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
 
     services.append(CallbackService(start=load))
     return AccessControl(
-        users=users, whitelists=whitelists, lockout=lockout, passwords=passwords, tokens=tokens,
-        authenticator=authenticator, policy=policy, token_service=token_service,
-        admin_credentials=admin_credentials, services=services,
+        users=users, whitelists=whitelists, whitelist=whitelist, accounts=accounts,
+        lockout=lockout, passwords=passwords, tokens=tokens, authenticator=authenticator,
+        policy=policy, token_service=token_service, admin_credentials=admin_credentials,
+        services=services,
     )
 
 

@@ -32,10 +32,10 @@ from typing import Any, Callable, Optional
 
 from zmirror.auth.credentials import Authenticator, Locked, auth_scheme, parse_basic
 from zmirror.auth.tokens import Claims, InvalidToken, TokenIssuer
+from zmirror.identity import Identity
 from zmirror.net import TrustedProxies, base_url, client_ip
 from zmirror.registry.errors import RegistryError
 from zmirror.registry.reference import RegistryPath
-from zmirror.registry.routes import Identity
 
 MODES = ("whitelist", "all", "none")
 
@@ -47,13 +47,13 @@ def _quote(value: str) -> str:
 class AccessPolicy:
     metrics: Any = None  # zmirror.metrics.Metrics (auth failure counts), set by the wiring
 
-    def __init__(self, *, whitelists: Any, users: Any, tokens: TokenIssuer,
+    def __init__(self, *, whitelist: Any, users: Any, tokens: TokenIssuer,
                  authenticator: Authenticator, mode: str = "whitelist",
                  trusted: Optional[TrustedProxies] = None, external_url: str = "",
                  realm: Optional[Callable[[Any], str]] = None):
         if mode not in MODES:
             raise ValueError(f"unknown anonymous access mode {mode!r}")
-        self.whitelists = whitelists
+        self.whitelist = whitelist  # zmirror.auth.whitelist.Whitelist
         self.users = users
         self.tokens = tokens
         self.authenticator = authenticator
@@ -81,11 +81,11 @@ class AccessPolicy:
             return True
         if self.mode == "none":
             return False
-        return self.whitelists.matcher.allows(name)
+        return self.whitelist.matcher.allows(name)
 
     async def ready(self) -> None:
-        if self.mode == "whitelist" and not self.whitelists.loaded:
-            await self.whitelists.ready()
+        if self.mode == "whitelist" and not self.whitelist.loaded:
+            await self.whitelist.ready()
 
     def realm(self, request) -> str:
         if self._realm is not None:

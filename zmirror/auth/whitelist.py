@@ -18,13 +18,24 @@ become ``library/nginx`` and no ``%``, ``..`` or upper case is left):
 
 The matcher keeps its entries in sets, so a decision costs a few hash lookups
 per path component, however many entries there are.
+
+:class:`Whitelist` is the live policy object: it subscribes to the
+:class:`~zmirror.db.whitelists.WhitelistStore`, which hands it the enabled rows
+after every change and every (re)load, and builds a new :class:`Matcher` from
+them.  The access policy, the token service (through the policy) and the admin
+API's match tester decide from it, in memory.  :func:`validate_prefix` is the
+one check of what an admin types, run before the store is called (admin API,
+``zmirror import-zmirror``).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
+
+from zmirror.db.errors import InvalidField
+from zmirror.singleflight import SingleFlight
 
 PREFIX_MAX = 255
 # Anchored with \Z, not $: "$" also matches before a trailing newline.
@@ -74,6 +85,14 @@ def normalize_prefix(raw: object) -> str:
                 "separated by '.', '_', '__' or '-'"
             )
     return prefix
+
+
+def validate_prefix(prefix: Any) -> str:
+    """:func:`normalize_prefix` for input fields: raises ``InvalidField("prefix", …)``."""
+    try:
+        return normalize_prefix(prefix)
+    except InvalidPrefix as e:
+        raise InvalidField("prefix", str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -133,6 +152,52 @@ class Matcher:
 
     def __len__(self) -> int:
         return self.count
+
+
+class Whitelist:
+    """The anonymous-pull whitelist in memory, following the store's enabled rows.
+
+    Until the first load the matcher is empty (``loaded`` is False);
+    :meth:`ready` runs that load once for all concurrent callers (a caller that
+    goes away does not fail the others' wait).  Every later change made through
+    the store, and every :meth:`load` (SIGHUP, the database watch), replaces the
+    matcher after the commit.
+    """
+
+    def __init__(self, store: Any):
+        self.store = store
+        self._matcher: Optional[Matcher] = None
+        self._loading: SingleFlight = SingleFlight()  # the first load, shared by concurrent callers
+        self.unsubscribe = store.subscribe(self._rows)
+
+    @property
+    def loaded(self) -> bool:
+        return self._matcher is not None
+
+    @property
+    def matcher(self) -> Matcher:
+        """The current matcher (empty until the first load)."""
+        return self._matcher if self._matcher is not None else Matcher()
+
+    async def ready(self) -> Matcher:
+        """The matcher, loading it first if this is the first use."""
+        if self._matcher is None:
+            await self._loading.run("load", self.load)
+        return self.matcher
+
+    async def load(self) -> Matcher:
+        """Have the store re-read the enabled rows (they arrive through the subscription)."""
+        await self.store.load()
+        return self.matcher
+
+    def match(self, name: str) -> Optional[Entry]:
+        return self.matcher.match(name)
+
+    def allows(self, name: str) -> bool:
+        return self.matcher.allows(name)
+
+    def _rows(self, rows: Iterable[dict]) -> None:
+        self._matcher = Matcher(Entry(int(r["id"]), r["prefix"]) for r in rows)
 
 
 def reference_match(prefix: str, name: str) -> bool:

@@ -15,3 +15,12 @@ class Conflict(StoreError):
     def __init__(self, field: str, message: str = "already exists"):
         self.field = field
         super().__init__(f"{field}: {message}")
+
+
+class InvalidField(ValueError):
+    """Bad input for one field; ``str(e)`` is the reason, ``field`` names the field (→ 400)."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(message)

@@ -13,6 +13,11 @@ database query.
 
 Usernames: 1-64 of ``[A-Za-z0-9._-]``, unique regardless of case, and never
 the admin account's name (``validate_username(name, admin_username)``).
+
+The store saves password hashes and never hashes or verifies a password
+itself: :class:`zmirror.auth.users.UserAccounts` (admin API) and the CLI hash
+before they call it, :class:`zmirror.auth.credentials.Authenticator` verifies
+logins and hands a re-hashed legacy MD5 hash to :meth:`UserStore.set_hash`.
 """
 
 from __future__ import annotations
@@ -22,26 +27,16 @@ from typing import Any, Optional
 
 from twisted.logger import Logger
 
-from zmirror.db.errors import Conflict, NotFound
+from zmirror.db.errors import Conflict, InvalidField, NotFound
 from zmirror.singleflight import SingleFlight
 
 log = Logger()
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-PASSWORD_MAX = 1024
 PUBLIC = ("id", "username", "enabled", "created_at", "updated_at", "last_login_at")
 FULL = PUBLIC + ("password_hash",)
 AUTH = ("id", "username", "password_hash", "enabled", "updated_at")
 _SELECT = f"SELECT {', '.join(FULL)} FROM users"
-
-
-class InvalidField(ValueError):
-    """Bad input for one field; ``str(e)`` is the reason, ``field`` names the field."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        self.message = message
-        super().__init__(message)
 
 
 def validate_username(name: Any, admin_username: Optional[str] = None) -> str:
@@ -57,18 +52,6 @@ def validate_username(name: Any, admin_username: Optional[str] = None) -> str:
     if admin_username and name.lower() == admin_username.lower():
         raise InvalidField("username", "is the admin account's name, which cannot be a registry user")
     return name
-
-
-def validate_password(password: Any) -> str:
-    if not isinstance(password, str):
-        raise InvalidField("password", "must be a string")
-    if not password:
-        raise InvalidField("password", "must not be empty")
-    if len(password) > PASSWORD_MAX:
-        raise InvalidField("password", f"must be at most {PASSWORD_MAX} characters")
-    if "\x00" in password:
-        raise InvalidField("password", "must not contain NUL characters")
-    return password
 
 
 def _full(values) -> dict:
@@ -102,15 +85,9 @@ def _check_unique(txn, username: str) -> None:
 class UserStore:
     """CRUD on registry users.  Every method returns a Deferred or is a coroutine."""
 
-    def __init__(self, db: Any, clock: Any, *, passwords: Any = None,
-                 admin_username: Optional[str] = None):
+    def __init__(self, db: Any, clock: Any, *, admin_username: Optional[str] = None):
         self.db = db
         self.clock = clock
-        if passwords is None:
-            from zmirror.auth.passwords import Passwords
-
-            passwords = Passwords(clock=clock)
-        self.passwords = passwords
         self.admin_username = admin_username
         self._by_id: Optional[dict[int, dict]] = None
         self._loading: SingleFlight = SingleFlight()  # the first load, shared by concurrent callers
@@ -154,14 +131,9 @@ class UserStore:
 
     # --- writes -------------------------------------------------------------
 
-    async def create(self, username: str, password: str, enabled: bool = True) -> dict:
-        username = self.validate_username(username)
-        password = validate_password(password)
-        password_hash = await self.passwords.hash(password)
-        return await self.create_with_hash(username, password_hash, enabled)
-
     async def create_with_hash(self, username: str, password_hash: str, enabled: bool = True) -> dict:
-        """Insert a user with an existing hash (imports, including legacy MD5 hex)."""
+        """Insert a user with its password hash (made by the auth layer; imports keep
+        legacy MD5 hex); returns the public row."""
         username = self.validate_username(username)
         if not isinstance(password_hash, str) or not password_hash:
             raise InvalidField("password", "missing password hash")
@@ -185,17 +157,18 @@ class UserStore:
         self._remember(row)
         return public(row)
 
-    async def update(self, uid: int, password: Optional[str] = None,
+    async def update(self, uid: int, *, password_hash: Optional[str] = None,
                      enabled: Optional[bool] = None) -> dict:
-        """Change the password and/or the enabled flag; returns the public row.
+        """Change the password hash and/or the enabled flag; returns the public row.
 
         Either change (even re-saving the same value) ends the user's
         outstanding tokens: their fingerprint includes ``updated_at``.
         """
         sets: dict[str, Any] = {}
-        if password is not None:
-            password = validate_password(password)
-            sets["password_hash"] = await self.passwords.hash(password)
+        if password_hash is not None:
+            if not isinstance(password_hash, str) or not password_hash:
+                raise InvalidField("password", "missing password hash")
+            sets["password_hash"] = password_hash
         if enabled is not None:
             if not isinstance(enabled, bool):
                 raise InvalidField("enabled", "must be true or false")
@@ -280,5 +253,5 @@ class UserStore:
         self._remember(row)
 
 
-__all__ = ["UserStore", "validate_username", "validate_password", "InvalidField",
+__all__ = ["UserStore", "validate_username", "InvalidField",
            "NotFound", "Conflict", "public"]

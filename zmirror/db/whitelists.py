@@ -1,12 +1,17 @@
 """Anonymous-pull whitelist entries (the ``whitelists`` table).
 
-Rows: ``id, prefix, enabled (bool), note, created_at, updated_at``.  Prefixes
-are validated by :func:`zmirror.auth.whitelist.normalize_prefix` (an empty one
-is refused).  Every write runs in one transaction that also reads the enabled
-entries; the in-memory :class:`~zmirror.auth.whitelist.Matcher` is replaced
-after the commit, so the policy decides from memory and never queries the
-database per request.  :meth:`load` builds the first matcher (at start, or
-lazily on first use).
+Rows: ``id, prefix, enabled (bool), note, created_at, updated_at``.  The store
+stores and returns rows and checks only what the table needs (a prefix is a
+non-empty string of at most 255 characters, unique; a note is short text): what
+a prefix may look like and what it matches is the access policy's business
+(:mod:`zmirror.auth.whitelist`, which validates before it calls the store).
+
+Every write runs in one transaction that also reads the enabled entries; after
+the commit they go to the subscribers (``subscribe(cb)``: ``cb(rows)`` with
+``[{"id", "prefix"}]`` ordered by id), so the policy keeps its matcher in memory
+and never queries the database per request.  :meth:`load` re-reads them and
+hands them to the subscribers too (at start, on first use, on SIGHUP and when
+another process changed the table).
 """
 
 from __future__ import annotations
@@ -15,23 +20,27 @@ from typing import Any, Callable, Optional
 
 from twisted.logger import Logger
 
-from zmirror.auth.whitelist import Entry, InvalidPrefix, Matcher, normalize_prefix
-from zmirror.db.errors import Conflict, NotFound
-from zmirror.db.users import InvalidField
-from zmirror.singleflight import SingleFlight
+from zmirror.db.errors import Conflict, InvalidField, NotFound
 
 log = Logger()
 
 COLUMNS = ("id", "prefix", "enabled", "note", "created_at", "updated_at")
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM whitelists"
+PREFIX_MAX = 255
 NOTE_MAX = 1000
 
 
-def validate_prefix(prefix: Any) -> str:
-    try:
-        return normalize_prefix(prefix)
-    except InvalidPrefix as e:
-        raise InvalidField("prefix", str(e)) from None
+def check_prefix(prefix: Any) -> str:
+    """The storage constraints on a prefix (the policy validates its syntax first)."""
+    if not isinstance(prefix, str):
+        raise InvalidField("prefix", "prefix must be a string")
+    if not prefix:
+        raise InvalidField("prefix", "prefix must not be empty")
+    if len(prefix) > PREFIX_MAX:
+        raise InvalidField("prefix", f"prefix is longer than {PREFIX_MAX} characters")
+    if "\x00" in prefix:
+        raise InvalidField("prefix", "prefix must not contain NUL characters")
+    return prefix
 
 
 def validate_note(note: Any) -> str:
@@ -59,9 +68,9 @@ def _get(txn, wid: int) -> dict:
     return _row(r)
 
 
-def _enabled(txn) -> list[Entry]:
+def _enabled(txn) -> list[dict]:
     txn.execute("SELECT id, prefix FROM whitelists WHERE enabled = 1 ORDER BY id")
-    return [Entry(r[0], r[1]) for r in txn.fetchall()]
+    return [{"id": r[0], "prefix": r[1]} for r in txn.fetchall()]
 
 
 def _check_unique(txn, prefix: str, wid: Optional[int]) -> None:
@@ -71,48 +80,36 @@ def _check_unique(txn, prefix: str, wid: Optional[int]) -> None:
 
 
 class WhitelistStore:
-    """CRUD on whitelist entries plus the live in-memory matcher."""
+    """CRUD on whitelist entries; subscribers get the enabled entries after each change."""
 
     def __init__(self, db: Any, clock: Any):
         self.db = db
         self.clock = clock
-        self._matcher: Optional[Matcher] = None
-        self._loading: SingleFlight = SingleFlight()  # the first load, shared by concurrent callers
-        self._subscribers: list[Callable[[Matcher], Any]] = []
+        self._subscribers: list[Callable[[list[dict]], Any]] = []
 
-    # --- the matcher -------------------------------------------------------
+    # --- the enabled entries, for the policy --------------------------------
 
-    @property
-    def loaded(self) -> bool:
-        return self._matcher is not None
-
-    @property
-    def matcher(self) -> Matcher:
-        """The current matcher (empty until :meth:`load` has run)."""
-        return self._matcher if self._matcher is not None else Matcher()
-
-    async def ready(self) -> Matcher:
-        """The matcher, loading it first if this is the first use."""
-        if self._matcher is None:
-            await self._loading.run("load", self.load)
-        return self.matcher
-
-    async def load(self) -> Matcher:
-        entries = await self.db.read(_enabled)
-        self._set(entries)
-        return self.matcher
-
-    def match(self, name: str) -> Optional[Entry]:
-        return self.matcher.match(name)
-
-    def subscribe(self, callback: Callable[[Matcher], Any]) -> None:
+    def subscribe(self, callback: Callable[[list[dict]], Any]) -> Callable[[], None]:
+        """``callback(rows)`` with the enabled entries after every change and
+        every :meth:`load`.  Returns a function that unsubscribes."""
         self._subscribers.append(callback)
 
-    def _set(self, entries: list[Entry]) -> None:
-        self._matcher = Matcher(entries)
+        def unsubscribe():
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    async def load(self) -> list[dict]:
+        """Read the enabled entries and hand them to every subscriber; returns them."""
+        rows = await self.db.read(_enabled)
+        self._publish(rows)
+        return rows
+
+    def _publish(self, rows: list[dict]) -> None:
         for cb in list(self._subscribers):
             try:
-                cb(self._matcher)
+                cb([dict(r) for r in rows])
             except Exception:
                 log.failure("whitelist subscriber failed")
 
@@ -141,7 +138,7 @@ class WhitelistStore:
     # --- writes ------------------------------------------------------------
 
     async def create(self, prefix: str, enabled: bool = True, note: str = "") -> dict:
-        prefix = validate_prefix(prefix)
+        prefix = check_prefix(prefix)
         note = validate_note(note)
         now = self.clock.seconds()
 
@@ -155,14 +152,14 @@ class WhitelistStore:
             return _get(txn, txn.lastrowid), _enabled(txn)
 
         row, entries = await self._write(run)
-        self._set(entries)
+        self._publish(entries)
         return row
 
     async def update(self, wid: int, prefix: Optional[str] = None, enabled: Optional[bool] = None,
                      note: Optional[str] = None) -> dict:
         sets: dict[str, Any] = {}
         if prefix is not None:
-            sets["prefix"] = validate_prefix(prefix)
+            sets["prefix"] = check_prefix(prefix)
         if enabled is not None:
             if not isinstance(enabled, bool):
                 raise InvalidField("enabled", "must be true or false")
@@ -185,7 +182,7 @@ class WhitelistStore:
             return _get(txn, wid), _enabled(txn)
 
         row, entries = await self._write(run)
-        self._set(entries)
+        self._publish(entries)
         return row
 
     async def delete(self, wid: int) -> None:
@@ -196,7 +193,7 @@ class WhitelistStore:
             return _enabled(txn)
 
         entries = await self._write(run)
-        self._set(entries)
+        self._publish(entries)
 
     async def _write(self, f):
         try:
@@ -207,4 +204,4 @@ class WhitelistStore:
             raise
 
 
-__all__ = ["WhitelistStore", "validate_prefix", "validate_note", "InvalidField", "NotFound", "Conflict"]
+__all__ = ["WhitelistStore", "check_prefix", "validate_note", "InvalidField", "NotFound", "Conflict"]

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
 from zmirror.accesslog import AccessRecord
+from zmirror.identity import AllowAll, Identity
 from zmirror.net import TrustedProxies, client_ip
 from zmirror.registry.errors import API_VERSION_HEADER, RegistryError, render_error
 from zmirror.registry.reference import RegistryPath, parse_path
@@ -26,25 +27,6 @@ from zmirror.registry.reference import RegistryPath, parse_path
 log = Logger()
 
 READ_METHODS = (b"GET", b"HEAD")
-
-
-@dataclass
-class Identity:
-    """Who is pulling: ``username`` None for anonymous."""
-
-    username: Optional[str] = None
-    # True when the response must not be cached publicly (private content).
-    private: bool = False
-
-
-class AllowAll:
-    """The policy used when access control is off: everyone may pull anything."""
-
-    async def authorize_ping(self, request) -> Identity:
-        return Identity()
-
-    async def authorize(self, request, path: RegistryPath) -> Identity:
-        return Identity()
 
 
 @dataclass
@@ -192,4 +174,4 @@ def json_body(request, obj: Any, status: int = 200) -> bytes:
     return body
 
 
-__all__ = ["RegistryRoutes", "PullRequest", "Identity", "AllowAll", "NOT_DONE_YET", "json_body"]
+__all__ = ["RegistryRoutes", "PullRequest", "NOT_DONE_YET", "json_body"]

@@ -1,0 +1,59 @@
+"""Registry user accounts as the admin manages them (admin API, tests).
+
+The password is checked and hashed here, in the auth layer, and the store
+(:class:`zmirror.db.users.UserStore`) only saves the hash: the store holds rows
+and runs no password policy.  The CLI (``zmirror user add/passwd``) hashes with
+the same rules before it writes (``zmirror.cli``); a login re-hashes a legacy
+MD5 hash in :class:`zmirror.auth.credentials.Authenticator`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from zmirror.db.errors import InvalidField
+
+PASSWORD_MAX = 1024
+
+
+def validate_password(password: Any) -> str:
+    """Returns ``password`` if it is acceptable as a new password, else raises InvalidField."""
+    if not isinstance(password, str):
+        raise InvalidField("password", "must be a string")
+    if not password:
+        raise InvalidField("password", "must not be empty")
+    if len(password) > PASSWORD_MAX:
+        raise InvalidField("password", f"must be at most {PASSWORD_MAX} characters")
+    if "\x00" in password:
+        raise InvalidField("password", "must not contain NUL characters")
+    return password
+
+
+class UserAccounts:
+    """Creates and changes registry users: validates and hashes the password
+    (on ``passwords``' bounded pool), then calls the store with the hash."""
+
+    def __init__(self, store: Any, passwords: Any):
+        self.store = store
+        self.passwords = passwords
+
+    async def create(self, username: str, password: str, enabled: bool = True) -> dict:
+        """The new user's public row (InvalidField, Conflict as the store raises them)."""
+        username = self.store.validate_username(username)
+        password = validate_password(password)
+        password_hash = await self.passwords.hash(password)
+        return await self.store.create_with_hash(username, password_hash, enabled)
+
+    async def update(self, uid: int, password: Optional[str] = None,
+                     enabled: Optional[bool] = None) -> dict:
+        """Change the password and/or the enabled flag; returns the public row.
+
+        Either change ends the user's outstanding tokens (see ``UserStore.update``).
+        """
+        password_hash = None
+        if password is not None:
+            password_hash = await self.passwords.hash(validate_password(password))
+        return await self.store.update(uid, password_hash=password_hash, enabled=enabled)
+
+
+__all__ = ["UserAccounts", "validate_password", "PASSWORD_MAX"]
