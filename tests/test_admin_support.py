@@ -188,27 +188,11 @@ class AdminTestMixin:
 
 
 def _issue4_stores(db, clock, passwords):
-    """The real UserStore / WhitelistStore / Lockout when they exist in the tree."""
-    users = whitelists = lockout = None
-    try:
-        from zmirror.db.users import UserStore
+    """The real UserStore / WhitelistStore / Lockout (``passwords`` is the auth
+    layer's: the stores only keep rows)."""
+    from zmirror.auth.lockout import Lockout
+    from zmirror.db.users import UserStore
+    from zmirror.db.whitelists import WhitelistStore
 
-        try:
-            users = UserStore(db, clock, passwords=passwords)
-        except TypeError:
-            users = UserStore(db, clock)
-    except ImportError:
-        pass
-    try:
-        from zmirror.db.whitelists import WhitelistStore
-
-        whitelists = WhitelistStore(db, clock)
-    except ImportError:
-        pass
-    try:
-        from zmirror.auth.lockout import Lockout
-
-        lockout = Lockout(clock, max_account=5, max_ip=50, window=600, cooldown=300)
-    except ImportError:
-        pass
-    return users, whitelists, lockout
+    return (UserStore(db, clock), WhitelistStore(db, clock),
+            Lockout(clock, max_account=5, max_ip=50, window=600, cooldown=300))
