@@ -6,6 +6,8 @@
   bodies, never-answering requests).
 - :class:`HostAgent`: an ``IAgent`` that routes by URL host to in-memory
   resources (``RequestTraversalAgent``), refusing connections to unknown hosts.
+- :class:`MemoryBlobs`: a blob source (:class:`~zmirror.transfer.IBlobSource`)
+  over a dict, for tests of what sits above the sources.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from twisted.internet import error
 from twisted.internet.defer import Deferred, fail
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
+
+from zmirror.registry.errors import RegistryError
+from zmirror.transfer import BlobInfo, IBlobBody, IBlobSource, range_headers
 
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
@@ -264,3 +269,50 @@ class HostAgent:
     def flush(self):
         for a in self.agents.values():
             a.flush()
+
+
+@implementer(IBlobBody)
+class MemoryBlobBody:
+    """An :class:`~zmirror.transfer.IBlobBody` of bytes held in memory (tests)."""
+
+    def __init__(self, status: int, headers: dict, data: bytes, *, verified: bool = True):
+        self.status = status
+        self.headers = headers
+        self.data = data
+        self.verified = verified
+
+    async def send(self, request):
+        request.setResponseCode(self.status)
+        for k, v in self.headers.items():
+            request.setHeader(k, v)
+        request.write(self.data)
+        return None
+
+
+@implementer(IBlobSource)
+class MemoryBlobs:
+    """An :class:`~zmirror.transfer.IBlobSource` over a dict ``{(repo, digest): bytes}``
+    (tests): ranges are answered as an upstream would (206, unverified);
+    ``requests`` records ``(method, repo, digest, byte_range)``."""
+
+    def __init__(self, blobs: Optional[dict] = None):
+        self.blobs: dict = dict(blobs or {})
+        self.requests: list = []
+
+    def _get(self, repo: str, digest: str) -> bytes:
+        data = self.blobs.get((repo, digest))
+        if data is None:
+            raise RegistryError("BLOB_UNKNOWN")
+        return data
+
+    async def stat(self, repo, digest, *, record=None):
+        self.requests.append(("HEAD", repo, digest, None))
+        return BlobInfo(len(self._get(repo, digest)))
+
+    async def open(self, repo, digest, byte_range, *, record=None):
+        self.requests.append(("GET", repo, digest, byte_range))
+        data = self._get(repo, digest)
+        status, start, end, headers = range_headers(byte_range, len(data))
+        headers[b"Content-Type"] = b"application/octet-stream"
+        part = data if end is None else data[start:end + 1]
+        return MemoryBlobBody(status, headers, part, verified=status == 200)
