@@ -107,13 +107,15 @@ class BlobCacheTests(CacheTestBase):
     async def _expect_nothing_cached(self, fault):
         await self.start()
         path = f"/v2/library/x/blobs/{self.digest}"
-        self.up.faults[path] = [fault]
+        # a broken body is resumed (tests/test_resume.py): these break every time
+        self.up.faults[path] = [fault] * 4
         with self.assertRaises(ResponseFailed):
             await self.env.arequest("GET", path)
         self.assertIsNone(self.blobs.lookup(self.digest))
         self.assertFalse(self.blobs.path(self.digest).exists())
         self.assertEqual(os.listdir(self.base / "cache" / "tmp"), [])
         # the next request fetches again and succeeds
+        self.up.faults[path] = []
         resp, body = await self.env.arequest("GET", path)
         self.assertEqual(body, self.data)
         self.assertIsNotNone(self.blobs.lookup(self.digest))

@@ -56,6 +56,9 @@ class FakeRegistry:
         self.issued: set[str] = set()
         # fault injection: path -> list of actions consumed one per request
         # actions: int status | ("status", code, headers) | "hang" | "truncate" | "stall" | "corrupt"
+        # blob bodies also: "reset" (half, then RST) | "norange" (a 200 that ignores Range) |
+        # "badstart" / "othertotal" (a 206 whose Content-Range starts elsewhere / has another total) |
+        # "extra" (no Content-Length, more bytes than the blob)
         self.faults: dict[str, list[Any]] = {}
         self.omit_digest = False
 
@@ -194,6 +197,8 @@ class FakeRegistry:
         request.setHeader(b"Content-Type", b"application/octet-stream")
         request.setHeader(b"Docker-Content-Digest", sha256(data).encode())
         rng = request.getHeader(b"range")
+        if fault == "norange":
+            rng = None
         if rng and rng.startswith(b"bytes="):
             start_s, _, end_s = rng[6:].decode("latin-1").partition("-")
             try:
@@ -207,8 +212,13 @@ class FakeRegistry:
                 return b""
             end = min(end, len(data) - 1)
             request.setResponseCode(206)
-            request.setHeader(b"Content-Range", f"bytes {start}-{end}/{len(data)}".encode())
-            data = data[start:end + 1]
+            first, total = start + (fault == "badstart"), len(data) + (fault == "othertotal")
+            request.setHeader(b"Content-Range", f"bytes {first}-{end}/{total}".encode())
+            data = data[first:end + 1]
+        if fault == "extra":
+            request.write(data + b"more than announced")  # no Content-Length: chunked
+            request.finish()
+            return Deferred()
         request.setHeader(b"Content-Length", str(len(data)).encode())
         if fault == "truncate":
             request.write(data[: len(data) // 2])
@@ -218,6 +228,22 @@ class FakeRegistry:
                 transport.unregisterProducer()
             transport.loseConnection()
             return Deferred()  # never finishes
+        if fault == "reset":
+            request.write(data[: len(data) // 2])
+            transport = request.channel.transport
+            if getattr(transport, "producer", None) is not None:
+                transport.unregisterProducer()
+            handle = getattr(transport, "getHandle", lambda: None)()
+            if hasattr(handle, "setsockopt"):
+                # real TCP: the written bytes go out, then close with RST (SO_LINGER 0)
+                import socket
+                import struct
+
+                handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                transport.loseConnection()
+            else:
+                (getattr(transport, "abortConnection", None) or transport.loseConnection)()
+            return Deferred()
         if fault == "stall":  # half the body, then silence with the connection open
             request.write(data[: len(data) // 2])
             return Deferred()

@@ -764,11 +764,28 @@ class DownloadBody:
     start: int
     end: Optional[int]
     verified: bool = True
+    record: Any = None  # access-log record: told which upstreams sent the blob
 
     async def send(self, request):
         _start_response(request, self.status, self.headers)
-        await self.download.follow(request, self.start, self.end).begin()
+        try:
+            await self.download.follow(request, self.start, self.end).begin()
+        finally:
+            note_sources(self.record, self.download)
         return None
+
+
+def note_sources(record: Any, body: Any) -> None:
+    """Tell an access-log record which upstreams sent a blob (``upstreams``
+    of a resumed body or download, comma-separated) and how often it was resumed."""
+    if record is None:
+        return
+    names = getattr(body, "upstreams", None)
+    if names:
+        record.upstream = ",".join(names)
+    resumes = getattr(body, "resumes", 0)
+    if resumes:
+        record.resumes = resumes
 
 
 @implementer(IBlobBody)
@@ -786,6 +803,7 @@ class RelayBody:
     expected_length: Optional[int]
     idle_timeout: float
     threads: Any = None  # TransferThreads to hash on (else inline)
+    record: Any = None  # access-log record: told which upstreams sent the body
 
     @property
     def verified(self) -> bool:
@@ -803,7 +821,10 @@ class RelayBody:
             threads=self.threads,
         )
         self.response.deliverBody(relay)
-        await relay.done  # cancelling this aborts the upstream transfer
+        try:
+            await relay.done  # cancelling this aborts the upstream transfer
+        finally:
+            note_sources(self.record, self.response)
         return None
 
 

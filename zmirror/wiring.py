@@ -51,7 +51,9 @@ def build(config: Config, reactor: Any) -> dict:
         manifest_cache = ManifestCache(db, reactor, ttl=config.cache.manifest_ttl,
                                        tag_limit=config.cache.manifest_tags_in_memory)
     proxy = Proxy(upstreams, reactor, idle_timeout=config.upstream.idle_timeout,
-                  blobs=blob_cache, manifests=manifest_cache)
+                  blobs=blob_cache, manifests=manifest_cache,
+                  resume_attempts=config.upstream.resume_attempts,
+                  resume_deadline=config.upstream.resume_deadline)
     # admin changes to registries reach the proxy core's in-memory list at once
     registries = RegistryStore(db, reactor)
     registries.subscribe(upstreams.set_registries)

@@ -75,6 +75,21 @@ class Download(Protocol):
         self._prefix: list = []
         self._tcp = None
         self._early_loss = None
+        self._paused_for_probe = False
+
+    @property
+    def upstreams(self) -> list:
+        """Names of the upstreams that sent bytes of this blob, in order."""
+        body = getattr(self.answer, "response", None)
+        names = getattr(body, "upstreams", None)
+        if names is not None:
+            return list(names)
+        up = getattr(self.answer, "upstream", None)
+        return [up.name] if up is not None else []
+
+    @property
+    def resumes(self) -> int:
+        return getattr(getattr(self.answer, "response", None), "resumes", 0)
 
     @property
     def remaining(self) -> int:
@@ -118,6 +133,7 @@ class Download(Protocol):
             # No more socket reads; body bytes the HTTP parser already holds are
             # delivered when the call stack that brought us the response unwinds.
             self.upstream.pauseProducing()
+            self._paused_for_probe = True
             self.cache.reactor.callLater(0, self._start_splice)
 
     def _start_worker(self) -> None:
@@ -134,6 +150,21 @@ class Download(Protocol):
             self._tcp.abortConnection()  # paused for the switch: never leave it hanging
             return
         prefix, self._prefix = self._prefix, []
+        current = getattr(self.upstream, "current", self.upstream)
+        if self._early_loss is None and kernelcopy.plain_tcp(current) is not self._tcp:
+            # the body broke and was resumed over another connection meanwhile: go on
+            # the ordinary way with what arrived (the resumed bytes came after it)
+            self._lease.close()
+            self.mode = "relay"
+            self._start_worker()
+            self.received = 0
+            for data in prefix:
+                self._data(data)
+            if self._paused_for_probe:
+                self._paused_for_probe = False
+                if not self._paused:
+                    self.upstream.resumeProducing()
+            return
         if self._early_loss is not None:
             # the upstream connection ended before the switch: finish the ordinary way
             self.mode = "relay"
@@ -145,6 +176,8 @@ class Download(Protocol):
             return
         self.mode = "splice"
         self._cancel_idle()
+        if hasattr(self.upstream, "detach"):
+            self.upstream.detach()  # this connection's end is the kernel copy's now
         fds = []
         try:
             fds.append(os.dup(self._tcp.fileno()))
@@ -169,10 +202,46 @@ class Download(Protocol):
             if self.state == "running":
                 if self.worker.disk_error:
                     self.cache.store_failed(self.worker.error)
+                elif hasattr(self.upstream, "restart") and self.worker.error:
+                    self._resume_after_splice(self.worker.written, self.worker.error)
+                    return
                 self._fail(self.worker.error or "aborted")
             return
         self.received = self.length
         self._verify(digest)
+
+    def _resume_after_splice(self, offset: int, why: str, tries: int = 0) -> None:
+        """The upstream broke off a kernel copy after ``offset`` bytes (all on
+        disk): hash those again and continue through Python from there, with
+        the body resumed by the upstream side (ResumingBody.restart)."""
+        if self.state != "running":
+            return
+        # the kernel copy's two threads are handed back just after it reported
+        lease = self.cache.transfers.lease(1)
+        if lease is None:
+            if tries < 40:
+                self.cache.reactor.callLater(0.025, self._resume_after_splice, offset, why, tries + 1)
+            else:
+                self._fail(f"{why}; no transfer thread free to resume")
+            return
+        try:
+            self._file.seek(offset)
+            self._file.truncate()
+        except OSError as e:
+            lease.close()
+            self.cache.store_failed(f"cache write failed: {e}")
+            self._fail(f"cache write failed: {e}")
+            return
+        self._lease = lease
+        self.mode = "relay"
+        self.received = offset
+        self.written = offset
+        algo = self.digest.split(":", 1)[0]
+        self.worker = DigestWorker(algo, lease, file=self._file, on_drained=self._worker_drained,
+                                   on_progress=self._progress, prefix_path=self.tmp_path, prefix_length=offset)
+        self._paused = self._paused_for_probe = False
+        self.upstream.resumeProducing()  # paused for the switch to splice(2)
+        self.upstream.restart(offset, why)
 
     def abandon(self, why: str) -> None:
         """Stop this download (nobody waits for it, or shutdown) and remove its temp file."""
@@ -188,7 +257,7 @@ class Download(Protocol):
         self.upstream = self.transport
         enlarge_reads(self.transport)
         if self.mode == "probe":
-            self._tcp = kernelcopy.plain_tcp(self.transport)
+            self._tcp = kernelcopy.plain_tcp(getattr(self.transport, "current", self.transport))
             if self._tcp is None:
                 self.mode = "relay"
                 self._start_worker()
@@ -308,6 +377,8 @@ class Download(Protocol):
 
     # -- idle timer --------------------------------------------------------------
     def _arm_idle(self):
+        if getattr(self.upstream, "idle_managed", False):
+            return  # the upstream side resumes an idle body (ResumingBody)
         if self._idle is None:
             self._idle = self.cache.reactor.callLater(self.cache.idle_timeout, self._idle_fired)
         else:

@@ -90,7 +90,7 @@ class PullThroughBlobs:
             dl = await self.starting.run(digest, lambda: self._start(repo, digest, record))
         status, start, end, headers = range_headers(byte_range, dl.length)
         headers[b"Content-Type"] = dl.content_type
-        return DownloadBody(status, headers, dl, start, end)
+        return DownloadBody(status, headers, dl, start, end, record=record)
 
     async def _start(self, repo: str, digest: str, record: Any):
         local = self.local

@@ -77,7 +77,8 @@ def _cache_control(pull, max_age: str) -> bytes:
 
 class Proxy:
     def __init__(self, pool: UpstreamPool, clock: Any, *, idle_timeout: float = 60.0,
-                 blobs: Any = None, manifests: Any = None, blob_source: Any = None):
+                 blobs: Any = None, manifests: Any = None, blob_source: Any = None,
+                 resume_attempts: int = 3, resume_deadline: float = 300.0):
         self.pool = pool
         self.clock = clock
         self.idle_timeout = idle_timeout
@@ -86,7 +87,8 @@ class Proxy:
         self.failover = Failover(pool, clock)
         if blob_source is None:
             remote = RemoteBlobs(self.failover, clock, idle_timeout=idle_timeout,
-                                 threads=blobs.transfers if blobs is not None else None)
+                                 threads=blobs.transfers if blobs is not None else None,
+                                 resume_attempts=resume_attempts, resume_deadline=resume_deadline)
             blob_source = PullThroughBlobs(blobs, remote)
         self.blob_source = blob_source  # an IBlobSource
 
