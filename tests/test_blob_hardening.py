@@ -37,7 +37,7 @@ class HeadReaderCountTests(CacheTestBase):
         path = f"/v2/library/x/blobs/{self.digest}"
         await self.env.arequest("GET", path)
         entry = self.blobs.lookup(self.digest)
-        f = self.blobs.open(entry)  # a slow reader
+        f = self.blobs.open_file(entry)  # a slow reader
         for _ in range(3):
             await self.env.arequest("HEAD", path)
         await self.blobs.delete(digest=self.digest)
@@ -51,7 +51,7 @@ class HeadReaderCountTests(CacheTestBase):
 
 def _old_parse_range(value, size):
     """The hand-written parser _parse_range replaced (reference for valid single ranges)."""
-    from zmirror.registry.proxy import _UNSATISFIABLE
+    from zmirror.transfer import UNSATISFIABLE as _UNSATISFIABLE
 
     if not value:
         return None
@@ -84,7 +84,7 @@ class RangeParsingTests(unittest.TestCase):
            open_end=st.booleans())
     @settings(max_examples=300)
     def test_first_last_ranges_as_before(self, size, first, length, open_end):
-        from zmirror.registry.proxy import _parse_range
+        from zmirror.transfer import resolve_range as _parse_range
 
         value = f"bytes={first}-" if open_end else f"bytes={first}-{first + length}"
         self.assertEqual(_parse_range(value, size), _old_parse_range(value, size))
@@ -92,7 +92,7 @@ class RangeParsingTests(unittest.TestCase):
     @given(size=sizes, n=st.integers(min_value=1, max_value=1 << 41))
     @settings(max_examples=200)
     def test_suffix_ranges_as_before(self, size, n):
-        from zmirror.registry.proxy import _parse_range
+        from zmirror.transfer import resolve_range as _parse_range
 
         value = f"bytes=-{n}"
         self.assertEqual(_parse_range(value, size), _old_parse_range(value, size))
@@ -100,7 +100,7 @@ class RangeParsingTests(unittest.TestCase):
     @given(value=st.text(max_size=40), size=sizes)
     @settings(max_examples=300)
     def test_any_header_gives_a_range_all_or_416(self, value, size):
-        from zmirror.registry.proxy import _UNSATISFIABLE, _parse_range
+        from zmirror.transfer import UNSATISFIABLE as _UNSATISFIABLE, resolve_range as _parse_range
 
         r = _parse_range(value, size)
         if r is not None and r is not _UNSATISFIABLE:
@@ -108,7 +108,7 @@ class RangeParsingTests(unittest.TestCase):
             self.assertTrue(0 <= start <= end < size, (value, size, r))
 
     def test_forms_sent_whole(self):
-        from zmirror.registry.proxy import _parse_range
+        from zmirror.transfer import resolve_range as _parse_range
 
         for value in ("bytes=0-1,5-6", "items=0-5", "bytes=5", "bytes=+1-2", "bytes=1_0-20", "bytes=x-",
                       "bytes=5-3", "bytes=-0", "bytes=-", ""):
@@ -527,15 +527,15 @@ class OrphanLimitTests(_LimitTestBase):
         self.env.agent.request = held
         caller = _Held(self, path)
         caller.d.addErrback(lambda f: None)
-        self.assertIn(digest, self.blobs._starting)
+        self.assertIn(digest, self.env.proxy.blob_source.starting)
         caller.d.cancel()  # detaches only this caller; the fetch goes on
         gate.callback(None)
         for _ in range(500):
             self.env.agent.flush()
-            if digest not in self.blobs._starting:
+            if digest not in self.env.proxy.blob_source.starting:
                 break
             await deferLater(reactor, 0.001, lambda: None)
-        self.assertNotIn(digest, self.blobs._starting)
+        self.assertNotIn(digest, self.env.proxy.blob_source.starting)
         self.assertNotIn(digest, self.blobs.downloads)
         self.assertEqual(self.blobs.stats["orphans_aborted"], 1)
         await deferLater(reactor, 0.05, lambda: None)
@@ -654,7 +654,7 @@ def script_world(hosts=("a.fake",), blobs=None):
 
     w = World(hosts)
     if blobs is not None:
-        w.proxy.blobs = blobs
+        w.proxy = Proxy(w.pool, w.clock, idle_timeout=30.0, blobs=blobs)
     return w
 
 
@@ -707,7 +707,7 @@ class BlobUpstreamValueTests(unittest.TestCase):
             self.assertEqual(result.headers[b"Content-Type"], ctype.strip(b" \t"))
 
     def test_blob_content_type_never_unsafe(self):
-        from zmirror.cache.blobs import CONTENT_TYPE_MAX, blob_content_type
+        from zmirror.transfer import CONTENT_TYPE_MAX, blob_content_type
 
         @given(st.one_of(st.binary(max_size=300), st.text(max_size=300), st.none()))
         @settings(max_examples=300)
@@ -833,12 +833,13 @@ class CachedDownloadValueTests(unittest.TestCase):
 
     @deferred_test
     async def test_download_start_checks_what_it_is_given(self):
-        from zmirror.cache.blobs import Download
+        from zmirror.cache.download import Download
+        from zmirror.upstream.blobs import UpstreamBlob
 
         await self.blobs.start()
         for ctype, stored in ((b"text/plain\r\nX-Injected: 1", OCTET), ("application/x-tar", b"application/x-tar"),
                               (None, OCTET)):
             dl = Download(self.blobs, BDIGEST, "library/x")
-            dl.start(blob_answer(), len(BLOB), ctype)
+            dl.start(UpstreamBlob(blob_answer(), len(BLOB), ctype))
             self.assertEqual(dl.content_type, stored)
             await self.wait_done(dl)

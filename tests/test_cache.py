@@ -107,13 +107,15 @@ class BlobCacheTests(CacheTestBase):
     async def _expect_nothing_cached(self, fault):
         await self.start()
         path = f"/v2/library/x/blobs/{self.digest}"
-        self.up.faults[path] = [fault]
+        # a broken body is resumed (tests/test_resume.py): these break every time
+        self.up.faults[path] = [fault] * 4
         with self.assertRaises(ResponseFailed):
             await self.env.arequest("GET", path)
         self.assertIsNone(self.blobs.lookup(self.digest))
         self.assertFalse(self.blobs.path(self.digest).exists())
         self.assertEqual(os.listdir(self.base / "cache" / "tmp"), [])
         # the next request fetches again and succeeds
+        self.up.faults[path] = []
         resp, body = await self.env.arequest("GET", path)
         self.assertEqual(body, self.data)
         self.assertIsNotNone(self.blobs.lookup(self.digest))
@@ -259,7 +261,7 @@ class EvictionTests(CacheTestBase):
         await self.env.arequest("GET", f"/v2/library/x/blobs/{digests[0]}")
         # a reader holds the second open while the third arrives
         entry = self.blobs.lookup(digests[1])
-        f = self.blobs.open(entry)
+        f = self.blobs.open_file(entry)
         await self.env.arequest("GET", f"/v2/library/x/blobs/{digests[2]}")
         from twisted.internet.task import deferLater
 
@@ -284,7 +286,7 @@ class EvictionTests(CacheTestBase):
         path = f"/v2/library/x/blobs/{self.digest}"
         await self.env.arequest("GET", path)
         old = self.blobs.lookup(self.digest)
-        f = self.blobs.open(old)  # a slow reader of the old copy
+        f = self.blobs.open_file(old)  # a slow reader of the old copy
         self.assertEqual(await self.blobs.delete(digest=self.digest), 1)
         resp, body = await self.env.arequest("GET", path)  # fetched and cached again
         self.assertEqual(body, self.data)
@@ -392,7 +394,7 @@ class CreatorLeavesTests(CacheTestBase):
         cut off (the bytes are nowhere), later misses are relayed uncached."""
         import errno
 
-        from zmirror.cache import blobs as blobmod
+        from zmirror.cache import download as downloadmod
 
         class FailingFile:
             def __init__(self, f):
@@ -404,13 +406,13 @@ class CreatorLeavesTests(CacheTestBase):
             def __getattr__(self, name):
                 return getattr(self.f, name)
 
-        real = blobmod.DigestWorker
+        real = downloadmod.DigestWorker
 
         class Worker(real):
             def __init__(self, *a, file=None, **kw):
                 super().__init__(*a, file=FailingFile(file), **kw)
 
-        self.patch(blobmod, "DigestWorker", Worker)
+        self.patch(downloadmod, "DigestWorker", Worker)
         await self.start()
         path = f"/v2/library/x/blobs/{self.digest}"
         with self.assertRaises(ResponseFailed):
@@ -503,13 +505,13 @@ class SendfileTests(unittest.TestCase):
         from twisted.web.resource import Resource
         from twisted.web.server import NOT_DONE_YET, Site
 
-        from zmirror.cache import blobs as blobmod
-        from zmirror.registry.proxy import FileResult
+        from zmirror import transfer
+        from zmirror.transfer import FileBody
 
         data = os.urandom((5 << 20) + 123)
         path = Path(self.mktemp())
         path.write_bytes(data)
-        used = spy_constructor(self, blobmod, "_SendfileWriter")
+        used = spy_constructor(self, transfer, "_SendfileWriter")
 
         class Blob(Resource):
             isLeaf = True
@@ -521,7 +523,7 @@ class SendfileTests(unittest.TestCase):
                 if rng:
                     start, end, status = 1000, 1999, 206
                     headers = {b"Content-Length": b"1000"}
-                result = FileResult(status, headers, open(path, "rb", buffering=0), len(data),
+                result = FileBody(status, headers, open(path, "rb", buffering=0), len(data),
                                     start, end, reactor=reactor)
                 d = Deferred.fromCoroutine(result.send(request))
                 d.addCallback(lambda _: request.finish())

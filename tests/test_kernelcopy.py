@@ -21,7 +21,7 @@ from tests.helpers import spy_constructor, temp_database
 from zmirror.accesslog import MemoryAccessLog
 from zmirror.app import ZMirrorApp
 from zmirror.cache import BlobCache, kernelcopy
-from zmirror.cache import blobs as blobmod
+from zmirror import transfer
 from zmirror.registry.proxy import Proxy
 from zmirror.registry.routes import RegistryRoutes
 from zmirror.testing import FakeRegistry
@@ -59,7 +59,7 @@ class KernelCopyTests(unittest.TestCase):
         if not self.kernel:
             self.patch(kernelcopy, "available", lambda: False)
         # the download each sendfile writer follows (None: a cached file)
-        self.sendfile_writers = spy_constructor(self, blobmod, "_SendfileWriter",
+        self.sendfile_writers = spy_constructor(self, transfer, "_SendfileWriter",
                                                 lambda producer, transport: producer.download)
 
         upstream_pool = HTTPConnectionPool(reactor, persistent=True)
@@ -70,7 +70,7 @@ class KernelCopyTests(unittest.TestCase):
         self.blobs = BlobCache(self.base / "cache", self.db, reactor, max_size=1 << 30, idle_timeout=1,
                                transfer_threads=self.transfer_threads)
         self.addCleanup(stop_transfers, self.blobs)
-        proxy = Proxy(pool, reactor, idle_timeout=30, blobs=self.blobs)
+        proxy = Proxy(pool, reactor, idle_timeout=1, blobs=self.blobs)
         self.log = MemoryAccessLog()
         routes = RegistryRoutes(proxy, clock=reactor, accesslog=self.log,
                                 base_url=lambda request: "http://proxy.test")
@@ -132,7 +132,8 @@ class KernelCopyTests(unittest.TestCase):
 
     async def _fault_aborts_client(self, fault):
         await self.blobs.start()
-        self.up.faults[f"/v2/library/x/blobs/{self.digest}"] = [fault]
+        # a broken body is resumed (below): these break on every request
+        self.up.faults[f"/v2/library/x/blobs/{self.digest}"] = [fault] * 4
         resp = await treq.get(self.url + self.path, pool=self.client_pool)
         self.assertEqual(resp.code, 200)
         try:
@@ -144,6 +145,7 @@ class KernelCopyTests(unittest.TestCase):
         self.expect_fills()
         self.assert_nothing_kept()
         # the next request fetches again, this time whole
+        self.up.faults[self.path] = []
         resp, body = await self.get()
         self.assertEqual(body, self.data)
         self.assertIsNotNone(self.blobs.lookup(self.digest))
@@ -166,6 +168,52 @@ class KernelCopyTests(unittest.TestCase):
         await self._fault_aborts_client("stall")
         if self.kernel:
             self.assertIn("sent nothing for 1 s", self.fills[0].error)
+
+    async def _fault_resumed(self, fault, second=None):
+        await self.blobs.start()
+        self.up.faults[self.path] = [fault] + ([second] if second else [])
+        resp, body = await self.get()
+        self.assertEqual((resp.code, len(body)), (200, len(self.data)))
+        self.assertEqual(body, self.data)
+        self.assertEqual(self.blobs.path(self.digest).read_bytes(), self.data)
+        gets = self.blob_gets()
+        self.assertEqual(len(gets), 2)
+        if fault == "reset":  # an RST drops what the kernel still held: resumed at or before half
+            rng = gets[1][3].get("range")[0]
+            self.assertRegex(rng, r"^bytes=[0-9]+-$")
+            self.assertLessEqual(int(rng[6:-1]), len(self.data) // 2)
+        else:
+            self.assertEqual(gets[1][3].get("range"), [f"bytes={len(self.data) // 2}-"])
+        self.assertEqual(self.log.records[-1].resumes, 1)
+        fill = self.expect_fills()
+        return fill
+
+    @deferred_test
+    async def test_cut_upstream_is_resumed(self):
+        """A kernel copy that breaks goes on through Python from the bytes it had."""
+        fill = await self._fault_resumed("truncate")
+        if fill is not None:
+            self.assertIn(f"upstream sent {len(self.data) // 2} of {len(self.data)} bytes", fill.error)
+
+    @deferred_test
+    async def test_reset_upstream_is_resumed_from_the_start_when_range_is_ignored(self):
+        await self._fault_resumed("reset", "norange")
+
+    @deferred_test
+    async def test_stalled_upstream_is_resumed(self):
+        fill = await self._fault_resumed("stall")
+        if fill is not None:
+            self.assertIn("sent nothing for 1 s", fill.error)
+
+    @deferred_test
+    async def test_corrupt_resume_keeps_nothing(self):
+        await self.blobs.start()
+        self.up.faults[self.path] = ["truncate", "corrupt"]
+        resp = await treq.get(self.url + self.path, pool=self.client_pool)
+        with self.assertRaises(Exception):
+            await treq.content(resp)
+        self.assert_nothing_kept()
+        self.assertEqual(self.blobs.stats["verify_failures"], 1)
 
     @deferred_test
     async def test_one_free_thread_fills_through_python(self):

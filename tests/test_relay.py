@@ -12,7 +12,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import HTTPChannel, Request
 
 from zmirror.upstream.digestworker import TransferThreads
-from zmirror.upstream.relay import BlobRelay
+from zmirror.transfer import BlobRelay
 
 
 def make_request():

@@ -31,9 +31,10 @@ class AccessRecord:
     status: int = 0
     bytes: int = 0
     duration_ms: float = 0.0
-    upstream: str = ""
+    upstream: str = ""  # the upstream that answered; of a resumed blob, those that sent it ("a,b")
     cache_hit: Optional[bool] = None
     user_agent: str = ""
+    resumes: int = 0  # times the blob's upstream body broke and was resumed
 
     def as_row(self) -> dict:
         row = dataclasses.asdict(self)
@@ -64,7 +65,7 @@ def _clean_row(rec: AccessRecord) -> tuple:
         v = row.get(name)
         if name == "cache_hit":
             out.append(None if v is None else int(bool(v)))
-        elif name in ("status", "bytes"):
+        elif name in ("status", "bytes", "resumes"):
             try:
                 out.append(int(v or 0))
             except (TypeError, ValueError):

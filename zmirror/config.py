@@ -82,6 +82,13 @@ connect_timeout = 10
 idle_timeout = 60
 # Skip an upstream for this many seconds after repeated failures / 上游连续失败后的冷却时间（秒）
 cooldown = 30
+# A blob body that breaks (cut, reset, idle, too long) continues with a Range request: from the same
+# upstream once, then from the next ones by priority; at most this many times per blob (0: never)
+# 上游 blob 传输中断（断开、重置、空闲超时、超长）时用 Range 续传：先同一上游一次，再按优先级换上游；
+# 每个 blob 最多续传次数（0 为不续传）
+resume_attempts = 3
+# Give up resuming this many seconds after the body first broke / 首次中断后超过该秒数不再续传
+resume_deadline = 300
 
 [cache]
 # Pull-through cache of blobs and manifests / 拉取缓存
@@ -196,6 +203,8 @@ class UpstreamConfig:
     connect_timeout: float = 10.0
     idle_timeout: float = 60.0
     cooldown: float = 30.0
+    resume_attempts: int = 3
+    resume_deadline: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -349,6 +358,8 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "connect_timeout": lambda k, v: _num(k, v, 0.1, 3600),
         "idle_timeout": lambda k, v: _num(k, v, 0.1, 86400),
         "cooldown": lambda k, v: _num(k, v, 0, 86400),
+        "resume_attempts": lambda k, v: _int(k, v, 0, 100),
+        "resume_deadline": lambda k, v: _num(k, v, 0, 86400),
     },
     "cache": {
         "enabled": _bool,

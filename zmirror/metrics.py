@@ -103,6 +103,12 @@ class Metrics:
         self.auth_failures = Counter(
             "zmirror_auth_failures", "Rejected credentials by endpoint and reason",
             ["endpoint", "reason"], registry=r)
+        self.blob_resumes = Counter(
+            "zmirror_blob_resumes", "Broken upstream blob bodies resumed with a Range request, by the "
+            "upstream that continued it ('failed': none could)", ["upstream", "result"], registry=r)
+        self.upstream_blob_bytes = Counter(
+            "zmirror_upstream_blob_bytes", "Blob body bytes received from each upstream (resumed "
+            "bodies count at every upstream that sent part of them)", ["upstream"], registry=r)
         self.cache_requests = Counter(
             "zmirror_cache_requests", "Pull-through cache lookups by result", ["kind", "result"],
             registry=r)

@@ -11,6 +11,8 @@
   :class:`MemoryManifests` (a local store for
   :class:`~zmirror.registry.manifests.PullThroughManifests`), for tests of the
   manifest flow without an upstream or a database.
+- :class:`MemoryBlobs`: a blob source (:class:`~zmirror.transfer.IBlobSource`)
+  over a dict, for tests of what sits above the sources.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from zmirror.cache.manifests import Manifest, TagEntry
 from zmirror.registry.errors import RegistryError
 from zmirror.registry.mediatypes import DEFAULT_ACCEPT, acceptable
 from zmirror.upstream.manifests import ManifestResult
+from zmirror.transfer import BlobInfo, IBlobBody, IBlobSource, range_headers
 
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
@@ -62,6 +65,9 @@ class FakeRegistry:
         self.issued: set[str] = set()
         # fault injection: path -> list of actions consumed one per request
         # actions: int status | ("status", code, headers) | "hang" | "truncate" | "stall" | "corrupt"
+        # blob bodies also: "reset" (half, then RST) | "norange" (a 200 that ignores Range) |
+        # "badstart" / "othertotal" (a 206 whose Content-Range starts elsewhere / has another total) |
+        # "extra" (no Content-Length, more bytes than the blob)
         self.faults: dict[str, list[Any]] = {}
         self.omit_digest = False
 
@@ -200,6 +206,8 @@ class FakeRegistry:
         request.setHeader(b"Content-Type", b"application/octet-stream")
         request.setHeader(b"Docker-Content-Digest", sha256(data).encode())
         rng = request.getHeader(b"range")
+        if fault == "norange":
+            rng = None
         if rng and rng.startswith(b"bytes="):
             start_s, _, end_s = rng[6:].decode("latin-1").partition("-")
             try:
@@ -213,8 +221,13 @@ class FakeRegistry:
                 return b""
             end = min(end, len(data) - 1)
             request.setResponseCode(206)
-            request.setHeader(b"Content-Range", f"bytes {start}-{end}/{len(data)}".encode())
-            data = data[start:end + 1]
+            first, total = start + (fault == "badstart"), len(data) + (fault == "othertotal")
+            request.setHeader(b"Content-Range", f"bytes {first}-{end}/{total}".encode())
+            data = data[first:end + 1]
+        if fault == "extra":
+            request.write(data + b"more than announced")  # no Content-Length: chunked
+            request.finish()
+            return Deferred()
         request.setHeader(b"Content-Length", str(len(data)).encode())
         if fault == "truncate":
             request.write(data[: len(data) // 2])
@@ -224,6 +237,22 @@ class FakeRegistry:
                 transport.unregisterProducer()
             transport.loseConnection()
             return Deferred()  # never finishes
+        if fault == "reset":
+            request.write(data[: len(data) // 2])
+            transport = request.channel.transport
+            if getattr(transport, "producer", None) is not None:
+                transport.unregisterProducer()
+            handle = getattr(transport, "getHandle", lambda: None)()
+            if hasattr(handle, "setsockopt"):
+                # real TCP: the written bytes go out, then close with RST (SO_LINGER 0)
+                import socket
+                import struct
+
+                handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                transport.loseConnection()
+            else:
+                (getattr(transport, "abortConnection", None) or transport.loseConnection)()
+            return Deferred()
         if fault == "stall":  # half the body, then silence with the connection open
             request.write(data[: len(data) // 2])
             return Deferred()
@@ -366,3 +395,50 @@ class MemoryManifests:
 
     def count_miss(self) -> None:
         self.stats["misses"] += 1
+
+
+@implementer(IBlobBody)
+class MemoryBlobBody:
+    """An :class:`~zmirror.transfer.IBlobBody` of bytes held in memory (tests)."""
+
+    def __init__(self, status: int, headers: dict, data: bytes, *, verified: bool = True):
+        self.status = status
+        self.headers = headers
+        self.data = data
+        self.verified = verified
+
+    async def send(self, request):
+        request.setResponseCode(self.status)
+        for k, v in self.headers.items():
+            request.setHeader(k, v)
+        request.write(self.data)
+        return None
+
+
+@implementer(IBlobSource)
+class MemoryBlobs:
+    """An :class:`~zmirror.transfer.IBlobSource` over a dict ``{(repo, digest): bytes}``
+    (tests): ranges are answered as an upstream would (206, unverified);
+    ``requests`` records ``(method, repo, digest, byte_range)``."""
+
+    def __init__(self, blobs: Optional[dict] = None):
+        self.blobs: dict = dict(blobs or {})
+        self.requests: list = []
+
+    def _get(self, repo: str, digest: str) -> bytes:
+        data = self.blobs.get((repo, digest))
+        if data is None:
+            raise RegistryError("BLOB_UNKNOWN")
+        return data
+
+    async def stat(self, repo, digest, *, record=None):
+        self.requests.append(("HEAD", repo, digest, None))
+        return BlobInfo(len(self._get(repo, digest)))
+
+    async def open(self, repo, digest, byte_range, *, record=None):
+        self.requests.append(("GET", repo, digest, byte_range))
+        data = self._get(repo, digest)
+        status, start, end, headers = range_headers(byte_range, len(data))
+        headers[b"Content-Type"] = b"application/octet-stream"
+        part = data if end is None else data[start:end + 1]
+        return MemoryBlobBody(status, headers, part, verified=status == 200)

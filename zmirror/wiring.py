@@ -17,7 +17,7 @@ from zmirror import auth
 from zmirror.accesslog import BatchedAccessLog
 from zmirror.admin import AdminAPI
 from zmirror.app import ZMirrorApp
-from zmirror.cache import BlobCache, ManifestCache
+from zmirror.cache import CacheBlobs, ManifestCache
 from zmirror.config import Config
 from zmirror.db import Database, migrate
 from zmirror.db.accesslogs import AccessLogStore, RetentionService
@@ -42,16 +42,18 @@ def build(config: Config, reactor: Any) -> dict:
     upstreams.set_registries(_registry_rows(config.database_path))
     blob_cache = manifest_cache = None
     if config.cache.enabled:
-        blob_cache = BlobCache(config.cache_dir, db, reactor, max_size=config.cache.max_size,
-                               idle_timeout=config.upstream.idle_timeout,
-                               transfer_threads=config.cache.transfer_threads,
-                               max_temp_bytes=config.cache.max_temp_size,
-                               max_orphans=config.cache.max_orphans,
-                               max_orphan_bytes=config.cache.max_orphan_size)
+        blob_cache = CacheBlobs(config.cache_dir, db, reactor, max_size=config.cache.max_size,
+                                idle_timeout=config.upstream.idle_timeout,
+                                transfer_threads=config.cache.transfer_threads,
+                                max_temp_bytes=config.cache.max_temp_size,
+                                max_orphans=config.cache.max_orphans,
+                                max_orphan_bytes=config.cache.max_orphan_size)
         manifest_cache = ManifestCache(db, reactor, ttl=config.cache.manifest_ttl,
                                        tag_limit=config.cache.manifest_tags_in_memory)
     proxy = Proxy(upstreams, reactor, idle_timeout=config.upstream.idle_timeout,
-                  blobs=blob_cache, manifests=manifest_cache)
+                  blobs=blob_cache, manifests=manifest_cache,
+                  resume_attempts=config.upstream.resume_attempts,
+                  resume_deadline=config.upstream.resume_deadline)
     # admin changes to registries reach the proxy core's in-memory list at once
     registries = RegistryStore(db, reactor)
     registries.subscribe(upstreams.set_registries)

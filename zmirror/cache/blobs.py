@@ -1,66 +1,57 @@
-"""Content-addressed blob store with single-flight downloads and LRU eviction.
+"""The blob cache's index and files: :class:`CacheBlobs`, the local blob source.
 
 Layout under the cache directory::
 
     blobs/sha256/ab/abcdef...   verified blobs, named by digest
     tmp/                        downloads in progress (emptied at start)
 
-A blob fetched from upstream is written to ``tmp/`` by a :class:`Download`
-(hash + write on a worker thread, never paced by any one client; from a
-plain-TCP upstream the body is moved in the kernel, see kernelcopy.py), verified
-against its digest, and only then renamed into ``blobs/``.  Every client of
-that blob — the first one included — reads the growing temp file at its own
-pace (:class:`FollowerProducer`, by sendfile(2) on plain TCP), so a slow
-client slows nobody else.  The last
-byte is released only after verification: a corrupt or truncated download
-aborts its clients' connections and leaves nothing behind.
+Three layers, three modules: this one keeps the index and the files (lookup,
+LRU eviction, persistence, the limits a download is admitted under);
+:mod:`zmirror.cache.download` fills a temp file from an upstream answer,
+verifies it and hands it to the index; :mod:`zmirror.transfer` sends bodies to
+clients (cached files and running downloads alike, by sendfile(2) on plain
+TCP).  Who decides between the cache and the upstreams, and makes the start of
+a download single-flight, is :class:`zmirror.registry.blobs.PullThroughBlobs`.
 
 When the cache disk fails a write, misses are relayed without storing for
-STORE_RETRY seconds (:meth:`BlobCache.storing`).
+STORE_RETRY seconds (:meth:`CacheBlobs.storing`).
 
 Bounds: downloads hash and write on threads leased from one bounded pool
 (:class:`~zmirror.upstream.digestworker.TransferThreads`, never a queue of
 waiting transfers); the temp files of running downloads add up to at most
 ``max_temp_bytes`` (default: ``max_size``); a download every client has left is finished only while at most
 ``max_orphans`` of them, with at most ``max_orphan_bytes`` still to fetch, are
-running.  A miss beyond the first two bounds is relayed uncached; an orphan
-beyond the last is aborted and its temp file removed.
-
-The start of a download is single-flight (:class:`~zmirror.singleflight.SingleFlight`):
-the upstream fetch belongs to no caller, a caller that goes away only detaches.
+running.  A miss beyond the first two bounds is relayed uncached
+(:class:`CacheUnavailable` from :meth:`CacheBlobs.admit`/:meth:`CacheBlobs.fill`);
+an orphan beyond the last is aborted and its temp file removed.
 
 The index (size, last access, repositories) lives in memory, loaded from the
 ``cache_blobs`` table at start and written back in batches; eviction is least
 recently used first, accounted incrementally, and never deletes a blob while
-a reader holds it open.
+a reader holds it open.  The counters (``stats``) are changed only here and
+by the downloads of this cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred, DeferredLock, succeed
-from twisted.internet.interfaces import IPushProducer, IWriteDescriptor
-from twisted.internet.protocol import Protocol
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
-from zmirror.cache import kernelcopy
+from zmirror.cache.download import CacheUnavailable, Download, silent_unlink as _silent_unlink
 from zmirror.cache.gate import LoadGate
-from zmirror.singleflight import SingleFlight
+from zmirror.transfer import OCTET_STREAM, BlobInfo, FileBody, IBlobSource, range_headers
 from zmirror.upstream.client import discard
-from zmirror.upstream.digestworker import TRANSFER_THREADS, DigestWorker, TransferThreads
-from zmirror.upstream.relay import enlarge_reads, abort_client
+from zmirror.upstream.digestworker import TRANSFER_THREADS, TransferThreads
 
 log = Logger()
 
@@ -69,8 +60,6 @@ log = Logger()
 STORE_RETRY = 60.0
 # At start, blob files the index lost are hashed before being adopted, up to this many bytes.
 ADOPT_VERIFY_MAX = 4 << 30
-
-CHUNK = 64 << 10  # file reads: 64 KiB measured best here (1 MiB reads were ~3x slower)
 
 # Downloads every client has left are finished while at most this many run,
 # with at most this many bytes left to fetch between them; beyond, aborted.
@@ -81,41 +70,6 @@ MAX_ORPHAN_BYTES = 2 << 30
 # RETRY_FIRST s, doubling on each further failure up to RETRY_MAX s.
 RETRY_FIRST = 5.0
 RETRY_MAX = 300.0
-
-
-OCTET_STREAM = b"application/octet-stream"
-# An upstream's blob Content-Type is passed on when it is a media type (RFC 6838
-# restricted names) with parameters of printable ASCII, at most this long.
-CONTENT_TYPE_MAX = 255
-_NAME = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
-_CONTENT_TYPE = re.compile(rf"{_NAME}/{_NAME}(?:[ \t]*;[\x20-\x7e\t]*)?")
-
-
-def blob_content_type(value: Any) -> bytes:
-    """The Content-Type to send with a blob for an upstream's ``value`` (bytes,
-    str or None): the value itself when it is a valid media type with printable
-    ASCII parameters and at most CONTENT_TYPE_MAX long, else
-    ``application/octet-stream``.
-
-    An invalid one is replaced, not treated as a bad answer: the blob's bytes are
-    checked against its digest, and registry clients give a blob's Content-Type
-    no meaning (the distribution spec's blobs are ``application/octet-stream``),
-    so failing over on it would turn a good upstream into an outage."""
-    if isinstance(value, bytes):
-        try:
-            value = value.decode("ascii")
-        except UnicodeDecodeError:
-            return OCTET_STREAM
-    if not isinstance(value, str):
-        return OCTET_STREAM
-    value = value.strip(" \t")
-    if len(value) > CONTENT_TYPE_MAX or not _CONTENT_TYPE.fullmatch(value):
-        return OCTET_STREAM
-    return value.encode("ascii")
-
-
-class CacheUnavailable(Exception):
-    """The cache cannot store a blob now (disk full or unwritable)."""
 
 
 @dataclass
@@ -132,7 +86,13 @@ def _blob_relpath(digest: str) -> str:
     return os.path.join("blobs", algo, hexd[:2], hexd)
 
 
-class BlobCache:
+@implementer(IBlobSource)
+class CacheBlobs:
+    """The local blob store (index, LRU, files); an :class:`IBlobSource` whose
+    ``stat``/``open`` answer None for a blob it does not hold.  It does not
+    check repository membership (``knows``: the caller's job) and never
+    fetches: :meth:`fill` starts a :class:`Download` from an upstream answer."""
+
     def __init__(self, root: Path, db: Any, reactor: Any, *, max_size: int, threadpool: Any = None,
                  idle_timeout: float = 60.0, transfer_threads: int = TRANSFER_THREADS,
                  max_temp_bytes: Optional[int] = None,
@@ -149,7 +109,6 @@ class BlobCache:
         self.transfers = TransferThreads(reactor, transfer_threads)
         self.max_orphans = max_orphans
         self.max_orphan_bytes = max_orphan_bytes
-        self._starting: SingleFlight = SingleFlight()  # downloads waiting for the upstream's answer
         self._swept = False  # tmp/ is emptied once, at the first start: later its files are ours
         self.entries: "OrderedDict[str, BlobEntry]" = OrderedDict()  # LRU: oldest first
         self.size = 0
@@ -356,7 +315,7 @@ class BlobCache:
             e.repos.add(repo)
         self._dirty.add(e.digest)
 
-    def open(self, e: BlobEntry):
+    def open_file(self, e: BlobEntry):
         """Open a cached blob for reading (marks it in use) or None if it vanished."""
         try:
             f = open(self.path(e.digest), "rb", buffering=0)
@@ -437,26 +396,83 @@ class BlobCache:
             **self.stats,
         }
 
+    # -- the blob source ------------------------------------------------------
+    def knows(self, digest: str, repo: str) -> bool:
+        """Is ``digest`` cached and known to be in ``repo``?  (Content addressing
+        alone must not let a pull of repository A read a blob only seen in B.)"""
+        e = self.entries.get(digest)
+        return e is not None and repo in e.repos
+
+    def add_repo(self, digest: str, repo: str) -> None:
+        """``digest`` was confirmed to be in ``repo`` (by an upstream)."""
+        e = self.entries.get(digest)
+        if e is not None:
+            self.touch(e, repo)
+
+    async def ready(self) -> None:
+        """Wait while the index is being loaded at start."""
+        if self.loading.closed:
+            await self.loading.wait()
+
+    async def stat(self, repo: str, digest: str, *, record: Any = None) -> Optional[BlobInfo]:
+        """The cached blob's size (a hit, counted), or None."""
+        e = self.entries.get(digest)
+        if e is None:
+            return None
+        self._hit(e, repo, record)
+        return BlobInfo(e.size, OCTET_STREAM)
+
+    async def open(self, repo: str, digest: str, byte_range: Optional[str], *,
+                   record: Any = None) -> Optional[FileBody]:
+        """A :class:`~zmirror.transfer.FileBody` of the cached blob (a hit,
+        counted; the file is held open until it was sent), or None when it is
+        not (or no longer) here; RANGE_INVALID for a range it cannot satisfy."""
+        e = self.entries.get(digest)
+        f = self.open_file(e) if e is not None else None
+        if f is None:
+            return None
+        # the reader is released exactly once, when the body's follower closes
+        # (a release without an open would let eviction unlink a blob being read)
+        release = lambda: self.release(e)  # noqa: E731
+        self._hit(e, repo, record)
+        try:
+            status, start, end, headers = range_headers(byte_range, e.size)
+        except Exception:
+            f.close()
+            release()
+            raise
+        headers[b"Content-Type"] = OCTET_STREAM
+        return FileBody(status, headers, f, e.size, start, end, on_close=release,
+                        on_sent=self.count_sent, reactor=self.reactor)
+
+    def _hit(self, e: BlobEntry, repo: str, record: Any) -> None:
+        self.touch(e, repo)
+        self.stats["hits"] += 1
+        if record is not None:
+            record.cache_hit = True
+
+    def missed(self, record: Any = None) -> None:
+        """A request this cache could not answer (it goes upstream)."""
+        self.stats["misses"] += 1
+        if record is not None:
+            record.cache_hit = False
+
+    def count_sent(self, n: int) -> None:
+        self.stats["bytes_from_cache"] += n
+
+    def count_fetched(self, n: int) -> None:
+        self.stats["bytes_from_upstream"] += n
+
     # -- downloads ------------------------------------------------------------
-    def download(self, digest: str, repo: str,
-                 fetch: Callable[[], Any]) -> Deferred:
-        """The running download of ``digest``, or the one being started with
-        ``fetch()`` (a coroutine returning ``(response, length, content_type)``
-        of the upstream's 200, or raising its error).  Single-flight: the start
-        belongs to no caller; cancelling the returned Deferred detaches only its
-        caller.  Fails with :class:`CacheUnavailable` when this miss is to be
-        relayed uncached (disk failing, no transfer thread free, temp bytes at
-        ``max_temp_bytes``)."""
-        dl = self.downloads.get(digest)
-        if dl is not None:
-            return succeed(dl)
-        return self._starting.run(digest, lambda: self._begin(digest, repo, fetch))
+    def running(self, digest: str) -> Optional[Download]:
+        """The running download of ``digest``, if any."""
+        return self.downloads.get(digest)
 
     def temp_bytes(self) -> int:
         """Bytes the temp files of running downloads take when complete."""
         return sum(dl.length or 0 for dl in self.downloads.values())
 
-    def _admit(self, length: Optional[int]) -> None:
+    def admit(self, length: Optional[int] = None) -> None:
         """Raise CacheUnavailable unless a download of ``length`` bytes (None:
         not known yet) fits the temp budget and can lease a thread."""
         why = None
@@ -470,23 +486,27 @@ class BlobCache:
             self.stats["relayed_over_limits"] += 1
             raise CacheUnavailable(why)
 
-    async def _begin(self, digest: str, repo: str, fetch: Callable[[], Any]) -> "Download":
-        self._admit(None)  # spare the upstream a request whose answer could not be stored
-        response, length, content_type = await fetch()
+    def fill(self, digest: str, repo: str, answer: Any) -> Download:
+        """Start the download of ``digest`` from ``answer`` (an upstream's 200:
+        ``response``, ``length`` or None, ``content_type``), or raise
+        :class:`CacheUnavailable` (the answer discarded) when it is to be
+        relayed uncached: no Content-Length, over the limits, temp file not
+        creatable (the disk is then marked failing)."""
+        response, length = answer.response, answer.length
         if length is None:
             # a body of unknown size cannot be budgeted: relayed (and verified) uncached
             discard(response)
             self.stats["relayed_over_limits"] += 1
             raise CacheUnavailable("upstream sent no Content-Length")
         try:
-            self._admit(length)
+            self.admit(length)
         except CacheUnavailable:
             discard(response)
             raise
         dl = Download(self, digest, repo)
         self.downloads[digest] = dl
         try:
-            dl.start(response, length, content_type)
+            dl.start(answer)
         except (OSError, CacheUnavailable) as e:
             # the temp file could not be created (or no thread after all): relay it uncached
             self.downloads.pop(digest, None)
@@ -496,14 +516,9 @@ class BlobCache:
                 self.store_failed(f"cannot create a temporary file: {e}")
                 raise CacheUnavailable(str(e)) from None
             raise
-        flight = self._starting.get(digest)
-        # Every caller left while the upstream took its time.  (No flight yet: the
-        # answer came at once, before any caller could wait, let alone leave.)
-        if flight is not None and flight.waiting == 0:
-            self._check_orphan(dl)
         return dl
 
-    def _check_orphan(self, dl: "Download") -> None:
+    def check_orphan(self, dl: Download) -> None:
         """``dl`` lost its last client: finish it only while under the orphan caps."""
         if dl.state not in ("running", "pending") or dl.followers or dl.orphaned:
             return
@@ -520,7 +535,7 @@ class BlobCache:
         for dl in list(self.downloads.values()):
             dl.abandon(why)
 
-    def _download_finished(self, dl: "Download", ok: bool) -> None:
+    def download_finished(self, dl: Download, ok: bool) -> None:
         self.downloads.pop(dl.digest, None)
         if not ok:
             self.stats["verify_failures"] += 1 if dl.verify_failed else 0
@@ -545,579 +560,6 @@ class BlobCache:
             await self.flush_index()  # a failure leaves the rows dirty for the flusher
         finally:
             await self.evict()
-
-
-class Download(Protocol):
-    """One upstream fetch of a blob into a temp file, shared by all its readers.
-
-    Created by :meth:`BlobCache.download` once the upstream answered (headers
-    known); readers attach with :meth:`follow`.
-    """
-
-    def __init__(self, cache: BlobCache, digest: str, repo: str):
-        self.cache = cache
-        self.digest = digest
-        self.repo = repo
-        self.length: Optional[int] = None
-        self.content_type = OCTET_STREAM  # replayed to every follower
-        self.written = 0  # bytes on disk, readable by followers
-        self.state = "pending"  # pending | running | done | failed
-        self.failure_reason = ""
-        self.verify_failed = False
-        self.orphaned = False  # every client left; finishing it counts against the orphan caps
-        self._lease = None  # the transfer threads this download may use
-        self.followers: list[FollowerProducer] = []
-        self.upstream = None
-        self._idle = None
-        self._paused = False
-        self.tmp_path: Optional[Path] = None
-        self._file = None
-        self.worker: Optional[DigestWorker] = None
-        self.received = 0
-        # "relay": bytes pass through dataReceived; "probe": deciding whether to
-        # splice (bytes Twisted already read collect in _prefix); "splice": the
-        # kernel moves the body (kernelcopy.SpliceFill)
-        self.mode = "relay"
-        self._prefix: list = []
-        self._tcp = None
-        self._early_loss = None
-
-    @property
-    def remaining(self) -> int:
-        """Bytes still to fetch."""
-        return max((self.length or 0) - self.written, 0)
-
-    # called by BlobCache._begin with the upstream's 200 response
-    def start(self, response, length: Optional[int], content_type: Optional[bytes]) -> None:
-        self.length = length
-        self.content_type = blob_content_type(content_type)
-        threads = self.cache.transfers
-        splice = length is not None and length >= kernelcopy.SPLICE_MIN and kernelcopy.available()
-        # the kernel copy needs two threads; with one free the body goes through Python
-        lease = threads.lease(kernelcopy.SpliceFill.THREADS) if splice else None
-        if lease is None:
-            splice = False
-            lease = threads.lease(1)
-        if lease is None:
-            raise CacheUnavailable("no transfer thread free")
-        self._lease = lease
-        try:
-            tmpdir = self.cache.root / "tmp"
-            tmpdir.mkdir(parents=True, exist_ok=True)
-            fd_path = tmpdir / f"{self.digest.split(':', 1)[1]}.{os.getpid()}.{id(self):x}"
-            self.tmp_path = fd_path
-            self._file = open(fd_path, "wb", buffering=0)
-        except OSError:
-            lease.close()
-            raise
-        self.state = "running"
-        if splice:
-            self.mode = "probe"  # connectionMade tells whether the transport allows splicing
-        else:
-            self._start_worker()
-        response.deliverBody(self)
-        if self.mode == "probe":
-            # No more socket reads; body bytes the HTTP parser already holds are
-            # delivered when the call stack that brought us the response unwinds.
-            self.upstream.pauseProducing()
-            self.cache.reactor.callLater(0, self._start_splice)
-
-    def _start_worker(self) -> None:
-        algo = self.digest.split(":", 1)[0]
-        self.worker = DigestWorker(algo, self._lease, file=self._file,
-                                   on_drained=self._worker_drained, on_progress=self._progress)
-        self._lease.close()  # a second thread reserved for a kernel copy is not needed
-
-    def _start_splice(self) -> None:
-        """Stop Twisted reading the upstream socket and move the rest of the
-        body in the kernel (kernelcopy.SpliceFill)."""
-        if self.state != "running":
-            self._lease.close()
-            self._tcp.abortConnection()  # paused for the switch: never leave it hanging
-            return
-        prefix, self._prefix = self._prefix, []
-        if self._early_loss is not None:
-            # the upstream connection ended before the switch: finish the ordinary way
-            self.mode = "relay"
-            self._start_worker()
-            self.received = 0
-            for data in prefix:
-                self._data(data)
-            self.connectionLost(self._early_loss)
-            return
-        self.mode = "splice"
-        self._cancel_idle()
-        fds = []
-        try:
-            fds.append(os.dup(self._tcp.fileno()))
-            fds.append(os.dup(self._file.fileno()))
-            fds.append(os.open(self.tmp_path, os.O_RDONLY | os.O_CLOEXEC))
-        except OSError as e:  # out of descriptors, temp file gone
-            for fd in fds:
-                os.close(fd)
-            self._tcp.abortConnection()
-            self._fail(f"cannot start the cache fill: {e}")
-            return
-        algo = self.digest.split(":", 1)[0]
-        self.worker = kernelcopy.SpliceFill(
-            algo, self._lease, sock_fd=fds[0], file_fd=fds[1], read_fd=fds[2], prefix=prefix,
-            length=self.length, idle_timeout=self.cache.idle_timeout, on_progress=self._progress)
-        self.worker.finish().addCallback(self._spliced)
-
-    def _spliced(self, digest: Optional[str]) -> None:
-        # Twisted's HTTP client still waits for the body it never read: drop the connection
-        self._tcp.abortConnection()
-        if digest is None:
-            if self.state == "running":
-                if self.worker.disk_error:
-                    self.cache.store_failed(self.worker.error)
-                self._fail(self.worker.error or "aborted")
-            return
-        self.received = self.length
-        self._verify(digest)
-
-    def abandon(self, why: str) -> None:
-        """Stop this download (nobody waits for it, or shutdown) and remove its temp file."""
-        if self.state not in ("running", "pending"):
-            return
-        upstream = self.upstream
-        self._fail(why)
-        if self.mode != "splice" and upstream is not None:
-            upstream.stopProducing()  # a splice ends through the aborted SpliceFill
-
-    # -- upstream protocol --------------------------------------------------------
-    def connectionMade(self):
-        self.upstream = self.transport
-        enlarge_reads(self.transport)
-        if self.mode == "probe":
-            self._tcp = kernelcopy.plain_tcp(self.transport)
-            if self._tcp is None:
-                self.mode = "relay"
-                self._start_worker()
-        self._arm_idle()
-
-    def dataReceived(self, data: bytes):
-        if self.state != "running":
-            return  # abandoned: the upstream connection is being closed
-        self._data(data)
-
-    def _data(self, data: bytes):
-        if self.mode == "probe":  # keep what Twisted read before the switch
-            self._prefix.append(data)
-            self.received += len(data)
-            return
-        if self.mode == "splice":  # cannot happen: Twisted no longer reads this socket
-            self.worker.abort()
-            self._fail("body bytes arrived after the switch to splice(2)")
-            return
-        offset = self.received
-        self.received += len(data)
-        if self._idle is not None:
-            self._idle.reset(self.cache.idle_timeout)
-        self.cache.stats["bytes_from_upstream"] += len(data)
-        keep_up = self.worker.update(data)
-        # readers that are keeping up get the bytes straight from memory;
-        # the others catch up from the file at their own pace
-        for f in self.followers:
-            if f.pos == offset:
-                f.push(data, offset)
-        if not keep_up:
-            self._paused = True
-            self._cancel_idle()
-            self.upstream.pauseProducing()
-
-    def _worker_drained(self):
-        if self._paused and self.state == "running":
-            self._paused = False
-            self._arm_idle()
-            self.upstream.resumeProducing()
-
-    def _progress(self, written: int):
-        if self.mode == "splice":
-            self.cache.stats["bytes_from_upstream"] += written - self.written
-        self.written = written
-        for f in list(self.followers):
-            f.data_available()
-
-    def connectionLost(self, reason):
-        if self.mode == "probe":
-            self._early_loss = reason
-            return
-        if self.mode == "splice":
-            return  # our own abort after the kernel copy ended; SpliceFill reports how it went
-        self._cancel_idle()
-        if self.state != "running":
-            return  # abandoned
-        if not (reason.check(ResponseDone) or (reason.check(PotentialDataLoss) and self.length is None)):
-            self._fail(f"upstream body broken after {self.received} bytes: {reason.getErrorMessage()}")
-            return
-        if self.length is not None and self.received != self.length:
-            self._fail(f"upstream sent {self.received} of {self.length} bytes")
-            return
-        if self.length is None:
-            self.length = self.received
-        self.worker.finish().addCallback(self._verify)
-
-    def _verify(self, digest: str):
-        self._close_file()
-        if self.worker.error is not None:
-            why = f"cache write failed: {self.worker.error}"
-            if getattr(self.worker, "disk_error", True):
-                self.cache.store_failed(why)
-            self._fail(why)
-            return
-        if digest != self.digest:
-            self.verify_failed = True
-            self._fail(f"digest mismatch: upstream content hashed to {digest}")
-            return
-        final = self.cache.path(self.digest)
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self.tmp_path, final)
-        except OSError as e:
-            self.cache.store_failed(f"cannot store blob: {e}")
-            self._fail(f"cannot store blob: {e}")
-            return
-        self.state = "done"
-        self.written = self.length
-        self.cache._download_finished(self, True)
-        for f in list(self.followers):
-            f.data_available()
-
-    def _fail(self, why: str):
-        log.warn("blob download {d} failed: {why}", d=self.digest, why=why)
-        self.state = "failed"
-        self.failure_reason = why
-        self._cancel_idle()
-        if self._lease is not None:
-            self._lease.close()
-        if self.worker is not None:
-            self.worker.abort()
-        self._close_file()
-        if self.tmp_path is not None:
-            _silent_unlink(self.tmp_path)  # followers keep their open handles
-        self.cache._download_finished(self, False)
-        for f in list(self.followers):
-            f.data_available()
-
-    def _close_file(self):
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass
-            self._file = None
-
-    # -- idle timer --------------------------------------------------------------
-    def _arm_idle(self):
-        if self._idle is None:
-            self._idle = self.cache.reactor.callLater(self.cache.idle_timeout, self._idle_fired)
-        else:
-            self._idle.reset(self.cache.idle_timeout)
-
-    def _cancel_idle(self):
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        self._idle = None
-
-    def _idle_fired(self):
-        self._idle = None
-        self.upstream.stopProducing()
-
-    # -- readers -----------------------------------------------------------------
-    def follow(self, request, start: int = 0, end: Optional[int] = None) -> "FollowerProducer":
-        f = FollowerProducer(request, self, start=start, end=end)
-        self.followers.append(f)
-        self.orphaned = False
-        return f
-
-    def _unfollow(self, f: "FollowerProducer") -> None:
-        if f in self.followers:
-            self.followers.remove(f)
-            if not self.followers:
-                self.cache._check_orphan(self)
-
-
-@implementer(IPushProducer)
-class FollowerProducer:
-    """Streams a blob to one client from a file that may still be growing.
-
-    On plain TCP the body goes by sendfile(2) (:class:`_SendfileWriter`);
-    otherwise a push producer writes 64 KiB reads while the client's transport
-    is not paused.  When it has caught up with a running download it waits for
-    ``data_available``.  ``done`` fires True when every byte was sent, False
-    when the client went away or had to be aborted (after its connection is
-    gone, so the web layer never finishes a short response as complete).
-    """
-
-    def __init__(self, request, download: Optional[Download] = None, *, path: Optional[Path] = None,
-                 file=None, size: Optional[int] = None, start: int = 0, end: Optional[int] = None,
-                 on_close: Optional[Callable[[], None]] = None, stats: Optional[dict] = None,
-                 reactor: Any = None):
-        self.request = request
-        self.reactor = reactor
-        self._sf: Optional[_SendfileWriter] = None  # set while sending with sendfile(2)
-        self.download = download
-        self.file = file
-        self.path = path if path is not None else (download.tmp_path if download else None)
-        self.size = size
-        self.pos = start
-        self.end = end  # inclusive end, or None for "to the end"
-        self.on_close = on_close
-        self.stats = stats
-        self.done: Deferred = Deferred()
-        self.sent = 0
-        self.paused = False
-        self._pumping = False
-        self._finished = False
-        request.notifyFinish().addErrback(self._client_gone)
-
-    def begin(self) -> Deferred:
-        if self.file is None and self.path is not None:
-            try:
-                self.file = open(self.path, "rb", buffering=0)
-            except OSError as e:
-                self._abort(f"cannot open blob: {e}")
-                return self.done
-        # sendfile(2) whenever the client is on plain TCP, also while the download
-        # still runs (it then waits for data_available when it has caught up)
-        transport = _sendfile_transport(self.request, self.reactor)
-        if transport is not None:
-            # status line and headers go out through the transport first; the
-            # body then moves from the page cache to the socket in the kernel
-            self.request.write(b"")
-            self._sf = _SendfileWriter(self, transport)
-            self.reactor.addWriter(self._sf)
-            return self.done
-        self.request.registerProducer(self, True)
-        self._pump()
-        return self.done
-
-    def _sendfile(self):
-        """The client socket is writable (sendfile mode)."""
-        if self._finished:
-            return
-        t = self._sf.transport
-        if t.offset < len(t.dataBuffer) or t._tempDataLen:
-            return  # the headers are still in Twisted's buffer
-        limit, final = self._limit()
-        if self.pos < limit:
-            try:
-                n = os.sendfile(self._sf.fd, self.file.fileno(), self.pos, min(limit - self.pos, SENDFILE_MAX))
-            except BlockingIOError:
-                return
-            except OSError as e:
-                self._abort(f"send failed: {e}")
-                return
-            if n == 0:
-                self._abort("blob file shorter than expected")
-                return
-            self.pos += n
-            self.sent += n
-            self.request.sentLength += n
-            if self.stats is not None:
-                self.stats["bytes_from_cache"] += n
-            return
-        if final:
-            if self.download is not None and self.download.state == "failed":
-                self._abort(self.download.failure_reason)
-            else:
-                self._complete()
-            return
-        self._sf.pause()  # caught up with a running download: wait for data_available
-
-    def _limit(self) -> tuple[int, bool]:
-        """(readable end offset exclusive, final?)"""
-        stop = None if self.end is None else self.end + 1
-        dl = self.download
-        if dl is None or dl.state == "done":
-            total = self.size if dl is None else dl.length
-            return (total if stop is None else min(stop, total)), True
-        if dl.state == "failed":
-            return self.pos, True
-        # running: never release the final byte before verification
-        avail = dl.written
-        if dl.length is not None:
-            avail = min(avail, dl.length - 1)
-        if stop is not None and stop <= avail:
-            return stop, True
-        return avail, False
-
-    def _pump(self):
-        if self._pumping:
-            return
-        self._pumping = True
-        try:
-            while not self.paused and not self._finished:
-                limit, final = self._limit()
-                if self.pos < limit:
-                    n = min(CHUNK, limit - self.pos)
-                    try:
-                        data = os.pread(self.file.fileno(), n, self.pos)
-                    except OSError as e:
-                        self._abort(f"read failed: {e}")
-                        return
-                    if not data:
-                        self._abort("blob file shorter than expected")
-                        return
-                    self.pos += len(data)
-                    self.sent += len(data)
-                    if self.stats is not None:
-                        self.stats["bytes_from_cache"] += len(data)
-                    self.request.write(data)
-                    continue
-                if final:
-                    if self.download is not None and self.download.state == "failed":
-                        self._abort(self.download.failure_reason)
-                    else:
-                        self._complete()
-                return  # caught up with a running download: wait for data_available
-        finally:
-            self._pumping = False
-
-    def push(self, data: bytes, offset: int):
-        """Bytes as they arrive from upstream, when this reader is right there."""
-        if self.paused or self._finished or self.pos != offset or self.end is not None:
-            return
-        if self._sf is not None:
-            return  # the sendfile writer reads the file; bytes written here would pass it
-        dl = self.download
-        if dl.length is not None and offset + len(data) >= dl.length:
-            data = data[: dl.length - 1 - offset]  # the last byte waits for verification
-        if data:
-            self.pos += len(data)
-            self.sent += len(data)
-            self.request.write(data)
-
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
-        self._pump()
-
-    def data_available(self):
-        if self._sf is not None:
-            if not self._finished:
-                self._sf.resume()
-        elif not self.paused:
-            self._pump()
-
-    def stopProducing(self):
-        self._close()
-
-    def _client_gone(self, _f):
-        self._finished = True
-        self._close()
-        if not self.done.called:
-            self.done.callback(False)
-
-    def _complete(self):
-        self._finished = True
-        if self._sf is None:
-            self.request.unregisterProducer()
-        self._close()
-        if not self.done.called:
-            self.done.callback(True)
-
-    def _abort(self, why: str):
-        log.warn("aborting blob transfer: {why}", why=why)
-        self._finished = True
-        try:
-            self.request.unregisterProducer()
-        except Exception:
-            pass
-        self._close()
-        abort_client(self.request)
-        # ``done`` fires from _client_gone once the connection is really gone, so
-        # the web layer never finishes this response as if it were complete.
-
-    def _close(self):
-        if self._sf is not None:
-            self._sf.close()
-        if self.download is not None:
-            self.download._unfollow(self)
-        if self.file is not None:
-            try:
-                self.file.close()
-            except OSError:
-                pass
-            self.file = None
-        if self.on_close is not None:
-            cb, self.on_close = self.on_close, None
-            cb()
-
-
-SENDFILE_MAX = 8 << 20
-
-
-def _sendfile_transport(request, reactor):
-    """The client's plain TCP transport when the body can go by sendfile(2):
-    a known Content-Length (no chunking), not a HEAD, no TLS, a real reactor."""
-    if reactor is None or not hasattr(reactor, "addWriter") or not hasattr(os, "sendfile"):
-        return None
-    from twisted.internet import tcp
-
-    t = getattr(getattr(request, "channel", None), "transport", None)
-    if type(t) is not tcp.Server or getattr(t, "TLS", False):
-        return None
-    if not all(hasattr(t, a) for a in ("dataBuffer", "offset", "_tempDataLen")):
-        return None
-    if request.method == b"HEAD" or request.responseHeaders.getRawHeaders(b"content-length") is None:
-        return None
-    return t
-
-
-@implementer(IWriteDescriptor)
-class _SendfileWriter:
-    """Writability of a duplicate of the client's socket descriptor, so the
-    reactor tells us when sendfile(2) can go on (Twisted's transport keeps the
-    original descriptor for reading and for the headers)."""
-
-    def __init__(self, producer: "FollowerProducer", transport):
-        self.producer = producer
-        self.transport = transport
-        self.fd = os.dup(transport.fileno())
-        self.reactor = producer.reactor
-        self.active = True
-        self.closed = False
-
-    def fileno(self):
-        return self.fd
-
-    def doWrite(self):
-        self.producer._sendfile()
-        return None
-
-    def connectionLost(self, reason):
-        self.close()
-
-    def logPrefix(self):
-        return "zmirror-sendfile"
-
-    def pause(self):
-        if self.active:
-            self.active = False
-            self.reactor.removeWriter(self)
-
-    def resume(self):
-        if not self.active and not self.closed:
-            self.active = True
-            self.reactor.addWriter(self)
-
-    def close(self):
-        if self.closed:
-            return
-        self.pause()
-        self.closed = True
-        os.close(self.fd)
-
-
-def _silent_unlink(p) -> None:
-    try:
-        os.unlink(p)
-    except OSError:
-        pass
 
 
 def _delete_blob_rows(txn, digests):
@@ -1153,7 +595,7 @@ class CacheUpkeep:
     threads.
     """
 
-    def __init__(self, blobs: BlobCache, manifests: Any, clock: Any, *, interval: float = 30.0):
+    def __init__(self, blobs: CacheBlobs, manifests: Any, clock: Any, *, interval: float = 30.0):
         self.blobs = blobs
         self.manifests = manifests
         self.clock = clock
@@ -1210,3 +652,6 @@ class CacheUpkeep:
                 self.blobs.transfers.stop()
 
         return Deferred.fromCoroutine(last_write())
+
+
+BlobCache = CacheBlobs  # the name used before the blob sources (wiring, tests, admin)

@@ -1,2 +1,2 @@
 """Talking to upstream registries: auth challenges and tokens, requests with
-redirects and failover health, and the streaming relay."""
+redirects and health, failover (failover.py) and the remote blob source (blobs.py)."""

@@ -120,7 +120,8 @@ class DigestWorker:
     def __init__(self, algorithm: str, lease: Lease, *, file: Optional[BinaryIO] = None,
                  on_drained: Optional[Callable[[], None]] = None,
                  on_progress: Optional[Callable[[int], None]] = None,
-                 high_water: int = 16 << 20, low_water: int = 4 << 20):
+                 high_water: int = 16 << 20, low_water: int = 4 << 20,
+                 prefix_path: Any = None, prefix_length: int = 0):
         self.algorithm = algorithm
         self.reactor = lease.reactor
         self.file = file
@@ -128,7 +129,6 @@ class DigestWorker:
         # on_progress(bytes_written) runs in the reactor thread after writes
         # (coalesced: at most one call pending at a time)
         self.on_progress = on_progress
-        self.written = 0
         self._progress_pending = False
         self.high_water = high_water
         self.low_water = low_water
@@ -139,6 +139,11 @@ class DigestWorker:
         self._over = False
         self._done: Deferred = Deferred()
         self.error: Optional[BaseException] = None
+        # ``prefix_length`` bytes already in the file at ``prefix_path`` (a kernel
+        # copy that broke off): hashed first, then what is queued follows them
+        self.prefix_path = prefix_path
+        self.prefix_length = prefix_length
+        self.written = prefix_length
         lease.run(self._run)
 
     def update(self, data: bytes) -> bool:
@@ -161,6 +166,18 @@ class DigestWorker:
 
     def _run(self):
         h, f = self._hash, self.file
+        if self.prefix_length:
+            try:
+                with open(self.prefix_path, "rb", buffering=0) as src:
+                    left = self.prefix_length
+                    while left > 0:
+                        chunk = src.read(min(left, 1 << 20))
+                        if not chunk:
+                            raise OSError(f"file shorter than the {self.prefix_length} bytes written")
+                        h.update(chunk)
+                        left -= len(chunk)
+            except BaseException as e:
+                self.error = e
         while True:
             item = self._queue.get()
             if item is _STOP:

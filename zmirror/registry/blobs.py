@@ -1,0 +1,108 @@
+"""Pull-through blobs: a local store in front of the upstreams, as one blob source.
+
+:class:`PullThroughBlobs` (distribution's ``registry/proxy`` is the model)
+answers ``stat``/``open`` the way the route layer needs without it knowing
+that it proxies:
+
+- a hit in the local store (:class:`~zmirror.cache.blobs.CacheBlobs`) is
+  served from its file — but only once the blob is known to be in the
+  requested repository (content addressing alone must not let a pull of
+  repository A read a blob only seen in B: the upstream confirms it first);
+- a miss starts one cache download per digest (single-flight: the upstream
+  fetch belongs to no caller, a caller that goes away only detaches) and every
+  client follows it, its own Range included;
+- when the cache cannot store (disk failing, limits reached, no length) the
+  miss is relayed from the upstreams (:class:`~zmirror.upstream.blobs.RemoteBlobs`),
+  still verified; without a local store everything is relayed.
+
+Counters (hits, misses) are the local store's: it counts what it is told here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from zope.interface import implementer
+
+from zmirror.cache.download import CacheUnavailable
+from zmirror.singleflight import SingleFlight
+from zmirror.transfer import BlobInfo, DownloadBody, IBlobBody, IBlobSource, range_headers
+
+
+@implementer(IBlobSource)
+class PullThroughBlobs:
+    def __init__(self, local: Any, remote: Any):
+        self.local = local  # CacheBlobs or None
+        self.remote = remote  # RemoteBlobs
+        self.starting: SingleFlight = SingleFlight()  # downloads waiting for the upstream's answer
+
+    async def _member(self, repo: str, digest: str, record: Any) -> bool:
+        """Is ``digest`` cached for ``repo``?  A blob cached via another
+        repository is confirmed upstream (a HEAD) first."""
+        local = self.local
+        await local.ready()
+        if local.lookup(digest) is None:
+            return False
+        if not local.knows(digest, repo):
+            await self.remote.exists(repo, digest, record=record)
+            local.add_repo(digest, repo)
+        return local.lookup(digest) is not None
+
+    async def stat(self, repo: str, digest: str, *, record: Any = None) -> BlobInfo:
+        local = self.local
+        if local is not None and await self._member(repo, digest, record):
+            info = await local.stat(repo, digest, record=record)
+            if info is not None:
+                return info
+        info = await self.remote.stat(repo, digest, record=record)
+        if local is not None and record is not None:
+            record.cache_hit = False
+        return info
+
+    async def open(self, repo: str, digest: str, byte_range: Optional[str], *,
+                   record: Any = None) -> IBlobBody:
+        local = self.local
+        if local is not None:
+            if await self._member(repo, digest, record):
+                body = await local.open(repo, digest, byte_range, record=record)
+                if body is not None:
+                    return body
+            if local.storing():
+                # a miss, Range or not, fills the cache; ranges are served from the download
+                try:
+                    return await self._from_download(repo, digest, byte_range, record)
+                except CacheUnavailable:
+                    pass  # relay this one from upstream without storing
+            else:
+                local.missed(record)
+            if record is not None:
+                record.cache_hit = False
+        return await self.remote.open(repo, digest, byte_range, record=record)
+
+    async def _from_download(self, repo: str, digest: str, byte_range: Optional[str],
+                             record: Any) -> DownloadBody:
+        local = self.local
+        local.missed(record)
+        dl = local.running(digest)
+        if dl is None:
+            # the fetch belongs to the download, not to this request: when this
+            # client goes away (Klein cancels its handler) only this wait is cancelled
+            dl = await self.starting.run(digest, lambda: self._start(repo, digest, record))
+        status, start, end, headers = range_headers(byte_range, dl.length)
+        headers[b"Content-Type"] = dl.content_type
+        return DownloadBody(status, headers, dl, start, end, record=record)
+
+    async def _start(self, repo: str, digest: str, record: Any):
+        local = self.local
+        local.admit()  # spare the upstream a request whose answer could not be stored
+        answer = await self.remote.fetch(repo, digest, record=record)
+        dl = local.fill(digest, repo, answer)
+        flight = self.starting.get(digest)
+        # Every caller left while the upstream took its time.  (No flight yet: the
+        # answer came at once, before any caller could wait, let alone leave.)
+        if flight is not None and flight.waiting == 0:
+            local.check_orphan(dl)
+        return dl
+
+
+__all__ = ["PullThroughBlobs"]
