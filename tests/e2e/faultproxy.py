@@ -33,6 +33,7 @@ Example: cut the first two GETs of a blob at a third of their bodies, then pass:
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 import struct
@@ -41,6 +42,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Self
 
 MiB = 1024 * 1024
 KINDS = ("pass", "cut", "reset", "stall", "flip", "status", "refuse")
@@ -64,19 +66,19 @@ class Fault:
         return cls("pass")
 
     @classmethod
-    def cut(cls, at: int | float | None = None) -> Fault:
+    def cut(cls, at: float | None = None) -> Fault:
         return cls("cut", at)
 
     @classmethod
-    def reset(cls, at: int | float | None = None) -> Fault:
+    def reset(cls, at: float | None = None) -> Fault:
         return cls("reset", at)
 
     @classmethod
-    def stall(cls, seconds: float, at: int | float | None = None) -> Fault:
+    def stall(cls, seconds: float, at: float | None = None) -> Fault:
         return cls("stall", at, seconds=seconds)
 
     @classmethod
-    def flip(cls, at: int | float | None = None) -> Fault:
+    def flip(cls, at: float | None = None) -> Fault:
         return cls("flip", at)
 
     @classmethod
@@ -250,7 +252,7 @@ class FaultProxy:
         for t in threads:
             t.join(5)
 
-    def __enter__(self) -> FaultProxy:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -298,7 +300,7 @@ class FaultProxy:
                 continue
             try:
                 client, _ = lst.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 continue  # closed by refuse() or close()
@@ -405,9 +407,8 @@ class FaultProxy:
     def _send(self, client: socket.socket, data: bytes) -> None:
         client.sendall(data)
         rate = self.rate
-        if rate:
-            if self._closing.wait(len(data) / rate):
-                raise _Closed()
+        if rate and self._closing.wait(len(data) / rate):
+            raise _Closed()
 
     def _relay(self, up: socket.socket, ubuf: bytes, client: socket.socket, ev: Event,
                length: int | None) -> tuple[bytes, str]:
@@ -499,7 +500,7 @@ def _recv(s: socket.socket, closing: threading.Event) -> bytes:
             raise _Closed()
         try:
             return s.recv(256 * 1024)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise _Closed() from None
 
 
@@ -562,10 +563,10 @@ def _parse_response(head: bytes) -> tuple[int, dict[str, str]]:
 
 def _error_answer(status: int) -> bytes:
     code = "TOOMANYREQUESTS" if status == 429 else "UNAVAILABLE"
-    body = ('{"errors":[{"code":"%s","message":"injected by the fault proxy"}]}' % code).encode()
+    body = json.dumps({"errors": [{"code": code, "message": "injected by the fault proxy"}]}).encode()
     extra = "Retry-After: 1\r\n" if status == 429 else ""
     return (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
 
 
-__all__ = ["Fault", "FaultProxy", "PASS", "Request", "Event", "blob_get", "any_request", "KINDS"]
+__all__ = ["KINDS", "PASS", "Event", "Fault", "FaultProxy", "Request", "any_request", "blob_get"]
