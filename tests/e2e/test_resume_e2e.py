@@ -121,7 +121,7 @@ def wait_for(pred, timeout: float, what=None) -> None:
             return
         if time.monotonic() > deadline:
             msg = what() if callable(what) else (what or "condition")
-            raise AssertionError(f"timed out after {timeout}s waiting for {msg}")
+            raise unittest.FailTest(f"timed out after {timeout}s waiting for {msg}")
         time.sleep(0.05)
 
 
