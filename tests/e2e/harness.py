@@ -807,7 +807,10 @@ http:
     # -- zmirror
 
     def start_zmirror(self, name: str, upstreams: list[Upstream], *, anonymous: str = "all",
-                      cache: bool = False, extra_toml: str = "") -> ZMirror:
+                      cache: bool = False, extra_toml: str = "", idle_timeout: float = 30,
+                      cooldown: float = 30, upstream_toml: str = "") -> ZMirror:
+        """``twistd -n zmirror`` on a fresh data dir; ``extra_toml`` goes into ``[cache]``,
+        ``upstream_toml`` (more ``key = value`` lines) into ``[upstream]``."""
         base = self.root / "zmirror" / name
         data = base / "data"
         data.mkdir(parents=True, exist_ok=True)
@@ -831,8 +834,9 @@ anonymous = "{anonymous}"
 
 [upstream]
 connect_timeout = 5
-idle_timeout = 30
-cooldown = 30
+idle_timeout = {idle_timeout:g}
+cooldown = {cooldown:g}
+{upstream_toml}
 
 [cache]
 enabled = {"true" if cache else "false"}
