@@ -455,7 +455,7 @@ class VerificationQueueTests(unittest.TestCase):
             self.assertEqual((body["error"], body["retry_after"]), ("too_many_requests", 1))
             self.assertIn("retry in 1 seconds", body["details"])
         self.assertEqual(env.lockout.check("user:alice", "x"), 0)
-        self.assertEqual(env.lockout._recent("a:user:alice", env.clock.seconds()), 0)
+        self.assertEqual(env.lockout.failures("user:alice"), 0)
         self.assertEqual(env.lockout.in_flight("user:alice"), 0)
         self.assertEqual(len(held.calls), 2)
 
@@ -485,7 +485,7 @@ class AdminQueueTests(AdminTestMixin, unittest.TestCase):
         self.assertEqual(headers.getRawHeaders(b"retry-after"), [b"1"])
         self.assertEqual((obj["retry_after"], obj["fields"]), (1, {}))
         self.assertIsInstance(obj["error"], str)
-        self.assertEqual(self.lockout._recent("a:admin", self.clock.seconds()), 0)
+        self.assertEqual(self.lockout.failures("admin"), 0)
 
     @coro
     async def test_wrong_admin_password_counts_even_if_the_user_check_is_refused(self):
@@ -534,7 +534,7 @@ class CancelledLoginTests(unittest.TestCase):
         held.release()
         self.assertEqual((env.passwords.running, env.passwords.queued), (0, 0))
         # not counted as a failure: the outcome went to nobody
-        self.assertEqual(env.lockout._recent("a:user:alice", env.clock.seconds()), 0)
+        self.assertEqual(env.lockout.failures("user:alice"), 0)
         self.assertEqual(request.responseCode, None)  # nothing written to the gone client
         # and the account still logs in
         env.passwords.run = run
@@ -573,7 +573,7 @@ class CancelledLoginTests(unittest.TestCase):
         self.assertIsNone(self.successResultOf(first))
         self.assertEqual(len(held.calls), 1)  # the cancelled one never ran
         self.assertEqual((passwords.running, lockout.in_flight("user:alice")), (0, 0))
-        self.assertEqual(lockout._recent("a:user:alice", clock.seconds()), 1)
+        self.assertEqual(lockout.failures("user:alice"), 1)
 
     def test_cancelled_admin_login(self):
         a = _AdminSetup(self)
@@ -591,4 +591,4 @@ class CancelledLoginTests(unittest.TestCase):
         self.assertEqual(a.lockout.in_flight("admin"), 0)
         held.release()
         self.assertEqual(a.passwords.running, 0)
-        self.assertEqual(a.lockout._recent("a:admin", a.clock.seconds()), 0)
+        self.assertEqual(a.lockout.failures("admin"), 0)

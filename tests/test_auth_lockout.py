@@ -256,11 +256,11 @@ class InFlightAttemptTests(unittest.TestCase):
             with self.lock.attempt("alice", "ip"):
                 raise Boom()
         self.assertEqual((self.lock.in_flight("alice"), self.lock.in_flight(ip="ip")), (0, 0))
-        self.assertEqual(self.lock._recent("a:alice", self.clock.seconds()), 0, "no outcome")
+        self.assertEqual(self.lock.failures("alice"), 0, "no outcome")
         with self.lock.attempt("alice", "ip") as a:
             a.failure()
             a.failure()  # recorded once
-        self.assertEqual(self.lock._recent("a:alice", self.clock.seconds()), 1)
+        self.assertEqual(self.lock.failures("alice"), 1)
 
     def test_reconfigured_limit_applies_to_attempts(self):
         attempts = [self.lock.attempt("alice", "ip") for _ in range(2)]
@@ -269,3 +269,90 @@ class InFlightAttemptTests(unittest.TestCase):
             self.lock.attempt("alice", "ip")
         for a in attempts:
             a.end()
+
+
+class BoundedKeyTests(unittest.TestCase):
+    """Every tracked key costs the same, whatever the account / address sent."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.lock = Lockout(self.clock, max_account=3, max_ip=10**6, window=60, cooldown=120)
+
+    def all_keys(self, lock):
+        return list(lock._failures) + list(lock._locked) + list(lock._in_flight)
+
+    def test_long_username_key_is_as_small_as_a_short_one(self):
+        import sys
+
+        long_name = "x" * 16384
+        self.lock.failure("bob", "10.0.0.1")
+        attempt = self.lock.attempt(long_name, "10.0.0.2")
+        for _ in range(3):
+            self.lock.failure(long_name, "10.0.0.2")
+        keys = self.all_keys(self.lock)
+        self.assertTrue(keys)
+        sizes = {sys.getsizeof(k) for k in keys}
+        self.assertEqual(len(sizes), 1, sizes)
+        self.assertLess(sizes.pop(), 100)
+        # behaviour unchanged: the long account is locked after 3, case-insensitively
+        self.assertEqual(self.lock.retry_after(long_name.upper(), "10.9.9.9"), 120)
+        self.assertEqual(self.lock.check("bob", "10.9.9.9"), 0)
+        attempt.end()
+
+    def test_memory_for_many_long_usernames_is_bounded(self):
+        import tracemalloc
+
+        n = 200
+        names = [f"{i:05d}" + "u" * 16379 for i in range(n)]  # 16 KB each, all distinct
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        before = tracemalloc.take_snapshot()
+        for i, name in enumerate(names):
+            self.lock.failure(name, f"10.0.{i // 250}.{i % 250}")
+        after = tracemalloc.take_snapshot()
+        grown = sum(s.size_diff for s in after.compare_to(before, "filename")
+                    if s.traceback[0].filename.endswith("lockout.py"))
+        self.assertEqual(len(self.lock._failures), 2 * n)
+        # a few hundred bytes per key (an account and an address per failure), never the name
+        self.assertLess(grown, 2 * n * 1024, grown)
+
+    def test_log_lines_keep_a_truncated_readable_name(self):
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        name = "mallory" + "m" * 16000
+        for _ in range(3):
+            self.lock.failure(name, "10.0.0.1")
+        locked = [e for e in events if "locked for" in e.get("log_format", "")]
+        self.assertEqual(len(locked), 1)
+        self.assertTrue(locked[0]["key"].startswith("mallory"))
+        self.assertLessEqual(len(locked[0]["key"]), 64)
+        self.assertTrue(all(len(str(e.get("account", ""))) <= 64 for e in events))
+
+
+class IPv6PrefixTests(unittest.TestCase):
+    """IPv6 addresses count per /64: the part of an address an attacker is given."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.lock = Lockout(self.clock, max_account=100, max_ip=5, window=60, cooldown=120)
+
+    def test_one_64_shares_one_budget(self):
+        for i in range(5):
+            self.lock.failure(f"user{i}", f"2001:db8:1:2::{i + 1:x}")
+        self.assertEqual(self.lock.retry_after("fresh", "2001:db8:1:2:ffff:ffff:ffff:ffff"), 120)
+        self.assertEqual(self.lock.check("fresh", "2001:db8:1:3::1"), 0, "another /64")
+        with self.assertRaises(Locked):
+            self.lock.attempt("fresh", "2001:db8:1:2::abcd")
+
+    def test_ipv4_counts_per_address_and_mapped_as_ipv4(self):
+        from zmirror.auth.lockout import address_bucket
+
+        for i in range(5):
+            self.lock.failure(f"user{i}", "::ffff:192.0.2.7")
+        self.assertEqual(self.lock.retry_after("fresh", "192.0.2.7"), 120)
+        self.assertEqual(self.lock.check("fresh", "192.0.2.8"), 0)
+        self.assertEqual(address_bucket("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64")
+        self.assertEqual(address_bucket("not an ip"), "not an ip")

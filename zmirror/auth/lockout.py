@@ -28,7 +28,17 @@ The lower-level ``check`` / ``enforce`` / ``failure`` / ``success`` remain
 for callers that only need the locks.
 
 Failures are logged with account and address, never the password.  Memory is
-bounded: stale entries are pruned and at most ``max_keys`` keys are tracked.
+bounded: stale entries are pruned and at most ``max_keys`` keys are tracked,
+and every key costs the same whatever the input: a key is a 16-byte keyed
+BLAKE2b digest (with a random per-process key, so nobody can aim at a
+collision) of the normalized account or address, never the name itself — a
+16 KB Basic username costs what "bob" costs.  Log lines carry a readable name
+truncated to :data:`LABEL_CHARS` characters.
+
+Addresses are counted per IPv4 address and per IPv6 /64 (an IPv4-mapped IPv6
+address counts as its IPv4 address): one host or LAN usually gets a whole /64,
+so counting single IPv6 addresses would give an attacker 2**64 fresh budgets.
+Clients that share a /64 share its budget, as clients behind one IPv4 NAT do.
 
 The thresholds come from ``[lockout]`` in config.toml (:func:`settings`;
 defaults 10 per account / 30 per address in 600 s, 300 s cool-down) and
@@ -38,8 +48,12 @@ locks in force are kept.
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import math
-from collections import OrderedDict, deque
+import os
+from array import array
+from collections import OrderedDict
 from typing import Any
 
 from twisted.logger import Logger
@@ -49,6 +63,27 @@ log = Logger()
 
 # Retry-After (seconds) when the attempts in flight fill the limit but no lock is in force
 IN_FLIGHT_RETRY_AFTER = 1
+
+# size of a key's digest (bytes) and of the names in log lines (characters)
+KEY_DIGEST_SIZE = 16
+LABEL_CHARS = 64
+
+ACCOUNT, ADDRESS = b"a", b"i"  # the key's first byte: what it counts
+
+
+def address_bucket(ip: str) -> str:
+    """What failures from ``ip`` are counted under: the IPv4 address itself
+    (also for an IPv4-mapped IPv6 address), the /64 of an IPv6 address, or the
+    text as given if it is no IP address."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network(((int(addr) >> 64) << 64, 64)))
+    return str(addr)
 
 
 class Locked(Exception):
@@ -85,9 +120,11 @@ class Lockout:
                  window: float = 600.0, cooldown: float = 300.0, max_keys: int = 100_000):
         self.clock = clock
         self.max_keys = max_keys
-        self._failures: "OrderedDict[str, deque]" = OrderedDict()
-        self._locked: dict[str, float] = {}
-        self._in_flight: dict[str, int] = {}  # key → attempts being checked now
+        self._secret = os.urandom(32)  # keys the digests: unpredictable, per process
+        # key → failure times (array of doubles, oldest first, at most the limit)
+        self._failures: "OrderedDict[bytes, array]" = OrderedDict()
+        self._locked: dict[bytes, float] = {}
+        self._in_flight: dict[bytes, int] = {}  # key → attempts being checked now
         self.configure(max_account=max_account, max_ip=max_ip, window=window, cooldown=cooldown)
 
     def configure(self, *, max_account: int, max_ip: int, window: float, cooldown: float) -> None:
@@ -102,14 +139,30 @@ class Lockout:
         self.window = float(window)
         self.cooldown = float(cooldown)
 
-    @staticmethod
-    def _keys(account: str, ip: str) -> list[tuple[str, str]]:
+    def _key(self, what: bytes, name: str) -> bytes:
+        """The fixed-size key of a normalized account / address bucket."""
+        h = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), key=self._secret,
+                            digest_size=KEY_DIGEST_SIZE, person=b"zmirror-lockout")
+        return what + h.digest()
+
+    def _keys(self, account: str, ip: str) -> list[tuple[str, bytes]]:
         keys = []
         if account:
-            keys.append(("account", "a:" + account.lower()))
+            keys.append(("account", self._key(ACCOUNT, str(account).lower())))
         if ip:
-            keys.append(("ip", "i:" + ip))
+            keys.append(("ip", self._key(ADDRESS, address_bucket(str(ip)))))
         return keys
+
+    @staticmethod
+    def _label(kind: str, account: str, ip: str) -> str:
+        """A readable, truncated name for log lines."""
+        name = str(account) if kind == "account" else address_bucket(str(ip))
+        return name[:LABEL_CHARS]
+
+    def failures(self, account: str = "", ip: str = "") -> int:
+        """Failures in the window for ``account`` (or, without it, for ``ip``)."""
+        keys = self._keys(account, "" if account else ip)
+        return self._recent(keys[0][1], self.clock.seconds()) if keys else 0
 
     def check(self, account: str, ip: str) -> float:
         """Seconds until ``account``/``ip`` may try again (0: allowed now)."""
@@ -151,7 +204,8 @@ class Lockout:
             limit = self.max_account if kind == "account" else self.max_ip
             if self._recent(key, now) + self._in_flight.get(key, 0) >= limit:
                 log.info("login for {kind} {key} refused: {n} attempts in flight",
-                         kind=kind, key=key[2:][:100], n=self._in_flight.get(key, 0))
+                         kind=kind, key=self._label(kind, account, ip),
+                         n=self._in_flight.get(key, 0))
                 raise Locked(IN_FLIGHT_RETRY_AFTER,
                              "too many logins for this account or address at once; retry in "
                              f"{IN_FLIGHT_RETRY_AFTER} seconds", reason="in_flight")
@@ -164,7 +218,7 @@ class Lockout:
         keys = self._keys(account, "" if account else ip)
         return self._in_flight.get(keys[0][1], 0) if keys else 0
 
-    def _end(self, keys: list[str]) -> None:
+    def _end(self, keys: list[bytes]) -> None:
         for key in keys:
             n = self._in_flight.get(key, 0) - 1
             if n > 0:
@@ -172,40 +226,38 @@ class Lockout:
             else:
                 self._in_flight.pop(key, None)
 
-    def _recent(self, key: str, now: float) -> int:
+    def _recent(self, key: bytes, now: float) -> int:
         q = self._failures.get(key)
         if not q:
             return 0
-        while q and q[0] < now - self.window:
-            q.popleft()
+        _forget_before(q, now - self.window)
         return len(q)
 
     def failure(self, account: str, ip: str, *, what: str = "login") -> None:
         now = self.clock.seconds()
         log.warn("failed {what} for account {account!r} from {ip}", what=what,
-                 account=(account or "")[:100], ip=ip)
+                 account=str(account or "")[:LABEL_CHARS], ip=str(ip or "")[:LABEL_CHARS])
         for kind, key in self._keys(account, ip):
             limit = self.max_account if kind == "account" else self.max_ip
             q = self._failures.get(key)
             if q is None:
-                q = self._failures[key] = deque(maxlen=limit)
+                q = self._failures[key] = array("d")
             else:
                 self._failures.move_to_end(key)
-                if q.maxlen != limit:  # the limit was reconfigured
-                    q = self._failures[key] = deque(q, maxlen=limit)
             q.append(now)
-            while q and q[0] < now - self.window:
-                q.popleft()
+            if len(q) > limit:  # only the newest ``limit`` matter (also after a reconfigure)
+                del q[:len(q) - limit]
+            _forget_before(q, now - self.window)
             if len(q) >= limit and key not in self._locked:
                 self._locked[key] = now + self.cooldown
                 log.warn("{kind} {key} locked for {s:.0f}s after {n} failed logins",
-                         kind=kind, key=key[2:][:100], s=self.cooldown, n=len(q))
+                         kind=kind, key=self._label(kind, account, ip), s=self.cooldown,
+                         n=len(q))
         self._prune(now)
 
     def success(self, account: str, ip: str) -> None:
         if account:
-            key = "a:" + account.lower()
-            self._failures.pop(key, None)
+            self._failures.pop(self._key(ACCOUNT, str(account).lower()), None)
 
     def _prune(self, now: float) -> None:
         while len(self._failures) > self.max_keys:
@@ -221,6 +273,15 @@ class Lockout:
                 self._locked.pop(key, None)
 
 
+def _forget_before(q: array, cutoff: float) -> None:
+    """Drop the failure times older than ``cutoff`` (``q`` is oldest first)."""
+    n = 0
+    while n < len(q) and q[n] < cutoff:
+        n += 1
+    if n:
+        del q[:n]
+
+
 class Attempt:
     """One login attempt in flight (from :meth:`Lockout.attempt`).
 
@@ -230,7 +291,7 @@ class Attempt:
     path ends it.
     """
 
-    def __init__(self, lockout: Lockout, account: str, ip: str, keys: list[str]):
+    def __init__(self, lockout: Lockout, account: str, ip: str, keys: list[bytes]):
         self.lockout = lockout
         self.account = account
         self.ip = ip
