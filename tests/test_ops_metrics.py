@@ -210,6 +210,23 @@ class EndpointTests(unittest.TestCase):
         self.assertEqual(resp.headers.getRawHeaders(b"cache-control"), [b"no-store"])
         self.assertEqual(value(body, "zmirror_requests_total", kind="blob", status="200"), 1)
 
+    def test_admin_mode_refuses_the_default_password(self):
+        from zmirror.admin.api import DEFAULT_PASSWORD_ERROR
+        from zmirror.auth.passwords import fast_context
+        from zmirror.config import DEFAULT_ADMIN_PASSWORD
+
+        # configured as plain text, and as a hash of the default (known from the request)
+        for configured in (DEFAULT_ADMIN_PASSWORD, fast_context().hash(DEFAULT_ADMIN_PASSWORD)):
+            self.admin.config = _config(self.admin.config.data_dir, password=configured)
+            resp, body = self.get("admin:" + DEFAULT_ADMIN_PASSWORD)
+            self.assertEqual(resp.code, 403, configured)
+            self.assertEqual(json.loads(body)["error"], DEFAULT_PASSWORD_ERROR)
+            self.assertNotIn(b"zmirror_requests_total", body)
+            self.assertEqual(resp.headers.getRawHeaders(b"cache-control"), [b"no-store"])
+        # a wrong password is still 401, not a hint that the default is in use
+        resp, body = self.get("admin:wrong")
+        self.assertEqual(resp.code, 401)
+
     def test_admin_mode_uses_the_admin_lockout(self):
         for _ in range(12):
             resp, _ = self.get("admin:wrong")

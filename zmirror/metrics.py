@@ -295,10 +295,14 @@ class MetricsEndpoint:
         return Deferred.fromCoroutine(self._admin_only(request))
 
     async def _admin_only(self, request) -> bytes:
+        from zmirror.admin.api import DEFAULT_PASSWORD_ERROR
         from zmirror.admin.validate import ApiError
 
         try:
             await self.admin._authenticate(request)
+            # the same gate as /api: nothing but the password change with the default password
+            if self.admin._default_password_in_use(request):
+                raise ApiError(403, DEFAULT_PASSWORD_ERROR)
         except ApiError as e:
             return self.admin._error(request, e)
         return render_metrics(request, self.metrics)
