@@ -58,7 +58,7 @@ RUN python3 -m venv /opt/zmirror \
  && rm -rf /tmp/dist \
  && /opt/zmirror/bin/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))" \
  && /opt/zmirror/bin/zmirror --help >/dev/null \
- && mkdir -p /app/data && chown zmirror:zmirror /app/data && chmod 0750 /app/data
+ && mkdir -p /app/data && chown zmirror:zmirror /app/data && chmod 0700 /app/data
 WORKDIR /app
 USER zmirror
 VOLUME /app/data

@@ -238,3 +238,49 @@ class CacheLimitWiringTests(unittest.TestCase):
         blobs = build(load_config(data), reactor)["blob_cache"]
         self.addCleanup(blobs.transfers.stop)
         self.assertEqual(blobs.max_temp_bytes, 10**9)
+
+
+class PrivateModeTests(unittest.TestCase):
+    """The data and cache directories are 0700 whatever the umask."""
+
+    def setUp(self):
+        old = os.umask(0o022)  # permissive: directories 0755 by default
+        self.addCleanup(os.umask, old)
+        self.base = Path(self.mktemp()).resolve()
+        self.base.mkdir()
+
+    def mode(self, p):
+        return stat.S_IMODE(os.stat(p).st_mode)
+
+    def test_new_data_dir_private(self):
+        data = self.base / "a" / "data"
+        cfg = load_config(data)
+        self.assertEqual(self.mode(data), 0o700)
+        self.assertEqual(self.mode(data / "config.toml"), 0o600)
+        self.assertEqual(cfg.warnings, ())
+
+    def test_existing_loose_data_dir_restricted_with_a_warning(self):
+        data = self.base / "data"
+        data.mkdir()
+        os.chmod(data, 0o755)
+        cfg = load_config(data)
+        self.assertEqual(self.mode(data), 0o700)
+        self.assertEqual(len(cfg.warnings), 1, cfg.warnings)
+        self.assertIn("0755", cfg.warnings[0])
+        self.assertIn("0700", cfg.warnings[0])
+        self.assertEqual(load_config(data).warnings, (), "fixed once")
+
+    def test_cache_dir_private(self):
+        from zmirror.cache.blobs import CacheBlobs
+
+        for existing in (False, True):
+            root = self.base / f"cache-{existing}"
+            if existing:
+                root.mkdir()
+                os.chmod(root, 0o755)
+            blobs = CacheBlobs(root, db=None, reactor=None, max_size=1 << 20)
+            blobs._sweep_tmp()  # (thread functions, run here directly)
+            self.assertEqual(self.mode(root), 0o700, existing)
+            os.chmod(root, 0o750)
+            blobs._scan()  # every start
+            self.assertEqual(self.mode(root), 0o700, existing)

@@ -90,3 +90,75 @@ class PoolTests(unittest.TestCase):
         d = self.db.read(pragmas)
         d.addCallback(lambda r: self.assertEqual(r, [1, 10000, 1, "wal"]))
         return d
+
+
+class FileModeTests(unittest.TestCase):
+    """registry.db holds upstream passwords and password hashes: 0600 whatever the umask."""
+
+    def setUp(self):
+        import os
+
+        old = os.umask(0o022)  # permissive: files 0644, directories 0755 by default
+        self.addCleanup(os.umask, old)
+        self.path = Path(self.mktemp()).resolve() / "data" / "registry.db"
+
+    def mode(self, p):
+        import stat
+
+        return stat.S_IMODE(p.stat().st_mode)
+
+    def side(self, suffix):
+        return self.path.with_name(self.path.name + suffix)
+
+    def test_new_database_and_wal_files_private(self):
+        migrate(self.path)
+        self.assertEqual(self.mode(self.path.parent), 0o700, "a directory made for it")
+        # -wal and -shm exist while a connection writes in WAL mode
+        conn = sqlite3.connect(str(self.path))
+        self.addCleanup(conn.close)
+        conn.execute("INSERT INTO whitelists (prefix, created_at, updated_at) VALUES ('p', 0, 0)")
+        conn.commit()
+        for p in (self.path, self.side("-wal"), self.side("-shm")):
+            self.assertTrue(p.exists(), p)
+            self.assertEqual(self.mode(p), 0o600, p)
+
+    def test_loose_existing_files_restricted_and_logged(self):
+        import os
+
+        from twisted.logger import globalLogPublisher
+
+        migrate(self.path)
+        conn = sqlite3.connect(str(self.path))
+        self.addCleanup(conn.close)
+        conn.execute("INSERT INTO whitelists (prefix, created_at, updated_at) VALUES ('p', 0, 0)")
+        conn.commit()
+        for p in (self.path, self.side("-wal"), self.side("-shm")):
+            os.chmod(p, 0o644)
+        os.chmod(self.path.parent, 0o755)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        migrate(self.path)
+        for p in (self.path, self.side("-wal"), self.side("-shm")):
+            self.assertEqual(self.mode(p), 0o600, p)
+        # an existing directory is not the database's to change (it may be /var/lib)
+        self.assertEqual(self.mode(self.path.parent), 0o755)
+        warned = [e["problem"] for e in events if "problem" in e]
+        self.assertEqual(len(warned), 3, warned)
+        self.assertTrue(all("0644" in w and "0600" in w for w in warned), warned)
+        # nothing to fix: nothing logged
+        del events[:]
+        migrate(self.path)
+        self.assertEqual([e for e in events if "problem" in e], [])
+
+    def test_database_still_opens_and_keeps_its_data(self):
+        migrate(self.path)
+        conn = sqlite3.connect(str(self.path))
+        conn.execute("INSERT INTO whitelists (prefix, created_at, updated_at) VALUES ('keep', 0, 0)")
+        conn.commit()
+        conn.close()
+        self.assertEqual(migrate(self.path), latest_version())
+        conn = sqlite3.connect(str(self.path))
+        self.addCleanup(conn.close)
+        self.assertEqual(conn.execute("SELECT prefix FROM whitelists WHERE prefix='keep'").fetchall(),
+                         [("keep",)])

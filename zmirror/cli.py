@@ -283,6 +283,13 @@ def cmd_check_config(args) -> int:
 # --- backup -----------------------------------------------------------------------------
 
 
+def _create_private(path: Path):
+    """A new file open for writing, mode 0600 whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
+
+
 def cmd_backup(args) -> int:
     from zmirror.auth.tokens import SECRET_FILE
 
@@ -299,8 +306,7 @@ def cmd_backup(args) -> int:
     src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
         src.execute("PRAGMA busy_timeout = 10000")
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
+        _create_private(target).close()  # 0600 before SQLite opens it (its journal gets the same)
         out = sqlite3.connect(str(target))
         try:
             src.backup(out, pages=1024)  # online: a consistent snapshot while the server writes
@@ -317,8 +323,9 @@ def cmd_backup(args) -> int:
     copied = [target.name]
     for name, source in (("config.toml", cfg.config_path), (SECRET_FILE, cfg.data_dir / SECRET_FILE)):
         if source.exists():
-            shutil.copy2(source, dest / name)
-            os.chmod(dest / name, 0o600)
+            # created 0600, never readable by others for a moment (copy2 copies the mode)
+            with open(source, "rb") as src_file, _create_private(dest / name) as out_file:
+                shutil.copyfileobj(src_file, out_file)
             copied.append(name)
     _out(f"backup written to {dest}: {', '.join(copied)} (schema version {version})")
     _out("restore: stop zmirror, copy these files into the data directory, start zmirror")

@@ -437,9 +437,69 @@ def parse_config(text: str, *, data_dir: Path, config_path: Path) -> Config:
     )
 
 
-def ensure_data_dir(data_dir: Path) -> None:
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def private_dir(path: Path, what: str = "directory") -> list[str]:
+    """Create the directory ``path`` mode 0700 whatever the umask, or restrict
+    an existing one that group or others may use (chmod 0700).  Returns
+    warnings (a loose mode found and fixed, or one that cannot be fixed).
+    Missing parents are created as ``mkdir -p`` does; existing ones are never
+    touched.  Raises OSError when the directory cannot be created."""
+    path = Path(path)
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=PRIVATE_DIR_MODE, parents=True)
+    except FileExistsError:
+        pass
+    else:
+        os.chmod(path, PRIVATE_DIR_MODE)  # the umask may have taken owner bits
+        return []
+    return _restrict(path, PRIVATE_DIR_MODE, what)
+
+
+def private_file(path: Path, what: str = "file", *, create: bool = True) -> list[str]:
+    """Create the (empty) file ``path`` mode 0600 whatever the umask unless it
+    exists, or restrict an existing one that group or others may read (chmod
+    0600).  ``create=False``: only restrict it if it exists.  Returns warnings
+    as :func:`private_dir` does."""
+    path = Path(path)
+    if create:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        except FileExistsError:
+            pass
+        else:
+            try:
+                os.fchmod(fd, PRIVATE_FILE_MODE)
+            finally:
+                os.close(fd)
+            return []
+    try:
+        return _restrict(path, PRIVATE_FILE_MODE, what)
+    except FileNotFoundError:
+        return []
+
+
+def _restrict(path: Path, mode: int, what: str) -> list[str]:
+    current = stat.S_IMODE(path.stat().st_mode)
+    if not current & 0o077:
+        return []
+    try:
+        os.chmod(path, mode)
+    except OSError as e:
+        return [f"{what} {path} has mode {current:04o} (group or others may read it) and cannot "
+                f"be restricted to {mode:04o}: {e.strerror}"]
+    return [f"{what} {path} had mode {current:04o} (group or others could read it); "
+            f"now {mode:04o}"]
+
+
+def ensure_data_dir(data_dir: Path) -> list[str]:
+    """Create the data directory 0700 (it holds the database with upstream
+    passwords and password hashes, the token secret and config.toml) or
+    restrict an existing one; returns warnings."""
+    try:
+        return private_dir(data_dir, "data directory")
     except OSError as e:
         raise ConfigError(f"cannot create data directory {data_dir}: {e.strerror}") from None
 
@@ -463,7 +523,7 @@ def load_config(data_dir: str | os.PathLike | None = None, config_path: str | os
     ``data_dir`` defaults to ``./data``; ``config_path`` to ``<data_dir>/config.toml``.
     """
     ddir = Path(os.path.abspath(data_dir or "data"))
-    ensure_data_dir(ddir)
+    mode_warnings = ensure_data_dir(ddir)
     cpath = Path(os.path.abspath(config_path)) if config_path else ddir / "config.toml"
     if config_path is None:
         write_default_config(cpath)
@@ -475,7 +535,10 @@ def load_config(data_dir: str | os.PathLike | None = None, config_path: str | os
         raise ConfigError(f"{cpath}: not UTF-8 text") from None
     except OSError as e:
         raise ConfigError(f"{cpath}: cannot read: {e.strerror}") from None
-    return parse_config(text, data_dir=ddir, config_path=cpath)
+    cfg = parse_config(text, data_dir=ddir, config_path=cpath)
+    if mode_warnings:
+        cfg = dataclasses.replace(cfg, warnings=tuple(mode_warnings) + cfg.warnings)
+    return cfg
 
 
 def replace(config: Config, **sections: Any) -> Config:

@@ -49,6 +49,7 @@ from zope.interface import implementer
 
 from zmirror.cache.download import CacheUnavailable, Download, silent_unlink as _silent_unlink
 from zmirror.cache.gate import LoadGate
+from zmirror.config import private_dir
 from zmirror.transfer import OCTET_STREAM, BlobInfo, FileBody, IBlobSource, range_headers
 from zmirror.upstream.client import discard
 from zmirror.upstream.digestworker import TRANSFER_THREADS, TransferThreads
@@ -243,8 +244,15 @@ class CacheBlobs:
                 _silent_unlink(path)
         return good, dropped
 
+    def _make_root(self) -> None:
+        """(thread) The cache directory, 0700 whatever the umask (an existing one
+        that group or others may use is restricted, with a warning)."""
+        for w in private_dir(self.root, "cache directory"):
+            log.warn("{problem}", problem=w)
+
     def _sweep_tmp(self) -> None:
         """(thread) Empty tmp/ in place (it never disappears, not even for a moment)."""
+        self._make_root()
         tmp = self.root / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         for entry in os.scandir(tmp):
@@ -254,6 +262,7 @@ class CacheBlobs:
                 _silent_unlink(entry.path)
 
     def _scan(self) -> dict[str, int]:
+        self._make_root()
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
         out: dict[str, int] = {}
         base = self.root / "blobs"

@@ -5,6 +5,10 @@ are serialized in-process and "database is locked" never reaches a user.  Every
 connection gets WAL, ``synchronous=NORMAL``, ``foreign_keys=ON`` and a
 ``busy_timeout`` from ``cp_openfun``.
 
+The database holds upstream registry passwords and user password hashes: the
+file is created 0600 before SQLite opens it (SQLite gives ``-wal`` / ``-shm``
+the main file's mode), and looser modes found at start are fixed and logged.
+
 Migrations run synchronously at start (before the reactor serves anything):
 numbered ``migrations/NNNN_*.sql`` files shipped as package data, tracked with
 ``PRAGMA user_version``.
@@ -19,8 +23,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.enterprise import adbapi
+from twisted.logger import Logger
+
+from zmirror.config import private_dir, private_file
+
+log = Logger()
 
 BUSY_TIMEOUT_MS = 10_000
+
+# files SQLite keeps next to the database (WAL mode; a rollback journal if one is left)
+SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 class DatabaseError(Exception):
@@ -56,7 +68,10 @@ def migrate(path: Path) -> int:
 
     Blocking: call at start, before the reactor runs.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        secure_files(path)
+    except OSError as e:
+        raise DatabaseError(f"{path}: cannot create database: {e.strerror}") from None
     try:
         conn = sqlite3.connect(str(path), isolation_level=None)
     except sqlite3.Error as e:
@@ -90,6 +105,24 @@ def migrate(path: Path) -> int:
         return current
     finally:
         conn.close()
+
+
+def secure_files(path: Path) -> None:
+    """Create the database file 0600 (and a missing directory 0700) before
+    SQLite opens it, whatever the umask; chmod an existing database and its
+    ``-wal`` / ``-shm`` / ``-journal`` 0600 if group or others may read them
+    (logged as a warning).  An existing directory is left as it is (it may be
+    shared, e.g. /var/lib); the data directory is restricted by
+    :func:`zmirror.config.ensure_data_dir`.  Blocking: call at start."""
+    path = Path(path)
+    warnings = []
+    if not path.parent.exists():
+        warnings += private_dir(path.parent, "database directory")
+    warnings += private_file(path, "database file")
+    for suffix in SIDE_FILES:
+        warnings += private_file(path.with_name(path.name + suffix), "database file", create=False)
+    for w in warnings:
+        log.warn("{problem}", problem=w)
 
 
 def _split_sql(sql: str) -> list[str]:
