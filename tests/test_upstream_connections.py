@@ -285,3 +285,32 @@ class FailureTextTests(unittest.TestCase):
     def test_plain_failure(self):
         self.assertEqual(failure_text(Failure(ValueError("gone"))), "ValueError: gone")
         self.assertEqual(failure_text(KeyError()), "KeyError")
+
+
+class BrokenBlobReasonTests(unittest.TestCase):
+    """A blob body that broke is reported with a readable reason, not a list of Failures."""
+
+    def test_relay_outcome_names_the_wrapped_errors(self):
+        from twisted.internet.testing import StringTransport
+        from twisted.web._newclient import _DataLoss
+        from twisted.web.http import HTTPChannel, Request
+
+        from zmirror.transfer import BlobRelay
+
+        channel = HTTPChannel()
+        channel.makeConnection(StringTransport())
+        request = Request(channel, False)
+        request.method = b"GET"
+        request.clientproto = b"HTTP/1.1"
+        relay = BlobRelay(request, Clock(), expected_length=100, idle_timeout=10)
+        relay.makeConnection(StringTransport())
+        relay.dataReceived(b"x" * 40)
+        relay.connectionLost(Failure(ResponseFailed([Failure(ConnectionLost("reset by peer")),
+                                                     Failure(_DataLoss())])))
+        request.connectionLost(Failure(ConnectionLost()))  # the outcome comes once the client is gone
+        reason = relay.outcome.reason
+        self.assertFalse(relay.outcome.complete)
+        self.assertIn("after 40 bytes", reason)
+        self.assertIn("ConnectionLost", reason)
+        self.assertIn("reset by peer", reason)
+        self.assertNotIn("twisted.python.failure.Failure", reason)
