@@ -19,7 +19,10 @@ health memory.  :meth:`UpstreamPool.request` sends one request to one upstream:
 Blob bodies are never read here: callers get the :class:`IResponse` and stream
 it.  Small bodies (token, manifest, tag list) are read by :func:`read_limited`,
 bounded in size and time; a read that times out or is cancelled closes its
-connection.
+connection.  An answer we do not want (a 401 before the retry, a 404, a 5xx, a
+redirect) is read to its end by :meth:`UpstreamPool.discard` when it is small
+(at most :data:`DRAIN_LIMIT`, within :data:`DRAIN_TIMEOUT`), so its connection
+goes back to the pool; a big or unannounced body is cut off.
 """
 
 from __future__ import annotations
