@@ -46,6 +46,7 @@ from werkzeug.http import parse_range_header
 from zope.interface import Attribute, Interface, implementer
 
 from zmirror.registry.errors import RegistryError
+from zmirror.upstream.client import failure_text
 from zmirror.upstream.digestworker import DigestWorker
 
 log = Logger()
@@ -306,7 +307,7 @@ class BlobRelay(Protocol):
             reason.check(PotentialDataLoss) is not None and self.expected_length is None
         )
         if not ok:
-            self._fail(f"upstream body broken after {self.received} bytes: {reason.getErrorMessage()}"[:300])
+            self._fail(f"upstream body broken after {self.received} bytes: {failure_text(reason)}"[:300])
         elif self.expected_length is not None and self.received != self.expected_length:
             self._fail(f"upstream sent {self.received} of {self.expected_length} bytes")
         elif self.worker is not None:

@@ -10,7 +10,7 @@ import sqlite3
 from typing import Any
 
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent
 from twisted.web.server import Site
 
 from zmirror import auth
@@ -26,7 +26,7 @@ from zmirror.net import TrustedProxies, base_url
 from zmirror.ops import instrument
 from zmirror.registry.proxy import Proxy
 from zmirror.registry.routes import RegistryRoutes
-from zmirror.upstream.client import UpstreamPool
+from zmirror.upstream.client import QuietConnectionPool, UpstreamPool
 from zmirror.service import (CallbackService, DatabaseService, DrainService, InflightTracker,
                              LimitedRequest, PlainHTTPChannel)
 
@@ -149,12 +149,12 @@ def _upstream_pool(config: Config, reactor: Any) -> UpstreamPool:
     A plain ``Agent`` (not treq's HTTPClient, which adds gzip decoding): the
     bytes relayed must be exactly the upstream's, digests included.
     """
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool = QuietConnectionPool(reactor, persistent=True)  # no log lines per connection
     pool.maxPersistentPerHost = 16
     pool.cachedConnectionTimeout = 120
     agent = Agent(reactor, pool=pool, connectTimeout=config.upstream.connect_timeout)
     return UpstreamPool(agent, reactor, header_timeout=config.upstream.connect_timeout,
-                        cooldown=config.upstream.cooldown)
+                        cooldown=config.upstream.cooldown, connections=pool)
 
 
 def _registry_rows(path) -> list[dict]:

@@ -25,6 +25,7 @@ from twisted.web.http import PotentialDataLoss
 from zmirror.cache import kernelcopy
 from zmirror.transfer import OCTET_STREAM, FollowerProducer, blob_content_type, enlarge_reads
 from zmirror.upstream.digestworker import DigestWorker
+from zmirror.upstream.client import failure_text
 
 log = Logger()
 
@@ -316,7 +317,7 @@ class Download(Protocol):
         if self.state != "running":
             return  # abandoned
         if not (reason.check(ResponseDone) or (reason.check(PotentialDataLoss) and self.length is None)):
-            self._fail(f"upstream body broken after {self.received} bytes: {reason.getErrorMessage()}")
+            self._fail(f"upstream body broken after {self.received} bytes: {failure_text(reason)}")
             return
         if self.length is not None and self.received != self.length:
             self._fail(f"upstream sent {self.received} of {self.length} bytes")

@@ -43,7 +43,7 @@ from zope.interface import implementer
 
 from zmirror.registry.errors import RegistryError
 from zmirror.transfer import BlobInfo, IBlobSource, RelayBody, blob_content_type, enlarge_reads, single_range
-from zmirror.upstream.client import Upstream, UpstreamError, discard
+from zmirror.upstream.client import Upstream, UpstreamError, discard, failure_text
 from zmirror.upstream.failover import Failover, header
 
 log = Logger()
@@ -252,7 +252,7 @@ class ResumingBody:
         elif self.received == self.total:
             self._end(Failure(ResponseDone()))
         else:
-            why = f"after {self.received} of {self.total} bytes: {reason.getErrorMessage()}"[:300]
+            why = f"after {self.received} of {self.total} bytes: {failure_text(reason)}"[:300]
             self._broken(leg.upstream, why)
 
     def _count(self, leg: _Leg) -> None:

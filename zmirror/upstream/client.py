@@ -19,7 +19,10 @@ health memory.  :meth:`UpstreamPool.request` sends one request to one upstream:
 Blob bodies are never read here: callers get the :class:`IResponse` and stream
 it.  Small bodies (token, manifest, tag list) are read by :func:`read_limited`,
 bounded in size and time; a read that times out or is cancelled closes its
-connection.
+connection.  An answer we do not want (a 401 before the retry, a 404, a 5xx, a
+redirect) is read to its end by :meth:`UpstreamPool.discard` when it is small
+(at most :data:`DRAIN_LIMIT`, within :data:`DRAIN_TIMEOUT`), so its connection
+goes back to the pool; a big or unannounced body is cut off.
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ from typing import Any, Optional
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.client import ResponseFailed
+from twisted.python.failure import Failure
+from twisted.web.client import HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
@@ -142,26 +146,126 @@ def checked_url(url: str, what: str) -> str:
     return url
 
 
-class _Discard(Protocol):
-    """Aborts a response body we do not want (closes that connection)."""
+# An unwanted body (a 401 before the token retry, a 404, a 5xx, a redirect) is
+# read to its end when it is small, so its connection goes back to the pool
+# instead of costing the next request a new connection (and TLS handshake).
+DRAIN_LIMIT = 64 * 1024  # bytes: a larger (or unannounced) body is cut off
+DRAIN_TIMEOUT = 5.0  # seconds to finish reading it; then it is cut off
+
+
+class _Drain(Protocol):
+    """Reads an unwanted body to its end (bounded); fires ``finished`` with
+    True when it ended cleanly (the connection went back to the pool), False
+    when it was cut off.  Never errbacks except when cancelled."""
+
+    def __init__(self, limit: int, finished: Deferred):
+        self.limit = limit
+        self.finished = finished
+        self.size = 0
+
+    def abort(self) -> None:
+        if not self.finished.called:
+            self.finished.callback(False)
+        transport = self.transport
+        if transport is not None:
+            try:
+                # a no-op once the response is complete: the pool owns the connection then
+                transport.stopProducing()
+            except Exception:
+                pass
+
+    def dataReceived(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            self.abort()
+
+    def connectionLost(self, reason) -> None:
+        from twisted.web.client import ResponseDone
+
+        if not self.finished.called:
+            self.finished.callback(reason.check(ResponseDone) is not None)
+
+
+class _Abort(Protocol):
+    """Cuts off a response body we do not want (closes that connection)."""
 
     def connectionMade(self):
         self.transport.stopProducing()
 
 
-def discard(response) -> None:
+def discard(response, clock: Any = None, *, limit: int = DRAIN_LIMIT,
+            timeout: float = DRAIN_TIMEOUT) -> "Deferred[bool]":
+    """Get rid of a response body we do not want.
+
+    With a ``clock``, a body whose announced Content-Length is at most
+    ``limit`` is read to its end within ``timeout`` seconds so that the
+    connection is reused; a larger body, one of unknown length (a blob), or
+    one that is not complete in time is cut off (its connection closed).
+    Without a clock it is always cut off.  HEAD answers and 204/304 have no
+    body: Twisted already gave their connection back to the pool.
+
+    The returned Deferred fires with True when the body was read to its end,
+    False when it was cut off; callers may ignore it.
+    """
+    length = getattr(response, "length", UNKNOWN_LENGTH)
+    if clock is None or length is UNKNOWN_LENGTH or not isinstance(length, int) or length > limit:
+        try:
+            response.deliverBody(_Abort())
+        except Exception:
+            pass
+        return succeed(False)
+    box: list[_Drain] = []
+
+    def cancel(d: Deferred) -> None:
+        d.errback(CancelledError())
+        if box:
+            box[0].abort()
+
+    d: Deferred = Deferred(cancel)
+    drain = _Drain(limit, d)
+    box.append(drain)
+    timer = clock.callLater(timeout, drain.abort)
+
+    def done(result):
+        if timer.active():
+            timer.cancel()
+        return result
+
+    d.addBoth(done)
     try:
-        response.deliverBody(_Discard())
+        response.deliverBody(drain)
     except Exception:
-        pass
+        if not d.called:
+            d.callback(False)
+    return d
+
+
+class QuietConnectionPool(HTTPConnectionPool):
+    """An HTTPConnectionPool whose connection factories do not log.
+
+    Twisted's pool builds one ``_HTTP11ClientFactory`` per new connection, and
+    each logs "Starting factory" / "Stopping factory" at info level: two lines
+    per upstream connection.  ``_factory`` is the pool's documented hook for
+    the factory it connects with; this one is the same, with ``noisy`` off.
+    """
+
+    def _factory(self, quiescentCallback, metadata):
+        factory = HTTPConnectionPool._factory(quiescentCallback, metadata)
+        factory.noisy = False
+        return factory
 
 
 class UpstreamPool:
     """The enabled upstreams in priority order, their health and the HTTP agent."""
 
     def __init__(self, agent: Any, clock: Any, *, header_timeout: float = 10.0, cooldown: float = 30.0,
-                 treq_client: Any = None, metrics: Any = None, body_timeout: Optional[float] = None):
+                 treq_client: Any = None, metrics: Any = None, body_timeout: Optional[float] = None,
+                 connections: Any = None, drain_timeout: float = DRAIN_TIMEOUT):
         self.agent = agent
+        # the agent's HTTPConnectionPool when known (closeCachedConnections at shutdown, tests)
+        self.connections = connections
+        self.drain_timeout = drain_timeout
+        self._draining: set = set()  # discard() Deferreds still reading a body
         self.metrics = metrics  # zmirror.metrics.Metrics or None
         self.clock = clock
         self.header_timeout = header_timeout
@@ -238,6 +342,27 @@ class UpstreamPool:
                 return
 
     # -- requests ----------------------------------------------------------
+    def discard(self, response) -> "Deferred[bool]":
+        """:func:`discard` with this pool's clock: a small unwanted body is read
+        to its end so its connection is reused; a big one is cut off."""
+        d = discard(response, self.clock, timeout=self.drain_timeout)
+        if not d.called:
+            self._draining.add(d)
+            d.addBoth(lambda r: (self._draining.discard(d), r)[1])
+        return d
+
+    async def close(self) -> None:
+        """Wait for the bodies being drained (each bounded by its timeout), then
+        close the pooled idle connections (shutdown, tests)."""
+        pending = list(self._draining)
+        for d in pending:
+            try:
+                await d
+            except CancelledError:
+                pass
+        if self.connections is not None:
+            await self.connections.closeCachedConnections()
+
     async def request(self, up: Upstream, method: bytes, path: str, *, headers: Optional[dict] = None,
                       scope: Optional[str] = None):
         """:meth:`_request`, timed and counted when metrics are configured."""
@@ -262,7 +387,8 @@ class UpstreamPool:
             challenges = parse_headers(resp.headers.getRawHeaders(b"www-authenticate"))
             new_auth = await self._answer_challenge(up, challenges, scope)
             if new_auth is not None and new_auth != auth:
-                discard(resp)
+                # the retry goes to the same upstream: let it have this connection
+                await self.discard(resp)
                 resp = await self._send(up, method, url, hdrs, new_auth)
         return resp
 
@@ -312,7 +438,7 @@ class UpstreamPool:
             hdrs[b"Authorization"] = up.basic_auth()
         resp = await self._send_once(b"GET", url, hdrs)
         if resp.code != 200:
-            discard(resp)
+            self.discard(resp)
             raise UpstreamError(f"token endpoint answered {resp.code}", status=resp.code)
         body = await read_limited(resp, MAX_TOKEN_BODY, self.body_timeout, self.clock)
         try:
@@ -338,7 +464,7 @@ class UpstreamPool:
             resp = await self._send_once(method, url, h)
             if resp.code in (301, 302, 303, 307, 308):
                 loc = resp.headers.getRawHeaders(b"location")
-                discard(resp)
+                self.discard(resp)
                 if not loc:
                     raise UpstreamError(f"redirect {resp.code} without Location", status=502)
                 try:
@@ -399,14 +525,14 @@ class UpstreamPool:
                 schemes = {c.scheme for c in challenges}
                 out["auth"] = "bearer" if "bearer" in schemes else "basic" if "basic" in schemes else "unknown"
                 auth = await self._answer_challenge(up, challenges, None)
-                discard(resp)
+                self.discard(resp)
                 if auth is not None:
                     resp = await self._send(up, b"GET", up.url + "/v2/", {}, auth)
             out["status"] = resp.code
             out["ok"] = resp.code == 200
             if not out["ok"]:
                 out["error"] = f"/v2/ answered {resp.code}"
-            discard(resp)
+            self.discard(resp)
         except UpstreamError as e:
             out["error"] = str(e)
         out["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
@@ -427,14 +553,29 @@ def _describe(e: Exception, url: str) -> "UpstreamError":
     except ierror.ConnectError as e:
         return UpstreamError(f"cannot connect to {_host(url)}: {e.__class__.__name__}")
     except ResponseFailed as e:
-        reasons = "; ".join(f"{r.type.__name__}: {r.value}" for r in e.reasons)[:200]
-        return UpstreamError(f"{_host(url)}: response failed: {reasons}")
+        return UpstreamError(f"{_host(url)}: response failed: {failure_text(e)[:200]}")
     except (ierror.ConnectionLost, ierror.ConnectionDone) as e:
         return UpstreamError(f"{_host(url)}: connection lost: {e}")
     except UpstreamError as e:
         return e
     except Exception as e:  # TLS errors, DNS errors, ...
         return UpstreamError(f"{_host(url)}: {e.__class__.__name__}: {e}"[:300])
+
+
+def failure_text(reason: Any) -> str:
+    """A readable one-line reason for a Failure or exception, for logs.
+
+    Twisted's ``ResponseFailed`` / ``RequestTransmissionFailed`` carry a list
+    of Failures whose ``str`` is ``[<twisted.python.failure.Failure ...>]``;
+    this names each wrapped error instead (``ConnectionLost: ...; _DataLoss``).
+    """
+    value = reason.value if isinstance(reason, Failure) else reason
+    reasons = getattr(value, "reasons", None)
+    if isinstance(reasons, (list, tuple)) and reasons:
+        return "; ".join(failure_text(r) for r in reasons)
+    name = type(value).__name__
+    message = str(value).strip()
+    return f"{name}: {message}" if message else name
 
 
 def _host(url: str) -> str:

@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable, Optional, Sequence
 from twisted.logger import Logger
 
 from zmirror.registry.errors import RegistryError
-from zmirror.upstream.client import Upstream, UpstreamError, UpstreamPool, discard
+from zmirror.upstream.client import Upstream, UpstreamError, UpstreamPool
 
 log = Logger()
 
@@ -95,7 +95,7 @@ class Failover:
                 if record is not None:
                     record.upstream = up.name
                 return up, resp, validated
-            discard(resp)
+            self.pool.discard(resp)  # small error bodies are read: the connection is reused
             if code == 404:
                 self.pool.mark_ok(up, self.clock.seconds() - started)
                 attempts.append(Attempt(up, "notfound", "404"))
