@@ -361,3 +361,28 @@ class ConnectionCap(OverTCP):
         text = self.components["metrics"].exposition().decode()
         self.assertIn("zmirror_http_connections ", text)
         self.assertIn("zmirror_http_connections_refused 0.0", text)
+
+
+class RoutingRedirects(unittest.TestCase):
+    """A werkzeug routing redirect (strict_slashes) never goes out with its Location."""
+
+    def test_top_app_and_admin_answer_404(self):
+        from twisted.python.failure import Failure
+        from twisted.web.test.requesthelper import DummyRequest
+        from werkzeug.routing import RequestRedirect
+
+        from zmirror.admin.api import AdminAPI
+        from zmirror.app import ZMirrorApp
+
+        for path, handler in ((b"/v2/x", ZMirrorApp(None)._unexpected),
+                              (b"/api/x", AdminAPI.__new__(AdminAPI)._klein_error)):
+            request = DummyRequest(path.split(b"/")[1:])
+            request.path = path
+            try:
+                raise RequestRedirect("http://evil.example/x/")
+            except RequestRedirect:
+                failure = Failure()
+            body = handler(request, failure)
+            self.assertEqual(request.responseCode, 404, path)
+            self.assertIsNone(request.responseHeaders.getRawHeaders(b"location"), path)
+            self.assertNotIn(b"evil.example", body, path)
