@@ -20,6 +20,25 @@ from twisted.web.resource import Resource
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
+def no_redirects(app: Klein) -> Klein:
+    """Stop werkzeug's merge_slashes redirects on ``app``.
+
+    With ``merge_slashes`` werkzeug answers ``/v2//x`` with a 308 to ``/v2/x``,
+    its ``Location`` built from the client's Host header (bypassing
+    ``external_url`` and ``trusted_proxies``); without it such a path is an
+    ordinary 404 (or 405).  The other routing redirect (``strict_slashes``:
+    ``/a`` to ``/a/`` when only ``/a/`` is a rule) is answered 404 by the error
+    handlers (:func:`is_routing_redirect`)."""
+    app.url_map.merge_slashes = False
+    return app
+
+
+def is_routing_redirect(exc: Exception) -> bool:
+    from werkzeug.routing import RequestRedirect
+
+    return isinstance(exc, RequestRedirect)
+
+
 def not_found(request, message: str = "not found") -> bytes:
     body = json.dumps({"error": message}).encode()
     request.setResponseCode(404)
@@ -30,7 +49,7 @@ def not_found(request, message: str = "not found") -> bytes:
 
 
 class ZMirrorApp:
-    app = Klein()
+    app = no_redirects(Klein())
 
     def __init__(
         self,
@@ -83,6 +102,16 @@ class ZMirrorApp:
 
     @app.route("/", branch=True, methods=["GET", "HEAD"])
     def ui_root(self, request):
+        # /v2//x and /api//x match no route of theirs (a path converter takes no leading
+        # slash) and land here: they get their own area's answer, not the UI's
+        path = request.path or b""
+        if path.startswith(b"/v2/"):
+            return self.registry.handle(request)
+        if path.startswith(b"/api/"):
+            body = not_found(request)
+            body = json.dumps({**json.loads(body), "fields": {}}).encode()
+            request.setHeader(b"Content-Length", str(len(body)).encode())
+            return body
         return self._ui(request)
 
     def _ui(self, request):
@@ -96,24 +125,38 @@ class ZMirrorApp:
         from werkzeug.exceptions import HTTPException
 
         exc = failure.value
-        if isinstance(exc, HTTPException):
+        if is_routing_redirect(exc):
+            # never a Location built from the Host header: an unknown path
+            code, message = 404, "not found"
+        elif isinstance(exc, HTTPException):
             code, message = exc.code or 500, exc.name.lower()
-            # keep what the answer needs: Allow on a 405, Location on a redirect
+            # keep what the answer needs: Allow on a 405
             try:
                 extra = exc.get_response().headers
             except Exception:  # pragma: no cover - werkzeug builds these from its own data
                 extra = {}
-            for name in ("Allow", "Location"):
-                value = extra.get(name)
-                if value:
-                    request.setHeader(name.encode(), value.encode("latin-1", "replace"))
+            value = extra.get("Allow")
+            if value:
+                request.setHeader(b"Allow", value.encode("latin-1", "replace"))
         else:
             from twisted.logger import Logger
 
             Logger().failure("unhandled error", failure=failure)
             code, message = 500, "internal error"
-        body = json.dumps({"error": message}).encode()
+        path = request.path or b""
+        if path == b"/v2" or path.startswith(b"/v2/"):
+            # under /v2 (e.g. /v2//x, no route matches): the registry error format
+            from zmirror.registry.errors import RegistryError, render_error
+
+            reg_code = {404: "NOT_FOUND", 405: "UNSUPPORTED"}.get(code, "UNAVAILABLE" if code >= 500
+                                                                else "BAD_REQUEST")
+            return render_error(request, RegistryError(reg_code, message, status=code))
+        doc: dict[str, Any] = {"error": message}
+        if path == b"/api" or path.startswith(b"/api/"):
+            doc["fields"] = {}  # the admin API's error format (e.g. /api//x)
+        body = json.dumps(doc).encode()
         request.setResponseCode(code)
         request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"Content-Length", str(len(body)).encode())
         return body

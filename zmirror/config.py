@@ -41,6 +41,13 @@ external_url = ""
 # Peers whose X-Forwarded-For/-Proto/-Host headers are trusted (IPs or CIDRs).
 # 受信任的反向代理地址（IP 或 CIDR）
 trusted_proxies = []
+# Seconds a request's head and body may take to arrive, from its first byte (408 after that,
+# connection closed); 0: no deadline (needs a restart).
+# 请求头与请求体须在首字节后多少秒内收齐，超时返回 408 并断开；0 为不限（重启生效）
+read_timeout = 20
+# Open client connections at most; one more is answered 503 and closed (needs a restart).
+# 最大客户端连接数，超出的新连接返回 503 并关闭（重启生效）
+max_connections = 1000
 
 [admin]
 # Admin account of the web UI and /api (not a registry user).
@@ -170,6 +177,8 @@ class ServerConfig:
     port: int = 8080
     external_url: str = ""
     trusted_proxies: tuple[str, ...] = ()
+    read_timeout: float = 20.0
+    max_connections: int = 1000
 
 
 @dataclass(frozen=True)
@@ -339,6 +348,8 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "port": lambda k, v: _int(k, v, 1, 65535),
         "external_url": lambda k, v: _validate_external_url(k, _str(k, v)),
         "trusted_proxies": lambda k, v: _validate_proxies(k, _str_list(k, v)),
+        "read_timeout": lambda k, v: _num(k, v, 0, 3600),
+        "max_connections": lambda k, v: _int(k, v, 1, 1_000_000),
     },
     "admin": {
         "username": lambda k, v: _str(k, v, nonempty=True),

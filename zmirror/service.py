@@ -1,19 +1,22 @@
 """Small services used by the wiring: DB lifecycle, graceful drain, the HTTP channel
-(TLS probe answer, request body limits)."""
+(TLS probe answer, request body limits, request read deadline, header limits, absolute-form
+targets, reason phrases) and the site (connection cap)."""
 
 from __future__ import annotations
 
 import json
+import re
 from io import BytesIO
 from typing import Any, Optional
 from urllib.parse import unquote_to_bytes
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.http import HTTPChannel, datetimeToString
+from twisted.web.http import RESPONSES, HTTPChannel, datetimeToString
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request, version as server_version
+from twisted.web.server import Request, Site, version as server_version
 from zope.interface import implementer
 
 from zmirror.admin import validate as admin_validate
@@ -62,6 +65,27 @@ LINGER_SECONDS = 2.0
 
 _READ_METHODS = (b"GET", b"HEAD")
 
+# Reason phrases Twisted's ``http.RESPONSES`` lacks (it would send "Unknown Status").
+_MORE_REASONS = {
+    421: b"Misdirected Request",
+    422: b"Unprocessable Content",
+    425: b"Too Early",
+    426: b"Upgrade Required",
+    428: b"Precondition Required",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    451: b"Unavailable For Legal Reasons",
+}
+
+
+def reason_phrase(code: int) -> bytes:
+    """The reason phrase sent with status ``code`` (one table for every answer)."""
+    return _MORE_REASONS.get(code) or RESPONSES.get(code) or b"Unknown Status"
+
+
+# registry error code of an answer the channel gives on /v2 without routing
+_V2_CODES = {405: "UNSUPPORTED", 413: "SIZE_INVALID", 429: "TOOMANYREQUESTS", 503: "UNAVAILABLE"}
+
 
 def body_cap(path: bytes) -> tuple[str, int]:
     """``(area, cap)`` for a request target: the area decides the error format
@@ -85,15 +109,14 @@ def _refusal(area: str, status: int, message: str) -> tuple[int, bytes, list[tup
     if status == 405:
         headers.append((b"Allow", b"GET, HEAD"))
     if area == "v2":
-        code = "UNSUPPORTED" if status == 405 else "SIZE_INVALID"
-        err = RegistryError(code, message, status=status)
+        err = RegistryError(_V2_CODES.get(status, "BAD_REQUEST"), message, status=status)
         headers.append(API_VERSION_HEADER)
         return status, err.body(), headers
     if area == "token":
         body = {"error": "invalid_request", "error_description": message, "details": message}
     elif area == "api":
         body = {"error": message, "fields": {}}
-    else:
+    else:  # also before the request line is read: no path, no area
         body = {"error": message}
     return status, json.dumps(body).encode(), headers
 
@@ -113,11 +136,49 @@ def refusal_for(method: bytes, path: bytes, length: Optional[int]):
     return _refusal(area, 413, f"request body larger than {cap} bytes")
 
 
+# --- request heads and connections ---------------------------------------------------
+#
+# Twisted's own idle timeout (60 s) is reset by every byte, so a client sending one header
+# line every 45 s would hold its connection for ever (slowloris).  The channel gives every
+# request a deadline instead: its head and body (bodies are at most 64 KiB) must arrive
+# within ``read_timeout`` seconds of its first byte, on each request of a keep-alive
+# connection; past it the answer is 408 and the connection is closed.  The site caps the
+# open connections; one over the cap is answered 503 and closed at once.
+
+READ_TIMEOUT = 20.0  # default of [server] read_timeout
+MAX_CONNECTIONS = 1000  # default of [server] max_connections
+
+# An absolute-form request target (RFC 9112 3.2.2): routed by its path; its authority
+# replaces the Host header (as the RFC asks), it is never connected to.
+_ABSOLUTE_FORM = re.compile(rb"\A(?i:https?)://([^/?#\s@]+)([/?][^#\s]*)?\Z")
+
+
+def origin_form(target: bytes) -> tuple[bytes, Optional[bytes]]:
+    """``(path-and-query, authority)`` of an absolute-form target, or ``(target, None)``."""
+    m = _ABSOLUTE_FORM.match(target)
+    if m is None:
+        return target, None
+    rest = m.group(2) or b""
+    return (rest if rest.startswith(b"/") else b"/" + rest), m.group(1)
+
+
+def raw_answer(status: int, body: bytes, headers) -> bytes:
+    """A complete ``Connection: close`` response, for answers given without a Request."""
+    lines = [b"HTTP/1.1 %d %s" % (status, reason_phrase(status)),
+             b"Server: " + server_version, b"Date: " + datetimeToString()]
+    lines += [name + b": " + value for name, value in headers]
+    lines += [b"Content-Length: %d" % len(body), b"Connection: close"]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
 class LimitedRequest(Request):
     """A :class:`Request` that answers a refusal decided by :class:`PlainHTTPChannel`
     instead of routing, and keeps a body the channel has bounded in memory."""
 
     zmirror_refusal = None
+
+    def setResponseCode(self, code, message=None):
+        super().setResponseCode(code, message if message is not None else reason_phrase(code))
 
     def gotLength(self, length):
         if getattr(self.channel, "_body_cap", None) is not None:
@@ -157,6 +218,16 @@ class PlainHTTPChannel(HTTPChannel):
     _discarding = False  # a refusal was answered: drop what still comes
     _lingered = 0
     _linger_call = None
+    read_timeout: Optional[float] = READ_TIMEOUT  # set by LimitedSite
+    _read_call = None  # the deadline of the request being read
+    _counted = False  # counted in the site's open connections
+
+    def connectionMade(self):
+        site = getattr(self, "site", None)
+        if isinstance(site, LimitedSite):
+            site.open_connections += 1
+            self._counted = True
+        return super().connectionMade()
 
     def dataReceived(self, data):
         self.bytes_received += len(data)
@@ -170,7 +241,80 @@ class PlainHTTPChannel(HTTPChannel):
                                      b"Client sent an HTTPS request to an HTTP server.\n")
                 self.transport.loseConnection()
                 return
+        if data:
+            self._start_read_deadline()
         return super().dataReceived(data)
+
+    # --- the read deadline --------------------------------------------------------
+
+    def _start_read_deadline(self) -> None:
+        if (self._read_call is None and self.read_timeout and not self._handlingRequest
+                and not self._discarding and self.transport is not None):
+            self._read_call = self.callLater(self.read_timeout, self._read_timed_out)
+
+    def _cancel_read_deadline(self) -> None:
+        call, self._read_call = self._read_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _read_timed_out(self) -> None:
+        self._read_call = None
+        if self._handlingRequest or self._discarding or self.transport is None:
+            return
+        self._answer_and_close(408, "request not received in time")
+
+    def allContentReceived(self):
+        self._cancel_read_deadline()
+        return super().allContentReceived()
+
+    def requestDone(self, request):
+        super().requestDone(request)
+        # the next pipelined request, already buffered, starts its own deadline
+        if self.persistent and not self._handlingRequest and self._buffer:
+            self._start_read_deadline()
+
+    # --- answers without a request -------------------------------------------------
+
+    def _area(self) -> str:
+        path = getattr(self, "_path", None)  # set from the request line until it is handed over
+        return body_cap(path)[0] if path is not None else "other"
+
+    def _answer_and_close(self, status: int, message: str) -> None:
+        """Answer ``status`` (JSON in the area's format) while no response is being sent,
+        and close the connection (lingering as after a body refusal)."""
+        _, body, headers = _refusal(self._area(), status, message)
+        self.transport.write(raw_answer(status, body, headers))
+        self._cancel_read_deadline()
+        self.persistent = False
+        self._discarding = True
+        self._body_cap = None
+        self.loseConnection()
+
+    def lineReceived(self, line):
+        if self._discarding:  # answered: the rest of the buffer is not parsed
+            return None
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._header_too_large()
+            return None
+        return super().lineReceived(line)
+
+    def lineLengthExceeded(self, line):
+        if self._discarding:
+            return None
+        self._header_too_large()
+        return None
+
+    def _header_too_large(self) -> None:
+        if getattr(self, "_path", None) is None:
+            self._answer_and_close(414, f"request line longer than {self.MAX_LENGTH} bytes")
+        else:
+            self._answer_and_close(431, f"request header fields larger than {self.totalHeadersSize} bytes")
+
+    def headerReceived(self, line):
+        if self._receivedHeaderCount >= self.maxHeaders:
+            self._answer_and_close(431, f"more than {self.maxHeaders} header fields")
+            return False
+        return super().headerReceived(line)
 
     def rawDataReceived(self, data):
         # LineReceiver hands the rest of a buffer here after a refusal switched modes
@@ -180,6 +324,10 @@ class PlainHTTPChannel(HTTPChannel):
 
     def allHeadersReceived(self):
         req = self.requests[-1]
+        path, authority = origin_form(self._path)
+        if authority is not None:
+            self._path = path
+            req.requestHeaders.setRawHeaders(b"Host", [authority])
         refusal = None
         if isinstance(req, LimitedRequest):
             refusal = refusal_for(self._command, self._path, self.length)
@@ -235,7 +383,10 @@ class PlainHTTPChannel(HTTPChannel):
         # must not add a 400 behind the answer already written
         if self._discarding:
             return
-        return super()._respondToBadRequestAndDisconnect()
+        if self.transport is None:
+            return None
+        # Twisted's answer has no body and no length; a JSON one instead
+        self._answer_and_close(400, "malformed request")
 
     def _discard(self, data) -> None:
         self._lingered += len(data)
@@ -269,7 +420,50 @@ class PlainHTTPChannel(HTTPChannel):
     def connectionLost(self, reason):
         if self._linger_call is not None and self._linger_call.active():
             self._linger_call.cancel()
+        self._cancel_read_deadline()
+        if self._counted:
+            self._counted = False
+            self.site.open_connections -= 1
         return super().connectionLost(reason)
+
+
+class _Busy(Protocol):
+    """A connection over the site's cap: answered 503 at once and closed."""
+
+    def connectionMade(self):
+        body = json.dumps({"error": "too many connections"}).encode()
+        self.transport.write(raw_answer(503, body, [
+            (b"Content-Type", b"application/json; charset=utf-8"),
+            (b"Cache-Control", b"no-store"), (b"Retry-After", b"1")]))
+        self.transport.loseConnection()
+
+
+class LimitedSite(Site):
+    """The :class:`Site` of the wired app: :class:`PlainHTTPChannel` with its read
+    deadline, :class:`LimitedRequest`, and at most ``max_connections`` open connections
+    (a connection over the cap gets a 503 and is closed; ``refused_connections`` counts
+    them).  The channel's ``callLater`` is the site's reactor's."""
+
+    protocol = PlainHTTPChannel
+
+    def __init__(self, resource, *, max_connections: int = MAX_CONNECTIONS,
+                 read_timeout: Optional[float] = READ_TIMEOUT, **kwargs):
+        kwargs.setdefault("requestFactory", LimitedRequest)
+        super().__init__(resource, **kwargs)
+        self.max_connections = max_connections
+        self.read_timeout = read_timeout
+        self.open_connections = 0
+        self.refused_connections = 0
+
+    def buildProtocol(self, addr):
+        if self.open_connections >= self.max_connections:
+            self.refused_connections += 1
+            busy = _Busy()
+            busy.factory = self
+            return busy
+        channel = super().buildProtocol(addr)
+        channel.read_timeout = self.read_timeout
+        return channel
 
 
 class DatabaseService(Service):

@@ -11,7 +11,6 @@ from typing import Any
 
 from twisted.logger import Logger
 from twisted.web.client import Agent
-from twisted.web.server import Site
 
 from zmirror import auth
 from zmirror.accesslog import BatchedAccessLog
@@ -28,7 +27,7 @@ from zmirror.registry.proxy import Proxy
 from zmirror.registry.routes import RegistryRoutes
 from zmirror.upstream.client import QuietConnectionPool, UpstreamPool
 from zmirror.service import (CallbackService, DatabaseService, DrainService, InflightTracker,
-                             LimitedRequest, PlainHTTPChannel)
+                             LimitedSite)
 
 log = Logger()
 
@@ -93,9 +92,10 @@ def build(config: Config, reactor: Any) -> dict:
     app = ZMirrorApp(registry, token=access.token_service, admin=admin.resource(),
                      ui=_ui_resource())
     root = InflightTracker(app.resource())
-    site = Site(root, reactor=reactor)
-    site.protocol = PlainHTTPChannel  # TLS probe answer and request body limits
-    site.requestFactory = LimitedRequest
+    # PlainHTTPChannel (TLS probe answer, body limits, read deadline, header limits) and
+    # LimitedRequest (body refusals, reason phrases); at most max_connections open
+    site = LimitedSite(root, reactor=reactor, max_connections=config.server.max_connections,
+                       read_timeout=config.server.read_timeout)
     site.displayTracebacks = False
     # Services stop in reverse order: the access-log queue is written before the
     # DatabaseService closes the pools.
@@ -108,7 +108,7 @@ def build(config: Config, reactor: Any) -> dict:
         DrainService(root, reactor),
     ]
     # health, metrics and /metrics (zmirror.ops.instrument)
-    return instrument(config, reactor, {
+    components = instrument(config, reactor, {
         "config": config,
         "db": db,
         "app": app,
@@ -129,6 +129,13 @@ def build(config: Config, reactor: Any) -> dict:
         "lockout": access.lockout,
         "admin_credentials": access.admin_credentials,
     })
+    metrics = components.get("metrics")
+    if metrics is not None:
+        metrics.gauge("zmirror_http_connections", "Open client connections",
+                      lambda: site.open_connections)
+        metrics.gauge("zmirror_http_connections_refused", "Client connections refused (503) "
+                      "over [server] max_connections since start", lambda: site.refused_connections)
+    return components
 
 
 def _cache_services(blobs, manifests, reactor) -> list:

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 import twisted
 from zmirror import __version__
+from zmirror.app import is_routing_redirect, no_redirects
 from zmirror.admin.validate import (
     ApiError,
     Field,
@@ -73,7 +74,7 @@ PROBE_KEYS = {"ok": False, "status": None, "latency_ms": None, "auth": "unknown"
 
 DEFAULT_PASSWORD_ERROR = "change the default admin password first"
 
-_app = Klein()
+_app = no_redirects(Klein())  # /api//x is a 404, never a redirect built from the Host header
 
 
 def api_route(path: str, methods: list[str], *, with_default_password: bool = False):
@@ -281,7 +282,9 @@ class AdminAPI:
         from werkzeug.exceptions import HTTPException
 
         exc = failure.value
-        if isinstance(exc, HTTPException):
+        if is_routing_redirect(exc):
+            status, message = 404, "not found"
+        elif isinstance(exc, HTTPException):
             status, message = exc.code or 500, exc.name.lower()
         else:
             log.failure("admin API: unhandled error", failure=failure)
