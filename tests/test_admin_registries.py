@@ -70,7 +70,8 @@ class RegistryRouteTests(AdminTestMixin, unittest.TestCase):
                                          "last_latency_ms": None, "last_checked_at": None,
                                          "consecutive_failures": 0})
         self.assertEqual(set(hub), {"id", "name", "url", "priority", "enabled", "username",
-                                    "has_password", "created_at", "updated_at", "health"})
+                                    "has_password", "created_at", "updated_at", "health", "rate_limit"})
+        self.assertIsNone(hub["rate_limit"])  # no upstream said anything about its limit yet
 
     @coro
     async def test_list_sorted_by_priority_then_id_with_live_health(self):

@@ -622,7 +622,10 @@ class ClientErrorTests(unittest.TestCase):
         w.agent.on("GET", "http://a.fake" + TAG_PATH, lambda: FakeResponse(429, {b"Retry-After": b"10"}))
         err = self.failureResultOf(w.pull(TAG_PATH), RegistryError).value
         self.assertEqual(err.code, "TOOMANYREQUESTS")
-        self.assertEqual(err.headers[b"Retry-After"], b"1")  # a negative wait is bounded
+        # b.fake's negative wait was ignored (it cools down for the default minute and is
+        # not asked again): the client gets a.fake's 10 s
+        self.assertEqual(err.headers[b"Retry-After"], b"10")
+        self.assertEqual(w.agent.sent.count(("GET", "http://b.fake" + TAG_PATH)), 1)
         self.assertNotIn("fake", err.body().decode())
 
 

@@ -16,7 +16,8 @@ Where the numbers come from:
 - token issues and authentication failures: the token service and the
   access policy (their ``metrics`` attribute);
 - gauges that read callables at scrape time: access-log queue depth, dropped
-  access-log rows, cache size, in-flight requests, upstream health.
+  access-log rows, cache size, in-flight requests, upstream health and rate
+  limits.
 
 ``/metrics`` on the main port is governed by ``[metrics] access``: ``admin``
 (HTTP Basic with the admin account — the admin API's own check), ``open`` or
@@ -198,21 +199,46 @@ class Metrics:
         self.gauge("zmirror_cache_size_bytes", "Bytes held by the pull-through cache", size)
 
     def watch_upstreams(self, pool: Any) -> None:
-        """``zmirror_upstream_up`` (1 up/unknown, 0 down or cooling down) and
-        consecutive failures, per enabled upstream."""
+        """``zmirror_upstream_up`` (1 up/unknown/rate-limited, 0 down or cooling
+        down after failures) and consecutive failures, per enabled upstream;
+        its rate limit as last reported (``ratelimit-limit`` / ``-remaining``
+        / ``w=``: only for upstreams that sent them), whether it is in a
+        rate-limit cool-down and when that ends."""
 
         def collect():
             up = GaugeMetricFamily("zmirror_upstream_up", "Enabled upstream usable (0: down or "
                                    "in cool-down)", labels=["upstream"])
             fails = GaugeMetricFamily("zmirror_upstream_consecutive_failures",
                                       "Failures in a row per enabled upstream", labels=["upstream"])
+            limit = GaugeMetricFamily("zmirror_upstream_ratelimit_limit",
+                                      "Pulls allowed per window, as the upstream last reported",
+                                      labels=["upstream"])
+            remaining = GaugeMetricFamily("zmirror_upstream_ratelimit_remaining",
+                                          "Pulls left in the window, as the upstream last reported",
+                                          labels=["upstream"])
+            window = GaugeMetricFamily("zmirror_upstream_ratelimit_window_seconds",
+                                       "The upstream's rate-limit window (w=)", labels=["upstream"])
+            limited = GaugeMetricFamily("zmirror_upstream_ratelimited",
+                                        "1 while the upstream is skipped for pulls (429 or none left)",
+                                        labels=["upstream"])
+            reset = GaugeMetricFamily("zmirror_upstream_ratelimit_reset_timestamp_seconds",
+                                      "When a rate-limited upstream is used for pulls again",
+                                      labels=["upstream"])
             health = pool.health()
             for u in list(pool.upstreams):
                 h = health.get(u.id) or {}
                 state = h.get("state", "unknown")
                 up.add_metric([u.name], 0.0 if state in ("down", "cooldown") else 1.0)
                 fails.add_metric([u.name], float(h.get("consecutive_failures") or 0))
-            return [up, fails]
+                rl = h.get("rate_limit") or {}
+                for family, key in ((limit, "limit"), (remaining, "remaining"), (window, "window")):
+                    if isinstance(rl.get(key), int):
+                        family.add_metric([u.name], float(rl[key]))
+                reset_at = rl.get("reset_at")
+                limited.add_metric([u.name], 1.0 if reset_at is not None else 0.0)
+                if reset_at is not None:
+                    reset.add_metric([u.name], float(reset_at))
+            return [up, fails, limit, remaining, window, limited, reset]
 
         self.registry.register(_CallbackCollector(collect))
 

@@ -70,6 +70,7 @@ ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 UNKNOWN_HEALTH = {"state": "unknown", "last_error": None, "last_latency_ms": None,
                   "last_checked_at": None, "consecutive_failures": 0}
+RATE_LIMIT_KEYS = ("limit", "remaining", "window", "reset_at", "updated_at")
 PROBE_KEYS = {"ok": False, "status": None, "latency_ms": None, "auth": "unknown", "error": None}
 
 DEFAULT_PASSWORD_ERROR = "change the default admin password first"
@@ -436,14 +437,20 @@ class AdminAPI:
     def _registry_out(row: dict, health: dict) -> dict:
         h = dict(UNKNOWN_HEALTH)
         got = health.get(row["id"])
+        rate_limit = None
         if isinstance(got, dict):
             h.update({k: got[k] for k in UNKNOWN_HEALTH if k in got})
+            rl = got.get("rate_limit")
+            if isinstance(rl, dict):
+                # what the upstream last said (ratelimit-* headers) and, while it is
+                # skipped for pulls (state "ratelimited"), when that ends
+                rate_limit = {k: rl.get(k) for k in RATE_LIMIT_KEYS}
         return {
             "id": row["id"], "name": row["name"], "url": row["url"],
             "priority": row["priority"], "enabled": bool(row["enabled"]),
             "username": row["username"], "has_password": bool(row["password"]),
             "created_at": row["created_at"], "updated_at": row["updated_at"],
-            "health": h,
+            "health": h, "rate_limit": rate_limit,
         }
 
     @api_route("/registries", ["GET"])

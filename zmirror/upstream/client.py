@@ -16,6 +16,16 @@ health memory.  :meth:`UpstreamPool.request` sends one request to one upstream:
   http(s) URL is an :class:`UpstreamError` (a bad answer), never an exception
   that escapes as a 500.
 
+Rate limits (Docker Hub's ``ratelimit-limit: 100;w=21600`` /
+``ratelimit-remaining: 76;w=21600``) are kept per upstream in its
+:class:`Health` by :meth:`UpstreamPool.note_rate_limit` (called for every
+manifest answer).  A 429, or a remaining count of 0, puts the upstream in a
+rate-limit cool-down until the window resets (``Retry-After`` when given, else
+the ``w=`` window; at most :data:`MAX_RATELIMIT_COOLDOWN`): requests that count
+against a pull limit (manifest GETs) skip it, the rest (HEADs, blobs) still go
+there.  Being rate-limited is not a failure: it never counts toward the
+failures-in-a-row cool-down of a broken upstream.
+
 Blob bodies are never read here: callers get the :class:`IResponse` and stream
 it.  Small bodies (token, manifest, tag list) are read by :func:`read_limited`,
 bounded in size and time; a read that times out or is cancelled closes its
@@ -29,9 +39,11 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any, Optional
 from urllib.parse import urlencode, urljoin, urlsplit
 
@@ -53,6 +65,10 @@ MAX_REDIRECTS = 5
 MAX_TOKEN_BODY = 1 << 20
 MAX_TOKEN_LIFETIME = 24 * 3600.0  # an upstream token is never kept longer than this
 FAILURES_BEFORE_COOLDOWN = 3
+# Rate limits: how long an upstream is left alone at most after a 429 or a
+# remaining count of 0, and when neither Retry-After nor a window says how long.
+MAX_RATELIMIT_COOLDOWN = 6 * 3600.0
+DEFAULT_RATELIMIT_COOLDOWN = 60.0
 
 
 class UpstreamError(Exception):
@@ -65,24 +81,49 @@ class UpstreamError(Exception):
 
 
 @dataclass
+class RateLimit:
+    """What an upstream last said about its rate limit (``ratelimit-*`` headers)."""
+
+    limit: Optional[int] = None
+    remaining: Optional[int] = None
+    window: Optional[int] = None  # seconds (``w=``)
+    updated_at: Optional[float] = None
+
+
+@dataclass
 class Health:
-    state: str = "unknown"  # up | down | cooldown | unknown
+    state: str = "unknown"  # up | down | cooldown | ratelimited | unknown
     last_error: Optional[str] = None
     last_latency_ms: Optional[float] = None
     last_checked_at: Optional[float] = None
     consecutive_failures: int = 0
     cooldown_until: float = 0.0
+    rate_limit: Optional[RateLimit] = None  # None until an upstream sent ratelimit-* headers
+    ratelimited_until: float = 0.0  # the rate-limit cool-down (separate from failures)
+    ratelimit_reason: str = ""  # "429" | "exhausted" (remaining 0) while cooling down
+
+    def rate_limited(self, now: float) -> bool:
+        return self.ratelimited_until > now
 
     def as_dict(self, now: float) -> dict:
         state = self.state
         if self.cooldown_until > now:
             state = "cooldown"
+        elif self.rate_limited(now):
+            state = "ratelimited"
+        rl = None
+        if self.rate_limit is not None or self.rate_limited(now):
+            r = self.rate_limit or RateLimit()
+            rl = {"limit": r.limit, "remaining": r.remaining, "window": r.window,
+                  "reset_at": self.ratelimited_until if self.rate_limited(now) else None,
+                  "updated_at": r.updated_at}
         return {
             "state": state,
             "last_error": self.last_error,
             "last_latency_ms": self.last_latency_ms,
             "last_checked_at": self.last_checked_at,
             "consecutive_failures": self.consecutive_failures,
+            "rate_limit": rl,
         }
 
 
@@ -144,6 +185,86 @@ def checked_url(url: str, what: str) -> str:
     if u.scheme not in ("http", "https") or not u.hostname:
         raise UpstreamError(f"{what} is not an http(s) URL with a host", status=502)
     return url
+
+
+# ``ratelimit-limit: 100;w=21600`` (Docker Hub; the IETF draft's
+# ``RateLimit-Limit: 100, 100;w=21600`` too): a count, optional parameters.
+_RL_ITEM = re.compile(r"^\s*([0-9]{1,9})\s*((?:;[^;]*)*)$")
+_RL_WINDOW = re.compile(r"^\s*w\s*=\s*([0-9]{1,9})\s*$", re.I)
+_RL_MAX_HEADER = 256  # longer values are not what any registry sends: ignored
+_RL_MAX_WINDOW = 30 * 86400
+
+
+def _rate_limit_value(raw: Optional[list]) -> tuple[Optional[int], Optional[int]]:
+    """(count, window seconds) of a ``ratelimit-*`` header, None for what is
+    absent or not of the form ``N`` / ``N;w=W`` (hostile values are ignored)."""
+    if not raw:
+        return None, None
+    value = raw[0]
+    if not isinstance(value, bytes) or len(value) > _RL_MAX_HEADER:
+        return None, None
+    try:
+        text = value.decode("ascii")
+    except UnicodeDecodeError:
+        return None, None
+    items = text.split(",")
+    if len(items) > 8:
+        return None, None
+    count = window = None
+    for i, item in enumerate(items):
+        m = _RL_ITEM.match(item)
+        if m is None:
+            if i == 0:
+                return None, None
+            continue
+        n = int(m.group(1))
+        w = None
+        for param in m.group(2).split(";")[1:]:
+            wm = _RL_WINDOW.match(param)
+            if wm is not None:
+                w = int(wm.group(1))
+        if w is not None and not 0 < w <= _RL_MAX_WINDOW:
+            w = None
+        if i == 0:
+            count, window = n, w
+        elif window is None and w is not None and n == count:
+            window = w  # "100, 100;w=21600": the policy of the current limit
+    return count, window
+
+
+def parse_rate_limit(headers: Headers) -> tuple[Optional[int], Optional[int], Optional[int]]:
+    """``(limit, remaining, window)`` from an answer's ``ratelimit-limit`` /
+    ``ratelimit-remaining`` headers; each None when absent or invalid.  A
+    remaining count above the limit is a lie: both are dropped then."""
+    limit, w1 = _rate_limit_value(headers.getRawHeaders(b"ratelimit-limit"))
+    remaining, w2 = _rate_limit_value(headers.getRawHeaders(b"ratelimit-remaining"))
+    if limit is not None and remaining is not None and remaining > limit:
+        return None, None, None
+    return limit, remaining, (w2 if w2 is not None else w1)
+
+
+_RETRY_DIGITS = re.compile(r"^\s*([0-9]{1,12})\s*$")
+
+
+def parse_retry_after(raw: Optional[list], now: float) -> Optional[float]:
+    """Seconds to wait from a ``Retry-After`` header (delta seconds or an
+    HTTP date), None when absent or invalid; not capped here."""
+    if not raw or not isinstance(raw[0], bytes) or len(raw[0]) > 64:
+        return None
+    try:
+        text = raw[0].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    m = _RETRY_DIGITS.match(text)
+    if m is not None:
+        return float(int(m.group(1)))
+    try:
+        when = parsedate_to_datetime(text.strip())
+        if when.tzinfo is None:
+            return None
+        return max(0.0, when.timestamp() - now)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 # An unwanted body (a 401 before the token retry, a 404, a 5xx, a redirect) is
@@ -297,14 +418,80 @@ class UpstreamPool:
             if uid not in live and uid not in {int(r["id"]) for r in rows}:
                 del self._health[uid]
 
-    def candidates(self) -> list[Upstream]:
+    def candidates(self, *, counted: bool = False) -> list[Upstream]:
         """Upstreams to try, in order: healthy ones first by priority; ones in
-        cool-down are skipped unless every upstream is cooling down."""
+        cool-down are skipped unless every upstream is cooling down.
+
+        ``counted``: the request counts against a pull limit (a manifest GET):
+        upstreams in a rate-limit cool-down are left out altogether (see
+        :meth:`rate_limited`)."""
         now = self.clock.seconds()
-        ready = [u for u in self.upstreams if u.health.cooldown_until <= now]
+        ups = self.upstreams
+        if counted:
+            ups = [u for u in ups if not u.health.rate_limited(now)]
+        ready = [u for u in ups if u.health.cooldown_until <= now]
         if ready:
             return ready
-        return sorted(self.upstreams, key=lambda u: u.health.cooldown_until)
+        return sorted(ups, key=lambda u: u.health.cooldown_until)
+
+    def rate_limited(self) -> list[tuple[Upstream, float]]:
+        """The upstreams in a rate-limit cool-down and the seconds left of it."""
+        now = self.clock.seconds()
+        return [(u, u.health.ratelimited_until - now) for u in self.upstreams if u.health.rate_limited(now)]
+
+    def note_rate_limit(self, up: Upstream, code: int, headers: Headers) -> Optional[float]:
+        """Fold one answer of ``up`` (a manifest answer, or any 429) into its
+        rate-limit memory.
+
+        ``ratelimit-limit`` / ``ratelimit-remaining`` (and their ``w=``) are
+        recorded when present and valid.  A 429 starts (or moves) a cool-down
+        of ``Retry-After`` seconds, else the window, else
+        :data:`DEFAULT_RATELIMIT_COOLDOWN`; a remaining count of 0 starts one
+        of the window (not moved while it runs: a later answer still saying 0
+        does not push the reset back), and a later answer with a remaining
+        count above 0 ends that one early (Docker Hub's HEADs, which it does
+        not count, tell).  Every cool-down is at most
+        :data:`MAX_RATELIMIT_COOLDOWN`.  Returns the seconds of cool-down left
+        (None when there is none)."""
+        h = up.health
+        now = self.clock.seconds()
+        limit, remaining, window = parse_rate_limit(headers)
+        if limit is not None or remaining is not None:
+            rl = h.rate_limit if h.rate_limit is not None else RateLimit()
+            if limit is not None:
+                rl.limit = limit
+            if remaining is not None:
+                rl.remaining = remaining
+            if window is not None:
+                rl.window = window
+            rl.updated_at = now
+            h.rate_limit = rl
+        known_window = window if window is not None else (h.rate_limit.window if h.rate_limit else None)
+        was_limited = h.rate_limited(now)
+        if code == 429:
+            wait = parse_retry_after(headers.getRawHeaders(b"retry-after"), now)
+            if wait is None:
+                wait = known_window if known_window is not None else DEFAULT_RATELIMIT_COOLDOWN
+            h.ratelimited_until = now + min(max(float(wait), 1.0), MAX_RATELIMIT_COOLDOWN)
+            h.ratelimit_reason = "429"
+        elif remaining == 0:
+            if not was_limited:
+                wait = known_window if known_window is not None else DEFAULT_RATELIMIT_COOLDOWN
+                h.ratelimited_until = now + min(float(wait), MAX_RATELIMIT_COOLDOWN)
+                h.ratelimit_reason = "exhausted"
+        elif remaining is not None and was_limited and h.ratelimit_reason == "exhausted":
+            h.ratelimited_until = 0.0  # pulls are left again before the window we guessed ran out
+            h.ratelimit_reason = ""
+            log.info("upstream {name} has pulls left again ({n}); using it again", name=up.name, n=remaining)
+            return None
+        if not h.rate_limited(now):
+            return None
+        left = h.ratelimited_until - now
+        if not was_limited:
+            log.warn("upstream {name} is rate-limiting us ({why}); no pulls from it for {s}s",
+                     name=up.name, why="HTTP 429" if code == 429 else "no pulls left",
+                     s=int(math.ceil(left)))
+        return left
 
     def health(self) -> dict[int, dict]:
         now = self.clock.seconds()

@@ -10,10 +10,20 @@ error's ``internal`` field for the admin side).
 Used by the manifest, tag-list and blob sources alike; a caller that resumes a
 broken blob body passes its own ``candidates`` order (the same upstream first,
 then the others).
+
+Rate limits: a 429 from any upstream, and the ``ratelimit-*`` headers of every
+manifest answer (``limits``), go to the pool's rate-limit memory
+(:meth:`~zmirror.upstream.client.UpstreamPool.note_rate_limit`); a 429 is not
+a failure of the upstream.  A request that counts against a pull limit
+(``counted``: manifest GETs) skips the upstreams in a rate-limit cool-down;
+each counts as a rate-limited attempt, so when no other upstream can answer
+the client gets ``429 TOOMANYREQUESTS`` with the shortest wait as
+``Retry-After`` (and the manifest cache serves its stale copy).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional, Sequence
 
@@ -25,6 +35,7 @@ from zmirror.upstream.client import Upstream, UpstreamError, UpstreamPool
 log = Logger()
 
 MAX_RETRY_AFTER = 86400
+DEFAULT_RETRY_AFTER = 60
 
 
 def header(resp, name: bytes) -> Optional[str]:
@@ -60,6 +71,8 @@ class Failover:
         terminal_codes: tuple[int, ...] = (),
         validate: Optional[Callable[[Upstream, Any], Awaitable[Any]]] = None,
         candidates: Optional[Sequence[Upstream]] = None,
+        limits: bool = False,
+        counted: bool = False,
     ):
         """Try upstreams in order; returns ``(upstream, response, validated)``.
 
@@ -69,11 +82,21 @@ class Failover:
         may read the body and raise UpstreamError to fail over to the next
         upstream (e.g. a digest mismatch).  ``candidates``: the upstreams to
         try, in order (default: the pool's, healthy ones first).
+        ``limits``: record the upstreams' ``ratelimit-*`` headers (manifest
+        answers); ``counted``: the request counts against a pull limit (a
+        manifest GET), so upstreams in a rate-limit cool-down are skipped.
         """
         scope = f"repository:{name}:pull"
         attempts: list[Attempt] = []
-        ups = list(self.pool.candidates() if candidates is None else candidates)
-        if not ups:
+        if candidates is None:
+            ups = list(self.pool.candidates(counted=counted))
+            if counted:
+                for up, left in self.pool.rate_limited():
+                    attempts.append(Attempt(up, "ratelimited", "rate-limit cool-down",
+                                            str(int(math.ceil(left)))))
+        else:
+            ups = list(candidates)
+        if not ups and not attempts:
             raise RegistryError("UNAVAILABLE", "no upstream registry is enabled", status=503)
         for up in ups:
             started = self.clock.seconds()
@@ -84,6 +107,9 @@ class Failover:
                 attempts.append(Attempt(up, "error", str(e)))
                 continue
             code = resp.code
+            left = None
+            if limits or code == 429:
+                left = self.pool.note_rate_limit(up, code, resp.headers)
             if code in ok_codes or code in terminal_codes:
                 try:
                     validated = await validate(up, resp) if validate and code in ok_codes else None
@@ -102,8 +128,9 @@ class Failover:
             elif code in (401, 403):
                 attempts.append(Attempt(up, "denied", f"{code} after authentication"))
             elif code == 429:
-                ra = resp.headers.getRawHeaders(b"retry-after")
-                attempts.append(Attempt(up, "ratelimited", "429", ra[0].decode("latin-1") if ra else None))
+                # not a failure: the pool's rate-limit memory holds it until its window resets
+                attempts.append(Attempt(up, "ratelimited", "429",
+                                        str(int(math.ceil(left))) if left is not None else None))
             elif code >= 500:
                 self.pool.mark_failed(up, f"HTTP {code}")
                 attempts.append(Attempt(up, "error", f"HTTP {code}"))
@@ -124,14 +151,17 @@ def final_error(attempts: list[Attempt], unknown_code: str, *, name: str = "",
     internal = [{"upstream": a.upstream.name, "result": a.kind, "detail": a.detail} for a in attempts]
     if kinds <= {"notfound", "denied"}:
         err = RegistryError(unknown_code, internal=internal)
-    elif kinds == {"ratelimited"}:
+    elif "ratelimited" in kinds and kinds <= {"ratelimited", "notfound", "denied"}:
+        # the ones that may have it are rate-limiting us: "retry later" is the honest answer
         waits = []
         for a in attempts:
+            if a.kind != "ratelimited":
+                continue
             try:
                 waits.append(min(max(int(a.retry_after), 1), MAX_RETRY_AFTER))
             except (TypeError, ValueError):
                 pass
-        retry = str(min(waits)) if waits else "60"
+        retry = str(min(waits)) if waits else str(DEFAULT_RETRY_AFTER)
         err = RegistryError("TOOMANYREQUESTS", "every upstream registry is rate-limiting us",
                             internal=internal, headers={b"Retry-After": retry.encode()})
     elif "error" in kinds:

@@ -11,6 +11,9 @@ upstream's failure (the next one is tried), never a 500 or a bad header:
   by digest), a length within :data:`MAX_MANIFEST` and a valid media type;
   otherwise the manifest is fetched with GET and its digest computed;
 - a GET body is read within :data:`MAX_MANIFEST` bytes and ``idle_timeout``;
+  a GET skips the upstreams in a rate-limit cool-down (it counts as a pull on
+  Docker Hub), a HEAD does not (it does not count); both record the
+  upstream's ``ratelimit-*`` headers;
   by digest it must hash to that digest; its ``Content-Type`` (or, without one,
   the ``mediaType`` it declares) must be a valid media type.
 
@@ -76,8 +79,11 @@ class RemoteManifests:
         by_digest = is_digest(reference)
 
         async def fetch(method: bytes, **kw):
+            # every manifest answer carries the upstream's rate-limit headers; only GETs
+            # count against Docker Hub's pull limit (a HEAD still goes to a limited upstream)
             return await self.failover.fetch(method, path, headers, name=repository, what=(MANIFEST, reference),
-                                             record=record, unknown_code="MANIFEST_UNKNOWN", **kw)
+                                             record=record, unknown_code="MANIFEST_UNKNOWN", limits=True,
+                                             counted=method != b"HEAD", **kw)
 
         if head:
             up, resp, _ = await fetch(b"HEAD")
