@@ -306,20 +306,25 @@ class StaleTests(unittest.TestCase):
         self.assertEqual((result.status, result.headers[b"Warning"]), (200, STALE_WARNING.encode()))
         self.assertEqual(result.body, MANIFEST)
         self.assertEqual([w.health(i)["state"] for i in (1, 2)], ["ratelimited", "ratelimited"])
-        # still limited, later: stale again, and no GET was sent to anyone
+        # still limited, later: stale again; they 429 even HEADs, so nobody is asked at all now
         w.clock.advance(301)
         result = pull(w)
         self.assertEqual(result.headers[b"Warning"], STALE_WARNING.encode())
-        self.assertEqual([m for m, _u in w.agent.sent if m == "GET"], [])
+        self.assertEqual(sorted(w.agent.sent), [("HEAD", "http://a.fake" + TAG_PATH),
+                                                ("HEAD", "http://b.fake" + TAG_PATH)])
         self.assertEqual(local.stats["stale_served"], 2)
-        # an uncached tag: 429 with Retry-After (the revalidation HEADs' 429 just set it again)
+        # an uncached tag: 429 with the time left as Retry-After
         err = pull(w, "/v2/library/x/manifests/other")
         self.assertEqual((err.status, err.code), (429, "TOOMANYREQUESTS"))
-        self.assertEqual(err.headers[b"Retry-After"], b"600")
+        self.assertEqual(err.headers[b"Retry-After"], b"299")
         w.clock.advance(100)
         err = pull(w, "/v2/library/x/manifests/other")
-        self.assertEqual(err.headers[b"Retry-After"], b"500")
-        self.assertEqual([m for m, _u in w.agent.sent if m == "GET"], [])
+        self.assertEqual(err.headers[b"Retry-After"], b"199")
+        self.assertEqual(len(w.agent.sent), 2)
+        # the window over: asked again
+        w.clock.advance(199)
+        pull(w)
+        self.assertEqual(len(w.agent.sent), 4)
 
     def test_head_revalidation_does_not_count_and_still_works_when_limited(self):
         w, local = self.world()
@@ -365,6 +370,29 @@ class HttpTests(unittest.TestCase):
         self.env.clock.advance(7)
         resp, body = self.env.request("GET", self.path)
         self.assertEqual((resp.code, len(self.gets(self.up1)), len(self.gets(self.up2))), (200, 2, 3))
+
+    def test_every_upstream_429_cached_tag_served_stale(self):
+        local = MemoryManifests(self.env.clock, ttl=300)
+        self.env.proxy.manifest_source, local = self._pull_through(local)
+        resp, body = self.env.request("GET", self.path)
+        self.assertEqual((resp.code, resp.headers.getRawHeaders(b"warning")), (200, None))
+        self.env.clock.advance(301)
+        self.up1.faults[self.path] = [429, 429]
+        self.up2.faults[self.path] = [429, 429]
+        for _ in range(2):
+            resp, body = self.env.request("GET", self.path)
+            self.assertEqual((resp.code, body), (200, MANIFEST))
+            self.assertEqual(resp.headers.getRawHeaders(b"warning"), [STALE_WARNING.encode()])
+        # revalidated with HEADs only; both 429'd them, so the second pull asked nobody
+        self.assertEqual([r[0] for r in self.up1.requests if r[2] == self.path], ["GET", "HEAD"])
+        self.assertEqual([r[0] for r in self.up2.requests if r[2] == self.path], ["HEAD"])
+        self.assertEqual([h["state"] for h in self.env.pool.health().values()], ["ratelimited"] * 2)
+
+    def _pull_through(self, local):
+        from zmirror.registry.manifests import PullThroughManifests
+        from zmirror.upstream.manifests import RemoteManifests
+
+        return PullThroughManifests(local, RemoteManifests(self.env.proxy.failover, self.env.clock)), local
 
     def test_every_upstream_429_uncached(self):
         self.up1.faults[self.path] = [429]

@@ -101,9 +101,16 @@ class Health:
     rate_limit: Optional[RateLimit] = None  # None until an upstream sent ratelimit-* headers
     ratelimited_until: float = 0.0  # the rate-limit cool-down (separate from failures)
     ratelimit_reason: str = ""  # "429" | "exhausted" (remaining 0) while cooling down
+    # what the cool-down holds back: "pulls" (manifest GETs) or "all" requests (the
+    # upstream answered 429 to one that is no pull, e.g. a HEAD: leave it alone entirely)
+    ratelimit_scope: str = "pulls"
 
     def rate_limited(self, now: float) -> bool:
         return self.ratelimited_until > now
+
+    def skipped(self, now: float, counted: bool) -> bool:
+        """In a rate-limit cool-down that holds back this kind of request."""
+        return self.rate_limited(now) and (counted or self.ratelimit_scope == "all")
 
     def as_dict(self, now: float) -> dict:
         state = self.state
@@ -422,24 +429,26 @@ class UpstreamPool:
         """Upstreams to try, in order: healthy ones first by priority; ones in
         cool-down are skipped unless every upstream is cooling down.
 
-        ``counted``: the request counts against a pull limit (a manifest GET):
-        upstreams in a rate-limit cool-down are left out altogether (see
-        :meth:`rate_limited`)."""
+        Upstreams in a rate-limit cool-down are left out altogether (see
+        :meth:`rate_limited`) for a request that counts against a pull limit
+        (``counted``: a manifest GET), and for any request when the upstream
+        answered 429 to one that does not count (a HEAD, a blob)."""
         now = self.clock.seconds()
-        ups = self.upstreams
-        if counted:
-            ups = [u for u in ups if not u.health.rate_limited(now)]
+        ups = [u for u in self.upstreams if not u.health.skipped(now, counted)]
         ready = [u for u in ups if u.health.cooldown_until <= now]
         if ready:
             return ready
         return sorted(ups, key=lambda u: u.health.cooldown_until)
 
-    def rate_limited(self) -> list[tuple[Upstream, float]]:
-        """The upstreams in a rate-limit cool-down and the seconds left of it."""
+    def rate_limited(self, *, counted: bool = False) -> list[tuple[Upstream, float]]:
+        """The upstreams :meth:`candidates` leaves out for this kind of request
+        (rate-limit cool-down) and the seconds left of their cool-down."""
         now = self.clock.seconds()
-        return [(u, u.health.ratelimited_until - now) for u in self.upstreams if u.health.rate_limited(now)]
+        return [(u, u.health.ratelimited_until - now) for u in self.upstreams
+                if u.health.skipped(now, counted)]
 
-    def note_rate_limit(self, up: Upstream, code: int, headers: Headers) -> Optional[float]:
+    def note_rate_limit(self, up: Upstream, code: int, headers: Headers, *,
+                        counted: bool = True) -> Optional[float]:
         """Fold one answer of ``up`` (a manifest answer, or any 429) into its
         rate-limit memory.
 
@@ -451,8 +460,10 @@ class UpstreamPool:
         does not push the reset back), and a later answer with a remaining
         count above 0 ends that one early (Docker Hub's HEADs, which it does
         not count, tell).  Every cool-down is at most
-        :data:`MAX_RATELIMIT_COOLDOWN`.  Returns the seconds of cool-down left
-        (None when there is none)."""
+        :data:`MAX_RATELIMIT_COOLDOWN`.  A 429 to a request that does not count
+        (``counted`` false: a HEAD, a blob) holds back every request to the
+        upstream until the reset, not only pulls.  Returns the seconds of
+        cool-down left (None when there is none)."""
         h = up.health
         now = self.clock.seconds()
         limit, remaining, window = parse_rate_limit(headers)
@@ -474,11 +485,13 @@ class UpstreamPool:
                 wait = known_window if known_window is not None else DEFAULT_RATELIMIT_COOLDOWN
             h.ratelimited_until = now + min(max(float(wait), 1.0), MAX_RATELIMIT_COOLDOWN)
             h.ratelimit_reason = "429"
+            h.ratelimit_scope = "all" if not counted or (was_limited and h.ratelimit_scope == "all") else "pulls"
         elif remaining == 0:
             if not was_limited:
                 wait = known_window if known_window is not None else DEFAULT_RATELIMIT_COOLDOWN
                 h.ratelimited_until = now + min(float(wait), MAX_RATELIMIT_COOLDOWN)
                 h.ratelimit_reason = "exhausted"
+                h.ratelimit_scope = "pulls"
         elif remaining is not None and was_limited and h.ratelimit_reason == "exhausted":
             h.ratelimited_until = 0.0  # pulls are left again before the window we guessed ran out
             h.ratelimit_reason = ""

@@ -15,8 +15,9 @@ Rate limits: a 429 from any upstream, and the ``ratelimit-*`` headers of every
 manifest answer (``limits``), go to the pool's rate-limit memory
 (:meth:`~zmirror.upstream.client.UpstreamPool.note_rate_limit`); a 429 is not
 a failure of the upstream.  A request that counts against a pull limit
-(``counted``: manifest GETs) skips the upstreams in a rate-limit cool-down;
-each counts as a rate-limited attempt, so when no other upstream can answer
+(``counted``: manifest GETs) skips the upstreams in a rate-limit cool-down
+(every request does when the 429 came for one that does not count, e.g. a
+HEAD); each skipped one counts as a rate-limited attempt, so when no other upstream can answer
 the client gets ``429 TOOMANYREQUESTS`` with the shortest wait as
 ``Retry-After`` (and the manifest cache serves its stale copy).
 """
@@ -90,10 +91,8 @@ class Failover:
         attempts: list[Attempt] = []
         if candidates is None:
             ups = list(self.pool.candidates(counted=counted))
-            if counted:
-                for up, left in self.pool.rate_limited():
-                    attempts.append(Attempt(up, "ratelimited", "rate-limit cool-down",
-                                            str(int(math.ceil(left)))))
+            for up, left in self.pool.rate_limited(counted=counted):  # the ones left out
+                attempts.append(Attempt(up, "ratelimited", "rate-limit cool-down", str(int(math.ceil(left)))))
         else:
             ups = list(candidates)
         if not ups and not attempts:
@@ -109,7 +108,7 @@ class Failover:
             code = resp.code
             left = None
             if limits or code == 429:
-                left = self.pool.note_rate_limit(up, code, resp.headers)
+                left = self.pool.note_rate_limit(up, code, resp.headers, counted=counted)
             if code in ok_codes or code in terminal_codes:
                 try:
                     validated = await validate(up, resp) if validate and code in ok_codes else None
