@@ -262,6 +262,21 @@ class CoolDownTests(unittest.TestCase):
         pull(w)
         self.assertEqual((hub.gets, sent(w, "b.fake")), (2, 0))
 
+    def test_pulls_left_end_a_429_without_retry_after_early_not_one_with(self):
+        w = two()
+        hub = DockerHubLike(w, "a.fake", limit=0, window=21600)  # its GETs are 429s, window only
+        w.agent.on("GET", "http://b.fake" + TAG_PATH, lambda: manifest_response())
+        pull(w)
+        self.assertEqual(w.health(1)["rate_limit"]["reset_at"], 21600)
+        hub.limit = hub.remaining = 3
+        pull(w, method=b"HEAD")
+        self.assertEqual(w.health(1)["state"], "up")
+        # with Retry-After the upstream said how long: a HEAD with pulls left does not shorten it
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, limited(retry_after=b"900"))
+        pull(w)
+        pull(w, method=b"HEAD")
+        self.assertEqual((w.health(1)["state"], w.health(1)["rate_limit"]["reset_at"]), ("ratelimited", 900))
+
     def test_every_upstream_limited_uncached_is_429_with_the_shortest_wait(self):
         w = two()
         w.agent.on("GET", "http://a.fake" + TAG_PATH, limited(retry_after=b"300"))

@@ -100,7 +100,9 @@ class Health:
     cooldown_until: float = 0.0
     rate_limit: Optional[RateLimit] = None  # None until an upstream sent ratelimit-* headers
     ratelimited_until: float = 0.0  # the rate-limit cool-down (separate from failures)
-    ratelimit_reason: str = ""  # "429" | "exhausted" (remaining 0) while cooling down
+    # while cooling down: "retry-after" (the upstream said how long) or "window" (a guess
+    # from w=: a later answer with pulls left ends it early)
+    ratelimit_reason: str = ""
     # what the cool-down holds back: "pulls" (manifest GETs) or "all" requests (the
     # upstream answered 429 to one that is no pull, e.g. a HEAD: leave it alone entirely)
     ratelimit_scope: str = "pulls"
@@ -457,9 +459,9 @@ class UpstreamPool:
         of ``Retry-After`` seconds, else the window, else
         :data:`DEFAULT_RATELIMIT_COOLDOWN`; a remaining count of 0 starts one
         of the window (not moved while it runs: a later answer still saying 0
-        does not push the reset back), and a later answer with a remaining
-        count above 0 ends that one early (Docker Hub's HEADs, which it does
-        not count, tell).  Every cool-down is at most
+        does not push the reset back).  A later answer with a remaining count
+        above 0 ends a cool-down early unless ``Retry-After`` set it (Docker
+        Hub's window slides, and its HEADs, which it does not count, tell).  Every cool-down is at most
         :data:`MAX_RATELIMIT_COOLDOWN`.  A 429 to a request that does not count
         (``counted`` false: a HEAD, a blob) holds back every request to the
         upstream until the reset, not only pulls.  Returns the seconds of
@@ -481,18 +483,19 @@ class UpstreamPool:
         was_limited = h.rate_limited(now)
         if code == 429:
             wait = parse_retry_after(headers.getRawHeaders(b"retry-after"), now)
+            h.ratelimit_reason = "retry-after"
             if wait is None:
                 wait = known_window if known_window is not None else DEFAULT_RATELIMIT_COOLDOWN
+                h.ratelimit_reason = "window"
             h.ratelimited_until = now + min(max(float(wait), 1.0), MAX_RATELIMIT_COOLDOWN)
-            h.ratelimit_reason = "429"
             h.ratelimit_scope = "all" if not counted or (was_limited and h.ratelimit_scope == "all") else "pulls"
         elif remaining == 0:
             if not was_limited:
                 wait = known_window if known_window is not None else DEFAULT_RATELIMIT_COOLDOWN
                 h.ratelimited_until = now + min(float(wait), MAX_RATELIMIT_COOLDOWN)
-                h.ratelimit_reason = "exhausted"
+                h.ratelimit_reason = "window"
                 h.ratelimit_scope = "pulls"
-        elif remaining is not None and was_limited and h.ratelimit_reason == "exhausted":
+        elif remaining is not None and was_limited and h.ratelimit_reason == "window":
             h.ratelimited_until = 0.0  # pulls are left again before the window we guessed ran out
             h.ratelimit_reason = ""
             log.info("upstream {name} has pulls left again ({n}); using it again", name=up.name, n=remaining)
