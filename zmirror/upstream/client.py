@@ -96,6 +96,7 @@ class Upstream:
     username: str = ""
     password: str = field(default="", repr=False)
     health: Health = field(default_factory=Health)
+    namespace: str = "docker.io"  # the registry host this upstream mirrors
 
     @property
     def origin(self) -> tuple[str, str, int]:
@@ -274,6 +275,7 @@ class UpstreamPool:
         self.cooldown = cooldown
         self.tokens = TokenCache(clock)
         self.upstreams: list[Upstream] = []
+        self.namespaces: frozenset = frozenset()  # of every registries row (set_registries)
         self._health: dict[int, Health] = {}
 
     # -- the registry list -------------------------------------------------
@@ -289,22 +291,28 @@ class UpstreamPool:
                 id=uid, name=r.get("name") or r["url"], url=str(r["url"]).rstrip("/"),
                 priority=int(r.get("priority", 100)), enabled=True,
                 username=r.get("username") or "", password=r.get("password") or "", health=health,
+                namespace=r.get("namespace") or "docker.io",
             ))
         ups.sort(key=lambda u: (u.priority, u.id))
         self.upstreams = ups
+        # every configured namespace, enabled upstreams or not (the routing table's path prefixes)
+        self.namespaces = frozenset(r.get("namespace") or "docker.io" for r in rows)
         live = {u.id for u in ups}
         for uid in list(self._health):
             if uid not in live and uid not in {int(r["id"]) for r in rows}:
                 del self._health[uid]
 
-    def candidates(self) -> list[Upstream]:
+    def candidates(self, namespace: Optional[str] = None) -> list[Upstream]:
         """Upstreams to try, in order: healthy ones first by priority; ones in
-        cool-down are skipped unless every upstream is cooling down."""
+        cool-down are skipped unless every upstream is cooling down.
+        ``namespace``: only the upstreams mirroring it (None: all)."""
         now = self.clock.seconds()
-        ready = [u for u in self.upstreams if u.health.cooldown_until <= now]
+        ups = self.upstreams if namespace is None else [u for u in self.upstreams
+                                                        if u.namespace == namespace]
+        ready = [u for u in ups if u.health.cooldown_until <= now]
         if ready:
             return ready
-        return sorted(self.upstreams, key=lambda u: u.health.cooldown_until)
+        return sorted(ups, key=lambda u: u.health.cooldown_until)
 
     def health(self) -> dict[int, dict]:
         now = self.clock.seconds()

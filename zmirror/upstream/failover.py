@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable, Optional, Sequence
 from twisted.logger import Logger
 
 from zmirror.registry.errors import RegistryError
+from zmirror.registry.namespaces import namespace_of, remote_of
 from zmirror.upstream.client import Upstream, UpstreamError, UpstreamPool
 
 log = Logger()
@@ -63,18 +64,27 @@ class Failover:
     ):
         """Try upstreams in order; returns ``(upstream, response, validated)``.
 
-        ``name``: the repository (the token scope asked for); ``what``: (kind,
+        ``name``: the repository's canonical name (a
+        :class:`~zmirror.registry.namespaces.Repo`; a plain ``str`` is a
+        docker.io name): only the upstreams of its namespace are asked, and the
+        upstream token scope names the repository within it; ``what``: (kind,
         reference) for the log; ``record``: an access-log record whose
         ``upstream`` is set to the one that answered.  ``validate(up, resp)``
         may read the body and raise UpstreamError to fail over to the next
         upstream (e.g. a digest mismatch).  ``candidates``: the upstreams to
-        try, in order (default: the pool's, healthy ones first).
+        try, in order (default: the pool's of the namespace, healthy ones
+        first); one of another namespace is never asked.
         """
-        scope = f"repository:{name}:pull"
+        namespace = namespace_of(name)
+        scope = f"repository:{remote_of(name)}:pull"
         attempts: list[Attempt] = []
-        ups = list(self.pool.candidates() if candidates is None else candidates)
+        if candidates is None:
+            ups = list(self.pool.candidates(namespace))
+        else:
+            ups = [u for u in candidates if getattr(u, "namespace", "docker.io") == namespace]
         if not ups:
-            raise RegistryError("UNAVAILABLE", "no upstream registry is enabled", status=503)
+            raise RegistryError("NAME_UNKNOWN", f"no upstream registry is enabled for namespace {namespace}",
+                                {"namespace": namespace})
         for up in ups:
             started = self.clock.seconds()
             try:
