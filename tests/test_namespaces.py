@@ -367,3 +367,89 @@ class AccessPerNamespaceTests(unittest.TestCase):
         recs = [r for r in self.env.log.records if r.kind != "token"]
         self.assertEqual([(r.namespace, r.repository) for r in recs],
                          [("ghcr.io", "ghcr.io/owner/img"), ("docker.io", "library/nginx")])
+
+
+from twisted.internet import reactor  # noqa: E402
+
+from tests.test_cache import CacheTestBase, deferred_test  # noqa: E402
+from zmirror.cache import BlobCache, ManifestCache  # noqa: E402
+from tests.test_cache import stop_transfers  # noqa: E402
+
+
+class CachePerNamespaceTests(CacheTestBase):
+    """Blobs and manifests are cached by canonical name: a copy fetched for Docker
+    Hub's owner/img is not ghcr.io/owner/img's until ghcr.io's upstream says so."""
+
+    def make_env(self, upstreams=None):
+        self.ghcr = FakeRegistry()
+        self.blobs = BlobCache(self.base / "cache", self.db, reactor, max_size=self.max_size, idle_timeout=30)
+        self.addCleanup(stop_transfers, self.blobs)
+        self.manifests = ManifestCache(self.db, reactor, ttl=300)
+        self.env = ProxyEnv([("up1.fake", self.up), ("ghcr.fake", self.ghcr)], blobs=self.blobs,
+                            manifests=self.manifests, namespaces={"ghcr.fake": "ghcr.io"})
+        self.manifests.clock = self.env.clock
+
+    @deferred_test
+    async def test_blob_membership_by_canonical_name(self):
+        await self.start()
+        resp, body = await self.env.arequest("GET", f"/v2/owner/img/blobs/{self.digest}")
+        self.assertEqual((resp.code, body == self.data), (200, True))
+        self.assertTrue(self.blobs.knows(self.digest, "owner/img"))
+        # ghcr.io does not have it: the cached copy is not served for ghcr.io/owner/img
+        resp, _ = await self.env.arequest("GET", f"/v2/ghcr.io/owner/img/blobs/{self.digest}")
+        self.assertEqual(resp.code, 404)
+        self.assertEqual([r[2] for r in self.ghcr.requests], [f"/v2/owner/img/blobs/{self.digest}"])
+        self.assertFalse(self.blobs.knows(self.digest, "ghcr.io/owner/img"))
+        # once ghcr.io has it, its HEAD confirms membership and the local copy is served
+        self.ghcr.add_blob(self.data)
+        resp, body = await self.env.arequest("GET", f"/v2/ghcr.io/owner/img/blobs/{self.digest}")
+        self.assertEqual((resp.code, body == self.data), (200, True))
+        self.assertEqual(self.ghcr.requests[-1][:3:2], ("HEAD", f"/v2/owner/img/blobs/{self.digest}"))
+        self.assertTrue(self.blobs.knows(self.digest, "ghcr.io/owner/img"))
+        self.assertEqual(len(self.blob_gets()), 1)
+        self.assertEqual(len(self.blob_gets(self.ghcr)), 0)
+
+    @deferred_test
+    async def test_tags_cached_per_namespace(self):
+        await self.start()
+        hub = self.up.add_manifest("owner/img", "1", MANIFEST + b" ")
+        ghcr = self.ghcr.add_manifest("owner/img", "1", MANIFEST)
+        for _ in range(2):
+            for path, digest in (("/v2/owner/img/manifests/1", hub),
+                                 ("/v2/ghcr.io/owner/img/manifests/1", ghcr),
+                                 ("/v2/owner/img/manifests/1?ns=ghcr.io", ghcr)):
+                resp, _ = await self.env.arequest("GET", path)
+                self.assertEqual(resp.headers.getRawHeaders(b"docker-content-digest"), [digest.encode()], path)
+        # one GET per namespace, the rest from the cache
+        gets = lambda reg: [r[2] for r in reg.requests if r[0] == "GET"]  # noqa: E731
+        self.assertEqual(gets(self.up), ["/v2/owner/img/manifests/1"])
+        self.assertEqual(gets(self.ghcr), ["/v2/owner/img/manifests/1"])
+
+
+class UpstreamScopeTests(unittest.TestCase):
+    def test_upstream_token_scope_names_the_repository_within_its_namespace(self):
+        ghcr = FakeRegistry(auth="token", realm="http://auth.fake/token")
+        ghcr.add_manifest("owner/img", "1", MANIFEST)
+        env = ProxyEnv([("ghcr.fake", ghcr)], namespaces={"ghcr.fake": "ghcr.io"},
+                       extra_hosts={"auth.fake": ghcr.resource()})
+        resp, _ = env.request("GET", "/v2/ghcr.io/owner/img/manifests/1")
+        self.assertEqual(resp.code, 200)
+        self.assertEqual([t.get("scope") for t in ghcr.token_requests], ["repository:owner/img:pull"])
+
+
+class NamespaceMetricsTests(unittest.TestCase):
+    def test_namespace_label_is_bounded(self):
+        from zmirror.accesslog import AccessRecord
+        from zmirror.metrics import Metrics
+
+        env = ProxyEnv([("ghcr.fake", FakeRegistry())], namespaces={"ghcr.fake": "ghcr.io"})
+        m = Metrics(process=False)
+        m.watch_namespaces(env.pool)
+        for ns in ("ghcr.io", "docker.io", "random.example", "other.example", ""):
+            m.observe_access(AccessRecord(created_at=0, kind="manifest", status=200, namespace=ns))
+        text = m.exposition().decode()
+        self.assertIn('zmirror_namespace_requests_total{kind="manifest",namespace="ghcr.io"} 1.0', text)
+        self.assertIn('zmirror_namespace_requests_total{kind="manifest",namespace="docker.io"} 1.0', text)
+        self.assertIn('zmirror_namespace_requests_total{kind="manifest",namespace="other"} 2.0', text)
+        self.assertNotIn("random.example", text)
+        self.assertIn('zmirror_upstream_namespace{namespace="ghcr.io",upstream="ghcr.fake"} 1.0', text)
