@@ -120,7 +120,7 @@ async def _pump(client, d: Deferred):
 
 
 def make_env(testcase, *, mode: str = "whitelist", trusted=(), external_url: str = "",
-             lockout_kw: Optional[dict] = None) -> Env:
+             lockout_kw: Optional[dict] = None, namespaces=()) -> Env:
     clock = Clock()
     clock.advance(START)
     db = temp_db(testcase)
@@ -139,7 +139,10 @@ def make_env(testcase, *, mode: str = "whitelist", trusted=(), external_url: str
     token_service = TokenService(tokens=tokens, authenticator=authn, policy=policy, users=users,
                                  clock=clock, trusted=tp, accesslog=log)
     proxy = FakeProxy()
-    routes = RegistryRoutes(proxy, policy=policy, accesslog=log, clock=clock, trusted=tp)
+    from zmirror.registry.namespaces import RoutingTable
+
+    routes = RegistryRoutes(proxy, policy=policy, accesslog=log, clock=clock, trusted=tp,
+                            routing=RoutingTable(lambda: namespaces))
     app = ZMirrorApp(routes, token=token_service)
     client = StubTreq(app.resource())
     return Env(clock=clock, db=db, passwords=passwords, users=users, accounts=accounts,

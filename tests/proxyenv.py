@@ -10,6 +10,7 @@ from twisted.python.failure import Failure
 
 from zmirror.accesslog import MemoryAccessLog
 from zmirror.app import ZMirrorApp
+from zmirror.registry.namespaces import RoutingTable
 from zmirror.registry.proxy import Proxy
 from zmirror.registry.routes import RegistryRoutes
 from zmirror.testing import FakeRegistry, HostAgent
@@ -18,11 +19,13 @@ from zmirror.testing import FakeRegistry, HostAgent
 class ProxyEnv:
     def __init__(self, upstreams: list[tuple[str, FakeRegistry]], *, extra_hosts=None, policy=None,
                  cooldown: float = 30.0, credentials=None,
-                 blobs=None, manifests=None):
+                 blobs=None, manifests=None, namespaces=None, hosts=None, extra_rows=None):
+        """``namespaces``: upstream host → the namespace it mirrors (default docker.io);
+        ``hosts``: the ``[routing] hosts`` table; ``extra_rows``: more registries rows."""
         self.clock = Clock()
-        hosts = {host: reg.resource() for host, reg in upstreams}
-        hosts.update(extra_hosts or {})
-        self.agent = HostAgent(hosts)
+        agents = {host: reg.resource() for host, reg in upstreams}
+        agents.update(extra_hosts or {})
+        self.agent = HostAgent(agents)
         from zmirror.upstream.client import UpstreamPool
 
         self.pool = UpstreamPool(self.agent, self.clock, header_timeout=10, cooldown=cooldown)
@@ -30,12 +33,14 @@ class ProxyEnv:
         for i, (host, _reg) in enumerate(upstreams, start=1):
             user, pw = (credentials or {}).get(host, ("", ""))
             rows.append({"id": i, "name": host, "url": f"http://{host}", "priority": i, "enabled": 1,
-                         "username": user, "password": pw})
-        self.pool.set_registries(rows)
+                         "username": user, "password": pw,
+                         "namespace": (namespaces or {}).get(host, "docker.io")})
+        self.pool.set_registries(rows + list(extra_rows or []))
         self.proxy = Proxy(self.pool, self.clock, idle_timeout=30, blobs=blobs, manifests=manifests)
         self.log = MemoryAccessLog()
+        self.routing = RoutingTable(lambda: self.pool.namespaces, hosts or {})
         self.routes = RegistryRoutes(self.proxy, clock=self.clock, accesslog=self.log, policy=policy,
-                                     base_url=lambda request: "http://proxy.test")
+                                     base_url=lambda request: "http://proxy.test", routing=self.routing)
         self.client = StubTreq(ZMirrorApp(self.routes).resource())
 
     def pump(self, d: Deferred, rounds: int = 500):
@@ -52,11 +57,11 @@ class ProxyEnv:
             out[0].raiseException()
         return out[0]
 
-    def request(self, method: str, path: str, headers=None):
+    def request(self, method: str, path: str, headers=None, host: str = "proxy.test"):
         """Returns (response, body bytes)."""
 
         async def go():
-            resp = await self.client.request(method, "http://proxy.test" + path, headers=headers or {})
+            resp = await self.client.request(method, f"http://{host}" + path, headers=headers or {})
             body = await treq.content(resp)
             return resp, body
 

@@ -15,7 +15,8 @@ from zmirror.db import Database, migrate
 from zmirror.db.accesslogs import DAY, HOUR, AccessLogStore, RetentionService
 
 ROW_KEYS = {"id", "created_at", "client_ip", "username", "method", "repository", "reference",
-            "kind", "status", "bytes", "duration_ms", "upstream", "cache_hit", "user_agent"}
+            "kind", "status", "bytes", "duration_ms", "upstream", "cache_hit", "user_agent",
+            "namespace"}
 
 
 def insert(db, **kw):

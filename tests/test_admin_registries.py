@@ -70,8 +70,10 @@ class RegistryRouteTests(AdminTestMixin, unittest.TestCase):
                                          "last_latency_ms": None, "last_checked_at": None,
                                          "consecutive_failures": 0})
         self.assertEqual(set(hub), {"id", "name", "url", "priority", "enabled", "username",
-                                    "has_password", "created_at", "updated_at", "health", "rate_limit"})
+                                    "has_password", "created_at", "updated_at", "health", "rate_limit",
+                                    "namespace"})
         self.assertIsNone(hub["rate_limit"])  # no upstream said anything about its limit yet
+        self.assertEqual(hub["namespace"], "docker.io")  # the seeded row, migrated
 
     @coro
     async def test_list_sorted_by_priority_then_id_with_live_health(self):
@@ -134,6 +136,27 @@ class RegistryRouteTests(AdminTestMixin, unittest.TestCase):
         row = self.db.conn.execute("SELECT name, url FROM registries WHERE id = ?",
                                    (obj["id"],)).fetchone()
         self.assertEqual(row, ("GHCR", "https://ghcr.io"))
+
+    @coro
+    async def test_namespace_validated_and_normalized(self):
+        obj = await self.create()
+        self.assertEqual(obj["namespace"], "docker.io")  # the default
+        obj = await self.create(name="G", url="https://ghcr.io", namespace=" GHCR.io ")
+        self.assertEqual(obj["namespace"], "ghcr.io")
+        self.assertEqual(self.published[-1][-1]["namespace"], "ghcr.io")  # the proxy core sees it
+        for alias in ("index.docker.io", "registry-1.docker.io", "Docker.IO"):
+            obj = await self.create(name=alias, namespace=alias)
+            self.assertEqual(obj["namespace"], "docker.io")
+        obj = await self.create(name="L", url="http://10.0.0.5:5000", namespace="registry.local:5000")
+        self.assertEqual(obj["namespace"], "registry.local:5000")
+        for bad in ("", "nodot", "https://ghcr.io", "ghcr.io/owner", "a b.io", "x.io:0", 5, None, ["x"]):
+            await self.assertUnchanged("POST", "/api/registries",
+                                       {"name": "Bad", "url": "https://x.io", "namespace": bad},
+                                       400, "namespace")
+        rid = obj["id"]
+        code, _h, out = await self.call("PUT", f"/api/registries/{rid}", {"namespace": "Quay.io"})
+        self.assertEqual((code, out["namespace"]), (200, "quay.io"))
+        await self.assertUnchanged("PUT", f"/api/registries/{rid}", {"namespace": "nodot"}, 400, "namespace")
 
     @coro
     async def test_create_full_and_subscribers_get_full_list_with_password(self):

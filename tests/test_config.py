@@ -56,6 +56,18 @@ class ParseTests(unittest.TestCase):
         self.assertIn("column", msg)
         self.assertNotIn("\n", msg)
 
+    def test_routing_hosts(self):
+        c = self.parse('[routing]\nhosts = { "GHCR.Mirror.example.com" = "GHCR.io", '
+                       '"hub.mirror.example.com:8443" = "index.docker.io" }\n')
+        self.assertEqual(dict(c.routing.hosts), {"ghcr.mirror.example.com": "ghcr.io",
+                                                 "hub.mirror.example.com:8443": "docker.io"})
+        self.assertEqual(self.parse("").routing.hosts, ())
+        for bad in ('hosts = "ghcr.io"', 'hosts = { "a b" = "ghcr.io" }', 'hosts = { "m.example" = "nodot" }',
+                    'hosts = { "m.example" = 5 }', 'hosts = { "m.example:0" = "ghcr.io" }'):
+            with self.assertRaises(ConfigError, msg=bad) as e:
+                self.parse(f"[routing]\n{bad}\n")
+            self.assertIn("routing.hosts", str(e.exception))
+
     def test_port_range(self):
         for bad in ("0", "65536", "-1"):
             with self.assertRaises(ConfigError) as e:

@@ -80,7 +80,12 @@ class ReloadTests(unittest.TestCase):
         new_hash = hash_admin_password("Fresh-Admin-9")
         set_in_config(self.data, 'password = "admin123"', f'password = "{new_hash}"')
         set_in_config(self.data, "port = 8080", "port = 8081")
+        routing = self.c["routing"]
+        self.assertIs(self.c["app"].registry.routing, routing)
+        self.assertEqual(routing.by_host("ghcr.mirror.example.com"), None)
+        set_in_config(self.data, "hosts = {}", 'hosts = { "ghcr.mirror.example.com" = "ghcr.io" }')
         self.assertTrue(reloader.reload())
+        self.assertEqual(routing.by_host("ghcr.mirror.example.com"), "ghcr.io")
         self.assertEqual(policy.mode, "all")
         # one TrustedProxies object is shared by routes, policy, token service and admin API
         self.assertTrue(trusted.trusts("10.1.2.3"))
@@ -93,6 +98,7 @@ class ReloadTests(unittest.TestCase):
         line = [t for t in cap.texts() if t.startswith("reload: configuration re-read")][0]
         self.assertIn("access.anonymous", line)
         self.assertIn("needs a restart: server.port", line)
+        self.assertIn("routing.hosts", line.split("needs a restart")[0])
         self.assertNotIn(new_hash, "\n".join(cap.texts()))
 
     def test_lockout_thresholds_from_config_and_applied_on_sighup(self):

@@ -247,7 +247,11 @@ class FailoverTests(unittest.TestCase):
     def test_no_upstreams(self):
         env = ProxyEnv([])
         resp, body = env.request("GET", "/v2/library/nginx/manifests/latest")
-        self.assertEqual(resp.code, 503)
+        # a namespace with no enabled upstream: 404 NAME_UNKNOWN, saying so
+        self.assertEqual(resp.code, 404)
+        err = json.loads(body)["errors"][0]
+        self.assertEqual(err["code"], "NAME_UNKNOWN")
+        self.assertIn("no upstream registry is enabled for namespace docker.io", err["message"])
 
     def test_dead_upstream_cools_down(self):
         env = ProxyEnv([("down.fake", self.a), ("b.fake", self.b)], cooldown=30)

@@ -472,3 +472,23 @@ class ShownTests(AdminTestMixin, unittest.TestCase):
         pool.clock.advance(600)
         t = metrics.exposition()
         self.assertEqual(value(t, "zmirror_upstream_ratelimited", upstream="Docker Hub"), 0)
+
+
+class NamespaceTests(unittest.TestCase):
+    """A rate limit is per upstream, and an upstream serves one namespace: a
+    limited upstream of another namespace is neither skipped for nor reported
+    in the answers of this one."""
+
+    def test_limited_upstream_of_another_namespace_is_not_reported(self):
+        clock = Clock()
+        pool = UpstreamPool(agent=None, clock=clock)
+        pool.set_registries([
+            {"id": 1, "name": "hub", "url": "http://a.fake", "priority": 1, "enabled": 1},
+            {"id": 2, "name": "ghcr", "url": "http://g.fake", "priority": 1, "enabled": 1,
+             "namespace": "ghcr.io"}])
+        hub, ghcr = sorted(pool.upstreams, key=lambda u: u.id)
+        pool.note_rate_limit(ghcr, 429, hdrs(retry_after=b"300"))
+        self.assertEqual([u.id for u in pool.candidates("docker.io", counted=True)], [hub.id])
+        self.assertEqual(pool.rate_limited("docker.io", counted=True), [])
+        self.assertEqual([u.id for u, _ in pool.rate_limited("ghcr.io", counted=True)], [ghcr.id])
+        self.assertEqual(pool.candidates("ghcr.io", counted=True), [])

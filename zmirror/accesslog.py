@@ -35,6 +35,7 @@ class AccessRecord:
     cache_hit: Optional[bool] = None
     user_agent: str = ""
     resumes: int = 0  # times the blob's upstream body broke and was resumed
+    namespace: str = ""  # the registry the repository belongs to ("docker.io", "ghcr.io", ...)
 
     def as_row(self) -> dict:
         row = dataclasses.asdict(self)

@@ -97,6 +97,15 @@ resume_attempts = 3
 # Give up resuming this many seconds after the body first broke / 首次中断后超过该秒数不再续传
 resume_deadline = 300
 
+[routing]
+# Registries other than Docker Hub are upstreams with their own namespace (admin UI). Clients pick one
+# by path prefix (mirror:8080/ghcr.io/owner/img), containerd by ?ns=, or by host name here:
+# one host name per namespace (reloaded on SIGHUP).
+# 除 Docker Hub 外的仓库在管理界面中作为带命名空间的上游添加。客户端可用路径前缀
+# （mirror:8080/ghcr.io/owner/img）、containerd 的 ?ns= 或下面的主机名选择命名空间（SIGHUP 生效）。
+# hosts = { "ghcr.mirror.example.com" = "ghcr.io", "quay.mirror.example.com" = "quay.io" }
+hosts = {}
+
 [cache]
 # Pull-through cache of blobs and manifests / 拉取缓存
 enabled = true
@@ -244,6 +253,12 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class RoutingConfig:
+    # (host name the clients use, namespace it serves), lower-cased
+    hosts: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     """The validated configuration; paths are absolute."""
 
@@ -258,6 +273,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -341,6 +357,24 @@ def _validate_proxies(key: str, v: tuple[str, ...]) -> tuple[str, ...]:
     return v
 
 
+def _routing_hosts(key: str, v: Any) -> tuple[tuple[str, str], ...]:
+    from zmirror.registry.namespaces import normalize_host, normalize_namespace
+
+    if not isinstance(v, dict):
+        raise ConfigError(f'{key}: expected a table such as {{ "ghcr.mirror.example.com" = "ghcr.io" }}')
+    out = {}
+    for host, ns in v.items():
+        try:
+            name = normalize_host(host)
+        except ValueError as e:
+            raise ConfigError(f"{key}: host name {str(host)[:100]!r} {e}") from None
+        try:
+            out[name] = normalize_namespace(ns)
+        except ValueError as e:
+            raise ConfigError(f"{key}: namespace of {name} {e}") from None
+    return tuple(sorted(out.items()))
+
+
 # section -> key -> (validator(key, value) -> converted)
 _SCHEMA: dict[str, dict[str, Any]] = {
     "server": {
@@ -393,6 +427,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "access": lambda k, v: _str(k, v, choices=("admin", "open", "off")),
         "listen": lambda k, v: _str(k, v).strip(),
     },
+    "routing": {"hosts": _routing_hosts},
 }
 
 _SECTION_CLASSES = {
@@ -405,6 +440,7 @@ _SECTION_CLASSES = {
     "cache": CacheConfig,
     "log": LogConfig,
     "metrics": MetricsConfig,
+    "routing": RoutingConfig,
 }
 
 

@@ -113,6 +113,13 @@ class Metrics:
         self.cache_requests = Counter(
             "zmirror_cache_requests", "Pull-through cache lookups by result", ["kind", "result"],
             registry=r)
+        self.namespace_requests = Counter(
+            "zmirror_namespace_requests", "Registry requests (manifest, blob, tags, denied) by the "
+            "namespace of their repository ('other': a namespace no upstream is configured for)",
+            ["namespace", "kind"], registry=r)
+        # the configured namespaces (watch_namespaces): the label values, so a client's ?ns= cannot
+        # grow the label set
+        self._namespaces: Callable[[], Iterable[str]] = lambda: ("docker.io",)
         self._gauges: dict[str, Gauge] = {}
 
     # --- observations ---------------------------------------------------------
@@ -126,6 +133,10 @@ class Metrics:
         self.request_duration.labels(kind).observe(max(0.0, float(rec.duration_ms or 0.0)) / 1000.0)
         if rec.cache_hit is not None:
             self.cache_requests.labels(kind, "hit" if rec.cache_hit else "miss").inc()
+        ns = getattr(rec, "namespace", "")
+        if ns:
+            known = ns == "docker.io" or ns in set(self._namespaces())
+            self.namespace_requests.labels(ns if known else "other", kind).inc()
 
     def upstream_response(self, upstream: str, status: Any, seconds: Optional[float]) -> None:
         self.upstream_requests.labels(upstream, str(status)).inc()
@@ -239,6 +250,21 @@ class Metrics:
                 if reset_at is not None:
                     reset.add_metric([u.name], float(reset_at))
             return [up, fails, limit, remaining, window, limited, reset]
+
+        self.registry.register(_CallbackCollector(collect))
+
+    def watch_namespaces(self, pool: Any) -> None:
+        """``zmirror_upstream_namespace{upstream, namespace} 1`` per enabled upstream
+        (join it with the per-upstream series), and the namespaces that may be
+        label values of ``zmirror_namespace_requests``."""
+        self._namespaces = lambda: getattr(pool, "namespaces", ()) or ()
+
+        def collect():
+            info = GaugeMetricFamily("zmirror_upstream_namespace", "The namespace (registry host) "
+                                     "each enabled upstream mirrors", labels=["upstream", "namespace"])
+            for u in list(pool.upstreams):
+                info.add_metric([u.name, getattr(u, "namespace", "docker.io")], 1.0)
+            return [info]
 
         self.registry.register(_CallbackCollector(collect))
 

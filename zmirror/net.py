@@ -58,6 +58,18 @@ def client_ip(request, trusted: TrustedProxies) -> str:
     return hops[0] if hops else ip
 
 
+def request_host(request, trusted: TrustedProxies) -> str:
+    """The host name (``name[:port]``) the client addressed: ``Host``, or —
+    when the peer is a trusted proxy — the first ``X-Forwarded-Host``."""
+    host_header = request.getHeader(b"host")
+    host = host_header.decode("latin-1") if host_header else ""
+    if trusted.trusts(peer_ip(request)):
+        fhost = _forwarded(request, b"x-forwarded-host")
+        if fhost:
+            host = fhost.split(",")[0].strip()
+    return host
+
+
 def base_url(request, trusted: TrustedProxies, external_url: str = "") -> str:
     """``scheme://host[:port]`` the client used to reach us (no trailing slash)."""
     if external_url:

@@ -12,7 +12,7 @@ foreground without ``--logfile`` (Docker, systemd), else the ``--logfile``
 ``--syslog`` twistd's choice is left alone.
 
 **Reload.**  :class:`Reloader` re-reads config.toml and applies what can change
-live: ``[access] anonymous``, ``[log] level``, ``[server] trusted_proxies``,
+live: ``[access] anonymous``, ``[log] level``, ``[server] trusted_proxies``, ``[routing] hosts``,
 ``[metrics] access``, the ``[admin]`` password and the ``[lockout]`` thresholds.  Everything else is logged
 as "needs a restart".  It also re-reads users, whitelist and registries from
 the database (changed by the ``zmirror`` CLI while the server runs); between
@@ -48,7 +48,7 @@ DB_POLL_INTERVAL = 2.0
 # settings that apply without a restart (section.key)
 LIVE = ("access.anonymous", "log.level", "server.trusted_proxies", "metrics.access",
         "admin.password", "lockout.max_account_failures", "lockout.max_ip_failures",
-        "lockout.window", "lockout.cooldown")
+        "lockout.window", "lockout.cooldown", "routing.hosts")
 
 
 
@@ -172,6 +172,9 @@ class Reloader:
         trusted = c.get("trusted")
         if trusted is not None and hasattr(trusted, "reload"):
             trusted.reload(new.server.trusted_proxies)
+        routing = c.get("routing")
+        if routing is not None and hasattr(routing, "set_hosts"):
+            routing.set_hosts(dict(new.routing.hosts))
         access = c.get("access")
         policy = getattr(access, "policy", None)
         if policy is not None and hasattr(policy, "reload"):
@@ -376,6 +379,7 @@ def instrument(config: Any, reactor: Any, components: dict) -> dict:
     if upstreams is not None:
         upstreams.metrics = metrics
         metrics.watch_upstreams(upstreams)
+        metrics.watch_namespaces(upstreams)
     inner_log = registry.accesslog
     metered = MeteredAccessLog(inner_log, metrics)
     registry.accesslog = metered

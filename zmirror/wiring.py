@@ -23,6 +23,7 @@ from zmirror.db.accesslogs import AccessLogStore, RetentionService
 from zmirror.db.registries import RegistryStore
 from zmirror.net import TrustedProxies, base_url
 from zmirror.ops import instrument
+from zmirror.registry.namespaces import RoutingTable
 from zmirror.registry.proxy import Proxy
 from zmirror.registry.routes import RegistryRoutes
 from zmirror.upstream.client import QuietConnectionPool, UpstreamPool
@@ -62,6 +63,8 @@ def build(config: Config, reactor: Any) -> dict:
 
     access = auth.build(config, db, reactor, trusted=trusted)
 
+    # path prefix | ?ns= | Host → (namespace, repository); the namespaces are the registries'
+    routing = RoutingTable(lambda: upstreams.namespaces, dict(config.routing.hosts))
     registry = RegistryRoutes(
         proxy,
         policy=access.policy,
@@ -69,6 +72,7 @@ def build(config: Config, reactor: Any) -> dict:
         clock=reactor,
         trusted=trusted,
         base_url=lambda request: base_url(request, trusted, config.server.external_url),
+        routing=routing,
     )
     # token requests go to the same access log as pulls
     access.token_service.accesslog = registry.accesslog
@@ -116,6 +120,7 @@ def build(config: Config, reactor: Any) -> dict:
         "root": root,
         "services": services,
         "upstreams": upstreams,
+        "routing": routing,
         "proxy": proxy,
         "blob_cache": blob_cache,
         "manifest_cache": manifest_cache,

@@ -105,11 +105,19 @@ def _url(x: Any) -> str:
     return normalize_url(x)
 
 
+def _namespace(x: Any) -> str:
+    from zmirror.registry.namespaces import normalize_namespace
+
+    return normalize_namespace(x)
+
+
 _NO_COLON = re.compile(r"^[^:\x00-\x1f\x7f]*$")
 
 REGISTRY_FIELDS = {
     "name": Field(string(1, 100), required=True),
     "url": Field(_url, required=True),
+    # the registry host this upstream mirrors; index.docker.io / registry-1.docker.io mean docker.io
+    "namespace": Field(_namespace, default="docker.io"),
     "priority": Field(integer(0, 1_000_000), default=100),
     "enabled": Field(boolean, default=True),
     "username": Field(string(0, 255, pattern=_NO_COLON,
@@ -447,6 +455,7 @@ class AdminAPI:
                 rate_limit = {k: rl.get(k) for k in RATE_LIMIT_KEYS}
         return {
             "id": row["id"], "name": row["name"], "url": row["url"],
+            "namespace": row.get("namespace") or "docker.io",
             "priority": row["priority"], "enabled": bool(row["enabled"]),
             "username": row["username"], "has_password": bool(row["password"]),
             "created_at": row["created_at"], "updated_at": row["updated_at"],
@@ -549,10 +558,10 @@ class AdminAPI:
         if not repo:
             raise Invalid("invalid query: repository required", {"repository": "required"})
         from zmirror.registry.errors import RegistryError
-        from zmirror.registry.reference import parse_name
+        from zmirror.registry.namespaces import canonical_name
 
         try:
-            name = parse_name(repo)
+            name = canonical_name(repo)
         except RegistryError:
             raise Invalid("invalid query: repository is not a valid repository name",
                           {"repository": "is not a valid repository name"}) from None
@@ -646,7 +655,7 @@ class AdminAPI:
     @api_route("/logs", ["GET"])
     async def logs_list(self, request):
         params = query(request, ("page", "page_size", "from", "to", "username", "client_ip",
-                                 "repository", "status", "kind"))
+                                 "repository", "status", "kind", "namespace"))
         errors: dict[str, str] = {}
         page = q_int(params, "page", 1, 1, 10**9, errors)
         page_size = q_int(params, "page_size", PAGE_SIZE_DEFAULT, 1, PAGE_SIZE_MAX, errors,
@@ -663,6 +672,13 @@ class AdminAPI:
         if kind is not None and kind not in KINDS:
             errors["kind"] = "must be one of " + ", ".join(KINDS)
         texts = {}
+        if params.get("namespace", "").strip():
+            from zmirror.registry.namespaces import normalize_namespace
+
+            try:
+                texts["namespace"] = normalize_namespace(params["namespace"])
+            except ValueError as e:
+                errors["namespace"] = str(e)
         for key in ("username", "client_ip", "repository"):
             v = params.get(key)
             if v is not None and v.strip():
@@ -744,7 +760,8 @@ class AdminAPI:
     async def cache_delete(self, request):
         """Empty the cache, or drop one repository (``?repository=``) or one digest (``?digest=``)."""
         from zmirror.registry.errors import RegistryError
-        from zmirror.registry.reference import parse_digest, parse_name
+        from zmirror.registry.namespaces import canonical_name
+        from zmirror.registry.reference import parse_digest
 
         params = query(request, ("repository", "digest"))
         if self.cache is None:
@@ -753,7 +770,7 @@ class AdminAPI:
         errors: dict[str, str] = {}
         if params.get("repository", "").strip():
             try:
-                repository = parse_name(params["repository"].strip())
+                repository = canonical_name(params["repository"].strip())
             except RegistryError:
                 errors["repository"] = "not a valid repository name"
         if params.get("digest", "").strip():

@@ -34,7 +34,7 @@ from zmirror.auth.credentials import Authenticator, Locked, auth_scheme, parse_b
 from zmirror.auth.tokens import InvalidToken, TokenIssuer
 from zmirror.net import TrustedProxies, client_ip
 from zmirror.registry.errors import RegistryError
-from zmirror.registry.reference import parse_name
+from zmirror.registry.namespaces import canonical_name
 
 log = Logger()
 
@@ -61,8 +61,10 @@ def _bad(details: str, error: str = "invalid_request") -> TokenError:
 def parse_scopes(values: list[str]) -> list[tuple[str, str, list[str]]]:
     """``[(type, name, actions)]`` from scope strings (each may hold several, space-separated).
 
-    Repository names are parsed and normalized like request paths (``nginx`` →
-    ``library/nginx``).  Raises TokenError (400) for malformed scopes.
+    Repository names are canonical names (:func:`canonical_name`: ``nginx`` →
+    ``library/nginx``, ``docker.io/x/y`` → ``x/y``, ``ghcr.io/owner/img`` as
+    is), the names the challenges of ``/v2/`` carry: a grant for
+    ``ghcr.io/owner/img`` is no grant for Docker Hub's ``owner/img``.  Raises TokenError (400) for malformed scopes.
     """
     out: list[tuple[str, str, list[str]]] = []
     for value in values:
@@ -82,7 +84,7 @@ def parse_scopes(values: list[str]) -> list[tuple[str, str, list[str]]]:
                 out.append((typ, name, []))
                 continue
             try:
-                name = parse_name(name)
+                name = canonical_name(name)
             except RegistryError:
                 raise _bad(f"invalid repository name in scope {one[:200]!r}", "invalid_scope") from None
             out.append((typ, name, acts))

@@ -16,6 +16,14 @@ become ``library/nginx`` and no ``%``, ``..`` or upper case is left):
 - An empty entry (or a lone ``*``) is refused at input: use
   ``[access] anonymous = "all"`` to open everything.
 
+Names and entries are canonical names (:mod:`zmirror.registry.namespaces`):
+Docker Hub's repositories bare, every other namespace's with its host in
+front.  So ``helloz`` means ``docker.io/helloz`` (``docker.io/helloz`` typed
+by an admin is stored as ``helloz``), ``ghcr.io/owner`` opens ``owner``'s
+repositories on ghcr.io only, and ``ghcr.io`` all of ghcr.io.  A ``*`` entry
+without a ``/`` stays within Docker Hub: ``g*`` never matches a name whose
+first component is a registry host (``ghcr.io/...``, ``gcr.io/...``).
+
 The matcher keeps its entries in sets, so a decision costs a few hash lookups
 per path component, however many entries there are.
 
@@ -35,11 +43,14 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 from zmirror.db.errors import InvalidField
+from zmirror.registry.namespaces import DOCKER_ALIASES, hostlike
 from zmirror.singleflight import SingleFlight
 
 PREFIX_MAX = 255
 # Anchored with \Z, not $: "$" also matches before a trailing newline.
 _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*\Z")
+# a registry host as the first component of several: "localhost:5000/x"
+_HOST_PORT = re.compile(r"^[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?:[0-9]{1,5}\Z")
 # a component cut anywhere: "hello", "hello-", "hello_", "hello.w", ""
 _PARTIAL = re.compile(r"^(?:[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\.|_|__|-+)?)?\Z")
 LIBRARY = "library/"
@@ -72,13 +83,19 @@ def normalize_prefix(raw: object) -> str:
     if body.startswith("/"):
         raise InvalidPrefix("prefix must not start with '/'")
     parts = body.split("/")
+    if len(parts) > 1 and parts[0] in DOCKER_ALIASES and parts[1]:
+        # Docker Hub's canonical names are bare: docker.io/helloz is helloz
+        prefix = prefix.split("/", 1)[1]
+        return normalize_prefix(prefix)
     if star:
         full, last = parts[:-1], parts[-1]
         if not _PARTIAL.match(last):
             raise InvalidPrefix("prefix holds characters that never occur in repository names")
     else:
         full = parts
-    for part in full:
+    for i, part in enumerate(full):
+        if i == 0 and len(parts) > 1 and _HOST_PORT.match(part):
+            continue  # a namespace with a port
         if not _COMPONENT.match(part):
             raise InvalidPrefix(
                 "each path component must be lower-case letters and digits, "
@@ -137,8 +154,12 @@ class Matcher:
             if comps[0] == "library" and len(comps) >= 2:
                 consider(self._components.get(comps[1]), len(LIBRARY) + len(comps[1]))
         if self._strings:
+            # a "*" entry without "/" stays within Docker Hub (never "ghcr.io/...")
+            other_ns = len(comps) > 1 and hostlike(comps[0])
             for i in range(1, len(name) + 1):
-                consider(self._strings.get(name[:i]), i)
+                e = self._strings.get(name[:i])
+                if e is not None and not (other_ns and "/" not in e.prefix):
+                    consider(e, i)
             if name.startswith(LIBRARY):
                 rest = name[len(LIBRARY):]
                 for i in range(1, len(rest) + 1):
@@ -204,6 +225,8 @@ def reference_match(prefix: str, name: str) -> bool:
     """Straightforward restatement of the matching rule (used by property tests)."""
     if prefix.endswith("*"):
         p = prefix[:-1]
+        if "/" not in p and "/" in name and hostlike(name.split("/")[0]):
+            return False
         return name.startswith(p) or ("/" not in p and name.startswith(LIBRARY + p))
     forms = [prefix]
     if "/" not in prefix:

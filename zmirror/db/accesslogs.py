@@ -19,7 +19,8 @@ from twisted.logger import Logger
 log = Logger()
 
 ROW_COLUMNS = ("id", "created_at", "client_ip", "username", "method", "repository", "reference",
-               "kind", "status", "bytes", "duration_ms", "upstream", "cache_hit", "user_agent")
+               "kind", "status", "bytes", "duration_ms", "upstream", "cache_hit", "user_agent",
+               "namespace")
 KINDS = ("manifest", "blob", "tags", "token", "denied", "other")
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 500
@@ -41,7 +42,8 @@ class LogFilter:
     until: Optional[float] = None  # created_at <  until   (query "to")
     username: Optional[str] = None  # exact
     client_ip: Optional[str] = None  # exact
-    repository: Optional[str] = None  # substring
+    repository: Optional[str] = None  # substring (of the canonical name: "ghcr.io/owner/img")
+    namespace: Optional[str] = None  # exact ("docker.io", "ghcr.io", ...)
     status: Optional[int] = None  # exact code
     status_class: Optional[int] = None  # 4 for "4xx"
     kind: Optional[str] = None
@@ -63,6 +65,9 @@ class LogFilter:
         if self.repository:
             clauses.append("repository LIKE ? ESCAPE '\\'")
             params.append("%" + _like_escape(self.repository) + "%")
+        if self.namespace is not None:
+            clauses.append("namespace = ?")
+            params.append(self.namespace)
         if self.status is not None:
             clauses.append("status = ?")
             params.append(self.status)
@@ -229,6 +234,7 @@ class AccessLogStore:
             top_repositories = top("repository", True)
             top_users = top("username", False)
             upstreams = top("upstream", True)
+            namespaces = top("namespace", True)
             counts = {}
             for table in ("users", "registries", "whitelists"):
                 txn.execute(f"SELECT count(*) FROM {table}")
@@ -247,6 +253,7 @@ class AccessLogStore:
                 "top_repositories": top_repositories,
                 "top_users": top_users,
                 "upstreams": upstreams,
+                "top_namespaces": namespaces,
                 "cache": None,
             }
 

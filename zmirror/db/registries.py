@@ -5,7 +5,8 @@ list; subscribers (the proxy core) get that list after the commit, so they keep
 an in-memory copy and never query the database per pull.
 
 Rows are dicts: ``id, name, url, priority, enabled (bool), username, password,
-created_at, updated_at``.  The password is stored as given (it authenticates
+created_at, updated_at, namespace`` (the registry host the upstream mirrors,
+:func:`zmirror.registry.namespaces.normalize_namespace`; ``docker.io`` by default).  The password is stored as given (it authenticates
 ZMirror to the upstream, so it cannot be hashed); the admin API never returns it.
 """
 
@@ -17,12 +18,13 @@ from urllib.parse import urlsplit
 from twisted.logger import Logger
 
 from zmirror.db.errors import Conflict, NotFound
+from zmirror.registry.namespaces import DOCKER_HUB, normalize_namespace
 
 log = Logger()
 
 COLUMNS = ("id", "name", "url", "priority", "enabled", "username", "password",
-           "created_at", "updated_at")
-UPDATABLE = ("name", "url", "priority", "enabled", "username", "password")
+           "created_at", "updated_at", "namespace")
+UPDATABLE = ("name", "url", "priority", "enabled", "username", "password", "namespace")
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM registries"
 _ORDER = " ORDER BY priority, id"
 
@@ -113,16 +115,17 @@ class RegistryStore:
     # --- writes (each one transaction, then notify) ------------------------
 
     async def create(self, name: str, url: str, priority: int = 100, enabled: bool = True,
-                     username: str = "", password: str = "") -> dict:
+                     username: str = "", password: str = "", namespace: str = DOCKER_HUB) -> dict:
         url = normalize_url(url)
+        namespace = normalize_namespace(namespace)
         now = self.clock.seconds()
 
         def txn_create(txn):
             _check_name(txn, name, None)
             txn.execute(
                 "INSERT INTO registries (name, url, priority, enabled, username, password,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, url, int(priority), int(bool(enabled)), username, password, now, now),
+                " created_at, updated_at, namespace) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, url, int(priority), int(bool(enabled)), username, password, now, now, namespace),
             )
             rid = txn.lastrowid
             return _get(txn, rid), _all(txn)
@@ -138,6 +141,8 @@ class RegistryStore:
             raise TypeError(f"unknown registry fields: {', '.join(sorted(unknown))}")
         if "url" in changes:
             changes["url"] = normalize_url(changes["url"])
+        if "namespace" in changes:
+            changes["namespace"] = normalize_namespace(changes["namespace"])
         if "enabled" in changes:
             changes["enabled"] = int(bool(changes["enabled"]))
         if "priority" in changes:

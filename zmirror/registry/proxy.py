@@ -134,7 +134,9 @@ class Proxy:
             raise RegistryError("BAD_REQUEST", "n must be a non-negative integer", status=400)
         last = _arg(pull.query, b"last")
         page = await self.tag_source.list(pull.path.name, n=n, last=parse_tag(last) if last else None,
-                                          base_url=pull.base_url, record=pull.record)
+                                          base_url=pull.base_url, record=pull.record,
+                                          link_name=getattr(pull, "link_name", ""),
+                                          link_ns=getattr(pull, "link_ns", None))
         headers = {
             b"Content-Type": b"application/json; charset=utf-8",
             b"Cache-Control": b"no-store",

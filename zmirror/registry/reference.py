@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 from zmirror.registry.errors import RegistryError
 
@@ -87,7 +88,7 @@ class RegistryPath:
     """A parsed ``/v2/<name>/<kind>/<reference>`` request path."""
 
     kind: str  # MANIFEST | BLOB | TAGS
-    name: str  # normalized repository name, e.g. "library/nginx"
+    name: str  # canonical repository name, e.g. "library/nginx", "ghcr.io/owner/img" (a Repo)
     reference: str = ""  # tag or digest ("" for tags/list)
 
     @property
@@ -95,8 +96,13 @@ class RegistryPath:
         return is_digest(self.reference)
 
 
-def parse_path(path: bytes | str) -> RegistryPath:
+def parse_path(path: bytes | str, resolve: Optional[Callable[[str], str]] = None) -> RegistryPath:
     """Parse the path (no query string) of a request under ``/v2/``.
+
+    ``resolve``: turns the raw repository name into the name the request is
+    about (:meth:`zmirror.registry.namespaces.RoutingTable.resolve`: a
+    canonical :class:`~zmirror.registry.namespaces.Repo`); default
+    :func:`parse_name` (a docker.io name).
 
     Raises RegistryError: NAME_INVALID / DIGEST_INVALID for off-grammar
     input (the name is checked first), MANIFEST_UNKNOWN (404) for a manifest
@@ -116,14 +122,15 @@ def parse_path(path: bytes | str) -> RegistryPath:
     if rest in ("_catalog", "_catalog/"):
         raise RegistryError("UNSUPPORTED", "catalog listing is not supported by this proxy")
     segs = rest.split("/")
+    parse_name_ = resolve or parse_name
     if len(segs) >= 3 and segs[-2:] == ["tags", "list"]:
-        return RegistryPath(TAGS, parse_name("/".join(segs[:-2])))
+        return RegistryPath(TAGS, parse_name_("/".join(segs[:-2])))
     if len(segs) >= 3 and (segs[-2:] == ["blobs", "uploads"] or segs[-3:-1] == ["blobs", "uploads"]):
         raise RegistryError("UNSUPPORTED", "this is a pull-only proxy: pushing is not supported")
     if len(segs) >= 3 and segs[-2] == "manifests":
-        name = parse_name("/".join(segs[:-2]))
+        name = parse_name_("/".join(segs[:-2]))
         return RegistryPath(MANIFEST, name, parse_reference(segs[-1]))
     if len(segs) >= 3 and segs[-2] == "blobs":
-        name = parse_name("/".join(segs[:-2]))
+        name = parse_name_("/".join(segs[:-2]))
         return RegistryPath(BLOB, name, parse_digest(segs[-1]))
     raise RegistryError("NOT_FOUND", "unknown registry endpoint", status=404)

@@ -20,8 +20,9 @@ from twisted.web.server import NOT_DONE_YET
 
 from zmirror.accesslog import AccessRecord
 from zmirror.identity import AllowAll, Identity
-from zmirror.net import TrustedProxies, client_ip
+from zmirror.net import TrustedProxies, client_ip, request_host
 from zmirror.registry.errors import API_VERSION_HEADER, RegistryError, render_error
+from zmirror.registry.namespaces import RoutingTable, namespace_of
 from zmirror.registry.reference import RegistryPath, parse_path
 
 log = Logger()
@@ -41,6 +42,9 @@ class PullRequest:
     identity: Identity = field(default_factory=Identity)
     record: Optional[AccessRecord] = None
     base_url: str = ""
+    # the repository as the client named it (path and ?ns=), for links back to us
+    link_name: str = ""
+    link_ns: Optional[str] = None
 
     @property
     def head(self) -> bool:
@@ -75,8 +79,11 @@ class RegistryRoutes:
     """The ``/v2/`` handlers, bound to a proxy core, a policy and an access log."""
 
     def __init__(self, proxy: Any, *, policy: Any = None, accesslog: Any = None,
-                 clock: Any, trusted: TrustedProxies | None = None, base_url=None):
+                 clock: Any, trusted: TrustedProxies | None = None, base_url=None,
+                 routing: RoutingTable | None = None):
         self.proxy = proxy
+        # request → (namespace, repository): path prefix, ?ns=, Host (zmirror.registry.namespaces)
+        self.routing = routing or RoutingTable()
         self.policy = policy or AllowAll()
         self.accesslog = accesslog
         self.clock = clock
@@ -101,7 +108,15 @@ class RegistryRoutes:
         started = self.clock.seconds()
         rec: Optional[AccessRecord] = None
         try:
-            path = parse_path(request.path)
+            raw: list[str] = []
+            ns = _ns_arg(request)
+            host = request_host(request, self.trusted)
+
+            def resolve(name: str):
+                raw.append(name)
+                return self.routing.resolve(name, host=host, ns=ns)
+
+            path = parse_path(request.path, resolve)
             rec = self._record(request, path, started)
             if request.method not in READ_METHODS:
                 raise RegistryError("UNSUPPORTED", "this is a pull-only proxy", status=405)
@@ -116,6 +131,9 @@ class RegistryRoutes:
                 identity=identity,
                 record=rec,
                 base_url=self._base_url(request) if self._base_url else "",
+                # links back to us name the repository as this client addressed it
+                link_name=raw[0] if raw and (ns is not None or self.routing.by_host(host)) else path.name,
+                link_ns=ns,
             )
             if self.proxy is None:
                 raise RegistryError("UNAVAILABLE", "no proxy core configured")
@@ -142,6 +160,7 @@ class RegistryRoutes:
             client_ip=client_ip(request, self.trusted),
             method=request.method.decode("ascii", "replace"),
             repository=path.name,
+            namespace=namespace_of(path.name),
             reference=path.reference,
             kind=path.kind,
             user_agent=(_header(request, b"user-agent") or "")[:300],
@@ -159,6 +178,17 @@ class RegistryRoutes:
         except Exception:
             log.failure("access log record failed")
         return None
+
+
+def _ns_arg(request) -> Optional[str]:
+    """containerd's ``?ns=<registry host>`` (the first one), or None."""
+    values = (request.args or {}).get(b"ns")
+    if not values:
+        return None
+    try:
+        return values[0].decode("ascii")
+    except UnicodeDecodeError:
+        raise RegistryError("NAME_INVALID", "invalid ns parameter") from None
 
 
 def _header(request, name: bytes) -> Optional[str]:

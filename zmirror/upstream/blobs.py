@@ -44,6 +44,7 @@ from zope.interface import implementer
 from zmirror.registry.errors import RegistryError
 from zmirror.transfer import BlobInfo, IBlobSource, RelayBody, blob_content_type, enlarge_reads, single_range
 from zmirror.upstream.client import Upstream, UpstreamError, discard, failure_text
+from zmirror.registry.namespaces import namespace_of, remote_of
 from zmirror.upstream.failover import Failover, header
 
 log = Logger()
@@ -286,7 +287,8 @@ class ResumingBody:
         d.addErrback(lambda f: self._end(f))
 
     async def _resume(self, upstream: Optional[Upstream]) -> None:
-        candidates = self.order.candidates(upstream, self.remote.failover.pool.candidates())
+        pool_order = self.remote.failover.pool.candidates(namespace_of(self.repo))
+        candidates = self.order.candidates(upstream, pool_order)
         metrics = self.remote.metrics
         try:
             if not candidates:
@@ -366,13 +368,13 @@ class RemoteBlobs:
                 discard(resp)
                 raise
 
-        return await self.failover.fetch(b"GET", f"/v2/{repo}/blobs/{digest}",
+        return await self.failover.fetch(b"GET", f"/v2/{remote_of(repo)}/blobs/{digest}",
                                          {b"Range": f"bytes={offset}-".encode()}, name=repo,
                                          what=("blob", digest), unknown_code="BLOB_UNKNOWN",
                                          ok_codes=(200, 206), validate=check, candidates=candidates)
 
     async def _fetch(self, repo: str, digest: str, method: bytes, headers: dict, record: Any, **kw):
-        return await self.failover.fetch(method, f"/v2/{repo}/blobs/{digest}", headers, name=repo,
+        return await self.failover.fetch(method, f"/v2/{remote_of(repo)}/blobs/{digest}", headers, name=repo,
                                          what=("blob", digest), record=record,
                                          unknown_code="BLOB_UNKNOWN", **kw)
 

@@ -146,6 +146,7 @@ class Upstream:
     username: str = ""
     password: str = field(default="", repr=False)
     health: Health = field(default_factory=Health)
+    namespace: str = "docker.io"  # the registry host this upstream mirrors
 
     @property
     def origin(self) -> tuple[str, str, int]:
@@ -404,6 +405,7 @@ class UpstreamPool:
         self.cooldown = cooldown
         self.tokens = TokenCache(clock)
         self.upstreams: list[Upstream] = []
+        self.namespaces: frozenset = frozenset()  # of every registries row (set_registries)
         self._health: dict[int, Health] = {}
 
     # -- the registry list -------------------------------------------------
@@ -419,34 +421,45 @@ class UpstreamPool:
                 id=uid, name=r.get("name") or r["url"], url=str(r["url"]).rstrip("/"),
                 priority=int(r.get("priority", 100)), enabled=True,
                 username=r.get("username") or "", password=r.get("password") or "", health=health,
+                namespace=r.get("namespace") or "docker.io",
             ))
         ups.sort(key=lambda u: (u.priority, u.id))
         self.upstreams = ups
+        # every configured namespace, enabled upstreams or not (the routing table's path prefixes)
+        self.namespaces = frozenset(r.get("namespace") or "docker.io" for r in rows)
         live = {u.id for u in ups}
         for uid in list(self._health):
             if uid not in live and uid not in {int(r["id"]) for r in rows}:
                 del self._health[uid]
 
-    def candidates(self, *, counted: bool = False) -> list[Upstream]:
+    def candidates(self, namespace: Optional[str] = None, *, counted: bool = False) -> list[Upstream]:
         """Upstreams to try, in order: healthy ones first by priority; ones in
         cool-down are skipped unless every upstream is cooling down.
+        ``namespace``: only the upstreams mirroring it (None: all).
 
         Upstreams in a rate-limit cool-down are left out altogether (see
         :meth:`rate_limited`) for a request that counts against a pull limit
         (``counted``: a manifest GET), and for any request when the upstream
         answered 429 to one that does not count (a HEAD, a blob)."""
         now = self.clock.seconds()
-        ups = [u for u in self.upstreams if not u.health.skipped(now, counted)]
+        ups = [u for u in self._of(namespace) if not u.health.skipped(now, counted)]
         ready = [u for u in ups if u.health.cooldown_until <= now]
         if ready:
             return ready
         return sorted(ups, key=lambda u: u.health.cooldown_until)
 
-    def rate_limited(self, *, counted: bool = False) -> list[tuple[Upstream, float]]:
-        """The upstreams :meth:`candidates` leaves out for this kind of request
-        (rate-limit cool-down) and the seconds left of their cool-down."""
+    def _of(self, namespace: Optional[str]) -> list[Upstream]:
+        if namespace is None:
+            return self.upstreams
+        return [u for u in self.upstreams if u.namespace == namespace]
+
+    def rate_limited(self, namespace: Optional[str] = None, *,
+                     counted: bool = False) -> list[tuple[Upstream, float]]:
+        """The upstreams (of ``namespace``) :meth:`candidates` leaves out for
+        this kind of request (rate-limit cool-down) and the seconds left of
+        their cool-down."""
         now = self.clock.seconds()
-        return [(u, u.health.ratelimited_until - now) for u in self.upstreams
+        return [(u, u.health.ratelimited_until - now) for u in self._of(namespace)
                 if u.health.skipped(now, counted)]
 
     def note_rate_limit(self, up: Upstream, code: int, headers: Headers, *,

@@ -31,6 +31,7 @@ from typing import Any, Awaitable, Callable, Optional, Sequence
 from twisted.logger import Logger
 
 from zmirror.registry.errors import RegistryError
+from zmirror.registry.namespaces import namespace_of, remote_of
 from zmirror.upstream.client import Upstream, UpstreamError, UpstreamPool
 
 log = Logger()
@@ -77,26 +78,32 @@ class Failover:
     ):
         """Try upstreams in order; returns ``(upstream, response, validated)``.
 
-        ``name``: the repository (the token scope asked for); ``what``: (kind,
+        ``name``: the repository's canonical name (a
+        :class:`~zmirror.registry.namespaces.Repo`; a plain ``str`` is a
+        docker.io name): only the upstreams of its namespace are asked, and the
+        upstream token scope names the repository within it; ``what``: (kind,
         reference) for the log; ``record``: an access-log record whose
         ``upstream`` is set to the one that answered.  ``validate(up, resp)``
         may read the body and raise UpstreamError to fail over to the next
         upstream (e.g. a digest mismatch).  ``candidates``: the upstreams to
-        try, in order (default: the pool's, healthy ones first).
+        try, in order (default: the pool's of the namespace, healthy ones
+        first); one of another namespace is never asked.
         ``limits``: record the upstreams' ``ratelimit-*`` headers (manifest
         answers); ``counted``: the request counts against a pull limit (a
         manifest GET), so upstreams in a rate-limit cool-down are skipped.
         """
-        scope = f"repository:{name}:pull"
+        namespace = namespace_of(name)
+        scope = f"repository:{remote_of(name)}:pull"
         attempts: list[Attempt] = []
         if candidates is None:
-            ups = list(self.pool.candidates(counted=counted))
-            for up, left in self.pool.rate_limited(counted=counted):  # the ones left out
+            ups = list(self.pool.candidates(namespace, counted=counted))
+            for up, left in self.pool.rate_limited(namespace, counted=counted):  # the ones left out
                 attempts.append(Attempt(up, "ratelimited", "rate-limit cool-down", str(int(math.ceil(left)))))
         else:
-            ups = list(candidates)
+            ups = [u for u in candidates if getattr(u, "namespace", "docker.io") == namespace]
         if not ups and not attempts:
-            raise RegistryError("UNAVAILABLE", "no upstream registry is enabled", status=503)
+            raise RegistryError("NAME_UNKNOWN", f"no upstream registry is enabled for namespace {namespace}",
+                                {"namespace": namespace})
         for up in ups:
             started = self.clock.seconds()
             try:

@@ -35,6 +35,7 @@ from zmirror.registry.errors import RegistryError
 from zmirror.registry.mediatypes import DEFAULT_ACCEPT, content_media_type, sniff_media_type
 from zmirror.registry.reference import MANIFEST, TAGS, is_digest, parse_digest, parse_tag
 from zmirror.upstream.client import UpstreamError, discard, read_limited
+from zmirror.registry.namespaces import remote_of
 from zmirror.upstream.failover import Failover, header
 
 log = Logger()
@@ -75,7 +76,7 @@ class RemoteManifests:
         access-log record whose ``upstream`` is set to the one that answered."""
         accept = accept or DEFAULT_ACCEPT
         headers = {b"Accept": ", ".join(accept).encode("latin-1")}
-        path = f"/v2/{repository}/manifests/{reference}"
+        path = f"/v2/{remote_of(repository)}/manifests/{reference}"
         by_digest = is_digest(reference)
 
         async def fetch(method: bytes, **kw):
@@ -137,20 +138,23 @@ class RemoteTags:
         self.idle_timeout = idle_timeout
 
     async def list(self, repository: str, *, n: Optional[str] = None, last: Optional[str] = None,
-                   base_url: str = "", record: Any = None) -> TagsPage:
+                   base_url: str = "", record: Any = None, link_name: str = "",
+                   link_ns: Optional[str] = None) -> TagsPage:
         """One page of ``repository``'s tags (``n``: digits, ``last``: a tag,
-        both checked by the caller)."""
+        both checked by the caller).  ``link_name``/``link_ns``: the name (and
+        ``?ns=``) the client used, for the next-page link (default: the
+        canonical name)."""
         query = {}
         if n is not None:
             query["n"] = n
         if last:
             query["last"] = last
-        path = f"/v2/{repository}/tags/list" + ("?" + urlencode(query) if query else "")
+        path = f"/v2/{remote_of(repository)}/tags/list" + ("?" + urlencode(query) if query else "")
 
         async def read_tags(up, resp):
             body = await read_limited(resp, MAX_TAGS, self.idle_timeout, self.clock)
             link = header(resp, b"link")
-            return body, (_rewrite_link(link, repository, base_url) if link else None)
+            return body, (_rewrite_link(link, link_name or repository, base_url, link_ns) if link else None)
 
         up, resp, (body, link) = await self.failover.fetch(
             b"GET", path, {b"Accept": b"application/json"}, name=repository, what=(TAGS, ""), record=record,
@@ -173,7 +177,7 @@ def _valid_digest(value: Optional[str]) -> Optional[str]:
         return None
 
 
-def _rewrite_link(link: str, name: str, base_url: str) -> Optional[str]:
+def _rewrite_link(link: str, name: str, base_url: str, ns: Optional[str] = None) -> Optional[str]:
     """Our own ``Link: <...?n=y&last=x>; rel="next"`` for an upstream's next-page link.
 
     Only ``n`` and ``last`` are taken from the upstream's link, both checked
@@ -204,6 +208,8 @@ def _rewrite_link(link: str, name: str, base_url: str) -> Optional[str]:
         keep["last"] = parse_tag(last or "")
     except RegistryError:
         raise UpstreamError("tags list with an invalid last in its Link header") from None
+    if ns is not None:
+        keep["ns"] = ns
     return f'<{base_url}/v2/{name}/tags/list?{urlencode(keep)}>; rel="next"'
 
 

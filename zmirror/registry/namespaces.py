@@ -1,0 +1,255 @@
+"""Namespaces: which registry a repository belongs to, and its canonical name.
+
+Every upstream mirrors one *namespace*: the registry host it is a copy of
+(``docker.io`` by default; ``ghcr.io``, ``quay.io``, ``registry.k8s.io``, any
+``host[:port]``).  A pull names a repository *within* a namespace; the proxy
+core, the caches, the access log, the whitelist and the token scopes all use
+its *canonical name*:
+
+- ``docker.io`` repositories stay bare, with Docker Hub's ``library/`` rule
+  (``nginx`` → ``library/nginx``; the only namespace with that rule);
+- any other namespace's repositories carry their host: ``ghcr.io/owner/img``
+  (``ghcr.io/img`` stays ``ghcr.io/img``).
+
+:class:`Repo` is that canonical name as a ``str`` which also knows its
+namespace and its name *there* (``remote``): upstream URLs and upstream token
+scopes use ``remote``, on the upstreams of ``namespace`` only.  A plain
+``str`` name is a docker.io name (``namespace_of``/``remote_of``).
+
+:class:`RoutingTable` turns a request into a :class:`Repo`, three ways:
+
+- the ``Host`` the client used (``[routing] hosts``, e.g.
+  ``"ghcr.mirror.example.com" = "ghcr.io"``; ``X-Forwarded-Host`` only from
+  trusted proxies);
+- containerd's ``?ns=<host>`` query parameter;
+- a path prefix: a first component that is a configured namespace (or
+  ``docker.io`` and its aliases ``index.docker.io``, ``registry-1.docker.io``)
+  selects it (``/v2/ghcr.io/owner/img/...``); a first component that merely
+  contains a dot but is no configured namespace is an ordinary docker.io name
+  component.
+
+A docker.io repository whose first component names a configured namespace
+(``?ns=docker.io`` on ``/v2/ghcr.io/owner/img/...``) is refused: its canonical
+name would be that namespace's.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+from zmirror.registry.errors import RegistryError
+
+DOCKER_HUB = "docker.io"
+DOCKER_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+LIBRARY = "library/"
+NAMESPACE_MAX = 253
+
+# Anchored with \Z, not $: "$" also matches before a trailing newline.
+_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*\Z")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*\Z")
+_HOST_PORT = re.compile(rf"^({_LABEL}(?:\.{_LABEL})*)(?::([0-9]{{1,5}}))?\Z")
+
+
+def hostlike(component: str) -> bool:
+    """Whether a name's first component reads as a registry host (docker's rule:
+    it holds a '.' or a ':', or is ``localhost``)."""
+    return "." in component or ":" in component or component == "localhost"
+
+
+def normalize_namespace(raw: Any) -> str:
+    """A namespace as an admin (or containerd's ``?ns=``) writes it: ``host[:port]``,
+    lower-cased; Docker Hub's aliases become ``docker.io``.  Raises ValueError
+    with a one-line reason."""
+    if not isinstance(raw, str):
+        raise ValueError("must be a string")
+    ns = raw.strip().lower()
+    if not ns:
+        raise ValueError("must not be empty")
+    if len(ns) > NAMESPACE_MAX:
+        raise ValueError(f"must be at most {NAMESPACE_MAX} characters")
+    m = _HOST_PORT.match(ns)
+    if not m:
+        raise ValueError("must be a registry host name, optionally with :port (e.g. ghcr.io)")
+    port = m.group(2)
+    if port is not None and not 0 < int(port) <= 65535:
+        raise ValueError("has an invalid port")
+    if not hostlike(ns):
+        # a bare word would take Docker Hub's user names away from it (/v2/<word>/img)
+        raise ValueError("must contain a '.' or a port, or be localhost (e.g. ghcr.io, registry:5000)")
+    if ns in DOCKER_ALIASES:
+        return DOCKER_HUB
+    return ns
+
+
+def normalize_host(raw: Any) -> str:
+    """A host name clients address us by (``[routing] hosts`` keys): ``name[:port]``,
+    lower-cased.  Raises ValueError with a one-line reason."""
+    if not isinstance(raw, str):
+        raise ValueError("must be a string")
+    host = _host_key(raw)
+    if not host or len(host) > NAMESPACE_MAX:
+        raise ValueError(f"must be 1 to {NAMESPACE_MAX} characters")
+    m = _HOST_PORT.match(host)
+    if not m or (m.group(2) is not None and not 0 < int(m.group(2)) <= 65535):
+        raise ValueError("is not a host name (letters, digits, '-' and '.', optionally :port)")
+    return host
+
+
+def canonical(namespace: str, remote: str) -> str:
+    """The canonical name of repository ``remote`` (already validated) of ``namespace``."""
+    if namespace == DOCKER_HUB:
+        return LIBRARY + remote if "/" not in remote else remote
+    return f"{namespace}/{remote}"
+
+
+class Repo(str):
+    """A canonical repository name that knows its ``namespace`` and its name
+    there (``remote``).  Compares, hashes and stores as the canonical string."""
+
+    __slots__ = ("namespace", "remote")
+
+    def __new__(cls, namespace: str, remote: str) -> "Repo":
+        if namespace == DOCKER_HUB and "/" not in remote:
+            remote = LIBRARY + remote
+        obj = super().__new__(cls, canonical(namespace, remote))
+        obj.namespace = namespace
+        obj.remote = remote
+        return obj
+
+    def __reduce__(self):
+        return (Repo, (self.namespace, self.remote))
+
+    def __repr__(self) -> str:
+        return f"Repo({self.namespace!r}, {self.remote!r})"
+
+
+def namespace_of(name: str) -> str:
+    """The namespace of a name: a :class:`Repo`'s own, else docker.io."""
+    return getattr(name, "namespace", DOCKER_HUB)
+
+
+def remote_of(name: str) -> str:
+    """The repository name to send to the namespace's upstreams."""
+    return getattr(name, "remote", name)
+
+
+def check_components(raw: str, *, host_first: bool = False) -> list[str]:
+    """``raw``'s components, each checked against the name grammar; with
+    ``host_first`` the first of several may also be a ``host:port``."""
+    if not raw or len(raw) > 255:
+        raise RegistryError("NAME_INVALID", detail={"name": raw[:300]})
+    parts = raw.split("/")
+    for i, part in enumerate(parts):
+        if _COMPONENT.match(part):
+            continue
+        if host_first and i == 0 and len(parts) > 1 and _HOST_PORT.match(part):
+            continue
+        raise RegistryError("NAME_INVALID", detail={"name": raw})
+    return parts
+
+
+def canonical_name(raw: str) -> str:
+    """A canonical name as a client or an admin writes it (a token scope, a cache
+    or whitelist query): validated; ``docker.io/`` (or an alias) in front is
+    dropped and Docker Hub's ``library/`` rule applied to a one-component name.
+    Raises RegistryError NAME_INVALID."""
+    parts = check_components(raw, host_first=True)
+    if len(parts) > 1 and parts[0] in DOCKER_ALIASES:
+        parts = parts[1:]
+        if hostlike(parts[0]) and len(parts) > 1:
+            raise RegistryError("NAME_INVALID", detail={"name": raw})
+        check_components("/".join(parts))
+    if len(parts) == 1:
+        name = LIBRARY + parts[0]
+        if len(name) > 255:
+            raise RegistryError("NAME_INVALID", detail={"name": raw})
+        return name
+    return "/".join(parts)
+
+
+def _host_key(value: str) -> str:
+    return value.strip().lower().rstrip(".")
+
+
+class RoutingTable:
+    """Resolves a request's repository to a :class:`Repo`.
+
+    ``namespaces``: a callable answering the configured namespaces (those of the
+    registries table; ``docker.io`` always counts); ``hosts``: the ``[routing]
+    hosts`` table (Host name → namespace), replaced on reload."""
+
+    def __init__(self, namespaces: Callable[[], Iterable[str]] = lambda: (),
+                 hosts: Optional[Mapping[str, str]] = None):
+        self._namespaces = namespaces
+        self.hosts: dict[str, str] = {}
+        self.set_hosts(hosts or {})
+
+    def set_hosts(self, hosts: Mapping[str, str]) -> None:
+        """Replace the host table (``[routing] hosts``, on start and SIGHUP)."""
+        table = {}
+        for host, ns in dict(hosts).items():
+            table[normalize_host(host)] = normalize_namespace(ns)
+        self.hosts = table
+
+    def known(self, namespace: str) -> bool:
+        return (namespace == DOCKER_HUB or namespace in set(self._namespaces())
+                or namespace in self.hosts.values())
+
+    def by_host(self, host: Optional[str]) -> Optional[str]:
+        """The namespace the ``Host`` (``name[:port]``) selects, or None."""
+        if not host or not self.hosts:
+            return None
+        key = _host_key(host)
+        if key in self.hosts:
+            return self.hosts[key]
+        if key.startswith("["):  # an IPv6 literal: [::1]:5000
+            bare = key.split("]", 1)[0] + "]"
+        else:
+            bare = key.rsplit(":", 1)[0] if ":" in key else key
+        return self.hosts.get(bare)
+
+    def resolve(self, raw: str, *, host: Optional[str] = None, ns: Optional[str] = None) -> Repo:
+        """The :class:`Repo` for the raw repository name of a ``/v2/`` path.
+
+        ``host``: the host the client addressed; ``ns``: the ``?ns=`` value.
+        Raises RegistryError (NAME_INVALID, NAME_UNKNOWN) for what names no
+        repository."""
+        selected = self.by_host(host)
+        if ns is not None:
+            try:
+                asked = normalize_namespace(ns)
+            except ValueError as e:
+                raise RegistryError("NAME_INVALID", f"invalid ns parameter: {e}",
+                                    {"ns": ns[:300]}) from None
+            if selected is not None and asked != selected:
+                raise RegistryError("NAME_UNKNOWN", f"this host serves namespace {selected}, not {asked}",
+                                    {"namespace": asked})
+            selected = asked
+        if selected is None:
+            parts = check_components(raw, host_first=True)
+            first = parts[0]
+            if len(parts) > 1 and hostlike(first):
+                if first in DOCKER_ALIASES:
+                    selected, parts = DOCKER_HUB, parts[1:]
+                elif self.known(first):
+                    selected, parts = first, parts[1:]
+            remote = "/".join(parts)
+        else:
+            remote = raw
+        selected = selected or DOCKER_HUB
+        parts = check_components(remote)
+        if selected == DOCKER_HUB and len(parts) > 1 and hostlike(parts[0]) and (
+                parts[0] in DOCKER_ALIASES or self.known(parts[0])):
+            # its canonical name would be that namespace's (or docker.io/docker.io/...)
+            raise RegistryError("NAME_UNKNOWN", f"{parts[0]} is a namespace of this mirror, not a "
+                                "Docker Hub repository", {"name": remote})
+        repo = Repo(selected, remote)
+        if len(repo) > 255 + NAMESPACE_MAX + 1:
+            raise RegistryError("NAME_INVALID", detail={"name": str(repo)[:300]})
+        return repo
+
+
+__all__ = ["DOCKER_HUB", "DOCKER_ALIASES", "Repo", "RoutingTable", "canonical", "canonical_name",
+           "normalize_namespace", "normalize_host", "namespace_of", "remote_of", "hostlike", "check_components"]
