@@ -12,6 +12,7 @@ conf=$state/conf
 [ -f "$conf/upstream.yml" ] || { echo "run bench/peers.sh once first (no $conf/upstream.yml)" >&2; exit 2; }
 work=$(mktemp -d)
 B=http://127.0.0.1
+UP=${BENCH_UPSTREAM_PORT:-16000} GO=${BENCH_DISTRIBUTION_PORT:-16001} ZM=${BENCH_CANDIDATE_PORT:-16003}
 D=sha256:4657b809ad212187a9c66b66e4735f7f68deb6fb4e274455d88f83d8820fbce8
 ticks=$(getconf CLK_TCK)
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
@@ -19,15 +20,15 @@ cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 docker-registry serve "$conf/upstream.yml" > "$work/upstream.log" 2>&1 &
 up=$!
 trap 'kill $up 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 100); do curl -s -o /dev/null $B:16000/v2/ && break; sleep 0.1; done
+for _ in $(seq 100); do curl -s -o /dev/null $B:$UP/v2/ && break; sleep 0.1; done
 
 one() {  # $1 = zmirror | go
   rm -rf "$work/cache" "$state/data/distribution"; mkdir -p "$work/cache"; sync
   if [ "$1" = go ]; then
-    docker-registry serve "$conf/distribution-proxy.yml" > "$work/go.log" 2>&1 & pid=$!; port=16001
+    docker-registry serve "$conf/distribution-proxy.yml" > "$work/go.log" 2>&1 & pid=$!; port=$GO
   else
-    BENCH_UPSTREAM=$B:16000 BENCH_PORT=16003 BENCH_CACHE_DIR=$work/cache \
-      setsid "$here/zmirror-candidate.sh" > "$work/zmirror.log" 2>&1 & pid=$!; port=16003
+    BENCH_UPSTREAM=$B:$UP BENCH_PORT=$ZM BENCH_CACHE_DIR=$work/cache \
+      setsid "$here/zmirror-candidate.sh" > "$work/zmirror.log" 2>&1 & pid=$!; port=$ZM
   fi
   for _ in $(seq 100); do curl -s -o /dev/null $B:$port/v2/ && break; sleep 0.1; done
   sleep 0.3
