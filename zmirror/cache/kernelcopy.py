@@ -21,7 +21,6 @@ cannot lease two goes through Python (one thread) instead.
 from __future__ import annotations
 
 import fcntl
-import functools
 import hashlib
 import mmap
 import os
@@ -48,17 +47,19 @@ _POLL_SLICE_MS = 500
 _FALLOC_FL_KEEP_SIZE = 1
 
 
-@functools.lru_cache(maxsize=None)
 def _libc_fallocate() -> Optional[Callable[..., int]]:
     try:
         import ctypes
 
         f = ctypes.CDLL(None, use_errno=True).fallocate  # the GIL is released during the call
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):
         return None
     f.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     f.restype = ctypes.c_int
     return f
+
+
+_FALLOCATE = _libc_fallocate()  # looked up once, at import, not on a transfer thread
 
 
 def _preallocate(fd: int, offset: int, length: int) -> None:
@@ -68,9 +69,8 @@ def _preallocate(fd: int, offset: int, length: int) -> None:
     allocation, which was half of the writer thread's CPU time.  Best effort: where
     fallocate(2) fails (no support, no space) the copy goes on as before and meets
     the problem, if any, itself."""
-    f = _libc_fallocate()
-    if f is not None and length > 0:
-        f(fd, _FALLOC_FL_KEEP_SIZE, offset, length)
+    if _FALLOCATE is not None and length > 0:
+        _FALLOCATE(fd, _FALLOC_FL_KEEP_SIZE, offset, length)
 
 
 def available() -> bool:
