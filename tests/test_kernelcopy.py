@@ -294,6 +294,59 @@ class SpliceFillTests(unittest.TestCase):
         self.assertEqual(sf.written, len(data))
         self.assertTrue(progress and progress == sorted(progress) and progress[-1] <= len(data))
 
+    async def until(self, condition):
+        for _ in range(200):  # the threads get there within a few ms; 10 s is a broken build
+            if condition():
+                return True
+            await deferLater(reactor, 0.05, lambda: None)
+        return condition()
+
+    @deferred_test
+    async def test_hashing_starts_before_a_whole_window_is_on_disk(self):
+        # the upstream sends less than a hash window, then nothing: the hash
+        # still runs right behind the writer (it is not left for the end)
+        sent = kernelcopy.HASH_MIN + (1 << 20)
+        self.assertLess(sent, kernelcopy.HASH_WINDOW)
+        path = self.mktemp()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+        sf = self.fill(fd, os.open(path, os.O_RDONLY), [], 64 << 20, b"h" * sent)
+        self.addCleanup(sf.abort)
+        self.assertTrue(await self.until(lambda: sf.written == sent))
+        self.assertTrue(await self.until(lambda: sf.hashed >= kernelcopy.HASH_MIN))
+        self.assertLessEqual(sf.hashed, sent)
+
+    @deferred_test
+    async def test_progress_reaches_clients_when_upstream_pauses(self):
+        # reports are batched (REPORT_STEP), but what is on disk when the
+        # upstream pauses is reported at once, not after the next batch
+        sent = kernelcopy.REPORT_STEP // 2 + 12345
+        path = self.mktemp()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+        progress = []
+        sf = self.fill(fd, os.open(path, os.O_RDONLY), [b"p" * 100], 64 << 20, b"q" * sent)
+        sf.on_progress = progress.append
+        self.addCleanup(sf.abort)
+        self.assertTrue(await self.until(lambda: progress and progress[-1] == sent + 100))
+        self.assertEqual(progress, sorted(progress))
+
+    @deferred_test
+    async def test_rest_of_the_file_is_reserved_but_its_size_is_what_was_written(self):
+        probe = self.mktemp()
+        with open(probe, "wb") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, 1 << 20)
+            except OSError:
+                raise unittest.SkipTest("no fallocate(2) on this file system")
+        path = self.mktemp()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+        sent, length = 3 << 20, 64 << 20
+        sf = self.fill(fd, os.open(path, os.O_RDONLY), [], length, b"r" * sent)
+        self.addCleanup(sf.abort)
+        self.assertTrue(await self.until(lambda: sf.written == sent))
+        st = os.stat(path)
+        self.assertEqual(st.st_size, sent)  # followers and the hash never see bytes not written
+        self.assertGreaterEqual(st.st_blocks * 512, length)
+
     @deferred_test
     async def test_disk_error_is_told_apart_from_upstream_errors(self):
         path = self.mktemp()
