@@ -33,6 +33,7 @@ The daemons and podman are the ones of tests/e2e/test_auth_e2e.py (one per test 
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import shutil
@@ -99,7 +100,6 @@ def rl_proxy() -> tuple[H.ZMirror, FaultProxy, FaultProxy]:
         if _State.rl is None or not _State.rl.proc.alive():
             port = env.registries["open"].port
             hub1, hub2 = FaultProxy(port, name="hub1"), FaultProxy(port, name="hub2")
-            import atexit
             atexit.register(hub1.close)
             atexit.register(hub2.close)
             _State.hubs = (hub1, hub2)
