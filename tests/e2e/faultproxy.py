@@ -56,6 +56,8 @@ class Fault:
     at: int | float | None = 0  # body offset, fraction of the body, or None (random byte)
     seconds: float = 0.0  # stall / refuse duration
     status: int = 503  # kind == "status"
+    retry_after: str | None = None  # kind == "status": Retry-After to send (None: "1" on a 429, else none)
+    headers: tuple[tuple[str, str], ...] = ()  # kind == "status": more response headers
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -82,8 +84,13 @@ class Fault:
         return cls("flip", at)
 
     @classmethod
-    def answer(cls, status: int = 503) -> Fault:
-        return cls("status", status=status)
+    def answer(cls, status: int = 503, *, retry_after: int | str | None = None,
+               headers: dict[str, str] | None = None) -> Fault:
+        """Answer ``status`` without asking the upstream; ``retry_after``: the ``Retry-After``
+        value (default: ``1`` on a 429, none otherwise); ``headers``: more headers (e.g.
+        Docker Hub's ``ratelimit-limit`` / ``ratelimit-remaining``)."""
+        return cls("status", status=status, retry_after=None if retry_after is None else str(retry_after),
+                   headers=tuple((headers or {}).items()))
 
     @classmethod
     def refuse(cls, seconds: float = 1.0) -> Fault:
@@ -130,6 +137,20 @@ def blob_get(digest: str | None = None, *, ranged: bool | None = None) -> Match:
         if digest is not None and not req.path.endswith("/blobs/" + digest):
             return False
         return ranged is None or (req.range is not None) == ranged
+
+    return match
+
+
+def manifest_request(method: str | None = None, *, repository: str | None = None) -> Match:
+    """Matches manifest requests (``method`` only, if given: "GET" or "HEAD"; of ``repository``
+    only, if given: its name as sent to the upstream)."""
+
+    def match(req: Request) -> bool:
+        if method is not None and req.method != method:
+            return False
+        if "/manifests/" not in req.path:
+            return False
+        return repository is None or req.path.startswith(f"/v2/{repository}/manifests/")
 
     return match
 
@@ -352,7 +373,7 @@ class FaultProxy:
                     self._count(fault)
                 if fault.kind == "status":
                     ev.status, ev.done = fault.status, True
-                    client.sendall(_error_answer(fault.status))
+                    client.sendall(_error_answer(fault.status, fault.retry_after, fault.headers))
                     continue
                 if fault.kind == "refuse":
                     self.refuse(fault.seconds)
@@ -561,12 +582,16 @@ def _parse_response(head: bytes) -> tuple[int, dict[str, str]]:
     return int(parts[1]), _headers(lines[1:])
 
 
-def _error_answer(status: int) -> bytes:
+def _error_answer(status: int, retry_after: str | None = None, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
     code = "TOOMANYREQUESTS" if status == 429 else "UNAVAILABLE"
     body = json.dumps({"errors": [{"code": code, "message": "injected by the fault proxy"}]}).encode()
-    extra = "Retry-After: 1\r\n" if status == 429 else ""
+    if retry_after is None and status == 429:
+        retry_after = "1"
+    extra = f"Retry-After: {retry_after}\r\n" if retry_after is not None else ""
+    extra += "".join(f"{k}: {v}\r\n" for k, v in headers)
     return (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
 
 
-__all__ = ["KINDS", "PASS", "Event", "Fault", "FaultProxy", "Request", "any_request", "blob_get"]
+__all__ = ["KINDS", "PASS", "Event", "Fault", "FaultProxy", "Request", "any_request", "blob_get",
+           "manifest_request"]

@@ -635,6 +635,7 @@ class Upstream:
     password: str = ""
     enabled: bool = True
     priority: int | None = None  # default: position in the list (1-based)
+    namespace: str = "docker.io"  # the registry host it mirrors (registries.namespace, migration 0004)
 
 
 @dataclass
@@ -940,15 +941,23 @@ def write_registries(db_path: Path, upstreams: list[Upstream]) -> None:
     now = time.time()
     conn = sqlite3.connect(str(db_path))
     try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(registries)")}
+        with_ns = "namespace" in columns
+        if not with_ns and any(u.namespace != "docker.io" for u in upstreams):
+            raise HarnessError("this zmirror's registries table has no namespace column (migration 0004)")
         with conn:
             conn.execute("DELETE FROM registries")
             for i, u in enumerate(upstreams, 1):
-                conn.execute(
-                    "INSERT INTO registries (name, url, priority, enabled, username, password, created_at, "
-                    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (u.name, u.url, u.priority if u.priority is not None else i, int(u.enabled), u.username,
-                     u.password, now, now),
-                )
+                row = (u.name, u.url, u.priority if u.priority is not None else i, int(u.enabled), u.username,
+                       u.password, now, now)
+                if with_ns:
+                    conn.execute(
+                        "INSERT INTO registries (name, url, priority, enabled, username, password, created_at, "
+                        "updated_at, namespace) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row + (u.namespace,))
+                else:
+                    conn.execute(
+                        "INSERT INTO registries (name, url, priority, enabled, username, password, created_at, "
+                        "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
     finally:
         conn.close()
 
