@@ -43,6 +43,7 @@ setup(
         "argon2-cffi>=21.3",
         "PyJWT>=2.8",
         "prometheus_client>=0.17",
+        "psycopg[binary]>=3.1",  # PostgreSQL ([database] url); SQLite needs nothing
     ],
     extras_require={
         "test": ["hypothesis>=6.80", "selenium>=4.15", "cryptography>=41", "bcrypt>=4.0"],

@@ -2,11 +2,13 @@
 # Installs the Debian packages the end-to-end tests use, when missing and when root.
 # Real upstream registry (docker-registry), real client (skopeo), headless browser (chromium),
 # and the clients of the access-control e2e tests: podman (+ netavark, its network stack), dockerd and
-# the docker CLI (docker.io), containerd with ctr, runc. The tests start their own dockerd/containerd
-# with state in a temp dir; apt must not start them as system services (policy-rc.d below).
+# the docker CLI (docker.io), containerd with ctr, runc; PostgreSQL (the store tests run them against
+# SQLite and a real PostgreSQL: tests/pgserver.py runs initdb/pg_ctl as the postgres user in a temp dir).
+# The tests start their own dockerd/containerd/postgres with state in a temp dir; apt must not start
+# them as system services (policy-rc.d below).
 set -u
 PKGS="docker-registry skopeo chromium chromium-driver fonts-wqy-microhei curl
-      podman netavark docker.io containerd runc"
+      podman netavark docker.io containerd runc postgresql"
 missing=()
 for p in $PKGS; do
   [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" = installed ] || missing+=("$p")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional
 
@@ -23,7 +22,7 @@ from zmirror.auth.tokens import TokenIssuer
 from zmirror.auth.tokenservice import TokenService
 from zmirror.auth.users import UserAccounts
 from zmirror.auth.whitelist import Whitelist
-from zmirror.db import Database, migrate
+from zmirror.db import Database
 from zmirror.db.users import UserStore
 from zmirror.db.whitelists import WhitelistStore
 from zmirror.net import TrustedProxies
@@ -45,12 +44,12 @@ def coro(f):
 
 
 def temp_db(testcase) -> Database:
-    path = Path(testcase.mktemp()) / "registry.db"
-    migrate(path)
-    db = Database(path, reactor)
-    db.start()
-    testcase.addCleanup(db.close)
-    return db
+    """A migrated, started database for ``testcase``: SQLite in its temp dir, or a
+    fresh PostgreSQL database when the class says ``backend = "postgresql"``
+    (:func:`tests.pgserver.on_postgresql`)."""
+    from tests.pgserver import temp_database
+
+    return temp_database(testcase)
 
 
 def basic(user: str, password: str) -> bytes:

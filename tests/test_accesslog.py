@@ -17,7 +17,7 @@ from tests.test_admin_registries import coro
 from tests.test_admin_support import T0, SyncDatabase
 from zmirror.accesslog import AccessRecord, BatchedAccessLog
 from zmirror.app import ZMirrorApp
-from zmirror.db import Database, migrate
+from zmirror.db import Database
 from zmirror.net import TrustedProxies
 from zmirror.identity import Identity
 from zmirror.registry.routes import RegistryRoutes
@@ -213,11 +213,17 @@ class BurstTests(unittest.TestCase):
     """10,000 records against the real thread pools: every row arrives."""
 
     def setUp(self):
-        self.path = Path(self.mktemp()) / "registry.db"
-        migrate(self.path)
-        self.db = Database(self.path, reactor)
-        self.db.start()
-        self.addCleanup(self.db.close)
+        from tests.pgserver import temp_database
+
+        self.db = temp_database(self)
+
+    def fresh_pools(self):
+        """Second, unstarted pools on the same database."""
+        from zmirror.db import postgresql
+
+        if self.db.dialect == "postgresql":
+            return postgresql.PostgresDatabase(self.db.url, reactor)
+        return Database(self.db.path, reactor)
 
     @coro
     async def test_burst_of_10000(self):
@@ -254,7 +260,7 @@ class BurstTests(unittest.TestCase):
         so on stop (reverse order) the queue is written before the pool closes."""
         from twisted.application.service import MultiService
 
-        db = Database(self.path, reactor)
+        db = self.fresh_pools()
         log = BatchedAccessLog(db, reactor, flush_interval=60, max_batch=100_000)
         top = MultiService()
         DatabaseService(db).setServiceParent(top)
@@ -264,10 +270,46 @@ class BurstTests(unittest.TestCase):
             log.record(rec(i))
         await top.stopService()
         self.assertFalse(db.writer.running)
-        conn = sqlite3.connect(str(self.path))
-        n = conn.execute("SELECT count(*) FROM access_logs").fetchone()[0]
-        conn.close()
-        self.assertEqual(n, 3_000)
+        rows = await self.db.query("SELECT count(*) AS n FROM access_logs")
+        self.assertEqual(rows, [{"n": 3_000}])
+
+    @coro
+    async def test_a_batch_is_one_multi_row_insert(self):
+        """Each batch reaches the database as ONE INSERT statement with all its rows;
+        a bigger final flush is several such statements in one transaction."""
+        from zmirror import accesslog as mod
+
+        statements = []
+
+        def spying_insert(txn, rows):
+            real_execute = txn.execute
+
+            def execute(sql, params=()):
+                statements.append((sql.count("(?"), len(params)))
+                return real_execute(sql, params)
+
+            txn.execute = execute
+            try:
+                return real_insert(txn, rows)
+            finally:
+                del txn.execute
+
+        real_insert = mod._insert_rows
+        self.patch(mod, "_insert_rows", spying_insert)
+        log = BatchedAccessLog(self.db, reactor, flush_interval=60, max_batch=300)
+        for i in range(300):
+            log.record(rec(i))
+        await log.flush()
+        self.assertEqual(statements, [(300, 300 * len(mod.COLUMNS))])
+        statements.clear()
+        for i in range(300, 300 + mod.ROWS_PER_INSERT + 7):
+            log._queue.append(mod._clean_row(rec(i)))  # more than a batch: what stop() writes
+        await log.stop()
+        self.assertEqual([n for n, _ in statements], [mod.ROWS_PER_INSERT, 7])
+        rows = await self.db.query("SELECT count(*) AS n, count(DISTINCT reference) AS refs"
+                                   " FROM access_logs")
+        self.assertEqual(rows[0]["n"], 300 + mod.ROWS_PER_INSERT + 7)
+        self.assertEqual(rows[0]["refs"], rows[0]["n"])
 
 
 class FakeResult:
@@ -348,3 +390,9 @@ class RouteRecordingTests(unittest.TestCase):
         self.assertEqual((row["kind"], row["status"], row["method"], row["reference"]),
                          ("denied", 401, "HEAD", "latest"))
         json.dumps(row)
+
+
+# the same tests against a real PostgreSQL (tests/pgserver.py)
+from tests.pgserver import on_postgresql  # noqa: E402
+
+BurstPostgresTests = on_postgresql(BurstTests)

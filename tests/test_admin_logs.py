@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.test_admin_registries import coro
-from tests.test_admin_support import T0, AdminTestMixin, SyncDatabase
+from tests.test_admin_support import T0, AdminTestMixin, sync_database
 from zmirror.accesslog import COLUMNS, AccessRecord
-from zmirror.db import Database, migrate
 from zmirror.db.accesslogs import DAY, HOUR, AccessLogStore, RetentionService
 
 ROW_KEYS = {"id", "created_at", "client_ip", "username", "method", "repository", "reference",
@@ -213,7 +211,7 @@ class PruneTests(unittest.TestCase):
     def setUp(self):
         self.clock = Clock()
         self.clock.advance(T0)
-        self.db = SyncDatabase(Path(self.mktemp()) / "registry.db")
+        self.db = sync_database(self, Path(self.mktemp()) / "registry.db")
         self.addCleanup(self.db.close)
         self.store = AccessLogStore(self.db, self.clock)
         for i in range(20):  # one row per day, oldest first
@@ -294,11 +292,9 @@ class PruneTests(unittest.TestCase):
 class PruneRealDatabaseTests(unittest.TestCase):
     @coro
     async def test_prune_on_threads(self):
-        path = Path(self.mktemp()) / "registry.db"
-        migrate(path)
-        db = Database(path, reactor)
-        db.start()
-        self.addCleanup(db.close)
+        from tests.pgserver import temp_database
+
+        db = temp_database(self)
         clock = Clock()
         clock.advance(T0)
 
@@ -311,3 +307,12 @@ class PruneRealDatabaseTests(unittest.TestCase):
         self.assertEqual(await store.prune(max_rows=1000), 11000)
         rows = await db.query("SELECT count(*) AS n, min(created_at) AS t FROM access_logs")
         self.assertEqual(rows, [{"n": 1000, "t": T0 - 999}])
+
+
+# the same tests against a real PostgreSQL (tests/pgserver.py)
+from tests.pgserver import on_postgresql  # noqa: E402
+
+LogRoutePostgresTests = on_postgresql(LogRouteTests)
+StatsPostgresTests = on_postgresql(StatsTests)
+PrunePostgresTests = on_postgresql(PruneTests)
+PruneRealDatabasePostgresTests = on_postgresql(PruneRealDatabaseTests)

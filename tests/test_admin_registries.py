@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import sqlite3
-from pathlib import Path
 
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.test_admin_support import T0, AdminTestMixin
-from zmirror.db import Database, migrate
 from zmirror.db.errors import Conflict, NotFound
 from zmirror.db.registries import RegistryStore, normalize_url
 
@@ -383,12 +379,9 @@ class RegistryStoreRealDatabaseTests(unittest.TestCase):
     """The store on the real adbapi pools (threads), as in production."""
 
     def setUp(self):
-        path = Path(self.mktemp()) / "registry.db"
-        migrate(path)
-        self.path = path
-        self.db = Database(path, reactor)
-        self.db.start()
-        self.addCleanup(self.db.close)
+        from tests.pgserver import temp_database
+
+        self.db = temp_database(self)
         self.clock = Clock()
         self.store = RegistryStore(self.db, self.clock)
         self.seen = []
@@ -447,7 +440,12 @@ class RegistryStoreRealDatabaseTests(unittest.TestCase):
         for f in failed:
             self.assertIsInstance(f.value, Conflict)
             self.assertEqual(f.value.field, "name")
-        conn = sqlite3.connect(str(self.path))
-        n = conn.execute("SELECT count(*) FROM registries WHERE name = 'Same'").fetchone()[0]
-        conn.close()
-        self.assertEqual(n, 1)
+        rows = await self.db.query("SELECT count(*) AS n FROM registries WHERE name = 'Same'")
+        self.assertEqual(rows, [{"n": 1}])
+
+
+# the same tests against a real PostgreSQL (tests/pgserver.py)
+from tests.pgserver import on_postgresql  # noqa: E402
+
+RegistryRoutePostgresTests = on_postgresql(RegistryRouteTests)
+RegistryStoreRealDatabasePostgresTests = on_postgresql(RegistryStoreRealDatabaseTests)

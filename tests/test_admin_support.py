@@ -85,6 +85,47 @@ class SyncDatabase:
         self.conn.close()
 
 
+class PostgresSyncDatabase(SyncDatabase):
+    """:class:`SyncDatabase` on a fresh PostgreSQL database (tests/pgserver.py):
+    ``conn`` is a psycopg connection whose ``execute`` takes ``?`` SQL too."""
+
+    dialect = "postgresql"
+
+    def __init__(self, url: str):
+        from zmirror.db import postgresql
+
+        postgresql.migrate(url)
+        self.path = None
+        self.conn = postgresql.connect(url)
+        self.writes = 0
+
+    def execute(self, sql, params=()):
+        def run(txn):
+            txn.execute(sql, params)
+            return None, txn.rowcount
+
+        return self.write(run)
+
+    def snapshot(self) -> dict:
+        out = {}
+        for (name,) in self.conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+            " AND table_name != 'schema_version'"
+        ).fetchall():
+            out[name] = self.conn.execute(f"SELECT * FROM {name} ORDER BY 1").fetchall()
+        self.conn.rollback()
+        return out
+
+
+def sync_database(testcase, path: Path) -> SyncDatabase:
+    """SyncDatabase at ``path``, or on PostgreSQL when the class has ``backend = "postgresql"``."""
+    if getattr(testcase, "backend", "sqlite") == "postgresql":
+        from tests.pgserver import fresh_database
+
+        return PostgresSyncDatabase(fresh_database(testcase))
+    return SyncDatabase(path)
+
+
 class FakeUpstreams:
     def __init__(self):
         self.healths = {}
@@ -126,7 +167,7 @@ class AdminTestMixin:
         tmp.mkdir(parents=True)
         self.clock = Clock()
         self.clock.advance(T0)
-        self.db = SyncDatabase(tmp / "registry.db")
+        self.db = sync_database(self, tmp / "registry.db")
         self.addCleanup(self.db.close)
         self.config = make_config(str(tmp))
         self.registries = RegistryStore(self.db, self.clock)

@@ -193,3 +193,10 @@ class WhitelistRouteTests(ChangeMixin, AdminTestMixin, unittest.TestCase):
         for q in ("", "?repository=", "?repository=Bad/Name", "?repository=a/../b",
                   "?repo=nginx", "?repository=a&repository=b"):
             self.assertError(await self.call("GET", "/api/whitelists/match" + q), 400)
+
+
+# the same tests against a real PostgreSQL (tests/pgserver.py)
+from tests.pgserver import on_postgresql  # noqa: E402
+
+UserRoutePostgresTests = on_postgresql(UserRouteTests)
+WhitelistRoutePostgresTests = on_postgresql(WhitelistRouteTests)

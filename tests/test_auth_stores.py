@@ -288,3 +288,10 @@ class WhitelistStoreTests(unittest.TestCase):
         results = await gatherResults([Deferred.fromCoroutine(fresh.ready()) for _ in range(5)])
         self.assertTrue(all(m.allows("helloz/x") for m in results))
         self.assertEqual(len(loads), 1)
+
+
+# the same store tests against a real PostgreSQL (tests/pgserver.py)
+from tests.pgserver import on_postgresql  # noqa: E402
+
+UserStorePostgresTests = on_postgresql(UserStoreTests)
+WhitelistStorePostgresTests = on_postgresql(WhitelistStoreTests)

@@ -59,9 +59,14 @@ username = "admin"
 password = "admin123"
 
 [database]
-# SQLite database file; relative paths are resolved against the data directory's parent.
-# SQLite 数据库路径，相对路径以数据目录的上级目录为基准
+# SQLite database file (the embedded default, one node); relative paths are resolved against the
+# data directory's parent. / SQLite 数据库路径（内置默认，单节点），相对路径以数据目录的上级目录为基准
 path = "./data/registry.db"
+# PostgreSQL instead of SQLite (several nodes can share it); `path` is then ignored. Needs a restart;
+# copy an existing SQLite database over with `zmirror db copy --to URL`. The password is never logged.
+# 改用 PostgreSQL（多个节点可共用），此时忽略 path；重启生效；已有 SQLite 数据可用
+# `zmirror db copy --to URL` 迁移。密码不会写入日志。
+# url = "postgresql://zmirror:PASSWORD@127.0.0.1:5432/zmirror"
 
 [access]
 # Anonymous pulls / 匿名拉取: "whitelist" (only whitelisted prefixes), "all", "none"
@@ -199,6 +204,7 @@ class AdminConfig:
 @dataclass(frozen=True)
 class DatabaseConfig:
     path: str = "./data/registry.db"
+    url: str = ""  # postgresql://...; empty: SQLite at path
 
 
 @dataclass(frozen=True)
@@ -346,6 +352,35 @@ def _validate_external_url(key: str, v: str) -> str:
     return v.rstrip("/")
 
 
+def _database_url(key: str, v: Any) -> str:
+    """``postgresql://[user[:password]@]host[:port]/dbname[?options]`` or empty (SQLite).
+    Error messages never repeat the value (it may hold a password)."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(v, str):
+        raise ConfigError(f"{key}: expected a string, got {type(v).__name__}")
+    v = v.strip()
+    if not v:
+        return ""
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in v):
+        raise ConfigError(f"{key}: must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(v)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ConfigError(f"{key}: is not a valid URL (postgresql://user:password@host:5432/dbname)") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"{key}: must start with postgresql:// (only PostgreSQL is supported; "
+                          f"leave it empty for SQLite at database.path)")
+    if not parts.path.strip("/"):
+        raise ConfigError(f"{key}: must name the database (postgresql://user:password@host:5432/dbname)")
+    if parts.fragment:
+        raise ConfigError(f"{key}: must not contain a fragment")
+    if not parts.hostname and "host=" not in parts.query:
+        raise ConfigError(f"{key}: must name the host (postgresql://user:password@host:5432/dbname)")
+    return v
+
+
 def _validate_proxies(key: str, v: tuple[str, ...]) -> tuple[str, ...]:
     import ipaddress
 
@@ -389,7 +424,8 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "username": lambda k, v: _str(k, v, nonempty=True),
         "password": lambda k, v: _str(k, v, nonempty=True),
     },
-    "database": {"path": lambda k, v: _str(k, v, nonempty=True)},
+    "database": {"path": lambda k, v: _str(k, v, nonempty=True),
+                 "url": lambda k, v: _database_url(k, v)},
     "access": {"anonymous": lambda k, v: _str(k, v, choices=("whitelist", "all", "none"))},
     "lockout": {
         "max_account_failures": lambda k, v: _int(k, v, 1, 1_000_000),
@@ -479,6 +515,9 @@ def parse_config(text: str, *, data_dir: Path, config_path: Path) -> Config:
             except ConfigError as e:
                 raise ConfigError(f"{config_path}: {e}") from None
         sections[section] = _SECTION_CLASSES[section](**kwargs)
+    db_raw = raw.get("database")
+    if isinstance(db_raw, dict) and "path" in db_raw and sections["database"].url:
+        warnings.append(f"{config_path}: database.path is ignored: database.url selects PostgreSQL")
     return Config(
         data_dir=data_dir, config_path=config_path, warnings=tuple(warnings), **sections
     )

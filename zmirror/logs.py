@@ -40,17 +40,33 @@ LEVELS = {
 _SECRET_KEY = re.compile(r"(pass(word|wd)?|secret|token|authorization|cookie|credential)",
                          re.IGNORECASE)
 REDACTED = "[redacted]"
+# the password of a URL with credentials (a database URL): scheme://user:PASSWORD@host
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^@\s]*@")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@`` URL masked."""
+    return _URL_PASSWORD.sub(lambda m: m.group(1) + "***@", text) if "://" in text else text
 
 
 def redact(event: dict) -> dict:
-    """A copy of ``event`` whose secret-named fields are masked (log_* keys kept)."""
+    """A copy of ``event`` whose secret-named fields are masked and whose string
+    fields have URL passwords masked (log_* keys kept)."""
     out = None
-    for key in event:
-        if key.startswith("log_") or not _SECRET_KEY.search(key):
+    for key, value in event.items():
+        if key.startswith("log_"):
+            continue
+        if _SECRET_KEY.search(key):
+            new = REDACTED
+        elif isinstance(value, str) and "://" in value:
+            new = redact_text(value)
+            if new == value:
+                continue
+        else:
             continue
         if out is None:
             out = dict(event)
-        out[key] = REDACTED
+        out[key] = new
     return out if out is not None else event
 
 

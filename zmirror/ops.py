@@ -435,7 +435,11 @@ def attach(top: ZMirrorService, options: Any, config: Any, components: dict, rea
         admin.on_admin_change = reloader.admin_changed
     SighupService(reloader, reactor).setServiceParent(top)
     db = components.get("db")
-    if db is not None:
+    if db is not None and getattr(db, "dialect", "sqlite") != "sqlite":
+        # the data_version watch is SQLite's; PostgreSQL's (LISTEN/NOTIFY) is not built yet
+        log.info("database change watch: off on {dialect} (changes made by other processes or "
+                 "nodes apply on SIGHUP)", dialect=db.dialect)
+    elif db is not None:
         from zmirror.db.watch import ChangeWatcher
 
         watch = DatabaseWatchService(ChangeWatcher.for_database(db), reloader, reactor)

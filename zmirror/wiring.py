@@ -6,7 +6,6 @@ shared by the twistd plugin and ``zmirror.tac``.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from twisted.logger import Logger
@@ -18,7 +17,7 @@ from zmirror.admin import AdminAPI
 from zmirror.app import ZMirrorApp
 from zmirror.cache import CacheBlobs, ManifestCache
 from zmirror.config import Config
-from zmirror.db import Database, migrate
+from zmirror.db import connect_config, migrate_config, open_database
 from zmirror.db.accesslogs import AccessLogStore, RetentionService
 from zmirror.db.registries import RegistryStore
 from zmirror.net import TrustedProxies, base_url
@@ -34,12 +33,12 @@ log = Logger()
 
 
 def build(config: Config, reactor: Any) -> dict:
-    migrate(config.database_path)
-    db = Database(config.database_path, reactor)
+    migrate_config(config)
+    db = open_database(config, reactor)
     trusted = TrustedProxies(config.server.trusted_proxies)
 
     upstreams = _upstream_pool(config, reactor)
-    upstreams.set_registries(_registry_rows(config.database_path))
+    upstreams.set_registries(_registry_rows(config))
     blob_cache = manifest_cache = None
     if config.cache.enabled:
         blob_cache = CacheBlobs(config.cache_dir, db, reactor, max_size=config.cache.max_size,
@@ -169,12 +168,13 @@ def _upstream_pool(config: Config, reactor: Any) -> UpstreamPool:
                         cooldown=config.upstream.cooldown, connections=pool)
 
 
-def _registry_rows(path) -> list[dict]:
+def _registry_rows(config: Config) -> list[dict]:
     """Registry rows read once at start (before the reactor runs)."""
-    conn = sqlite3.connect(str(path))
+    conn = connect_config(config)
     try:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM registries ORDER BY priority, id")]
+        cur = conn.execute("SELECT * FROM registries ORDER BY priority, id")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
     finally:
         conn.close()
 

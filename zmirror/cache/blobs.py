@@ -585,7 +585,8 @@ def _upsert_blob_rows(txn, rows, repo_rows):
         "ON CONFLICT(digest) DO UPDATE SET last_access = excluded.last_access, size = excluded.size",
         rows,
     )
-    txn.executemany("INSERT OR IGNORE INTO cache_blob_repos (digest, repository) VALUES (?, ?)", repo_rows)
+    txn.executemany("INSERT INTO cache_blob_repos (digest, repository) VALUES (?, ?)"
+                    " ON CONFLICT DO NOTHING", repo_rows)
 
 
 def retry_delay(failures: int) -> float:

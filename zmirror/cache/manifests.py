@@ -289,10 +289,11 @@ def _store_rows(txn, m: Manifest, now: float, new: Optional[Manifest], repo: Opt
                 entry: Optional[TagEntry]):
     if new is not None:
         txn.execute(
-            "INSERT OR IGNORE INTO cache_manifests (digest, media_type, body, created_at, last_access) "
-            "VALUES (?, ?, ?, ?, ?)", (m.digest, m.media_type, m.body, now, now))
+            "INSERT INTO cache_manifests (digest, media_type, body, created_at, last_access) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (m.digest, m.media_type, m.body, now, now))
     if repo is not None:
-        txn.execute("INSERT OR IGNORE INTO cache_manifest_repos (digest, repository) VALUES (?, ?)",
+        txn.execute("INSERT INTO cache_manifest_repos (digest, repository) VALUES (?, ?)"
+                    " ON CONFLICT DO NOTHING",
                     (m.digest, repo))
     if entry is not None:
         txn.execute(
@@ -303,7 +304,8 @@ def _store_rows(txn, m: Manifest, now: float, new: Optional[Manifest], repo: Opt
 
 
 def _add_repo(txn, digest, repository):
-    txn.execute("INSERT OR IGNORE INTO cache_manifest_repos (digest, repository) VALUES (?, ?)",
+    txn.execute("INSERT INTO cache_manifest_repos (digest, repository) VALUES (?, ?)"
+                    " ON CONFLICT DO NOTHING",
                 (digest, repository))
 
 

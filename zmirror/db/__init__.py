@@ -9,6 +9,10 @@ The database holds upstream registry passwords and user password hashes: the
 file is created 0600 before SQLite opens it (SQLite gives ``-wal`` / ``-shm``
 the main file's mode), and looser modes found at start are fixed and logged.
 
+PostgreSQL (``[database] url``) has the same interface in
+:mod:`zmirror.db.postgresql`; :func:`migrate_config` / :func:`open_database` /
+:func:`connect_config` pick the engine from the configuration.
+
 Migrations run synchronously at start (before the reactor serves anything):
 numbered ``migrations/NNNN_*.sql`` files shipped as package data, tracked with
 ``PRAGMA user_version``.
@@ -46,16 +50,30 @@ def _configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA foreign_keys = ON")
 
 
-def migrations() -> list[tuple[int, str, str]]:
-    """``[(version, filename, sql)]`` sorted by version."""
-    out = []
+_BASE = re.compile(r"^(\d+)_[^.]*\.sql$")
+_OVERRIDE = re.compile(r"^(\d+)_[^.]*\.(postgresql)\.sql$")
+
+
+def _migration_files() -> tuple[list[tuple[int, str, str]], dict[int, tuple[str, str]]]:
+    """The shipped migrations ``[(version, filename, sql)]`` sorted by version, and
+    the PostgreSQL override files ``{version: (filename, sql)}``."""
+    base, overrides = [], {}
     pkg = resources.files("zmirror.db") / "migrations"
     for entry in pkg.iterdir():
-        m = re.match(r"^(\d+)_.*\.sql$", entry.name)
+        m = _BASE.match(entry.name)
         if m:
-            out.append((int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))
-    out.sort()
-    return out
+            base.append((int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+            continue
+        m = _OVERRIDE.match(entry.name)
+        if m:
+            overrides[int(m.group(1))] = (entry.name, entry.read_text(encoding="utf-8"))
+    base.sort()
+    return base, overrides
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """``[(version, filename, sql)]`` sorted by version (the SQLite text)."""
+    return _migration_files()[0]
 
 
 def latest_version() -> int:
@@ -151,6 +169,8 @@ class Database:
     single writer connection, so writes never contend with each other.
     """
 
+    dialect = "sqlite"
+
     def __init__(self, path: Path, reactor: Any, readers: int = 3):
         self.path = path
         self.reactor = reactor
@@ -198,3 +218,67 @@ class Database:
         for pool in (self.reader, self.writer):
             if pool.running:
                 pool.close()
+
+
+# --- the engine the configuration names ---------------------------------------------------
+
+
+def is_postgresql(config: Any) -> bool:
+    return bool(getattr(config.database, "url", ""))
+
+
+def describe(config: Any) -> str:
+    """The database for messages: the file, or the URL without its password."""
+    if is_postgresql(config):
+        from zmirror.db.postgresql import redact_url
+
+        return redact_url(config.database.url)
+    return str(config.database_path)
+
+
+def migrate_config(config: Any) -> int:
+    """:func:`migrate` the configured database (SQLite file or PostgreSQL URL). Blocking."""
+    if is_postgresql(config):
+        from zmirror.db import postgresql
+
+        return postgresql.migrate(config.database.url)
+    return migrate(config.database_path)
+
+
+def open_database(config: Any, reactor: Any):
+    """The pools for the configured database (not started)."""
+    if is_postgresql(config):
+        from zmirror.db.postgresql import PostgresDatabase
+
+        return PostgresDatabase(config.database.url, reactor)
+    return Database(config.database_path, reactor)
+
+
+def connect_config(config: Any):
+    """A blocking DB-API connection to the (migrated) configured database, in
+    autocommit mode (callers run ``BEGIN`` … ``COMMIT``: :func:`begin_sql`), whose
+    ``execute(sql, params)`` takes ``?`` placeholders on both engines."""
+    if is_postgresql(config):
+        from zmirror.db import postgresql
+
+        try:
+            return postgresql.connect(config.database.url, autocommit=True)
+        except Exception as e:
+            raise DatabaseError(f"{describe(config)}: cannot connect: {postgresql._one_line(e)}") from None
+    conn = sqlite3.connect(str(config.database_path), isolation_level=None)
+    _configure(conn)
+    return conn
+
+
+def begin_sql(conn: Any) -> str:
+    """The statement that opens a write transaction on ``conn``."""
+    return "BEGIN IMMEDIATE" if isinstance(conn, sqlite3.Connection) else "BEGIN"
+
+
+def is_unique_violation(e: BaseException) -> bool:
+    """A UNIQUE constraint failed (either engine)."""
+    if isinstance(e, sqlite3.IntegrityError):
+        return "UNIQUE" in str(e).upper()
+    from zmirror.db.postgresql import is_unique_violation as pg
+
+    return pg(e)

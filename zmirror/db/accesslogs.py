@@ -106,7 +106,17 @@ def _row(values) -> dict:
 
 # errors on the dashboard: status >= 400, except 401 — the challenge every
 # docker/containerd pull goes through before it fetches a token
-_ERROR_SQL = "(status >= 400 AND status != 401)"
+_ERROR_SQL = "CASE WHEN status >= 400 AND status != 401 THEN 1 ELSE 0 END"
+# sums of BIGINT columns are NUMERIC on PostgreSQL (Decimal in Python): cast back
+_BYTES_SUM = "CAST(coalesce(sum(bytes), 0) AS BIGINT)"
+
+
+def _bucket_sql(db: Any) -> str:
+    """The bucket number of ``created_at`` (>= the start, so truncation is floor):
+    SQLite's CAST truncates, PostgreSQL's rounds."""
+    if getattr(db, "dialect", "sqlite") == "postgresql":
+        return "CAST(floor((created_at - ?) / ?) AS INTEGER)"
+    return "CAST((created_at - ?) / ? AS INTEGER)"
 
 
 class AccessLogStore:
@@ -205,16 +215,17 @@ class AccessLogStore:
         hour0 = bucket_start(now, HOUR) - 23 * HOUR
         day0 = bucket_start(now, DAY) - 6 * DAY
         since = min(hour0, day0)
+        bucket = _bucket_sql(self.db)
 
         def run(txn):
             txn.execute(
-                f"SELECT count(*), coalesce(sum(bytes), 0), coalesce(sum({_ERROR_SQL}), 0)"
+                f"SELECT count(*), {_BYTES_SUM}, coalesce(sum({_ERROR_SQL}), 0)"
                 " FROM access_logs WHERE created_at >= ?", (since,))
             requests, nbytes, errors = txn.fetchone()
 
             def series(start: int, size: int, n: int) -> list[dict]:
                 txn.execute(
-                    "SELECT CAST((created_at - ?) / ? AS INTEGER) AS b, count(*), coalesce(sum(bytes), 0)"
+                    f"SELECT {bucket} AS b, count(*), {_BYTES_SUM}"
                     " FROM access_logs WHERE created_at >= ? GROUP BY b", (start, size, start))
                 got = {b: (c, s) for b, c, s in txn.fetchall()}
                 return [{"t": start + i * size, "requests": got.get(i, (0, 0))[0],
@@ -226,7 +237,7 @@ class AccessLogStore:
             def top(col: str, exclude_empty: bool) -> list[dict]:
                 extra = f" AND {col} != ''" if exclude_empty else ""
                 txn.execute(
-                    f"SELECT {col}, count(*) AS n, coalesce(sum(bytes), 0) FROM access_logs"
+                    f"SELECT {col}, count(*) AS n, {_BYTES_SUM} FROM access_logs"
                     f" WHERE created_at >= ?{extra} GROUP BY {col} ORDER BY n DESC, {col} LIMIT ?",
                     (since, TOP_N))
                 return [{col: v, "requests": n, "bytes": b} for v, n, b in txn.fetchall()]

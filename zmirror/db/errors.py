@@ -1,6 +1,13 @@
 """Store-level errors, mapped to HTTP answers by the admin API."""
 
 
+def is_unique_violation(e: BaseException) -> bool:
+    """A UNIQUE constraint failed (SQLite or PostgreSQL)."""
+    from zmirror.db import is_unique_violation as check
+
+    return check(e)
+
+
 class StoreError(Exception):
     pass
 

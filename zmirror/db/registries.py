@@ -87,9 +87,10 @@ def _get(txn, rid: int) -> dict:
 
 
 def _check_name(txn, name: str, rid: Optional[int]) -> None:
-    txn.execute(
-        "SELECT id FROM registries WHERE lower(name) = lower(?) AND id IS NOT ?", (name, rid)
-    )
+    if rid is None:
+        txn.execute("SELECT id FROM registries WHERE lower(name) = lower(?)", (name,))
+    else:
+        txn.execute("SELECT id FROM registries WHERE lower(name) = lower(?) AND id != ?", (name, rid))
     if txn.fetchone() is not None:
         raise Conflict("name", "a registry with this name already exists")
 
@@ -124,10 +125,10 @@ class RegistryStore:
             _check_name(txn, name, None)
             txn.execute(
                 "INSERT INTO registries (name, url, priority, enabled, username, password,"
-                " created_at, updated_at, namespace) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " created_at, updated_at, namespace) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (name, url, int(priority), int(bool(enabled)), username, password, now, now, namespace),
             )
-            rid = txn.lastrowid
+            rid = txn.fetchone()[0]
             return _get(txn, rid), _all(txn)
 
         row, rows = await self.db.write(txn_create)

@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 from twisted.logger import Logger
 
-from zmirror.db.errors import Conflict, InvalidField, NotFound
+from zmirror.db.errors import Conflict, InvalidField, NotFound, is_unique_violation
 from zmirror.singleflight import SingleFlight
 
 log = Logger()
@@ -144,14 +144,15 @@ class UserStore:
             try:
                 txn.execute(
                     "INSERT INTO users (username, password_hash, enabled, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
+                    " VALUES (?, ?, ?, ?, ?) RETURNING id",
                     (username, password_hash, int(bool(enabled)), now, now),
                 )
-            except Exception as e:  # sqlite3.IntegrityError from the UNIQUE index
-                if "UNIQUE" in str(e).upper():
+                uid = txn.fetchone()[0]
+            except Exception as e:  # the UNIQUE index (another writer got there first)
+                if is_unique_violation(e):
                     raise Conflict("username", "a user with this name already exists") from None
                 raise
-            return _get_full(txn, txn.lastrowid)
+            return _get_full(txn, uid)
 
         row = await self.db.write(run)
         self._remember(row)

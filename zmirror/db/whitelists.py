@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 from twisted.logger import Logger
 
-from zmirror.db.errors import Conflict, InvalidField, NotFound
+from zmirror.db.errors import Conflict, InvalidField, NotFound, is_unique_violation
 
 log = Logger()
 
@@ -74,7 +74,10 @@ def _enabled(txn) -> list[dict]:
 
 
 def _check_unique(txn, prefix: str, wid: Optional[int]) -> None:
-    txn.execute("SELECT id FROM whitelists WHERE prefix = ? AND id IS NOT ?", (prefix, wid))
+    if wid is None:
+        txn.execute("SELECT id FROM whitelists WHERE prefix = ?", (prefix,))
+    else:
+        txn.execute("SELECT id FROM whitelists WHERE prefix = ? AND id != ?", (prefix, wid))
     if txn.fetchone() is not None:
         raise Conflict("prefix", "this prefix is already in the whitelist")
 
@@ -146,10 +149,10 @@ class WhitelistStore:
             _check_unique(txn, prefix, None)
             txn.execute(
                 "INSERT INTO whitelists (prefix, enabled, note, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?) RETURNING id",
                 (prefix, int(bool(enabled)), note, now, now),
             )
-            return _get(txn, txn.lastrowid), _enabled(txn)
+            return _get(txn, txn.fetchone()[0]), _enabled(txn)
 
         row, entries = await self._write(run)
         self._publish(entries)
@@ -199,7 +202,7 @@ class WhitelistStore:
         try:
             return await self.db.write(f)
         except Exception as e:
-            if type(e).__name__ == "IntegrityError" and "UNIQUE" in str(e).upper():
+            if is_unique_violation(e):
                 raise Conflict("prefix", "this prefix is already in the whitelist") from None
             raise
 
