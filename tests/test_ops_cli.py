@@ -12,7 +12,7 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, write_default_config
 from zmirror import cli
 from zmirror.auth.passwords import (
     Passwords,
@@ -29,6 +29,31 @@ def md5(s: str) -> str:
     return hashlib.md5(s.encode()).hexdigest()
 
 
+PG_URL_LINE = '# url = "postgresql://zmirror:PASSWORD@127.0.0.1:5432/zmirror"'
+
+
+class _Row(tuple):
+    """A psycopg row that behaves as sqlite3.Row does: by index, by name, dict()."""
+
+    def __new__(cls, names, values):
+        row = super().__new__(cls, values)
+        row._names = names
+        return row
+
+    def keys(self):
+        return list(self._names)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._names.index(key))
+        return tuple.__getitem__(self, key)
+
+
+def _pg_rows(cursor):
+    names = [d.name for d in cursor.description] if cursor.description else []
+    return lambda values: _Row(names, values)
+
+
 class CLITestCase(unittest.TestCase):
     def setUp(self):
         self.work = Path(self.mktemp()).resolve()
@@ -36,6 +61,11 @@ class CLITestCase(unittest.TestCase):
         self.data = self.work / "data"
         # cheap hashing in tests (the CLI uses the production argon2 context otherwise)
         self.patch(cli, "_hash_user_password", lambda pw: fast_context().hash(pw))
+        if getattr(self, "backend", "sqlite") == "postgresql":
+            from tests.pgserver import fresh_database
+
+            self.url = fresh_database(self)
+            write_default_config(self.data, {PG_URL_LINE: f'url = "{self.url}"'})
 
     def run_cli(self, *argv, stdin: str = "", data=None):
         out, err = io.StringIO(), io.StringIO()
@@ -51,6 +81,13 @@ class CLITestCase(unittest.TestCase):
         return out
 
     def db(self, data=None):
+        if getattr(self, "backend", "sqlite") == "postgresql" and data is None:
+            from zmirror.db import postgresql
+
+            conn = postgresql.connect(self.url, autocommit=True)
+            conn.row_factory = _pg_rows
+            self.addCleanup(conn.close)
+            return conn
         conn = sqlite3.connect(str((data or self.data) / "registry.db"))
         conn.row_factory = sqlite3.Row
         self.addCleanup(conn.close)
@@ -431,7 +468,126 @@ class ImportTests(CLITestCase):
         self.assertEqual(code, 1)
         self.assertIn("not a readable SQLite database", err)
         self.ok("check-config")
+        if getattr(self, "backend", "sqlite") == "postgresql":
+            return  # no database file to import from itself
         code, _, err = self.run_cli("import-zmirror", str(self.data / "registry.db"))
         self.assertEqual(code, 1)
         self.assertIn("own database", err)
         self.assertNotIn("Traceback", err)
+
+
+class DbCopyTests(CLITestCase):
+    """``zmirror db copy --to postgresql://...``: an existing SQLite database moves over."""
+
+    def setUp(self):
+        super().setUp()
+        from tests.pgserver import fresh_database
+
+        self.url = fresh_database(self)
+        self.ok("user", "add", "alice", "--stdin", stdin="alice-pw-1\n")
+        self.ok("user", "add", "bob", "--stdin", "--disabled", stdin="bob-pw-1\n")
+        self.ok("user", "add", "carol", "--stdin", stdin="carol-pw-1\n")
+        self.ok("user", "disable", "alice")
+        self.ok("import-zmirror", str(self._source()))
+        conn = sqlite3.connect(str(self.data / "registry.db"))
+        conn.execute("DELETE FROM users WHERE username = 'bob'")  # a gap in the ids
+        conn.executemany("INSERT INTO access_logs (created_at, repository, bytes, cache_hit, status)"
+                         " VALUES (?, ?, ?, ?, ?)",
+                         [(1.7e9 + i, f"library/r{i}", 3 << 31, i % 2 if i % 3 else None, 200)
+                          for i in range(2500)])
+        conn.execute("INSERT INTO cache_manifests VALUES ('sha256:m', 'application/json', ?, 1.5, 2.5)",
+                     (b"\x00{}\xff",))
+        conn.execute("INSERT INTO cache_blobs VALUES ('sha256:b', ?, 1.0, 2.0)", (5 << 30,))
+        conn.commit()
+        conn.close()
+
+    def _source(self):
+        source = self.work / "old-registry.db"
+        make_original_db(source)
+        return source
+
+    def tables(self, conn):
+        names = [r[0] for r in sqlite3.connect(str(self.data / "registry.db")).execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+        return {t: sorted(tuple(r) for r in conn.execute(f"SELECT * FROM {t}").fetchall()) for t in names}
+
+    def test_copy_all_tables_and_identities(self):
+        from zmirror.db import postgresql
+
+        code, out, err = self.run_cli("db", "copy", "--to", self.url)
+        self.assertEqual(code, 0, err)
+        self.assertNotIn("pg-test-secret", out + err)
+        self.assertIn("access_logs: 2500 rows", out)
+        lite = sqlite3.connect(str(self.data / "registry.db"))
+        self.addCleanup(lite.close)
+        pg = postgresql.connect(self.url, autocommit=True)
+        self.addCleanup(pg.close)
+        want, got = self.tables(lite), self.tables(pg)
+        self.assertEqual(set(got), set(want))
+        for table in want:
+            self.assertEqual(got[table], want[table], table)
+        self.assertEqual([r[:2] for r in want["users"]], [(1, "alice"), (3, "carol")])
+        # the identities continue after the copied ids
+        for table in ("users", "registries", "whitelists", "access_logs"):
+            top = lite.execute(f"SELECT max(id) FROM {table}").fetchone()[0]
+            cols = {"users": "(username, password_hash, created_at, updated_at) VALUES ('new', 'h', 0, 0)",
+                    "registries": "(name, url, created_at, updated_at) VALUES ('n', 'https://n', 0, 0)",
+                    "whitelists": "(prefix, created_at, updated_at) VALUES ('new/*', 0, 0)",
+                    "access_logs": "(created_at) VALUES (0)"}[table]
+            new = pg.execute(f"INSERT INTO {table} {cols} RETURNING id").fetchone()[0]
+            self.assertEqual(new, top + 1, table)
+
+    def test_refuses_a_non_empty_target_unless_forced(self):
+        from zmirror.db import postgresql
+
+        self.ok("db", "copy", "--to", self.url)
+        with postgresql.connect(self.url, autocommit=True) as pg:
+            pg.execute("INSERT INTO whitelists (prefix, created_at, updated_at) VALUES ('only/here', 0, 0)")
+        code, out, err = self.run_cli("db", "copy", "--to", self.url)
+        self.assertEqual(code, 1)
+        self.assertIn("already holds data", err)
+        self.assertIn("--force", err)
+        self.assertNotIn("pg-test-secret", err)
+        with postgresql.connect(self.url, autocommit=True) as pg:
+            self.assertEqual(pg.execute("SELECT count(*) FROM whitelists WHERE prefix = 'only/here'")
+                             .fetchone()[0], 1)  # untouched
+        self.ok("db", "copy", "--to", self.url, "--force")
+        with postgresql.connect(self.url, autocommit=True) as pg:
+            self.assertEqual(pg.execute("SELECT count(*) FROM whitelists WHERE prefix = 'only/here'")
+                             .fetchone()[0], 0)
+            self.assertEqual(pg.execute("SELECT count(*) FROM access_logs").fetchone()[0], 2500)
+
+    def test_then_the_cli_works_on_postgresql(self):
+        self.ok("db", "copy", "--to", self.url)
+        cfg = self.data / "config.toml"
+        cfg.write_text(cfg.read_text().replace(PG_URL_LINE, f'url = "{self.url}"'))
+        from zmirror.db import postgresql
+
+        listed = json.loads(self.ok("user", "list", "--json"))
+        self.assertEqual([(u["id"], u["username"], u["enabled"]) for u in listed],
+                         [(1, "alice", False), (3, "carol", True)])
+        self.ok("user", "add", "zed", "--stdin", stdin="zed-pw-12\n")
+        self.ok("user", "disable", "carol")
+        with postgresql.connect(self.url) as pg:
+            rows = pg.execute("SELECT id, username, enabled FROM users ORDER BY id").fetchall()
+        self.assertEqual(rows, [(1, "alice", 0), (3, "carol", 0), (4, "zed", 1)])
+        # the SQLite file is left as it was
+        lite = sqlite3.connect(str(self.data / "registry.db"))
+        self.addCleanup(lite.close)
+        self.assertEqual(lite.execute("SELECT count(*) FROM users").fetchone()[0], 2)
+
+    def test_bad_target(self):
+        for url, why in (("mysql://x/y", "postgresql://"),
+                         (self.url.replace("pg-test-secret", "Wr0ngPw"), "cannot connect")):
+            code, out, err = self.run_cli("db", "copy", "--to", url)
+            self.assertEqual(code, 1)
+            self.assertIn(why, err)
+            self.assertNotIn("Wr0ngPw", err)
+            self.assertNotIn("Traceback", err)
+
+
+# the same CLI tests against a real PostgreSQL ([database] url; tests/pgserver.py)
+from tests.pgserver import on_postgresql  # noqa: E402
+
+UserPostgresTests = on_postgresql(UserTests)
+ImportPostgresTests = on_postgresql(ImportTests)
