@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import stat
 import time
 from pathlib import Path
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.trial import unittest
 
 from tests.helpers import (
@@ -58,6 +57,13 @@ class WiringTests(unittest.TestCase):
     def setUp(self):
         data = Path(self.mktemp()).resolve()
         write_config(data, ADMIN_PW)  # the generated config, the admin password changed
+        if getattr(self, "backend", "sqlite") == "postgresql":
+            from tests.pgserver import fresh_database
+
+            url = fresh_database(self)
+            cfg = data / "config.toml"
+            line = '# url = "postgresql://zmirror:PASSWORD@127.0.0.1:5432/zmirror"'
+            cfg.write_text(cfg.read_text().replace(line, f'url = "{url}"'))
         self.config = load_config(data)
         self.components = build(self.config, reactor)
         self.top = start_services(self.components)
@@ -65,6 +71,8 @@ class WiringTests(unittest.TestCase):
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
         self.auth = basic("admin", ADMIN_PW)
         self.stopped = False
+        # cleanups run before tearDown: stop the service before a test database is dropped
+        self.addCleanup(lambda: Deferred.fromCoroutine(self._stop()))
 
     async def _stop(self):
         if not self.stopped:
@@ -127,8 +135,11 @@ class WiringTests(unittest.TestCase):
         await resp.content()
         status = resp.code
         await self._stop()  # flushes the queue before the database closes
-        conn = sqlite3.connect(str(self.config.database_path))
-        rows = conn.execute("SELECT repository, reference, status, method FROM access_logs").fetchall()
+        from zmirror.db import connect_config
+
+        conn = connect_config(self.config)
+        rows = [tuple(r) for r in conn.execute(
+            "SELECT repository, reference, status, method FROM access_logs").fetchall()]
         conn.close()
         self.assertEqual(rows, [("library/nginx", "latest", status, "GET")])
 
@@ -270,3 +281,9 @@ class SighupProcessTests(unittest.TestCase):
         self.assertNotIn("admin.password", line[0])  # already applied by the API
         self.assertNotIn(new, output)
         self.assertTrue(verify_admin_sync(new, load_config(data).admin.password))
+
+
+# the whole service on a real PostgreSQL ([database] url; tests/pgserver.py)
+from tests.pgserver import on_postgresql  # noqa: E402
+
+WiringPostgresTests = on_postgresql(WiringTests)

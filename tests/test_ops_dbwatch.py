@@ -261,3 +261,31 @@ class WiringTests(unittest.TestCase):
         self.assertEqual((yield self.c["users"].auth_user(1))["username"], "ivan")
         self.assertEqual([u.url for u in self.c["upstreams"].upstreams], ["https://mirror.test"])
         yield watch.watcher.close()
+
+
+class PostgresWiringTests(unittest.TestCase):
+    """On PostgreSQL the SQLite data_version watch stays off (LISTEN/NOTIFY is not built yet)."""
+
+    def test_no_watch_on_postgresql(self):
+        from tests.pgserver import fresh_database
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        url = fresh_database(self)
+        data = Path(self.mktemp()).resolve() / "data"
+        write_config(data)
+        cfg = data / "config.toml"
+        line = '# url = "postgresql://zmirror:PASSWORD@127.0.0.1:5432/zmirror"'
+        cfg.write_text(cfg.read_text().replace(line, f'url = "{url}"'))
+        seen = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        opts = Options()
+        opts.parseOptions(["--data", str(data), "--listen", "tcp:0:interface=127.0.0.1"])
+        top = makeService(opts, reactor)
+        self.addCleanup(top.components["db"].close)
+        self.assertEqual(top.components["db"].dialect, "postgresql")
+        self.assertNotIn("db_watch", top.components)
+        self.assertFalse([s for s in top if type(s).__name__ == "DatabaseWatchService"])
+        texts = [formatEvent(e) for e in seen]
+        self.assertTrue([t for t in texts if "database change watch: off on postgresql" in t], texts)
+        self.assertFalse([t for t in texts if "pg-test-secret" in t])
