@@ -659,3 +659,118 @@ class DefaultPasswordPhoneTests(DefaultPasswordTests):
         self.find(sel("stat-requests"))
         self.charts_drawn()
         self.shot("dashboard-after-change-en")
+
+
+class NamespaceTests(BrowserCase):
+    """Several registries: upstreams grouped by namespace with their presets and rate limits,
+    the how-to page's snippets per namespace, whitelist entries and access logs with their
+    namespace. Two fake upstreams on 127.0.0.1: ghcr.io (pulls left) and quay.io (429)."""
+
+    width, height, mobile = 1366, 768, False
+
+    def setUp(self):
+        super().setUp()
+        self.ghcr = ui_browser.FakeUpstream(limit=100, remaining=76, window=21600)
+        self.addCleanup(self.ghcr.stop)
+        self.quay = ui_browser.FakeUpstream(limited=True, retry_after=3600)
+        self.addCleanup(self.quay.stop)
+        self.auth = (ADMIN_USER, ADMIN_PASSWORD)
+        for r in self.api_registries():  # no test traffic to the Internet
+            self.assertEqual(self.server.request("PUT", f"/api/registries/{r['id']}", auth=self.auth,
+                                                 body={"enabled": False})[0], 200)
+
+    def value(self, css: str) -> str:
+        return self.find(css).get_attribute("value")
+
+    def pick_preset(self, key: str):
+        self.click(sel("registry-preset"))
+        self.click(f'.el-select-dropdown {sel("registry-preset-" + key)}')
+
+    def close_dialog(self):
+        self.driver.find_element("css selector", ".el-dialog__headerbtn").click()
+        self.gone(".el-dialog")
+
+    def pull(self, path: str) -> int:
+        status, _ = self.server.request("GET", path, headers={"User-Agent": "ui-browser-test"})
+        return status
+
+    def add_ghcr_from_preset(self):
+        """The ghcr.io preset fills namespace, name, URL and the auth hint; the URL is then
+        pointed at the fake upstream. The new upstream shows up in a ghcr.io group."""
+        self.nav("registries")
+        self.find(sel("registry-group-docker.io"))
+        self.click(sel("registry-add"))
+        self.assertEqual(self.value(sel("registry-namespace")), "docker.io")  # the default
+        self.pick_preset("ghcr")
+        self.wait().until(lambda d: self.value(sel("registry-namespace")) == "ghcr.io", "namespace filled")
+        self.assertEqual(self.value(sel("registry-name")), "GitHub (ghcr.io)")
+        self.assertEqual(self.value(sel("registry-url")), "https://ghcr.io")
+        self.wait_text(sel("registry-auth-hint"), "read:packages")
+        self.shot("registry-preset-zh")
+        # the namespace is checked next to its field (a bare word is a Docker Hub user)
+        self.type(sel("registry-namespace"), "nginx")
+        self.click(sel("registry-url"))
+        self.wait_field_error("须为仓库主机名")
+        self.type(sel("registry-namespace"), "GHCR.IO")
+        self.type(sel("registry-url"), self.ghcr.url)
+        self.click(sel("registry-save"))
+        self.message("已保存")
+        self.gone(".el-dialog")
+        group = sel("registry-group-ghcr.io")
+        self.wait_text(group, "GitHub (ghcr.io)")
+        self.assertIn("ghcr.io", self.find(group + " " + sel("registry-group-name")).text)
+        # not in the docker.io group
+        self.assertNotIn("GitHub (ghcr.io)", self.find(sel("registry-group-docker.io")).text)
+        got = {r["name"]: r for r in self.api_registries()}["GitHub (ghcr.io)"]
+        self.assertEqual((got["namespace"], got["url"], got["enabled"]), ("ghcr.io", self.ghcr.url, True))
+
+        # nvcr.io: the username it needs, and its hint
+        self.click(sel("registry-add"))
+        self.pick_preset("nvcr")
+        self.wait().until(lambda d: self.value(sel("registry-username")) == "$oauthtoken", "username filled")
+        self.assertEqual(self.value(sel("registry-namespace")), "nvcr.io")
+        self.assertEqual(self.value(sel("registry-url")), "https://nvcr.io")
+        self.wait_text(sel("registry-auth-hint"), "$oauthtoken")
+        self.wait_text(sel("registry-auth-hint"), "API Key")
+        self.pick_preset("quay")  # another preset: the nvcr username goes again
+        self.wait().until(lambda d: self.value(sel("registry-username")) == "", "username cleared")
+        self.assertEqual(self.value(sel("registry-namespace")), "quay.io")
+        self.close_dialog()
+
+    def test_namespaces(self):
+        d = self.driver
+        d.get(self.server.base + "/registries")
+        self.find(sel("login-username"))
+        self.login()
+        self.find(sel("registries-table"))
+        self.add_ghcr_from_preset()
+        # a quay.io upstream that answers 429, through the API
+        status, body = self.server.request("POST", "/api/registries", auth=self.auth, body={
+            "name": "quay-limited", "url": self.quay.url, "namespace": "quay.io"})
+        self.assertEqual(status, 201, body)
+        for prefix in ("ghcr.io/owner", "quay.io/org"):
+            self.assertEqual(self.server.request("POST", "/api/whitelists", auth=self.auth,
+                                                 body={"prefix": prefix})[0], 201)
+
+        # --- rate limits: what the upstreams said on a pull through each namespace ---------
+        self.assertEqual(self.pull("/v2/ghcr.io/owner/img/manifests/1"), 404)
+        self.assertIn("/v2/owner/img/manifests/1", self.ghcr.paths)  # asked without its host
+        self.assertGreaterEqual(self.pull("/v2/quay.io/org/app/manifests/1"), 400)
+        self.assertTrue(any("/v2/org/app/manifests/1" in p for p in self.quay.paths), self.quay.paths)
+        regs = {r["name"]: r for r in self.api_registries()}
+        self.assertEqual({k: regs["GitHub (ghcr.io)"]["rate_limit"][k] for k in ("limit", "remaining", "window")},
+                         {"limit": 100, "remaining": 76, "window": 21600})
+        self.assertEqual(regs["quay-limited"]["health"]["state"], "ratelimited")
+        self.assertIsNotNone(regs["quay-limited"]["rate_limit"]["reset_at"])
+        self.click(".toolbar .el-button:nth-child(2)")  # refresh
+        rl = self.wait_text(sel("registry-ratelimit-GitHub (ghcr.io)"), "76 / 100")
+        self.assertIn("每 6 小时", rl.text)
+        limited = self.wait_text(sel("registry-ratelimit-quay-limited"), "限流至")
+        self.assertRegex(limited.text, r"限流至 (\d\d:\d\d:\d\d|\d\d-\d\d \d\d:\d\d)")
+        self.assertIn("0 / 100", limited.text)
+        self.wait_text(sel("registry-group-quay.io"), "限流中")  # the health tag
+        self.shot("registries-namespaces-zh")
+        self.click(sel("registry-group-toggle-quay.io"))  # a group folds away
+        self.gone(sel("registries-table-quay.io"))
+        self.click(sel("registry-group-toggle-quay.io"))
+        self.find(sel("registries-table-quay.io"))
