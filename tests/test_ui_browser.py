@@ -349,11 +349,11 @@ class DesktopTests(BrowserCase):
 
         # --- how to use: snippets carry this server's address -------------------------------
         self.nav("help")
-        self.wait_text(sel("snippet-pull"), f"docker pull {host}/library/nginx")
+        self.wait_text(sel("snippet-docker.io-pull"), f"docker pull {host}/library/nginx")
         self.wait_text(sel("snippet-login"), f"docker login {host}")
-        self.wait_text(sel("snippet-docker"), "registry-mirrors")
-        self.wait_text(sel("snippet-containerd"), f'[host."{base}"]')
-        self.wait_text(sel("snippet-podman"), f'location = "{host}"')
+        self.wait_text(sel("snippet-docker.io-docker"), "registry-mirrors")
+        self.wait_text(sel("snippet-docker.io-containerd"), f'[host."{base}"]')
+        self.wait_text(sel("snippet-docker.io-podman"), f'location = "{host}"')
         self.shot("help-zh")
 
         # --- dashboard --------------------------------------------------------------------
@@ -473,7 +473,7 @@ class PhoneTests(BrowserCase):
         self.wait_text(sel("users-table"), "bob")
         self.shot("users-zh")
         self.nav("help")
-        self.find(sel("snippet-docker"))
+        self.find(sel("snippet-docker.io-docker"))
         self.shot("help-zh")
 
         self.click(sel("lang-toggle"))
@@ -774,3 +774,35 @@ class NamespaceTests(BrowserCase):
         self.gone(sel("registries-table-quay.io"))
         self.click(sel("registry-group-toggle-quay.io"))
         self.find(sel("registries-table-quay.io"))
+
+        # --- how to use: the snippets of each namespace for this server -----------------------
+        host, base = self.server.host, self.server.base
+        self.nav("help")
+        for ns in ("docker.io", "ghcr.io", "quay.io"):
+            self.find(sel(f"help-tab-{ns}"))
+        self.wait_text(sel("snippet-docker.io-pull"), f"docker pull {host}/library/nginx")
+        self.wait_text(sel("snippet-docker.io-docker"), '"registry-mirrors"')
+        self.click(sel("help-tab-ghcr.io"))
+        pull = self.wait_text(sel("snippet-ghcr.io-pull"), f"docker pull {host}/ghcr.io/")
+        self.assertIn(f"podman pull {host}/ghcr.io/", pull.text)
+        containerd = self.find(sel("snippet-ghcr.io-containerd")).text
+        self.assertIn('server = "https://ghcr.io"', containerd)
+        self.assertIn(f'[host."{base}"]', containerd)
+        self.assertIn('capabilities = ["pull", "resolve"]', containerd)
+        self.assertIn("/etc/containerd/certs.d/ghcr.io/hosts.toml", self.find(sel("help-ghcr.io-containerd")).text)
+        podman = self.find(sel("snippet-ghcr.io-podman")).text
+        self.assertIn('prefix = "ghcr.io"', podman)
+        self.assertIn(f'location = "{host}/ghcr.io"', podman)
+        self.assertIn("[[registry.mirror]]", podman)
+        k3s = self.find(sel("snippet-ghcr.io-k3s")).text
+        self.assertIn('"ghcr.io":', k3s)
+        self.assertIn(f'- "{base}"', k3s)
+        self.assertIn("containerdConfigPatches", self.find(sel("snippet-ghcr.io-kind")).text)
+        # no daemon.json for ghcr.io (registry-mirrors is Docker Hub's only): the prefixed name
+        self.assertFalse(self.driver.find_elements("css selector", sel("snippet-ghcr.io-docker")))
+        self.assertIn(f"{host}/ghcr.io/", self.find(sel("help-ghcr.io-docker")).text)
+        self.click(sel("help-ghcr.io-containerd") + " .copy-btn")
+        self.wait_text(sel("help-ghcr.io-containerd") + " .copy-btn", "已复制")
+        self.shot("help-ghcr-zh")
+        self.click(sel("help-tab-quay.io"))
+        self.wait_text(sel("snippet-quay.io-pull"), f"docker pull {host}/quay.io/")
