@@ -737,6 +737,47 @@ class NamespaceTests(BrowserCase):
         self.assertEqual(self.value(sel("registry-namespace")), "quay.io")
         self.close_dialog()
 
+    def match(self, name: str, canonical: str):
+        """The tester's answer for `name`, once it shows `canonical` as the normalized name."""
+        self.type(sel("match-input"), name)
+        self.click(sel("match-check"))
+        self.wait().until(
+            lambda d: d.find_element("css selector", sel("match-result") + " code").text == canonical,
+            f"{name} normalized to {canonical}")
+        return self.find(sel("match-result"))
+
+    def whitelist_ghcr_owner(self):
+        """A whitelist entry ghcr.io/owner shows its namespace; the tester takes canonical
+        names: ghcr.io/owner/img is open, Docker Hub's owner/img is not."""
+        self.nav("whitelists")
+        self.click(sel("whitelist-add"))
+        self.type(sel("whitelist-prefix"), "ghcr.io/owner")
+        self.wait_text(sel("whitelist-form-namespace"), "ghcr.io")
+        self.click(sel("whitelist-save"))
+        self.gone(".el-dialog")
+        tag = self.wait_text(sel("whitelist-ns-ghcr.io/owner"), "ghcr.io")
+        self.assertEqual(tag.get_attribute("data-namespace"), "ghcr.io")
+        self.assertNotIn("el-tag--warning", tag.get_attribute("class"))  # a configured namespace
+        status, body = self.server.request("POST", "/api/whitelists", auth=self.auth, body={"prefix": "library"})
+        self.assertEqual(status, 201, body)
+        status, body = self.server.request("POST", "/api/whitelists", auth=self.auth, body={"prefix": "nvcr.io/nvidia"})
+        self.assertEqual(status, 201, body)
+        self.click(".toolbar .el-button:nth-child(2)")  # refresh
+        self.wait_text(sel("whitelist-ns-library"), "docker.io")
+        unknown = self.wait_text(sel("whitelist-ns-nvcr.io/nvidia"), "nvcr.io")
+        self.assertIn("el-tag--warning", unknown.get_attribute("class"))  # no nvcr.io upstream
+
+        result = self.match("ghcr.io/owner/img", "ghcr.io/owner/img")
+        self.find(sel("match-result") + ' [data-allowed="true"]')
+        self.assertIn("ghcr.io/owner", result.text)  # the matched entry
+        self.wait_text(sel("match-namespace"), "ghcr.io")
+        self.shot("whitelists-namespaces-zh")
+        self.match("owner/img", "owner/img")  # the same name on Docker Hub
+        self.find(sel("match-result") + ' [data-allowed="false"]')
+        self.wait_text(sel("match-namespace"), "docker.io")
+        self.match("docker.io/owner/img", "owner/img")  # Docker Hub's names are bare
+        self.find(sel("match-result") + ' [data-allowed="false"]')
+
     def test_namespaces(self):
         d = self.driver
         d.get(self.server.base + "/registries")
@@ -748,9 +789,9 @@ class NamespaceTests(BrowserCase):
         status, body = self.server.request("POST", "/api/registries", auth=self.auth, body={
             "name": "quay-limited", "url": self.quay.url, "namespace": "quay.io"})
         self.assertEqual(status, 201, body)
-        for prefix in ("ghcr.io/owner", "quay.io/org"):
-            self.assertEqual(self.server.request("POST", "/api/whitelists", auth=self.auth,
-                                                 body={"prefix": prefix})[0], 201)
+        self.whitelist_ghcr_owner()
+        self.assertEqual(self.server.request("POST", "/api/whitelists", auth=self.auth,
+                                             body={"prefix": "quay.io/org"})[0], 201)
 
         # --- rate limits: what the upstreams said on a pull through each namespace ---------
         self.assertEqual(self.pull("/v2/ghcr.io/owner/img/manifests/1"), 404)
@@ -762,7 +803,7 @@ class NamespaceTests(BrowserCase):
                          {"limit": 100, "remaining": 76, "window": 21600})
         self.assertEqual(regs["quay-limited"]["health"]["state"], "ratelimited")
         self.assertIsNotNone(regs["quay-limited"]["rate_limit"]["reset_at"])
-        self.click(".toolbar .el-button:nth-child(2)")  # refresh
+        self.nav("registries")
         rl = self.wait_text(sel("registry-ratelimit-GitHub (ghcr.io)"), "76 / 100")
         self.assertIn("每 6 小时", rl.text)
         limited = self.wait_text(sel("registry-ratelimit-quay-limited"), "限流至")
@@ -806,3 +847,135 @@ class NamespaceTests(BrowserCase):
         self.shot("help-ghcr-zh")
         self.click(sel("help-tab-quay.io"))
         self.wait_text(sel("snippet-quay.io-pull"), f"docker pull {host}/quay.io/")
+
+        # --- access logs: the namespace of each row, and the filter by namespace -------------
+        self.assertGreaterEqual(self.pull("/v2/library/busybox/manifests/1"), 400)  # docker.io
+        wanted = {"ghcr.io/owner/img", "quay.io/org/app", "library/busybox"}
+        self.wait().until(lambda d: wanted <= {r["repository"] for r in self.api_items("/api/logs")},
+                          "the pulls in the access log")  # written in batches
+        self.nav("logs")
+        table = sel("logs-table")
+        self.wait_text(table, "ghcr.io/owner/img")
+        self.wait_text(table, "library/busybox")
+        headers = [h.text for h in self.driver.find_elements("css selector", table + " th")]
+        self.assertIn("命名空间", headers)
+        rows = self.driver.find_elements("css selector", table + " .el-table__body tr.el-table__row")
+        by_repo = {}
+        for row in rows:
+            cells = row.find_elements("css selector", "td")
+            ns = row.find_element("css selector", sel("log-namespace")).text
+            by_repo[next(c.text for c in cells if "/" in c.text and "sha256" not in c.text)] = ns
+        self.assertEqual(by_repo.get("ghcr.io/owner/img"), "ghcr.io", by_repo)
+        self.assertEqual(by_repo.get("quay.io/org/app"), "quay.io", by_repo)
+        self.assertEqual(by_repo.get("library/busybox"), "docker.io", by_repo)
+        api_rows = self.api_items("/api/logs?namespace=ghcr.io")
+        self.assertTrue(api_rows and all(r["namespace"] == "ghcr.io" for r in api_rows), api_rows)
+        self.click(sel("filter-namespace"))
+        self.click(f'.el-select-dropdown {sel("filter-namespace-ghcr.io")}')
+        self.click(sel("logs-search"))
+        self.wait_no_text(table, "library/busybox")
+        self.wait_no_text(table, "quay.io/org/app")
+        self.assertIn("ghcr.io/owner/img", self.find(table).text)
+        self.assertIn(f"共 {len(api_rows)} 条", self.find(sel("logs-pager")).text)
+        self.shot("logs-namespace-zh")
+        self.click(".filter-buttons .el-button:nth-child(2)")  # reset
+        self.wait_text(table, "library/busybox")
+
+        # --- English texts of the new parts --------------------------------------------------
+        self.click(sel("lang-toggle"))
+        self.wait().until(lambda d: "Namespace" in [h.text for h in d.find_elements("css selector", table + " th")],
+                          "English column header")
+        self.nav("registries")
+        self.wait_text(sel("registry-ratelimit-quay-limited"), "limited until")
+        self.wait_text(sel("registry-ratelimit-GitHub (ghcr.io)"), "per 6 h")
+        self.wait_text(sel("registry-group-quay.io"), "Rate limited")
+        self.shot("registries-namespaces-en")
+        self.click(sel("registry-group-add-ghcr.io"))  # "add" in a group: its namespace
+        self.wait().until(lambda d: self.value(sel("registry-namespace")) == "ghcr.io", "group namespace")
+        self.pick_preset("nvcr")
+        self.wait_text(sel("registry-auth-hint"), "$oauthtoken")
+        self.shot("registry-preset-en")
+        self.close_dialog()
+        self.nav("help")
+        self.click(sel("help-tab-ghcr.io"))
+        self.wait_text(sel("help-ghcr.io-docker"), "Docker Hub only")
+        self.shot("help-ghcr-en")
+
+
+class PhoneNamespaceTests(NamespaceTests):
+    """The new parts at 390 px: namespace groups and rate limits on the registry cards, the
+    preset dialog, the how-to tabs, namespace tags on whitelist entries and log cards; no
+    page is wider than the phone."""
+
+    width, height, mobile = 390, 844, True
+
+    def no_overflow(self, what: str):
+        widths = self.driver.execute_script(
+            "const m = document.querySelector('.main');"
+            " return [document.documentElement.scrollWidth, m.scrollWidth, m.clientWidth]")
+        self.assertLessEqual(widths[0], self.width, f"{what}: page wider than the phone {widths}")
+        self.assertLessEqual(widths[1], widths[2], f"{what}: content wider than the page {widths}")
+
+    def test_namespaces(self):
+        auth = self.auth
+        for body in ({"name": "ghcr-phone", "url": self.ghcr.url, "namespace": "ghcr.io"},
+                     {"name": "quay-limited", "url": self.quay.url, "namespace": "quay.io"}):
+            status, text = self.server.request("POST", "/api/registries", auth=auth, body=body)
+            self.assertEqual(status, 201, text)
+        for prefix in ("ghcr.io/owner", "quay.io/org"):
+            self.assertEqual(self.server.request("POST", "/api/whitelists", auth=auth, body={"prefix": prefix})[0], 201)
+        self.assertEqual(self.pull("/v2/ghcr.io/owner/img/manifests/1"), 404)
+        self.assertGreaterEqual(self.pull("/v2/quay.io/org/app/manifests/1"), 400)
+        self.wait().until(lambda d: {"ghcr.io/owner/img", "quay.io/org/app"}
+                          <= {r["repository"] for r in self.api_items("/api/logs")}, "logged")
+
+        self.driver.get(self.server.base + "/registries")
+        self.find(sel("login-username"))
+        self.login()
+        self.wait_text(sel("registry-group-ghcr.io"), "ghcr-phone")
+        self.wait_text(sel("registry-ratelimit-ghcr-phone"), "76 / 100")
+        self.wait_text(sel("registry-ratelimit-quay-limited"), "限流至")
+        self.no_overflow("registries")
+        self.shot("registries-namespaces-zh")
+        self.driver.execute_script("const m = document.querySelector('.main'); m.scrollTop = m.scrollHeight")
+        self.shot("registries-namespaces-bottom-zh")
+        self.driver.execute_script("document.querySelector('.main').scrollTop = 0")
+        self.click(sel("registry-add"))
+        self.pick_preset("nvcr")
+        self.wait_text(sel("registry-auth-hint"), "$oauthtoken")
+        self.assertEqual(self.value(sel("registry-namespace")), "nvcr.io")
+        self.shot("registry-preset-zh")
+        self.close_dialog()
+
+        self.nav("help")
+        self.click(sel("help-tab-ghcr.io"))
+        self.wait_text(sel("snippet-ghcr.io-pull"), f"docker pull {self.server.host}/ghcr.io/")
+        self.wait_text(sel("snippet-ghcr.io-containerd"), 'server = "https://ghcr.io"')
+        self.no_overflow("help")
+        self.shot("help-ghcr-zh")
+
+        self.nav("whitelists")
+        self.wait_text(sel("whitelist-ns-ghcr.io/owner"), "ghcr.io")
+        self.match("ghcr.io/owner/img", "ghcr.io/owner/img")
+        self.wait_text(sel("match-namespace"), "ghcr.io")
+        self.no_overflow("whitelists")
+        self.shot("whitelists-namespaces-zh")
+
+        self.nav("logs")
+        self.wait_text(sel("logs-table"), "ghcr.io/owner/img")
+        tags = {e.text for e in self.driver.find_elements("css selector", sel("logs-table") + " " + sel("log-namespace"))}
+        self.assertEqual(tags, {"ghcr.io", "quay.io"})
+        self.click(sel("logs-filter-toggle"))
+        self.click(sel("filter-namespace"))
+        self.click(f'.el-select-dropdown {sel("filter-namespace-quay.io")}')
+        self.click(sel("logs-search"))
+        self.wait_no_text(sel("logs-table"), "ghcr.io/owner/img")
+        self.assertIn("quay.io/org/app", self.find(sel("logs-table")).text)
+        self.no_overflow("logs")
+        self.shot("logs-namespace-zh")
+
+        self.click(sel("lang-toggle"))
+        self.nav("registries")
+        self.wait_text(sel("registry-ratelimit-quay-limited"), "limited until")
+        self.no_overflow("registries en")
+        self.shot("registries-namespaces-en")

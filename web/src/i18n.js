@@ -113,7 +113,7 @@ const messages = {
       clearConfirm: '确定清空全部访问日志吗？此操作不可恢复。',
       clearOlderConfirm: '确定删除 {d} 天前的访问日志吗？此操作不可恢复。',
       cleared: '已删除 {n} 条日志', all: '全部',
-      kinds: { manifest: '清单', blob: '数据层', tags: '标签列表', token: '令牌', denied: '拒绝' },
+      kinds: { manifest: '清单', blob: '数据层', tags: '标签列表', token: '令牌', denied: '拒绝', other: '其他' },
       anonymous: '（匿名）', filters: '筛选',
     },
     help: {
@@ -250,7 +250,7 @@ const messages = {
       clearConfirm: 'Delete all access logs? This cannot be undone.',
       clearOlderConfirm: 'Delete access logs older than {d} days? This cannot be undone.',
       cleared: '{n} rows deleted', all: 'All',
-      kinds: { manifest: 'manifest', blob: 'blob', tags: 'tags', token: 'token', denied: 'denied' },
+      kinds: { manifest: 'manifest', blob: 'blob', tags: 'tags', token: 'token', denied: 'denied', other: 'other' },
       anonymous: '(anonymous)', filters: 'Filters',
     },
     help: {
