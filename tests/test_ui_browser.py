@@ -349,11 +349,11 @@ class DesktopTests(BrowserCase):
 
         # --- how to use: snippets carry this server's address -------------------------------
         self.nav("help")
-        self.wait_text(sel("snippet-pull"), f"docker pull {host}/library/nginx")
+        self.wait_text(sel("snippet-docker.io-pull"), f"docker pull {host}/library/nginx")
         self.wait_text(sel("snippet-login"), f"docker login {host}")
-        self.wait_text(sel("snippet-docker"), "registry-mirrors")
-        self.wait_text(sel("snippet-containerd"), f'[host."{base}"]')
-        self.wait_text(sel("snippet-podman"), f'location = "{host}"')
+        self.wait_text(sel("snippet-docker.io-docker"), "registry-mirrors")
+        self.wait_text(sel("snippet-docker.io-containerd"), f'[host."{base}"]')
+        self.wait_text(sel("snippet-docker.io-podman"), f'location = "{host}"')
         self.shot("help-zh")
 
         # --- dashboard --------------------------------------------------------------------
@@ -473,7 +473,7 @@ class PhoneTests(BrowserCase):
         self.wait_text(sel("users-table"), "bob")
         self.shot("users-zh")
         self.nav("help")
-        self.find(sel("snippet-docker"))
+        self.find(sel("snippet-docker.io-docker"))
         self.shot("help-zh")
 
         self.click(sel("lang-toggle"))
@@ -659,3 +659,323 @@ class DefaultPasswordPhoneTests(DefaultPasswordTests):
         self.find(sel("stat-requests"))
         self.charts_drawn()
         self.shot("dashboard-after-change-en")
+
+
+class NamespaceTests(BrowserCase):
+    """Several registries: upstreams grouped by namespace with their presets and rate limits,
+    the how-to page's snippets per namespace, whitelist entries and access logs with their
+    namespace. Two fake upstreams on 127.0.0.1: ghcr.io (pulls left) and quay.io (429)."""
+
+    width, height, mobile = 1366, 768, False
+
+    def setUp(self):
+        super().setUp()
+        self.ghcr = ui_browser.FakeUpstream(limit=100, remaining=76, window=21600)
+        self.addCleanup(self.ghcr.stop)
+        self.quay = ui_browser.FakeUpstream(limited=True, retry_after=3600)
+        self.addCleanup(self.quay.stop)
+        self.auth = (ADMIN_USER, ADMIN_PASSWORD)
+        for r in self.api_registries():  # no test traffic to the Internet
+            self.assertEqual(self.server.request("PUT", f"/api/registries/{r['id']}", auth=self.auth,
+                                                 body={"enabled": False})[0], 200)
+
+    def value(self, css: str) -> str:
+        return self.find(css).get_attribute("value")
+
+    def pick_preset(self, key: str):
+        self.click(sel("registry-preset"))
+        self.click(f'.el-select-dropdown {sel("registry-preset-" + key)}')
+
+    def close_dialog(self):
+        self.driver.find_element("css selector", ".el-dialog__headerbtn").click()
+        self.gone(".el-dialog")
+
+    def pull(self, path: str) -> int:
+        status, _ = self.server.request("GET", path, headers={"User-Agent": "ui-browser-test"})
+        return status
+
+    def add_ghcr_from_preset(self):
+        """The ghcr.io preset fills namespace, name, URL and the auth hint; the URL is then
+        pointed at the fake upstream. The new upstream shows up in a ghcr.io group."""
+        self.nav("registries")
+        self.find(sel("registry-group-docker.io"))
+        self.click(sel("registry-add"))
+        self.assertEqual(self.value(sel("registry-namespace")), "docker.io")  # the default
+        self.pick_preset("ghcr")
+        self.wait().until(lambda d: self.value(sel("registry-namespace")) == "ghcr.io", "namespace filled")
+        self.assertEqual(self.value(sel("registry-name")), "GitHub (ghcr.io)")
+        self.assertEqual(self.value(sel("registry-url")), "https://ghcr.io")
+        self.wait_text(sel("registry-auth-hint"), "read:packages")
+        self.shot("registry-preset-zh")
+        # the namespace is checked next to its field (a bare word is a Docker Hub user)
+        self.type(sel("registry-namespace"), "nginx")
+        self.click(sel("registry-url"))
+        self.wait_field_error("须为仓库主机名")
+        self.type(sel("registry-namespace"), "GHCR.IO")
+        self.type(sel("registry-url"), self.ghcr.url)
+        self.click(sel("registry-save"))
+        self.message("已保存")
+        self.gone(".el-dialog")
+        group = sel("registry-group-ghcr.io")
+        self.wait_text(group, "GitHub (ghcr.io)")
+        self.assertIn("ghcr.io", self.find(group + " " + sel("registry-group-name")).text)
+        # not in the docker.io group
+        self.assertNotIn("GitHub (ghcr.io)", self.find(sel("registry-group-docker.io")).text)
+        got = {r["name"]: r for r in self.api_registries()}["GitHub (ghcr.io)"]
+        self.assertEqual((got["namespace"], got["url"], got["enabled"]), ("ghcr.io", self.ghcr.url, True))
+
+        # nvcr.io: the username it needs, and its hint
+        self.click(sel("registry-add"))
+        self.pick_preset("nvcr")
+        self.wait().until(lambda d: self.value(sel("registry-username")) == "$oauthtoken", "username filled")
+        self.assertEqual(self.value(sel("registry-namespace")), "nvcr.io")
+        self.assertEqual(self.value(sel("registry-url")), "https://nvcr.io")
+        self.wait_text(sel("registry-auth-hint"), "$oauthtoken")
+        self.wait_text(sel("registry-auth-hint"), "API Key")
+        self.pick_preset("quay")  # another preset: the nvcr username goes again
+        self.wait().until(lambda d: self.value(sel("registry-username")) == "", "username cleared")
+        self.assertEqual(self.value(sel("registry-namespace")), "quay.io")
+        self.close_dialog()
+
+    def match(self, name: str, canonical: str):
+        """The tester's answer for `name`, once it shows `canonical` as the normalized name."""
+        self.type(sel("match-input"), name)
+        self.click(sel("match-check"))
+        self.wait().until(
+            lambda d: d.find_element("css selector", sel("match-result") + " code").text == canonical,
+            f"{name} normalized to {canonical}")
+        return self.find(sel("match-result"))
+
+    def whitelist_ghcr_owner(self):
+        """A whitelist entry ghcr.io/owner shows its namespace; the tester takes canonical
+        names: ghcr.io/owner/img is open, Docker Hub's owner/img is not."""
+        self.nav("whitelists")
+        self.click(sel("whitelist-add"))
+        self.type(sel("whitelist-prefix"), "ghcr.io/owner")
+        self.wait_text(sel("whitelist-form-namespace"), "ghcr.io")
+        self.click(sel("whitelist-save"))
+        self.gone(".el-dialog")
+        tag = self.wait_text(sel("whitelist-ns-ghcr.io/owner"), "ghcr.io")
+        self.assertEqual(tag.get_attribute("data-namespace"), "ghcr.io")
+        self.assertNotIn("el-tag--warning", tag.get_attribute("class"))  # a configured namespace
+        status, body = self.server.request("POST", "/api/whitelists", auth=self.auth, body={"prefix": "library"})
+        self.assertEqual(status, 201, body)
+        status, body = self.server.request("POST", "/api/whitelists", auth=self.auth, body={"prefix": "nvcr.io/nvidia"})
+        self.assertEqual(status, 201, body)
+        self.click(".toolbar .el-button:nth-child(2)")  # refresh
+        self.wait_text(sel("whitelist-ns-library"), "docker.io")
+        unknown = self.wait_text(sel("whitelist-ns-nvcr.io/nvidia"), "nvcr.io")
+        self.assertIn("el-tag--warning", unknown.get_attribute("class"))  # no nvcr.io upstream
+
+        result = self.match("ghcr.io/owner/img", "ghcr.io/owner/img")
+        self.find(sel("match-result") + ' [data-allowed="true"]')
+        self.assertIn("ghcr.io/owner", result.text)  # the matched entry
+        self.wait_text(sel("match-namespace"), "ghcr.io")
+        self.shot("whitelists-namespaces-zh")
+        self.match("owner/img", "owner/img")  # the same name on Docker Hub
+        self.find(sel("match-result") + ' [data-allowed="false"]')
+        self.wait_text(sel("match-namespace"), "docker.io")
+        self.match("docker.io/owner/img", "owner/img")  # Docker Hub's names are bare
+        self.find(sel("match-result") + ' [data-allowed="false"]')
+
+    def test_namespaces(self):
+        d = self.driver
+        d.get(self.server.base + "/registries")
+        self.find(sel("login-username"))
+        self.login()
+        self.find(sel("registries-table"))
+        self.add_ghcr_from_preset()
+        # a quay.io upstream that answers 429, through the API
+        status, body = self.server.request("POST", "/api/registries", auth=self.auth, body={
+            "name": "quay-limited", "url": self.quay.url, "namespace": "quay.io"})
+        self.assertEqual(status, 201, body)
+        self.whitelist_ghcr_owner()
+        self.assertEqual(self.server.request("POST", "/api/whitelists", auth=self.auth,
+                                             body={"prefix": "quay.io/org"})[0], 201)
+
+        # --- rate limits: what the upstreams said on a pull through each namespace ---------
+        self.assertEqual(self.pull("/v2/ghcr.io/owner/img/manifests/1"), 404)
+        self.assertIn("/v2/owner/img/manifests/1", self.ghcr.paths)  # asked without its host
+        self.assertGreaterEqual(self.pull("/v2/quay.io/org/app/manifests/1"), 400)
+        self.assertTrue(any("/v2/org/app/manifests/1" in p for p in self.quay.paths), self.quay.paths)
+        regs = {r["name"]: r for r in self.api_registries()}
+        self.assertEqual({k: regs["GitHub (ghcr.io)"]["rate_limit"][k] for k in ("limit", "remaining", "window")},
+                         {"limit": 100, "remaining": 76, "window": 21600})
+        self.assertEqual(regs["quay-limited"]["health"]["state"], "ratelimited")
+        self.assertIsNotNone(regs["quay-limited"]["rate_limit"]["reset_at"])
+        self.nav("registries")
+        rl = self.wait_text(sel("registry-ratelimit-GitHub (ghcr.io)"), "76 / 100")
+        self.assertIn("每 6 小时", rl.text)
+        limited = self.wait_text(sel("registry-ratelimit-quay-limited"), "限流至")
+        self.assertRegex(limited.text, r"限流至 (\d\d:\d\d:\d\d|\d\d-\d\d \d\d:\d\d)")
+        self.assertIn("0 / 100", limited.text)
+        self.wait_text(sel("registry-group-quay.io"), "限流中")  # the health tag
+        self.shot("registries-namespaces-zh")
+        self.click(sel("registry-group-toggle-quay.io"))  # a group folds away
+        self.gone(sel("registries-table-quay.io"))
+        self.click(sel("registry-group-toggle-quay.io"))
+        self.find(sel("registries-table-quay.io"))
+
+        # --- how to use: the snippets of each namespace for this server -----------------------
+        host, base = self.server.host, self.server.base
+        self.nav("help")
+        for ns in ("docker.io", "ghcr.io", "quay.io"):
+            self.find(sel(f"help-tab-{ns}"))
+        self.wait_text(sel("snippet-docker.io-pull"), f"docker pull {host}/library/nginx")
+        self.wait_text(sel("snippet-docker.io-docker"), '"registry-mirrors"')
+        self.click(sel("help-tab-ghcr.io"))
+        pull = self.wait_text(sel("snippet-ghcr.io-pull"), f"docker pull {host}/ghcr.io/")
+        self.assertIn(f"podman pull {host}/ghcr.io/", pull.text)
+        containerd = self.find(sel("snippet-ghcr.io-containerd")).text
+        self.assertIn('server = "https://ghcr.io"', containerd)
+        self.assertIn(f'[host."{base}"]', containerd)
+        self.assertIn('capabilities = ["pull", "resolve"]', containerd)
+        self.assertIn("/etc/containerd/certs.d/ghcr.io/hosts.toml", self.find(sel("help-ghcr.io-containerd")).text)
+        podman = self.find(sel("snippet-ghcr.io-podman")).text
+        self.assertIn('prefix = "ghcr.io"', podman)
+        self.assertIn(f'location = "{host}/ghcr.io"', podman)
+        self.assertIn("[[registry.mirror]]", podman)
+        k3s = self.find(sel("snippet-ghcr.io-k3s")).text
+        self.assertIn('"ghcr.io":', k3s)
+        self.assertIn(f'- "{base}"', k3s)
+        self.assertIn("containerdConfigPatches", self.find(sel("snippet-ghcr.io-kind")).text)
+        # no daemon.json for ghcr.io (registry-mirrors is Docker Hub's only): the prefixed name
+        self.assertFalse(self.driver.find_elements("css selector", sel("snippet-ghcr.io-docker")))
+        self.assertIn(f"{host}/ghcr.io/", self.find(sel("help-ghcr.io-docker")).text)
+        self.click(sel("help-ghcr.io-containerd") + " .copy-btn")
+        self.wait_text(sel("help-ghcr.io-containerd") + " .copy-btn", "已复制")
+        self.shot("help-ghcr-zh")
+        self.click(sel("help-tab-quay.io"))
+        self.wait_text(sel("snippet-quay.io-pull"), f"docker pull {host}/quay.io/")
+
+        # --- access logs: the namespace of each row, and the filter by namespace -------------
+        self.assertGreaterEqual(self.pull("/v2/library/busybox/manifests/1"), 400)  # docker.io
+        wanted = {"ghcr.io/owner/img", "quay.io/org/app", "library/busybox"}
+        self.wait().until(lambda d: wanted <= {r["repository"] for r in self.api_items("/api/logs")},
+                          "the pulls in the access log")  # written in batches
+        self.nav("logs")
+        table = sel("logs-table")
+        self.wait_text(table, "ghcr.io/owner/img")
+        self.wait_text(table, "library/busybox")
+        headers = [h.text for h in self.driver.find_elements("css selector", table + " th")]
+        self.assertIn("命名空间", headers)
+        rows = self.driver.find_elements("css selector", table + " .el-table__body tr.el-table__row")
+        by_repo = {}
+        for row in rows:
+            cells = row.find_elements("css selector", "td")
+            ns = row.find_element("css selector", sel("log-namespace")).text
+            by_repo[next(c.text for c in cells if "/" in c.text and "sha256" not in c.text)] = ns
+        self.assertEqual(by_repo.get("ghcr.io/owner/img"), "ghcr.io", by_repo)
+        self.assertEqual(by_repo.get("quay.io/org/app"), "quay.io", by_repo)
+        self.assertEqual(by_repo.get("library/busybox"), "docker.io", by_repo)
+        api_rows = self.api_items("/api/logs?namespace=ghcr.io")
+        self.assertTrue(api_rows and all(r["namespace"] == "ghcr.io" for r in api_rows), api_rows)
+        self.click(sel("filter-namespace"))
+        self.click(f'.el-select-dropdown {sel("filter-namespace-ghcr.io")}')
+        self.click(sel("logs-search"))
+        self.wait_no_text(table, "library/busybox")
+        self.wait_no_text(table, "quay.io/org/app")
+        self.assertIn("ghcr.io/owner/img", self.find(table).text)
+        self.assertIn(f"共 {len(api_rows)} 条", self.find(sel("logs-pager")).text)
+        self.shot("logs-namespace-zh")
+        self.click(".filter-buttons .el-button:nth-child(2)")  # reset
+        self.wait_text(table, "library/busybox")
+
+        # --- English texts of the new parts --------------------------------------------------
+        self.click(sel("lang-toggle"))
+        self.wait().until(lambda d: "Namespace" in [h.text for h in d.find_elements("css selector", table + " th")],
+                          "English column header")
+        self.nav("registries")
+        self.wait_text(sel("registry-ratelimit-quay-limited"), "limited until")
+        self.wait_text(sel("registry-ratelimit-GitHub (ghcr.io)"), "per 6 h")
+        self.wait_text(sel("registry-group-quay.io"), "Rate limited")
+        self.shot("registries-namespaces-en")
+        self.click(sel("registry-group-add-ghcr.io"))  # "add" in a group: its namespace
+        self.wait().until(lambda d: self.value(sel("registry-namespace")) == "ghcr.io", "group namespace")
+        self.pick_preset("nvcr")
+        self.wait_text(sel("registry-auth-hint"), "$oauthtoken")
+        self.shot("registry-preset-en")
+        self.close_dialog()
+        self.nav("help")
+        self.click(sel("help-tab-ghcr.io"))
+        self.wait_text(sel("help-ghcr.io-docker"), "Docker Hub only")
+        self.shot("help-ghcr-en")
+
+
+class PhoneNamespaceTests(NamespaceTests):
+    """The new parts at 390 px: namespace groups and rate limits on the registry cards, the
+    preset dialog, the how-to tabs, namespace tags on whitelist entries and log cards; no
+    page is wider than the phone."""
+
+    width, height, mobile = 390, 844, True
+
+    def no_overflow(self, what: str):
+        widths = self.driver.execute_script(
+            "const m = document.querySelector('.main');"
+            " return [document.documentElement.scrollWidth, m.scrollWidth, m.clientWidth]")
+        self.assertLessEqual(widths[0], self.width, f"{what}: page wider than the phone {widths}")
+        self.assertLessEqual(widths[1], widths[2], f"{what}: content wider than the page {widths}")
+
+    def test_namespaces(self):
+        auth = self.auth
+        for body in ({"name": "ghcr-phone", "url": self.ghcr.url, "namespace": "ghcr.io"},
+                     {"name": "quay-limited", "url": self.quay.url, "namespace": "quay.io"}):
+            status, text = self.server.request("POST", "/api/registries", auth=auth, body=body)
+            self.assertEqual(status, 201, text)
+        for prefix in ("ghcr.io/owner", "quay.io/org"):
+            self.assertEqual(self.server.request("POST", "/api/whitelists", auth=auth, body={"prefix": prefix})[0], 201)
+        self.assertEqual(self.pull("/v2/ghcr.io/owner/img/manifests/1"), 404)
+        self.assertGreaterEqual(self.pull("/v2/quay.io/org/app/manifests/1"), 400)
+        self.wait().until(lambda d: {"ghcr.io/owner/img", "quay.io/org/app"}
+                          <= {r["repository"] for r in self.api_items("/api/logs")}, "logged")
+
+        self.driver.get(self.server.base + "/registries")
+        self.find(sel("login-username"))
+        self.login()
+        self.wait_text(sel("registry-group-ghcr.io"), "ghcr-phone")
+        self.wait_text(sel("registry-ratelimit-ghcr-phone"), "76 / 100")
+        self.wait_text(sel("registry-ratelimit-quay-limited"), "限流至")
+        self.no_overflow("registries")
+        self.shot("registries-namespaces-zh")
+        self.driver.execute_script("const m = document.querySelector('.main'); m.scrollTop = m.scrollHeight")
+        self.shot("registries-namespaces-bottom-zh")
+        self.driver.execute_script("document.querySelector('.main').scrollTop = 0")
+        self.click(sel("registry-add"))
+        self.pick_preset("nvcr")
+        self.wait_text(sel("registry-auth-hint"), "$oauthtoken")
+        self.assertEqual(self.value(sel("registry-namespace")), "nvcr.io")
+        self.shot("registry-preset-zh")
+        self.close_dialog()
+
+        self.nav("help")
+        self.click(sel("help-tab-ghcr.io"))
+        self.wait_text(sel("snippet-ghcr.io-pull"), f"docker pull {self.server.host}/ghcr.io/")
+        self.wait_text(sel("snippet-ghcr.io-containerd"), 'server = "https://ghcr.io"')
+        self.no_overflow("help")
+        self.shot("help-ghcr-zh")
+
+        self.nav("whitelists")
+        self.wait_text(sel("whitelist-ns-ghcr.io/owner"), "ghcr.io")
+        self.match("ghcr.io/owner/img", "ghcr.io/owner/img")
+        self.wait_text(sel("match-namespace"), "ghcr.io")
+        self.no_overflow("whitelists")
+        self.shot("whitelists-namespaces-zh")
+
+        self.nav("logs")
+        self.wait_text(sel("logs-table"), "ghcr.io/owner/img")
+        tags = {e.text for e in self.driver.find_elements("css selector", sel("logs-table") + " " + sel("log-namespace"))}
+        self.assertEqual(tags, {"ghcr.io", "quay.io"})
+        self.click(sel("logs-filter-toggle"))
+        self.click(sel("filter-namespace"))
+        self.click(f'.el-select-dropdown {sel("filter-namespace-quay.io")}')
+        self.click(sel("logs-search"))
+        self.wait_no_text(sel("logs-table"), "ghcr.io/owner/img")
+        self.assertIn("quay.io/org/app", self.find(sel("logs-table")).text)
+        self.no_overflow("logs")
+        self.shot("logs-namespace-zh")
+
+        self.click(sel("lang-toggle"))
+        self.nav("registries")
+        self.wait_text(sel("registry-ratelimit-quay-limited"), "limited until")
+        self.no_overflow("registries en")
+        self.shot("registries-namespaces-en")

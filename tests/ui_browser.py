@@ -168,3 +168,62 @@ def set_viewport(driver, width: int, height: int, mobile: bool = False) -> None:
     )
 
 
+
+
+class FakeUpstream:
+    """A registry upstream on 127.0.0.1 in a thread (the browser test blocks the reactor, so
+    no Twisted server here): ``/v2/`` answers 200; every manifest request answers with
+    Docker Hub's rate-limit headers, ``404 MANIFEST_UNKNOWN`` while pulls are left, or
+    ``429`` with ``Retry-After`` when ``limited``. ``paths`` records what was asked."""
+
+    def __init__(self, limit: int = 100, remaining: int = 76, window: int = 21600,
+                 limited: bool = False, retry_after: int = 3600):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        import threading
+
+        self.paths: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _answer(self, code: int, body: dict, headers: dict):
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Docker-Distribution-API-Version", "registry/2.0")
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            def do_GET(self):
+                fake.paths.append(self.path)
+                if self.path.split("?")[0] in ("/v2/", "/v2"):
+                    return self._answer(200, {}, {})
+                if "/manifests/" in self.path:
+                    left = 0 if limited else remaining
+                    headers = {"ratelimit-limit": f"{limit};w={window}",
+                               "ratelimit-remaining": f"{left};w={window}"}
+                    if limited:
+                        headers["Retry-After"] = str(retry_after)
+                        return self._answer(429, {"errors": [{"code": "TOOMANYREQUESTS",
+                                                              "message": "rate limited"}]}, headers)
+                    return self._answer(404, {"errors": [{"code": "MANIFEST_UNKNOWN",
+                                                          "message": "manifest unknown"}]}, headers)
+                return self._answer(404, {"errors": [{"code": "NAME_UNKNOWN", "message": "unknown"}]}, {})
+
+            do_HEAD = do_GET
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

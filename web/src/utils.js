@@ -28,6 +28,17 @@ export function formatTime(seconds) {
   )
 }
 
+// "23:45:47" today, "11-27 08:00" on another day: for a time close to now.
+export function formatShortTime(seconds) {
+  if (seconds === null || seconds === undefined || seconds === '') return '-'
+  const d = new Date(Number(seconds) * 1000)
+  if (Number.isNaN(d.getTime())) return '-'
+  const now = new Date()
+  if (d.toDateString() === now.toDateString()) return `${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}`
+  const day = `${pad2(d.getMonth() + 1)}-${pad2(d.getDate())}`
+  return `${d.getFullYear() === now.getFullYear() ? day : `${d.getFullYear()}-${day}`} ${pad2(d.getHours())}:${pad2(d.getMinutes())}`
+}
+
 export function formatMs(ms) {
   if (ms === null || ms === undefined) return '-'
   const v = Number(ms)
@@ -58,6 +69,10 @@ const SERVER_TEXT_ZH = {
   'is not the current password': '当前密码不正确',
   'must differ from the current password': '不能与当前密码相同',
   'must not contain control characters': '不能包含控制字符',
+  'must be a registry host name, optionally with :port (e.g. ghcr.io)': '须为仓库主机名，可带 :端口（如 ghcr.io）',
+  "must contain a '.' or a port, or be localhost (e.g. ghcr.io, registry:5000)": "须包含“.”或端口，或为 localhost（如 ghcr.io、registry:5000）",
+  'has an invalid port': '端口无效',
+  'must be at most 253 characters': '最多 253 个字符',
 }
 
 export function translateServerText(text) {
@@ -145,4 +160,22 @@ export function isValidRegistryUrl(value) {
   if (u.username || u.password || u.search || u.hash || !u.hostname) return false
   if (/[?#@]/.test(value.replace(/^https?:\/\//, '').split('/')[0]) || /[?#]/.test(value)) return false
   return true
+}
+
+// A rate-limit window (seconds) as "6 h", "30 min", "45 s", "1 d".
+export function formatWindow(seconds) {
+  const s = Number(seconds)
+  if (!Number.isFinite(s) || s <= 0) return '-'
+  const units = [
+    [86400, lang.value === 'en' ? 'd' : '天'],
+    [3600, lang.value === 'en' ? 'h' : '小时'],
+    [60, lang.value === 'en' ? 'min' : '分钟'],
+  ]
+  for (const [size, name] of units) {
+    if (s >= size && s % size === 0) return `${s / size} ${name}`
+  }
+  for (const [size, name] of units) {
+    if (s >= size) return `${(s / size).toFixed(1)} ${name}`
+  }
+  return `${s} ${lang.value === 'en' ? 's' : '秒'}`
 }
