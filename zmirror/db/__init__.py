@@ -24,12 +24,13 @@ import re
 import sqlite3
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from twisted.enterprise import adbapi
 from twisted.logger import Logger
 
 from zmirror.config import private_dir, private_file
+from zmirror.db.pools import Pools
 
 log = Logger()
 
@@ -161,7 +162,7 @@ def _split_sql(sql: str) -> list[str]:
     return out
 
 
-class Database:
+class Database(Pools):
     """Reader and writer pools on one SQLite file.
 
     ``read(f, *a)`` / ``write(f, *a)`` run ``f(cursor_or_txn, *a)`` in a
@@ -185,39 +186,9 @@ class Database:
         )
         self.writer = adbapi.ConnectionPool("sqlite3", str(path), cp_min=1, cp_max=1, **kw)
 
-    def read(self, f: Callable[..., Any], *args: Any, **kw: Any):
-        return self.reader.runInteraction(f, *args, **kw)
-
-    def write(self, f: Callable[..., Any], *args: Any, **kw: Any):
-        return self.writer.runInteraction(f, *args, **kw)
-
-    def query(self, sql: str, params: tuple = ()):
-        """Rows of a SELECT as a list of dicts."""
-
-        def run(txn):
-            txn.execute(sql, params)
-            cols = [c[0] for c in txn.description]
-            return [dict(zip(cols, row)) for row in txn.fetchall()]
-
-        return self.read(run)
-
-    def execute(self, sql: str, params: tuple = ()):
-        """Run one write statement; fires with ``(lastrowid, rowcount)``."""
-
-        def run(txn):
-            txn.execute(sql, params)
-            return txn.lastrowid, txn.rowcount
-
-        return self.write(run)
-
-    def start(self) -> None:
-        self.reader.start()
-        self.writer.start()
-
-    def close(self) -> None:
-        for pool in (self.reader, self.writer):
-            if pool.running:
-                pool.close()
+    @staticmethod
+    def _lastrowid(txn):
+        return txn.lastrowid
 
 
 # --- the engine the configuration names ---------------------------------------------------

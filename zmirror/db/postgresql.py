@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from twisted.enterprise import adbapi
 from twisted.logger import Logger
+
+from zmirror.db.pools import Pools
 
 log = Logger()
 
@@ -209,7 +211,7 @@ def _one_line(e: Exception) -> str:
 # --- the pools --------------------------------------------------------------------------
 
 
-class PostgresDatabase:
+class PostgresDatabase(Pools):
     """Reader and writer pools on one PostgreSQL database: the interface of
     :class:`zmirror.db.Database` (``read``, ``write``, ``query``, ``execute``,
     ``start``, ``close``), ``dialect = "postgresql"``.
@@ -232,39 +234,6 @@ class PostgresDatabase:
 
     def __repr__(self) -> str:
         return f"<PostgresDatabase {redact_url(self.url)}>"
-
-    def read(self, f: Callable[..., Any], *args: Any, **kw: Any):
-        return self.reader.runInteraction(f, *args, **kw)
-
-    def write(self, f: Callable[..., Any], *args: Any, **kw: Any):
-        return self.writer.runInteraction(f, *args, **kw)
-
-    def query(self, sql: str, params: tuple = ()):
-        def run(txn):
-            txn.execute(sql, params)
-            cols = [c[0] for c in txn.description]
-            return [dict(zip(cols, row)) for row in txn.fetchall()]
-
-        return self.read(run)
-
-    def execute(self, sql: str, params: tuple = ()):
-        """Run one write statement; fires with ``(None, rowcount)`` (no lastrowid:
-        use ``RETURNING id``)."""
-
-        def run(txn):
-            txn.execute(sql, params)
-            return None, txn.rowcount
-
-        return self.write(run)
-
-    def start(self) -> None:
-        self.reader.start()
-        self.writer.start()
-
-    def close(self) -> None:
-        for pool in (self.reader, self.writer):
-            if pool.running:
-                pool.close()
 
 
 def is_unique_violation(e: BaseException) -> bool:
