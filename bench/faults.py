@@ -25,8 +25,6 @@ name contains ``resume``), or reported as n/a when there is no such metric.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import http.client
 import json
 import random
 import sys
@@ -65,29 +63,13 @@ def random_fault(rate: float):
 
 def get(zm: H.ZMirror, img: H.Image, blob: H.Blob, timeout: float) -> tuple[str, str]:
     """One GET: (outcome, detail)."""
-    conn = http.client.HTTPConnection("127.0.0.1", zm.port, timeout=timeout)
-    h, n, status = hashlib.sha256(), 0, None
-    try:
-        conn.request("GET", f"/v2/{img.repo}/blobs/{blob.digest}")
-        resp = conn.getresponse()
-        status = resp.status
-        while True:
-            data = resp.read(MiB)
-            if not data:
-                break
-            h.update(data)
-            n += len(data)
-        cl = resp.getheader("Content-Length")
-        err = f"body ended at {n} of {cl} bytes" if cl is not None and n < int(cl) else ""
-    except (OSError, http.client.HTTPException) as e:
-        err = f"{type(e).__name__}: {e}"
-    finally:
-        conn.close()
-    if n == blob.size and "sha256:" + h.hexdigest() != blob.digest:
-        return "corrupt", f"{status}, {n} bytes, wrong sha256 {err}"
-    if status == 200 and n == blob.size and not err:
+    r = H.fetch(f"http://127.0.0.1:{zm.port}/v2/{img.repo}/blobs/{blob.digest}", timeout=timeout)
+    err = f"{type(r.error).__name__}: {r.error}" if r.error is not None else ""
+    if r.length == blob.size and r.digest != blob.digest:
+        return "corrupt", f"{r.status}, {r.length} bytes, wrong sha256 {err}"
+    if r.status == 200 and r.length == blob.size and not err:
         return "complete", ""
-    return "aborted", f"status {status}, {n}/{blob.size} bytes {err}".strip()
+    return "aborted", f"status {r.status}, {r.length}/{blob.size} bytes {err}".strip()
 
 
 def resumes(zm: H.ZMirror) -> float | None:

@@ -354,8 +354,12 @@ class AuthE2ECase(unittest.TestCase):
 
     def setUp(self):
         self.env = H.shared()
-        self.zm = auth_proxy()
+        self.zm = self.start_proxy()
         self.images = self.env.images
+
+    def start_proxy(self) -> H.ZMirror:
+        """The zmirror instance the tests of this case pull through."""
+        return auth_proxy()
 
     def workdir(self) -> Path:
         d = Path(self.mktemp()).resolve()

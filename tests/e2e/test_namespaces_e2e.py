@@ -36,13 +36,11 @@ from __future__ import annotations
 import atexit
 import base64
 import json
-import shutil
 import threading
 import time
 import urllib.parse
 from pathlib import Path
 
-from twisted.trial import unittest
 
 from tests.e2e import harness as H
 from tests.e2e import test_auth_e2e as A
@@ -108,26 +106,13 @@ def rl_proxy() -> tuple[H.ZMirror, FaultProxy, FaultProxy]:
         return (_State.rl, *_State.hubs)
 
 
-class NamespaceCase(unittest.TestCase):
+class NamespaceCase(A.AuthE2ECase):
+    """The auth tests' case (workdir, diag, creds, daemons) on the three-namespace zmirror."""
+
     skip = SKIP
 
-    def setUp(self):
-        self.env = H.shared()
-        self.zm = ns_proxy()
-        self.images = self.env.images
-
-    def workdir(self) -> Path:
-        d = Path(self.mktemp()).resolve()
-        d.mkdir(parents=True)
-        self.addCleanup(shutil.rmtree, d, True)
-        return d
-
-    def diag(self, *daemons) -> str:
-        out = f"\n--- zmirror log tail ---\n{self.zm.tail(30)}"
-        for d in daemons:
-            if d is not None:
-                out += f"\n--- {d.dir.name} log tail ---\n{d.tail()}"
-        return out
+    def start_proxy(self) -> H.ZMirror:
+        return ns_proxy()
 
     def offsets(self) -> dict[str, int]:
         return {k: self.env.registries[k].log_offset() for k in ("open", "token", "basic")}
@@ -399,23 +384,16 @@ class ContainerdNamespaceTests(NamespaceCase):
         self.fail(f"no access-log row for {canonical} after the ctr pull")
 
 
-class RateLimitTests(unittest.TestCase):
+class RateLimitTests(A.AuthE2ECase):
     """Two docker.io upstreams behind fault proxies: Docker Hub's 429 with Retry-After, then both limited."""
 
     skip = SKIP
 
-    def setUp(self):
-        self.env = H.shared()
-        self.zm, self.hub1, self.hub2 = rl_proxy()
-        self.images = self.env.images
+    def start_proxy(self) -> H.ZMirror:
+        zm, self.hub1, self.hub2 = rl_proxy()
         self.addCleanup(self.hub1.clear)
         self.addCleanup(self.hub2.clear)
-
-    def workdir(self) -> Path:
-        d = Path(self.mktemp()).resolve()
-        d.mkdir(parents=True)
-        self.addCleanup(shutil.rmtree, d, True)
-        return d
+        return zm
 
     def copy(self, image: H.Image) -> None:
         dest = self.workdir() / "image"

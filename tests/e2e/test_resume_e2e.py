@@ -21,7 +21,6 @@ Skipped when ``docker-registry`` or ``skopeo`` is missing.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import http.client
 import os
 import shutil
@@ -125,43 +124,7 @@ def wait_for(pred, timeout: float, what=None) -> None:
         time.sleep(0.05)
 
 
-class Fetched:
-    """A GET read to its end (or its failure), hashed as read."""
-
-    def __init__(self, status: int | None, length: int, digest: str, error: BaseException | None):
-        self.status, self.length, self.digest, self.error = status, length, digest, error
-
-    def __repr__(self) -> str:
-        return f"<GET {self.status}: {self.length} bytes {self.digest[:19]}… error={self.error!r}>"
-
-
-def fetch(url: str, timeout: float = 90, progress: list | None = None) -> Fetched:
-    """GET ``url``; never raises for a broken body (the error is in the result)."""
-    u = url.split("://", 1)[1]
-    hostport, path = u.split("/", 1)
-    host, port = hostport.split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    h, n, status = hashlib.sha256(), 0, None
-    try:
-        conn.request("GET", "/" + path)
-        resp = conn.getresponse()
-        status = resp.status
-        while True:
-            data = resp.read(MiB)
-            if not data:
-                break
-            h.update(data)
-            n += len(data)
-            if progress is not None:
-                progress[0] = n
-        cl = resp.getheader("Content-Length")
-        # read(amt) ends quietly at an early EOF: a body short of its Content-Length is an error
-        err = http.client.IncompleteRead(b"", int(cl) - n) if cl is not None and n < int(cl) else None
-        return Fetched(status, n, "sha256:" + h.hexdigest(), err)
-    except (OSError, http.client.HTTPException) as e:
-        return Fetched(status, n, "sha256:" + h.hexdigest(), e)
-    finally:
-        conn.close()
+Fetched, fetch = H.Fetched, H.fetch  # a GET that never raises for a broken body
 
 
 # --------------------------------------------------------------------------- tests
