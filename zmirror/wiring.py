@@ -35,6 +35,7 @@ log = Logger()
 def build(config: Config, reactor: Any) -> dict:
     migrate_config(config)
     db = open_database(config, reactor)
+    bus = _bus(config, db, reactor)
     trusted = TrustedProxies(config.server.trusted_proxies)
 
     upstreams = _upstream_pool(config, reactor)
@@ -60,7 +61,7 @@ def build(config: Config, reactor: Any) -> dict:
     accesslog = BatchedAccessLog(db, reactor)
     accesslogs = AccessLogStore(db, reactor)
 
-    access = auth.build(config, db, reactor, trusted=trusted)
+    access = auth.build(config, db, reactor, trusted=trusted, bus=bus)
 
     # path prefix | ?ns= | Host → (namespace, repository); the namespaces are the registries'
     routing = RoutingTable(lambda: upstreams.namespaces, dict(config.routing.hosts))
@@ -114,6 +115,7 @@ def build(config: Config, reactor: Any) -> dict:
     components = instrument(config, reactor, {
         "config": config,
         "db": db,
+        "bus": bus,
         "app": app,
         "site": site,
         "root": root,
@@ -140,6 +142,13 @@ def build(config: Config, reactor: Any) -> dict:
         metrics.gauge("zmirror_http_connections_refused", "Client connections refused (503) "
                       "over [server] max_connections since start", lambda: site.refused_connections)
     return components
+
+
+def _bus(config: Config, db: Any, reactor: Any):
+    """What this node tells the others (:mod:`zmirror.cluster`): nobody on SQLite."""
+    from zmirror.cluster import LocalBus
+
+    return LocalBus()
 
 
 def _cache_services(blobs, manifests, reactor) -> list:

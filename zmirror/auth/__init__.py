@@ -51,8 +51,11 @@ class AccessControl:
 
 def build(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
           trusted: Any = None, threads: bool = True, secret: Optional[bytes] = None,
-          passwords: Optional[Passwords] = None) -> AccessControl:
+          passwords: Optional[Passwords] = None, bus: Any = None) -> AccessControl:
     """Build the access-control parts.
+
+    ``bus``: the :class:`zmirror.cluster.IBus` this node shares state over
+    (None: a node alone).
 
     ``threads``: run password hashing on a small dedicated thread pool (started
     and stopped by the returned ``services``); False runs it inline (tests).

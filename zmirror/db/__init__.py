@@ -145,7 +145,8 @@ def secure_files(path: Path) -> None:
 
 
 def _split_sql(sql: str) -> list[str]:
-    # Statements are separated by ';' at line ends; our migrations hold no triggers.
+    # Statements are separated by ';' at line ends; a PostgreSQL function body keeps its
+    # inner ';' on the line of its CREATE FUNCTION (0005_cluster.postgresql.sql).
     out, buf = [], []
     for line in sql.splitlines():
         if line.strip().startswith("--"):
