@@ -607,7 +607,8 @@ class FailureTableTests(unittest.TestCase):
 
         with postgresql.connect(self.url, autocommit=True) as conn:
             conn.execute("INSERT INTO login_failures (key, at, node) VALUES (?, ?, 'old'),"
-                         " (?, ?, 'recent')", ("61" * KEY_SIZE, START - 601, "61" * KEY_SIZE, START - 10))
+                         " (?, ?, 'recent')",
+                         ("61" * KEY_SIZE, START - 601, "61" * KEY_SIZE, START - 10))
         a = self.node()
         a.login(self, "alice", "bad", "10.0.0.1")
         await a.sync.flush()
@@ -627,7 +628,8 @@ class FailureTableTests(unittest.TestCase):
 
         key = a.lockout._key(ACCOUNT, "user:alice").hex()
         with postgresql.connect(self.url, autocommit=True) as conn:
-            conn.execute("INSERT INTO login_failures (key, at, node) VALUES (?, ?, 'x'), (?, ?, 'x')",
+            conn.execute("INSERT INTO login_failures (key, at, node)"
+                         " VALUES (?, ?, 'x'), (?, ?, 'x')",
                          (key, START + 0.25, key, START + 0.5))
         from zmirror.cluster import RESYNC
 

@@ -30,15 +30,26 @@ for callers that only need the locks.
 Failures are logged with account and address, never the password.  Memory is
 bounded: stale entries are pruned and at most ``max_keys`` keys are tracked,
 and every key costs the same whatever the input: a key is a 16-byte keyed
-BLAKE2b digest (with a random per-process key, so nobody can aim at a
-collision) of the normalized account or address, never the name itself — a
-16 KB Basic username costs what "bob" costs.  Log lines carry a readable name
+BLAKE2b digest (with a random per-process key, or one derived from the
+cluster's secret, so nobody can aim at a collision) of the normalized
+account or address, never the name itself — a 16 KB Basic username costs
+what "bob" costs.  Log lines carry a readable name
 truncated to :data:`LABEL_CHARS` characters.
 
 Addresses are counted per IPv4 address and per IPv6 /64 (an IPv4-mapped IPv6
 address counts as its IPv4 address): one host or LAN usually gets a whole /64,
 so counting single IPv6 addresses would give an attacker 2**64 fresh budgets.
 Clients that share a /64 share its budget, as clients behind one IPv4 NAT do.
+
+Several nodes (PostgreSQL): every node keeps deciding alone, at once, in
+memory, and :class:`LockoutSync` shares what they count.  The digests are
+then keyed by a key derived from the cluster's token secret (the same on
+every node), each failure is published on the bus and written to
+``login_failures``, the other nodes count it (:meth:`Lockout.record_remote`,
+at the time it happened, without a name), a success that clears an account
+clears it everywhere, and a node that starts or reconnects reads the
+failures still inside the window.  Ten failures spread over the nodes lock
+the account on all of them.  On SQLite (one node) nothing is shared.
 
 The thresholds come from ``[lockout]`` in config.toml (:func:`settings`;
 defaults 10 per account / 30 per address in 600 s, 300 s cool-down) and
@@ -52,6 +63,7 @@ import bisect
 import hashlib
 import hmac
 import ipaddress
+import itertools
 import math
 import os
 import re
@@ -136,6 +148,10 @@ def parse_key(value: Any) -> Optional[bytes]:
         return None
     key = bytes.fromhex(value)
     return key if key[:1] in (ACCOUNT, ADDRESS) else None
+
+
+def _is_key(key: Any) -> bool:
+    return isinstance(key, bytes) and len(key) == KEY_SIZE and key[:1] in (ACCOUNT, ADDRESS)
 
 
 def _time(value: Any) -> Optional[float]:
@@ -353,7 +369,7 @@ class Lockout:
             return 0
         counted = 0
         for key in keys:
-            if not isinstance(key, bytes) or len(key) != KEY_SIZE or key[:1] not in (ACCOUNT, ADDRESS):
+            if not _is_key(key):
                 continue
             counted += 1
             n = self._count(key, at, now)
@@ -381,7 +397,7 @@ class Lockout:
             at = _time(at)
             if at is None or not cutoff <= at <= now + MAX_SKEW:
                 continue
-            if isinstance(key, bytes) and len(key) == KEY_SIZE and key[:1] in (ACCOUNT, ADDRESS):
+            if _is_key(key):
                 by_key.setdefault(key, []).append(at)
         for key, times in by_key.items():
             stored, mine = Counter(times), Counter(self._failures.get(key, ()))
@@ -417,7 +433,7 @@ class Lockout:
             for key in [k for k, until in self._locked.items() if until <= now]:
                 del self._locked[key]
         # drop expired locks and empty windows occasionally (oldest first)
-        for key in list(self._failures)[:64]:
+        for key in list(itertools.islice(self._failures, 64)):  # not a copy of every key
             q = self._failures[key]
             if (not q or q[-1] < now - self.window) and self._locked.get(key, 0) <= now:
                 del self._failures[key]
