@@ -356,3 +356,59 @@ class IPv6PrefixTests(unittest.TestCase):
         self.assertEqual(self.lock.check("fresh", "192.0.2.8"), 0)
         self.assertEqual(address_bucket("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64")
         self.assertEqual(address_bucket("not an ip"), "not an ip")
+
+
+class ListenerTests(unittest.TestCase):
+    """What a Lockout tells its listener (zmirror.auth.lockout.LockoutSync)."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.lock = Lockout(self.clock, max_account=3, max_ip=5, window=60, cooldown=120)
+        self.told = []
+
+        class Listener:
+            def failed(inner, keys, at):
+                self.told.append(("failed", list(keys), at))
+
+            def cleared(inner, key):
+                self.told.append(("cleared", key))
+
+        self.lock.listener = Listener()
+
+    def test_failures_and_clearing_successes_are_told_by_key(self):
+        self.clock.advance(5)
+        self.lock.failure("alice", "10.0.0.1")
+        self.lock.success("alice", "10.0.0.1")
+        self.lock.success("alice", "10.0.0.1")  # nothing left to clear: not told
+        self.lock.success("bob", "10.0.0.1")
+        (kind, keys, at), cleared = self.told
+        self.assertEqual((kind, at), ("failed", 5.0))
+        self.assertEqual([k[:1] for k in keys], [b"a", b"i"])
+        self.assertNotIn(b"alice", b"".join(keys))
+        self.assertEqual(cleared, ("cleared", keys[0]))
+
+    def test_a_failing_listener_never_fails_a_login(self):
+        class Broken:
+            def failed(self, keys, at):
+                raise RuntimeError("bus down")
+
+            cleared = failed
+
+        self.lock.listener = Broken()
+        for _ in range(3):
+            self.lock.failure("alice", "ip")
+        self.assertEqual(self.lock.retry_after("alice", "x"), 120)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
+
+    def test_a_lock_that_ran_out_restarts_the_count_of_a_later_failure(self):
+        # failure() without a check() first (another node's failure, or a caller
+        # of the low-level API): the expired lock does not linger
+        for _ in range(3):
+            self.lock.failure("alice", "ip")
+        self.clock.advance(121)
+        self.lock.failure("alice", "ip")
+        self.assertEqual(self.lock.failures("alice"), 1)
+        self.assertEqual(self.lock.check("alice", "x"), 0)
+        self.lock.failure("alice", "ip")
+        self.lock.failure("alice", "ip")
+        self.assertEqual(self.lock.retry_after("alice", "x"), 120, "locked again after 3 more")

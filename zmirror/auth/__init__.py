@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from zmirror.auth.credentials import Authenticator
-from zmirror.auth.lockout import Locked, Lockout, settings as lockout_settings
+from zmirror.auth.lockout import Locked, Lockout, LockoutSync, settings as lockout_settings
 from zmirror.auth.passwords import AdminCredentials, Busy, Passwords
 from zmirror.auth.policy import AccessPolicy
-from zmirror.auth.tokens import TokenIssuer, load_or_create_secret
+from zmirror.auth.tokens import TokenIssuer, load_secret
 from zmirror.auth.tokenservice import TokenService
 from zmirror.auth.users import UserAccounts
 from zmirror.auth.whitelist import Whitelist
@@ -47,6 +47,7 @@ class AccessControl:
     token_service: TokenService
     admin_credentials: AdminCredentials
     services: list = field(default_factory=list)
+    lockout_sync: Optional[LockoutSync] = None  # the lockout shared with the other nodes
 
 
 def build(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
@@ -56,6 +57,12 @@ def build(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
 
     ``bus``: the :class:`zmirror.cluster.IBus` this node shares state over
     (None: a node alone).
+
+    On PostgreSQL (several nodes may share the database) the token signing
+    secret is the cluster's (:func:`zmirror.auth.tokens.load_secret`), the
+    lockout's key digests are derived from it and a :class:`LockoutSync`
+    shares the failure counts over ``bus`` and ``login_failures``.  On SQLite
+    (one node) nothing is shared: ``token.key`` and an in-memory lockout.
 
     ``threads``: run password hashing on a small dedicated thread pool (started
     and stopped by the returned ``services``); False runs it inline (tests).
@@ -84,14 +91,20 @@ def build(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
             services.append(CallbackService(start=pool.start, stop=pool.stop))
         passwords = Passwords(run=run, clock=reactor, concurrency=concurrency, queue=queue)
     if secret is None:
-        secret = load_or_create_secret(config.data_dir)
+        secret = load_secret(config, reactor)  # blocking, at start
+    clustered = getattr(db, "dialect", "sqlite") == "postgresql"
     admin_username = config.admin.username
     users = UserStore(db, reactor, admin_username=admin_username)
     accounts = UserAccounts(users, passwords)
     whitelists = WhitelistStore(db, reactor)
     whitelist = Whitelist(whitelists)
     # [lockout] thresholds; zmirror.ops.Reloader re-applies them on SIGHUP
-    lockout = Lockout(reactor, **lockout_settings(getattr(config, "lockout", None)))
+    lockout = Lockout(reactor, secret=secret if clustered else None,
+                      **lockout_settings(getattr(config, "lockout", None)))
+    lockout_sync = None
+    if clustered:
+        node = getattr(getattr(config, "server", None), "node", "") or ""
+        lockout_sync = LockoutSync(lockout, bus, db, clock=reactor, node=node)
     tokens = TokenIssuer(secret, reactor, service=SERVICE)
     authenticator = Authenticator(users, passwords, lockout, clock=reactor,
                                   admin_username=admin_username)
@@ -115,13 +128,16 @@ def build(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
             lambda f: Logger().failure("loading whitelist/users failed (retried on demand)", f))
 
     services.append(CallbackService(start=load))
+    if lockout_sync is not None:
+        # stops (writes what is queued) before the DatabaseService closes the pools
+        services.append(CallbackService(start=lockout_sync.start, stop=lockout_sync.stop))
     return AccessControl(
         users=users, whitelists=whitelists, whitelist=whitelist, accounts=accounts,
         lockout=lockout, passwords=passwords, tokens=tokens, authenticator=authenticator,
         policy=policy, token_service=token_service, admin_credentials=admin_credentials,
-        services=services,
+        services=services, lockout_sync=lockout_sync,
     )
 
 
-__all__ = ["AccessControl", "build", "Busy", "Locked", "Lockout", "SERVICE",
+__all__ = ["AccessControl", "build", "Busy", "Locked", "Lockout", "LockoutSync", "SERVICE",
            "verification_limits"]

@@ -30,15 +30,26 @@ for callers that only need the locks.
 Failures are logged with account and address, never the password.  Memory is
 bounded: stale entries are pruned and at most ``max_keys`` keys are tracked,
 and every key costs the same whatever the input: a key is a 16-byte keyed
-BLAKE2b digest (with a random per-process key, so nobody can aim at a
-collision) of the normalized account or address, never the name itself — a
-16 KB Basic username costs what "bob" costs.  Log lines carry a readable name
+BLAKE2b digest (with a random per-process key, or one derived from the
+cluster's secret, so nobody can aim at a collision) of the normalized
+account or address, never the name itself — a 16 KB Basic username costs
+what "bob" costs.  Log lines carry a readable name
 truncated to :data:`LABEL_CHARS` characters.
 
 Addresses are counted per IPv4 address and per IPv6 /64 (an IPv4-mapped IPv6
 address counts as its IPv4 address): one host or LAN usually gets a whole /64,
 so counting single IPv6 addresses would give an attacker 2**64 fresh budgets.
 Clients that share a /64 share its budget, as clients behind one IPv4 NAT do.
+
+Several nodes (PostgreSQL): every node keeps deciding alone, at once, in
+memory, and :class:`LockoutSync` shares what they count.  The digests are
+then keyed by a key derived from the cluster's token secret (the same on
+every node), each failure is published on the bus and written to
+``login_failures``, the other nodes count it (:meth:`Lockout.record_remote`,
+at the time it happened, without a name), a success that clears an account
+clears it everywhere, and a node that starts or reconnects reads the
+failures still inside the window.  Ten failures spread over the nodes lock
+the account on all of them.  On SQLite (one node) nothing is shared.
 
 The thresholds come from ``[lockout]`` in config.toml (:func:`settings`;
 defaults 10 per account / 30 per address in 600 s, 300 s cool-down) and
@@ -48,14 +59,19 @@ locks in force are kept.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import hmac
 import ipaddress
+import itertools
 import math
 import os
+import re
 from array import array
-from collections import OrderedDict
-from typing import Any
+from collections import Counter, OrderedDict, deque
+from typing import Any, Iterable, Optional
 
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
 log = Logger()
@@ -69,6 +85,11 @@ KEY_DIGEST_SIZE = 16
 LABEL_CHARS = 64
 
 ACCOUNT, ADDRESS = b"a", b"i"  # the key's first byte: what it counts
+KEY_SIZE = 1 + KEY_DIGEST_SIZE
+_KEY_HEX = re.compile(r"[0-9a-f]{%d}" % (2 * KEY_SIZE))
+
+# how far ahead of this node's clock another node's failure may be (clock skew)
+MAX_SKEW = 60.0
 
 
 def address_bucket(ip: str) -> str:
@@ -115,12 +136,53 @@ def settings(section: Any) -> dict:
                 window=float(section.window), cooldown=float(section.cooldown))
 
 
+def derive_key(secret: bytes) -> bytes:
+    """The digest key of the lockout from the cluster's shared token secret
+    (its own label: it reveals nothing about the signing keys)."""
+    return hmac.new(secret, b"zmirror-lockout-keys-v1", hashlib.sha256).digest()
+
+
+def parse_key(value: Any) -> Optional[bytes]:
+    """A key from its hex form (events, ``login_failures.key``), or None."""
+    if not isinstance(value, str) or not _KEY_HEX.fullmatch(value):
+        return None
+    key = bytes.fromhex(value)
+    return key if key[:1] in (ACCOUNT, ADDRESS) else None
+
+
+def _is_key(key: Any) -> bool:
+    return isinstance(key, bytes) and len(key) == KEY_SIZE and key[:1] in (ACCOUNT, ADDRESS)
+
+
+def _time(value: Any) -> Optional[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond any float
+        return None
+    return value if math.isfinite(value) else None
+
+
 class Lockout:
+    """The decisions of one node, synchronous and in memory.
+
+    ``secret``: the cluster's shared token secret; the digests of the keys
+    are then the same on every node (:class:`LockoutSync` tells the others by
+    key).  Without it (one node) they are keyed by a random per-process key.
+    ``listener`` (set by :class:`LockoutSync`): told of every failure
+    (``failed(keys, at)``) and of every success that cleared an account
+    (``cleared(key)``); it must not block.
+    """
+
     def __init__(self, clock: Any, *, max_account: int = 10, max_ip: int = 30,
-                 window: float = 600.0, cooldown: float = 300.0, max_keys: int = 100_000):
+                 window: float = 600.0, cooldown: float = 300.0, max_keys: int = 100_000,
+                 secret: Optional[bytes] = None):
         self.clock = clock
         self.max_keys = max_keys
-        self._secret = os.urandom(32)  # keys the digests: unpredictable, per process
+        # keys the digests: unpredictable; per process, or the cluster's
+        self._secret = derive_key(secret) if secret is not None else os.urandom(32)
+        self.listener: Any = None
         # key → failure times (array of doubles, oldest first, at most the limit)
         self._failures: "OrderedDict[bytes, array]" = OrderedDict()
         self._locked: dict[bytes, float] = {}
@@ -233,31 +295,136 @@ class Lockout:
         _forget_before(q, now - self.window)
         return len(q)
 
+    def _limit(self, key: bytes) -> int:
+        return self.max_account if key[:1] == ACCOUNT else self.max_ip
+
+    def _count(self, key: bytes, at: float, now: float) -> int:
+        """Count a failure of ``key`` at ``at`` (``now`` for this node's own, an
+        earlier or slightly later time for another node's); the number of
+        failures if it locked ``key`` now, else 0."""
+        limit = self._limit(key)
+        until = self._locked.get(key)
+        if until is not None and until <= at:
+            # the lock had run out before this failure: it starts a new count
+            # (what check() does before a login of this node)
+            del self._locked[key]
+            self._failures.pop(key, None)
+        q = self._failures.get(key)
+        if q is None:
+            q = self._failures[key] = array("d")
+        else:
+            self._failures.move_to_end(key)
+        if not q or at >= q[-1]:
+            q.append(at)
+        else:  # another node's failure, late: keep the times in order
+            bisect.insort(q, at)
+        if len(q) > limit:  # only the newest ``limit`` matter (also after a reconfigure)
+            del q[:len(q) - limit]
+        _forget_before(q, now - self.window)
+        if len(q) >= limit and key not in self._locked:
+            until = min(q[-1], now) + self.cooldown
+            if until > now:
+                self._locked[key] = until
+                return len(q)
+        return 0
+
     def failure(self, account: str, ip: str, *, what: str = "login") -> None:
         now = self.clock.seconds()
         log.warn("failed {what} for account {account!r} from {ip}", what=what,
                  account=str(account or "")[:LABEL_CHARS], ip=str(ip or "")[:LABEL_CHARS])
-        for kind, key in self._keys(account, ip):
-            limit = self.max_account if kind == "account" else self.max_ip
-            q = self._failures.get(key)
-            if q is None:
-                q = self._failures[key] = array("d")
-            else:
-                self._failures.move_to_end(key)
-            q.append(now)
-            if len(q) > limit:  # only the newest ``limit`` matter (also after a reconfigure)
-                del q[:len(q) - limit]
-            _forget_before(q, now - self.window)
-            if len(q) >= limit and key not in self._locked:
-                self._locked[key] = now + self.cooldown
+        keys = self._keys(account, ip)
+        for kind, key in keys:
+            n = self._count(key, now, now)
+            if n:
                 log.warn("{kind} {key} locked for {s:.0f}s after {n} failed logins",
-                         kind=kind, key=self._label(kind, account, ip), s=self.cooldown,
-                         n=len(q))
+                         kind=kind, key=self._label(kind, account, ip), s=self.cooldown, n=n)
         self._prune(now)
+        self._tell("failed", [key for _kind, key in keys], now)
 
     def success(self, account: str, ip: str) -> None:
         if account:
-            self._failures.pop(self._key(ACCOUNT, str(account).lower()), None)
+            key = self._key(ACCOUNT, str(account).lower())
+            if self._failures.pop(key, None):
+                self._tell("cleared", key)
+
+    def _tell(self, what: str, *args: Any) -> None:
+        listener = self.listener
+        if listener is None:
+            return
+        try:
+            getattr(listener, what)(*args)
+        except Exception:  # sharing must never fail a login
+            log.failure("lockout: telling the other nodes failed")
+
+    # --- what the other nodes counted (LockoutSync) ----------------------------------------
+
+    def record_remote(self, keys: Iterable[bytes], at: float) -> int:
+        """Count another node's failure of ``keys`` at ``at`` (its clock): as a
+        failure at that time, not logged with a name (this node never saw one).
+        Keys that are no lockout key and times outside the window (or more than
+        :data:`MAX_SKEW` ahead) are ignored; returns the keys counted."""
+        now = self.clock.seconds()
+        at = _time(at)
+        if at is None or at < now - self.window or at > now + MAX_SKEW:
+            return 0
+        counted = 0
+        for key in keys:
+            if not _is_key(key):
+                continue
+            counted += 1
+            n = self._count(key, at, now)
+            if n:
+                log.info("{kind} {key} locked for {s:.0f}s after {n} failed logins on the nodes",
+                         kind="account" if key[:1] == ACCOUNT else "ip", key=key.hex()[:12],
+                         s=self._locked[key] - now, n=n)
+        self._prune(now)
+        return counted
+
+    def clear_remote(self, key: bytes) -> None:
+        """Another node's success cleared an account's failures (the lock stays)."""
+        if isinstance(key, bytes) and key[:1] == ACCOUNT:
+            self._failures.pop(key, None)
+
+    def merge(self, rows: Iterable[tuple[bytes, float]]) -> None:
+        """Merge failures read from ``login_failures`` (``(key, at)``, any order)
+        with what this node counted: per key the union of both (a time in both
+        counts once: it is the same failure), replayed as if each had been
+        counted when it happened; a lock this node holds stays."""
+        now = self.clock.seconds()
+        cutoff = now - self.window
+        by_key: dict[bytes, list[float]] = {}
+        for key, at in rows:
+            at = _time(at)
+            if at is None or not cutoff <= at <= now + MAX_SKEW:
+                continue
+            if _is_key(key):
+                by_key.setdefault(key, []).append(at)
+        for key, times in by_key.items():
+            stored, mine = Counter(times), Counter(self._failures.get(key, ()))
+            merged = sorted((stored | mine).elements())
+            q, until = self._replay(key, merged, now)
+            self._failures[key] = q
+            self._failures.move_to_end(key)
+            if until > now and self._locked.get(key, 0.0) < until:
+                self._locked[key] = until
+        self._prune(now)
+
+    def _replay(self, key: bytes, times: list[float], now: float) -> tuple[array, float]:
+        limit = self._limit(key)
+        q, until = array("d"), 0.0
+        for t in times:
+            if until and until <= t:
+                q, until = array("d"), 0.0
+            q.append(t)
+            if len(q) > limit:
+                del q[:len(q) - limit]
+            _forget_before(q, t - self.window)
+            if len(q) >= limit and not until:
+                until = min(t, now) + self.cooldown
+        if until and until <= now:  # ran out: check() would have dropped the count
+            q, until = array("d"), 0.0
+        _forget_before(q, now - self.window)
+        return q, until
 
     def _prune(self, now: float) -> None:
         while len(self._failures) > self.max_keys:
@@ -266,7 +433,7 @@ class Lockout:
             for key in [k for k, until in self._locked.items() if until <= now]:
                 del self._locked[key]
         # drop expired locks and empty windows occasionally (oldest first)
-        for key in list(self._failures)[:64]:
+        for key in list(itertools.islice(self._failures, 64)):  # not a copy of every key
             q = self._failures[key]
             if (not q or q[-1] < now - self.window) and self._locked.get(key, 0) <= now:
                 del self._failures[key]
@@ -339,3 +506,255 @@ class NullAttempt:
 
     def __exit__(self, *exc: Any) -> None:
         pass
+
+
+# --- several nodes -------------------------------------------------------------------------
+
+FAILURE_EVENT = "lockout.failure"  # data {"k": [hex keys], "at": time}
+CLEAR_EVENT = "lockout.clear"  # data {"k": hex key of an account}
+MAX_EVENT_KEYS = 4  # a failure counts an account and an address
+
+
+def _parse_failure(data: Any) -> Optional[tuple[list[bytes], float]]:
+    if not isinstance(data, dict):
+        return None
+    hexkeys, at = data.get("k"), _time(data.get("at"))
+    if at is None or not isinstance(hexkeys, list) or not 0 < len(hexkeys) <= MAX_EVENT_KEYS:
+        return None
+    keys = [parse_key(h) for h in hexkeys]
+    if any(k is None for k in keys):
+        return None
+    return keys, at
+
+
+def _insert_failures(txn: Any, clears: list[str], rows: list[tuple[str, float]], node: str,
+                     cutoff: float) -> None:
+    for key in clears:
+        txn.execute("DELETE FROM login_failures WHERE key = ?", (key,))
+    for i in range(0, len(rows), LockoutSync.ROWS_PER_INSERT):
+        part = rows[i:i + LockoutSync.ROWS_PER_INSERT]
+        txn.execute("INSERT INTO login_failures (key, at, node) VALUES "
+                    + ", ".join(["(?, ?, ?)"] * len(part)),
+                    [v for key, at in part for v in (key, at, node)])
+    # the table's own upkeep: what is older than the window no longer counts anywhere
+    txn.execute("DELETE FROM login_failures WHERE at < ?", (cutoff,))
+
+
+class LockoutSync:
+    """Shares one node's :class:`Lockout` with the other nodes of a cluster.
+
+    The :class:`Lockout` keeps deciding alone, at once and in memory; this is
+    its ``listener``:
+
+    - each failure is published on the bus (:data:`FAILURE_EVENT`, the keys'
+      digests in hex, never a name) and queued for ``login_failures``; a
+      success that cleared an account publishes :data:`CLEAR_EVENT` and
+      deletes the account's rows;
+    - the other nodes' events are counted by :meth:`Lockout.record_remote` /
+      :meth:`Lockout.clear_remote`; malformed ones are ignored (``ignored``);
+    - at start and on the bus's ``RESYNC``, the failures still inside the
+      window are read from ``login_failures`` and merged (:meth:`Lockout.merge`).
+
+    Writes go through the database's writer, at most one batch in flight,
+    ``flush_interval`` seconds after the first queued row (at once at
+    ``max_batch`` rows); a slow or failing database never makes a login wait:
+    at most ``max_pending`` rows wait (the oldest are dropped and counted in
+    ``dropped``), a failed batch is logged and dropped.  Each batch also
+    deletes the rows older than the window.  ``db`` None: the bus only.
+    """
+
+    ROWS_PER_INSERT = 500
+
+    def __init__(self, lockout: Lockout, bus: Any = None, db: Any = None, *, clock: Any = None,
+                 node: str = "", flush_interval: float = 0.5, max_batch: int = 500,
+                 max_pending: int = 10_000, max_load: int = 200_000):
+        self.lockout = lockout
+        self.bus = bus
+        self.db = db
+        self.clock = clock if clock is not None else lockout.clock
+        self.node = str(node or getattr(bus, "origin", "") or "")[:200]
+        self.flush_interval = flush_interval
+        self.max_batch = max(1, max_batch)
+        self.max_pending = max(self.max_batch, max_pending)
+        self.max_load = max_load
+        self._rows: deque = deque()  # (hex key, at) not yet written
+        self._clears: set[str] = set()  # hex keys whose rows go
+        self._timer: Any = None
+        self._writing: Any = None  # the batch in flight
+        self._idle: list = []  # Deferreds waiting for it
+        self._stopped = False
+        self._write_failing = False
+        self.written = 0
+        self.dropped = 0
+        self.ignored = 0  # malformed events from the bus
+        self.loaded = 0
+        self.loading: Any = None  # the read of login_failures in progress
+        lockout.listener = self
+        if bus is not None:
+            from zmirror.cluster import RESYNC
+
+            bus.subscribe(FAILURE_EVENT, self._on_failure)
+            bus.subscribe(CLEAR_EVENT, self._on_clear)
+            bus.subscribe(RESYNC, lambda _data: self.load())
+
+    # --- the Lockout's listener --------------------------------------------------------
+
+    def failed(self, keys: list[bytes], at: float) -> None:
+        hexkeys = [k.hex() for k in keys]
+        if not hexkeys:
+            return
+        if self.db is not None:
+            if self._stopped:
+                self.dropped += len(hexkeys)
+            else:
+                for h in hexkeys:
+                    if len(self._rows) >= self.max_pending:
+                        self._rows.popleft()
+                        self.dropped += 1
+                    self._rows.append((h, at))
+                self._schedule()
+        if self.bus is not None:
+            self.bus.publish(FAILURE_EVENT, {"k": hexkeys, "at": at})
+
+    def cleared(self, key: bytes) -> None:
+        h = key.hex()
+        if self.db is not None and not self._stopped:
+            if any(k == h for k, _at in self._rows):
+                self._rows = deque(r for r in self._rows if r[0] != h)
+            if len(self._clears) >= self.max_pending:
+                self.dropped += 1
+            else:
+                self._clears.add(h)
+                self._schedule()
+        if self.bus is not None:
+            self.bus.publish(CLEAR_EVENT, {"k": h})
+
+    # --- the other nodes ----------------------------------------------------------------
+
+    def _on_failure(self, data: Any) -> None:
+        parsed = _parse_failure(data)
+        if parsed is None:
+            self.ignored += 1
+            return
+        keys, at = parsed
+        self.lockout.record_remote(keys, at)
+
+    def _on_clear(self, data: Any) -> None:
+        key = parse_key(data.get("k")) if isinstance(data, dict) else None
+        if key is None or key[:1] != ACCOUNT:
+            self.ignored += 1
+            return
+        self.lockout.clear_remote(key)
+
+    # --- the table ----------------------------------------------------------------------
+
+    def load(self):
+        """Read the failures inside the window from ``login_failures`` and
+        merge them; the Deferred never errbacks (a failure is logged: the next
+        ``RESYNC`` tries again)."""
+        if self.db is None or self._stopped:
+            return succeed(None)
+        since = self.clock.seconds() - self.lockout.window
+        d = maybeDeferred(self.db.query, "SELECT key, at FROM login_failures WHERE at >= ?"
+                          " ORDER BY at DESC LIMIT ?", (since, int(self.max_load)))
+
+        def loaded(rows):
+            parsed = []
+            for row in rows:
+                key = parse_key(row.get("key"))
+                if key is not None:
+                    parsed.append((key, row.get("at")))
+            self.lockout.merge(parsed)
+            self.loaded += len(parsed)
+
+        def finished(result):
+            if self.loading is d:
+                self.loading = None
+            return result
+
+        d.addCallback(loaded)
+        d.addErrback(lambda f: log.failure(
+            "lockout: reading the nodes' failed logins failed (read again on the next resync)", f))
+        d.addBoth(finished)
+        if not d.called:
+            self.loading = d
+        return d
+
+    def start(self):
+        d = self.load()
+        self._schedule(prune=True)
+        return d
+
+    def _schedule(self, prune: bool = False) -> None:
+        if self._stopped or self._writing is not None:
+            return  # the batch in flight schedules the next one
+        if self._timer is not None and self._timer.active():
+            if len(self._rows) >= self.max_batch:
+                self._timer.reset(0)
+            return
+        if self._rows or self._clears or prune:
+            delay = 0 if len(self._rows) >= self.max_batch else self.flush_interval
+            self._timer = self.clock.callLater(delay, self._flush)
+
+    def _take(self, n: int) -> tuple[list[str], list[tuple[str, float]]]:
+        # every pending clear goes with the batch: a clear left behind would
+        # delete a newer row of its key written in this batch
+        clears, self._clears = sorted(self._clears), set()
+        rows = [self._rows.popleft() for _ in range(min(n, len(self._rows)))]
+        return clears, rows
+
+    def _flush(self, everything: bool = False):
+        self._timer = None
+        clears, rows = self._take(len(self._rows) if everything else self.max_batch)
+        cutoff = self.clock.seconds() - self.lockout.window
+        d = maybeDeferred(self.db.write, _insert_failures, clears, rows, self.node, cutoff)
+        self._writing = d
+
+        def ok(_):
+            self.written += len(rows)
+            if self._write_failing:
+                self._write_failing = False
+                log.info("lockout: writing failed logins works again")
+
+        def failed(f):
+            self.dropped += len(rows)
+            if not self._write_failing:  # once until it works again
+                self._write_failing = True
+                log.failure("lockout: writing failed logins to the database failed "
+                            "(the batch is dropped; this node still counts them)", f)
+
+        def done(_):
+            self._writing = None
+            idle, self._idle = self._idle, []
+            for w in idle:
+                w.callback(None)
+            self._schedule()
+
+        d.addCallbacks(ok, failed)
+        d.addBoth(done)
+        return d
+
+    def flush(self):
+        """Write what is queued now (after the batch in flight); fires when written."""
+        if self.db is None:
+            return succeed(None)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+        def rest(_=None):
+            if self._rows or self._clears:
+                return self._flush(everything=True).addBoth(lambda _: None)
+            return None
+
+        if self._writing is not None:
+            w = Deferred()
+            self._idle.append(w)
+            return w.addCallback(rest)
+        return succeed(None).addCallback(rest)
+
+    def stop(self):
+        """Write what is queued (after the batch in flight); hook it to a service
+        that stops before the database closes."""
+        self._stopped = True
+        return self.flush()

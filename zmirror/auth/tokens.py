@@ -2,7 +2,10 @@
 
 - The secret is generated at first start in the data directory
   (``token.key``, mode 0600) and read on later starts, so tokens survive a
-  restart.  Signing and fingerprint keys are derived from it with HMAC.
+  restart.  On PostgreSQL every node of a cluster uses the one secret in the
+  ``cluster_secrets`` row ``token`` (:func:`load_secret`), seeded from the
+  first node's ``token.key``, so a token issued by one node is good on all.
+  Signing and fingerprint keys are derived from it with HMAC.
 - Access tokens are short-lived (300 s by default) and carry Docker's
   ``access`` claim: ``[{"type": "repository", "name": ..., "actions": ["pull"]}]``.
   A user's token also carries the user id and a fingerprint of the user's
@@ -22,7 +25,7 @@ import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jwt
 
@@ -75,6 +78,71 @@ def load_or_create_secret(data_dir: os.PathLike | str) -> bytes:
     if len(secret) < 16:
         raise SecretError(f"{path}: token secret is too short; delete it to generate a new one")
     return secret
+
+
+CLUSTER_SECRET = "token"  # cluster_secrets.name of the token signing secret
+
+
+def shared_secret(conn: Any, local: Callable[[], bytes], *, now: float) -> bytes:
+    """The token secret every node of a cluster shares: the ``cluster_secrets``
+    row ``token`` (base64).  If it is missing, this node's ``local()`` secret is
+    inserted (``ON CONFLICT DO NOTHING``) and the row read again, so nodes that
+    start at once all end up with the secret of the one whose insert won.
+
+    ``conn``: a blocking DB-API connection in autocommit mode taking ``?``
+    placeholders (:func:`zmirror.db.connect_config`).  Blocking: call at start.
+    The secret is never put in an error message.
+    """
+
+    def read() -> Optional[str]:
+        row = conn.execute("SELECT value FROM cluster_secrets WHERE name = ?",
+                           (CLUSTER_SECRET,)).fetchone()
+        return None if row is None else row[0]
+
+    value = read()
+    if value is None:
+        seed = local()
+        conn.execute("INSERT INTO cluster_secrets (name, value, created_at) VALUES (?, ?, ?)"
+                     " ON CONFLICT (name) DO NOTHING",
+                     (CLUSTER_SECRET, base64.b64encode(seed).decode("ascii"), float(now)))
+        value = read()
+    where = f"cluster_secrets row {CLUSTER_SECRET!r}"
+    if not isinstance(value, str):
+        raise SecretError(f"{where}: missing after it was inserted")
+    try:
+        secret = base64.b64decode(value.strip(), validate=True)
+    except (ValueError, TypeError):
+        raise SecretError(f"{where}: unusable token secret (not base64); delete the row to "
+                          "seed it again from a node's token.key") from None
+    if len(secret) < 16:
+        raise SecretError(f"{where}: token secret is too short; delete the row to seed it again "
+                          "from a node's token.key")
+    return secret
+
+
+def load_secret(config: Any, clock: Any) -> bytes:
+    """The token signing secret of this node: ``<data_dir>/token.key`` on SQLite
+    (one node; existing deployments keep their tokens), the shared
+    :func:`shared_secret` on PostgreSQL (seeded from this node's ``token.key``,
+    so a database moved over with ``zmirror db copy`` keeps the tokens of the
+    node that first starts on it).  Blocking: call at start."""
+    from zmirror.db import DatabaseError, connect_config, describe, is_postgresql
+
+    if not is_postgresql(config):
+        return load_or_create_secret(config.data_dir)
+    conn = connect_config(config)
+    try:
+        return shared_secret(conn, lambda: load_or_create_secret(config.data_dir),
+                             now=clock.seconds())
+    except SecretError:
+        raise
+    except Exception as e:  # the driver's error: one line, no secret in it
+        from zmirror.db.postgresql import _one_line
+
+        raise DatabaseError(f"{describe(config)}: cannot read the token secret: "
+                            f"{_one_line(e)}") from None
+    finally:
+        conn.close()
 
 
 def _derive(secret: bytes, label: str) -> bytes:
