@@ -71,4 +71,4 @@ class JobLock:
                      "when the connection closes", key=self.key, err=" ".join(str(e).split())[:200])
 
 
-__all__ = ["JobLock", "ACCESS_LOG_RETENTION"]
+__all__ = ["ACCESS_LOG_RETENTION", "JobLock"]
