@@ -97,6 +97,16 @@ class BatchingTests(unittest.TestCase):
         self.assertEqual(row, (T0 + 3, "10.0.0.1", "", "GET", "library/nginx", f"sha256:{3:064x}",
                                "blob", 404, 3, 0.5, "Docker Hub", None, "docker/27"))
 
+    def test_every_row_names_the_node(self):
+        self.log.record(rec(1))
+        self.clock.advance(1)
+        log = BatchedAccessLog(self.db, self.clock, flush_interval=0.5, node="mirror-2")
+        log.record(rec(2))
+        log.record(rec(3, repository="library/redis"))
+        self.clock.advance(1)
+        rows = self.db.conn.execute("SELECT bytes, node FROM access_logs ORDER BY id").fetchall()
+        self.assertEqual(rows, [(1, ""), (2, "mirror-2"), (3, "mirror-2")])
+
     def test_flush_when_batch_is_full(self):
         for i in range(25):
             self.log.record(rec(i))
@@ -274,6 +284,32 @@ class BurstTests(unittest.TestCase):
         self.assertEqual(rows, [{"n": 3_000}])
 
     @coro
+    async def test_two_nodes_on_one_database_show_in_one_query(self):
+        """Two nodes (their own pools, writers and [server] node) on one database:
+        /api/logs's query returns the rows of both, each with its node, and filters by it."""
+        from zmirror.db.accesslogs import AccessLogStore, LogFilter
+
+        other = self.fresh_pools()
+        other.start()
+        self.addCleanup(other.close)
+        one = BatchedAccessLog(self.db, reactor, flush_interval=60, node="node-1")
+        two = BatchedAccessLog(other, reactor, flush_interval=60, node="node-2")
+        for i in range(30):
+            (one if i % 3 else two).record(rec(i))
+        await one.flush()
+        await two.flush()
+        store = AccessLogStore(self.db, reactor)
+        page = await store.list(page_size=500)
+        self.assertEqual(page["total"], 30)
+        self.assertEqual({r["bytes"]: r["node"] for r in page["items"]},
+                         {i: "node-1" if i % 3 else "node-2" for i in range(30)})
+        two_only = await store.list(LogFilter(node="node-2"), page_size=500)
+        self.assertEqual(sorted(r["bytes"] for r in two_only["items"]), list(range(0, 30, 3)))
+        self.assertEqual((await store.list(LogFilter(node="node-3")))["total"], 0)
+        await one.stop()
+        await two.stop()
+
+    @coro
     async def test_a_batch_is_one_multi_row_insert(self):
         """Each batch reaches the database as ONE INSERT statement with all its rows;
         a bigger final flush is several such statements in one transaction."""
@@ -300,7 +336,7 @@ class BurstTests(unittest.TestCase):
         for i in range(300):
             log.record(rec(i))
         await log.flush()
-        self.assertEqual(statements, [(300, 300 * len(mod.COLUMNS))])
+        self.assertEqual(statements, [(300, 300 * len(mod.INSERT_COLUMNS))])
         statements.clear()
         for i in range(300, 300 + mod.ROWS_PER_INSERT + 7):
             log._queue.append(mod._clean_row(rec(i)))  # more than a batch: what stop() writes

@@ -11,18 +11,21 @@ from tests.test_admin_registries import coro
 from tests.test_admin_support import T0, AdminTestMixin, sync_database
 from zmirror.accesslog import COLUMNS, AccessRecord
 from zmirror.db.accesslogs import DAY, HOUR, AccessLogStore, RetentionService
+from zmirror.db.jobs import ACCESS_LOG_RETENTION
 
 ROW_KEYS = {"id", "created_at", "client_ip", "username", "method", "repository", "reference",
             "kind", "status", "bytes", "duration_ms", "upstream", "cache_hit", "user_agent",
-            "namespace"}
+            "namespace", "node"}
 
 
 def insert(db, **kw):
+    node = kw.pop("node", "")
     rec = AccessRecord(created_at=kw.pop("created_at", T0), **kw)
     row = rec.as_row()
+    cols = COLUMNS + ("node",)
     db.conn.execute(
-        f"INSERT INTO access_logs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-        tuple(row[c] for c in COLUMNS))
+        f"INSERT INTO access_logs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+        tuple(row[c] for c in COLUMNS) + (node,))
     db.conn.commit()
 
 
@@ -37,7 +40,7 @@ class LogRouteTests(AdminTestMixin, unittest.TestCase):
                    reference=f"sha256:{i:064x}", kind=("blob" if i % 4 else "manifest"),
                    status=(200 if i < 7 else (404 if i == 7 else 502)), bytes=1000 * i,
                    duration_ms=1.5 * i, upstream="Docker Hub", cache_hit=(i % 2 == 0),
-                   user_agent="docker/27")
+                   user_agent="docker/27", node=("node-a" if i < 6 else "节点-b"))
 
     @coro
     async def test_list_newest_first_with_total(self):
@@ -87,6 +90,30 @@ class LogRouteTests(AdminTestMixin, unittest.TestCase):
         self.assertEqual(await total(f"to={T0 - 300}"), 5)
         self.assertEqual(await total(f"from={T0 - 480}&to={T0 - 300}&username=alice"), 1)
         self.assertEqual(await total("username=&kind="), 10)  # empty = no filter
+
+    @coro
+    async def test_node_column_and_filter(self):
+        code, _h, obj = await self.call("GET", "/api/logs")
+        self.assertEqual(code, 200)
+        self.assertEqual([r["node"] for r in obj["items"]], ["节点-b"] * 4 + ["node-a"] * 6)
+        for q, n in (("node=node-a", 6), ("node=%E8%8A%82%E7%82%B9-b", 4), ("node=node", 0),
+                     ("node=NODE-A", 0), ("node=", 10), ("node=node-a&status=200", 6),
+                     # hostile but valid names are plain values, never SQL
+                     ("node=node-a'--", 0), ("node=%25", 0), ("node=_ode-a", 0),
+                     ("node=" + "x" * 64, 0)):
+            code, _h, obj = await self.call("GET", "/api/logs?" + q)
+            self.assertEqual((code, obj["total"]), (200, n), q)
+
+    @coro
+    async def test_node_filter_refuses_what_no_node_is_called(self):
+        before = self.db.snapshot()
+        for q in ("node=a%00b", "node=a%0Ab", "node=a%20b", "node=%1B%5B31m", "node=" + "x" * 65,
+                  "node=a&node=b", "node=%FF"):
+            code, _h, obj = await self.call("GET", "/api/logs?" + q)
+            self.assertEqual(code, 400, q)
+            self.assertIn("node", obj["fields"], q)
+            self.assertNotIn("\x00", obj["error"])
+        self.assertEqual(self.db.snapshot(), before)
 
     @coro
     async def test_bad_queries(self):
@@ -247,7 +274,9 @@ class PruneTests(unittest.TestCase):
         self.patch(mod, "PRUNE_CHUNK", 3)
         writes = self.db.writes
         self.assertEqual(await self.store.prune(retention_days=10), 10)
-        self.assertEqual(self.db.writes - writes, 4)  # 3 + 3 + 3 + 1
+        # 3 + 3 + 3 + 1, and on PostgreSQL the job lock taken and released (zmirror.db.jobs)
+        lock = 2 if getattr(self.db, "dialect", "sqlite") == "postgresql" else 0
+        self.assertEqual(self.db.writes - writes, 4 + lock)
         self.assertEqual(len(self.remaining()), 10)
 
     def test_service_runs_periodically_off_the_request_path(self):
@@ -307,6 +336,111 @@ class PruneRealDatabaseTests(unittest.TestCase):
         self.assertEqual(await store.prune(max_rows=1000), 11000)
         rows = await db.query("SELECT count(*) AS n, min(created_at) AS t FROM access_logs")
         self.assertEqual(rows, [{"n": 1000, "t": T0 - 999}])
+
+
+class Gate:
+    """A database whose ``gated``-th write waits until ``open()`` (``reached`` fires
+    when it is asked for); everything else goes straight to ``db``."""
+
+    def __init__(self, db, gated: int):
+        from twisted.internet.defer import Deferred
+
+        self.db, self.gated, self.writes = db, gated, 0
+        self.dialect = db.dialect
+        self.reached, self._open = Deferred(), Deferred()
+
+    def read(self, f, *a, **kw):
+        return self.db.read(f, *a, **kw)
+
+    async def _write(self, f, *a, **kw):
+        self.writes += 1
+        if self.writes == self.gated:
+            self.reached.callback(None)
+            await self._open
+        return await self.db.write(f, *a, **kw)
+
+    def write(self, f, *a, **kw):
+        from twisted.internet.defer import Deferred
+
+        return Deferred.fromCoroutine(self._write(f, *a, **kw))
+
+    def open(self):
+        self._open.callback(None)
+
+
+class PruneOneNodeAtATimeTests(unittest.TestCase):
+    """Two nodes on one PostgreSQL prune at the same time: one does it, the other
+    skips that round (zmirror.db.jobs.JobLock), and the rows end as one pass leaves them."""
+
+    def setUp(self):
+        from twisted.internet import reactor
+
+        from tests.pgserver import fresh_database
+        from zmirror.db import postgresql
+
+        url = fresh_database(self)
+        postgresql.migrate(url)
+        self.nodes = []
+        for _ in range(2):
+            db = postgresql.PostgresDatabase(url, reactor)
+            db.start()
+            self.addCleanup(db.close)
+            self.nodes.append(db)
+        self.clock = Clock()
+        self.clock.advance(T0)
+
+    @coro
+    async def test_one_prunes_the_other_skips(self):
+        import zmirror.db.accesslogs as mod
+
+        self.patch(mod, "PRUNE_CHUNK", 7)
+        a, b = self.nodes
+
+        def fill(txn):
+            txn.executemany("INSERT INTO access_logs (created_at, node) VALUES (?, ?)",
+                            [(T0 - (99 - i) * HOUR, "n") for i in range(100)])
+
+        await a.write(fill)
+        gate = Gate(a, gated=3)  # node A holds the lock and has deleted one chunk
+        first = AccessLogStore(gate, self.clock)
+        second = AccessLogStore(b, self.clock)
+        from twisted.internet.defer import Deferred
+
+        running = Deferred.fromCoroutine(first.prune(retention_days=2))
+        await gate.reached
+        self.assertIsNone(await second.prune(retention_days=2))  # skipped: A is at it
+        rows = await b.query("SELECT count(*) AS n FROM access_logs")
+        self.assertEqual(rows, [{"n": 100 - 7}])  # B deleted nothing
+        gate.open()
+        self.assertEqual(await running, 51)  # the rows older than 48 h (49 to 99 h old)
+        rows = await b.query("SELECT count(*) AS n, min(created_at) AS t FROM access_logs")
+        self.assertEqual(rows, [{"n": 49, "t": T0 - 48 * HOUR}])
+        # the lock went with A's job: B runs the next round (nothing left to do)
+        self.assertEqual(await second.prune(retention_days=2), 0)
+        self.assertEqual(await second.prune(max_rows=40), 9)
+        self.assertEqual(await first.prune(max_rows=40), 0)
+
+    @coro
+    async def test_the_retention_service_of_the_other_node_skips_quietly(self):
+        a, b = self.nodes
+
+        def hold(txn):
+            txn.execute("SELECT pg_try_advisory_lock(?)", (ACCESS_LOG_RETENTION,))
+            return txn.fetchone()[0]
+
+        self.assertTrue(await a.write(hold))  # node A is pruning
+        await b.write(lambda txn: txn.execute(
+            "INSERT INTO access_logs (created_at) VALUES (?)", (T0 - 10 * DAY,)))
+        svc = RetentionService(AccessLogStore(b, self.clock), self.clock, retention_days=1,
+                               max_rows=0)
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        self.assertIsNone(await svc.run_once())
+        self.assertEqual(await b.query("SELECT count(*) AS n FROM access_logs"), [{"n": 1}])
+        self.assertEqual(self.flushLoggedErrors(), [])
+        await a.write(lambda txn: txn.execute("SELECT pg_advisory_unlock(?)", (ACCESS_LOG_RETENTION,)))
+        self.assertEqual(await svc.run_once(), 1)
+        self.assertEqual(await b.query("SELECT count(*) AS n FROM access_logs"), [{"n": 0}])
 
 
 # the same tests against a real PostgreSQL (tests/pgserver.py)

@@ -296,3 +296,60 @@ class PrivateModeTests(unittest.TestCase):
             os.chmod(root, 0o750)
             blobs._scan()  # every start
             self.assertEqual(self.mode(root), 0o700, existing)
+
+
+class NodeNameTests(unittest.TestCase):
+    """[server] node: this node's name in the access log (issue 15)."""
+
+    def parse(self, text):
+        return parse_config(text, data_dir=Path("/srv/d"), config_path=Path("/srv/d/config.toml"))
+
+    def test_default_is_the_host_name(self):
+        import socket
+
+        for cfg in (self.parse(""), self.parse(DEFAULT_CONFIG)):
+            self.assertEqual(cfg.server.node, socket.gethostname()[:64])
+        self.assertEqual(self.parse(DEFAULT_CONFIG).warnings, ())
+
+    def test_default_of_an_odd_host_name(self):
+        import socket
+
+        from zmirror import config as mod
+
+        self.patch(socket, "gethostname", lambda: "my host\x01" + "x" * 100)
+        self.assertEqual(mod.default_node_name(), ("myhost" + "x" * 100)[:64])
+        self.patch(socket, "gethostname", lambda: " \t")
+        self.assertEqual(mod.default_node_name(), "zmirror")
+
+    def test_values(self):
+        for name in ("node-1", "mirror.example.com", "节点一", "a" * 64, "10.0.0.7:8081"):
+            self.assertEqual(self.parse(f'[server]\nnode = "{name}"\n').server.node, name)
+
+    def test_bad_values_name_the_key(self):
+        for bad in ('""', '"a b"', '"tab\\there"', '"nul\\u0000"', '"nl\\n"', '"bell\\u0007"',
+                    '"' + "a" * 65 + '"', "7", "true", '["a"]'):
+            with self.assertRaises(ConfigError, msg=bad) as e:
+                self.parse(f"[server]\nnode = {bad}\n")
+            msg = str(e.exception)
+            self.assertIn("server.node", msg)
+            self.assertIn("/srv/d/config.toml", msg)
+            self.assertNotIn("\n", msg)
+            self.assertNotIn("\x00", msg)
+
+    def test_default_config_explains_it_in_both_languages(self):
+        text = DEFAULT_CONFIG.split("[server]", 1)[1].split("\n[", 1)[0]
+        lines = text.splitlines()
+        at = next(i for i, ln in enumerate(lines) if ln.startswith("# node ="))
+        above = []
+        for ln in reversed(lines[:at]):
+            if not ln.startswith("#"):
+                break
+            above.append(ln)
+        comment = " ".join(above)
+        self.assertIn("access log", comment)
+        self.assertIn("访问日志", comment)
+        self.assertIn("host name", comment)
+        self.assertIn("主机名", comment)
+        # the commented example is a valid value
+        example = lines[at][2:]
+        self.assertEqual(self.parse(f"[server]\n{example}\n").server.node, "mirror-1")

@@ -524,8 +524,19 @@ class DbCopyTests(CLITestCase):
         self.addCleanup(pg.close)
         want, got = self.tables(lite), self.tables(pg)
         self.assertEqual(set(got), set(want))
+        from zmirror.cache.index import CACHE_TABLES
+
+        # the cache index stays with this node's cache: its local file, not the shared database
+        self.assertIn("cache index: 2 rows copied", out)
+        index = sqlite3.connect(str(self.data / "cache" / "index.sqlite"))
+        self.addCleanup(index.close)
+        local = self.tables(index)
         for table in want:
-            self.assertEqual(got[table], want[table], table)
+            if table in CACHE_TABLES:
+                self.assertEqual(got[table], [], table)
+                self.assertEqual(local[table], want[table], table)
+            else:
+                self.assertEqual(got[table], want[table], table)
         self.assertEqual([r[:2] for r in want["users"]], [(1, "alice"), (3, "carol")])
         # the identities continue after the copied ids
         for table in ("users", "registries", "whitelists", "access_logs"):

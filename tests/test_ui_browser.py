@@ -334,6 +334,13 @@ class DesktopTests(BrowserCase):
         self.wait_text(sel("logs-table"), "library/nginx", timeout=30)
         self.wait_text(sel("logs-table"), "library/redis", timeout=30)
         self.click(sel("logs-auto-refresh"))
+        from zmirror.config import default_node_name  # the node column: [server] node
+
+        self.wait_text(sel("log-node"), default_node_name())
+        self.type(sel("filter-node"), "other-node")
+        self.click(sel("logs-search"))
+        self.wait_no_text(sel("logs-table"), "library/redis")
+        self.type(sel("filter-node"), "")
         self.type(sel("filter-repository"), "nginx")
         self.click(sel("logs-search"))
         self.wait_no_text(sel("logs-table"), "library/redis")

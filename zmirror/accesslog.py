@@ -58,9 +58,10 @@ class MemoryAccessLog:
         self.records.append(rec)
 
 
-def _clean_row(rec: AccessRecord) -> tuple:
-    """The INSERT parameters of one record, coerced to the column types so a
-    stray value can never make a whole batch fail."""
+def _clean_row(rec: AccessRecord, node: str = "") -> tuple:
+    """The INSERT parameters (:data:`INSERT_COLUMNS`) of one record written by
+    ``node``, coerced to the column types so a stray value can never make a
+    whole batch fail."""
     row = rec.as_row()
     out = []
     for name in COLUMNS:
@@ -79,19 +80,24 @@ def _clean_row(rec: AccessRecord) -> tuple:
                 out.append(0.0)
         else:
             out.append("" if v is None else str(v)[:1000])
+    out.append(str(node)[:1000])
     return tuple(out)
 
 
-# Rows per INSERT statement: a batch (max_batch 500) is ONE multi-row INSERT; 500 rows x 16
-# columns = 8,000 parameters (SQLite >= 3.32 allows 32,766; PostgreSQL 65,535).  The final
+# The columns written: a record's, and the node that served it ([server] node, set by the
+# writer, not the record).
+INSERT_COLUMNS = COLUMNS + ("node",)
+
+# Rows per INSERT statement: a batch (max_batch 500) is ONE multi-row INSERT; 500 rows x 17
+# columns = 8,500 parameters (SQLite >= 3.32 allows 32,766; PostgreSQL 65,535).  The final
 # flush at shutdown may hold more: it is several such statements in one transaction.
 ROWS_PER_INSERT = 500
-_ROW_MARKS = "(" + ", ".join("?" for _ in COLUMNS) + ")"
+_ROW_MARKS = "(" + ", ".join("?" for _ in INSERT_COLUMNS) + ")"
 
 
 @functools.lru_cache(maxsize=64)
 def _insert_sql(n: int) -> str:
-    return f"INSERT INTO access_logs ({', '.join(COLUMNS)}) VALUES " + ", ".join([_ROW_MARKS] * n)
+    return f"INSERT INTO access_logs ({', '.join(INSERT_COLUMNS)}) VALUES " + ", ".join([_ROW_MARKS] * n)
 
 
 def _insert_rows(txn, rows: list) -> int:
@@ -112,12 +118,14 @@ class BatchedAccessLog:
     oldest are dropped and counted in ``dropped``).  ``stop()`` writes what is
     left in one transaction and returns its Deferred (hook it to a
     :class:`zmirror.service.CallbackService` that stops before the database).
+    Every row names ``node``, the node that wrote it (``[server] node``).
     """
 
     def __init__(self, db: Any, clock: Any, flush_interval: float = 0.5, max_batch: int = 500,
-                 max_queue: int = 200_000, max_retries: int = 3):
+                 max_queue: int = 200_000, max_retries: int = 3, node: str = ""):
         self.db = db
         self.clock = clock
+        self.node = node
         self.flush_interval = flush_interval
         self.max_batch = max(1, max_batch)
         self.max_queue = max(self.max_batch, max_queue)
@@ -138,7 +146,7 @@ class BatchedAccessLog:
 
     def record(self, rec: AccessRecord) -> None:
         try:
-            row = _clean_row(rec)
+            row = _clean_row(rec, self.node)
         except Exception:
             log.failure("access log: unusable record dropped")
             self.dropped += 1

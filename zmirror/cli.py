@@ -645,7 +645,12 @@ def copy_database(source: Path, url: str, *, force: bool = False, out=_out) -> d
     """Copy every table of the SQLite database ``source`` into the PostgreSQL database
     ``url`` (migrated to the same schema first) in one transaction; identities are
     advanced past the copied ids.  Refuses a target that holds data unless ``force``
-    (then its rows are replaced).  Blocking (a CLI command).  Returns rows per table."""
+    (then its rows are replaced).  Blocking (a CLI command).  Returns rows per table.
+
+    The cache index tables (:data:`zmirror.cache.index.CACHE_TABLES`) are not copied:
+    on PostgreSQL each node keeps the index of its own cache in a local file
+    (:func:`copy_cache_index`)."""
+    from zmirror.cache.index import CACHE_TABLES
     from zmirror.db import DatabaseError, latest_version, migrate, postgresql
 
     where = postgresql.redact_url(url)
@@ -661,7 +666,8 @@ def copy_database(source: Path, url: str, *, force: bool = False, out=_out) -> d
         src.execute("PRAGMA busy_timeout = 10000")
         src.execute("BEGIN")  # one snapshot of every table (WAL: the server may keep writing)
         tables = [r[0] for r in src.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+            if r[0] not in CACHE_TABLES]
         pg = postgresql.connect(url)
         try:
             pg_tables = {r[0] for r in pg.execute(
@@ -714,6 +720,50 @@ def copy_database(source: Path, url: str, *, force: bool = False, out=_out) -> d
     return counts
 
 
+def copy_cache_index(source: Path, index: Path, *, force: bool = False, out=_out) -> Optional[int]:
+    """Copy the cache index tables of the SQLite database ``source`` into the
+    node-local cache index ``index`` (created 0600 and migrated as the server
+    would), in one transaction, so this node's cached files stay known after it
+    moves to PostgreSQL.  An index that already holds rows is left alone unless
+    ``force``.  Returns the rows copied, or None when left alone.  Blocking."""
+    from zmirror.cache.index import CACHE_TABLES
+    from zmirror.db import DatabaseError, begin_sql, migrate
+
+    try:
+        migrate(index)
+    except DatabaseError as e:
+        raise CLIError(str(e)) from None
+    conn = sqlite3.connect(str(index), isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("ATTACH DATABASE ? AS src", (str(source),))  # only read
+        conn.execute(begin_sql(conn))
+        try:
+            held = sum(conn.execute(f'SELECT count(*) FROM main."{_ident(t)}"').fetchone()[0]
+                       for t in CACHE_TABLES)
+            if held and not force:
+                conn.execute("ROLLBACK")
+                out(f"cache index: {index} already holds {held} rows; left as it is "
+                    "(--force replaces them)")
+                return None
+            n = 0
+            for t in CACHE_TABLES:
+                cols = ", ".join(f'"{_ident(r[1])}"' for r in conn.execute(f'PRAGMA main.table_info("{_ident(t)}")'))
+                conn.execute(f'DELETE FROM main."{_ident(t)}"')
+                n += conn.execute(f'INSERT INTO main."{_ident(t)}" ({cols}) SELECT {cols} FROM src."{_ident(t)}"').rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as e:
+        raise CLIError(f"cache index {index}: copy failed: {e}") from None
+    finally:
+        conn.close()
+    out(f"cache index: {n} rows copied to {index} (this node's own cache; not shared in PostgreSQL)")
+    return n
+
+
 def cmd_db_copy(args) -> int:
     from zmirror.config import ConfigError, _database_url
     from zmirror.db import postgresql
@@ -730,6 +780,15 @@ def cmd_db_copy(args) -> int:
         raise CLIError(f"{source}: no SQLite database to copy")
     counts = copy_database(source, url, force=args.force)
     _out(f"copied {sum(counts.values())} rows from {source} to {postgresql.redact_url(url)}")
+    # the cache index stays with the cache: this node's local index file on PostgreSQL
+    if cfg.cache.enabled and source == cfg.database_path:
+        from zmirror.cache.index import index_path
+
+        copy_cache_index(source, index_path(cfg), force=args.force)
+    else:
+        _out("cache index: not copied (on PostgreSQL each node keeps the index of its own cache "
+             "in <[cache] dir>/index.sqlite; a node adopts the cached files it finds, after "
+             "checking them)")
     if cfg.database.url != url:
         _err(f'note: set [database] url = "{postgresql.redact_url(url)}" (with its password) in '
              f"{cfg.config_path} and restart to use it")

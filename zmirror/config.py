@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 import stat
 import tempfile
 import threading
@@ -48,6 +49,11 @@ read_timeout = 20
 # Open client connections at most; one more is answered 503 and closed (needs a restart).
 # 最大客户端连接数，超出的新连接返回 503 并关闭（重启生效）
 max_connections = 1000
+# This node's name in the access log, when several nodes share one PostgreSQL database: at most
+# 64 printable characters, no spaces. Default: the host name (needs a restart).
+# 本节点名称，记录在访问日志中（多个节点共用一个 PostgreSQL 时区分来源）：最多 64 个可打印字符，
+# 不含空格；默认为主机名（重启生效）
+# node = "mirror-1"
 
 [admin]
 # Admin account of the web UI and /api (not a registry user).
@@ -115,6 +121,9 @@ hosts = {}
 # Pull-through cache of blobs and manifests / 拉取缓存
 enabled = true
 # Relative paths are resolved against the data directory's parent / 相对路径同上
+# With [database] url (PostgreSQL) each node keeps the index of its own cache in <dir>/index.sqlite,
+# so every node needs its own dir. / 使用 PostgreSQL 时每个节点把自己缓存的索引保存在
+# <dir>/index.sqlite，因此每个节点须使用各自的缓存目录
 dir = "./data/cache"
 max_size = "50GB"
 # Seconds a manifest fetched by tag is served before it is revalidated upstream
@@ -185,6 +194,33 @@ def parse_size(value: Any) -> int:
     return int(float(number) * base)
 
 
+NODE_NAME_MAX = 64
+
+
+def node_name_problem(v: Any) -> str | None:
+    """Why ``v`` cannot be a node name (``[server] node``, the ``node=`` filter of
+    ``/api/logs``), or None: 1 to NODE_NAME_MAX printable characters, no whitespace."""
+    if not isinstance(v, str):
+        return "must be a string"
+    if not v:
+        return "must not be empty"
+    if len(v) > NODE_NAME_MAX:
+        return f"must be at most {NODE_NAME_MAX} characters"
+    if not v.isprintable() or any(c.isspace() for c in v):
+        return "must be printable characters without spaces"
+    return None
+
+
+def default_node_name() -> str:
+    """The host name (the part a node name may hold), or "zmirror"."""
+    try:
+        name = socket.gethostname()
+    except OSError:
+        name = ""
+    name = "".join(c for c in name if c.isprintable() and not c.isspace())[:NODE_NAME_MAX]
+    return name or "zmirror"
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "0.0.0.0"
@@ -193,6 +229,7 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = ()
     read_timeout: float = 20.0
     max_connections: int = 1000
+    node: str = field(default_factory=default_node_name)  # this node's name in the access log
 
 
 @dataclass(frozen=True)
@@ -381,6 +418,14 @@ def _database_url(key: str, v: Any) -> str:
     return v
 
 
+def _node_name(key: str, v: Any) -> str:
+    problem = node_name_problem(v)
+    if problem is not None:
+        # the value is not repeated: it may hold control characters
+        raise ConfigError(f"{key}: {problem}")
+    return v
+
+
 def _validate_proxies(key: str, v: tuple[str, ...]) -> tuple[str, ...]:
     import ipaddress
 
@@ -419,6 +464,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "trusted_proxies": lambda k, v: _validate_proxies(k, _str_list(k, v)),
         "read_timeout": lambda k, v: _num(k, v, 0, 3600),
         "max_connections": lambda k, v: _int(k, v, 1, 1_000_000),
+        "node": lambda k, v: _node_name(k, v),
     },
     "admin": {
         "username": lambda k, v: _str(k, v, nonempty=True),

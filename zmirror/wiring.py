@@ -16,6 +16,7 @@ from zmirror.accesslog import BatchedAccessLog
 from zmirror.admin import AdminAPI
 from zmirror.app import ZMirrorApp
 from zmirror.cache import CacheBlobs, ManifestCache
+from zmirror.cache.index import open_cache_index
 from zmirror.config import Config
 from zmirror.db import connect_config, migrate_config, open_database
 from zmirror.db.accesslogs import AccessLogStore, RetentionService
@@ -41,14 +42,16 @@ def build(config: Config, reactor: Any) -> dict:
     upstreams = _upstream_pool(config, reactor)
     upstreams.set_registries(_registry_rows(config))
     blob_cache = manifest_cache = None
+    cache_db = db  # the node's own cache index: db on SQLite, a local file on PostgreSQL
     if config.cache.enabled:
-        blob_cache = CacheBlobs(config.cache_dir, db, reactor, max_size=config.cache.max_size,
+        cache_db = open_cache_index(config, db, reactor)
+        blob_cache = CacheBlobs(config.cache_dir, cache_db, reactor, max_size=config.cache.max_size,
                                 idle_timeout=config.upstream.idle_timeout,
                                 transfer_threads=config.cache.transfer_threads,
                                 max_temp_bytes=config.cache.max_temp_size,
                                 max_orphans=config.cache.max_orphans,
                                 max_orphan_bytes=config.cache.max_orphan_size)
-        manifest_cache = ManifestCache(db, reactor, ttl=config.cache.manifest_ttl,
+        manifest_cache = ManifestCache(cache_db, reactor, ttl=config.cache.manifest_ttl,
                                        tag_limit=config.cache.manifest_tags_in_memory)
     proxy = Proxy(upstreams, reactor, idle_timeout=config.upstream.idle_timeout,
                   blobs=blob_cache, manifests=manifest_cache,
@@ -58,7 +61,7 @@ def build(config: Config, reactor: Any) -> dict:
     registries = RegistryStore(db, reactor)
     registries.subscribe(upstreams.set_registries)
     # access log: batched writer (queue → one transaction per batch) and queries
-    accesslog = BatchedAccessLog(db, reactor)
+    accesslog = BatchedAccessLog(db, reactor, node=config.server.node)
     accesslogs = AccessLogStore(db, reactor)
 
     access = auth.build(config, db, reactor, trusted=trusted, bus=bus)
@@ -105,6 +108,7 @@ def build(config: Config, reactor: Any) -> dict:
     # DatabaseService closes the pools.
     services = [
         DatabaseService(db),
+        *([DatabaseService(cache_db)] if cache_db is not db else []),
         *_cache_services(blob_cache, manifest_cache, reactor),
         CallbackService(stop=accesslog.stop),
         RetentionService(accesslogs, reactor, config.log.retention_days, config.log.max_rows),
@@ -115,6 +119,7 @@ def build(config: Config, reactor: Any) -> dict:
     components = instrument(config, reactor, {
         "config": config,
         "db": db,
+        "cache_db": cache_db,
         "bus": bus,
         "app": app,
         "site": site,

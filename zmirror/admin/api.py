@@ -47,6 +47,7 @@ from zmirror.config import (
     DEFAULT_ADMIN_PASSWORD,
     ConfigError,
     admin_password_problem,
+    node_name_problem,
     update_admin_password,
 )
 from zmirror.db.accesslogs import (
@@ -655,7 +656,7 @@ class AdminAPI:
     @api_route("/logs", ["GET"])
     async def logs_list(self, request):
         params = query(request, ("page", "page_size", "from", "to", "username", "client_ip",
-                                 "repository", "status", "kind", "namespace"))
+                                 "repository", "status", "kind", "namespace", "node"))
         errors: dict[str, str] = {}
         page = q_int(params, "page", 1, 1, 10**9, errors)
         page_size = q_int(params, "page_size", PAGE_SIZE_DEFAULT, 1, PAGE_SIZE_MAX, errors,
@@ -679,6 +680,11 @@ class AdminAPI:
                 texts["namespace"] = normalize_namespace(params["namespace"])
             except ValueError as e:
                 errors["namespace"] = str(e)
+        if params.get("node", "").strip():
+            problem = node_name_problem(params["node"].strip())
+            if problem is not None:
+                errors["node"] = problem
+            texts["node"] = params["node"].strip()
         for key in ("username", "client_ip", "repository"):
             v = params.get(key)
             if v is not None and v.strip():

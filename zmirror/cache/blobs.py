@@ -26,7 +26,9 @@ running.  A miss beyond the first two bounds is relayed uncached
 an orphan beyond the last is aborted and its temp file removed.
 
 The index (size, last access, repositories) lives in memory, loaded from the
-``cache_blobs`` table at start and written back in batches; eviction is least
+``cache_blobs`` table at start and written back in batches (the node's own
+database: the main one on SQLite, ``<dir>/index.sqlite`` on PostgreSQL, see
+:mod:`zmirror.cache.index`); eviction is least
 recently used first, accounted incrementally, and never deletes a blob while
 a reader holds it open.  The counters (``stats``) are changed only here and
 by the downloads of this cache.

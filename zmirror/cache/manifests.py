@@ -11,8 +11,8 @@ copies so that a hot manifest costs no I/O: bodies (up to ``memory_limit``
 bytes), tag entries (up to ``tag_limit``; the most recently fetched ones are
 loaded at start) and which repositories a digest was seen in (up to
 ``repo_limit`` pairs).  Whatever is not in memory is looked up in the database
-before it counts as a miss.  Changes are written to SQLite through the
-serialized writer.
+before it counts as a miss.  Changes are written through the serialized
+writer of the node's own cache index (:mod:`zmirror.cache.index`).
 
 A tag maps to one digest per media type, because upstreams answer a tag with
 different manifests for different Accept sets (a list or one of its children).

@@ -16,11 +16,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from zmirror.db.jobs import ACCESS_LOG_RETENTION, JobLock
+
 log = Logger()
 
 ROW_COLUMNS = ("id", "created_at", "client_ip", "username", "method", "repository", "reference",
                "kind", "status", "bytes", "duration_ms", "upstream", "cache_hit", "user_agent",
-               "namespace")
+               "namespace", "node")
 KINDS = ("manifest", "blob", "tags", "token", "denied", "other")
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 500
@@ -47,6 +49,7 @@ class LogFilter:
     status: Optional[int] = None  # exact code
     status_class: Optional[int] = None  # 4 for "4xx"
     kind: Optional[str] = None
+    node: Optional[str] = None  # exact ([server] node of the node that served it)
 
     def where(self) -> tuple[str, tuple]:
         clauses, params = [], []
@@ -77,6 +80,9 @@ class LogFilter:
         if self.kind is not None:
             clauses.append("kind = ?")
             params.append(self.kind)
+        if self.node is not None:
+            clauses.append("node = ?")
+            params.append(self.node)
         if not clauses:
             return "", ()
         return " WHERE " + " AND ".join(clauses), tuple(params)
@@ -168,10 +174,24 @@ class AccessLogStore:
         return self.db.write(run)
 
     async def prune(self, retention_days: int = 0, max_rows: int = 0,
-                    keep_going=lambda: True) -> int:
+                    keep_going=lambda: True) -> Optional[int]:
         """Drop rows older than ``retention_days`` and beyond the newest ``max_rows``
         (0 = no limit), in chunks of ``PRUNE_CHUNK`` rows per transaction;
-        stops between chunks once ``keep_going()`` is false (shutdown)."""
+        stops between chunks once ``keep_going()`` is false (shutdown).
+        Returns the rows deleted, or None when another node is pruning (on
+        PostgreSQL one node at a time: :class:`zmirror.db.jobs.JobLock`)."""
+        if not (retention_days and retention_days > 0) and not (max_rows and max_rows > 0):
+            return 0
+        lock = JobLock(self.db, ACCESS_LOG_RETENTION)
+        if not await lock.acquire():
+            log.debug("access log pruning: another node is running it; skipped this round")
+            return None
+        try:
+            return await self._prune(retention_days, max_rows, keep_going)
+        finally:
+            await lock.release()
+
+    async def _prune(self, retention_days: int, max_rows: int, keep_going) -> int:
         deleted = 0
         if retention_days and retention_days > 0:
             cutoff = self.clock.seconds() - retention_days * DAY
