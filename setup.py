@@ -46,7 +46,8 @@ setup(
         "psycopg[binary]>=3.1",  # PostgreSQL ([database] url); SQLite needs nothing
     ],
     extras_require={
-        "test": ["hypothesis>=6.80", "selenium>=4.15", "cryptography>=41", "bcrypt>=4.0"],
+        "test": ["hypothesis>=6.80", "selenium>=4.15", "cryptography>=41", "bcrypt>=4.0",
+                 "PyYAML>=6.0"],  # tests/test_cluster_docs.py reads docs/cluster/docker-compose.yml
         "dev": ["ruff>=0.4", "hupper>=1.12"],
     },
     entry_points={"console_scripts": ["zmirror=zmirror.cli:main"]},

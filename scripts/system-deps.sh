@@ -3,12 +3,14 @@
 # Real upstream registry (docker-registry), real client (skopeo), headless browser (chromium),
 # and the clients of the access-control e2e tests: podman (+ netavark, its network stack), dockerd and
 # the docker CLI (docker.io), containerd with ctr, runc; PostgreSQL (the store tests run them against
-# SQLite and a real PostgreSQL: tests/pgserver.py runs initdb/pg_ctl as the postgres user in a temp dir).
-# The tests start their own dockerd/containerd/postgres with state in a temp dir; apt must not start
-# them as system services (policy-rc.d below).
+# SQLite and a real PostgreSQL: tests/pgserver.py runs initdb/pg_ctl as the postgres user in a temp dir);
+# nginx (tests/test_cluster_docs.py checks docs/cluster/nginx.conf with `nginx -t`, and the cluster e2e
+# tests run it in front of three nodes, prefix, pid and logs in a temp dir).
+# The tests start their own dockerd/containerd/postgres/nginx with state in a temp dir; apt must not
+# start them as system services (policy-rc.d below).
 set -u
 PKGS="docker-registry skopeo chromium chromium-driver fonts-wqy-microhei curl
-      podman netavark docker.io containerd runc postgresql"
+      podman netavark docker.io containerd runc postgresql nginx"
 missing=()
 for p in $PKGS; do
   [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" = installed ] || missing+=("$p")
@@ -22,7 +24,7 @@ echo "system-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 policy=/usr/sbin/policy-rc.d; had_policy=0
 [ -e "$policy" ] && had_policy=1
-# keep apt from starting the registry, dockerd or containerd as system services
+# keep apt from starting the registry, dockerd, containerd, postgres or nginx as system services
 [ $had_policy = 0 ] && printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
 apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 rc=$?

@@ -846,16 +846,23 @@ dir = {json.dumps(str(data / "cache"))}
 """)
         os.chmod(config, 0o600)
         write_registries(db_path, upstreams)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-        argv = [twistd_bin(), "-n", "--pidfile=", "zmirror", "--data", str(data),
-                "--listen", f"tcp:{port}:interface=127.0.0.1"]
-        proc = spawn(f"zmirror-{name}", argv, self.root / "logs" / f"zmirror-{name}.log", env=env, cwd=base)
-        self.procs.append(proc)
+        proc = self.spawn_zmirror(name, data, port)
         wait_http(f"http://127.0.0.1:{port}/v2/", proc, timeout=60)
         zm = ZMirror(name, port, proc, data, upstreams)
         self.zmirrors[name] = zm
         return zm
+
+    def spawn_zmirror(self, name: str, data: Path, port: int) -> Proc:
+        """``twistd -n zmirror --data DATA`` on 127.0.0.1:``port`` (cwd: the data dir's parent, log
+        ``logs/zmirror-NAME.log``), not waited for; the data dir must hold its ``config.toml``."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        argv = [twistd_bin(), "-n", "--pidfile=", "zmirror", "--data", str(data),
+                "--listen", f"tcp:{port}:interface=127.0.0.1"]
+        proc = spawn(f"zmirror-{name}", argv, self.root / "logs" / f"zmirror-{name}.log", env=env,
+                     cwd=data.parent)
+        self.procs.append(proc)
+        return proc
 
     def start_zmirror_access(self, name: str, upstreams: list[Upstream], *, anonymous: str = "whitelist",
                              whitelist: Iterable[str] = (), users: Iterable[tuple[str, str]] = (),
@@ -882,12 +889,7 @@ dir = {json.dumps(str(data / "cache"))}
             zm.proc.popen.wait(10)
         else:
             zm.proc.stop()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-        argv = [twistd_bin(), "-n", "--pidfile=", "zmirror", "--data", str(zm.data),
-                "--listen", f"tcp:{zm.port}:interface=127.0.0.1"]
-        proc = spawn(f"zmirror-{zm.name}", argv, zm.proc.log, env=env, cwd=zm.data.parent)
-        self.procs.append(proc)
+        proc = self.spawn_zmirror(zm.name, zm.data, zm.port)
         zm.proc = proc
         wait_http(f"http://127.0.0.1:{zm.port}/v2/", proc, timeout=timeout)
         self.zmirrors[zm.name] = zm
@@ -931,17 +933,25 @@ def twistd_bin() -> str:
     return str(cand) if cand.exists() else "twistd"
 
 
-def write_registries(db_path: Path, upstreams: list[Upstream]) -> None:
-    """Migrates zmirror's database and replaces the seeded registries rows with ``upstreams``."""
+def write_registries(db_path: Path | str, upstreams: list[Upstream]) -> None:
+    """Migrates zmirror's database (a SQLite file, or a ``postgresql://`` URL) and replaces the
+    seeded registries rows with ``upstreams``."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from zmirror.db import migrate
+    if isinstance(db_path, str) and db_path.startswith(("postgresql://", "postgres://")):
+        from zmirror.db import postgresql
 
-    migrate(db_path)
-    now = time.time()
-    conn = sqlite3.connect(str(db_path))
-    try:
+        postgresql.migrate(db_path)
+        conn = postgresql.connect(db_path)  # its cursors take the same "?" SQL
+        columns = {"namespace"}  # migrated to this checkout's latest schema just now
+    else:
+        from zmirror.db import migrate
+
+        migrate(db_path)
+        conn = sqlite3.connect(str(db_path))
         columns = {row[1] for row in conn.execute("PRAGMA table_info(registries)")}
+    now = time.time()
+    try:
         with_ns = "namespace" in columns
         if not with_ns and any(u.namespace != "docker.io" for u in upstreams):
             raise HarnessError("this zmirror's registries table has no namespace column (migration 0004)")
