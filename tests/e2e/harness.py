@@ -340,11 +340,12 @@ def build_images(root: Path, big_mib: int = DEFAULT_BIG_MIB, with_big: bool = Tr
     return images
 
 
-def build_big_image(path: Path, mib: int, repo: str = "e2e/big", tag: str = "1") -> Image:
-    """An OCI image whose first layer is ``mib`` MiB of seeded random data (gzip level 0: no CPU burnt)."""
+def build_big_image(path: Path, mib: int, repo: str = "e2e/big", tag: str = "1", seed: int = 4242) -> Image:
+    """An OCI image whose first layer is ``mib`` MiB of seeded random data (gzip level 0: no CPU burnt);
+    another ``seed`` gives another layer."""
     lay = DirLayout(path)
     layers = [
-        (_tar_big("data/random.bin", mib * MiB, seed=4242), 0),
+        (_tar_big("data/random.bin", mib * MiB, seed=seed), 0),
         ([_tar_small({"big.txt": f"{mib} MiB of random data\n".encode()})], 6),
     ]
     return _image(lay, "big", layers, oci=True, repo=repo, tag=tag)
