@@ -391,3 +391,20 @@ class WiredServicesTests(unittest.TestCase):
                          0)
         await eventually(lambda: any(u["username"] == "ivan" for u in b["users"]._by_id.values()),
                          timeout=2.0, what="the CLI's user on node b")
+
+    @coro
+    async def test_an_upstream_cooldown_on_one_node_shows_on_the_other(self):
+        from zmirror.upstream.client import FAILURES_BEFORE_COOLDOWN
+
+        await self.started()
+        a, b = (top.components for top in self.nodes)
+        hub_a = a["upstreams"].upstreams[0]
+        for _ in range(FAILURES_BEFORE_COOLDOWN):
+            a["upstreams"].mark_failed(hub_a, "cannot connect to registry-1.docker.io")
+        self.assertEqual(a["upstreams"].health()[hub_a.id]["state"], "cooldown")
+        # the cool-down goes out once the publish interval (1 s) is over
+        await eventually(lambda: b["upstreams"].health()[hub_a.id]["state"] == "cooldown",
+                         timeout=3.0, what="the cool-down on node b")
+        self.assertEqual(b["upstreams"].upstreams[0].health.cooldown_until, hub_a.health.cooldown_until)
+        rows = await b["db"].query("SELECT upstream, node FROM upstream_state")
+        self.assertEqual(rows, [{"upstream": str(hub_a.id), "node": a["bus"].origin}])

@@ -26,6 +26,13 @@ against a pull limit (manifest GETs) skip it, the rest (HEADs, blobs) still go
 there.  Being rate-limited is not a failure: it never counts toward the
 failures-in-a-row cool-down of a broken upstream.
 
+Several nodes: a pool built with a ``bus`` (:mod:`zmirror.cluster`) tells its
+observer (:class:`zmirror.upstream.shared.HealthSharing`) of every health
+*transition* the other nodes should follow (:func:`_shared_view`: down / up,
+the failure cool-down's deadline, the rate-limit cool-down's deadline and
+scope), never of a plain request; the observer stores it in ``upstream_state``
+and publishes it, and applies the other nodes' to this pool's health.
+
 Blob bodies are never read here: callers get the :class:`IResponse` and stream
 it.  Small bodies (token, manifest, tag list) are read by :func:`read_limited`,
 bounded in size and time; a read that times out or is cancelled closes its

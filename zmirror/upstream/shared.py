@@ -163,6 +163,7 @@ class HealthSharing:
         self.applied = 0  # peers' snapshots that changed something here
         self._last: dict[int, float] = {}  # upstream id -> when its last snapshot went out
         self._timers: dict[int, Any] = {}
+        self._writes: set = set()  # upserts not answered yet
         self._failing = False
         bus.subscribe(KIND, self.received)
         bus.subscribe(RESYNC, lambda _data: self.load())
@@ -193,6 +194,9 @@ class HealthSharing:
             d = self.db.execute(UPSERT, (key_of(up), json.dumps(snap, separators=(",", ":")),
                                          getattr(self.bus, "origin", ""), now))
             d.addCallbacks(self._stored, self._store_failed, errbackArgs=(up.name,))
+            if not d.called:
+                self._writes.add(d)
+                d.addBoth(lambda r: (self._writes.discard(d), r)[1])
         self.bus.publish(KIND, snap)
 
     def _stored(self, _result: Any) -> None:
@@ -204,11 +208,21 @@ class HealthSharing:
                       error=" ".join(str(failure.value).split())[:200])
         self._failing = True
 
-    def stop(self) -> None:
-        for call in self._timers.values():
+    def flush(self):
+        """A Deferred firing when the upserts sent so far are answered."""
+        from twisted.internet.defer import DeferredList
+
+        return DeferredList(list(self._writes)).addCallback(lambda _: None)
+
+    def stop(self):
+        """Send what is due now (the bus and the pools stop after this), then wait for
+        the upserts on their way."""
+        timers, self._timers = self._timers, {}
+        for uid, call in timers.items():
             if call.active():
                 call.cancel()
-        self._timers.clear()
+                self._send(uid)
+        return self.flush()
 
     # -- the other nodes' ------------------------------------------------------------
 
