@@ -385,12 +385,15 @@ class WiredServicesTests(unittest.TestCase):
         b = self.nodes[1].components
         self.patch(cli, "_hash_user_password", lambda pw: fast_context().hash(pw))
         self.patch(sys, "stdout", io.StringIO())
-        self.patch(sys, "stderr", io.StringIO())
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
         self.patch(sys, "stdin", io.StringIO("pw-of-ivan\n"))
         self.assertEqual(cli.main(["--data", str(self.nodes[0].data), "user", "add", "ivan", "--stdin"]),
                          0)
         await eventually(lambda: any(u["username"] == "ivan" for u in b["users"]._by_id.values()),
                          timeout=2.0, what="the CLI's user on node b")
+        self.assertIn("within 2 s", stderr.getvalue())
+        self.assertNotIn("send the running servers SIGHUP", stderr.getvalue())
 
     @coro
     async def test_an_upstream_cooldown_on_one_node_shows_on_the_other(self):
