@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web.http_headers import Headers
 
-from zmirror.cluster import RESYNC, LoopbackHub
+from zmirror.cluster import LoopbackHub
 from zmirror.upstream.client import FAILURES_BEFORE_COOLDOWN, MAX_RATELIMIT_COOLDOWN, UpstreamPool
 from zmirror.upstream.shared import KIND, MIN_INTERVAL, snapshot
 
