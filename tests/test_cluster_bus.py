@@ -284,6 +284,19 @@ class PostgresBusTests(unittest.TestCase):
                                     (listen.APPLICATION_NAME,)).fetchone()[0]
         self.assertEqual(rows, 1)  # b's only
 
+    @coro
+    async def test_stopped_and_started_again_it_listens_again(self):
+        await self.listening()
+        first = self.a._thread
+        await self.a.stopService()
+        self.a.startService()
+        await eventually(lambda: self.a.connects >= 2, what="listening again")
+        self.assertFalse(first.is_alive())
+        self.ra.events.clear()
+        await self.b.publish("hello", {"n": 3})
+        await eventually(lambda: self.ra.events, what="a hearing b")
+        self.assertEqual(self.ra.events, [("hello", {"n": 3})])
+
 
 class UnreachableTests(unittest.TestCase):
     def silent_server(self) -> int:

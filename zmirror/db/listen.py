@@ -148,8 +148,11 @@ class PostgresBus(_Subscribers, Service):
     def startService(self) -> None:
         Service.startService(self)
         self._stopping = False
-        self._go.set()
-        self._thread = threading.Thread(target=self._run, name="zmirror-bus", daemon=True)
+        # a new event and thread each start: one left over from before a stop (still in
+        # a connect) sees it is not the current one and ends
+        self._go = go = threading.Event()
+        go.set()
+        self._thread = threading.Thread(target=self._run, args=(go,), name="zmirror-bus", daemon=True)
         self._thread.start()
 
     def stopService(self):
@@ -245,12 +248,18 @@ class PostgresBus(_Subscribers, Service):
             return  # our own, echoed by PostgreSQL
         self.deliver(kind, data)
 
-    def _thread_ended(self) -> None:
+    def _thread_ended(self, thread: threading.Thread) -> None:
+        if thread is not self._thread:
+            return
         ended, self._ended = self._ended, None
         if ended is not None and not ended.called:
             ended.callback(None)
 
     # --- on the listening thread --------------------------------------------------------
+
+    def _done(self) -> bool:
+        # stopped, or a thread left over from before a stop and a new start
+        return self._stopping or self._thread is not threading.current_thread()
 
     def _call(self, f: Callable, *args: Any) -> None:
         self.reactor.callFromThread(f, *args)
@@ -261,32 +270,32 @@ class PostgresBus(_Subscribers, Service):
             text = text.replace(self._password, "***")
         return text
 
-    def _run(self) -> None:
+    def _run(self, go: threading.Event) -> None:
         try:
             while True:
-                self._go.wait()
-                if self._stopping:
+                go.wait()
+                if self._done():
                     return
-                self._go.clear()
+                go.clear()
                 self._session()
         finally:
-            self._call(self._thread_ended)
+            self._call(self._thread_ended, threading.current_thread())
 
     def _session(self) -> None:
         try:
             conn = self._connect_fn(self.url)
         except Exception as e:
-            if not self._stopping:
+            if not self._done():
                 self._call(self._failed, self._clean(e))
             return
         try:
-            if self._stopping:
+            if self._done():
                 return
             conn.execute(f"LISTEN {CHANGES}")
             conn.execute(f"LISTEN {EVENTS}")
             self._call(self._connected)
             idle_since = time.monotonic()
-            while not self._stopping:
+            while not self._done():
                 got = [(n.channel, n.payload) for n in conn.notifies(timeout=POLL, stop_after=1)]
                 if got:
                     # and whatever else already arrived, in the same hand-over
@@ -297,7 +306,7 @@ class PostgresBus(_Subscribers, Service):
                     conn.execute("SELECT 1")
                     idle_since = time.monotonic()
         except Exception as e:
-            if not self._stopping:
+            if not self._done():
                 self._call(self._failed, self._clean(e))
         finally:
             try:
