@@ -105,9 +105,9 @@ def build(config: Config, reactor: Any) -> dict:
     # DatabaseService closes the pools.
     services = [
         DatabaseService(db),
-        *_bus_services(bus, upstreams),
         *_cache_services(blob_cache, manifest_cache, reactor),
         CallbackService(stop=accesslog.stop),
+        *_bus_services(bus, upstreams),
         RetentionService(accesslogs, reactor, config.log.retention_days, config.log.max_rows),
         *access.services,
         DrainService(root, reactor),
