@@ -168,14 +168,17 @@ class PostgresBus(_Subscribers, Service):
             return succeed(None)
         done: Deferred = Deferred()
         self._ended = done
-        timer = self.clock.callLater(STOP_TIMEOUT, lambda: done.called or done.callback(None))
+        timer = self.clock.callLater(STOP_TIMEOUT, lambda: done.called or done.callback(False))
 
-        def finished(result):
+        def finished(ended):
             if timer.active():
                 timer.cancel()
-            if thread.is_alive():
+            if ended:
+                # its last statement ran (it told us so): the join returns at once
+                thread.join(1.0)
+            else:
                 log.warn("cluster bus: the listening thread is still connecting; not waiting for it")
-            return result
+            return None
 
         return done.addCallback(finished)
 
@@ -253,7 +256,7 @@ class PostgresBus(_Subscribers, Service):
             return
         ended, self._ended = self._ended, None
         if ended is not None and not ended.called:
-            ended.callback(None)
+            ended.callback(True)
 
     # --- on the listening thread --------------------------------------------------------
 
