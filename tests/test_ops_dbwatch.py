@@ -264,9 +264,10 @@ class WiringTests(unittest.TestCase):
 
 
 class PostgresWiringTests(unittest.TestCase):
-    """On PostgreSQL the SQLite data_version watch stays off (LISTEN/NOTIFY is not built yet)."""
+    """On PostgreSQL the bus (LISTEN/NOTIFY) replaces the SQLite data_version watch
+    (tests/test_cluster_bus.py tests it working)."""
 
-    def test_no_watch_on_postgresql(self):
+    def test_the_bus_watches_postgresql(self):
         from tests.pgserver import fresh_database
         from twisted.logger import formatEvent, globalLogPublisher
 
@@ -286,6 +287,8 @@ class PostgresWiringTests(unittest.TestCase):
         self.assertEqual(top.components["db"].dialect, "postgresql")
         self.assertNotIn("db_watch", top.components)
         self.assertFalse([s for s in top if type(s).__name__ == "DatabaseWatchService"])
+        self.assertIs(top.components["table_changes"].reloader, top.components["reloader"])
+        self.assertEqual(type(top.components["bus"]).__name__, "PostgresBus")
         texts = [formatEvent(e) for e in seen]
-        self.assertTrue([t for t in texts if "database change watch: off on postgresql" in t], texts)
+        self.assertFalse([t for t in texts if "change watch: off" in t], texts)
         self.assertFalse([t for t in texts if "pg-test-secret" in t])

@@ -18,7 +18,8 @@ command, so it is safe while the server runs.  A running server on SQLite
 notices changes to users, whitelist and registries within about 2 s (it polls
 SQLite's ``data_version``; SIGHUP also re-reads them): a disabled or
 re-passworded user's tokens stop working then; password logins see the change
-at once.  On PostgreSQL the server re-reads them on SIGHUP.
+at once.  On PostgreSQL every node hears of them at once (LISTEN/NOTIFY) and
+re-reads them.
 
 Exit status: 0 success, 1 user error (one line on stderr, no traceback).
 """
@@ -125,9 +126,9 @@ def _reload_hint(args=None) -> None:
     from zmirror.db import is_postgresql
 
     if args is not None and is_postgresql(_config(args)):
-        # the PostgreSQL change watch (LISTEN/NOTIFY) is not built yet
-        _err("note: send the running servers SIGHUP to apply this now (PostgreSQL: no change watch yet); "
-             "password logins see it at once.")
+        # the triggers of migration 0005 NOTIFY, every node LISTENs (zmirror.db.listen)
+        _err("note: every running node picks this up within 2 s (no SIGHUP or restart needed); "
+             "tokens of a disabled user or one with a new password stop working then.")
         return
     _err("note: a running server picks this up within 2 s (no SIGHUP or restart needed); "
          "tokens of a disabled user or one with a new password stop working then.")

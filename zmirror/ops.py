@@ -17,7 +17,9 @@ live: ``[access] anonymous``, ``[log] level``, ``[server] trusted_proxies``, ``[
 as "needs a restart".  It also re-reads users, whitelist and registries from
 the database (changed by the ``zmirror`` CLI while the server runs); between
 SIGHUPs, :class:`DatabaseWatchService` notices such changes within 2 s and
-re-reads the changed stores the same way.  :class:`SighupService` installs the SIGHUP handler
+re-reads the changed stores the same way (SQLite); on PostgreSQL the bus
+(LISTEN/NOTIFY, :class:`TableChanges`) does, for changes made by other nodes
+too.  :class:`SighupService` installs the SIGHUP handler
 when the service starts in the main thread (that is, under twistd) and
 restores the previous handler when it stops; nothing is installed at import.
 """
@@ -357,6 +359,53 @@ class DatabaseWatchService(Service):
         return d
 
 
+class TableChanges:
+    """The bus's table changes (PostgreSQL's LISTEN/NOTIFY,
+    :class:`zmirror.db.listen.PostgresBus`) → :meth:`Reloader.refresh_stores`, the
+    path of the SQLite watch and of SIGHUP.
+
+    One refresh at a time: tables reported while one runs are re-read together
+    after it, so an older read never lands after a newer one and a burst of
+    changes costs a few refreshes.  The first one (the bus's resync when it first
+    connects: every table) is logged quietly, like the SQLite watch's first check.
+    """
+
+    def __init__(self, reloader: Any):
+        self.reloader = reloader
+        self.refreshes = 0
+        self._pending: set = set()
+        self._running: Any = None
+
+    def changed(self, tables: Any) -> None:
+        from twisted.internet.defer import Deferred
+
+        self._pending |= set(tables)
+        if self._running is None:
+            self._running = Deferred.fromCoroutine(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                tables, self._pending = self._pending, set()
+                quiet = self.refreshes == 0
+                self.refreshes += 1
+                await self.reloader.refresh_stores(tables, reason="database changed", quiet=quiet)
+        finally:
+            self._running = None
+
+    def wait(self):
+        """A Deferred that fires when no refresh is running (tests)."""
+        from twisted.internet.defer import succeed
+
+        if self._running is None:
+            return succeed(None)
+        from twisted.internet.defer import Deferred
+
+        d: Deferred = Deferred()
+        self._running.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+
 def instrument(config: Any, reactor: Any, components: dict) -> dict:
     """Adds metrics, ``/healthz``, ``/readyz`` and ``/metrics`` to what
     :func:`zmirror.wiring.build` built (called at its end); returns ``components``.
@@ -435,10 +484,13 @@ def attach(top: ZMirrorService, options: Any, config: Any, components: dict, rea
         admin.on_admin_change = reloader.admin_changed
     SighupService(reloader, reactor).setServiceParent(top)
     db = components.get("db")
+    bus = components.get("bus")
     if db is not None and getattr(db, "dialect", "sqlite") != "sqlite":
-        # the data_version watch is SQLite's; PostgreSQL's (LISTEN/NOTIFY) is not built yet
-        log.info("database change watch: off on {dialect} (changes made by other processes or "
-                 "nodes apply on SIGHUP)", dialect=db.dialect)
+        # PostgreSQL: the triggers of migration 0005 NOTIFY, the bus LISTENs
+        if bus is not None:
+            changes = TableChanges(reloader)
+            bus.on_tables(changes.changed)
+            components["table_changes"] = changes
     elif db is not None:
         from zmirror.db.watch import ChangeWatcher
 
@@ -446,6 +498,6 @@ def attach(top: ZMirrorService, options: Any, config: Any, components: dict, rea
         watch.setServiceParent(top)
         components["db_watch"] = watch
 
-
-__all__ = ["ZMirrorService", "Reloader", "SighupService", "DatabaseWatchService", "attach",
+__all__ = ["ZMirrorService", "Reloader", "SighupService", "DatabaseWatchService", "TableChanges",
+           "attach",
            "instrument", "setup_logging", "LIVE", "STORE_TABLES", "DB_POLL_INTERVAL"]

@@ -39,7 +39,7 @@ def build(config: Config, reactor: Any) -> dict:
     bus = _bus(config, db, reactor)
     trusted = TrustedProxies(config.server.trusted_proxies)
 
-    upstreams = _upstream_pool(config, reactor)
+    upstreams = _upstream_pool(config, reactor, bus, db)
     upstreams.set_registries(_registry_rows(config))
     blob_cache = manifest_cache = None
     cache_db = db  # the node's own cache index: db on SQLite, a local file on PostgreSQL
@@ -111,6 +111,7 @@ def build(config: Config, reactor: Any) -> dict:
         *([DatabaseService(cache_db)] if cache_db is not db else []),
         *_cache_services(blob_cache, manifest_cache, reactor),
         CallbackService(stop=accesslog.stop),
+        *_bus_services(bus, upstreams),
         RetentionService(accesslogs, reactor, config.log.retention_days, config.log.max_rows),
         *access.services,
         DrainService(root, reactor),
@@ -150,10 +151,28 @@ def build(config: Config, reactor: Any) -> dict:
 
 
 def _bus(config: Config, db: Any, reactor: Any):
-    """What this node tells the others (:mod:`zmirror.cluster`): nobody on SQLite."""
+    """What this node tells the others (:mod:`zmirror.cluster`): nobody on SQLite;
+    on PostgreSQL the other nodes of the database (LISTEN/NOTIFY,
+    :class:`~zmirror.db.listen.PostgresBus`)."""
+    if getattr(db, "dialect", "sqlite") == "postgresql":
+        from zmirror.db.listen import PostgresBus
+
+        return PostgresBus(db.url, db, reactor)
     from zmirror.cluster import LocalBus
 
     return LocalBus()
+
+
+def _bus_services(bus: Any, upstreams: UpstreamPool) -> list:
+    """After the pools start (before they close): the bus (a service on PostgreSQL),
+    then the upstream state kept in ``upstream_state`` (loaded at start)."""
+    from twisted.application.service import IService
+
+    out = [bus] if IService.providedBy(bus) else []
+    sharing = upstreams.sharing
+    if sharing is not None:
+        out.append(CallbackService(start=sharing.load, stop=sharing.stop))
+    return out
 
 
 def _cache_services(blobs, manifests, reactor) -> list:
@@ -168,8 +187,9 @@ def _cache_services(blobs, manifests, reactor) -> list:
     return [CallbackService(start=upkeep.start, stop=upkeep.stop)]
 
 
-def _upstream_pool(config: Config, reactor: Any) -> UpstreamPool:
-    """The HTTP agent for upstreams: persistent connections, connect timeout.
+def _upstream_pool(config: Config, reactor: Any, bus: Any = None, db: Any = None) -> UpstreamPool:
+    """The HTTP agent for upstreams: persistent connections, connect timeout; the
+    health memory shared over ``bus`` and kept in ``db``'s upstream_state.
 
     A plain ``Agent`` (not treq's HTTPClient, which adds gzip decoding): the
     bytes relayed must be exactly the upstream's, digests included.
@@ -179,7 +199,7 @@ def _upstream_pool(config: Config, reactor: Any) -> UpstreamPool:
     pool.cachedConnectionTimeout = 120
     agent = Agent(reactor, pool=pool, connectTimeout=config.upstream.connect_timeout)
     return UpstreamPool(agent, reactor, header_timeout=config.upstream.connect_timeout,
-                        cooldown=config.upstream.cooldown, connections=pool)
+                        cooldown=config.upstream.cooldown, connections=pool, bus=bus, db=db)
 
 
 def _registry_rows(config: Config) -> list[dict]:

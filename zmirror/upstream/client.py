@@ -26,6 +26,13 @@ against a pull limit (manifest GETs) skip it, the rest (HEADs, blobs) still go
 there.  Being rate-limited is not a failure: it never counts toward the
 failures-in-a-row cool-down of a broken upstream.
 
+Several nodes: a pool built with a ``bus`` (:mod:`zmirror.cluster`) tells its
+observer (:class:`zmirror.upstream.shared.HealthSharing`) of every health
+*transition* the other nodes should follow (:func:`_shared_view`: down / up,
+the failure cool-down's deadline, the rate-limit cool-down's deadline and
+scope), never of a plain request; the observer stores it in ``upstream_state``
+and publishes it, and applies the other nodes' to this pool's health.
+
 Blob bodies are never read here: callers get the :class:`IResponse` and stream
 it.  Small bodies (token, manifest, tag list) are read by :func:`read_limited`,
 bounded in size and time; a read that times out or is cancelled closes its
@@ -391,7 +398,8 @@ class UpstreamPool:
 
     def __init__(self, agent: Any, clock: Any, *, header_timeout: float = 10.0, cooldown: float = 30.0,
                  treq_client: Any = None, metrics: Any = None, body_timeout: Optional[float] = None,
-                 connections: Any = None, drain_timeout: float = DRAIN_TIMEOUT):
+                 connections: Any = None, drain_timeout: float = DRAIN_TIMEOUT,
+                 bus: Any = None, db: Any = None):
         self.agent = agent
         # the agent's HTTPConnectionPool when known (closeCachedConnections at shutdown, tests)
         self.connections = connections
@@ -407,6 +415,16 @@ class UpstreamPool:
         self.upstreams: list[Upstream] = []
         self.namespaces: frozenset = frozenset()  # of every registries row (set_registries)
         self._health: dict[int, Health] = {}
+        # told of every health change other nodes should follow (see _observed); the
+        # zmirror.upstream.shared.HealthSharing of ``bus`` (a zmirror.cluster.IBus; None:
+        # this node is alone), which also keeps the upstream_state rows of ``db``
+        self.observer: Any = None
+        self.sharing: Any = None
+        if bus is not None:
+            from zmirror.upstream.shared import HealthSharing
+
+            self.sharing = HealthSharing(self, bus, db, clock)
+            self.observer = self.sharing
 
     # -- the registry list -------------------------------------------------
     def set_registries(self, rows: list[dict]) -> None:
@@ -464,6 +482,14 @@ class UpstreamPool:
 
     def note_rate_limit(self, up: Upstream, code: int, headers: Headers, *,
                         counted: bool = True) -> Optional[float]:
+        before = _shared_view(up.health)
+        try:
+            return self._note_rate_limit(up, code, headers, counted=counted)
+        finally:
+            self._observed(up, before)
+
+    def _note_rate_limit(self, up: Upstream, code: int, headers: Headers, *,
+                         counted: bool = True) -> Optional[float]:
         """Fold one answer of ``up`` (a manifest answer, or any 429) into its
         rate-limit memory.
 
@@ -526,16 +552,28 @@ class UpstreamPool:
         now = self.clock.seconds()
         return {uid: h.as_dict(now) for uid, h in self._health.items()}
 
+    def _observed(self, up: Upstream, before: tuple) -> None:
+        """Tell the observer when ``up``'s health changed in a way other nodes follow
+        (:func:`_shared_view`): a transition, not every request."""
+        if self.observer is not None and _shared_view(up.health) != before:
+            try:
+                self.observer.health_changed(up)
+            except Exception:
+                log.failure("upstream {name}: sharing its health failed", name=up.name)
+
     def mark_ok(self, up: Upstream, latency: float) -> None:
         h = up.health
+        before = _shared_view(h)
         h.state = "up"
         h.consecutive_failures = 0
         h.cooldown_until = 0.0
         h.last_latency_ms = round(latency * 1000, 1)
         h.last_checked_at = self.clock.seconds()
+        self._observed(up, before)
 
     def mark_failed(self, up: Upstream, message: str) -> None:
         h = up.health
+        before = _shared_view(h)
         h.state = "down"
         h.last_error = message[:300]
         h.last_checked_at = self.clock.seconds()
@@ -546,6 +584,7 @@ class UpstreamPool:
                      name=up.name, n=h.consecutive_failures, err=h.last_error, s=self.cooldown)
         if self.metrics is not None:
             self.metrics.upstream_failed(up.name)
+        self._observed(up, before)
 
     def record_probe(self, upstream_id: int, result: dict) -> None:
         """Fold an admin "test connection" result into the health memory."""
@@ -753,6 +792,14 @@ class UpstreamPool:
             out["error"] = str(e)
         out["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
         return out
+
+
+def _shared_view(h: Health) -> tuple:
+    """What of a Health the other nodes follow: down or not, the failure cool-down's
+    deadline, the rate-limit cool-down's deadline and scope.  A change of it is a
+    transition worth telling them (:class:`zmirror.upstream.shared.HealthSharing`)."""
+    return (h.state == "down", h.cooldown_until, h.ratelimited_until,
+            h.ratelimit_scope if h.ratelimited_until else "")
 
 
 def _cancelled(e: Exception) -> bool:

@@ -1,0 +1,328 @@
+"""The cluster bus on PostgreSQL: LISTEN / NOTIFY.
+
+:class:`PostgresBus` implements :class:`zmirror.cluster.IBus` for the nodes of
+one PostgreSQL database.  It listens on two channels:
+
+- ``zmirror_changes``: the triggers of migration 0005 send the name of the
+  table (users / whitelists / registries) whenever a statement changes it,
+  whoever wrote it (a node, the ``zmirror`` CLI, hand-made SQL).  Table names
+  are gathered for :data:`COALESCE` seconds and delivered as one set, so a
+  burst of a thousand user writes costs a few store re-reads, not a thousand;
+- ``zmirror_events``: what :meth:`PostgresBus.publish` sends, a compact JSON
+  ``{"o": origin, "k": kind, "d": data}``; an event whose origin is this bus
+  is its own echo and dropped.
+
+**Threading.**  One dedicated thread owns one psycopg connection (autocommit)
+and blocks in ``conn.notifies(timeout=POLL)``; every batch of notifications
+is handed to the reactor with ``reactor.callFromThread``, where all the
+state lives (subscribers, coalescing, backoff).  The alternative, watching the
+connection's socket with ``addReader``, would still need a thread for the
+blocking ``connect`` and would reach into psycopg's internals to read
+notifications without blocking; a thread that wakes every :data:`POLL`
+seconds to look at its stop flag is simpler and costs nothing.  Publishing
+does not use this connection: it is one ``SELECT pg_notify(...)`` through the
+database's writer pool, like any other write of this node.
+
+**Connection loss** (PostgreSQL restarted, the backend terminated, the network
+cut: TCP keepalives, ``tcp_user_timeout`` and a ``SELECT 1`` every
+:data:`PING` idle seconds notice it): the thread closes the connection and
+waits for the reactor to tell it to try again, after a backoff on the injected
+clock (:data:`BACKOFF_FIRST` doubling up to :data:`BACKOFF_MAX`).  After every
+successful (re)connect the bus calls :meth:`~zmirror.cluster._Subscribers.resync`
+with every table: what changed while nobody listened is re-read (the first
+connect too: changes between the stores' first load and the ``LISTEN`` would be
+missed otherwise).
+
+**Stop** sets the stop flag and wakes the thread; it ends within ``POLL``
+seconds when connected.  ``stopService`` waits for it at most
+:data:`STOP_TIMEOUT` seconds (a connect to an unreachable server can take the
+connect timeout): the thread is a daemon, closes its connection when it sees
+the flag and never touches the reactor's state after the stop.
+
+The database URL holds a password: only :func:`~zmirror.db.postgresql.redact_url`
+forms of it are logged, and the password is cut out of driver messages.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from zmirror.cluster import IBus, _Subscribers
+from zmirror.db.postgresql import CONNECT_TIMEOUT, redact_url
+from zmirror.db.watch import TABLES
+
+log = Logger()
+
+CHANGES = "zmirror_changes"
+EVENTS = "zmirror_events"
+# PostgreSQL refuses a NOTIFY payload of 8000 bytes or more; leave room
+MAX_PAYLOAD = 7000
+COALESCE = 0.1  # seconds table notifications are gathered before one delivery
+POLL = 0.25  # seconds the listening thread blocks before it looks at its stop flag
+PING = 30.0  # idle seconds before a "SELECT 1" checks the connection is alive
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+STOP_TIMEOUT = 2.0
+APPLICATION_NAME = "zmirror-bus"
+# the listening connection notices a dead peer within about half a minute
+_KEEPALIVE = dict(keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+                  tcp_user_timeout=20000)
+
+
+@implementer(IBus)
+class PostgresBus(_Subscribers, Service):
+    """The IBus of the nodes sharing one PostgreSQL database (a Service: start
+    it after the database's pools, stop it before they close).
+
+    ``db``: the :class:`~zmirror.db.postgresql.PostgresDatabase` (publishing
+    goes through its writer); ``reactor``: for ``callFromThread``; ``clock``:
+    coalescing, backoff and the stop timeout (default: the reactor);
+    ``connect``: ``connect(url)`` → a psycopg connection (tests).
+    """
+
+    def __init__(self, url: str, db: Any, reactor: Any, *, clock: Any = None,
+                 connect: Optional[Callable[[str], Any]] = None, tables: tuple = TABLES):
+        _Subscribers.__init__(self)
+        self.url = url
+        self.db = db
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.tables = tuple(tables)
+        self._connect_fn = connect or _connect
+        try:
+            from urllib.parse import urlsplit
+
+            self._password = urlsplit(url).password or ""
+        except ValueError:
+            self._password = ""
+        # reactor-thread state
+        self.connected = False
+        self.connects = 0  # successful connects (the first one included)
+        self.failures = 0  # failed connects and lost connections
+        self.dropped = 0  # events refused (too big) or unreadable
+        self._attempt = 0
+        self._outage_logged = False
+        self._pending: set[str] = set()
+        self._flush: Any = None
+        self._retry: Any = None
+        self._ended: Optional[Deferred] = None
+        # shared with the thread
+        self._go = threading.Event()
+        self._stopping = False
+        self._thread: Optional[threading.Thread] = None
+
+    def __repr__(self) -> str:
+        return f"<PostgresBus {redact_url(self.url)}>"
+
+    # --- IBus ---------------------------------------------------------------------
+
+    def publish(self, kind: str, data: dict) -> Deferred:
+        try:
+            payload = json.dumps({"o": self.origin, "k": kind, "d": data}, separators=(",", ":"),
+                                 ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            self.dropped += 1
+            log.error("cluster event {kind} not sent: not JSON ({error})", kind=kind, error=str(e))
+            return succeed(None)
+        size = len(payload.encode("utf-8"))
+        if size > MAX_PAYLOAD:
+            self.dropped += 1
+            log.error("cluster event {kind} not sent: {size} bytes is over the {limit} byte limit",
+                      kind=kind, size=size, limit=MAX_PAYLOAD)
+            return succeed(None)
+        d = self.db.execute(f"SELECT pg_notify('{EVENTS}', ?)", (payload,))
+        d.addCallbacks(lambda _: None, lambda f: log.error(
+            "cluster event {kind} not sent: {error}", kind=kind, error=self._clean(f.value)))
+        return d
+
+    # --- the service ----------------------------------------------------------------
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._stopping = False
+        # a new event and thread each start: one left over from before a stop (still in
+        # a connect) sees it is not the current one and ends
+        self._go = go = threading.Event()
+        go.set()
+        self._thread = threading.Thread(target=self._run, args=(go,), name="zmirror-bus", daemon=True)
+        self._thread.start()
+
+    def stopService(self):
+        Service.stopService(self)
+        self._stopping = True
+        for call in (self._retry, self._flush):
+            if call is not None and call.active():
+                call.cancel()
+        self._retry = self._flush = None
+        self._go.set()
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return succeed(None)
+        done: Deferred = Deferred()
+        self._ended = done
+        timer = self.clock.callLater(STOP_TIMEOUT, lambda: done.called or done.callback(False))
+
+        def finished(ended):
+            if timer.active():
+                timer.cancel()
+            if ended:
+                # its last statement ran (it told us so): the join returns at once
+                thread.join(1.0)
+            else:
+                log.warn("cluster bus: the listening thread is still connecting; not waiting for it")
+            return None
+
+        return done.addCallback(finished)
+
+    # --- on the reactor thread --------------------------------------------------------
+
+    def _connected(self) -> None:
+        if self._stopping:
+            return
+        self.connected = True
+        self.connects += 1
+        self._attempt = 0
+        if self._outage_logged or self.connects > 1:
+            log.info("cluster bus: listening again on {url}; re-reading shared state",
+                     url=redact_url(self.url))
+        self._outage_logged = False
+        self.resync(set(self.tables))
+
+    def _failed(self, reason: str) -> None:
+        if self._stopping:
+            return
+        was = self.connected
+        self.connected = False
+        self.failures += 1
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * (2 ** min(self._attempt, 16)))
+        self._attempt += 1
+        if not self._outage_logged:
+            self._outage_logged = True
+            log.warn("cluster bus: {what} {url} ({reason}); retrying (changes made by other nodes "
+                     "apply once it is back)", what="lost the connection to" if was else
+                     "cannot listen on", url=redact_url(self.url), reason=reason)
+        else:
+            log.debug("cluster bus: still no connection ({reason}); next try in {s}s",
+                      reason=reason, s=delay)
+        self._retry = self.clock.callLater(delay, self._wake)
+
+    def _wake(self) -> None:
+        self._retry = None
+        if not self._stopping:
+            self._go.set()
+
+    def _received(self, items: list) -> None:
+        if self._stopping:
+            return
+        for channel, payload in items:
+            if channel == CHANGES:
+                if payload in self.tables:
+                    self._pending.add(payload)
+            elif channel == EVENTS:
+                self._event(payload)
+        if self._pending and self._flush is None:
+            self._flush = self.clock.callLater(COALESCE, self._deliver_pending)
+
+    def _deliver_pending(self) -> None:
+        self._flush = None
+        tables, self._pending = self._pending, set()
+        if tables and not self._stopping:
+            self.deliver_tables(tables)
+
+    def _event(self, payload: str) -> None:
+        try:
+            msg = json.loads(payload)
+            origin, kind, data = msg["o"], msg["k"], msg["d"]
+            if not isinstance(kind, str) or not isinstance(data, dict):
+                raise ValueError("kind or data of the wrong type")
+        except (ValueError, KeyError, TypeError):
+            self.dropped += 1
+            log.warn("cluster bus: ignored an unreadable event ({n} bytes)", n=len(payload))
+            return
+        if origin == self.origin:
+            return  # our own, echoed by PostgreSQL
+        self.deliver(kind, data)
+
+    def _thread_ended(self, thread: threading.Thread) -> None:
+        if thread is not self._thread:
+            return
+        ended, self._ended = self._ended, None
+        if ended is not None and not ended.called:
+            ended.callback(True)
+
+    # --- on the listening thread --------------------------------------------------------
+
+    def _done(self) -> bool:
+        # stopped, or a thread left over from before a stop and a new start
+        return self._stopping or self._thread is not threading.current_thread()
+
+    def _call(self, f: Callable, *args: Any) -> None:
+        self.reactor.callFromThread(f, *args)
+
+    def _clean(self, e: BaseException) -> str:
+        text = " ".join(str(e).split())[:300] or type(e).__name__
+        if self._password:
+            text = text.replace(self._password, "***")
+        return text
+
+    def _run(self, go: threading.Event) -> None:
+        try:
+            while True:
+                go.wait()
+                if self._done():
+                    return
+                go.clear()
+                self._session()
+        finally:
+            self._call(self._thread_ended, threading.current_thread())
+
+    def _session(self) -> None:
+        try:
+            conn = self._connect_fn(self.url)
+        except Exception as e:
+            if not self._done():
+                self._call(self._failed, self._clean(e))
+            return
+        try:
+            if self._done():
+                return
+            conn.execute(f"LISTEN {CHANGES}")
+            conn.execute(f"LISTEN {EVENTS}")
+            self._call(self._connected)
+            idle_since = time.monotonic()
+            while not self._done():
+                got = [(n.channel, n.payload) for n in conn.notifies(timeout=POLL, stop_after=1)]
+                if got:
+                    # and whatever else already arrived, in the same hand-over
+                    got.extend((n.channel, n.payload) for n in conn.notifies(timeout=0))
+                    self._call(self._received, got)
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since >= PING:
+                    conn.execute("SELECT 1")
+                    idle_since = time.monotonic()
+        except Exception as e:
+            if not self._done():
+                self._call(self._failed, self._clean(e))
+        finally:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+
+def _connect(url: str):
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                           application_name=APPLICATION_NAME, **_KEEPALIVE)
+
+
+__all__ = ["PostgresBus", "CHANGES", "EVENTS", "MAX_PAYLOAD", "COALESCE", "APPLICATION_NAME"]

@@ -1,0 +1,280 @@
+"""Upstream health and rate-limit state shared by the nodes of a cluster.
+
+Each node keeps its own :class:`~zmirror.upstream.client.Health` per upstream
+(the :class:`~zmirror.upstream.client.UpstreamPool`'s health memory).  When one
+changes in a way the others should follow — marked down, a failure cool-down
+starting or moving, recovered, a rate-limit cool-down starting or moving (its
+deadline and scope), a rate-limit cool-down ended early — the pool tells its
+observer, :class:`HealthSharing`, which
+
+- upserts the upstream's row of ``upstream_state`` (a node that starts later, or
+  reconnects to the bus, loads the rows still in force), and
+- publishes an ``upstream.state`` event on the bus (:mod:`zmirror.cluster`).
+
+Both carry a snapshot of the upstream's shared state (:func:`snapshot`), taken
+when it is sent.  At most one goes out per upstream every :data:`MIN_INTERVAL`
+seconds: changes in between are sent together, the latest state, once the
+interval is over.  Requests themselves never publish.
+
+**Key.**  An upstream is its ``registries`` row id (``upstream_state.upstream``
+is ``str(id)``): every node of a cluster reads the same ``registries`` table,
+so the id names the same row on all of them, and two rows for one URL (other
+credentials: another pull quota) stay apart.  The snapshot also carries the
+URL: a node applies a state only to its enabled upstream of that id *and*
+URL, so a row whose URL was edited does not inherit the old registry's state,
+and an id this node does not know (yet) is ignored.
+
+**Merging** (:func:`merge`) never lets a peer push a deadline past what it
+said, nor past :data:`~zmirror.upstream.client.MAX_RATELIMIT_COOLDOWN` from
+now (a hostile or skewed value): of two cool-down deadlines the later one wins.
+Who saw the upstream last decides "down" / "up": a peer's state is taken when
+it is newer than this node's own last answer (``last_checked_at``); a
+rate-limit cool-down guessed from the window ends early when a peer has a newer
+``ratelimit-*`` answer and no cool-down of its own.  Deadlines are wall-clock
+times: the nodes' clocks should agree (NTP) to within a few seconds.
+
+Sharing rate limits assumes the nodes share the upstream's quota (one egress
+address, or the same credentials); that is the point of sharing them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Optional
+
+from twisted.logger import Logger
+
+from zmirror.cluster import RESYNC
+from zmirror.upstream.client import MAX_RATELIMIT_COOLDOWN, RateLimit, Upstream
+
+log = Logger()
+
+KIND = "upstream.state"
+MIN_INTERVAL = 1.0  # seconds between two publications about one upstream
+MAX_DEADLINE = MAX_RATELIMIT_COOLDOWN  # no shared deadline lies further ahead than this
+
+UPSERT = ("INSERT INTO upstream_state (upstream, state, node, updated_at) VALUES (?, ?, ?, ?)"
+          " ON CONFLICT (upstream) DO UPDATE SET state = excluded.state, node = excluded.node,"
+          " updated_at = excluded.updated_at")
+
+
+def key_of(up: Upstream) -> str:
+    return str(up.id)
+
+
+def snapshot(up: Upstream, now: float) -> dict:
+    """What other nodes follow of ``up``'s health (a small JSON-able dict)."""
+    h = up.health
+    rl = h.rate_limit
+    return {
+        "id": up.id,
+        "url": up.url,
+        "at": now,
+        "state": "down" if h.state == "down" else "up",
+        "error": h.last_error if h.state == "down" else None,
+        "cooldown_until": h.cooldown_until,
+        "ratelimited_until": h.ratelimited_until,
+        "scope": h.ratelimit_scope,
+        "reason": h.ratelimit_reason,
+        "rate_limit": None if rl is None else [rl.limit, rl.remaining, rl.window, rl.updated_at],
+    }
+
+
+def _num(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    value = float(value)
+    return value if math.isfinite(value) else 0.0
+
+
+def _count(value: Any) -> Optional[int]:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 31:
+        return None
+    return value
+
+
+def merge(up: Upstream, data: dict, now: float) -> bool:
+    """Fold a peer's :func:`snapshot` into ``up``'s health (rules: module doc).
+    Returns True when something changed."""
+    h = up.health
+    before = (h.state, h.last_error, h.cooldown_until, h.ratelimited_until, h.ratelimit_scope,
+              h.ratelimit_reason, h.rate_limit)
+    cap = now + MAX_DEADLINE
+    at = min(_num(data.get("at")), now)
+    # down / up: the newer observation wins
+    if at >= (h.last_checked_at or 0.0):
+        if data.get("state") == "down":
+            h.state = "down"
+            error = data.get("error")
+            h.last_error = str(error)[:300] if error else h.last_error
+            h.last_checked_at = at
+            cd = min(_num(data.get("cooldown_until")), cap)
+            if cd > now and cd > h.cooldown_until:
+                h.cooldown_until = cd
+        elif data.get("state") == "up" and h.state == "down":
+            h.state = "up"
+            h.consecutive_failures = 0
+            h.cooldown_until = 0.0
+            h.last_checked_at = at
+    # the rate-limit numbers: the newer answer wins
+    rl = data.get("rate_limit")
+    peer_rl_at = 0.0
+    if isinstance(rl, list) and len(rl) == 4:
+        peer_rl_at = min(_num(rl[3]), now)
+        if peer_rl_at > ((h.rate_limit.updated_at or 0.0) if h.rate_limit else 0.0):
+            h.rate_limit = RateLimit(limit=_count(rl[0]), remaining=_count(rl[1]),
+                                     window=_count(rl[2]), updated_at=peer_rl_at)
+    # the rate-limit cool-down: the later deadline wins
+    until = min(_num(data.get("ratelimited_until")), cap)
+    if until > now:
+        if until > h.ratelimited_until:
+            keep_all = h.rate_limited(now) and h.ratelimit_scope == "all"
+            h.ratelimited_until = until
+            reason = data.get("reason")
+            h.ratelimit_reason = reason if reason in ("retry-after", "window") else "window"
+            h.ratelimit_scope = "all" if data.get("scope") == "all" or keep_all else "pulls"
+    elif (h.rate_limited(now) and h.ratelimit_reason == "window" and h.rate_limit is not None
+          and peer_rl_at > 0 and peer_rl_at >= (h.rate_limit.updated_at or 0.0)):
+        # the peer has a newer answer and no cool-down: pulls are left again
+        h.ratelimited_until = 0.0
+        h.ratelimit_reason = ""
+    after = (h.state, h.last_error, h.cooldown_until, h.ratelimited_until, h.ratelimit_scope,
+             h.ratelimit_reason, h.rate_limit)
+    return after != before
+
+
+def in_force(data: dict, now: float) -> bool:
+    """A stored snapshot that still holds an upstream back."""
+    return _num(data.get("cooldown_until")) > now or _num(data.get("ratelimited_until")) > now
+
+
+class HealthSharing:
+    """The :class:`~zmirror.upstream.client.UpstreamPool`'s observer: shares its
+    health transitions over ``bus`` and ``upstream_state`` (``db``; None: the bus
+    only) and applies the other nodes' (see the module doc)."""
+
+    def __init__(self, pool: Any, bus: Any, db: Any, clock: Any):
+        self.pool = pool
+        self.bus = bus
+        self.db = db
+        self.clock = clock
+        self.sent = 0  # snapshots sent (published and stored)
+        self.applied = 0  # peers' snapshots that changed something here
+        self._last: dict[int, float] = {}  # upstream id -> when its last snapshot went out
+        self._timers: dict[int, Any] = {}
+        self._writes: set = set()  # upserts not answered yet
+        self._failing = False
+        bus.subscribe(KIND, self.received)
+        bus.subscribe(RESYNC, lambda _data: self.load())
+
+    # -- this node's transitions ---------------------------------------------------
+
+    def health_changed(self, up: Upstream) -> None:
+        uid = up.id
+        if uid in self._timers:
+            return  # a send is due: it takes the latest state
+        now = self.clock.seconds()
+        wait = self._last.get(uid, -math.inf) + MIN_INTERVAL - now
+        if wait <= 0:
+            self._send(uid)
+        else:
+            self._timers[uid] = self.clock.callLater(wait, self._send, uid)
+
+    def _send(self, uid: int) -> None:
+        self._timers.pop(uid, None)
+        up = self._upstream(uid)
+        if up is None:
+            return
+        now = self.clock.seconds()
+        self._last[uid] = now
+        snap = snapshot(up, now)
+        self.sent += 1
+        if self.db is not None:
+            d = self.db.execute(UPSERT, (key_of(up), json.dumps(snap, separators=(",", ":")),
+                                         getattr(self.bus, "origin", ""), now))
+            d.addCallbacks(self._stored, self._store_failed, errbackArgs=(up.name,))
+            if not d.called:
+                self._writes.add(d)
+                d.addBoth(lambda r: (self._writes.discard(d), r)[1])
+        self.bus.publish(KIND, snap)
+
+    def _stored(self, _result: Any) -> None:
+        self._failing = False
+
+    def _store_failed(self, failure: Any, name: str) -> None:
+        if not self._failing:  # once until a write works again
+            log.error("upstream {name}: storing its shared state failed: {error}", name=name,
+                      error=" ".join(str(failure.value).split())[:200])
+        self._failing = True
+
+    def flush(self):
+        """A Deferred firing when the upserts sent so far are answered."""
+        from twisted.internet.defer import DeferredList
+
+        return DeferredList(list(self._writes)).addCallback(lambda _: None)
+
+    def stop(self):
+        """Send what is due now (the bus and the pools stop after this), then wait for
+        the upserts on their way."""
+        timers, self._timers = self._timers, {}
+        for uid, call in timers.items():
+            if call.active():
+                call.cancel()
+                self._send(uid)
+        return self.flush()
+
+    # -- the other nodes' ------------------------------------------------------------
+
+    def received(self, data: dict) -> None:
+        """An ``upstream.state`` event from another node."""
+        uid = data.get("id")
+        if type(uid) is not int:
+            return
+        up = self._upstream(uid, data.get("url"))
+        if up is None:
+            return  # a registry this node does not know (or no longer has)
+        if merge(up, data, self.clock.seconds()):
+            self.applied += 1
+
+    async def _load(self) -> int:
+        rows = await self.db.query("SELECT upstream, state FROM upstream_state")
+        now = self.clock.seconds()
+        n = 0
+        for row in rows:
+            try:
+                data = json.loads(row["state"])
+            except (TypeError, ValueError):
+                continue
+            if not isinstance(data, dict) or type(data.get("id")) is not int or not in_force(data, now):
+                continue
+            up = self._upstream(data.get("id"), data.get("url"))
+            if up is not None and merge(up, data, now):
+                n += 1
+        self.applied += n
+        return n
+
+    def load(self):
+        """Apply the ``upstream_state`` rows still in force (at start and on
+        RESYNC); a Deferred firing with how many changed something (never errbacks)."""
+        from twisted.internet.defer import Deferred, succeed
+
+        if self.db is None:
+            return succeed(0)
+        d = Deferred.fromCoroutine(self._load())
+
+        def failed(f):
+            log.error("reading the shared upstream state failed: {error}",
+                      error=" ".join(str(f.value).split())[:200])
+            return 0
+
+        return d.addErrback(failed)
+
+    def _upstream(self, uid: Any, url: Any = None) -> Optional[Upstream]:
+        for up in self.pool.upstreams:
+            if up.id == uid and (url is None or up.url == url):
+                return up
+        return None
+
+
+__all__ = ["HealthSharing", "KIND", "MIN_INTERVAL", "merge", "snapshot", "key_of", "in_force"]
