@@ -445,14 +445,7 @@ def _up(argv: list[str]) -> None:
             print(f"{zm.name:9} {zm.url}")
         print(f"nginx     {c.nginx_url}")
         print(f"admin     admin:{c.admin_password}")
-        for img in c.images.values():
-            print(f"image     {img.ref:24} {img.digest}")
-        print(f"timings   {c.timings}")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        H.serve_until_interrupted(c.images, c.timings)
 
 
 if __name__ == "__main__":

@@ -1412,9 +1412,14 @@ def _up_main() -> None:
         extra = f" (issuer :{r.issuer_port})" if r.issuer_port else ""
         print(f"{r.name:9} {r.url}{extra} creds={r.creds_arg or '-'}")
     print(f"zmirror   {zm.url}  upstreams: " + ", ".join(f"{u.name}={u.url}" for u in zm.upstreams))
-    for img in env.images.values():
+    serve_until_interrupted(env.images, env.timings)
+
+
+def serve_until_interrupted(images: dict, timings: dict) -> None:
+    """``up``'s end: print the images and the start timings, then wait for Ctrl-C."""
+    for img in images.values():
         print(f"image     {img.ref:24} {img.digest}")
-    print(f"timings   {env.timings}")
+    print(f"timings   {timings}")
     try:
         while True:
             time.sleep(3600)
