@@ -105,6 +105,8 @@ class ManifestCache:
         self._partial: set[tuple[str, str]] = set()
         # keys whose deletion is still being written: the database must not bring them back
         self._dropping: dict[tuple[str, str], int] = {}
+        # keys with a store or refresh still being written: a row missing there is not gone
+        self._writing: dict[tuple[str, str], int] = {}
         self._bodies: "OrderedDict[str, Manifest]" = OrderedDict()
         self._body_bytes = 0
         self._repos: "OrderedDict[tuple[str, str], None]" = OrderedDict()  # (digest, repository)
@@ -169,7 +171,7 @@ class ManifestCache:
             # one node: memory is newer than the database; shared: the newer fetch wins
             if mine is None or (self.shared and r["fetched_at"] > mine.fetched_at):
                 self._put_tag(TagEntry(**r))
-        if self.shared:
+        if self.shared and key not in self._writing:
             # a stale entry whose row is gone was deleted (or dropped) by another node
             for e in list(self.tags.get(key, {}).values()):
                 if e.media_type not in seen and not self.fresh(e):
@@ -300,7 +302,8 @@ class ManifestCache:
             if key not in self.tags:
                 self._partial.add(key)  # the database may hold other media types of it
             self._put_tag(entry)
-        self._write(_store_rows, m, now, repository, entry)
+        self._write(_store_rows, m, now, repository, entry,
+                    then=None if entry is None else self._written_later((repository, tag)))
 
     def add_repo(self, digest: str, repository: str) -> None:
         if self._remember_repo(digest, repository):
@@ -314,13 +317,29 @@ class ManifestCache:
         entry.fetched_at = self.clock.seconds()
         self.stats["revalidated"] += 1
 
+        done = self._written_later((entry.repository, entry.tag))
+
         def written(n):
             if self.shared and n == 0:
                 self._forget(entry)
-            return n
+            return done(n)
 
         self._write(_refresh_tag, entry.repository, entry.tag, entry.media_type, entry.digest,
                     entry.fetched_at, then=written)
+
+    def _written_later(self, key: tuple[str, str]):
+        """Count a write of ``key``'s row as in flight; returns what ends it."""
+        self._writing[key] = self._writing.get(key, 0) + 1
+
+        def written(result):
+            n = self._writing.get(key, 0) - 1
+            if n > 0:
+                self._writing[key] = n
+            else:
+                self._writing.pop(key, None)
+            return result
+
+        return written
 
     def drop_tag(self, repository: str, tag: str) -> None:
         key = (repository, tag)
