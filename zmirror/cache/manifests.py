@@ -28,7 +28,7 @@ Several nodes write the same rows at the same moment, so every write is an
 upsert that cannot fail on a duplicate (``ON CONFLICT``, both engines), and a
 tag's ``fetched_at`` only moves forward: a store or a refresh older than the
 row is ignored, so a tag re-pointed to a new digest by one node wins by its
-fetch time.  A tag entry in memory is served while it is younger than the TTL,
+fetch time (the nodes' clocks are compared: keep them in step, e.g. NTP).  A tag entry in memory is served while it is younger than the TTL,
 counted from the ``fetched_at`` of the row it was read from (or that this node
 wrote); once it is stale the shared row is read again before the upstream is
 asked (another node may have refreshed or moved it; a row another node
