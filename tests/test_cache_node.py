@@ -401,6 +401,45 @@ class PostgresTwoCachesTests(TwoCachesOneDatabase, unittest.TestCase):
         self.assertIsNone(await self.b.tag("library/app", "v2", [MT]))
 
 
+class HeldDatabase:
+    """Queries and writes that answer when the test says so."""
+
+    dialect = "postgresql"
+
+    def __init__(self):
+        self.queries: list[Deferred] = []
+        self.writes: list[Deferred] = []
+
+    def query(self, sql, params=()):
+        d = Deferred()
+        self.queries.append(d)
+        return d
+
+    def write(self, f, *args):
+        d = Deferred()
+        self.writes.append(d)
+        return d
+
+
+class WriteInFlightTests(unittest.TestCase):
+    @coro
+    async def test_a_row_read_before_its_write_landed_is_not_taken_for_deleted(self):
+        db = HeldDatabase()
+        cache = ManifestCache(db, Clock(), ttl=300)
+        cache.store("library/app", "v1", Manifest(DIGEST_1, MT, MANIFEST))
+        cache.clock.advance(301)  # stale (a slow database, or a short TTL)
+        lookup = Deferred.fromCoroutine(cache.tag("library/app", "v1", [MT]))
+        self.assertEqual(len(db.queries), 1)
+        db.writes[0].callback(None)  # the store commits while the lookup reads ...
+        db.queries[0].callback([])  # ... what was there before it: no row yet
+        found = self.successResultOf(lookup)
+        self.assertEqual(found.digest, DIGEST_1)  # stale, still held: revalidated, not refetched
+        # a row really gone (no write in flight) drops the stale entry
+        lookup = Deferred.fromCoroutine(cache.tag("library/app", "v1", [MT]))
+        db.queries[1].callback([])
+        self.assertIsNone(self.successResultOf(lookup))
+
+
 class FailingDatabase:
     dialect = "postgresql"
 

@@ -154,6 +154,9 @@ class ManifestCache:
                 return None  # one node: memory holds every media type of this tag
         if key in self._dropping:
             return None
+        # a write of this key in flight now may land after the lookup reads (a store or
+        # refresh issued later makes its entry fresh: it cannot be taken for deleted)
+        writing = key in self._writing
         rows = await self._lookup(
             "SELECT repository, tag, media_type, digest, fetched_at FROM cache_tags "
             "WHERE repository = ? AND tag = ?", (repository, tag))
@@ -171,7 +174,7 @@ class ManifestCache:
             # one node: memory is newer than the database; shared: the newer fetch wins
             if mine is None or (self.shared and r["fetched_at"] > mine.fetched_at):
                 self._put_tag(TagEntry(**r))
-        if self.shared and key not in self._writing:
+        if self.shared and not writing and key not in self._writing:
             # a stale entry whose row is gone was deleted (or dropped) by another node
             for e in list(self.tags.get(key, {}).values()):
                 if e.media_type not in seen and not self.fresh(e):
