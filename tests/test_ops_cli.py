@@ -497,7 +497,9 @@ class DbCopyTests(CLITestCase):
                           for i in range(2500)])
         conn.execute("INSERT INTO cache_manifests VALUES ('sha256:m', 'application/json', ?, 1.5, 2.5)",
                      (b"\x00{}\xff",))
+        conn.execute("INSERT INTO cache_tags VALUES ('library/app', 'v1', 'application/json', 'sha256:m', 3.5)")
         conn.execute("INSERT INTO cache_blobs VALUES ('sha256:b', ?, 1.0, 2.0)", (5 << 30,))
+        conn.execute("INSERT INTO cache_blob_repos VALUES ('sha256:b', 'library/app')")
         conn.commit()
         conn.close()
 
@@ -524,19 +526,25 @@ class DbCopyTests(CLITestCase):
         self.addCleanup(pg.close)
         want, got = self.tables(lite), self.tables(pg)
         self.assertEqual(set(got), set(want))
-        from zmirror.cache.index import CACHE_TABLES
+        from zmirror.cache.index import BLOB_TABLES, MANIFEST_TABLES
 
-        # the cache index stays with this node's cache: its local file, not the shared database
-        self.assertIn("cache index: 2 rows copied", out)
+        # the blob index stays with this node's files: its local file, not the shared database;
+        # the manifest cache (no files) goes to the shared database
+        self.assertIn("cache index: 2 blob rows copied", out)
+        self.assertIn("cache_manifests: 1 rows", out)
         index = sqlite3.connect(str(self.data / "cache" / "index.sqlite"))
         self.addCleanup(index.close)
         local = self.tables(index)
         for table in want:
-            if table in CACHE_TABLES:
+            if table in BLOB_TABLES:
                 self.assertEqual(got[table], [], table)
                 self.assertEqual(local[table], want[table], table)
             else:
                 self.assertEqual(got[table], want[table], table)
+                if table in MANIFEST_TABLES:
+                    self.assertEqual(local[table], [], table)
+        self.assertEqual(got["cache_manifests"], [("sha256:m", "application/json", b"\x00{}\xff", 1.5, 2.5)])
+        self.assertEqual(got["cache_tags"], [("library/app", "v1", "application/json", "sha256:m", 3.5)])
         self.assertEqual([r[:2] for r in want["users"]], [(1, "alice"), (3, "carol")])
         # the identities continue after the copied ids
         for table in ("users", "registries", "whitelists", "access_logs"):

@@ -648,10 +648,11 @@ def copy_database(source: Path, url: str, *, force: bool = False, out=_out) -> d
     advanced past the copied ids.  Refuses a target that holds data unless ``force``
     (then its rows are replaced).  Blocking (a CLI command).  Returns rows per table.
 
-    The cache index tables (:data:`zmirror.cache.index.CACHE_TABLES`) are not copied:
-    on PostgreSQL each node keeps the index of its own cache in a local file
-    (:func:`copy_cache_index`)."""
-    from zmirror.cache.index import CACHE_TABLES
+    The blob index tables (:data:`zmirror.cache.index.BLOB_TABLES`) are not copied:
+    on PostgreSQL each node keeps the index of its own blob cache in a local file
+    (:func:`copy_cache_index`).  The manifest cache's tables are (every node shares
+    them on PostgreSQL)."""
+    from zmirror.cache.index import BLOB_TABLES
     from zmirror.db import DatabaseError, latest_version, migrate, postgresql
 
     where = postgresql.redact_url(url)
@@ -668,7 +669,7 @@ def copy_database(source: Path, url: str, *, force: bool = False, out=_out) -> d
         src.execute("BEGIN")  # one snapshot of every table (WAL: the server may keep writing)
         tables = [r[0] for r in src.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
-            if r[0] not in CACHE_TABLES]
+            if r[0] not in BLOB_TABLES]
         pg = postgresql.connect(url)
         try:
             pg_tables = {r[0] for r in pg.execute(
@@ -722,12 +723,14 @@ def copy_database(source: Path, url: str, *, force: bool = False, out=_out) -> d
 
 
 def copy_cache_index(source: Path, index: Path, *, force: bool = False, out=_out) -> Optional[int]:
-    """Copy the cache index tables of the SQLite database ``source`` into the
-    node-local cache index ``index`` (created 0600 and migrated as the server
-    would), in one transaction, so this node's cached files stay known after it
-    moves to PostgreSQL.  An index that already holds rows is left alone unless
-    ``force``.  Returns the rows copied, or None when left alone.  Blocking."""
-    from zmirror.cache.index import CACHE_TABLES
+    """Copy the blob index tables (:data:`zmirror.cache.index.BLOB_TABLES`) of the
+    SQLite database ``source`` into the node-local blob index ``index`` (created
+    0600 and migrated as the server would), in one transaction, so this node's
+    cached files stay known after it moves to PostgreSQL.  An index that already
+    holds blob rows is left alone unless ``force``.  Returns the rows copied, or
+    None when left alone.  Blocking.  (The manifest cache goes to PostgreSQL:
+    :func:`copy_database`.)"""
+    from zmirror.cache.index import BLOB_TABLES
     from zmirror.db import DatabaseError, begin_sql, migrate
 
     try:
@@ -741,14 +744,14 @@ def copy_cache_index(source: Path, index: Path, *, force: bool = False, out=_out
         conn.execute(begin_sql(conn))
         try:
             held = sum(conn.execute(f'SELECT count(*) FROM main."{_ident(t)}"').fetchone()[0]
-                       for t in CACHE_TABLES)
+                       for t in BLOB_TABLES)
             if held and not force:
                 conn.execute("ROLLBACK")
                 out(f"cache index: {index} already holds {held} rows; left as it is "
                     "(--force replaces them)")
                 return None
             n = 0
-            for t in CACHE_TABLES:
+            for t in BLOB_TABLES:
                 cols = ", ".join(f'"{_ident(r[1])}"' for r in conn.execute(f'PRAGMA main.table_info("{_ident(t)}")'))
                 conn.execute(f'DELETE FROM main."{_ident(t)}"')
                 n += conn.execute(f'INSERT INTO main."{_ident(t)}" ({cols}) SELECT {cols} FROM src."{_ident(t)}"').rowcount
@@ -761,7 +764,8 @@ def copy_cache_index(source: Path, index: Path, *, force: bool = False, out=_out
         raise CLIError(f"cache index {index}: copy failed: {e}") from None
     finally:
         conn.close()
-    out(f"cache index: {n} rows copied to {index} (this node's own cache; not shared in PostgreSQL)")
+    out(f"cache index: {n} blob rows copied to {index} (this node's own blob cache; not shared "
+        "in PostgreSQL)")
     return n
 
 
@@ -781,14 +785,14 @@ def cmd_db_copy(args) -> int:
         raise CLIError(f"{source}: no SQLite database to copy")
     counts = copy_database(source, url, force=args.force)
     _out(f"copied {sum(counts.values())} rows from {source} to {postgresql.redact_url(url)}")
-    # the cache index stays with the cache: this node's local index file on PostgreSQL
+    # the blob index stays with the files: this node's local index file on PostgreSQL
     if cfg.cache.enabled and source == cfg.database_path:
         from zmirror.cache.index import index_path
 
         copy_cache_index(source, index_path(cfg), force=args.force)
     else:
-        _out("cache index: not copied (on PostgreSQL each node keeps the index of its own cache "
-             "in <[cache] dir>/index.sqlite; a node adopts the cached files it finds, after "
+        _out("cache index: not copied (on PostgreSQL each node keeps the index of its own blob "
+             "cache in <[cache] dir>/index.sqlite; a node adopts the cached files it finds, after "
              "checking them)")
     if cfg.database.url != url:
         _err(f'note: set [database] url = "{postgresql.redact_url(url)}" (with its password) in '

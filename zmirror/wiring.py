@@ -42,7 +42,7 @@ def build(config: Config, reactor: Any) -> dict:
     upstreams = _upstream_pool(config, reactor, bus, db)
     upstreams.set_registries(_registry_rows(config))
     blob_cache = manifest_cache = None
-    cache_db = db  # the node's own cache index: db on SQLite, a local file on PostgreSQL
+    cache_db = db  # the node's own blob index: db on SQLite, a local file on PostgreSQL
     if config.cache.enabled:
         cache_db = open_cache_index(config, db, reactor)
         blob_cache = CacheBlobs(config.cache_dir, cache_db, reactor, max_size=config.cache.max_size,
@@ -51,7 +51,8 @@ def build(config: Config, reactor: Any) -> dict:
                                 max_temp_bytes=config.cache.max_temp_size,
                                 max_orphans=config.cache.max_orphans,
                                 max_orphan_bytes=config.cache.max_orphan_size)
-        manifest_cache = ManifestCache(cache_db, reactor, ttl=config.cache.manifest_ttl,
+        # no files: in the main database, shared by every node on PostgreSQL
+        manifest_cache = ManifestCache(db, reactor, ttl=config.cache.manifest_ttl,
                                        tag_limit=config.cache.manifest_tags_in_memory)
     proxy = Proxy(upstreams, reactor, idle_timeout=config.upstream.idle_timeout,
                   blobs=blob_cache, manifests=manifest_cache,

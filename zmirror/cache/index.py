@@ -1,8 +1,8 @@
-"""Where a node keeps the index of its own cache.
+"""Where a node keeps the index of its own blob cache.
 
-The cache's files are the node's own ([cache] dir on its disk), so is their
-index (the tables ``cache_blobs``, ``cache_blob_repos``, ``cache_manifests``,
-``cache_tags``, ``cache_manifest_repos``):
+The blob cache's files are the node's own ([cache] dir on its disk), so is
+their index (the tables ``cache_blobs`` and ``cache_blob_repos``,
+:data:`BLOB_TABLES`):
 
 - on SQLite (one node) it stays in the main database, as it always was;
 - on PostgreSQL (several nodes share the database) each node keeps it in a
@@ -12,8 +12,15 @@ index (the tables ``cache_blobs``, ``cache_blob_repos``, ``cache_manifests``,
   therefore each need their own ``[cache] dir``.
 
 The file is created 0600 and migrated like the main SQLite database
-(:func:`zmirror.db.migrate`: the same schema; only its cache tables are used).
-The cache tables of the PostgreSQL database stay empty.
+(:func:`zmirror.db.migrate`: the same schema; only its blob tables are used).
+The blob tables of the PostgreSQL database stay empty.
+
+The manifest cache (:data:`MANIFEST_TABLES`: ``cache_manifests``,
+``cache_tags``, ``cache_manifest_repos``) holds no files: it is kept in the
+main database on both engines (:mod:`zmirror.cache.manifests`), so on
+PostgreSQL every node serves what one of them fetched.  Manifest rows an
+earlier version kept in a node's ``index.sqlite`` are no longer read (nor
+deleted): those manifests are simply fetched again.
 """
 
 from __future__ import annotations
@@ -21,21 +28,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-# the tables of a node's cache index
-CACHE_TABLES = ("cache_blobs", "cache_blob_repos", "cache_manifests", "cache_tags",
-                "cache_manifest_repos")
+# the tables of a node's own blob index (node-local on PostgreSQL)
+BLOB_TABLES = ("cache_blobs", "cache_blob_repos")
+# the manifest cache's tables (always in the main database: shared on PostgreSQL)
+MANIFEST_TABLES = ("cache_manifests", "cache_tags", "cache_manifest_repos")
+# every cache table
+CACHE_TABLES = BLOB_TABLES + MANIFEST_TABLES
 INDEX_FILE = "index.sqlite"
 
 
 def index_path(config: Any) -> Path:
-    """The node-local cache index file (used on PostgreSQL)."""
+    """The node-local blob index file (used on PostgreSQL)."""
     return config.cache_dir / INDEX_FILE
 
 
 def open_cache_index(config: Any, db: Any, reactor: Any):
-    """The database the caches keep their index in: ``db`` itself on SQLite; on
-    PostgreSQL the node-local SQLite file (migrated now: blocking, call at start;
-    its pools not started: a :class:`~zmirror.service.DatabaseService` does)."""
+    """The database the blob cache keeps its index in: ``db`` itself on SQLite;
+    on PostgreSQL the node-local SQLite file (migrated now: blocking, call at
+    start; its pools not started: a :class:`~zmirror.service.DatabaseService`
+    does).  The manifest cache always uses ``db``."""
     from zmirror.db import Database, is_postgresql, migrate
 
     if not is_postgresql(config):
@@ -45,4 +56,5 @@ def open_cache_index(config: Any, db: Any, reactor: Any):
     return Database(path, reactor)
 
 
-__all__ = ["CACHE_TABLES", "INDEX_FILE", "index_path", "open_cache_index"]
+__all__ = ["BLOB_TABLES", "MANIFEST_TABLES", "CACHE_TABLES", "INDEX_FILE", "index_path",
+           "open_cache_index"]

@@ -4,15 +4,40 @@ The local store of :class:`zmirror.registry.manifests.PullThroughManifests`
 (which decides hit, miss, revalidation and stale serving); this module only
 stores and looks up, and keeps the counters ``GET /api/cache`` reports
 (changed only by its own methods: :meth:`ManifestCache.count_hit`,
-:meth:`~ManifestCache.count_miss`, :meth:`~ManifestCache.refresh`).
+:meth:`~ManifestCache.count_miss`, :meth:`~ManifestCache.refresh`).  The
+counters are this node's own.
 
 The database is the backing store of everything; memory holds bounded LRU
 copies so that a hot manifest costs no I/O: bodies (up to ``memory_limit``
 bytes), tag entries (up to ``tag_limit``; the most recently fetched ones are
 loaded at start) and which repositories a digest was seen in (up to
 ``repo_limit`` pairs).  Whatever is not in memory is looked up in the database
-before it counts as a miss.  Changes are written through the serialized
-writer of the node's own cache index (:mod:`zmirror.cache.index`).
+before it counts as a miss; a lookup the database fails is logged and counts
+as a miss (the upstream answers).
+
+Which database: the main one (``db``) on both engines.  On SQLite that is the
+one node's database, as it always was; on PostgreSQL it is the database every
+node shares, so a manifest one node fetched is served by all of them without
+asking the upstream (Docker Hub counts each manifest GET against its pull
+limit).  It holds no files, unlike the blob index, which stays node-local
+(:mod:`zmirror.cache.index`).  Manifest rows a node kept in its local
+``index.sqlite`` before (PostgreSQL nodes of an earlier version) are no longer
+used: nothing is lost, those manifests are fetched once more.
+
+Several nodes write the same rows at the same moment, so every write is an
+upsert that cannot fail on a duplicate (``ON CONFLICT``, both engines), and a
+tag's ``fetched_at`` only moves forward: a store or a refresh older than the
+row is ignored, so a tag re-pointed to a new digest by one node wins by its
+fetch time (the nodes' clocks are compared: keep them in step, e.g. NTP).  A tag entry in memory is served while it is younger than the TTL,
+counted from the ``fetched_at`` of the row it was read from (or that this node
+wrote); once it is stale the shared row is read again before the upstream is
+asked (another node may have refreshed or moved it; a row another node
+deleted drops the entry), and a refresh that finds the row gone or newer drops
+the entry too.  What other nodes keep in memory is not told of changes:
+after a delete (``DELETE /api/cache``: the shared rows go at once) or a tag
+moved on one node, another node may serve its in-memory copy of that tag until
+the copy's TTL runs out, and a body by digest (content-addressed: the same
+bytes wherever they come from) until it leaves that node's memory.
 
 A tag maps to one digest per media type, because upstreams answer a tag with
 different manifests for different Accept sets (a list or one of its children).
@@ -28,6 +53,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from zmirror.cache.gate import LoadGate
@@ -36,6 +62,8 @@ from zmirror.registry.mediatypes import acceptable, content_media_type, valid_me
 log = Logger()
 
 _DIGEST = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z")
+# a failed lookup is logged at most once per this many seconds (the database may be down a while)
+LOOKUP_LOG_INTERVAL = 60.0
 
 
 @dataclass
@@ -60,8 +88,10 @@ def _valid_row(r: dict) -> bool:
 
 class ManifestCache:
     def __init__(self, db: Any, clock: Any, *, ttl: float = 300.0, memory_limit: int = 64 << 20,
-                 tag_limit: int = 100_000, repo_limit: int = 100_000):
+                 tag_limit: int = 100_000, repo_limit: int = 100_000, shared: Optional[bool] = None):
         self.db = db
+        # other nodes write the same rows (PostgreSQL): memory is not the newest word
+        self.shared = getattr(db, "dialect", "sqlite") == "postgresql" if shared is None else shared
         self.clock = clock
         self.ttl = ttl
         self.memory_limit = memory_limit
@@ -75,11 +105,15 @@ class ManifestCache:
         self._partial: set[tuple[str, str]] = set()
         # keys whose deletion is still being written: the database must not bring them back
         self._dropping: dict[tuple[str, str], int] = {}
+        # keys with a store or refresh still being written: a row missing there is not gone
+        self._writing: dict[tuple[str, str], int] = {}
         self._bodies: "OrderedDict[str, Manifest]" = OrderedDict()
         self._body_bytes = 0
         self._repos: "OrderedDict[tuple[str, str], None]" = OrderedDict()  # (digest, repository)
         self.stats = {"hits": 0, "misses": 0, "stale_served": 0, "revalidated": 0}
         self.loading = LoadGate()  # closed while start() loads the tags: requests wait on it
+        self._lookup_logged_at: Optional[float] = None
+        self._lookups_failed = 0
 
     async def start(self) -> None:
         self.loading.close()
@@ -104,25 +138,47 @@ class ManifestCache:
     # -- lookups ------------------------------------------------------------------
     async def tag(self, repository: str, tag: str, accept: list[str]) -> Optional[TagEntry]:
         """The most recently fetched entry of this tag that the client accepts
-        (from memory, else from the database)."""
+        (from memory, else from the database).
+
+        Shared database: a stale or missing entry is looked up there first
+        (another node may have fetched, refreshed or moved it since)."""
         key = (repository, tag)
         entries = self.tags.get(key)
+        found = None
         if entries is not None:
             self.tags.move_to_end(key)
             found = _newest(entries, accept)
-            if found is not None or key not in self._partial:
+            if found is not None and (not self.shared or self.fresh(found)):
                 return found
+            if found is None and not self.shared and key not in self._partial:
+                return None  # one node: memory holds every media type of this tag
         if key in self._dropping:
             return None
-        rows = await self.db.query(
+        # a write of this key in flight now may land after the lookup reads (a store or
+        # refresh issued later makes its entry fresh: it cannot be taken for deleted)
+        writing = key in self._writing
+        rows = await self._lookup(
             "SELECT repository, tag, media_type, digest, fetched_at FROM cache_tags "
             "WHERE repository = ? AND tag = ?", (repository, tag))
         if key in self._dropping:
             return None
+        if rows is None:  # the database failed: what memory has (stale or nothing)
+            return found
         current = self.tags.get(key, {})
+        seen = set()
         for r in rows:
-            if _valid_row(r) and r["media_type"] not in current:  # memory is newer than the database
+            if not _valid_row(r):
+                continue
+            seen.add(r["media_type"])
+            mine = current.get(r["media_type"])
+            # one node: memory is newer than the database; shared: the newer fetch wins
+            if mine is None or (self.shared and r["fetched_at"] > mine.fetched_at):
                 self._put_tag(TagEntry(**r))
+        if self.shared and not writing and key not in self._writing:
+            # a stale entry whose row is gone was deleted (or dropped) by another node
+            for e in list(self.tags.get(key, {}).values()):
+                if e.media_type not in seen and not self.fresh(e):
+                    self._forget(e)
         self._partial.discard(key)
         return _newest(self.tags.get(key, {}), accept)
 
@@ -134,7 +190,7 @@ class ManifestCache:
         if m is not None:
             self._bodies.move_to_end(digest)
             return m
-        rows = await self.db.query("SELECT media_type, body FROM cache_manifests WHERE digest = ?", (digest,))
+        rows = await self._lookup("SELECT media_type, body FROM cache_manifests WHERE digest = ?", (digest,))
         if not rows or not valid_media_type(rows[0]["media_type"]):
             return None
         m = Manifest(digest, rows[0]["media_type"], bytes(rows[0]["body"]))
@@ -147,11 +203,28 @@ class ManifestCache:
         if key in self._repos:
             self._repos.move_to_end(key)
             return True
-        rows = await self.db.query(
+        rows = await self._lookup(
             "SELECT 1 AS found FROM cache_manifest_repos WHERE digest = ? AND repository = ?", key)
         if rows:
             self._remember_repo(digest, repository)
         return bool(rows)
+
+    async def _lookup(self, sql: str, params: tuple) -> Optional[list]:
+        """The rows of a lookup, or None when the database failed (logged, at
+        most once per LOOKUP_LOG_INTERVAL): the caller counts it as a miss."""
+        try:
+            return await self.db.query(sql, params)
+        except CancelledError:
+            raise
+        except Exception:
+            self._lookups_failed += 1
+            now = self.clock.seconds()
+            if self._lookup_logged_at is None or now - self._lookup_logged_at >= LOOKUP_LOG_INTERVAL:
+                self._lookup_logged_at = now
+                log.failure("manifest cache lookup failed ({n} since the last report); "
+                            "answering from the upstream", n=self._lookups_failed)
+                self._lookups_failed = 0
+            return None
 
     def _remember(self, m: Manifest) -> None:
         if m.digest in self._bodies:
@@ -194,6 +267,19 @@ class ManifestCache:
             self._tag_entries -= len(old)
         self._partial.discard(key)
 
+    def _forget(self, entry: TagEntry) -> None:
+        """Drop ``entry`` from memory if it is still there (not replaced since)."""
+        key = (entry.repository, entry.tag)
+        entries = self.tags.get(key)
+        if entries is None or entries.get(entry.media_type) is not entry:
+            return
+        del entries[entry.media_type]
+        self._tag_entries -= 1
+        if entries:
+            self._partial.add(key)  # the database may hold a newer row of this media type
+        else:
+            self._pop_tag(key)
+
     # -- counters -----------------------------------------------------------------
     def count_hit(self, *, stale: bool = False) -> None:
         """A pull answered from here (``stale``: past its TTL, upstreams failing)."""
@@ -207,10 +293,11 @@ class ManifestCache:
 
     # -- updates ------------------------------------------------------------------
     def store(self, repository: str, tag: Optional[str], m: Manifest) -> None:
+        """Keep what an upstream answered.  Every row is written (upserts: it may
+        already be there, written by this or another node, or deleted since)."""
         now = self.clock.seconds()
-        known = m.digest in self._bodies
         self._remember(m)
-        new_repo = self._remember_repo(m.digest, repository)  # (INSERT OR IGNORE if in the database)
+        self._remember_repo(m.digest, repository)
         entry = None
         if tag is not None:
             entry = TagEntry(repository, tag, m.media_type, m.digest, now)
@@ -218,16 +305,44 @@ class ManifestCache:
             if key not in self.tags:
                 self._partial.add(key)  # the database may hold other media types of it
             self._put_tag(entry)
-        self._write(_store_rows, m, now, None if known else m, repository if new_repo else None, entry)
+        self._write(_store_rows, m, now, repository, entry,
+                    then=None if entry is None else self._written_later((repository, tag)))
 
     def add_repo(self, digest: str, repository: str) -> None:
         if self._remember_repo(digest, repository):
             self._write(_add_repo, digest, repository)
 
     def refresh(self, entry: TagEntry) -> None:
+        """An upstream confirmed ``entry``'s digest now.  Shared database: when its
+        row is gone (deleted by another node) or newer (another node fetched it
+        later), the entry leaves memory, so it is not served past the TTL of
+        the shared row; the next lookup reads the row again."""
         entry.fetched_at = self.clock.seconds()
         self.stats["revalidated"] += 1
-        self._write(_refresh_tag, entry.repository, entry.tag, entry.media_type, entry.fetched_at)
+
+        done = self._written_later((entry.repository, entry.tag))
+
+        def written(n):
+            if self.shared and n == 0:
+                self._forget(entry)
+            return done(n)
+
+        self._write(_refresh_tag, entry.repository, entry.tag, entry.media_type, entry.digest,
+                    entry.fetched_at, then=written)
+
+    def _written_later(self, key: tuple[str, str]):
+        """Count a write of ``key``'s row as in flight; returns what ends it."""
+        self._writing[key] = self._writing.get(key, 0) + 1
+
+        def written(result):
+            n = self._writing.get(key, 0) - 1
+            if n > 0:
+                self._writing[key] = n
+            else:
+                self._writing.pop(key, None)
+            return result
+
+        return written
 
     def drop_tag(self, repository: str, tag: str) -> None:
         key = (repository, tag)
@@ -285,21 +400,19 @@ def _newest(entries: dict[str, TagEntry], accept: list[str]) -> Optional[TagEntr
     return max(ok, key=lambda e: e.fetched_at) if ok else None
 
 
-def _store_rows(txn, m: Manifest, now: float, new: Optional[Manifest], repo: Optional[str],
-                entry: Optional[TagEntry]):
-    if new is not None:
-        txn.execute(
-            "INSERT INTO cache_manifests (digest, media_type, body, created_at, last_access) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (m.digest, m.media_type, m.body, now, now))
-    if repo is not None:
-        txn.execute("INSERT INTO cache_manifest_repos (digest, repository) VALUES (?, ?)"
-                    " ON CONFLICT DO NOTHING",
-                    (m.digest, repo))
+def _store_rows(txn, m: Manifest, now: float, repo: str, entry: Optional[TagEntry]):
+    # the same order in every store (manifest, repository, tag): concurrent ones cannot deadlock
+    txn.execute(
+        "INSERT INTO cache_manifests (digest, media_type, body, created_at, last_access) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (m.digest, m.media_type, m.body, now, now))
+    txn.execute("INSERT INTO cache_manifest_repos (digest, repository) VALUES (?, ?)"
+                " ON CONFLICT DO NOTHING", (m.digest, repo))
     if entry is not None:
+        # fetched_at only moves forward: an older fetch (another node's, arriving late) loses
         txn.execute(
             "INSERT INTO cache_tags (repository, tag, media_type, digest, fetched_at) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(repository, tag, media_type) DO UPDATE SET digest = excluded.digest, "
-            "fetched_at = excluded.fetched_at",
+            "ON CONFLICT (repository, tag, media_type) DO UPDATE SET digest = excluded.digest, "
+            "fetched_at = excluded.fetched_at WHERE cache_tags.fetched_at <= excluded.fetched_at",
             (entry.repository, entry.tag, entry.media_type, entry.digest, entry.fetched_at))
 
 
@@ -309,9 +422,12 @@ def _add_repo(txn, digest, repository):
                 (digest, repository))
 
 
-def _refresh_tag(txn, repository, tag, media_type, fetched_at):
-    txn.execute("UPDATE cache_tags SET fetched_at = ? WHERE repository = ? AND tag = ? AND media_type = ?",
-                (fetched_at, repository, tag, media_type))
+def _refresh_tag(txn, repository, tag, media_type, digest, fetched_at) -> int:
+    """Rows updated: 0 when the row is gone (a delete is not undone) or newer."""
+    txn.execute("UPDATE cache_tags SET digest = ?, fetched_at = ? WHERE repository = ? AND tag = ? "
+                "AND media_type = ? AND fetched_at <= ?",
+                (digest, fetched_at, repository, tag, media_type, fetched_at))
+    return txn.rowcount
 
 
 def _drop_tag(txn, repository, tag):
