@@ -196,6 +196,20 @@ class BusMetricsTests(unittest.TestCase):
         self.assertEqual(value(metrics, "zmirror_cluster_bus_disconnected_seconds"), 7)
 
 
+    def test_every_cluster_series_is_documented(self):
+        hub = LoopbackHub()
+        pool = UpstreamPool(None, self.clock, cooldown=30, bus=hub.bus())
+        sync = LockoutSync(Lockout(self.clock, secret=SECRET), hub.bus(), NeverWrites(),
+                           clock=self.clock)
+        metrics = Metrics(process=False)
+        metrics.watch_cluster(self.bus, sync, pool.sharing, clock=self.clock)
+        self.bus._connected()
+        names = cluster_names(metrics)
+        self.assertEqual(len(names), 17)
+        docs = (ROOT / "docs" / "operations.md").read_text()
+        self.assertEqual([n for n in sorted(names) if f"`{n}`" not in docs], [])
+
+
 # --- the shared lockout and upstream health, over a LoopbackHub -------------------------------
 
 
