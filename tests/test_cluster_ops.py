@@ -442,6 +442,38 @@ class CacheDirLockTests(unittest.TestCase):
         self.addCleanup(after.release)
         self.assertTrue(after.held)
 
+    def test_the_cache_service_releases_it_at_stop_and_takes_it_again_at_start(self):
+        from tests.test_blob_hardening import _FakeCache
+        from zmirror.cache.blobs import CacheUpkeep
+
+        blobs = _FakeCache()
+        blobs.dir_lock = CacheDirLock.take(self.dir)
+        self.addCleanup(blobs.dir_lock.release)
+        upkeep = CacheUpkeep(blobs, None, Clock())
+        upkeep.start()
+        self.successResultOf(upkeep.stop())  # after the last index write
+        self.assertEqual(blobs.flushes, 1)
+        self.assertFalse(blobs.dir_lock.held)
+        other = CacheDirLock.take(self.dir)  # free for the next process
+        with self.assertRaises(CacheDirInUse):
+            upkeep.start()  # started again while another holds it: refused
+        other.release()
+        upkeep.start()
+        self.assertTrue(blobs.dir_lock.held)
+        self.successResultOf(upkeep.stop())
+
+    def test_the_pid_is_rewritten_by_the_process_that_starts_the_service(self):
+        # twistd builds the service (takes the lock), then forks the daemon that starts it
+        lock = CacheDirLock.take(self.dir)
+        self.addCleanup(lock.release)
+        self.assertEqual((self.dir / LOCK_FILE).read_text(), f"{os.getpid()}\n")
+        self.patch(blobs_module.os, "getpid", lambda: 4242)
+        lock.acquire()
+        self.assertEqual((self.dir / LOCK_FILE).read_text(), "4242\n")
+        with self.assertRaises(CacheDirInUse) as e:
+            CacheDirLock.take(self.dir)
+        self.assertIn("(pid 4242)", str(e.exception))
+
     def test_a_file_system_without_locks_is_logged_not_fatal(self):
         import errno
 

@@ -111,6 +111,7 @@ class CacheDirLock:
         self.root = Path(root)
         self.path = self.root / LOCK_FILE
         self._fd: Optional[int] = None
+        self._pid: Optional[int] = None  # written into the file
 
     @property
     def held(self) -> bool:
@@ -123,7 +124,10 @@ class CacheDirLock:
         return lock
 
     def acquire(self) -> None:
+        """Take the lock (see the class doc); when held already, only write this
+        process's id again (twistd takes it in the process that forks the daemon)."""
         if self._fd is not None:
+            self._write_pid()
             return
         try:
             for w in private_dir(self.root, "cache directory"):
@@ -147,15 +151,22 @@ class CacheDirLock:
                 f"cache directory {self.root} is in use by another zmirror process"
                 f"{f' (pid {holder})' if holder else ''}: each node needs its own [cache] dir"
             ) from None
+        self._fd = fd
+        self._write_pid()
+
+    def _write_pid(self) -> None:
+        pid = os.getpid()
+        if self._fd is None or self._pid == pid:
+            return
         try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{pid}\n".encode(), 0)
+            self._pid = pid
         except OSError:
             pass  # only informative
-        self._fd = fd
 
     def release(self) -> None:
-        fd, self._fd = self._fd, None
+        fd, self._fd, self._pid = self._fd, None, None
         if fd is not None:
             os.close(fd)  # closing the last descriptor of the open file releases the lock
 
@@ -720,8 +731,9 @@ class CacheUpkeep:
 
     def start(self) -> None:
         self._stopped = False
-        if self.blobs.dir_lock is not None:
-            self.blobs.dir_lock.acquire()  # again, after a stop (held already from the wiring)
+        dir_lock = getattr(self.blobs, "dir_lock", None)
+        if dir_lock is not None:
+            dir_lock.acquire()  # again, after a stop (held already from the wiring)
         self._run("blob cache start", self.blobs.start, lambda: None)
         if self.manifests is not None:
             self._run("manifest cache start", self.manifests.start, lambda: None)
@@ -766,8 +778,9 @@ class CacheUpkeep:
                 await self.blobs.flush_index()
             finally:
                 self.blobs.transfers.stop()
-                if self.blobs.dir_lock is not None:
-                    self.blobs.dir_lock.release()
+                dir_lock = getattr(self.blobs, "dir_lock", None)
+                if dir_lock is not None:
+                    dir_lock.release()
 
         return Deferred.fromCoroutine(last_write())
 
