@@ -180,3 +180,64 @@ class HealthTests(unittest.TestCase):
         self.assertEqual(resp.code, 503)
         self.assertEqual(json.loads(body)["checks"]["upstreams"]["states"], {"cooldown": 1})
         self.assertNotIn(b"hub.test", body)  # no URLs in an unauthenticated answer
+
+
+class FakeBus:
+    """What /readyz reads of the cluster bus (zmirror.db.listen.PostgresBus)."""
+
+    def __init__(self, connected=True, disconnected_since=None):
+        self.connected = connected
+        self.disconnected_since = disconnected_since
+
+
+class ClusterBusReadyTests(unittest.TestCase):
+    """On PostgreSQL /readyz reports the bus; a disconnected bus is a warning, not unready."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(86400 + 3600)  # 1970-01-02T01:00:00Z
+
+    def readyz(self, bus, db=None):
+        checks = HealthChecks(db or FakeDB(), FakePool(["up"]), self.clock, bus=bus)
+        app = ZMirrorApp(None, extra={"readyz": checks.readyz})
+        client = StubTreq(app.resource())
+
+        async def go():
+            resp = await client.get("http://zm.test/readyz")
+            return resp, await treq.content(resp)
+
+        d = ensureDeferred(go())
+        client.flush()
+        resp, body = self.successResultOf(d)
+        return resp.code, json.loads(body)
+
+    def test_connected(self):
+        code, data = self.readyz(FakeBus())
+        self.assertEqual(code, 200)
+        self.assertEqual(data["checks"]["bus"], "connected")
+        self.assertNotIn("warnings", data)
+
+    def test_disconnected_for_long_stays_ready_and_says_since_when(self):
+        bus = FakeBus(connected=False, disconnected_since=self.clock.seconds())
+        self.clock.advance(3600 + 0.7)
+        code, data = self.readyz(bus)
+        self.assertEqual(code, 200)  # pulls are still answered correctly from the database
+        self.assertEqual(data["status"], "ready")
+        self.assertEqual(data["checks"]["bus"], "disconnected since 1970-01-02T01:00:00Z")
+        self.assertEqual(data["checks"]["bus_disconnected_seconds"], 3600)
+        self.assertNotIn("reasons", data)
+        self.assertEqual(len(data["warnings"]), 1)
+        self.assertIn("cluster bus disconnected for 3600s", data["warnings"][0])
+
+    def test_a_database_down_is_still_unready_with_the_bus_down(self):
+        bus = FakeBus(connected=False, disconnected_since=self.clock.seconds() - 5)
+        code, data = self.readyz(bus, FakeDB("error"))
+        self.assertEqual(code, 503)
+        self.assertEqual(data["reasons"], ["database unreachable (OperationalError)"])
+        self.assertEqual(data["checks"]["bus_disconnected_seconds"], 5)
+
+    def test_a_node_alone_reports_no_bus(self):
+        code, data = self.readyz(None)
+        self.assertEqual(code, 200)
+        self.assertNotIn("bus", data["checks"])
+        self.assertNotIn("warnings", data)

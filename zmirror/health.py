@@ -14,6 +14,20 @@ that it counts as usable again: the proxy core retries it on the next pull
 sending traffic because of ``/readyz`` cannot keep the instance unready
 forever.
 
+On PostgreSQL (several nodes) ``checks.bus`` says whether the cluster bus
+(LISTEN/NOTIFY, :class:`~zmirror.db.listen.PostgresBus`) listens:
+``"connected"``, or ``"disconnected since <UTC time>"`` with
+``bus_disconnected_seconds`` and an entry in ``warnings``.  A disconnected bus
+does **not** make the node unready: it still answers every pull correctly from
+the database; only what it keeps in memory (users, whitelists, registries,
+other nodes' lockout counts and upstream health) may lag behind the other
+nodes until the bus is back, when it re-reads all of it.  The cause is nearly
+always shared by every node (PostgreSQL restarted, a network cut): answering
+503 for it would take every node out of an orchestrator's rotation at once,
+and when the database itself is unreachable the database check already says
+503.  Alert on the metric ``zmirror_cluster_bus_disconnected_seconds``
+instead.
+
 Both answers carry ``Cache-Control: no-store`` and never reveal more than
 states and counts (no URLs, no credentials).
 """
@@ -21,6 +35,7 @@ states and counts (no URLs, no credentials).
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -47,10 +62,11 @@ class HealthChecks:
     """The two handlers; plug ``healthz``/``readyz`` into ``ZMirrorApp(extra=...)``."""
 
     def __init__(self, db: Any, upstreams: Any, clock: Any, *, db_timeout: float = 2.0,
-                 down_window: float = 60.0):
+                 down_window: float = 60.0, bus: Any = None):
         self.db = db
         self.upstreams = upstreams
         self.clock = clock
+        self.bus = bus  # the cluster bus (PostgreSQL); None: a node alone
         self.db_timeout = db_timeout
         self.down_window = down_window
 
@@ -65,6 +81,9 @@ class HealthChecks:
         body: dict = {"status": "ready" if ready else "not ready", "checks": checks}
         if reasons:
             body["reasons"] = reasons
+        warnings = self.warnings(checks)
+        if warnings:
+            body["warnings"] = warnings
         return _send(request, 200 if ready else 503, body)
 
     async def check(self) -> tuple[bool, dict, list[str]]:
@@ -108,7 +127,29 @@ class HealthChecks:
             reasons.append("no upstream registry is enabled")
         elif usable == 0:
             reasons.append("every enabled upstream registry is down or cooling down")
+        # --- the cluster bus: reported, never a reason (module doc) ---
+        if self.bus is not None:
+            checks.update(self.bus_state(now))
         return not reasons, checks, reasons
+
+    def bus_state(self, now: float) -> dict:
+        bus = self.bus
+        if getattr(bus, "connected", False):
+            return {"bus": "connected"}
+        since = getattr(bus, "disconnected_since", None)
+        if since is None:
+            return {"bus": "not started"}
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+        return {"bus": f"disconnected since {stamp}",
+                "bus_disconnected_seconds": int(max(0.0, now - since))}
+
+    @staticmethod
+    def warnings(checks: dict) -> list[str]:
+        if "bus_disconnected_seconds" not in checks:
+            return []
+        return [f"cluster bus disconnected for {checks['bus_disconnected_seconds']}s: changes "
+                "made on other nodes (users, whitelists, registries, lockouts, upstream health) "
+                "reach this node when it reconnects"]
 
 
 __all__ = ["HealthChecks"]

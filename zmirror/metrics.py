@@ -17,7 +17,13 @@ Where the numbers come from:
   access policy (their ``metrics`` attribute);
 - gauges that read callables at scrape time: access-log queue depth, dropped
   access-log rows, cache size, in-flight requests, upstream health and rate
-  limits.
+  limits;
+- on PostgreSQL only (several nodes), the ``zmirror_cluster_*`` series read at
+  scrape time from the cluster bus (:class:`~zmirror.db.listen.PostgresBus`),
+  the shared lockout (:class:`~zmirror.auth.lockout.LockoutSync`) and the shared
+  upstream health (:class:`~zmirror.upstream.shared.HealthSharing`):
+  :meth:`Metrics.watch_cluster`.  A node alone (SQLite) has no bus and exports
+  none of them.
 
 ``/metrics`` on the main port is governed by ``[metrics] access``: ``admin``
 (HTTP Basic with the admin account — the admin API's own check), ``open`` or
@@ -40,7 +46,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -265,6 +271,80 @@ class Metrics:
             for u in list(pool.upstreams):
                 info.add_metric([u.name, getattr(u, "namespace", "docker.io")], 1.0)
             return [info]
+
+        self.registry.register(_CallbackCollector(collect))
+
+    def watch_cluster(self, bus: Any, lockout_sync: Any = None, sharing: Any = None,
+                      clock: Any = None) -> None:
+        """The ``zmirror_cluster_*`` series (PostgreSQL: the caller registers them only
+        there): the state of ``bus`` (a :class:`~zmirror.db.listen.PostgresBus`, read
+        through its counters), the queue and counters of ``lockout_sync`` and the
+        publications of ``sharing`` (each left out when None).  ``clock``: for the
+        ages (default: the bus's)."""
+        clock = clock if clock is not None else getattr(bus, "clock", None)
+
+        def num(obj, attr):
+            return float(getattr(obj, attr, 0) or 0)
+
+        def collect():
+            out = []
+
+            def gauge(name, doc, v):
+                out.append(GaugeMetricFamily(name, doc, value=v))
+
+            def counter(name, doc, v):
+                out.append(CounterMetricFamily(name, doc, value=v))
+
+            now = clock.seconds()
+            connected = bool(getattr(bus, "connected", False))
+            gauge("zmirror_cluster_bus_connected", "1 while the cluster bus listens "
+                  "(LISTEN/NOTIFY connection up)", 1.0 if connected else 0.0)
+            since = getattr(bus, "disconnected_since", None)
+            gauge("zmirror_cluster_bus_disconnected_seconds", "Seconds the cluster bus has not "
+                  "been listening (0 while it is; from the start when it never was)",
+                  0.0 if connected or since is None else max(0.0, now - since))
+            at = getattr(bus, "connected_at", None)
+            if at is not None:
+                gauge("zmirror_cluster_bus_last_connect_age_seconds",
+                      "Seconds since the cluster bus last (re)connected", max(0.0, now - at))
+            counter("zmirror_cluster_bus_reconnects", "Successful reconnects of the cluster bus "
+                    "(the first connect not counted)", max(0.0, num(bus, "connects") - 1))
+            counter("zmirror_cluster_bus_connect_failures", "Failed connects and lost "
+                    "connections of the cluster bus", num(bus, "failures"))
+            counter("zmirror_cluster_bus_events_published", "Events this node sent to the "
+                    "others (the database took the NOTIFY)", num(bus, "published"))
+            counter("zmirror_cluster_bus_publish_errors", "Events the database refused to send "
+                    "(NOTIFY failed)", num(bus, "publish_errors"))
+            counter("zmirror_cluster_bus_events_received", "Events from other nodes delivered "
+                    "here", num(bus, "received"))
+            counter("zmirror_cluster_bus_events_dropped", "Events dropped as invalid (too big "
+                    "or not JSON to send, unreadable when received)", num(bus, "dropped"))
+            changes = CounterMetricFamily("zmirror_cluster_bus_table_changes", "Deliveries of "
+                                          "shared-table changes (users, whitelists, registries)",
+                                          labels=["table"])
+            seen = dict(getattr(bus, "table_changes", {}) or {})
+            for table in sorted(set(getattr(bus, "tables", ())) | set(seen)):
+                changes.add_metric([table], float(seen.get(table, 0)))
+            out.append(changes)
+            if lockout_sync is not None:
+                gauge("zmirror_cluster_lockout_queue_depth", "Failed logins waiting to be "
+                      "written to login_failures", num(lockout_sync, "queue_depth"))
+                counter("zmirror_cluster_lockout_written", "Failed logins written to "
+                        "login_failures", num(lockout_sync, "written"))
+                counter("zmirror_cluster_lockout_dropped", "Failed logins not written to "
+                        "login_failures (queue full, write failed, stopping)",
+                        num(lockout_sync, "dropped"))
+                counter("zmirror_cluster_lockout_ignored", "Malformed lockout events from the "
+                        "bus, ignored", num(lockout_sync, "ignored"))
+            if sharing is not None:
+                counter("zmirror_cluster_upstream_state_published", "Upstream health snapshots "
+                        "this node sent to the others (bus and upstream_state)",
+                        num(sharing, "sent"))
+                counter("zmirror_cluster_upstream_state_applied", "Other nodes' upstream health "
+                        "snapshots that changed something here", num(sharing, "applied"))
+                counter("zmirror_cluster_upstream_state_store_failures", "Failed writes of "
+                        "upstream_state", num(sharing, "store_failures"))
+            return out
 
         self.registry.register(_CallbackCollector(collect))
 

@@ -416,6 +416,7 @@ def instrument(config: Any, reactor: Any, components: dict) -> dict:
       counted where the access log learns its final status and bytes;
     - ``UpstreamPool.metrics``, ``AccessPolicy.metrics``, ``TokenService.metrics``;
     - ``[metrics] listen``: an extra listening service that serves only /metrics;
+    - on PostgreSQL the ``zmirror_cluster_*`` series and ``/readyz``'s ``checks.bus``;
     - health and metrics requests are kept out of the HTTP access log lines.
     """
     from zmirror.health import HealthChecks
@@ -445,7 +446,15 @@ def instrument(config: Any, reactor: Any, components: dict) -> dict:
         cache = getattr(components.get("proxy"), "cache", None)
     metrics.watch_cache(cache)
 
-    health = HealthChecks(components["db"], upstreams, reactor)
+    # PostgreSQL: the cluster bus, the shared lockout and upstream health (zmirror_cluster_*,
+    # /readyz's checks.bus); a node alone (SQLite, LocalBus) has none of them
+    bus = components.get("bus")
+    if bus is None or getattr(components["db"], "dialect", "sqlite") == "sqlite":
+        bus = None
+    else:
+        metrics.watch_cluster(bus, getattr(access, "lockout_sync", None),
+                              getattr(upstreams, "sharing", None), reactor)
+    health = HealthChecks(components["db"], upstreams, reactor, bus=bus)
     endpoint = MetricsEndpoint(metrics, config.metrics.access, admin=components.get("admin"))
     app.extra.setdefault("healthz", health.healthz)
     app.extra.setdefault("readyz", health.readyz)

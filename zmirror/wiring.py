@@ -16,6 +16,7 @@ from zmirror.accesslog import BatchedAccessLog
 from zmirror.admin import AdminAPI
 from zmirror.app import ZMirrorApp
 from zmirror.cache import CacheBlobs, ManifestCache
+from zmirror.cache.blobs import CacheDirLock
 from zmirror.cache.index import open_cache_index
 from zmirror.config import Config
 from zmirror.db import connect_config, migrate_config, open_database
@@ -44,13 +45,15 @@ def build(config: Config, reactor: Any) -> dict:
     blob_cache = manifest_cache = None
     cache_db = db  # the node's own blob index: db on SQLite, a local file on PostgreSQL
     if config.cache.enabled:
+        dir_lock = CacheDirLock.take(config.cache_dir)  # one process per [cache] dir, or exit
         cache_db = open_cache_index(config, db, reactor)
         blob_cache = CacheBlobs(config.cache_dir, cache_db, reactor, max_size=config.cache.max_size,
                                 idle_timeout=config.upstream.idle_timeout,
                                 transfer_threads=config.cache.transfer_threads,
                                 max_temp_bytes=config.cache.max_temp_size,
                                 max_orphans=config.cache.max_orphans,
-                                max_orphan_bytes=config.cache.max_orphan_size)
+                                max_orphan_bytes=config.cache.max_orphan_size,
+                                dir_lock=dir_lock)
         # no files: in the main database, shared by every node on PostgreSQL
         manifest_cache = ManifestCache(db, reactor, ttl=config.cache.manifest_ttl,
                                        tag_limit=config.cache.manifest_tags_in_memory)

@@ -597,6 +597,11 @@ class LockoutSync:
             bus.subscribe(CLEAR_EVENT, self._on_clear)
             bus.subscribe(RESYNC, lambda _data: self.load())
 
+    @property
+    def queue_depth(self) -> int:
+        """Rows and clears waiting to be written to ``login_failures`` (/metrics)."""
+        return len(self._rows) + len(self._clears)
+
     # --- the Lockout's listener --------------------------------------------------------
 
     def failed(self, keys: list[bytes], at: float) -> None:

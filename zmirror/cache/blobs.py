@@ -4,6 +4,17 @@ Layout under the cache directory::
 
     blobs/sha256/ab/abcdef...   verified blobs, named by digest
     tmp/                        downloads in progress (emptied at start)
+    zmirror.lock                held (flock) by the one process using the directory
+
+**One process per cache directory** (:class:`CacheDirLock`): the index and the
+files describe one process's downloads; a second process on the same directory
+(two nodes on one machine left with the same ``[cache] dir``) would evict the
+other's files and overwrite its index.  At start the wiring takes an exclusive,
+non-blocking ``flock`` on ``zmirror.lock``; when another process holds it the
+start fails with :class:`CacheDirInUse` (a :class:`~zmirror.config.ConfigError`:
+one line, exit status 1).  The kernel releases the lock when its holder dies, so
+a crashed node leaves nothing to clean up; a node that stops releases it after
+its last index write.
 
 Three layers, three modules: this one keeps the index and the files (lookup,
 LRU eviction, persistence, the limits a download is admitted under);
@@ -36,6 +47,8 @@ by the downloads of this cache.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import os
 import shutil
@@ -51,7 +64,7 @@ from zope.interface import implementer
 
 from zmirror.cache.download import CacheUnavailable, Download, silent_unlink as _silent_unlink
 from zmirror.cache.gate import LoadGate
-from zmirror.config import private_dir
+from zmirror.config import ConfigError, private_dir
 from zmirror.transfer import OCTET_STREAM, BlobInfo, FileBody, IBlobSource, range_headers
 from zmirror.upstream.client import discard
 from zmirror.upstream.digestworker import TRANSFER_THREADS, TransferThreads
@@ -73,6 +86,104 @@ MAX_ORPHAN_BYTES = 2 << 30
 # RETRY_FIRST s, doubling on each further failure up to RETRY_MAX s.
 RETRY_FIRST = 5.0
 RETRY_MAX = 300.0
+
+
+LOCK_FILE = "zmirror.lock"
+
+
+class CacheDirInUse(ConfigError):
+    """Another process holds the cache directory's lock."""
+
+
+class CacheDirLock:
+    """The exclusive ``flock`` on ``<cache dir>/zmirror.lock`` (module doc).
+
+    :meth:`acquire` (blocking file system calls: at start, before the reactor
+    runs) creates the directory (0700) and the file (0600), takes the lock or
+    raises :class:`CacheDirInUse`, and writes this process's id into the file
+    (only for the message another process shows).  A file system without
+    locks, or a lock file that cannot be created, is logged and not held: the
+    cache's own start then meets the same disk.  :meth:`release` (or the
+    process's end) lets it go.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.path = self.root / LOCK_FILE
+        self._fd: Optional[int] = None
+        self._pid: Optional[int] = None  # written into the file
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    @classmethod
+    def take(cls, root: Path) -> "CacheDirLock":
+        lock = cls(root)
+        lock.acquire()
+        return lock
+
+    def acquire(self) -> None:
+        """Take the lock (see the class doc); when held already, only write this
+        process's id again (twistd takes it in the process that forks the daemon)."""
+        if self._fd is not None:
+            self._write_pid()
+            return
+        try:
+            for w in private_dir(self.root, "cache directory"):
+                log.warn("{problem}", problem=w)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            log.warn("cache directory {root}: cannot create its lock file ({error}); not checking "
+                     "that no other process uses it", root=str(self.root), error=e.strerror or e)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = _lock_holder(fd) if e.errno in (errno.EAGAIN, errno.EACCES) else None
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES):  # ENOLCK, EOPNOTSUPP: no locks here
+                log.warn("cache directory {root}: cannot lock {file} ({error}); not checking "
+                         "that no other process uses it", root=str(self.root), file=LOCK_FILE,
+                         error=e.strerror or e)
+                return
+            raise CacheDirInUse(
+                f"cache directory {self.root} is in use by another zmirror process"
+                f"{f' (pid {holder})' if holder else ''}: each node needs its own [cache] dir"
+            ) from None
+        self._fd = fd
+        self._write_pid()
+
+    def _write_pid(self) -> None:
+        pid = os.getpid()
+        if self._fd is None or self._pid == pid:
+            return
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{pid}\n".encode(), 0)
+            self._pid = pid
+        except OSError:
+            pass  # only informative
+
+    def release(self) -> None:
+        fd, self._fd, self._pid = self._fd, None, None
+        if fd is not None:
+            os.close(fd)  # closing the last descriptor of the open file releases the lock
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:
+            pass
+
+
+def _lock_holder(fd: int) -> Optional[int]:
+    """The process id the holder wrote into the lock file, if readable."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and len(text) <= 10 else None
 
 
 @dataclass
@@ -99,8 +210,10 @@ class CacheBlobs:
     def __init__(self, root: Path, db: Any, reactor: Any, *, max_size: int, threadpool: Any = None,
                  idle_timeout: float = 60.0, transfer_threads: int = TRANSFER_THREADS,
                  max_temp_bytes: Optional[int] = None,
-                 max_orphans: int = MAX_ORPHANS, max_orphan_bytes: int = MAX_ORPHAN_BYTES):
+                 max_orphans: int = MAX_ORPHANS, max_orphan_bytes: int = MAX_ORPHAN_BYTES,
+                 dir_lock: Optional[CacheDirLock] = None):
         self.root = Path(root)
+        self.dir_lock = dir_lock  # held while this cache runs (CacheUpkeep releases it)
         self.db = db
         self.reactor = reactor
         self.max_size = max_size
@@ -618,6 +731,9 @@ class CacheUpkeep:
 
     def start(self) -> None:
         self._stopped = False
+        dir_lock = getattr(self.blobs, "dir_lock", None)
+        if dir_lock is not None:
+            dir_lock.acquire()  # again, after a stop (held already from the wiring)
         self._run("blob cache start", self.blobs.start, lambda: None)
         if self.manifests is not None:
             self._run("manifest cache start", self.manifests.start, lambda: None)
@@ -662,6 +778,9 @@ class CacheUpkeep:
                 await self.blobs.flush_index()
             finally:
                 self.blobs.transfers.stop()
+                dir_lock = getattr(self.blobs, "dir_lock", None)
+                if dir_lock is not None:
+                    dir_lock.release()
 
         return Deferred.fromCoroutine(last_write())
 

@@ -108,6 +108,15 @@ class PostgresBus(_Subscribers, Service):
         self.connects = 0  # successful connects (the first one included)
         self.failures = 0  # failed connects and lost connections
         self.dropped = 0  # events refused (too big) or unreadable
+        # for /metrics and /readyz (zmirror.metrics.Metrics.watch_cluster, zmirror.health)
+        self.published = 0  # events the database took (pg_notify answered)
+        self.publish_errors = 0  # events the database refused (pg_notify failed)
+        self.received = 0  # other nodes' events delivered to the subscribers
+        self.table_changes: dict[str, int] = {}  # table → deliveries of its changes
+        self.connected_at: Optional[float] = None  # clock time of the last (re)connect
+        # clock time since when it is not listening (None while connected): the start,
+        # or the moment the connection was lost
+        self.disconnected_since: Optional[float] = None
         self._attempt = 0
         self._outage_logged = False
         self._pending: set[str] = set()
@@ -139,8 +148,16 @@ class PostgresBus(_Subscribers, Service):
                       kind=kind, size=size, limit=MAX_PAYLOAD)
             return succeed(None)
         d = self.db.execute(f"SELECT pg_notify('{EVENTS}', ?)", (payload,))
-        d.addCallbacks(lambda _: None, lambda f: log.error(
-            "cluster event {kind} not sent: {error}", kind=kind, error=self._clean(f.value)))
+
+        def sent(_):
+            self.published += 1
+
+        def refused(f):
+            self.publish_errors += 1
+            log.error("cluster event {kind} not sent: {error}", kind=kind,
+                      error=self._clean(f.value))
+
+        d.addCallbacks(sent, refused)
         return d
 
     # --- the service ----------------------------------------------------------------
@@ -148,6 +165,9 @@ class PostgresBus(_Subscribers, Service):
     def startService(self) -> None:
         Service.startService(self)
         self._stopping = False
+        # a new thread: not listening until it says so
+        self.connected = False
+        self.disconnected_since = self.clock.seconds()
         # a new event and thread each start: one left over from before a stop (still in
         # a connect) sees it is not the current one and ends
         self._go = go = threading.Event()
@@ -189,6 +209,8 @@ class PostgresBus(_Subscribers, Service):
             return
         self.connected = True
         self.connects += 1
+        self.connected_at = self.clock.seconds()
+        self.disconnected_since = None
         self._attempt = 0
         if self._outage_logged or self.connects > 1:
             log.info("cluster bus: listening again on {url}; re-reading shared state",
@@ -202,6 +224,8 @@ class PostgresBus(_Subscribers, Service):
         was = self.connected
         self.connected = False
         self.failures += 1
+        if was or self.disconnected_since is None:
+            self.disconnected_since = self.clock.seconds()
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * (2 ** min(self._attempt, 16)))
         self._attempt += 1
         if not self._outage_logged:
@@ -235,6 +259,8 @@ class PostgresBus(_Subscribers, Service):
         self._flush = None
         tables, self._pending = self._pending, set()
         if tables and not self._stopping:
+            for t in tables:
+                self.table_changes[t] = self.table_changes.get(t, 0) + 1
             self.deliver_tables(tables)
 
     def _event(self, payload: str) -> None:
@@ -249,6 +275,7 @@ class PostgresBus(_Subscribers, Service):
             return
         if origin == self.origin:
             return  # our own, echoed by PostgreSQL
+        self.received += 1
         self.deliver(kind, data)
 
     def _thread_ended(self, thread: threading.Thread) -> None:

@@ -161,6 +161,7 @@ class HealthSharing:
         self.clock = clock
         self.sent = 0  # snapshots sent (published and stored)
         self.applied = 0  # peers' snapshots that changed something here
+        self.store_failures = 0  # upserts of upstream_state that failed
         self._last: dict[int, float] = {}  # upstream id -> when its last snapshot went out
         self._timers: dict[int, Any] = {}
         self._writes: set = set()  # upserts not answered yet
@@ -203,6 +204,7 @@ class HealthSharing:
         self._failing = False
 
     def _store_failed(self, failure: Any, name: str) -> None:
+        self.store_failures += 1
         if not self._failing:  # once until a write works again
             log.error("upstream {name}: storing its shared state failed: {error}", name=name,
                       error=" ".join(str(failure.value).split())[:200])
