@@ -189,7 +189,9 @@ class ClusterAdminPassword:
         waiter: Deferred = Deferred()
         self._waiters.append(waiter)
         if self._running is None:
-            self._running = Deferred.fromCoroutine(self._drain())
+            running = Deferred.fromCoroutine(self._drain())
+            if not running.called:  # it may have finished already (a synchronous database)
+                self._running = running
         return waiter
 
     async def _drain(self) -> None:
