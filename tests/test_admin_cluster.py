@@ -439,7 +439,9 @@ class ClusterServiceTests(unittest.TestCase):
         for top in self.nodes:
             bus = top.components["bus"]
             await eventually(lambda: bus.connects >= 1, what="listening")
-            await top.components["admin_password"].wait()
+            secret = top.components.get("admin_password")
+            self.assertIsNotNone(secret, "the node has no cluster admin password")
+            await secret.wait()
 
     def row(self):
         import psycopg
