@@ -284,7 +284,8 @@ def _admin_password_cluster(cfg, hashed: str) -> int:
     try:
         store_blocking(conn, hashed, now=time.time())
     except Exception as e:
-        raise CLIError(f"{describe(cfg)}: cannot store the admin password: {_one_line(e)}") from None
+        raise CLIError(f"{describe(cfg)}: cannot store the admin password: "
+                       + _one_line(e).replace(hashed, "***")) from None
     finally:
         conn.close()
     _out(f"admin password updated in the database (cluster_secrets row {ROW!r}, an argon2 hash); "

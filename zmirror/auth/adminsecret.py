@@ -292,8 +292,9 @@ class ClusterAdminPassword:
 
         try:
             count = await self.db.write(txn)
-        except Exception as e:
-            raise Unavailable(f"cannot write the cluster's admin password: {_one_line(e)}") from None
+        except Exception as e:  # the hash is cut out of whatever the driver says
+            raise Unavailable("cannot write the cluster's admin password: "
+                              + _one_line(e).replace(hashed, "***")) from None
         if count != 1:
             self.refresh()
             return False
