@@ -400,3 +400,44 @@ class ConcurrentWritersTests(unittest.TestCase):
         self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
         self.assertEqual(list(data.iterdir()), [path])
 
+
+
+class SQLiteKeepsTheFileTests(FileConfigMixin, unittest.TestCase):
+    """SQLite (one node): the password lives in config.toml only; the database's
+    cluster_secrets table (shared with PostgreSQL's schema) is never used for it."""
+
+    @coro
+    async def test_the_change_writes_the_file_and_no_database_row(self):
+        self.assertIsNone(self.api.admin_secret)
+        code, _h, obj = await self.change(DEFAULT_ADMIN_PASSWORD, NEW)
+        self.assertEqual(code, 200, obj)
+        self.assertTrue(verify_admin_sync(NEW, load_config(self.data).admin.password))
+        rows = self.db.conn.execute("SELECT name FROM cluster_secrets").fetchall()
+        self.assertEqual(rows, [])
+
+    def test_a_wired_sqlite_node_has_no_cluster_admin_password(self):
+        from twisted.internet import reactor
+
+        from zmirror.tap import Options, makeService
+
+        opts = Options()
+        opts.parseOptions(["--data", str(self.data), "--listen", "tcp:0:interface=127.0.0.1"])
+        top = makeService(opts, reactor)
+        self.addCleanup(top.components["db"].close)
+        self.assertNotIn("admin_password", top.components)
+        self.assertIsNone(top.components["admin"].admin_secret)
+
+    @coro
+    async def test_the_old_passwords_cached_verification_is_forgotten(self):
+        self.path.write_text(self.path.read_text().replace(
+            'password = "admin123"', f'password = "{hash_admin_password("Current-pass-1")}"'))
+        self.config = load_config(self.data)
+        self.api = self.make_api()
+        self.client = self.stub(self.api)
+        self.auth = basic("admin", "Current-pass-1")
+        self.assertEqual((await self.call("GET", "/api/registries"))[0], 200)
+        old = self.api._admin_credentials()
+        self.assertTrue(old.cached("admin", "Current-pass-1"))
+        code, _h, obj = await self.change("Current-pass-1", NEW)
+        self.assertEqual(code, 200, obj)
+        self.assertFalse(old.cached("admin", "Current-pass-1"))

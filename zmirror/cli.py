@@ -7,6 +7,7 @@
     user disable NAME | user enable NAME     block / unblock a user
     user list [--json]                       list users (never a hash)
     admin-password [--stdin]                 store a hash of a new admin password in config.toml
+                                             (PostgreSQL: in the database, for every node)
     import-zmirror PATH [--dry-run]          users, registries, whitelist from an original registry.db
     check-config                             validate config.toml
     backup DEST                              online SQLite backup + config.toml + token key
@@ -251,11 +252,15 @@ def cmd_admin_password(args) -> int:
     from zmirror.auth.passwords import hash_admin_password
     from zmirror.config import ConfigError, admin_password_problem, update_admin_password
 
+    from zmirror.db import is_postgresql
+
     cfg = _config(args)
     password = _read_password(args, "New admin password / 新的管理员密码: ")
     problem = admin_password_problem(password)
     if problem is not None:
         raise CLIError(f"the new admin password {problem}")
+    if is_postgresql(cfg):
+        return _admin_password_cluster(cfg, hash_admin_password(password))
     path = cfg.config_path
     try:
         # tomlkit keeps every comment; never writes a file the server would refuse
@@ -264,6 +269,28 @@ def cmd_admin_password(args) -> int:
         raise CLIError(f"cannot update the admin password: {e}") from None
     _out(f"admin password updated in {path} (stored as an argon2 hash)")
     _err("note: a running server applies it on SIGHUP or restart.")
+    return 0
+
+
+def _admin_password_cluster(cfg, hashed: str) -> int:
+    """PostgreSQL: the hash goes into the cluster_secrets row every node reads (it
+    overrides [admin] password of config.toml, which is left alone: it may be
+    read-only); the running nodes hear of it through pg_notify (zmirror.auth.adminsecret)."""
+    from zmirror.auth.adminsecret import ROW, store_blocking
+    from zmirror.db import describe
+    from zmirror.db.postgresql import _one_line
+
+    conn = _connect(cfg)
+    try:
+        store_blocking(conn, hashed, now=time.time())
+    except Exception as e:
+        raise CLIError(f"{describe(cfg)}: cannot store the admin password: "
+                       + _one_line(e).replace(hashed, "***")) from None
+    finally:
+        conn.close()
+    _out(f"admin password updated in the database (cluster_secrets row {ROW!r}, an argon2 hash); "
+         "it takes precedence over [admin] password of config.toml")
+    _err("note: every running node applies it within 2 s (no SIGHUP or restart needed).")
     return 0
 
 

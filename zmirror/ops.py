@@ -132,6 +132,9 @@ class Reloader:
             return False
         self.apply(new)
         self.refresh_stores()
+        secret = self.components.get("admin_password")
+        if secret is not None:  # PostgreSQL: the cluster's admin password, re-read
+            secret.refresh()
         return True
 
     def refresh_stores(self, tables: Optional[Any] = None, reason: str = "reload",
@@ -201,6 +204,11 @@ class Reloader:
             except TypeError:
                 pass
         changed = _changed(old, new)
+        secret = c.get("admin_password")
+        if "admin.password" in changed and getattr(secret, "value", None) is not None:
+            log.warn("reload: [admin] password of config.toml changed, but the cluster's admin "
+                     "password (database) takes precedence: change it with the web UI or "
+                     "`zmirror admin-password`")
         live = [k for k in changed if k in LIVE]
         restart = [k for k in changed if k not in LIVE]
         if new.admin.username != old.admin.username:
@@ -500,6 +508,15 @@ def attach(top: ZMirrorService, options: Any, config: Any, components: dict, rea
             changes = TableChanges(reloader)
             bus.on_tables(changes.changed)
             components["table_changes"] = changes
+        if bus is not None and admin is not None and hasattr(admin, "admin_secret"):
+            # the admin password is the cluster's (zmirror.auth.adminsecret); read before
+            # the port opens, then on the bus's events, its RESYNC and SIGHUP
+            from zmirror.auth.adminsecret import ClusterAdminPassword
+
+            secret = ClusterAdminPassword(db, bus, reactor, passwords=getattr(admin, "passwords", None))
+            secret.load_config(config)
+            admin.admin_secret = secret
+            components["admin_password"] = secret
     elif db is not None:
         from zmirror.db.watch import ChangeWatcher
 

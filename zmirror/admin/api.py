@@ -39,6 +39,7 @@ from zmirror.admin.validate import (
     string,
 )
 from zmirror.auth.credentials import parse_basic
+from zmirror.auth.adminsecret import Unavailable
 from zmirror.auth.lockout import Locked, NullAttempt
 from zmirror.auth.passwords import AdminCredentials, Passwords, hash_admin_password, same_text
 from zmirror.auth.users import UserAccounts, validate_password
@@ -233,6 +234,9 @@ class AdminAPI:
         self.accesslog = accesslog  # the batched writer (queue depth in /api/stats)
         # called with the new AdminConfig after PUT /api/me/password (zmirror.ops.Reloader)
         self.on_admin_change: Optional[Callable[[Any], None]] = None
+        # PostgreSQL: the cluster's admin password, which overrides [admin] password
+        # (zmirror.auth.adminsecret.ClusterAdminPassword; set by zmirror.ops.attach)
+        self.admin_secret: Any = None
         self._password_lock = DeferredLock()
 
     def resource(self):
@@ -317,6 +321,11 @@ class AdminAPI:
     async def _check_login(self, username: str, password: str, ip: str) -> str:
         """The admin's name, or ApiError 401/403; Locked → 429 (nothing verified)."""
         lockout = self.lockout
+        secret = self.admin_secret
+        if secret is not None and not secret.loaded:
+            # never fall back to config.toml's password when the cluster's may replace it
+            raise ApiError(503, "the admin account is not available: the database cannot be read"
+                                " (see the server log)", headers={b"Retry-After": b"5"})
         admin = self._admin_credentials()
         if lockout is not None:
             lockout.enforce(username, ip)
@@ -342,9 +351,16 @@ class AdminAPI:
         log.info("admin API: failed login for {user!r} from {ip}", user=username[:64], ip=ip)
         raise ApiError(401, "invalid username or password", headers={b"WWW-Authenticate": REALM})
 
+    def _admin_password(self) -> str:
+        """The admin password in force: the cluster's hash when there is one
+        (PostgreSQL), else ``[admin] password`` of config.toml."""
+        secret = self.admin_secret
+        if secret is not None and secret.value is not None:
+            return secret.value
+        return self.config.admin.password
+
     def _admin_credentials(self) -> AdminCredentials:
-        admin = self.config.admin
-        return AdminCredentials(admin.username, admin.password, self.passwords)
+        return AdminCredentials(self.config.admin.username, self._admin_password(), self.passwords)
 
     async def _is_registry_user(self, username: str, password: str) -> bool:
         """Valid credentials of an enabled registry user (→ 403, not 401)."""
@@ -366,7 +382,9 @@ class AdminAPI:
     def _default_password_in_use(self, request) -> bool:
         """The admin password is the well-known default: configured as plain text,
         or (a hash of it) the password this authenticated request carries."""
-        if getattr(self.config, "admin_password_is_default", False):
+        secret = self.admin_secret
+        overridden = secret is not None and secret.value is not None  # a hash, never plain
+        if not overridden and getattr(self.config, "admin_password_is_default", False):
             return True
         creds = _parse_basic(request)
         return creds is not None and same_text(creds[1], DEFAULT_ADMIN_PASSWORD)
@@ -381,7 +399,8 @@ class AdminAPI:
 
     @api_route("/me/password", ["PUT"], with_default_password=True)
     async def me_password(self, request):
-        """Change the admin password: a passlib hash in config.toml, applied at once."""
+        """Change the admin password, applied at once: a passlib hash in config.toml
+        (SQLite), or in the database for every node (PostgreSQL)."""
         values = check(json_body(request), ADMIN_PASSWORD_FIELDS)
         # Owned by no caller: a client that hangs up while the file is being written
         # cannot leave the file and the running server disagreeing.
@@ -395,7 +414,18 @@ class AdminAPI:
         await self._password_lock.acquire()
         try:
             admin = self.config.admin
-            creds = AdminCredentials(admin.username, admin.password, self.passwords)
+            secret = self.admin_secret
+            configured = admin.password
+            if secret is not None:
+                # checked against the row as it is now, not this node's copy of it
+                try:
+                    expected, in_db = await secret.fresh()
+                except Unavailable as e:
+                    log.error("admin API: cannot change the admin password: {error}", error=str(e))
+                    raise ApiError(503, "the database cannot be reached (see the server log)") from None
+                if in_db is not None:
+                    configured = in_db
+            creds = AdminCredentials(admin.username, configured, self.passwords)
             if not await creds.check(admin.username, current):
                 raise Invalid("invalid input: current_password is not the current password",
                               {"current_password": "is not the current password"})
@@ -403,6 +433,9 @@ class AdminAPI:
                 raise Invalid("invalid input: new_password must differ from the current password",
                               {"new_password": "must differ from the current password"})
             hashed = await self.passwords.run(hash_admin_password, new)
+            if secret is not None:
+                await self._change_cluster_password(secret, expected, hashed)
+                return
             path = self.config.config_path
             try:
                 await self.passwords.run(functools.partial(
@@ -420,9 +453,26 @@ class AdminAPI:
         finally:
             self._password_lock.release()
 
+    async def _change_cluster_password(self, secret: Any, expected: Optional[str], hashed: str) -> None:
+        """PostgreSQL: the hash goes into the database (every node applies it within
+        2 s); config.toml is left alone (it may be read-only, and the other nodes'
+        files could not follow)."""
+        try:
+            written = await secret.replace(expected, hashed)
+        except Unavailable as e:
+            log.error("admin API: cannot change the admin password: {error}", error=str(e))
+            raise ApiError(503, "the database cannot be reached (see the server log)") from None
+        if not written:
+            raise ApiError(409, "the admin password was changed meanwhile (on another node or "
+                                "with `zmirror admin-password`); log in with the new one")
+        log.info("admin API: the admin password was changed (in the database, for every node)")
+
     def _set_admin(self, admin: Any) -> None:
         """The running server uses ``admin`` from now on (the next login check)."""
         self.config = dataclasses.replace(self.config, admin=admin)
+        forget = getattr(self.passwords, "forget_admin", None)
+        if forget is not None:
+            forget()
         if self.on_admin_change is not None:
             self.on_admin_change(admin)
 

@@ -69,6 +69,8 @@ def is_legacy_md5(stored: str) -> bool:
 # defaults of [lockout] max_concurrent_verifications / max_queued_verifications
 CONCURRENCY = 2
 QUEUE = 32
+# admin cache keys kept before the evicted ones are dropped from the list
+ADMIN_KEYS_MAX = 64
 # Retry-After (seconds) when the verification queue is full
 BUSY_RETRY_AFTER = 1
 
@@ -106,6 +108,9 @@ class Passwords:
         self.cache_size = cache_size
         self._cache_key = os.urandom(32)
         self._cache: "OrderedDict[bytes, float]" = OrderedDict()
+        # the cache keys of the admin's verified passwords (AdminCredentials), so a
+        # password change forgets them without costing the registry users theirs
+        self._admin_keys: set[bytes] = set()
         # verified against when the user does not exist, so both paths cost the same
         self._dummy = self.context.hash(os.urandom(16).hex())
 
@@ -220,6 +225,21 @@ class Passwords:
 
     def forget(self) -> None:
         self._cache.clear()
+        self._admin_keys.clear()
+
+    def remember_admin(self, key: bytes) -> None:
+        """:meth:`_remember` a verified admin password (forgotten by :meth:`forget_admin`)."""
+        self._remember(key)
+        if key in self._cache:
+            self._admin_keys.add(key)
+        if len(self._admin_keys) > ADMIN_KEYS_MAX:
+            self._admin_keys &= set(self._cache)  # those evicted meanwhile
+
+    def forget_admin(self) -> None:
+        """Forget every cached admin verification (the admin password changed)."""
+        for key in self._admin_keys:
+            self._cache.pop(key, None)
+        self._admin_keys.clear()
 
 
 # --- the admin account of config.toml --------------------------------------
@@ -268,11 +288,14 @@ def same_text(a: str, b: str) -> bool:
 
 
 class AdminCredentials:
-    """Checks the ``[admin]`` username/password of config.toml (for the admin API).
+    """Checks the ``[admin]`` username/password of config.toml (for the admin API),
+    or the cluster's password hash that overrides it on PostgreSQL
+    (:mod:`zmirror.auth.adminsecret`): ``configured_password`` is whichever applies.
 
     ``await check(username, password)`` → bool.  Hash verification runs in one
     of ``passwords``' slots (may raise :class:`Busy`) and successful results
-    are cached like users' ones (:meth:`cached`: no slot needed).
+    are cached like users' ones (:meth:`cached`: no slot needed) until
+    :meth:`Passwords.forget_admin` (a password change, on every node).
     """
 
     def __init__(self, username: str, configured_password: str, passwords: Passwords):
@@ -306,5 +329,5 @@ class AdminCredentials:
             return user_ok
         ok = await self.passwords.slow(verify_admin_sync, password, self._configured)
         if ok:
-            self.passwords._remember(key)
+            self.passwords.remember_admin(key)
         return bool(user_ok and ok)

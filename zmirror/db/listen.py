@@ -135,8 +135,7 @@ class PostgresBus(_Subscribers, Service):
 
     def publish(self, kind: str, data: dict) -> Deferred:
         try:
-            payload = json.dumps({"o": self.origin, "k": kind, "d": data}, separators=(",", ":"),
-                                 ensure_ascii=False, allow_nan=False)
+            payload = encode_event(self.origin, kind, data)
         except (TypeError, ValueError) as e:
             self.dropped += 1
             log.error("cluster event {kind} not sent: not JSON ({error})", kind=kind, error=str(e))
@@ -147,7 +146,7 @@ class PostgresBus(_Subscribers, Service):
             log.error("cluster event {kind} not sent: {size} bytes is over the {limit} byte limit",
                       kind=kind, size=size, limit=MAX_PAYLOAD)
             return succeed(None)
-        d = self.db.execute(f"SELECT pg_notify('{EVENTS}', ?)", (payload,))
+        d = self.db.execute(NOTIFY_EVENT, (payload,))
 
         def sent(_):
             self.published += 1
@@ -345,6 +344,26 @@ class PostgresBus(_Subscribers, Service):
                 pass
 
 
+# the one statement that sends an event (a node's writer, or a blocking connection)
+NOTIFY_EVENT = f"SELECT pg_notify('{EVENTS}', ?)"
+
+
+def encode_event(origin: str, kind: str, data: dict) -> str:
+    """The ``zmirror_events`` payload :meth:`PostgresBus._event` reads (raises
+    TypeError / ValueError when ``data`` is not JSON)."""
+    return json.dumps({"o": origin, "k": kind, "d": data}, separators=(",", ":"),
+                      ensure_ascii=False, allow_nan=False)
+
+
+def notify_blocking(conn: Any, origin: str, kind: str, data: dict) -> None:
+    """Send an event from a blocking DB-API connection taking ``?`` placeholders
+    (the ``zmirror`` CLI, which has no bus): delivered at its transaction's commit."""
+    payload = encode_event(origin, kind, data)
+    if len(payload.encode("utf-8")) > MAX_PAYLOAD:
+        raise ValueError(f"cluster event {kind} is over the {MAX_PAYLOAD} byte limit")
+    conn.execute(NOTIFY_EVENT, (payload,))
+
+
 def _connect(url: str):
     import psycopg
 
@@ -352,4 +371,5 @@ def _connect(url: str):
                            application_name=APPLICATION_NAME, **_KEEPALIVE)
 
 
-__all__ = ["PostgresBus", "CHANGES", "EVENTS", "MAX_PAYLOAD", "COALESCE", "APPLICATION_NAME"]
+__all__ = ["PostgresBus", "CHANGES", "EVENTS", "MAX_PAYLOAD", "COALESCE", "APPLICATION_NAME",
+           "NOTIFY_EVENT", "encode_event", "notify_blocking"]
