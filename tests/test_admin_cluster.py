@@ -531,6 +531,30 @@ class ClusterServiceTests(unittest.TestCase):
         await self.follows(b, "Second-cli-pass-2", NEW, "the second CLI password")
 
     @coro
+    async def test_no_default_password_warning_once_the_cluster_has_one(self):
+        # config.toml keeps admin123 on every node; the cluster's row is what applies
+        from zmirror import cli
+
+        await self.listening()
+        a = self.nodes[0]
+
+        def check_config():
+            err = io.StringIO()
+            self.patch(sys, "stdout", io.StringIO())
+            self.patch(sys, "stderr", err)
+            self.assertEqual(cli.main(["--data", str(a.data), "check-config"]), 0)
+            return err.getvalue()
+
+        self.assertIn("admin password is still the default", check_config())
+        self.patch(sys, "stdin", io.StringIO(NEW + "\n"))
+        self.patch(sys, "stderr", io.StringIO())
+        self.assertEqual(cli.main(["--data", str(a.data), "admin-password", "--stdin"]), 0)
+        self.assertNotIn("still the default", check_config())
+        cap = Captured(self)
+        self.node("c")
+        self.assertFalse([t for t in cap.texts() if "still the default" in t], cap.texts())
+
+    @coro
     async def test_a_hostile_row_at_start_keeps_configs_password(self):
         import psycopg
 

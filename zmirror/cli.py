@@ -297,11 +297,32 @@ def _admin_password_cluster(cfg, hashed: str) -> int:
 # --- check-config ---------------------------------------------------------------------
 
 
+def _cluster_admin_password_set(cfg) -> bool:
+    """On PostgreSQL: the cluster's admin password (zmirror.auth.adminsecret) is set and
+    usable, so config.toml's default does not apply. False on SQLite or when unreadable."""
+    from zmirror.db import connect_config, is_postgresql
+
+    if not is_postgresql(cfg):
+        return False
+    from zmirror.auth.adminsecret import read_blocking, value_problem
+
+    try:
+        conn = connect_config(cfg)
+        try:
+            raw = read_blocking(conn)
+        finally:
+            conn.close()
+    except Exception:
+        _err("warning: cannot read the cluster's admin password from the database")
+        return False
+    return raw is not None and value_problem(raw) is None
+
+
 def cmd_check_config(args) -> int:
     cfg = _config(args)
     for w in cfg.warnings:
         _err(f"warning: {w}")
-    if cfg.admin_password_is_default:
+    if cfg.admin_password_is_default and not _cluster_admin_password_set(cfg):
         _err("warning: the admin password is still the default; run `zmirror admin-password`")
     if cfg.metrics.listen:
         from twisted.internet import endpoints

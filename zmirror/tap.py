@@ -61,16 +61,6 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
         fail(str(e))
     for w in config.warnings:
         log.warn("config: {w}", w=w)
-    if config.admin_password_is_default:
-        log.warn(
-            "\n" + "!" * 72 + "\n"
-            "!!  The admin password is still the default: the admin API only lets it be\n"
-            "!!  changed (log in to the web UI, or run `zmirror admin-password`); it is\n"
-            "!!  stored hashed in {path}\n"
-            "!!  管理员密码仍为默认值：管理接口只允许修改密码（登录管理界面或运行\n"
-            "!!  `zmirror admin-password`），新密码以哈希形式写入上述文件。\n" + "!" * 72,
-            path=str(config.config_path),
-        )
     listen = options["listen"] or config.listen_endpoint()
     from zmirror import ops
 
@@ -84,6 +74,17 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     web.setServiceParent(top)
     # log observer ([log] format/level) and SIGHUP reload of the live settings
     ops.attach(top, options, config, components, reactor)
+    cluster_password = components.get("admin_password")  # PostgreSQL: the cluster's, if set
+    if config.admin_password_is_default and getattr(cluster_password, "value", None) is None:
+        log.warn(
+            "\n" + "!" * 72 + "\n"
+            "!!  The admin password is still the default: the admin API only lets it be\n"
+            "!!  changed (log in to the web UI, or run `zmirror admin-password`); it is\n"
+            "!!  stored hashed in {path}\n"
+            "!!  管理员密码仍为默认值：管理接口只允许修改密码（登录管理界面或运行\n"
+            "!!  `zmirror admin-password`），新密码以哈希形式写入上述文件。\n" + "!" * 72,
+            path=str(config.config_path),
+        )
     log.info("zmirror {v} listening on {listen}, data in {data}", v=__version__, listen=listen,
              data=str(config.data_dir))
     top.components = components  # for tests and the tac
