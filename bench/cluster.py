@@ -10,13 +10,17 @@ images, each with its own ``--mib`` MiB random layer.  Three ways in are compare
 
 - ``node``: node 1 directly;
 - ``nginx→1``: nginx with node 1 alone (what nginx itself costs);
-- ``nginx→2``: nginx with both nodes (blobs by digest to their home node, the rest round-robin).
+- ``nginx→2``: nginx with both nodes (blobs by digest to their home node, the rest round-robin);
+- ``2 nodes``: both nodes directly, the clients split between them (what the nodes scale to
+  without nginx's share of the CPU).
 
-Measured for each (every layer is pulled through every way in first, so the caches are warm):
+Measured for each (every layer is pulled through node 1, node 2 and nginx first, so the caches are warm):
 
-1. manifest GET by digest: ``wrk -t2 -c32 -d{--seconds}s`` with the OCI manifest Accept line,
-   requests/s (non-2xx and socket errors are reported);
-2. warm blob aggregate: ``--clients`` curl clients at once, client k GETs layer k mod ``--blobs``,
+1. manifest GET by digest: ``wrk -t2 -c32 -d{--seconds}s`` with the OCI manifest Accept line
+   (``2 nodes``: one ``wrk -t1 -c16`` per node at once, summed), requests/s (non-2xx and socket
+   errors are reported);
+2. warm blob aggregate: ``--clients`` curl clients at once, client k GETs layer k mod ``--blobs``
+   (``2 nodes``: from node k mod 2),
    ``--rounds`` rounds; the aggregate is all bytes / wall time, best round; every curl must end
    with the whole size (curl -f).
 
@@ -50,10 +54,22 @@ from tests.e2e.cluster import Cluster, nginx_argv, render_nginx  # noqa: E402
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
-def wrk(url: str, seconds: float, accept: str) -> dict:
-    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds:g}s", "-H", f"Accept: {accept}", url],
-                         capture_output=True, text=True, timeout=seconds + 60)
-    text = out.stdout
+def wrk(urls: list[str], seconds: float, accept: str) -> dict:
+    """``wrk -t2 -c32`` on one URL; on several, one ``wrk -t1 -c{32/n}`` per URL at once (summed)."""
+    n = len(urls)
+    threads, conns = ("-t2", "-c32") if n == 1 else ("-t1", f"-c{32 // n}")
+    procs = [subprocess.Popen(["wrk", threads, conns, f"-d{seconds:g}s", "-H", f"Accept: {accept}", u],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for u in urls]
+    total = {"rps": 0.0, "errors": 0}
+    for p, u in zip(procs, urls):
+        out, err = p.communicate(timeout=seconds + 60)
+        one = _wrk_result(u, out, err)
+        total["rps"] += one["rps"]
+        total["errors"] += one["errors"]
+    return total
+
+
+def _wrk_result(url: str, text: str, stderr: str) -> dict:
     m = re.search(r"Requests/sec:\s+([\d.]+)", text)
     errors = 0
     m2 = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
@@ -63,17 +79,19 @@ def wrk(url: str, seconds: float, accept: str) -> dict:
     if m3:
         errors += sum(int(x) for x in m3.groups())
     if not m:
-        raise RuntimeError(f"wrk {url}: no result: {text} {out.stderr}")
+        raise RuntimeError(f"wrk {url}: no result: {text} {stderr}")
     return {"rps": float(m.group(1)), "errors": errors}
 
 
-def blobs_at_once(base: str, blobs: list[tuple[str, H.Blob]], clients: int) -> float:
-    """``clients`` curls at once, client k on blob k mod len(blobs); aggregate MB/s."""
+def blobs_at_once(bases: list[str], blobs: list[tuple[str, H.Blob]], clients: int) -> float:
+    """``clients`` curls at once, client k on blob k mod len(blobs) from base k mod len(bases);
+    aggregate MB/s."""
     jobs = [blobs[k % len(blobs)] for k in range(clients)]
     t0 = time.perf_counter()
     procs = [subprocess.Popen(["curl", "-sS", "-f", "-o", "/dev/null", "-w", "%{size_download}",
-                               f"{base}/v2/{repo}/blobs/{b.digest}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for repo, b in jobs]
+                               f"{bases[k % len(bases)]}/v2/{repo}/blobs/{b.digest}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for k, (repo, b) in enumerate(jobs)]
     total = 0
     for p, (repo, b) in zip(procs, jobs):
         out, err = p.communicate(timeout=600)
@@ -127,18 +145,19 @@ def main() -> None:
         one = H.spawn("nginx-one", nginx_argv(conf), c.root / "logs" / "nginx-one.log")
         c.h.procs.append(one)
         H.wait_http(f"http://127.0.0.1:{port}/healthz", one, timeout=30)
-        ways = {"node": c.nodes[0].url, "nginx→1": f"http://127.0.0.1:{port}", "nginx→2": c.nginx_url}
-        for base in ways.values():
+        ways = {"node": [c.nodes[0].url], "nginx→1": [f"http://127.0.0.1:{port}"],
+                "nginx→2": [c.nginx_url], "2 nodes": [c.nodes[0].url, c.nodes[1].url]}
+        for base in (c.nodes[0].url, c.nodes[1].url, c.nginx_url):
             warm(base, images)
         layers = [(img.repo, img.blobs[1]) for img in images]  # blobs[0] is the config
         man = images[0]
-        for name, base in ways.items():
-            r = wrk(f"{base}/v2/{man.repo}/manifests/{man.digest}", args.seconds, OCI_MANIFEST)
+        for name, bases in ways.items():
+            r = wrk([f"{b}/v2/{man.repo}/manifests/{man.digest}" for b in bases], args.seconds, OCI_MANIFEST)
             results.setdefault("manifest", {})[name] = r
             print(f"manifest GET by digest {name:8} {r['rps']:8.0f} req/s  errors {r['errors']}",
                   file=sys.stderr)
-        for name, base in ways.items():
-            rounds = [blobs_at_once(base, layers, args.clients) for _ in range(args.rounds)]
+        for name, bases in ways.items():
+            rounds = [blobs_at_once(bases, layers, args.clients) for _ in range(args.rounds)]
             results.setdefault("blobs", {})[name] = {"rounds": [round(x) for x in rounds],
                                                       "best": round(max(rounds))}
             print(f"warm x{args.clients} blobs  {name:8} {max(rounds):8.0f} MB/s  rounds "
@@ -152,13 +171,16 @@ def report(r: dict) -> str:
     a = r["args"]
     m, b = r["manifest"], r["blobs"]
     lines = [
-        f"| measurement | node 1 direct | nginx → node 1 | nginx → 2 nodes | 2 nodes ÷ 1 node via nginx |",
-        "|---|---|---|---|---|",
-        f"| manifest GET by digest (wrk -c32) | {m['node']['rps']:.0f} req/s | {m['nginx→1']['rps']:.0f} req/s"
-        f" | {m['nginx→2']['rps']:.0f} req/s | {m['nginx→2']['rps'] / m['nginx→1']['rps']:.2f}× |",
+        "| measurement | node 1 direct | 2 nodes direct (clients split) | nginx → node 1 | nginx → 2 nodes |"
+        " 2 ÷ 1 node via nginx | 2 ÷ 1 node direct |",
+        "|---|---|---|---|---|---|---|",
+        f"| manifest GET by digest (wrk, 32 connections) | {m['node']['rps']:.0f} req/s | "
+        f"{m['2 nodes']['rps']:.0f} req/s | {m['nginx→1']['rps']:.0f} req/s | {m['nginx→2']['rps']:.0f} req/s | "
+        f"{m['nginx→2']['rps'] / m['nginx→1']['rps']:.2f}× | {m['2 nodes']['rps'] / m['node']['rps']:.2f}× |",
         f"| warm blobs, {a['clients']} clients over {a['blobs']} × {a['mib']} MiB layers (aggregate) | "
-        f"{b['node']['best']} MB/s | {b['nginx→1']['best']} MB/s | {b['nginx→2']['best']} MB/s | "
-        f"{b['nginx→2']['best'] / b['nginx→1']['best']:.2f}× |",
+        f"{b['node']['best']} MB/s | {b['2 nodes']['best']} MB/s | {b['nginx→1']['best']} MB/s | "
+        f"{b['nginx→2']['best']} MB/s | {b['nginx→2']['best'] / b['nginx→1']['best']:.2f}× | "
+        f"{b['2 nodes']['best'] / b['node']['best']:.2f}× |",
     ]
     errs = sum(v["errors"] for v in m.values())
     if errs:
