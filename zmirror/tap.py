@@ -72,6 +72,10 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
             path=str(config.config_path),
         )
     listen = options["listen"] or config.listen_endpoint()
+    if options["listen"] and components.get("nodes") is not None:
+        from zmirror.nodes import endpoint_address
+
+        components["nodes"].address = endpoint_address(listen)  # shown in /api/nodes
     from zmirror import ops
 
     top = ops.ZMirrorService()

@@ -811,6 +811,16 @@ class AdminAPI:
             out.setdefault("blobs", len(entries))
         return out
 
+    # --- the nodes sharing the database --------------------------------------------------------
+
+    nodes: Any = None  # the zmirror.nodes.NodeHeartbeat (set by zmirror.wiring); None: 503
+
+    @api_route("/nodes", ["GET"])
+    async def nodes_list(self, request):
+        """Every node's heartbeat row with its state (up / stale / stopped), by name."""
+        query(request, ())
+        return await self._need(self.nodes, "nodes").listing()
+
 
 def _same_id(values: dict, rid: int) -> None:
     if "id" in values:
