@@ -453,3 +453,45 @@ class WiredNodesPostgresTests(WiredNodesTests):
         obj = await self.get_nodes("node-a")
         self.assertEqual([(r["node"], r["state"]) for r in obj["items"]],
                          [("node-a", "up"), ("node-b", "stopped")])
+
+
+class DatabaseCopyPostgresTests(unittest.TestCase):
+    """``zmirror db copy`` leaves the heartbeat rows alone: they are each process's own
+    state (a running node's row in the target does not make the copy refuse, and the
+    SQLite node's row does not turn up in the cluster's list)."""
+
+    backend = "postgresql"
+
+    @coro
+    async def test_heartbeat_rows_are_not_copied(self):
+        from tests.pgserver import fresh_database
+        from zmirror.cli import copy_database
+        from zmirror.db import Database, migrate, postgresql
+
+        source = Path(self.mktemp()).resolve() / "registry.db"
+        source.parent.mkdir(parents=True)
+        migrate(source)
+        lite = Database(source, reactor)
+        lite.start()
+        self.addCleanup(lite.close)
+        clock = Clock()
+        clock.advance(T0)
+        await NodeHeartbeat(lite, clock, node="old-single-node").beat()
+        url = fresh_database(self)
+        postgresql.migrate(url)
+        pg = postgresql.PostgresDatabase(url, reactor)
+        pg.start()
+        self.addCleanup(pg.close)
+        running = NodeHeartbeat(pg, clock, node="node-1")
+        await running.beat()
+        lines = []
+        counts = await Deferred.fromCoroutine(_in_thread(copy_database, source, url, out=lines.append))
+        self.assertNotIn("cluster_nodes", counts)
+        self.assertFalse([ln for ln in lines if "cluster_nodes" in ln], lines)
+        self.assertEqual([r["node"] for r in (await running.listing())["items"]], ["node-1"])
+
+
+async def _in_thread(f, *a, **kw):
+    from twisted.internet.threads import deferToThread
+
+    return await deferToThread(f, *a, **kw)
