@@ -132,6 +132,27 @@ class HeartbeatTests(unittest.TestCase):
                          ("up", None, T0 + 6 * HEARTBEAT))
 
     @coro
+    async def test_a_stop_while_the_pools_close_does_not_hang(self):
+        """Stopped together with the pools (a plain MultiService stops its children at
+        once): the stop mark is asked for before they close, and nothing the heartbeat
+        in flight would still write is waited for (a write asked for after the close
+        never answers)."""
+        from twisted.application.service import MultiService
+        from zmirror.service import CallbackService
+
+        top = MultiService()
+        CallbackService(stop=self.db.close).setServiceParent(top)
+        hb = self.heartbeat("node-a")
+        hb.setServiceParent(top)
+        top.startService()
+        self.assertIsNotNone(hb._inflight)  # the first heartbeat is on the writer thread
+        stopped = top.stopService()
+        stopped.addTimeout(10, reactor)  # a hang fails here, not after trial's 120 s
+        results = await stopped  # a DeferredList: a cancelled child is (False, CancelledError)
+        self.assertEqual([ok for ok, _ in results], [True, True], results)
+        self.assertEqual(hb.failures, 0)
+
+    @coro
     async def test_the_bus_state_is_written(self):
         bus = FakeBus(connected=True, at=T0 - 5)
         hb = self.heartbeat(bus=bus)

@@ -136,6 +136,7 @@ class NodeHeartbeat(Service):
         self.conflicts = 0  # heartbeats that found another process's instance in the row
         self.other_instance: Optional[str] = None  # that process's instance id
         self._written = False  # this process's row is in the table (since this start)
+        self._stopped = False  # stopService ran: no more writes (the pools may be closing)
         self._warned = False
         self._failing = False
         self._next_prune: Optional[float] = None
@@ -152,6 +153,8 @@ class NodeHeartbeat(Service):
         super().startService()
         self.started_at = self.clock.seconds()
         self._written = False
+        self._stopped = False
+        self._inflight = None  # one left from before a stop is not waited for
         self._next_prune = None
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.clock
@@ -160,22 +163,24 @@ class NodeHeartbeat(Service):
 
     def stopService(self):
         super().stopService()
+        self._stopped = True
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
-        return Deferred.fromCoroutine(self._stop())
+        if not (self._written or self._inflight is not None):
+            return succeed(None)
+        # Written at once, not after the heartbeat in flight: the pools may close right
+        # after this call, and a write asked for after that never answers.  The single
+        # writer runs the two in order, so the stop mark lands after the heartbeat.
+        self._written = False
+        d = self.db.write(_mark_stopped, self.node, self.instance, self.clock.seconds())
 
-    async def _stop(self) -> None:
-        await self.settled()
-        if not self._written:
-            return
-        try:
-            await self.db.write(_mark_stopped, self.node, self.instance, self.clock.seconds())
-            self._written = False
-        except Exception as e:
+        def failed(f):
             log.warn("node heartbeat: cannot mark node {node!r} stopped ({error}); it shows as "
                      "stale once its last heartbeat is {s:.0f}s old", node=self.node,
-                     error=_one_line(e), s=self.stale_after)
+                     error=_one_line(f.value), s=self.stale_after)
+
+        return d.addCallbacks(lambda _: None, failed)
 
     def settled(self) -> Deferred:
         """Fires once the heartbeat in flight (if any) is done (never errbacks)."""
@@ -194,7 +199,8 @@ class NodeHeartbeat(Service):
             return d
 
         def clear(r):
-            self._inflight = None
+            if self._inflight is d:
+                self._inflight = None
             return r
 
         self._inflight = d
@@ -248,6 +254,8 @@ class NodeHeartbeat(Service):
             log.info("node heartbeat: node {node!r}'s row is written again", node=self.node)
         if other is not None:
             self._conflict(other)
+        if self._stopped:
+            return
         if self._next_prune is None or now >= self._next_prune:
             self._next_prune = now + PRUNE_EVERY
             await self.prune()
@@ -272,6 +280,8 @@ class NodeHeartbeat(Service):
             if not await lock.acquire():
                 return None
             try:
+                if self._stopped:  # stopped meanwhile
+                    return None
                 n = await self.db.write(_prune, cutoff, self.node)
             finally:
                 await lock.release()
