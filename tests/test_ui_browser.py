@@ -354,6 +354,21 @@ class DesktopTests(BrowserCase):
         self.wait_text(sel("logs-table"), "library/redis")
         self.shot("logs-zh")
 
+        # --- nodes: this node's heartbeat row (SQLite: the one node) ---------------------------
+        self.nav("nodes")
+        node = default_node_name()
+        self.wait_text(sel(f"node-row-{node}"), node)
+        self.wait_text(sel(f"node-state-{node}"), "在线")
+        self.assertEqual(self.find(sel(f"node-state-{node}")).get_attribute("data-state"), "up")
+        table = self.find(sel("nodes-table")).text
+        from zmirror import __version__
+
+        self.assertIn(__version__, table)
+        self.assertIn("当前节点", table)
+        self.assertIn("单节点", self.find(sel(f"node-bus-{node}")).text)  # no bus on SQLite
+        self.wait_text(sel("nodes-summary"), "共 1 个节点：1 个在线")
+        self.shot("nodes-zh")
+
         # --- how to use: snippets carry this server's address -------------------------------
         self.nav("help")
         self.wait_text(sel("snippet-docker.io-pull"), f"docker pull {host}/library/nginx")
@@ -479,6 +494,19 @@ class PhoneTests(BrowserCase):
         self.nav("users")
         self.wait_text(sel("users-table"), "bob")
         self.shot("users-zh")
+        self.nav("nodes")  # cards on a phone, no wider than it
+        from zmirror.config import default_node_name
+
+        node = default_node_name()
+        self.wait_text(sel(f"node-state-{node}"), "在线")
+        self.wait_text(sel("nodes-table"), node)
+        self.assertIn("当前节点", self.find(sel("nodes-table")).text)
+        self.assertFalse(d.find_elements("css selector", sel("nodes-table") + " .el-table"))
+        widths = d.execute_script("const m = document.querySelector('.main');"
+                                  " return [document.documentElement.scrollWidth, m.scrollWidth, m.clientWidth]")
+        self.assertLessEqual(widths[0], self.width, widths)
+        self.assertLessEqual(widths[1], widths[2], widths)
+        self.shot("nodes-zh")
         self.nav("help")
         self.find(sel("snippet-docker.io-docker"))
         self.shot("help-zh")

@@ -702,6 +702,7 @@ def copy_database(source: Path, url: str, *, force: bool = False, out=_out) -> d
     them on PostgreSQL)."""
     from zmirror.cache.index import BLOB_TABLES
     from zmirror.db import DatabaseError, latest_version, migrate, postgresql
+    from zmirror.nodes import TABLES as NODE_TABLES  # each node's heartbeat: not copied
 
     where = postgresql.redact_url(url)
     try:
@@ -717,7 +718,7 @@ def copy_database(source: Path, url: str, *, force: bool = False, out=_out) -> d
         src.execute("BEGIN")  # one snapshot of every table (WAL: the server may keep writing)
         tables = [r[0] for r in src.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
-            if r[0] not in BLOB_TABLES]
+            if r[0] not in BLOB_TABLES and r[0] not in NODE_TABLES]
         pg = postgresql.connect(url)
         try:
             pg_tables = {r[0] for r in pg.execute(

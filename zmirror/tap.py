@@ -62,6 +62,10 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     for w in config.warnings:
         log.warn("config: {w}", w=w)
     listen = options["listen"] or config.listen_endpoint()
+    if options["listen"] and components.get("nodes") is not None:
+        from zmirror.nodes import endpoint_address
+
+        components["nodes"].address = endpoint_address(listen)  # shown in /api/nodes
     from zmirror import ops
 
     top = ops.ZMirrorService()

@@ -23,6 +23,7 @@ from zmirror.db import connect_config, migrate_config, open_database
 from zmirror.db.accesslogs import AccessLogStore, RetentionService
 from zmirror.db.registries import RegistryStore
 from zmirror.net import TrustedProxies, base_url
+from zmirror.nodes import NodeHeartbeat, endpoint_address
 from zmirror.ops import instrument
 from zmirror.registry.namespaces import RoutingTable
 from zmirror.registry.proxy import Proxy
@@ -100,6 +101,10 @@ def build(config: Config, reactor: Any) -> dict:
         cache=blob_cache,
         manifest_cache=manifest_cache,
     )
+    # this node's row in cluster_nodes (GET /api/nodes): a heartbeat every 10 s
+    nodes = NodeHeartbeat(db, reactor, node=config.server.node, bus=bus, cache=blob_cache,
+                          address=endpoint_address(config.listen_endpoint()))
+    admin.nodes = nodes
     app = ZMirrorApp(registry, token=access.token_service, admin=admin.resource(),
                      ui=_ui_resource())
     root = InflightTracker(app.resource())
@@ -117,6 +122,7 @@ def build(config: Config, reactor: Any) -> dict:
         CallbackService(stop=accesslog.stop),
         *_bus_services(bus, upstreams),
         RetentionService(accesslogs, reactor, config.log.retention_days, config.log.max_rows),
+        nodes,
         *access.services,
         DrainService(root, reactor),
     ]
@@ -139,6 +145,7 @@ def build(config: Config, reactor: Any) -> dict:
         "accesslog": accesslog,
         "accesslogs": accesslogs,
         "admin": admin,
+        "nodes": nodes,
         "access": access,
         "users": access.users,
         "whitelists": access.whitelists,

@@ -215,6 +215,7 @@ export const api = {
     update: (id, body) => request('PUT', `/api/users/${encodeURIComponent(id)}`, { body }),
     remove: (id) => request('DELETE', `/api/users/${encodeURIComponent(id)}`),
   },
+  nodes: () => request('GET', '/api/nodes'),
   logs: {
     list: (query) => request('GET', '/api/logs', { query }),
     clear: (before) => request('DELETE', '/api/logs', { query: before ? { before } : undefined }),

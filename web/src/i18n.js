@@ -21,7 +21,7 @@ const messages = {
     },
     menu: {
       dashboard: '仪表盘', registries: '上游仓库', whitelists: '白名单', users: '用户',
-      logs: '访问日志', help: '使用说明', logout: '退出登录', menu: '菜单',
+      logs: '访问日志', nodes: '节点', help: '使用说明', logout: '退出登录', menu: '菜单',
     },
     login: {
       title: '管理员登录', username: '用户名', password: '密码', submit: '登录',
@@ -117,6 +117,16 @@ const messages = {
       kinds: { manifest: '清单', blob: '数据层', tags: '标签列表', token: '令牌', denied: '拒绝', other: '其他' },
       anonymous: '（匿名）', filters: '筛选',
     },
+    nodes: {
+      node: '节点', state: '状态', version: '版本', address: '地址', started: '启动时间', lastSeen: '最近心跳',
+      stoppedAt: '停止于', bus: '总线', cache: '缓存', self: '当前节点', conflict: '名称重复',
+      conflictHelp: '有两个进程使用同一个节点名“{node}”：节点名必须唯一（访问日志的节点列依赖它），请修改其中一个的 [server] node 并重启',
+      states: { up: '在线', stale: '失联', stopped: '已停止' },
+      busStates: { connected: '已连接', disconnected: '已断开', local: '单节点' },
+      summary: '共 {n} 个节点：{up} 个在线，{stale} 个失联，{stopped} 个已停止',
+      hint: '共用同一数据库的节点：每个节点每 {s} 秒上报一次心跳，超过 {stale} 秒未上报显示为失联；7 天未上报的节点自动删除。',
+      ago: '{t}前', noCache: '无缓存', blobs: '{n} 个数据层', truncated: '只显示前 {n} 个节点（共 {total} 个）',
+    },
     help: {
       title: '使用说明',
       intro: '以下示例使用当前服务器地址 {host}。复制后即可使用。',
@@ -158,7 +168,7 @@ const messages = {
     },
     menu: {
       dashboard: 'Dashboard', registries: 'Registries', whitelists: 'Whitelists', users: 'Users',
-      logs: 'Access logs', help: 'How to use', logout: 'Log out', menu: 'Menu',
+      logs: 'Access logs', nodes: 'Nodes', help: 'How to use', logout: 'Log out', menu: 'Menu',
     },
     login: {
       title: 'Admin login', username: 'Username', password: 'Password', submit: 'Log in',
@@ -254,6 +264,16 @@ const messages = {
       cleared: '{n} rows deleted', all: 'All',
       kinds: { manifest: 'manifest', blob: 'blob', tags: 'tags', token: 'token', denied: 'denied', other: 'other' },
       anonymous: '(anonymous)', filters: 'Filters',
+    },
+    nodes: {
+      node: 'Node', state: 'State', version: 'Version', address: 'Address', started: 'Started', lastSeen: 'Last seen',
+      stoppedAt: 'Stopped at', bus: 'Bus', cache: 'Cache', self: 'this node', conflict: 'duplicate name',
+      conflictHelp: 'Two processes use the node name "{node}": node names must be unique (the access log\'s node column depends on it); change [server] node of one of them and restart it',
+      states: { up: 'Up', stale: 'Stale', stopped: 'Stopped' },
+      busStates: { connected: 'connected', disconnected: 'disconnected', local: 'single node' },
+      summary: '{n} node(s): {up} up, {stale} stale, {stopped} stopped',
+      hint: 'The nodes sharing this database: each one reports a heartbeat every {s} s and shows as stale after {stale} s without one; nodes silent for 7 days are removed.',
+      ago: '{t} ago', noCache: 'no cache', blobs: '{n} blobs', truncated: 'Only the first {n} of {total} nodes are shown',
     },
     help: {
       title: 'How to use',

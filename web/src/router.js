@@ -14,6 +14,7 @@ const routes = [
       { path: 'whitelists', name: 'whitelists', component: () => import('./views/Whitelists.vue'), meta: { title: 'menu.whitelists' } },
       { path: 'users', name: 'users', component: () => import('./views/Users.vue'), meta: { title: 'menu.users' } },
       { path: 'logs', name: 'logs', component: () => import('./views/Logs.vue'), meta: { title: 'menu.logs' } },
+      { path: 'nodes', name: 'nodes', component: () => import('./views/Nodes.vue'), meta: { title: 'menu.nodes' } },
       { path: 'help', name: 'help', component: () => import('./views/Help.vue'), meta: { title: 'menu.help' } },
     ],
   },

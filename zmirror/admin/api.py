@@ -861,6 +861,20 @@ class AdminAPI:
             out.setdefault("blobs", len(entries))
         return out
 
+    # --- the nodes sharing the database --------------------------------------------------------
+
+    nodes: Any = None  # the zmirror.nodes.NodeHeartbeat (set by zmirror.wiring)
+
+    @api_route("/nodes", ["GET"])
+    async def nodes_list(self, request):
+        """Every node's heartbeat row with its state (up / stale / stopped), by name."""
+        query(request, ())
+        if self.nodes is None:  # built without a heartbeat: nothing is known
+            server = getattr(self.config, "server", None)
+            return {"items": [], "self": getattr(server, "node", ""), "now": self.clock.seconds(),
+                    "heartbeat": None, "stale_after": None, "total": 0, "truncated": False}
+        return await self.nodes.listing()
+
 
 def _same_id(values: dict, rid: int) -> None:
     if "id" in values:
