@@ -39,6 +39,7 @@ ROUTES = [
     ("GET", "/api/logs", None),
     ("DELETE", "/api/logs", None),
     ("GET", "/api/stats", None),
+    ("GET", "/api/nodes", None),
 ]
 
 
