@@ -32,6 +32,7 @@ of one run, not absolute figures across runs.
 
     python bench/cluster.py                         # 8 x 64 MiB layers, 10 s wrk runs, 3 rounds
     python bench/cluster.py --mib 16 --seconds 3 --rounds 1 --alog-rows 20000   # a quick run
+    python bench/cluster.py --blobs 4 --buffer-sizes 16k,128k,512k,1m   # nginx's blob buffer size only
 """
 
 from __future__ import annotations
@@ -123,6 +124,38 @@ def alog(rows: int) -> list[dict]:
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
+def buffer_sizes(args, sizes: list[str]) -> None:
+    """``--buffer-sizes``: one node, one nginx per blob ``proxy_buffer_size`` (the shipped config
+    with only that changed), the warm blob aggregate through each, rounds interleaved."""
+    with Cluster(nodes=1, images=["oci"]).start() as c:
+        images = build_layers(c.root / "bench-images", args.blobs, args.mib)
+        c.h.push_many([(img, c.registry) for img in images])
+        ways = {"node": [c.nodes[0].url]}
+        for size in sizes:
+            port = H.free_port()
+            conf = render_nginx(c.root / f"nginx-{size}", listen_port=port, nodes=[c.nodes[0].host])
+            text = conf.read_text()
+            changed, n = re.subn(r"(proxy_buffer_size|proxy_busy_buffers_size|proxy_buffers 4) 512k;",
+                                 rf"\1 {size};", text)
+            if n != 3:
+                raise RuntimeError("the shipped nginx.conf has no 512k blob buffers to vary")
+            conf.write_text(changed)
+            proc = H.spawn(f"nginx-{size}", nginx_argv(conf), c.root / "logs" / f"nginx-{size}.log")
+            c.h.procs.append(proc)
+            H.wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
+            ways[f"nginx {size}"] = [f"http://127.0.0.1:{port}"]
+        warm(c.nodes[0].url, images)
+        layers = [(img.repo, img.blobs[1]) for img in images]
+        res: dict = {k: [] for k in ways}
+        for _ in range(args.rounds):
+            for name, bases in ways.items():
+                res[name].append(round(blobs_at_once(bases, layers, args.clients)))
+    print(f"| way in | warm blobs, {args.clients} clients over {args.blobs} × {args.mib} MiB, MB/s per round |")
+    print("|---|---|")
+    for name, rounds in res.items():
+        print(f"| {name} | {rounds} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--blobs", type=int, default=8, help="images, one big layer each")
@@ -131,10 +164,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=10.0, help="each wrk run")
     ap.add_argument("--alog-rows", type=int, default=200_000)
+    ap.add_argument("--buffer-sizes", default="",
+                    help="only compare nginx blob proxy_buffer_size values, e.g. 16k,128k,512k,1m")
     args = ap.parse_args()
     for tool in ("wrk", "curl"):
         if not shutil.which(tool):
             sys.exit(f"bench/cluster.py needs {tool} (apt-get install {tool})")
+    if args.buffer_sizes:
+        buffer_sizes(args, [x.strip() for x in args.buffer_sizes.split(",") if x.strip()])
+        return
 
     results: dict = {"args": vars(args)}
     with Cluster(nodes=2, images=["oci"]).start() as c:
