@@ -77,18 +77,7 @@ class FakeDB:
         return succeed((None, 1))
 
 
-class NeverWrites:
-    """A database whose writes never finish (a stalled PostgreSQL)."""
-
-    def __init__(self):
-        self.writes = []
-
-    def write(self, f, *args):
-        self.writes.append(args)
-        return Deferred()
-
-    def query(self, sql, params=()):
-        return succeed([])
+from tests.test_auth_cluster import NeverWrites  # noqa: E402  (a stalled PostgreSQL)
 
 
 # --- the bus's counters, driven by hand on a clock -----------------------------------------
