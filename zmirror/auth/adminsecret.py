@@ -159,12 +159,15 @@ class ClusterAdminPassword:
         try:
             raw = read_blocking(conn)
         except Exception as e:
-            self.failures += 1
-            log.error("admin password: cannot read the cluster's admin password ({error}); "
-                      "admin logins answer 503 until it can be read", error=_one_line(e))
-            return False
+            return self._unreadable(e)
         self._take(raw)
         return True
+
+    def _unreadable(self, e: BaseException) -> bool:
+        self.failures += 1
+        log.error("admin password: cannot read the cluster's admin password ({error}); "
+                  "admin logins answer 503 until it can be read", error=_one_line(e))
+        return False
 
     def load_config(self, config: Any) -> bool:
         """:meth:`load_blocking` on a new connection to ``config``'s database."""
@@ -173,10 +176,7 @@ class ClusterAdminPassword:
         try:
             conn = connect_config(config)
         except Exception as e:
-            self.failures += 1
-            log.error("admin password: cannot read the cluster's admin password ({error}); "
-                      "admin logins answer 503 until it can be read", error=_one_line(e))
-            return False
+            return self._unreadable(e)
         try:
             return self.load_blocking(conn)
         finally:
