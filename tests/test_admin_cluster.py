@@ -139,6 +139,10 @@ class Node:
                          {"current_password": current, "new_password": new})
 
 
+async def _call(f, *args):
+    return f(*args)
+
+
 class TwoNodesTests(AdminTestMixin, unittest.TestCase):
     """Two admin APIs on one database; their buses hear each other (LoopbackHub)."""
 
@@ -316,6 +320,33 @@ class TwoNodesTests(AdminTestMixin, unittest.TestCase):
         self.assertEqual(code, 503, obj)
         self.assertNotIn("lost", obj["error"])
         self.assertEqual(self.hub.sent, [])
+
+    @coro
+    async def test_a_failed_write_logs_no_part_of_either_hash(self):
+        self.assertEqual((await self.a.change(DEFAULT_ADMIN_PASSWORD, NEW))[0], 200)
+        old = self.row()["value"]
+        seen = []
+
+        class Refusing:
+            def execute(self, sql, params=()):
+                seen.append(params)
+                # what PostgreSQL says of a failing row (a CHECK constraint, say): the hash lies
+                # across the point where the message is cut to one short line
+                raise RuntimeError('new row for relation "cluster_secrets" violates check constraint '
+                                   f'"value_short"\nDETAIL:  Failing row contains (admin_password, '
+                                   f'{params[0]}, 1.0) where value = {params[-1]}')
+
+        self.patch(self.db, "write", lambda f, *a: Deferred.fromCoroutine(_call(f, Refusing())))
+        cap = Captured(self)
+        code, obj = await self.a.change(NEW, "Another-pass-22")
+        self.assertEqual(code, 503, obj)
+        [(new, _at, _row, expected)] = seen
+        self.assertEqual(expected, old)
+        logged = "\n".join(cap.texts()) + json.dumps(obj)
+        self.assertIn("violates check constraint", logged)
+        for h in (new, old):
+            for i in range(0, len(h) - 12, 4):
+                self.assertNotIn(h[i:i + 12], logged)
 
     @coro
     async def test_validation_is_unchanged(self):

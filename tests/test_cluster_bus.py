@@ -103,6 +103,15 @@ class ReactorSideTests(unittest.TestCase):
         self.assertEqual(self.rec.events, [("k", {"n": 2})])
         self.assertEqual(self.bus.dropped, 3)
 
+    def test_an_event_nested_too_deep_is_dropped_and_the_rest_of_its_batch_delivered(self):
+        other = json.dumps({"o": "0123456789abcdef", "k": "k", "d": {"n": 2}})
+        deep = '{"o": "x", "k": "k", "d": ' + "[" * 3000 + "]" * 3000 + "}"  # < 8000 bytes
+        self.bus._received([(listen.EVENTS, deep), (listen.EVENTS, other), (listen.CHANGES, "users")])
+        self.assertEqual(self.rec.events, [("k", {"n": 2})])
+        self.assertEqual(self.bus.dropped, 1)
+        self.clock.advance(COALESCE)
+        self.assertEqual(self.rec.tables, [{"users"}])
+
     def test_publish_goes_through_the_writer_and_refuses_big_payloads(self):
         self.bus.publish("k", {"n": 1})
         (sql, (payload,)), = self.db.executed

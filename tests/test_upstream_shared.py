@@ -212,6 +212,17 @@ class SharedHealthTests(unittest.TestCase):
         pool.mark_failed(up(pool), "x")
         self.assertEqual(pool.health()[1]["state"], "down")
 
+    def test_a_number_beyond_any_float_in_an_event_is_ignored(self):
+        now = self.clock.seconds()
+        self.b.sharing.received({"id": 1, "url": "https://hub.test", "state": "down", "at": now,
+                                 "error": "HTTP 503", "cooldown_until": 10 ** 400,
+                                 "ratelimited_until": -10 ** 400,
+                                 "rate_limit": [1, 1, 1, 10 ** 400]})
+        hb = up(self.b).health
+        self.assertEqual(hb.state, "down")  # what is readable applies
+        self.assertEqual(hb.cooldown_until, 0.0)
+        self.assertEqual(hb.ratelimited_until, 0.0)
+
 
 class StoredStateTests(unittest.TestCase):
     """upstream_state: a node that starts later (or resyncs) loads what is in force."""
@@ -291,6 +302,25 @@ class StoredStateTests(unittest.TestCase):
         [(_k, state, _node)] = await self.rows()
         self.assertEqual(state["state"], "up")
         self.assertEqual(len(self.n.sent()), 2)
+
+    @coro
+    async def test_hostile_rows_do_not_stop_the_others_from_loading(self):
+        from zmirror.upstream.shared import UPSERT
+
+        # written by hand (or by a hostile node) before the good row: a number beyond any
+        # float, and JSON nested deeper than the parser's recursion limit
+        huge = json.dumps({"id": 2, "url": "https://mirror.test", "state": "down", "at": START,
+                           "cooldown_until": 10 ** 400})
+        await self.db.execute(UPSERT, ("0a", huge, "x", START))
+        await self.db.execute(UPSERT, ("0b", "[" * 100_000 + "]" * 100_000, "x", START))
+        for _ in range(FAILURES_BEFORE_COOLDOWN):
+            self.a.mark_failed(up(self.a), "HTTP 503")
+        self.clock.advance(MIN_INTERVAL)
+        await self.a.sharing.flush()
+        c = Nodes(0, clock=self.clock).add(self.db)
+        self.assertEqual(await c.sharing.load(), 1)
+        self.assertEqual(c.health()[1]["state"], "cooldown")
+        self.assertEqual(up(c, 2).health.cooldown_until, 0.0)
 
 
 from tests.pgserver import on_postgresql  # noqa: E402

@@ -292,9 +292,13 @@ class ClusterAdminPassword:
 
         try:
             count = await self.db.write(txn)
-        except Exception as e:  # the hash is cut out of whatever the driver says
+        except Exception as e:  # the hashes are cut out of whatever the driver says
+            text = str(e)  # before it is cut short: a hash across the cut would stay in part
+            for h in (hashed, expected):
+                if h:
+                    text = text.replace(h, "***")
             raise Unavailable("cannot write the cluster's admin password: "
-                              + _one_line(e).replace(hashed, "***")) from None
+                              + (" ".join(text.split())[:200] or type(e).__name__)) from None
         if count != 1:
             self.refresh()
             return False

@@ -268,7 +268,7 @@ class PostgresBus(_Subscribers, Service):
             origin, kind, data = msg["o"], msg["k"], msg["d"]
             if not isinstance(kind, str) or not isinstance(data, dict):
                 raise ValueError("kind or data of the wrong type")
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nested too deep
             self.dropped += 1
             log.warn("cluster bus: ignored an unreadable event ({n} bytes)", n=len(payload))
             return

@@ -84,7 +84,10 @@ def snapshot(up: Upstream, now: float) -> dict:
 def _num(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return 0.0
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond any float (JSON allows any number of digits)
+        return 0.0
     return value if math.isfinite(value) else 0.0
 
 
@@ -246,7 +249,7 @@ class HealthSharing:
         for row in rows:
             try:
                 data = json.loads(row["state"])
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RecursionError):  # RecursionError: nested too deep
                 continue
             if not isinstance(data, dict) or type(data.get("id")) is not int or not in_force(data, now):
                 continue
