@@ -278,14 +278,13 @@ def _admin_password_cluster(cfg, hashed: str) -> int:
     read-only); the running nodes hear of it through pg_notify (zmirror.auth.adminsecret)."""
     from zmirror.auth.adminsecret import ROW, store_blocking
     from zmirror.db import describe
-    from zmirror.db.postgresql import _one_line
-
     conn = _connect(cfg)
     try:
         store_blocking(conn, hashed, now=time.time())
     except Exception as e:
-        raise CLIError(f"{describe(cfg)}: cannot store the admin password: "
-                       + _one_line(e).replace(hashed, "***")) from None
+        # the hash out of the whole message first, then one short line (a cut could split it)
+        text = " ".join(str(e).replace(hashed, "***").split())[:300]
+        raise CLIError(f"{describe(cfg)}: cannot store the admin password: {text}") from None
     finally:
         conn.close()
     _out(f"admin password updated in the database (cluster_secrets row {ROW!r}, an argon2 hash); "
