@@ -298,6 +298,29 @@ class TwoCachesOneDatabase:
         self.clock.advance(1_000_000)
         self.a, self.b = (ManifestCache(db, self.clock, ttl=300) for db in self.dbs)
 
+    @coro
+    async def test_a_delete_on_one_node_drops_the_others_memory_copies(self):
+        from zmirror.cluster import LoopbackHub
+
+        hub = LoopbackHub()
+        self.a, self.b = (ManifestCache(db, self.clock, ttl=300, shared=True, bus=hub.bus())
+                          for db in self.dbs)
+        for node in (self.a, self.b):
+            node.store("library/app", "v1", Manifest(DIGEST_1, MT, MANIFEST))
+        await self.settle()
+        self.assertIsNotNone(await self.b.tag("library/app", "v1", [MT]))  # fresh, in B's memory
+        await self.a.delete(repository="library/app")
+        self.assertIsNone(await self.b.tag("library/app", "v1", [MT]))
+        self.assertIsNone(await self.b.get(DIGEST_1))
+        self.assertFalse(await self.b.has_repo(DIGEST_1, "library/app"))
+        self.assertEqual([k for _o, k, _d in hub.sent], ["manifest.delete"])
+        # what another node sends is checked: nothing here is usable
+        for junk in (None, [], {"r": 5}, {"r": "x" * 1001}, {"d": "sha256:nope"}, {"r": ""}):
+            hub.buses[1].deliver("manifest.delete", junk)
+        self.b.store("library/app", "v2", Manifest(DIGEST_2, MT, MANIFEST))
+        hub.buses[1].deliver("manifest.delete", {"r": None, "d": "sha256:" + "f" * 64})
+        self.assertIsNotNone(await self.b.tag("library/app", "v2", [MT]))
+
     async def settle(self):
         """Every write queued so far has landed (each node's writer runs in order)."""
         await gatherResults([db.write(lambda txn: None) for db in self.dbs])

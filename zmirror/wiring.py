@@ -57,7 +57,7 @@ def build(config: Config, reactor: Any) -> dict:
                                 dir_lock=dir_lock)
         # no files: in the main database, shared by every node on PostgreSQL
         manifest_cache = ManifestCache(db, reactor, ttl=config.cache.manifest_ttl,
-                                       tag_limit=config.cache.manifest_tags_in_memory)
+                                       tag_limit=config.cache.manifest_tags_in_memory, bus=bus)
     proxy = Proxy(upstreams, reactor, idle_timeout=config.upstream.idle_timeout,
                   blobs=blob_cache, manifests=manifest_cache,
                   resume_attempts=config.upstream.resume_attempts,

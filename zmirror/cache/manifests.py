@@ -33,11 +33,14 @@ counted from the ``fetched_at`` of the row it was read from (or that this node
 wrote); once it is stale the shared row is read again before the upstream is
 asked (another node may have refreshed or moved it; a row another node
 deleted drops the entry), and a refresh that finds the row gone or newer drops
-the entry too.  What other nodes keep in memory is not told of changes:
-after a delete (``DELETE /api/cache``: the shared rows go at once) or a tag
-moved on one node, another node may serve its in-memory copy of that tag until
-the copy's TTL runs out, and a body by digest (content-addressed: the same
-bytes wherever they come from) until it leaves that node's memory.
+the entry too.  A delete (``DELETE /api/cache``: the shared rows go at once)
+is published on the cluster bus (:data:`DELETE_EVENT`): the other nodes drop
+their memory copies of the repository's tags, of the digest, and of the bodies
+they know belong to the repository.  A tag moved on one node is not announced:
+another node may serve its in-memory copy of that tag until the copy's TTL runs
+out, and a body by digest (content-addressed: the same bytes wherever they come
+from) it could not tell belonged to a deleted repository until it leaves that
+node's memory.
 
 A tag maps to one digest per media type, because upstreams answer a tag with
 different manifests for different Accept sets (a list or one of its children).
@@ -61,6 +64,8 @@ from zmirror.registry.mediatypes import acceptable, content_media_type, valid_me
 
 log = Logger()
 
+# published by a node that deleted cached manifests: {"r": repository or None, "d": digest or None}
+DELETE_EVENT = "manifest.delete"
 _DIGEST = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z")
 # a failed lookup is logged at most once per this many seconds (the database may be down a while)
 LOOKUP_LOG_INTERVAL = 60.0
@@ -88,8 +93,13 @@ def _valid_row(r: dict) -> bool:
 
 class ManifestCache:
     def __init__(self, db: Any, clock: Any, *, ttl: float = 300.0, memory_limit: int = 64 << 20,
-                 tag_limit: int = 100_000, repo_limit: int = 100_000, shared: Optional[bool] = None):
+                 tag_limit: int = 100_000, repo_limit: int = 100_000, shared: Optional[bool] = None,
+                 bus: Any = None):
         self.db = db
+        # the other nodes forget what this one deleted (DELETE_EVENT), and it what they did
+        self.bus = bus
+        if bus is not None:
+            bus.subscribe(DELETE_EVENT, self._deleted_elsewhere)
         # other nodes write the same rows (PostgreSQL): memory is not the newest word
         self.shared = getattr(db, "dialect", "sqlite") == "postgresql" if shared is None else shared
         self.clock = clock
@@ -360,8 +370,32 @@ class ManifestCache:
         self._write(_drop_tag, repository, tag, then=written)
 
     async def delete(self, *, repository: Optional[str] = None, digest: Optional[str] = None) -> int:
-        everything = digest is None and repository is None
         n, digests = await self.db.write(_delete_rows, repository, digest)
+        forgotten = self._forget_deleted(repository, digest, digests)
+        if self.bus is not None:
+            self.bus.publish(DELETE_EVENT, {"r": repository, "d": digest})
+        return max(n, forgotten)
+
+    def _deleted_elsewhere(self, data: Any) -> None:
+        """Another node deleted rows of the shared cache: drop this node's memory copies
+        (what it cannot tell from memory is looked up in the database, where it is gone)."""
+        r = data.get("r") if isinstance(data, dict) else None
+        d = data.get("d") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not (r is None or (isinstance(r, str) and 0 < len(r) <= 1000)) \
+                or not (d is None or (isinstance(d, str) and _DIGEST.match(d))):
+            log.warn("manifest cache: an unusable delete event from another node was ignored")
+            return
+        digests = {d} if d is not None else set()
+        if r is not None:
+            # the bodies this node knows to belong to the repository
+            digests |= {k[0] for k in self._repos if k[1] == r}
+            digests |= {e.digest for key, entries in self.tags.items() if key[0] == r
+                        for e in entries.values()}
+        self._forget_deleted(r, d, digests)
+
+    def _forget_deleted(self, repository: Optional[str], digest: Optional[str], digests: set) -> int:
+        """Drop the memory copies of a delete (everything when both are None)."""
+        everything = digest is None and repository is None
         for key in list(self.tags):
             entries = self.tags[key]
             for mt in list(entries):
@@ -381,7 +415,7 @@ class ManifestCache:
         for key in list(self._repos):
             if key[0] in digests or key[1] == repository:
                 del self._repos[key]
-        return max(n, len(digests))
+        return len(digests)
 
     def summary(self) -> dict:
         """Counts of what is in memory (the database may hold more)."""
