@@ -168,18 +168,29 @@ def temp_database(testcase, reactor=None):
     from zmirror.db import Database, migrate
 
     if getattr(testcase, "backend", "sqlite") == "postgresql":
-        from zmirror.db import postgresql
-
-        url = fresh_database(testcase)
-        postgresql.migrate(url)
-        db = postgresql.PostgresDatabase(url, reactor)
-    else:
-        path = Path(testcase.mktemp()) / "registry.db"
-        migrate(path)
-        db = Database(path, reactor)
+        return postgres_database(testcase, reactor)[1]
+    path = Path(testcase.mktemp()) / "registry.db"
+    migrate(path)
+    db = Database(path, reactor)
     db.start()
     testcase.addCleanup(db.close)
     return db
+
+
+def postgres_database(testcase, reactor=None):
+    """``(url, db)``: a fresh, migrated PostgreSQL database for ``testcase`` and a started
+    pool on it (closed at cleanup, before the database is dropped).  Skips the test when
+    PostgreSQL cannot run here."""
+    if reactor is None:
+        from twisted.internet import reactor
+    from zmirror.db import postgresql
+
+    url = fresh_database(testcase)
+    postgresql.migrate(url)
+    db = postgresql.PostgresDatabase(url, reactor)
+    db.start()
+    testcase.addCleanup(db.close)
+    return url, db
 
 
 def on_postgresql(cls):

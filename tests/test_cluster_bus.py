@@ -174,13 +174,9 @@ class PostgresBusTests(unittest.TestCase):
     """Two buses (two "nodes") on one real PostgreSQL database."""
 
     def setUp(self):
-        from tests.pgserver import fresh_database
-        from zmirror.db import postgresql
+        from tests.pgserver import postgres_database
 
-        self.url = fresh_database(self)
-        postgresql.migrate(self.url)
-        self.db = postgresql.PostgresDatabase(self.url, reactor)
-        self.db.start()
+        self.url, self.db = postgres_database(self, reactor)
         self.a = PostgresBus(self.url, self.db, reactor)
         self.b = PostgresBus(self.url, self.db, reactor)
         self.ra = Recorder(self.a, "hello", "mark")
@@ -188,8 +184,7 @@ class PostgresBusTests(unittest.TestCase):
         for bus in (self.a, self.b):
             bus.startService()
         # cleanups run last-in first-out: the buses stop, then the pools close, then the
-        # database is dropped (fresh_database's cleanup, added first)
-        self.addCleanup(self.db.close)
+        # database is dropped (postgres_database's cleanups, added first)
         self.addCleanup(self.b.stopService)
         self.addCleanup(self.a.stopService)
 

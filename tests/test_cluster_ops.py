@@ -284,13 +284,9 @@ class PostgresBusMetricsTests(unittest.TestCase):
     """A real bus whose backoff runs on a Clock: the outage lasts until the test moves it."""
 
     def setUp(self):
-        from tests.pgserver import fresh_database
-        from zmirror.db import postgresql
+        from tests.pgserver import postgres_database
 
-        self.url = fresh_database(self)
-        postgresql.migrate(self.url)
-        self.db = postgresql.PostgresDatabase(self.url, reactor)
-        self.db.start()
+        self.url, self.db = postgres_database(self, reactor)
         self.clock = Clock()
         self.clock.advance(START)
         self.bus = PostgresBus(self.url, self.db, reactor, clock=self.clock)
@@ -298,7 +294,6 @@ class PostgresBusMetricsTests(unittest.TestCase):
         self.metrics.watch_cluster(self.bus, clock=self.clock)
         self.health = HealthChecks(self.db, None, self.clock, bus=self.bus)
         self.bus.startService()
-        self.addCleanup(self.db.close)
         self.addCleanup(self.bus.stopService)
 
     def v(self, name, **labels):

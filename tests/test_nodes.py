@@ -488,9 +488,9 @@ class DatabaseCopyPostgresTests(unittest.TestCase):
 
     @coro
     async def test_heartbeat_rows_are_not_copied(self):
-        from tests.pgserver import fresh_database
+        from tests.pgserver import postgres_database
         from zmirror.cli import copy_database
-        from zmirror.db import Database, migrate, postgresql
+        from zmirror.db import Database, migrate
 
         source = Path(self.mktemp()).resolve() / "registry.db"
         source.parent.mkdir(parents=True)
@@ -501,11 +501,7 @@ class DatabaseCopyPostgresTests(unittest.TestCase):
         clock = Clock()
         clock.advance(T0)
         await NodeHeartbeat(lite, clock, node="old-single-node").beat()
-        url = fresh_database(self)
-        postgresql.migrate(url)
-        pg = postgresql.PostgresDatabase(url, reactor)
-        pg.start()
-        self.addCleanup(pg.close)
+        url, pg = postgres_database(self, reactor)
         running = NodeHeartbeat(pg, clock, node="node-1")
         await running.beat()
         lines = []
