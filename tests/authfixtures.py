@@ -138,7 +138,7 @@ def make_env(testcase, *, mode: str = "whitelist", trusted=(), external_url: str
     token_service = TokenService(tokens=tokens, authenticator=authn, policy=policy, users=users,
                                  clock=clock, trusted=tp, accesslog=log)
     proxy = FakeProxy()
-    from zmirror.registry.namespaces import RoutingTable
+    from zmirror.registry.routing import RoutingTable
 
     routes = RegistryRoutes(proxy, policy=policy, accesslog=log, clock=clock, trusted=tp,
                             routing=RoutingTable(lambda: namespaces))

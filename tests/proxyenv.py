@@ -10,7 +10,7 @@ from twisted.python.failure import Failure
 
 from zmirror.accesslog import MemoryAccessLog
 from zmirror.app import ZMirrorApp
-from zmirror.registry.namespaces import RoutingTable
+from zmirror.registry.routing import RoutingTable
 from zmirror.registry.proxy import Proxy
 from zmirror.registry.routes import RegistryRoutes
 from zmirror.testing import FakeRegistry, HostAgent

@@ -373,7 +373,7 @@ class Deny:
         return Identity()
 
     async def authorize(self, request, path):
-        from zmirror.registry.errors import RegistryError
+        from zmirror.oci.errors import RegistryError
 
         raise RegistryError("UNAUTHORIZED", status=401)
 

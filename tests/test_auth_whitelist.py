@@ -15,8 +15,8 @@ from zmirror.auth.whitelist import (
     normalize_prefix,
     reference_match,
 )
-from zmirror.registry.errors import RegistryError
-from zmirror.registry.reference import parse_name, parse_path
+from zmirror.oci.errors import RegistryError
+from zmirror.oci.reference import parse_name, parse_path
 
 
 def matcher(*prefixes):

@@ -328,7 +328,7 @@ class CacheServiceTests(unittest.TestCase):
 
 class TransferThreadsTests(unittest.TestCase):
     def test_leases_never_exceed_the_pool(self):
-        from zmirror.upstream.digestworker import TransferThreads
+        from zmirror.transfer.threads import TransferThreads
 
         threads = TransferThreads(reactor, 3)
         self.addCleanup(threads.stop)
@@ -348,7 +348,7 @@ class TransferThreadsTests(unittest.TestCase):
     async def test_a_thread_is_free_again_when_its_work_returned(self):
         import threading
 
-        from zmirror.upstream.digestworker import TransferThreads
+        from zmirror.transfer.threads import TransferThreads
 
         threads = TransferThreads(reactor, 1)
         self.addCleanup(threads.stop)
@@ -370,7 +370,7 @@ class _Held:
     stalls after half the body), optionally with a client following it."""
 
     def __init__(self, case, path):
-        from zmirror.registry.reference import parse_path
+        from zmirror.oci.reference import parse_path
         from zmirror.registry.routes import PullRequest
 
         self.case = case
@@ -659,7 +659,7 @@ def script_world(hosts=("a.fake",), blobs=None):
 
 
 def pull_blob(w, method=b"GET", range=None) -> Deferred:
-    from zmirror.registry.reference import parse_path
+    from zmirror.oci.reference import parse_path
     from zmirror.registry.routes import PullRequest
 
     p = PullRequest(path=parse_path(BPATH), method=method, range=range, base_url="http://proxy.test")
@@ -683,7 +683,7 @@ class BlobUpstreamValueTests(unittest.TestCase):
         return result
 
     def upstream_error(self, d):
-        from zmirror.registry.errors import RegistryError
+        from zmirror.oci.errors import RegistryError
 
         err = self.failureResultOf(d, RegistryError).value
         self.assertEqual((err.status, err.code), (502, "UPSTREAM_ERROR"))
@@ -767,7 +767,7 @@ class BlobUpstreamValueTests(unittest.TestCase):
         self.assertEqual((result.status, result.expected_digest), (200, BDIGEST))
 
     def test_unsatisfiable_answer_content_range_invalid_fails_over(self):
-        from zmirror.registry.errors import RegistryError
+        from zmirror.oci.errors import RegistryError
 
         for cr in (b"bytes */\xb2", b"bytes */x", b"bytes 0-9/100", b"bytes */100\rX-Injected: 1"):
             w = self.world(("a.fake", "b.fake"))

@@ -10,9 +10,9 @@ from tests.helpers import temp_database
 from tests.test_relay import make_request
 from zmirror.cache.blobs import CacheBlobs
 from zmirror.registry.blobs import PullThroughBlobs
-from zmirror.registry.errors import RegistryError
+from zmirror.oci.errors import RegistryError
 from zmirror.registry.proxy import Proxy
-from zmirror.registry.reference import parse_path
+from zmirror.oci.reference import parse_path
 from zmirror.registry.routes import PullRequest
 from zmirror.testing import MemoryBlobs, sha256
 from zmirror.transfer import IBlobBody, IBlobSource

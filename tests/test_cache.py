@@ -312,7 +312,7 @@ class CreatorLeavesTests(CacheTestBase):
     async def test_joined_request_survives_creator_cancel(self):
         from twisted.internet.task import deferLater
 
-        from zmirror.registry.reference import parse_path
+        from zmirror.oci.reference import parse_path
         from zmirror.registry.routes import PullRequest
 
         await self.start()

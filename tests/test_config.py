@@ -170,7 +170,7 @@ class CacheLimitSettingsTests(unittest.TestCase):
     def test_defaults_are_the_blob_cache_defaults(self):
         from zmirror.cache.blobs import MAX_ORPHAN_BYTES, MAX_ORPHANS
         from zmirror.config import CacheConfig
-        from zmirror.upstream.digestworker import TRANSFER_THREADS
+        from zmirror.transfer.threads import TRANSFER_THREADS
 
         for cfg in (self.parse(""), self.parse(DEFAULT_CONFIG)):
             self.assertEqual(cfg.cache, CacheConfig())

@@ -26,7 +26,7 @@ from zmirror.registry.proxy import Proxy
 from zmirror.registry.routes import RegistryRoutes
 from zmirror.testing import FakeRegistry
 from zmirror.upstream.client import UpstreamPool
-from zmirror.upstream.digestworker import TransferThreads
+from zmirror.transfer.threads import TransferThreads
 
 
 def stop_transfers(blobs):

@@ -16,9 +16,9 @@ from tests.proxyenv import ProxyEnv
 from tests.test_upstream_hardening import (MANIFEST, MDIGEST, TAG_PATH, TAGS_PATH, FakeResponse, World,
                                           manifest_response)
 from zmirror.cache.manifests import Manifest, ManifestCache
-from zmirror.registry.errors import RegistryError
+from zmirror.oci.errors import RegistryError
 from zmirror.registry.manifests import STALE_WARNING, PullThroughManifests
-from zmirror.registry.mediatypes import DOCKER_V2, OCI_INDEX, OCI_MANIFEST
+from zmirror.oci.mediatypes import DOCKER_V2, OCI_INDEX, OCI_MANIFEST
 from zmirror.testing import FakeManifestSource, FakeRegistry, MemoryManifests, sha256
 from zmirror.upstream.manifests import RemoteManifests, RemoteTags
 
@@ -268,7 +268,7 @@ class ProxySourceTests(unittest.TestCase):
         self.assertIsInstance(w.proxy.manifest_source, RemoteManifests)
 
     def test_cache_on_uses_the_pull_through_source_and_records_hits(self):
-        from zmirror.registry.reference import parse_path
+        from zmirror.oci.reference import parse_path
         from zmirror.registry.routes import PullRequest
 
         clock = Clock()

@@ -6,10 +6,10 @@ import json
 from twisted.trial import unittest
 
 from tests.proxyenv import ProxyEnv
-from zmirror.registry.errors import RegistryError
-from zmirror.registry.namespaces import (Repo, RoutingTable, canonical_name, namespace_of,
-                                         normalize_namespace, remote_of)
-from zmirror.registry.reference import parse_path
+from zmirror.oci.errors import RegistryError
+from zmirror.oci.names import Repo, canonical_name, namespace_of, normalize_namespace, remote_of
+from zmirror.registry.routing import RoutingTable
+from zmirror.oci.reference import parse_path
 from zmirror.testing import FakeRegistry
 
 

@@ -6,8 +6,8 @@ import re
 from hypothesis import given, settings, strategies as st
 from twisted.trial import unittest
 
-from zmirror.registry.errors import RegistryError
-from zmirror.registry.reference import BLOB, MANIFEST, TAGS, is_digest, parse_name, parse_path
+from zmirror.oci.errors import RegistryError
+from zmirror.oci.reference import BLOB, MANIFEST, TAGS, is_digest, parse_name, parse_path
 from zmirror.upstream.auth import parse_www_authenticate
 
 alnum = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=8)

@@ -20,7 +20,7 @@ from tests.test_ops_metrics import value
 from tests.test_upstream_hardening import MANIFEST, MDIGEST, TAG_PATH, FakeResponse, World, manifest_response
 from zmirror.cache.manifests import Manifest
 from zmirror.metrics import Metrics
-from zmirror.registry.errors import RegistryError
+from zmirror.oci.errors import RegistryError
 from zmirror.registry.manifests import STALE_WARNING
 from zmirror.testing import FakeRegistry, MemoryManifests
 from zmirror.upstream.client import (DEFAULT_RATELIMIT_COOLDOWN, MAX_RATELIMIT_COOLDOWN, UpstreamPool,

@@ -11,7 +11,7 @@ from twisted.trial import unittest
 from twisted.web.client import ResponseDone
 from twisted.web.http import HTTPChannel, Request
 
-from zmirror.upstream.digestworker import TransferThreads
+from zmirror.transfer.threads import TransferThreads
 from zmirror.transfer import BlobRelay
 
 

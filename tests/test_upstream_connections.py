@@ -25,8 +25,8 @@ from twisted.internet.error import ConnectionLost
 from tests.authfixtures import coro
 from zmirror import wiring
 from zmirror.config import Config, UpstreamConfig
-from zmirror.registry.errors import RegistryError
-from zmirror.upstream.client import DRAIN_LIMIT, discard, failure_text
+from zmirror.oci.errors import RegistryError
+from zmirror.httpbody import DRAIN_LIMIT, discard, failure_text
 from zmirror.upstream.failover import Failover
 
 USER, PASSWORD = "puller", "s3cret"

@@ -28,9 +28,9 @@ import zmirror.registry.proxy as proxy_module
 from tests.helpers import temp_database
 from zmirror.cache.gate import LoadGate
 from zmirror.cache.manifests import Manifest, ManifestCache
-from zmirror.registry.errors import RegistryError
+from zmirror.oci.errors import RegistryError
 from zmirror.registry.proxy import Proxy
-from zmirror.registry.reference import parse_path
+from zmirror.oci.reference import parse_path
 from zmirror.registry.routes import PullRequest
 from zmirror.upstream.auth import TokenCache
 from zmirror.upstream.client import UpstreamPool
@@ -688,7 +688,7 @@ class TrailingNewlineTests(unittest.TestCase):
     """``$`` also matches before a final newline: the checks of upstream values use ``\\Z``."""
 
     def test_media_type_and_digest(self):
-        from zmirror.registry.mediatypes import content_media_type, valid_media_type
+        from zmirror.oci.mediatypes import content_media_type, valid_media_type
 
         self.assertTrue(valid_media_type("application/json"))
         self.assertFalse(valid_media_type("application/json\n"))

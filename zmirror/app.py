@@ -146,7 +146,7 @@ class ZMirrorApp:
         path = request.path or b""
         if path == b"/v2" or path.startswith(b"/v2/"):
             # under /v2 (e.g. /v2//x, no route matches): the registry error format
-            from zmirror.registry.errors import RegistryError, render_error
+            from zmirror.oci.errors import RegistryError, render_error
 
             reg_code = {404: "NOT_FOUND", 405: "UNSUPPORTED"}.get(code, "UNAVAILABLE" if code >= 500
                                                                 else "BAD_REQUEST")

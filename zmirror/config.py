@@ -438,7 +438,7 @@ def _validate_proxies(key: str, v: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _routing_hosts(key: str, v: Any) -> tuple[tuple[str, str], ...]:
-    from zmirror.registry.namespaces import normalize_host, normalize_namespace
+    from zmirror.oci.names import normalize_host, normalize_namespace
 
     if not isinstance(v, dict):
         raise ConfigError(f'{key}: expected a table such as {{ "ghcr.mirror.example.com" = "ghcr.io" }}')

@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from zmirror.admin import validate as admin_validate
 from zmirror.auth import tokenservice
-from zmirror.registry.errors import API_VERSION_HEADER, RegistryError
+from zmirror.oci.errors import API_VERSION_HEADER, RegistryError
 
 log = Logger()
 

@@ -32,8 +32,8 @@ from zope.interface import implementer
 
 from zmirror.cache.gate import LoadGate
 from zmirror.cache.manifests import Manifest, TagEntry
-from zmirror.registry.errors import RegistryError
-from zmirror.registry.mediatypes import DEFAULT_ACCEPT, acceptable
+from zmirror.oci.errors import RegistryError
+from zmirror.oci.mediatypes import DEFAULT_ACCEPT, acceptable
 from zmirror.upstream.manifests import ManifestResult
 from zmirror.transfer import BlobInfo, IBlobBody, IBlobSource, range_headers
 

@@ -25,7 +25,7 @@ from zmirror.db.registries import RegistryStore
 from zmirror.net import TrustedProxies, base_url
 from zmirror.nodes import NodeHeartbeat, endpoint_address
 from zmirror.ops import instrument
-from zmirror.registry.namespaces import RoutingTable
+from zmirror.registry.routing import RoutingTable
 from zmirror.registry.proxy import Proxy
 from zmirror.registry.routes import RegistryRoutes
 from zmirror.upstream.client import QuietConnectionPool, UpstreamPool

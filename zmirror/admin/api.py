@@ -108,7 +108,7 @@ def _url(x: Any) -> str:
 
 
 def _namespace(x: Any) -> str:
-    from zmirror.registry.namespaces import normalize_namespace
+    from zmirror.oci.names import normalize_namespace
 
     return normalize_namespace(x)
 
@@ -608,8 +608,8 @@ class AdminAPI:
         repo = params.get("repository", "").strip()
         if not repo:
             raise Invalid("invalid query: repository required", {"repository": "required"})
-        from zmirror.registry.errors import RegistryError
-        from zmirror.registry.namespaces import canonical_name
+        from zmirror.oci.errors import RegistryError
+        from zmirror.oci.names import canonical_name
 
         try:
             name = canonical_name(repo)
@@ -724,7 +724,7 @@ class AdminAPI:
             errors["kind"] = "must be one of " + ", ".join(KINDS)
         texts = {}
         if params.get("namespace", "").strip():
-            from zmirror.registry.namespaces import normalize_namespace
+            from zmirror.oci.names import normalize_namespace
 
             try:
                 texts["namespace"] = normalize_namespace(params["namespace"])
@@ -815,9 +815,9 @@ class AdminAPI:
     @api_route("/cache", ["DELETE"])
     async def cache_delete(self, request):
         """Empty the cache, or drop one repository (``?repository=``) or one digest (``?digest=``)."""
-        from zmirror.registry.errors import RegistryError
-        from zmirror.registry.namespaces import canonical_name
-        from zmirror.registry.reference import parse_digest
+        from zmirror.oci.errors import RegistryError
+        from zmirror.oci.names import canonical_name
+        from zmirror.oci.reference import parse_digest
 
         params = query(request, ("repository", "digest"))
         if self.cache is None:

@@ -34,8 +34,8 @@ from zmirror.auth.credentials import Authenticator, Locked, auth_scheme, parse_b
 from zmirror.auth.tokens import Claims, InvalidToken, TokenIssuer
 from zmirror.identity import Identity
 from zmirror.net import TrustedProxies, base_url, client_ip
-from zmirror.registry.errors import RegistryError
-from zmirror.registry.reference import RegistryPath
+from zmirror.oci.errors import RegistryError
+from zmirror.oci.reference import RegistryPath
 
 MODES = ("whitelist", "all", "none")
 

@@ -33,8 +33,8 @@ from zmirror.accesslog import AccessRecord
 from zmirror.auth.credentials import Authenticator, Locked, auth_scheme, parse_basic
 from zmirror.auth.tokens import InvalidToken, TokenIssuer
 from zmirror.net import TrustedProxies, client_ip
-from zmirror.registry.errors import RegistryError
-from zmirror.registry.namespaces import canonical_name
+from zmirror.oci.errors import RegistryError
+from zmirror.oci.names import canonical_name
 
 log = Logger()
 

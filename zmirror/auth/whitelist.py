@@ -1,7 +1,7 @@
 """The anonymous-pull whitelist matcher.
 
 Entries are repository-name prefixes, matched against names already parsed and
-normalized by :func:`zmirror.registry.reference.parse_name` (so ``nginx`` has
+normalized by :func:`zmirror.oci.reference.parse_name` (so ``nginx`` has
 become ``library/nginx`` and no ``%``, ``..`` or upper case is left):
 
 - ``helloz`` matches at path-component boundaries: ``helloz/nginx`` and
@@ -16,7 +16,7 @@ become ``library/nginx`` and no ``%``, ``..`` or upper case is left):
 - An empty entry (or a lone ``*``) is refused at input: use
   ``[access] anonymous = "all"`` to open everything.
 
-Names and entries are canonical names (:mod:`zmirror.registry.namespaces`):
+Names and entries are canonical names (:mod:`zmirror.oci.names`):
 Docker Hub's repositories bare, every other namespace's with its host in
 front.  So ``helloz`` means ``docker.io/helloz`` (``docker.io/helloz`` typed
 by an admin is stored as ``helloz``), ``ghcr.io/owner`` opens ``owner``'s
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 from zmirror.db.errors import InvalidField
-from zmirror.registry.namespaces import DOCKER_ALIASES, hostlike
+from zmirror.oci.names import DOCKER_ALIASES, hostlike
 from zmirror.singleflight import SingleFlight
 
 PREFIX_MAX = 255

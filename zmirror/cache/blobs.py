@@ -28,7 +28,7 @@ When the cache disk fails a write, misses are relayed without storing for
 STORE_RETRY seconds (:meth:`CacheBlobs.storing`).
 
 Bounds: downloads hash and write on threads leased from one bounded pool
-(:class:`~zmirror.upstream.digestworker.TransferThreads`, never a queue of
+(:class:`~zmirror.transfer.threads.TransferThreads`, never a queue of
 waiting transfers); the temp files of running downloads add up to at most
 ``max_temp_bytes`` (default: ``max_size``); a download every client has left is finished only while at most
 ``max_orphans`` of them, with at most ``max_orphan_bytes`` still to fetch, are
@@ -66,8 +66,8 @@ from zmirror.cache.download import CacheUnavailable, Download, silent_unlink as 
 from zmirror.cache.gate import LoadGate
 from zmirror.config import ConfigError, private_dir
 from zmirror.transfer import OCTET_STREAM, BlobInfo, FileBody, IBlobSource, range_headers
-from zmirror.upstream.client import discard
-from zmirror.upstream.digestworker import TRANSFER_THREADS, TransferThreads
+from zmirror.httpbody import discard
+from zmirror.transfer.threads import TRANSFER_THREADS, TransferThreads
 
 log = Logger()
 

@@ -24,8 +24,8 @@ from twisted.web.http import PotentialDataLoss
 
 from zmirror.cache import kernelcopy
 from zmirror.transfer import OCTET_STREAM, FollowerProducer, blob_content_type, enlarge_reads
-from zmirror.upstream.digestworker import DigestWorker
-from zmirror.upstream.client import failure_text
+from zmirror.transfer.threads import DigestWorker
+from zmirror.httpbody import failure_text
 
 log = Logger()
 

@@ -14,7 +14,7 @@ digest once every byte is on disk and hashed, ``error`` tells why not,
 ``abort()`` stops it.  Both threads own duplicates of the descriptors they use
 and close them themselves, so the reactor closing its own never races them.
 The two threads come from a lease of the cache's bounded
-:class:`~zmirror.upstream.digestworker.TransferThreads`; a download that
+:class:`~zmirror.transfer.threads.TransferThreads`; a download that
 cannot lease two goes through Python (one thread) instead.
 """
 

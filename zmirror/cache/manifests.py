@@ -60,7 +60,7 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from zmirror.cache.gate import LoadGate
-from zmirror.registry.mediatypes import acceptable, content_media_type, valid_media_type  # noqa: F401
+from zmirror.oci.mediatypes import acceptable, content_media_type, valid_media_type  # noqa: F401
 
 log = Logger()
 

@@ -6,7 +6,7 @@ an in-memory copy and never query the database per pull.
 
 Rows are dicts: ``id, name, url, priority, enabled (bool), username, password,
 created_at, updated_at, namespace`` (the registry host the upstream mirrors,
-:func:`zmirror.registry.namespaces.normalize_namespace`; ``docker.io`` by default).  The password is stored as given (it authenticates
+:func:`zmirror.oci.names.normalize_namespace`; ``docker.io`` by default).  The password is stored as given (it authenticates
 ZMirror to the upstream, so it cannot be hashed); the admin API never returns it.
 """
 
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from twisted.logger import Logger
 
 from zmirror.db.errors import Conflict, NotFound
-from zmirror.registry.namespaces import DOCKER_HUB, normalize_namespace
+from zmirror.oci.names import DOCKER_HUB, normalize_namespace
 
 log = Logger()
 

@@ -35,9 +35,9 @@ from typing import Any, Optional, Protocol
 from twisted.logger import Logger
 
 from zmirror.cache.manifests import Manifest, TagEntry
-from zmirror.registry.errors import RegistryError
-from zmirror.registry.mediatypes import DEFAULT_ACCEPT, acceptable
-from zmirror.registry.reference import is_digest
+from zmirror.oci.errors import RegistryError
+from zmirror.oci.mediatypes import DEFAULT_ACCEPT, acceptable
+from zmirror.oci.reference import is_digest
 from zmirror.upstream.manifests import ManifestResult
 
 log = Logger()

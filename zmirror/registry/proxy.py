@@ -25,9 +25,9 @@ from typing import Any, Optional
 from twisted.logger import Logger
 
 from zmirror.registry.blobs import PullThroughBlobs
-from zmirror.registry.errors import RegistryError
+from zmirror.oci.errors import RegistryError
 from zmirror.registry.manifests import PullThroughManifests
-from zmirror.registry.reference import BLOB, MANIFEST, TAGS, parse_tag
+from zmirror.oci.reference import BLOB, MANIFEST, TAGS, parse_tag
 from zmirror.upstream.blobs import RemoteBlobs
 from zmirror.upstream.client import UpstreamPool
 from zmirror.upstream.failover import Failover

@@ -21,9 +21,10 @@ from twisted.web.server import NOT_DONE_YET
 from zmirror.accesslog import AccessRecord
 from zmirror.identity import AllowAll, Identity
 from zmirror.net import TrustedProxies, client_ip, request_host
-from zmirror.registry.errors import API_VERSION_HEADER, RegistryError, render_error
-from zmirror.registry.namespaces import RoutingTable, namespace_of
-from zmirror.registry.reference import RegistryPath, parse_path
+from zmirror.oci.errors import API_VERSION_HEADER, RegistryError, render_error
+from zmirror.oci.names import namespace_of
+from zmirror.registry.routing import RoutingTable
+from zmirror.oci.reference import RegistryPath, parse_path
 
 log = Logger()
 
@@ -82,7 +83,7 @@ class RegistryRoutes:
                  clock: Any, trusted: TrustedProxies | None = None, base_url=None,
                  routing: RoutingTable | None = None):
         self.proxy = proxy
-        # request → (namespace, repository): path prefix, ?ns=, Host (zmirror.registry.namespaces)
+        # request → (namespace, repository): path prefix, ?ns=, Host (zmirror.oci.names)
         self.routing = routing or RoutingTable()
         self.policy = policy or AllowAll()
         self.accesslog = accesslog

@@ -41,10 +41,11 @@ from twisted.web.client import ResponseDone
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
-from zmirror.registry.errors import RegistryError
+from zmirror.oci.errors import RegistryError
 from zmirror.transfer import BlobInfo, IBlobSource, RelayBody, blob_content_type, enlarge_reads, single_range
-from zmirror.upstream.client import Upstream, UpstreamError, discard, failure_text
-from zmirror.registry.namespaces import namespace_of, remote_of
+from zmirror.upstream.client import Upstream, UpstreamError
+from zmirror.httpbody import discard, failure_text
+from zmirror.oci.names import namespace_of, remote_of
 from zmirror.upstream.failover import Failover, header
 
 log = Logger()
@@ -336,7 +337,7 @@ class ResumingBody:
 class RemoteBlobs:
     """The upstreams of the pool as one blob source.
 
-    ``threads``: a :class:`~zmirror.upstream.digestworker.TransferThreads` the
+    ``threads``: a :class:`~zmirror.transfer.threads.TransferThreads` the
     relay hashes on (None: inline)."""
 
     def __init__(self, failover: Failover, clock: Any, *, idle_timeout: float = 60.0, threads: Any = None,

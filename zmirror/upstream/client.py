@@ -55,14 +55,14 @@ from typing import Any, Optional
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from zmirror.httpbody import DRAIN_TIMEOUT, discard, failure_text
 from zmirror.upstream.auth import TokenCache, parse_headers
 
 log = Logger()
@@ -282,100 +282,6 @@ def parse_retry_after(raw: Optional[list], now: float) -> Optional[float]:
         return max(0.0, when.timestamp() - now)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-
-
-# An unwanted body (a 401 before the token retry, a 404, a 5xx, a redirect) is
-# read to its end when it is small, so its connection goes back to the pool
-# instead of costing the next request a new connection (and TLS handshake).
-DRAIN_LIMIT = 64 * 1024  # bytes: a larger (or unannounced) body is cut off
-DRAIN_TIMEOUT = 5.0  # seconds to finish reading it; then it is cut off
-
-
-class _Drain(Protocol):
-    """Reads an unwanted body to its end (bounded); fires ``finished`` with
-    True when it ended cleanly (the connection went back to the pool), False
-    when it was cut off.  Never errbacks except when cancelled."""
-
-    def __init__(self, limit: int, finished: Deferred):
-        self.limit = limit
-        self.finished = finished
-        self.size = 0
-
-    def abort(self) -> None:
-        if not self.finished.called:
-            self.finished.callback(False)
-        transport = self.transport
-        if transport is not None:
-            try:
-                # a no-op once the response is complete: the pool owns the connection then
-                transport.stopProducing()
-            except Exception:
-                pass
-
-    def dataReceived(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > self.limit:
-            self.abort()
-
-    def connectionLost(self, reason) -> None:
-        from twisted.web.client import ResponseDone
-
-        if not self.finished.called:
-            self.finished.callback(reason.check(ResponseDone) is not None)
-
-
-class _Abort(Protocol):
-    """Cuts off a response body we do not want (closes that connection)."""
-
-    def connectionMade(self):
-        self.transport.stopProducing()
-
-
-def discard(response, clock: Any = None, *, limit: int = DRAIN_LIMIT,
-            timeout: float = DRAIN_TIMEOUT) -> "Deferred[bool]":
-    """Get rid of a response body we do not want.
-
-    With a ``clock``, a body whose announced Content-Length is at most
-    ``limit`` is read to its end within ``timeout`` seconds so that the
-    connection is reused; a larger body, one of unknown length (a blob), or
-    one that is not complete in time is cut off (its connection closed).
-    Without a clock it is always cut off.  HEAD answers and 204/304 have no
-    body: Twisted already gave their connection back to the pool.
-
-    The returned Deferred fires with True when the body was read to its end,
-    False when it was cut off; callers may ignore it.
-    """
-    length = getattr(response, "length", UNKNOWN_LENGTH)
-    if clock is None or length is UNKNOWN_LENGTH or not isinstance(length, int) or length > limit:
-        try:
-            response.deliverBody(_Abort())
-        except Exception:
-            pass
-        return succeed(False)
-    box: list[_Drain] = []
-
-    def cancel(d: Deferred) -> None:
-        d.errback(CancelledError())
-        if box:
-            box[0].abort()
-
-    d: Deferred = Deferred(cancel)
-    drain = _Drain(limit, d)
-    box.append(drain)
-    timer = clock.callLater(timeout, drain.abort)
-
-    def done(result):
-        if timer.active():
-            timer.cancel()
-        return result
-
-    d.addBoth(done)
-    try:
-        response.deliverBody(drain)
-    except Exception:
-        if not d.called:
-            d.callback(False)
-    return d
 
 
 class QuietConnectionPool(HTTPConnectionPool):
@@ -823,22 +729,6 @@ def _describe(e: Exception, url: str) -> "UpstreamError":
         return e
     except Exception as e:  # TLS errors, DNS errors, ...
         return UpstreamError(f"{_host(url)}: {e.__class__.__name__}: {e}"[:300])
-
-
-def failure_text(reason: Any) -> str:
-    """A readable one-line reason for a Failure or exception, for logs.
-
-    Twisted's ``ResponseFailed`` / ``RequestTransmissionFailed`` carry a list
-    of Failures whose ``str`` is ``[<twisted.python.failure.Failure ...>]``;
-    this names each wrapped error instead (``ConnectionLost: ...; _DataLoss``).
-    """
-    value = reason.value if isinstance(reason, Failure) else reason
-    reasons = getattr(value, "reasons", None)
-    if isinstance(reasons, (list, tuple)) and reasons:
-        return "; ".join(failure_text(r) for r in reasons)
-    name = type(value).__name__
-    message = str(value).strip()
-    return f"{name}: {message}" if message else name
 
 
 def _host(url: str) -> str:

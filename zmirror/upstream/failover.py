@@ -3,7 +3,7 @@
 :meth:`Failover.fetch` sends a request to the pool's candidates in order until
 one answers with an acceptable status (and, when given, passes ``validate``);
 what every upstream answered goes into the health memory and, when none could,
-into one :class:`~zmirror.registry.errors.RegistryError` whose client-facing
+into one :class:`~zmirror.oci.errors.RegistryError` whose client-facing
 part is generic (the names, hosts and reasons are logged once and kept on the
 error's ``internal`` field for the admin side).
 
@@ -30,8 +30,8 @@ from typing import Any, Awaitable, Callable, Optional, Sequence
 
 from twisted.logger import Logger
 
-from zmirror.registry.errors import RegistryError
-from zmirror.registry.namespaces import namespace_of, remote_of
+from zmirror.oci.errors import RegistryError
+from zmirror.oci.names import namespace_of, remote_of
 from zmirror.upstream.client import Upstream, UpstreamError, UpstreamPool
 
 log = Logger()
@@ -79,7 +79,7 @@ class Failover:
         """Try upstreams in order; returns ``(upstream, response, validated)``.
 
         ``name``: the repository's canonical name (a
-        :class:`~zmirror.registry.namespaces.Repo`; a plain ``str`` is a
+        :class:`~zmirror.oci.names.Repo`; a plain ``str`` is a
         docker.io name): only the upstreams of its namespace are asked, and the
         upstream token scope names the repository within it; ``what``: (kind,
         reference) for the log; ``record``: an access-log record whose

@@ -31,11 +31,12 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from twisted.logger import Logger
 
-from zmirror.registry.errors import RegistryError
-from zmirror.registry.mediatypes import DEFAULT_ACCEPT, content_media_type, sniff_media_type
-from zmirror.registry.reference import MANIFEST, TAGS, is_digest, parse_digest, parse_tag
-from zmirror.upstream.client import UpstreamError, discard, read_limited
-from zmirror.registry.namespaces import remote_of
+from zmirror.oci.errors import RegistryError
+from zmirror.oci.mediatypes import DEFAULT_ACCEPT, content_media_type, sniff_media_type
+from zmirror.oci.reference import MANIFEST, TAGS, is_digest, parse_digest, parse_tag
+from zmirror.upstream.client import UpstreamError, read_limited
+from zmirror.httpbody import discard
+from zmirror.oci.names import remote_of
 from zmirror.upstream.failover import Failover, header
 
 log = Logger()

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from zmirror.registry.errors import RegistryError
+from zmirror.oci.errors import RegistryError
 
 NAME_MAX = 255
 # Anchored with \Z, not $: "$" also matches before a trailing newline.
@@ -100,8 +100,8 @@ def parse_path(path: bytes | str, resolve: Optional[Callable[[str], str]] = None
     """Parse the path (no query string) of a request under ``/v2/``.
 
     ``resolve``: turns the raw repository name into the name the request is
-    about (:meth:`zmirror.registry.namespaces.RoutingTable.resolve`: a
-    canonical :class:`~zmirror.registry.namespaces.Repo`); default
+    about (:meth:`zmirror.registry.routing.RoutingTable.resolve`: a
+    canonical :class:`~zmirror.oci.names.Repo`); default
     :func:`parse_name` (a docker.io name).
 
     Raises RegistryError: NAME_INVALID / DIGEST_INVALID for off-grammar

@@ -45,9 +45,9 @@ from twisted.web.http import PotentialDataLoss
 from werkzeug.http import parse_range_header
 from zope.interface import Attribute, Interface, implementer
 
-from zmirror.registry.errors import RegistryError
-from zmirror.upstream.client import failure_text
-from zmirror.upstream.digestworker import DigestWorker
+from zmirror.oci.errors import RegistryError
+from zmirror.httpbody import failure_text
+from zmirror.transfer.threads import DigestWorker
 
 log = Logger()
 
@@ -198,7 +198,7 @@ class _ProducerShim:
 class BlobRelay(Protocol):
     """``response.deliverBody(BlobRelay(request, ...))``; ``done`` fires with a RelayOutcome.
 
-    ``threads``: a :class:`~zmirror.upstream.digestworker.TransferThreads` to
+    ``threads``: a :class:`~zmirror.transfer.threads.TransferThreads` to
     hash on; without one, with none free, or for small bodies hashing is inline.
     """
 

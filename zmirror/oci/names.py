@@ -36,9 +36,9 @@ name would be that namespace's.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any
 
-from zmirror.registry.errors import RegistryError
+from zmirror.oci.errors import RegistryError
 
 DOCKER_HUB = "docker.io"
 DOCKER_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
@@ -83,12 +83,17 @@ def normalize_namespace(raw: Any) -> str:
     return ns
 
 
+def host_key(value: str) -> str:
+    """A host name as a lookup key: trimmed, lower-cased, no trailing dot."""
+    return value.strip().lower().rstrip(".")
+
+
 def normalize_host(raw: Any) -> str:
     """A host name clients address us by (``[routing] hosts`` keys): ``name[:port]``,
     lower-cased.  Raises ValueError with a one-line reason."""
     if not isinstance(raw, str):
         raise ValueError("must be a string")
-    host = _host_key(raw)
+    host = host_key(raw)
     if not host or len(host) > NAMESPACE_MAX:
         raise ValueError(f"must be 1 to {NAMESPACE_MAX} characters")
     m = _HOST_PORT.match(host)
@@ -169,87 +174,5 @@ def canonical_name(raw: str) -> str:
     return "/".join(parts)
 
 
-def _host_key(value: str) -> str:
-    return value.strip().lower().rstrip(".")
-
-
-class RoutingTable:
-    """Resolves a request's repository to a :class:`Repo`.
-
-    ``namespaces``: a callable answering the configured namespaces (those of the
-    registries table; ``docker.io`` always counts); ``hosts``: the ``[routing]
-    hosts`` table (Host name → namespace), replaced on reload."""
-
-    def __init__(self, namespaces: Callable[[], Iterable[str]] = lambda: (),
-                 hosts: Optional[Mapping[str, str]] = None):
-        self._namespaces = namespaces
-        self.hosts: dict[str, str] = {}
-        self.set_hosts(hosts or {})
-
-    def set_hosts(self, hosts: Mapping[str, str]) -> None:
-        """Replace the host table (``[routing] hosts``, on start and SIGHUP)."""
-        table = {}
-        for host, ns in dict(hosts).items():
-            table[normalize_host(host)] = normalize_namespace(ns)
-        self.hosts = table
-
-    def known(self, namespace: str) -> bool:
-        return (namespace == DOCKER_HUB or namespace in set(self._namespaces())
-                or namespace in self.hosts.values())
-
-    def by_host(self, host: Optional[str]) -> Optional[str]:
-        """The namespace the ``Host`` (``name[:port]``) selects, or None."""
-        if not host or not self.hosts:
-            return None
-        key = _host_key(host)
-        if key in self.hosts:
-            return self.hosts[key]
-        if key.startswith("["):  # an IPv6 literal: [::1]:5000
-            bare = key.split("]", 1)[0] + "]"
-        else:
-            bare = key.rsplit(":", 1)[0] if ":" in key else key
-        return self.hosts.get(bare)
-
-    def resolve(self, raw: str, *, host: Optional[str] = None, ns: Optional[str] = None) -> Repo:
-        """The :class:`Repo` for the raw repository name of a ``/v2/`` path.
-
-        ``host``: the host the client addressed; ``ns``: the ``?ns=`` value.
-        Raises RegistryError (NAME_INVALID, NAME_UNKNOWN) for what names no
-        repository."""
-        selected = self.by_host(host)
-        if ns is not None:
-            try:
-                asked = normalize_namespace(ns)
-            except ValueError as e:
-                raise RegistryError("NAME_INVALID", f"invalid ns parameter: {e}",
-                                    {"ns": ns[:300]}) from None
-            if selected is not None and asked != selected:
-                raise RegistryError("NAME_UNKNOWN", f"this host serves namespace {selected}, not {asked}",
-                                    {"namespace": asked})
-            selected = asked
-        if selected is None:
-            parts = check_components(raw, host_first=True)
-            first = parts[0]
-            if len(parts) > 1 and hostlike(first):
-                if first in DOCKER_ALIASES:
-                    selected, parts = DOCKER_HUB, parts[1:]
-                elif self.known(first):
-                    selected, parts = first, parts[1:]
-            remote = "/".join(parts)
-        else:
-            remote = raw
-        selected = selected or DOCKER_HUB
-        parts = check_components(remote)
-        if selected == DOCKER_HUB and len(parts) > 1 and hostlike(parts[0]) and (
-                parts[0] in DOCKER_ALIASES or self.known(parts[0])):
-            # its canonical name would be that namespace's (or docker.io/docker.io/...)
-            raise RegistryError("NAME_UNKNOWN", f"{parts[0]} is a namespace of this mirror, not a "
-                                "Docker Hub repository", {"name": remote})
-        repo = Repo(selected, remote)
-        if len(repo) > 255 + NAMESPACE_MAX + 1:
-            raise RegistryError("NAME_INVALID", detail={"name": str(repo)[:300]})
-        return repo
-
-
-__all__ = ["DOCKER_HUB", "DOCKER_ALIASES", "Repo", "RoutingTable", "canonical", "canonical_name",
-           "normalize_namespace", "normalize_host", "namespace_of", "remote_of", "hostlike", "check_components"]
+__all__ = ["DOCKER_HUB", "DOCKER_ALIASES", "Repo", "canonical", "canonical_name", "normalize_namespace",
+           "normalize_host", "namespace_of", "remote_of", "hostlike", "check_components"]
