@@ -2,7 +2,7 @@
 """Access-log write rate: the server's batched writer on SQLite and on PostgreSQL (issue 15); not a test.
 
 For each engine: a fresh database (a temp SQLite file; a fresh database on a throw-away PostgreSQL 15
-from ``tests/pgserver.py`` on 127.0.0.1), migrated, opened with the server's pools
+from ``tests/fixtures/pgserver.py`` on 127.0.0.1), migrated, opened with the server's pools
 (``zmirror.db.open_database`` engines), and ``zmirror.accesslog.BatchedAccessLog`` with its defaults
 (batches of 500 rows, one multi-row INSERT each).  ``--rows`` records go into the queue in waves of
 ``--wave`` (the queue is bounded at 200 000), each wave followed by ``flush()``; the figure is rows
@@ -71,7 +71,7 @@ async def _main(args) -> list[dict]:
     finally:
         db.close()
 
-    from tests import pgserver
+    from tests.fixtures import pgserver
 
     srv = pgserver.server()
     if srv is None:

@@ -43,7 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.helpers import free_port, twistd_bin, wait_port  # noqa: E402
+from tests.fixtures.helpers import free_port, twistd_bin, wait_port  # noqa: E402
 
 ZMIRROR_CLI = [sys.executable, "-m", "zmirror.cli"]
 

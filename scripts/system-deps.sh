@@ -3,7 +3,7 @@
 # Real upstream registry (docker-registry), real client (skopeo), headless browser (chromium),
 # and the clients of the access-control e2e tests: podman (+ netavark, its network stack), dockerd and
 # the docker CLI (docker.io), containerd with ctr, runc; PostgreSQL (the store tests run them against
-# SQLite and a real PostgreSQL: tests/pgserver.py runs initdb/pg_ctl as the postgres user in a temp dir);
+# SQLite and a real PostgreSQL: tests/fixtures/pgserver.py runs initdb/pg_ctl as the postgres user in a temp dir);
 # nginx (tests/test_cluster_docs.py checks docs/cluster/nginx.conf with `nginx -t`, and the cluster e2e
 # tests run it in front of three nodes, prefix, pid and logs in a temp dir).
 # The tests start their own dockerd/containerd/postgres/nginx with state in a temp dir; apt must not

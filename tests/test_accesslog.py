@@ -14,7 +14,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
 from tests.test_admin_registries import coro
-from tests.test_admin_support import T0, SyncDatabase
+from tests.fixtures.admin import T0, SyncDatabase
 from zmirror.accesslog import AccessRecord, BatchedAccessLog
 from zmirror.app import ZMirrorApp
 from zmirror.db import Database
@@ -223,7 +223,7 @@ class BurstTests(unittest.TestCase):
     """10,000 records against the real thread pools: every row arrives."""
 
     def setUp(self):
-        from tests.pgserver import temp_database
+        from tests.fixtures.pgserver import temp_database
 
         self.db = temp_database(self)
 
@@ -428,7 +428,7 @@ class RouteRecordingTests(unittest.TestCase):
         json.dumps(row)
 
 
-# the same tests against a real PostgreSQL (tests/pgserver.py)
-from tests.pgserver import on_postgresql  # noqa: E402
+# the same tests against a real PostgreSQL (tests/fixtures/pgserver.py)
+from tests.fixtures.pgserver import on_postgresql  # noqa: E402
 
 BurstPostgresTests = on_postgresql(BurstTests)

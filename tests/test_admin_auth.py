@@ -9,7 +9,7 @@ from twisted.trial import unittest
 
 import twisted
 from tests.test_admin_registries import coro
-from tests.test_admin_support import ADMIN, AdminTestMixin, basic, make_config
+from tests.fixtures.admin import ADMIN, AdminTestMixin, basic, make_config
 from zmirror import __version__
 from zmirror.auth.passwords import hash_admin_password
 from zmirror.config import DEFAULT_ADMIN_PASSWORD

@@ -3,7 +3,7 @@
 from twisted.trial import unittest
 
 from tests.test_admin_registries import coro
-from tests.test_admin_support import AdminTestMixin
+from tests.fixtures.admin import AdminTestMixin
 
 DIGEST = "sha256:" + "ab" * 32
 

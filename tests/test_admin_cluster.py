@@ -18,10 +18,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from tests.pgserver import on_postgresql
+from tests.fixtures.pgserver import on_postgresql
 from tests.test_admin_password import ControlledRun
 from tests.test_admin_registries import coro
-from tests.test_admin_support import (
+from tests.fixtures.admin import (
     AdminTestMixin,
     FakeUpstreams,
     basic,
@@ -429,7 +429,7 @@ class ClusterServiceTests(unittest.TestCase):
     """Nodes built by zmirror.tap.makeService on one PostgreSQL database, over real sockets."""
 
     def setUp(self):
-        from tests.pgserver import fresh_database
+        from tests.fixtures.pgserver import fresh_database
 
         self.url = fresh_database(self)
         self.nodes = []

@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.test_admin_registries import coro
-from tests.test_admin_support import T0, AdminTestMixin, sync_database
+from tests.fixtures.admin import T0, AdminTestMixin, sync_database
 from zmirror.accesslog import COLUMNS, AccessRecord
 from zmirror.db.accesslogs import DAY, HOUR, AccessLogStore, RetentionService
 from zmirror.db.jobs import ACCESS_LOG_RETENTION
@@ -321,7 +321,7 @@ class PruneTests(unittest.TestCase):
 class PruneRealDatabaseTests(unittest.TestCase):
     @coro
     async def test_prune_on_threads(self):
-        from tests.pgserver import temp_database
+        from tests.fixtures.pgserver import temp_database
 
         db = temp_database(self)
         clock = Clock()
@@ -375,7 +375,7 @@ class PruneOneNodeAtATimeTests(unittest.TestCase):
     def setUp(self):
         from twisted.internet import reactor
 
-        from tests.pgserver import fresh_database
+        from tests.fixtures.pgserver import fresh_database
         from zmirror.db import postgresql
 
         url = fresh_database(self)
@@ -443,8 +443,8 @@ class PruneOneNodeAtATimeTests(unittest.TestCase):
         self.assertEqual(await b.query("SELECT count(*) AS n FROM access_logs"), [{"n": 0}])
 
 
-# the same tests against a real PostgreSQL (tests/pgserver.py)
-from tests.pgserver import on_postgresql  # noqa: E402
+# the same tests against a real PostgreSQL (tests/fixtures/pgserver.py)
+from tests.fixtures.pgserver import on_postgresql  # noqa: E402
 
 LogRoutePostgresTests = on_postgresql(LogRouteTests)
 StatsPostgresTests = on_postgresql(StatsTests)

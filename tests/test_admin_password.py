@@ -17,7 +17,7 @@ from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
 
 from tests.test_admin_registries import coro
-from tests.test_admin_support import AdminTestMixin, basic
+from tests.fixtures.admin import AdminTestMixin, basic
 from zmirror import config as config_module
 from zmirror.admin.api import AdminAPI
 from zmirror.auth.passwords import (

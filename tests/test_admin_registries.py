@@ -8,7 +8,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.test_admin_support import T0, AdminTestMixin
+from tests.fixtures.admin import T0, AdminTestMixin
 from zmirror.db.errors import Conflict, NotFound
 from zmirror.db.registries import RegistryStore, normalize_url
 
@@ -379,7 +379,7 @@ class RegistryStoreRealDatabaseTests(unittest.TestCase):
     """The store on the real adbapi pools (threads), as in production."""
 
     def setUp(self):
-        from tests.pgserver import temp_database
+        from tests.fixtures.pgserver import temp_database
 
         self.db = temp_database(self)
         self.clock = Clock()
@@ -444,8 +444,8 @@ class RegistryStoreRealDatabaseTests(unittest.TestCase):
         self.assertEqual(rows, [{"n": 1}])
 
 
-# the same tests against a real PostgreSQL (tests/pgserver.py)
-from tests.pgserver import on_postgresql  # noqa: E402
+# the same tests against a real PostgreSQL (tests/fixtures/pgserver.py)
+from tests.fixtures.pgserver import on_postgresql  # noqa: E402
 
 RegistryRoutePostgresTests = on_postgresql(RegistryRouteTests)
 RegistryStoreRealDatabasePostgresTests = on_postgresql(RegistryStoreRealDatabaseTests)

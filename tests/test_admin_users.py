@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.trial import unittest
 
 from tests.test_admin_registries import coro
-from tests.test_admin_support import T0, AdminTestMixin
+from tests.fixtures.admin import T0, AdminTestMixin
 
 
 class ChangeMixin:
@@ -180,7 +180,7 @@ class WhitelistRouteTests(ChangeMixin, AdminTestMixin, unittest.TestCase):
 
     @coro
     async def test_match_modes(self):
-        from tests.test_admin_support import make_config
+        from tests.fixtures.admin import make_config
 
         for mode, allowed in (("all", True), ("none", False)):
             self.config = make_config(self.mktemp(), anonymous=mode)
@@ -195,8 +195,8 @@ class WhitelistRouteTests(ChangeMixin, AdminTestMixin, unittest.TestCase):
             self.assertError(await self.call("GET", "/api/whitelists/match" + q), 400)
 
 
-# the same tests against a real PostgreSQL (tests/pgserver.py)
-from tests.pgserver import on_postgresql  # noqa: E402
+# the same tests against a real PostgreSQL (tests/fixtures/pgserver.py)
+from tests.fixtures.pgserver import on_postgresql  # noqa: E402
 
 UserRoutePostgresTests = on_postgresql(UserRouteTests)
 WhitelistRoutePostgresTests = on_postgresql(WhitelistRouteTests)

@@ -14,7 +14,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.trial import unittest
 
-from tests.helpers import (
+from tests.fixtures.helpers import (
     admin_password_line,
     free_port,
     start_services,
@@ -24,7 +24,7 @@ from tests.helpers import (
     write_default_config,
 )
 from tests.test_admin_registries import coro
-from tests.test_admin_support import basic
+from tests.fixtures.admin import basic
 from zmirror.auth.passwords import is_hash, verify_admin_sync
 from zmirror.config import DEFAULT_ADMIN_PASSWORD, load_config
 from zmirror.wiring import build
@@ -58,7 +58,7 @@ class WiringTests(unittest.TestCase):
         data = Path(self.mktemp()).resolve()
         write_config(data, ADMIN_PW)  # the generated config, the admin password changed
         if getattr(self, "backend", "sqlite") == "postgresql":
-            from tests.pgserver import fresh_database
+            from tests.fixtures.pgserver import fresh_database
 
             url = fresh_database(self)
             cfg = data / "config.toml"
@@ -283,7 +283,7 @@ class SighupProcessTests(unittest.TestCase):
         self.assertTrue(verify_admin_sync(new, load_config(data).admin.password))
 
 
-# the whole service on a real PostgreSQL ([database] url; tests/pgserver.py)
-from tests.pgserver import on_postgresql  # noqa: E402
+# the whole service on a real PostgreSQL ([database] url; tests/fixtures/pgserver.py)
+from tests.fixtures.pgserver import on_postgresql  # noqa: E402
 
 WiringPostgresTests = on_postgresql(WiringTests)

@@ -4,8 +4,8 @@ import base64
 
 from twisted.trial import unittest
 
-from tests.authfixtures import coro, make_env
-from tests.test_admin_support import AdminTestMixin
+from tests.fixtures.auth import coro, make_env
+from tests.fixtures.admin import AdminTestMixin
 from zmirror.auth.credentials import parse_basic
 
 

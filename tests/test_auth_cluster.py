@@ -3,7 +3,7 @@
 The nodes hear each other through a :class:`zmirror.cluster.LoopbackHub`
 (the interface the PostgreSQL bus implements) on an injected clock; the parts
 that live in the database (``cluster_secrets``, ``login_failures``) run on a
-real PostgreSQL (tests/pgserver.py; skipped where it cannot run).
+real PostgreSQL (tests/fixtures/pgserver.py; skipped where it cannot run).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from tests.authfixtures import START, coro
-from tests.pgserver import fresh_database
+from tests.fixtures.auth import START, coro
+from tests.fixtures.pgserver import fresh_database
 from zmirror.auth.credentials import Authenticator
 from zmirror.auth.lockout import (ACCOUNT, CLEAR_EVENT, FAILURE_EVENT, KEY_SIZE, Locked, Lockout,
                                   LockoutSync)
@@ -512,7 +512,7 @@ class SharedSecretTests(unittest.TestCase):
         from zmirror.auth import build
         from zmirror.auth.tokens import TokenIssuer, load_or_create_secret
         from zmirror.config import parse_config
-        from tests.pgserver import temp_database
+        from tests.fixtures.pgserver import temp_database
 
         data = Path(self.mktemp())
         data.mkdir(parents=True)

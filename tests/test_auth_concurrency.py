@@ -24,9 +24,9 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
 
-from tests.authfixtures import basic, coro, make_env
-from tests.test_admin_support import ADMIN, AdminTestMixin
-from tests.test_admin_support import basic as admin_basic
+from tests.fixtures.auth import basic, coro, make_env
+from tests.fixtures.admin import ADMIN, AdminTestMixin
+from tests.fixtures.admin import basic as admin_basic
 from zmirror.auth.lockout import Locked, Lockout
 from zmirror.auth.passwords import Busy, Passwords, fast_context, hash_admin_password
 
@@ -243,7 +243,7 @@ class RealHTTPLoginTests(unittest.TestCase):
         from zmirror.db.users import UserStore
         from zmirror.db.whitelists import WhitelistStore
         from zmirror.registry.routes import RegistryRoutes
-        from tests.authfixtures import temp_db
+        from tests.fixtures.auth import temp_db
 
         passwords, verified = self.counting_passwords()
         db = temp_db(self)
@@ -427,7 +427,7 @@ class VerificationQueueTests(unittest.TestCase):
             with self.assertRaises(ConfigError, msg=bad):
                 cfg("[lockout]\n" + bad + "\n")
         # build() makes the shared Passwords with those limits
-        from tests.authfixtures import temp_db
+        from tests.fixtures.auth import temp_db
 
         c = parse_config("[lockout]\nmax_concurrent_verifications = 3\n"
                          "max_queued_verifications = 7\n",

@@ -5,7 +5,7 @@ from urllib.parse import urlencode
 
 from twisted.trial import unittest
 
-from tests.authfixtures import basic, coro, make_env
+from tests.fixtures.auth import basic, coro, make_env
 
 M = "http://mirror/v2/{}/manifests/latest"
 PING = "http://mirror/v2/"

@@ -6,7 +6,7 @@ import hashlib
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.authfixtures import START, coro, temp_db
+from tests.fixtures.auth import START, coro, temp_db
 from zmirror.auth.passwords import Passwords, fast_context
 from zmirror.auth.users import UserAccounts
 from zmirror.auth.whitelist import Whitelist, validate_prefix
@@ -290,8 +290,8 @@ class WhitelistStoreTests(unittest.TestCase):
         self.assertEqual(len(loads), 1)
 
 
-# the same store tests against a real PostgreSQL (tests/pgserver.py)
-from tests.pgserver import on_postgresql  # noqa: E402
+# the same store tests against a real PostgreSQL (tests/fixtures/pgserver.py)
+from tests.fixtures.pgserver import on_postgresql  # noqa: E402
 
 UserStorePostgresTests = on_postgresql(UserStoreTests)
 WhitelistStorePostgresTests = on_postgresql(WhitelistStoreTests)

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from tests.authfixtures import coro, make_env
+from tests.fixtures.auth import coro, make_env
 from zmirror.auth.whitelist import (
     Entry,
     InvalidPrefix,

@@ -12,7 +12,7 @@ from twisted.trial import unittest
 from twisted.web._newclient import ResponseFailed
 
 from tests.test_cache import CacheTestBase, deferred_test
-from tests.proxyenv import ProxyEnv
+from tests.fixtures.proxyenv import ProxyEnv
 from zmirror.registry.proxy import Proxy
 from zmirror.testing import FakeRegistry
 
@@ -799,7 +799,7 @@ class CachedDownloadValueTests(unittest.TestCase):
     """The Content-Type a cache download stores and replays to its followers."""
 
     def setUp(self):
-        from tests.helpers import temp_database
+        from tests.fixtures.helpers import temp_database
         from tests.test_cache import stop_transfers
         from zmirror.cache.blobs import BlobCache
 

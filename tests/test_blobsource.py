@@ -6,7 +6,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from tests.helpers import temp_database
+from tests.fixtures.helpers import temp_database
 from tests.test_relay import make_request
 from zmirror.cache.blobs import CacheBlobs
 from zmirror.registry.blobs import PullThroughBlobs

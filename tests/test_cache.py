@@ -9,8 +9,8 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.trial import unittest
 from twisted.web._newclient import ResponseFailed
 
-from tests.helpers import spy_constructor, temp_database
-from tests.proxyenv import ProxyEnv
+from tests.fixtures.helpers import spy_constructor, temp_database
+from tests.fixtures.proxyenv import ProxyEnv
 from zmirror.cache import BlobCache, ManifestCache
 from zmirror.testing import DOCKER_V2, FakeRegistry
 

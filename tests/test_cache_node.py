@@ -20,9 +20,9 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 from twisted.web.server import Site
 
-from tests.helpers import admin_password_line, start_services, write_default_config
+from tests.fixtures.helpers import admin_password_line, start_services, write_default_config
 from tests.test_admin_registries import coro
-from tests.test_admin_support import basic
+from tests.fixtures.admin import basic
 from zmirror.cache.index import BLOB_TABLES, INDEX_FILE, MANIFEST_TABLES
 from zmirror.cache.manifests import Manifest, ManifestCache
 from zmirror.config import load_config
@@ -109,7 +109,7 @@ def pg_rows(url: str, table: str) -> list:
 
 class PostgresNodeCacheTests(unittest.TestCase):
     def setUp(self):
-        from tests.pgserver import fresh_database
+        from tests.fixtures.pgserver import fresh_database
 
         self.url = fresh_database(self)
         self.upstream = Upstream(self)
@@ -280,7 +280,7 @@ class TwoCachesOneDatabase:
         from zmirror.db import migrate
 
         if self.backend == "postgresql":
-            from tests.pgserver import fresh_database
+            from tests.fixtures.pgserver import fresh_database
             from zmirror.db import postgresql
 
             url = fresh_database(self)
@@ -539,7 +539,7 @@ import tests.test_manifests as _manifests  # noqa: E402 (a module: its classes a
 
 class ManifestCachePostgresTests(_manifests.ManifestCacheTests):
     def setUp(self):
-        from tests.pgserver import temp_database
+        from tests.fixtures.pgserver import temp_database
 
         self.backend = "postgresql"
         self.base, self.db = None, temp_database(self, reactor)

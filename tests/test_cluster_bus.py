@@ -1,5 +1,5 @@
 """The cluster bus on PostgreSQL (zmirror.db.listen.PostgresBus): the reactor-side logic on a
-Clock, then two buses on one real PostgreSQL (tests/pgserver.py), then two wired services."""
+Clock, then two buses on one real PostgreSQL (tests/fixtures/pgserver.py), then two wired services."""
 
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ class PostgresBusTests(unittest.TestCase):
     """Two buses (two "nodes") on one real PostgreSQL database."""
 
     def setUp(self):
-        from tests.pgserver import postgres_database
+        from tests.fixtures.pgserver import postgres_database
 
         self.url, self.db = postgres_database(self, reactor)
         self.a = PostgresBus(self.url, self.db, reactor)
@@ -324,7 +324,7 @@ class UnreachableTests(unittest.TestCase):
 
     @coro
     async def test_a_wrong_password_is_retried_and_never_logged(self):
-        from tests.pgserver import fresh_database
+        from tests.fixtures.pgserver import fresh_database
 
         url = fresh_database(self)
         bad = url.replace(":pg-test-secret@", ":Wrong-Secret-77@")
@@ -344,7 +344,7 @@ class WiredServicesTests(unittest.TestCase):
     """Two whole services (makeService) on one PostgreSQL database."""
 
     def setUp(self):
-        from tests.pgserver import fresh_database
+        from tests.fixtures.pgserver import fresh_database
         from tests.test_ops_dbwatch import write_config
         from zmirror.tap import Options, makeService
 

@@ -284,7 +284,7 @@ class PostgresBusMetricsTests(unittest.TestCase):
     """A real bus whose backoff runs on a Clock: the outage lasts until the test moves it."""
 
     def setUp(self):
-        from tests.pgserver import postgres_database
+        from tests.fixtures.pgserver import postgres_database
 
         self.url, self.db = postgres_database(self, reactor)
         self.clock = Clock()
@@ -339,7 +339,7 @@ class PostgresBusMetricsTests(unittest.TestCase):
 class PostgresWiringTests(unittest.TestCase):
     @coro
     async def test_a_wired_node_exports_the_cluster_series_and_readyz_reports_the_bus(self):
-        from tests.pgserver import fresh_database
+        from tests.fixtures.pgserver import fresh_database
         from zmirror.tap import Options, makeService
 
         url = fresh_database(self)

@@ -32,7 +32,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from twisted.web.server import Site
 
-from tests.helpers import admin_password_line, start_services, write_default_config
+from tests.fixtures.helpers import admin_password_line, start_services, write_default_config
 from zmirror.config import load_config
 from zmirror.db import migrate
 from zmirror.testing import DOCKER_V2, FakeRegistry

@@ -16,8 +16,8 @@ from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
-from tests.authfixtures import coro as deferred_test
-from tests.helpers import spy_constructor, temp_database
+from tests.fixtures.auth import coro as deferred_test
+from tests.fixtures.helpers import spy_constructor, temp_database
 from zmirror.accesslog import MemoryAccessLog
 from zmirror.app import ZMirrorApp
 from zmirror.cache import BlobCache, kernelcopy

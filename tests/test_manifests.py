@@ -11,8 +11,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.helpers import temp_database
-from tests.proxyenv import ProxyEnv
+from tests.fixtures.helpers import temp_database
+from tests.fixtures.proxyenv import ProxyEnv
 from tests.test_upstream_hardening import (MANIFEST, MDIGEST, TAG_PATH, TAGS_PATH, FakeResponse, World,
                                           manifest_response)
 from zmirror.cache.manifests import Manifest, ManifestCache

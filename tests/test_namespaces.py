@@ -5,7 +5,7 @@ import json
 
 from twisted.trial import unittest
 
-from tests.proxyenv import ProxyEnv
+from tests.fixtures.proxyenv import ProxyEnv
 from zmirror.oci.errors import RegistryError
 from zmirror.oci.names import Repo, canonical_name, namespace_of, normalize_namespace, remote_of
 from zmirror.registry.routing import RoutingTable
@@ -259,7 +259,7 @@ class NamespaceProxyTests(unittest.TestCase):
         self.assertEqual(self.paths(self.hub), [])
 
 
-from tests.authfixtures import basic, coro, make_env  # noqa: E402
+from tests.fixtures.auth import basic, coro, make_env  # noqa: E402
 from zmirror.auth.whitelist import Entry, Matcher, normalize_prefix  # noqa: E402
 
 

@@ -1,5 +1,5 @@
 """The node list: every node's heartbeat row in ``cluster_nodes`` (zmirror/nodes.py) and
-``GET /api/nodes``, on SQLite and on a real PostgreSQL (tests/pgserver.py): the heartbeat
+``GET /api/nodes``, on SQLite and on a real PostgreSQL (tests/fixtures/pgserver.py): the heartbeat
 on an injected clock, a clean stop, a silent node ageing to stale and being pruned by one
 node at a time, a duplicate node name, the API's bounds and query checks, and two wired
 nodes on one database."""
@@ -15,10 +15,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.helpers import admin_password_line, start_services, write_default_config
-from tests.pgserver import on_postgresql, temp_database
+from tests.fixtures.helpers import admin_password_line, start_services, write_default_config
+from tests.fixtures.pgserver import on_postgresql, temp_database
 from tests.test_admin_registries import coro
-from tests.test_admin_support import ADMIN, AdminTestMixin, basic
+from tests.fixtures.admin import ADMIN, AdminTestMixin, basic
 from tests.test_cluster_bus import eventually
 from tests.test_ops_reload import Captured
 from zmirror import __version__
@@ -388,7 +388,7 @@ class WiredNodesTests(unittest.TestCase):
     def setUp(self):
         self.url = None
         if self.backend == "postgresql":
-            from tests.pgserver import fresh_database
+            from tests.fixtures.pgserver import fresh_database
 
             self.url = fresh_database(self)
         self.nodes = {}
@@ -488,7 +488,7 @@ class DatabaseCopyPostgresTests(unittest.TestCase):
 
     @coro
     async def test_heartbeat_rows_are_not_copied(self):
-        from tests.pgserver import postgres_database
+        from tests.fixtures.pgserver import postgres_database
         from zmirror.cli import copy_database
         from zmirror.db import Database, migrate
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from tests.helpers import REPO, write_default_config
+from tests.fixtures.helpers import REPO, write_default_config
 from zmirror import cli
 from zmirror.auth.passwords import (
     Passwords,
@@ -62,7 +62,7 @@ class CLITestCase(unittest.TestCase):
         # cheap hashing in tests (the CLI uses the production argon2 context otherwise)
         self.patch(cli, "_hash_user_password", lambda pw: fast_context().hash(pw))
         if getattr(self, "backend", "sqlite") == "postgresql":
-            from tests.pgserver import fresh_database
+            from tests.fixtures.pgserver import fresh_database
 
             self.url = fresh_database(self)
             write_default_config(self.data, {PG_URL_LINE: f'url = "{self.url}"'})
@@ -481,7 +481,7 @@ class DbCopyTests(CLITestCase):
 
     def setUp(self):
         super().setUp()
-        from tests.pgserver import fresh_database
+        from tests.fixtures.pgserver import fresh_database
 
         self.url = fresh_database(self)
         self.ok("user", "add", "alice", "--stdin", stdin="alice-pw-1\n")
@@ -605,8 +605,8 @@ class DbCopyTests(CLITestCase):
             self.assertNotIn("Traceback", err)
 
 
-# the same CLI tests against a real PostgreSQL ([database] url; tests/pgserver.py)
-from tests.pgserver import on_postgresql  # noqa: E402
+# the same CLI tests against a real PostgreSQL ([database] url; tests/fixtures/pgserver.py)
+from tests.fixtures.pgserver import on_postgresql  # noqa: E402
 
 UserPostgresTests = on_postgresql(UserTests)
 ImportPostgresTests = on_postgresql(ImportTests)

@@ -11,7 +11,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
-from tests.authfixtures import basic, coro, make_env, temp_db
+from tests.fixtures.auth import basic, coro, make_env, temp_db
 from tests.test_ops_reload import Captured, write_config
 from zmirror import cli
 from zmirror.auth.passwords import fast_context
@@ -268,7 +268,7 @@ class PostgresWiringTests(unittest.TestCase):
     (tests/test_cluster_bus.py tests it working)."""
 
     def test_the_bus_watches_postgresql(self):
-        from tests.pgserver import fresh_database
+        from tests.fixtures.pgserver import fresh_database
         from twisted.logger import formatEvent, globalLogPublisher
 
         url = fresh_database(self)

@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
-from tests.proxyenv import ProxyEnv
+from tests.fixtures.proxyenv import ProxyEnv
 from zmirror.accesslog import AccessRecord, MemoryAccessLog
 from zmirror.app import ZMirrorApp
 from zmirror.config import Config, ConfigError

@@ -10,7 +10,7 @@ from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.trial import unittest
 
-from tests.helpers import REPO, free_port, start_twistd, stop, twistd_bin, wait_port
+from tests.fixtures.helpers import REPO, free_port, start_twistd, stop, twistd_bin, wait_port
 
 
 class PluginTests(unittest.TestCase):

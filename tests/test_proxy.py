@@ -2,7 +2,7 @@ import json
 
 from twisted.trial import unittest
 
-from tests.proxyenv import ProxyEnv
+from tests.fixtures.proxyenv import ProxyEnv
 from zmirror.testing import DOCKER_V2, FakeRegistry
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -14,8 +14,8 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web.http_headers import Headers
 
-from tests.proxyenv import ProxyEnv
-from tests.test_admin_support import AdminTestMixin
+from tests.fixtures.proxyenv import ProxyEnv
+from tests.fixtures.admin import AdminTestMixin
 from tests.test_ops_metrics import value
 from tests.test_upstream_hardening import MANIFEST, MDIGEST, TAG_PATH, FakeResponse, World, manifest_response
 from zmirror.cache.manifests import Manifest

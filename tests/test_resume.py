@@ -13,7 +13,7 @@ from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.trial import unittest
 from twisted.web._newclient import ResponseFailed
 
-from tests.proxyenv import ProxyEnv
+from tests.fixtures.proxyenv import ProxyEnv
 from tests.test_cache import CacheTestBase, deferred_test
 from zmirror.metrics import Metrics
 from zmirror.testing import FakeRegistry

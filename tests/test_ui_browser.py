@@ -20,8 +20,8 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from tests import ui_browser
-from tests.ui_browser import ADMIN_PASSWORD, ADMIN_USER, DEFAULT_PASSWORD, WAIT, Server
+from tests.fixtures import ui_browser
+from tests.fixtures.ui_browser import ADMIN_PASSWORD, ADMIN_USER, DEFAULT_PASSWORD, WAIT, Server
 
 SKIP = ui_browser.skip_reason()
 

@@ -25,7 +25,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent
 from zope.interface import implementer
 
 import zmirror.registry.proxy as proxy_module
-from tests.helpers import temp_database
+from tests.fixtures.helpers import temp_database
 from zmirror.cache.gate import LoadGate
 from zmirror.cache.manifests import Manifest, ManifestCache
 from zmirror.oci.errors import RegistryError

@@ -229,7 +229,7 @@ class StoredStateTests(unittest.TestCase):
 
     @coro
     async def setUp(self):
-        from tests.pgserver import temp_database
+        from tests.fixtures.pgserver import temp_database
 
         self.db = temp_database(self)
         self.n = Nodes(1, db=self.db)
@@ -323,6 +323,6 @@ class StoredStateTests(unittest.TestCase):
         self.assertEqual(up(c, 2).health.cooldown_until, 0.0)
 
 
-from tests.pgserver import on_postgresql  # noqa: E402
+from tests.fixtures.pgserver import on_postgresql  # noqa: E402
 
 StoredStatePostgresTests = on_postgresql(StoredStateTests)

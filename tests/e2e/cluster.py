@@ -9,7 +9,7 @@ trial, for the e2e tests and for benchmark scripts::
         c.nginx_url, c.nodes[0].url, c.images["oci"].ref
         c.kill(0); c.restart(0)
 
-- PostgreSQL: the test process's server (:func:`tests.pgserver.server`, a real PostgreSQL 15 in a
+- PostgreSQL: the test process's server (:func:`tests.fixtures.pgserver.server`, a real PostgreSQL 15 in a
   temp dir) with a database of the cluster's own, dropped by :meth:`Cluster.stop`.
 - The upstream: one open distribution registry (``docker-registry``) seeded with the harness's
   test images (:func:`~tests.e2e.harness.build_images`), optionally behind a
@@ -45,7 +45,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-from tests import pgserver  # noqa: E402
+from tests.fixtures import pgserver  # noqa: E402
 from tests.e2e import harness as H  # noqa: E402
 
 DOCS = H.REPO / "docs" / "cluster"
