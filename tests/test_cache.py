@@ -505,13 +505,13 @@ class SendfileTests(unittest.TestCase):
         from twisted.web.resource import Resource
         from twisted.web.server import NOT_DONE_YET, Site
 
-        from zmirror import transfer
-        from zmirror.transfer import FileBody
+        from zmirror.transfer import follower
+        from zmirror.transfer.bodies import FileBody
 
         data = os.urandom((5 << 20) + 123)
         path = Path(self.mktemp())
         path.write_bytes(data)
-        used = spy_constructor(self, transfer, "_SendfileWriter")
+        used = spy_constructor(self, follower, "_SendfileWriter")
 
         class Blob(Resource):
             isLeaf = True

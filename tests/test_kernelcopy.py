@@ -21,7 +21,7 @@ from tests.fixtures.helpers import spy_constructor, temp_database
 from zmirror.accesslog import MemoryAccessLog
 from zmirror.app import ZMirrorApp
 from zmirror.cache import BlobCache, kernelcopy
-from zmirror import transfer
+from zmirror.transfer import follower
 from zmirror.registry.proxy import Proxy
 from zmirror.registry.routes import RegistryRoutes
 from zmirror.testing import FakeRegistry
@@ -59,7 +59,7 @@ class KernelCopyTests(unittest.TestCase):
         if not self.kernel:
             self.patch(kernelcopy, "available", lambda: False)
         # the download each sendfile writer follows (None: a cached file)
-        self.sendfile_writers = spy_constructor(self, transfer, "_SendfileWriter",
+        self.sendfile_writers = spy_constructor(self, follower, "_SendfileWriter",
                                                 lambda producer, transport: producer.download)
 
         upstream_pool = HTTPConnectionPool(reactor, persistent=True)

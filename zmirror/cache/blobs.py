@@ -65,7 +65,9 @@ from zope.interface import implementer
 from zmirror.cache.download import CacheUnavailable, Download, silent_unlink as _silent_unlink
 from zmirror.cache.gate import LoadGate
 from zmirror.config import ConfigError, private_dir
-from zmirror.transfer import OCTET_STREAM, BlobInfo, FileBody, IBlobSource, range_headers
+from zmirror.transfer.bodies import FileBody
+from zmirror.transfer.interfaces import OCTET_STREAM, BlobInfo, IBlobSource
+from zmirror.transfer.ranges import range_headers
 from zmirror.httpbody import discard
 from zmirror.transfer.threads import TRANSFER_THREADS, TransferThreads
 
@@ -548,7 +550,7 @@ class CacheBlobs:
 
     async def open(self, repo: str, digest: str, byte_range: Optional[str], *,
                    record: Any = None) -> Optional[FileBody]:
-        """A :class:`~zmirror.transfer.FileBody` of the cached blob (a hit,
+        """A :class:`~zmirror.transfer.bodies.FileBody` of the cached blob (a hit,
         counted; the file is held open until it was sent), or None when it is
         not (or no longer) here; RANGE_INVALID for a range it cannot satisfy."""
         e = self.entries.get(digest)

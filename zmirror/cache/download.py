@@ -6,7 +6,7 @@ plain-TCP upstream the body is moved in the kernel, see kernelcopy.py),
 verifies it against its digest and only then renames it into ``blobs/`` and
 tells the cache (:meth:`~zmirror.cache.blobs.CacheBlobs.download_finished`).
 Its clients follow the growing temp file at their own pace
-(:meth:`Download.follow` → :class:`~zmirror.transfer.FollowerProducer`); the
+(:meth:`Download.follow` → :class:`~zmirror.transfer.follower.FollowerProducer`); the
 last byte is released only after verification, and a corrupt or truncated
 download aborts its clients and leaves nothing behind.
 """
@@ -23,7 +23,9 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 from zmirror.cache import kernelcopy
-from zmirror.transfer import OCTET_STREAM, FollowerProducer, blob_content_type, enlarge_reads
+from zmirror.transfer.connections import enlarge_reads
+from zmirror.transfer.follower import FollowerProducer
+from zmirror.transfer.interfaces import OCTET_STREAM, blob_content_type
 from zmirror.transfer.threads import DigestWorker
 from zmirror.httpbody import failure_text
 

@@ -2,11 +2,11 @@
 
 ``Proxy.pull(pull_request)`` returns a result object with ``send(request)``:
 :class:`BytesResult` for manifests, tag lists and HEADs (small bodies held in
-memory) or, for blob bodies, an :class:`~zmirror.transfer.IBlobBody` (sent with
+memory) or, for blob bodies, an :class:`~zmirror.transfer.interfaces.IBlobBody` (sent with
 backpressure, never buffered).  Every answer comes from a source; here it only
 gets its headers:
 
-- blobs from one :class:`~zmirror.transfer.IBlobSource`
+- blobs from one :class:`~zmirror.transfer.interfaces.IBlobSource`
   (:class:`~zmirror.registry.blobs.PullThroughBlobs`: the cache in front of
   :class:`~zmirror.upstream.blobs.RemoteBlobs`);
 - manifests from a :class:`~zmirror.registry.manifests.ManifestSource` (the
