@@ -285,15 +285,17 @@ class _FakeCache:
 
 class CacheServiceTests(unittest.TestCase):
     def service(self, blobs, manifests):
-        from zmirror.wiring import _cache_services
+        from zmirror.cache.upkeep import CacheUpkeep
+        from zmirror.service import CallbackService
 
         clock = Clock()
-        [svc] = _cache_services(blobs, manifests, clock)
+        upkeep = CacheUpkeep(blobs, manifests, clock)
+        svc = CallbackService(start=upkeep.start, stop=upkeep.stop)
         svc.startService()
         return svc, clock
 
     def test_flusher_survives_failed_writes(self):
-        from zmirror.cache.blobs import retry_delay
+        from zmirror.cache.upkeep import retry_delay
 
         blobs = _FakeCache(flush_failures=2)
         svc, clock = self.service(blobs, _FakeCache())
@@ -801,10 +803,10 @@ class CachedDownloadValueTests(unittest.TestCase):
     def setUp(self):
         from tests.fixtures.helpers import temp_database
         from tests.test_cache import stop_transfers
-        from zmirror.cache.blobs import BlobCache
+        from zmirror.cache.blobs import CacheBlobs
 
         self.base, self.db = temp_database(self, reactor)
-        self.blobs = BlobCache(self.base / "cache", self.db, reactor, max_size=1 << 30, idle_timeout=30)
+        self.blobs = CacheBlobs(self.base / "cache", self.db, reactor, max_size=1 << 30, idle_timeout=30)
         self.addCleanup(stop_transfers, self.blobs)
 
     async def wait_done(self, dl):

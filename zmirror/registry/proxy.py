@@ -70,8 +70,8 @@ class Proxy:
         self.pool = pool
         self.clock = clock
         self.idle_timeout = idle_timeout
-        self.blobs = blobs  # zmirror.cache.CacheBlobs or None
-        self.manifests = manifests  # zmirror.cache.ManifestCache or None
+        self.blobs = blobs  # zmirror.cache.blobs.CacheBlobs or None
+        self.manifests = manifests  # zmirror.cache.manifests.ManifestCache or None
         self.failover = Failover(pool, clock)
         if blob_source is None:
             remote = RemoteBlobs(self.failover, clock, idle_timeout=idle_timeout,

@@ -1,6 +1,7 @@
-"""The bodies a cache answers with: a cached file (:class:`FileBody`) or a
+"""The bodies of the local blob store: a cached file (:class:`FileBody`) or a
 running download (:class:`DownloadBody`), both sent by a
-:class:`~zmirror.transfer.follower.FollowerProducer`."""
+:class:`~zmirror.transfer.follower.FollowerProducer`; and what every body does
+as it starts (:func:`start_response`) and ends (:func:`note_sources`)."""
 
 from __future__ import annotations
 
