@@ -51,7 +51,7 @@ class HeadReaderCountTests(CacheTestBase):
 
 def _old_parse_range(value, size):
     """The hand-written parser _parse_range replaced (reference for valid single ranges)."""
-    from zmirror.transfer import UNSATISFIABLE as _UNSATISFIABLE
+    from zmirror.transfer.ranges import UNSATISFIABLE as _UNSATISFIABLE
 
     if not value:
         return None
@@ -84,7 +84,7 @@ class RangeParsingTests(unittest.TestCase):
            open_end=st.booleans())
     @settings(max_examples=300)
     def test_first_last_ranges_as_before(self, size, first, length, open_end):
-        from zmirror.transfer import resolve_range as _parse_range
+        from zmirror.transfer.ranges import resolve_range as _parse_range
 
         value = f"bytes={first}-" if open_end else f"bytes={first}-{first + length}"
         self.assertEqual(_parse_range(value, size), _old_parse_range(value, size))
@@ -92,7 +92,7 @@ class RangeParsingTests(unittest.TestCase):
     @given(size=sizes, n=st.integers(min_value=1, max_value=1 << 41))
     @settings(max_examples=200)
     def test_suffix_ranges_as_before(self, size, n):
-        from zmirror.transfer import resolve_range as _parse_range
+        from zmirror.transfer.ranges import resolve_range as _parse_range
 
         value = f"bytes=-{n}"
         self.assertEqual(_parse_range(value, size), _old_parse_range(value, size))
@@ -100,7 +100,7 @@ class RangeParsingTests(unittest.TestCase):
     @given(value=st.text(max_size=40), size=sizes)
     @settings(max_examples=300)
     def test_any_header_gives_a_range_all_or_416(self, value, size):
-        from zmirror.transfer import UNSATISFIABLE as _UNSATISFIABLE, resolve_range as _parse_range
+        from zmirror.transfer.ranges import UNSATISFIABLE as _UNSATISFIABLE, resolve_range as _parse_range
 
         r = _parse_range(value, size)
         if r is not None and r is not _UNSATISFIABLE:
@@ -108,7 +108,7 @@ class RangeParsingTests(unittest.TestCase):
             self.assertTrue(0 <= start <= end < size, (value, size, r))
 
     def test_forms_sent_whole(self):
-        from zmirror.transfer import resolve_range as _parse_range
+        from zmirror.transfer.ranges import resolve_range as _parse_range
 
         for value in ("bytes=0-1,5-6", "items=0-5", "bytes=5", "bytes=+1-2", "bytes=1_0-20", "bytes=x-",
                       "bytes=5-3", "bytes=-0", "bytes=-", ""):
@@ -285,15 +285,17 @@ class _FakeCache:
 
 class CacheServiceTests(unittest.TestCase):
     def service(self, blobs, manifests):
-        from zmirror.wiring import _cache_services
+        from zmirror.cache.upkeep import CacheUpkeep
+        from zmirror.service import CallbackService
 
         clock = Clock()
-        [svc] = _cache_services(blobs, manifests, clock)
+        upkeep = CacheUpkeep(blobs, manifests, clock)
+        svc = CallbackService(start=upkeep.start, stop=upkeep.stop)
         svc.startService()
         return svc, clock
 
     def test_flusher_survives_failed_writes(self):
-        from zmirror.cache.blobs import retry_delay
+        from zmirror.cache.upkeep import retry_delay
 
         blobs = _FakeCache(flush_failures=2)
         svc, clock = self.service(blobs, _FakeCache())
@@ -707,7 +709,7 @@ class BlobUpstreamValueTests(unittest.TestCase):
             self.assertEqual(result.headers[b"Content-Type"], ctype.strip(b" \t"))
 
     def test_blob_content_type_never_unsafe(self):
-        from zmirror.transfer import CONTENT_TYPE_MAX, blob_content_type
+        from zmirror.transfer.interfaces import CONTENT_TYPE_MAX, blob_content_type
 
         @given(st.one_of(st.binary(max_size=300), st.text(max_size=300), st.none()))
         @settings(max_examples=300)
@@ -801,10 +803,10 @@ class CachedDownloadValueTests(unittest.TestCase):
     def setUp(self):
         from tests.fixtures.helpers import temp_database
         from tests.test_cache import stop_transfers
-        from zmirror.cache.blobs import BlobCache
+        from zmirror.cache.blobs import CacheBlobs
 
         self.base, self.db = temp_database(self, reactor)
-        self.blobs = BlobCache(self.base / "cache", self.db, reactor, max_size=1 << 30, idle_timeout=30)
+        self.blobs = CacheBlobs(self.base / "cache", self.db, reactor, max_size=1 << 30, idle_timeout=30)
         self.addCleanup(stop_transfers, self.blobs)
 
     async def wait_done(self, dl):

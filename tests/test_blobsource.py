@@ -1,4 +1,4 @@
-"""The blob sources behind one interface (zmirror.transfer.IBlobSource)."""
+"""The blob sources behind one interface (zmirror.transfer.interfaces.IBlobSource)."""
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -15,7 +15,7 @@ from zmirror.registry.proxy import Proxy
 from zmirror.oci.reference import parse_path
 from zmirror.registry.routes import PullRequest
 from zmirror.testing import MemoryBlobs, sha256
-from zmirror.transfer import IBlobBody, IBlobSource
+from zmirror.transfer.interfaces import IBlobBody, IBlobSource
 from zmirror.upstream.blobs import RemoteBlobs
 from zmirror.upstream.client import UpstreamPool
 from zmirror.upstream.failover import Failover

@@ -11,7 +11,8 @@ from twisted.web._newclient import ResponseFailed
 
 from tests.fixtures.helpers import spy_constructor, temp_database
 from tests.fixtures.proxyenv import ProxyEnv
-from zmirror.cache import BlobCache, ManifestCache
+from zmirror.cache.blobs import CacheBlobs
+from zmirror.cache.manifests import ManifestCache
 from zmirror.testing import DOCKER_V2, FakeRegistry
 
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2, "layers": []}).encode()
@@ -42,7 +43,7 @@ class CacheTestBase(unittest.TestCase):
         self.make_env()
 
     def make_env(self, upstreams=None):
-        self.blobs = BlobCache(self.base / "cache", self.db, reactor, max_size=self.max_size, idle_timeout=30,
+        self.blobs = CacheBlobs(self.base / "cache", self.db, reactor, max_size=self.max_size, idle_timeout=30,
                                **self.cache_options)
         self.addCleanup(stop_transfers, self.blobs)
         self.manifests = ManifestCache(self.db, reactor, ttl=300)
@@ -175,7 +176,7 @@ class BlobCacheTests(CacheTestBase):
 
     @deferred_test
     async def test_restart_deletes_unindexed_files_beyond_the_verification_budget(self):
-        from zmirror.cache import blobs as blobmod
+        from zmirror.cache import blobindex as blobmod
 
         await self.start()
         p = self.blobs.path(self.digest)
@@ -505,13 +506,13 @@ class SendfileTests(unittest.TestCase):
         from twisted.web.resource import Resource
         from twisted.web.server import NOT_DONE_YET, Site
 
-        from zmirror import transfer
-        from zmirror.transfer import FileBody
+        from zmirror.transfer import follower
+        from zmirror.transfer.bodies import FileBody
 
         data = os.urandom((5 << 20) + 123)
         path = Path(self.mktemp())
         path.write_bytes(data)
-        used = spy_constructor(self, transfer, "_SendfileWriter")
+        used = spy_constructor(self, follower, "_SendfileWriter")
 
         class Blob(Resource):
             isLeaf = True

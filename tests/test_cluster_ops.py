@@ -22,8 +22,8 @@ from twisted.trial import unittest
 from tests.test_cluster_bus import eventually
 from tests.test_ops_reload import Captured, write_config
 from zmirror.auth.lockout import CLEAR_EVENT, FAILURE_EVENT, Lockout, LockoutSync
-from zmirror.cache import blobs as blobs_module
-from zmirror.cache.blobs import LOCK_FILE, CacheDirInUse, CacheDirLock
+from zmirror.cache import dirlock as blobs_module
+from zmirror.cache.dirlock import LOCK_FILE, CacheDirInUse, CacheDirLock
 from zmirror.cluster import LoopbackHub
 from zmirror.db import listen
 from zmirror.db.listen import BACKOFF_FIRST, COALESCE, MAX_PAYLOAD, PostgresBus
@@ -371,7 +371,7 @@ class PostgresWiringTests(unittest.TestCase):
 
 HOLDER = """
 import sys, time
-from zmirror.cache.blobs import CacheDirLock
+from zmirror.cache.dirlock import CacheDirLock
 lock = CacheDirLock.take(sys.argv[1])
 print("locked" if lock.held else "not held", flush=True)
 time.sleep(600)
@@ -428,7 +428,7 @@ class CacheDirLockTests(unittest.TestCase):
 
     def test_the_cache_service_releases_it_at_stop_and_takes_it_again_at_start(self):
         from tests.test_blob_hardening import _FakeCache
-        from zmirror.cache.blobs import CacheUpkeep
+        from zmirror.cache.upkeep import CacheUpkeep
 
         blobs = _FakeCache()
         blobs.dir_lock = CacheDirLock.take(self.dir)

@@ -283,18 +283,17 @@ class PrivateModeTests(unittest.TestCase):
         self.assertEqual(load_config(data).warnings, (), "fixed once")
 
     def test_cache_dir_private(self):
-        from zmirror.cache.blobs import CacheBlobs
+        from zmirror.cache.blobindex import scan, sweep_tmp
 
         for existing in (False, True):
             root = self.base / f"cache-{existing}"
             if existing:
                 root.mkdir()
                 os.chmod(root, 0o755)
-            blobs = CacheBlobs(root, db=None, reactor=None, max_size=1 << 20)
-            blobs._sweep_tmp()  # (thread functions, run here directly)
+            sweep_tmp(root)  # (thread functions, run here directly)
             self.assertEqual(self.mode(root), 0o700, existing)
             os.chmod(root, 0o750)
-            blobs._scan()  # every start
+            scan(root)  # every start
             self.assertEqual(self.mode(root), 0o700, existing)
 
 

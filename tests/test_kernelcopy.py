@@ -20,8 +20,9 @@ from tests.fixtures.auth import coro as deferred_test
 from tests.fixtures.helpers import spy_constructor, temp_database
 from zmirror.accesslog import MemoryAccessLog
 from zmirror.app import ZMirrorApp
-from zmirror.cache import BlobCache, kernelcopy
-from zmirror import transfer
+from zmirror.cache import kernelcopy
+from zmirror.cache.blobs import CacheBlobs
+from zmirror.transfer import follower
 from zmirror.registry.proxy import Proxy
 from zmirror.registry.routes import RegistryRoutes
 from zmirror.testing import FakeRegistry
@@ -59,7 +60,7 @@ class KernelCopyTests(unittest.TestCase):
         if not self.kernel:
             self.patch(kernelcopy, "available", lambda: False)
         # the download each sendfile writer follows (None: a cached file)
-        self.sendfile_writers = spy_constructor(self, transfer, "_SendfileWriter",
+        self.sendfile_writers = spy_constructor(self, follower, "_SendfileWriter",
                                                 lambda producer, transport: producer.download)
 
         upstream_pool = HTTPConnectionPool(reactor, persistent=True)
@@ -67,7 +68,7 @@ class KernelCopyTests(unittest.TestCase):
         pool = UpstreamPool(Agent(reactor, pool=upstream_pool), reactor, header_timeout=10, cooldown=1)
         pool.set_registries([{"id": 1, "name": "up", "url": f"http://127.0.0.1:{up_port.getHost().port}",
                               "priority": 1, "enabled": 1, "username": "", "password": ""}])
-        self.blobs = BlobCache(self.base / "cache", self.db, reactor, max_size=1 << 30, idle_timeout=1,
+        self.blobs = CacheBlobs(self.base / "cache", self.db, reactor, max_size=1 << 30, idle_timeout=1,
                                transfer_threads=self.transfer_threads)
         self.addCleanup(stop_transfers, self.blobs)
         proxy = Proxy(pool, reactor, idle_timeout=1, blobs=self.blobs)

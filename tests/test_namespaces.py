@@ -372,7 +372,8 @@ class AccessPerNamespaceTests(unittest.TestCase):
 from twisted.internet import reactor  # noqa: E402
 
 from tests.test_cache import CacheTestBase, deferred_test  # noqa: E402
-from zmirror.cache import BlobCache, ManifestCache  # noqa: E402
+from zmirror.cache.blobs import CacheBlobs  # noqa: E402
+from zmirror.cache.manifests import ManifestCache  # noqa: E402
 from tests.test_cache import stop_transfers  # noqa: E402
 
 
@@ -382,7 +383,7 @@ class CachePerNamespaceTests(CacheTestBase):
 
     def make_env(self, upstreams=None):
         self.ghcr = FakeRegistry()
-        self.blobs = BlobCache(self.base / "cache", self.db, reactor, max_size=self.max_size, idle_timeout=30)
+        self.blobs = CacheBlobs(self.base / "cache", self.db, reactor, max_size=self.max_size, idle_timeout=30)
         self.addCleanup(stop_transfers, self.blobs)
         self.manifests = ManifestCache(self.db, reactor, ttl=300)
         self.env = ProxyEnv([("up1.fake", self.up), ("ghcr.fake", self.ghcr)], blobs=self.blobs,

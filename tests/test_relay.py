@@ -12,7 +12,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import HTTPChannel, Request
 
 from zmirror.transfer.threads import TransferThreads
-from zmirror.transfer import BlobRelay
+from zmirror.upstream.relay import BlobRelay
 
 
 def make_request():

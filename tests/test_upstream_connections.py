@@ -295,7 +295,7 @@ class BrokenBlobReasonTests(unittest.TestCase):
         from twisted.web._newclient import _DataLoss
         from twisted.web.http import HTTPChannel, Request
 
-        from zmirror.transfer import BlobRelay
+        from zmirror.upstream.relay import BlobRelay
 
         channel = HTTPChannel()
         channel.makeConnection(StringTransport())

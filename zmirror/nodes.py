@@ -103,7 +103,7 @@ class NodeHeartbeat(Service):
     node``; ``bus``: its ``origin`` is the instance id, its ``connected`` /
     ``connected_at`` / ``disconnected_since`` the bus state (a bus without
     ``connected`` is a node alone: ``local``); ``cache``: the
-    :class:`~zmirror.cache.CacheBlobs` (or None); ``address``: where it listens
+    :class:`~zmirror.cache.blobs.CacheBlobs` (or None); ``address``: where it listens
     (``host:port``).
     """
 

@@ -11,7 +11,7 @@
   :class:`MemoryManifests` (a local store for
   :class:`~zmirror.registry.manifests.PullThroughManifests`), for tests of the
   manifest flow without an upstream or a database.
-- :class:`MemoryBlobs`: a blob source (:class:`~zmirror.transfer.IBlobSource`)
+- :class:`MemoryBlobs`: a blob source (:class:`~zmirror.transfer.interfaces.IBlobSource`)
   over a dict, for tests of what sits above the sources.
 """
 
@@ -35,7 +35,8 @@ from zmirror.cache.manifests import Manifest, TagEntry
 from zmirror.oci.errors import RegistryError
 from zmirror.oci.mediatypes import DEFAULT_ACCEPT, acceptable
 from zmirror.upstream.manifests import ManifestResult
-from zmirror.transfer import BlobInfo, IBlobBody, IBlobSource, range_headers
+from zmirror.transfer.interfaces import BlobInfo, IBlobBody, IBlobSource
+from zmirror.transfer.ranges import range_headers
 
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
@@ -399,7 +400,7 @@ class MemoryManifests:
 
 @implementer(IBlobBody)
 class MemoryBlobBody:
-    """An :class:`~zmirror.transfer.IBlobBody` of bytes held in memory (tests)."""
+    """An :class:`~zmirror.transfer.interfaces.IBlobBody` of bytes held in memory (tests)."""
 
     def __init__(self, status: int, headers: dict, data: bytes, *, verified: bool = True):
         self.status = status
@@ -417,7 +418,7 @@ class MemoryBlobBody:
 
 @implementer(IBlobSource)
 class MemoryBlobs:
-    """An :class:`~zmirror.transfer.IBlobSource` over a dict ``{(repo, digest): bytes}``
+    """An :class:`~zmirror.transfer.interfaces.IBlobSource` over a dict ``{(repo, digest): bytes}``
     (tests): ranges are answered as an upstream would (206, unverified);
     ``requests`` records ``(method, repo, digest, byte_range)``."""
 

@@ -15,9 +15,7 @@ from zmirror import auth
 from zmirror.accesslog import BatchedAccessLog
 from zmirror.admin import AdminAPI
 from zmirror.app import ZMirrorApp
-from zmirror.cache import CacheBlobs, ManifestCache
-from zmirror.cache.blobs import CacheDirLock
-from zmirror.cache.index import open_cache_index
+from zmirror.cache.build import CacheParts, build_cache
 from zmirror.config import Config
 from zmirror.db import connect_config, migrate_config, open_database
 from zmirror.db.accesslogs import AccessLogStore, RetentionService
@@ -43,21 +41,10 @@ def build(config: Config, reactor: Any) -> dict:
 
     upstreams = _upstream_pool(config, reactor, bus, db)
     upstreams.set_registries(_registry_rows(config))
-    blob_cache = manifest_cache = None
-    cache_db = db  # the node's own blob index: db on SQLite, a local file on PostgreSQL
-    if config.cache.enabled:
-        dir_lock = CacheDirLock.take(config.cache_dir)  # one process per [cache] dir, or exit
-        cache_db = open_cache_index(config, db, reactor)
-        blob_cache = CacheBlobs(config.cache_dir, cache_db, reactor, max_size=config.cache.max_size,
-                                idle_timeout=config.upstream.idle_timeout,
-                                transfer_threads=config.cache.transfer_threads,
-                                max_temp_bytes=config.cache.max_temp_size,
-                                max_orphans=config.cache.max_orphans,
-                                max_orphan_bytes=config.cache.max_orphan_size,
-                                dir_lock=dir_lock)
-        # no files: in the main database, shared by every node on PostgreSQL
-        manifest_cache = ManifestCache(db, reactor, ttl=config.cache.manifest_ttl,
-                                       tag_limit=config.cache.manifest_tags_in_memory, bus=bus)
+    cache = build_cache(config, db, reactor, bus=bus)  # None: [cache] enabled = false
+    blob_cache = cache.blobs if cache is not None else None
+    manifest_cache = cache.manifests if cache is not None else None
+    cache_db = cache.index_db if cache is not None else db  # the node's own blob index
     proxy = Proxy(upstreams, reactor, idle_timeout=config.upstream.idle_timeout,
                   blobs=blob_cache, manifests=manifest_cache,
                   resume_attempts=config.upstream.resume_attempts,
@@ -118,7 +105,7 @@ def build(config: Config, reactor: Any) -> dict:
     services = [
         DatabaseService(db),
         *([DatabaseService(cache_db)] if cache_db is not db else []),
-        *_cache_services(blob_cache, manifest_cache, reactor),
+        *_cache_services(cache),
         CallbackService(stop=accesslog.stop),
         *_bus_services(bus, upstreams),
         RetentionService(accesslogs, reactor, config.log.retention_days, config.log.max_rows),
@@ -186,16 +173,13 @@ def _bus_services(bus: Any, upstreams: UpstreamPool) -> list:
     return out
 
 
-def _cache_services(blobs, manifests, reactor) -> list:
+def _cache_services(cache: CacheParts | None) -> list:
     """Load the cache indexes after the pools start (retried until they load);
     write access times every 30 s (a failed write is retried, backing off) and
     at shutdown, then join the transfer threads."""
-    if blobs is None:
+    if cache is None:
         return []
-    from zmirror.cache.blobs import CacheUpkeep
-
-    upkeep = CacheUpkeep(blobs, manifests, reactor)
-    return [CallbackService(start=upkeep.start, stop=upkeep.stop)]
+    return [CallbackService(start=cache.upkeep.start, stop=cache.upkeep.stop)]
 
 
 def _upstream_pool(config: Config, reactor: Any, bus: Any = None, db: Any = None) -> UpstreamPool:

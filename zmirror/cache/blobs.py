@@ -1,72 +1,29 @@
-"""The blob cache's index and files: :class:`CacheBlobs`, the local blob source.
-
-Layout under the cache directory::
-
-    blobs/sha256/ab/abcdef...   verified blobs, named by digest
-    tmp/                        downloads in progress (emptied at start)
-    zmirror.lock                held (flock) by the one process using the directory
-
-**One process per cache directory** (:class:`CacheDirLock`): the index and the
-files describe one process's downloads; a second process on the same directory
-(two nodes on one machine left with the same ``[cache] dir``) would evict the
-other's files and overwrite its index.  At start the wiring takes an exclusive,
-non-blocking ``flock`` on ``zmirror.lock``; when another process holds it the
-start fails with :class:`CacheDirInUse` (a :class:`~zmirror.config.ConfigError`:
-one line, exit status 1).  The kernel releases the lock when its holder dies, so
-a crashed node leaves nothing to clean up; a node that stops releases it after
-its last index write.
-
-Three layers, three modules: this one keeps the index and the files (lookup,
-LRU eviction, persistence, the limits a download is admitted under);
-:mod:`zmirror.cache.download` fills a temp file from an upstream answer,
-verifies it and hands it to the index; :mod:`zmirror.transfer` sends bodies to
-clients (cached files and running downloads alike, by sendfile(2) on plain
-TCP).  Who decides between the cache and the upstreams, and makes the start of
-a download single-flight, is :class:`zmirror.registry.blobs.PullThroughBlobs`.
-
-When the cache disk fails a write, misses are relayed without storing for
-STORE_RETRY seconds (:meth:`CacheBlobs.storing`).
-
-Bounds: downloads hash and write on threads leased from one bounded pool
-(:class:`~zmirror.transfer.threads.TransferThreads`, never a queue of
-waiting transfers); the temp files of running downloads add up to at most
-``max_temp_bytes`` (default: ``max_size``); a download every client has left is finished only while at most
-``max_orphans`` of them, with at most ``max_orphan_bytes`` still to fetch, are
-running.  A miss beyond the first two bounds is relayed uncached
-(:class:`CacheUnavailable` from :meth:`CacheBlobs.admit`/:meth:`CacheBlobs.fill`);
-an orphan beyond the last is aborted and its temp file removed.
-
-The index (size, last access, repositories) lives in memory, loaded from the
-``cache_blobs`` table at start and written back in batches (the node's own
-database: the main one on SQLite, ``<dir>/index.sqlite`` on PostgreSQL, see
-:mod:`zmirror.cache.index`); eviction is least
-recently used first, accounted incrementally, and never deletes a blob while
-a reader holds it open.  The counters (``stats``) are changed only here and
-by the downloads of this cache.
-"""
+"""The local blob store: :class:`CacheBlobs`, the index in memory (lookup,
+LRU eviction, the limits a download is admitted under) over the verified blob
+files; an :class:`~zmirror.transfer.interfaces.IBlobSource` that answers None
+for what it does not hold.  Layout, bounds and persistence:
+docs/design/cache.md."""
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import hashlib
-import os
-import shutil
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from zmirror.cache.download import CacheUnavailable, Download, silent_unlink as _silent_unlink
+from zmirror.cache.blobindex import (BlobEntry, blob_relpath, check_files, compare, delete_blob_rows,
+                                     read_rows, rows_of, scan, sweep_tmp, upsert_blob_rows)
+from zmirror.cache.dirlock import CacheDirLock
+from zmirror.cache.download import CacheUnavailable, Download, silent_unlink
 from zmirror.cache.gate import LoadGate
-from zmirror.config import ConfigError, private_dir
-from zmirror.transfer import OCTET_STREAM, BlobInfo, FileBody, IBlobSource, range_headers
 from zmirror.httpbody import discard
+from zmirror.transfer.bodies import FileBody
+from zmirror.transfer.interfaces import OCTET_STREAM, BlobInfo, IBlobSource
+from zmirror.transfer.ranges import range_headers
 from zmirror.transfer.threads import TRANSFER_THREADS, TransferThreads
 
 log = Logger()
@@ -74,130 +31,11 @@ log = Logger()
 # After the cache disk failed a write (full, read-only, gone), misses are relayed
 # without storing for this long before the cache tries again.
 STORE_RETRY = 60.0
-# At start, blob files the index lost are hashed before being adopted, up to this many bytes.
-ADOPT_VERIFY_MAX = 4 << 30
 
 # Downloads every client has left are finished while at most this many run,
 # with at most this many bytes left to fetch between them; beyond, aborted.
 MAX_ORPHANS = 4
 MAX_ORPHAN_BYTES = 2 << 30
-
-# Background work of the cache (start, index writes) that failed is retried after
-# RETRY_FIRST s, doubling on each further failure up to RETRY_MAX s.
-RETRY_FIRST = 5.0
-RETRY_MAX = 300.0
-
-
-LOCK_FILE = "zmirror.lock"
-
-
-class CacheDirInUse(ConfigError):
-    """Another process holds the cache directory's lock."""
-
-
-class CacheDirLock:
-    """The exclusive ``flock`` on ``<cache dir>/zmirror.lock`` (module doc).
-
-    :meth:`acquire` (blocking file system calls: at start, before the reactor
-    runs) creates the directory (0700) and the file (0600), takes the lock or
-    raises :class:`CacheDirInUse`, and writes this process's id into the file
-    (only for the message another process shows).  A file system without
-    locks, or a lock file that cannot be created, is logged and not held: the
-    cache's own start then meets the same disk.  :meth:`release` (or the
-    process's end) lets it go.
-    """
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.path = self.root / LOCK_FILE
-        self._fd: Optional[int] = None
-        self._pid: Optional[int] = None  # written into the file
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    @classmethod
-    def take(cls, root: Path) -> "CacheDirLock":
-        lock = cls(root)
-        lock.acquire()
-        return lock
-
-    def acquire(self) -> None:
-        """Take the lock (see the class doc); when held already, only write this
-        process's id again (twistd takes it in the process that forks the daemon)."""
-        if self._fd is not None:
-            self._write_pid()
-            return
-        try:
-            for w in private_dir(self.root, "cache directory"):
-                log.warn("{problem}", problem=w)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            log.warn("cache directory {root}: cannot create its lock file ({error}); not checking "
-                     "that no other process uses it", root=str(self.root), error=e.strerror or e)
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = _lock_holder(fd) if e.errno in (errno.EAGAIN, errno.EACCES) else None
-            os.close(fd)
-            if e.errno not in (errno.EAGAIN, errno.EACCES):  # ENOLCK, EOPNOTSUPP: no locks here
-                log.warn("cache directory {root}: cannot lock {file} ({error}); not checking "
-                         "that no other process uses it", root=str(self.root), file=LOCK_FILE,
-                         error=e.strerror or e)
-                return
-            raise CacheDirInUse(
-                f"cache directory {self.root} is in use by another zmirror process"
-                f"{f' (pid {holder})' if holder else ''}: each node needs its own [cache] dir"
-            ) from None
-        self._fd = fd
-        self._write_pid()
-
-    def _write_pid(self) -> None:
-        pid = os.getpid()
-        if self._fd is None or self._pid == pid:
-            return
-        try:
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, f"{pid}\n".encode(), 0)
-            self._pid = pid
-        except OSError:
-            pass  # only informative
-
-    def release(self) -> None:
-        fd, self._fd, self._pid = self._fd, None, None
-        if fd is not None:
-            os.close(fd)  # closing the last descriptor of the open file releases the lock
-
-    def __del__(self) -> None:
-        try:
-            self.release()
-        except Exception:
-            pass
-
-
-def _lock_holder(fd: int) -> Optional[int]:
-    """The process id the holder wrote into the lock file, if readable."""
-    try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() and len(text) <= 10 else None
-
-
-@dataclass
-class BlobEntry:
-    digest: str
-    size: int
-    last_access: float
-    readers: int = 0
-    repos: set = field(default_factory=set)
-
-
-def _blob_relpath(digest: str) -> str:
-    algo, hexd = digest.split(":", 1)
-    return os.path.join("blobs", algo, hexd[:2], hexd)
 
 
 @implementer(IBlobSource)
@@ -286,26 +124,16 @@ class CacheBlobs:
             # First thing of the first start only: when a failed start is retried,
             # downloads begun in between have their temp files there.
             self._swept = True
-            await self._in_thread(self._sweep_tmp)
-        rows = await self.db.query("SELECT digest, size, last_access FROM cache_blobs ORDER BY last_access")
-        repos = await self.db.query("SELECT digest, repository FROM cache_blob_repos")
-        present = await self._in_thread(self._scan)
-        known, stale, damaged = set(), [], []
-        for r in rows:
-            digest, size = r["digest"], int(r["size"])
-            if digest not in present:
-                stale.append(digest)  # file gone (deleted by hand): forget it
-            elif present[digest] != size:
-                stale.append(digest)
-                damaged.append(digest)
-            else:
-                known.add(digest)
-                if digest not in self.entries:  # a retried start keeps what it has
-                    self._add(BlobEntry(digest, size, float(r["last_access"])))
-        unknown = [d for d in present if d not in known and d not in damaged]
+            await self._in_thread(sweep_tmp, self.root)
+        rows, repos = await read_rows(self.db)
+        present = await self._in_thread(scan, self.root)
+        found = compare(rows, present)
+        for digest, size, last_access in found.known:
+            if digest not in self.entries:  # a retried start keeps what it has
+                self._add(BlobEntry(digest, size, last_access))
         verified, dropped = [], []
-        if unknown or damaged:
-            verified, dropped = await self._in_thread(self._check_files, unknown, damaged)
+        if found.unknown or found.damaged:
+            verified, dropped = await self._in_thread(check_files, self.root, found.unknown, found.damaged)
         for digest, why in dropped:
             log.warn("cached blob {d} deleted at start: {why}", d=digest, why=why)
         for r in repos:
@@ -319,80 +147,13 @@ class CacheBlobs:
             if digest not in self.entries:
                 self._add(BlobEntry(digest, present[digest], now))
             adopted.append(digest)
-        if stale:
-            await self.db.write(_delete_blob_rows, stale)
+        if found.stale:
+            await self.db.write(delete_blob_rows, found.stale)
         if adopted:
             self._dirty.update(adopted)
             await self.flush_index()
         log.info("blob cache: {n} blobs, {size} bytes in {root}", n=len(self.entries), size=self.size,
                  root=str(self.root))
-
-    def _check_files(self, unknown: list, damaged: list) -> tuple[list, list]:
-        """(thread) Delete ``damaged`` files; hash the ``unknown`` ones (up to
-        ADOPT_VERIFY_MAX bytes in all, the rest are deleted: the cache refetches).
-        Returns (digests whose content matches their name, [(digest, why deleted)])."""
-        good, dropped, budget = [], [], ADOPT_VERIFY_MAX
-        for digest in damaged:
-            dropped.append((digest, "its size differs from the index (cut short by a crash?)"))
-            _silent_unlink(self.path(digest))
-        for digest in unknown:
-            path = self.path(digest)
-            algo, hexd = digest.split(":", 1)
-            try:
-                size = path.stat().st_size
-                if size > budget:
-                    raise ValueError("over the verification budget")
-                budget -= size
-                h = hashlib.new(algo)
-                with open(path, "rb", buffering=0) as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        h.update(chunk)
-                ok = h.hexdigest() == hexd
-            except (OSError, ValueError) as e:
-                dropped.append((digest, f"not in the index and not verifiable ({e})"))
-                _silent_unlink(path)
-                continue
-            if ok:
-                good.append(digest)
-            else:
-                dropped.append((digest, "not in the index and its content does not match its digest"))
-                _silent_unlink(path)
-        return good, dropped
-
-    def _make_root(self) -> None:
-        """(thread) The cache directory, 0700 whatever the umask (an existing one
-        that group or others may use is restricted, with a warning)."""
-        for w in private_dir(self.root, "cache directory"):
-            log.warn("{problem}", problem=w)
-
-    def _sweep_tmp(self) -> None:
-        """(thread) Empty tmp/ in place (it never disappears, not even for a moment)."""
-        self._make_root()
-        tmp = self.root / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        for entry in os.scandir(tmp):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                _silent_unlink(entry.path)
-
-    def _scan(self) -> dict[str, int]:
-        self._make_root()
-        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
-        out: dict[str, int] = {}
-        base = self.root / "blobs"
-        if not base.exists():
-            return out
-        for algo in os.scandir(base):
-            if not algo.is_dir():
-                continue
-            for prefix in os.scandir(algo.path):
-                if not prefix.is_dir():
-                    continue
-                for f in os.scandir(prefix.path):
-                    if f.is_file():
-                        out[f"{algo.name}:{f.name}"] = f.stat().st_size
-        return out
 
     async def flush_index(self) -> None:
         """Write changed entries (new blobs, access times) in one transaction.
@@ -405,15 +166,9 @@ class CacheBlobs:
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()
-        rows, repo_rows = [], []
-        for d in dirty:
-            e = self.entries.get(d)
-            if e is None:
-                continue
-            rows.append((e.digest, e.size, e.last_access, e.last_access))
-            repo_rows.extend((e.digest, r) for r in e.repos)
+        rows, repo_rows = rows_of(self.entries, dirty)
         try:
-            await self.db.write(_upsert_blob_rows, rows, repo_rows)
+            await self.db.write(upsert_blob_rows, rows, repo_rows)
         except BaseException:
             self._dirty |= dirty  # rows are rebuilt from the entries then (evicted ones drop out)
             raise
@@ -427,7 +182,7 @@ class CacheBlobs:
         self.size += e.size
 
     def path(self, digest: str) -> Path:
-        return self.root / _blob_relpath(digest)
+        return self.root / blob_relpath(digest)
 
     def lookup(self, digest: str) -> Optional[BlobEntry]:
         return self.entries.get(digest)
@@ -459,11 +214,11 @@ class CacheBlobs:
         e = self.entries.pop(digest, None)
         if e is not None:
             self.size -= e.size
-        self.db.write(_delete_blob_rows, [digest])
+        self.db.write(delete_blob_rows, [digest])
 
     def _unlink(self, digest: str) -> Deferred:
         p = self.path(digest)
-        return self._in_thread(_silent_unlink, p)
+        return self._in_thread(silent_unlink, p)
 
     async def evict(self) -> int:
         """Delete least recently used blobs until the cache fits ``max_size``."""
@@ -480,7 +235,7 @@ class CacheBlobs:
                 self._unlink(digest)
         if victims:
             self.stats["evictions"] += len(victims)
-            await self.db.write(_delete_blob_rows, victims)
+            await self.db.write(delete_blob_rows, victims)
         return len(victims)
 
     async def delete(self, *, digest: Optional[str] = None, repository: Optional[str] = None) -> int:
@@ -499,7 +254,7 @@ class CacheBlobs:
             else:
                 self._unlink(d)
         if targets:
-            await self.db.write(_delete_blob_rows, targets)
+            await self.db.write(delete_blob_rows, targets)
         return len(targets)
 
     def summary(self) -> dict:
@@ -548,7 +303,7 @@ class CacheBlobs:
 
     async def open(self, repo: str, digest: str, byte_range: Optional[str], *,
                    record: Any = None) -> Optional[FileBody]:
-        """A :class:`~zmirror.transfer.FileBody` of the cached blob (a hit,
+        """A :class:`~zmirror.transfer.bodies.FileBody` of the cached blob (a hit,
         counted; the file is held open until it was sent), or None when it is
         not (or no longer) here; RANGE_INVALID for a range it cannot satisfy."""
         e = self.entries.get(digest)
@@ -684,105 +439,3 @@ class CacheBlobs:
             await self.flush_index()  # a failure leaves the rows dirty for the flusher
         finally:
             await self.evict()
-
-
-def _delete_blob_rows(txn, digests):
-    for i in range(0, len(digests), 500):
-        part = digests[i:i + 500]
-        marks = ",".join("?" * len(part))
-        txn.execute(f"DELETE FROM cache_blobs WHERE digest IN ({marks})", part)
-        txn.execute(f"DELETE FROM cache_blob_repos WHERE digest IN ({marks})", part)
-
-
-def _upsert_blob_rows(txn, rows, repo_rows):
-    txn.executemany(
-        "INSERT INTO cache_blobs (digest, size, created_at, last_access) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT(digest) DO UPDATE SET last_access = excluded.last_access, size = excluded.size",
-        rows,
-    )
-    txn.executemany("INSERT INTO cache_blob_repos (digest, repository) VALUES (?, ?)"
-                    " ON CONFLICT DO NOTHING", repo_rows)
-
-
-def retry_delay(failures: int) -> float:
-    """Seconds before the next try after ``failures`` failures in a row."""
-    return min(RETRY_FIRST * 2 ** (failures - 1), RETRY_MAX)
-
-
-class CacheUpkeep:
-    """The caches' background work, run by a service (zmirror/wiring.py).
-
-    ``start()``: load the blob and manifest indexes (each retried after a
-    failure, backing off, until it worked) and write the blob index every
-    ``interval`` s; a failed write keeps its rows dirty and is retried sooner,
-    backing off, then the usual interval resumes.  ``stop()``: abort the
-    downloads still running, write the index once more, join the transfer
-    threads.
-    """
-
-    def __init__(self, blobs: CacheBlobs, manifests: Any, clock: Any, *, interval: float = 30.0):
-        self.blobs = blobs
-        self.manifests = manifests
-        self.clock = clock
-        self.interval = interval
-        self.failures: dict[str, int] = {}  # consecutive failures per job
-        self._calls: dict[str, Any] = {}
-        self._stopped = False
-
-    def start(self) -> None:
-        self._stopped = False
-        dir_lock = getattr(self.blobs, "dir_lock", None)
-        if dir_lock is not None:
-            dir_lock.acquire()  # again, after a stop (held already from the wiring)
-        self._run("blob cache start", self.blobs.start, lambda: None)
-        if self.manifests is not None:
-            self._run("manifest cache start", self.manifests.start, lambda: None)
-        self._later("blob index write", self.interval, self._flush)
-
-    def _flush(self) -> None:
-        self._run("blob index write", self.blobs.flush_index,
-                  lambda: self._later("blob index write", self.interval, self._flush))
-
-    def _run(self, job: str, f: Callable[[], Any], ok: Callable[[], None]) -> None:
-        d = Deferred.fromCoroutine(f())
-
-        def worked(_):
-            self.failures[job] = 0
-            if not self._stopped:
-                ok()
-
-        def failed(failure):
-            n = self.failures[job] = self.failures.get(job, 0) + 1
-            delay = retry_delay(n)
-            log.failure("{job} failed ({n} in a row); retrying in {delay:g} s", failure,
-                        job=job, n=n, delay=delay)
-            self._later(job, delay, lambda: self._run(job, f, ok))
-
-        d.addCallbacks(worked, failed)
-
-    def _later(self, job: str, delay: float, f: Callable[[], None]) -> None:
-        if self._stopped:
-            return
-        self._calls[job] = self.clock.callLater(delay, f)
-
-    def stop(self) -> Deferred:
-        self._stopped = True
-        for call in self._calls.values():
-            if call.active():
-                call.cancel()
-        self._calls.clear()
-        self.blobs.abort_downloads()
-
-        async def last_write():
-            try:
-                await self.blobs.flush_index()
-            finally:
-                self.blobs.transfers.stop()
-                dir_lock = getattr(self.blobs, "dir_lock", None)
-                if dir_lock is not None:
-                    dir_lock.release()
-
-        return Deferred.fromCoroutine(last_write())
-
-
-BlobCache = CacheBlobs  # the name used before the blob sources (wiring, tests, admin)

@@ -1,15 +1,7 @@
-"""The download of one blob into the cache: fill, verify, hand over to the index.
-
-A :class:`Download` writes an upstream's body to a temp file under ``tmp/``
-(hash + write on a worker thread, never paced by any one client; from a
-plain-TCP upstream the body is moved in the kernel, see kernelcopy.py),
-verifies it against its digest and only then renames it into ``blobs/`` and
-tells the cache (:meth:`~zmirror.cache.blobs.CacheBlobs.download_finished`).
-Its clients follow the growing temp file at their own pace
-(:meth:`Download.follow` → :class:`~zmirror.transfer.FollowerProducer`); the
-last byte is released only after verification, and a corrupt or truncated
-download aborts its clients and leaves nothing behind.
-"""
+"""The download of one blob into the cache: a :class:`Download` fills a temp
+file from an upstream answer, verifies it and hands it to the index; its
+clients follow the growing file (:meth:`Download.follow`) and get the last byte
+only after verification (see docs/design/cache.md)."""
 
 from __future__ import annotations
 
@@ -22,8 +14,10 @@ from twisted.logger import Logger
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
-from zmirror.cache import kernelcopy
-from zmirror.transfer import OCTET_STREAM, FollowerProducer, blob_content_type, enlarge_reads
+import zmirror.cache.kernelcopy as kernelcopy
+from zmirror.transfer.connections import enlarge_reads
+from zmirror.transfer.follower import FollowerProducer
+from zmirror.transfer.interfaces import OCTET_STREAM, blob_content_type
 from zmirror.transfer.threads import DigestWorker
 from zmirror.httpbody import failure_text
 

@@ -1,27 +1,7 @@
-"""Where a node keeps the index of its own blob cache.
-
-The blob cache's files are the node's own ([cache] dir on its disk), so is
-their index (the tables ``cache_blobs`` and ``cache_blob_repos``,
-:data:`BLOB_TABLES`):
-
-- on SQLite (one node) it stays in the main database, as it always was;
-- on PostgreSQL (several nodes share the database) each node keeps it in a
-  SQLite file next to the files it describes, ``<[cache] dir>/index.sqlite``
-  (:data:`INDEX_FILE`), so no node's index claims another node's files and
-  no node's eviction deletes another node's rows.  Nodes on one machine
-  therefore each need their own ``[cache] dir``.
-
-The file is created 0600 and migrated like the main SQLite database
-(:func:`zmirror.db.migrate`: the same schema; only its blob tables are used).
-The blob tables of the PostgreSQL database stay empty.
-
-The manifest cache (:data:`MANIFEST_TABLES`: ``cache_manifests``,
-``cache_tags``, ``cache_manifest_repos``) holds no files: it is kept in the
-main database on both engines (:mod:`zmirror.cache.manifests`), so on
-PostgreSQL every node serves what one of them fetched.  Manifest rows an
-earlier version kept in a node's ``index.sqlite`` are no longer read (nor
-deleted): those manifests are simply fetched again.
-"""
+"""Where a node keeps the index of its own blob cache (:data:`BLOB_TABLES`):
+the main database on SQLite, the node-local ``<[cache] dir>/index.sqlite``
+(:data:`INDEX_FILE`) on PostgreSQL; the manifest cache (:data:`MANIFEST_TABLES`)
+always uses the main database.  See docs/design/cache.md."""
 
 from __future__ import annotations
 

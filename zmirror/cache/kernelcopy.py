@@ -1,22 +1,8 @@
-"""Filling the cache from a plain-TCP upstream without the bytes entering Python.
-
-When an upstream answers a blob GET over plain TCP with a known length, the
-body goes from the socket through a pipe into the temp file with splice(2)
-(one copy, into the page cache); a second thread hashes the file from the page
-cache through mmap(2), and clients follow the file with sendfile(2).  The
-relay through Python copied every byte four times (recv, write, read, send);
-here the only copy is into the page cache, and the proxy's CPU for a cold
-256 MiB blob went from ~0.33 to ~0.27 core-seconds, about half of it sha256.
-
-:class:`SpliceFill` has the interface of :class:`DigestWorker` that
-:class:`~zmirror.cache.blobs.Download` uses: ``finish()`` fires with the
-digest once every byte is on disk and hashed, ``error`` tells why not,
-``abort()`` stops it.  Both threads own duplicates of the descriptors they use
-and close them themselves, so the reactor closing its own never races them.
-The two threads come from a lease of the cache's bounded
-:class:`~zmirror.transfer.threads.TransferThreads`; a download that
-cannot lease two goes through Python (one thread) instead.
-"""
+"""Filling the cache from a plain-TCP upstream without the bytes entering Python:
+splice(2) from the socket through a pipe into the temp file, a second thread
+hashing the file through mmap(2).  :class:`SpliceFill` has the interface of
+the :class:`~zmirror.transfer.threads.DigestWorker` that
+:class:`~zmirror.cache.download.Download` uses (see docs/design/cache.md)."""
 
 from __future__ import annotations
 

@@ -1,53 +1,7 @@
-"""Manifest cache: bodies by digest (kept for good), tags with a fetch time.
-
-The local store of :class:`zmirror.registry.manifests.PullThroughManifests`
-(which decides hit, miss, revalidation and stale serving); this module only
-stores and looks up, and keeps the counters ``GET /api/cache`` reports
-(changed only by its own methods: :meth:`ManifestCache.count_hit`,
-:meth:`~ManifestCache.count_miss`, :meth:`~ManifestCache.refresh`).  The
-counters are this node's own.
-
-The database is the backing store of everything; memory holds bounded LRU
-copies so that a hot manifest costs no I/O: bodies (up to ``memory_limit``
-bytes), tag entries (up to ``tag_limit``; the most recently fetched ones are
-loaded at start) and which repositories a digest was seen in (up to
-``repo_limit`` pairs).  Whatever is not in memory is looked up in the database
-before it counts as a miss; a lookup the database fails is logged and counts
-as a miss (the upstream answers).
-
-Which database: the main one (``db``) on both engines.  On SQLite that is the
-one node's database, as it always was; on PostgreSQL it is the database every
-node shares, so a manifest one node fetched is served by all of them without
-asking the upstream (Docker Hub counts each manifest GET against its pull
-limit).  It holds no files, unlike the blob index, which stays node-local
-(:mod:`zmirror.cache.index`).  Manifest rows a node kept in its local
-``index.sqlite`` before (PostgreSQL nodes of an earlier version) are no longer
-used: nothing is lost, those manifests are fetched once more.
-
-Several nodes write the same rows at the same moment, so every write is an
-upsert that cannot fail on a duplicate (``ON CONFLICT``, both engines), and a
-tag's ``fetched_at`` only moves forward: a store or a refresh older than the
-row is ignored, so a tag re-pointed to a new digest by one node wins by its
-fetch time (the nodes' clocks are compared: keep them in step, e.g. NTP).  A tag entry in memory is served while it is younger than the TTL,
-counted from the ``fetched_at`` of the row it was read from (or that this node
-wrote); once it is stale the shared row is read again before the upstream is
-asked (another node may have refreshed or moved it; a row another node
-deleted drops the entry), and a refresh that finds the row gone or newer drops
-the entry too.  A delete (``DELETE /api/cache``: the shared rows go at once)
-is published on the cluster bus (:data:`DELETE_EVENT`): the other nodes drop
-their memory copies of the repository's tags, of the digest, and of the bodies
-they know belong to the repository.  A tag moved on one node is not announced:
-another node may serve its in-memory copy of that tag until the copy's TTL runs
-out, and a body by digest (content-addressed: the same bytes wherever they come
-from) it could not tell belonged to a deleted repository until it leaves that
-node's memory.
-
-A tag maps to one digest per media type, because upstreams answer a tag with
-different manifests for different Accept sets (a list or one of its children).
-A cached manifest is only served to a client whose Accept admits its type.
-Only valid media types and digests are cached: rows that are not (written by
-an older version) are ignored.
-"""
+"""Manifest cache: bodies by digest (kept for good), tags with a fetch time, in
+the main database (shared by the nodes on PostgreSQL) with bounded LRU copies
+in memory; a delete is published on the cluster bus (:data:`DELETE_EVENT`).
+See docs/design/cache.md."""
 
 from __future__ import annotations
 
@@ -60,7 +14,7 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from zmirror.cache.gate import LoadGate
-from zmirror.oci.mediatypes import acceptable, content_media_type, valid_media_type  # noqa: F401
+from zmirror.oci.mediatypes import acceptable, valid_media_type
 
 log = Logger()
 

@@ -26,7 +26,9 @@ from zope.interface import implementer
 
 from zmirror.cache.download import CacheUnavailable
 from zmirror.singleflight import SingleFlight
-from zmirror.transfer import BlobInfo, DownloadBody, IBlobBody, IBlobSource, range_headers
+from zmirror.transfer.bodies import DownloadBody
+from zmirror.transfer.interfaces import BlobInfo, IBlobBody, IBlobSource
+from zmirror.transfer.ranges import range_headers
 
 
 @implementer(IBlobSource)

@@ -2,11 +2,11 @@
 
 ``Proxy.pull(pull_request)`` returns a result object with ``send(request)``:
 :class:`BytesResult` for manifests, tag lists and HEADs (small bodies held in
-memory) or, for blob bodies, an :class:`~zmirror.transfer.IBlobBody` (sent with
+memory) or, for blob bodies, an :class:`~zmirror.transfer.interfaces.IBlobBody` (sent with
 backpressure, never buffered).  Every answer comes from a source; here it only
 gets its headers:
 
-- blobs from one :class:`~zmirror.transfer.IBlobSource`
+- blobs from one :class:`~zmirror.transfer.interfaces.IBlobSource`
   (:class:`~zmirror.registry.blobs.PullThroughBlobs`: the cache in front of
   :class:`~zmirror.upstream.blobs.RemoteBlobs`);
 - manifests from a :class:`~zmirror.registry.manifests.ManifestSource` (the
@@ -70,8 +70,8 @@ class Proxy:
         self.pool = pool
         self.clock = clock
         self.idle_timeout = idle_timeout
-        self.blobs = blobs  # zmirror.cache.CacheBlobs or None
-        self.manifests = manifests  # zmirror.cache.ManifestCache or None
+        self.blobs = blobs  # zmirror.cache.blobs.CacheBlobs or None
+        self.manifests = manifests  # zmirror.cache.manifests.ManifestCache or None
         self.failover = Failover(pool, clock)
         if blob_source is None:
             remote = RemoteBlobs(self.failover, clock, idle_timeout=idle_timeout,

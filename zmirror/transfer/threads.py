@@ -1,21 +1,6 @@
-"""Hashing (and optionally writing) a byte stream on a worker thread.
-
-Relaying a blob costs the reactor thread little; hashing it costs about as
-much again.  ``hashlib`` releases the GIL for large updates, so a worker
-thread computes the digest on the other core while the reactor keeps
-relaying.  The same thread can write the bytes to a file (the cache tee),
-keeping blocking disk writes off the reactor thread.
-
-Threads come from :class:`TransferThreads`, a bounded pool: a transfer holds
-its thread from its first byte to its last, so the pool never queues work
-(a queued transfer would wait for another one to end, its upstream connection
-paused meanwhile); a transfer that gets no thread takes another path (the
-relay hashes inline, a cache miss is relayed uncached).
-
-Flow control: ``update`` returns False once more than ``high_water`` bytes are
-queued; the caller pauses its producer and ``on_drained`` is called (in the
-reactor thread) when the queue is below ``low_water`` again.
-"""
+"""Hashing (and optionally writing) a byte stream on a worker thread, with
+threads leased from a bounded pool that never queues a transfer
+(see docs/design/transfer.md)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Every request goes through :class:`~zmirror.upstream.failover.Failover`
 (priority order, health memory, one generic client error).  ``stat`` is a HEAD,
 ``open`` a GET relayed to the client as it arrives
-(:class:`~zmirror.transfer.RelayBody`: the whole blob verified against its
+(:class:`~zmirror.upstream.relay.RelayBody`: the whole blob verified against its
 digest, a client's single range passed on as an unverifiable partial answer),
 ``fetch`` the GET a cache download is filled from (:class:`UpstreamBlob`).
 
@@ -42,7 +42,10 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
 from zmirror.oci.errors import RegistryError
-from zmirror.transfer import BlobInfo, IBlobSource, RelayBody, blob_content_type, enlarge_reads, single_range
+from zmirror.transfer.connections import enlarge_reads
+from zmirror.transfer.interfaces import BlobInfo, IBlobSource, blob_content_type
+from zmirror.transfer.ranges import single_range
+from zmirror.upstream.relay import RelayBody
 from zmirror.upstream.client import Upstream, UpstreamError
 from zmirror.httpbody import discard, failure_text
 from zmirror.oci.names import namespace_of, remote_of
