@@ -50,7 +50,7 @@ class IBus(Interface):
         """Call ``callback(tables)`` when shared tables changed."""
 
 
-class _Subscribers:
+class Subscribers:
     """The subscriber lists every bus keeps; a callback that raises is logged."""
 
     def __init__(self) -> None:
@@ -84,7 +84,7 @@ class _Subscribers:
 
 
 @implementer(IBus)
-class LocalBus(_Subscribers):
+class LocalBus(Subscribers):
     """A node alone (SQLite): publishing reaches nobody."""
 
     def publish(self, kind: str, data: dict) -> Deferred:
@@ -110,7 +110,7 @@ class LoopbackHub:
 
 
 @implementer(IBus)
-class LoopbackBus(_Subscribers):
+class LoopbackBus(Subscribers):
     def __init__(self, hub: LoopbackHub):
         super().__init__()
         self.hub = hub

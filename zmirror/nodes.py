@@ -111,7 +111,7 @@ class NodeHeartbeat(Service):
                  address: str = "", version: str = __version__, interval: float = HEARTBEAT,
                  retention: float = RETENTION, stale_after: Optional[float] = None,
                  instance: Optional[str] = None):
-        from zmirror.db import latest_version
+        from zmirror.db.schema import latest_version
 
         self.db = db
         self.clock = clock

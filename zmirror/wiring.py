@@ -19,7 +19,7 @@ from zmirror.cache import CacheBlobs, ManifestCache
 from zmirror.cache.blobs import CacheDirLock
 from zmirror.cache.index import open_cache_index
 from zmirror.config import Config
-from zmirror.db import connect_config, migrate_config, open_database
+from zmirror.db.engine import connect_config, migrate_config, open_database
 from zmirror.db.accesslogs import AccessLogStore, RetentionService
 from zmirror.db.registries import RegistryStore
 from zmirror.net import TrustedProxies, base_url

@@ -261,6 +261,17 @@ def is_hash(configured: str) -> bool:
         return False
 
 
+def is_wellformed_hash(value: str) -> bool:
+    """Whether ``value`` parses as a hash of its scheme (:func:`is_hash` only
+    recognises the scheme)."""
+    try:
+        handler = _admin_context.identify(value, resolve=True)
+        handler.from_string(value)
+    except Exception:  # passlib: ValueError / TypeError / a missing backend
+        return False
+    return True
+
+
 def hash_admin_password(password: str) -> str:
     """A hash suitable for ``[admin] password`` in config.toml."""
     return _admin_context.hash(password)

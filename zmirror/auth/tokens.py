@@ -90,7 +90,7 @@ def shared_secret(conn: Any, local: Callable[[], bytes], *, now: float) -> bytes
     start at once all end up with the secret of the one whose insert won.
 
     ``conn``: a blocking DB-API connection in autocommit mode taking ``?``
-    placeholders (:func:`zmirror.db.connect_config`).  Blocking: call at start.
+    placeholders (:func:`zmirror.db.engine.connect_config`).  Blocking: call at start.
     The secret is never put in an error message.
     """
 
@@ -126,7 +126,8 @@ def load_secret(config: Any, clock: Any) -> bytes:
     :func:`shared_secret` on PostgreSQL (seeded from this node's ``token.key``,
     so a database moved over with ``zmirror db copy`` keeps the tokens of the
     node that first starts on it).  Blocking: call at start."""
-    from zmirror.db import DatabaseError, connect_config, describe, is_postgresql
+    from zmirror.db.engine import connect_config, describe, is_postgresql
+    from zmirror.db.errors import DatabaseError, one_line
 
     if not is_postgresql(config):
         return load_or_create_secret(config.data_dir)
@@ -137,10 +138,8 @@ def load_secret(config: Any, clock: Any) -> bytes:
     except SecretError:
         raise
     except Exception as e:  # the driver's error: one line, no secret in it
-        from zmirror.db.postgresql import _one_line
-
         raise DatabaseError(f"{describe(config)}: cannot read the token secret: "
-                            f"{_one_line(e)}") from None
+                            f"{one_line(e)}") from None
     finally:
         conn.close()
 

@@ -12,7 +12,7 @@ their index (the tables ``cache_blobs`` and ``cache_blob_repos``,
   therefore each need their own ``[cache] dir``.
 
 The file is created 0600 and migrated like the main SQLite database
-(:func:`zmirror.db.migrate`: the same schema; only its blob tables are used).
+(:func:`zmirror.db.sqlite.migrate`: the same schema; only its blob tables are used).
 The blob tables of the PostgreSQL database stay empty.
 
 The manifest cache (:data:`MANIFEST_TABLES`: ``cache_manifests``,
@@ -47,7 +47,8 @@ def open_cache_index(config: Any, db: Any, reactor: Any):
     on PostgreSQL the node-local SQLite file (migrated now: blocking, call at
     start; its pools not started: a :class:`~zmirror.service.DatabaseService`
     does).  The manifest cache always uses ``db``."""
-    from zmirror.db import Database, is_postgresql, migrate
+    from zmirror.db.engine import is_postgresql
+    from zmirror.db.sqlite import Database, migrate
 
     if not is_postgresql(config):
         return db

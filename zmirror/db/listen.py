@@ -28,7 +28,7 @@ cut: TCP keepalives, ``tcp_user_timeout`` and a ``SELECT 1`` every
 :data:`PING` idle seconds notice it): the thread closes the connection and
 waits for the reactor to tell it to try again, after a backoff on the injected
 clock (:data:`BACKOFF_FIRST` doubling up to :data:`BACKOFF_MAX`).  After every
-successful (re)connect the bus calls :meth:`~zmirror.cluster._Subscribers.resync`
+successful (re)connect the bus calls :meth:`~zmirror.cluster.Subscribers.resync`
 with every table: what changed while nobody listened is re-read (the first
 connect too: changes between the stores' first load and the ``LISTEN`` would be
 missed otherwise).
@@ -55,7 +55,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from zmirror.cluster import IBus, _Subscribers
+from zmirror.cluster import IBus, Subscribers
 from zmirror.db.postgresql import CONNECT_TIMEOUT, redact_url
 from zmirror.db.watch import TABLES
 
@@ -78,7 +78,7 @@ _KEEPALIVE = dict(keepalives=1, keepalives_idle=10, keepalives_interval=5, keepa
 
 
 @implementer(IBus)
-class PostgresBus(_Subscribers, Service):
+class PostgresBus(Subscribers, Service):
     """The IBus of the nodes sharing one PostgreSQL database (a Service: start
     it after the database's pools, stop it before they close).
 
@@ -90,7 +90,7 @@ class PostgresBus(_Subscribers, Service):
 
     def __init__(self, url: str, db: Any, reactor: Any, *, clock: Any = None,
                  connect: Optional[Callable[[str], Any]] = None, tables: tuple = TABLES):
-        _Subscribers.__init__(self)
+        Subscribers.__init__(self)
         self.url = url
         self.db = db
         self.reactor = reactor

@@ -28,7 +28,9 @@ from urllib.parse import urlsplit, urlunsplit
 from twisted.enterprise import adbapi
 from twisted.logger import Logger
 
+from zmirror.db.errors import DatabaseError, one_line
 from zmirror.db.pools import Pools
+from zmirror.db.schema import latest_version, migration_files, split_sql
 
 log = Logger()
 
@@ -114,8 +116,6 @@ def connect(url: str, *, autocommit: bool = False):
 
 def _require() -> None:
     if psycopg is None:
-        from zmirror.db import DatabaseError
-
         raise DatabaseError("[database] url needs the psycopg package: pip install 'psycopg[binary]'")
 
 
@@ -140,9 +140,7 @@ def to_postgresql(sql: str) -> str:
 
 def migrations() -> list[tuple[int, str, str]]:
     """``[(version, filename, sql)]`` for PostgreSQL: the override file where there is one."""
-    from zmirror.db import _migration_files
-
-    base, overrides = _migration_files()
+    base, overrides = migration_files()
     out = []
     for version, name, sql in base:
         if version in overrides:
@@ -159,13 +157,11 @@ def migrate(url: str) -> int:
     Blocking: call at start, before the reactor runs.  Nodes starting together
     take turns (advisory lock); each migration is one transaction.
     """
-    from zmirror.db import DatabaseError, _split_sql, latest_version
-
     where = redact_url(url)
     try:
         conn = connect(url, autocommit=True)
     except psycopg.Error as e:
-        raise DatabaseError(f"{where}: cannot connect: {_one_line(e)}") from None
+        raise DatabaseError(f"{where}: cannot connect: {one_line(e)}") from None
     try:
         conn.execute("SELECT pg_advisory_lock(?)", (MIGRATION_LOCK,))
         try:
@@ -182,18 +178,18 @@ def migrate(url: str) -> int:
                     continue
                 try:
                     with conn.transaction():
-                        for statement in _split_sql(sql):
+                        for statement in split_sql(sql):
                             _exec_raw(conn, statement)
                         conn.execute("DELETE FROM schema_version")
                         conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
                 except psycopg.Error as e:
-                    raise DatabaseError(f"{where}: migration {name} failed: {_one_line(e)}") from None
+                    raise DatabaseError(f"{where}: migration {name} failed: {one_line(e)}") from None
                 current = version
             return current
         finally:
             conn.execute("SELECT pg_advisory_unlock(?)", (MIGRATION_LOCK,))
     except psycopg.Error as e:
-        raise DatabaseError(f"{where}: {_one_line(e)}") from None
+        raise DatabaseError(f"{where}: {one_line(e)}") from None
     finally:
         conn.close()
 
@@ -204,16 +200,12 @@ def _exec_raw(conn, statement: str) -> None:
         cur.execute(statement.encode("utf-8"))
 
 
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())[:300]
-
-
 # --- the pools --------------------------------------------------------------------------
 
 
 class PostgresDatabase(Pools):
     """Reader and writer pools on one PostgreSQL database: the interface of
-    :class:`zmirror.db.Database` (``read``, ``write``, ``query``, ``execute``,
+    :class:`zmirror.db.sqlite.Database` (``read``, ``write``, ``query``, ``execute``,
     ``start``, ``close``), ``dialect = "postgresql"``.
 
     One writer connection per node keeps this node's writes in order as on
@@ -236,9 +228,5 @@ class PostgresDatabase(Pools):
         return f"<PostgresDatabase {redact_url(self.url)}>"
 
 
-def is_unique_violation(e: BaseException) -> bool:
-    return psycopg is not None and isinstance(e, psycopg.errors.UniqueViolation)
-
-
 __all__ = ["PostgresDatabase", "migrate", "connect", "translate", "redact_url", "to_postgresql",
-           "DIALECT", "is_unique_violation"]
+           "DIALECT"]

@@ -25,7 +25,7 @@ from typing import Any, Optional
 from twisted.internet.defer import succeed
 from twisted.internet.threads import deferToThreadPool
 
-from zmirror.db import BUSY_TIMEOUT_MS
+from zmirror.db.sqlite import BUSY_TIMEOUT_MS
 
 TABLES = ("users", "whitelists", "registries")
 
