@@ -1,18 +1,12 @@
 """Signed tokens (PyJWT, HS256) for the Docker token flow.
 
-- The secret is generated at first start in the data directory
-  (``token.key``, mode 0600) and read on later starts, so tokens survive a
-  restart.  On PostgreSQL every node of a cluster uses the one secret in the
-  ``cluster_secrets`` row ``token`` (:func:`load_secret`), seeded from the
-  first node's ``token.key``, so a token issued by one node is good on all.
-  Signing and fingerprint keys are derived from it with HMAC.
-- Access tokens are short-lived (300 s by default) and carry Docker's
-  ``access`` claim: ``[{"type": "repository", "name": ..., "actions": ["pull"]}]``.
-  A user's token also carries the user id and a fingerprint of the user's
-  password hash / enabled flag / last change, so it dies with the user.
-- Refresh tokens (``offline_token=true``) are bound to the same user id and
-  fingerprint: a disabled, deleted or re-passworded user cannot refresh.
-- Expiry is checked against the injected clock, not the wall clock.
+The secret is ``<data_dir>/token.key``, or on PostgreSQL the cluster's shared
+``cluster_secrets`` row (:func:`load_secret`).  Access tokens are short-lived
+and carry Docker's ``access`` claim; a user's access and refresh tokens carry
+its id and a fingerprint of its hash / enabled flag / last change, so they die
+with the user.  Expiry is checked against the injected clock.
+
+Design: docs/design/auth.md ("Tokens").
 """
 
 from __future__ import annotations

@@ -1,21 +1,11 @@
 """PostgreSQL through ``twisted.enterprise.adbapi`` and psycopg 3.
 
-The stores write SQLite-style SQL with ``?`` placeholders.  :class:`Cursor` (the
-connections' cursor factory) rewrites each statement once (cached) into
-psycopg's ``%s`` form: ``?`` outside string literals / quoted identifiers /
-comments becomes ``%s`` and a literal ``%`` becomes ``%%``.  Everything else the
-stores write is SQL both engines understand (``INSERT ... ON CONFLICT DO
-NOTHING``, ``RETURNING id``); the few expressions that differ ask
-``db.dialect``.
+:class:`Cursor` takes the stores' ``?`` SQL (:func:`translate`); migrations are
+the shared files with ``.postgresql.sql`` overrides or mapped column types
+(:func:`to_postgresql`), serialized by an advisory lock and recorded in
+``schema_version``; the URL's password is never logged (:func:`redact_url`).
 
-Migrations are the same ``migrations/NNNN_*.sql`` files; a file
-``NNNN_name.postgresql.sql`` next to one replaces it on PostgreSQL, and files
-without one get the column types mapped (:func:`to_postgresql`).  The applied
-version is kept in a one-row ``schema_version`` table; a session advisory lock
-serializes nodes that start at the same time.
-
-The database URL holds a password: it is never logged or put in an error
-message (:func:`redact_url`).
+Design: docs/design/database.md.
 """
 
 from __future__ import annotations
