@@ -3,7 +3,7 @@
 
 For each engine: a fresh database (a temp SQLite file; a fresh database on a throw-away PostgreSQL 15
 from ``tests/fixtures/pgserver.py`` on 127.0.0.1), migrated, opened with the server's pools
-(``zmirror.db.open_database`` engines), and ``zmirror.accesslog.BatchedAccessLog`` with its defaults
+(``zmirror.db.engine.open_database`` engines), and ``zmirror.accesslog.BatchedAccessLog`` with its defaults
 (batches of 500 rows, one multi-row INSERT each).  ``--rows`` records go into the queue in waves of
 ``--wave`` (the queue is bounded at 200 000), each wave followed by ``flush()``; the figure is rows
 written per second of wall time, checked against ``count(*)``.  Prints one JSON object per engine,
@@ -57,7 +57,7 @@ def _reactor():
 
 
 async def _main(args) -> list[dict]:
-    from zmirror.db import Database, migrate
+    from zmirror.db.sqlite import Database, migrate
     from zmirror.db import postgresql
 
     out = []

@@ -19,7 +19,7 @@ chmod 600 "$data/config.toml"
 "$venv/bin/python" - "$data/registry.db" "$BENCH_UPSTREAM" <<'PY'
 import sqlite3, sys
 from pathlib import Path
-from zmirror.db import migrate
+from zmirror.db.sqlite import migrate
 path, url = Path(sys.argv[1]), sys.argv[2]
 migrate(path)
 c = sqlite3.connect(path)

@@ -6,7 +6,7 @@
     conformance_data.py whitelist DATA PREFIX on|off  add / enable / disable one whitelist entry
 
 The ``zmirror`` CLI has no commands for registries or whitelist entries, so this writes the two rows
-with :mod:`sqlite3` after :func:`zmirror.db.migrate`, as tests/e2e/harness.py does (the server polls
+with :mod:`sqlite3` after :func:`zmirror.db.sqlite.migrate`, as tests/e2e/harness.py does (the server polls
 the database and picks a change up within about 2 s).  Users are created with ``zmirror user add``.
 """
 
@@ -47,12 +47,12 @@ dir = {cache}
 
 
 def _connect(data: Path) -> sqlite3.Connection:
-    from zmirror.db import _configure, migrate
+    from zmirror.db.sqlite import configure, migrate
 
     db = data / "registry.db"
     migrate(db)
     conn = sqlite3.connect(str(db), isolation_level=None)
-    _configure(conn)
+    configure(conn)
     return conn
 
 
@@ -96,7 +96,7 @@ def whitelist(data: Path, prefix: str, on: bool) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from zmirror.db import DatabaseError
+    from zmirror.db.errors import DatabaseError
     from zmirror.db.users import InvalidField
 
     try:

@@ -17,7 +17,7 @@ from tests.test_admin_registries import coro
 from tests.fixtures.admin import T0, SyncDatabase
 from zmirror.accesslog import AccessRecord, BatchedAccessLog
 from zmirror.app import ZMirrorApp
-from zmirror.db import Database
+from zmirror.db.sqlite import Database
 from zmirror.net import TrustedProxies
 from zmirror.identity import Identity
 from zmirror.registry.routes import RegistryRoutes

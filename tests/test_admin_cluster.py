@@ -371,7 +371,7 @@ class BlockingLoadTests(unittest.TestCase):
     def setUp(self):
         import sqlite3
 
-        from zmirror.db import migrate
+        from zmirror.db.sqlite import migrate
 
         path = Path(self.mktemp())
         migrate(path)

@@ -135,7 +135,7 @@ class WiringTests(unittest.TestCase):
         await resp.content()
         status = resp.code
         await self._stop()  # flushes the queue before the database closes
-        from zmirror.db import connect_config
+        from zmirror.db.engine import connect_config
 
         conn = connect_config(self.config)
         rows = [tuple(r) for r in conn.execute(

@@ -26,7 +26,8 @@ from tests.fixtures.admin import basic
 from zmirror.cache.index import BLOB_TABLES, INDEX_FILE, MANIFEST_TABLES
 from zmirror.cache.manifests import Manifest, ManifestCache
 from zmirror.config import load_config
-from zmirror.db import Database, connect_config, migrate_config
+from zmirror.db.engine import connect_config, migrate_config
+from zmirror.db.sqlite import Database
 from zmirror.testing import FakeRegistry
 from zmirror.wiring import build
 
@@ -277,7 +278,7 @@ class TwoCachesOneDatabase:
     backend = "sqlite"
 
     def setUp(self):
-        from zmirror.db import migrate
+        from zmirror.db.sqlite import migrate
 
         if self.backend == "postgresql":
             from tests.fixtures.pgserver import fresh_database

@@ -5,7 +5,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.trial import unittest
 
-from zmirror.db import Database, DatabaseError, latest_version, migrate
+from zmirror.db.errors import DatabaseError
+
+from zmirror.db.schema import latest_version
+
+from zmirror.db.sqlite import Database, migrate
 
 
 class MigrateTests(unittest.TestCase):

@@ -12,7 +12,10 @@ from twisted.trial import unittest
 from tests.fixtures.auth import coro
 from tests.fixtures.pgserver import fresh_database
 from zmirror.config import ConfigError, parse_config
-from zmirror.db import DatabaseError, _split_sql, describe, latest_version, migrate, migrations
+from zmirror.db.engine import describe
+from zmirror.db.errors import DatabaseError
+from zmirror.db.schema import latest_version, migrations, split_sql
+from zmirror.db.sqlite import migrate
 from zmirror.db import postgresql
 from zmirror.logs import redact
 
@@ -41,9 +44,9 @@ class TranslateTests(unittest.TestCase):
                          "postgresql://db.example/zmirror")
 
     def test_every_override_replaces_a_migration(self):
-        from zmirror.db import _migration_files
+        from zmirror.db.schema import migration_files
 
-        base, overrides = _migration_files()
+        base, overrides = migration_files()
         self.assertTrue(overrides)
         self.assertLessEqual(set(overrides), {v for v, _, _ in base})
         # the override files are not migrations of their own on SQLite
@@ -107,7 +110,7 @@ class MigrateTests(unittest.TestCase):
         with postgresql.connect(self.url, autocommit=True) as conn:
             conn.execute("CREATE TABLE schema_version (version BIGINT NOT NULL)")
             conn.execute("INSERT INTO schema_version VALUES (?)", (first[0],))
-            for stmt in _split_sql(postgresql.migrations()[0][2]):
+            for stmt in split_sql(postgresql.migrations()[0][2]):
                 postgresql._exec_raw(conn, stmt)
         self.assertEqual(postgresql.migrate(self.url), latest_version())
         with postgresql.connect(self.url) as conn:

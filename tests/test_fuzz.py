@@ -34,7 +34,7 @@ from twisted.web.server import Site
 
 from tests.fixtures.helpers import admin_password_line, start_services, write_default_config
 from zmirror.config import load_config
-from zmirror.db import migrate
+from zmirror.db.sqlite import migrate
 from zmirror.testing import DOCKER_V2, FakeRegistry
 from zmirror.ui import WebUI
 from zmirror.wiring import build

@@ -23,7 +23,7 @@ from tests.test_cluster_bus import eventually
 from tests.test_ops_reload import Captured
 from zmirror import __version__
 from zmirror.cluster import LocalBus
-from zmirror.db import latest_version
+from zmirror.db.schema import latest_version
 from zmirror.nodes import (
     HEARTBEAT,
     MAX_ROWS,
@@ -444,7 +444,7 @@ class WiredNodesTests(unittest.TestCase):
         self.assertEqual(r["cache"]["blobs"], 0)
         self.assertEqual(r["cache"]["max_bytes"], node["c"]["blob_cache"].max_size)
         await node["stop"]()
-        from zmirror.db import connect_config
+        from zmirror.db.engine import connect_config
 
         conn = connect_config(node["c"]["config"])
         try:
@@ -490,7 +490,7 @@ class DatabaseCopyPostgresTests(unittest.TestCase):
     async def test_heartbeat_rows_are_not_copied(self):
         from tests.fixtures.pgserver import postgres_database
         from zmirror.cli import copy_database
-        from zmirror.db import Database, migrate
+        from zmirror.db.sqlite import Database, migrate
 
         source = Path(self.mktemp()).resolve() / "registry.db"
         source.parent.mkdir(parents=True)

@@ -3,7 +3,9 @@
 The registry routes fill one :class:`AccessRecord` per request a user cares
 about and hand it to an ``AccessLog`` (anything with ``record(rec)``) when the
 response ends, aborted downloads included.  ``record`` must never block or
-fail: the batched SQLite writer queues it.
+fail: :class:`BatchedAccessLog` queues it and writes batches to the database.
+
+Design: docs/design/accesslog.md.
 """
 
 from __future__ import annotations
@@ -88,8 +90,8 @@ def _clean_row(rec: AccessRecord, node: str = "") -> tuple:
 # writer, not the record).
 INSERT_COLUMNS = COLUMNS + ("node",)
 
-# Rows per INSERT statement: a batch (max_batch 500) is ONE multi-row INSERT; 500 rows x 17
-# columns = 8,500 parameters (SQLite >= 3.32 allows 32,766; PostgreSQL 65,535).  The final
+# Rows per INSERT statement: a batch (max_batch 500) is ONE multi-row INSERT; 500 rows x 16
+# columns = 8,000 parameters (SQLite >= 3.32 allows 32,766; PostgreSQL 65,535).  The final
 # flush at shutdown may hold more: it is several such statements in one transaction.
 ROWS_PER_INSERT = 500
 _ROW_MARKS = "(" + ", ".join("?" for _ in INSERT_COLUMNS) + ")"

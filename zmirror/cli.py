@@ -72,7 +72,8 @@ def _config(args):
 def _connect(cfg):
     """The configured database (SQLite file or PostgreSQL), created/migrated if
     needed: a connection whose ``execute`` takes ``?`` placeholders."""
-    from zmirror.db import DatabaseError, connect_config, migrate_config
+    from zmirror.db.engine import connect_config, migrate_config
+    from zmirror.db.errors import DatabaseError
 
     try:
         migrate_config(cfg)
@@ -88,7 +89,7 @@ class _Txn:
         self.conn = conn
 
     def __enter__(self):
-        from zmirror.db import begin_sql
+        from zmirror.db.engine import begin_sql
 
         self.conn.execute(begin_sql(self.conn))
         return self.conn
@@ -124,7 +125,7 @@ def _hash_user_password(password: str) -> str:
 
 
 def _reload_hint(args=None) -> None:
-    from zmirror.db import is_postgresql
+    from zmirror.db.engine import is_postgresql
 
     if args is not None and is_postgresql(_config(args)):
         # the triggers of migration 0005 NOTIFY, every node LISTENs (zmirror.db.listen)
@@ -252,7 +253,7 @@ def cmd_admin_password(args) -> int:
     from zmirror.auth.passwords import hash_admin_password
     from zmirror.config import ConfigError, admin_password_problem, update_admin_password
 
-    from zmirror.db import is_postgresql
+    from zmirror.db.engine import is_postgresql
 
     cfg = _config(args)
     password = _read_password(args, "New admin password / 新的管理员密码: ")
@@ -277,7 +278,7 @@ def _admin_password_cluster(cfg, hashed: str) -> int:
     overrides [admin] password of config.toml, which is left alone: it may be
     read-only); the running nodes hear of it through pg_notify (zmirror.auth.adminsecret)."""
     from zmirror.auth.adminsecret import ROW, store_blocking
-    from zmirror.db import describe
+    from zmirror.db.engine import describe
     conn = _connect(cfg)
     try:
         store_blocking(conn, hashed, now=time.time())
@@ -299,7 +300,7 @@ def _admin_password_cluster(cfg, hashed: str) -> int:
 def _cluster_admin_password_set(cfg) -> bool:
     """On PostgreSQL: the cluster's admin password (zmirror.auth.adminsecret) is set and
     usable, so config.toml's default does not apply. False on SQLite or when unreadable."""
-    from zmirror.db import connect_config, is_postgresql
+    from zmirror.db.engine import connect_config, is_postgresql
 
     if not is_postgresql(cfg):
         return False
@@ -352,7 +353,7 @@ def cmd_backup(args) -> int:
     from zmirror.auth.tokens import SECRET_FILE
 
     cfg = _config(args)
-    from zmirror.db import describe, is_postgresql
+    from zmirror.db.engine import describe, is_postgresql
 
     if is_postgresql(cfg):
         raise CLIError(f"backup copies the SQLite database; {describe(cfg)} is PostgreSQL: "
@@ -700,7 +701,10 @@ def copy_database(source: Path, url: str, *, force: bool = False, out=_out) -> d
     (:func:`copy_cache_index`).  The manifest cache's tables are (every node shares
     them on PostgreSQL)."""
     from zmirror.cache.index import BLOB_TABLES
-    from zmirror.db import DatabaseError, latest_version, migrate, postgresql
+    from zmirror.db import postgresql
+    from zmirror.db.errors import DatabaseError, one_line
+    from zmirror.db.schema import latest_version
+    from zmirror.db.sqlite import migrate
     from zmirror.nodes import TABLES as NODE_TABLES  # each node's heartbeat: not copied
 
     where = postgresql.redact_url(url)
@@ -757,7 +761,7 @@ def copy_database(source: Path, url: str, *, force: bool = False, out=_out) -> d
             pg.commit()
         except postgresql.psycopg.Error as e:
             pg.rollback()
-            raise CLIError(f"copy to {where} failed (nothing was written): {postgresql._one_line(e)}") from None
+            raise CLIError(f"copy to {where} failed (nothing was written): {one_line(e)}") from None
         except BaseException:
             pg.rollback()
             raise
@@ -779,7 +783,9 @@ def copy_cache_index(source: Path, index: Path, *, force: bool = False, out=_out
     None when left alone.  Blocking.  (The manifest cache goes to PostgreSQL:
     :func:`copy_database`.)"""
     from zmirror.cache.index import BLOB_TABLES
-    from zmirror.db import DatabaseError, begin_sql, migrate
+    from zmirror.db.engine import begin_sql
+    from zmirror.db.errors import DatabaseError
+    from zmirror.db.sqlite import migrate
 
     try:
         migrate(index)

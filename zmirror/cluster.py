@@ -1,24 +1,11 @@
-"""What the nodes of one cluster tell each other.
+"""What the nodes of one cluster tell each other: :class:`IBus` carries table
+changes (``on_tables``) and events one node publishes for the others
+(``publish`` / ``subscribe``); after a (re)connect it calls the ``RESYNC``
+subscribers and the table callbacks with every table.  :class:`LocalBus` (one
+node), :class:`LoopbackHub` (tests); the PostgreSQL bus is
+:mod:`zmirror.db.listen`.
 
-Several zmirror nodes on one PostgreSQL database share its tables; what a
-node keeps in memory (the stores' rows, lockout counts, upstream health) must
-follow what the other nodes do.  A :class:`IBus` carries two things:
-
-- **table changes**: ``on_tables(callback)`` calls ``callback(tables)`` (a set
-  of table names, e.g. ``{"users"}``) when users / whitelists / registries
-  changed, whoever changed them (another node, the CLI, this node itself);
-- **events** one node publishes for the others: ``publish(kind, data)`` sends
-  ``data`` (a small JSON-able dict) to every *other* node, where
-  ``subscribe(kind, callback)`` calls ``callback(data)``.
-
-Both callbacks run on the reactor thread.  After the bus (re)connects, events
-sent meanwhile may be lost: it then calls the ``RESYNC`` subscribers and the
-table callbacks with every table, so each node re-reads what it caches.
-
-Implementations: :class:`LocalBus` (one node: SQLite, nothing to tell anyone;
-table changes come from the ``data_version`` watch), :class:`LoopbackHub`
-(several buses in one process, for tests), and the PostgreSQL bus (LISTEN /
-NOTIFY) in :mod:`zmirror.db.listen`.
+Design: docs/design/cluster.md.
 """
 
 from __future__ import annotations
@@ -50,7 +37,7 @@ class IBus(Interface):
         """Call ``callback(tables)`` when shared tables changed."""
 
 
-class _Subscribers:
+class Subscribers:
     """The subscriber lists every bus keeps; a callback that raises is logged."""
 
     def __init__(self) -> None:
@@ -84,7 +71,7 @@ class _Subscribers:
 
 
 @implementer(IBus)
-class LocalBus(_Subscribers):
+class LocalBus(Subscribers):
     """A node alone (SQLite): publishing reaches nobody."""
 
     def publish(self, kind: str, data: dict) -> Deferred:
@@ -110,7 +97,7 @@ class LoopbackHub:
 
 
 @implementer(IBus)
-class LoopbackBus(_Subscribers):
+class LoopbackBus(Subscribers):
     def __init__(self, hub: LoopbackHub):
         super().__init__()
         self.hub = hub

@@ -1,31 +1,12 @@
 """Which nodes share this database, whether they are alive, what they run.
 
-Every node keeps one row of ``cluster_nodes`` (migration 0006), keyed by its
-``[server] node`` name: :class:`NodeHeartbeat` upserts it every
-:data:`HEARTBEAT` seconds through the database's writer (version, schema,
-address, start time, bus state, the size of its blob cache), marks it
-``stopped_at`` at a clean stop, and now and then deletes rows nobody has
-written for :data:`RETENTION` seconds, one node at a time
-(:class:`~zmirror.db.jobs.JobLock`).  ``GET /api/nodes`` answers with
-:meth:`NodeHeartbeat.listing`: every row with a derived ``state`` —
-``stopped`` (a clean stop), ``up`` (seen within :data:`STALE_AFTER` seconds,
-three heartbeats) or ``stale`` (killed, hung, or cut off from the database).
+:class:`NodeHeartbeat` keeps this node's row of ``cluster_nodes`` (upserted
+every :data:`HEARTBEAT` seconds, ``stopped_at`` at a clean stop, stale rows
+pruned one node at a time); :meth:`NodeHeartbeat.listing` answers
+``GET /api/nodes`` with a derived ``state`` (``up``, ``stale``, ``stopped``).
+Two processes with one name are reported as a ``conflict``.
 
-**SQLite** (one node): the node keeps its single row the same way, so the
-API and the web UI's node list work the same on both engines.  A node that
-was renamed leaves its old row (``stopped``) until it is pruned.
-
-**Duplicate names.**  Names must be unique (the access log's ``node`` column
-and this list cannot tell two processes of one name apart).  Two processes
-with the same name write the same row in turn: each sees, at its next
-heartbeat, that the row holds another process's instance id although it had
-written its own there before.  That is logged once as a warning and recorded
-in the row (``conflict_at``, shown as ``conflict`` by the API) while it lasts.
-A row left by this node's previous process (a crash and restart) is no
-conflict: only an overwrite after this process's own write counts.
-
-Ages compare the answering node's clock with the writer's: keep the nodes'
-clocks in sync (NTP), or a node seconds off looks ``stale`` sooner.
+Design: docs/design/cluster.md ("Which nodes there are").
 """
 
 from __future__ import annotations
@@ -111,7 +92,7 @@ class NodeHeartbeat(Service):
                  address: str = "", version: str = __version__, interval: float = HEARTBEAT,
                  retention: float = RETENTION, stale_after: Optional[float] = None,
                  instance: Optional[str] = None):
-        from zmirror.db import latest_version
+        from zmirror.db.schema import latest_version
 
         self.db = db
         self.clock = clock

@@ -1,17 +1,14 @@
 """Work shared by several callers and owned by none of them.
 
 A client that disconnects cancels its own handler's Deferred (Klein does
-that); if the handler was the one that *started* some shared work (an upstream
-token fetch, a store load, a manifest fetch, a blob download) and awaited it
-directly, the cancellation would run into that work and every other waiter
-would get ``CancelledError``.  Here the work runs in a Deferred that no caller
-holds: each caller gets a Deferred of its own from :meth:`Flight.wait`, and
-cancelling that one only detaches that caller.
-
-- :class:`Flight`: one piece of running work and its waiters.
-- :class:`SingleFlight`: at most one :class:`Flight` per key at a time; a key
-  is free again once its work ended (success or failure), so a failure is
-  retried by the next caller.
+that); if that handler had started shared work (an upstream token fetch, a
+store load, a manifest fetch, a blob download) and awaited it directly, the
+cancellation would reach the work and every other waiter would get
+``CancelledError``.  Here the work runs in a Deferred no caller holds: each
+caller gets its own from :meth:`Flight.wait`, and cancelling it only detaches
+that caller.  :class:`SingleFlight` keeps at most one :class:`Flight` per key;
+the key is free again once the work ended, so a failure is retried by the
+next caller.
 """
 
 from __future__ import annotations

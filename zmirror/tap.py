@@ -52,7 +52,7 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
 
         reactor = _reactor
     from zmirror.config import ConfigError, load_config
-    from zmirror.db import DatabaseError
+    from zmirror.db.errors import DatabaseError
 
     try:
         config = load_config(options["data"], options["config"])

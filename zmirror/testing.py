@@ -1,18 +1,15 @@
 """Fakes shipped with the package for tests without a network.
 
-- :class:`FakeRegistry`: an in-memory upstream registry (Klein app) with
-  optional Docker-Hub-style token auth or Basic auth, a redirect of blobs to
-  a second "CDN" host, and fault injection (status codes, truncated or corrupt
-  bodies, never-answering requests).
-- :class:`HostAgent`: an ``IAgent`` that routes by URL host to in-memory
-  resources (``RequestTraversalAgent``), refusing connections to unknown hosts.
+- :class:`FakeRegistry`: an in-memory upstream registry (Klein app): optional
+  token or Basic auth, blob redirects to a "CDN" host, injected faults (status
+  codes, truncated or corrupt bodies, requests never answered).
+- :class:`HostAgent`: an ``IAgent`` routing by URL host to in-memory resources,
+  refusing connections to unknown hosts.
 - :class:`FakeManifestSource` (a remote
   :class:`~zmirror.registry.manifests.ManifestSource`) and
-  :class:`MemoryManifests` (a local store for
-  :class:`~zmirror.registry.manifests.PullThroughManifests`), for tests of the
-  manifest flow without an upstream or a database.
+  :class:`MemoryManifests` (a local manifest store), for the manifest flow.
 - :class:`MemoryBlobs`: a blob source (:class:`~zmirror.transfer.interfaces.IBlobSource`)
-  over a dict, for tests of what sits above the sources.
+  over a dict.
 """
 
 from __future__ import annotations

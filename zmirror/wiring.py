@@ -17,7 +17,7 @@ from zmirror.admin import AdminAPI
 from zmirror.app import ZMirrorApp
 from zmirror.cache.build import CacheParts, build_cache
 from zmirror.config import Config
-from zmirror.db import connect_config, migrate_config, open_database
+from zmirror.db.engine import connect_config, migrate_config, open_database
 from zmirror.db.accesslogs import AccessLogStore, RetentionService
 from zmirror.db.registries import RegistryStore
 from zmirror.net import TrustedProxies, base_url

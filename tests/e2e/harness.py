@@ -946,7 +946,7 @@ def write_registries(db_path: Path | str, upstreams: list[Upstream]) -> None:
         conn = postgresql.connect(db_path)  # its cursors take the same "?" SQL
         columns = {"namespace"}  # migrated to this checkout's latest schema just now
     else:
-        from zmirror.db import migrate
+        from zmirror.db.sqlite import migrate
 
         migrate(db_path)
         conn = sqlite3.connect(str(db_path))

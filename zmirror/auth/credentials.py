@@ -3,10 +3,10 @@
 :meth:`Authenticator.authenticate` applies the brute-force lockout, looks the
 user up, verifies the password (constant-time; unknown and disabled users cost
 the same as real ones), re-hashes legacy MD5 hashes after a success and records
-the login time.  The admin account of config.toml is never a registry user.
+the login time.  :func:`parse_basic` is the one parser of ``Authorization:
+Basic`` headers.
 
-:func:`parse_basic` is the one parser of ``Authorization: Basic`` headers (the
-registry, ``/token`` and the admin API use it).
+Design: docs/design/auth.md.
 """
 
 from __future__ import annotations

@@ -1,31 +1,12 @@
 """Password hashing and verification.
 
-- New hashes: argon2id (passlib ``CryptContext``); ``pbkdf2_sha256`` hashes are
-  accepted too.
-- Unsalted MD5 hex digests of the original ZMirror (imported users) are
-  accepted and reported as needing a re-hash, which the caller stores after the
-  successful login.
-- The admin password of ``config.toml`` may be plain text or a passlib hash.
+Registry users: argon2id (``pbkdf2_sha256`` and the original ZMirror's
+unsalted MD5 accepted, MD5 reported for a re-hash); the admin password of
+``config.toml``: plain text or a passlib hash.  Comparisons are constant-time;
+slow hashing runs through an injected ``run``, at most ``concurrency`` at once
+and ``queue`` waiting (beyond: :class:`Busy`); successes are cached briefly.
 
-Every comparison is constant-time (passlib's ``consteq`` inside ``verify``, and
-``hmac.compare_digest`` here).  Hashing is slow on purpose, so the async
-methods run it through an injected ``run(f, *args) -> Deferred`` (a small
-thread pool in production; synchronous in tests).  Successful verifications
-are remembered for a few minutes under a keyed digest of (user, password,
-stored hash), so clients that send Basic credentials on every request do not
-pay an argon2 verification per blob.
-
-At most ``concurrency`` verifications run at once (argon2 costs a core and
-19 MiB each) and at most ``queue`` more wait for a slot; beyond that
-:meth:`Passwords.verify` / :meth:`Passwords.dummy_verify` raise :class:`Busy`
-at once (callers answer 429 with ``Retry-After``) instead of queueing without
-bound.  The registry logins and the admin's Basic auth share one
-:class:`Passwords`, hence one bound.  A slot is held until the verification
-really ends: a caller that is cancelled while its verification runs only
-detaches itself (the work is owned by no caller, as in
-:mod:`zmirror.singleflight`), so disconnecting clients cannot pile up hidden
-work; a caller cancelled while queued leaves the queue at once.  Cached
-successes need no slot.
+Design: docs/design/auth.md ("Password hashing and verification").
 """
 
 from __future__ import annotations
@@ -259,6 +240,17 @@ def is_hash(configured: str) -> bool:
         return _admin_context.identify(configured, required=False) is not None
     except (ValueError, TypeError):
         return False
+
+
+def is_wellformed_hash(value: str) -> bool:
+    """Whether ``value`` parses as a hash of its scheme (:func:`is_hash` only
+    recognises the scheme)."""
+    try:
+        handler = _admin_context.identify(value, resolve=True)
+        handler.from_string(value)
+    except Exception:  # passlib: ValueError / TypeError / a missing backend
+        return False
+    return True
 
 
 def hash_admin_password(password: str) -> str:

@@ -1,29 +1,11 @@
 """Who may pull what: the policy behind ``RegistryRoutes``.
 
-Rules (``[access] anonymous``):
+``[access] anonymous`` is ``whitelist`` (default), ``all`` or ``none``; ``/v2/``
+takes our Bearer tokens or a user's Basic credentials, never downgrades bad
+credentials to anonymous, answers 401 with Docker's challenge or 429 with
+``Retry-After``, and marks a pull that anonymous users may not make private.
 
-- ``whitelist`` (default): a repository may be pulled anonymously iff it
-  matches an enabled whitelist entry; any other repository needs a valid,
-  enabled registry user.
-- ``all``: everyone may pull everything (users can still log in).
-- ``none``: every pull needs a user.
-
-Credentials accepted on ``/v2/…``: a Bearer token from our ``/token`` endpoint
-(signature, expiry, audience, scope, and — for a user's token — the user still
-existing, enabled and unchanged), or a user's HTTP Basic credentials.  Bad
-credentials are refused even for a whitelisted repository (they are never
-silently downgraded to anonymous).  Denials are ``401 UNAUTHORIZED`` with
-Docker's Bearer challenge; a token without the needed scope adds
-``error="insufficient_scope"``.  Too many failed logins, too many logins of
-one account / address at once, or a full password-verification queue →
-``429 TOOMANYREQUESTS`` with ``Retry-After`` (the password is not checked).
-
-``/v2/`` itself answers 401 without credentials in every mode, as Docker Hub
-does: clients only learn the token realm from that challenge, and ``docker
-login`` would "succeed" with any password against a ping that answers 200.
-
-An authenticated pull of a repository that anonymous users may not pull gets
-``Identity.private = True`` (→ ``Cache-Control: private``).
+Design: docs/design/auth.md ("Who may pull what").
 """
 
 from __future__ import annotations

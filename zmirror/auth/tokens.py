@@ -1,18 +1,12 @@
 """Signed tokens (PyJWT, HS256) for the Docker token flow.
 
-- The secret is generated at first start in the data directory
-  (``token.key``, mode 0600) and read on later starts, so tokens survive a
-  restart.  On PostgreSQL every node of a cluster uses the one secret in the
-  ``cluster_secrets`` row ``token`` (:func:`load_secret`), seeded from the
-  first node's ``token.key``, so a token issued by one node is good on all.
-  Signing and fingerprint keys are derived from it with HMAC.
-- Access tokens are short-lived (300 s by default) and carry Docker's
-  ``access`` claim: ``[{"type": "repository", "name": ..., "actions": ["pull"]}]``.
-  A user's token also carries the user id and a fingerprint of the user's
-  password hash / enabled flag / last change, so it dies with the user.
-- Refresh tokens (``offline_token=true``) are bound to the same user id and
-  fingerprint: a disabled, deleted or re-passworded user cannot refresh.
-- Expiry is checked against the injected clock, not the wall clock.
+The secret is ``<data_dir>/token.key``, or on PostgreSQL the cluster's shared
+``cluster_secrets`` row (:func:`load_secret`).  Access tokens are short-lived
+and carry Docker's ``access`` claim; a user's access and refresh tokens carry
+its id and a fingerprint of its hash / enabled flag / last change, so they die
+with the user.  Expiry is checked against the injected clock.
+
+Design: docs/design/auth.md ("Tokens").
 """
 
 from __future__ import annotations
@@ -90,7 +84,7 @@ def shared_secret(conn: Any, local: Callable[[], bytes], *, now: float) -> bytes
     start at once all end up with the secret of the one whose insert won.
 
     ``conn``: a blocking DB-API connection in autocommit mode taking ``?``
-    placeholders (:func:`zmirror.db.connect_config`).  Blocking: call at start.
+    placeholders (:func:`zmirror.db.engine.connect_config`).  Blocking: call at start.
     The secret is never put in an error message.
     """
 
@@ -126,7 +120,8 @@ def load_secret(config: Any, clock: Any) -> bytes:
     :func:`shared_secret` on PostgreSQL (seeded from this node's ``token.key``,
     so a database moved over with ``zmirror db copy`` keeps the tokens of the
     node that first starts on it).  Blocking: call at start."""
-    from zmirror.db import DatabaseError, connect_config, describe, is_postgresql
+    from zmirror.db.engine import connect_config, describe, is_postgresql
+    from zmirror.db.errors import DatabaseError, one_line
 
     if not is_postgresql(config):
         return load_or_create_secret(config.data_dir)
@@ -137,10 +132,8 @@ def load_secret(config: Any, clock: Any) -> bytes:
     except SecretError:
         raise
     except Exception as e:  # the driver's error: one line, no secret in it
-        from zmirror.db.postgresql import _one_line
-
         raise DatabaseError(f"{describe(config)}: cannot read the token secret: "
-                            f"{_one_line(e)}") from None
+                            f"{one_line(e)}") from None
     finally:
         conn.close()
 

@@ -1,22 +1,11 @@
-"""``/token``: Docker's token authentication endpoint.
+"""``/token``: Docker's token authentication endpoint (``GET`` with optional
+Basic credentials, ``POST`` with the OAuth2 password or refresh-token grant).
 
-- ``GET /token?service=…&scope=…&account=…[&offline_token=true][&client_id=…]``,
-  anonymous or with HTTP Basic credentials of a registry user (docker login,
-  podman/skopeo, anonymous pulls of every client).
-- ``POST /token`` (OAuth2 form: ``grant_type=password`` with ``username`` and
-  ``password``, or ``grant_type=refresh_token`` with ``refresh_token``; plus
-  ``scope``, ``service``, ``client_id``, ``access_type``) — containerd's login
-  and docker's later pulls.
+The grant is the intersection of what was asked and what the caller may do
+(``pull`` only); refresh tokens for ``offline_token=true`` /
+``access_type=offline`` die with their user.
 
-Answer: ``{"token", "access_token", "expires_in", "issued_at"[, "refresh_token"]}``.
-The grant is the intersection of what was asked and what the caller may do:
-``pull`` on repositories anonymous users may pull for anyone, ``pull`` on any
-repository for an enabled user, never anything else.  Bad credentials → 401,
-malformed requests → 400, too many failures (or too many logins at once, or a
-full password-verification queue) → 429 + ``Retry-After``; error
-bodies are JSON (``details`` is what the docker CLI prints).  A refresh token is
-issued for ``offline_token=true`` / ``access_type=offline`` and stops working
-when its user is disabled, deleted or changes password.
+Design: docs/design/auth.md ("The token endpoint").
 """
 
 from __future__ import annotations

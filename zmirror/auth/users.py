@@ -2,9 +2,9 @@
 
 The password is checked and hashed here, in the auth layer, and the store
 (:class:`zmirror.db.users.UserStore`) only saves the hash: the store holds rows
-and runs no password policy.  The CLI (``zmirror user add/passwd``) hashes with
-the same rules before it writes (``zmirror.cli``); a login re-hashes a legacy
-MD5 hash in :class:`zmirror.auth.credentials.Authenticator`.
+and runs no password policy.
+
+Design: docs/design/auth.md ("Registry user accounts").
 """
 
 from __future__ import annotations

@@ -1,39 +1,9 @@
-"""The anonymous-pull whitelist matcher.
+"""The anonymous-pull whitelist: :class:`Matcher` (prefix entries on canonical
+names, at component boundaries or as plain prefixes with a trailing ``*``),
+:class:`Whitelist` (the live matcher, rebuilt from the store's rows after every
+change) and :func:`validate_prefix` (the one check of what an admin types).
 
-Entries are repository-name prefixes, matched against names already parsed and
-normalized by :func:`zmirror.oci.reference.parse_name` (so ``nginx`` has
-become ``library/nginx`` and no ``%``, ``..`` or upper case is left):
-
-- ``helloz`` matches at path-component boundaries: ``helloz/nginx`` and
-  ``helloz/a/b``, never ``hellozz/x``.  ``library/nginx`` matches
-  ``library/nginx`` (and ``library/nginx/…``).
-- A one-component entry also covers the official-image namespace: ``nginx``
-  allows ``library/nginx`` exactly as ``library/nginx`` does (and, being a
-  component prefix, ``nginx/…`` as well).
-- A trailing ``*`` makes a plain string prefix: ``hello*`` matches
-  ``hellozz/x`` and ``hello-world``; without a ``/`` before the ``*`` it also
-  covers official images (``library/hello-world``).
-- An empty entry (or a lone ``*``) is refused at input: use
-  ``[access] anonymous = "all"`` to open everything.
-
-Names and entries are canonical names (:mod:`zmirror.oci.names`):
-Docker Hub's repositories bare, every other namespace's with its host in
-front.  So ``helloz`` means ``docker.io/helloz`` (``docker.io/helloz`` typed
-by an admin is stored as ``helloz``), ``ghcr.io/owner`` opens ``owner``'s
-repositories on ghcr.io only, and ``ghcr.io`` all of ghcr.io.  A ``*`` entry
-without a ``/`` stays within Docker Hub: ``g*`` never matches a name whose
-first component is a registry host (``ghcr.io/...``, ``gcr.io/...``).
-
-The matcher keeps its entries in sets, so a decision costs a few hash lookups
-per path component, however many entries there are.
-
-:class:`Whitelist` is the live policy object: it subscribes to the
-:class:`~zmirror.db.whitelists.WhitelistStore`, which hands it the enabled rows
-after every change and every (re)load, and builds a new :class:`Matcher` from
-them.  The access policy, the token service (through the policy) and the admin
-API's match tester decide from it, in memory.  :func:`validate_prefix` is the
-one check of what an admin types, run before the store is called (admin API,
-``zmirror import-zmirror``).
+Design: docs/design/auth.md ("The anonymous-pull whitelist").
 """
 
 from __future__ import annotations

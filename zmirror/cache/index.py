@@ -27,7 +27,8 @@ def open_cache_index(config: Any, db: Any, reactor: Any):
     on PostgreSQL the node-local SQLite file (migrated now: blocking, call at
     start; its pools not started: a :class:`~zmirror.service.DatabaseService`
     does).  The manifest cache always uses ``db``."""
-    from zmirror.db import Database, is_postgresql, migrate
+    from zmirror.db.engine import is_postgresql
+    from zmirror.db.sqlite import Database, migrate
 
     if not is_postgresql(config):
         return db

@@ -3,6 +3,8 @@ statistics and retention pruning.
 
 Rows are written by :class:`zmirror.accesslog.BatchedAccessLog`; everything
 here runs on the database threads, never on the reactor thread.
+
+Design: docs/design/accesslog.md.
 """
 
 from __future__ import annotations

@@ -1,11 +1,28 @@
-"""Store-level errors, mapped to HTTP answers by the admin API."""
+"""Database errors: the one-line start-up problem (:class:`DatabaseError`) and
+the store-level errors the admin API maps to HTTP answers."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+
+
+class DatabaseError(Exception):
+    """A user-facing database problem at start (one line, no traceback)."""
+
+
+def one_line(e: BaseException) -> str:
+    """A driver's error message on one line, shortened (for :class:`DatabaseError` texts)."""
+    return " ".join(str(e).split())[:300]
 
 
 def is_unique_violation(e: BaseException) -> bool:
     """A UNIQUE constraint failed (SQLite or PostgreSQL)."""
-    from zmirror.db import is_unique_violation as check
-
-    return check(e)
+    if isinstance(e, sqlite3.IntegrityError):
+        return "UNIQUE" in str(e).upper()
+    # a psycopg error exists only once psycopg is imported: no import here
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(e, psycopg.errors.UniqueViolation)
 
 
 class StoreError(Exception):

@@ -1,15 +1,8 @@
-"""Database-wide background jobs on one node at a time.
+"""Database-wide background jobs on one node at a time: :class:`JobLock`, a
+PostgreSQL session advisory lock held on the writer connection for the whole
+job (nothing to lock on SQLite).
 
-Several nodes on one PostgreSQL database all run the same periodic jobs
-(access-log retention, ...); a job that works on shared rows must run on one
-node at a time.  :class:`JobLock` takes a PostgreSQL session advisory lock
-(``pg_try_advisory_lock``) on the database's single writer connection, where
-the job's transactions run, and keeps it for the whole job (several
-transactions); a node that finds it held skips that round.  The lock goes
-with the connection if the connection breaks, so a node that dies never
-leaves it behind.  On SQLite (one node) there is nothing to lock.
-
-Per-node jobs (the upkeep of a node's own cache) take no lock.
+Design: docs/design/database.md ("Jobs on one node at a time").
 """
 
 from __future__ import annotations

@@ -1,46 +1,12 @@
 """The cluster bus on PostgreSQL: LISTEN / NOTIFY.
 
 :class:`PostgresBus` implements :class:`zmirror.cluster.IBus` for the nodes of
-one PostgreSQL database.  It listens on two channels:
+one PostgreSQL database: table changes from the triggers on ``zmirror_changes``
+(coalesced for :data:`COALESCE` seconds), events on ``zmirror_events``; one
+thread owns the listening connection, the reactor holds all state; after a
+connection loss it reconnects with backoff and resyncs every table.
 
-- ``zmirror_changes``: the triggers of migration 0005 send the name of the
-  table (users / whitelists / registries) whenever a statement changes it,
-  whoever wrote it (a node, the ``zmirror`` CLI, hand-made SQL).  Table names
-  are gathered for :data:`COALESCE` seconds and delivered as one set, so a
-  burst of a thousand user writes costs a few store re-reads, not a thousand;
-- ``zmirror_events``: what :meth:`PostgresBus.publish` sends, a compact JSON
-  ``{"o": origin, "k": kind, "d": data}``; an event whose origin is this bus
-  is its own echo and dropped.
-
-**Threading.**  One dedicated thread owns one psycopg connection (autocommit)
-and blocks in ``conn.notifies(timeout=POLL)``; every batch of notifications
-is handed to the reactor with ``reactor.callFromThread``, where all the
-state lives (subscribers, coalescing, backoff).  The alternative, watching the
-connection's socket with ``addReader``, would still need a thread for the
-blocking ``connect`` and would reach into psycopg's internals to read
-notifications without blocking; a thread that wakes every :data:`POLL`
-seconds to look at its stop flag is simpler and costs nothing.  Publishing
-does not use this connection: it is one ``SELECT pg_notify(...)`` through the
-database's writer pool, like any other write of this node.
-
-**Connection loss** (PostgreSQL restarted, the backend terminated, the network
-cut: TCP keepalives, ``tcp_user_timeout`` and a ``SELECT 1`` every
-:data:`PING` idle seconds notice it): the thread closes the connection and
-waits for the reactor to tell it to try again, after a backoff on the injected
-clock (:data:`BACKOFF_FIRST` doubling up to :data:`BACKOFF_MAX`).  After every
-successful (re)connect the bus calls :meth:`~zmirror.cluster._Subscribers.resync`
-with every table: what changed while nobody listened is re-read (the first
-connect too: changes between the stores' first load and the ``LISTEN`` would be
-missed otherwise).
-
-**Stop** sets the stop flag and wakes the thread; it ends within ``POLL``
-seconds when connected.  ``stopService`` waits for it at most
-:data:`STOP_TIMEOUT` seconds (a connect to an unreachable server can take the
-connect timeout): the thread is a daemon, closes its connection when it sees
-the flag and never touches the reactor's state after the stop.
-
-The database URL holds a password: only :func:`~zmirror.db.postgresql.redact_url`
-forms of it are logged, and the password is cut out of driver messages.
+Design: docs/design/database.md ("The cluster bus on LISTEN / NOTIFY").
 """
 
 from __future__ import annotations
@@ -55,7 +21,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from zmirror.cluster import IBus, _Subscribers
+from zmirror.cluster import IBus, Subscribers
 from zmirror.db.postgresql import CONNECT_TIMEOUT, redact_url
 from zmirror.db.watch import TABLES
 
@@ -78,7 +44,7 @@ _KEEPALIVE = dict(keepalives=1, keepalives_idle=10, keepalives_interval=5, keepa
 
 
 @implementer(IBus)
-class PostgresBus(_Subscribers, Service):
+class PostgresBus(Subscribers, Service):
     """The IBus of the nodes sharing one PostgreSQL database (a Service: start
     it after the database's pools, stop it before they close).
 
@@ -90,7 +56,7 @@ class PostgresBus(_Subscribers, Service):
 
     def __init__(self, url: str, db: Any, reactor: Any, *, clock: Any = None,
                  connect: Optional[Callable[[str], Any]] = None, tables: tuple = TABLES):
-        _Subscribers.__init__(self)
+        Subscribers.__init__(self)
         self.url = url
         self.db = db
         self.reactor = reactor

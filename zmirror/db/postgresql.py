@@ -1,21 +1,11 @@
 """PostgreSQL through ``twisted.enterprise.adbapi`` and psycopg 3.
 
-The stores write SQLite-style SQL with ``?`` placeholders.  :class:`Cursor` (the
-connections' cursor factory) rewrites each statement once (cached) into
-psycopg's ``%s`` form: ``?`` outside string literals / quoted identifiers /
-comments becomes ``%s`` and a literal ``%`` becomes ``%%``.  Everything else the
-stores write is SQL both engines understand (``INSERT ... ON CONFLICT DO
-NOTHING``, ``RETURNING id``); the few expressions that differ ask
-``db.dialect``.
+:class:`Cursor` takes the stores' ``?`` SQL (:func:`translate`); migrations are
+the shared files with ``.postgresql.sql`` overrides or mapped column types
+(:func:`to_postgresql`), serialized by an advisory lock and recorded in
+``schema_version``; the URL's password is never logged (:func:`redact_url`).
 
-Migrations are the same ``migrations/NNNN_*.sql`` files; a file
-``NNNN_name.postgresql.sql`` next to one replaces it on PostgreSQL, and files
-without one get the column types mapped (:func:`to_postgresql`).  The applied
-version is kept in a one-row ``schema_version`` table; a session advisory lock
-serializes nodes that start at the same time.
-
-The database URL holds a password: it is never logged or put in an error
-message (:func:`redact_url`).
+Design: docs/design/database.md.
 """
 
 from __future__ import annotations
@@ -28,7 +18,9 @@ from urllib.parse import urlsplit, urlunsplit
 from twisted.enterprise import adbapi
 from twisted.logger import Logger
 
+from zmirror.db.errors import DatabaseError, one_line
 from zmirror.db.pools import Pools
+from zmirror.db.schema import latest_version, migration_files, split_sql
 
 log = Logger()
 
@@ -114,8 +106,6 @@ def connect(url: str, *, autocommit: bool = False):
 
 def _require() -> None:
     if psycopg is None:
-        from zmirror.db import DatabaseError
-
         raise DatabaseError("[database] url needs the psycopg package: pip install 'psycopg[binary]'")
 
 
@@ -140,9 +130,7 @@ def to_postgresql(sql: str) -> str:
 
 def migrations() -> list[tuple[int, str, str]]:
     """``[(version, filename, sql)]`` for PostgreSQL: the override file where there is one."""
-    from zmirror.db import _migration_files
-
-    base, overrides = _migration_files()
+    base, overrides = migration_files()
     out = []
     for version, name, sql in base:
         if version in overrides:
@@ -159,13 +147,11 @@ def migrate(url: str) -> int:
     Blocking: call at start, before the reactor runs.  Nodes starting together
     take turns (advisory lock); each migration is one transaction.
     """
-    from zmirror.db import DatabaseError, _split_sql, latest_version
-
     where = redact_url(url)
     try:
         conn = connect(url, autocommit=True)
     except psycopg.Error as e:
-        raise DatabaseError(f"{where}: cannot connect: {_one_line(e)}") from None
+        raise DatabaseError(f"{where}: cannot connect: {one_line(e)}") from None
     try:
         conn.execute("SELECT pg_advisory_lock(?)", (MIGRATION_LOCK,))
         try:
@@ -182,18 +168,18 @@ def migrate(url: str) -> int:
                     continue
                 try:
                     with conn.transaction():
-                        for statement in _split_sql(sql):
+                        for statement in split_sql(sql):
                             _exec_raw(conn, statement)
                         conn.execute("DELETE FROM schema_version")
                         conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
                 except psycopg.Error as e:
-                    raise DatabaseError(f"{where}: migration {name} failed: {_one_line(e)}") from None
+                    raise DatabaseError(f"{where}: migration {name} failed: {one_line(e)}") from None
                 current = version
             return current
         finally:
             conn.execute("SELECT pg_advisory_unlock(?)", (MIGRATION_LOCK,))
     except psycopg.Error as e:
-        raise DatabaseError(f"{where}: {_one_line(e)}") from None
+        raise DatabaseError(f"{where}: {one_line(e)}") from None
     finally:
         conn.close()
 
@@ -204,16 +190,12 @@ def _exec_raw(conn, statement: str) -> None:
         cur.execute(statement.encode("utf-8"))
 
 
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())[:300]
-
-
 # --- the pools --------------------------------------------------------------------------
 
 
 class PostgresDatabase(Pools):
     """Reader and writer pools on one PostgreSQL database: the interface of
-    :class:`zmirror.db.Database` (``read``, ``write``, ``query``, ``execute``,
+    :class:`zmirror.db.sqlite.Database` (``read``, ``write``, ``query``, ``execute``,
     ``start``, ``close``), ``dialect = "postgresql"``.
 
     One writer connection per node keeps this node's writes in order as on
@@ -236,9 +218,5 @@ class PostgresDatabase(Pools):
         return f"<PostgresDatabase {redact_url(self.url)}>"
 
 
-def is_unique_violation(e: BaseException) -> bool:
-    return psycopg is not None and isinstance(e, psycopg.errors.UniqueViolation)
-
-
 __all__ = ["PostgresDatabase", "migrate", "connect", "translate", "redact_url", "to_postgresql",
-           "DIALECT", "is_unique_violation"]
+           "DIALECT"]

@@ -2,12 +2,10 @@
 
 Every change runs in ONE write transaction that also reads the resulting full
 list; subscribers (the proxy core) get that list after the commit, so they keep
-an in-memory copy and never query the database per pull.
+an in-memory copy and never query the database per pull.  The upstream's
+password is stored as given (it cannot be hashed); the admin API never returns it.
 
-Rows are dicts: ``id, name, url, priority, enabled (bool), username, password,
-created_at, updated_at, namespace`` (the registry host the upstream mirrors,
-:func:`zmirror.oci.names.normalize_namespace`; ``docker.io`` by default).  The password is stored as given (it authenticates
-ZMirror to the upstream, so it cannot be hashed); the admin API never returns it.
+Design: docs/design/database.md ("The stores").
 """
 
 from __future__ import annotations

@@ -1,23 +1,11 @@
 """Registry users (the ``users`` table): the accounts of ``docker login``.
 
-Public rows (``list``, ``get``, and what writes return) never hold the hash:
-``id, username, enabled (bool), created_at, updated_at, last_login_at``.
-``get_by_username`` returns the full row including ``password_hash`` (for the
-login path).
+Public rows never hold the hash; ``get_by_username`` returns the full row for
+the login path.  An in-memory copy of the authentication columns lets the
+registry check a token's user per request without a query.  The store saves
+hashes and never hashes or verifies a password (that is :mod:`zmirror.auth`).
 
-The store also keeps an in-memory copy of the authentication-relevant columns
-(``id, username, password_hash, enabled, updated_at``), loaded once by
-:meth:`load` (or lazily) and updated after every write that goes through this
-store, so the registry can check a Bearer token's user per request without a
-database query.
-
-Usernames: 1-64 of ``[A-Za-z0-9._-]``, unique regardless of case, and never
-the admin account's name (``validate_username(name, admin_username)``).
-
-The store saves password hashes and never hashes or verifies a password
-itself: :class:`zmirror.auth.users.UserAccounts` (admin API) and the CLI hash
-before they call it, :class:`zmirror.auth.credentials.Authenticator` verifies
-logins and hands a re-hashed legacy MD5 hash to :meth:`UserStore.set_hash`.
+Design: docs/design/database.md ("The stores").
 """
 
 from __future__ import annotations

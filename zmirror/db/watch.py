@@ -1,20 +1,10 @@
 """Notice commits to the users / whitelists / registries tables made by other
 processes (the ``zmirror`` CLI), so a running server can re-read its stores.
 
-``PRAGMA data_version`` is per connection: it changes when *another*
-connection commits.  The reader pool holds several connections, so values read
-through it cannot be compared with each other; :class:`ChangeWatcher` keeps ONE
-dedicated read-only connection for the check and uses it from the reader
-pool's threads, one check at a time.
+:class:`ChangeWatcher` reads ``PRAGMA data_version`` on one dedicated
+connection and, when it moved, compares a cheap fingerprint per table.
 
-The server's own writer connection also counts as "another connection": every
-access-log batch and cache-index flush bumps the version.  So a changed version
-only triggers a cheap per-table fingerprint (``count``, ``total(id)``,
-``max``/``total(updated_at)``, ``total(enabled)``, well under a millisecond for
-10 000 users); only tables whose fingerprint changed are reported.  Every write
-through the CLI or the admin API sets ``updated_at``; a hand-made SQL change
-that leaves ``id``, ``enabled`` and ``updated_at`` alone is not noticed (send
-SIGHUP).
+Design: docs/design/database.md ("SQLite: the data_version watch").
 """
 
 from __future__ import annotations
@@ -25,7 +15,7 @@ from typing import Any, Optional
 from twisted.internet.defer import succeed
 from twisted.internet.threads import deferToThreadPool
 
-from zmirror.db import BUSY_TIMEOUT_MS
+from zmirror.db.sqlite import BUSY_TIMEOUT_MS
 
 TABLES = ("users", "whitelists", "registries")
 

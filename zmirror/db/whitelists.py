@@ -1,17 +1,11 @@
 """Anonymous-pull whitelist entries (the ``whitelists`` table).
 
-Rows: ``id, prefix, enabled (bool), note, created_at, updated_at``.  The store
-stores and returns rows and checks only what the table needs (a prefix is a
-non-empty string of at most 255 characters, unique; a note is short text): what
-a prefix may look like and what it matches is the access policy's business
-(:mod:`zmirror.auth.whitelist`, which validates before it calls the store).
+The store checks only what the table needs; what a prefix means is
+:mod:`zmirror.auth.whitelist`'s business.  After every write and every
+:meth:`~WhitelistStore.load` the enabled entries go to the subscribers, so the
+policy matches in memory.
 
-Every write runs in one transaction that also reads the enabled entries; after
-the commit they go to the subscribers (``subscribe(cb)``: ``cb(rows)`` with
-``[{"id", "prefix"}]`` ordered by id), so the policy keeps its matcher in memory
-and never queries the database per request.  :meth:`load` re-reads them and
-hands them to the subscribers too (at start, on first use, on SIGHUP and when
-another process changed the table).
+Design: docs/design/database.md ("The stores").
 """
 
 from __future__ import annotations

@@ -1,36 +1,13 @@
 """Namespaces: which registry a repository belongs to, and its canonical name.
 
-Every upstream mirrors one *namespace*: the registry host it is a copy of
-(``docker.io`` by default; ``ghcr.io``, ``quay.io``, ``registry.k8s.io``, any
-``host[:port]``).  A pull names a repository *within* a namespace; the proxy
-core, the caches, the access log, the whitelist and the token scopes all use
-its *canonical name*:
+Every upstream mirrors one *namespace* (``docker.io``, ``ghcr.io``, any
+``host[:port]``).  The canonical name of a repository is bare on docker.io
+(with Docker Hub's ``library/`` rule) and carries its host elsewhere
+(``ghcr.io/owner/img``); :class:`Repo` is that name as a ``str`` that also
+knows its ``namespace`` and its name there (``remote``).  Requests are routed
+to a namespace by :class:`zmirror.registry.routing.RoutingTable`.
 
-- ``docker.io`` repositories stay bare, with Docker Hub's ``library/`` rule
-  (``nginx`` → ``library/nginx``; the only namespace with that rule);
-- any other namespace's repositories carry their host: ``ghcr.io/owner/img``
-  (``ghcr.io/img`` stays ``ghcr.io/img``).
-
-:class:`Repo` is that canonical name as a ``str`` which also knows its
-namespace and its name *there* (``remote``): upstream URLs and upstream token
-scopes use ``remote``, on the upstreams of ``namespace`` only.  A plain
-``str`` name is a docker.io name (``namespace_of``/``remote_of``).
-
-:class:`RoutingTable` turns a request into a :class:`Repo`, three ways:
-
-- the ``Host`` the client used (``[routing] hosts``, e.g.
-  ``"ghcr.mirror.example.com" = "ghcr.io"``; ``X-Forwarded-Host`` only from
-  trusted proxies);
-- containerd's ``?ns=<host>`` query parameter;
-- a path prefix: a first component that is a configured namespace (or
-  ``docker.io`` and its aliases ``index.docker.io``, ``registry-1.docker.io``)
-  selects it (``/v2/ghcr.io/owner/img/...``); a first component that merely
-  contains a dot but is no configured namespace is an ordinary docker.io name
-  component.
-
-A docker.io repository whose first component names a configured namespace
-(``?ns=docker.io`` on ``/v2/ghcr.io/owner/img/...``) is refused: its canonical
-name would be that namespace's.
+Design: docs/design/namespaces.md.
 """
 
 from __future__ import annotations

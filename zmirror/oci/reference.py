@@ -1,16 +1,11 @@
-"""The one parser for registry paths: repository names, tags and digests.
-
-Grammar (distribution spec / docker reference):
-    name       := component ("/" component)*          (total length <= 255)
-    component  := [a-z0-9]+ (separator [a-z0-9]+)*
-    separator  := "." | "_" | "__" | "-"+
-    tag        := [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}
-    digest     := algorithm ":" encoded  (sha256: 64 lowercase hex, sha512: 128)
+"""The one parser for registry paths: repository names, tags and digests
+(the distribution spec's grammar).
 
 Everything the proxy later decides on (policy, cache keys, upstream URLs) uses
-the parsed, normalized values returned here and never the raw path.  A raw
-path holding a '%' is refused outright: no valid name, tag or digest contains
-one, so no decoding trick can make the checked name differ from the fetched one.
+the parsed, normalized values returned here and never the raw path; a raw path
+holding a '%' is refused outright.
+
+Design: docs/design/namespaces.md ("Repository names, tags and digests").
 """
 
 from __future__ import annotations

@@ -1,21 +1,11 @@
 """Pull-through blobs: a local store in front of the upstreams, as one blob source.
 
-:class:`PullThroughBlobs` (distribution's ``registry/proxy`` is the model)
-answers ``stat``/``open`` the way the route layer needs without it knowing
-that it proxies:
+:class:`PullThroughBlobs` serves a hit from the cache once the blob is known to
+be in the requested repository, starts one cache download per digest for a
+miss (every client follows it), and relays from the upstreams what the cache
+cannot store.  Counters (hits, misses) are the local store's.
 
-- a hit in the local store (:class:`~zmirror.cache.blobs.CacheBlobs`) is
-  served from its file — but only once the blob is known to be in the
-  requested repository (content addressing alone must not let a pull of
-  repository A read a blob only seen in B: the upstream confirms it first);
-- a miss starts one cache download per digest (single-flight: the upstream
-  fetch belongs to no caller, a caller that goes away only detaches) and every
-  client follows it, its own Range included;
-- when the cache cannot store (disk failing, limits reached, no length) the
-  miss is relayed from the upstreams (:class:`~zmirror.upstream.blobs.RemoteBlobs`),
-  still verified; without a local store everything is relayed.
-
-Counters (hits, misses) are the local store's: it counts what it is told here.
+Design: docs/design/pull-path.md ("Blobs").
 """
 
 from __future__ import annotations

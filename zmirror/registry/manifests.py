@@ -1,31 +1,13 @@
 """Manifest sources: one interface, so the proxy never knows whether it proxies.
 
 A :class:`ManifestSource` answers ``get(repository, reference, accept, head=...)``
-with a :class:`~zmirror.upstream.manifests.ManifestResult`.  Two implement it:
+with a :class:`~zmirror.upstream.manifests.ManifestResult`: the upstreams
+(:class:`~zmirror.upstream.manifests.RemoteManifests`) or
+:class:`PullThroughManifests`, a local store in front of them (by digest:
+served for good once confirmed in the repository; by tag: a TTL, HEAD
+revalidation, stale copies on 429/502/503).
 
-- :class:`~zmirror.upstream.manifests.RemoteManifests`: the upstreams, with
-  failover and every check of what they answer (the cache off);
-- :class:`PullThroughManifests` (``local``, ``remote``): a local store
-  (:class:`~zmirror.cache.manifests.ManifestCache`) in front of a remote source,
-  after distribution's ``registry/proxy`` manifest store.
-
-The pull-through flow:
-
-- by digest: a cached manifest the client accepts is served for good; one only
-  known from another repository is first confirmed in this one with an
-  upstream HEAD (content addressing alone must not let a pull of A read what is
-  only known to be in B); otherwise GET upstream and store it;
-- by tag: a fresh entry (younger than the TTL) the client accepts is served; a
-  stale one is revalidated with an upstream HEAD (Docker Hub does not count
-  HEADs as pulls) and served again when the digest did not move; otherwise GET
-  upstream and store it.  When the upstreams fail with 429, 502 or 503 the
-  stale copy is served with ``Warning: 110 - "Response is Stale"``; when every
-  upstream says the manifest is unknown (404) the tag is dropped from the cache
-  and the 404 passed on.
-
-A HEAD from a client is answered like a GET (a miss fills the cache with a
-GET); the caller drops the body.  The counters (hits, misses, stale answers)
-are the local store's, changed through its own methods.
+Design: docs/design/pull-path.md ("Manifests").
 """
 
 from __future__ import annotations

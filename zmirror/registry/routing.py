@@ -1,6 +1,9 @@
-"""Routing a request to a namespace: :class:`RoutingTable` turns a path, the
-``?ns=`` parameter or the ``Host`` into a canonical :class:`~zmirror.oci.names.Repo`
-(see ``docs/design/namespaces.md``)."""
+"""Routing a request to a namespace: :class:`RoutingTable` turns the ``Host``,
+the ``?ns=`` parameter or a path prefix into a canonical
+:class:`~zmirror.oci.names.Repo`.
+
+Design: docs/design/namespaces.md ("Routing a request to a namespace").
+"""
 
 from __future__ import annotations
 
