@@ -17,7 +17,8 @@ from zmirror.registry.routes import PullRequest
 from zmirror.testing import MemoryBlobs, sha256
 from zmirror.transfer.interfaces import IBlobBody, IBlobSource
 from zmirror.upstream.blobs import RemoteBlobs
-from zmirror.upstream.client import UpstreamPool
+from zmirror.upstream.health import UpstreamHealth
+from zmirror.upstream.pool import UpstreamPool
 from zmirror.upstream.failover import Failover
 
 DATA = b"0123456789" * 10
@@ -41,7 +42,7 @@ class ProtocolTests(unittest.TestCase):
         _base, db = temp_database(self, reactor)
         cache = CacheBlobs(self.mktemp(), db, reactor, max_size=1 << 20)
         self.addCleanup(cache.transfers.stop)
-        pool = UpstreamPool(None, Clock())
+        pool = UpstreamPool(None, Clock(), health=UpstreamHealth(Clock()))
         remote = RemoteBlobs(Failover(pool, Clock()), Clock())
         for source in (cache, remote, PullThroughBlobs(cache, remote), PullThroughBlobs(None, remote),
                        MemoryBlobs()):
@@ -51,7 +52,7 @@ class ProtocolTests(unittest.TestCase):
         _base, db = temp_database(self, reactor)
         cache = CacheBlobs(self.mktemp(), db, reactor, max_size=1 << 20)
         self.addCleanup(cache.transfers.stop)
-        proxy = Proxy(UpstreamPool(None, Clock()), Clock(), blobs=cache)
+        proxy = Proxy(UpstreamPool(None, Clock(), health=UpstreamHealth(Clock())), Clock(), blobs=cache)
         self.assertIsInstance(proxy.blob_source, PullThroughBlobs)
         self.assertIs(proxy.blob_source.local, cache)
         self.assertIs(proxy.blob_source.remote.threads, cache.transfers)
@@ -62,7 +63,8 @@ class ProxyOverASourceTests(unittest.TestCase):
 
     def setUp(self):
         self.source = MemoryBlobs({("library/x", DIGEST): DATA})
-        self.proxy = Proxy(UpstreamPool(None, Clock()), Clock(), blob_source=self.source)
+        self.proxy = Proxy(UpstreamPool(None, Clock(), health=UpstreamHealth(Clock())), Clock(),
+                           blob_source=self.source)
 
     def test_whole_blob_headers_and_body(self):
         body = result_of(pull(self.proxy))

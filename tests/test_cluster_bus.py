@@ -377,7 +377,7 @@ class WiredServicesTests(unittest.TestCase):
         self.assertIsInstance(a["bus"], PostgresBus)
         self.assertIn(a["bus"], list(self.nodes[0]))
         self.assertNotIn("db_watch", a)
-        self.assertIs(a["upstreams"].sharing.bus, a["bus"])
+        self.assertIs(a["upstream_sharing"].bus, a["bus"])
 
     @coro
     async def test_a_user_created_on_one_node_reaches_the_other(self):
@@ -414,16 +414,16 @@ class WiredServicesTests(unittest.TestCase):
 
     @coro
     async def test_an_upstream_cooldown_on_one_node_shows_on_the_other(self):
-        from zmirror.upstream.client import FAILURES_BEFORE_COOLDOWN
+        from zmirror.upstream.health import FAILURES_BEFORE_COOLDOWN
 
         await self.started()
         a, b = (top.components for top in self.nodes)
         hub_a = a["upstreams"].upstreams[0]
         for _ in range(FAILURES_BEFORE_COOLDOWN):
-            a["upstreams"].mark_failed(hub_a, "cannot connect to registry-1.docker.io")
-        self.assertEqual(a["upstreams"].health()[hub_a.id]["state"], "cooldown")
+            a["upstreams"].health.mark_failed(hub_a, "cannot connect to registry-1.docker.io")
+        self.assertEqual(a["upstreams"].health.report()[hub_a.id]["state"], "cooldown")
         # the cool-down goes out once the publish interval (1 s) is over
-        await eventually(lambda: b["upstreams"].health()[hub_a.id]["state"] == "cooldown",
+        await eventually(lambda: b["upstreams"].health.report()[hub_a.id]["state"] == "cooldown",
                          timeout=3.0, what="the cool-down on node b")
         self.assertEqual(b["upstreams"].upstreams[0].health.cooldown_until, hub_a.health.cooldown_until)
         rows = await b["db"].query("SELECT upstream, node FROM upstream_state")

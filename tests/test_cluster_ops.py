@@ -30,7 +30,9 @@ from zmirror.db.listen import BACKOFF_FIRST, COALESCE, MAX_PAYLOAD, PostgresBus
 from zmirror.db.watch import TABLES
 from zmirror.health import HealthChecks
 from zmirror.metrics import Metrics
-from zmirror.upstream.client import UpstreamPool
+from zmirror.upstream.health import UpstreamHealth
+from zmirror.upstream.pool import UpstreamPool
+from zmirror.upstream.shared import HealthSharing
 
 START = 100000.0
 SECRET = b"cluster-secret-" + b"x" * 17
@@ -187,11 +189,11 @@ class BusMetricsTests(unittest.TestCase):
 
     def test_every_cluster_series_is_documented(self):
         hub = LoopbackHub()
-        pool = UpstreamPool(None, self.clock, cooldown=30, bus=hub.bus())
+        sharing = HealthSharing(UpstreamHealth(self.clock, cooldown=30), hub.bus(), None, self.clock)
         sync = LockoutSync(Lockout(self.clock, secret=SECRET), hub.bus(), NeverWrites(),
                            clock=self.clock)
         metrics = Metrics(process=False)
-        metrics.watch_cluster(self.bus, sync, pool.sharing, clock=self.clock)
+        metrics.watch_cluster(self.bus, sync, sharing, clock=self.clock)
         self.bus._connected()
         names = cluster_names(metrics)
         self.assertEqual(len(names), 17)
@@ -240,19 +242,21 @@ class HealthSharingMetricsTests(unittest.TestCase):
         pools, metrics = [], []
         for _ in range(2):
             bus = hub.bus()
-            pool = UpstreamPool(None, clock, cooldown=30, bus=bus)
+            health = UpstreamHealth(clock, cooldown=30)
+            pool = UpstreamPool(None, clock, health=health)
+            sharing = HealthSharing(health, bus, None, clock)
             pool.set_registries([dict(r) for r in ROWS])
             m = Metrics(process=False)
-            m.watch_cluster(bus, sharing=pool.sharing, clock=clock)
+            m.watch_cluster(bus, sharing=sharing, clock=clock)
             pools.append(pool)
             metrics.append(m)
         a, b = pools
-        a.mark_failed(a.upstreams[0], "cannot connect to hub.test")
+        a.health.mark_failed(a.upstreams[0], "cannot connect to hub.test")
         self.assertEqual(value(metrics[0], "zmirror_cluster_upstream_state_published_total"), 1)
         self.assertEqual(value(metrics[1], "zmirror_cluster_upstream_state_published_total"), 0)
         self.assertEqual(value(metrics[1], "zmirror_cluster_upstream_state_applied_total"), 1)
         self.assertEqual(value(metrics[0], "zmirror_cluster_upstream_state_applied_total"), 0)
-        self.assertEqual(b.health()[1]["state"], "down")
+        self.assertEqual(b.health.report()[1]["state"], "down")
         # no lockout sync given: no lockout series
         self.assertIsNone(value(metrics[0], "zmirror_cluster_lockout_queue_depth"))
 

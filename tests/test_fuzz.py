@@ -365,7 +365,7 @@ class SurfaceFuzz(unittest.TestCase):
 
         self.components = build(config, reactor)
         upstreams = self.components["upstreams"]
-        upstreams.agent = LoopbackOnlyAgent(upstreams.agent, upstream.encode() + b"/")
+        upstreams.client.agent = LoopbackOnlyAgent(upstreams.client.agent, upstream.encode() + b"/")
         self.top = start_services(self.components)
         # the built UI is not in git: serve a small one so its file lookups are fuzzed too
         ui = Path(self.mktemp())
@@ -393,7 +393,7 @@ class SurfaceFuzz(unittest.TestCase):
             await self.port.stopListening()
             await self.top.stopService()
             # the upstream agent's persistent connections to the fake upstream
-            await self.components["upstreams"].agent.agent._pool.closeCachedConnections()
+            await self.components["upstreams"].client.agent.agent._pool.closeCachedConnections()
             await self.upstream_port.stopListening()
 
         return Deferred.fromCoroutine(stop())

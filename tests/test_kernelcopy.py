@@ -26,7 +26,8 @@ from zmirror.transfer import follower
 from zmirror.registry.proxy import Proxy
 from zmirror.registry.routes import RegistryRoutes
 from zmirror.testing import FakeRegistry
-from zmirror.upstream.client import UpstreamPool
+from zmirror.upstream.health import UpstreamHealth
+from zmirror.upstream.pool import UpstreamPool
 from zmirror.transfer.threads import TransferThreads
 
 
@@ -65,7 +66,8 @@ class KernelCopyTests(unittest.TestCase):
 
         upstream_pool = HTTPConnectionPool(reactor, persistent=True)
         self.addCleanup(upstream_pool.closeCachedConnections)
-        pool = UpstreamPool(Agent(reactor, pool=upstream_pool), reactor, header_timeout=10, cooldown=1)
+        pool = UpstreamPool(Agent(reactor, pool=upstream_pool), reactor,
+                            health=UpstreamHealth(reactor, cooldown=1), header_timeout=10)
         pool.set_registries([{"id": 1, "name": "up", "url": f"http://127.0.0.1:{up_port.getHost().port}",
                               "priority": 1, "enabled": 1, "username": "", "password": ""}])
         self.blobs = CacheBlobs(self.base / "cache", self.db, reactor, max_size=1 << 30, idle_timeout=1,

@@ -45,7 +45,11 @@ class FakePool:
         self.states = states
         self.now_checked = 0.0
 
-    def health(self):
+    @property
+    def health(self):  # the pool's health memory: here only its report
+        return self
+
+    def report(self):
         out = {}
         for i, st in enumerate(self.states, start=1):
             if st is None:
@@ -164,9 +168,10 @@ class HealthTests(unittest.TestCase):
         self.assertEqual(json.loads(body)["checks"]["upstreams"]["states"], {"unknown": 1})
 
     def test_with_real_upstream_pool(self):
-        from zmirror.upstream.client import UpstreamPool
+        from zmirror.upstream.health import UpstreamHealth
+        from zmirror.upstream.pool import UpstreamPool
 
-        pool = UpstreamPool(agent=None, clock=self.clock, cooldown=30)
+        pool = UpstreamPool(agent=None, clock=self.clock, health=UpstreamHealth(self.clock, cooldown=30))
         pool.set_registries([{"id": 1, "name": "hub", "url": "https://hub.test", "priority": 1,
                               "enabled": 1},
                              {"id": 2, "name": "off", "url": "https://off.test", "enabled": 0}])
@@ -175,7 +180,7 @@ class HealthTests(unittest.TestCase):
         self.assertEqual(resp.code, 200)
         self.assertEqual(json.loads(body)["checks"]["upstreams"]["enabled"], 1)
         for _ in range(3):
-            pool.mark_failed(pool.upstreams[0], "connection refused")
+            pool.health.mark_failed(pool.upstreams[0], "connection refused")
         resp, body = self.get(c, "/readyz")
         self.assertEqual(resp.code, 503)
         self.assertEqual(json.loads(body)["checks"]["upstreams"]["states"], {"cooldown": 1})

@@ -80,7 +80,7 @@ class ManifestTests(unittest.TestCase):
         self.assertEqual(err_code(body), "UPSTREAM_ERROR")
         # the reason is for the log and the admin's health view, not for the client
         self.assertNotIn("digest mismatch", body.decode())
-        self.assertIn("digest mismatch", self.env.pool.health()[1]["last_error"])
+        self.assertIn("digest mismatch", self.env.pool.health.report()[1]["last_error"])
 
     def test_unknown_manifest(self):
         resp, body = self.env.request("GET", "/v2/library/nginx/manifests/nope")
@@ -200,7 +200,7 @@ class FailoverTests(unittest.TestCase):
         del env.agent.agents["down.fake"]  # connection refused
         resp, body = env.request("GET", "/v2/library/nginx/manifests/latest")
         self.assertEqual(resp.code, 200)
-        h = env.pool.health()
+        h = env.pool.health.report()
         self.assertEqual(h[1]["state"], "down")
         self.assertIn("cannot connect", h[1]["last_error"])
         self.assertEqual(h[2]["state"], "up")
@@ -260,7 +260,7 @@ class FailoverTests(unittest.TestCase):
             env.request("GET", "/v2/library/nginx/manifests/latest")
         tried = [u for _m, u, _h in env.agent.sent if b"down.fake" in u]
         self.assertEqual(len(tried), 3)  # skipped after 3 consecutive failures
-        self.assertEqual(env.pool.health()[1]["state"], "cooldown")
+        self.assertEqual(env.pool.health.report()[1]["state"], "cooldown")
         env.clock.advance(31)
         env.request("GET", "/v2/library/nginx/manifests/latest")
         tried = [u for _m, u, _h in env.agent.sent if b"down.fake" in u]
@@ -284,7 +284,7 @@ class FailoverTests(unittest.TestCase):
         env.clock.advance(11)
         resp, body = env.pump(d)
         self.assertEqual(resp.code, 200)
-        self.assertIn("within", env.pool.health()[1]["last_error"])
+        self.assertIn("within", env.pool.health.report()[1]["last_error"])
 
 
 class BlobTests(unittest.TestCase):
@@ -382,8 +382,8 @@ class ClientGoneTests(unittest.TestCase):
         env.agent.flush()
         d.cancel()
         self.failureResultOf(d, CancelledError)
-        self.assertEqual(env.pool.health()[1]["consecutive_failures"], 0)
-        self.assertNotEqual(env.pool.health()[1]["state"], "down")
+        self.assertEqual(env.pool.health.report()[1]["consecutive_failures"], 0)
+        self.assertNotEqual(env.pool.health.report()[1]["state"], "down")
 
 
 class ProbeTests(unittest.TestCase):
@@ -395,8 +395,8 @@ class ProbeTests(unittest.TestCase):
             d = ensure(env.pool.probe({"id": row_id, "url": f"http://{host}"}))
             env.agent.flush()
             result = self.successResultOf(d)
-            env.pool.record_probe(row_id, result)
-        h = env.pool.health()
+            env.pool.health.record_probe(row_id, result)
+        h = env.pool.health.report()
         self.assertEqual(h[1]["state"], "up")
         self.assertEqual(h[2]["state"], "down")
         self.assertIn("cannot connect", h[2]["last_error"])

@@ -23,8 +23,9 @@ from zmirror.metrics import Metrics
 from zmirror.oci.errors import RegistryError
 from zmirror.registry.manifests import STALE_WARNING
 from zmirror.testing import FakeRegistry, MemoryManifests
-from zmirror.upstream.client import (DEFAULT_RATELIMIT_COOLDOWN, MAX_RATELIMIT_COOLDOWN, UpstreamPool,
-                                     parse_rate_limit, parse_retry_after)
+from zmirror.upstream.headers import parse_rate_limit, parse_retry_after
+from zmirror.upstream.health import DEFAULT_RATELIMIT_COOLDOWN, MAX_RATELIMIT_COOLDOWN, UpstreamHealth
+from zmirror.upstream.pool import UpstreamPool
 
 HUB_HEADERS = {b"ratelimit-limit": b"100;w=21600", b"ratelimit-remaining": b"76;w=21600",
                b"docker-ratelimit-source": b"203.0.113.9"}
@@ -193,9 +194,8 @@ class RecordTests(unittest.TestCase):
 
 class CoolDownTests(unittest.TestCase):
     def test_429_with_retry_after_goes_to_the_next_until_the_reset(self):
-        w = two()
         metrics = Metrics(process=False)
-        w.pool.metrics = metrics
+        w = two(metrics=metrics)
         w.agent.on("GET", "http://a.fake" + TAG_PATH,
                    limited(retry_after=b"120", ratelimit_limit=b"100;w=21600", ratelimit_remaining=b"0;w=21600"))
         w.agent.on("GET", "http://b.fake" + TAG_PATH, lambda: manifest_response())
@@ -401,7 +401,7 @@ class HttpTests(unittest.TestCase):
         # revalidated with HEADs only; both 429'd them, so the second pull asked nobody
         self.assertEqual([r[0] for r in self.up1.requests if r[2] == self.path], ["GET", "HEAD"])
         self.assertEqual([r[0] for r in self.up2.requests if r[2] == self.path], ["HEAD"])
-        self.assertEqual([h["state"] for h in self.env.pool.health().values()], ["ratelimited"] * 2)
+        self.assertEqual([h["state"] for h in self.env.pool.health.report().values()], ["ratelimited"] * 2)
 
     def _pull_through(self, local):
         from zmirror.registry.manifests import PullThroughManifests
@@ -428,13 +428,13 @@ class ShownTests(AdminTestMixin, unittest.TestCase):
     def pool(self, hub_id):
         clock = Clock()
         clock.advance(5000)
-        pool = UpstreamPool(None, clock)
+        pool = UpstreamPool(None, clock, health=UpstreamHealth(clock))
         pool.set_registries([{"id": hub_id, "name": "Docker Hub", "url": "https://registry-1.docker.io"},
                              {"id": hub_id + 1, "name": "other", "url": "https://other.test"}])
         up, other = pool.upstreams
-        pool.note_rate_limit(up, 429, hdrs(retry_after=b"600", ratelimit_limit=b"100;w=21600",
-                                           ratelimit_remaining=b"0;w=21600"))
-        pool.note_rate_limit(other, 200, hdrs(ratelimit_limit=b"200;w=3600", ratelimit_remaining=b"150"))
+        pool.health.note_rate_limit(up, 429, hdrs(retry_after=b"600", ratelimit_limit=b"100;w=21600",
+                                                  ratelimit_remaining=b"0;w=21600"))
+        pool.health.note_rate_limit(other, 200, hdrs(ratelimit_limit=b"200;w=3600", ratelimit_remaining=b"150"))
         return pool
 
     def test_registries_api(self):
@@ -444,7 +444,7 @@ class ShownTests(AdminTestMixin, unittest.TestCase):
         _c, _h, obj = await self.call("GET", "/api/registries")
         [hub] = obj["items"]
         self.assertIsNone(hub["rate_limit"])
-        self.upstreams.healths = self.pool(hub["id"]).health()
+        self.upstreams.healths = self.pool(hub["id"]).health.report()
         _c, _h, obj = await self.call("GET", "/api/registries")
         [hub] = obj["items"]
         self.assertEqual(hub["health"]["state"], "ratelimited")
@@ -481,13 +481,13 @@ class NamespaceTests(unittest.TestCase):
 
     def test_limited_upstream_of_another_namespace_is_not_reported(self):
         clock = Clock()
-        pool = UpstreamPool(agent=None, clock=clock)
+        pool = UpstreamPool(agent=None, clock=clock, health=UpstreamHealth(clock))
         pool.set_registries([
             {"id": 1, "name": "hub", "url": "http://a.fake", "priority": 1, "enabled": 1},
             {"id": 2, "name": "ghcr", "url": "http://g.fake", "priority": 1, "enabled": 1,
              "namespace": "ghcr.io"}])
         hub, ghcr = sorted(pool.upstreams, key=lambda u: u.id)
-        pool.note_rate_limit(ghcr, 429, hdrs(retry_after=b"300"))
+        pool.health.note_rate_limit(ghcr, 429, hdrs(retry_after=b"300"))
         self.assertEqual([u.id for u in pool.candidates("docker.io", counted=True)], [hub.id])
         self.assertEqual(pool.rate_limited("docker.io", counted=True), [])
         self.assertEqual([u.id for u, _ in pool.rate_limited("ghcr.io", counted=True)], [ghcr.id])

@@ -18,7 +18,7 @@ from tests.test_cache import CacheTestBase, deferred_test
 from zmirror.metrics import Metrics
 from zmirror.testing import FakeRegistry
 from zmirror.upstream.blobs import ResumeOrder
-from zmirror.upstream.client import Upstream
+from zmirror.upstream.models import Upstream
 
 
 def blob_gets(reg):
@@ -35,9 +35,8 @@ class RelayResumeTests(unittest.TestCase):
         self.digest = self.up1.add_blob(self.data)
         self.up2.add_blob(self.data)
         self.path = f"/v2/library/x/blobs/{self.digest}"
-        self.env = ProxyEnv([("up1.fake", self.up1), ("up2.fake", self.up2)])
         self.metrics = Metrics()
-        self.env.pool.metrics = self.metrics
+        self.env = ProxyEnv([("up1.fake", self.up1), ("up2.fake", self.up2)], metrics=self.metrics)
 
     def get(self, headers=None):
         return self.env.request("GET", self.path, headers=headers)

@@ -1,7 +1,7 @@
 """Upstream connections are reused across error answers (zmirror/upstream/client.py).
 
 A real twisted.web upstream on 127.0.0.1 and the real Agent + HTTPConnectionPool
-built by ``zmirror.wiring._upstream_pool``: the upstream's factory counts the
+built by ``zmirror.upstream.build.build_upstreams``: the upstream's factory counts the
 connections it accepts.  Small unwanted bodies (401 before the token retry,
 404, 5xx) are read to the end so their connection goes back to the pool; a
 huge or stalled unwanted body is still cut off.
@@ -23,10 +23,10 @@ from twisted.web.server import NOT_DONE_YET, Site
 from twisted.internet.error import ConnectionLost
 
 from tests.fixtures.auth import coro
-from zmirror import wiring
 from zmirror.config import Config, UpstreamConfig
 from zmirror.oci.errors import RegistryError
 from zmirror.httpbody import DRAIN_LIMIT, discard, failure_text
+from zmirror.upstream.build import build_upstreams
 from zmirror.upstream.failover import Failover
 
 USER, PASSWORD = "puller", "s3cret"
@@ -112,7 +112,7 @@ class CountingSite(Site):
 class Env:
     """A fake upstream on 127.0.0.1 and the UpstreamPool wiring builds for it."""
 
-    def __init__(self, case: unittest.TestCase, auth: str, clock=None):
+    def __init__(self, case: unittest.TestCase, auth: str):
         self.resource = Upstream(auth)
         self.site = CountingSite(self.resource)
         port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
@@ -121,9 +121,7 @@ class Env:
         self.resource.base = self.base
         config = Config(data_dir=Path(case.mktemp()), config_path=Path("/nonexistent"),
                         upstream=UpstreamConfig(connect_timeout=10.0, cooldown=0.0))
-        self.pool = wiring._upstream_pool(config, reactor)
-        if clock is not None:
-            self.pool.clock = clock
+        self.pool = build_upstreams(config, reactor).pool
         self.pool.set_registries([{"id": 1, "name": "up", "url": self.base, "priority": 1,
                                    "username": USER if auth == "basic" else "",
                                    "password": PASSWORD if auth == "basic" else ""}])
@@ -204,7 +202,7 @@ class DrainLimitTests(unittest.TestCase):
 
     async def response(self, env: Env, path: str):
         auth = env.pool.upstreams[0].basic_auth()
-        return await env.pool._send(env.pool.upstreams[0], b"GET", env.base + path, {}, auth)
+        return await env.pool.client.send(env.pool.upstreams[0], b"GET", env.base + path, {}, auth)
 
     @coro
     async def test_huge_error_body_is_aborted_not_read(self):
@@ -224,7 +222,7 @@ class DrainLimitTests(unittest.TestCase):
     @coro
     async def test_stalled_error_body_is_aborted_after_the_timeout(self):
         clock = Clock()
-        env = Env(self, "basic", clock=clock)
+        env = Env(self, "basic")
         resp = await self.response(env, "/v2/stall/x/manifests/latest")
         self.assertEqual(resp.length, 100)
         drained = discard(resp, clock, timeout=5.0)

@@ -33,7 +33,8 @@ from zmirror.registry.proxy import Proxy
 from zmirror.oci.reference import parse_path
 from zmirror.registry.routes import PullRequest
 from zmirror.upstream.auth import TokenCache
-from zmirror.upstream.client import UpstreamPool
+from zmirror.upstream.health import UpstreamHealth
+from zmirror.upstream.pool import UpstreamPool
 
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2, "layers": []}).encode()
@@ -144,10 +145,11 @@ def manifest_response(body: bytes = MANIFEST, *, ctype=DOCKER_V2.encode(), stall
 
 
 class World:
-    def __init__(self, hosts=("a.fake",), *, manifests=None, idle_timeout=30.0, clock=None):
+    def __init__(self, hosts=("a.fake",), *, manifests=None, idle_timeout=30.0, clock=None, metrics=None):
         self.clock = clock or Clock()
         self.agent = ScriptAgent()
-        self.pool = UpstreamPool(self.agent, self.clock, header_timeout=10, cooldown=30)
+        health = UpstreamHealth(self.clock, cooldown=30, metrics=metrics)
+        self.pool = UpstreamPool(self.agent, self.clock, health=health, header_timeout=10, metrics=metrics)
         self.pool.set_registries([{"id": i, "name": h, "url": f"http://{h}", "priority": i, "enabled": 1}
                                   for i, h in enumerate(hosts, start=1)])
         self.proxy = Proxy(self.pool, self.clock, idle_timeout=idle_timeout, manifests=manifests)
@@ -158,7 +160,7 @@ class World:
         return Deferred.fromCoroutine(self.proxy.pull(p))
 
     def health(self, uid: int = 1) -> dict:
-        return self.pool.health()[uid]
+        return self.pool.health.report()[uid]
 
 
 def token_challenge(realm: str = "http://auth.fake/token"):
@@ -439,11 +441,11 @@ class BodyTimeoutTests(unittest.TestCase):
                    lambda: FakeResponse(200, {}, b'{"tok', stall=True))
         d = w.pull(TAG_PATH)
         self.assertNoResult(d)
-        w.clock.advance(w.pool.body_timeout + 1)
+        w.clock.advance(w.pool.client.body_timeout + 1)
         self.assertUpstreamError(d)
         token_resp = [r for r in w.agent.responses if r.code == 200][0]
         self.assertTrue(token_resp.transport.stopped)
-        self.assertEqual(w.pool.tokens.fetching, 0)  # and the next pull can fetch again
+        self.assertEqual(w.pool.client.tokens.fetching, 0)  # and the next pull can fetch again
 
     def assertUpstreamError(self, d):
         err = self.failureResultOf(d, RegistryError).value
@@ -497,8 +499,8 @@ class TokenCacheBoundsTests(unittest.TestCase):
                    lambda: FakeResponse(200, {}, b'{"token": "t", "expires_in": 1e300}'))
         self.failureResultOf(w.pull(TAG_PATH), RegistryError)  # a keeps answering 401
         w.clock.advance(2 * 86400)
-        self.assertEqual(len(w.pool.tokens), 1)
-        self.assertIsNone(w.pool.tokens.peek((1, "http://a.fake", "", "repository:library/x:pull")))
+        self.assertEqual(len(w.pool.client.tokens), 1)
+        self.assertIsNone(w.pool.client.tokens.peek((1, "http://a.fake", "", "repository:library/x:pull")))
 
 
 class ManifestCacheBoundsTests(unittest.TestCase):
@@ -656,7 +658,7 @@ class RealConnectionTests(unittest.TestCase):
         self.addCleanup(port.stopListening)
         host = f"127.0.0.1:{port.getHost().port}"
         clock = Clock()
-        pool = UpstreamPool(Agent(reactor), clock, header_timeout=10)
+        pool = UpstreamPool(Agent(reactor), clock, health=UpstreamHealth(clock), header_timeout=10)
         pool.set_registries([{"id": 1, "name": "a", "url": f"http://{host}", "priority": 1, "enabled": 1}])
         proxy = Proxy(pool, clock, idle_timeout=30)
         d = Deferred.fromCoroutine(proxy.pull(PullRequest(path=parse_path(TAG_PATH), method=b"GET")))

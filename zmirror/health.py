@@ -105,7 +105,7 @@ class HealthChecks:
         # --- upstreams ---
         enabled = list(getattr(self.upstreams, "upstreams", []) or [])
         try:
-            health = self.upstreams.health() if enabled else {}
+            health = self.upstreams.health.report() if enabled else {}
         except Exception:
             log.failure("readyz: upstream health failed")
             health = {}

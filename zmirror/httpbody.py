@@ -1,11 +1,12 @@
 """Response bodies we do not stream: drain an unwanted one so its connection is
-reused, and name a failure in one readable line for logs."""
+reused, read a small one within a size and a deadline, and name a failure in
+one readable line for logs."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH
@@ -104,6 +105,92 @@ def discard(response, clock: Any = None, *, limit: int = DRAIN_LIMIT,
     return d
 
 
+class BodyError(Exception):
+    """A small body that could not be read: too large, broken off or not
+    complete in time (:func:`read_limited`)."""
+
+
+class _LimitedReader(Protocol):
+    def __init__(self, limit: int, finished: Deferred):
+        self.limit = limit
+        self.finished = finished
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def abort(self) -> None:
+        """Stop reading and close the connection (the body is not wanted any more)."""
+        transport = self.transport
+        if transport is not None:
+            try:
+                transport.stopProducing()
+            except Exception:
+                pass
+
+    def dataReceived(self, data: bytes):
+        if self.finished.called:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.finished.errback(BodyError(f"response larger than {self.limit} bytes"))
+            self.abort()
+            return
+        self.chunks.append(data)
+
+    def connectionLost(self, reason):
+        if self.finished.called:
+            return
+        from twisted.web.client import PotentialDataLoss, ResponseDone
+        from twisted.web.http import PotentialDataLoss as PDL2
+
+        if reason.check(ResponseDone, PotentialDataLoss, PDL2):
+            self.finished.callback(b"".join(self.chunks))
+        else:
+            self.finished.errback(BodyError(f"body read failed: {reason.value}"[:300]))
+
+
+def read_limited(response, limit: int, timeout: float, clock: Any) -> "Deferred[bytes]":
+    """Read a small body (manifest, token, tags list) with a size cap and a deadline.
+
+    Errbacks with :class:`BodyError` when the body is too large, breaks off or
+    is not complete within ``timeout`` seconds; then (and when the returned
+    Deferred is cancelled: our client went away, CancelledError) the connection
+    is closed, so a stalled upstream holds nothing.
+    """
+    if response.length is not UNKNOWN_LENGTH and response.length > limit:
+        discard(response)
+        return fail(BodyError(f"response of {response.length} bytes is over the {limit} byte limit"))
+    box: list[_LimitedReader] = []
+
+    def cancel(d: Deferred) -> None:
+        d.errback(CancelledError())  # first: closing may report a lost connection at once
+        if box:
+            box[0].abort()
+
+    d: Deferred = Deferred(cancel)
+    reader = _LimitedReader(limit, d)
+    box.append(reader)
+
+    def on_timeout() -> None:
+        if not d.called:
+            d.errback(BodyError(f"body not complete within {timeout:g}s"))
+            reader.abort()
+
+    timer = clock.callLater(timeout, on_timeout)
+
+    def done(result):
+        if timer.active():
+            timer.cancel()
+        return result
+
+    d.addBoth(done)
+    try:
+        response.deliverBody(reader)
+    except Exception as e:
+        if not d.called:
+            d.errback(BodyError(f"body read failed: {e.__class__.__name__}"))
+    return d
+
+
 def failure_text(reason: Any) -> str:
     """A readable one-line reason for a Failure or exception, for logs.
 
@@ -120,4 +207,4 @@ def failure_text(reason: Any) -> str:
     return f"{name}: {message}" if message else name
 
 
-__all__ = ["DRAIN_LIMIT", "DRAIN_TIMEOUT", "discard", "failure_text"]
+__all__ = ["BodyError", "DRAIN_LIMIT", "DRAIN_TIMEOUT", "discard", "failure_text", "read_limited"]

@@ -12,7 +12,8 @@ Where the numbers come from:
   response has ended — the same place the access log learns what was really
   sent, aborted downloads included;
 - upstream requests, latency (until the response headers) and failures:
-  :class:`~zmirror.upstream.client.UpstreamPool` (its ``metrics`` argument);
+  :class:`~zmirror.upstream.pool.UpstreamPool` and
+  :class:`~zmirror.upstream.health.UpstreamHealth` (their ``metrics`` argument);
 - token issues and authentication failures: the token service and the
   access policy (their ``metrics`` attribute);
 - gauges that read callables at scrape time: access-log queue depth, dropped
@@ -241,7 +242,7 @@ class Metrics:
             reset = GaugeMetricFamily("zmirror_upstream_ratelimit_reset_timestamp_seconds",
                                       "When a rate-limited upstream is used for pulls again",
                                       labels=["upstream"])
-            health = pool.health()
+            health = pool.health.report()
             for u in list(pool.upstreams):
                 h = health.get(u.id) or {}
                 state = h.get("state", "unknown")

@@ -418,24 +418,24 @@ def instrument(config: Any, reactor: Any, components: dict) -> dict:
     """Adds metrics, ``/healthz``, ``/readyz`` and ``/metrics`` to what
     :func:`zmirror.wiring.build` built (called at its end); returns ``components``.
 
-    - one :class:`~zmirror.metrics.Metrics` (own CollectorRegistry) per build;
+    - ``components["metrics"]``: the build's :class:`~zmirror.metrics.Metrics` (own
+      CollectorRegistry), already given to the upstream pool and health memory;
     - the registry routes' access log (also the token service's) is wrapped in
       :class:`~zmirror.metrics.MeteredAccessLog`: every finished request is
       counted where the access log learns its final status and bytes;
-    - ``UpstreamPool.metrics``, ``AccessPolicy.metrics``, ``TokenService.metrics``;
+    - ``AccessPolicy.metrics``, ``TokenService.metrics``;
     - ``[metrics] listen``: an extra listening service that serves only /metrics;
     - on PostgreSQL the ``zmirror_cluster_*`` series and ``/readyz``'s ``checks.bus``;
     - health and metrics requests are kept out of the HTTP access log lines.
     """
     from zmirror.health import HealthChecks
-    from zmirror.metrics import MeteredAccessLog, Metrics, MetricsEndpoint, metrics_listen_service
+    from zmirror.metrics import MeteredAccessLog, MetricsEndpoint, metrics_listen_service
 
-    metrics = Metrics()
+    metrics = components["metrics"]
     app = components["app"]
     registry = app.registry
     upstreams = components.get("upstreams")
     if upstreams is not None:
-        upstreams.metrics = metrics
         metrics.watch_upstreams(upstreams)
         metrics.watch_namespaces(upstreams)
     inner_log = registry.accesslog
@@ -461,7 +461,7 @@ def instrument(config: Any, reactor: Any, components: dict) -> dict:
         bus = None
     else:
         metrics.watch_cluster(bus, getattr(access, "lockout_sync", None),
-                              getattr(upstreams, "sharing", None), reactor)
+                              components.get("upstream_sharing"), reactor)
     health = HealthChecks(components["db"], upstreams, reactor, bus=bus)
     endpoint = MetricsEndpoint(metrics, config.metrics.access, admin=components.get("admin"))
     app.extra.setdefault("healthz", health.healthz)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.logger import Logger
-from twisted.web.client import Agent
 
 from zmirror import auth
 from zmirror.accesslog import BatchedAccessLog
@@ -20,13 +19,14 @@ from zmirror.config import Config
 from zmirror.db.engine import connect_config, migrate_config, open_database
 from zmirror.db.accesslogs import AccessLogStore, RetentionService
 from zmirror.db.registries import RegistryStore
+from zmirror.metrics import Metrics
 from zmirror.net import TrustedProxies, base_url
 from zmirror.nodes import NodeHeartbeat, endpoint_address
 from zmirror.ops import instrument
 from zmirror.registry.routing import RoutingTable
 from zmirror.registry.proxy import Proxy
 from zmirror.registry.routes import RegistryRoutes
-from zmirror.upstream.client import QuietConnectionPool, UpstreamPool
+from zmirror.upstream.build import build_upstreams
 from zmirror.service import (CallbackService, DatabaseService, DrainService, InflightTracker,
                              LimitedSite)
 
@@ -39,7 +39,9 @@ def build(config: Config, reactor: Any) -> dict:
     bus = _bus(config, db, reactor)
     trusted = TrustedProxies(config.server.trusted_proxies)
 
-    upstreams = _upstream_pool(config, reactor, bus, db)
+    metrics = Metrics()
+    upstream_parts = build_upstreams(config, reactor, bus=bus, db=db, metrics=metrics)
+    upstreams = upstream_parts.pool
     upstreams.set_registries(_registry_rows(config))
     cache = build_cache(config, db, reactor, bus=bus)  # None: [cache] enabled = false
     blob_cache = cache.blobs if cache is not None else None
@@ -107,7 +109,7 @@ def build(config: Config, reactor: Any) -> dict:
         *([DatabaseService(cache_db)] if cache_db is not db else []),
         *_cache_services(cache),
         CallbackService(stop=accesslog.stop),
-        *_bus_services(bus, upstreams),
+        *_bus_services(bus, upstream_parts.sharing),
         RetentionService(accesslogs, reactor, config.log.retention_days, config.log.max_rows),
         nodes,
         *access.services,
@@ -124,6 +126,8 @@ def build(config: Config, reactor: Any) -> dict:
         "root": root,
         "services": services,
         "upstreams": upstreams,
+        "upstream_sharing": upstream_parts.sharing,
+        "metrics": metrics,
         "routing": routing,
         "proxy": proxy,
         "blob_cache": blob_cache,
@@ -139,12 +143,10 @@ def build(config: Config, reactor: Any) -> dict:
         "lockout": access.lockout,
         "admin_credentials": access.admin_credentials,
     })
-    metrics = components.get("metrics")
-    if metrics is not None:
-        metrics.gauge("zmirror_http_connections", "Open client connections",
-                      lambda: site.open_connections)
-        metrics.gauge("zmirror_http_connections_refused", "Client connections refused (503) "
-                      "over [server] max_connections since start", lambda: site.refused_connections)
+    metrics.gauge("zmirror_http_connections", "Open client connections",
+                  lambda: site.open_connections)
+    metrics.gauge("zmirror_http_connections_refused", "Client connections refused (503) "
+                  "over [server] max_connections since start", lambda: site.refused_connections)
     return components
 
 
@@ -161,13 +163,13 @@ def _bus(config: Config, db: Any, reactor: Any):
     return LocalBus()
 
 
-def _bus_services(bus: Any, upstreams: UpstreamPool) -> list:
+def _bus_services(bus: Any, sharing: Any) -> list:
     """After the pools start (before they close): the bus (a service on PostgreSQL),
-    then the upstream state kept in ``upstream_state`` (loaded at start)."""
+    then the upstream state kept in ``upstream_state`` (loaded at start) by
+    ``sharing`` (a :class:`~zmirror.upstream.shared.HealthSharing`, or None)."""
     from twisted.application.service import IService
 
     out = [bus] if IService.providedBy(bus) else []
-    sharing = upstreams.sharing
     if sharing is not None:
         out.append(CallbackService(start=sharing.load, stop=sharing.stop))
     return out
@@ -180,21 +182,6 @@ def _cache_services(cache: CacheParts | None) -> list:
     if cache is None:
         return []
     return [CallbackService(start=cache.upkeep.start, stop=cache.upkeep.stop)]
-
-
-def _upstream_pool(config: Config, reactor: Any, bus: Any = None, db: Any = None) -> UpstreamPool:
-    """The HTTP agent for upstreams: persistent connections, connect timeout; the
-    health memory shared over ``bus`` and kept in ``db``'s upstream_state.
-
-    A plain ``Agent`` (not treq's HTTPClient, which adds gzip decoding): the
-    bytes relayed must be exactly the upstream's, digests included.
-    """
-    pool = QuietConnectionPool(reactor, persistent=True)  # no log lines per connection
-    pool.maxPersistentPerHost = 16
-    pool.cachedConnectionTimeout = 120
-    agent = Agent(reactor, pool=pool, connectTimeout=config.upstream.connect_timeout)
-    return UpstreamPool(agent, reactor, header_timeout=config.upstream.connect_timeout,
-                        cooldown=config.upstream.cooldown, connections=pool, bus=bus, db=db)
 
 
 def _registry_rows(config: Config) -> list[dict]:

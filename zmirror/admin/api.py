@@ -487,7 +487,7 @@ class AdminAPI:
         if self.upstreams is None:
             return {}
         try:
-            return dict(self.upstreams.health() or {})
+            return dict(self.upstreams.health.report() or {})
         except Exception:
             log.failure("admin API: upstream health failed")
             return {}
@@ -571,7 +571,7 @@ class AdminAPI:
         out = dict(PROBE_KEYS)
         if isinstance(result, dict):
             out.update({k: result[k] for k in PROBE_KEYS if k in result})
-        record = getattr(self.upstreams, "record_probe", None)
+        record = getattr(getattr(self.upstreams, "health", None), "record_probe", None)
         if record is not None:
             record(row["id"], out)  # the health column shows what the test found
         return out

@@ -29,7 +29,7 @@ from zmirror.oci.errors import RegistryError
 from zmirror.registry.manifests import PullThroughManifests
 from zmirror.oci.reference import BLOB, MANIFEST, TAGS, parse_tag
 from zmirror.upstream.blobs import RemoteBlobs
-from zmirror.upstream.client import UpstreamPool
+from zmirror.upstream.pool import UpstreamPool
 from zmirror.upstream.failover import Failover
 from zmirror.upstream.manifests import ManifestResult, RemoteManifests, RemoteTags
 

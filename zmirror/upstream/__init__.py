@@ -1,2 +1,3 @@
-"""Talking to upstream registries: auth challenges and tokens, requests with
-redirects and health, failover (failover.py) and the remote blob source (blobs.py)."""
+"""Talking to upstream registries: the registry list and requests (pool.py,
+client.py), health and rate limits (health.py, shared.py), failover and the
+remote manifest and blob sources; built by build.py (docs/design/upstream.md)."""

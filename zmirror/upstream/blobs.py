@@ -1,29 +1,7 @@
-"""Blobs from the upstream registries: :class:`RemoteBlobs`, the remote blob source.
-
-Every request goes through :class:`~zmirror.upstream.failover.Failover`
-(priority order, health memory, one generic client error).  ``stat`` is a HEAD,
-``open`` a GET relayed to the client as it arrives
-(:class:`~zmirror.upstream.relay.RelayBody`: the whole blob verified against its
-digest, a client's single range passed on as an unverifiable partial answer),
-``fetch`` the GET a cache download is filled from (:class:`UpstreamBlob`).
-
-Resume: a whole blob's body of known length is read through a
-:class:`ResumingBody`, which its reader (the relay, a cache download) takes
-for the upstream response.  When the body breaks — the connection closed or
-reset before the length, nothing for ``idle_timeout`` s, more bytes than
-announced — it asks again with ``Range: bytes=<received>-``: the same upstream
-once, then the others in priority order, at most ``resume_attempts`` times and
-within ``resume_deadline`` s of the first break.  A resumed answer must
-continue the blob: a 206 whose Content-Range starts at the bytes received and
-has the same total, or a 200 of the same length (an upstream that ignores
-Range), read from the start with the bytes already had skipped.  Anything
-else is that upstream's failure (the next one is asked).  The reader sees one
-uninterrupted body; its digest check covers the whole blob.
-
-What an upstream sends that the client would get copied (length,
-Content-Range, Content-Type) is checked first: a bad value is that upstream's
-failure (fail over), never a 500 or a bad header.
-"""
+"""Blobs from the upstream registries: :class:`RemoteBlobs`, the remote blob source
+(HEAD, a GET relayed to the client, the GET a cache download is filled from), and
+:class:`ResumingBody`, which resumes a broken body with ``Range`` from the same
+or the next upstream (design: docs/design/upstream.md)."""
 
 from __future__ import annotations
 
@@ -46,7 +24,7 @@ from zmirror.transfer.connections import enlarge_reads
 from zmirror.transfer.interfaces import BlobInfo, IBlobSource, blob_content_type
 from zmirror.transfer.ranges import single_range
 from zmirror.upstream.relay import RelayBody
-from zmirror.upstream.client import Upstream, UpstreamError
+from zmirror.upstream.models import Upstream, UpstreamError
 from zmirror.httpbody import discard, failure_text
 from zmirror.oci.names import namespace_of, remote_of
 from zmirror.upstream.failover import Failover, header

@@ -1,26 +1,6 @@
-"""One request answered by the first upstream that can: priority order, failover, health.
-
-:meth:`Failover.fetch` sends a request to the pool's candidates in order until
-one answers with an acceptable status (and, when given, passes ``validate``);
-what every upstream answered goes into the health memory and, when none could,
-into one :class:`~zmirror.oci.errors.RegistryError` whose client-facing
-part is generic (the names, hosts and reasons are logged once and kept on the
-error's ``internal`` field for the admin side).
-
-Used by the manifest, tag-list and blob sources alike; a caller that resumes a
-broken blob body passes its own ``candidates`` order (the same upstream first,
-then the others).
-
-Rate limits: a 429 from any upstream, and the ``ratelimit-*`` headers of every
-manifest answer (``limits``), go to the pool's rate-limit memory
-(:meth:`~zmirror.upstream.client.UpstreamPool.note_rate_limit`); a 429 is not
-a failure of the upstream.  A request that counts against a pull limit
-(``counted``: manifest GETs) skips the upstreams in a rate-limit cool-down
-(every request does when the 429 came for one that does not count, e.g. a
-HEAD); each skipped one counts as a rate-limited attempt, so when no other upstream can answer
-the client gets ``429 TOOMANYREQUESTS`` with the shortest wait as
-``Retry-After`` (and the manifest cache serves its stale copy).
-"""
+"""One request answered by the first upstream that can: priority order, failover,
+health and rate limits; when none can, one :class:`~zmirror.oci.errors.RegistryError`
+whose client-facing part is generic (design: docs/design/upstream.md)."""
 
 from __future__ import annotations
 
@@ -32,7 +12,8 @@ from twisted.logger import Logger
 
 from zmirror.oci.errors import RegistryError
 from zmirror.oci.names import namespace_of, remote_of
-from zmirror.upstream.client import Upstream, UpstreamError, UpstreamPool
+from zmirror.upstream.models import Upstream, UpstreamError
+from zmirror.upstream.pool import UpstreamPool
 
 log = Logger()
 
@@ -94,6 +75,40 @@ class Failover:
         """
         namespace = namespace_of(name)
         scope = f"repository:{remote_of(name)}:pull"
+        health = self.pool.health
+        ups, attempts = self._order(namespace, candidates, counted)
+        for up in ups:
+            started = self.clock.seconds()
+            try:
+                resp = await self.pool.request(up, method, path, headers=headers, scope=scope)
+            except UpstreamError as e:
+                health.mark_failed(up, str(e))
+                attempts.append(Attempt(up, "error", str(e)))
+                continue
+            code = resp.code
+            left = None
+            if limits or code == 429:
+                left = health.note_rate_limit(up, code, resp.headers, counted=counted)
+            if code in ok_codes or code in terminal_codes:
+                try:
+                    validated = await validate(up, resp) if validate and code in ok_codes else None
+                except UpstreamError as e:
+                    health.mark_failed(up, str(e))
+                    attempts.append(Attempt(up, "error", str(e)))
+                    continue
+                health.mark_ok(up, self.clock.seconds() - started)
+                if record is not None:
+                    record.upstream = up.name
+                return up, resp, validated
+            self.pool.discard(resp)  # small error bodies are read: the connection is reused
+            attempts.append(self._refused(up, code, left, started))
+        raise final_error(attempts, unknown_code, name=name, what=what)
+
+
+    def _order(self, namespace: str, candidates: Optional[Sequence[Upstream]],
+               counted: bool) -> tuple[list[Upstream], list[Attempt]]:
+        """The upstreams of ``namespace`` to ask, in order, and an attempt for each
+        one left out (rate-limit cool-down); RegistryError when there is none."""
         attempts: list[Attempt] = []
         if candidates is None:
             ups = list(self.pool.candidates(namespace, counted=counted))
@@ -104,45 +119,24 @@ class Failover:
         if not ups and not attempts:
             raise RegistryError("NAME_UNKNOWN", f"no upstream registry is enabled for namespace {namespace}",
                                 {"namespace": namespace})
-        for up in ups:
-            started = self.clock.seconds()
-            try:
-                resp = await self.pool.request(up, method, path, headers=headers, scope=scope)
-            except UpstreamError as e:
-                self.pool.mark_failed(up, str(e))
-                attempts.append(Attempt(up, "error", str(e)))
-                continue
-            code = resp.code
-            left = None
-            if limits or code == 429:
-                left = self.pool.note_rate_limit(up, code, resp.headers, counted=counted)
-            if code in ok_codes or code in terminal_codes:
-                try:
-                    validated = await validate(up, resp) if validate and code in ok_codes else None
-                except UpstreamError as e:
-                    self.pool.mark_failed(up, str(e))
-                    attempts.append(Attempt(up, "error", str(e)))
-                    continue
-                self.pool.mark_ok(up, self.clock.seconds() - started)
-                if record is not None:
-                    record.upstream = up.name
-                return up, resp, validated
-            self.pool.discard(resp)  # small error bodies are read: the connection is reused
-            if code == 404:
-                self.pool.mark_ok(up, self.clock.seconds() - started)
-                attempts.append(Attempt(up, "notfound", "404"))
-            elif code in (401, 403):
-                attempts.append(Attempt(up, "denied", f"{code} after authentication"))
-            elif code == 429:
-                # not a failure: the pool's rate-limit memory holds it until its window resets
-                attempts.append(Attempt(up, "ratelimited", "429",
-                                        str(int(math.ceil(left))) if left is not None else None))
-            elif code >= 500:
-                self.pool.mark_failed(up, f"HTTP {code}")
-                attempts.append(Attempt(up, "error", f"HTTP {code}"))
-            else:
-                attempts.append(Attempt(up, "error", f"unexpected HTTP {code}"))
-        raise final_error(attempts, unknown_code, name=name, what=what)
+        return ups, attempts
+
+    def _refused(self, up: Upstream, code: int, left: Optional[float], started: float) -> Attempt:
+        """The attempt of an answer that is neither acceptable nor terminal (its
+        body discarded), recorded in the health memory as what it says."""
+        health = self.pool.health
+        if code == 404:
+            health.mark_ok(up, self.clock.seconds() - started)
+            return Attempt(up, "notfound", "404")
+        if code in (401, 403):
+            return Attempt(up, "denied", f"{code} after authentication")
+        if code == 429:
+            # not a failure: the rate-limit book holds it until its window resets
+            return Attempt(up, "ratelimited", "429", str(int(math.ceil(left))) if left is not None else None)
+        if code >= 500:
+            health.mark_failed(up, f"HTTP {code}")
+            return Attempt(up, "error", f"HTTP {code}")
+        return Attempt(up, "error", f"unexpected HTTP {code}")
 
 
 def final_error(attempts: list[Attempt], unknown_code: str, *, name: str = "",
@@ -150,7 +144,7 @@ def final_error(attempts: list[Attempt], unknown_code: str, *, name: str = "",
     """The client's error after every upstream was tried.
 
     What each upstream answered (names, hosts, reasons) is logged here, once,
-    and kept on the error as ``internal`` (and in the pool's health memory for
+    and kept on the error as ``internal`` (and in the health memory for
     the admin API); the client only gets the code and a generic message.
     """
     kinds = {a.kind for a in attempts}

@@ -1,25 +1,7 @@
-"""Manifests and tag lists from the upstream registries (the remote store).
-
-:class:`RemoteManifests` answers ``get(repository, reference, accept, head=...)``
-with a :class:`ManifestResult`, like every manifest source
-(:class:`zmirror.registry.manifests.ManifestSource`): upstreams are tried in
-priority order through :meth:`zmirror.upstream.failover.Failover.fetch`.  What
-an upstream says is checked where it comes in, and a bad answer is that
-upstream's failure (the next one is tried), never a 500 or a bad header:
-
-- a HEAD is trusted only when it gives a supported digest (the one asked for,
-  by digest), a length within :data:`MAX_MANIFEST` and a valid media type;
-  otherwise the manifest is fetched with GET and its digest computed;
-- a GET body is read within :data:`MAX_MANIFEST` bytes and ``idle_timeout``;
-  a GET skips the upstreams in a rate-limit cool-down (it counts as a pull on
-  Docker Hub), a HEAD does not (it does not count); both record the
-  upstream's ``ratelimit-*`` headers;
-  by digest it must hash to that digest; its ``Content-Type`` (or, without one,
-  the ``mediaType`` it declares) must be a valid media type.
-
-:class:`RemoteTags` fetches one page of a tag list; an upstream's next-page
-``Link`` is rebuilt from its checked ``n`` and ``last`` under our own base URL.
-"""
+"""Manifests and tag lists from the upstream registries: :class:`RemoteManifests`
+(the remote manifest store) and :class:`RemoteTags`; what an upstream says is
+checked where it comes in, and a bad answer is that upstream's failure
+(design: docs/design/upstream.md)."""
 
 from __future__ import annotations
 
@@ -34,8 +16,8 @@ from twisted.logger import Logger
 from zmirror.oci.errors import RegistryError
 from zmirror.oci.mediatypes import DEFAULT_ACCEPT, content_media_type, sniff_media_type
 from zmirror.oci.reference import MANIFEST, TAGS, is_digest, parse_digest, parse_tag
-from zmirror.upstream.client import UpstreamError, read_limited
-from zmirror.httpbody import discard
+from zmirror.httpbody import BodyError, discard, read_limited
+from zmirror.upstream.models import UpstreamError
 from zmirror.oci.names import remote_of
 from zmirror.upstream.failover import Failover, header
 
@@ -102,7 +84,7 @@ class RemoteManifests:
 
         async def read_manifest(up, resp):
             raw_ctype = header(resp, b"content-type")
-            body = await read_limited(resp, MAX_MANIFEST, self.idle_timeout, self.clock)
+            body = await _read(resp, MAX_MANIFEST, self.idle_timeout, self.clock)
             algo = reference.split(":")[0] if by_digest else "sha256"
             computed = f"{algo}:{hashlib.new(algo, body).hexdigest()}"
             if by_digest and computed != reference:
@@ -153,7 +135,7 @@ class RemoteTags:
         path = f"/v2/{remote_of(repository)}/tags/list" + ("?" + urlencode(query) if query else "")
 
         async def read_tags(up, resp):
-            body = await read_limited(resp, MAX_TAGS, self.idle_timeout, self.clock)
+            body = await _read(resp, MAX_TAGS, self.idle_timeout, self.clock)
             link = header(resp, b"link")
             return body, (_rewrite_link(link, link_name or repository, base_url, link_ns) if link else None)
 
@@ -166,6 +148,15 @@ class RemoteTags:
 _DIGITS = re.compile(r"^[0-9]{1,18}\Z")
 _LINK = re.compile(r"^\s*<([^<>]*)>(.*)$", re.S)
 _REL = re.compile(r";\s*rel\s*=\s*(?:\"([^\"]*)\"|([^\s;,]+))", re.I)
+
+
+async def _read(resp, limit: int, timeout: float, clock: Any) -> bytes:
+    """:func:`zmirror.httpbody.read_limited`; a body that cannot be read is the
+    upstream's failure (UpstreamError: the next one is tried)."""
+    try:
+        return await read_limited(resp, limit, timeout, clock)
+    except BodyError as e:
+        raise UpstreamError(str(e)) from None
 
 
 def _valid_digest(value: Optional[str]) -> Optional[str]:

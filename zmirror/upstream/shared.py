@@ -1,41 +1,7 @@
-"""Upstream health and rate-limit state shared by the nodes of a cluster.
-
-Each node keeps its own :class:`~zmirror.upstream.client.Health` per upstream
-(the :class:`~zmirror.upstream.client.UpstreamPool`'s health memory).  When one
-changes in a way the others should follow — marked down, a failure cool-down
-starting or moving, recovered, a rate-limit cool-down starting or moving (its
-deadline and scope), a rate-limit cool-down ended early — the pool tells its
-observer, :class:`HealthSharing`, which
-
-- upserts the upstream's row of ``upstream_state`` (a node that starts later, or
-  reconnects to the bus, loads the rows still in force), and
-- publishes an ``upstream.state`` event on the bus (:mod:`zmirror.cluster`).
-
-Both carry a snapshot of the upstream's shared state (:func:`snapshot`), taken
-when it is sent.  At most one goes out per upstream every :data:`MIN_INTERVAL`
-seconds: changes in between are sent together, the latest state, once the
-interval is over.  Requests themselves never publish.
-
-**Key.**  An upstream is its ``registries`` row id (``upstream_state.upstream``
-is ``str(id)``): every node of a cluster reads the same ``registries`` table,
-so the id names the same row on all of them, and two rows for one URL (other
-credentials: another pull quota) stay apart.  The snapshot also carries the
-URL: a node applies a state only to its enabled upstream of that id *and*
-URL, so a row whose URL was edited does not inherit the old registry's state,
-and an id this node does not know (yet) is ignored.
-
-**Merging** (:func:`merge`) never lets a peer push a deadline past what it
-said, nor past :data:`~zmirror.upstream.client.MAX_RATELIMIT_COOLDOWN` from
-now (a hostile or skewed value): of two cool-down deadlines the later one wins.
-Who saw the upstream last decides "down" / "up": a peer's state is taken when
-it is newer than this node's own last answer (``last_checked_at``); a
-rate-limit cool-down guessed from the window ends early when a peer has a newer
-``ratelimit-*`` answer and no cool-down of its own.  Deadlines are wall-clock
-times: the nodes' clocks should agree (NTP) to within a few seconds.
-
-Sharing rate limits assumes the nodes share the upstream's quota (one egress
-address, or the same credentials); that is the point of sharing them.
-"""
+"""Upstream health and rate-limit state shared by the nodes of a cluster: each
+node's health transitions go to the bus and ``upstream_state``, the other
+nodes' are merged into its own health memory (design, keys and merging rules:
+docs/design/upstream.md)."""
 
 from __future__ import annotations
 
@@ -46,7 +12,8 @@ from typing import Any, Optional
 from twisted.logger import Logger
 
 from zmirror.cluster import RESYNC
-from zmirror.upstream.client import MAX_RATELIMIT_COOLDOWN, RateLimit, Upstream
+from zmirror.upstream.health import MAX_RATELIMIT_COOLDOWN, UpstreamHealth
+from zmirror.upstream.models import RateLimit, Upstream
 
 log = Logger()
 
@@ -98,7 +65,7 @@ def _count(value: Any) -> Optional[int]:
 
 
 def merge(up: Upstream, data: dict, now: float) -> bool:
-    """Fold a peer's :func:`snapshot` into ``up``'s health (rules: module doc).
+    """Fold a peer's :func:`snapshot` into ``up``'s health (rules: docs/design/upstream.md).
     Returns True when something changed."""
     h = up.health
     before = (h.state, h.last_error, h.cooldown_until, h.ratelimited_until, h.ratelimit_scope,
@@ -153,12 +120,12 @@ def in_force(data: dict, now: float) -> bool:
 
 
 class HealthSharing:
-    """The :class:`~zmirror.upstream.client.UpstreamPool`'s observer: shares its
-    health transitions over ``bus`` and ``upstream_state`` (``db``; None: the bus
-    only) and applies the other nodes' (see the module doc)."""
+    """Shares the transitions of ``health`` over ``bus`` (a
+    :class:`zmirror.cluster.IBus`) and ``upstream_state`` (``db``; None: the bus
+    only) and applies the other nodes' to it."""
 
-    def __init__(self, pool: Any, bus: Any, db: Any, clock: Any):
-        self.pool = pool
+    def __init__(self, health: UpstreamHealth, bus: Any, db: Any, clock: Any):
+        self.health = health
         self.bus = bus
         self.db = db
         self.clock = clock
@@ -171,6 +138,7 @@ class HealthSharing:
         self._failing = False
         bus.subscribe(KIND, self.received)
         bus.subscribe(RESYNC, lambda _data: self.load())
+        health.subscribe(self.health_changed)
 
     # -- this node's transitions ---------------------------------------------------
 
@@ -187,7 +155,7 @@ class HealthSharing:
 
     def _send(self, uid: int) -> None:
         self._timers.pop(uid, None)
-        up = self._upstream(uid)
+        up = self.health.upstream(uid)
         if up is None:
             return
         now = self.clock.seconds()
@@ -236,7 +204,7 @@ class HealthSharing:
         uid = data.get("id")
         if type(uid) is not int:
             return
-        up = self._upstream(uid, data.get("url"))
+        up = self.health.upstream(uid, data.get("url"))
         if up is None:
             return  # a registry this node does not know (or no longer has)
         if merge(up, data, self.clock.seconds()):
@@ -253,7 +221,7 @@ class HealthSharing:
                 continue
             if not isinstance(data, dict) or type(data.get("id")) is not int or not in_force(data, now):
                 continue
-            up = self._upstream(data.get("id"), data.get("url"))
+            up = self.health.upstream(data.get("id"), data.get("url"))
             if up is not None and merge(up, data, now):
                 n += 1
         self.applied += n
@@ -274,12 +242,6 @@ class HealthSharing:
             return 0
 
         return d.addErrback(failed)
-
-    def _upstream(self, uid: Any, url: Any = None) -> Optional[Upstream]:
-        for up in self.pool.upstreams:
-            if up.id == uid and (url is None or up.url == url):
-                return up
-        return None
 
 
 __all__ = ["HealthSharing", "KIND", "MIN_INTERVAL", "merge", "snapshot", "key_of", "in_force"]
