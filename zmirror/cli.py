@@ -42,7 +42,8 @@ from typing import Any, Optional
 
 # the config.toml editor (tomlkit, atomic write) shared with the admin API's
 # PUT /api/me/password
-from zmirror.config import set_admin_password_text, write_preserving_mode  # noqa: F401
+from zmirror.config.adminpassword import set_admin_password_text  # noqa: F401
+from zmirror.config.files import write_preserving_mode  # noqa: F401
 
 
 class CLIError(Exception):
@@ -818,12 +819,13 @@ def copy_cache_index(source: Path, index: Path, *, force: bool = False, out=_out
 
 
 def cmd_db_copy(args) -> int:
-    from zmirror.config import ConfigError, _database_url
+    from zmirror.config import ConfigError
+    from zmirror.config.parse import validate_database_url
     from zmirror.db import postgresql
 
     cfg = _config(args)
     try:
-        url = _database_url("--to", args.to)
+        url = validate_database_url("--to", args.to)
     except ConfigError as e:
         raise CLIError(str(e)) from None
     if not url:
