@@ -132,7 +132,7 @@ def secure_files(path: Path) -> None:
     ``-wal`` / ``-shm`` / ``-journal`` 0600 if group or others may read them
     (logged as a warning).  An existing directory is left as it is (it may be
     shared, e.g. /var/lib); the data directory is restricted by
-    :func:`zmirror.config.ensure_data_dir`.  Blocking: call at start."""
+    :func:`zmirror.config.load.ensure_data_dir`.  Blocking: call at start."""
     path = Path(path)
     warnings = []
     if not path.parent.exists():
