@@ -27,7 +27,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["zmirror", "zmirror.*"]) + ["twisted.plugins"],
     package_data={
-        "zmirror": ["db/migrations/*.sql"] + webui_files(),
+        "zmirror": ["db/migrations/*.sql", "config/default.toml"] + webui_files(),
         "twisted": ["plugins/zmirror_plugin.py"],
     },
     include_package_data=True,

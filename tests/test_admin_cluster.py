@@ -28,7 +28,7 @@ from tests.fixtures.admin import (
     make_config,
 )
 from tests.test_ops_reload import Captured
-from zmirror import config as config_module
+from zmirror.config import adminpassword as config_module
 from zmirror.admin.api import AdminAPI
 from zmirror.app import ZMirrorApp
 from zmirror.auth import adminsecret

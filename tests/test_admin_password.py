@@ -18,7 +18,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from tests.test_admin_registries import coro
 from tests.fixtures.admin import AdminTestMixin, basic
-from zmirror import config as config_module
+from zmirror.config import adminpassword as config_module
 from zmirror.admin.api import AdminAPI
 from zmirror.auth.passwords import (
     Passwords,

@@ -396,11 +396,12 @@ class WiredServicesTests(unittest.TestCase):
     @coro
     async def test_the_cli_against_postgresql_reaches_a_running_node(self):
         from zmirror import cli
+        from zmirror.cli import users as cli_users
         from zmirror.auth.passwords import fast_context
 
         await self.started()
         b = self.nodes[1].components
-        self.patch(cli, "_hash_user_password", lambda pw: fast_context().hash(pw))
+        self.patch(cli_users, "_hash_user_password", lambda pw: fast_context().hash(pw))
         self.patch(sys, "stdout", io.StringIO())
         stderr = io.StringIO()
         self.patch(sys, "stderr", stderr)

@@ -489,7 +489,7 @@ class DatabaseCopyPostgresTests(unittest.TestCase):
     @coro
     async def test_heartbeat_rows_are_not_copied(self):
         from tests.fixtures.pgserver import postgres_database
-        from zmirror.cli import copy_database
+        from zmirror.cli.dbcopy import copy_database
         from zmirror.db.sqlite import Database, migrate
 
         source = Path(self.mktemp()).resolve() / "registry.db"

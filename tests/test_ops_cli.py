@@ -14,6 +14,7 @@ from twisted.trial import unittest
 
 from tests.fixtures.helpers import REPO, write_default_config
 from zmirror import cli
+from zmirror.cli import users as cli_users
 from zmirror.auth.passwords import (
     Passwords,
     fast_context,
@@ -60,7 +61,7 @@ class CLITestCase(unittest.TestCase):
         self.work.mkdir()
         self.data = self.work / "data"
         # cheap hashing in tests (the CLI uses the production argon2 context otherwise)
-        self.patch(cli, "_hash_user_password", lambda pw: fast_context().hash(pw))
+        self.patch(cli_users, "_hash_user_password", lambda pw: fast_context().hash(pw))
         if getattr(self, "backend", "sqlite") == "postgresql":
             from tests.fixtures.pgserver import fresh_database
 
@@ -265,7 +266,8 @@ class AdminPasswordTests(CLITestCase):
         self.assertEqual(path.read_text(), 'admin = "not a table"\n')
 
     def test_set_text_variants(self):
-        from zmirror.config import set_admin_password_text
+        from zmirror.cli import adminpassword as cli_adminpassword
+        from zmirror.config.adminpassword import set_admin_password_text, update_admin_password
 
         h = "$argon2id$v=19$m=19456,t=2,p=1$abc$def"
         # no password key in [admin]: added to the table, the rest kept
@@ -283,7 +285,8 @@ class AdminPasswordTests(CLITestCase):
 
         t = set_admin_password_text('[admin]\npassword = "y"\n', 'a"b\\c')
         self.assertEqual(toml.loads(t)["admin"]["password"], 'a"b\\c')
-        self.assertIs(cli.set_admin_password_text, set_admin_password_text)  # one editor for both
+        # one editor for both: the CLI's admin-password and PUT /api/me/password
+        self.assertIs(cli_adminpassword.update_admin_password, update_admin_password)
 
     def test_mode_kept_when_not_0600(self):
         self.ok("check-config")

@@ -14,6 +14,7 @@ from twisted.trial import unittest
 from tests.fixtures.auth import basic, coro, make_env, temp_db
 from tests.test_ops_reload import Captured, write_config
 from zmirror import cli
+from zmirror.cli import users as cli_users
 from zmirror.auth.passwords import fast_context
 from zmirror.config import DEFAULT_CONFIG
 from zmirror.db.watch import TABLES, ChangeWatcher
@@ -98,7 +99,7 @@ class WatchServiceTests(unittest.TestCase):
         path.write_text(DEFAULT_CONFIG.replace('path = "./data/registry.db"',
                                                f'path = "{self.env.db.path.resolve()}"'))
         os.chmod(path, 0o600)
-        self.patch(cli, "_hash_user_password", lambda pw: fast_context().hash(pw))
+        self.patch(cli_users, "_hash_user_password", lambda pw: fast_context().hash(pw))
         self.stderr = io.StringIO()
         self.patch(sys, "stdout", io.StringIO())
         self.patch(sys, "stderr", self.stderr)
@@ -247,7 +248,7 @@ class WiringTests(unittest.TestCase):
         self.assertIs(list(self.top)[-1], watch)  # stops first, before the database closes
         self.assertEqual(watch.interval, 2.0)
         self.assertIs(watch.reloader, self.c["reloader"])
-        self.patch(cli, "_hash_user_password", lambda pw: fast_context().hash(pw))
+        self.patch(cli_users, "_hash_user_password", lambda pw: fast_context().hash(pw))
         self.patch(sys, "stdout", io.StringIO())
         self.patch(sys, "stderr", io.StringIO())
         yield watch.poll()  # the baseline (what start does)

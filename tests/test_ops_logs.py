@@ -18,6 +18,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from tests.test_ops_reload import set_in_config, write_config
 from zmirror import cli
+from zmirror.cli import users as cli_users
 from zmirror.auth.passwords import fast_context
 from zmirror.logs import REDACTED, LogControl, redact
 from zmirror.tap import Options, makeService
@@ -98,7 +99,7 @@ class NoSecretsInLogsTests(unittest.TestCase):
         write_config(data)
         set_in_config(data, 'password = "admin123"', f'password = "{ADMIN_PW}"')
         # an upstream that refuses at once: pulls fail fast, after the auth checks ran
-        self.patch(cli, "_hash_user_password", lambda pw: fast_context().hash(pw))
+        self.patch(cli_users, "_hash_user_password", lambda pw: fast_context().hash(pw))
         self.patch(sys, "stdout", io.StringIO())
         self.patch(sys, "stderr", io.StringIO())
         self.patch(sys, "stdin", io.StringIO(USER_PW + "\n"))

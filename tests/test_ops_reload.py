@@ -14,6 +14,7 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial import unittest
 
 from zmirror import cli
+from zmirror.cli import users as cli_users
 from zmirror.auth.passwords import fast_context, hash_admin_password
 from zmirror.config import DEFAULT_CONFIG, load_config
 from zmirror.logs import LogControl
@@ -143,7 +144,7 @@ class ReloadTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_cli_changes_reach_the_running_stores(self):
-        self.patch(cli, "_hash_user_password", lambda pw: fast_context().hash(pw))
+        self.patch(cli_users, "_hash_user_password", lambda pw: fast_context().hash(pw))
         out = io.StringIO()
         self.patch(sys, "stdout", out)
         self.patch(sys, "stderr", io.StringIO())

@@ -703,8 +703,9 @@ class TrailingNewlineTests(unittest.TestCase):
         self.assertIsNone(_DIGITS.match("5\n"))
 
     def test_external_url(self):
-        from zmirror.config import ConfigError, _validate_external_url
+        from zmirror.config import ConfigError
+        from zmirror.config.parse import validate_external_url
 
-        _validate_external_url("server.external_url", "https://mirror.example.com")
+        validate_external_url("server.external_url", "https://mirror.example.com")
         with self.assertRaises(ConfigError):
-            _validate_external_url("server.external_url", "https://mirror.example.com\n")
+            validate_external_url("server.external_url", "https://mirror.example.com\n")

@@ -111,6 +111,17 @@ class RegistryStore:
         """Deferred → the row; errbacks with NotFound."""
         return self.db.read(_get, rid)
 
+    def find(self, url: str, name: str):
+        """Deferred → a row whose URL is ``url`` or whose name is ``name`` in any
+        case, or None."""
+
+        def run(txn):
+            txn.execute(_SELECT + " WHERE url = ? OR lower(name) = lower(?) ORDER BY id", (url, name))
+            r = txn.fetchone()
+            return _row(r) if r is not None else None
+
+        return self.db.read(run)
+
     # --- writes (each one transaction, then notify) ------------------------
 
     async def create(self, name: str, url: str, priority: int = 100, enabled: bool = True,

@@ -14,7 +14,7 @@ from typing import Any
 from twisted.enterprise import adbapi
 from twisted.logger import Logger
 
-from zmirror.config import private_dir, private_file
+from zmirror.config.files import private_dir, private_file
 from zmirror.db.errors import DatabaseError
 from zmirror.db.pools import Pools
 from zmirror.db.schema import latest_version, migrations, split_sql
@@ -85,7 +85,7 @@ def secure_files(path: Path) -> None:
     ``-wal`` / ``-shm`` / ``-journal`` 0600 if group or others may read them
     (logged as a warning).  An existing directory is left as it is (it may be
     shared, e.g. /var/lib); the data directory is restricted by
-    :func:`zmirror.config.ensure_data_dir`.  Blocking: call at start."""
+    :func:`zmirror.config.load.ensure_data_dir`.  Blocking: call at start."""
     path = Path(path)
     warnings = []
     if not path.parent.exists():

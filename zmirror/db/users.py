@@ -110,6 +110,26 @@ class UserStore:
 
         return self.db.read(run)
 
+    def find(self, name: str):
+        """Deferred → the public row of the user called ``name`` in any case, or None."""
+
+        def run(txn):
+            txn.execute(_SELECT + " WHERE lower(username) = lower(?)", (name,))
+            r = txn.fetchone()
+            return public(_full(r)) if r is not None else None
+
+        return self.db.read(run)
+
+    def list_with_hashes(self):
+        """Deferred → the full rows (with ``password_hash``) ordered by id, for a
+        report on the stored hashes (``zmirror user list`` marks legacy MD5)."""
+
+        def run(txn):
+            txn.execute(_SELECT + " ORDER BY id")
+            return [_full(r) for r in txn.fetchall()]
+
+        return self.db.read(run)
+
     def count(self):
         def run(txn):
             txn.execute("SELECT count(*) FROM users")
@@ -119,13 +139,15 @@ class UserStore:
 
     # --- writes -------------------------------------------------------------
 
-    async def create_with_hash(self, username: str, password_hash: str, enabled: bool = True) -> dict:
+    async def create_with_hash(self, username: str, password_hash: str, enabled: bool = True,
+                               *, created_at: Optional[float] = None) -> dict:
         """Insert a user with its password hash (made by the auth layer; imports keep
-        legacy MD5 hex); returns the public row."""
+        legacy MD5 hex and the source's ``created_at``); returns the public row."""
         username = self.validate_username(username)
         if not isinstance(password_hash, str) or not password_hash:
             raise InvalidField("password", "missing password hash")
         now = self.clock.seconds()
+        created = now if created_at is None else created_at
 
         def run(txn):
             _check_unique(txn, username)
@@ -133,7 +155,7 @@ class UserStore:
                 txn.execute(
                     "INSERT INTO users (username, password_hash, enabled, created_at, updated_at)"
                     " VALUES (?, ?, ?, ?, ?) RETURNING id",
-                    (username, password_hash, int(bool(enabled)), now, now),
+                    (username, password_hash, int(bool(enabled)), created, now),
                 )
                 uid = txn.fetchone()[0]
             except Exception as e:  # the UNIQUE index (another writer got there first)

@@ -1,0 +1,153 @@
+"""``zmirror user add|passwd|disable|enable|list``: registry users, written and
+read through the server's :class:`~zmirror.db.users.UserStore`."""
+
+from __future__ import annotations
+
+import json
+from contextlib import closing
+from datetime import datetime, timezone
+from typing import Optional
+
+from zmirror.auth.passwords import is_legacy_md5, make_context
+from zmirror.auth.users import validate_password
+from zmirror.cli.common import (
+    CLIError,
+    WallClock,
+    load,
+    open_database,
+    out,
+    read_password,
+    reload_hint,
+)
+from zmirror.db.errors import Conflict, InvalidField, NotFound
+from zmirror.db.sync import result
+from zmirror.db.users import UserStore, validate_username
+
+
+def _hash_user_password(password: str) -> str:
+    return make_context().hash(password)
+
+
+def _validate_user(cfg, name: str, password: Optional[str] = None) -> None:
+    try:
+        validate_username(name, cfg.admin.username)
+        if password is not None:
+            validate_password(password)
+    except InvalidField as e:
+        raise CLIError(f"{e.field}: {e.message}") from None
+
+
+def _store(db, cfg) -> UserStore:
+    return UserStore(db, WallClock(), admin_username=cfg.admin.username)
+
+
+def cmd_user_add(args) -> int:
+    cfg = load(args)
+    _validate_user(cfg, args.name)
+    with closing(open_database(cfg)) as db:
+        users = _store(db, cfg)
+        if result(users.find(args.name)):
+            raise CLIError(f"user {args.name!r} already exists")
+        password = read_password(args)
+        _validate_user(cfg, args.name, password)
+        password_hash = _hash_user_password(password)
+        try:
+            result(users.create_with_hash(args.name, password_hash, enabled=not args.disabled))
+        except Conflict:
+            raise CLIError(f"user {args.name!r} already exists") from None
+    out(f"user {args.name} created{' (disabled)' if args.disabled else ''}")
+    reload_hint(cfg)
+    return 0
+
+
+def _update_user(args, *, password: bool = False, enabled: Optional[bool] = None):
+    """Change the user ``args.name`` (its outstanding tokens stop working: the store
+    moves ``updated_at``); returns the configuration."""
+    cfg = load(args)
+    with closing(open_database(cfg)) as db:
+        users = _store(db, cfg)
+        row = result(users.find(args.name))
+        if row is None:
+            raise CLIError(f"no user named {args.name!r}")
+        password_hash = None
+        if password:
+            new_password = read_password(args)
+            _validate_user(cfg, row["username"], new_password)
+            password_hash = _hash_user_password(new_password)
+        try:
+            result(users.update(row["id"], password_hash=password_hash, enabled=enabled))
+        except NotFound:
+            raise CLIError(f"no user named {args.name!r}") from None
+    return cfg
+
+
+def cmd_user_passwd(args) -> int:
+    cfg = _update_user(args, password=True)
+    out(f"password of {args.name} changed (its tokens are revoked)")
+    reload_hint(cfg)
+    return 0
+
+
+def cmd_user_disable(args) -> int:
+    cfg = _update_user(args, enabled=False)
+    out(f"user {args.name} disabled")
+    reload_hint(cfg)
+    return 0
+
+
+def cmd_user_enable(args) -> int:
+    cfg = _update_user(args, enabled=True)
+    out(f"user {args.name} enabled")
+    reload_hint(cfg)
+    return 0
+
+
+def _fmt_time(t: Optional[float]) -> str:
+    if not t:
+        return "-"
+    return datetime.fromtimestamp(float(t), timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def cmd_user_list(args) -> int:
+    cfg = load(args)
+    with closing(open_database(cfg)) as db:
+        rows = result(_store(db, cfg).list_with_hashes())
+    users = [{"id": r["id"], "username": r["username"], "enabled": r["enabled"],
+              "created_at": r["created_at"], "updated_at": r["updated_at"],
+              "last_login_at": r["last_login_at"], "legacy_md5": is_legacy_md5(r["password_hash"])}
+             for r in rows]
+    if args.json:
+        out(json.dumps(users, ensure_ascii=False, indent=2))
+        return 0
+    if not users:
+        out("no users / 没有用户")
+        return 0
+    w = max(8, max(len(u["username"]) for u in users))
+    out(f"{'ID':>5}  {'USERNAME':<{w}}  {'ENABLED':<7}  {'CREATED':<20}  {'LAST LOGIN':<20}")
+    for u in users:
+        note = "  (MD5, re-hashed at next login)" if u["legacy_md5"] else ""
+        out(f"{u['id']:>5}  {u['username']:<{w}}  {'yes' if u['enabled'] else 'no':<7}  "
+            f"{_fmt_time(u['created_at']):<20}  {_fmt_time(u['last_login_at']):<20}{note}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    u = sub.add_parser("user", help="registry users / 仓库用户")
+    usub = u.add_subparsers(dest="user_command", required=True)
+    a = usub.add_parser("add", help="create a user / 新建用户")
+    a.add_argument("name")
+    a.add_argument("--stdin", "--password-stdin", action="store_true", help="read the password from stdin")
+    a.add_argument("--disabled", action="store_true", help="create it disabled")
+    a.set_defaults(func=cmd_user_add)
+    pw = usub.add_parser("passwd", help="set a user's password / 修改密码")
+    pw.add_argument("name")
+    pw.add_argument("--stdin", "--password-stdin", action="store_true", help="read the password from stdin")
+    pw.set_defaults(func=cmd_user_passwd)
+    for name, func, text in (("disable", cmd_user_disable, "disable a user / 禁用用户"),
+                             ("enable", cmd_user_enable, "enable a user / 启用用户")):
+        x = usub.add_parser(name, help=text)
+        x.add_argument("name")
+        x.set_defaults(func=func)
+    ls = usub.add_parser("list", help="list users / 用户列表")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_user_list)
