@@ -22,7 +22,7 @@ from zmirror.accesslog import MemoryAccessLog
 from zmirror.app import ZMirrorApp
 from zmirror.cache import BlobCache, kernelcopy
 from zmirror import transfer
-from zmirror.registry.proxy import Proxy
+from zmirror.registry.build import build_proxy
 from zmirror.registry.routes import RegistryRoutes
 from zmirror.testing import FakeRegistry
 from zmirror.upstream.client import UpstreamPool
@@ -70,7 +70,7 @@ class KernelCopyTests(unittest.TestCase):
         self.blobs = BlobCache(self.base / "cache", self.db, reactor, max_size=1 << 30, idle_timeout=1,
                                transfer_threads=self.transfer_threads)
         self.addCleanup(stop_transfers, self.blobs)
-        proxy = Proxy(pool, reactor, idle_timeout=1, blobs=self.blobs)
+        proxy = build_proxy(pool, reactor, idle_timeout=1, blobs=self.blobs)
         self.log = MemoryAccessLog()
         routes = RegistryRoutes(proxy, clock=reactor, accesslog=self.log,
                                 base_url=lambda request: "http://proxy.test")

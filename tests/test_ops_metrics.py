@@ -123,11 +123,9 @@ class PullPathMetricsTests(unittest.TestCase):
         self.blob = b"x" * 5000
         self.digest = self.up2.add_blob(self.blob)
         self.up2.add_manifest("library/nginx", "latest", MANIFEST)
-        self.env = ProxyEnv([("up1.fake", self.up1), ("up2.fake", self.up2)])
         self.metrics = Metrics(process=False)
-        self.env.pool.metrics = self.metrics
+        self.env = ProxyEnv([("up1.fake", self.up1), ("up2.fake", self.up2)], metrics=self.metrics)
         self.metrics.watch_upstreams(self.env.pool)
-        self.env.routes.accesslog = MeteredAccessLog(self.env.routes.accesslog, self.metrics)
 
     def test_pull_counts(self):
         resp, body = self.env.request("GET", f"/v2/library/nginx/blobs/{self.digest}")

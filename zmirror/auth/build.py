@@ -1,11 +1,9 @@
-"""Access control: whitelist, registry users, tokens, lockout.
+"""Builds the access-control parts (:class:`AccessControl`) from the configuration.
 
-:func:`build` assembles the parts from the configuration; ``zmirror.wiring``
-plugs ``policy`` into ``RegistryRoutes`` and ``token_service`` into
-``ZMirrorApp`` and hands the stores, the live whitelist and the accounts to
-the admin API.  The stores (``zmirror.db``) only hold rows: the whitelist
-matcher (:class:`~zmirror.auth.whitelist.Whitelist`) and password hashing
-(:class:`~zmirror.auth.users.UserAccounts`) live here, above them.
+:func:`zmirror.wiring.build` plugs ``policy`` into ``RegistryRoutes`` and
+``token_service`` into ``ZMirrorApp`` and hands the stores, the live whitelist
+and the accounts to the admin API; the test environments
+(``tests/fixtures/auth.py``) call the same builder.
 """
 
 from __future__ import annotations
@@ -14,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from zmirror.auth.credentials import Authenticator
-from zmirror.auth.lockout import Locked, Lockout, LockoutSync, settings as lockout_settings
-from zmirror.auth.passwords import AdminCredentials, Busy, Passwords
+from zmirror.auth.lockout import Lockout, LockoutSync, settings as lockout_settings
+from zmirror.auth.passwords import Passwords
 from zmirror.auth.policy import AccessPolicy
 from zmirror.auth.tokens import TokenIssuer, load_secret
 from zmirror.auth.tokenservice import TokenService
@@ -45,18 +43,20 @@ class AccessControl:
     authenticator: Authenticator
     policy: AccessPolicy
     token_service: TokenService
-    admin_credentials: AdminCredentials
     services: list = field(default_factory=list)
     lockout_sync: Optional[LockoutSync] = None  # the lockout shared with the other nodes
 
 
-def build(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
-          trusted: Any = None, threads: bool = True, secret: Optional[bytes] = None,
-          passwords: Optional[Passwords] = None, bus: Any = None) -> AccessControl:
+def build_access(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
+                 trusted: Any = None, threads: bool = True, secret: Optional[bytes] = None,
+                 passwords: Optional[Passwords] = None, bus: Any = None,
+                 metrics: Any = None) -> AccessControl:
     """Build the access-control parts.
 
+    ``accesslog``: where ``/token`` requests are recorded (the pulls' access log);
     ``bus``: the :class:`zmirror.cluster.IBus` this node shares state over
-    (None: a node alone).
+    (None: a node alone); ``metrics``: the :class:`zmirror.metrics.Metrics` the
+    policy and the token service count authentication failures and tokens in.
 
     On PostgreSQL (several nodes may share the database) the token signing
     secret is the cluster's (:func:`zmirror.auth.tokens.load_secret`), the
@@ -98,7 +98,7 @@ def build(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
     accounts = UserAccounts(users, passwords)
     whitelists = WhitelistStore(db, reactor)
     whitelist = Whitelist(whitelists)
-    # [lockout] thresholds; zmirror.ops.Reloader re-applies them on SIGHUP
+    # [lockout] thresholds; zmirror.reload.Reloader re-applies them on SIGHUP
     lockout = Lockout(reactor, secret=secret if clustered else None,
                       **lockout_settings(getattr(config, "lockout", None)))
     lockout_sync = None
@@ -111,10 +111,11 @@ def build(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
     policy = AccessPolicy(
         whitelist=whitelist, users=users, tokens=tokens, authenticator=authenticator,
         mode=config.access.anonymous, trusted=trusted, external_url=config.server.external_url,
+        metrics=metrics,
     )
     token_service = TokenService(tokens=tokens, authenticator=authenticator, policy=policy,
-                                 users=users, clock=reactor, trusted=trusted, accesslog=accesslog)
-    admin_credentials = AdminCredentials(admin_username, config.admin.password, passwords)
+                                 users=users, clock=reactor, trusted=trusted, accesslog=accesslog,
+                                 metrics=metrics)
 
     def load():
         from twisted.internet.defer import Deferred
@@ -134,10 +135,8 @@ def build(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
     return AccessControl(
         users=users, whitelists=whitelists, whitelist=whitelist, accounts=accounts,
         lockout=lockout, passwords=passwords, tokens=tokens, authenticator=authenticator,
-        policy=policy, token_service=token_service, admin_credentials=admin_credentials,
-        services=services, lockout_sync=lockout_sync,
+        policy=policy, token_service=token_service, services=services, lockout_sync=lockout_sync,
     )
 
 
-__all__ = ["AccessControl", "build", "Busy", "Locked", "Lockout", "LockoutSync", "SERVICE",
-           "verification_limits"]
+__all__ = ["AccessControl", "build_access", "SERVICE", "verification_limits"]
