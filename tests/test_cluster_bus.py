@@ -376,7 +376,7 @@ class WiredServicesTests(unittest.TestCase):
         a = self.nodes[0].components
         self.assertIsInstance(a.bus, PostgresBus)
         self.assertIn(a.bus, list(self.nodes[0]))
-        self.assertNotIn("db_watch", a)
+        self.assertIsNone(a.db_watch)
         self.assertIs(a.upstreams.sharing.bus, a.bus)
 
     @coro

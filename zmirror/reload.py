@@ -61,7 +61,6 @@ class Reloader:
         self.stores = stores
         self.live = live
         self._load = load or self._default_load
-        self.reloads = 0
 
     def _default_load(self):
         from zmirror.config import load_config
@@ -139,7 +138,6 @@ class Reloader:
             new = dataclasses.replace(new, admin=dataclasses.replace(new.admin,
                                                                      username=old.admin.username))
         self.config = new
-        self.reloads += 1
 
     @staticmethod
     def _apply_live(live: LiveSettings, old: Any, new: Any) -> None:

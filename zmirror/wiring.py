@@ -9,6 +9,7 @@ the tests that need the whole graph.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional
 
@@ -96,69 +97,48 @@ def build(config: Config, reactor: Any, *, listen: Optional[str] = None,
     db = open_database(config, reactor)
     bus = _bus(db, reactor)
     trusted = TrustedProxies(config.server.trusted_proxies)
-    metrics = Metrics()
-    upstreams = _upstream_pool(config, reactor, bus, db, metrics=metrics)
-    upstreams.set_registries(_registry_rows(config))
-    cache = _cache(config, db, reactor, bus)
-    proxy = build_proxy(upstreams, reactor, blobs=cache.blobs, manifests=cache.manifests,
-                        idle_timeout=config.upstream.idle_timeout,
-                        resume_attempts=config.upstream.resume_attempts,
-                        resume_deadline=config.upstream.resume_deadline)
-    # admin changes to registries reach the proxy core's in-memory list at once
-    registries = RegistryStore(db, reactor)
-    registries.subscribe(upstreams.set_registries)
+    metrics = Metrics()  # first: the parts below count into it
+    pull = _pull_path(config, reactor, db, bus, metrics)
     # access log: batched writer (queue → one transaction per batch), counted on the way
     accesslog = BatchedAccessLog(db, reactor, node=config.server.node)
     metered = MeteredAccessLog(accesslog, metrics)
     access = build_access(config, db, reactor, trusted=trusted, bus=bus, accesslog=metered,
                           metrics=metrics)
     # path prefix | ?ns= | Host → (namespace, repository); the namespaces are the registries'
-    routing = RoutingTable(lambda: upstreams.namespaces, dict(config.routing.hosts))
+    routing = RoutingTable(lambda: pull.upstreams.namespaces, dict(config.routing.hosts))
     routes = RegistryRoutes(
-        proxy, policy=access.policy, accesslog=metered, clock=reactor, trusted=trusted,
+        pull.proxy, policy=access.policy, accesslog=metered, clock=reactor, trusted=trusted,
         base_url=lambda request: base_url(request, trusted, config.server.external_url),
         routing=routing)
     # this node's row in cluster_nodes (GET /api/nodes): a heartbeat every 10 s
-    nodes = NodeHeartbeat(db, reactor, node=config.server.node, bus=bus, cache=cache.blobs,
+    nodes = NodeHeartbeat(db, reactor, node=config.server.node, bus=bus, cache=pull.cache.blobs,
                           address=endpoint_address(listen or config.listen_endpoint()))
     cluster_password = _cluster_admin_password(config, db, bus, reactor, access)
     accesslogs = AccessLogStore(db, reactor)
-    admin = AdminAPI(config, clock=reactor, registries=registries, accesslogs=accesslogs,
-                     users=access.users, whitelists=access.whitelists, whitelist=access.whitelist,
-                     accounts=access.accounts, lockout=access.lockout, upstreams=upstreams,
-                     passwords=access.passwords, trusted=trusted, accesslog=accesslog,
-                     cache=cache.blobs, manifest_cache=cache.manifests)
-    health = HealthChecks(db, upstreams, reactor, bus=_cluster_bus(db, bus))
-    endpoint = MetricsEndpoint(metrics, config.metrics.access, admin=admin)
-    app = ZMirrorApp(routes, token=access.token_service, admin=admin.resource(),
-                     ui=ui if ui is not None else _ui_resource(),
-                     extra={"healthz": health.healthz, "readyz": health.readyz,
-                            "metrics": endpoint})
-    root = InflightTracker(app.resource())
-    site = LimitedSite(root, reactor=reactor, limits=body_limits(),
-                       max_connections=config.server.max_connections,
-                       read_timeout=config.server.read_timeout, quiet_paths=QUIET_PATHS)
-    _observe(metrics, db, bus, upstreams, accesslog, cache.blobs, access, root, site, reactor)
-    services = _services(config, reactor, db, bus, cache, accesslog, accesslogs, upstreams,
-                         nodes, access, root, metrics)
+    admin = _admin_api(config, reactor, pull, access, accesslog, accesslogs, trusted)
+    web = _web(config, reactor, db, bus, metrics, pull.upstreams, routes, access, admin, ui)
+    _observe(metrics, reactor, db, bus, pull, accesslog, access, web)
     log_control = LogControl.from_config(config)
     reloader = Reloader(
         config,
-        Stores(users=access.users, whitelists=access.whitelists, registries=registries),
+        Stores(users=access.users, whitelists=access.whitelists, registries=pull.registries),
         LiveSettings(trusted=trusted, routing=routing, policy=access.policy,
                      log_control=log_control, lockout=access.lockout,
-                     metrics_endpoint=endpoint, admin=admin, cluster_password=cluster_password))
+                     metrics_endpoint=web.metrics_endpoint, admin=admin,
+                     cluster_password=cluster_password))
     _connect_admin(admin, nodes, cluster_password, reloader)
     table_changes, db_watch = _database_changes(db, bus, reloader, reactor)
     return Components(
-        config=config, db=db, index_db=cache.index_db, bus=bus, trusted=trusted,
-        metrics=metrics, upstreams=upstreams, blob_cache=cache.blobs,
-        manifest_cache=cache.manifests, proxy=proxy, registries=registries,
+        config=config, db=db, index_db=pull.cache.index_db, bus=bus, trusted=trusted,
+        metrics=metrics, upstreams=pull.upstreams, blob_cache=pull.cache.blobs,
+        manifest_cache=pull.cache.manifests, proxy=pull.proxy, registries=pull.registries,
         accesslog=accesslog, accesslogs=accesslogs, access=access, routing=routing,
         routes=routes, nodes=nodes, cluster_admin_password=cluster_password, admin=admin,
-        health=health, metrics_endpoint=endpoint, app=app, root=root, site=site,
-        log_control=log_control, reloader=reloader, table_changes=table_changes,
-        db_watch=db_watch, services=tuple(services),
+        health=web.health, metrics_endpoint=web.metrics_endpoint, app=web.app, root=web.root,
+        site=web.site, log_control=log_control, reloader=reloader, table_changes=table_changes,
+        db_watch=db_watch,
+        services=_services(config, reactor, db, bus, pull, accesslog, accesslogs, nodes, access,
+                           web.root, metrics),
         reload_services=(SighupService(reloader, reactor),
                          *([db_watch] if db_watch is not None else [])))
 
@@ -176,14 +156,10 @@ def body_limits() -> BodyLimits:
 
 
 def _token_error(status: int, message: str):
-    import json
-
     return json.dumps(TokenError(status, "invalid_request", message).body()).encode(), []
 
 
 def _api_error(status: int, message: str):
-    import json
-
     return json.dumps(ApiError(status, message).body()).encode(), []
 
 
@@ -234,6 +210,28 @@ def _registry_rows(config: Config) -> list[dict]:
         conn.close()
 
 
+class _PullPath(NamedTuple):
+    upstreams: UpstreamPool
+    cache: "_Cache"
+    proxy: Proxy
+    registries: RegistryStore
+
+
+def _pull_path(config: Config, reactor: Any, db: Any, bus: Any, metrics: Metrics) -> _PullPath:
+    """The upstreams, the caches and the proxy core over them; the registries store
+    whose changes (admin API) reach the upstream list at once."""
+    upstreams = _upstream_pool(config, reactor, bus, db, metrics=metrics)
+    upstreams.set_registries(_registry_rows(config))
+    cache = _cache(config, db, reactor, bus)
+    proxy = build_proxy(upstreams, reactor, blobs=cache.blobs, manifests=cache.manifests,
+                        idle_timeout=config.upstream.idle_timeout,
+                        resume_attempts=config.upstream.resume_attempts,
+                        resume_deadline=config.upstream.resume_deadline)
+    registries = RegistryStore(db, reactor)
+    registries.subscribe(upstreams.set_registries)
+    return _PullPath(upstreams, cache, proxy, registries)
+
+
 class _Cache(NamedTuple):
     blobs: Optional[CacheBlobs]
     manifests: Optional[ManifestCache]
@@ -279,6 +277,42 @@ def _cluster_admin_password(config: Config, db: Any, bus: Any, reactor: Any,
     return secret
 
 
+def _admin_api(config: Config, reactor: Any, pull: _PullPath, access: AccessControl,
+               accesslog: Any, accesslogs: AccessLogStore, trusted: TrustedProxies) -> AdminAPI:
+    """``/api``: the stores, the live whitelist, the accounts and the caches."""
+    return AdminAPI(config, clock=reactor, registries=pull.registries, accesslogs=accesslogs,
+                    users=access.users, whitelists=access.whitelists, whitelist=access.whitelist,
+                    accounts=access.accounts, lockout=access.lockout, upstreams=pull.upstreams,
+                    passwords=access.passwords, trusted=trusted, accesslog=accesslog,
+                    cache=pull.cache.blobs, manifest_cache=pull.cache.manifests)
+
+
+class _Web(NamedTuple):
+    health: HealthChecks
+    metrics_endpoint: MetricsEndpoint
+    app: ZMirrorApp
+    root: InflightTracker
+    site: LimitedSite
+
+
+def _web(config: Config, reactor: Any, db: Any, bus: Any, metrics: Metrics,
+         upstreams: UpstreamPool, routes: RegistryRoutes, access: AccessControl, admin: AdminAPI,
+         ui: Any) -> _Web:
+    """The HTTP surface: /v2, /token, /api, /healthz, /readyz, /metrics and the UI in
+    one app, its requests counted in flight, served by the limited site."""
+    health = HealthChecks(db, upstreams, reactor, bus=_cluster_bus(db, bus))
+    endpoint = MetricsEndpoint(metrics, config.metrics.access, admin=admin)
+    app = ZMirrorApp(routes, token=access.token_service, admin=admin.resource(),
+                     ui=ui if ui is not None else _ui_resource(),
+                     extra={"healthz": health.healthz, "readyz": health.readyz,
+                            "metrics": endpoint})
+    root = InflightTracker(app.resource())
+    site = LimitedSite(root, reactor=reactor, limits=body_limits(),
+                       max_connections=config.server.max_connections,
+                       read_timeout=config.server.read_timeout, quiet_paths=QUIET_PATHS)
+    return _Web(health, endpoint, app, root, site)
+
+
 def _connect_admin(admin: AdminAPI, nodes: NodeHeartbeat,
                    cluster_password: Optional[ClusterAdminPassword], reloader: Reloader) -> None:
     """LEAD: the one spot where the admin API still gets collaborators after it is
@@ -288,15 +322,15 @@ def _connect_admin(admin: AdminAPI, nodes: NodeHeartbeat,
     admin.on_admin_change = reloader.admin_changed
 
 
-def _observe(metrics: Metrics, db: Any, bus: Any, upstreams: UpstreamPool, accesslog: Any,
-             blobs: Any, access: AccessControl, root: InflightTracker, site: LimitedSite,
-             reactor: Any) -> None:
+def _observe(metrics: Metrics, reactor: Any, db: Any, bus: Any, pull: _PullPath,
+             accesslog: Any, access: AccessControl, web: _Web) -> None:
     """The gauges and collectors ``metrics`` reads at scrape time."""
+    upstreams, site = pull.upstreams, web.site
     metrics.watch_upstreams(upstreams)
     metrics.watch_namespaces(upstreams)
     metrics.watch_accesslog(accesslog)
-    metrics.watch_inflight(root)
-    metrics.watch_cache(blobs)
+    metrics.watch_inflight(web.root)
+    metrics.watch_cache(pull.cache.blobs)
     # PostgreSQL: the cluster bus, the shared lockout and upstream health (zmirror_cluster_*);
     # a node alone (SQLite, LocalBus) has none of them
     if _cluster_bus(db, bus) is not None:
@@ -307,16 +341,16 @@ def _observe(metrics: Metrics, db: Any, bus: Any, upstreams: UpstreamPool, acces
                   "over [server] max_connections since start", lambda: site.refused_connections)
 
 
-def _services(config: Config, reactor: Any, db: Any, bus: Any, cache: _Cache, accesslog: Any,
-              accesslogs: AccessLogStore, upstreams: UpstreamPool, nodes: NodeHeartbeat,
-              access: AccessControl, root: InflightTracker, metrics: Metrics) -> list:
+def _services(config: Config, reactor: Any, db: Any, bus: Any, pull: _PullPath,
+              accesslog: Any, accesslogs: AccessLogStore, nodes: NodeHeartbeat,
+              access: AccessControl, root: InflightTracker, metrics: Metrics) -> tuple:
     """The services in start order; they stop in reverse: the access-log queue is
     written before the DatabaseService closes the pools."""
-    sharing = upstreams.sharing
-    return [
+    index_db, sharing = pull.cache.index_db, pull.upstreams.sharing
+    return (
         DatabaseService(db),
-        *([DatabaseService(cache.index_db)] if cache.index_db is not db else []),
-        *cache.services,
+        *([DatabaseService(index_db)] if index_db is not db else []),
+        *pull.cache.services,
         CallbackService(stop=accesslog.stop),
         # after the pools start (before they close): the bus (a service on PostgreSQL),
         # then the upstream state kept in upstream_state (loaded at start)
@@ -329,7 +363,7 @@ def _services(config: Config, reactor: Any, db: Any, bus: Any, cache: _Cache, ac
         # [metrics] listen: a separate endpoint that serves only /metrics
         *([metrics_listen_service(config.metrics.listen, metrics, reactor)]
           if config.metrics.listen else []),
-    ]
+    )
 
 
 def _database_changes(db: Any, bus: Any, reloader: Reloader, reactor: Any):

@@ -11,24 +11,33 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
 from zmirror.auth.credentials import Authenticator
 from zmirror.auth.lockout import Lockout, LockoutSync, settings as lockout_settings
-from zmirror.auth.passwords import Passwords
+from zmirror.auth.passwords import CONCURRENCY, QUEUE, Passwords
 from zmirror.auth.policy import AccessPolicy
 from zmirror.auth.tokens import TokenIssuer, load_secret
 from zmirror.auth.tokenservice import TokenService
 from zmirror.auth.users import UserAccounts
 from zmirror.auth.whitelist import Whitelist
+from zmirror.db.users import UserStore
+from zmirror.db.whitelists import WhitelistStore
+from zmirror.net import TrustedProxies
+from zmirror.service import CallbackService
+
+log = Logger()
 
 SERVICE = "zmirror"
 
 
 def verification_limits(section: Any) -> tuple[int, int]:
     """``(concurrency, queue)`` of password verifications from ``[lockout]``."""
-    from zmirror.auth import passwords as pw
-
-    return (getattr(section, "max_concurrent_verifications", pw.CONCURRENCY),
-            getattr(section, "max_queued_verifications", pw.QUEUE))
+    return (getattr(section, "max_concurrent_verifications", CONCURRENCY),
+            getattr(section, "max_queued_verifications", QUEUE))
 
 
 @dataclass
@@ -67,35 +76,15 @@ def build_access(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
     ``threads``: run password hashing on a small dedicated thread pool (started
     and stopped by the returned ``services``); False runs it inline (tests).
     """
-    from zmirror.db.users import UserStore
-    from zmirror.db.whitelists import WhitelistStore
-    from zmirror.net import TrustedProxies
-    from zmirror.service import CallbackService
-
     trusted = trusted or TrustedProxies(config.server.trusted_proxies)
     services: list = []
     if passwords is None:
-        # one bound on password verifications for registry logins and the admin's
-        # Basic auth: that many slots (and threads), that many waiting, then 429
-        concurrency, queue = verification_limits(getattr(config, "lockout", None))
-        run = None
-        if threads:
-            from twisted.internet.threads import deferToThreadPool
-            from twisted.python.threadpool import ThreadPool
-
-            pool = ThreadPool(minthreads=0, maxthreads=concurrency, name="zmirror-passwords")
-
-            def run(f, *args):
-                return deferToThreadPool(reactor, pool, f, *args)
-
-            services.append(CallbackService(start=pool.start, stop=pool.stop))
-        passwords = Passwords(run=run, clock=reactor, concurrency=concurrency, queue=queue)
+        passwords = _passwords(config, reactor, threads, services)
     if secret is None:
         secret = load_secret(config, reactor)  # blocking, at start
     clustered = getattr(db, "dialect", "sqlite") == "postgresql"
     admin_username = config.admin.username
     users = UserStore(db, reactor, admin_username=admin_username)
-    accounts = UserAccounts(users, passwords)
     whitelists = WhitelistStore(db, reactor)
     whitelist = Whitelist(whitelists)
     # [lockout] thresholds; zmirror.reload.Reloader re-applies them on SIGHUP
@@ -116,27 +105,44 @@ def build_access(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
     token_service = TokenService(tokens=tokens, authenticator=authenticator, policy=policy,
                                  users=users, clock=reactor, trusted=trusted, accesslog=accesslog,
                                  metrics=metrics)
-
-    def load():
-        from twisted.internet.defer import Deferred
-        from twisted.logger import Logger
-
-        async def go():
-            await whitelist.load()
-            await users.load()
-
-        Deferred.fromCoroutine(go()).addErrback(
-            lambda f: Logger().failure("loading whitelist/users failed (retried on demand)", f))
-
-    services.append(CallbackService(start=load))
+    services.append(CallbackService(start=lambda: _load(whitelist, users)))
     if lockout_sync is not None:
         # stops (writes what is queued) before the DatabaseService closes the pools
         services.append(CallbackService(start=lockout_sync.start, stop=lockout_sync.stop))
     return AccessControl(
-        users=users, whitelists=whitelists, whitelist=whitelist, accounts=accounts,
-        lockout=lockout, passwords=passwords, tokens=tokens, authenticator=authenticator,
-        policy=policy, token_service=token_service, services=services, lockout_sync=lockout_sync,
+        users=users, whitelists=whitelists, whitelist=whitelist,
+        accounts=UserAccounts(users, passwords), lockout=lockout, passwords=passwords,
+        tokens=tokens, authenticator=authenticator, policy=policy, token_service=token_service,
+        services=services, lockout_sync=lockout_sync,
     )
+
+
+def _passwords(config: Any, reactor: Any, threads: bool, services: list) -> Passwords:
+    """One bound on password verifications for registry logins and the admin's Basic
+    auth: that many slots (and threads), that many waiting, then 429.  With
+    ``threads`` the hashing runs on its own pool, started and stopped by a service
+    appended to ``services``."""
+    concurrency, queue = verification_limits(getattr(config, "lockout", None))
+    run = None
+    if threads:
+        pool = ThreadPool(minthreads=0, maxthreads=concurrency, name="zmirror-passwords")
+
+        def run(f, *args):
+            return deferToThreadPool(reactor, pool, f, *args)
+
+        services.append(CallbackService(start=pool.start, stop=pool.stop))
+    return Passwords(run=run, clock=reactor, concurrency=concurrency, queue=queue)
+
+
+def _load(whitelist: Whitelist, users: Any) -> None:
+    """Read the whitelist and the users at start (a failure is retried on demand)."""
+
+    async def go():
+        await whitelist.load()
+        await users.load()
+
+    Deferred.fromCoroutine(go()).addErrback(
+        lambda f: log.failure("loading whitelist/users failed (retried on demand)", f))
 
 
 __all__ = ["AccessControl", "build_access", "SERVICE", "verification_limits"]
