@@ -21,6 +21,7 @@ from zmirror.bodylimits import Area, BodyLimits
 # those are small (zmirror.bodylimits: the caps and error formats per path, given by
 # the wiring).  A refused request's connection is closed; the rest of its body is
 # never stored.
+#
 # After a refusal, up to this much of the unread body is read and dropped (for at most
 # LINGER_SECONDS) after the answer is sent, so that a client still sending sees the
 # answer instead of a connection reset -- the same idea as Go's net/http.
