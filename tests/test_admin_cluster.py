@@ -453,7 +453,7 @@ class ClusterServiceTests(unittest.TestCase):
         top.data = data
         top.config_path = cfg
         top.startService()
-        port = reactor.listenTCP(0, top.components["site"], interface="127.0.0.1")
+        port = reactor.listenTCP(0, top.components.site, interface="127.0.0.1")
         top.base = f"http://127.0.0.1:{port.getHost().port}"
 
         async def stop():
@@ -468,9 +468,9 @@ class ClusterServiceTests(unittest.TestCase):
         from tests.test_cluster_bus import eventually
 
         for top in self.nodes:
-            bus = top.components["bus"]
+            bus = top.components.bus
             await eventually(lambda: bus.connects >= 1, what="listening")
-            secret = top.components.get("admin_password")
+            secret = top.components.cluster_admin_password
             self.assertIsNotNone(secret, "the node has no cluster admin password")
             await secret.wait()
 
@@ -513,8 +513,8 @@ class ClusterServiceTests(unittest.TestCase):
         self.assertEqual((await http(c.base, "GET", "/api/me", DEFAULT_ADMIN_PASSWORD))[0], 401)
         self.assertEqual((await http(c.base, "GET", "/api/registries", NEW))[0], 200)
         # SIGHUP re-reads config.toml; the cluster's password stays in force
-        b.components["reloader"].reload()
-        await b.components["admin_password"].wait()
+        b.components.reloader.reload()
+        await b.components.cluster_admin_password.wait()
         self.assertEqual((await http(b.base, "GET", "/api/registries", NEW))[0], 200)
         self.assertEqual((await http(b.base, "GET", "/api/me", DEFAULT_ADMIN_PASSWORD))[0], 401)
 

@@ -423,9 +423,9 @@ class SQLiteKeepsTheFileTests(FileConfigMixin, unittest.TestCase):
         opts = Options()
         opts.parseOptions(["--data", str(self.data), "--listen", "tcp:0:interface=127.0.0.1"])
         top = makeService(opts, reactor)
-        self.addCleanup(top.components["db"].close)
-        self.assertNotIn("admin_password", top.components)
-        self.assertIsNone(top.components["admin"].admin_secret)
+        self.addCleanup(top.components.db.close)
+        self.assertIsNone(top.components.cluster_admin_password)
+        self.assertIsNone(top.components.admin.admin_secret)
 
     @coro
     async def test_the_old_passwords_cached_verification_is_forgotten(self):

@@ -67,7 +67,7 @@ class WiringTests(unittest.TestCase):
         self.config = load_config(data)
         self.components = build(self.config, reactor)
         self.top = start_services(self.components)
-        self.port = reactor.listenTCP(0, self.components["site"], interface="127.0.0.1")
+        self.port = reactor.listenTCP(0, self.components.site, interface="127.0.0.1")
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
         self.auth = basic("admin", ADMIN_PW)
         self.stopped = False
@@ -100,11 +100,11 @@ class WiringTests(unittest.TestCase):
     async def test_components(self):
         c = self.components
         for key in ("registries", "accesslog", "accesslogs", "admin"):
-            self.assertIn(key, c)
-        recorder = c["app"].registry.accesslog
+            self.assertIsNotNone(getattr(c, key))
+        recorder = c.app.registry.accesslog
         # the ops layer may wrap it (metrics); the batched writer is underneath
-        self.assertIs(getattr(recorder, "inner", recorder), c["accesslog"])
-        self.assertIs(c["admin"].cache, c["blob_cache"])
+        self.assertIs(getattr(recorder, "inner", recorder), c.accesslog)
+        self.assertIs(c.admin.cache, c.blob_cache)
 
     @coro
     async def test_list_with_health(self):
@@ -119,7 +119,7 @@ class WiringTests(unittest.TestCase):
                                    {"name": "Local", "url": "http://127.0.0.1:9/", "priority": 0,
                                     "username": "u", "password": "p"})
         self.assertEqual(code, 201, obj)
-        upstreams = self.components["upstreams"]
+        upstreams = self.components.upstreams
         self.assertEqual([(u.id, u.username, u.password) for u in upstreams.upstreams][0],
                          (obj["id"], "u", "p"))
         code, _ = await self.api("DELETE", f"/api/registries/{obj['id']}")
@@ -159,7 +159,7 @@ class DefaultPasswordServiceTests(unittest.TestCase):
         self.top = makeService(opts, reactor)
         self.c = self.top.components
         self.top.startService()
-        self.port = reactor.listenTCP(0, self.c["site"], interface="127.0.0.1")
+        self.port = reactor.listenTCP(0, self.c.site, interface="127.0.0.1")
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
 
     async def _stop(self):
@@ -196,7 +196,7 @@ class DefaultPasswordServiceTests(unittest.TestCase):
         self.assertEqual(stat.S_IMODE(self.path.stat().st_mode), 0o600)
         self.assertTrue(is_hash(load_config(self.data).admin.password))
         # SIGHUP re-reads the file: the new password stays, the old one stays refused
-        reloader, admin = self.c["reloader"], self.c["admin"]
+        reloader, admin = self.c.reloader, self.c.admin
         self.assertEqual(reloader.config.admin.password, admin.config.admin.password)
         self.assertTrue(reloader.reload())
         self.assertTrue(verify_admin_sync("Brand-new-pass-7", admin.config.admin.password))
@@ -222,7 +222,7 @@ class DefaultPasswordServiceTests(unittest.TestCase):
                 self.assertIn("current_password", obj["fields"])
         on_disk = load_config(self.data).admin.password  # still a valid file
         self.assertTrue(verify_admin_sync(f"Concurrent-pass-{winners[0]}", on_disk))
-        self.assertEqual(self.c["admin"].config.admin.password, on_disk)
+        self.assertEqual(self.c.admin.config.admin.password, on_disk)
         self.assertEqual(comments(self.path.read_text()), comments(self.before))
         self.assertEqual(sorted(p.name for p in self.data.iterdir() if p.name.startswith(".")), [])
 

@@ -396,7 +396,7 @@ class SharedSecretTests(unittest.TestCase):
             return conn.execute("SELECT value FROM cluster_secrets WHERE name = 'token'").fetchall()
 
     def build(self, cfg, bus=None):
-        from zmirror.auth import build
+        from zmirror.auth.build import build_access
         from zmirror.auth.passwords import Passwords, fast_context
         from zmirror.db.postgresql import PostgresDatabase
 
@@ -405,8 +405,8 @@ class SharedSecretTests(unittest.TestCase):
         self.addCleanup(db.close)
         clock = Clock()
         clock.advance(START)
-        return build(cfg, db, clock, threads=False, bus=bus,
-                     passwords=Passwords(context=fast_context(), clock=clock))
+        return build_access(cfg, db, clock, threads=False, bus=bus,
+                            passwords=Passwords(context=fast_context(), clock=clock))
 
     def test_two_nodes_share_the_secret_of_the_first(self):
         from zmirror.auth.tokens import SECRET_FILE, load_or_create_secret
@@ -509,7 +509,7 @@ class SharedSecretTests(unittest.TestCase):
         self.assertEqual(nodes_seen, {a.lockout_sync.node, b.lockout_sync.node})
 
     def test_sqlite_keeps_the_file_and_shares_nothing(self):
-        from zmirror.auth import build
+        from zmirror.auth.build import build_access
         from zmirror.auth.tokens import TokenIssuer, load_or_create_secret
         from zmirror.config import parse_config
         from tests.fixtures.pgserver import temp_database
@@ -519,7 +519,7 @@ class SharedSecretTests(unittest.TestCase):
         cfg = parse_config("", data_dir=data, config_path=data / "config.toml")
         db = temp_database(self)
         self.assertEqual(db.dialect, "sqlite")
-        access = build(cfg, db, Clock(), threads=False, bus=LoopbackHub().bus())
+        access = build_access(cfg, db, Clock(), threads=False, bus=LoopbackHub().bus())
         file_issuer = TokenIssuer(load_or_create_secret(data), Clock(), service="zmirror")
         token, _ = access.tokens.issue_access(subject="", access=[])
         self.assertEqual(file_issuer.verify_access(token).subject, "")

@@ -412,7 +412,7 @@ class VerificationQueueTests(unittest.TestCase):
     def test_config_sets_the_bound(self):
         from pathlib import Path
 
-        from zmirror.auth import build, verification_limits
+        from zmirror.auth.build import build_access, verification_limits
         from zmirror.config import ConfigError, parse_config
 
         def cfg(text):
@@ -432,7 +432,7 @@ class VerificationQueueTests(unittest.TestCase):
         c = parse_config("[lockout]\nmax_concurrent_verifications = 3\n"
                          "max_queued_verifications = 7\n",
                          data_dir=Path(self.mktemp()), config_path=Path("/x/c.toml"))
-        access = build(c, temp_db(self), reactor, threads=False, secret=b"k" * 32)
+        access = build_access(c, temp_db(self), reactor, threads=False, secret=b"k" * 32)
         self.assertEqual((access.passwords.slots.limit, access.passwords.queue), (3, 7))
 
     async def full_env(self):

@@ -13,7 +13,7 @@ from twisted.web._newclient import ResponseFailed
 
 from tests.test_cache import CacheTestBase, deferred_test
 from tests.fixtures.proxyenv import ProxyEnv
-from zmirror.registry.proxy import Proxy
+from zmirror.registry.build import build_proxy
 from zmirror.testing import FakeRegistry
 
 
@@ -165,7 +165,7 @@ class VerifiedPassThroughTests(unittest.TestCase):
         self.path = f"/v2/library/x/blobs/{self.digest}"
         self.env = ProxyEnv([("up1.fake", self.up)])
         # the proxy as the wiring builds it: no option to turn verification on
-        self.env.routes.proxy = Proxy(self.env.pool, self.env.clock, idle_timeout=30)
+        self.env.routes.proxy = build_proxy(self.env.pool, self.env.clock, idle_timeout=30)
 
     def test_corrupt_full_blob_never_completes(self):
         self.up.faults[self.path] = ["corrupt"]
@@ -193,8 +193,8 @@ class VerifiedPassThroughTests(unittest.TestCase):
 class PassThroughWhileCacheFailsTests(CacheTestBase):
     def setUp(self):
         super().setUp()
-        self.env.routes.proxy = Proxy(self.env.pool, self.env.clock, idle_timeout=30, blobs=self.blobs,
-                                      manifests=self.manifests)
+        self.env.routes.proxy = build_proxy(self.env.pool, self.env.clock, idle_timeout=30,
+                                            blobs=self.blobs, manifests=self.manifests)
 
     @deferred_test
     async def test_relayed_uncached_blob_is_verified(self):
@@ -656,7 +656,7 @@ def script_world(hosts=("a.fake",), blobs=None):
 
     w = World(hosts)
     if blobs is not None:
-        w.proxy = Proxy(w.pool, w.clock, idle_timeout=30.0, blobs=blobs)
+        w.proxy = build_proxy(w.pool, w.clock, idle_timeout=30.0, blobs=blobs)
     return w
 
 

@@ -11,6 +11,7 @@ from tests.test_relay import make_request
 from zmirror.cache.blobs import CacheBlobs
 from zmirror.registry.blobs import PullThroughBlobs
 from zmirror.oci.errors import RegistryError
+from zmirror.registry.build import build_proxy
 from zmirror.registry.proxy import Proxy
 from zmirror.oci.reference import parse_path
 from zmirror.registry.routes import PullRequest
@@ -52,7 +53,7 @@ class ProtocolTests(unittest.TestCase):
         _base, db = temp_database(self, reactor)
         cache = CacheBlobs(self.mktemp(), db, reactor, max_size=1 << 20)
         self.addCleanup(cache.transfers.stop)
-        proxy = Proxy(UpstreamPool(None, Clock(), health=UpstreamHealth(Clock())), Clock(), blobs=cache)
+        proxy = build_proxy(UpstreamPool(None, Clock(), health=UpstreamHealth(Clock())), Clock(), blobs=cache)
         self.assertIsInstance(proxy.blob_source, PullThroughBlobs)
         self.assertIs(proxy.blob_source.local, cache)
         self.assertIs(proxy.blob_source.remote.threads, cache.transfers)
@@ -63,8 +64,7 @@ class ProxyOverASourceTests(unittest.TestCase):
 
     def setUp(self):
         self.source = MemoryBlobs({("library/x", DIGEST): DATA})
-        self.proxy = Proxy(UpstreamPool(None, Clock(), health=UpstreamHealth(Clock())), Clock(),
-                           blob_source=self.source)
+        self.proxy = Proxy(blob_source=self.source, manifest_source=None, tag_source=None)
 
     def test_whole_blob_headers_and_body(self):
         body = result_of(pull(self.proxy))

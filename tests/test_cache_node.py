@@ -53,7 +53,7 @@ class Node:
             conn.close()
         self.c = build(self.config, reactor)
         self.top = start_services(self.c)
-        self.port = reactor.listenTCP(0, self.c["site"], interface="127.0.0.1")
+        self.port = reactor.listenTCP(0, self.c.site, interface="127.0.0.1")
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
         self.stopped = False
         case.addCleanup(lambda: Deferred.fromCoroutine(self.stop()))
@@ -63,11 +63,11 @@ class Node:
             self.stopped = True
             await self.port.stopListening()
             await self.top.stopService()
-            await self.c["upstreams"].close()
+            await self.c.upstreams.close()
 
     @property
     def blobs(self):
-        return self.c["blob_cache"]
+        return self.c.blob_cache
 
     async def get(self, path: str, auth: bool = False, method: str = "GET"):
         headers = basic("admin", ADMIN_PW) if auth else {}
@@ -124,11 +124,11 @@ class PostgresNodeCacheTests(unittest.TestCase):
     async def test_a_wired_node_caches_into_its_local_index(self):
         node = Node(self, self.work / "a" / "data", self.upstream.url, self.url)
         index = node.config.cache_dir / INDEX_FILE
-        self.assertIsInstance(node.c["cache_db"], Database)
-        self.assertEqual(node.c["cache_db"].path, index)
-        self.assertIs(node.blobs.db, node.c["cache_db"])
-        self.assertIs(node.c["manifest_cache"].db, node.c["db"])  # shared by the nodes
-        self.assertTrue(node.c["manifest_cache"].shared)
+        self.assertIsInstance(node.c.index_db, Database)
+        self.assertEqual(node.c.index_db.path, index)
+        self.assertIs(node.blobs.db, node.c.index_db)
+        self.assertIs(node.c.manifest_cache.db, node.c.db)  # shared by the nodes
+        self.assertTrue(node.c.manifest_cache.shared)
         self.assertEqual(stat.S_IMODE(index.stat().st_mode), 0o600)
 
         body = await node.pull_blob("library/app", self.digest_a)
@@ -148,7 +148,7 @@ class PostgresNodeCacheTests(unittest.TestCase):
         for table in MANIFEST_TABLES:
             self.assertEqual(node.index_rows(table), [], table)
         # the pull itself is logged in the shared database, with the node's name
-        await node.c["accesslog"].flush()
+        await node.c.accesslog.flush()
         from zmirror.db import postgresql
 
         with postgresql.connect(self.url, autocommit=True) as pg:
@@ -206,8 +206,8 @@ class PostgresNodeCacheTests(unittest.TestCase):
     async def test_a_manifest_one_node_fetched_is_served_by_the_others(self):
         a = Node(self, self.work / "a" / "data", self.upstream.url, self.url)
         b = Node(self, self.work / "b" / "data", self.upstream.url, self.url)
-        await a.c["manifest_cache"].ready()
-        await b.c["manifest_cache"].ready()
+        await a.c.manifest_cache.ready()
+        await b.c.manifest_cache.ready()
         mdigest = self.upstream.registry.add_manifest("library/app", "v1", json.dumps(
             {"schemaVersion": 2, "layers": [{"digest": self.digest_a}]}).encode())
         by_tag, by_digest = "/v2/library/app/manifests/v1", f"/v2/library/app/manifests/{mdigest}"
@@ -514,10 +514,10 @@ class SqliteNodeCacheTests(unittest.TestCase):
         blob = os.urandom(2000)
         digest = upstream.registry.add_blob(blob)
         node = Node(self, Path(self.mktemp()).resolve() / "data", upstream.url)
-        self.assertIs(node.c["cache_db"], node.c["db"])
-        self.assertIs(node.blobs.db, node.c["db"])
-        self.assertIs(node.c["manifest_cache"].db, node.c["db"])
-        self.assertFalse(node.c["manifest_cache"].shared)
+        self.assertIs(node.c.index_db, node.c.db)
+        self.assertIs(node.blobs.db, node.c.db)
+        self.assertIs(node.c.manifest_cache.db, node.c.db)
+        self.assertFalse(node.c.manifest_cache.shared)
         self.assertEqual(await node.pull_blob("library/app", digest), blob)
         self.assertFalse((node.config.cache_dir / INDEX_FILE).exists())
         conn = sqlite3.connect(str(node.config.database_path))
@@ -529,8 +529,8 @@ class SqliteNodeCacheTests(unittest.TestCase):
         # one database service: the main pools only
         from zmirror.service import DatabaseService
 
-        self.assertEqual([s.db for s in node.c["services"] if isinstance(s, DatabaseService)],
-                         [node.c["db"]])
+        self.assertEqual([s.db for s in node.c.services if isinstance(s, DatabaseService)],
+                         [node.c.db])
 
 
 

@@ -366,31 +366,31 @@ class WiredServicesTests(unittest.TestCase):
 
     async def started(self):
         for top in self.nodes:
-            bus = top.components["bus"]
-            changes = top.components["table_changes"]
+            bus = top.components.bus
+            changes = top.components.table_changes
             await eventually(lambda: bus.connects >= 1 and changes.refreshes >= 1, what="listening")
             await changes.wait()
 
     @coro
     async def test_wired_with_the_postgres_bus(self):
         a = self.nodes[0].components
-        self.assertIsInstance(a["bus"], PostgresBus)
-        self.assertIn(a["bus"], list(self.nodes[0]))
-        self.assertNotIn("db_watch", a)
-        self.assertIs(a["upstream_sharing"].bus, a["bus"])
+        self.assertIsInstance(a.bus, PostgresBus)
+        self.assertIn(a.bus, list(self.nodes[0]))
+        self.assertIsNone(a.db_watch)
+        self.assertIs(a.upstream_sharing.bus, a.bus)
 
     @coro
     async def test_a_user_created_on_one_node_reaches_the_other(self):
         await self.started()
         a, b = (top.components for top in self.nodes)
-        row = await a["access"].accounts.create("ivan", "ivan-password-1")
+        row = await a.access.accounts.create("ivan", "ivan-password-1")
         start = time.monotonic()
-        await eventually(lambda: b["users"]._by_id and row["id"] in b["users"]._by_id,
+        await eventually(lambda: b.access.users._by_id and row["id"] in b.access.users._by_id,
                          timeout=2.0, what="the user on node b")
         self.assertLess(time.monotonic() - start, 2.0)
-        self.assertTrue((await b["users"].auth_user(row["id"]))["enabled"])
-        await a["access"].accounts.update(row["id"], enabled=False)
-        await eventually(lambda: not b["users"]._by_id[row["id"]]["enabled"], timeout=2.0,
+        self.assertTrue((await b.access.users.auth_user(row["id"]))["enabled"])
+        await a.access.accounts.update(row["id"], enabled=False)
+        await eventually(lambda: not b.access.users._by_id[row["id"]]["enabled"], timeout=2.0,
                          what="disabled on node b")
 
     @coro
@@ -408,7 +408,7 @@ class WiredServicesTests(unittest.TestCase):
         self.patch(sys, "stdin", io.StringIO("pw-of-ivan\n"))
         self.assertEqual(cli.main(["--data", str(self.nodes[0].data), "user", "add", "ivan", "--stdin"]),
                          0)
-        await eventually(lambda: any(u["username"] == "ivan" for u in b["users"]._by_id.values()),
+        await eventually(lambda: any(u["username"] == "ivan" for u in b.access.users._by_id.values()),
                          timeout=2.0, what="the CLI's user on node b")
         self.assertIn("within 2 s", stderr.getvalue())
         self.assertNotIn("send the running servers SIGHUP", stderr.getvalue())
@@ -419,13 +419,13 @@ class WiredServicesTests(unittest.TestCase):
 
         await self.started()
         a, b = (top.components for top in self.nodes)
-        hub_a = a["upstreams"].upstreams[0]
+        hub_a = a.upstreams.upstreams[0]
         for _ in range(FAILURES_BEFORE_COOLDOWN):
-            a["upstreams"].health.mark_failed(hub_a, "cannot connect to registry-1.docker.io")
-        self.assertEqual(a["upstreams"].health.report()[hub_a.id]["state"], "cooldown")
+            a.upstreams.health.mark_failed(hub_a, "cannot connect to registry-1.docker.io")
+        self.assertEqual(a.upstreams.health.report()[hub_a.id]["state"], "cooldown")
         # the cool-down goes out once the publish interval (1 s) is over
-        await eventually(lambda: b["upstreams"].health.report()[hub_a.id]["state"] == "cooldown",
+        await eventually(lambda: b.upstreams.health.report()[hub_a.id]["state"] == "cooldown",
                          timeout=3.0, what="the cool-down on node b")
-        self.assertEqual(b["upstreams"].upstreams[0].health.cooldown_until, hub_a.health.cooldown_until)
-        rows = await b["db"].query("SELECT upstream, node FROM upstream_state")
-        self.assertEqual(rows, [{"upstream": str(hub_a.id), "node": a["bus"].origin}])
+        self.assertEqual(b.upstreams.upstreams[0].health.cooldown_until, hub_a.health.cooldown_until)
+        rows = await b.db.query("SELECT upstream, node FROM upstream_state")
+        self.assertEqual(rows, [{"upstream": str(hub_a.id), "node": a.bus.origin}])

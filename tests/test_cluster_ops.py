@@ -273,12 +273,12 @@ class SqliteWiringTests(unittest.TestCase):
         opts = Options()
         opts.parseOptions(["--data", str(data), "--listen", "tcp:0:interface=127.0.0.1"])
         top = makeService(opts, reactor)
-        self.addCleanup(top.components["db"].close)
+        self.addCleanup(top.components.db.close)
         c = top.components
-        self.assertEqual(type(c["bus"]).__name__, "LocalBus")
-        self.assertEqual(cluster_names(c["metrics"]), set())
-        self.assertIsNone(c["health"].bus)
-        c["blob_cache"].dir_lock.release()
+        self.assertEqual(type(c.bus).__name__, "LocalBus")
+        self.assertEqual(cluster_names(c.metrics), set())
+        self.assertIsNone(c.health.bus)
+        c.blob_cache.dir_lock.release()
 
 
 # --- the bus on a real PostgreSQL -----------------------------------------------------------
@@ -358,7 +358,7 @@ class PostgresWiringTests(unittest.TestCase):
         top.startService()
         self.addCleanup(top.stopService)
         c = top.components
-        m = c["metrics"]
+        m = c.metrics
         await eventually(lambda: value(m, "zmirror_cluster_bus_connected") == 1, what="listening")
         names = cluster_names(m)
         for name in ("zmirror_cluster_bus_reconnects_total", "zmirror_cluster_bus_events_published_total",
@@ -366,7 +366,7 @@ class PostgresWiringTests(unittest.TestCase):
                      "zmirror_cluster_lockout_dropped_total", "zmirror_cluster_lockout_ignored_total",
                      "zmirror_cluster_upstream_state_published_total"):
             self.assertIn(name, names)
-        ready, checks, reasons = await c["health"].check()
+        ready, checks, reasons = await c.health.check()
         self.assertEqual(checks["bus"], "connected")
         self.assertNotIn("bus", " ".join(reasons))
 
@@ -507,7 +507,7 @@ class WiredCacheDirTests(unittest.TestCase):
 
         self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
         cache = self.parent / "data" / "cache"
-        self.assertEqual(first.components["config"].cache_dir, cache)
+        self.assertEqual(first.components.config.cache_dir, cache)
         with self.assertRaises(SystemExit) as e:
             makeService(self.opts[1], reactor)
         msg = str(e.exception.code)
@@ -519,4 +519,4 @@ class WiredCacheDirTests(unittest.TestCase):
         second = makeService(self.opts[1], reactor)
         second.startService()
         await second.stopService()
-        self.assertFalse(second.components["blob_cache"].dir_lock.held)
+        self.assertFalse(second.components.blob_cache.dir_lock.held)

@@ -232,7 +232,7 @@ class CacheLimitWiringTests(unittest.TestCase):
             '[cache]\nmax_size = "1GB"\ntransfer_threads = 3\nmax_temp_size = "200MB"\n'
             'max_orphans = 2\nmax_orphan_size = "100MB"\n')
         components = build(load_config(data), reactor)
-        blobs = components["blob_cache"]
+        blobs = components.blob_cache
         self.addCleanup(blobs.transfers.stop)
         self.assertEqual((blobs.max_size, blobs.transfers.size, blobs.max_temp_bytes, blobs.max_orphans,
                           blobs.max_orphan_bytes), (10**9, 3, 200 * 10**6, 2, 100 * 10**6))
@@ -247,7 +247,7 @@ class CacheLimitWiringTests(unittest.TestCase):
         data = Path(self.mktemp()).resolve()
         data.mkdir()
         (data / "config.toml").write_text('[cache]\nmax_size = "1GB"\n')
-        blobs = build(load_config(data), reactor)["blob_cache"]
+        blobs = build(load_config(data), reactor).blob_cache
         self.addCleanup(blobs.transfers.stop)
         self.assertEqual(blobs.max_temp_bytes, 10**9)
 

@@ -363,10 +363,6 @@ class SurfaceFuzz(unittest.TestCase):
         conn.commit()
         conn.close()
 
-        self.components = build(config, reactor)
-        upstreams = self.components["upstreams"]
-        upstreams.client.agent = LoopbackOnlyAgent(upstreams.client.agent, upstream.encode() + b"/")
-        self.top = start_services(self.components)
         # the built UI is not in git: serve a small one so its file lookups are fuzzed too
         ui = Path(self.mktemp())
         (ui / "assets").mkdir(parents=True)
@@ -374,8 +370,11 @@ class SurfaceFuzz(unittest.TestCase):
         (ui / "assets" / "index-abc123.js").write_text("console.log(1)")
         (ui / "assets" / "index-abc123.js.gz").write_bytes(b"\x1f\x8b not really gzip")
         (ui / "favicon.svg").write_text("<svg/>")
-        self.components["app"].ui = WebUI(ui)
-        self.port = reactor.listenTCP(0, self.components["site"], interface="127.0.0.1")
+        self.components = build(config, reactor, ui=WebUI(ui))
+        upstreams = self.components.upstreams
+        upstreams.client.agent = LoopbackOnlyAgent(upstreams.client.agent, upstream.encode() + b"/")
+        self.top = start_services(self.components)
+        self.port = reactor.listenTCP(0, self.components.site, interface="127.0.0.1")
 
         self.errors: list[dict] = []
         self.answered: list[bytes] = []
@@ -393,7 +392,7 @@ class SurfaceFuzz(unittest.TestCase):
             await self.port.stopListening()
             await self.top.stopService()
             # the upstream agent's persistent connections to the fake upstream
-            await self.components["upstreams"].client.agent.agent._pool.closeCachedConnections()
+            await self.components.upstreams.client.agent.agent._pool.closeCachedConnections()
             await self.upstream_port.stopListening()
 
         return Deferred.fromCoroutine(stop())

@@ -24,9 +24,9 @@ from tests.test_admin_registries import coro
 from tests.fixtures.admin import basic
 from tests.test_limits import RawClient, parse
 from zmirror.config import load_config
-from zmirror.service import (LimitedRequest, LimitedSite, PlainHTTPChannel, origin_form,
-                             reason_phrase)
-from zmirror.wiring import build
+from zmirror.httpchannel import (LimitedRequest, LimitedSite, PlainHTTPChannel, origin_form,
+                                 reason_phrase)
+from zmirror.wiring import body_limits, build
 
 ADMIN_PASSWORD = "Framing-admin-pw-1"
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -59,7 +59,8 @@ class ReadDeadline(unittest.TestCase):
     def connect(self, read_timeout=20.0):
         self.clock = MemoryReactorClock()
         self.resource = Pending()
-        site = LimitedSite(self.resource, reactor=self.clock, read_timeout=read_timeout)
+        site = LimitedSite(self.resource, reactor=self.clock, read_timeout=read_timeout,
+                           limits=body_limits())
         channel = site.buildProtocol(PEER)
         self.assertIsInstance(channel, PlainHTTPChannel)
         transport = StringTransport()
@@ -185,7 +186,7 @@ class OverTCP(unittest.TestCase):
         self.config = load_config(data)
         self.components = build(self.config, reactor)
         self.top = start_services(self.components)
-        self.site = self.components["site"]
+        self.site = self.components.site
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
 
     def tearDown(self):
@@ -358,7 +359,7 @@ class ConnectionCap(OverTCP):
 
     @coro
     async def test_metrics_show_connections(self):
-        text = self.components["metrics"].exposition().decode()
+        text = self.components.metrics.exposition().decode()
         self.assertIn("zmirror_http_connections ", text)
         self.assertIn("zmirror_http_connections_refused 0.0", text)
 

@@ -23,7 +23,7 @@ from zmirror.app import ZMirrorApp
 from zmirror.cache import kernelcopy
 from zmirror.cache.blobs import CacheBlobs
 from zmirror.transfer import follower
-from zmirror.registry.proxy import Proxy
+from zmirror.registry.build import build_proxy
 from zmirror.registry.routes import RegistryRoutes
 from zmirror.testing import FakeRegistry
 from zmirror.upstream.health import UpstreamHealth
@@ -73,7 +73,7 @@ class KernelCopyTests(unittest.TestCase):
         self.blobs = CacheBlobs(self.base / "cache", self.db, reactor, max_size=1 << 30, idle_timeout=1,
                                transfer_threads=self.transfer_threads)
         self.addCleanup(stop_transfers, self.blobs)
-        proxy = Proxy(pool, reactor, idle_timeout=1, blobs=self.blobs)
+        proxy = build_proxy(pool, reactor, idle_timeout=1, blobs=self.blobs)
         self.log = MemoryAccessLog()
         routes = RegistryRoutes(proxy, clock=reactor, accesslog=self.log,
                                 base_url=lambda request: "http://proxy.test")

@@ -20,18 +20,16 @@ from twisted.web import http
 from tests.fixtures.helpers import admin_password_line, start_services, write_default_config
 from tests.test_admin_registries import coro
 from tests.fixtures.admin import basic
-from zmirror import service
+from zmirror import httpchannel
 from zmirror.admin import validate
 from zmirror.auth import tokenservice
 from zmirror.config import load_config
-from zmirror.service import (
-    API_MAX_BODY,
-    LINGER_BYTES,
-    TOKEN_MAX_BODY,
-    body_cap,
-    refusal_for,
-)
-from zmirror.wiring import build
+from zmirror.httpchannel import LINGER_BYTES
+from zmirror.wiring import API_MAX_BODY, TOKEN_MAX_BODY, body_limits, build
+
+# the HTTP channel's body limits, as wired
+body_cap = body_limits().body_cap
+refusal_for = body_limits().refusal_for
 
 HUGE = 1536 * 1024 * 1024  # a 1.5 GB body, announced; the client never sends it all
 MIB = 1024 * 1024
@@ -122,7 +120,7 @@ class Constants(unittest.TestCase):
         self.assertIs(TOKEN_MAX_BODY, tokenservice.MAX_BODY)
         self.assertEqual(API_MAX_BODY, 64 * 1024)
         self.assertIs(API_MAX_BODY, validate.MAX_BODY)
-        self.assertLess(service.LINGER_BYTES + 2 * PIECE, MIB)
+        self.assertLess(httpchannel.LINGER_BYTES + 2 * PIECE, MIB)
 
     def test_areas_are_decided_on_the_decoded_path(self):
         self.assertEqual(body_cap(b"/v2/x/blobs/uploads/abc"), ("v2", 0))
@@ -170,7 +168,7 @@ class OverTCP(unittest.TestCase):
         self.config = load_config(data)
         self.components = build(self.config, reactor)
         self.top = start_services(self.components)
-        site = self.components["site"]
+        site = self.components.site
         self.channels = []
         original = site.buildProtocol
 

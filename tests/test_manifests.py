@@ -20,6 +20,7 @@ from zmirror.oci.errors import RegistryError
 from zmirror.registry.manifests import STALE_WARNING, PullThroughManifests
 from zmirror.oci.mediatypes import DOCKER_V2, OCI_INDEX, OCI_MANIFEST
 from zmirror.testing import FakeManifestSource, FakeRegistry, MemoryManifests, sha256
+from zmirror.upstream.failover import Failover
 from zmirror.upstream.manifests import RemoteManifests, RemoteTags
 
 REPO = "library/nginx"
@@ -199,7 +200,7 @@ class RemoteManifestTests(unittest.TestCase):
 
     def remote(self, *hosts):
         w = World(hosts or ("a.fake",))
-        return w, RemoteManifests(w.proxy.failover, w.clock, idle_timeout=30)
+        return w, RemoteManifests(Failover(w.pool, w.clock), w.clock, idle_timeout=30)
 
     def test_head_answered_from_the_upstreams_headers(self):
         w, remote = self.remote()
@@ -253,7 +254,7 @@ class RemoteTagsTests(unittest.TestCase):
         body = b'{"name":"library/x","tags":["a","b"]}'
         w.agent.on("GET", "http://a.fake" + TAGS_PATH + "?n=2&last=0",
                    lambda: FakeResponse(200, {b"Link": b'</v2/library/x/tags/list?last=b&n=2>; rel="next"'}, body))
-        tags = RemoteTags(w.proxy.failover, w.clock, idle_timeout=30)
+        tags = RemoteTags(Failover(w.pool, w.clock), w.clock, idle_timeout=30)
         page = self.successResultOf(Deferred.fromCoroutine(
             tags.list("library/x", n="2", last="0", base_url="http://proxy.test")))
         self.assertEqual(page.body, body)

@@ -404,7 +404,7 @@ class WiredNodesTests(unittest.TestCase):
         write_default_config(data, repl)
         components = build(load_config(data), reactor)
         top = start_services(components)
-        port = reactor.listenTCP(0, components["site"], interface="127.0.0.1")
+        port = reactor.listenTCP(0, components.site, interface="127.0.0.1")
         node = {"c": components, "top": top, "port": port, "stopped": False,
                 "base": f"http://127.0.0.1:{port.getHost().port}"}
 
@@ -417,7 +417,7 @@ class WiredNodesTests(unittest.TestCase):
         node["stop"] = stop
         self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
         self.nodes[name] = node
-        await components["nodes"].settled()
+        await components.nodes.settled()
         return node
 
     async def get_nodes(self, name: str) -> dict:
@@ -430,23 +430,23 @@ class WiredNodesTests(unittest.TestCase):
     @coro
     async def test_a_node_alone_lists_itself(self):
         node = await self.start("solo")
-        self.assertIs(node["c"]["admin"].nodes, node["c"]["nodes"])
+        self.assertIs(node["c"].admin.nodes, node["c"].nodes)
         obj = await self.get_nodes("solo")
         self.assertEqual(obj["self"], "solo")
         self.assertEqual([(r["node"], r["state"], r["self"]) for r in obj["items"]],
                          [("solo", "up", True)])
         r = obj["items"][0]
         self.assertEqual((r["version"], r["address"], r["instance"]),
-                         (__version__, "0.0.0.0:8080", node["c"]["bus"].origin))
+                         (__version__, "0.0.0.0:8080", node["c"].bus.origin))
         # a node alone has no bus to lose; on PostgreSQL it may still be connecting
         self.assertIn(r["bus"]["state"], ("local",) if self.backend == "sqlite"
                       else ("connected", "disconnected"))
         self.assertEqual(r["cache"]["blobs"], 0)
-        self.assertEqual(r["cache"]["max_bytes"], node["c"]["blob_cache"].max_size)
+        self.assertEqual(r["cache"]["max_bytes"], node["c"].blob_cache.max_size)
         await node["stop"]()
         from zmirror.db.engine import connect_config
 
-        conn = connect_config(node["c"]["config"])
+        conn = connect_config(node["c"].config)
         try:
             row = conn.execute("SELECT stopped_at FROM cluster_nodes WHERE node = 'solo'").fetchone()
         finally:
@@ -462,9 +462,9 @@ class WiredNodesPostgresTests(WiredNodesTests):
         a = await self.start("node-a")
         b = await self.start("node-b")
         for node in (a, b):  # the bus listens: the next heartbeat says so
-            bus = node["c"]["bus"]
+            bus = node["c"].bus
             await eventually(lambda: bus.connected, what="the bus listening")
-            await node["c"]["nodes"].beat()
+            await node["c"].nodes.beat()
         for asked in ("node-a", "node-b"):
             obj = await self.get_nodes(asked)
             self.assertEqual(obj["self"], asked)
@@ -472,7 +472,7 @@ class WiredNodesPostgresTests(WiredNodesTests):
                              [("node-a", "up", asked == "node-a"), ("node-b", "up", asked == "node-b")])
             self.assertEqual({r["bus"]["state"] for r in obj["items"]}, {"connected"})
             self.assertEqual({r["instance"] for r in obj["items"]},
-                             {a["c"]["bus"].origin, b["c"]["bus"].origin})
+                             {a["c"].bus.origin, b["c"].bus.origin})
         await b["stop"]()
         obj = await self.get_nodes("node-a")
         self.assertEqual([(r["node"], r["state"]) for r in obj["items"]],

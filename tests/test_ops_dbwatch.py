@@ -18,7 +18,8 @@ from zmirror.cli import users as cli_users
 from zmirror.auth.passwords import fast_context
 from zmirror.config import DEFAULT_CONFIG
 from zmirror.db.watch import TABLES, ChangeWatcher
-from zmirror.ops import DB_POLL_INTERVAL, DatabaseWatchService, Reloader
+from zmirror.dbwatch import DB_POLL_INTERVAL, DatabaseWatchService
+from zmirror.reload import Reloader, Stores
 from zmirror.tap import Options, makeService
 
 FORM = {b"Content-Type": [b"application/x-www-form-urlencoded"]}
@@ -103,7 +104,7 @@ class WatchServiceTests(unittest.TestCase):
         self.stderr = io.StringIO()
         self.patch(sys, "stdout", io.StringIO())
         self.patch(sys, "stderr", self.stderr)
-        self.reloader = Reloader(None, {"users": self.env.users, "whitelists": self.env.whitelists})
+        self.reloader = Reloader(None, Stores(users=self.env.users, whitelists=self.env.whitelists))
         self.watch = DatabaseWatchService(ChangeWatcher.for_database(self.env.db), self.reloader,
                                           self.env.clock)
         self.watch.startService()  # first check at once: the baseline
@@ -239,15 +240,15 @@ class WiringTests(unittest.TestCase):
         opts.parseOptions(["--data", str(self.data), "--listen", "tcp:0:interface=127.0.0.1"])
         self.top = makeService(opts, reactor)
         self.c = self.top.components
-        self.addCleanup(self.c["db"].close)
+        self.addCleanup(self.c.db.close)
 
     @inlineCallbacks
     def test_make_service_watches_the_database(self):
-        watch = self.c["db_watch"]
+        watch = self.c.db_watch
         self.assertIn(watch, list(self.top))
         self.assertIs(list(self.top)[-1], watch)  # stops first, before the database closes
         self.assertEqual(watch.interval, 2.0)
-        self.assertIs(watch.reloader, self.c["reloader"])
+        self.assertIs(watch.reloader, self.c.reloader)
         self.patch(cli_users, "_hash_user_password", lambda pw: fast_context().hash(pw))
         self.patch(sys, "stdout", io.StringIO())
         self.patch(sys, "stderr", io.StringIO())
@@ -259,8 +260,8 @@ class WiringTests(unittest.TestCase):
         conn.commit()
         conn.close()
         yield watch.poll()
-        self.assertEqual((yield self.c["users"].auth_user(1))["username"], "ivan")
-        self.assertEqual([u.url for u in self.c["upstreams"].upstreams], ["https://mirror.test"])
+        self.assertEqual((yield self.c.access.users.auth_user(1))["username"], "ivan")
+        self.assertEqual([u.url for u in self.c.upstreams.upstreams], ["https://mirror.test"])
         yield watch.watcher.close()
 
 
@@ -284,12 +285,12 @@ class PostgresWiringTests(unittest.TestCase):
         opts = Options()
         opts.parseOptions(["--data", str(data), "--listen", "tcp:0:interface=127.0.0.1"])
         top = makeService(opts, reactor)
-        self.addCleanup(top.components["db"].close)
-        self.assertEqual(top.components["db"].dialect, "postgresql")
-        self.assertNotIn("db_watch", top.components)
+        self.addCleanup(top.components.db.close)
+        self.assertEqual(top.components.db.dialect, "postgresql")
+        self.assertIsNone(top.components.db_watch)
         self.assertFalse([s for s in top if type(s).__name__ == "DatabaseWatchService"])
-        self.assertIs(top.components["table_changes"].reloader, top.components["reloader"])
-        self.assertEqual(type(top.components["bus"]).__name__, "PostgresBus")
+        self.assertIs(top.components.table_changes.reloader, top.components.reloader)
+        self.assertEqual(type(top.components.bus).__name__, "PostgresBus")
         texts = [formatEvent(e) for e in seen]
         self.assertFalse([t for t in texts if "change watch: off" in t], texts)
         self.assertFalse([t for t in texts if "pg-test-secret" in t])

@@ -126,7 +126,6 @@ class PullPathMetricsTests(unittest.TestCase):
         self.metrics = Metrics(process=False)
         self.env = ProxyEnv([("up1.fake", self.up1), ("up2.fake", self.up2)], metrics=self.metrics)
         self.metrics.watch_upstreams(self.env.pool)
-        self.env.routes.accesslog = MeteredAccessLog(self.env.routes.accesslog, self.metrics)
 
     def test_pull_counts(self):
         resp, body = self.env.request("GET", f"/v2/library/nginx/blobs/{self.digest}")

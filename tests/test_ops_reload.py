@@ -18,7 +18,8 @@ from zmirror.cli import users as cli_users
 from zmirror.auth.passwords import fast_context, hash_admin_password
 from zmirror.config import DEFAULT_CONFIG, load_config
 from zmirror.logs import LogControl
-from zmirror.ops import SighupService, ZMirrorService
+from zmirror.reload import SighupService
+from zmirror.service import ZMirrorService
 from zmirror.tap import Options, makeService
 
 
@@ -65,12 +66,12 @@ class ReloadTests(unittest.TestCase):
         self.top = makeService(self.opts, reactor)
         self.c = self.top.components
         # not started: only the DB pools run (adbapi starts them when the reactor runs)
-        self.addCleanup(self.c["db"].close)
+        self.addCleanup(self.c.db.close)
 
     def test_live_settings_applied(self):
-        reloader = self.c["reloader"]
-        policy = self.c["access"].policy
-        trusted = self.c["trusted"]
+        reloader = self.c.reloader
+        policy = self.c.access.policy
+        trusted = self.c.trusted
         self.assertEqual(policy.mode, "whitelist")
         self.assertFalse(trusted.trusts("10.1.2.3"))
         cap = Captured(self)
@@ -81,8 +82,8 @@ class ReloadTests(unittest.TestCase):
         new_hash = hash_admin_password("Fresh-Admin-9")
         set_in_config(self.data, 'password = "admin123"', f'password = "{new_hash}"')
         set_in_config(self.data, "port = 8080", "port = 8081")
-        routing = self.c["routing"]
-        self.assertIs(self.c["app"].registry.routing, routing)
+        routing = self.c.routing
+        self.assertIs(self.c.app.registry.routing, routing)
         self.assertEqual(routing.by_host("ghcr.mirror.example.com"), None)
         set_in_config(self.data, "hosts = {}", 'hosts = { "ghcr.mirror.example.com" = "ghcr.io" }')
         self.assertTrue(reloader.reload())
@@ -90,12 +91,12 @@ class ReloadTests(unittest.TestCase):
         self.assertEqual(policy.mode, "all")
         # one TrustedProxies object is shared by routes, policy, token service and admin API
         self.assertTrue(trusted.trusts("10.1.2.3"))
-        self.assertIs(self.c["app"].registry.trusted, trusted)
+        self.assertIs(self.c.app.registry.trusted, trusted)
         self.assertIs(policy.trusted, trusted)
-        self.assertEqual(self.c["log_control"].level, "debug")
-        self.assertEqual(self.c["metrics_endpoint"].access, "open")
-        self.assertEqual(self.c["admin"].config.admin.password, new_hash)
-        self.assertEqual(self.c["admin"].config.access.anonymous, "all")  # /api/whitelists/match mode
+        self.assertEqual(self.c.log_control.level, "debug")
+        self.assertEqual(self.c.metrics_endpoint.access, "open")
+        self.assertEqual(self.c.admin.config.admin.password, new_hash)
+        self.assertEqual(self.c.admin.config.access.anonymous, "all")  # /api/whitelists/match mode
         line = [t for t in cap.texts() if t.startswith("reload: configuration re-read")][0]
         self.assertIn("access.anonymous", line)
         self.assertIn("needs a restart: server.port", line)
@@ -103,14 +104,14 @@ class ReloadTests(unittest.TestCase):
         self.assertNotIn(new_hash, "\n".join(cap.texts()))
 
     def test_lockout_thresholds_from_config_and_applied_on_sighup(self):
-        lockout = self.c["lockout"]
-        self.assertIs(self.c["admin"].lockout, lockout)  # one lockout for registry and admin logins
+        lockout = self.c.access.lockout
+        self.assertIs(self.c.admin.lockout, lockout)  # one lockout for registry and admin logins
         self.assertEqual((lockout.max_account, lockout.max_ip, lockout.window, lockout.cooldown),
                          (10, 30, 600.0, 300.0))
         cap = Captured(self)
         set_in_config(self.data, "max_account_failures = 10", "max_account_failures = 3")
         set_in_config(self.data, "cooldown = 300", "cooldown = 900")
-        self.assertTrue(self.c["reloader"].reload())
+        self.assertTrue(self.c.reloader.reload())
         self.assertEqual((lockout.max_account, lockout.max_ip, lockout.cooldown), (3, 30, 900.0))
         line = [t for t in cap.texts() if t.startswith("reload: configuration re-read")][0]
         self.assertIn("lockout.max_account_failures", line)
@@ -121,25 +122,25 @@ class ReloadTests(unittest.TestCase):
         self.assertGreater(lockout.check("someone", "10.0.0.2"), 0)
         # a bad value is refused and the running thresholds stay
         set_in_config(self.data, "max_account_failures = 3", "max_account_failures = 0")
-        self.assertFalse(self.c["reloader"].reload())
+        self.assertFalse(self.c.reloader.reload())
         self.assertEqual(lockout.max_account, 3)
         self.assertTrue(any("lockout.max_account_failures" in t for t in cap.texts()))
 
     def test_broken_file_keeps_the_running_configuration(self):
         cap = Captured(self)
         (self.data / "config.toml").write_text('[access]\nanonymous = "everyone"\n')
-        self.assertFalse(self.c["reloader"].reload())
-        self.assertEqual(self.c["access"].policy.mode, "whitelist")
+        self.assertFalse(self.c.reloader.reload())
+        self.assertEqual(self.c.access.policy.mode, "whitelist")
         self.assertTrue(any("keeping the running configuration" in t and "access.anonymous" in t
                             for t in cap.texts()))
         (self.data / "config.toml").write_text("[server\n")
-        self.assertFalse(self.c["reloader"].reload())
+        self.assertFalse(self.c.reloader.reload())
 
     def test_admin_username_change_needs_restart(self):
         cap = Captured(self)
         set_in_config(self.data, 'username = "admin"', 'username = "boss"')
-        self.assertTrue(self.c["reloader"].reload())
-        self.assertEqual(self.c["admin"].config.admin.username, "admin")
+        self.assertTrue(self.c.reloader.reload())
+        self.assertEqual(self.c.admin.config.admin.username, "admin")
         self.assertTrue(any("needs a restart: admin.username" in t for t in cap.texts()))
 
     @inlineCallbacks
@@ -148,17 +149,17 @@ class ReloadTests(unittest.TestCase):
         out = io.StringIO()
         self.patch(sys, "stdout", out)
         self.patch(sys, "stderr", io.StringIO())
-        users = self.c["users"]
+        users = self.c.access.users
         yield users.load()
         self.patch(sys, "stdin", io.StringIO("pw-of-ivan\n"))
         self.assertEqual(cli.main(["--data", str(self.data), "user", "add", "ivan", "--stdin"]), 0)
         self.assertEqual(cli.main(["--data", str(self.data), "user", "list", "--json"]), 0)
         uid = 1
         self.assertIsNone((yield users.auth_user(uid)))  # the server's copy is stale
-        yield self.c["reloader"].refresh_stores()
+        yield self.c.reloader.refresh_stores()
         self.assertTrue((yield users.auth_user(uid))["enabled"])
         self.assertEqual(cli.main(["--data", str(self.data), "user", "disable", "ivan"]), 0)
-        yield self.c["reloader"].refresh_stores()
+        yield self.c.reloader.refresh_stores()
         self.assertFalse((yield users.auth_user(uid))["enabled"])
         # whitelist and registries too
         import sqlite3
@@ -168,12 +169,12 @@ class ReloadTests(unittest.TestCase):
         conn.execute("UPDATE registries SET url = 'https://mirror.test' WHERE id = 1")
         conn.commit()
         conn.close()
-        yield self.c["reloader"].refresh_stores()
-        whitelist = self.c["access"].whitelist  # one live matcher: policy and admin API share it
-        self.assertIs(self.c["access"].policy.whitelist, whitelist)
-        self.assertIs(self.c["admin"].whitelist, whitelist)
+        yield self.c.reloader.refresh_stores()
+        whitelist = self.c.access.whitelist  # one live matcher: policy and admin API share it
+        self.assertIs(self.c.access.policy.whitelist, whitelist)
+        self.assertIs(self.c.admin.whitelist, whitelist)
         self.assertTrue(whitelist.matcher.allows("helloz/app"))
-        self.assertEqual([u.url for u in self.c["upstreams"].upstreams], ["https://mirror.test"])
+        self.assertEqual([u.url for u in self.c.upstreams.upstreams], ["https://mirror.test"])
 
 
 class FakeReloader:
@@ -220,7 +221,7 @@ class LogSetupTests(unittest.TestCase):
         if parent is not None:
             opts.parent = parent
         top = makeService(opts, reactor)
-        self.addCleanup(top.components["db"].close)
+        self.addCleanup(top.components.db.close)
         return top
 
     def test_twistd_foreground_gets_our_observer(self):

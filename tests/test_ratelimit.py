@@ -405,9 +405,10 @@ class HttpTests(unittest.TestCase):
 
     def _pull_through(self, local):
         from zmirror.registry.manifests import PullThroughManifests
+        from zmirror.upstream.failover import Failover
         from zmirror.upstream.manifests import RemoteManifests
 
-        return PullThroughManifests(local, RemoteManifests(self.env.proxy.failover, self.env.clock)), local
+        return PullThroughManifests(local, RemoteManifests(Failover(self.env.pool, self.env.clock), self.env.clock)), local
 
     def test_every_upstream_429_uncached(self):
         self.up1.faults[self.path] = [429]

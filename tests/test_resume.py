@@ -131,9 +131,9 @@ class RelayResumeTests(unittest.TestCase):
         self.assertEqual(self.record().resumes, 3)
 
     def test_resume_off(self):
-        from zmirror.registry.proxy import Proxy
+        from zmirror.registry.build import build_proxy
 
-        self.env.proxy = Proxy(self.env.pool, self.env.clock, idle_timeout=30, resume_attempts=0)
+        self.env.proxy = build_proxy(self.env.pool, self.env.clock, idle_timeout=30, resume_attempts=0)
         self.env.routes.proxy = self.env.proxy
         self.up1.faults[self.path] = ["truncate"]
         with self.assertRaises(ResponseFailed):

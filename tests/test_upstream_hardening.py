@@ -29,7 +29,7 @@ from tests.fixtures.helpers import temp_database
 from zmirror.cache.gate import LoadGate
 from zmirror.cache.manifests import Manifest, ManifestCache
 from zmirror.oci.errors import RegistryError
-from zmirror.registry.proxy import Proxy
+from zmirror.registry.build import build_proxy
 from zmirror.oci.reference import parse_path
 from zmirror.registry.routes import PullRequest
 from zmirror.upstream.auth import TokenCache
@@ -152,7 +152,7 @@ class World:
         self.pool = UpstreamPool(self.agent, self.clock, health=health, header_timeout=10, metrics=metrics)
         self.pool.set_registries([{"id": i, "name": h, "url": f"http://{h}", "priority": i, "enabled": 1}
                                   for i, h in enumerate(hosts, start=1)])
-        self.proxy = Proxy(self.pool, self.clock, idle_timeout=idle_timeout, manifests=manifests)
+        self.proxy = build_proxy(self.pool, self.clock, idle_timeout=idle_timeout, manifests=manifests)
 
     def pull(self, path: str, method: bytes = b"GET", accept=None) -> Deferred:
         p = PullRequest(path=parse_path(path), method=method, accept=accept or [],
@@ -660,7 +660,7 @@ class RealConnectionTests(unittest.TestCase):
         clock = Clock()
         pool = UpstreamPool(Agent(reactor), clock, health=UpstreamHealth(clock), header_timeout=10)
         pool.set_registries([{"id": 1, "name": "a", "url": f"http://{host}", "priority": 1, "enabled": 1}])
-        proxy = Proxy(pool, clock, idle_timeout=30)
+        proxy = build_proxy(pool, clock, idle_timeout=30)
         d = Deferred.fromCoroutine(proxy.pull(PullRequest(path=parse_path(TAG_PATH), method=b"GET")))
         while not any(c.getTime() == 30 for c in clock.getDelayedCalls()):  # the body read began
             await deferLater(reactor, 0.01, lambda: None)

@@ -1,9 +1,9 @@
 """The HTTP surface: one Klein app whose routes delegate to the parts.
 
 - ``/v2/``            registry ping and pull endpoints   (zmirror.registry.routes)
-- ``/token``          token service for docker login      (zmirror.auth, access-control issue)
+- ``/token``          token service for docker login      (zmirror.auth.tokenservice)
 - ``/api/...``        admin API                           (zmirror.admin)
-- ``/healthz`` ...    health and metrics                  (operations issue)
+- ``/healthz`` ...    health and metrics                  (zmirror.health, zmirror.metrics)
 - ``/``               the built web UI                    (web/, packaged as zmirror/webui)
 
 Every part is injected; a part left as None answers 404 (or 503 for /v2/).

@@ -1,35 +1,10 @@
 """``/healthz`` (liveness) and ``/readyz`` (readiness), unauthenticated and tiny.
 
-- ``GET /healthz``: the process is alive and its reactor answers → 200
-  ``{"status": "ok"}``.  Used by the Docker HEALTHCHECK and compose (``/v2/``
-  answers 401 once access control is on, so it is no health check).
-- ``GET /readyz``: 200 ``{"status": "ready", ...}`` when the database answers
-  a cheap query (through ``Database.read``, within ``db_timeout`` seconds) and
-  at least one enabled upstream is usable; otherwise 503 with ``reasons``.
-
-An upstream counts as unusable while it is in cool-down, or while it is
-``down`` and its last failure is less than ``down_window`` seconds old.  After
-that it counts as usable again: the proxy core retries it on the next pull
-(it only skips upstreams in cool-down), so a load balancer that stopped
-sending traffic because of ``/readyz`` cannot keep the instance unready
-forever.
-
-On PostgreSQL (several nodes) ``checks.bus`` says whether the cluster bus
-(LISTEN/NOTIFY, :class:`~zmirror.db.listen.PostgresBus`) listens:
-``"connected"``, or ``"disconnected since <UTC time>"`` with
-``bus_disconnected_seconds`` and an entry in ``warnings``.  A disconnected bus
-does **not** make the node unready: it still answers every pull correctly from
-the database; only what it keeps in memory (users, whitelists, registries,
-other nodes' lockout counts and upstream health) may lag behind the other
-nodes until the bus is back, when it re-reads all of it.  The cause is nearly
-always shared by every node (PostgreSQL restarted, a network cut): answering
-503 for it would take every node out of an orchestrator's rotation at once,
-and when the database itself is unreachable the database check already says
-503.  Alert on the metric ``zmirror_cluster_bus_disconnected_seconds``
-instead.
-
-Both answers carry ``Cache-Control: no-store`` and never reveal more than
-states and counts (no URLs, no credentials).
+``/healthz`` answers 200 while the reactor runs; ``/readyz`` 200 when the database
+answers and at least one enabled upstream is usable, else 503 with ``reasons``.
+On PostgreSQL ``checks.bus`` reports the cluster bus, never a reason to be unready.
+Answers carry ``Cache-Control: no-store`` and only states and counts.  The rules
+and their reasons: docs/design/operations.md.
 """
 
 from __future__ import annotations
@@ -59,7 +34,7 @@ def _ping(txn) -> int:
 
 
 class HealthChecks:
-    """The two handlers; plug ``healthz``/``readyz`` into ``ZMirrorApp(extra=...)``."""
+    """The two handlers, given to ``ZMirrorApp(extra=...)`` by the wiring."""
 
     def __init__(self, db: Any, upstreams: Any, clock: Any, *, db_timeout: float = 2.0,
                  down_window: float = 60.0, bus: Any = None):
@@ -127,7 +102,7 @@ class HealthChecks:
             reasons.append("no upstream registry is enabled")
         elif usable == 0:
             reasons.append("every enabled upstream registry is down or cooling down")
-        # --- the cluster bus: reported, never a reason (module doc) ---
+        # --- the cluster bus: reported, never a reason (docs/design/operations.md) ---
         if self.bus is not None:
             checks.update(self.bus_state(now))
         return not reasons, checks, reasons

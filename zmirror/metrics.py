@@ -1,35 +1,10 @@
 """Prometheus metrics (``prometheus_client``) on a registry of our own.
 
-:class:`Metrics` owns one :class:`~prometheus_client.CollectorRegistry`
-instance (never the library's global default registry), so several apps in
-one process (tests) never share or clash over metric names.
-
-Where the numbers come from:
-
-- requests, bytes sent, request durations and cache hits/misses: every
-  :class:`~zmirror.accesslog.AccessRecord` (registry pulls, denials and
-  ``/token`` requests) passes through :class:`MeteredAccessLog` when the
-  response has ended — the same place the access log learns what was really
-  sent, aborted downloads included;
-- upstream requests, latency (until the response headers) and failures:
-  :class:`~zmirror.upstream.pool.UpstreamPool` and
-  :class:`~zmirror.upstream.health.UpstreamHealth` (their ``metrics`` argument);
-- token issues and authentication failures: the token service and the
-  access policy (their ``metrics`` attribute);
-- gauges that read callables at scrape time: access-log queue depth, dropped
-  access-log rows, cache size, in-flight requests, upstream health and rate
-  limits;
-- on PostgreSQL only (several nodes), the ``zmirror_cluster_*`` series read at
-  scrape time from the cluster bus (:class:`~zmirror.db.listen.PostgresBus`),
-  the shared lockout (:class:`~zmirror.auth.lockout.LockoutSync`) and the shared
-  upstream health (:class:`~zmirror.upstream.shared.HealthSharing`):
-  :meth:`Metrics.watch_cluster`.  A node alone (SQLite) has no bus and exports
-  none of them.
-
-``/metrics`` on the main port is governed by ``[metrics] access``: ``admin``
-(HTTP Basic with the admin account — the admin API's own check), ``open`` or
-``off``.  ``[metrics] listen`` adds a separate, unauthenticated endpoint that
-serves only ``/metrics`` (bind it to localhost or a private network).
+:class:`Metrics` owns its :class:`~prometheus_client.CollectorRegistry` (never the
+library's global one); requests are counted by :class:`MeteredAccessLog`, the rest
+is observed by its collaborators or read at scrape time.  ``/metrics`` on the main
+port follows ``[metrics] access`` (:class:`MetricsEndpoint`); ``[metrics] listen``
+adds a separate endpoint.  Where each number comes from: docs/design/operations.md.
 """
 
 from __future__ import annotations
@@ -284,67 +259,12 @@ class Metrics:
         ages (default: the bus's)."""
         clock = clock if clock is not None else getattr(bus, "clock", None)
 
-        def num(obj, attr):
-            return float(getattr(obj, attr, 0) or 0)
-
         def collect():
-            out = []
-
-            def gauge(name, doc, v):
-                out.append(GaugeMetricFamily(name, doc, value=v))
-
-            def counter(name, doc, v):
-                out.append(CounterMetricFamily(name, doc, value=v))
-
-            now = clock.seconds()
-            connected = bool(getattr(bus, "connected", False))
-            gauge("zmirror_cluster_bus_connected", "1 while the cluster bus listens "
-                  "(LISTEN/NOTIFY connection up)", 1.0 if connected else 0.0)
-            since = getattr(bus, "disconnected_since", None)
-            gauge("zmirror_cluster_bus_disconnected_seconds", "Seconds the cluster bus has not "
-                  "been listening (0 while it is; from the start when it never was)",
-                  0.0 if connected or since is None else max(0.0, now - since))
-            at = getattr(bus, "connected_at", None)
-            if at is not None:
-                gauge("zmirror_cluster_bus_last_connect_age_seconds",
-                      "Seconds since the cluster bus last (re)connected", max(0.0, now - at))
-            counter("zmirror_cluster_bus_reconnects", "Successful reconnects of the cluster bus "
-                    "(the first connect not counted)", max(0.0, num(bus, "connects") - 1))
-            counter("zmirror_cluster_bus_connect_failures", "Failed connects and lost "
-                    "connections of the cluster bus", num(bus, "failures"))
-            counter("zmirror_cluster_bus_events_published", "Events this node sent to the "
-                    "others (the database took the NOTIFY)", num(bus, "published"))
-            counter("zmirror_cluster_bus_publish_errors", "Events the database refused to send "
-                    "(NOTIFY failed)", num(bus, "publish_errors"))
-            counter("zmirror_cluster_bus_events_received", "Events from other nodes delivered "
-                    "here", num(bus, "received"))
-            counter("zmirror_cluster_bus_events_dropped", "Events dropped as invalid (too big "
-                    "or not JSON to send, unreadable when received)", num(bus, "dropped"))
-            changes = CounterMetricFamily("zmirror_cluster_bus_table_changes", "Deliveries of "
-                                          "shared-table changes (users, whitelists, registries)",
-                                          labels=["table"])
-            seen = dict(getattr(bus, "table_changes", {}) or {})
-            for table in sorted(set(getattr(bus, "tables", ())) | set(seen)):
-                changes.add_metric([table], float(seen.get(table, 0)))
-            out.append(changes)
+            out = _bus_families(bus, clock.seconds())
             if lockout_sync is not None:
-                gauge("zmirror_cluster_lockout_queue_depth", "Failed logins waiting to be "
-                      "written to login_failures", num(lockout_sync, "queue_depth"))
-                counter("zmirror_cluster_lockout_written", "Failed logins written to "
-                        "login_failures", num(lockout_sync, "written"))
-                counter("zmirror_cluster_lockout_dropped", "Failed logins not written to "
-                        "login_failures (queue full, write failed, stopping)",
-                        num(lockout_sync, "dropped"))
-                counter("zmirror_cluster_lockout_ignored", "Malformed lockout events from the "
-                        "bus, ignored", num(lockout_sync, "ignored"))
+                out += _lockout_families(lockout_sync)
             if sharing is not None:
-                counter("zmirror_cluster_upstream_state_published", "Upstream health snapshots "
-                        "this node sent to the others (bus and upstream_state)",
-                        num(sharing, "sent"))
-                counter("zmirror_cluster_upstream_state_applied", "Other nodes' upstream health "
-                        "snapshots that changed something here", num(sharing, "applied"))
-                counter("zmirror_cluster_upstream_state_store_failures", "Failed writes of "
-                        "upstream_state", num(sharing, "store_failures"))
+                out += _sharing_families(sharing)
             return out
 
         self.registry.register(_CallbackCollector(collect))
@@ -353,6 +273,83 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _num(obj: Any, attr: str) -> float:
+    return float(getattr(obj, attr, 0) or 0)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _bus_families(bus: Any, now: float) -> list:
+    """The cluster bus's state and counters at ``now``."""
+    connected = bool(getattr(bus, "connected", False))
+    since = getattr(bus, "disconnected_since", None)
+    out = [
+        _gauge("zmirror_cluster_bus_connected", "1 while the cluster bus listens "
+               "(LISTEN/NOTIFY connection up)", 1.0 if connected else 0.0),
+        _gauge("zmirror_cluster_bus_disconnected_seconds", "Seconds the cluster bus has not "
+               "been listening (0 while it is; from the start when it never was)",
+               0.0 if connected or since is None else max(0.0, now - since)),
+    ]
+    at = getattr(bus, "connected_at", None)
+    if at is not None:
+        out.append(_gauge("zmirror_cluster_bus_last_connect_age_seconds",
+                          "Seconds since the cluster bus last (re)connected", max(0.0, now - at)))
+    out += [
+        _counter("zmirror_cluster_bus_reconnects", "Successful reconnects of the cluster bus "
+                 "(the first connect not counted)", max(0.0, _num(bus, "connects") - 1)),
+        _counter("zmirror_cluster_bus_connect_failures", "Failed connects and lost "
+                 "connections of the cluster bus", _num(bus, "failures")),
+        _counter("zmirror_cluster_bus_events_published", "Events this node sent to the "
+                 "others (the database took the NOTIFY)", _num(bus, "published")),
+        _counter("zmirror_cluster_bus_publish_errors", "Events the database refused to send "
+                 "(NOTIFY failed)", _num(bus, "publish_errors")),
+        _counter("zmirror_cluster_bus_events_received", "Events from other nodes delivered "
+                 "here", _num(bus, "received")),
+        _counter("zmirror_cluster_bus_events_dropped", "Events dropped as invalid (too big "
+                 "or not JSON to send, unreadable when received)", _num(bus, "dropped")),
+    ]
+    changes = CounterMetricFamily("zmirror_cluster_bus_table_changes", "Deliveries of "
+                                  "shared-table changes (users, whitelists, registries)",
+                                  labels=["table"])
+    seen = dict(getattr(bus, "table_changes", {}) or {})
+    for table in sorted(set(getattr(bus, "tables", ())) | set(seen)):
+        changes.add_metric([table], float(seen.get(table, 0)))
+    out.append(changes)
+    return out
+
+
+def _lockout_families(sync: Any) -> list:
+    """The shared lockout's write queue and counters."""
+    return [
+        _gauge("zmirror_cluster_lockout_queue_depth", "Failed logins waiting to be "
+               "written to login_failures", _num(sync, "queue_depth")),
+        _counter("zmirror_cluster_lockout_written", "Failed logins written to "
+                 "login_failures", _num(sync, "written")),
+        _counter("zmirror_cluster_lockout_dropped", "Failed logins not written to "
+                 "login_failures (queue full, write failed, stopping)", _num(sync, "dropped")),
+        _counter("zmirror_cluster_lockout_ignored", "Malformed lockout events from the "
+                 "bus, ignored", _num(sync, "ignored")),
+    ]
+
+
+def _sharing_families(sharing: Any) -> list:
+    """The shared upstream health's publications."""
+    return [
+        _counter("zmirror_cluster_upstream_state_published", "Upstream health snapshots "
+                 "this node sent to the others (bus and upstream_state)", _num(sharing, "sent")),
+        _counter("zmirror_cluster_upstream_state_applied", "Other nodes' upstream health "
+                 "snapshots that changed something here", _num(sharing, "applied")),
+        _counter("zmirror_cluster_upstream_state_store_failures", "Failed writes of "
+                 "upstream_state", _num(sharing, "store_failures")),
+    ]
 
 
 class MeteredAccessLog:
@@ -402,7 +399,7 @@ def render_metrics(request, metrics: Metrics) -> bytes:
 
 
 class MetricsEndpoint:
-    """``/metrics`` on the main port (a ``ZMirrorApp.extra`` handler).
+    """``/metrics`` on the main port (one of ``ZMirrorApp``'s top-level handlers).
 
     ``admin``: the admin API's own Basic-auth check (lockout included);
     ``open``: no check; ``off``: 404.  :meth:`reload` switches the mode live.

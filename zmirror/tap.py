@@ -1,4 +1,6 @@
-"""The single wiring point: ``Options`` and ``makeService(options, reactor)``.
+"""The twistd entry: ``Options`` and ``makeService(options, reactor)``, which loads
+the configuration, builds the object graph (:func:`zmirror.wiring.build`) and
+returns the top service (:func:`build_service`).
 
 Used by the twistd plugin (``twistd -n zmirror``) and by ``zmirror.tac``
 (options from ``ZMIRROR_*`` environment variables).
@@ -14,6 +16,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from zmirror import __version__
+from zmirror import logsetup
+from zmirror.service import ZMirrorService
 
 log = Logger()
 
@@ -53,33 +57,22 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
         reactor = _reactor
     from zmirror.config import ConfigError, load_config
     from zmirror.db.errors import DatabaseError
+    from zmirror.wiring import build
 
     try:
         config = load_config(options["data"], options["config"])
-        components = build(config, reactor)
+        components = build(config, reactor, listen=options["listen"])
     except (ConfigError, DatabaseError) as e:
         fail(str(e))
     for w in config.warnings:
         log.warn("config: {w}", w=w)
     listen = options["listen"] or config.listen_endpoint()
-    if options["listen"] and components.get("nodes") is not None:
-        from zmirror.nodes import endpoint_address
-
-        components["nodes"].address = endpoint_address(listen)  # shown in /api/nodes
-    from zmirror import ops
-
-    top = ops.ZMirrorService()
-    for svc in components["services"]:
-        svc.setServiceParent(top)
-    try:
-        web = strports.service(listen, components["site"], reactor=reactor)
-    except (ValueError, KeyError) as e:
-        fail(f"invalid listen endpoint {listen!r}: {e}")
-    web.setServiceParent(top)
-    # log observer ([log] format/level) and SIGHUP reload of the live settings
-    ops.attach(top, options, config, components, reactor)
-    cluster_password = components.get("admin_password")  # PostgreSQL: the cluster's, if set
-    if config.admin_password_is_default and getattr(cluster_password, "value", None) is None:
+    # the log observer ([log] format/level) goes where twistd's options say
+    observer = logsetup.log_observer(options, config, components.log_control)
+    top = build_service(components, listen, reactor, log_observer=observer)
+    cluster_password = components.cluster_admin_password  # PostgreSQL: the cluster's, if set
+    if config.admin_password_is_default and (cluster_password is None
+                                             or cluster_password.value is None):
         log.warn(
             "\n" + "!" * 72 + "\n"
             "!!  The admin password is still the default: the admin API only lets it be\n"
@@ -91,14 +84,20 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
         )
     log.info("zmirror {v} listening on {listen}, data in {data}", v=__version__, listen=listen,
              data=str(config.data_dir))
-    top.components = components  # for tests and the tac
     return top
 
 
-def build(config, reactor) -> dict:
-    from zmirror import wiring
+def build_service(components: Any, listen: str, reactor: Any, *,
+                  log_observer: Any = None) -> ZMirrorService:
+    """The top service of ``components`` (:class:`zmirror.wiring.Components`): its
+    services, the site listening on ``listen``, then SIGHUP reload and the database
+    watch (added last, so they stop first)."""
+    try:
+        web = strports.service(listen, components.site, reactor=reactor)
+    except (ValueError, KeyError) as e:
+        fail(f"invalid listen endpoint {listen!r}: {e}")
+    return ZMirrorService(components, [*components.services, web, *components.reload_services],
+                          log_observer=log_observer)
 
-    return wiring.build(config, reactor)
 
-
-__all__ = ["Options", "makeService", "options_from_env"]
+__all__ = ["Options", "build_service", "makeService", "options_from_env"]

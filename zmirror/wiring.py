@@ -1,187 +1,188 @@
-"""Builds the object graph from a validated :class:`~zmirror.config.Config`.
+"""The one wiring point: builds the object graph from a validated
+:class:`~zmirror.config.Config` into :class:`Components`.
 
-Called only through :func:`zmirror.tap.makeService`, the one wiring point
-shared by the twistd plugin and ``zmirror.tac``.
+Every object gets its collaborators in its constructor; the order of the build
+and the reasons for it are in docs/design/wiring.md.  Called by
+:func:`zmirror.tap.makeService` (the twistd plugin and ``zmirror.tac``) and by
+the tests that need the whole graph.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Optional
 
-from twisted.logger import Logger
+from twisted.application.service import IService
 
-from zmirror import auth
 from zmirror.accesslog import BatchedAccessLog
 from zmirror.admin import AdminAPI
+from zmirror.admin.validate import MAX_BODY as API_MAX_BODY, ApiError
 from zmirror.app import ZMirrorApp
-from zmirror.cache.build import CacheParts, build_cache
+from zmirror.auth.adminsecret import ClusterAdminPassword
+from zmirror.auth.build import AccessControl, build_access
+from zmirror.auth.tokenservice import MAX_BODY as TOKEN_MAX_BODY, TokenError
+from zmirror.bodylimits import Area, BodyLimits
+from zmirror.cache.blobs import CacheBlobs
+from zmirror.cache.build import build_cache
+from zmirror.cache.manifests import ManifestCache
+from zmirror.cluster import LocalBus
 from zmirror.config import Config
 from zmirror.db.engine import connect_config, migrate_config, open_database
 from zmirror.db.accesslogs import AccessLogStore, RetentionService
 from zmirror.db.registries import RegistryStore
-from zmirror.metrics import Metrics
+from zmirror.db.watch import ChangeWatcher
+from zmirror.dbwatch import DatabaseWatchService, TableChanges
+from zmirror.health import HealthChecks
+from zmirror.httpchannel import LimitedSite
+from zmirror.logs import LogControl
+from zmirror.metrics import MeteredAccessLog, Metrics, MetricsEndpoint, metrics_listen_service
 from zmirror.net import TrustedProxies, base_url
 from zmirror.nodes import NodeHeartbeat, endpoint_address
-from zmirror.ops import instrument
-from zmirror.registry.routing import RoutingTable
+from zmirror.registry.build import build_proxy
 from zmirror.registry.proxy import Proxy
-from zmirror.registry.routes import RegistryRoutes
-from zmirror.upstream.build import build_upstreams
-from zmirror.service import (CallbackService, DatabaseService, DrainService, InflightTracker,
-                             LimitedSite)
+from zmirror.registry.routes import RegistryRoutes, channel_error
+from zmirror.registry.routing import RoutingTable
+from zmirror.reload import LiveSettings, Reloader, SighupService, Stores
+from zmirror.service import CallbackService, DatabaseService, DrainService, InflightTracker
+from zmirror.upstream.build import Upstreams, build_upstreams
+from zmirror.upstream.pool import UpstreamPool
+from zmirror.upstream.shared import HealthSharing
 
-log = Logger()
+# health checks and scrapes: no access-log line while they succeed
+QUIET_PATHS = (b"/healthz", b"/readyz", b"/metrics")
 
 
-def build(config: Config, reactor: Any) -> dict:
+@dataclass(frozen=True)
+class Components:
+    """Everything :func:`build` made, for the top service, the tests and the tac."""
+
+    config: Config
+    db: Any  # zmirror.db.sqlite.Database or zmirror.db.postgresql.PostgresDatabase
+    index_db: Any  # the blob cache's index: ``db`` on SQLite, a local file on PostgreSQL
+    bus: Any  # zmirror.cluster.IBus: a LocalBus alone, a PostgresBus on PostgreSQL
+    trusted: TrustedProxies
+    metrics: Metrics
+    upstreams: UpstreamPool
+    upstream_sharing: Optional[HealthSharing]  # None without a bus
+    blob_cache: Optional[CacheBlobs]
+    manifest_cache: Optional[ManifestCache]
+    proxy: Proxy
+    registries: RegistryStore
+    accesslog: BatchedAccessLog  # the writer; requests reach it through MeteredAccessLog
+    accesslogs: AccessLogStore
+    access: AccessControl
+    routing: RoutingTable
+    routes: RegistryRoutes
+    nodes: NodeHeartbeat
+    cluster_admin_password: Optional[ClusterAdminPassword]  # PostgreSQL only
+    admin: AdminAPI
+    health: HealthChecks
+    metrics_endpoint: MetricsEndpoint
+    app: ZMirrorApp
+    root: InflightTracker
+    site: LimitedSite
+    log_control: LogControl
+    reloader: Reloader
+    table_changes: Optional[TableChanges]  # PostgreSQL: the bus's table changes
+    db_watch: Optional[DatabaseWatchService]  # SQLite: the poll for other processes' changes
+    services: tuple  # start before the port opens, stop (in reverse) after it closed
+    reload_services: tuple  # SIGHUP and the database watch: after the port, stop first
+
+
+def build(config: Config, reactor: Any, *, listen: Optional[str] = None,
+          ui: Any = None) -> Components:
+    """The whole object graph.  ``listen``: the endpoint string the site will listen
+    on (default from the config; shown in ``/api/nodes``); ``ui``: the web UI
+    resource (default: the packaged one, if built)."""
     migrate_config(config)
     db = open_database(config, reactor)
-    bus = _bus(config, db, reactor)
+    bus = _bus(db, reactor)
     trusted = TrustedProxies(config.server.trusted_proxies)
-
-    metrics = Metrics()
-    upstream_parts = build_upstreams(config, reactor, bus=bus, db=db, metrics=metrics)
-    upstreams = upstream_parts.pool
-    upstreams.set_registries(_registry_rows(config))
-    cache = build_cache(config, db, reactor, bus=bus)  # None: [cache] enabled = false
-    blob_cache = cache.blobs if cache is not None else None
-    manifest_cache = cache.manifests if cache is not None else None
-    cache_db = cache.index_db if cache is not None else db  # the node's own blob index
-    proxy = Proxy(upstreams, reactor, idle_timeout=config.upstream.idle_timeout,
-                  blobs=blob_cache, manifests=manifest_cache,
-                  resume_attempts=config.upstream.resume_attempts,
-                  resume_deadline=config.upstream.resume_deadline)
-    # admin changes to registries reach the proxy core's in-memory list at once
-    registries = RegistryStore(db, reactor)
-    registries.subscribe(upstreams.set_registries)
-    # access log: batched writer (queue → one transaction per batch) and queries
+    metrics = Metrics()  # first: the parts below count into it
+    pull = _pull_path(config, reactor, db, bus, metrics)
+    # access log: batched writer (queue → one transaction per batch), counted on the way
     accesslog = BatchedAccessLog(db, reactor, node=config.server.node)
-    accesslogs = AccessLogStore(db, reactor)
-
-    access = auth.build(config, db, reactor, trusted=trusted, bus=bus)
-
+    metered = MeteredAccessLog(accesslog, metrics)
+    access = build_access(config, db, reactor, trusted=trusted, bus=bus, accesslog=metered,
+                          metrics=metrics)
     # path prefix | ?ns= | Host → (namespace, repository); the namespaces are the registries'
-    routing = RoutingTable(lambda: upstreams.namespaces, dict(config.routing.hosts))
-    registry = RegistryRoutes(
-        proxy,
-        policy=access.policy,
-        accesslog=accesslog,
-        clock=reactor,
-        trusted=trusted,
+    routing = RoutingTable(lambda: pull.upstreams.pool.namespaces, dict(config.routing.hosts))
+    routes = RegistryRoutes(
+        pull.proxy, policy=access.policy, accesslog=metered, clock=reactor, trusted=trusted,
         base_url=lambda request: base_url(request, trusted, config.server.external_url),
-        routing=routing,
-    )
-    # token requests go to the same access log as pulls
-    access.token_service.accesslog = registry.accesslog
-    admin = AdminAPI(
-        config,
-        clock=reactor,
-        registries=registries,
-        accesslogs=accesslogs,
-        users=access.users,
-        whitelists=access.whitelists,
-        whitelist=access.whitelist,
-        accounts=access.accounts,
-        lockout=access.lockout,
-        upstreams=upstreams,
-        passwords=access.passwords,
-        trusted=trusted,
-        accesslog=accesslog,
-        cache=blob_cache,
-        manifest_cache=manifest_cache,
-    )
+        routing=routing)
     # this node's row in cluster_nodes (GET /api/nodes): a heartbeat every 10 s
-    nodes = NodeHeartbeat(db, reactor, node=config.server.node, bus=bus, cache=blob_cache,
-                          address=endpoint_address(config.listen_endpoint()))
-    admin.nodes = nodes
-    app = ZMirrorApp(registry, token=access.token_service, admin=admin.resource(),
-                     ui=_ui_resource())
-    root = InflightTracker(app.resource())
-    # PlainHTTPChannel (TLS probe answer, body limits, read deadline, header limits) and
-    # LimitedRequest (body refusals, reason phrases); at most max_connections open
-    site = LimitedSite(root, reactor=reactor, max_connections=config.server.max_connections,
-                       read_timeout=config.server.read_timeout)
-    site.displayTracebacks = False
-    # Services stop in reverse order: the access-log queue is written before the
-    # DatabaseService closes the pools.
-    services = [
-        DatabaseService(db),
-        *([DatabaseService(cache_db)] if cache_db is not db else []),
-        *_cache_services(cache),
-        CallbackService(stop=accesslog.stop),
-        *_bus_services(bus, upstream_parts.sharing),
-        RetentionService(accesslogs, reactor, config.log.retention_days, config.log.max_rows),
-        nodes,
-        *access.services,
-        DrainService(root, reactor),
-    ]
-    # health, metrics and /metrics (zmirror.ops.instrument)
-    components = instrument(config, reactor, {
-        "config": config,
-        "db": db,
-        "cache_db": cache_db,
-        "bus": bus,
-        "app": app,
-        "site": site,
-        "root": root,
-        "services": services,
-        "upstreams": upstreams,
-        "upstream_sharing": upstream_parts.sharing,
-        "metrics": metrics,
-        "routing": routing,
-        "proxy": proxy,
-        "blob_cache": blob_cache,
-        "manifest_cache": manifest_cache,
-        "registries": registries,
-        "accesslog": accesslog,
-        "accesslogs": accesslogs,
-        "admin": admin,
-        "nodes": nodes,
-        "access": access,
-        "users": access.users,
-        "whitelists": access.whitelists,
-        "lockout": access.lockout,
-        "admin_credentials": access.admin_credentials,
-    })
-    metrics.gauge("zmirror_http_connections", "Open client connections",
-                  lambda: site.open_connections)
-    metrics.gauge("zmirror_http_connections_refused", "Client connections refused (503) "
-                  "over [server] max_connections since start", lambda: site.refused_connections)
-    return components
+    nodes = NodeHeartbeat(db, reactor, node=config.server.node, bus=bus, cache=pull.cache.blobs,
+                          address=endpoint_address(listen or config.listen_endpoint()))
+    cluster_password = _cluster_admin_password(config, db, bus, reactor, access)
+    accesslogs = AccessLogStore(db, reactor)
+    admin = _admin_api(config, reactor, pull, access, accesslog, accesslogs, trusted)
+    web = _web(config, reactor, db, bus, metrics, pull.upstreams.pool, routes, access, admin, ui)
+    _observe(metrics, reactor, db, bus, pull, accesslog, access, web)
+    log_control = LogControl.from_config(config)
+    reloader = Reloader(
+        config,
+        Stores(users=access.users, whitelists=access.whitelists, registries=pull.registries),
+        LiveSettings(trusted=trusted, routing=routing, policy=access.policy,
+                     log_control=log_control, lockout=access.lockout,
+                     metrics_endpoint=web.metrics_endpoint, admin=admin,
+                     cluster_password=cluster_password))
+    _connect_admin(admin, nodes, cluster_password, reloader)
+    table_changes, db_watch = _database_changes(db, bus, reloader, reactor)
+    return Components(
+        config=config, db=db, index_db=pull.cache.index_db, bus=bus, trusted=trusted,
+        metrics=metrics, upstreams=pull.upstreams.pool, upstream_sharing=pull.upstreams.sharing,
+        blob_cache=pull.cache.blobs, manifest_cache=pull.cache.manifests, proxy=pull.proxy,
+        registries=pull.registries,
+        accesslog=accesslog, accesslogs=accesslogs, access=access, routing=routing,
+        routes=routes, nodes=nodes, cluster_admin_password=cluster_password, admin=admin,
+        health=web.health, metrics_endpoint=web.metrics_endpoint, app=web.app, root=web.root,
+        site=web.site, log_control=log_control, reloader=reloader, table_changes=table_changes,
+        db_watch=db_watch,
+        services=_services(config, reactor, db, bus, pull, accesslog, accesslogs, nodes, access,
+                           web.root, metrics),
+        reload_services=(SighupService(reloader, reactor),
+                         *([db_watch] if db_watch is not None else [])))
 
 
-def _bus(config: Config, db: Any, reactor: Any):
+def body_limits() -> BodyLimits:
+    """The request bodies the HTTP channel takes, and each area's error format:
+    /v2 none (the registry format), /token a form of at most 8 KiB (the token
+    format), /api JSON of at most 64 KiB (the admin API's format); nothing elsewhere."""
+    return BodyLimits([
+        Area("v2", b"/v2", 0, channel_error, subtree=True,
+             method_refusal="this is a pull-only proxy"),
+        Area("token", b"/token", TOKEN_MAX_BODY, _token_error),
+        Area("api", b"/api", API_MAX_BODY, _api_error, subtree=True),
+    ])
+
+
+def _token_error(status: int, message: str):
+    return json.dumps(TokenError(status, "invalid_request", message).body()).encode(), []
+
+
+def _api_error(status: int, message: str):
+    return json.dumps(ApiError(status, message).body()).encode(), []
+
+
+# --- the parts --------------------------------------------------------------------------
+
+
+def _bus(db: Any, reactor: Any):
     """What this node tells the others (:mod:`zmirror.cluster`): nobody on SQLite;
     on PostgreSQL the other nodes of the database (LISTEN/NOTIFY,
     :class:`~zmirror.db.listen.PostgresBus`)."""
-    if getattr(db, "dialect", "sqlite") == "postgresql":
+    if db.dialect == "postgresql":
         from zmirror.db.listen import PostgresBus
 
         return PostgresBus(db.url, db, reactor)
-    from zmirror.cluster import LocalBus
-
     return LocalBus()
 
 
-def _bus_services(bus: Any, sharing: Any) -> list:
-    """After the pools start (before they close): the bus (a service on PostgreSQL),
-    then the upstream state kept in ``upstream_state`` (loaded at start) by
-    ``sharing`` (a :class:`~zmirror.upstream.shared.HealthSharing`, or None)."""
-    from twisted.application.service import IService
-
-    out = [bus] if IService.providedBy(bus) else []
-    if sharing is not None:
-        out.append(CallbackService(start=sharing.load, stop=sharing.stop))
-    return out
-
-
-def _cache_services(cache: CacheParts | None) -> list:
-    """Load the cache indexes after the pools start (retried until they load);
-    write access times every 30 s (a failed write is retried, backing off) and
-    at shutdown, then join the transfer threads."""
-    if cache is None:
-        return []
-    return [CallbackService(start=cache.upkeep.start, stop=cache.upkeep.stop)]
+def _cluster_bus(db: Any, bus: Any):
+    """The bus when there are other nodes (PostgreSQL), else None."""
+    return bus if db.dialect == "postgresql" else None
 
 
 def _registry_rows(config: Config) -> list[dict]:
@@ -195,7 +196,161 @@ def _registry_rows(config: Config) -> list[dict]:
         conn.close()
 
 
+class _Cache(NamedTuple):
+    blobs: Optional[CacheBlobs]  # None: [cache] enabled = false
+    manifests: Optional[ManifestCache]
+    index_db: Any  # the node's own blob index: db on SQLite, a local file on PostgreSQL
+    services: list
+
+
+class _PullPath(NamedTuple):
+    upstreams: Upstreams
+    cache: _Cache
+    proxy: Proxy
+    registries: RegistryStore
+
+
+def _cache(config: Config, db: Any, reactor: Any, bus: Any) -> _Cache:
+    """The pull-through caches (:func:`~zmirror.cache.build.build_cache`) and the
+    service that loads their indexes after the pools start and writes access times
+    (every 30 s and at shutdown), then joins the transfer threads."""
+    parts = build_cache(config, db, reactor, bus=bus)
+    if parts is None:
+        return _Cache(None, None, db, [])
+    upkeep = parts.upkeep
+    return _Cache(parts.blobs, parts.manifests, parts.index_db,
+                  [CallbackService(start=upkeep.start, stop=upkeep.stop)])
+
+
+def _pull_path(config: Config, reactor: Any, db: Any, bus: Any, metrics: Metrics) -> _PullPath:
+    """The upstreams, the caches and the proxy core over them; the registries store
+    whose changes (admin API) reach the upstream list at once."""
+    upstreams = build_upstreams(config, reactor, bus=bus, db=db, metrics=metrics)
+    upstreams.pool.set_registries(_registry_rows(config))
+    cache = _cache(config, db, reactor, bus)
+    proxy = build_proxy(upstreams.pool, reactor, blobs=cache.blobs, manifests=cache.manifests,
+                        idle_timeout=config.upstream.idle_timeout,
+                        resume_attempts=config.upstream.resume_attempts,
+                        resume_deadline=config.upstream.resume_deadline)
+    registries = RegistryStore(db, reactor)
+    registries.subscribe(upstreams.pool.set_registries)
+    return _PullPath(upstreams, cache, proxy, registries)
+
+
+def _cluster_admin_password(config: Config, db: Any, bus: Any, reactor: Any,
+                            access: AccessControl) -> Optional[ClusterAdminPassword]:
+    """PostgreSQL: the admin password is the cluster's (zmirror.auth.adminsecret),
+    read before the port opens, then on the bus's events, its RESYNC and SIGHUP."""
+    if db.dialect != "postgresql":
+        return None
+    secret = ClusterAdminPassword(db, bus, reactor, passwords=access.passwords)
+    secret.load_config(config)
+    return secret
+
+
+def _admin_api(config: Config, reactor: Any, pull: _PullPath, access: AccessControl,
+               accesslog: Any, accesslogs: AccessLogStore, trusted: TrustedProxies) -> AdminAPI:
+    """``/api``: the stores, the live whitelist, the accounts and the caches."""
+    return AdminAPI(config, clock=reactor, registries=pull.registries, accesslogs=accesslogs,
+                    users=access.users, whitelists=access.whitelists, whitelist=access.whitelist,
+                    accounts=access.accounts, lockout=access.lockout, upstreams=pull.upstreams.pool,
+                    passwords=access.passwords, trusted=trusted, accesslog=accesslog,
+                    cache=pull.cache.blobs, manifest_cache=pull.cache.manifests)
+
+
+class _Web(NamedTuple):
+    health: HealthChecks
+    metrics_endpoint: MetricsEndpoint
+    app: ZMirrorApp
+    root: InflightTracker
+    site: LimitedSite
+
+
+def _web(config: Config, reactor: Any, db: Any, bus: Any, metrics: Metrics,
+         upstreams: UpstreamPool, routes: RegistryRoutes, access: AccessControl, admin: AdminAPI,
+         ui: Any) -> _Web:
+    """The HTTP surface: /v2, /token, /api, /healthz, /readyz, /metrics and the UI in
+    one app, its requests counted in flight, served by the limited site."""
+    health = HealthChecks(db, upstreams, reactor, bus=_cluster_bus(db, bus))
+    endpoint = MetricsEndpoint(metrics, config.metrics.access, admin=admin)
+    app = ZMirrorApp(routes, token=access.token_service, admin=admin.resource(),
+                     ui=ui if ui is not None else _ui_resource(),
+                     extra={"healthz": health.healthz, "readyz": health.readyz,
+                            "metrics": endpoint})
+    root = InflightTracker(app.resource())
+    site = LimitedSite(root, reactor=reactor, limits=body_limits(),
+                       max_connections=config.server.max_connections,
+                       read_timeout=config.server.read_timeout, quiet_paths=QUIET_PATHS)
+    return _Web(health, endpoint, app, root, site)
+
+
+def _connect_admin(admin: AdminAPI, nodes: NodeHeartbeat,
+                   cluster_password: Optional[ClusterAdminPassword], reloader: Reloader) -> None:
+    """LEAD: the one spot where the admin API still gets collaborators after it is
+    built; they become constructor arguments of AdminAPI / the admin account."""
+    admin.nodes = nodes
+    admin.admin_secret = cluster_password
+    admin.on_admin_change = reloader.admin_changed
+
+
+def _observe(metrics: Metrics, reactor: Any, db: Any, bus: Any, pull: _PullPath,
+             accesslog: Any, access: AccessControl, web: _Web) -> None:
+    """The gauges and collectors ``metrics`` reads at scrape time."""
+    upstreams, site = pull.upstreams.pool, web.site
+    metrics.watch_upstreams(upstreams)
+    metrics.watch_namespaces(upstreams)
+    metrics.watch_accesslog(accesslog)
+    metrics.watch_inflight(web.root)
+    metrics.watch_cache(pull.cache.blobs)
+    # PostgreSQL: the cluster bus, the shared lockout and upstream health (zmirror_cluster_*);
+    # a node alone (SQLite, LocalBus) has none of them
+    if _cluster_bus(db, bus) is not None:
+        metrics.watch_cluster(bus, access.lockout_sync, pull.upstreams.sharing, reactor)
+    metrics.gauge("zmirror_http_connections", "Open client connections",
+                  lambda: site.open_connections)
+    metrics.gauge("zmirror_http_connections_refused", "Client connections refused (503) "
+                  "over [server] max_connections since start", lambda: site.refused_connections)
+
+
+def _services(config: Config, reactor: Any, db: Any, bus: Any, pull: _PullPath,
+              accesslog: Any, accesslogs: AccessLogStore, nodes: NodeHeartbeat,
+              access: AccessControl, root: InflightTracker, metrics: Metrics) -> tuple:
+    """The services in start order; they stop in reverse: the access-log queue is
+    written before the DatabaseService closes the pools."""
+    index_db, sharing = pull.cache.index_db, pull.upstreams.sharing
+    return (
+        DatabaseService(db),
+        *([DatabaseService(index_db)] if index_db is not db else []),
+        *pull.cache.services,
+        CallbackService(stop=accesslog.stop),
+        # after the pools start (before they close): the bus (a service on PostgreSQL),
+        # then the upstream state kept in upstream_state (loaded at start)
+        *([bus] if IService.providedBy(bus) else []),
+        *([CallbackService(start=sharing.load, stop=sharing.stop)] if sharing is not None else []),
+        RetentionService(accesslogs, reactor, config.log.retention_days, config.log.max_rows),
+        nodes,
+        *access.services,
+        DrainService(root, reactor),
+        # [metrics] listen: a separate endpoint that serves only /metrics
+        *([metrics_listen_service(config.metrics.listen, metrics, reactor)]
+          if config.metrics.listen else []),
+    )
+
+
+def _database_changes(db: Any, bus: Any, reloader: Reloader, reactor: Any):
+    """``(table_changes, db_watch)``: what re-reads the stores when another process
+    changes them.  PostgreSQL: the triggers NOTIFY, the bus LISTENs; SQLite: a poll."""
+    if db.dialect == "postgresql":
+        changes = TableChanges(reloader)
+        bus.on_tables(changes.changed)
+        return changes, None
+    return None, DatabaseWatchService(ChangeWatcher.for_database(db), reloader, reactor)
+
+
 def _ui_resource():
     from zmirror.ui import ui_resource
 
     return ui_resource()
+
+
+__all__ = ["QUIET_PATHS", "Components", "body_limits", "build"]

@@ -27,12 +27,10 @@ def _quote(value: str) -> str:
 
 
 class AccessPolicy:
-    metrics: Any = None  # zmirror.metrics.Metrics (auth failure counts), set by the wiring
-
     def __init__(self, *, whitelist: Any, users: Any, tokens: TokenIssuer,
                  authenticator: Authenticator, mode: str = "whitelist",
                  trusted: Optional[TrustedProxies] = None, external_url: str = "",
-                 realm: Optional[Callable[[Any], str]] = None):
+                 realm: Optional[Callable[[Any], str]] = None, metrics: Any = None):
         if mode not in MODES:
             raise ValueError(f"unknown anonymous access mode {mode!r}")
         self.whitelist = whitelist  # zmirror.auth.whitelist.Whitelist
@@ -43,6 +41,7 @@ class AccessPolicy:
         self.trusted = trusted or TrustedProxies()
         self.external_url = external_url
         self._realm = realm
+        self.metrics = metrics  # zmirror.metrics.Metrics (auth failure counts) or None
 
     def reload(self, config: Any) -> None:
         """Apply ``[access] anonymous`` from a re-read configuration (SIGHUP)."""

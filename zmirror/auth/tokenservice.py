@@ -27,7 +27,7 @@ from zmirror.oci.names import canonical_name
 
 log = Logger()
 
-MAX_BODY = 8 * 1024  # also the /token cap of the HTTP channel (zmirror.service)
+MAX_BODY = 8 * 1024  # also the /token cap of the HTTP channel (zmirror.wiring.body_limits)
 MAX_SCOPES = 32
 MAX_PARAM = 4096
 
@@ -41,6 +41,13 @@ class TokenError(Exception):
         self.details = details
         self.headers = dict(headers or {})
         self.retry_after = retry_after
+
+    def body(self) -> dict:
+        """The JSON answer (``details`` is what the docker CLI prints)."""
+        out: dict = {"error": self.error, "error_description": self.details, "details": self.details}
+        if self.retry_after is not None:
+            out["retry_after"] = self.retry_after
+        return out
 
 
 def _bad(details: str, error: str = "invalid_request") -> TokenError:
@@ -81,11 +88,9 @@ def parse_scopes(values: list[str]) -> list[tuple[str, str, list[str]]]:
 
 
 class TokenService:
-    metrics: Any = None  # zmirror.metrics.Metrics (issue/failure counts), set by the wiring
-
     def __init__(self, *, tokens: TokenIssuer, authenticator: Authenticator, policy: Any,
                  users: Any, clock: Any, trusted: Optional[TrustedProxies] = None,
-                 accesslog: Any = None):
+                 accesslog: Any = None, metrics: Any = None):
         self.tokens = tokens
         self.authenticator = authenticator
         self.policy = policy
@@ -93,6 +98,7 @@ class TokenService:
         self.clock = clock
         self.trusted = trusted or TrustedProxies()
         self.accesslog = accesslog
+        self.metrics = metrics  # zmirror.metrics.Metrics (issue/failure counts) or None
 
     def handle(self, request) -> Deferred:
         return Deferred.fromCoroutine(self._handle(request))
@@ -118,9 +124,7 @@ class TokenService:
             for k, v in e.headers.items():
                 request.setHeader(k, v)
             status = e.status
-            body = {"error": e.error, "error_description": e.details, "details": e.details}
-            if e.retry_after is not None:
-                body["retry_after"] = e.retry_after
+            body = e.body()
         except CancelledError:
             raise  # the client went away (Klein cancelled us): nothing to answer
         except Exception:

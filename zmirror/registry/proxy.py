@@ -2,19 +2,9 @@
 
 ``Proxy.pull(pull_request)`` returns a result object with ``send(request)``:
 :class:`BytesResult` for manifests, tag lists and HEADs (small bodies held in
-memory) or, for blob bodies, an :class:`~zmirror.transfer.interfaces.IBlobBody` (sent with
-backpressure, never buffered).  Every answer comes from a source; here it only
-gets its headers:
-
-- blobs from one :class:`~zmirror.transfer.interfaces.IBlobSource`
-  (:class:`~zmirror.registry.blobs.PullThroughBlobs`: the cache in front of
-  :class:`~zmirror.upstream.blobs.RemoteBlobs`);
-- manifests from a :class:`~zmirror.registry.manifests.ManifestSource` (the
-  upstreams, or :class:`~zmirror.registry.manifests.PullThroughManifests` in
-  front of them) and tag lists from :class:`~zmirror.upstream.manifests.RemoteTags`.
-
-The remote sources try upstreams in priority order with failover
-(:class:`zmirror.upstream.failover.Failover`).
+memory) or, for blob bodies, an :class:`~zmirror.transfer.interfaces.IBlobBody`.  The
+sources it asks are built by :func:`zmirror.registry.build.build_proxy`
+(docs/design/wiring.md).
 """
 
 from __future__ import annotations
@@ -24,14 +14,9 @@ from typing import Any, Optional
 
 from twisted.logger import Logger
 
-from zmirror.registry.blobs import PullThroughBlobs
 from zmirror.oci.errors import RegistryError
-from zmirror.registry.manifests import PullThroughManifests
 from zmirror.oci.reference import BLOB, MANIFEST, TAGS, parse_tag
-from zmirror.upstream.blobs import RemoteBlobs
-from zmirror.upstream.pool import UpstreamPool
-from zmirror.upstream.failover import Failover
-from zmirror.upstream.manifests import ManifestResult, RemoteManifests, RemoteTags
+from zmirror.upstream.manifests import ManifestResult
 
 log = Logger()
 
@@ -64,22 +49,15 @@ def _cache_control(pull, max_age: str) -> bytes:
 
 
 class Proxy:
-    def __init__(self, pool: UpstreamPool, clock: Any, *, idle_timeout: float = 60.0,
-                 blobs: Any = None, manifests: Any = None, blob_source: Any = None,
-                 resume_attempts: int = 3, resume_deadline: float = 300.0):
-        self.pool = pool
-        self.clock = clock
-        self.idle_timeout = idle_timeout
-        self.blobs = blobs  # zmirror.cache.blobs.CacheBlobs or None
-        self.manifests = manifests  # zmirror.cache.manifests.ManifestCache or None
-        self.failover = Failover(pool, clock)
-        if blob_source is None:
-            remote = RemoteBlobs(self.failover, clock, idle_timeout=idle_timeout,
-                                 threads=blobs.transfers if blobs is not None else None,
-                                 resume_attempts=resume_attempts, resume_deadline=resume_deadline)
-            blob_source = PullThroughBlobs(blobs, remote)
-        self.blob_source = blob_source  # an IBlobSource
-        self.manifest_source, self.tag_source = _manifest_sources(self.failover, clock, idle_timeout, manifests)
+    """Answers pulls from its sources: blobs from an
+    :class:`~zmirror.transfer.interfaces.IBlobSource`, manifests from a
+    :class:`~zmirror.registry.manifests.ManifestSource` and tag lists from a
+    :class:`~zmirror.upstream.manifests.RemoteTags`."""
+
+    def __init__(self, *, blob_source: Any, manifest_source: Any, tag_source: Any):
+        self.blob_source = blob_source
+        self.manifest_source = manifest_source
+        self.tag_source = tag_source
 
     async def pull(self, pull):
         kind = pull.path.kind
@@ -144,14 +122,6 @@ class Proxy:
         if page.link:
             headers[b"Link"] = page.link.encode("ascii")
         return BytesResult(200, headers, body=page.body, head=pull.head)
-
-
-def _manifest_sources(failover: Failover, clock: Any, idle_timeout: float, cache: Any):
-    """The manifest source (the upstreams, behind the cache when there is one)
-    and the tag-list source."""
-    remote = RemoteManifests(failover, clock, idle_timeout=idle_timeout)
-    source = remote if cache is None else PullThroughManifests(cache, remote)
-    return source, RemoteTags(failover, clock, idle_timeout=idle_timeout)
 
 
 def _manifest_result(pull, m: ManifestResult) -> BytesResult:

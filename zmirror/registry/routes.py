@@ -8,7 +8,6 @@ registry JSON format; nothing below may leak a traceback to the client.
 
 from __future__ import annotations
 
-import json
 import re
 from inspect import isawaitable
 from dataclasses import dataclass, field
@@ -16,7 +15,6 @@ from typing import Any, Optional
 
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
-from twisted.web.server import NOT_DONE_YET
 
 from zmirror.accesslog import AccessRecord
 from zmirror.identity import AllowAll, Identity
@@ -197,12 +195,15 @@ def _header(request, name: bytes) -> Optional[str]:
     return v.decode("latin-1") if v is not None else None
 
 
-def json_body(request, obj: Any, status: int = 200) -> bytes:
-    body = json.dumps(obj).encode()
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-    request.setHeader(b"Content-Length", str(len(body)).encode())
-    return body
+# registry error code of an answer the HTTP channel gives on /v2 without routing
+_CHANNEL_CODES = {405: "UNSUPPORTED", 413: "SIZE_INVALID", 429: "TOOMANYREQUESTS", 503: "UNAVAILABLE"}
 
 
-__all__ = ["RegistryRoutes", "PullRequest", "NOT_DONE_YET", "json_body"]
+def channel_error(status: int, message: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """A refusal of the HTTP channel under ``/v2`` (body too large, read deadline,
+    malformed request …) in the registry error format: ``(body, headers)``."""
+    err = RegistryError(_CHANNEL_CODES.get(status, "BAD_REQUEST"), message, status=status)
+    return err.body(), [API_VERSION_HEADER]
+
+
+__all__ = ["RegistryRoutes", "PullRequest", "channel_error"]
