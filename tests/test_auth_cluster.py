@@ -23,8 +23,8 @@ from twisted.trial import unittest
 from tests.fixtures.auth import START, coro
 from tests.fixtures.pgserver import fresh_database
 from zmirror.auth.credentials import Authenticator
-from zmirror.auth.lockout import (ACCOUNT, CLEAR_EVENT, FAILURE_EVENT, KEY_SIZE, Locked, Lockout,
-                                  LockoutSync)
+from zmirror.auth.lockout import ACCOUNT, KEY_SIZE, Locked, Lockout
+from zmirror.auth.lockoutsync import CLEAR_EVENT, FAILURE_EVENT, LockoutSync
 from zmirror.cluster import LoopbackHub
 
 SECRET = b"cluster-secret-" + b"x" * 17

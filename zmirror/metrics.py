@@ -20,7 +20,7 @@ Where the numbers come from:
   limits;
 - on PostgreSQL only (several nodes), the ``zmirror_cluster_*`` series read at
   scrape time from the cluster bus (:class:`~zmirror.db.listen.PostgresBus`),
-  the shared lockout (:class:`~zmirror.auth.lockout.LockoutSync`) and the shared
+  the shared lockout (:class:`~zmirror.auth.lockoutsync.LockoutSync`) and the shared
   upstream health (:class:`~zmirror.upstream.shared.HealthSharing`):
   :meth:`Metrics.watch_cluster`.  A node alone (SQLite) has no bus and exports
   none of them.

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from zmirror.auth.credentials import Authenticator
-from zmirror.auth.lockout import Locked, Lockout, LockoutSync, settings as lockout_settings
+from zmirror.auth.lockout import Locked, Lockout, settings as lockout_settings
+from zmirror.auth.lockoutsync import LockoutSync
 from zmirror.auth.passwords import AdminCredentials, Busy, Passwords
 from zmirror.auth.policy import AccessPolicy
 from zmirror.auth.tokens import TokenIssuer, load_secret
