@@ -107,11 +107,20 @@ class Reloader:
 
     def __init__(self, config: Any, components: dict, log_control: Optional[LogControl] = None,
                  load: Optional[Callable[[], Any]] = None):
-        self.config = config
+        self._config = config
         self.components = components
         self.log_control = log_control
         self._load = load or self._default_load
         self.reloads = 0
+
+    @property
+    def config(self) -> Any:
+        """The configuration in force: the one last applied, with ``[admin]`` as the
+        admin account has it now (its password may have been changed through the API)."""
+        account = self.components.get("admin_account")
+        if account is None:
+            return self._config
+        return _with_admin(self._config, account.settings)
 
     def _default_load(self):
         from zmirror.config import load_config
@@ -194,15 +203,9 @@ class Reloader:
         endpoint = c.get("metrics_endpoint")
         if endpoint is not None:
             endpoint.reload(new)
-        admin = c.get("admin")
-        if admin is not None and new.admin.username == old.admin.username:
-            # the admin API reads config.admin on each login check, and the access
-            # mode for /api/whitelists/match
-            admin.config = _with_admin(admin.config, new.admin)
-            try:
-                admin.config = dataclasses.replace(admin.config, access=new.access)
-            except TypeError:
-                pass
+        account = c.get("admin_account")
+        if account is not None:
+            account.reload(new)
         changed = _changed(old, new)
         secret = c.get("admin_password")
         if "admin.password" in changed and getattr(secret, "value", None) is not None:
@@ -222,13 +225,8 @@ class Reloader:
         if new.admin.username != old.admin.username:
             new = dataclasses.replace(new, admin=dataclasses.replace(new.admin,
                                                                      username=old.admin.username))
-        self.config = new
+        self._config = new
         self.reloads += 1
-
-    def admin_changed(self, admin: Any) -> None:
-        """The admin API wrote a new ``[admin] password`` to config.toml and
-        applies it already: the next reload compares against it."""
-        self.config = _with_admin(self.config, admin)
 
 
 def _with_admin(config: Any, admin: Any) -> Any:
@@ -463,7 +461,8 @@ def instrument(config: Any, reactor: Any, components: dict) -> dict:
         metrics.watch_cluster(bus, getattr(access, "lockout_sync", None),
                               getattr(upstreams, "sharing", None), reactor)
     health = HealthChecks(components["db"], upstreams, reactor, bus=bus)
-    endpoint = MetricsEndpoint(metrics, config.metrics.access, admin=components.get("admin"))
+    endpoint = MetricsEndpoint(metrics, config.metrics.access,
+                               account=components.get("admin_account"), trusted=registry.trusted)
     app.extra.setdefault("healthz", health.healthz)
     app.extra.setdefault("readyz", health.readyz)
     app.extra.setdefault("metrics", endpoint)
@@ -496,9 +495,6 @@ def attach(top: ZMirrorService, options: Any, config: Any, components: dict, rea
     reloader = Reloader(config, components, control)
     components["log_control"] = control
     components["reloader"] = reloader
-    admin = components.get("admin")
-    if admin is not None and hasattr(admin, "on_admin_change"):
-        admin.on_admin_change = reloader.admin_changed
     SighupService(reloader, reactor).setServiceParent(top)
     db = components.get("db")
     bus = components.get("bus")
@@ -508,15 +504,6 @@ def attach(top: ZMirrorService, options: Any, config: Any, components: dict, rea
             changes = TableChanges(reloader)
             bus.on_tables(changes.changed)
             components["table_changes"] = changes
-        if bus is not None and admin is not None and hasattr(admin, "admin_secret"):
-            # the admin password is the cluster's (zmirror.auth.adminsecret); read before
-            # the port opens, then on the bus's events, its RESYNC and SIGHUP
-            from zmirror.auth.adminsecret import ClusterAdminPassword
-
-            secret = ClusterAdminPassword(db, bus, reactor, passwords=getattr(admin, "passwords", None))
-            secret.load_config(config)
-            admin.admin_secret = secret
-            components["admin_password"] = secret
     elif db is not None:
         from zmirror.db.watch import ChangeWatcher
 

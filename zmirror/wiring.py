@@ -13,8 +13,9 @@ from twisted.web.client import Agent
 
 from zmirror import auth
 from zmirror.accesslog import BatchedAccessLog
-from zmirror.admin import AdminAPI
+from zmirror.admin.api import AdminAPI
 from zmirror.app import ZMirrorApp
+from zmirror.auth.adminaccount import AdminAccount
 from zmirror.cache import CacheBlobs, ManifestCache
 from zmirror.cache.blobs import CacheDirLock
 from zmirror.cache.index import open_cache_index
@@ -84,8 +85,16 @@ def build(config: Config, reactor: Any) -> dict:
     )
     # token requests go to the same access log as pulls
     access.token_service.accesslog = registry.accesslog
+    # this node's row in cluster_nodes (GET /api/nodes): a heartbeat every 10 s
+    nodes = NodeHeartbeat(db, reactor, node=config.server.node, bus=bus, cache=blob_cache,
+                          address=endpoint_address(config.listen_endpoint()))
+    cluster_password = _cluster_admin_password(config, db, bus, reactor, access.passwords)
+    account = AdminAccount(config.admin, config_path=config.config_path, data_dir=config.data_dir,
+                           passwords=access.passwords, lockout=access.lockout, users=access.users,
+                           cluster_password=cluster_password)
     admin = AdminAPI(
-        config,
+        account=account,
+        trusted=trusted,
         clock=reactor,
         registries=registries,
         accesslogs=accesslogs,
@@ -93,18 +102,14 @@ def build(config: Config, reactor: Any) -> dict:
         whitelists=access.whitelists,
         whitelist=access.whitelist,
         accounts=access.accounts,
-        lockout=access.lockout,
+        policy=access.policy,
+        node=config.server.node,
         upstreams=upstreams,
-        passwords=access.passwords,
-        trusted=trusted,
         accesslog=accesslog,
         cache=blob_cache,
         manifest_cache=manifest_cache,
+        nodes=nodes,
     )
-    # this node's row in cluster_nodes (GET /api/nodes): a heartbeat every 10 s
-    nodes = NodeHeartbeat(db, reactor, node=config.server.node, bus=bus, cache=blob_cache,
-                          address=endpoint_address(config.listen_endpoint()))
-    admin.nodes = nodes
     app = ZMirrorApp(registry, token=access.token_service, admin=admin.resource(),
                      ui=_ui_resource())
     root = InflightTracker(app.resource())
@@ -145,6 +150,8 @@ def build(config: Config, reactor: Any) -> dict:
         "accesslog": accesslog,
         "accesslogs": accesslogs,
         "admin": admin,
+        "admin_account": account,
+        **({"admin_password": cluster_password} if cluster_password is not None else {}),
         "nodes": nodes,
         "access": access,
         "users": access.users,
@@ -172,6 +179,18 @@ def _bus(config: Config, db: Any, reactor: Any):
     from zmirror.cluster import LocalBus
 
     return LocalBus()
+
+
+def _cluster_admin_password(config: Config, db: Any, bus: Any, reactor: Any, passwords: Any):
+    """PostgreSQL: the cluster's admin password (:mod:`zmirror.auth.adminsecret`), read
+    before the port opens, then on the bus's events, its RESYNC and SIGHUP; None on SQLite."""
+    if getattr(db, "dialect", "sqlite") != "postgresql":
+        return None
+    from zmirror.auth.adminsecret import ClusterAdminPassword
+
+    secret = ClusterAdminPassword(db, bus, reactor, passwords=passwords)
+    secret.load_config(config)
+    return secret
 
 
 def _bus_services(bus: Any, upstreams: UpstreamPool) -> list:
