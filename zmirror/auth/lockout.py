@@ -1,60 +1,10 @@
 """Brute-force protection for logins (registry users and the admin account).
 
-After ``max_account`` failed logins for one account, or ``max_ip`` from one
-client address, within ``window`` seconds, that account / address is locked
-for ``cooldown`` seconds: :meth:`Lockout.check` then returns the seconds left
-(callers answer 429 with ``Retry-After``) and the password is not even looked
-at.  A success clears the account's failures (not the address's, so one valid
-account cannot be used to reset an attacker's address).
-
-Usage::
-
-    with lockout.attempt(account, ip) as attempt:   # raises Locked → 429 + Retry-After
-        ok = await verify(...)
-        attempt.success() if ok else attempt.failure()
-
-An attempt counts as *in flight* from :meth:`Lockout.attempt` until it
-records its outcome or leaves the ``with`` block (also by an exception or a
-cancellation: a client that disconnects while its password is verified never
-leaks a count).  With ``limit`` failures recorded *or in flight* for the
-account or the address, :meth:`Lockout.attempt` raises :class:`Locked`
-without letting the caller verify anything: concurrent guesses cannot get
-past the limit by all being checked before the first failure is recorded.
-Such a refusal while no lock is in force says ``Retry-After: 1`` (the
-attempts in flight end within a verification's time; if they all fail, the
-account is locked and the next try learns the real cool-down).
-
-The lower-level ``check`` / ``enforce`` / ``failure`` / ``success`` remain
-for callers that only need the locks.
-
-Failures are logged with account and address, never the password.  Memory is
-bounded: stale entries are pruned and at most ``max_keys`` keys are tracked,
-and every key costs the same whatever the input: a key is a 16-byte keyed
-BLAKE2b digest (with a random per-process key, or one derived from the
-cluster's secret, so nobody can aim at a collision) of the normalized
-account or address, never the name itself — a 16 KB Basic username costs
-what "bob" costs.  Log lines carry a readable name
-truncated to :data:`LABEL_CHARS` characters.
-
-Addresses are counted per IPv4 address and per IPv6 /64 (an IPv4-mapped IPv6
-address counts as its IPv4 address): one host or LAN usually gets a whole /64,
-so counting single IPv6 addresses would give an attacker 2**64 fresh budgets.
-Clients that share a /64 share its budget, as clients behind one IPv4 NAT do.
-
-Several nodes (PostgreSQL): every node keeps deciding alone, at once, in
-memory, and :class:`LockoutSync` shares what they count.  The digests are
-then keyed by a key derived from the cluster's token secret (the same on
-every node), each failure is published on the bus and written to
-``login_failures``, the other nodes count it (:meth:`Lockout.record_remote`,
-at the time it happened, without a name), a success that clears an account
-clears it everywhere, and a node that starts or reconnects reads the
-failures still inside the window.  Ten failures spread over the nodes lock
-the account on all of them.  On SQLite (one node) nothing is shared.
-
-The thresholds come from ``[lockout]`` in config.toml (:func:`settings`;
-defaults 10 per account / 30 per address in 600 s, 300 s cool-down) and
-:meth:`Lockout.configure` changes them on SIGHUP; failures already counted and
-locks in force are kept.
+After too many failed logins of one account or from one address within a
+window, that account / address is locked for a cool-down (:class:`Locked`:
+429 with ``Retry-After``) and the password is not looked at; logins being
+checked count too (:meth:`Lockout.attempt`).  Several nodes share the counts
+through :mod:`zmirror.auth.lockoutsync`.  See docs/design/auth.md, "Login lockout".
 """
 
 from __future__ import annotations
