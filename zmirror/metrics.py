@@ -51,14 +51,8 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from zmirror.auth.adminaccount import (
-    REALM,
-    AccountError,
-    AccountUnavailable,
-    BadCredentials,
-    DefaultPasswordInUse,
-    basic_credentials,
-)
+from zmirror.auth.adminaccount import (REALM, AccountError, AccountUnavailable, BadCredentials,
+                                       DefaultPasswordInUse, basic_credentials)
 from zmirror.auth.lockout import Locked
 from zmirror.net import TrustedProxies, client_ip
 
