@@ -24,12 +24,12 @@ from tests.test_admin_registries import coro
 from tests.fixtures.admin import (
     AdminTestMixin,
     FakeUpstreams,
+    admin_api,
     basic,
     make_config,
 )
 from tests.test_ops_reload import Captured
 from zmirror.config import adminpassword as config_module
-from zmirror.admin.api import AdminAPI
 from zmirror.app import ZMirrorApp
 from zmirror.auth import adminsecret
 from zmirror.auth.adminsecret import EVENT, ROW, ClusterAdminPassword, value_problem
@@ -114,11 +114,11 @@ class Node:
         self.passwords = Passwords(context=fast_context(), clock=case.clock, run=run)
         config = make_config(str(case.tmp), password=password)
         self.bus = bus if bus is not None else hub.bus()
-        self.api = AdminAPI(config, clock=case.clock, registries=case.registries,
-                            accesslogs=case.accesslogs, users=case.users, whitelists=case.whitelists,
-                            upstreams=FakeUpstreams(), passwords=self.passwords)
         self.secret = ClusterAdminPassword(case.db, self.bus, case.clock, passwords=self.passwords)
-        self.api.admin_secret = self.secret
+        self.api = admin_api(config, clock=case.clock, registries=case.registries,
+                             accesslogs=case.accesslogs, users=case.users, whitelists=case.whitelists,
+                             upstreams=FakeUpstreams(), passwords=self.passwords,
+                             cluster_password=self.secret)
         self.client = stub(self.api, case.clock)
 
     def call(self, method, path, password, body=None, user="admin"):
@@ -196,7 +196,7 @@ class TwoNodesTests(AdminTestMixin, unittest.TestCase):
             code, obj = await node.call("GET", "/api/me", NEW)
             self.assertEqual(obj, {"username": "admin", "default_password": False})
         # the config of the nodes is not what answers
-        self.assertEqual(self.b.api.config.admin.password, DEFAULT_ADMIN_PASSWORD)
+        self.assertEqual(self.b.api.account.settings.password, DEFAULT_ADMIN_PASSWORD)
 
     @coro
     async def test_the_old_passwords_cached_verification_is_forgotten_everywhere(self):
@@ -204,7 +204,7 @@ class TwoNodesTests(AdminTestMixin, unittest.TestCase):
         self.assertEqual((await self.a.change(DEFAULT_ADMIN_PASSWORD, first))[0], 200)
         for node in (self.a, self.b):
             self.assertEqual((await node.call("GET", "/api/registries", first))[0], 200)
-            self.assertTrue(node.api._admin_credentials().cached("admin", first))
+            self.assertTrue(node.api.account.credentials().cached("admin", first))
         stale = [AdminCredentials("admin", n.secret.value, n.passwords) for n in (self.a, self.b)]
         self.assertEqual((await self.b.change(first, NEW))[0], 200)
         for node, creds in zip((self.a, self.b), stale):

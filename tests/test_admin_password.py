@@ -19,7 +19,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from tests.test_admin_registries import coro
 from tests.fixtures.admin import AdminTestMixin, basic
 from zmirror.config import adminpassword as config_module
-from zmirror.admin.api import AdminAPI
+from zmirror.admin.session import SessionHandlers
 from zmirror.auth.passwords import (
     Passwords,
     fast_context,
@@ -33,11 +33,11 @@ GATED = {"error": "change the default admin password first", "fields": {}}
 NEW = "A-better-secret-9"
 
 
-def api_rules():
-    """(method, path) of every route of the admin API, from its Klein URL map, with ids
-    filled in (HEAD is GET's)."""
+def api_rules(api):
+    """(method, path) of every route of the admin API ``api``, from its Klein URL map, with
+    ids filled in (HEAD is GET's)."""
     out = []
-    for rule in AdminAPI.app.url_map.iter_rules():
+    for rule in api.app.url_map.iter_rules():
         path = "/api" + re.sub(r"<[^>]+>", "1", rule.rule)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             out.append((method, path))
@@ -79,7 +79,7 @@ class FileConfigMixin(AdminTestMixin):
 
 class DefaultPasswordGateTests(FileConfigMixin, unittest.TestCase):
     def test_route_list_is_complete(self):
-        rules = api_rules()
+        rules = api_rules(self.api)
         for expected in (("POST", "/api/registries"), ("DELETE", "/api/cache"), ("PUT", "/api/users/1"),
                          ("GET", "/api/whitelists/match"), ("GET", "/api/stats")):
             self.assertIn(expected, rules)
@@ -88,7 +88,7 @@ class DefaultPasswordGateTests(FileConfigMixin, unittest.TestCase):
     @coro
     async def test_every_other_route_is_403_while_default(self):
         before = self.db.snapshot()
-        gated = [r for r in api_rules() if r not in OPEN_WITH_DEFAULT]
+        gated = [r for r in api_rules(self.api) if r not in OPEN_WITH_DEFAULT]
         self.assertGreater(len(gated), 20)
         for method, path in gated:
             code, headers, obj = await self.call(method, path, {"name": "x", "url": "http://127.0.0.1:9"})
@@ -126,7 +126,7 @@ class DefaultPasswordGateTests(FileConfigMixin, unittest.TestCase):
         self.auth = basic("admin", NEW)
         code, _h, obj = await self.call("GET", "/api/me")
         self.assertEqual((code, obj), (200, {"username": "admin", "default_password": False}))
-        for method, path in api_rules():
+        for method, path in api_rules(self.api):
             if method != "GET":
                 continue  # reads only: the point is that the gate is gone
             code, _h, obj = await self.call(method, path + ("?repository=nginx" if "match" in path else ""))
@@ -146,16 +146,18 @@ class DefaultPasswordGateTests(FileConfigMixin, unittest.TestCase):
         self.assertTrue(is_hash(on_disk.admin.password))
         self.assertTrue(verify_admin_sync(NEW, on_disk.admin.password))
         self.assertFalse(on_disk.admin_password_is_default)
-        self.assertEqual(self.api.config.admin.password, on_disk.admin.password)
+        self.assertEqual(self.api.account.settings.password, on_disk.admin.password)
         self.assertEqual(list(self.data.iterdir()), [self.path])  # no temporary file left
 
     @coro
-    async def test_hook_told_of_the_change(self):
-        seen = []
-        self.api.on_admin_change = seen.append
+    async def test_the_reloader_sees_the_change(self):
+        from zmirror.ops import Reloader
+
+        reloader = Reloader(self.config, {"admin_account": self.api.account})
         code, _h, _o = await self.change(DEFAULT_ADMIN_PASSWORD, NEW)
         self.assertEqual(code, 200)
-        self.assertEqual([a.password for a in seen], [self.api.config.admin.password])
+        seen = [reloader.config.admin]  # what the next reload compares config.toml against
+        self.assertEqual([a.password for a in seen], [self.api.account.settings.password])
         self.assertEqual(seen[0].username, "admin")
 
 
@@ -187,11 +189,11 @@ class ChangeValidationTests(FileConfigMixin, unittest.TestCase):
 
     async def refused(self, body, status=400, *fields, raw=None, content_type="application/json"):
         before = self.path.read_bytes()
-        running = self.api.config.admin.password
+        running = self.api.account.settings.password
         result = await self.call("PUT", "/api/me/password", body, raw=raw, content_type=content_type)
         obj = self.assertError(result, status, *fields)
         self.assertEqual(self.path.read_bytes(), before)
-        self.assertEqual(self.api.config.admin.password, running)
+        self.assertEqual(self.api.account.settings.password, running)
         return obj
 
     @coro
@@ -257,7 +259,7 @@ class ChangeValidationTests(FileConfigMixin, unittest.TestCase):
         self.assertEqual(code, 409, obj)
         self.assertFalse(self.path.exists())
         # the running server keeps the password that works
-        self.assertTrue(verify_admin_sync(self.password, self.api.config.admin.password))
+        self.assertTrue(verify_admin_sync(self.password, self.api.account.settings.password))
 
     @coro
     async def test_write_failure_is_503_and_changes_nothing(self):
@@ -272,10 +274,10 @@ class ChangeValidationTests(FileConfigMixin, unittest.TestCase):
 
     @coro
     async def test_full_password_check_queue_during_the_change_is_429(self):
-        from zmirror.admin import api as api_module
+        from zmirror.auth import passwords as passwords_module
         from zmirror.auth.passwords import Busy
 
-        real = api_module.AdminCredentials.check
+        real = passwords_module.AdminCredentials.check
         calls = []
 
         async def check(creds, username, password):
@@ -284,7 +286,7 @@ class ChangeValidationTests(FileConfigMixin, unittest.TestCase):
                 return await real(creds, username, password)
             raise Busy(3)  # the change's check of current_password finds the queue full
 
-        self.patch(api_module.AdminCredentials, "check", check)
+        self.patch(passwords_module.AdminCredentials, "check", check)
         before = self.path.read_bytes()
         code, headers, obj = await self.change(self.password, NEW)
         self.assertEqual(code, 429, obj)
@@ -305,7 +307,7 @@ class ChangeValidationTests(FileConfigMixin, unittest.TestCase):
         self.assertRegex(after, r'\npassword = "\$argon2id\$[^"]+"   # set by ops, 2024\n')
         self.assertEqual(comments(after), comments(text))
         # only the password is applied to the running server; the rest waits for SIGHUP
-        self.assertEqual(self.api.config.access.anonymous, "whitelist")
+        self.assertEqual(self.api.policy.mode, "whitelist")
 
 
 class ControlledRun:
@@ -350,7 +352,7 @@ class OneChangeAtATimeTests(FileConfigMixin, unittest.TestCase):
         self.assertIn("current_password", obj_b["fields"])
         on_disk = load_config(self.data).admin.password
         self.assertTrue(verify_admin_sync("First-new-pass", on_disk))
-        self.assertEqual(self.api.config.admin.password, on_disk)
+        self.assertEqual(self.api.account.settings.password, on_disk)
 
     @coro
     async def test_client_gone_mid_change_still_applied(self):
@@ -359,15 +361,15 @@ class OneChangeAtATimeTests(FileConfigMixin, unittest.TestCase):
         request.requestHeaders.setRawHeaders(b"content-type", [b"application/json"])
         request.content = BytesIO(json.dumps({"current_password": DEFAULT_ADMIN_PASSWORD,
                                               "new_password": NEW}).encode())
-        handler = AdminAPI.me_password.__wrapped__
-        d = Deferred.fromCoroutine(handler(self.api, request))
+        handler = SessionHandlers(self.api.account).change_password
+        d = Deferred.fromCoroutine(handler(request))
         self.assertEqual(len(self.run.pending), 1)  # hashing
         d.cancel()  # what Klein does when the client hangs up
         self.failureResultOf(d, CancelledError)
         self.run.drain()  # hash, then the file write
         on_disk = load_config(self.data).admin.password
         self.assertTrue(verify_admin_sync(NEW, on_disk))
-        self.assertEqual(self.api.config.admin.password, on_disk)  # file and server agree
+        self.assertEqual(self.api.account.settings.password, on_disk)  # file and server agree
 
 
 class ConcurrentWritersTests(unittest.TestCase):
@@ -408,7 +410,7 @@ class SQLiteKeepsTheFileTests(FileConfigMixin, unittest.TestCase):
 
     @coro
     async def test_the_change_writes_the_file_and_no_database_row(self):
-        self.assertIsNone(self.api.admin_secret)
+        self.assertIsNone(self.api.account.cluster_password)
         code, _h, obj = await self.change(DEFAULT_ADMIN_PASSWORD, NEW)
         self.assertEqual(code, 200, obj)
         self.assertTrue(verify_admin_sync(NEW, load_config(self.data).admin.password))
@@ -425,7 +427,7 @@ class SQLiteKeepsTheFileTests(FileConfigMixin, unittest.TestCase):
         top = makeService(opts, reactor)
         self.addCleanup(top.components.db.close)
         self.assertIsNone(top.components.cluster_admin_password)
-        self.assertIsNone(top.components.admin.admin_secret)
+        self.assertIsNone(top.components.admin.account.cluster_password)
 
     @coro
     async def test_the_old_passwords_cached_verification_is_forgotten(self):
@@ -436,7 +438,7 @@ class SQLiteKeepsTheFileTests(FileConfigMixin, unittest.TestCase):
         self.client = self.stub(self.api)
         self.auth = basic("admin", "Current-pass-1")
         self.assertEqual((await self.call("GET", "/api/registries"))[0], 200)
-        old = self.api._admin_credentials()
+        old = self.api.account.credentials()
         self.assertTrue(old.cached("admin", "Current-pass-1"))
         code, _h, obj = await self.change("Current-pass-1", NEW)
         self.assertEqual(code, 200, obj)

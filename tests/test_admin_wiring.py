@@ -197,10 +197,10 @@ class DefaultPasswordServiceTests(unittest.TestCase):
         self.assertTrue(is_hash(load_config(self.data).admin.password))
         # SIGHUP re-reads the file: the new password stays, the old one stays refused
         reloader, admin = self.c.reloader, self.c.admin
-        self.assertEqual(reloader.config.admin.password, admin.config.admin.password)
+        self.assertEqual(reloader.config.admin.password, admin.account.settings.password)
         self.assertTrue(reloader.reload())
-        self.assertTrue(verify_admin_sync("Brand-new-pass-7", admin.config.admin.password))
-        self.assertEqual(reloader.config.admin.password, admin.config.admin.password)
+        self.assertTrue(verify_admin_sync("Brand-new-pass-7", admin.account.settings.password))
+        self.assertEqual(reloader.config.admin.password, admin.account.settings.password)
         self.assertEqual((await call(self.base, "GET", "/api/registries", auth=new))[0], 200)
         self.assertEqual((await call(self.base, "GET", "/api/registries", auth=old))[0], 401)
         # /metrics ([metrics] access = "admin") uses the same check
@@ -222,7 +222,7 @@ class DefaultPasswordServiceTests(unittest.TestCase):
                 self.assertIn("current_password", obj["fields"])
         on_disk = load_config(self.data).admin.password  # still a valid file
         self.assertTrue(verify_admin_sync(f"Concurrent-pass-{winners[0]}", on_disk))
-        self.assertEqual(self.c.admin.config.admin.password, on_disk)
+        self.assertEqual(self.c.admin.account.settings.password, on_disk)
         self.assertEqual(comments(self.path.read_text()), comments(self.before))
         self.assertEqual(sorted(p.name for p in self.data.iterdir() if p.name.startswith(".")), [])
 

@@ -1,4 +1,4 @@
-"""Several nodes, one lockout and one token secret (issue 15, shared state).
+"""Several nodes, one lockout and one token secret (shared state).
 
 The nodes hear each other through a :class:`zmirror.cluster.LoopbackHub`
 (the interface the PostgreSQL bus implements) on an injected clock; the parts
@@ -23,8 +23,8 @@ from twisted.trial import unittest
 from tests.fixtures.auth import START, coro
 from tests.fixtures.pgserver import fresh_database
 from zmirror.auth.credentials import Authenticator
-from zmirror.auth.lockout import (ACCOUNT, CLEAR_EVENT, FAILURE_EVENT, KEY_SIZE, Locked, Lockout,
-                                  LockoutSync)
+from zmirror.auth.lockout import ACCOUNT, KEY_SIZE, Locked, Lockout
+from zmirror.auth.lockoutsync import CLEAR_EVENT, FAILURE_EVENT, LockoutSync
 from zmirror.cluster import LoopbackHub
 
 SECRET = b"cluster-secret-" + b"x" * 17

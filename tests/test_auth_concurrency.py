@@ -27,8 +27,10 @@ from twisted.web.test.requesthelper import DummyRequest
 from tests.fixtures.auth import basic, coro, make_env
 from tests.fixtures.admin import ADMIN, AdminTestMixin
 from tests.fixtures.admin import basic as admin_basic
+from zmirror.auth.adminaccount import basic_credentials
 from zmirror.auth.lockout import Locked, Lockout
 from zmirror.auth.passwords import Busy, Passwords, fast_context, hash_admin_password
+from zmirror.net import TrustedProxies, client_ip
 
 N = 120
 TOKEN = "http://mirror/token?service=zmirror&account=alice"
@@ -584,7 +586,9 @@ class CancelledLoginTests(unittest.TestCase):
         request.requestHeaders.setRawHeaders(b"authorization",
                                              [admin_basic("admin", "guess")["Authorization"]
                                               .encode()])
-        d = Deferred.fromCoroutine(a.api._authenticate(request))
+        username, password = basic_credentials(request)
+        d = Deferred.fromCoroutine(a.api.account.authenticate(username, password,
+                                                              client_ip(request, TrustedProxies())))
         self.assertEqual((a.lockout.in_flight("admin"), a.passwords.running), (1, 1))
         d.cancel()
         self.failureResultOf(d, CancelledError)

@@ -359,7 +359,7 @@ class IPv6PrefixTests(unittest.TestCase):
 
 
 class ListenerTests(unittest.TestCase):
-    """What a Lockout tells its listener (zmirror.auth.lockout.LockoutSync)."""
+    """What a Lockout tells its listener (zmirror.auth.lockoutsync.LockoutSync)."""
 
     def setUp(self):
         self.clock = Clock()

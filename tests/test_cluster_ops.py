@@ -21,7 +21,8 @@ from twisted.trial import unittest
 
 from tests.test_cluster_bus import eventually
 from tests.test_ops_reload import Captured, write_config
-from zmirror.auth.lockout import CLEAR_EVENT, FAILURE_EVENT, Lockout, LockoutSync
+from zmirror.auth.lockout import Lockout
+from zmirror.auth.lockoutsync import CLEAR_EVENT, FAILURE_EVENT, LockoutSync
 from zmirror.cache import dirlock as blobs_module
 from zmirror.cache.dirlock import LOCK_FILE, CacheDirInUse, CacheDirLock
 from zmirror.cluster import LoopbackHub

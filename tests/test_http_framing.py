@@ -372,11 +372,11 @@ class RoutingRedirects(unittest.TestCase):
         from twisted.web.test.requesthelper import DummyRequest
         from werkzeug.routing import RequestRedirect
 
-        from zmirror.admin.api import AdminAPI
+        from zmirror.admin.http import klein_error
         from zmirror.app import ZMirrorApp
 
         for path, handler in ((b"/v2/x", ZMirrorApp(None)._unexpected),
-                              (b"/api/x", AdminAPI.__new__(AdminAPI)._klein_error)):
+                              (b"/api/x", klein_error)):
             request = DummyRequest(path.split(b"/")[1:])
             request.path = path
             try:

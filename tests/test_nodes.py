@@ -320,7 +320,8 @@ class NodesApiTests(AdminTestMixin, unittest.TestCase):
         super().setUp()
         self.hb = NodeHeartbeat(self.db, self.clock, node="node-b", bus=LocalBus(),
                                 cache=FakeCache(), address="0.0.0.0:8080")
-        self.api.nodes = self.hb
+        self.api = self.make_api(nodes=self.hb)
+        self.client = self.stub(self.api)
 
     @coro
     async def test_the_nodes_with_their_state(self):
@@ -365,7 +366,7 @@ class NodesApiTests(AdminTestMixin, unittest.TestCase):
     @coro
     async def test_without_a_heartbeat_the_list_is_empty(self):
         await self.hb.beat()
-        self.api.nodes = None  # an API built without one knows of no row
+        self.client = self.stub(self.make_api(nodes=None))  # an API built without one knows of no row
         code, _headers, obj = await self.call("GET", "/api/nodes")
         self.assertEqual(code, 200, obj)
         self.assertEqual((obj["items"], obj["total"], obj["self"], obj["now"]),

@@ -167,7 +167,7 @@ def _config(tmp: Path, **admin) -> Config:
 
 class EndpointTests(unittest.TestCase):
     def setUp(self):
-        from zmirror.admin import AdminAPI
+        from zmirror.auth.adminaccount import AdminAccount
         from zmirror.auth.lockout import Lockout
         from zmirror.auth.passwords import Passwords, fast_context
 
@@ -176,10 +176,12 @@ class EndpointTests(unittest.TestCase):
         self.metrics.requests.labels("blob", "200").inc()
         tmp = Path(self.mktemp())
         tmp.mkdir()
-        self.admin = AdminAPI(_config(tmp), clock=self.clock, registries=None, accesslogs=None,
-                              lockout=Lockout(self.clock),
-                              passwords=Passwords(fast_context(), clock=self.clock))
-        self.endpoint = MetricsEndpoint(self.metrics, "admin", admin=self.admin)
+        self.tmp = tmp
+        config = _config(tmp)
+        self.account = AdminAccount(config.admin, config_path=config.config_path,
+                                    data_dir=config.data_dir, lockout=Lockout(self.clock),
+                                    passwords=Passwords(fast_context(), clock=self.clock))
+        self.endpoint = MetricsEndpoint(self.metrics, "admin", account=self.account)
         self.client = StubTreq(ZMirrorApp(None, extra={"metrics": self.endpoint}).resource())
 
     def get(self, auth=None):
@@ -209,13 +211,15 @@ class EndpointTests(unittest.TestCase):
         self.assertEqual(value(body, "zmirror_requests_total", kind="blob", status="200"), 1)
 
     def test_admin_mode_refuses_the_default_password(self):
-        from zmirror.admin.api import DEFAULT_PASSWORD_ERROR
+        from zmirror.auth.adminaccount import DefaultPasswordInUse
         from zmirror.auth.passwords import fast_context
+
+        DEFAULT_PASSWORD_ERROR = DefaultPasswordInUse.message
         from zmirror.config import DEFAULT_ADMIN_PASSWORD
 
         # configured as plain text, and as a hash of the default (known from the request)
         for configured in (DEFAULT_ADMIN_PASSWORD, fast_context().hash(DEFAULT_ADMIN_PASSWORD)):
-            self.admin.config = _config(self.admin.config.data_dir, password=configured)
+            self.account.reload(_config(self.tmp, password=configured))
             resp, body = self.get("admin:" + DEFAULT_ADMIN_PASSWORD)
             self.assertEqual(resp.code, 403, configured)
             self.assertEqual(json.loads(body)["error"], DEFAULT_PASSWORD_ERROR)

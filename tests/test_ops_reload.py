@@ -95,8 +95,8 @@ class ReloadTests(unittest.TestCase):
         self.assertIs(policy.trusted, trusted)
         self.assertEqual(self.c.log_control.level, "debug")
         self.assertEqual(self.c.metrics_endpoint.access, "open")
-        self.assertEqual(self.c.admin.config.admin.password, new_hash)
-        self.assertEqual(self.c.admin.config.access.anonymous, "all")  # /api/whitelists/match mode
+        self.assertEqual(self.c.admin.account.settings.password, new_hash)
+        self.assertEqual(self.c.admin.policy.mode, "all")  # /api/whitelists/match mode
         line = [t for t in cap.texts() if t.startswith("reload: configuration re-read")][0]
         self.assertIn("access.anonymous", line)
         self.assertIn("needs a restart: server.port", line)
@@ -105,7 +105,7 @@ class ReloadTests(unittest.TestCase):
 
     def test_lockout_thresholds_from_config_and_applied_on_sighup(self):
         lockout = self.c.access.lockout
-        self.assertIs(self.c.admin.lockout, lockout)  # one lockout for registry and admin logins
+        self.assertIs(self.c.admin.account.lockout, lockout)  # one lockout for registry and admin logins
         self.assertEqual((lockout.max_account, lockout.max_ip, lockout.window, lockout.cooldown),
                          (10, 30, 600.0, 300.0))
         cap = Captured(self)
@@ -140,7 +140,7 @@ class ReloadTests(unittest.TestCase):
         cap = Captured(self)
         set_in_config(self.data, 'username = "admin"', 'username = "boss"')
         self.assertTrue(self.c.reloader.reload())
-        self.assertEqual(self.c.admin.config.admin.username, "admin")
+        self.assertEqual(self.c.admin.account.username, "admin")
         self.assertTrue(any("needs a restart: admin.username" in t for t in cap.texts()))
 
     @inlineCallbacks

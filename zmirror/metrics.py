@@ -27,6 +27,11 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
+from zmirror.auth.adminaccount import (REALM, AccountError, AccountUnavailable, BadCredentials,
+                                       DefaultPasswordInUse, basic_credentials)
+from zmirror.auth.lockout import Locked
+from zmirror.net import TrustedProxies, client_ip
+
 log = Logger()
 
 ACCESS_MODES = ("admin", "open", "off")
@@ -401,16 +406,20 @@ def render_metrics(request, metrics: Metrics) -> bytes:
 class MetricsEndpoint:
     """``/metrics`` on the main port (one of ``ZMirrorApp``'s top-level handlers).
 
-    ``admin``: the admin API's own Basic-auth check (lockout included);
-    ``open``: no check; ``off``: 404.  :meth:`reload` switches the mode live.
+    ``admin``: HTTP Basic with the admin ``account``
+    (:class:`~zmirror.auth.adminaccount.AdminAccount`, lockout included; the
+    client address from ``trusted``); ``open``: no check; ``off``: 404.
+    :meth:`reload` switches the mode live.
     """
 
-    def __init__(self, metrics: Metrics, access: str = "admin", admin: Any = None):
+    def __init__(self, metrics: Metrics, access: str = "admin", account: Any = None,
+                 trusted: Any = None):
         if access not in ACCESS_MODES:
             raise ValueError(f"unknown metrics access mode {access!r}")
         self.metrics = metrics
         self.access = access
-        self.admin = admin
+        self.account = account
+        self.trusted = trusted if trusted is not None else TrustedProxies()
 
     def reload(self, config: Any) -> None:
         self.access = config.metrics.access
@@ -420,22 +429,41 @@ class MetricsEndpoint:
             return _json_error(request, 404, "not found")
         if self.access == "open":
             return render_metrics(request, self.metrics)
-        if self.admin is None:
+        if self.account is None:
             return _json_error(request, 404, "not found")
         return Deferred.fromCoroutine(self._admin_only(request))
 
     async def _admin_only(self, request) -> bytes:
-        from zmirror.admin.api import DEFAULT_PASSWORD_ERROR
-        from zmirror.admin.validate import ApiError
-
+        account = self.account
         try:
-            await self.admin._authenticate(request)
+            username, password = basic_credentials(request)
+            await account.authenticate(username, password, client_ip(request, self.trusted))
             # the same gate as /api: nothing but the password change with the default password
-            if self.admin._default_password_in_use(request):
-                raise ApiError(403, DEFAULT_PASSWORD_ERROR)
-        except ApiError as e:
-            return self.admin._error(request, e)
+            if account.default_password_in_use(password):
+                raise DefaultPasswordInUse()
+        except (AccountError, Locked) as e:
+            return _refused(request, e)
         return render_metrics(request, self.metrics)
+
+
+def _refused(request, e: Exception) -> bytes:
+    """A refused admin login, answered as the admin API answers it."""
+    extra: dict = {}
+    if isinstance(e, Locked):
+        status = 429
+        request.setHeader(b"Retry-After", str(e.retry_after).encode())
+        extra["retry_after"] = e.retry_after
+    elif isinstance(e, BadCredentials):
+        status = 401
+        request.setHeader(b"WWW-Authenticate", REALM)
+    elif isinstance(e, AccountUnavailable):
+        status = 503
+        request.setHeader(b"Retry-After", str(e.retry_after).encode())
+    else:  # not the admin, or the default password
+        status = 403
+    body = json.dumps({"error": getattr(e, "message", "forbidden"), "fields": {}, **extra},
+                      ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _send(request, status, body, b"application/json; charset=utf-8")
 
 
 class MetricsResource(Resource):

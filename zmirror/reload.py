@@ -38,7 +38,7 @@ class LiveSettings:
     log_control: Any  # zmirror.logs.LogControl: [log] level
     lockout: Any  # zmirror.auth.lockout.Lockout: the [lockout] thresholds
     metrics_endpoint: Any  # zmirror.metrics.MetricsEndpoint: [metrics] access
-    admin: Any  # zmirror.admin.AdminAPI: [admin] password, [access] for its whitelist tester
+    account: Any  # zmirror.auth.adminaccount.AdminAccount: [admin] password
     # PostgreSQL: the cluster's admin password (zmirror.auth.adminsecret), re-read on SIGHUP
     cluster_password: Any = None
 
@@ -57,10 +57,18 @@ class Reloader:
 
     def __init__(self, config: Any, stores: Stores = Stores(), live: Optional[LiveSettings] = None,
                  load: Optional[Callable[[], Any]] = None):
-        self.config = config
+        self._config = config
         self.stores = stores
         self.live = live
         self._load = load or self._default_load
+
+    @property
+    def config(self) -> Any:
+        """The configuration in force: the one last applied, with ``[admin]`` as the
+        admin account has it now (its password may have been changed through the API)."""
+        if self.live is None:
+            return self._config
+        return dataclasses.replace(self._config, admin=self.live.account.settings)
 
     def _default_load(self):
         from zmirror.config import load_config
@@ -137,7 +145,7 @@ class Reloader:
         if new.admin.username != old.admin.username:
             new = dataclasses.replace(new, admin=dataclasses.replace(new.admin,
                                                                      username=old.admin.username))
-        self.config = new
+        self._config = new
 
     @staticmethod
     def _apply_live(live: LiveSettings, old: Any, new: Any) -> None:
@@ -149,23 +157,13 @@ class Reloader:
         live.log_control.reload(new)
         live.lockout.configure(**settings(new.lockout))
         live.metrics_endpoint.reload(new)
-        admin = live.admin
-        if new.admin.username == old.admin.username:
-            # LEAD: the admin account's reload replaces this. The admin API reads
-            # config.admin on each login check, and the access mode for
-            # /api/whitelists/match.
-            admin.config = dataclasses.replace(admin.config, admin=new.admin, access=new.access)
+        live.account.reload(new)
         secret = live.cluster_password
         if ("admin.password" in _changed(old, new) and secret is not None
                 and secret.value is not None):
             log.warn("reload: [admin] password of config.toml changed, but the cluster's admin "
                      "password (database) takes precedence: change it with the web UI or "
                      "`zmirror admin-password`")
-
-    def admin_changed(self, admin: Any) -> None:
-        """The admin API wrote a new ``[admin] password`` to config.toml and
-        applies it already: the next reload compares against it."""
-        self.config = dataclasses.replace(self.config, admin=admin)
 
 
 def _changed(old: Any, new: Any) -> list[str]:

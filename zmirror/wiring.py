@@ -16,9 +16,10 @@ from typing import Any, NamedTuple, Optional
 from twisted.application.service import IService
 
 from zmirror.accesslog import BatchedAccessLog
-from zmirror.admin import AdminAPI
+from zmirror.admin.api import AdminAPI
 from zmirror.admin.validate import MAX_BODY as API_MAX_BODY, ApiError
 from zmirror.app import ZMirrorApp
+from zmirror.auth.adminaccount import AdminAccount
 from zmirror.auth.adminsecret import ClusterAdminPassword
 from zmirror.auth.build import AccessControl, build_access
 from zmirror.auth.tokenservice import MAX_BODY as TOKEN_MAX_BODY, TokenError
@@ -76,6 +77,7 @@ class Components:
     routes: RegistryRoutes
     nodes: NodeHeartbeat
     cluster_admin_password: Optional[ClusterAdminPassword]  # PostgreSQL only
+    admin_account: AdminAccount
     admin: AdminAPI
     health: HealthChecks
     metrics_endpoint: MetricsEndpoint
@@ -117,8 +119,13 @@ def build(config: Config, reactor: Any, *, listen: Optional[str] = None,
                           address=endpoint_address(listen or config.listen_endpoint()))
     cluster_password = _cluster_admin_password(config, db, bus, reactor, access)
     accesslogs = AccessLogStore(db, reactor)
-    admin = _admin_api(config, reactor, pull, access, accesslog, accesslogs, trusted)
-    web = _web(config, reactor, db, bus, metrics, pull.upstreams.pool, routes, access, admin, ui)
+    account = AdminAccount(config.admin, config_path=config.config_path, data_dir=config.data_dir,
+                           passwords=access.passwords, lockout=access.lockout, users=access.users,
+                           cluster_password=cluster_password)
+    admin = _admin_api(config, reactor, pull, access, account, accesslog, accesslogs, trusted,
+                       nodes)
+    web = _web(config, reactor, db, bus, metrics, pull.upstreams.pool, routes, access, admin,
+               account, trusted, ui)
     _observe(metrics, reactor, db, bus, pull, accesslog, access, web)
     log_control = LogControl.from_config(config)
     reloader = Reloader(
@@ -126,9 +133,8 @@ def build(config: Config, reactor: Any, *, listen: Optional[str] = None,
         Stores(users=access.users, whitelists=access.whitelists, registries=pull.registries),
         LiveSettings(trusted=trusted, routing=routing, policy=access.policy,
                      log_control=log_control, lockout=access.lockout,
-                     metrics_endpoint=web.metrics_endpoint, admin=admin,
+                     metrics_endpoint=web.metrics_endpoint, account=account,
                      cluster_password=cluster_password))
-    _connect_admin(admin, nodes, cluster_password, reloader)
     table_changes, db_watch = _database_changes(db, bus, reloader, reactor)
     return Components(
         config=config, db=db, index_db=pull.cache.index_db, bus=bus, trusted=trusted,
@@ -136,7 +142,8 @@ def build(config: Config, reactor: Any, *, listen: Optional[str] = None,
         blob_cache=pull.cache.blobs, manifest_cache=pull.cache.manifests, proxy=pull.proxy,
         registries=pull.registries,
         accesslog=accesslog, accesslogs=accesslogs, access=access, routing=routing,
-        routes=routes, nodes=nodes, cluster_admin_password=cluster_password, admin=admin,
+        routes=routes, nodes=nodes, cluster_admin_password=cluster_password,
+        admin_account=account, admin=admin,
         health=web.health, metrics_endpoint=web.metrics_endpoint, app=web.app, root=web.root,
         site=web.site, log_control=log_control, reloader=reloader, table_changes=table_changes,
         db_watch=db_watch,
@@ -249,13 +256,15 @@ def _cluster_admin_password(config: Config, db: Any, bus: Any, reactor: Any,
 
 
 def _admin_api(config: Config, reactor: Any, pull: _PullPath, access: AccessControl,
-               accesslog: Any, accesslogs: AccessLogStore, trusted: TrustedProxies) -> AdminAPI:
-    """``/api``: the stores, the live whitelist, the accounts and the caches."""
-    return AdminAPI(config, clock=reactor, registries=pull.registries, accesslogs=accesslogs,
-                    users=access.users, whitelists=access.whitelists, whitelist=access.whitelist,
-                    accounts=access.accounts, lockout=access.lockout, upstreams=pull.upstreams.pool,
-                    passwords=access.passwords, trusted=trusted, accesslog=accesslog,
-                    cache=pull.cache.blobs, manifest_cache=pull.cache.manifests)
+               account: AdminAccount, accesslog: Any, accesslogs: AccessLogStore,
+               trusted: TrustedProxies, nodes: NodeHeartbeat) -> AdminAPI:
+    """``/api``: the admin account, the stores, the live whitelist, the accounts, the
+    caches and the node list."""
+    return AdminAPI(account=account, trusted=trusted, clock=reactor, registries=pull.registries,
+                    accesslogs=accesslogs, users=access.users, whitelists=access.whitelists,
+                    whitelist=access.whitelist, accounts=access.accounts, policy=access.policy,
+                    node=config.server.node, upstreams=pull.upstreams.pool, accesslog=accesslog,
+                    cache=pull.cache.blobs, manifest_cache=pull.cache.manifests, nodes=nodes)
 
 
 class _Web(NamedTuple):
@@ -268,11 +277,11 @@ class _Web(NamedTuple):
 
 def _web(config: Config, reactor: Any, db: Any, bus: Any, metrics: Metrics,
          upstreams: UpstreamPool, routes: RegistryRoutes, access: AccessControl, admin: AdminAPI,
-         ui: Any) -> _Web:
+         account: AdminAccount, trusted: TrustedProxies, ui: Any) -> _Web:
     """The HTTP surface: /v2, /token, /api, /healthz, /readyz, /metrics and the UI in
     one app, its requests counted in flight, served by the limited site."""
     health = HealthChecks(db, upstreams, reactor, bus=_cluster_bus(db, bus))
-    endpoint = MetricsEndpoint(metrics, config.metrics.access, admin=admin)
+    endpoint = MetricsEndpoint(metrics, config.metrics.access, account=account, trusted=trusted)
     app = ZMirrorApp(routes, token=access.token_service, admin=admin.resource(),
                      ui=ui if ui is not None else _ui_resource(),
                      extra={"healthz": health.healthz, "readyz": health.readyz,
@@ -282,15 +291,6 @@ def _web(config: Config, reactor: Any, db: Any, bus: Any, metrics: Metrics,
                        max_connections=config.server.max_connections,
                        read_timeout=config.server.read_timeout, quiet_paths=QUIET_PATHS)
     return _Web(health, endpoint, app, root, site)
-
-
-def _connect_admin(admin: AdminAPI, nodes: NodeHeartbeat,
-                   cluster_password: Optional[ClusterAdminPassword], reloader: Reloader) -> None:
-    """LEAD: the one spot where the admin API still gets collaborators after it is
-    built; they become constructor arguments of AdminAPI / the admin account."""
-    admin.nodes = nodes
-    admin.admin_secret = cluster_password
-    admin.on_admin_change = reloader.admin_changed
 
 
 def _observe(metrics: Metrics, reactor: Any, db: Any, bus: Any, pull: _PullPath,

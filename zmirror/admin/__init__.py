@@ -1,5 +1,2 @@
-"""The admin API (``/api/*``) used by the web UI; see docs/api.md."""
-
-from zmirror.admin.api import AdminAPI
-
-__all__ = ["AdminAPI"]
+"""The admin API (``/api/*``) used by the web UI: :class:`zmirror.admin.api.AdminAPI`
+and its route groups; see docs/api.md and docs/design/admin.md."""

@@ -1,36 +1,9 @@
 """The admin password as cluster state (PostgreSQL).
 
-Several nodes behind nginx answer one web UI, which sends Basic auth on every
-request: they must all accept the same admin password.  On PostgreSQL the
-``cluster_secrets`` row :data:`ROW` holds it as a passlib hash (the form
-``[admin] password`` of config.toml may take; never plain text) and, when
-present and usable, **overrides** ``[admin] password`` of config.toml on every
-node.  The username stays each node's ``[admin] username``.  Without the row
-(a new cluster) config.toml's password applies as before, default-password
-gate included; the first change through the web UI or ``zmirror
-admin-password`` creates the row.  Deleting the row falls back to config.toml.
-
-- ``PUT /api/me/password`` (:meth:`ClusterAdminPassword.fresh`, then
-  :meth:`ClusterAdminPassword.replace`) checks the current password against
-  the row read afresh (not this node's copy, which may be a moment old), then
-  writes the new hash only if the row is still what was checked (a
-  compare-and-set: two nodes changing it at once cannot both win), applies it
-  here and publishes :data:`EVENT` on the bus.  config.toml is not written: the
-  other nodes' files could not follow, and it may be read-only (compose).
-- ``zmirror admin-password`` on PostgreSQL (:func:`store_blocking`) writes the
-  row and sends the same event with ``pg_notify`` in the same transaction.
-- Every node re-reads the row on :data:`EVENT`, on the bus's ``RESYNC`` (it
-  reconnected: events may have been lost), on SIGHUP and at start (blocking,
-  before the port opens, so a node never starts out accepting a superseded
-  password).  The event carries no hash: the row is read from the database.
-  A changed value makes :meth:`Passwords.forget_admin` drop the cached
-  verifications of the old one.
-- A row that is not a usable hash (empty, plain text, malformed, too long) is
-  refused with one log line naming the problem, never the value; that node
-  keeps config.toml's password meanwhile.
-
-The table of migration 0005 has ``created_at`` only: for this row it is the
-time of the last change (written on every change).
+The ``cluster_secrets`` row :data:`ROW` holds a passlib hash that, when present
+and usable, overrides ``[admin] password`` of config.toml on every node;
+:class:`ClusterAdminPassword` is this node's copy, re-read on :data:`EVENT`, the
+bus's ``RESYNC`` and SIGHUP.  See docs/design/auth.md, "The cluster's admin password".
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from zmirror.auth.credentials import Authenticator
-from zmirror.auth.lockout import Lockout, LockoutSync, settings as lockout_settings
+from zmirror.auth.lockout import Lockout, settings as lockout_settings
+from zmirror.auth.lockoutsync import LockoutSync
 from zmirror.auth.passwords import CONCURRENCY, QUEUE, Passwords
 from zmirror.auth.policy import AccessPolicy
 from zmirror.auth.tokens import TokenIssuer, load_secret

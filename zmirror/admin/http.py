@@ -1,0 +1,162 @@
+"""The admin API's HTTP plumbing: route declarations, JSON answers, and the
+error answers (``{"error", "fields"}``) of the stores' and the admin account's
+refusals.  The route groups (session, registries, …) only declare routes and
+return plain values; :class:`zmirror.admin.api.AdminAPI` serves them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from inspect import isawaitable
+from typing import Any, Callable, Iterator
+
+from twisted.logger import Logger
+
+from zmirror.admin.validate import ApiError, Invalid
+from zmirror.app import is_routing_redirect
+from zmirror.auth.adminaccount import (
+    REALM,
+    AccountError,
+    AccountUnavailable,
+    BadCredentials,
+    DefaultPasswordInUse,
+    NotAdministrator,
+    PasswordConflict,
+    PasswordNotStored,
+    PasswordRefused,
+)
+from zmirror.auth.lockout import Locked
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str  # relative to /api
+    methods: tuple[str, ...]
+    # answers while the admin password is still the default (every other route: 403)
+    with_default_password: bool = False
+
+
+def route(path: str, methods: list[str], *, with_default_password: bool = False):
+    """Declares a handler method of a route group: a route that requires the admin
+    and answers JSON (the handler returns ``obj`` → 200, ``(status, obj)``, or
+    ``None`` → 204)."""
+
+    def mark(f: Callable) -> Callable:
+        f.admin_route = Route(path, tuple(methods), with_default_password)
+        return f
+
+    return mark
+
+
+def routes_of(group: Any) -> Iterator[tuple[Route, Callable]]:
+    """``(route, bound handler)`` of every method of ``group`` marked by :func:`route`,
+    in the order of their definition."""
+    for name, f in vars(type(group)).items():
+        spec = getattr(f, "admin_route", None)
+        if isinstance(spec, Route):
+            yield spec, getattr(group, name)
+
+
+async def maybe(x: Any) -> Any:
+    return (await x) if isawaitable(x) else x
+
+
+def need(part: Any, what: str) -> Any:
+    """``part``, or a 503 when the API was built without it."""
+    if part is None:
+        raise ApiError(503, f"{what} are not available")
+    return part
+
+
+def same_id(values: dict, rid: int) -> None:
+    """Drop ``id`` from a body after checking it is the URL's."""
+    if "id" in values:
+        if values.pop("id") != rid:
+            raise Invalid("invalid input: id does not match the URL",
+                          {"id": "does not match the URL"})
+
+
+async def store_call(method: Callable, values: dict, field_for_value_error: str) -> Any:
+    """Call a store method; a ValueError from the store's own validation → 400 on a field."""
+    try:
+        return await maybe(method(**values))
+    except ValueError as e:
+        field = getattr(e, "field", None) or field_for_value_error
+        raise Invalid(f"invalid input: {field} {e}", {field: str(e)}) from None
+
+
+# --- answers ------------------------------------------------------------------------------
+
+
+def send(request: Any, status: int, obj: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Cache-Control", b"no-store")
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
+    if obj is None:
+        request.setHeader(b"Content-Length", b"0")
+        return b""
+    body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+    request.setHeader(b"Content-Length", str(len(body)).encode())
+    return body
+
+
+def answer(request: Any, result: Any) -> bytes:
+    """A handler's result: ``obj`` → 200, ``(status, obj)``, ``None`` → 204."""
+    if result is None:
+        return send(request, 204, None)
+    if isinstance(result, tuple):
+        return send(request, *result)
+    return send(request, 200, result)
+
+
+def error(request: Any, e: ApiError) -> bytes:
+    for k, v in e.headers.items():
+        request.setHeader(k, v)
+    return send(request, e.status, e.body())
+
+
+def too_many(e: Locked) -> ApiError:
+    """429 for a lockout, too many logins at once, or a full password-check queue."""
+    return ApiError(429, e.message, headers={b"Retry-After": str(e.retry_after).encode()},
+                    extra={"retry_after": e.retry_after})
+
+
+_ACCOUNT_STATUS = {
+    BadCredentials: 401,
+    NotAdministrator: 403,
+    DefaultPasswordInUse: 403,
+    PasswordConflict: 409,
+    AccountUnavailable: 503,
+    PasswordNotStored: 503,
+}
+
+
+def account_refusal(e: AccountError) -> ApiError:
+    """The answer to a refusal of the admin account."""
+    if isinstance(e, PasswordRefused):
+        return Invalid(e.message, {e.field: e.reason})
+    headers = {}
+    if isinstance(e, BadCredentials):
+        headers[b"WWW-Authenticate"] = REALM
+    elif isinstance(e, AccountUnavailable):
+        headers[b"Retry-After"] = str(e.retry_after).encode()
+    return ApiError(_ACCOUNT_STATUS.get(type(e), 500), e.message, headers=headers)
+
+
+def klein_error(request: Any, failure: Any) -> bytes:
+    """Klein's own 404/405 (unknown route or method) and anything unexpected."""
+    from werkzeug.exceptions import HTTPException
+
+    exc = failure.value
+    if is_routing_redirect(exc):
+        status, message = 404, "not found"
+    elif isinstance(exc, HTTPException):
+        status, message = exc.code or 500, exc.name.lower()
+    else:
+        log.failure("admin API: unhandled error", failure=failure)
+        status, message = 500, "internal error"
+    return send(request, status, {"error": message, "fields": {}})

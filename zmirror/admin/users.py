@@ -1,0 +1,78 @@
+"""``/api/users``: the registry users (passwords hashed by :class:`zmirror.auth.users.UserAccounts`)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from zmirror.admin.http import maybe, need, route, same_id, store_call
+from zmirror.admin.validate import Field, Invalid, boolean, check, identifier, json_body, path_id
+from zmirror.auth.users import validate_password
+from zmirror.db.users import validate_username
+
+# usernames: the store's own constraint (the admin's name: the handler);
+# passwords: zmirror.auth.users, which hashes them
+USER_FIELDS = {
+    "username": Field(validate_username, required=True),
+    "password": Field(validate_password, required=True),
+    "enabled": Field(boolean, default=True),
+}
+USER_UPDATE_FIELDS = {
+    "id": Field(identifier),
+    "password": Field(validate_password),
+    "enabled": Field(boolean),
+}
+
+
+def user_out(row: dict) -> dict:
+    return {"id": row["id"], "username": row["username"], "enabled": bool(row["enabled"]),
+            "created_at": row["created_at"], "updated_at": row["updated_at"],
+            "last_login_at": row.get("last_login_at")}
+
+
+class UserHandlers:
+    """``users``: the store (rows); ``accounts``: create/update with hashed
+    passwords; ``account``: the admin account (whose name no user may take).
+    None stores: the routes answer 503."""
+
+    def __init__(self, users: Any, accounts: Any, account: Any):
+        self.users = users
+        self.accounts = accounts
+        self.account = account
+
+    @route("/users", ["GET"])
+    async def list_all(self, request):
+        rows = await maybe(need(self.users, "users").list())
+        return {"items": [user_out(r) for r in rows]}
+
+    @route("/users", ["POST"])
+    async def create(self, request):
+        accounts = need(self.accounts, "users")
+        values = check(json_body(request), USER_FIELDS)
+        if values["username"].lower() == self.account.username.lower():
+            raise Invalid("invalid input: username is the admin account's name",
+                          {"username": "is the admin account's name, which cannot be a"
+                                       " registry user"})
+        row = await store_call(accounts.create, values, "password")
+        return 201, user_out(row)
+
+    @route("/users/<uid>", ["GET"])
+    async def get(self, request, uid):
+        store = need(self.users, "users")
+        return user_out(await maybe(store.get(path_id(uid))))
+
+    @route("/users/<uid>", ["PUT"])
+    async def update(self, request, uid):
+        accounts = need(self.accounts, "users")
+        uid = path_id(uid)
+        values = check(json_body(request), USER_UPDATE_FIELDS, partial=True)
+        same_id(values, uid)
+        if not values:
+            raise Invalid("nothing to update", {})
+        row = await store_call(functools.partial(accounts.update, uid), values, "password")
+        return user_out(row)
+
+    @route("/users/<uid>", ["DELETE"])
+    async def delete(self, request, uid):
+        await maybe(need(self.users, "users").delete(path_id(uid)))
+        return None
