@@ -151,9 +151,12 @@ class DefaultPasswordGateTests(FileConfigMixin, unittest.TestCase):
 
     @coro
     async def test_the_reloader_sees_the_change(self):
-        from zmirror.ops import Reloader
+        from zmirror.reload import LiveSettings, Reloader
 
-        reloader = Reloader(self.config, {"admin_account": self.api.account})
+        # only the account is asked here: the rest of the live settings are not touched
+        live = LiveSettings(trusted=None, routing=None, policy=None, log_control=None, lockout=None,
+                            metrics_endpoint=None, account=self.api.account)
+        reloader = Reloader(self.config, live=live)
         code, _h, _o = await self.change(DEFAULT_ADMIN_PASSWORD, NEW)
         self.assertEqual(code, 200)
         seen = [reloader.config.admin]  # what the next reload compares config.toml against
