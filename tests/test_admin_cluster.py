@@ -20,7 +20,7 @@ from twisted.trial import unittest
 
 from tests.fixtures.pgserver import on_postgresql
 from tests.test_admin_password import ControlledRun
-from tests.test_admin_registries import coro
+from tests.fixtures.helpers import coro
 from tests.fixtures.admin import (
     AdminTestMixin,
     FakeUpstreams,
@@ -465,7 +465,7 @@ class ClusterServiceTests(unittest.TestCase):
         return top
 
     async def listening(self):
-        from tests.test_cluster_bus import eventually
+        from tests.fixtures.helpers import eventually
 
         for top in self.nodes:
             bus = top.components["bus"]

@@ -16,7 +16,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
 
-from tests.test_admin_registries import coro
+from tests.fixtures.helpers import coro
 from tests.fixtures.admin import AdminTestMixin, basic
 from zmirror import config as config_module
 from zmirror.admin.api import AdminAPI

@@ -6,7 +6,9 @@ import hashlib
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.fixtures.auth import START, coro, temp_db
+from tests.fixtures.auth import START
+from tests.fixtures.helpers import coro
+from tests.fixtures.pgserver import temp_database
 from zmirror.auth.passwords import Passwords, fast_context
 from zmirror.auth.users import UserAccounts
 from zmirror.auth.whitelist import Whitelist, validate_prefix
@@ -19,7 +21,7 @@ class UserStoreTests(unittest.TestCase):
     def setUp(self):
         self.clock = Clock()
         self.clock.advance(START)
-        self.db = temp_db(self)
+        self.db = temp_database(self)
         self.pw = Passwords(context=fast_context(), clock=self.clock)
         self.users = UserStore(self.db, self.clock, admin_username="admin")
         self.accounts = UserAccounts(self.users, self.pw)
@@ -179,7 +181,7 @@ class WhitelistStoreTests(unittest.TestCase):
     def setUp(self):
         self.clock = Clock()
         self.clock.advance(START)
-        self.db = temp_db(self)
+        self.db = temp_database(self)
         self.store = WhitelistStore(self.db, self.clock)
         self.wl = Whitelist(self.store)  # the auth layer's live matcher on the store
 

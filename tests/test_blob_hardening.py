@@ -11,14 +11,16 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 from twisted.web._newclient import ResponseFailed
 
-from tests.test_cache import CacheTestBase, deferred_test
+from tests.fixtures.fakes import FailingCache
+from tests.fixtures.helpers import coro
+from tests.test_cache import CacheTestBase
 from tests.fixtures.proxyenv import ProxyEnv
 from zmirror.registry.proxy import Proxy
 from zmirror.testing import FakeRegistry
 
 
 class HeadReaderCountTests(CacheTestBase):
-    @deferred_test
+    @coro
     async def test_head_hits_take_no_reader(self):
         await self.start()
         path = f"/v2/library/x/blobs/{self.digest}"
@@ -30,7 +32,7 @@ class HeadReaderCountTests(CacheTestBase):
         self.assertEqual(self.blobs.summary()["hits"], 3)
         self.assertEqual(entry.readers, 0)
 
-    @deferred_test
+    @coro
     async def test_blob_read_during_heads_survives_eviction(self):
         """The invariant the reader count exists for: never unlink a blob while it is read."""
         await self.start()
@@ -130,7 +132,7 @@ class RangeParsingTests(unittest.TestCase):
 
 
 class CachedRangeTests(CacheTestBase):
-    @deferred_test
+    @coro
     async def test_ranges_from_the_cache(self):
         await self.start()
         path = f"/v2/library/x/blobs/{self.digest}"
@@ -196,7 +198,7 @@ class PassThroughWhileCacheFailsTests(CacheTestBase):
         self.env.routes.proxy = Proxy(self.env.pool, self.env.clock, idle_timeout=30, blobs=self.blobs,
                                       manifests=self.manifests)
 
-    @deferred_test
+    @coro
     async def test_relayed_uncached_blob_is_verified(self):
         await self.start()
         self.blobs.store_failed("disk full (test)")
@@ -230,7 +232,7 @@ class _FailingWrites:
 
 
 class IndexWriteFailureTests(CacheTestBase):
-    @deferred_test
+    @coro
     async def test_failed_write_keeps_rows_dirty(self):
         await self.start()
         path = f"/v2/library/x/blobs/{self.digest}"
@@ -253,36 +255,6 @@ class IndexWriteFailureTests(CacheTestBase):
         self.assertIn("library/y", {r["repository"] for r in repos})
 
 
-class _FakeTransfers:
-    stopped = False
-
-    def stop(self):
-        self.stopped = True
-
-
-class _FakeCache:
-    """start / flush_index that fail the first ``n`` times."""
-
-    def __init__(self, start_failures=0, flush_failures=0):
-        self.start_failures, self.flush_failures = start_failures, flush_failures
-        self.starts = self.flushes = 0
-        self.transfers = _FakeTransfers()
-        self.aborted = False
-
-    async def start(self):
-        self.starts += 1
-        if self.starts <= self.start_failures:
-            raise RuntimeError("cache dir unreadable (test)")
-
-    async def flush_index(self):
-        self.flushes += 1
-        if self.flushes <= self.flush_failures:
-            raise RuntimeError("database is locked (test)")
-
-    def abort_downloads(self):
-        self.aborted = True
-
-
 class CacheServiceTests(unittest.TestCase):
     def service(self, blobs, manifests):
         from zmirror.wiring import _cache_services
@@ -295,8 +267,8 @@ class CacheServiceTests(unittest.TestCase):
     def test_flusher_survives_failed_writes(self):
         from zmirror.cache.blobs import retry_delay
 
-        blobs = _FakeCache(flush_failures=2)
-        svc, clock = self.service(blobs, _FakeCache())
+        blobs = FailingCache(flush_failures=2)
+        svc, clock = self.service(blobs, FailingCache())
         clock.advance(30)
         self.assertEqual(blobs.flushes, 1)  # failed
         clock.advance(retry_delay(1))
@@ -316,7 +288,7 @@ class CacheServiceTests(unittest.TestCase):
         self.assertEqual(blobs.flushes, 5)  # nothing after stop
 
     def test_failing_start_is_retried(self):
-        blobs, manifests = _FakeCache(start_failures=2), _FakeCache(start_failures=1)
+        blobs, manifests = FailingCache(start_failures=2), FailingCache(start_failures=1)
         svc, clock = self.service(blobs, manifests)
         self.assertEqual((blobs.starts, manifests.starts), (1, 1))
         for _ in range(10):
@@ -344,7 +316,7 @@ class TransferThreadsTests(unittest.TestCase):
         one.close()
         self.assertEqual(threads.busy, 0)
 
-    @deferred_test
+    @coro
     async def test_a_thread_is_free_again_when_its_work_returned(self):
         import threading
 
@@ -422,7 +394,7 @@ class _LimitTestBase(CacheTestBase):
 class TransferLimitTests(_LimitTestBase):
     cache_options = {"transfer_threads": 1}
 
-    @deferred_test
+    @coro
     async def test_no_thread_free_relays_uncached(self):
         await self.start()
         held, held_path = self.held_blob()
@@ -439,7 +411,7 @@ class TransferLimitTests(_LimitTestBase):
 
 class TempBytesLimitTests(_LimitTestBase):
 
-    @deferred_test
+    @coro
     async def test_download_over_the_temp_budget_relays_uncached(self):
         await self.start()
         held, held_path = self.held_blob(3 << 20)
@@ -463,7 +435,7 @@ class TempBytesSettingTests(_LimitTestBase):
     max_size = 1 << 30
     cache_options = {"max_temp_bytes": 5 << 20}
 
-    @deferred_test
+    @coro
     async def test_temp_limit_below_the_cache_size(self):
         await self.start()
         await _Held(self, self.held_blob(3 << 20)[1]).ready()
@@ -479,7 +451,7 @@ class OrphanLimitTests(_LimitTestBase):
     cache_options = {"max_orphans": 1}
     max_size = 1 << 30
 
-    @deferred_test
+    @coro
     async def test_orphans_beyond_the_cap_are_aborted(self):
         await self.start()
         first, first_path = self.held_blob()
@@ -508,7 +480,7 @@ class OrphanLimitTests(_LimitTestBase):
         again.follow()
         self.assertFalse(self.blobs.downloads[first].orphaned)
 
-    @deferred_test
+    @coro
     async def test_download_left_before_the_upstream_answered(self):
         """Every caller went away while the fetch was pending: an orphan from the start."""
         self.blobs.max_orphan_bytes = 1 << 20  # less than the blob: never finished unwatched
@@ -559,7 +531,7 @@ class _FailingQueries:
 
 
 class RetriedStartTests(CacheTestBase):
-    @deferred_test
+    @coro
     async def test_retried_start_keeps_running_downloads_temp_files(self):
         await self.start()
         path = f"/v2/library/x/blobs/{self.digest}"
@@ -582,7 +554,7 @@ class RetriedStartTests(CacheTestBase):
 
 
 class FlushOrderTests(CacheTestBase):
-    @deferred_test
+    @coro
     async def test_flush_waits_for_the_flush_in_flight(self):
         """A flush that finds nothing dirty because a running flush took it all must
         still wait for that write (found by test_restart_drops_a_file_cut_short: the
@@ -799,11 +771,12 @@ class CachedDownloadValueTests(unittest.TestCase):
     """The Content-Type a cache download stores and replays to its followers."""
 
     def setUp(self):
-        from tests.fixtures.helpers import temp_database
+        from tests.fixtures.helpers import temp_dir
+        from tests.fixtures.pgserver import temp_database
         from tests.test_cache import stop_transfers
         from zmirror.cache.blobs import BlobCache
 
-        self.base, self.db = temp_database(self, reactor)
+        self.base, self.db = temp_dir(self), temp_database(self, reactor)
         self.blobs = BlobCache(self.base / "cache", self.db, reactor, max_size=1 << 30, idle_timeout=30)
         self.addCleanup(stop_transfers, self.blobs)
 
@@ -814,7 +787,7 @@ class CachedDownloadValueTests(unittest.TestCase):
             await deferLater(reactor, 0.002, lambda: None)
         self.assertEqual(dl.state, "done")
 
-    @deferred_test
+    @coro
     async def test_invalid_content_type_not_stored_nor_replayed(self):
         await self.blobs.start()
         for ctype in BAD_CONTENT_TYPES:
@@ -831,7 +804,7 @@ class CachedDownloadValueTests(unittest.TestCase):
             self.assertEqual(second.headers[b"Content-Type"], OCTET, ctype)
             await self.wait_done(dl)
 
-    @deferred_test
+    @coro
     async def test_download_start_checks_what_it_is_given(self):
         from zmirror.cache.download import Download
         from zmirror.upstream.blobs import UpstreamBlob

@@ -6,7 +6,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from tests.fixtures.helpers import temp_database
+from tests.fixtures.pgserver import temp_database
 from tests.test_relay import make_request
 from zmirror.cache.blobs import CacheBlobs
 from zmirror.registry.blobs import PullThroughBlobs
@@ -38,7 +38,7 @@ def result_of(d):
 
 class ProtocolTests(unittest.TestCase):
     def test_sources_provide_the_interface(self):
-        _base, db = temp_database(self, reactor)
+        db = temp_database(self, reactor)
         cache = CacheBlobs(self.mktemp(), db, reactor, max_size=1 << 20)
         self.addCleanup(cache.transfers.stop)
         pool = UpstreamPool(None, Clock())
@@ -48,7 +48,7 @@ class ProtocolTests(unittest.TestCase):
             self.assertTrue(verifyObject(IBlobSource, source), source)
 
     def test_proxy_builds_a_pull_through_source(self):
-        _base, db = temp_database(self, reactor)
+        db = temp_database(self, reactor)
         cache = CacheBlobs(self.mktemp(), db, reactor, max_size=1 << 20)
         self.addCleanup(cache.transfers.stop)
         proxy = Proxy(UpstreamPool(None, Clock()), Clock(), blobs=cache)

@@ -9,20 +9,13 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.trial import unittest
 from twisted.web._newclient import ResponseFailed
 
-from tests.fixtures.helpers import spy_constructor, temp_database
+from tests.fixtures.helpers import coro, spy_constructor, temp_dir
+from tests.fixtures.pgserver import temp_database
 from tests.fixtures.proxyenv import ProxyEnv
 from zmirror.cache import BlobCache, ManifestCache
 from zmirror.testing import DOCKER_V2, FakeRegistry
 
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2, "layers": []}).encode()
-
-
-def deferred_test(f):
-    def wrapper(self):
-        return Deferred.fromCoroutine(f(self))
-
-    wrapper.__name__ = f.__name__
-    return wrapper
 
 
 def stop_transfers(blobs):
@@ -35,7 +28,7 @@ class CacheTestBase(unittest.TestCase):
     cache_options: dict = {}
 
     def setUp(self):
-        self.base, self.db = temp_database(self, reactor)
+        self.base, self.db = temp_dir(self), temp_database(self, reactor)
         self.up = FakeRegistry()
         self.data = os.urandom(3 << 20)  # 3 MiB
         self.digest = self.up.add_blob(self.data)
@@ -58,7 +51,7 @@ class CacheTestBase(unittest.TestCase):
 
 
 class BlobCacheTests(CacheTestBase):
-    @deferred_test
+    @coro
     async def test_miss_then_hit(self):
         await self.start()
         path = f"/v2/library/x/blobs/{self.digest}"
@@ -91,7 +84,7 @@ class BlobCacheTests(CacheTestBase):
         self.assertEqual(len(self.blob_gets()), 1)
         self.assertEqual(self.blobs.summary()["hits"], 5)
 
-    @deferred_test
+    @coro
     async def test_single_flight(self):
         await self.start()
         path = f"/v2/library/x/blobs/{self.digest}"
@@ -120,16 +113,16 @@ class BlobCacheTests(CacheTestBase):
         self.assertEqual(body, self.data)
         self.assertIsNotNone(self.blobs.lookup(self.digest))
 
-    @deferred_test
+    @coro
     async def test_corrupt_upstream_not_cached(self):
         await self._expect_nothing_cached("corrupt")
         self.assertEqual(self.blobs.stats["verify_failures"], 1)
 
-    @deferred_test
+    @coro
     async def test_truncated_upstream_not_cached(self):
         await self._expect_nothing_cached("truncate")
 
-    @deferred_test
+    @coro
     async def test_restart_drops_a_file_cut_short(self):
         """After a crash a renamed blob may have lost its tail (never written out):
         its size no longer matches the index, so it is deleted and fetched again."""
@@ -151,7 +144,7 @@ class BlobCacheTests(CacheTestBase):
         self.assertEqual(stored.read_bytes(), self.data)
         self.assertEqual(len(self.blob_gets()), 2)
 
-    @deferred_test
+    @coro
     async def test_restart_verifies_files_the_index_lost(self):
         good = os.urandom(70_000)
         good_digest = self.up.add_blob(good)
@@ -173,7 +166,7 @@ class BlobCacheTests(CacheTestBase):
         self.assertEqual(body, good)
         self.assertEqual(self.env.log.records[-1].cache_hit, True)
 
-    @deferred_test
+    @coro
     async def test_restart_deletes_unindexed_files_beyond_the_verification_budget(self):
         from zmirror.cache import blobs as blobmod
 
@@ -187,7 +180,7 @@ class BlobCacheTests(CacheTestBase):
         self.assertIsNone(self.blobs.lookup(self.digest))
         self.assertFalse(p.exists())  # a cache: fetched again when asked for
 
-    @deferred_test
+    @coro
     async def test_restart_keeps_index_and_cleans_tmp(self):
         await self.start()
         path = f"/v2/library/x/blobs/{self.digest}"
@@ -202,7 +195,7 @@ class BlobCacheTests(CacheTestBase):
         self.assertEqual(body, self.data)
         self.assertEqual(len(self.blob_gets()), 1)
 
-    @deferred_test
+    @coro
     async def test_delete(self):
         await self.start()
         await self.env.arequest("GET", f"/v2/library/x/blobs/{self.digest}")
@@ -216,7 +209,7 @@ class BlobCacheTests(CacheTestBase):
 
 
 class CrossRepositoryTests(CacheTestBase):
-    @deferred_test
+    @coro
     async def test_cached_blob_not_served_for_repository_that_lacks_it(self):
         await self.start()
         await self.env.arequest("GET", f"/v2/private/repo/blobs/{self.digest}")
@@ -235,7 +228,7 @@ class CrossRepositoryTests(CacheTestBase):
 class EvictionTests(CacheTestBase):
     max_size = 7 << 20  # room for two 3 MiB blobs
 
-    @deferred_test
+    @coro
     async def test_blob_larger_than_the_cache_is_served_not_kept(self):
         await self.start()
         await self.env.arequest("GET", f"/v2/library/x/blobs/{self.digest}")
@@ -250,7 +243,7 @@ class EvictionTests(CacheTestBase):
         self.assertFalse(self.blobs.path(digest).exists())
         self.assertIsNotNone(self.blobs.lookup(self.digest))  # the rest of the cache survives
 
-    @deferred_test
+    @coro
     async def test_lru_order_and_readers(self):
         await self.start()
         blobs = [os.urandom(3 << 20) for _ in range(3)]
@@ -278,7 +271,7 @@ class EvictionTests(CacheTestBase):
         await deferLater(reactor, 0.05, lambda: None)
         self.assertFalse(self.blobs.path(digests[1]).exists())
 
-    @deferred_test
+    @coro
     async def test_deleted_while_read_then_fetched_again_keeps_new_copy(self):
         # found by tests/e2e/test_cache_e2e.py: the old copy's deferred unlink went by path
         # and removed the copy fetched after the delete (index said cached, file gone)
@@ -308,7 +301,7 @@ class CreatorLeavesTests(CacheTestBase):
     (found by tests/e2e/test_cache_e2e.py: a client that had joined got a 502
     "response failed: CancelledError" and the upstream was marked failed)."""
 
-    @deferred_test
+    @coro
     async def test_joined_request_survives_creator_cancel(self):
         from twisted.internet.task import deferLater
 
@@ -354,7 +347,7 @@ class CreatorLeavesTests(CacheTestBase):
         self.assertEqual(len(self.blob_gets()), 1)
         self.assertEqual(self.env.pool.upstreams[0].health.consecutive_failures, 0)
 
-    @deferred_test
+    @coro
     async def test_temp_file_not_creatable_relays_without_caching(self):
         import shutil
 
@@ -388,7 +381,7 @@ class CreatorLeavesTests(CacheTestBase):
         self.assertTrue(self.blobs.storing())
         self.assertIsNotNone(self.blobs.lookup(self.digest))
 
-    @deferred_test
+    @coro
     async def test_write_error_mid_download_then_relay(self):
         """The disk fails while a blob is written (full, I/O error): its client is
         cut off (the bytes are nowhere), later misses are relayed uncached."""
@@ -474,7 +467,7 @@ class StartupTests(CacheTestBase):
         self.assertEqual(resp.code, 200)
         return body
 
-    @deferred_test
+    @coro
     async def test_blob_request_waits_for_the_index(self):
         await self.start()
         path = f"/v2/library/x/blobs/{self.digest}"
@@ -485,7 +478,7 @@ class StartupTests(CacheTestBase):
         self.assertEqual(len(self.blob_gets()), 1)
         self.assertEqual(os.listdir(self.base / "cache" / "tmp"), [])
 
-    @deferred_test
+    @coro
     async def test_manifest_request_waits_for_the_index(self):
         await self.start()
         tag_path = "/v2/library/nginx/manifests/latest"
@@ -499,7 +492,7 @@ class StartupTests(CacheTestBase):
 class SendfileTests(unittest.TestCase):
     """Cached blobs go out with sendfile(2) over a real TCP connection."""
 
-    @deferred_test
+    @coro
     async def test_file_served_by_sendfile(self):
         import treq
         from twisted.web.resource import Resource

@@ -20,8 +20,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 from twisted.web.server import Site
 
-from tests.fixtures.helpers import admin_password_line, start_services, write_default_config
-from tests.test_admin_registries import coro
+from tests.fixtures.helpers import admin_password_line, coro, start_services, write_default_config
 from tests.fixtures.admin import basic
 from zmirror.cache.index import BLOB_TABLES, INDEX_FILE, MANIFEST_TABLES
 from zmirror.cache.manifests import Manifest, ManifestCache

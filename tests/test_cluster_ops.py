@@ -14,12 +14,13 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
-from tests.test_cluster_bus import eventually
+from tests.fixtures.fakes import FailingCache, FakeDB, NeverWrites
+from tests.fixtures.helpers import coro, eventually
 from tests.test_ops_reload import Captured, write_config
 from zmirror.auth.lockout import CLEAR_EVENT, FAILURE_EVENT, Lockout, LockoutSync
 from zmirror.cache import blobs as blobs_module
@@ -38,14 +39,6 @@ ROWS = [{"id": 1, "name": "hub", "url": "https://hub.test", "priority": 1}]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def coro(f):
-    def wrapper(self, *a, **kw):
-        return Deferred.fromCoroutine(f(self, *a, **kw))
-
-    wrapper.__name__ = f.__name__
-    return wrapper
-
-
 def samples(metrics: Metrics) -> dict:
     """{(name, frozenset(labels.items())): value} of an exposition."""
     out = {}
@@ -61,23 +54,6 @@ def value(metrics: Metrics, name: str, **labels):
 
 def cluster_names(metrics: Metrics) -> set:
     return {name for name, _labels in samples(metrics) if name.startswith("zmirror_cluster_")}
-
-
-class FakeDB:
-    """The writer PostgresBus.publish uses: answers, or refuses, each NOTIFY."""
-
-    def __init__(self):
-        self.refuse = False
-        self.executed = []
-
-    def execute(self, sql, params=()):
-        self.executed.append((sql, params))
-        if self.refuse:
-            return fail(RuntimeError("the database is gone"))
-        return succeed((None, 1))
-
-
-from tests.test_auth_cluster import NeverWrites  # noqa: E402  (a stalled PostgreSQL)
 
 
 # --- the bus's counters, driven by hand on a clock -----------------------------------------
@@ -149,7 +125,7 @@ class BusMetricsTests(unittest.TestCase):
         # publishing: taken, refused by the database, refused as too big
         self.bus.publish("k", {"n": 1})
         self.bus.publish("k", {"n": 2})
-        self.db.refuse = True
+        self.db.mode = "error"
         cap = Captured(self)
         self.bus.publish("k", {"n": 3})
         self.bus.publish("k", {"blob": "x" * MAX_PAYLOAD})
@@ -427,10 +403,9 @@ class CacheDirLockTests(unittest.TestCase):
         self.assertTrue(after.held)
 
     def test_the_cache_service_releases_it_at_stop_and_takes_it_again_at_start(self):
-        from tests.test_blob_hardening import _FakeCache
         from zmirror.cache.blobs import CacheUpkeep
 
-        blobs = _FakeCache()
+        blobs = FailingCache()
         blobs.dir_lock = CacheDirLock.take(self.dir)
         self.addCleanup(blobs.dir_lock.release)
         upkeep = CacheUpkeep(blobs, None, Clock())

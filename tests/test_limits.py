@@ -17,8 +17,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.trial import unittest
 from twisted.web import http
 
-from tests.fixtures.helpers import admin_password_line, start_services, write_default_config
-from tests.test_admin_registries import coro
+from tests.fixtures.helpers import admin_password_line, coro, start_services, write_default_config
 from tests.fixtures.admin import basic
 from zmirror import service
 from zmirror.admin import validate

@@ -11,7 +11,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.fixtures.helpers import temp_database
+from tests.fixtures.helpers import coro, temp_dir
+from tests.fixtures.pgserver import temp_database
 from tests.fixtures.proxyenv import ProxyEnv
 from tests.test_upstream_hardening import (MANIFEST, MDIGEST, TAG_PATH, TAGS_PATH, FakeResponse, World,
                                           manifest_response)
@@ -25,14 +26,6 @@ from zmirror.upstream.manifests import RemoteManifests, RemoteTags
 REPO = "library/nginx"
 BODY = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2, "layers": []}).encode()
 NEW = BODY.replace(b"[]", b"[ ]")
-
-
-def deferred_test(f):
-    def wrapper(self):
-        return Deferred.fromCoroutine(f(self))
-
-    wrapper.__name__ = f.__name__
-    return wrapper
 
 
 class PullThroughTests(unittest.TestCase):
@@ -301,7 +294,7 @@ class ManifestCacheTests(unittest.TestCase):
     """The whole flow over HTTP: ManifestCache on a real database, FakeRegistry upstream."""
 
     def setUp(self):
-        self.base, self.db = temp_database(self, reactor)
+        self.base, self.db = temp_dir(self), temp_database(self, reactor)
         self.up = FakeRegistry()
         self.make_env()
         self.mdigest = self.up.add_manifest("library/nginx", "latest", MANIFEST)
@@ -318,7 +311,7 @@ class ManifestCacheTests(unittest.TestCase):
     def manifest_requests(self, method=None):
         return [r for r in self.up.requests if "/manifests/" in r[2] and (method is None or r[0] == method)]
 
-    @deferred_test
+    @coro
     async def test_by_digest_cached_for_good(self):
         await self.start()
         path = f"/v2/library/nginx/manifests/{self.mdigest}"
@@ -330,7 +323,7 @@ class ManifestCacheTests(unittest.TestCase):
         self.assertEqual(resp.headers.getRawHeaders(b"docker-content-digest"), [self.mdigest.encode()])
         self.assertEqual(len(self.manifest_requests()), 1)
 
-    @deferred_test
+    @coro
     async def test_tag_ttl_and_revalidation(self):
         await self.start()
         await self.env.arequest("GET", self.tag_path)
@@ -347,7 +340,7 @@ class ManifestCacheTests(unittest.TestCase):
         resp, body = await self.env.arequest("GET", self.tag_path)
         self.assertEqual(body, new)
 
-    @deferred_test
+    @coro
     async def test_stale_served_when_upstream_down(self):
         await self.start()
         await self.env.arequest("GET", self.tag_path)
@@ -366,7 +359,7 @@ class ManifestCacheTests(unittest.TestCase):
         resp, body = await self.env.arequest("HEAD", self.tag_path)
         self.assertEqual(resp.code, 200)
 
-    @deferred_test
+    @coro
     async def test_not_served_to_client_that_does_not_accept_it(self):
         await self.start()
         await self.env.arequest("GET", self.tag_path)
@@ -378,7 +371,7 @@ class ManifestCacheTests(unittest.TestCase):
         self.assertEqual((resp.code, body), (200, MANIFEST))
         self.assertEqual(len(self.manifest_requests()), 2)
 
-    @deferred_test
+    @coro
     async def test_persisted_across_restart(self):
         await self.start()
         await self.env.arequest("GET", self.tag_path)
@@ -391,7 +384,7 @@ class ManifestCacheTests(unittest.TestCase):
         resp, body = await self.env.arequest("GET", self.tag_path)
         self.assertEqual((resp.code, body), (200, MANIFEST))
 
-    @deferred_test
+    @coro
     async def test_cached_manifest_checked_per_repository(self):
         await self.start()
         digest = self.up.add_manifest("library/a", "1", MANIFEST)

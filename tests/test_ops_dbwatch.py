@@ -11,7 +11,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
-from tests.fixtures.auth import basic, coro, make_env, temp_db
+from tests.fixtures.auth import basic, make_env
+from tests.fixtures.helpers import coro
+from tests.fixtures.pgserver import temp_database
 from tests.test_ops_reload import Captured, write_config
 from zmirror import cli
 from zmirror.auth.passwords import fast_context
@@ -33,7 +35,7 @@ def other_connection(db) -> sqlite3.Connection:
 
 class ChangeWatcherTests(unittest.TestCase):
     def setUp(self):
-        self.db = temp_db(self)
+        self.db = temp_database(self)
         self.watcher = ChangeWatcher.for_database(self.db)
         self.addCleanup(self.watcher.close)
         self.other = other_connection(self.db)

@@ -22,7 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from twisted.internet.error import ConnectionLost
 
-from tests.fixtures.auth import coro
+from tests.fixtures.helpers import coro
 from zmirror import wiring
 from zmirror.config import Config, UpstreamConfig
 from zmirror.oci.errors import RegistryError

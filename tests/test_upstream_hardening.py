@@ -25,7 +25,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent
 from zope.interface import implementer
 
 import zmirror.registry.proxy as proxy_module
-from tests.fixtures.helpers import temp_database
+from tests.fixtures.helpers import coro
+from tests.fixtures.pgserver import temp_database
 from zmirror.cache.gate import LoadGate
 from zmirror.cache.manifests import Manifest, ManifestCache
 from zmirror.oci.errors import RegistryError
@@ -40,14 +41,6 @@ MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2, "layers": []}
 MDIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
 TAG_PATH = "/v2/library/x/manifests/latest"
 TAGS_PATH = "/v2/library/x/tags/list"
-
-
-def deferred_test(f):
-    def wrapper(self):
-        return Deferred.fromCoroutine(f(self))
-
-    wrapper.__name__ = f.__name__
-    return wrapper
 
 
 # -- a scripted upstream -------------------------------------------------------------------------
@@ -224,7 +217,7 @@ class _SlowReads:
 
 class SharedStoreLoadTests(unittest.TestCase):
     def setUp(self):
-        self.base, self.db = temp_database(self, reactor)
+        self.db = temp_database(self, reactor)
 
     async def _first_caller_leaves(self, store, use):
         """``use(store)`` twice while the first load waits; the first caller leaves."""
@@ -237,7 +230,7 @@ class SharedStoreLoadTests(unittest.TestCase):
         slow.gate.callback(None)
         return await second
 
-    @deferred_test
+    @coro
     async def test_user_store_load_survives_first_caller_leaving(self):
         from zmirror.db.users import UserStore
 
@@ -247,7 +240,7 @@ class SharedStoreLoadTests(unittest.TestCase):
         row = await self._first_caller_leaves(fresh, lambda s: s.auth_user(u["id"]))
         self.assertEqual(row["username"], "alice")
 
-    @deferred_test
+    @coro
     async def test_whitelist_load_survives_first_caller_leaving(self):
         from zmirror.auth.whitelist import Whitelist
         from zmirror.db.whitelists import WhitelistStore
@@ -402,9 +395,9 @@ class UpstreamValueTests(unittest.TestCase):
 
 
 class NothingInvalidCachedTests(unittest.TestCase):
-    @deferred_test
+    @coro
     async def test_bad_media_type_is_not_cached(self):
-        _, db = temp_database(self, reactor)
+        db = temp_database(self, reactor)
         cache = ManifestCache(db, Clock())
         await cache.start()
         body = json.dumps({"schemaVersion": 2, "mediaType": "application/\u00ff\u4e2d"}).encode()
@@ -417,9 +410,9 @@ class NothingInvalidCachedTests(unittest.TestCase):
         self.assertIsNone(await cache.tag("library/x", "latest", ["*/*"]))
         self.assertEqual(await db.query("SELECT digest FROM cache_manifests"), [])
 
-    @deferred_test
+    @coro
     async def test_rows_with_invalid_media_types_are_ignored(self):
-        _, db = temp_database(self, reactor)
+        db = temp_database(self, reactor)
         await db.execute("INSERT INTO cache_manifests VALUES (?, ?, ?, 0, 0)", (MDIGEST, "bad\u00e4type", MANIFEST))
         await db.execute("INSERT INTO cache_tags VALUES ('library/x', 'latest', ?, ?, 0)",
                          ("bad\u00e4type", MDIGEST))
@@ -503,7 +496,7 @@ class TokenCacheBoundsTests(unittest.TestCase):
 
 class ManifestCacheBoundsTests(unittest.TestCase):
     def setUp(self):
-        self.base, self.db = temp_database(self, reactor)
+        self.db = temp_database(self, reactor)
 
     async def settle(self):
         from twisted.internet.task import deferLater
@@ -514,7 +507,7 @@ class ManifestCacheBoundsTests(unittest.TestCase):
         body = MANIFEST + str(i).encode()
         return Manifest("sha256:" + hashlib.sha256(body).hexdigest(), DOCKER_V2, body)
 
-    @deferred_test
+    @coro
     async def test_tags_and_repositories_bounded_database_backs_them(self):
         cache = ManifestCache(self.db, Clock(), tag_limit=3, repo_limit=3)
         await cache.start()
@@ -537,7 +530,7 @@ class ManifestCacheBoundsTests(unittest.TestCase):
         await again.start()
         self.assertEqual(again.summary()["tags"], 3)
 
-    @deferred_test
+    @coro
     async def test_other_media_type_of_a_tag_not_in_memory_is_found(self):
         cache = ManifestCache(self.db, Clock(), tag_limit=1)
         await cache.start()
@@ -550,7 +543,7 @@ class ManifestCacheBoundsTests(unittest.TestCase):
         entry = await cache.tag("r", "t", [DOCKER_V2])
         self.assertEqual(entry.digest, a.digest)
 
-    @deferred_test
+    @coro
     async def test_dropped_tag_not_brought_back_from_the_database(self):
         cache = ManifestCache(self.db, Clock(), tag_limit=1)
         await cache.start()
@@ -562,7 +555,7 @@ class ManifestCacheBoundsTests(unittest.TestCase):
         await self.settle()
         self.assertIsNone(await cache.tag("r", "t", [DOCKER_V2]))
 
-    @deferred_test
+    @coro
     async def test_pull_served_from_the_database_when_evicted_and_upstream_gone(self):
         clock = Clock()
         cache = ManifestCache(self.db, clock, tag_limit=1, repo_limit=1)
@@ -633,7 +626,7 @@ class RealConnectionTests(unittest.TestCase):
     """Over real TCP with twisted.web's Agent: a body read that times out closes
     the upstream connection (seen from the server's side)."""
 
-    @deferred_test
+    @coro
     async def test_stalled_manifest_body_closes_the_connection(self):
         from twisted.internet.task import deferLater
         from twisted.web.client import Agent

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web.http_headers import Headers
 
+from tests.fixtures.helpers import coro
 from zmirror.cluster import LoopbackHub
 from zmirror.upstream.client import FAILURES_BEFORE_COOLDOWN, MAX_RATELIMIT_COOLDOWN, UpstreamPool
 from zmirror.upstream.shared import KIND, MIN_INTERVAL, snapshot
@@ -24,14 +24,6 @@ def hdrs(**values) -> Headers:
     for k, v in values.items():
         h.setRawHeaders(k.replace("_", "-"), [v])
     return h
-
-
-def coro(f):
-    def wrapper(self, *a, **kw):
-        return Deferred.fromCoroutine(f(self, *a, **kw))
-
-    wrapper.__name__ = f.__name__
-    return wrapper
 
 
 class Nodes:
