@@ -19,15 +19,14 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from tests.fixtures.pgserver import on_postgresql
-from tests.test_admin_password import ControlledRun
-from tests.fixtures.helpers import coro
+from tests.fixtures.fakes import ControlledRun
+from tests.fixtures.helpers import Captured, coro
 from tests.fixtures.admin import (
     AdminTestMixin,
     FakeUpstreams,
     basic,
     make_config,
 )
-from tests.test_ops_reload import Captured
 from zmirror import config as config_module
 from zmirror.admin.api import AdminAPI
 from zmirror.app import ZMirrorApp
@@ -437,11 +436,11 @@ class ClusterServiceTests(unittest.TestCase):
             self.node(name)
 
     def node(self, name, before_start=None):
-        from tests.test_ops_dbwatch import write_config
+        from tests.fixtures.helpers import write_default_config
         from zmirror.tap import Options, makeService
 
         data = Path(self.mktemp()).resolve() / name
-        write_config(data)
+        write_default_config(data)
         cfg = data / "config.toml"
         line = '# url = "postgresql://zmirror:PASSWORD@127.0.0.1:5432/zmirror"'
         cfg.write_text(cfg.read_text().replace(line, f'url = "{self.url}"'))

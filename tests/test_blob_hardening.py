@@ -13,7 +13,7 @@ from twisted.web._newclient import ResponseFailed
 
 from tests.fixtures.fakes import FailingCache
 from tests.fixtures.helpers import coro
-from tests.test_cache import CacheTestBase
+from tests.fixtures.cache import CacheTestBase
 from tests.fixtures.proxyenv import ProxyEnv
 from zmirror.registry.proxy import Proxy
 from zmirror.testing import FakeRegistry
@@ -362,7 +362,7 @@ class _Held:
 
     def follow(self):
         """A client that reads the download; returns the request (close it to leave)."""
-        from tests.test_relay import make_request
+        from tests.fixtures.rawhttp import make_request
 
         _channel, _client, request = make_request()
         self.sent = Deferred.fromCoroutine(self.result.send(request))
@@ -607,7 +607,7 @@ BAD_CONTENT_TYPES = [
 
 
 def blob_answer(code=200, headers=None, body=BLOB, *, ctype=OCTET, length=True):
-    from tests.test_upstream_hardening import FakeResponse
+    from tests.fixtures.upstream import FakeResponse
 
     h = {}
     if ctype is not None:
@@ -621,8 +621,8 @@ def blob_answer(code=200, headers=None, body=BLOB, *, ctype=OCTET, length=True):
 
 
 def script_world(hosts=("a.fake",), blobs=None):
-    """A proxy whose upstreams are scripted responses (tests.test_upstream_hardening)."""
-    from tests.test_upstream_hardening import World
+    """A proxy whose upstreams are scripted responses (tests.fixtures.upstream)."""
+    from tests.fixtures.upstream import World
 
     w = World(hosts)
     if blobs is not None:
@@ -773,7 +773,7 @@ class CachedDownloadValueTests(unittest.TestCase):
     def setUp(self):
         from tests.fixtures.helpers import temp_dir
         from tests.fixtures.pgserver import temp_database
-        from tests.test_cache import stop_transfers
+        from tests.fixtures.cache import stop_transfers
         from zmirror.cache.blobs import BlobCache
 
         self.base, self.db = temp_dir(self), temp_database(self, reactor)

@@ -7,7 +7,7 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from tests.fixtures.pgserver import temp_database
-from tests.test_relay import make_request
+from tests.fixtures.rawhttp import make_request
 from zmirror.cache.blobs import CacheBlobs
 from zmirror.registry.blobs import PullThroughBlobs
 from zmirror.oci.errors import RegistryError

@@ -9,45 +9,11 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.trial import unittest
 from twisted.web._newclient import ResponseFailed
 
-from tests.fixtures.helpers import coro, spy_constructor, temp_dir
-from tests.fixtures.pgserver import temp_database
-from tests.fixtures.proxyenv import ProxyEnv
-from zmirror.cache import BlobCache, ManifestCache
-from zmirror.testing import DOCKER_V2, FakeRegistry
+from tests.fixtures.cache import CacheTestBase
+from tests.fixtures.helpers import coro, spy_constructor
+from zmirror.testing import DOCKER_V2
 
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2, "layers": []}).encode()
-
-
-def stop_transfers(blobs):
-    blobs.abort_downloads()
-    blobs.transfers.stop()
-
-
-class CacheTestBase(unittest.TestCase):
-    max_size = 1 << 30
-    cache_options: dict = {}
-
-    def setUp(self):
-        self.base, self.db = temp_dir(self), temp_database(self, reactor)
-        self.up = FakeRegistry()
-        self.data = os.urandom(3 << 20)  # 3 MiB
-        self.digest = self.up.add_blob(self.data)
-        self.make_env()
-
-    def make_env(self, upstreams=None):
-        self.blobs = BlobCache(self.base / "cache", self.db, reactor, max_size=self.max_size, idle_timeout=30,
-                               **self.cache_options)
-        self.addCleanup(stop_transfers, self.blobs)
-        self.manifests = ManifestCache(self.db, reactor, ttl=300)
-        self.env = ProxyEnv(upstreams or [("up1.fake", self.up)], blobs=self.blobs, manifests=self.manifests)
-        self.manifests.clock = self.env.clock  # TTLs follow the test clock
-
-    async def start(self):
-        await self.blobs.start()
-        await self.manifests.start()
-
-    def blob_gets(self, reg=None):
-        return [r for r in (reg or self.up).requests if r[0] == "GET" and "/blobs/" in r[2]]
 
 
 class BlobCacheTests(CacheTestBase):

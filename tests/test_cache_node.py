@@ -529,21 +529,3 @@ class SqliteNodeCacheTests(unittest.TestCase):
 
         self.assertEqual([s.db for s in node.c["services"] if isinstance(s, DatabaseService)],
                          [node.c["db"]])
-
-
-
-# the manifest cache's whole flow over HTTP (tests/test_manifests.py) on a shared PostgreSQL
-import tests.test_manifests as _manifests  # noqa: E402 (a module: its classes are not run twice)
-
-
-class ManifestCachePostgresTests(_manifests.ManifestCacheTests):
-    def setUp(self):
-        from tests.fixtures.pgserver import temp_database
-
-        self.backend = "postgresql"
-        self.base, self.db = None, temp_database(self, reactor)
-        self.up = FakeRegistry()
-        self.make_env()
-        self.assertTrue(self.manifests.shared)
-        self.mdigest = self.up.add_manifest("library/nginx", "latest", _manifests.MANIFEST)
-        self.tag_path = "/v2/library/nginx/manifests/latest"

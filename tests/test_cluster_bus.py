@@ -15,8 +15,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
 from tests.fixtures.fakes import FakeDB
-from tests.fixtures.helpers import coro, eventually
-from tests.test_ops_reload import Captured
+from tests.fixtures.helpers import Captured, coro, eventually
 from zmirror.cluster import RESYNC, IBus
 from zmirror.db import listen
 from zmirror.db.listen import BACKOFF_FIRST, BACKOFF_MAX, COALESCE, MAX_PAYLOAD, PostgresBus
@@ -320,14 +319,14 @@ class WiredServicesTests(unittest.TestCase):
 
     def setUp(self):
         from tests.fixtures.pgserver import fresh_database
-        from tests.test_ops_dbwatch import write_config
+        from tests.fixtures.helpers import write_default_config
         from zmirror.tap import Options, makeService
 
         self.url = fresh_database(self)
         self.nodes = []
         for name in ("a", "b"):
             data = Path(self.mktemp()).resolve() / name
-            write_config(data)
+            write_default_config(data)
             cfg = data / "config.toml"
             line = '# url = "postgresql://zmirror:PASSWORD@127.0.0.1:5432/zmirror"'
             cfg.write_text(cfg.read_text().replace(line, f'url = "{self.url}"'))

@@ -20,8 +20,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
 from tests.fixtures.fakes import FailingCache, FakeDB, NeverWrites
-from tests.fixtures.helpers import coro, eventually
-from tests.test_ops_reload import Captured, write_config
+from tests.fixtures.helpers import Captured, coro, eventually, write_default_config
+from tests.fixtures.metrics import samples, value
 from zmirror.auth.lockout import CLEAR_EVENT, FAILURE_EVENT, Lockout, LockoutSync
 from zmirror.cache import blobs as blobs_module
 from zmirror.cache.blobs import LOCK_FILE, CacheDirInUse, CacheDirLock
@@ -37,19 +37,6 @@ START = 100000.0
 SECRET = b"cluster-secret-" + b"x" * 17
 ROWS = [{"id": 1, "name": "hub", "url": "https://hub.test", "priority": 1}]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def samples(metrics: Metrics) -> dict:
-    """{(name, frozenset(labels.items())): value} of an exposition."""
-    out = {}
-    for fam in text_string_to_metric_families(metrics.exposition().decode()):
-        for s in fam.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def value(metrics: Metrics, name: str, **labels):
-    return samples(metrics).get((name, frozenset(labels.items())))
 
 
 def cluster_names(metrics: Metrics) -> set:
@@ -241,7 +228,7 @@ class SqliteWiringTests(unittest.TestCase):
         from zmirror.tap import Options, makeService
 
         data = Path(self.mktemp()).resolve() / "data"
-        write_config(data)
+        write_default_config(data)
         opts = Options()
         opts.parseOptions(["--data", str(data), "--listen", "tcp:0:interface=127.0.0.1"])
         top = makeService(opts, reactor)
@@ -320,7 +307,7 @@ class PostgresWiringTests(unittest.TestCase):
 
         url = fresh_database(self)
         data = Path(self.mktemp()).resolve() / "data"
-        write_config(data)
+        write_default_config(data)
         cfg = data / "config.toml"
         line = '# url = "postgresql://zmirror:PASSWORD@127.0.0.1:5432/zmirror"'
         cfg.write_text(cfg.read_text().replace(line, f'url = "{url}"'))
@@ -458,7 +445,7 @@ class WiredCacheDirTests(unittest.TestCase):
         self.opts = []
         for name in ("node1", "node2"):
             data = self.parent / name
-            write_config(data)
+            write_default_config(data)
             opts = Options()
             opts.parseOptions(["--data", str(data), "--listen", "tcp:0:interface=127.0.0.1"])
             self.opts.append(opts)

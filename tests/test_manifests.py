@@ -14,8 +14,8 @@ from twisted.trial import unittest
 from tests.fixtures.helpers import coro, temp_dir
 from tests.fixtures.pgserver import temp_database
 from tests.fixtures.proxyenv import ProxyEnv
-from tests.test_upstream_hardening import (MANIFEST, MDIGEST, TAG_PATH, TAGS_PATH, FakeResponse, World,
-                                          manifest_response)
+from tests.fixtures.upstream import (MANIFEST, MDIGEST, TAG_PATH, TAGS_PATH, FakeResponse, World,
+                                     manifest_response)
 from zmirror.cache.manifests import Manifest, ManifestCache
 from zmirror.oci.errors import RegistryError
 from zmirror.registry.manifests import STALE_WARNING, PullThroughManifests
@@ -394,3 +394,17 @@ class ManifestCacheTests(unittest.TestCase):
         self.up.add_manifest("library/b", None, MANIFEST)
         resp, body = await self.env.arequest("GET", f"/v2/library/b/manifests/{digest}")
         self.assertEqual((resp.code, body), (200, MANIFEST))
+
+
+# the manifest cache's whole flow over HTTP on a shared PostgreSQL
+class ManifestCachePostgresTests(ManifestCacheTests):
+    def setUp(self):
+        from tests.fixtures.pgserver import temp_database
+
+        self.backend = "postgresql"
+        self.base, self.db = None, temp_database(self, reactor)
+        self.up = FakeRegistry()
+        self.make_env()
+        self.assertTrue(self.manifests.shared)
+        self.mdigest = self.up.add_manifest("library/nginx", "latest", MANIFEST)
+        self.tag_path = "/v2/library/nginx/manifests/latest"

@@ -372,9 +372,9 @@ class AccessPerNamespaceTests(unittest.TestCase):
 
 from twisted.internet import reactor  # noqa: E402
 
-from tests.test_cache import CacheTestBase  # noqa: E402
+from tests.fixtures.cache import CacheTestBase  # noqa: E402
 from zmirror.cache import BlobCache, ManifestCache  # noqa: E402
-from tests.test_cache import stop_transfers  # noqa: E402
+from tests.fixtures.cache import stop_transfers  # noqa: E402
 
 
 class CachePerNamespaceTests(CacheTestBase):

@@ -16,10 +16,16 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.fixtures.fakes import FakeBus
-from tests.fixtures.helpers import admin_password_line, coro, eventually, start_services, write_default_config
+from tests.fixtures.helpers import (
+    Captured,
+    admin_password_line,
+    coro,
+    eventually,
+    start_services,
+    write_default_config,
+)
 from tests.fixtures.pgserver import on_postgresql, temp_database
 from tests.fixtures.admin import ADMIN, AdminTestMixin, basic
-from tests.test_ops_reload import Captured
 from zmirror import __version__
 from zmirror.cluster import LocalBus
 from zmirror.db import latest_version

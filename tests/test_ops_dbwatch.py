@@ -12,9 +12,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from tests.fixtures.auth import basic, make_env
-from tests.fixtures.helpers import coro
+from tests.fixtures.helpers import Captured, coro, write_default_config
 from tests.fixtures.pgserver import temp_database
-from tests.test_ops_reload import Captured, write_config
 from zmirror import cli
 from zmirror.auth.passwords import fast_context
 from zmirror.config import DEFAULT_CONFIG
@@ -95,7 +94,7 @@ class WatchServiceTests(unittest.TestCase):
         self.alice = await self.env.accounts.create("alice", "alicepw")
         # a data directory whose config points the CLI at the test's database
         self.data = Path(self.mktemp()).resolve() / "data"
-        write_config(self.data)
+        write_default_config(self.data)
         path = self.data / "config.toml"
         path.write_text(DEFAULT_CONFIG.replace('path = "./data/registry.db"',
                                                f'path = "{self.env.db.path.resolve()}"'))
@@ -235,7 +234,7 @@ class WatchServiceTests(unittest.TestCase):
 class WiringTests(unittest.TestCase):
     def setUp(self):
         self.data = Path(self.mktemp()).resolve() / "data"
-        write_config(self.data)
+        write_default_config(self.data)
         opts = Options()
         opts.parseOptions(["--data", str(self.data), "--listen", "tcp:0:interface=127.0.0.1"])
         self.top = makeService(opts, reactor)
@@ -275,7 +274,7 @@ class PostgresWiringTests(unittest.TestCase):
 
         url = fresh_database(self)
         data = Path(self.mktemp()).resolve() / "data"
-        write_config(data)
+        write_default_config(data)
         cfg = data / "config.toml"
         line = '# url = "postgresql://zmirror:PASSWORD@127.0.0.1:5432/zmirror"'
         cfg.write_text(cfg.read_text().replace(line, f'url = "{url}"'))

@@ -15,7 +15,7 @@ from twisted.web._newclient import ResponseFailed
 
 from tests.fixtures.helpers import coro
 from tests.fixtures.proxyenv import ProxyEnv
-from tests.test_cache import CacheTestBase
+from tests.fixtures.cache import CacheTestBase
 from zmirror.metrics import Metrics
 from zmirror.testing import FakeRegistry
 from zmirror.upstream.blobs import ResumeOrder

@@ -13,20 +13,17 @@ import hashlib
 import json
 
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
-from twisted.internet.error import ConnectionLost, ConnectionRefusedError
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial import unittest
-from twisted.web.client import ResponseDone, ResponseFailed
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent
-from zope.interface import implementer
 
 import zmirror.registry.proxy as proxy_module
 from tests.fixtures.helpers import coro
 from tests.fixtures.pgserver import temp_database
+from tests.fixtures.upstream import (DOCKER_V2, MANIFEST, MDIGEST, TAG_PATH, TAGS_PATH, FakeResponse, World,
+                                     manifest_response, token_challenge)
 from zmirror.cache.gate import LoadGate
 from zmirror.cache.manifests import Manifest, ManifestCache
 from zmirror.oci.errors import RegistryError
@@ -35,128 +32,6 @@ from zmirror.oci.reference import parse_path
 from zmirror.registry.routes import PullRequest
 from zmirror.upstream.auth import TokenCache
 from zmirror.upstream.client import UpstreamPool
-
-DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
-MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2, "layers": []}).encode()
-MDIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
-TAG_PATH = "/v2/library/x/manifests/latest"
-TAGS_PATH = "/v2/library/x/tags/list"
-
-
-# -- a scripted upstream -------------------------------------------------------------------------
-
-class BodyTransport:
-    """The transport a response body is delivered over; records being closed."""
-
-    def __init__(self, response: "FakeResponse"):
-        self.response = response
-        self.stopped = False
-
-    def stopProducing(self):
-        if self.stopped:
-            return
-        self.stopped = True
-        r = self.response
-        if r.protocol is not None and not r.finished:
-            r.finished = True
-            r.protocol.connectionLost(Failure(ResponseFailed([Failure(ConnectionLost())])))
-
-    loseConnection = stopProducing
-
-    def pauseProducing(self):
-        pass
-
-    def resumeProducing(self):
-        pass
-
-
-class FakeResponse:
-    """An ``IResponse``: ``body`` is delivered at once; with ``stall`` the body then
-    never ends (the connection stays open until someone closes it)."""
-
-    def __init__(self, code: int = 200, headers: dict | None = None, body: bytes = b"", *, stall: bool = False):
-        self.code = code
-        self.phrase = b"OK"
-        self.version = (b"HTTP", 1, 1)
-        self.headers = Headers()
-        for k, v in (headers or {}).items():
-            self.headers.setRawHeaders(k, v if isinstance(v, list) else [v])
-        self.body = body
-        self.stall = stall
-        self.length = UNKNOWN_LENGTH if stall else len(body)
-        self.protocol = None
-        self.finished = False
-        self.transport = BodyTransport(self)
-        self.request = None
-        self.previousResponse = None
-
-    def deliverBody(self, protocol):
-        self.protocol = protocol
-        protocol.makeConnection(self.transport)
-        if self.finished:
-            return
-        if self.body:
-            protocol.dataReceived(self.body)
-        if not self.stall and not self.finished:
-            self.finished = True
-            protocol.connectionLost(Failure(ResponseDone()))
-
-
-@implementer(IAgent)
-class ScriptAgent:
-    """Answers ``(method, url)`` with ``factory()`` (a FakeResponse or a Deferred of
-    one); anything else is refused.  ``responses`` keeps every response made."""
-
-    def __init__(self):
-        self.routes: dict[tuple[str, str], object] = {}
-        self.sent: list[tuple[str, str]] = []
-        self.responses: list[FakeResponse] = []
-
-    def on(self, method: str, url: str, factory):
-        self.routes[(method, url)] = factory
-
-    def request(self, method, uri, headers=None, bodyProducer=None):
-        key = (method.decode(), uri.decode())
-        self.sent.append(key)
-        factory = self.routes.get(key)
-        if factory is None:
-            return fail(ConnectionRefusedError(key[1]))
-        out = factory()
-        if isinstance(out, Deferred):
-            return out
-        self.responses.append(out)
-        return succeed(out)
-
-
-def manifest_response(body: bytes = MANIFEST, *, ctype=DOCKER_V2.encode(), stall=False, **extra):
-    headers = {b"Docker-Content-Digest": ("sha256:" + hashlib.sha256(body).hexdigest()).encode()}
-    if ctype is not None:
-        headers[b"Content-Type"] = ctype
-    headers.update(extra.get("headers", {}))
-    return FakeResponse(200, headers, body, stall=stall)
-
-
-class World:
-    def __init__(self, hosts=("a.fake",), *, manifests=None, idle_timeout=30.0, clock=None):
-        self.clock = clock or Clock()
-        self.agent = ScriptAgent()
-        self.pool = UpstreamPool(self.agent, self.clock, header_timeout=10, cooldown=30)
-        self.pool.set_registries([{"id": i, "name": h, "url": f"http://{h}", "priority": i, "enabled": 1}
-                                  for i, h in enumerate(hosts, start=1)])
-        self.proxy = Proxy(self.pool, self.clock, idle_timeout=idle_timeout, manifests=manifests)
-
-    def pull(self, path: str, method: bytes = b"GET", accept=None) -> Deferred:
-        p = PullRequest(path=parse_path(path), method=method, accept=accept or [],
-                        base_url="http://proxy.test")
-        return Deferred.fromCoroutine(self.proxy.pull(p))
-
-    def health(self, uid: int = 1) -> dict:
-        return self.pool.health()[uid]
-
-
-def token_challenge(realm: str = "http://auth.fake/token"):
-    return lambda: FakeResponse(401, {b"WWW-Authenticate": f'Bearer realm="{realm}",service="s"'.encode()})
-
 
 # -- 1. shared work owned by no caller ---------------------------------------------------------------
 
