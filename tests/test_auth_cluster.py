@@ -1,4 +1,4 @@
-"""Several nodes, one lockout and one token secret (issue 15, shared state).
+"""Several nodes, one lockout and one token secret (state shared by the nodes of a cluster).
 
 The nodes hear each other through a :class:`zmirror.cluster.LoopbackHub`
 (the interface the PostgreSQL bus implements) on an injected clock; the parts

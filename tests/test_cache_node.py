@@ -1,7 +1,7 @@
-"""Each node keeps its own verified blob cache (issue 15): on PostgreSQL the blob
+"""Each node of a cluster keeps its own verified blob cache: on PostgreSQL the blob
 index lives in a node-local SQLite file (<[cache] dir>/index.sqlite), so nodes on
 one database never see or delete each other's blob rows; on SQLite it stays in
-the main database as before.  The manifest cache (no files) is in the main
+the main database.  The manifest cache (no files) is in the main
 database on both engines: on PostgreSQL a manifest one node fetched is served by
 every node without asking the upstream."""
 

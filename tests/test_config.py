@@ -299,7 +299,7 @@ class PrivateModeTests(unittest.TestCase):
 
 
 class NodeNameTests(unittest.TestCase):
-    """[server] node: this node's name in the access log (issue 15)."""
+    """[server] node: this node's name in the access log of a cluster."""
 
     def parse(self, text):
         return parse_config(text, data_dir=Path("/srv/d"), config_path=Path("/srv/d/config.toml"))

@@ -34,7 +34,7 @@ from tests.e2e.images import Image, MiB, dir_problems, sha256_hex
 from tests.e2e.processes import HarnessError
 
 SKIP = C.missing()
-PROPAGATION = 2.0  # seconds: changes reach every node within this (issue 15)
+PROPAGATION = 2.0  # seconds: changes reach every node within this
 
 
 class _State:
@@ -78,7 +78,7 @@ class ClusterCase(unittest.TestCase):
         return d
 
     def node(self, n: int) -> H.ZMirror:
-        """Node ``n`` counted from 1, as the issue does."""
+        """Node ``n`` counted from 1 (``node{n}``)."""
         return self.c.nodes[n - 1]
 
     def copy(self, image: Image, host: str | None = None) -> None:

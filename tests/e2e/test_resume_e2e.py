@@ -1,4 +1,4 @@
-"""Blobs that survive flaky upstreams (issue 13), end to end.
+"""Blobs that survive flaky upstreams (resumed with Range), end to end.
 
 One open distribution registry (``faultup``, its own, started once per process) holds two images
 built here: ``e2e/big200`` (a 200 MiB layer) and ``e2e/mid`` (a 48 MiB layer).  Every test starts
@@ -6,14 +6,14 @@ a fresh ``twistd zmirror`` (cache on or off, ``idle_timeout = 5``) whose two ups
 (priority 1 and 2) are :class:`tests.e2e.faultproxy.FaultProxy` instances in front of that same
 registry, told per test which blob GETs to cut (FIN), reset (RST), stall, corrupt or pace.
 
-What is asserted is what a client must see (issue 13, "Resume"): the whole blob, verified, from
+What is asserted is what a client must see: the whole blob, verified, from
 one uninterrupted 200 per client request (zmirror's access log holds exactly one GET row per
 client, with the whole size), resumed upstream with ``Range: bytes=<received>-``; a corrupted
 blob is never delivered complete and never cached; a zmirror killed mid-resume serves nothing of
 the partial file after its restart.  Each test runs with the pull-through cache on
 (:class:`ResumeCacheOnTests`) and off (:class:`ResumePassThroughTests`).
 
-docker pulls use a dockerd of this module's own (like ``test_auth_e2e``), started on first use and
+docker pulls use a dockerd of this module's own (:class:`tests.e2e.clients.Dockerd`), started on first use and
 stopped at exit; they skip when dockerd/containerd/runc are missing or not running as root.
 Skipped when ``docker-registry`` or ``skopeo`` is missing.
 """
