@@ -15,6 +15,8 @@ from tests.fixtures.fakes import FailingCache
 from tests.fixtures.helpers import coro
 from tests.fixtures.cache import CacheTestBase
 from tests.fixtures.proxyenv import ProxyEnv
+from tests.fixtures.upstream import (BAD_CONTENT_TYPES, BDIGEST, BLOB, BPATH, OCTET, blob_answer, pull_blob,
+                                     script_world)
 from zmirror.registry.proxy import Proxy
 from zmirror.testing import FakeRegistry
 
@@ -586,56 +588,6 @@ class FlushOrderTests(CacheTestBase):
         await first
         repos = await self.db.query("SELECT repository FROM cache_blob_repos WHERE digest = ?", (self.digest,))
         self.assertIn("library/late", {r["repository"] for r in repos})
-
-
-# -- upstream values on the blob path -------------------------------------------------------------
-
-BLOB = bytes(range(100))
-BDIGEST = "sha256:" + __import__("hashlib").sha256(BLOB).hexdigest()
-BPATH = f"/v2/library/x/blobs/{BDIGEST}"
-OCTET = b"application/octet-stream"
-BAD_CONTENT_TYPES = [
-    b"\xb2",  # not ASCII (latin-1 "superscript two")
-    b"application/\xe4\xb8\xad",  # UTF-8 bytes
-    b"text/plain\rX-Injected: 1",  # a CR that would split the header
-    b"application/" + b"x" * 300,  # over-long
-    b"application/json; " + b"p=" * 200,  # over-long parameters
-    b"not a media type",
-    b"application/json; \x00",
-    b"",
-]
-
-
-def blob_answer(code=200, headers=None, body=BLOB, *, ctype=OCTET, length=True):
-    from tests.fixtures.upstream import FakeResponse
-
-    h = {}
-    if ctype is not None:
-        h[b"Content-Type"] = ctype
-    if length is True:
-        h[b"Content-Length"] = str(len(body)).encode()
-    elif length is not None:
-        h[b"Content-Length"] = length
-    h.update(headers or {})
-    return FakeResponse(code, h, body)
-
-
-def script_world(hosts=("a.fake",), blobs=None):
-    """A proxy whose upstreams are scripted responses (tests.fixtures.upstream)."""
-    from tests.fixtures.upstream import World
-
-    w = World(hosts)
-    if blobs is not None:
-        w.proxy = Proxy(w.pool, w.clock, idle_timeout=30.0, blobs=blobs)
-    return w
-
-
-def pull_blob(w, method=b"GET", range=None) -> Deferred:
-    from zmirror.oci.reference import parse_path
-    from zmirror.registry.routes import PullRequest
-
-    p = PullRequest(path=parse_path(BPATH), method=method, range=range, base_url="http://proxy.test")
-    return Deferred.fromCoroutine(w.proxy.pull(p))
 
 
 class BlobUpstreamValueTests(unittest.TestCase):
