@@ -3,6 +3,8 @@ layer above them (UserAccounts hashes passwords, Whitelist builds the matcher)."
 
 import hashlib
 
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -297,3 +299,57 @@ from tests.fixtures.pgserver import on_postgresql  # noqa: E402
 
 UserStorePostgresTests = on_postgresql(UserStoreTests)
 WhitelistStorePostgresTests = on_postgresql(WhitelistStoreTests)
+
+
+class _SlowReads:
+    """A Database whose reads wait for ``gate``."""
+
+    def __init__(self, db):
+        self.db = db
+        self.gate = Deferred()
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    async def read(self, *a, **kw):
+        if not self.gate.called:
+            waiter = Deferred()
+            self.gate.addCallback(lambda r: (waiter.callback(None), r)[1])
+            await waiter
+        return await self.db.read(*a, **kw)
+
+
+class SharedStoreLoadTests(unittest.TestCase):
+    def setUp(self):
+        self.db = temp_database(self, reactor)
+
+    async def _first_caller_leaves(self, store, use):
+        """``use(store)`` twice while the first load waits; the first caller leaves."""
+        slow = _SlowReads(self.db)
+        store.db = slow
+        first = Deferred.fromCoroutine(use(store))
+        second = Deferred.fromCoroutine(use(store))
+        first.cancel()
+        self.failureResultOf(first, CancelledError)
+        slow.gate.callback(None)
+        return await second
+
+    @coro
+    async def test_user_store_load_survives_first_caller_leaving(self):
+        from zmirror.db.users import UserStore
+
+        users = UserStore(self.db, reactor)
+        u = await users.create_with_hash("alice", "$md5$x")
+        fresh = UserStore(self.db, reactor)
+        row = await self._first_caller_leaves(fresh, lambda s: s.auth_user(u["id"]))
+        self.assertEqual(row["username"], "alice")
+
+    @coro
+    async def test_whitelist_load_survives_first_caller_leaving(self):
+        from zmirror.auth.whitelist import Whitelist
+        from zmirror.db.whitelists import WhitelistStore
+
+        await WhitelistStore(self.db, reactor).create("library")
+        fresh = Whitelist(WhitelistStore(self.db, reactor))
+        matcher = await self._first_caller_leaves(fresh, lambda s: s.ready())
+        self.assertIsNotNone(matcher.match("library/nginx"))
