@@ -35,21 +35,6 @@ from zmirror.upstream.client import UpstreamPool
 
 # -- 1. shared work owned by no caller ---------------------------------------------------------------
 
-class LoadGateTests(unittest.TestCase):
-    def test_waiter_that_leaves_is_let_go(self):
-        gate = LoadGate()
-        gate.close()
-        a, b = gate.wait(), gate.wait()
-        a.cancel()
-        self.failureResultOf(a, CancelledError)
-        self.assertEqual(gate.waiting, 1)  # not held until the gate opens
-        self.assertNoResult(b)
-        gate.open()
-        self.assertIsNone(self.successResultOf(b))
-        self.assertFalse(gate.closed)
-        self.assertIsNone(self.successResultOf(gate.wait()))
-
-
 # -- 2. a cancellation is not an upstream failure -----------------------------------------------------
 
 class CancellationTests(unittest.TestCase):
