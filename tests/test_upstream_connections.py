@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -23,6 +23,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from twisted.internet.error import ConnectionLost
 
 from tests.fixtures.helpers import coro
+from tests.fixtures.upstream import MANIFEST, TAGS_PATH, TAG_PATH, FakeResponse, World, manifest_response
 from zmirror import wiring
 from zmirror.config import Config, UpstreamConfig
 from zmirror.oci.errors import RegistryError
@@ -314,3 +315,28 @@ class BrokenBlobReasonTests(unittest.TestCase):
         self.assertIn("ConnectionLost", reason)
         self.assertIn("reset by peer", reason)
         self.assertNotIn("twisted.python.failure.Failure", reason)
+
+
+class CancellationTests(unittest.TestCase):
+    def _client_leaves_three_times(self, path, factory):
+        w = World()
+        w.agent.on("GET", "http://a.fake" + path, factory)
+        for _ in range(3):
+            d = w.pull(path)
+            self.assertNoResult(d)
+            d.cancel()
+            self.failureResultOf(d, CancelledError)
+        h = w.health()
+        self.assertEqual(h["consecutive_failures"], 0)
+        self.assertNotIn(h["state"], ("down", "cooldown"))
+        self.assertEqual([u.name for u in w.pool.candidates()], ["a.fake"])
+        # and the half-read body's connection was closed, not left reading
+        self.assertEqual(len(w.agent.responses), 3)
+        self.assertTrue(all(r.transport.stopped for r in w.agent.responses))
+
+    def test_manifest_body_read(self):
+        self._client_leaves_three_times(TAG_PATH, lambda: manifest_response(MANIFEST[:10], stall=True))
+
+    def test_tags_body_read(self):
+        self._client_leaves_three_times(
+            TAGS_PATH, lambda: FakeResponse(200, {b"Content-Type": b"application/json"}, b'{"na', stall=True))

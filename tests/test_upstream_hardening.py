@@ -37,31 +37,6 @@ from zmirror.upstream.client import UpstreamPool
 
 # -- 2. a cancellation is not an upstream failure -----------------------------------------------------
 
-class CancellationTests(unittest.TestCase):
-    def _client_leaves_three_times(self, path, factory):
-        w = World()
-        w.agent.on("GET", "http://a.fake" + path, factory)
-        for _ in range(3):
-            d = w.pull(path)
-            self.assertNoResult(d)
-            d.cancel()
-            self.failureResultOf(d, CancelledError)
-        h = w.health()
-        self.assertEqual(h["consecutive_failures"], 0)
-        self.assertNotIn(h["state"], ("down", "cooldown"))
-        self.assertEqual([u.name for u in w.pool.candidates()], ["a.fake"])
-        # and the half-read body's connection was closed, not left reading
-        self.assertEqual(len(w.agent.responses), 3)
-        self.assertTrue(all(r.transport.stopped for r in w.agent.responses))
-
-    def test_manifest_body_read(self):
-        self._client_leaves_three_times(TAG_PATH, lambda: manifest_response(MANIFEST[:10], stall=True))
-
-    def test_tags_body_read(self):
-        self._client_leaves_three_times(
-            TAGS_PATH, lambda: FakeResponse(200, {b"Content-Type": b"application/json"}, b'{"na', stall=True))
-
-
 # -- 3. upstream values checked where they come in ----------------------------------------------------
 
 class UpstreamValueTests(unittest.TestCase):
