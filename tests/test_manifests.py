@@ -14,8 +14,8 @@ from twisted.trial import unittest
 from tests.fixtures.helpers import coro, temp_dir
 from tests.fixtures.pgserver import temp_database
 from tests.fixtures.proxyenv import ProxyEnv
-from tests.fixtures.upstream import (MANIFEST, MDIGEST, TAG_PATH, TAGS_PATH, FakeResponse, World,
-                                     manifest_response)
+from tests.fixtures.upstream import (MANIFEST, MDIGEST, TAGS_PATH, TAG_PATH, FakeResponse, World,
+                                     manifest_response, token_challenge)
 from zmirror.cache.manifests import Manifest, ManifestCache
 from zmirror.oci.errors import RegistryError
 from zmirror.registry.manifests import STALE_WARNING, PullThroughManifests
@@ -408,3 +408,102 @@ class ManifestCachePostgresTests(ManifestCacheTests):
         self.assertTrue(self.manifests.shared)
         self.mdigest = self.up.add_manifest("library/nginx", "latest", MANIFEST)
         self.tag_path = "/v2/library/nginx/manifests/latest"
+
+
+class UpstreamValueTests(unittest.TestCase):
+    def two(self, bad, path=TAG_PATH, good=None):
+        """Upstream a.fake answers ``bad()``, b.fake ``good()``."""
+        w = World(("a.fake", "b.fake"))
+        w.agent.on("GET", "http://a.fake" + path, bad)
+        w.agent.on("GET", "http://b.fake" + path, good or (lambda: manifest_response()))
+        return w
+
+    def assertFailsOver(self, w, d):
+        result = self.successResultOf(d)
+        self.assertEqual(result.status, 200)
+        self.assertEqual(w.health(1)["state"], "down")
+        self.assertEqual(w.health(2)["state"], "up")
+        return result
+
+    def assertUpstreamError(self, d):
+        err = self.failureResultOf(d, RegistryError).value
+        self.assertEqual((err.status, err.code), (502, "UPSTREAM_ERROR"))
+
+    def test_sniffed_media_type_not_latin1(self):
+        body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.\u4e2d\u6587+json"}).encode()
+        w = self.two(lambda: manifest_response(body, ctype=None))
+        result = self.assertFailsOver(w, w.pull(TAG_PATH))
+        self.assertEqual(result.headers[b"Content-Type"], DOCKER_V2.encode())
+        w1 = World()
+        w1.agent.on("GET", "http://a.fake" + TAG_PATH, lambda: manifest_response(body, ctype=None))
+        self.assertUpstreamError(w1.pull(TAG_PATH))
+
+    def test_sniffed_media_type_not_a_media_type(self):
+        for mt in ("application/json\r\nX-Evil: 1", "notatype", "a/b c", 7):
+            body = json.dumps({"schemaVersion": 2, "mediaType": mt}).encode()
+            w = self.two(lambda: manifest_response(body, ctype=None))
+            self.assertFailsOver(w, w.pull(TAG_PATH))
+
+    def test_content_type_header_invalid(self):
+        for ctype in (b"application/\xe4json", b"\x01", b"/json", b"application/json; x=\x7f"):
+            w = self.two(lambda: manifest_response(ctype=ctype))
+            result = self.assertFailsOver(w, w.pull(TAG_PATH))
+            self.assertEqual(result.headers[b"Content-Type"], DOCKER_V2.encode())
+
+    def test_content_type_parameters_dropped(self):
+        w = World()
+        w.agent.on("GET", "http://a.fake" + TAG_PATH,
+                   lambda: manifest_response(ctype=DOCKER_V2.encode() + b"; charset=utf-8"))
+        self.assertEqual(self.successResultOf(w.pull(TAG_PATH)).headers[b"Content-Type"], DOCKER_V2.encode())
+
+    def test_redirect_location_not_ascii(self):
+        for loc in ("http://cdn.fake/m/\u00e4".encode("latin-1"), b"http://cdn.fake/a b", b"http://cdn.fake/\x00"):
+            w = self.two(lambda: FakeResponse(307, {b"Location": loc}))
+            self.assertFailsOver(w, w.pull(TAG_PATH))
+            self.assertIn("Location", w.health(1)["last_error"])
+
+    def test_redirect_location_bad_port_or_host(self):
+        for loc in (b"http://cdn.fake:99999/m", b"http://cdn.fake:abc/m", b"http://[::1/m", b"http:///m"):
+            w = self.two(lambda: FakeResponse(307, {b"Location": loc}))
+            self.assertFailsOver(w, w.pull(TAG_PATH))
+        w = World()
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, lambda: FakeResponse(307, {b"Location": b"http://x:99999/"}))
+        self.assertUpstreamError(w.pull(TAG_PATH))
+
+    def test_token_realm_invalid(self):
+        for realm in ("http://auth.f\u00e4ke/token", "http://[::1/token", "http://auth.fake:99999/token"):
+            w = self.two(token_challenge(realm))
+            self.assertFailsOver(w, w.pull(TAG_PATH))
+            self.assertIn("realm", w.health(1)["last_error"])
+
+    def test_head_digest_and_length_not_trusted_blindly(self):
+        w = World()
+        w.agent.on("HEAD", "http://a.fake" + TAG_PATH, lambda: FakeResponse(
+            200, {b"Docker-Content-Digest": b"sha256:\xe4", b"Content-Type": DOCKER_V2.encode(),
+                  b"Content-Length": b"\xb2"}))  # "²": str.isdigit() says yes, int() says no
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, lambda: manifest_response())
+        result = self.successResultOf(w.pull(TAG_PATH, b"HEAD"))
+        self.assertEqual(result.headers[b"Docker-Content-Digest"], MDIGEST.encode())
+        self.assertEqual(result.content_length, len(MANIFEST))
+        self.assertEqual([m for m, _ in w.agent.sent], ["HEAD", "GET"])  # GET to compute it
+
+    def test_tags_link_next_rebuilt_from_checked_values(self):
+        w = World()
+        w.agent.on("GET", "http://a.fake" + TAGS_PATH, lambda: FakeResponse(
+            200, {b"Link": b'</v2/library/x/tags/list?last=b&n=2&evil=1>; rel="next", <http://evil.example/>; '
+                           b'rel="prev"'}, b'{"name":"library/x","tags":["a","b"]}'))
+        result = self.successResultOf(w.pull(TAGS_PATH))
+        self.assertEqual(result.headers[b"Link"],
+                         b'<http://proxy.test/v2/library/x/tags/list?n=2&last=b>; rel="next"')
+
+    def test_tags_link_with_bad_values_fails_over(self):
+        for link in ('</v2/library/x/tags/list?last=\u00e4&n=2>; rel="next"'.encode("latin-1"),
+                     b'</v2/library/x/tags/list?last=-x>; rel="next"',
+                     b'</v2/library/x/tags/list?n=2>; rel="next"',
+                     b'</v2/library/x/tags/list?last=b&n=x>; rel="next"',
+                     b'garbage'):
+            body = b'{"name":"library/x","tags":["a"]}'
+            w = self.two(lambda: FakeResponse(200, {b"Link": link}, body), TAGS_PATH,
+                         lambda: FakeResponse(200, {}, body))
+            result = self.assertFailsOver(w, w.pull(TAGS_PATH))
+            self.assertNotIn(b"Link", result.headers)
