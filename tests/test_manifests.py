@@ -507,3 +507,31 @@ class UpstreamValueTests(unittest.TestCase):
                          lambda: FakeResponse(200, {}, body))
             result = self.assertFailsOver(w, w.pull(TAGS_PATH))
             self.assertNotIn(b"Link", result.headers)
+
+
+class NothingInvalidCachedTests(unittest.TestCase):
+    @coro
+    async def test_bad_media_type_is_not_cached(self):
+        db = temp_database(self, reactor)
+        cache = ManifestCache(db, Clock())
+        await cache.start()
+        body = json.dumps({"schemaVersion": 2, "mediaType": "application/\u00ff\u4e2d"}).encode()
+        w = World(manifests=cache, clock=cache.clock)
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, lambda: manifest_response(body, ctype=None))
+        for _ in range(2):  # the second pull meets no poisoned cache entry either
+            with self.assertRaises(RegistryError) as caught:
+                await w.pull(TAG_PATH)
+            self.assertEqual(caught.exception.code, "UPSTREAM_ERROR")
+        self.assertIsNone(await cache.tag("library/x", "latest", ["*/*"]))
+        self.assertEqual(await db.query("SELECT digest FROM cache_manifests"), [])
+
+    @coro
+    async def test_rows_with_invalid_media_types_are_ignored(self):
+        db = temp_database(self, reactor)
+        await db.execute("INSERT INTO cache_manifests VALUES (?, ?, ?, 0, 0)", (MDIGEST, "bad\u00e4type", MANIFEST))
+        await db.execute("INSERT INTO cache_tags VALUES ('library/x', 'latest', ?, ?, 0)",
+                         ("bad\u00e4type", MDIGEST))
+        cache = ManifestCache(db, Clock())
+        await cache.start()
+        self.assertIsNone(await cache.tag("library/x", "latest", ["*/*"]))
+        self.assertIsNone(await cache.get(MDIGEST))
