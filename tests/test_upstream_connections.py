@@ -23,7 +23,8 @@ from twisted.web.server import NOT_DONE_YET, Site
 from twisted.internet.error import ConnectionLost
 
 from tests.fixtures.helpers import coro
-from tests.fixtures.upstream import MANIFEST, TAGS_PATH, TAG_PATH, FakeResponse, World, manifest_response
+from tests.fixtures.upstream import (MANIFEST, TAGS_PATH, TAG_PATH, FakeResponse, World, manifest_response,
+                                     token_challenge)
 from zmirror import wiring
 from zmirror.config import Config, UpstreamConfig
 from zmirror.oci.errors import RegistryError
@@ -340,3 +341,39 @@ class CancellationTests(unittest.TestCase):
     def test_tags_body_read(self):
         self._client_leaves_three_times(
             TAGS_PATH, lambda: FakeResponse(200, {b"Content-Type": b"application/json"}, b'{"na', stall=True))
+
+
+class BodyTimeoutTests(unittest.TestCase):
+    def test_token_body_read_times_out_and_closes(self):
+        w = World()
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, token_challenge())
+        w.agent.on("GET", "http://auth.fake/token?service=s&scope=repository%3Alibrary%2Fx%3Apull",
+                   lambda: FakeResponse(200, {}, b'{"tok', stall=True))
+        d = w.pull(TAG_PATH)
+        self.assertNoResult(d)
+        w.clock.advance(w.pool.body_timeout + 1)
+        self.assertUpstreamError(d)
+        token_resp = [r for r in w.agent.responses if r.code == 200][0]
+        self.assertTrue(token_resp.transport.stopped)
+        self.assertEqual(w.pool.tokens.fetching, 0)  # and the next pull can fetch again
+
+    def assertUpstreamError(self, d):
+        err = self.failureResultOf(d, RegistryError).value
+        self.assertEqual((err.status, err.code), (502, "UPSTREAM_ERROR"))
+
+    def _stalls(self, path, factory):
+        w = World(idle_timeout=30)
+        w.agent.on("GET", "http://a.fake" + path, factory)
+        d = w.pull(path)
+        self.assertNoResult(d)
+        w.clock.advance(31)
+        self.assertUpstreamError(d)
+        self.assertTrue(w.agent.responses[0].transport.stopped, "the stalled connection was left open")
+        self.assertIn("within", w.health()["last_error"])
+        self.assertEqual(w.clock.getDelayedCalls(), [])
+
+    def test_manifest_body_read_times_out_and_closes(self):
+        self._stalls(TAG_PATH, lambda: manifest_response(MANIFEST[:5], stall=True))
+
+    def test_tags_body_read_times_out_and_closes(self):
+        self._stalls(TAGS_PATH, lambda: FakeResponse(200, {}, b'{"t', stall=True))
