@@ -4,6 +4,7 @@ choosing between them."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from twisted.internet import reactor
@@ -535,3 +536,86 @@ class NothingInvalidCachedTests(unittest.TestCase):
         await cache.start()
         self.assertIsNone(await cache.tag("library/x", "latest", ["*/*"]))
         self.assertIsNone(await cache.get(MDIGEST))
+
+
+class ManifestCacheBoundsTests(unittest.TestCase):
+    def setUp(self):
+        self.db = temp_database(self, reactor)
+
+    async def settle(self):
+        from twisted.internet.task import deferLater
+
+        await deferLater(reactor, 0.1, lambda: None)  # let the async writes land
+
+    def manifest(self, i):
+        body = MANIFEST + str(i).encode()
+        return Manifest("sha256:" + hashlib.sha256(body).hexdigest(), DOCKER_V2, body)
+
+    @coro
+    async def test_tags_and_repositories_bounded_database_backs_them(self):
+        cache = ManifestCache(self.db, Clock(), tag_limit=3, repo_limit=3)
+        await cache.start()
+        ms = [self.manifest(i) for i in range(10)]
+        for i, m in enumerate(ms):
+            cache.store(f"r{i}", f"t{i}", m)
+        self.assertLessEqual(sum(len(v) for v in cache.tags.values()), 3)
+        self.assertLessEqual(len(cache._repos), 3)
+        self.assertEqual(cache.summary()["tags"], 3)
+        await self.settle()
+        for i, m in enumerate(ms):  # evicted from memory, found in the database
+            entry = await cache.tag(f"r{i}", f"t{i}", [DOCKER_V2])
+            self.assertEqual(entry.digest, m.digest)
+            self.assertTrue(await cache.has_repo(m.digest, f"r{i}"))
+            self.assertFalse(await cache.has_repo(m.digest, "elsewhere"))
+        self.assertLessEqual(sum(len(v) for v in cache.tags.values()), 3)
+        self.assertLessEqual(len(cache._repos), 3)
+        # a restart loads at most the limit, the most recently fetched ones
+        again = ManifestCache(self.db, Clock(), tag_limit=3)
+        await again.start()
+        self.assertEqual(again.summary()["tags"], 3)
+
+    @coro
+    async def test_other_media_type_of_a_tag_not_in_memory_is_found(self):
+        cache = ManifestCache(self.db, Clock(), tag_limit=1)
+        await cache.start()
+        a, b = self.manifest(1), Manifest(self.manifest(2).digest, "application/vnd.oci.image.index.v1+json",
+                                          self.manifest(2).body)
+        cache.store("r", "t", a)
+        cache.store("other", "t", self.manifest(3))  # evicts r:t
+        await self.settle()
+        cache.store("r", "t", b)  # r:t back in memory with one media type only
+        entry = await cache.tag("r", "t", [DOCKER_V2])
+        self.assertEqual(entry.digest, a.digest)
+
+    @coro
+    async def test_dropped_tag_not_brought_back_from_the_database(self):
+        cache = ManifestCache(self.db, Clock(), tag_limit=1)
+        await cache.start()
+        cache.store("r", "t", self.manifest(1))
+        await self.settle()
+        cache.store("other", "t", self.manifest(2))  # evicts r:t from memory
+        cache.drop_tag("r", "t")
+        self.assertIsNone(await cache.tag("r", "t", [DOCKER_V2]))
+        await self.settle()
+        self.assertIsNone(await cache.tag("r", "t", [DOCKER_V2]))
+
+    @coro
+    async def test_pull_served_from_the_database_when_evicted_and_upstream_gone(self):
+        clock = Clock()
+        cache = ManifestCache(self.db, clock, tag_limit=1, repo_limit=1)
+        await cache.start()
+        w = World(manifests=cache, clock=clock)
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, lambda: manifest_response())
+        other = "/v2/library/y/manifests/latest"
+        w.agent.on("GET", "http://a.fake" + other, lambda: manifest_response(MANIFEST + b" "))
+        self.assertEqual((await w.pull(TAG_PATH)).body, MANIFEST)
+        await w.pull(other)  # pushes library/x out of memory
+        self.assertNotIn(("library/x", "latest"), cache.tags)
+        await self.settle()
+        w.agent.routes.clear()  # upstream gone
+        sent = len(w.agent.sent)
+        result = await w.pull(TAG_PATH)
+        self.assertEqual((result.status, result.body), (200, MANIFEST))
+        result = await w.pull(f"/v2/library/x/manifests/{MDIGEST}")
+        self.assertEqual((result.status, result.body), (200, MANIFEST))
+        self.assertEqual(len(w.agent.sent), sent)
