@@ -45,46 +45,6 @@ from zmirror.upstream.client import UpstreamPool
 
 # -- 6. no upstream internals in client errors ----------------------------------------------------
 
-class RealConnectionTests(unittest.TestCase):
-    """Over real TCP with twisted.web's Agent: a body read that times out closes
-    the upstream connection (seen from the server's side)."""
-
-    @coro
-    async def test_stalled_manifest_body_closes_the_connection(self):
-        from twisted.internet.task import deferLater
-        from twisted.web.client import Agent
-        from twisted.web.resource import Resource
-        from twisted.web.server import NOT_DONE_YET, Site
-
-        lost = Deferred()
-
-        class Stall(Resource):
-            isLeaf = True
-
-            def render_GET(self, request):
-                request.setHeader(b"Content-Type", DOCKER_V2.encode())
-                request.setHeader(b"Content-Length", str(len(MANIFEST)).encode())
-                request.write(MANIFEST[:10])
-                request.notifyFinish().addBoth(lambda r: lost.called or lost.callback([r]))
-                return NOT_DONE_YET
-
-        port = reactor.listenTCP(0, Site(Stall()), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        host = f"127.0.0.1:{port.getHost().port}"
-        clock = Clock()
-        pool = UpstreamPool(Agent(reactor), clock, header_timeout=10)
-        pool.set_registries([{"id": 1, "name": "a", "url": f"http://{host}", "priority": 1, "enabled": 1}])
-        proxy = Proxy(pool, clock, idle_timeout=30)
-        d = Deferred.fromCoroutine(proxy.pull(PullRequest(path=parse_path(TAG_PATH), method=b"GET")))
-        while not any(c.getTime() == 30 for c in clock.getDelayedCalls()):  # the body read began
-            await deferLater(reactor, 0.01, lambda: None)
-        clock.advance(31)
-        with self.assertRaises(RegistryError):
-            await d
-        [reason] = await lost
-        self.assertIsInstance(reason, Failure)  # the request never finished: its connection was closed
-
-
 class TagLimitConfigTests(unittest.TestCase):
     def test_manifest_tags_in_memory_configurable(self):
         from pathlib import Path
