@@ -44,26 +44,3 @@ from zmirror.upstream.client import UpstreamPool
 # -- 5. bounded memory ---------------------------------------------------------------------------
 
 # -- 6. no upstream internals in client errors ----------------------------------------------------
-
-class TrailingNewlineTests(unittest.TestCase):
-    """``$`` also matches before a final newline: the checks of upstream values use ``\\Z``."""
-
-    def test_media_type_and_digest(self):
-        from zmirror.oci.mediatypes import content_media_type, valid_media_type
-
-        self.assertTrue(valid_media_type("application/json"))
-        self.assertFalse(valid_media_type("application/json\n"))
-        self.assertIsNone(content_media_type("application/json; charset=utf-8\n"))
-
-    def test_tag_page_size(self):
-        from zmirror.upstream.manifests import _DIGITS
-
-        self.assertTrue(_DIGITS.match("5"))
-        self.assertIsNone(_DIGITS.match("5\n"))
-
-    def test_external_url(self):
-        from zmirror.config import ConfigError, _validate_external_url
-
-        _validate_external_url("server.external_url", "https://mirror.example.com")
-        with self.assertRaises(ConfigError):
-            _validate_external_url("server.external_url", "https://mirror.example.com\n")
