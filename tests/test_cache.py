@@ -6,6 +6,7 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 from twisted.web._newclient import ResponseFailed
 
@@ -501,3 +502,35 @@ class SendfileTests(unittest.TestCase):
         resp = await treq.get(url, headers={"Range": "bytes=1000-1999"}, pool=pool)
         self.assertEqual(await treq.content(resp), data[1000:2000])
         self.assertEqual(len(used), 2)
+
+
+class HeadReaderCountTests(CacheTestBase):
+    @coro
+    async def test_head_hits_take_no_reader(self):
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        await self.env.arequest("GET", path)
+        entry = self.blobs.lookup(self.digest)
+        for _ in range(3):
+            resp, body = await self.env.arequest("HEAD", path)
+            self.assertEqual((resp.code, body), (200, b""))
+        self.assertEqual(self.blobs.summary()["hits"], 3)
+        self.assertEqual(entry.readers, 0)
+
+    @coro
+    async def test_blob_read_during_heads_survives_eviction(self):
+        """The invariant the reader count exists for: never unlink a blob while it is read."""
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        await self.env.arequest("GET", path)
+        entry = self.blobs.lookup(self.digest)
+        f = self.blobs.open_file(entry)  # a slow reader
+        for _ in range(3):
+            await self.env.arequest("HEAD", path)
+        await self.blobs.delete(digest=self.digest)
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertTrue(self.blobs.path(self.digest).exists())
+        f.close()
+        self.blobs.release(entry)
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertFalse(self.blobs.path(self.digest).exists())
