@@ -21,25 +21,6 @@ from zmirror.registry.proxy import Proxy
 from zmirror.testing import FakeRegistry
 
 
-class CachedRangeTests(CacheTestBase):
-    @coro
-    async def test_ranges_from_the_cache(self):
-        await self.start()
-        path = f"/v2/library/x/blobs/{self.digest}"
-        size = len(self.data)
-        await self.env.arequest("GET", path)
-        for value, status, want in (("bytes=10-19", 206, self.data[10:20]),
-                                    ("bytes=-5", 206, self.data[-5:]),
-                                    (f"bytes={size - 3}-{size + 50}", 206, self.data[-3:]),
-                                    ("bytes=0-1,4-5", 200, self.data),
-                                    ("bytes=9-2", 200, self.data)):
-            resp, body = await self.env.arequest("GET", path, headers={"Range": value})
-            self.assertEqual((resp.code, body), (status, want), value)
-        resp, body = await self.env.arequest("GET", path, headers={"Range": f"bytes={size}-"})
-        self.assertEqual(resp.code, 416)
-        self.assertEqual(resp.headers.getRawHeaders(b"content-range"), [f"bytes */{size}".encode()])
-
-
 def err_code(body):
     import json
 
