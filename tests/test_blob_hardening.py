@@ -27,26 +27,6 @@ def err_code(body):
     return json.loads(body)["errors"][0]["code"]
 
 
-class PassThroughWhileCacheFailsTests(CacheTestBase):
-    def setUp(self):
-        super().setUp()
-        self.env.routes.proxy = Proxy(self.env.pool, self.env.clock, idle_timeout=30, blobs=self.blobs,
-                                      manifests=self.manifests)
-
-    @coro
-    async def test_relayed_uncached_blob_is_verified(self):
-        await self.start()
-        self.blobs.store_failed("disk full (test)")
-        path = f"/v2/library/x/blobs/{self.digest}"
-        self.up.faults[path] = ["corrupt"]
-        with self.assertRaises(ResponseFailed):
-            await self.env.arequest("GET", path)
-        resp, body = await self.env.arequest("GET", path, headers={"Range": "bytes=0-9"})
-        self.assertEqual((resp.code, body), (206, self.data[:10]))
-        self.assertEqual(resp.headers.getRawHeaders(b"cache-control"), [b"no-store"])
-        self.assertIsNone(self.blobs.lookup(self.digest))
-
-
 class _FailingWrites:
     """A Database whose next ``failures`` writes fail."""
 

@@ -4,8 +4,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
+from twisted.web._newclient import ResponseFailed
 from zope.interface.verify import verifyObject
 
+from tests.fixtures.cache import CacheTestBase
+from tests.fixtures.helpers import coro
 from tests.fixtures.pgserver import temp_database
 from tests.fixtures.rawhttp import make_request
 from zmirror.cache.blobs import CacheBlobs
@@ -93,3 +96,23 @@ class ProxyOverASourceTests(unittest.TestCase):
         failure = result_of(pull(self.proxy, name="library/y"))
         self.assertIsInstance(failure.value, RegistryError)
         self.assertEqual(failure.value.code, "BLOB_UNKNOWN")
+
+
+class PassThroughWhileCacheFailsTests(CacheTestBase):
+    def setUp(self):
+        super().setUp()
+        self.env.routes.proxy = Proxy(self.env.pool, self.env.clock, idle_timeout=30, blobs=self.blobs,
+                                      manifests=self.manifests)
+
+    @coro
+    async def test_relayed_uncached_blob_is_verified(self):
+        await self.start()
+        self.blobs.store_failed("disk full (test)")
+        path = f"/v2/library/x/blobs/{self.digest}"
+        self.up.faults[path] = ["corrupt"]
+        with self.assertRaises(ResponseFailed):
+            await self.env.arequest("GET", path)
+        resp, body = await self.env.arequest("GET", path, headers={"Range": "bytes=0-9"})
+        self.assertEqual((resp.code, body), (206, self.data[:10]))
+        self.assertEqual(resp.headers.getRawHeaders(b"cache-control"), [b"no-store"])
+        self.assertIsNone(self.blobs.lookup(self.digest))
