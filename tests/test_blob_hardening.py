@@ -27,49 +27,6 @@ def err_code(body):
     return json.loads(body)["errors"][0]["code"]
 
 
-class _FailingWrites:
-    """A Database whose next ``failures`` writes fail."""
-
-    def __init__(self, db, failures=1):
-        self.db = db
-        self.failures = failures
-
-    def __getattr__(self, name):
-        return getattr(self.db, name)
-
-    def write(self, *a):
-        if self.failures:
-            self.failures -= 1
-            from twisted.internet.defer import fail
-
-            return fail(RuntimeError("database is locked (test)"))
-        return self.db.write(*a)
-
-
-class IndexWriteFailureTests(CacheTestBase):
-    @coro
-    async def test_failed_write_keeps_rows_dirty(self):
-        await self.start()
-        path = f"/v2/library/x/blobs/{self.digest}"
-        await self.env.arequest("GET", path)
-        await self.blobs.flush_index()
-        self.env.clock.advance(0)
-        entry = self.blobs.lookup(self.digest)
-        self.patch(self.blobs, "reactor", Clock())
-        self.blobs.reactor.advance(10 ** 9)  # a later access time
-        self.blobs.touch(entry, "library/y")
-        self.blobs.db = _FailingWrites(self.db)
-        with self.assertRaises(RuntimeError):
-            await self.blobs.flush_index()
-        self.assertIn(self.digest, self.blobs._dirty)
-        await self.blobs.flush_index()  # the next flush writes them
-        self.assertEqual(self.blobs._dirty, set())
-        rows = await self.db.query("SELECT last_access FROM cache_blobs WHERE digest = ?", (self.digest,))
-        self.assertEqual(float(rows[0]["last_access"]), 10.0 ** 9)
-        repos = await self.db.query("SELECT repository FROM cache_blob_repos WHERE digest = ?", (self.digest,))
-        self.assertIn("library/y", {r["repository"] for r in repos})
-
-
 class CacheServiceTests(unittest.TestCase):
     def service(self, blobs, manifests):
         from zmirror.wiring import _cache_services
