@@ -640,3 +640,75 @@ class CacheServiceTests(unittest.TestCase):
         self.assertEqual((blobs.starts, manifests.starts), (3, 2))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
         self.successResultOf(svc.stopService())
+
+
+class _Held:
+    """Start a cache download of ``path`` and keep it running (the fake upstream
+    stalls after half the body), optionally with a client following it."""
+
+    def __init__(self, case, path):
+        from zmirror.oci.reference import parse_path
+        from zmirror.registry.routes import PullRequest
+
+        self.case = case
+        self.result = None
+        d = Deferred.fromCoroutine(case.env.proxy.pull(PullRequest(parse_path(path), b"GET")))
+        d.addCallback(lambda r: setattr(self, "result", r))
+        self.d = d
+
+    async def ready(self):
+        for _ in range(500):
+            self.case.env.agent.flush()
+            if self.d.called:
+                break
+            await deferLater(reactor, 0.001, lambda: None)
+        self.followers_before = len(self.result.download.followers) if self.result else 0
+        return self.result
+
+    def follow(self):
+        """A client that reads the download; returns the request (close it to leave)."""
+        from tests.fixtures.rawhttp import make_request
+
+        _channel, _client, request = make_request()
+        self.sent = Deferred.fromCoroutine(self.result.send(request))
+        self.case.assertEqual(len(self.result.download.followers), 1 + self.followers_before)
+        return request
+
+
+def client_leaves(request):
+    from twisted.internet.error import ConnectionLost
+    from twisted.python.failure import Failure
+
+    request.connectionLost(Failure(ConnectionLost()))
+
+
+class _LimitTestBase(CacheTestBase):
+    max_size = 7 << 20
+
+    def held_blob(self, size=3 << 20):
+        data = os.urandom(size)
+        digest = self.up.add_blob(data)
+        path = f"/v2/library/x/blobs/{digest}"
+        self.up.faults[path] = ["stall"]
+        return digest, path
+
+    def tmp_files(self):
+        return os.listdir(self.base / "cache" / "tmp")
+
+
+class TransferLimitTests(_LimitTestBase):
+    cache_options = {"transfer_threads": 1}
+
+    @coro
+    async def test_no_thread_free_relays_uncached(self):
+        await self.start()
+        held, held_path = self.held_blob()
+        result = await _Held(self, held_path).ready()
+        self.assertEqual(result.status, 200)
+        self.assertEqual(self.blobs.transfers.free, 0)
+        path = f"/v2/library/x/blobs/{self.digest}"
+        resp, body = await self.env.arequest("GET", path)
+        self.assertEqual((resp.code, body), (200, self.data))  # relayed, and verified inline
+        self.assertIsNone(self.blobs.lookup(self.digest))
+        self.assertEqual(list(self.blobs.downloads), [held])
+        self.assertEqual(self.blobs.stats["relayed_over_limits"], 1)
