@@ -712,3 +712,24 @@ class TransferLimitTests(_LimitTestBase):
         self.assertIsNone(self.blobs.lookup(self.digest))
         self.assertEqual(list(self.blobs.downloads), [held])
         self.assertEqual(self.blobs.stats["relayed_over_limits"], 1)
+
+
+class TempBytesLimitTests(_LimitTestBase):
+
+    @coro
+    async def test_download_over_the_temp_budget_relays_uncached(self):
+        await self.start()
+        held, held_path = self.held_blob(3 << 20)
+        await _Held(self, held_path).ready()
+        big = os.urandom(5 << 20)  # 3 + 5 MiB in flight would exceed max_size (7 MiB)
+        digest = self.up.add_blob(big)
+        resp, body = await self.env.arequest("GET", f"/v2/library/x/blobs/{digest}")
+        self.assertEqual((resp.code, body), (200, big))
+        self.assertIsNone(self.blobs.lookup(digest))
+        self.assertEqual(self.blobs.temp_bytes(), 3 << 20)
+        self.assertEqual(len(self.tmp_files()), 1)  # only the held download's
+        self.assertEqual(self.blobs.stats["relayed_over_limits"], 1)
+        # what fits (3 + 3 MiB) is still cached
+        resp, body = await self.env.arequest("GET", f"/v2/library/x/blobs/{self.digest}")
+        self.assertEqual(body, self.data)
+        self.assertIsNotNone(self.blobs.lookup(self.digest))
