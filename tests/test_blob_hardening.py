@@ -27,23 +27,6 @@ def err_code(body):
     return json.loads(body)["errors"][0]["code"]
 
 
-class TempBytesSettingTests(_LimitTestBase):
-    """The temp limit set apart from the cache size ([cache] max_temp_size)."""
-    max_size = 1 << 30
-    cache_options = {"max_temp_bytes": 5 << 20}
-
-    @coro
-    async def test_temp_limit_below_the_cache_size(self):
-        await self.start()
-        await _Held(self, self.held_blob(3 << 20)[1]).ready()
-        # 3 + 3 MiB fits the cache (1 GiB) but not the temp limit (5 MiB)
-        resp, body = await self.env.arequest("GET", f"/v2/library/x/blobs/{self.digest}")
-        self.assertEqual((resp.code, body), (200, self.data))
-        self.assertIsNone(self.blobs.lookup(self.digest))
-        self.assertEqual(self.blobs.stats["relayed_over_limits"], 1)
-        self.assertEqual(self.blobs.summary()["max_temp_bytes"], 5 << 20)
-
-
 class OrphanLimitTests(_LimitTestBase):
     cache_options = {"max_orphans": 1}
     max_size = 1 << 30
