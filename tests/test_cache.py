@@ -750,3 +750,70 @@ class TempBytesSettingTests(_LimitTestBase):
         self.assertIsNone(self.blobs.lookup(self.digest))
         self.assertEqual(self.blobs.stats["relayed_over_limits"], 1)
         self.assertEqual(self.blobs.summary()["max_temp_bytes"], 5 << 20)
+
+
+class OrphanLimitTests(_LimitTestBase):
+    cache_options = {"max_orphans": 1}
+    max_size = 1 << 30
+
+    @coro
+    async def test_orphans_beyond_the_cap_are_aborted(self):
+        await self.start()
+        first, first_path = self.held_blob()
+        second, second_path = self.held_blob()
+        kept = _Held(self, first_path)
+        await kept.ready()
+        client = kept.follow()
+        dropped = _Held(self, second_path)
+        await dropped.ready()
+        other = dropped.follow()
+        self.assertEqual(len(self.tmp_files()), 2)
+        client_leaves(client)  # the first orphan: within the cap, it is finished
+        self.assertEqual(self.blobs.downloads[first].state, "running")
+        self.assertTrue(self.blobs.downloads[first].orphaned)
+        client_leaves(other)  # a second one: aborted, its temp file removed
+        self.assertNotIn(second, self.blobs.downloads)
+        self.assertEqual(dropped.result.download.state, "failed")
+        self.assertEqual(self.blobs.stats["orphans_aborted"], 1)
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(self.tmp_files()), 1)
+        self.assertEqual(self.blobs.transfers.busy, 1)  # the aborted one's thread is back
+        # a client that comes back to the kept one makes it wanted again
+        again = _Held(self, first_path)
+        await again.ready()
+        self.assertIs(again.result.download, self.blobs.downloads[first])
+        again.follow()
+        self.assertFalse(self.blobs.downloads[first].orphaned)
+
+    @coro
+    async def test_download_left_before_the_upstream_answered(self):
+        """Every caller went away while the fetch was pending: an orphan from the start."""
+        self.blobs.max_orphan_bytes = 1 << 20  # less than the blob: never finished unwatched
+        await self.start()
+        digest, path = self.held_blob()
+        gate = Deferred()
+        real = self.env.agent.request
+
+        def held(method, uri, headers=None, bodyProducer=None):
+            if b"/blobs/" not in uri:
+                return real(method, uri, headers, bodyProducer)
+            d = Deferred()  # the upstream answers once the gate opens
+            gate.addCallback(lambda _: real(method, uri, headers, bodyProducer).chainDeferred(d))
+            return d
+
+        self.env.agent.request = held
+        caller = _Held(self, path)
+        caller.d.addErrback(lambda f: None)
+        self.assertIn(digest, self.env.proxy.blob_source.starting)
+        caller.d.cancel()  # detaches only this caller; the fetch goes on
+        gate.callback(None)
+        for _ in range(500):
+            self.env.agent.flush()
+            if digest not in self.env.proxy.blob_source.starting:
+                break
+            await deferLater(reactor, 0.001, lambda: None)
+        self.assertNotIn(digest, self.env.proxy.blob_source.starting)
+        self.assertNotIn(digest, self.blobs.downloads)
+        self.assertEqual(self.blobs.stats["orphans_aborted"], 1)
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(self.tmp_files(), [])
