@@ -27,45 +27,6 @@ def err_code(body):
     return json.loads(body)["errors"][0]["code"]
 
 
-class _FailingQueries:
-    def __init__(self, db, failures=1):
-        self.db, self.failures = db, failures
-
-    def __getattr__(self, name):
-        return getattr(self.db, name)
-
-    def query(self, *a):
-        if self.failures:
-            self.failures -= 1
-            from twisted.internet.defer import fail
-
-            return fail(RuntimeError("database is locked (test)"))
-        return self.db.query(*a)
-
-
-class RetriedStartTests(CacheTestBase):
-    @coro
-    async def test_retried_start_keeps_running_downloads_temp_files(self):
-        await self.start()
-        path = f"/v2/library/x/blobs/{self.digest}"
-        await self.env.arequest("GET", path)
-        await self.blobs.flush_index()
-        self.make_env()
-        self.blobs.db = _FailingQueries(self.db)
-        with self.assertRaises(RuntimeError):
-            await self.blobs.start()
-        self.assertFalse(self.blobs.loading.closed)  # requests are not held by a failed start
-        # a download started meanwhile has its temp file in tmp/
-        running = self.base / "cache" / "tmp" / "in-flight.partial"
-        running.write_bytes(b"half a blob")
-        await self.blobs.start()  # the retry
-        self.assertTrue(running.exists())
-        self.assertIsNotNone(self.blobs.lookup(self.digest))
-        resp, body = await self.env.arequest("GET", path)
-        self.assertEqual(body, self.data)
-        self.assertEqual(len(self.blob_gets()), 1)
-
-
 class FlushOrderTests(CacheTestBase):
     @coro
     async def test_flush_waits_for_the_flush_in_flight(self):
