@@ -856,3 +856,38 @@ class RetriedStartTests(CacheTestBase):
         resp, body = await self.env.arequest("GET", path)
         self.assertEqual(body, self.data)
         self.assertEqual(len(self.blob_gets()), 1)
+
+
+class FlushOrderTests(CacheTestBase):
+    @coro
+    async def test_flush_waits_for_the_flush_in_flight(self):
+        """A flush that finds nothing dirty because a running flush took it all must
+        still wait for that write (found by test_restart_drops_a_file_cut_short: the
+        index write of a new blob landed after the restart had read the index)."""
+        await self.start()
+        await self.env.arequest("GET", f"/v2/library/x/blobs/{self.digest}")
+        await self.blobs.flush_index()
+        entry = self.blobs.lookup(self.digest)
+        gate = Deferred()
+        real = self.db.write
+
+        class SlowWrites:
+            def __getattr__(_self, name):
+                return getattr(self.db, name)
+
+            def write(_self, *a):
+                d = Deferred()
+                gate.addCallback(lambda _: real(*a).chainDeferred(d))
+                return d
+
+        self.blobs.db = SlowWrites()
+        self.blobs.touch(entry, "library/late")
+        first = Deferred.fromCoroutine(self.blobs.flush_index())  # takes the dirty row, waits
+        second = Deferred.fromCoroutine(self.blobs.flush_index())
+        await deferLater(reactor, 0.01, lambda: None)
+        self.assertFalse(second.called)  # the row is not written yet
+        gate.callback(None)
+        await second
+        await first
+        repos = await self.db.query("SELECT repository FROM cache_blob_repos WHERE digest = ?", (self.digest,))
+        self.assertIn("library/late", {r["repository"] for r in repos})
