@@ -1,5 +1,6 @@
 """UserStore and WhitelistStore against a temporary SQLite file, with the auth
-layer above them (UserAccounts hashes passwords, Whitelist builds the matcher)."""
+layer above them (UserAccounts hashes passwords, Whitelist builds the matcher); a load
+shared by several callers survives its first caller leaving."""
 
 import hashlib
 

@@ -1,4 +1,5 @@
-"""The blob sources behind one interface (zmirror.transfer.IBlobSource)."""
+"""The blob sources behind one interface (zmirror.transfer.IBlobSource), and the
+pull-through source relaying verified blobs while the cache cannot store."""
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred

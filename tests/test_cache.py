@@ -1,4 +1,7 @@
-"""Pull-through cache: verified blob store, single-flight, eviction (manifests: tests/test_manifests.py)."""
+"""The pull-through blob cache (zmirror.cache.blobs): verified blob store, single-flight,
+eviction, reader counts, Range from the cache, index writes that survive failures and keep
+their order, the upkeep service, and the limits on transfer threads, temp bytes and orphaned
+downloads (manifests: tests/test_manifests.py)."""
 
 import json
 import os

@@ -1,4 +1,5 @@
-"""zmirror.upstream.failover: trying the upstreams in turn, and what a client is told when none could answer."""
+"""zmirror.upstream.failover: what a client is told when no upstream could answer (nothing
+of the upstreams), and what the log says."""
 
 import json
 

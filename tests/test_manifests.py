@@ -1,6 +1,8 @@
 """The manifest sources: PullThroughManifests over fake local and remote stores,
-RemoteManifests and RemoteTags over scripted upstream answers, and the proxy
-choosing between them."""
+RemoteManifests and RemoteTags over scripted upstream answers (the values an upstream
+sends checked where they come in), the proxy choosing between them, and the manifest
+cache (zmirror.cache.manifests: nothing invalid cached, bounded memory backed by the
+database)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Property tests for the parsers every decision rests on."""
+"""Property tests for the parsers every decision rests on, and the regular expressions
+that check upstream values."""
 
 import json
 import re

@@ -1,4 +1,6 @@
-"""zmirror.upstream.blobs: blobs relayed from the upstreams without the cache (verified, never publicly cacheable when partial), and the values an upstream sends on the blob path checked."""
+"""zmirror.upstream.blobs: blobs relayed from the upstreams without the cache (verified,
+never publicly cacheable when partial), and the values an upstream sends on the blob path
+checked."""
 
 from hypothesis import given, settings, strategies as st
 from twisted.trial import unittest

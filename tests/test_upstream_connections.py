@@ -1,10 +1,12 @@
-"""Upstream connections are reused across error answers (zmirror/upstream/client.py).
+"""Upstream requests (zmirror/upstream/client.py): connections reused across error answers,
+a client that leaves is not an upstream failure, small bodies read within a deadline.
 
 A real twisted.web upstream on 127.0.0.1 and the real Agent + HTTPConnectionPool
 built by ``zmirror.wiring._upstream_pool``: the upstream's factory counts the
 connections it accepts.  Small unwanted bodies (401 before the token retry,
 404, 5xx) are read to the end so their connection goes back to the pool; a
-huge or stalled unwanted body is still cut off.
+huge or stalled unwanted body is still cut off.  The other tests script the upstream
+(tests/fixtures/upstream.py), or stall a real one.
 """
 
 import base64
