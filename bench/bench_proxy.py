@@ -40,6 +40,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.e2e import harness as H
+from tests.e2e.images import MANIFEST_ACCEPT, MiB, build_big_image
+from tests.e2e.processes import HarnessError
 
 TARGET_SINGLE_RATIO = 0.45
 TARGET_PEAK_RSS_MIB = 100
@@ -156,7 +158,7 @@ def fetch_many(url: str, count: int, expected: int) -> float:
 
 async def _manifest_conn(host: str, port: int, path: str, deadline: float, stats: dict) -> None:
     req = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: zmirror-bench\r\n"
-           + "".join(f"Accept: {t}\r\n" for t in H.MANIFEST_ACCEPT) + "\r\n").encode()
+           + "".join(f"Accept: {t}\r\n" for t in MANIFEST_ACCEPT) + "\r\n").encode()
     reader = writer = None
     while time.monotonic() < deadline:
         if writer is None:
@@ -225,12 +227,12 @@ def main(argv=None) -> int:
     try:
         t0 = time.monotonic()
         reg = h.start_open("open")
-        img = H.build_big_image(h.root / "images" / "big", a.mib, repo="bench/big", tag="1")
+        img = build_big_image(h.root / "images" / "big", a.mib, repo="bench/big", tag="1")
         h.push(img, reg)
         zm = h.start_zmirror("bench", [H.Upstream("open", reg.url)], cache=a.cache)
         blob = img.largest_blob()
         print(f"setup {time.monotonic() - t0:.1f}s: registry {reg.url}, zmirror {zm.url} (pid {zm.proc.pid}), "
-              f"blob {blob.digest[:19]}… {blob.size / H.MiB:.1f} MiB, client "
+              f"blob {blob.digest[:19]}… {blob.size / MiB:.1f} MiB, client "
               f"{'curl' if shutil.which('curl') else 'python'}", flush=True)
         path = f"/v2/{img.repo}/blobs/{blob.digest}"
         direct, proxied = reg.url + path, zm.url + path
@@ -260,7 +262,7 @@ def main(argv=None) -> int:
         ok = (res["single_zmirror"] >= TARGET_SINGLE_RATIO * res["single_direct"]
               and max(res["multi_rss_mib"], res["vmhwm_mib"]) <= TARGET_PEAK_RSS_MIB)
         return 0 if ok else 1
-    except (H.HarnessError, RuntimeError, OSError) as e:
+    except (HarnessError, RuntimeError, OSError) as e:
         print(f"bench: failed: {e}", file=sys.stderr)
         for p in h.procs:
             print(f"--- {p.name} log tail ---\n{p.tail(20)}", file=sys.stderr)

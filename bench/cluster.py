@@ -49,7 +49,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.e2e import harness as H  # noqa: E402
+from tests.e2e.httpclient import fetch  # noqa: E402
+from tests.e2e.images import Blob, Image, build_big_image  # noqa: E402
+from tests.e2e.processes import spawn, wait_http  # noqa: E402
+from tests.fixtures.helpers import free_port  # noqa: E402
 from tests.e2e.cluster import Cluster, nginx_argv, render_nginx  # noqa: E402
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -84,7 +87,7 @@ def _wrk_result(url: str, text: str, stderr: str) -> dict:
     return {"rps": float(m.group(1)), "errors": errors}
 
 
-def blobs_at_once(bases: list[str], blobs: list[tuple[str, H.Blob]], clients: int) -> float:
+def blobs_at_once(bases: list[str], blobs: list[tuple[str, Blob]], clients: int) -> float:
     """``clients`` curls at once, client k on blob k mod len(blobs) from base k mod len(bases);
     aggregate MB/s."""
     jobs = [blobs[k % len(blobs)] for k in range(clients)]
@@ -103,15 +106,15 @@ def blobs_at_once(bases: list[str], blobs: list[tuple[str, H.Blob]], clients: in
     return total / (time.perf_counter() - t0) / 1e6
 
 
-def build_layers(root: Path, n: int, mib: int) -> list[H.Image]:
-    return [H.build_big_image(root / f"b{i}", mib, repo=f"bench/b{i}", tag="1", seed=1000 + i)
+def build_layers(root: Path, n: int, mib: int) -> list[Image]:
+    return [build_big_image(root / f"b{i}", mib, repo=f"bench/b{i}", tag="1", seed=1000 + i)
             for i in range(n)]
 
 
-def warm(base: str, images: list[H.Image]) -> None:
+def warm(base: str, images: list[Image]) -> None:
     for img in images:
         for b in img.blobs:
-            r = H.fetch(f"{base}/v2/{img.repo}/blobs/{b.digest}")
+            r = fetch(f"{base}/v2/{img.repo}/blobs/{b.digest}")
             if r.status != 200 or r.error is not None or r.digest != b.digest:
                 raise RuntimeError(f"warming {img.repo}@{b.digest[:19]}: {r!r}")
 
@@ -132,7 +135,7 @@ def buffer_sizes(args, sizes: list[str]) -> None:
         c.h.push_many([(img, c.registry) for img in images])
         ways = {"node": [c.nodes[0].url]}
         for size in sizes:
-            port = H.free_port()
+            port = free_port()
             conf = render_nginx(c.root / f"nginx-{size}", listen_port=port, nodes=[c.nodes[0].host])
             text = conf.read_text()
             changed, n = re.subn(r"(proxy_buffer_size|proxy_busy_buffers_size|proxy_buffers 4) 512k;",
@@ -140,9 +143,9 @@ def buffer_sizes(args, sizes: list[str]) -> None:
             if n != 3:
                 raise RuntimeError("the shipped nginx.conf has no 512k blob buffers to vary")
             conf.write_text(changed)
-            proc = H.spawn(f"nginx-{size}", nginx_argv(conf), c.root / "logs" / f"nginx-{size}.log")
+            proc = spawn(f"nginx-{size}", nginx_argv(conf), c.root / "logs" / f"nginx-{size}.log")
             c.h.procs.append(proc)
-            H.wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
+            wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
             ways[f"nginx {size}"] = [f"http://127.0.0.1:{port}"]
         warm(c.nodes[0].url, images)
         layers = [(img.repo, img.blobs[1]) for img in images]
@@ -178,11 +181,11 @@ def main() -> None:
     with Cluster(nodes=2, images=["oci"]).start() as c:
         images = build_layers(c.root / "bench-images", args.blobs, args.mib)
         c.h.push_many([(img, c.registry) for img in images])
-        port = H.free_port()
+        port = free_port()
         conf = render_nginx(c.root / "nginx-one", listen_port=port, nodes=[c.nodes[0].host])
-        one = H.spawn("nginx-one", nginx_argv(conf), c.root / "logs" / "nginx-one.log")
+        one = spawn("nginx-one", nginx_argv(conf), c.root / "logs" / "nginx-one.log")
         c.h.procs.append(one)
-        H.wait_http(f"http://127.0.0.1:{port}/healthz", one, timeout=30)
+        wait_http(f"http://127.0.0.1:{port}/healthz", one, timeout=30)
         ways = {"node": [c.nodes[0].url], "nginx→1": [f"http://127.0.0.1:{port}"],
                 "nginx→2": [c.nginx_url], "2 nodes": [c.nodes[0].url, c.nodes[1].url]}
         for base in (c.nodes[0].url, c.nodes[1].url, c.nginx_url):

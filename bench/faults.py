@@ -35,9 +35,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.e2e import harness as H
+from tests.e2e.httpclient import fetch, http_json
+from tests.e2e.images import Blob, Image, MiB, build_big_image
+from tests.e2e.processes import HarnessError
 from tests.e2e.faultproxy import Fault, FaultProxy, blob_get
 
-MiB = H.MiB
 KINDS = ("cut", "reset", "flip", "stall", "503", "429", "refuse")
 
 
@@ -61,9 +63,9 @@ def random_fault(rate: float):
     return choose
 
 
-def get(zm: H.ZMirror, img: H.Image, blob: H.Blob, timeout: float) -> tuple[str, str]:
+def get(zm: H.ZMirror, img: Image, blob: Blob, timeout: float) -> tuple[str, str]:
     """One GET: (outcome, detail)."""
-    r = H.fetch(f"http://127.0.0.1:{zm.port}/v2/{img.repo}/blobs/{blob.digest}", timeout=timeout)
+    r = fetch(f"http://127.0.0.1:{zm.port}/v2/{img.repo}/blobs/{blob.digest}", timeout=timeout)
     err = f"{type(r.error).__name__}: {r.error}" if r.error is not None else ""
     if r.length == blob.size and r.digest != blob.digest:
         return "corrupt", f"{r.status}, {r.length} bytes, wrong sha256 {err}"
@@ -74,7 +76,7 @@ def get(zm: H.ZMirror, img: H.Image, blob: H.Blob, timeout: float) -> tuple[str,
 
 def resumes(zm: H.ZMirror) -> float | None:
     user, password = zm.admin_credentials()
-    r = H.http_json("GET", f"{zm.url}/metrics", auth=(user, password), timeout=10)
+    r = http_json("GET", f"{zm.url}/metrics", auth=(user, password), timeout=10)
     if r.status != 200:
         return None
     total, seen = 0.0, False
@@ -92,18 +94,18 @@ def resumes(zm: H.ZMirror) -> float | None:
     return total if seen else None
 
 
-def evict(zm: H.ZMirror, blob: H.Blob, timeout: float = 30) -> None:
+def evict(zm: H.ZMirror, blob: Blob, timeout: float = 30) -> None:
     """Deletes the blob from the cache (if there) and waits until the index has no entry."""
     deadline = time.monotonic() + timeout
     while True:
         r = zm.api("DELETE", f"/cache?digest={blob.digest}")
         if r.status != 200:
-            raise H.HarnessError(f"DELETE /api/cache: {r.describe()}")
+            raise HarnessError(f"DELETE /api/cache: {r.describe()}")
         c = zm.api("GET", "/cache").json()
         if c["entries"] == 0:
             return
         if time.monotonic() > deadline:
-            raise H.HarnessError(f"the blob stays in the cache: {c}")
+            raise HarnessError(f"the blob stays in the cache: {c}")
         time.sleep(0.1)
 
 
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t0 = time.monotonic()
         reg = h.start_open("faultup")
-        img = H.build_big_image(h.root / "images" / "big", a.mib, "bench/faults")
+        img = build_big_image(h.root / "images" / "big", a.mib, "bench/faults")
         h.push(img, reg)
         blob = img.largest_blob()
         print(f"setup {time.monotonic() - t0:.1f} s: {blob.digest} ({blob.size} bytes) in {h.root}", file=sys.stderr)
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         from zmirror.config import DEFAULT_ADMIN_PASSWORD
 
         if zm.admin_credentials()[1] == DEFAULT_ADMIN_PASSWORD:
-            raise H.HarnessError("the admin password is a default one")
+            raise HarnessError("the admin password is a default one")
         r0 = resumes(zm)
         counts = {"complete": 0, "aborted": 0, "corrupt": 0}
         details: list[str] = []
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(a.json).write_text(json.dumps({"n": a.n, "mib": a.mib, "fault_rate": a.fault_rate, **counts,
                                                 "resumes": resumed, "faults": faults, "seconds": wall}, indent=2))
         return 0 if counts["corrupt"] == 0 else 1
-    except H.HarnessError as e:
+    except HarnessError as e:
         print(f"setup failed: {e}", file=sys.stderr)
         return 2
     finally:

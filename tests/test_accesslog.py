@@ -13,8 +13,9 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
-from tests.test_admin_registries import coro
 from tests.fixtures.admin import T0, SyncDatabase
+from tests.fixtures.fakes import FakeProxy
+from tests.fixtures.helpers import coro
 from zmirror.accesslog import AccessRecord, BatchedAccessLog
 from zmirror.app import ZMirrorApp
 from zmirror.db.sqlite import Database
@@ -348,26 +349,6 @@ class BurstTests(unittest.TestCase):
         self.assertEqual(rows[0]["refs"], rows[0]["n"])
 
 
-class FakeResult:
-    def __init__(self, body: bytes, upstream="Docker Hub", cache_hit=False):
-        self.body = body
-        self.upstream = upstream
-        self.cache_hit = cache_hit
-
-    def send(self, request):
-        request.setHeader(b"Content-Length", str(len(self.body)).encode())
-        return self.body
-
-
-class FakeProxy:
-    def __init__(self):
-        self.body = b"x" * 1234
-
-    async def pull(self, pull):
-        pull.record.upstream = "Docker Hub"
-        return FakeResult(self.body)
-
-
 class Deny:
     async def authorize_ping(self, request):
         return Identity()
@@ -389,7 +370,7 @@ class RouteRecordingTests(unittest.TestCase):
         self.log = BatchedAccessLog(self.db, self.clock)
 
     def client(self, policy=None):
-        routes = RegistryRoutes(FakeProxy(), policy=policy, accesslog=self.log, clock=self.clock,
+        routes = RegistryRoutes(FakeProxy(b"x" * 1234, upstream="Docker Hub"), policy=policy, accesslog=self.log, clock=self.clock,
                                 trusted=TrustedProxies(["127.0.0.1/32"]))
         return StubTreq(ZMirrorApp(routes).resource())
 

@@ -8,7 +8,7 @@ import platform
 from twisted.trial import unittest
 
 import twisted
-from tests.test_admin_registries import coro
+from tests.fixtures.helpers import coro
 from tests.fixtures.admin import ADMIN, AdminTestMixin, basic, make_config
 from zmirror import __version__
 from zmirror.auth.passwords import hash_admin_password

@@ -2,7 +2,7 @@
 
 from twisted.trial import unittest
 
-from tests.test_admin_registries import coro
+from tests.fixtures.helpers import coro
 from tests.fixtures.admin import AdminTestMixin
 
 DIGEST = "sha256:" + "ab" * 32

@@ -19,8 +19,8 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from tests.fixtures.pgserver import on_postgresql
-from tests.test_admin_password import ControlledRun
-from tests.test_admin_registries import coro
+from tests.fixtures.fakes import ControlledRun
+from tests.fixtures.helpers import Captured, coro
 from tests.fixtures.admin import (
     AdminTestMixin,
     FakeUpstreams,
@@ -28,7 +28,6 @@ from tests.fixtures.admin import (
     basic,
     make_config,
 )
-from tests.test_ops_reload import Captured
 from zmirror.config import adminpassword as config_module
 from zmirror.app import ZMirrorApp
 from zmirror.auth import adminsecret
@@ -437,11 +436,11 @@ class ClusterServiceTests(unittest.TestCase):
             self.node(name)
 
     def node(self, name, before_start=None):
-        from tests.test_ops_dbwatch import write_config
+        from tests.fixtures.helpers import write_default_config
         from zmirror.tap import Options, makeService
 
         data = Path(self.mktemp()).resolve() / name
-        write_config(data)
+        write_default_config(data)
         cfg = data / "config.toml"
         line = '# url = "postgresql://zmirror:PASSWORD@127.0.0.1:5432/zmirror"'
         cfg.write_text(cfg.read_text().replace(line, f'url = "{self.url}"'))
@@ -465,7 +464,7 @@ class ClusterServiceTests(unittest.TestCase):
         return top
 
     async def listening(self):
-        from tests.test_cluster_bus import eventually
+        from tests.fixtures.helpers import eventually
 
         for top in self.nodes:
             bus = top.components.bus

@@ -7,7 +7,7 @@ from pathlib import Path
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.test_admin_registries import coro
+from tests.fixtures.helpers import coro
 from tests.fixtures.admin import T0, AdminTestMixin, sync_database
 from zmirror.accesslog import COLUMNS, AccessRecord
 from zmirror.db.accesslogs import DAY, HOUR, AccessLogStore, RetentionService

@@ -16,8 +16,9 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
 
-from tests.test_admin_registries import coro
+from tests.fixtures.helpers import coro
 from tests.fixtures.admin import AdminTestMixin, basic
+from tests.fixtures.fakes import ControlledRun
 from zmirror.config import adminpassword as config_module
 from zmirror.admin.session import SessionHandlers
 from zmirror.auth.passwords import (
@@ -311,26 +312,6 @@ class ChangeValidationTests(FileConfigMixin, unittest.TestCase):
         self.assertEqual(comments(after), comments(text))
         # only the password is applied to the running server; the rest waits for SIGHUP
         self.assertEqual(self.api.policy.mode, "whitelist")
-
-
-class ControlledRun:
-    """``Passwords.run`` whose calls wait until :meth:`step` runs the next one."""
-
-    def __init__(self):
-        self.pending = []
-
-    def __call__(self, f, *args):
-        d = Deferred()
-        self.pending.append((f, args, d))
-        return d
-
-    def step(self):
-        f, args, d = self.pending.pop(0)
-        d.callback(f(*args))
-
-    def drain(self):
-        while self.pending:
-            self.step()
 
 
 class OneChangeAtATimeTests(FileConfigMixin, unittest.TestCase):

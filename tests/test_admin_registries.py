@@ -9,20 +9,11 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.fixtures.admin import T0, AdminTestMixin
+from tests.fixtures.helpers import coro
 from zmirror.db.errors import Conflict, NotFound
 from zmirror.db.registries import RegistryStore, normalize_url
 
 HUB = "https://registry-1.docker.io"
-
-
-def coro(f):
-    """Run an ``async def`` test method as a Deferred."""
-
-    def wrapper(self, *a, **kw):
-        return Deferred.fromCoroutine(f(self, *a, **kw))
-
-    wrapper.__name__ = f.__name__
-    return wrapper
 
 
 class RegistryRouteTests(AdminTestMixin, unittest.TestCase):

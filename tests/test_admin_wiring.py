@@ -16,6 +16,7 @@ from twisted.trial import unittest
 
 from tests.fixtures.helpers import (
     admin_password_line,
+    coro,
     free_port,
     start_services,
     start_twistd,
@@ -23,7 +24,6 @@ from tests.fixtures.helpers import (
     wait_port,
     write_default_config,
 )
-from tests.test_admin_registries import coro
 from tests.fixtures.admin import basic
 from zmirror.auth.passwords import is_hash, verify_admin_sync
 from zmirror.config import DEFAULT_ADMIN_PASSWORD, load_config

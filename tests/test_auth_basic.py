@@ -4,7 +4,8 @@ import base64
 
 from twisted.trial import unittest
 
-from tests.fixtures.auth import coro, make_env
+from tests.fixtures.auth import make_env
+from tests.fixtures.helpers import coro
 from tests.fixtures.admin import AdminTestMixin
 from zmirror.auth.credentials import parse_basic
 

@@ -1,4 +1,4 @@
-"""Several nodes, one lockout and one token secret (shared state).
+"""Several nodes, one lockout and one token secret (state shared by the nodes of a cluster).
 
 The nodes hear each other through a :class:`zmirror.cluster.LoopbackHub`
 (the interface the PostgreSQL bus implements) on an injected clock; the parts
@@ -13,14 +13,16 @@ import threading
 from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from tests.fixtures.auth import START, coro
+from tests.fixtures.auth import START
+from tests.fixtures.fakes import FailingWrites, NeverWrites
+from tests.fixtures.helpers import coro
 from tests.fixtures.pgserver import fresh_database
 from zmirror.auth.credentials import Authenticator
 from zmirror.auth.lockout import ACCOUNT, KEY_SIZE, Locked, Lockout
@@ -292,28 +294,6 @@ class HostileEventTests(unittest.TestCase):
         for _ in range(1000):
             self.sender.publish(FAILURE_EVENT, {"k": [key], "at": START})
         self.assertEqual(len(self.node.lockout._failures[bytes.fromhex(key)]), 10)
-
-
-class NeverWrites:
-    """A database whose writes never finish (a stalled PostgreSQL)."""
-
-    def __init__(self):
-        self.writes = []
-
-    def write(self, f, *args):
-        self.writes.append(args)
-        return Deferred()
-
-    def query(self, sql, params=()):
-        return succeed([])
-
-
-class FailingWrites(NeverWrites):
-    def write(self, f, *args):
-        self.writes.append(args)
-        from twisted.internet.defer import fail
-
-        return fail(RuntimeError("database is gone"))
 
 
 class WriteQueueTests(unittest.TestCase):

@@ -24,7 +24,8 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
 
-from tests.fixtures.auth import basic, coro, make_env
+from tests.fixtures.auth import basic, make_env
+from tests.fixtures.helpers import coro
 from tests.fixtures.admin import ADMIN, AdminTestMixin
 from tests.fixtures.admin import basic as admin_basic
 from zmirror.auth.adminaccount import basic_credentials
@@ -245,10 +246,10 @@ class RealHTTPLoginTests(unittest.TestCase):
         from zmirror.db.users import UserStore
         from zmirror.db.whitelists import WhitelistStore
         from zmirror.registry.routes import RegistryRoutes
-        from tests.fixtures.auth import temp_db
+        from tests.fixtures.pgserver import temp_database
 
         passwords, verified = self.counting_passwords()
-        db = temp_db(self)
+        db = temp_database(self)
         users = UserStore(db, reactor, admin_username="admin")
         await UserAccounts(users, passwords).create("alice", "alicepw")
         lockout = Lockout(reactor, max_account=10, max_ip=1000)
@@ -429,12 +430,12 @@ class VerificationQueueTests(unittest.TestCase):
             with self.assertRaises(ConfigError, msg=bad):
                 cfg("[lockout]\n" + bad + "\n")
         # build() makes the shared Passwords with those limits
-        from tests.fixtures.auth import temp_db
+        from tests.fixtures.pgserver import temp_database
 
         c = parse_config("[lockout]\nmax_concurrent_verifications = 3\n"
                          "max_queued_verifications = 7\n",
                          data_dir=Path(self.mktemp()), config_path=Path("/x/c.toml"))
-        access = build_access(c, temp_db(self), reactor, threads=False, secret=b"k" * 32)
+        access = build_access(c, temp_database(self), reactor, threads=False, secret=b"k" * 32)
         self.assertEqual((access.passwords.slots.limit, access.passwords.queue), (3, 7))
 
     async def full_env(self):

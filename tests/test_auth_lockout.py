@@ -154,7 +154,8 @@ class ConfiguredLockoutTests(unittest.TestCase):
         self.assertEqual(lock.retry_after("carol", "x"), 30)
 
     def test_configured_threshold_is_what_locks_token_logins(self):
-        from tests.fixtures.auth import basic, coro, make_env
+        from tests.fixtures.auth import basic, make_env
+        from tests.fixtures.helpers import coro
         from zmirror.auth.lockout import settings
 
         cfg = self.config("[lockout]\nmax_account_failures = 4\nmax_ip_failures = 1000\n"

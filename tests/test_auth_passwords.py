@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
-from tests.fixtures.auth import coro
+from tests.fixtures.helpers import coro
 from zmirror.auth.passwords import (
     AdminCredentials,
     Passwords,

@@ -5,7 +5,8 @@ from urllib.parse import urlencode
 
 from twisted.trial import unittest
 
-from tests.fixtures.auth import basic, coro, make_env
+from tests.fixtures.auth import basic, make_env
+from tests.fixtures.helpers import coro
 
 M = "http://mirror/v2/{}/manifests/latest"
 PING = "http://mirror/v2/"

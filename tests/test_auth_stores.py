@@ -1,12 +1,17 @@
 """UserStore and WhitelistStore against a temporary SQLite file, with the auth
-layer above them (UserAccounts hashes passwords, Whitelist builds the matcher)."""
+layer above them (UserAccounts hashes passwords, Whitelist builds the matcher); a load
+shared by several callers survives its first caller leaving."""
 
 import hashlib
 
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.fixtures.auth import START, coro, temp_db
+from tests.fixtures.auth import START
+from tests.fixtures.helpers import coro
+from tests.fixtures.pgserver import temp_database
 from zmirror.auth.passwords import Passwords, fast_context
 from zmirror.auth.users import UserAccounts
 from zmirror.auth.whitelist import Whitelist, validate_prefix
@@ -19,7 +24,7 @@ class UserStoreTests(unittest.TestCase):
     def setUp(self):
         self.clock = Clock()
         self.clock.advance(START)
-        self.db = temp_db(self)
+        self.db = temp_database(self)
         self.pw = Passwords(context=fast_context(), clock=self.clock)
         self.users = UserStore(self.db, self.clock, admin_username="admin")
         self.accounts = UserAccounts(self.users, self.pw)
@@ -179,7 +184,7 @@ class WhitelistStoreTests(unittest.TestCase):
     def setUp(self):
         self.clock = Clock()
         self.clock.advance(START)
-        self.db = temp_db(self)
+        self.db = temp_database(self)
         self.store = WhitelistStore(self.db, self.clock)
         self.wl = Whitelist(self.store)  # the auth layer's live matcher on the store
 
@@ -295,3 +300,57 @@ from tests.fixtures.pgserver import on_postgresql  # noqa: E402
 
 UserStorePostgresTests = on_postgresql(UserStoreTests)
 WhitelistStorePostgresTests = on_postgresql(WhitelistStoreTests)
+
+
+class _SlowReads:
+    """A Database whose reads wait for ``gate``."""
+
+    def __init__(self, db):
+        self.db = db
+        self.gate = Deferred()
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    async def read(self, *a, **kw):
+        if not self.gate.called:
+            waiter = Deferred()
+            self.gate.addCallback(lambda r: (waiter.callback(None), r)[1])
+            await waiter
+        return await self.db.read(*a, **kw)
+
+
+class SharedStoreLoadTests(unittest.TestCase):
+    def setUp(self):
+        self.db = temp_database(self, reactor)
+
+    async def _first_caller_leaves(self, store, use):
+        """``use(store)`` twice while the first load waits; the first caller leaves."""
+        slow = _SlowReads(self.db)
+        store.db = slow
+        first = Deferred.fromCoroutine(use(store))
+        second = Deferred.fromCoroutine(use(store))
+        first.cancel()
+        self.failureResultOf(first, CancelledError)
+        slow.gate.callback(None)
+        return await second
+
+    @coro
+    async def test_user_store_load_survives_first_caller_leaving(self):
+        from zmirror.db.users import UserStore
+
+        users = UserStore(self.db, reactor)
+        u = await users.create_with_hash("alice", "$md5$x")
+        fresh = UserStore(self.db, reactor)
+        row = await self._first_caller_leaves(fresh, lambda s: s.auth_user(u["id"]))
+        self.assertEqual(row["username"], "alice")
+
+    @coro
+    async def test_whitelist_load_survives_first_caller_leaving(self):
+        from zmirror.auth.whitelist import Whitelist
+        from zmirror.db.whitelists import WhitelistStore
+
+        await WhitelistStore(self.db, reactor).create("library")
+        fresh = Whitelist(WhitelistStore(self.db, reactor))
+        matcher = await self._first_caller_leaves(fresh, lambda s: s.ready())
+        self.assertIsNotNone(matcher.match("library/nginx"))

@@ -8,7 +8,8 @@ from urllib.parse import urlencode
 import jwt
 from twisted.trial import unittest
 
-from tests.fixtures.auth import basic, coro, make_env
+from tests.fixtures.auth import basic, make_env
+from tests.fixtures.helpers import coro
 from zmirror.auth.tokenservice import TokenError, parse_scopes
 
 FORM = {b"Content-Type": [b"application/x-www-form-urlencoded"]}

@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from tests.fixtures.auth import coro, make_env
+from tests.fixtures.auth import make_env
+from tests.fixtures.helpers import coro
 from zmirror.auth.whitelist import (
     Entry,
     InvalidPrefix,

@@ -1,13 +1,17 @@
-"""The blob sources behind one interface (zmirror.transfer.interfaces.IBlobSource)."""
+"""The blob sources behind one interface (zmirror.transfer.interfaces.IBlobSource), and the
+pull-through source relaying verified blobs while the cache cannot store."""
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
+from twisted.web._newclient import ResponseFailed
 from zope.interface.verify import verifyObject
 
-from tests.fixtures.helpers import temp_database
-from tests.test_relay import make_request
+from tests.fixtures.cache import CacheTestBase
+from tests.fixtures.helpers import coro
+from tests.fixtures.pgserver import temp_database
+from tests.fixtures.rawhttp import make_request
 from zmirror.cache.blobs import CacheBlobs
 from zmirror.registry.blobs import PullThroughBlobs
 from zmirror.oci.errors import RegistryError
@@ -40,7 +44,7 @@ def result_of(d):
 
 class ProtocolTests(unittest.TestCase):
     def test_sources_provide_the_interface(self):
-        _base, db = temp_database(self, reactor)
+        db = temp_database(self, reactor)
         cache = CacheBlobs(self.mktemp(), db, reactor, max_size=1 << 20)
         self.addCleanup(cache.transfers.stop)
         pool = UpstreamPool(None, Clock(), health=UpstreamHealth(Clock()))
@@ -50,7 +54,7 @@ class ProtocolTests(unittest.TestCase):
             self.assertTrue(verifyObject(IBlobSource, source), source)
 
     def test_proxy_builds_a_pull_through_source(self):
-        _base, db = temp_database(self, reactor)
+        db = temp_database(self, reactor)
         cache = CacheBlobs(self.mktemp(), db, reactor, max_size=1 << 20)
         self.addCleanup(cache.transfers.stop)
         proxy = build_proxy(UpstreamPool(None, Clock(), health=UpstreamHealth(Clock())), Clock(), blobs=cache)
@@ -95,3 +99,23 @@ class ProxyOverASourceTests(unittest.TestCase):
         failure = result_of(pull(self.proxy, name="library/y"))
         self.assertIsInstance(failure.value, RegistryError)
         self.assertEqual(failure.value.code, "BLOB_UNKNOWN")
+
+
+class PassThroughWhileCacheFailsTests(CacheTestBase):
+    def setUp(self):
+        super().setUp()
+        self.env.routes.proxy = build_proxy(self.env.pool, self.env.clock, idle_timeout=30, blobs=self.blobs,
+                                      manifests=self.manifests)
+
+    @coro
+    async def test_relayed_uncached_blob_is_verified(self):
+        await self.start()
+        self.blobs.store_failed("disk full (test)")
+        path = f"/v2/library/x/blobs/{self.digest}"
+        self.up.faults[path] = ["corrupt"]
+        with self.assertRaises(ResponseFailed):
+            await self.env.arequest("GET", path)
+        resp, body = await self.env.arequest("GET", path, headers={"Range": "bytes=0-9"})
+        self.assertEqual((resp.code, body), (206, self.data[:10]))
+        self.assertEqual(resp.headers.getRawHeaders(b"cache-control"), [b"no-store"])
+        self.assertIsNone(self.blobs.lookup(self.digest))

@@ -1,4 +1,7 @@
-"""Pull-through cache: verified blob store, single-flight, eviction (manifests: tests/test_manifests.py)."""
+"""The pull-through blob cache (zmirror.cache.blobs): verified blob store, single-flight,
+eviction, reader counts, Range from the cache, index writes that survive failures and keep
+their order, the upkeep service, and the limits on transfer threads, temp bytes and orphaned
+downloads (manifests: tests/test_manifests.py)."""
 
 import json
 import os
@@ -6,60 +9,20 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 from twisted.web._newclient import ResponseFailed
 
-from tests.fixtures.helpers import spy_constructor, temp_database
-from tests.fixtures.proxyenv import ProxyEnv
-from zmirror.cache.blobs import CacheBlobs
-from zmirror.cache.manifests import ManifestCache
-from zmirror.testing import DOCKER_V2, FakeRegistry
+from tests.fixtures.cache import CacheTestBase
+from tests.fixtures.fakes import FailingCache
+from tests.fixtures.helpers import coro, spy_constructor
+from zmirror.testing import DOCKER_V2
 
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2, "layers": []}).encode()
 
 
-def deferred_test(f):
-    def wrapper(self):
-        return Deferred.fromCoroutine(f(self))
-
-    wrapper.__name__ = f.__name__
-    return wrapper
-
-
-def stop_transfers(blobs):
-    blobs.abort_downloads()
-    blobs.transfers.stop()
-
-
-class CacheTestBase(unittest.TestCase):
-    max_size = 1 << 30
-    cache_options: dict = {}
-
-    def setUp(self):
-        self.base, self.db = temp_database(self, reactor)
-        self.up = FakeRegistry()
-        self.data = os.urandom(3 << 20)  # 3 MiB
-        self.digest = self.up.add_blob(self.data)
-        self.make_env()
-
-    def make_env(self, upstreams=None):
-        self.blobs = CacheBlobs(self.base / "cache", self.db, reactor, max_size=self.max_size, idle_timeout=30,
-                               **self.cache_options)
-        self.addCleanup(stop_transfers, self.blobs)
-        self.manifests = ManifestCache(self.db, reactor, ttl=300)
-        self.env = ProxyEnv(upstreams or [("up1.fake", self.up)], blobs=self.blobs, manifests=self.manifests)
-        self.manifests.clock = self.env.clock  # TTLs follow the test clock
-
-    async def start(self):
-        await self.blobs.start()
-        await self.manifests.start()
-
-    def blob_gets(self, reg=None):
-        return [r for r in (reg or self.up).requests if r[0] == "GET" and "/blobs/" in r[2]]
-
-
 class BlobCacheTests(CacheTestBase):
-    @deferred_test
+    @coro
     async def test_miss_then_hit(self):
         await self.start()
         path = f"/v2/library/x/blobs/{self.digest}"
@@ -92,7 +55,7 @@ class BlobCacheTests(CacheTestBase):
         self.assertEqual(len(self.blob_gets()), 1)
         self.assertEqual(self.blobs.summary()["hits"], 5)
 
-    @deferred_test
+    @coro
     async def test_single_flight(self):
         await self.start()
         path = f"/v2/library/x/blobs/{self.digest}"
@@ -121,16 +84,16 @@ class BlobCacheTests(CacheTestBase):
         self.assertEqual(body, self.data)
         self.assertIsNotNone(self.blobs.lookup(self.digest))
 
-    @deferred_test
+    @coro
     async def test_corrupt_upstream_not_cached(self):
         await self._expect_nothing_cached("corrupt")
         self.assertEqual(self.blobs.stats["verify_failures"], 1)
 
-    @deferred_test
+    @coro
     async def test_truncated_upstream_not_cached(self):
         await self._expect_nothing_cached("truncate")
 
-    @deferred_test
+    @coro
     async def test_restart_drops_a_file_cut_short(self):
         """After a crash a renamed blob may have lost its tail (never written out):
         its size no longer matches the index, so it is deleted and fetched again."""
@@ -152,7 +115,7 @@ class BlobCacheTests(CacheTestBase):
         self.assertEqual(stored.read_bytes(), self.data)
         self.assertEqual(len(self.blob_gets()), 2)
 
-    @deferred_test
+    @coro
     async def test_restart_verifies_files_the_index_lost(self):
         good = os.urandom(70_000)
         good_digest = self.up.add_blob(good)
@@ -174,7 +137,7 @@ class BlobCacheTests(CacheTestBase):
         self.assertEqual(body, good)
         self.assertEqual(self.env.log.records[-1].cache_hit, True)
 
-    @deferred_test
+    @coro
     async def test_restart_deletes_unindexed_files_beyond_the_verification_budget(self):
         from zmirror.cache import blobindex as blobmod
 
@@ -188,7 +151,7 @@ class BlobCacheTests(CacheTestBase):
         self.assertIsNone(self.blobs.lookup(self.digest))
         self.assertFalse(p.exists())  # a cache: fetched again when asked for
 
-    @deferred_test
+    @coro
     async def test_restart_keeps_index_and_cleans_tmp(self):
         await self.start()
         path = f"/v2/library/x/blobs/{self.digest}"
@@ -203,7 +166,7 @@ class BlobCacheTests(CacheTestBase):
         self.assertEqual(body, self.data)
         self.assertEqual(len(self.blob_gets()), 1)
 
-    @deferred_test
+    @coro
     async def test_delete(self):
         await self.start()
         await self.env.arequest("GET", f"/v2/library/x/blobs/{self.digest}")
@@ -217,7 +180,7 @@ class BlobCacheTests(CacheTestBase):
 
 
 class CrossRepositoryTests(CacheTestBase):
-    @deferred_test
+    @coro
     async def test_cached_blob_not_served_for_repository_that_lacks_it(self):
         await self.start()
         await self.env.arequest("GET", f"/v2/private/repo/blobs/{self.digest}")
@@ -236,7 +199,7 @@ class CrossRepositoryTests(CacheTestBase):
 class EvictionTests(CacheTestBase):
     max_size = 7 << 20  # room for two 3 MiB blobs
 
-    @deferred_test
+    @coro
     async def test_blob_larger_than_the_cache_is_served_not_kept(self):
         await self.start()
         await self.env.arequest("GET", f"/v2/library/x/blobs/{self.digest}")
@@ -251,7 +214,7 @@ class EvictionTests(CacheTestBase):
         self.assertFalse(self.blobs.path(digest).exists())
         self.assertIsNotNone(self.blobs.lookup(self.digest))  # the rest of the cache survives
 
-    @deferred_test
+    @coro
     async def test_lru_order_and_readers(self):
         await self.start()
         blobs = [os.urandom(3 << 20) for _ in range(3)]
@@ -279,7 +242,7 @@ class EvictionTests(CacheTestBase):
         await deferLater(reactor, 0.05, lambda: None)
         self.assertFalse(self.blobs.path(digests[1]).exists())
 
-    @deferred_test
+    @coro
     async def test_deleted_while_read_then_fetched_again_keeps_new_copy(self):
         # found by tests/e2e/test_cache_e2e.py: the old copy's deferred unlink went by path
         # and removed the copy fetched after the delete (index said cached, file gone)
@@ -309,7 +272,7 @@ class CreatorLeavesTests(CacheTestBase):
     (found by tests/e2e/test_cache_e2e.py: a client that had joined got a 502
     "response failed: CancelledError" and the upstream was marked failed)."""
 
-    @deferred_test
+    @coro
     async def test_joined_request_survives_creator_cancel(self):
         from twisted.internet.task import deferLater
 
@@ -355,7 +318,7 @@ class CreatorLeavesTests(CacheTestBase):
         self.assertEqual(len(self.blob_gets()), 1)
         self.assertEqual(self.env.pool.upstreams[0].health.consecutive_failures, 0)
 
-    @deferred_test
+    @coro
     async def test_temp_file_not_creatable_relays_without_caching(self):
         import shutil
 
@@ -389,7 +352,7 @@ class CreatorLeavesTests(CacheTestBase):
         self.assertTrue(self.blobs.storing())
         self.assertIsNotNone(self.blobs.lookup(self.digest))
 
-    @deferred_test
+    @coro
     async def test_write_error_mid_download_then_relay(self):
         """The disk fails while a blob is written (full, I/O error): its client is
         cut off (the bytes are nowhere), later misses are relayed uncached."""
@@ -475,7 +438,7 @@ class StartupTests(CacheTestBase):
         self.assertEqual(resp.code, 200)
         return body
 
-    @deferred_test
+    @coro
     async def test_blob_request_waits_for_the_index(self):
         await self.start()
         path = f"/v2/library/x/blobs/{self.digest}"
@@ -486,7 +449,7 @@ class StartupTests(CacheTestBase):
         self.assertEqual(len(self.blob_gets()), 1)
         self.assertEqual(os.listdir(self.base / "cache" / "tmp"), [])
 
-    @deferred_test
+    @coro
     async def test_manifest_request_waits_for_the_index(self):
         await self.start()
         tag_path = "/v2/library/nginx/manifests/latest"
@@ -500,7 +463,7 @@ class StartupTests(CacheTestBase):
 class SendfileTests(unittest.TestCase):
     """Cached blobs go out with sendfile(2) over a real TCP connection."""
 
-    @deferred_test
+    @coro
     async def test_file_served_by_sendfile(self):
         import treq
         from twisted.web.resource import Resource
@@ -543,3 +506,393 @@ class SendfileTests(unittest.TestCase):
         resp = await treq.get(url, headers={"Range": "bytes=1000-1999"}, pool=pool)
         self.assertEqual(await treq.content(resp), data[1000:2000])
         self.assertEqual(len(used), 2)
+
+
+class HeadReaderCountTests(CacheTestBase):
+    @coro
+    async def test_head_hits_take_no_reader(self):
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        await self.env.arequest("GET", path)
+        entry = self.blobs.lookup(self.digest)
+        for _ in range(3):
+            resp, body = await self.env.arequest("HEAD", path)
+            self.assertEqual((resp.code, body), (200, b""))
+        self.assertEqual(self.blobs.summary()["hits"], 3)
+        self.assertEqual(entry.readers, 0)
+
+    @coro
+    async def test_blob_read_during_heads_survives_eviction(self):
+        """The invariant the reader count exists for: never unlink a blob while it is read."""
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        await self.env.arequest("GET", path)
+        entry = self.blobs.lookup(self.digest)
+        f = self.blobs.open_file(entry)  # a slow reader
+        for _ in range(3):
+            await self.env.arequest("HEAD", path)
+        await self.blobs.delete(digest=self.digest)
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertTrue(self.blobs.path(self.digest).exists())
+        f.close()
+        self.blobs.release(entry)
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertFalse(self.blobs.path(self.digest).exists())
+
+
+class CachedRangeTests(CacheTestBase):
+    @coro
+    async def test_ranges_from_the_cache(self):
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        size = len(self.data)
+        await self.env.arequest("GET", path)
+        for value, status, want in (("bytes=10-19", 206, self.data[10:20]),
+                                    ("bytes=-5", 206, self.data[-5:]),
+                                    (f"bytes={size - 3}-{size + 50}", 206, self.data[-3:]),
+                                    ("bytes=0-1,4-5", 200, self.data),
+                                    ("bytes=9-2", 200, self.data)):
+            resp, body = await self.env.arequest("GET", path, headers={"Range": value})
+            self.assertEqual((resp.code, body), (status, want), value)
+        resp, body = await self.env.arequest("GET", path, headers={"Range": f"bytes={size}-"})
+        self.assertEqual(resp.code, 416)
+        self.assertEqual(resp.headers.getRawHeaders(b"content-range"), [f"bytes */{size}".encode()])
+
+
+class _FailingWrites:
+    """A Database whose next ``failures`` writes fail."""
+
+    def __init__(self, db, failures=1):
+        self.db = db
+        self.failures = failures
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    def write(self, *a):
+        if self.failures:
+            self.failures -= 1
+            from twisted.internet.defer import fail
+
+            return fail(RuntimeError("database is locked (test)"))
+        return self.db.write(*a)
+
+
+class IndexWriteFailureTests(CacheTestBase):
+    @coro
+    async def test_failed_write_keeps_rows_dirty(self):
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        await self.env.arequest("GET", path)
+        await self.blobs.flush_index()
+        self.env.clock.advance(0)
+        entry = self.blobs.lookup(self.digest)
+        self.patch(self.blobs, "reactor", Clock())
+        self.blobs.reactor.advance(10 ** 9)  # a later access time
+        self.blobs.touch(entry, "library/y")
+        self.blobs.db = _FailingWrites(self.db)
+        with self.assertRaises(RuntimeError):
+            await self.blobs.flush_index()
+        self.assertIn(self.digest, self.blobs._dirty)
+        await self.blobs.flush_index()  # the next flush writes them
+        self.assertEqual(self.blobs._dirty, set())
+        rows = await self.db.query("SELECT last_access FROM cache_blobs WHERE digest = ?", (self.digest,))
+        self.assertEqual(float(rows[0]["last_access"]), 10.0 ** 9)
+        repos = await self.db.query("SELECT repository FROM cache_blob_repos WHERE digest = ?", (self.digest,))
+        self.assertIn("library/y", {r["repository"] for r in repos})
+
+
+class CacheServiceTests(unittest.TestCase):
+    def service(self, blobs, manifests):
+        from zmirror.cache.upkeep import CacheUpkeep
+        from zmirror.service import CallbackService
+
+        clock = Clock()
+        upkeep = CacheUpkeep(blobs, manifests, clock)
+        svc = CallbackService(start=upkeep.start, stop=upkeep.stop)
+        svc.startService()
+        return svc, clock
+
+    def test_flusher_survives_failed_writes(self):
+        from zmirror.cache.upkeep import retry_delay
+
+        blobs = FailingCache(flush_failures=2)
+        svc, clock = self.service(blobs, FailingCache())
+        clock.advance(30)
+        self.assertEqual(blobs.flushes, 1)  # failed
+        clock.advance(retry_delay(1))
+        self.assertEqual(blobs.flushes, 2)  # failed again: backs off
+        clock.advance(retry_delay(2) - 0.1)
+        self.assertEqual(blobs.flushes, 2)
+        clock.advance(0.1)
+        self.assertEqual(blobs.flushes, 3)  # worked: the usual interval again
+        clock.advance(30)
+        self.assertEqual(blobs.flushes, 4)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+        d = svc.stopService()
+        self.successResultOf(d)
+        self.assertEqual(blobs.flushes, 5)  # the last write at stop
+        self.assertTrue(blobs.aborted and blobs.transfers.stopped)
+        clock.advance(3600)
+        self.assertEqual(blobs.flushes, 5)  # nothing after stop
+
+    def test_failing_start_is_retried(self):
+        blobs, manifests = FailingCache(start_failures=2), FailingCache(start_failures=1)
+        svc, clock = self.service(blobs, manifests)
+        self.assertEqual((blobs.starts, manifests.starts), (1, 1))
+        for _ in range(10):
+            clock.advance(60)
+        self.assertEqual((blobs.starts, manifests.starts), (3, 2))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
+        self.successResultOf(svc.stopService())
+
+
+class _Held:
+    """Start a cache download of ``path`` and keep it running (the fake upstream
+    stalls after half the body), optionally with a client following it."""
+
+    def __init__(self, case, path):
+        from zmirror.oci.reference import parse_path
+        from zmirror.registry.routes import PullRequest
+
+        self.case = case
+        self.result = None
+        d = Deferred.fromCoroutine(case.env.proxy.pull(PullRequest(parse_path(path), b"GET")))
+        d.addCallback(lambda r: setattr(self, "result", r))
+        self.d = d
+
+    async def ready(self):
+        for _ in range(500):
+            self.case.env.agent.flush()
+            if self.d.called:
+                break
+            await deferLater(reactor, 0.001, lambda: None)
+        self.followers_before = len(self.result.download.followers) if self.result else 0
+        return self.result
+
+    def follow(self):
+        """A client that reads the download; returns the request (close it to leave)."""
+        from tests.fixtures.rawhttp import make_request
+
+        _channel, _client, request = make_request()
+        self.sent = Deferred.fromCoroutine(self.result.send(request))
+        self.case.assertEqual(len(self.result.download.followers), 1 + self.followers_before)
+        return request
+
+
+def client_leaves(request):
+    from twisted.internet.error import ConnectionLost
+    from twisted.python.failure import Failure
+
+    request.connectionLost(Failure(ConnectionLost()))
+
+
+class _LimitTestBase(CacheTestBase):
+    max_size = 7 << 20
+
+    def held_blob(self, size=3 << 20):
+        data = os.urandom(size)
+        digest = self.up.add_blob(data)
+        path = f"/v2/library/x/blobs/{digest}"
+        self.up.faults[path] = ["stall"]
+        return digest, path
+
+    def tmp_files(self):
+        return os.listdir(self.base / "cache" / "tmp")
+
+
+class TransferLimitTests(_LimitTestBase):
+    cache_options = {"transfer_threads": 1}
+
+    @coro
+    async def test_no_thread_free_relays_uncached(self):
+        await self.start()
+        held, held_path = self.held_blob()
+        result = await _Held(self, held_path).ready()
+        self.assertEqual(result.status, 200)
+        self.assertEqual(self.blobs.transfers.free, 0)
+        path = f"/v2/library/x/blobs/{self.digest}"
+        resp, body = await self.env.arequest("GET", path)
+        self.assertEqual((resp.code, body), (200, self.data))  # relayed, and verified inline
+        self.assertIsNone(self.blobs.lookup(self.digest))
+        self.assertEqual(list(self.blobs.downloads), [held])
+        self.assertEqual(self.blobs.stats["relayed_over_limits"], 1)
+
+
+class TempBytesLimitTests(_LimitTestBase):
+
+    @coro
+    async def test_download_over_the_temp_budget_relays_uncached(self):
+        await self.start()
+        held, held_path = self.held_blob(3 << 20)
+        await _Held(self, held_path).ready()
+        big = os.urandom(5 << 20)  # 3 + 5 MiB in flight would exceed max_size (7 MiB)
+        digest = self.up.add_blob(big)
+        resp, body = await self.env.arequest("GET", f"/v2/library/x/blobs/{digest}")
+        self.assertEqual((resp.code, body), (200, big))
+        self.assertIsNone(self.blobs.lookup(digest))
+        self.assertEqual(self.blobs.temp_bytes(), 3 << 20)
+        self.assertEqual(len(self.tmp_files()), 1)  # only the held download's
+        self.assertEqual(self.blobs.stats["relayed_over_limits"], 1)
+        # what fits (3 + 3 MiB) is still cached
+        resp, body = await self.env.arequest("GET", f"/v2/library/x/blobs/{self.digest}")
+        self.assertEqual(body, self.data)
+        self.assertIsNotNone(self.blobs.lookup(self.digest))
+
+
+class TempBytesSettingTests(_LimitTestBase):
+    """The temp limit set apart from the cache size ([cache] max_temp_size)."""
+    max_size = 1 << 30
+    cache_options = {"max_temp_bytes": 5 << 20}
+
+    @coro
+    async def test_temp_limit_below_the_cache_size(self):
+        await self.start()
+        await _Held(self, self.held_blob(3 << 20)[1]).ready()
+        # 3 + 3 MiB fits the cache (1 GiB) but not the temp limit (5 MiB)
+        resp, body = await self.env.arequest("GET", f"/v2/library/x/blobs/{self.digest}")
+        self.assertEqual((resp.code, body), (200, self.data))
+        self.assertIsNone(self.blobs.lookup(self.digest))
+        self.assertEqual(self.blobs.stats["relayed_over_limits"], 1)
+        self.assertEqual(self.blobs.summary()["max_temp_bytes"], 5 << 20)
+
+
+class OrphanLimitTests(_LimitTestBase):
+    cache_options = {"max_orphans": 1}
+    max_size = 1 << 30
+
+    @coro
+    async def test_orphans_beyond_the_cap_are_aborted(self):
+        await self.start()
+        first, first_path = self.held_blob()
+        second, second_path = self.held_blob()
+        kept = _Held(self, first_path)
+        await kept.ready()
+        client = kept.follow()
+        dropped = _Held(self, second_path)
+        await dropped.ready()
+        other = dropped.follow()
+        self.assertEqual(len(self.tmp_files()), 2)
+        client_leaves(client)  # the first orphan: within the cap, it is finished
+        self.assertEqual(self.blobs.downloads[first].state, "running")
+        self.assertTrue(self.blobs.downloads[first].orphaned)
+        client_leaves(other)  # a second one: aborted, its temp file removed
+        self.assertNotIn(second, self.blobs.downloads)
+        self.assertEqual(dropped.result.download.state, "failed")
+        self.assertEqual(self.blobs.stats["orphans_aborted"], 1)
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(self.tmp_files()), 1)
+        self.assertEqual(self.blobs.transfers.busy, 1)  # the aborted one's thread is back
+        # a client that comes back to the kept one makes it wanted again
+        again = _Held(self, first_path)
+        await again.ready()
+        self.assertIs(again.result.download, self.blobs.downloads[first])
+        again.follow()
+        self.assertFalse(self.blobs.downloads[first].orphaned)
+
+    @coro
+    async def test_download_left_before_the_upstream_answered(self):
+        """Every caller went away while the fetch was pending: an orphan from the start."""
+        self.blobs.max_orphan_bytes = 1 << 20  # less than the blob: never finished unwatched
+        await self.start()
+        digest, path = self.held_blob()
+        gate = Deferred()
+        real = self.env.agent.request
+
+        def held(method, uri, headers=None, bodyProducer=None):
+            if b"/blobs/" not in uri:
+                return real(method, uri, headers, bodyProducer)
+            d = Deferred()  # the upstream answers once the gate opens
+            gate.addCallback(lambda _: real(method, uri, headers, bodyProducer).chainDeferred(d))
+            return d
+
+        self.env.agent.request = held
+        caller = _Held(self, path)
+        caller.d.addErrback(lambda f: None)
+        self.assertIn(digest, self.env.proxy.blob_source.starting)
+        caller.d.cancel()  # detaches only this caller; the fetch goes on
+        gate.callback(None)
+        for _ in range(500):
+            self.env.agent.flush()
+            if digest not in self.env.proxy.blob_source.starting:
+                break
+            await deferLater(reactor, 0.001, lambda: None)
+        self.assertNotIn(digest, self.env.proxy.blob_source.starting)
+        self.assertNotIn(digest, self.blobs.downloads)
+        self.assertEqual(self.blobs.stats["orphans_aborted"], 1)
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(self.tmp_files(), [])
+
+
+class _FailingQueries:
+    def __init__(self, db, failures=1):
+        self.db, self.failures = db, failures
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    def query(self, *a):
+        if self.failures:
+            self.failures -= 1
+            from twisted.internet.defer import fail
+
+            return fail(RuntimeError("database is locked (test)"))
+        return self.db.query(*a)
+
+
+class RetriedStartTests(CacheTestBase):
+    @coro
+    async def test_retried_start_keeps_running_downloads_temp_files(self):
+        await self.start()
+        path = f"/v2/library/x/blobs/{self.digest}"
+        await self.env.arequest("GET", path)
+        await self.blobs.flush_index()
+        self.make_env()
+        self.blobs.db = _FailingQueries(self.db)
+        with self.assertRaises(RuntimeError):
+            await self.blobs.start()
+        self.assertFalse(self.blobs.loading.closed)  # requests are not held by a failed start
+        # a download started meanwhile has its temp file in tmp/
+        running = self.base / "cache" / "tmp" / "in-flight.partial"
+        running.write_bytes(b"half a blob")
+        await self.blobs.start()  # the retry
+        self.assertTrue(running.exists())
+        self.assertIsNotNone(self.blobs.lookup(self.digest))
+        resp, body = await self.env.arequest("GET", path)
+        self.assertEqual(body, self.data)
+        self.assertEqual(len(self.blob_gets()), 1)
+
+
+class FlushOrderTests(CacheTestBase):
+    @coro
+    async def test_flush_waits_for_the_flush_in_flight(self):
+        """A flush that finds nothing dirty because a running flush took it all must
+        still wait for that write (found by test_restart_drops_a_file_cut_short: the
+        index write of a new blob landed after the restart had read the index)."""
+        await self.start()
+        await self.env.arequest("GET", f"/v2/library/x/blobs/{self.digest}")
+        await self.blobs.flush_index()
+        entry = self.blobs.lookup(self.digest)
+        gate = Deferred()
+        real = self.db.write
+
+        class SlowWrites:
+            def __getattr__(_self, name):
+                return getattr(self.db, name)
+
+            def write(_self, *a):
+                d = Deferred()
+                gate.addCallback(lambda _: real(*a).chainDeferred(d))
+                return d
+
+        self.blobs.db = SlowWrites()
+        self.blobs.touch(entry, "library/late")
+        first = Deferred.fromCoroutine(self.blobs.flush_index())  # takes the dirty row, waits
+        second = Deferred.fromCoroutine(self.blobs.flush_index())
+        await deferLater(reactor, 0.01, lambda: None)
+        self.assertFalse(second.called)  # the row is not written yet
+        gate.callback(None)
+        await second
+        await first
+        repos = await self.db.query("SELECT repository FROM cache_blob_repos WHERE digest = ?", (self.digest,))
+        self.assertIn("library/late", {r["repository"] for r in repos})

@@ -1,7 +1,7 @@
-"""Each node keeps its own verified blob cache (issue 15): on PostgreSQL the blob
+"""Each node of a cluster keeps its own verified blob cache: on PostgreSQL the blob
 index lives in a node-local SQLite file (<[cache] dir>/index.sqlite), so nodes on
 one database never see or delete each other's blob rows; on SQLite it stays in
-the main database as before.  The manifest cache (no files) is in the main
+the main database.  The manifest cache (no files) is in the main
 database on both engines: on PostgreSQL a manifest one node fetched is served by
 every node without asking the upstream."""
 
@@ -20,8 +20,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 from twisted.web.server import Site
 
-from tests.fixtures.helpers import admin_password_line, start_services, write_default_config
-from tests.test_admin_registries import coro
+from tests.fixtures.helpers import admin_password_line, coro, start_services, write_default_config
 from tests.fixtures.admin import basic
 from zmirror.cache.index import BLOB_TABLES, INDEX_FILE, MANIFEST_TABLES
 from zmirror.cache.manifests import Manifest, ManifestCache
@@ -531,21 +530,3 @@ class SqliteNodeCacheTests(unittest.TestCase):
 
         self.assertEqual([s.db for s in node.c.services if isinstance(s, DatabaseService)],
                          [node.c.db])
-
-
-
-# the manifest cache's whole flow over HTTP (tests/test_manifests.py) on a shared PostgreSQL
-import tests.test_manifests as _manifests  # noqa: E402 (a module: its classes are not run twice)
-
-
-class ManifestCachePostgresTests(_manifests.ManifestCacheTests):
-    def setUp(self):
-        from tests.fixtures.pgserver import temp_database
-
-        self.backend = "postgresql"
-        self.base, self.db = None, temp_database(self, reactor)
-        self.up = FakeRegistry()
-        self.make_env()
-        self.assertTrue(self.manifests.shared)
-        self.mdigest = self.up.add_manifest("library/nginx", "latest", _manifests.MANIFEST)
-        self.tag_path = "/v2/library/nginx/manifests/latest"

@@ -11,41 +11,15 @@ import time
 from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
-from tests.test_ops_reload import Captured
+from tests.fixtures.fakes import FakeDB
+from tests.fixtures.helpers import Captured, coro, eventually
 from zmirror.cluster import RESYNC, IBus
 from zmirror.db import listen
 from zmirror.db.listen import BACKOFF_FIRST, BACKOFF_MAX, COALESCE, MAX_PAYLOAD, PostgresBus
 from zmirror.db.watch import TABLES
-
-
-def coro(f):
-    def wrapper(self, *a, **kw):
-        return Deferred.fromCoroutine(f(self, *a, **kw))
-
-    wrapper.__name__ = f.__name__
-    return wrapper
-
-
-async def eventually(predicate, timeout=5.0, what="the condition"):
-    """Poll ``predicate`` on the real reactor until it holds or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout}s")
-        await deferLater(reactor, 0.02, lambda: None)
-
-
-class FakeDB:
-    def __init__(self):
-        self.executed = []
-
-    def execute(self, sql, params=()):
-        self.executed.append((sql, params))
-        return succeed((None, 1))
 
 
 class Recorder:
@@ -345,14 +319,14 @@ class WiredServicesTests(unittest.TestCase):
 
     def setUp(self):
         from tests.fixtures.pgserver import fresh_database
-        from tests.test_ops_dbwatch import write_config
+        from tests.fixtures.helpers import write_default_config
         from zmirror.tap import Options, makeService
 
         self.url = fresh_database(self)
         self.nodes = []
         for name in ("a", "b"):
             data = Path(self.mktemp()).resolve() / name
-            write_config(data)
+            write_default_config(data)
             cfg = data / "config.toml"
             line = '# url = "postgresql://zmirror:PASSWORD@127.0.0.1:5432/zmirror"'
             cfg.write_text(cfg.read_text().replace(line, f'url = "{self.url}"'))

@@ -14,13 +14,14 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
-from tests.test_cluster_bus import eventually
-from tests.test_ops_reload import Captured, write_config
+from tests.fixtures.fakes import FailingCache, FakeDB, NeverWrites
+from tests.fixtures.helpers import Captured, coro, eventually, write_default_config
+from tests.fixtures.metrics import samples, value
 from zmirror.auth.lockout import Lockout
 from zmirror.auth.lockoutsync import CLEAR_EVENT, FAILURE_EVENT, LockoutSync
 from zmirror.cache import dirlock as blobs_module
@@ -41,46 +42,8 @@ ROWS = [{"id": 1, "name": "hub", "url": "https://hub.test", "priority": 1}]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def coro(f):
-    def wrapper(self, *a, **kw):
-        return Deferred.fromCoroutine(f(self, *a, **kw))
-
-    wrapper.__name__ = f.__name__
-    return wrapper
-
-
-def samples(metrics: Metrics) -> dict:
-    """{(name, frozenset(labels.items())): value} of an exposition."""
-    out = {}
-    for fam in text_string_to_metric_families(metrics.exposition().decode()):
-        for s in fam.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def value(metrics: Metrics, name: str, **labels):
-    return samples(metrics).get((name, frozenset(labels.items())))
-
-
 def cluster_names(metrics: Metrics) -> set:
     return {name for name, _labels in samples(metrics) if name.startswith("zmirror_cluster_")}
-
-
-class FakeDB:
-    """The writer PostgresBus.publish uses: answers, or refuses, each NOTIFY."""
-
-    def __init__(self):
-        self.refuse = False
-        self.executed = []
-
-    def execute(self, sql, params=()):
-        self.executed.append((sql, params))
-        if self.refuse:
-            return fail(RuntimeError("the database is gone"))
-        return succeed((None, 1))
-
-
-from tests.test_auth_cluster import NeverWrites  # noqa: E402  (a stalled PostgreSQL)
 
 
 # --- the bus's counters, driven by hand on a clock -----------------------------------------
@@ -152,7 +115,7 @@ class BusMetricsTests(unittest.TestCase):
         # publishing: taken, refused by the database, refused as too big
         self.bus.publish("k", {"n": 1})
         self.bus.publish("k", {"n": 2})
-        self.db.refuse = True
+        self.db.mode = "error"
         cap = Captured(self)
         self.bus.publish("k", {"n": 3})
         self.bus.publish("k", {"blob": "x" * MAX_PAYLOAD})
@@ -270,7 +233,7 @@ class SqliteWiringTests(unittest.TestCase):
         from zmirror.tap import Options, makeService
 
         data = Path(self.mktemp()).resolve() / "data"
-        write_config(data)
+        write_default_config(data)
         opts = Options()
         opts.parseOptions(["--data", str(data), "--listen", "tcp:0:interface=127.0.0.1"])
         top = makeService(opts, reactor)
@@ -349,7 +312,7 @@ class PostgresWiringTests(unittest.TestCase):
 
         url = fresh_database(self)
         data = Path(self.mktemp()).resolve() / "data"
-        write_config(data)
+        write_default_config(data)
         cfg = data / "config.toml"
         line = '# url = "postgresql://zmirror:PASSWORD@127.0.0.1:5432/zmirror"'
         cfg.write_text(cfg.read_text().replace(line, f'url = "{url}"'))
@@ -432,10 +395,9 @@ class CacheDirLockTests(unittest.TestCase):
         self.assertTrue(after.held)
 
     def test_the_cache_service_releases_it_at_stop_and_takes_it_again_at_start(self):
-        from tests.test_blob_hardening import _FakeCache
         from zmirror.cache.upkeep import CacheUpkeep
 
-        blobs = _FakeCache()
+        blobs = FailingCache()
         blobs.dir_lock = CacheDirLock.take(self.dir)
         self.addCleanup(blobs.dir_lock.release)
         upkeep = CacheUpkeep(blobs, None, Clock())
@@ -488,7 +450,7 @@ class WiredCacheDirTests(unittest.TestCase):
         self.opts = []
         for name in ("node1", "node2"):
             data = self.parent / name
-            write_config(data)
+            write_default_config(data)
             opts = Options()
             opts.parseOptions(["--data", str(data), "--listen", "tcp:0:interface=127.0.0.1"])
             self.opts.append(opts)

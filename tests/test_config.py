@@ -298,7 +298,7 @@ class PrivateModeTests(unittest.TestCase):
 
 
 class NodeNameTests(unittest.TestCase):
-    """[server] node: this node's name in the access log (issue 15)."""
+    """[server] node: this node's name in the access log of a cluster."""
 
     def parse(self, text):
         return parse_config(text, data_dir=Path("/srv/d"), config_path=Path("/srv/d/config.toml"))
@@ -352,3 +352,18 @@ class NodeNameTests(unittest.TestCase):
         # the commented example is a valid value
         example = lines[at][2:]
         self.assertEqual(self.parse(f"[server]\n{example}\n").server.node, "mirror-1")
+
+
+class TagLimitConfigTests(unittest.TestCase):
+    def test_manifest_tags_in_memory_configurable(self):
+        from pathlib import Path
+
+        from zmirror.config import ConfigError, parse_config
+
+        def parse(text):
+            return parse_config(text, data_dir=Path("/srv/d"), config_path=Path("/srv/d/config.toml"))
+
+        self.assertEqual(parse("").cache.manifest_tags_in_memory, 100_000)
+        self.assertEqual(parse("[cache]\nmanifest_tags_in_memory = 500\n").cache.manifest_tags_in_memory, 500)
+        with self.assertRaises(ConfigError):
+            parse("[cache]\nmanifest_tags_in_memory = 0\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from tests.fixtures.auth import coro
+from tests.fixtures.helpers import coro
 from tests.fixtures.pgserver import fresh_database
 from zmirror.config import ConfigError, parse_config
 from zmirror.db.engine import describe

@@ -19,10 +19,9 @@ from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from tests.fixtures.helpers import admin_password_line, start_services, write_default_config
-from tests.test_admin_registries import coro
+from tests.fixtures.helpers import admin_password_line, coro, start_services, write_default_config
 from tests.fixtures.admin import basic
-from tests.test_limits import RawClient, parse
+from tests.fixtures.rawhttp import RawClient, parse
 from zmirror.config import load_config
 from zmirror.httpchannel import (LimitedRequest, LimitedSite, PlainHTTPChannel, origin_form,
                                  reason_phrase)

@@ -16,8 +16,8 @@ from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
-from tests.fixtures.auth import coro as deferred_test
-from tests.fixtures.helpers import spy_constructor, temp_database
+from tests.fixtures.helpers import coro, spy_constructor, temp_dir
+from tests.fixtures.pgserver import temp_database
 from zmirror.accesslog import MemoryAccessLog
 from zmirror.app import ZMirrorApp
 from zmirror.cache import kernelcopy
@@ -49,7 +49,7 @@ class KernelCopyTests(unittest.TestCase):
     def setUp(self):
         if not kernelcopy.available():
             raise unittest.SkipTest("splice(2) is not available here")
-        self.base, self.db = temp_database(self, reactor)
+        self.base, self.db = temp_dir(self), temp_database(self, reactor)
         self.up = FakeRegistry()
         self.data = os.urandom((6 << 20) + 4321)  # above kernelcopy.SPLICE_MIN
         self.digest = self.up.add_blob(self.data)
@@ -94,7 +94,7 @@ class KernelCopyTests(unittest.TestCase):
         self.assertFalse(self.blobs.path(self.digest).exists())
         self.assertEqual(os.listdir(self.base / "cache" / "tmp"), [])
 
-    @deferred_test
+    @coro
     async def test_fill_by_splice_then_hit(self):
         await self.blobs.start()
         resp, body = await self.get()
@@ -117,7 +117,7 @@ class KernelCopyTests(unittest.TestCase):
         self.assertEqual(len(self.blob_gets()), 1)
         self.assertEqual(self.sendfile_writers[1:], [None])  # the hit: sendfile from the cached file
 
-    @deferred_test
+    @coro
     async def test_concurrent_clients_and_a_range_share_one_fetch(self):
         await self.blobs.start()
         gets = [ensureDeferred(self.get()) for _ in range(5)]
@@ -153,20 +153,20 @@ class KernelCopyTests(unittest.TestCase):
         self.assertEqual(body, self.data)
         self.assertIsNotNone(self.blobs.lookup(self.digest))
 
-    @deferred_test
+    @coro
     async def test_corrupt_upstream_aborts_client_and_keeps_nothing(self):
         await self._fault_aborts_client("corrupt")
         if self.kernel:
             self.assertIsNone(self.fills[0].error)  # every byte arrived; the digest did not match
         self.assertEqual(self.blobs.stats["verify_failures"], 1)
 
-    @deferred_test
+    @coro
     async def test_truncated_upstream_aborts_client_and_keeps_nothing(self):
         await self._fault_aborts_client("truncate")
         if self.kernel:
             self.assertIn(f"upstream sent {len(self.data) // 2} of {len(self.data)} bytes", self.fills[0].error)
 
-    @deferred_test
+    @coro
     async def test_stalled_upstream_times_out(self):
         await self._fault_aborts_client("stall")
         if self.kernel:
@@ -191,24 +191,24 @@ class KernelCopyTests(unittest.TestCase):
         fill = self.expect_fills()
         return fill
 
-    @deferred_test
+    @coro
     async def test_cut_upstream_is_resumed(self):
         """A kernel copy that breaks goes on through Python from the bytes it had."""
         fill = await self._fault_resumed("truncate")
         if fill is not None:
             self.assertIn(f"upstream sent {len(self.data) // 2} of {len(self.data)} bytes", fill.error)
 
-    @deferred_test
+    @coro
     async def test_reset_upstream_is_resumed_from_the_start_when_range_is_ignored(self):
         await self._fault_resumed("reset", "norange")
 
-    @deferred_test
+    @coro
     async def test_stalled_upstream_is_resumed(self):
         fill = await self._fault_resumed("stall")
         if fill is not None:
             self.assertIn("sent nothing for 1 s", fill.error)
 
-    @deferred_test
+    @coro
     async def test_corrupt_resume_keeps_nothing(self):
         await self.blobs.start()
         self.up.faults[self.path] = ["truncate", "corrupt"]
@@ -218,7 +218,7 @@ class KernelCopyTests(unittest.TestCase):
         self.assert_nothing_kept()
         self.assertEqual(self.blobs.stats["verify_failures"], 1)
 
-    @deferred_test
+    @coro
     async def test_one_free_thread_fills_through_python(self):
         """A kernel copy needs two transfer threads; with one free the fill goes through Python."""
         await self.blobs.start()
@@ -229,7 +229,7 @@ class KernelCopyTests(unittest.TestCase):
         self.assertEqual(self.blobs.path(self.digest).read_bytes(), self.data)
         self.assertEqual(len(self.blob_gets()), 1)
 
-    @deferred_test
+    @coro
     async def test_small_blob_goes_through_python(self):
         small = os.urandom(100_000)
         digest = self.up.add_blob(small)
@@ -279,7 +279,7 @@ class SpliceFillTests(unittest.TestCase):
         return kernelcopy.SpliceFill("sha256", threads.lease(2), sock_fd=os.dup(ours.fileno()), file_fd=file_fd,
                                      read_fd=read_fd, prefix=prefix, length=length, idle_timeout=5)
 
-    @deferred_test
+    @coro
     async def test_prefix_and_spliced_rest_hashed(self):
         import hashlib
 
@@ -304,7 +304,7 @@ class SpliceFillTests(unittest.TestCase):
             await deferLater(reactor, 0.05, lambda: None)
         return condition()
 
-    @deferred_test
+    @coro
     async def test_hashing_starts_before_a_whole_window_is_on_disk(self):
         # the upstream sends less than a hash window, then nothing: the hash
         # still runs right behind the writer (it is not left for the end)
@@ -318,7 +318,7 @@ class SpliceFillTests(unittest.TestCase):
         self.assertTrue(await self.until(lambda: sf.hashed >= kernelcopy.HASH_MIN))
         self.assertLessEqual(sf.hashed, sent)
 
-    @deferred_test
+    @coro
     async def test_progress_reaches_clients_when_upstream_pauses(self):
         # reports are batched (REPORT_STEP), but what is on disk when the
         # upstream pauses is reported at once, not after the next batch
@@ -332,7 +332,7 @@ class SpliceFillTests(unittest.TestCase):
         self.assertTrue(await self.until(lambda: progress and progress[-1] == sent + 100))
         self.assertEqual(progress, sorted(progress))
 
-    @deferred_test
+    @coro
     async def test_rest_of_the_file_is_reserved_but_its_size_is_what_was_written(self):
         probe = self.mktemp()
         with open(probe, "wb") as f:
@@ -350,7 +350,7 @@ class SpliceFillTests(unittest.TestCase):
         self.assertEqual(st.st_size, sent)  # followers and the hash never see bytes not written
         self.assertGreaterEqual(st.st_blocks * 512, length)
 
-    @deferred_test
+    @coro
     async def test_disk_error_is_told_apart_from_upstream_errors(self):
         path = self.mktemp()
         Path(path).write_bytes(b"")
@@ -360,7 +360,7 @@ class SpliceFillTests(unittest.TestCase):
         self.assertTrue(sf.disk_error)
         self.assertIn("cache write failed", sf.error)
 
-    @deferred_test
+    @coro
     async def test_upstream_closing_early_is_not_a_disk_error(self):
         path = self.mktemp()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT)
@@ -369,7 +369,7 @@ class SpliceFillTests(unittest.TestCase):
         self.assertFalse(sf.disk_error)
         self.assertEqual(sf.error, f"upstream sent 1000 of {1 << 20} bytes")
 
-    @deferred_test
+    @coro
     async def test_abort_stops_both_threads(self):
         path = self.mktemp()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT)

@@ -13,13 +13,13 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.protocol import ClientFactory
 from twisted.trial import unittest
 from twisted.web import http
 
-from tests.fixtures.helpers import admin_password_line, start_services, write_default_config
-from tests.test_admin_registries import coro
+from tests.fixtures.helpers import admin_password_line, coro, start_services, write_default_config
 from tests.fixtures.admin import basic
+from tests.fixtures.rawhttp import HUGE, RawClient, parse
 from zmirror import httpchannel
 from zmirror.admin import validate
 from zmirror.auth import tokenservice
@@ -31,57 +31,8 @@ from zmirror.wiring import API_MAX_BODY, TOKEN_MAX_BODY, body_limits, build
 body_cap = body_limits().body_cap
 refusal_for = body_limits().refusal_for
 
-HUGE = 1536 * 1024 * 1024  # a 1.5 GB body, announced; the client never sends it all
 MIB = 1024 * 1024
 PIECE = 64 * 1024
-
-
-class RawClient(Protocol):
-    """Writes ``head``, then (if ``body`` is given) body pieces whenever the socket can
-    take more, until the response head arrives -- as curl does -- or ``limit`` bytes
-    are sent.  ``done`` fires with everything received once the server closes."""
-
-    def __init__(self, head: bytes, body=None, limit: int = HUGE, deaf: bool = False):
-        self.head = head
-        self.deaf = deaf  # keep sending whatever the server answers
-        self.body = body  # callable(n) -> bytes to write for the n-th piece
-        self.limit = limit
-        self.sent = 0
-        self.pieces = 0
-        self.received = b""
-        self.stopped = False
-        self.done = Deferred()
-
-    def connectionMade(self):
-        self.transport.write(self.head)
-        if self.body is not None:
-            self.transport.registerProducer(self, False)
-
-    def resumeProducing(self):
-        if self.stopped or self.sent >= self.limit:
-            return
-        data = self.body(self.pieces)
-        self.pieces += 1
-        self.sent += len(data)
-        self.transport.write(data)
-
-    def stopProducing(self):
-        self.stopped = True
-
-    def dataReceived(self, data):
-        self.received += data
-        if not self.deaf and not self.stopped and b"\r\n\r\n" in self.received and b"100 Continue" not in self.received:
-            self._stop()
-
-    def _stop(self):
-        self.stopped = True
-        if self.body is not None:
-            self.transport.unregisterProducer()
-
-    def connectionLost(self, reason):
-        self.stopped = True
-        if not self.done.called:
-            self.done.callback(self.received)
 
 
 def identity_body(_n: int) -> bytes:
@@ -90,17 +41,6 @@ def identity_body(_n: int) -> bytes:
 
 def chunked_body(_n: int) -> bytes:
     return b"%x\r\n" % PIECE + b"\0" * PIECE + b"\r\n"
-
-
-def parse(raw: bytes) -> tuple[int, dict, bytes]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(b":")
-        headers[k.strip().lower()] = v.strip()
-    return status, headers, body
 
 
 class CountingTempfile:

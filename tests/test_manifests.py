@@ -1,9 +1,12 @@
 """The manifest sources: PullThroughManifests over fake local and remote stores,
-RemoteManifests and RemoteTags over scripted upstream answers, and the proxy
-choosing between them."""
+RemoteManifests and RemoteTags over scripted upstream answers (the values an upstream
+sends checked where they come in), the proxy choosing between them, and the manifest
+cache (zmirror.cache.manifests: nothing invalid cached, bounded memory backed by the
+database)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from twisted.internet import reactor
@@ -11,10 +14,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.fixtures.helpers import temp_database
+from tests.fixtures.helpers import coro, temp_dir
+from tests.fixtures.pgserver import temp_database
 from tests.fixtures.proxyenv import ProxyEnv
-from tests.test_upstream_hardening import (MANIFEST, MDIGEST, TAG_PATH, TAGS_PATH, FakeResponse, World,
-                                          manifest_response)
+from tests.fixtures.upstream import (MANIFEST, MDIGEST, TAGS_PATH, TAG_PATH, FakeResponse, World,
+                                     manifest_response, token_challenge)
 from zmirror.cache.manifests import Manifest, ManifestCache
 from zmirror.oci.errors import RegistryError
 from zmirror.registry.manifests import STALE_WARNING, PullThroughManifests
@@ -26,14 +30,6 @@ from zmirror.upstream.manifests import RemoteManifests, RemoteTags
 REPO = "library/nginx"
 BODY = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2, "layers": []}).encode()
 NEW = BODY.replace(b"[]", b"[ ]")
-
-
-def deferred_test(f):
-    def wrapper(self):
-        return Deferred.fromCoroutine(f(self))
-
-    wrapper.__name__ = f.__name__
-    return wrapper
 
 
 class PullThroughTests(unittest.TestCase):
@@ -302,7 +298,7 @@ class ManifestCacheTests(unittest.TestCase):
     """The whole flow over HTTP: ManifestCache on a real database, FakeRegistry upstream."""
 
     def setUp(self):
-        self.base, self.db = temp_database(self, reactor)
+        self.base, self.db = temp_dir(self), temp_database(self, reactor)
         self.up = FakeRegistry()
         self.make_env()
         self.mdigest = self.up.add_manifest("library/nginx", "latest", MANIFEST)
@@ -319,7 +315,7 @@ class ManifestCacheTests(unittest.TestCase):
     def manifest_requests(self, method=None):
         return [r for r in self.up.requests if "/manifests/" in r[2] and (method is None or r[0] == method)]
 
-    @deferred_test
+    @coro
     async def test_by_digest_cached_for_good(self):
         await self.start()
         path = f"/v2/library/nginx/manifests/{self.mdigest}"
@@ -331,7 +327,7 @@ class ManifestCacheTests(unittest.TestCase):
         self.assertEqual(resp.headers.getRawHeaders(b"docker-content-digest"), [self.mdigest.encode()])
         self.assertEqual(len(self.manifest_requests()), 1)
 
-    @deferred_test
+    @coro
     async def test_tag_ttl_and_revalidation(self):
         await self.start()
         await self.env.arequest("GET", self.tag_path)
@@ -348,7 +344,7 @@ class ManifestCacheTests(unittest.TestCase):
         resp, body = await self.env.arequest("GET", self.tag_path)
         self.assertEqual(body, new)
 
-    @deferred_test
+    @coro
     async def test_stale_served_when_upstream_down(self):
         await self.start()
         await self.env.arequest("GET", self.tag_path)
@@ -367,7 +363,7 @@ class ManifestCacheTests(unittest.TestCase):
         resp, body = await self.env.arequest("HEAD", self.tag_path)
         self.assertEqual(resp.code, 200)
 
-    @deferred_test
+    @coro
     async def test_not_served_to_client_that_does_not_accept_it(self):
         await self.start()
         await self.env.arequest("GET", self.tag_path)
@@ -379,7 +375,7 @@ class ManifestCacheTests(unittest.TestCase):
         self.assertEqual((resp.code, body), (200, MANIFEST))
         self.assertEqual(len(self.manifest_requests()), 2)
 
-    @deferred_test
+    @coro
     async def test_persisted_across_restart(self):
         await self.start()
         await self.env.arequest("GET", self.tag_path)
@@ -392,7 +388,7 @@ class ManifestCacheTests(unittest.TestCase):
         resp, body = await self.env.arequest("GET", self.tag_path)
         self.assertEqual((resp.code, body), (200, MANIFEST))
 
-    @deferred_test
+    @coro
     async def test_cached_manifest_checked_per_repository(self):
         await self.start()
         digest = self.up.add_manifest("library/a", "1", MANIFEST)
@@ -402,3 +398,227 @@ class ManifestCacheTests(unittest.TestCase):
         self.up.add_manifest("library/b", None, MANIFEST)
         resp, body = await self.env.arequest("GET", f"/v2/library/b/manifests/{digest}")
         self.assertEqual((resp.code, body), (200, MANIFEST))
+
+
+# the manifest cache's whole flow over HTTP on a shared PostgreSQL
+class ManifestCachePostgresTests(ManifestCacheTests):
+    def setUp(self):
+        from tests.fixtures.pgserver import temp_database
+
+        self.backend = "postgresql"
+        self.base, self.db = None, temp_database(self, reactor)
+        self.up = FakeRegistry()
+        self.make_env()
+        self.assertTrue(self.manifests.shared)
+        self.mdigest = self.up.add_manifest("library/nginx", "latest", MANIFEST)
+        self.tag_path = "/v2/library/nginx/manifests/latest"
+
+
+class UpstreamValueTests(unittest.TestCase):
+    def two(self, bad, path=TAG_PATH, good=None):
+        """Upstream a.fake answers ``bad()``, b.fake ``good()``."""
+        w = World(("a.fake", "b.fake"))
+        w.agent.on("GET", "http://a.fake" + path, bad)
+        w.agent.on("GET", "http://b.fake" + path, good or (lambda: manifest_response()))
+        return w
+
+    def assertFailsOver(self, w, d):
+        result = self.successResultOf(d)
+        self.assertEqual(result.status, 200)
+        self.assertEqual(w.health(1)["state"], "down")
+        self.assertEqual(w.health(2)["state"], "up")
+        return result
+
+    def assertUpstreamError(self, d):
+        err = self.failureResultOf(d, RegistryError).value
+        self.assertEqual((err.status, err.code), (502, "UPSTREAM_ERROR"))
+
+    def test_sniffed_media_type_not_latin1(self):
+        body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.\u4e2d\u6587+json"}).encode()
+        w = self.two(lambda: manifest_response(body, ctype=None))
+        result = self.assertFailsOver(w, w.pull(TAG_PATH))
+        self.assertEqual(result.headers[b"Content-Type"], DOCKER_V2.encode())
+        w1 = World()
+        w1.agent.on("GET", "http://a.fake" + TAG_PATH, lambda: manifest_response(body, ctype=None))
+        self.assertUpstreamError(w1.pull(TAG_PATH))
+
+    def test_sniffed_media_type_not_a_media_type(self):
+        for mt in ("application/json\r\nX-Evil: 1", "notatype", "a/b c", 7):
+            body = json.dumps({"schemaVersion": 2, "mediaType": mt}).encode()
+            w = self.two(lambda: manifest_response(body, ctype=None))
+            self.assertFailsOver(w, w.pull(TAG_PATH))
+
+    def test_content_type_header_invalid(self):
+        for ctype in (b"application/\xe4json", b"\x01", b"/json", b"application/json; x=\x7f"):
+            w = self.two(lambda: manifest_response(ctype=ctype))
+            result = self.assertFailsOver(w, w.pull(TAG_PATH))
+            self.assertEqual(result.headers[b"Content-Type"], DOCKER_V2.encode())
+
+    def test_content_type_parameters_dropped(self):
+        w = World()
+        w.agent.on("GET", "http://a.fake" + TAG_PATH,
+                   lambda: manifest_response(ctype=DOCKER_V2.encode() + b"; charset=utf-8"))
+        self.assertEqual(self.successResultOf(w.pull(TAG_PATH)).headers[b"Content-Type"], DOCKER_V2.encode())
+
+    def test_redirect_location_not_ascii(self):
+        for loc in ("http://cdn.fake/m/\u00e4".encode("latin-1"), b"http://cdn.fake/a b", b"http://cdn.fake/\x00"):
+            w = self.two(lambda: FakeResponse(307, {b"Location": loc}))
+            self.assertFailsOver(w, w.pull(TAG_PATH))
+            self.assertIn("Location", w.health(1)["last_error"])
+
+    def test_redirect_location_bad_port_or_host(self):
+        for loc in (b"http://cdn.fake:99999/m", b"http://cdn.fake:abc/m", b"http://[::1/m", b"http:///m"):
+            w = self.two(lambda: FakeResponse(307, {b"Location": loc}))
+            self.assertFailsOver(w, w.pull(TAG_PATH))
+        w = World()
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, lambda: FakeResponse(307, {b"Location": b"http://x:99999/"}))
+        self.assertUpstreamError(w.pull(TAG_PATH))
+
+    def test_token_realm_invalid(self):
+        for realm in ("http://auth.f\u00e4ke/token", "http://[::1/token", "http://auth.fake:99999/token"):
+            w = self.two(token_challenge(realm))
+            self.assertFailsOver(w, w.pull(TAG_PATH))
+            self.assertIn("realm", w.health(1)["last_error"])
+
+    def test_head_digest_and_length_not_trusted_blindly(self):
+        w = World()
+        w.agent.on("HEAD", "http://a.fake" + TAG_PATH, lambda: FakeResponse(
+            200, {b"Docker-Content-Digest": b"sha256:\xe4", b"Content-Type": DOCKER_V2.encode(),
+                  b"Content-Length": b"\xb2"}))  # "²": str.isdigit() says yes, int() says no
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, lambda: manifest_response())
+        result = self.successResultOf(w.pull(TAG_PATH, b"HEAD"))
+        self.assertEqual(result.headers[b"Docker-Content-Digest"], MDIGEST.encode())
+        self.assertEqual(result.content_length, len(MANIFEST))
+        self.assertEqual([m for m, _ in w.agent.sent], ["HEAD", "GET"])  # GET to compute it
+
+    def test_tags_link_next_rebuilt_from_checked_values(self):
+        w = World()
+        w.agent.on("GET", "http://a.fake" + TAGS_PATH, lambda: FakeResponse(
+            200, {b"Link": b'</v2/library/x/tags/list?last=b&n=2&evil=1>; rel="next", <http://evil.example/>; '
+                           b'rel="prev"'}, b'{"name":"library/x","tags":["a","b"]}'))
+        result = self.successResultOf(w.pull(TAGS_PATH))
+        self.assertEqual(result.headers[b"Link"],
+                         b'<http://proxy.test/v2/library/x/tags/list?n=2&last=b>; rel="next"')
+
+    def test_tags_link_with_bad_values_fails_over(self):
+        for link in ('</v2/library/x/tags/list?last=\u00e4&n=2>; rel="next"'.encode("latin-1"),
+                     b'</v2/library/x/tags/list?last=-x>; rel="next"',
+                     b'</v2/library/x/tags/list?n=2>; rel="next"',
+                     b'</v2/library/x/tags/list?last=b&n=x>; rel="next"',
+                     b'garbage'):
+            body = b'{"name":"library/x","tags":["a"]}'
+            w = self.two(lambda: FakeResponse(200, {b"Link": link}, body), TAGS_PATH,
+                         lambda: FakeResponse(200, {}, body))
+            result = self.assertFailsOver(w, w.pull(TAGS_PATH))
+            self.assertNotIn(b"Link", result.headers)
+
+
+class NothingInvalidCachedTests(unittest.TestCase):
+    @coro
+    async def test_bad_media_type_is_not_cached(self):
+        db = temp_database(self, reactor)
+        cache = ManifestCache(db, Clock())
+        await cache.start()
+        body = json.dumps({"schemaVersion": 2, "mediaType": "application/\u00ff\u4e2d"}).encode()
+        w = World(manifests=cache, clock=cache.clock)
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, lambda: manifest_response(body, ctype=None))
+        for _ in range(2):  # the second pull meets no poisoned cache entry either
+            with self.assertRaises(RegistryError) as caught:
+                await w.pull(TAG_PATH)
+            self.assertEqual(caught.exception.code, "UPSTREAM_ERROR")
+        self.assertIsNone(await cache.tag("library/x", "latest", ["*/*"]))
+        self.assertEqual(await db.query("SELECT digest FROM cache_manifests"), [])
+
+    @coro
+    async def test_rows_with_invalid_media_types_are_ignored(self):
+        db = temp_database(self, reactor)
+        await db.execute("INSERT INTO cache_manifests VALUES (?, ?, ?, 0, 0)", (MDIGEST, "bad\u00e4type", MANIFEST))
+        await db.execute("INSERT INTO cache_tags VALUES ('library/x', 'latest', ?, ?, 0)",
+                         ("bad\u00e4type", MDIGEST))
+        cache = ManifestCache(db, Clock())
+        await cache.start()
+        self.assertIsNone(await cache.tag("library/x", "latest", ["*/*"]))
+        self.assertIsNone(await cache.get(MDIGEST))
+
+
+class ManifestCacheBoundsTests(unittest.TestCase):
+    def setUp(self):
+        self.db = temp_database(self, reactor)
+
+    async def settle(self):
+        from twisted.internet.task import deferLater
+
+        await deferLater(reactor, 0.1, lambda: None)  # let the async writes land
+
+    def manifest(self, i):
+        body = MANIFEST + str(i).encode()
+        return Manifest("sha256:" + hashlib.sha256(body).hexdigest(), DOCKER_V2, body)
+
+    @coro
+    async def test_tags_and_repositories_bounded_database_backs_them(self):
+        cache = ManifestCache(self.db, Clock(), tag_limit=3, repo_limit=3)
+        await cache.start()
+        ms = [self.manifest(i) for i in range(10)]
+        for i, m in enumerate(ms):
+            cache.store(f"r{i}", f"t{i}", m)
+        self.assertLessEqual(sum(len(v) for v in cache.tags.values()), 3)
+        self.assertLessEqual(len(cache._repos), 3)
+        self.assertEqual(cache.summary()["tags"], 3)
+        await self.settle()
+        for i, m in enumerate(ms):  # evicted from memory, found in the database
+            entry = await cache.tag(f"r{i}", f"t{i}", [DOCKER_V2])
+            self.assertEqual(entry.digest, m.digest)
+            self.assertTrue(await cache.has_repo(m.digest, f"r{i}"))
+            self.assertFalse(await cache.has_repo(m.digest, "elsewhere"))
+        self.assertLessEqual(sum(len(v) for v in cache.tags.values()), 3)
+        self.assertLessEqual(len(cache._repos), 3)
+        # a restart loads at most the limit, the most recently fetched ones
+        again = ManifestCache(self.db, Clock(), tag_limit=3)
+        await again.start()
+        self.assertEqual(again.summary()["tags"], 3)
+
+    @coro
+    async def test_other_media_type_of_a_tag_not_in_memory_is_found(self):
+        cache = ManifestCache(self.db, Clock(), tag_limit=1)
+        await cache.start()
+        a, b = self.manifest(1), Manifest(self.manifest(2).digest, "application/vnd.oci.image.index.v1+json",
+                                          self.manifest(2).body)
+        cache.store("r", "t", a)
+        cache.store("other", "t", self.manifest(3))  # evicts r:t
+        await self.settle()
+        cache.store("r", "t", b)  # r:t back in memory with one media type only
+        entry = await cache.tag("r", "t", [DOCKER_V2])
+        self.assertEqual(entry.digest, a.digest)
+
+    @coro
+    async def test_dropped_tag_not_brought_back_from_the_database(self):
+        cache = ManifestCache(self.db, Clock(), tag_limit=1)
+        await cache.start()
+        cache.store("r", "t", self.manifest(1))
+        await self.settle()
+        cache.store("other", "t", self.manifest(2))  # evicts r:t from memory
+        cache.drop_tag("r", "t")
+        self.assertIsNone(await cache.tag("r", "t", [DOCKER_V2]))
+        await self.settle()
+        self.assertIsNone(await cache.tag("r", "t", [DOCKER_V2]))
+
+    @coro
+    async def test_pull_served_from_the_database_when_evicted_and_upstream_gone(self):
+        clock = Clock()
+        cache = ManifestCache(self.db, clock, tag_limit=1, repo_limit=1)
+        await cache.start()
+        w = World(manifests=cache, clock=clock)
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, lambda: manifest_response())
+        other = "/v2/library/y/manifests/latest"
+        w.agent.on("GET", "http://a.fake" + other, lambda: manifest_response(MANIFEST + b" "))
+        self.assertEqual((await w.pull(TAG_PATH)).body, MANIFEST)
+        await w.pull(other)  # pushes library/x out of memory
+        self.assertNotIn(("library/x", "latest"), cache.tags)
+        await self.settle()
+        w.agent.routes.clear()  # upstream gone
+        sent = len(w.agent.sent)
+        result = await w.pull(TAG_PATH)
+        self.assertEqual((result.status, result.body), (200, MANIFEST))
+        result = await w.pull(f"/v2/library/x/manifests/{MDIGEST}")
+        self.assertEqual((result.status, result.body), (200, MANIFEST))
+        self.assertEqual(len(w.agent.sent), sent)

@@ -259,7 +259,8 @@ class NamespaceProxyTests(unittest.TestCase):
         self.assertEqual(self.paths(self.hub), [])
 
 
-from tests.fixtures.auth import basic, coro, make_env  # noqa: E402
+from tests.fixtures.auth import basic, make_env  # noqa: E402
+from tests.fixtures.helpers import coro
 from zmirror.auth.whitelist import Entry, Matcher, normalize_prefix  # noqa: E402
 
 
@@ -371,10 +372,10 @@ class AccessPerNamespaceTests(unittest.TestCase):
 
 from twisted.internet import reactor  # noqa: E402
 
-from tests.test_cache import CacheTestBase, deferred_test  # noqa: E402
+from tests.fixtures.cache import CacheTestBase  # noqa: E402
 from zmirror.cache.blobs import CacheBlobs  # noqa: E402
 from zmirror.cache.manifests import ManifestCache  # noqa: E402
-from tests.test_cache import stop_transfers  # noqa: E402
+from tests.fixtures.cache import stop_transfers  # noqa: E402
 
 
 class CachePerNamespaceTests(CacheTestBase):
@@ -390,7 +391,7 @@ class CachePerNamespaceTests(CacheTestBase):
                             manifests=self.manifests, namespaces={"ghcr.fake": "ghcr.io"})
         self.manifests.clock = self.env.clock
 
-    @deferred_test
+    @coro
     async def test_blob_membership_by_canonical_name(self):
         await self.start()
         resp, body = await self.env.arequest("GET", f"/v2/owner/img/blobs/{self.digest}")
@@ -410,7 +411,7 @@ class CachePerNamespaceTests(CacheTestBase):
         self.assertEqual(len(self.blob_gets()), 1)
         self.assertEqual(len(self.blob_gets(self.ghcr)), 0)
 
-    @deferred_test
+    @coro
     async def test_tags_cached_per_namespace(self):
         await self.start()
         hub = self.up.add_manifest("owner/img", "1", MANIFEST + b" ")

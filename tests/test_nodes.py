@@ -15,12 +15,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.fixtures.helpers import admin_password_line, start_services, write_default_config
+from tests.fixtures.fakes import FakeBus
+from tests.fixtures.helpers import (
+    Captured,
+    admin_password_line,
+    coro,
+    eventually,
+    start_services,
+    write_default_config,
+)
 from tests.fixtures.pgserver import on_postgresql, temp_database
-from tests.test_admin_registries import coro
 from tests.fixtures.admin import ADMIN, AdminTestMixin, basic
-from tests.test_cluster_bus import eventually
-from tests.test_ops_reload import Captured
 from zmirror import __version__
 from zmirror.cluster import LocalBus
 from zmirror.db.schema import latest_version
@@ -44,16 +49,6 @@ class FakeCache:
 
     def summary(self):
         return dict(self.figures)
-
-
-class FakeBus:
-    """The PostgresBus attributes the heartbeat reads."""
-
-    def __init__(self, connected=True, at=T0 - 5):
-        self.origin = "feedfacecafebeef"
-        self.connected = connected
-        self.connected_at = at if connected else None
-        self.disconnected_since = None if connected else at
 
 
 class PureTests(unittest.TestCase):
@@ -154,7 +149,7 @@ class HeartbeatTests(unittest.TestCase):
 
     @coro
     async def test_the_bus_state_is_written(self):
-        bus = FakeBus(connected=True, at=T0 - 5)
+        bus = FakeBus(connected=True, since=T0 - 5)
         hb = self.heartbeat(bus=bus)
         await hb.beat()
         self.assertEqual((await self.rows(hb))["node-a"]["bus"],

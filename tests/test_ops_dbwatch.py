@@ -11,8 +11,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
-from tests.fixtures.auth import basic, coro, make_env, temp_db
-from tests.test_ops_reload import Captured, write_config
+from tests.fixtures.auth import basic, make_env
+from tests.fixtures.helpers import Captured, coro, write_default_config
+from tests.fixtures.pgserver import temp_database
 from zmirror import cli
 from zmirror.cli import users as cli_users
 from zmirror.auth.passwords import fast_context
@@ -35,7 +36,7 @@ def other_connection(db) -> sqlite3.Connection:
 
 class ChangeWatcherTests(unittest.TestCase):
     def setUp(self):
-        self.db = temp_db(self)
+        self.db = temp_database(self)
         self.watcher = ChangeWatcher.for_database(self.db)
         self.addCleanup(self.watcher.close)
         self.other = other_connection(self.db)
@@ -95,7 +96,7 @@ class WatchServiceTests(unittest.TestCase):
         self.alice = await self.env.accounts.create("alice", "alicepw")
         # a data directory whose config points the CLI at the test's database
         self.data = Path(self.mktemp()).resolve() / "data"
-        write_config(self.data)
+        write_default_config(self.data)
         path = self.data / "config.toml"
         path.write_text(DEFAULT_CONFIG.replace('path = "./data/registry.db"',
                                                f'path = "{self.env.db.path.resolve()}"'))
@@ -235,7 +236,7 @@ class WatchServiceTests(unittest.TestCase):
 class WiringTests(unittest.TestCase):
     def setUp(self):
         self.data = Path(self.mktemp()).resolve() / "data"
-        write_config(self.data)
+        write_default_config(self.data)
         opts = Options()
         opts.parseOptions(["--data", str(self.data), "--listen", "tcp:0:interface=127.0.0.1"])
         self.top = makeService(opts, reactor)
@@ -275,7 +276,7 @@ class PostgresWiringTests(unittest.TestCase):
 
         url = fresh_database(self)
         data = Path(self.mktemp()).resolve() / "data"
-        write_config(data)
+        write_default_config(data)
         cfg = data / "config.toml"
         line = '# url = "postgresql://zmirror:PASSWORD@127.0.0.1:5432/zmirror"'
         cfg.write_text(cfg.read_text().replace(line, f'url = "{url}"'))

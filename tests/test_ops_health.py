@@ -5,38 +5,13 @@ from types import SimpleNamespace
 
 import treq
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from tests.fixtures.fakes import FakeBus, FakeDB
 from zmirror.app import ZMirrorApp
 from zmirror.health import HealthChecks
-
-
-class FakeDB:
-    def __init__(self, mode="ok"):
-        self.mode = mode
-        self.queries = 0
-        self.pending = []
-
-    def read(self, f, *a):
-        self.queries += 1
-        if self.mode == "ok":
-            class Txn:
-                def execute(self, sql, params=()):
-                    self.sql = sql
-
-                def fetchone(self):
-                    return (1,)
-
-            return succeed(f(Txn(), *a))
-        if self.mode == "error":
-            import sqlite3
-
-            return fail(sqlite3.OperationalError("unable to open database file"))
-        d = Deferred()  # "hang": never answers
-        self.pending.append(d)
-        return d
 
 
 class FakePool:
@@ -187,14 +162,6 @@ class HealthTests(unittest.TestCase):
         self.assertNotIn(b"hub.test", body)  # no URLs in an unauthenticated answer
 
 
-class FakeBus:
-    """What /readyz reads of the cluster bus (zmirror.db.listen.PostgresBus)."""
-
-    def __init__(self, connected=True, disconnected_since=None):
-        self.connected = connected
-        self.disconnected_since = disconnected_since
-
-
 class ClusterBusReadyTests(unittest.TestCase):
     """On PostgreSQL /readyz reports the bus; a disconnected bus is a warning, not unready."""
 
@@ -223,7 +190,7 @@ class ClusterBusReadyTests(unittest.TestCase):
         self.assertNotIn("warnings", data)
 
     def test_disconnected_for_long_stays_ready_and_says_since_when(self):
-        bus = FakeBus(connected=False, disconnected_since=self.clock.seconds())
+        bus = FakeBus(connected=False, since=self.clock.seconds())
         self.clock.advance(3600 + 0.7)
         code, data = self.readyz(bus)
         self.assertEqual(code, 200)  # pulls are still answered correctly from the database
@@ -235,7 +202,7 @@ class ClusterBusReadyTests(unittest.TestCase):
         self.assertIn("cluster bus disconnected for 3600s", data["warnings"][0])
 
     def test_a_database_down_is_still_unready_with_the_bus_down(self):
-        bus = FakeBus(connected=False, disconnected_since=self.clock.seconds() - 5)
+        bus = FakeBus(connected=False, since=self.clock.seconds() - 5)
         code, data = self.readyz(bus, FakeDB("error"))
         self.assertEqual(code, 503)
         self.assertEqual(data["reasons"], ["database unreachable (OperationalError)"])

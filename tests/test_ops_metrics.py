@@ -6,7 +6,6 @@ from pathlib import Path
 
 import treq
 from prometheus_client import REGISTRY
-from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, inlineCallbacks
@@ -14,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
+from tests.fixtures.metrics import value
 from tests.fixtures.proxyenv import ProxyEnv
 from zmirror.accesslog import AccessRecord, MemoryAccessLog
 from zmirror.app import ZMirrorApp
@@ -22,19 +22,6 @@ from zmirror.metrics import MeteredAccessLog, Metrics, MetricsEndpoint, metrics_
 from zmirror.testing import DOCKER_V2, FakeRegistry, sha256
 
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2, "layers": []}).encode()
-
-
-def samples(text: bytes) -> dict:
-    """{(name, frozenset(labels.items())): value} from an exposition."""
-    out = {}
-    for fam in text_string_to_metric_families(text.decode()):
-        for s in fam.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def value(text, name, **labels):
-    return samples(text).get((name, frozenset(labels.items())))
 
 
 class MetricsUnitTests(unittest.TestCase):

@@ -10,57 +10,24 @@ from twisted.application.service import Application
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
-from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.logger import ILogObserver
 from twisted.trial import unittest
 
+from tests.fixtures.helpers import Captured, set_in_config, write_default_config
 from zmirror import cli
 from zmirror.cli import users as cli_users
 from zmirror.auth.passwords import fast_context, hash_admin_password
-from zmirror.config import DEFAULT_CONFIG, load_config
+from zmirror.config import load_config
 from zmirror.logs import LogControl
 from zmirror.reload import SighupService
 from zmirror.service import ZMirrorService
 from zmirror.tap import Options, makeService
 
 
-def write_config(data: Path, **replacements) -> None:
-    text = DEFAULT_CONFIG
-    for old, new in replacements.items():
-        old = old.replace("__", " = ").replace("_DOT_", ".")
-        assert old in text, old
-        text = text.replace(old, new)
-    data.mkdir(parents=True, exist_ok=True)
-    path = data / "config.toml"
-    path.write_text(text)
-    os.chmod(path, 0o600)
-
-
-def set_in_config(data: Path, old: str, new: str) -> None:
-    path = data / "config.toml"
-    text = path.read_text()
-    assert old in text, old
-    path.write_text(text.replace(old, new))
-
-
-class Captured:
-    def __init__(self, case):
-        self.events = []
-        globalLogPublisher.addObserver(self)
-        case.addCleanup(globalLogPublisher.removeObserver, self)
-
-    def __call__(self, event):
-        self.events.append(event)
-
-    def texts(self):
-        from twisted.logger import formatEvent
-
-        return [formatEvent(e) for e in self.events]
-
-
 class ReloadTests(unittest.TestCase):
     def setUp(self):
         self.data = Path(self.mktemp()).resolve() / "data"
-        write_config(self.data)
+        write_default_config(self.data)
         self.opts = Options()
         self.opts.parseOptions(["--data", str(self.data), "--listen", "tcp:0:interface=127.0.0.1"])
         self.top = makeService(self.opts, reactor)
@@ -213,7 +180,7 @@ class SighupTests(unittest.TestCase):
 class LogSetupTests(unittest.TestCase):
     def build(self, fmt="text", level="info", parent=None):
         data = Path(self.mktemp()).resolve() / "data"
-        write_config(data)
+        write_default_config(data)
         set_in_config(data, 'format = "text"', f'format = "{fmt}"')
         set_in_config(data, 'level = "info"', f'level = "{level}"')
         opts = Options()

@@ -1,4 +1,5 @@
-"""Property tests for the parsers every decision rests on."""
+"""Property tests for the parsers every decision rests on, and the regular expressions
+that check upstream values."""
 
 import json
 import re
@@ -184,3 +185,28 @@ class MergedAcceptTests(unittest.TestCase):
 
         got = self.accept(b", ".join(b"a/t%d" % i for i in range(1000)))
         self.assertEqual(len(got), MAX_ACCEPT_ITEMS)
+
+
+class TrailingNewlineTests(unittest.TestCase):
+    """``$`` also matches before a final newline: the checks of upstream values use ``\\Z``."""
+
+    def test_media_type_and_digest(self):
+        from zmirror.oci.mediatypes import content_media_type, valid_media_type
+
+        self.assertTrue(valid_media_type("application/json"))
+        self.assertFalse(valid_media_type("application/json\n"))
+        self.assertIsNone(content_media_type("application/json; charset=utf-8\n"))
+
+    def test_tag_page_size(self):
+        from zmirror.upstream.manifests import _DIGITS
+
+        self.assertTrue(_DIGITS.match("5"))
+        self.assertIsNone(_DIGITS.match("5\n"))
+
+    def test_external_url(self):
+        from zmirror.config import ConfigError
+        from zmirror.config.parse import validate_external_url
+
+        validate_external_url("server.external_url", "https://mirror.example.com")
+        with self.assertRaises(ConfigError):
+            validate_external_url("server.external_url", "https://mirror.example.com\n")

@@ -16,8 +16,8 @@ from twisted.web.http_headers import Headers
 
 from tests.fixtures.proxyenv import ProxyEnv
 from tests.fixtures.admin import AdminTestMixin
-from tests.test_ops_metrics import value
-from tests.test_upstream_hardening import MANIFEST, MDIGEST, TAG_PATH, FakeResponse, World, manifest_response
+from tests.fixtures.metrics import value
+from tests.fixtures.upstream import MANIFEST, MDIGEST, TAG_PATH, FakeResponse, World, manifest_response
 from zmirror.cache.manifests import Manifest
 from zmirror.metrics import Metrics
 from zmirror.oci.errors import RegistryError

@@ -9,21 +9,10 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import ResponseDone
-from twisted.web.http import HTTPChannel, Request
 
+from tests.fixtures.rawhttp import make_request
 from zmirror.transfer.threads import TransferThreads
 from zmirror.upstream.relay import BlobRelay
-
-
-def make_request():
-    channel = HTTPChannel()
-    client = StringTransport()
-    channel.makeConnection(client)
-    request = Request(channel, False)
-    request.method = b"GET"
-    request.clientproto = b"HTTP/1.1"
-    request.setHeader(b"Content-Length", b"0")
-    return channel, client, request
 
 
 class RelayFlowControlTests(unittest.TestCase):

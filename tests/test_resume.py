@@ -13,8 +13,9 @@ from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.trial import unittest
 from twisted.web._newclient import ResponseFailed
 
+from tests.fixtures.helpers import coro
 from tests.fixtures.proxyenv import ProxyEnv
-from tests.test_cache import CacheTestBase, deferred_test
+from tests.fixtures.cache import CacheTestBase
 from zmirror.metrics import Metrics
 from zmirror.testing import FakeRegistry
 from zmirror.upstream.blobs import ResumeOrder
@@ -163,7 +164,7 @@ class CachedResumeTests(CacheTestBase):
     def path(self):
         return f"/v2/library/x/blobs/{self.digest}"
 
-    @deferred_test
+    @coro
     async def test_every_client_gets_the_whole_blob(self):
         await self.start()
         self.up.faults[self.path()] = ["truncate"]
@@ -181,7 +182,7 @@ class CachedResumeTests(CacheTestBase):
         self.assertEqual(os.listdir(self.base / "cache" / "tmp"), [])
         self.assertEqual({r.resumes for r in self.env.log.records}, {1})
 
-    @deferred_test
+    @coro
     async def test_ignored_range_and_a_reset(self):
         await self.start()
         self.up.faults[self.path()] = ["reset", "norange"]
@@ -189,7 +190,7 @@ class CachedResumeTests(CacheTestBase):
         self.assertEqual((resp.code, body), (200, self.data))
         self.assertEqual(self.blobs.path(self.digest).read_bytes(), self.data)
 
-    @deferred_test
+    @coro
     async def test_corrupt_resume_is_thrown_away(self):
         await self.start()
         self.up.faults[self.path()] = ["truncate", "corrupt"]
@@ -203,7 +204,7 @@ class CachedResumeTests(CacheTestBase):
         await deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(os.listdir(self.base / "cache" / "tmp"), [])
 
-    @deferred_test
+    @coro
     async def test_cache_failing_relays_and_resumes(self):
         await self.start()
         self.blobs.store_failed("test: disk gone")

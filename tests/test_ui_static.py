@@ -158,7 +158,7 @@ class WebUITests(unittest.TestCase):
 
     @inlineCallbacks
     def test_overlong_names_are_json_404(self):
-        # a component over NAME_MAX (255 bytes) used to reach stat(): ENAMETOOLONG, a 500
+        # a component over NAME_MAX (255 bytes) must not reach stat() (ENAMETOOLONG, a 500)
         self.flushLoggedErrors()
         for path in ("/" + "a" * 256, "/assets/" + "a" * 300 + ".js", "/" + "a" * 300 + ".png",
                      "/registries/" + "b" * 5000, "/assets/" + "a" * 250 + ".js"):

@@ -1,10 +1,12 @@
-"""Upstream connections are reused across error answers (zmirror/upstream/client.py).
+"""Upstream requests (zmirror/upstream/client.py): connections reused across error answers,
+a client that leaves is not an upstream failure, small bodies read within a deadline.
 
 A real twisted.web upstream on 127.0.0.1 and the real Agent + HTTPConnectionPool
 built by ``zmirror.upstream.build.build_upstreams``: the upstream's factory counts the
 connections it accepts.  Small unwanted bodies (401 before the token retry,
 404, 5xx) are read to the end so their connection goes back to the pool; a
-huge or stalled unwanted body is still cut off.
+huge or stalled unwanted body is still cut off.  The other tests script the upstream
+(tests/fixtures/upstream.py), or stall a real one.
 """
 
 import base64
@@ -12,7 +14,7 @@ import json
 from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -22,11 +24,17 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from twisted.internet.error import ConnectionLost
 
-from tests.fixtures.auth import coro
+from tests.fixtures.helpers import coro
+from tests.fixtures.upstream import (DOCKER_V2, MANIFEST, TAGS_PATH, TAG_PATH, FakeResponse, World,
+                                     manifest_response, token_challenge)
 from zmirror.config import Config, UpstreamConfig
 from zmirror.oci.errors import RegistryError
 from zmirror.httpbody import DRAIN_LIMIT, discard, failure_text
+from zmirror.oci.reference import parse_path
+from zmirror.registry.build import build_proxy
+from zmirror.registry.routes import PullRequest
 from zmirror.upstream.build import build_upstreams
+from zmirror.upstream.pool import UpstreamPool
 from zmirror.upstream.failover import Failover
 
 USER, PASSWORD = "puller", "s3cret"
@@ -312,3 +320,104 @@ class BrokenBlobReasonTests(unittest.TestCase):
         self.assertIn("ConnectionLost", reason)
         self.assertIn("reset by peer", reason)
         self.assertNotIn("twisted.python.failure.Failure", reason)
+
+
+class CancellationTests(unittest.TestCase):
+    def _client_leaves_three_times(self, path, factory):
+        w = World()
+        w.agent.on("GET", "http://a.fake" + path, factory)
+        for _ in range(3):
+            d = w.pull(path)
+            self.assertNoResult(d)
+            d.cancel()
+            self.failureResultOf(d, CancelledError)
+        h = w.health()
+        self.assertEqual(h["consecutive_failures"], 0)
+        self.assertNotIn(h["state"], ("down", "cooldown"))
+        self.assertEqual([u.name for u in w.pool.candidates()], ["a.fake"])
+        # and the half-read body's connection was closed, not left reading
+        self.assertEqual(len(w.agent.responses), 3)
+        self.assertTrue(all(r.transport.stopped for r in w.agent.responses))
+
+    def test_manifest_body_read(self):
+        self._client_leaves_three_times(TAG_PATH, lambda: manifest_response(MANIFEST[:10], stall=True))
+
+    def test_tags_body_read(self):
+        self._client_leaves_three_times(
+            TAGS_PATH, lambda: FakeResponse(200, {b"Content-Type": b"application/json"}, b'{"na', stall=True))
+
+
+class BodyTimeoutTests(unittest.TestCase):
+    def test_token_body_read_times_out_and_closes(self):
+        w = World()
+        w.agent.on("GET", "http://a.fake" + TAG_PATH, token_challenge())
+        w.agent.on("GET", "http://auth.fake/token?service=s&scope=repository%3Alibrary%2Fx%3Apull",
+                   lambda: FakeResponse(200, {}, b'{"tok', stall=True))
+        d = w.pull(TAG_PATH)
+        self.assertNoResult(d)
+        w.clock.advance(w.pool.client.body_timeout + 1)
+        self.assertUpstreamError(d)
+        token_resp = [r for r in w.agent.responses if r.code == 200][0]
+        self.assertTrue(token_resp.transport.stopped)
+        self.assertEqual(w.pool.client.tokens.fetching, 0)  # and the next pull can fetch again
+
+    def assertUpstreamError(self, d):
+        err = self.failureResultOf(d, RegistryError).value
+        self.assertEqual((err.status, err.code), (502, "UPSTREAM_ERROR"))
+
+    def _stalls(self, path, factory):
+        w = World(idle_timeout=30)
+        w.agent.on("GET", "http://a.fake" + path, factory)
+        d = w.pull(path)
+        self.assertNoResult(d)
+        w.clock.advance(31)
+        self.assertUpstreamError(d)
+        self.assertTrue(w.agent.responses[0].transport.stopped, "the stalled connection was left open")
+        self.assertIn("within", w.health()["last_error"])
+        self.assertEqual(w.clock.getDelayedCalls(), [])
+
+    def test_manifest_body_read_times_out_and_closes(self):
+        self._stalls(TAG_PATH, lambda: manifest_response(MANIFEST[:5], stall=True))
+
+    def test_tags_body_read_times_out_and_closes(self):
+        self._stalls(TAGS_PATH, lambda: FakeResponse(200, {}, b'{"t', stall=True))
+
+
+class RealConnectionTests(unittest.TestCase):
+    """Over real TCP with twisted.web's Agent: a body read that times out closes
+    the upstream connection (seen from the server's side)."""
+
+    @coro
+    async def test_stalled_manifest_body_closes_the_connection(self):
+        from twisted.internet.task import deferLater
+        from twisted.web.client import Agent
+        from twisted.web.resource import Resource
+        from twisted.web.server import NOT_DONE_YET, Site
+
+        lost = Deferred()
+
+        class Stall(Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                request.setHeader(b"Content-Type", DOCKER_V2.encode())
+                request.setHeader(b"Content-Length", str(len(MANIFEST)).encode())
+                request.write(MANIFEST[:10])
+                request.notifyFinish().addBoth(lambda r: lost.called or lost.callback([r]))
+                return NOT_DONE_YET
+
+        port = reactor.listenTCP(0, Site(Stall()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        host = f"127.0.0.1:{port.getHost().port}"
+        clock = Clock()
+        pool = UpstreamPool(Agent(reactor), clock, header_timeout=10)
+        pool.set_registries([{"id": 1, "name": "a", "url": f"http://{host}", "priority": 1, "enabled": 1}])
+        proxy = build_proxy(pool, clock, idle_timeout=30)
+        d = Deferred.fromCoroutine(proxy.pull(PullRequest(path=parse_path(TAG_PATH), method=b"GET")))
+        while not any(c.getTime() == 30 for c in clock.getDelayedCalls()):  # the body read began
+            await deferLater(reactor, 0.01, lambda: None)
+        clock.advance(31)
+        with self.assertRaises(RegistryError):
+            await d
+        [reason] = await lost
+        self.assertIsInstance(reason, Failure)  # the request never finished: its connection was closed

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web.http_headers import Headers
 
+from tests.fixtures.helpers import coro
 from zmirror.cluster import LoopbackHub
 from zmirror.config import Config
 from zmirror.upstream.build import build_upstreams
@@ -28,14 +28,6 @@ def hdrs(**values) -> Headers:
     for k, v in values.items():
         h.setRawHeaders(k.replace("_", "-"), [v])
     return h
-
-
-def coro(f):
-    def wrapper(self, *a, **kw):
-        return Deferred.fromCoroutine(f(self, *a, **kw))
-
-    wrapper.__name__ = f.__name__
-    return wrapper
 
 
 class Nodes:

@@ -12,8 +12,8 @@ trial, for the e2e tests and for benchmark scripts::
 - PostgreSQL: the test process's server (:func:`tests.fixtures.pgserver.server`, a real PostgreSQL 15 in a
   temp dir) with a database of the cluster's own, dropped by :meth:`Cluster.stop`.
 - The upstream: one open distribution registry (``docker-registry``) seeded with the harness's
-  test images (:func:`~tests.e2e.harness.build_images`), optionally behind a
-  :class:`~tests.e2e.harness.ThrottledProxy` (``throttle=True``; ``cluster.throttle.rate`` paces it)
+  test images (:func:`~tests.e2e.images.build_images`), optionally behind a
+  :class:`~tests.e2e.faultproxy.FaultProxy` in paced mode (``throttle=True``; ``cluster.throttle.rate`` paces it)
   to keep a cold download in flight.
 - Node ``i`` (``nodes[i]``, a :class:`~tests.e2e.harness.ZMirror`, named ``node{i+1}``): its own
   data dir, cache dir and port on 127.0.0.1; ``[database] url`` = the cluster's database,
@@ -47,6 +47,11 @@ if __package__ in (None, ""):  # run as a script
 
 from tests.fixtures import pgserver  # noqa: E402
 from tests.e2e import harness as H  # noqa: E402
+from tests.e2e.httpclient import http_request  # noqa: E402
+from tests.e2e.images import Image, build_images  # noqa: E402
+from tests.e2e.processes import HarnessError, Proc, log_tail, spawn, wait_http  # noqa: E402
+from tests.fixtures.helpers import free_port  # noqa: E402
+from tests.e2e.faultproxy import FaultProxy  # noqa: E402
 
 DOCS = H.REPO / "docs" / "cluster"
 NGINX_CONF = DOCS / "nginx.conf"
@@ -96,7 +101,7 @@ def _node_server_options() -> str:
         m = re.match(r"^\s*server\s+\S+\s*(.*?);", line)
         if m:
             return m.group(1)
-    raise H.HarnessError(f"{NODES_CONF}: no server line")
+    raise HarnessError(f"{NODES_CONF}: no server line")
 
 
 def render_nginx(dest: Path, *, listen_port: int, nodes: list[str], listen_host: str = "127.0.0.1") -> Path:
@@ -122,9 +127,9 @@ def render_nginx(dest: Path, *, listen_port: int, nodes: list[str], listen_host:
     for pattern, repl in rules:
         text, n = re.subn(pattern, lambda m, r=repl: m.expand(r), text, flags=re.M)
         if n != 1:
-            raise H.HarnessError(f"{NGINX_CONF}: expected one match of {pattern!r}, found {n}")
+            raise HarnessError(f"{NGINX_CONF}: expected one match of {pattern!r}, found {n}")
     if len(re.findall(rf"^\s*include\s+{re.escape(NODES_INCLUDE)};", text, flags=re.M)) != 2:
-        raise H.HarnessError(f"{NGINX_CONF}: both upstreams must include {NODES_INCLUDE}")
+        raise HarnessError(f"{NGINX_CONF}: both upstreams must include {NODES_INCLUDE}")
     opts = _node_server_options()
     (dest / NODES_INCLUDE).write_text("".join(f"server {n} {opts};\n" for n in nodes))
     (dest / "temp").mkdir(exist_ok=True)
@@ -138,7 +143,7 @@ def nginx_argv(conf: Path, *, test: bool = False) -> list[str]:
     in the foreground (or ``-t``: only check the configuration)."""
     nginx = nginx_bin()
     if nginx is None:
-        raise H.HarnessError("nginx is not installed")
+        raise HarnessError("nginx is not installed")
     d = conf.parent
     argv = [nginx, "-p", f"{d}/", "-c", str(conf), "-e", str(d / "error.log")]
     return argv + (["-t", "-q"] if test else ["-g", "daemon off;"])
@@ -150,7 +155,7 @@ def nginx_argv(conf: Path, *, test: bool = False) -> list[str]:
 class Cluster:
     """PostgreSQL + ``nodes`` zmirror nodes + nginx on 127.0.0.1 (see the module docstring).
 
-    ``images``: keys of :func:`~tests.e2e.harness.build_images` to push upstream (default all,
+    ``images``: keys of :func:`~tests.e2e.images.build_images` to push upstream (default all,
     ``big`` of ``big_mib`` MiB included); ``anonymous``: ``[access] anonymous`` of the nodes;
     ``node_toml``: more TOML appended to every node's config.toml (its own sections);
     ``cache``: the nodes' blob caches. ``[lockout] max_ip_failures`` is raised so that tests of the
@@ -176,12 +181,12 @@ class Cluster:
         self.node_toml = node_toml
         self.with_nginx = nginx
         self.admin_password = secrets.token_hex(12)
-        self.images: dict[str, H.Image] = {}
+        self.images: dict[str, Image] = {}
         self.registry: H.Registry | None = None
-        self.throttle: H.ThrottledProxy | None = None
+        self.throttle: FaultProxy | None = None
         self.nodes: list[H.ZMirror] = []
         self.database_url = ""
-        self.nginx: H.Proc | None = None
+        self.nginx: Proc | None = None
         self.nginx_port = 0
         self.nginx_dir = self.root / "nginx"
         self.timings: dict[str, float] = {}
@@ -215,7 +220,7 @@ class Cluster:
     def start(self) -> Cluster:
         reason = missing() if self.with_nginx else (H.missing_tools() or postgresql_missing())
         if reason:
-            raise H.HarnessError(reason)
+            raise HarnessError(reason)
         try:
             self._start()
         except BaseException:
@@ -229,8 +234,8 @@ class Cluster:
 
         def images() -> None:
             try:
-                built = H.build_images(self.root / "images", self.big_mib,
-                                       with_big=self.image_keys is None or "big" in self.image_keys)
+                built = build_images(self.root / "images", self.big_mib,
+                                     with_big=self.image_keys is None or "big" in self.image_keys)
                 self.images = {k: v for k, v in built.items() if self.image_keys is None or k in self.image_keys}
             except BaseException as e:  # noqa: BLE001 -- re-raised below
                 errors.append(e)
@@ -249,13 +254,13 @@ class Cluster:
         self.h.push_many([(img, self.registry) for img in self.images.values()])
         self.timings["push"] = time.monotonic() - t1
         if self.use_throttle:
-            self.throttle = H.ThrottledProxy(self.registry.port)
+            self.throttle = FaultProxy(self.registry.port, name="throttle", chunk=64 * 1024)
         H.write_registries(self.database_url, [H.Upstream("upstream", self.upstream_url)])
         t2 = time.monotonic()
-        ports = [H.free_port() for _ in range(self.n)]
+        ports = [free_port() for _ in range(self.n)]
         procs = [self._spawn_node(i, port) for i, port in enumerate(ports)]
         for i, (port, (proc, data)) in enumerate(zip(ports, procs)):
-            H.wait_http(f"http://127.0.0.1:{port}/v2/", proc, timeout=90)
+            wait_http(f"http://127.0.0.1:{port}/v2/", proc, timeout=90)
             zm = H.ZMirror(self.node_name(i), port, proc, data, [H.Upstream("upstream", self.upstream_url)])
             self.nodes.append(zm)
             self.h.zmirrors[zm.name] = zm
@@ -267,7 +272,7 @@ class Cluster:
     def _create_database(self) -> str:
         srv = pgserver.server()
         if srv is None:
-            raise H.HarnessError(f"PostgreSQL: {pgserver.reason()}")
+            raise HarnessError(f"PostgreSQL: {pgserver.reason()}")
         import psycopg
 
         self._db_name = f"zmcluster_{os.getpid()}_{secrets.token_hex(4)}"
@@ -325,7 +330,7 @@ dir = {json.dumps(str(data / "cache"))}
 {self.node_toml}
 """
 
-    def _spawn_node(self, i: int, port: int) -> tuple[H.Proc, Path]:
+    def _spawn_node(self, i: int, port: int) -> tuple[Proc, Path]:
         name = self.node_name(i)
         data = self.root / "zmirror" / name / "data"
         data.mkdir(parents=True, exist_ok=True)
@@ -335,11 +340,11 @@ dir = {json.dumps(str(data / "cache"))}
         return self.h.spawn_zmirror(name, data, port), data
 
     def _start_nginx(self) -> None:
-        self.nginx_port = H.free_port()
+        self.nginx_port = free_port()
         conf = render_nginx(self.nginx_dir, listen_port=self.nginx_port, nodes=[zm.host for zm in self.nodes])
-        self.nginx = H.spawn("nginx", nginx_argv(conf), self.root / "logs" / "nginx.log")
+        self.nginx = spawn("nginx", nginx_argv(conf), self.root / "logs" / "nginx.log")
         self.h.procs.append(self.nginx)
-        H.wait_http(f"{self.nginx_url}/healthz", self.nginx, timeout=30)
+        wait_http(f"{self.nginx_url}/healthz", self.nginx, timeout=30)
 
     def stop(self) -> None:
         if self._stopped:
@@ -370,13 +375,13 @@ dir = {json.dumps(str(data / "cache"))}
         last = None
         while time.monotonic() < deadline:
             try:
-                last = H.http_request("GET", f"{self.nodes[i].url}/readyz", timeout=5)
+                last = http_request("GET", f"{self.nodes[i].url}/readyz", timeout=5)
                 if last.status == 200:
                     return
             except OSError as e:
                 last = e
             time.sleep(0.1)
-        raise H.HarnessError(f"{self.node_name(i)} not ready after {timeout}s: {last}")
+        raise HarnessError(f"{self.node_name(i)} not ready after {timeout}s: {last}")
 
     def node_index(self, addr: str) -> int:
         """The index of the node at ``host:port``."""
@@ -422,7 +427,7 @@ dir = {json.dumps(str(data / "cache"))}
                 if tried:
                     return self.node_index(tried[-1])
             if time.monotonic() >= deadline:
-                raise H.HarnessError(f"no nginx access-log line for {method} {path} after {timeout}s")
+                raise HarnessError(f"no nginx access-log line for {method} {path} after {timeout}s")
             time.sleep(0.05)
 
     def tails(self, n: int = 30) -> str:
@@ -431,7 +436,7 @@ dir = {json.dumps(str(data / "cache"))}
         for zm in self.nodes:
             out += f"\n--- {zm.name} log tail ---\n{zm.tail(n)}"
         if self.nginx is not None:
-            out += f"\n--- nginx error.log tail ---\n{H._log_tail(self.nginx_dir / 'error.log', n)}"
+            out += f"\n--- nginx error.log tail ---\n{log_tail(self.nginx_dir / 'error.log', n)}"
         return out
 
 

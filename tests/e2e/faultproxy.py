@@ -6,7 +6,7 @@ the response byte for byte; it only parses enough HTTP to know where each respon
 starts and ends on a keep-alive connection (status line, ``Content-Length``, chunked framing,
 HEAD/204/304).  Per request it applies a :class:`Fault` chosen by its *plans*:
 
-- ``pass``: relay untouched (paced at ``rate`` bytes/s if set);
+- ``pass``: relay untouched (paced at ``rate`` bytes/s if set, see below);
 - ``cut``: send ``at`` body bytes, then close the connection (FIN);
 - ``reset``: send ``at`` body bytes, then reset it (RST: ``SO_LINGER`` 0);
 - ``stall``: send ``at`` body bytes, send nothing for ``seconds``, then go on (if the peer stayed);
@@ -19,7 +19,11 @@ HEAD/204/304).  Per request it applies a :class:`Fault` chosen by its *plans*:
 for a random byte of it (seeded).  A plan is ``(match, script, then)``: the requests ``match``
 accepts take the faults of ``script`` in order, then ``then`` (a Fault, or a callable
 ``(request, random) -> Fault``) for ever after; the first plan that matches decides, a request
-no plan matches passes.  Everything done is counted (:attr:`FaultProxy.counts`) and logged
+no plan matches passes.  Paced mode: ``rate`` (bytes/s per connection, None: unlimited; may
+change at any time, open connections included) paces every response body, and :meth:`FaultProxy.hold`
+holds back everything sent to clients (responses not even started) until
+:meth:`FaultProxy.release` -- to keep a download in flight long enough to join it, read part of it,
+or kill zmirror in the middle of it.  Everything done is counted (:attr:`FaultProxy.counts`) and logged
 (:attr:`FaultProxy.events`, bounded).  Threads (two per open connection at most, bounded by
 ``max_connections``); :meth:`FaultProxy.close` stops them all.
 
@@ -202,6 +206,8 @@ class FaultProxy:
         self._plans: list[_Plan] = []
         self._lock = threading.Lock()
         self._closing = threading.Event()
+        self._flowing = threading.Event()  # cleared by hold(): nothing goes out to clients
+        self._flowing.set()
         self._socks: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
         self._slots = threading.BoundedSemaphore(max_connections)
@@ -249,6 +255,14 @@ class FaultProxy:
             self._refuse_until = 0.0
         self._apply_refusal()
 
+    def hold(self) -> None:
+        """Hold back everything sent to clients (responses not even started) until :meth:`release`
+        (at most a minute each time something waits)."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
+
     def matching(self, match: Match) -> list[Event]:
         """The events of requests ``match`` accepts (oldest first)."""
         with self._lock:
@@ -261,6 +275,7 @@ class FaultProxy:
 
     def close(self) -> None:
         self._closing.set()
+        self._flowing.set()
         with self._lock:
             lst, self._listener = self._listener, None
             socks, self._socks = list(self._socks), set()
@@ -373,6 +388,7 @@ class FaultProxy:
                     self._count(fault)
                 if fault.kind == "status":
                     ev.status, ev.done = fault.status, True
+                    self._wait_flowing()
                     client.sendall(_error_answer(fault.status, fault.retry_after, fault.headers))
                     continue
                 if fault.kind == "refuse":
@@ -391,6 +407,7 @@ class FaultProxy:
                     return
                 status, rheaders = _parse_response(rhead)
                 ev.status = status
+                self._wait_flowing()
                 client.sendall(rhead)
                 if req.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
                     ev.length = 0
@@ -425,7 +442,13 @@ class FaultProxy:
             if fault.kind == "status":
                 self.counts[f"status:{fault.status}"] += 1
 
+    def _wait_flowing(self) -> None:
+        self._flowing.wait(60)
+        if self._closing.is_set():
+            raise _Closed()
+
     def _send(self, client: socket.socket, data: bytes) -> None:
+        self._wait_flowing()
         client.sendall(data)
         rate = self.rate
         if rate and self._closing.wait(len(data) / rate):

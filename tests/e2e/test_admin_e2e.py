@@ -15,6 +15,8 @@ import toml
 from twisted.trial import unittest
 
 from tests.e2e import harness as H
+from tests.e2e.environment import shared
+from tests.e2e.httpclient import HTTPResult, http_request
 
 MiB = 1024 * 1024
 
@@ -23,15 +25,15 @@ class AdminLogE2ETests(unittest.TestCase):
     skip = H.missing_tools()
 
     def setUp(self):
-        self.env = H.shared()
+        self.env = shared()
         self.zm = self.env.proxy("main")
         conf = toml.loads((self.zm.data / "config.toml").read_text())
         token = base64.b64encode(f"admin:{conf['admin']['password']}".encode()).decode()
         self.auth = [("Authorization", f"Basic {token}")]
 
-    def api(self, path: str, **query) -> H.HTTPResult:
+    def api(self, path: str, **query) -> HTTPResult:
         q = ("?" + urllib.parse.urlencode(query)) if query else ""
-        return H.http_request("GET", f"{self.zm.url}/api{path}{q}", self.auth)
+        return http_request("GET", f"{self.zm.url}/api{path}{q}", self.auth)
 
     def wait_row(self, digest: str, method: str, timeout: float = 15.0) -> dict:
         """The access-log row of ``method`` on ``digest`` (the writer flushes every 0.5 s)."""
@@ -51,8 +53,8 @@ class AdminLogE2ETests(unittest.TestCase):
     def test_blob_pull_logged_with_status_and_bytes(self):
         img = self.env.images["oci"]
         blob = img.blobs[1]
-        r = H.http_request("GET", f"{self.zm.url}/v2/{img.repo}/blobs/{blob.digest}",
-                           [("User-Agent", "zmirror-e2e/1")])
+        r = http_request("GET", f"{self.zm.url}/v2/{img.repo}/blobs/{blob.digest}",
+                         [("User-Agent", "zmirror-e2e/1")])
         self.assertEqual(r.status, 200, r.describe())
         self.assertEqual(len(r.body), blob.size)
         row = self.wait_row(blob.digest, "GET")
@@ -68,7 +70,7 @@ class AdminLogE2ETests(unittest.TestCase):
     def test_head_logged_with_zero_bytes(self):
         img = self.env.images["dockerv2"]
         blob = img.blobs[1]
-        r = H.http_request("HEAD", f"{self.zm.url}/v2/{img.repo}/blobs/{blob.digest}")
+        r = http_request("HEAD", f"{self.zm.url}/v2/{img.repo}/blobs/{blob.digest}")
         self.assertEqual(r.status, 200, r.describe())
         row = self.wait_row(blob.digest, "HEAD")
         self.assertEqual((row["status"], row["bytes"]), (200, 0))
@@ -77,8 +79,8 @@ class AdminLogE2ETests(unittest.TestCase):
         img = self.env.images["big"]
         blob = img.largest_blob()
         self.assertGreater(blob.size, 32 * MiB)
-        r = H.http_request("GET", f"{self.zm.url}/v2/{img.repo}/blobs/{blob.digest}",
-                           read_limit=MiB)
+        r = http_request("GET", f"{self.zm.url}/v2/{img.repo}/blobs/{blob.digest}",
+                         read_limit=MiB)
         self.assertEqual(r.status, 200, r.describe())
         self.assertEqual(len(r.body), MiB)
         row = self.wait_row(blob.digest, "GET", timeout=60)
@@ -89,7 +91,7 @@ class AdminLogE2ETests(unittest.TestCase):
     def test_stats_count_the_pulls(self):
         img = self.env.images["oci"]
         blob = img.blobs[1]
-        H.http_request("GET", f"{self.zm.url}/v2/{img.repo}/blobs/{blob.digest}")
+        http_request("GET", f"{self.zm.url}/v2/{img.repo}/blobs/{blob.digest}")
         self.wait_row(blob.digest, "GET")
         r = self.api("/stats")
         self.assertEqual(r.status, 200, r.describe())

@@ -2,13 +2,13 @@
 registry that the tests stop, restart and count requests on.
 
 The upstream is an extra open distribution registry of its own (``cacheup``,
-started once per process by ``harness.E2EEnvironment.extra_open``) holding the
+started once per process by ``environment.E2EEnvironment.extra_open``) holding the
 docker v2 image, the OCI index and the big image built by the shared harness,
 so stopping it disturbs no other test.  Upstream fetches are counted in its
 access log (one ``"GET /v2/... HTTP/1.1"`` line per response, written when the
 response ends).  Where a download must stay in flight (single-flight, Range
 from a running download, SIGKILL mid-blob) zmirror reaches the registry through
-a :class:`harness.ThrottledProxy` that paces the upstream's bytes.
+a :class:`~tests.e2e.faultproxy.FaultProxy` in paced mode.
 
 Every zmirror here is a fresh instance (own data dir) with ``anonymous = "all"``.
 Skipped when ``docker-registry`` or ``skopeo`` is missing.
@@ -27,18 +27,22 @@ from pathlib import Path
 from twisted.trial import unittest
 
 from tests.e2e import harness as H
+from tests.e2e.clients import SkopeoError, skopeo_copy
+from tests.e2e.environment import shared
+from tests.e2e.httpclient import StreamedResult, http_request, http_stream, manifest_headers
+from tests.e2e.images import Blob, Image, MiB, dir_problems, sha256_file
+from tests.e2e.faultproxy import FaultProxy
 
 SKIP = H.missing_tools()
 UPSTREAM = "cacheup"
 KEYS = ("dockerv2", "ociindex", "big")
-MiB = H.MiB
 
 
 class CacheE2ECase(unittest.TestCase):
     skip = SKIP
 
     def setUp(self):
-        self.env = H.shared()
+        self.env = shared()
         self.reg = self.env.extra_open(UPSTREAM, KEYS)
         # a test that stops the upstream leaves it running for the next one (cleanups run last-in first-out)
         self.addCleanup(self.env.resume_registry, self.reg)
@@ -53,8 +57,8 @@ class CacheE2ECase(unittest.TestCase):
         self.zm = zm
         return zm
 
-    def throttle(self, rate: float | None) -> H.ThrottledProxy:
-        t = H.ThrottledProxy(self.reg.port, rate)
+    def throttle(self, rate: float | None) -> FaultProxy:
+        t = FaultProxy(self.reg.port, name="throttle", rate=rate, chunk=64 * 1024)
         self.addCleanup(t.close)
         return t
 
@@ -77,18 +81,18 @@ class CacheE2ECase(unittest.TestCase):
         img = self.images[key]
         dest = self.workdir() / key
         try:
-            H.skopeo_copy(zm.host, img.ref, dest, timeout=90)
-        except H.SkopeoError as e:
+            skopeo_copy(zm.host, img.ref, dest, timeout=90)
+        except SkopeoError as e:
             self.fail(f"skopeo copy of {zm.host}/{img.ref} failed: {e}{self.tails()}")
-        problems = H.dir_problems(dest, img)
+        problems = dir_problems(dest, img)
         self.assertEqual(problems, [], f"{zm.host}/{img.ref}: " + "; ".join(problems))
         shutil.rmtree(dest, ignore_errors=True)
 
-    def blob_url(self, zm: H.ZMirror, img: H.Image, blob: H.Blob) -> str:
+    def blob_url(self, zm: H.ZMirror, img: Image, blob: Blob) -> str:
         return f"{zm.url}/v2/{img.repo}/blobs/{blob.digest}"
 
-    def check_range(self, zm: H.ZMirror, img: H.Image, blob: H.Blob, start: int, end: int) -> None:
-        r = H.http_request("GET", self.blob_url(zm, img, blob), [("Range", f"bytes={start}-{end}")], timeout=30)
+    def check_range(self, zm: H.ZMirror, img: Image, blob: Blob, start: int, end: int) -> None:
+        r = http_request("GET", self.blob_url(zm, img, blob), [("Range", f"bytes={start}-{end}")], timeout=30)
         self.assertEqual(r.status, 206, r.describe() + self.tails())
         self.assertEqual(r.header("Content-Range"), f"bytes {start}-{end}/{blob.size}", r.describe())
         self.assertEqual(r.header("Content-Length"), str(end - start + 1), r.describe())
@@ -96,8 +100,8 @@ class CacheE2ECase(unittest.TestCase):
         self.assertEqual(len(r.body), end - start + 1)
         self.assertTrue(r.body == blob.read(start, end - start + 1), f"bytes {start}-{end}: wrong content")
 
-    def check_full(self, zm: H.ZMirror, img: H.Image, blob: H.Blob) -> H.StreamedResult:
-        r = H.http_stream("GET", self.blob_url(zm, img, blob), timeout=60)
+    def check_full(self, zm: H.ZMirror, img: Image, blob: Blob) -> StreamedResult:
+        r = http_stream("GET", self.blob_url(zm, img, blob), timeout=60)
         self.assertEqual(r.status, 200, f"GET {blob.digest}: {r.status}{self.tails()}")
         self.assertEqual(r.header("Content-Length"), str(blob.size))
         self.assertEqual((r.length, r.digest), (blob.size, blob.digest), "blob body does not match its digest")
@@ -108,17 +112,17 @@ class CacheE2ECase(unittest.TestCase):
         self.assertEqual(r.status, 200, r.describe())
         return r.json()
 
-    def upstream_gets(self, img: H.Image, blob: H.Blob, since: int) -> list[str]:
+    def upstream_gets(self, img: Image, blob: Blob, since: int) -> list[str]:
         return self.reg.requests("GET", f"/v2/{img.repo}/blobs/{blob.digest}", since)
 
-    def settled_upstream_gets(self, img: H.Image, blob: H.Blob, since: int, expect: int) -> list[str]:
+    def settled_upstream_gets(self, img: Image, blob: Blob, since: int, expect: int) -> list[str]:
         """The upstream GETs of ``blob`` since ``since``, once ``expect`` of them were logged (the
         registry logs a request when its response ends) and a short grace for any extra one."""
         wait_for(lambda: len(self.upstream_gets(img, blob, since)) >= expect, 30)
         time.sleep(0.3)
         return self.upstream_gets(img, blob, since)
 
-    def blob_rows(self, zm: H.ZMirror, img: H.Image, blob: H.Blob, n: int) -> list[dict]:
+    def blob_rows(self, zm: H.ZMirror, img: Image, blob: Blob, n: int) -> list[dict]:
         """zmirror's access-log rows of GETs of ``blob`` (newest first), once there are ``n``."""
         rows: list[dict] = []
 
@@ -185,7 +189,7 @@ class CacheE2ETests(CacheE2ECase):
             img = self.images[key]
             url = f"{zm.url}/v2/{img.repo}/manifests/{img.tag}"
             for _ in range(2):  # a miss, then (TTL 0) a revalidation with HEAD
-                r = H.http_request("GET", url, H.manifest_headers(), timeout=30)
+                r = http_request("GET", url, manifest_headers(), timeout=30)
                 self.assertEqual(r.status, 200, r.describe() + self.tails())
                 self.assertEqual(r.body, img.manifest)
                 self.assertIsNone(r.header("Warning"), r.describe())
@@ -197,26 +201,26 @@ class CacheE2ETests(CacheE2ECase):
         for key in keys:
             img = self.images[key]
             url = f"{zm.url}/v2/{img.repo}/manifests/{img.tag}"
-            r = H.http_request("GET", url, H.manifest_headers(), timeout=30)
+            r = http_request("GET", url, manifest_headers(), timeout=30)
             self.assertEqual(r.status, 200, r.describe() + self.tails())
             self.assertEqual(r.body, img.manifest)
             self.assertEqual(r.header("Docker-Content-Digest"), img.digest, r.describe())
             self.assertEqual(r.header("Content-Type"), img.media_type, r.describe())
             self.assertTrue((r.header("Warning") or "").startswith("110 "), r.describe())
-            h = H.http_request("HEAD", url, H.manifest_headers(), timeout=30)
+            h = http_request("HEAD", url, manifest_headers(), timeout=30)
             self.assertEqual(h.status, 200, h.describe())
             self.assertEqual(h.body, b"")
             self.assertEqual(h.header("Content-Length"), str(len(img.manifest)), h.describe())
             self.assertEqual(h.header("Docker-Content-Digest"), img.digest, h.describe())
             self.assertTrue((h.header("Warning") or "").startswith("110 "), h.describe())
             # by digest: cached for good, never stale
-            d = H.http_request("GET", f"{zm.url}/v2/{img.repo}/manifests/{img.digest}", H.manifest_headers(),
-                               timeout=30)
+            d = http_request("GET", f"{zm.url}/v2/{img.repo}/manifests/{img.digest}", manifest_headers(),
+                             timeout=30)
             self.assertEqual((d.status, d.body), (200, img.manifest), d.describe())
             self.assertIsNone(d.header("Warning"), d.describe())
         self.assertGreaterEqual(self.cache(zm)["manifests"]["stale_served"], 4)
         # a tag never cached cannot be served stale: a clear registry error, not a hang or a 500
-        r = H.http_request("GET", f"{zm.url}/v2/e2e/dockerv2/manifests/nope", H.manifest_headers(), timeout=30)
+        r = http_request("GET", f"{zm.url}/v2/e2e/dockerv2/manifests/nope", manifest_headers(), timeout=30)
         self.assertIn(r.status, (502, 503), r.describe())
         self.assertIn("errors", r.json())
 
@@ -228,7 +232,7 @@ class CacheE2ETests(CacheE2ECase):
         since = self.reg.log_offset()
         url = self.blob_url(zm, img, blob)
         with ThreadPoolExecutor(max_workers=8) as ex:
-            results = list(ex.map(lambda _: H.http_stream("GET", url, timeout=90), range(8)))
+            results = list(ex.map(lambda _: http_stream("GET", url, timeout=90), range(8)))
         for r in results:
             self.assertEqual(r.status, 200, self.tails())
             self.assertEqual((r.length, r.digest), (blob.size, blob.digest))
@@ -264,14 +268,14 @@ class CacheE2ETests(CacheE2ECase):
         mid = 50 * MiB + 7
         self.check_range(zm, img, blob, mid, mid + 65535)
         self.check_range(zm, img, blob, blob.size - 100, blob.size - 1)
-        r = H.http_request("GET", self.blob_url(zm, img, blob), [("Range", "bytes=-10")], timeout=30)
+        r = http_request("GET", self.blob_url(zm, img, blob), [("Range", "bytes=-10")], timeout=30)
         self.assertEqual(r.status, 206, r.describe())
         self.assertEqual(r.header("Content-Range"), f"bytes {blob.size - 10}-{blob.size - 1}/{blob.size}")
         self.assertEqual(r.body, blob.read(blob.size - 10))
-        r = H.http_request("GET", self.blob_url(zm, img, blob), [("Range", f"bytes={blob.size}-")], timeout=30)
+        r = http_request("GET", self.blob_url(zm, img, blob), [("Range", f"bytes={blob.size}-")], timeout=30)
         self.assertEqual(r.status, 416, r.describe())
         self.assertEqual(r.header("Content-Range"), f"bytes */{blob.size}", r.describe())
-        h = H.http_request("HEAD", self.blob_url(zm, img, blob), timeout=30)
+        h = http_request("HEAD", self.blob_url(zm, img, blob), timeout=30)
         self.assertEqual(h.status, 200, h.describe())
         self.assertEqual(h.header("Content-Length"), str(blob.size), h.describe())
         self.assertEqual(h.header("Docker-Content-Digest"), blob.digest, h.describe())
@@ -329,7 +333,7 @@ class CacheE2ETests(CacheE2ECase):
         self.check_full(zm, img, blob)
         wait_for(lambda: self.cache(zm)["entries"] == 1, 10, "the blob cached after the restart")
         self.assertTrue(final.exists())
-        self.assertEqual(H.sha256_file(final), blob.digest)
+        self.assertEqual(sha256_file(final), blob.digest)
         self.assertEqual(list(tmp.iterdir()), [])
         # exactly one complete upstream fetch: the new one (the killed fetch is logged by the
         # registry, as an incomplete response, only whenever its connection finally ends)
@@ -449,7 +453,7 @@ class CacheE2ETests(CacheE2ECase):
         first.sendall(f"GET /v2/{small.repo}/blobs/{layer.digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         time.sleep(0.3)
         with ThreadPoolExecutor(max_workers=1) as ex:
-            joined = ex.submit(H.http_stream, "GET", self.blob_url(zm, small, layer), timeout=30)
+            joined = ex.submit(http_stream, "GET", self.blob_url(zm, small, layer), timeout=30)
             time.sleep(0.3)
             first.close()  # the first client leaves while its request waits for the upstream
             time.sleep(0.3)
@@ -466,7 +470,7 @@ class CacheE2ETests(CacheE2ECase):
         self.assertEqual(resp.status, 200)
         resp.read(MiB)
         with ThreadPoolExecutor(max_workers=1) as ex:
-            joined = ex.submit(H.http_stream, "GET", self.blob_url(zm, img, blob), timeout=60)
+            joined = ex.submit(http_stream, "GET", self.blob_url(zm, img, blob), timeout=60)
             time.sleep(0.3)
             conn.close()
             r = joined.result(timeout=70)
@@ -529,7 +533,7 @@ class CacheDiskFullE2ETests(CacheE2ECase):
         # the download that runs into ENOSPC cannot finish: its client is cut off, never
         # handed a short body as complete
         with self.assertRaises((http.client.IncompleteRead, ConnectionError)):
-            H.http_stream("GET", self.blob_url(zm, img, blob), timeout=60)
+            http_stream("GET", self.blob_url(zm, img, blob), timeout=60)
         c = self.cache(zm)
         self.assertFalse(c["storing"], c)
         self.assertIn("No space left", c["store_error"] or "", c)

@@ -28,10 +28,13 @@ from twisted.trial import unittest
 
 from tests.e2e import cluster as C
 from tests.e2e import harness as H
+from tests.e2e.clients import DOCKER_SKIP, Dockerd, SkopeoError, output, skopeo_copy
+from tests.e2e.httpclient import HTTPResult, fetch, http_request, http_stream, manifest_headers
+from tests.e2e.images import Image, MiB, dir_problems, sha256_hex
+from tests.e2e.processes import HarnessError
 
 SKIP = C.missing()
-PROPAGATION = 2.0  # seconds: changes reach every node within this (issue 15)
-MiB = H.MiB
+PROPAGATION = 2.0  # seconds: changes reach every node within this
 
 
 class _State:
@@ -44,7 +47,7 @@ def cluster() -> C.Cluster:
     """The module's cluster: started on first use, stopped at exit; a failed start is remembered."""
     with _State.lock:
         if _State.failed is not None:
-            raise H.HarnessError(f"the cluster failed to start earlier: {_State.failed}")
+            raise HarnessError(f"the cluster failed to start earlier: {_State.failed}")
         if _State.cluster is None:
             c = C.Cluster(nodes=3, throttle=True)
             try:
@@ -75,38 +78,38 @@ class ClusterCase(unittest.TestCase):
         return d
 
     def node(self, n: int) -> H.ZMirror:
-        """Node ``n`` counted from 1, as the issue does."""
+        """Node ``n`` counted from 1 (``node{n}``)."""
         return self.c.nodes[n - 1]
 
-    def copy(self, image: H.Image, host: str | None = None) -> None:
+    def copy(self, image: Image, host: str | None = None) -> None:
         """skopeo copy --all of ``image`` through nginx (or ``host``), every digest checked."""
         host = host or self.c.nginx_host
         dest = self.workdir() / "image"
         try:
-            H.skopeo_copy(host, image.ref, dest, timeout=180)
-        except H.SkopeoError as e:
+            skopeo_copy(host, image.ref, dest, timeout=180)
+        except SkopeoError as e:
             self.fail(f"skopeo copy {host}/{image.ref} failed: {e}{self.c.tails()}")
-        self.assertEqual(H.dir_problems(dest, image), [], f"{host}/{image.ref}: wrong digests")
+        self.assertEqual(dir_problems(dest, image), [], f"{host}/{image.ref}: wrong digests")
 
     def service(self, zm: H.ZMirror) -> str:
         """The token service named in the node's challenge."""
-        r = H.http_request("GET", f"{zm.url}/v2/", [("Authorization", "Bearer not-a-token")])
+        r = http_request("GET", f"{zm.url}/v2/", [("Authorization", "Bearer not-a-token")])
         challenge = r.header("WWW-Authenticate") or ""
         for part in challenge.split(","):
             if part.strip().startswith("service="):
                 return part.split("=", 1)[1].strip().strip('"')
         self.fail(f"no service in the challenge of {zm.name}: {r.describe()}")
 
-    def token_get(self, zm: H.ZMirror, user: str, password: str, *, offline: bool = False) -> H.HTTPResult:
+    def token_get(self, zm: H.ZMirror, user: str, password: str, *, offline: bool = False) -> HTTPResult:
         """docker login's request: ``GET /token?account=…`` with Basic credentials."""
         q = {"service": self.service(zm), "scope": "repository:e2e/oci:pull", "account": user,
              "client_id": "zmirror-cluster-e2e"}
         if offline:
             q["offline_token"] = "true"
-        return H.http_request("GET", f"{zm.url}/token?{urllib.parse.urlencode(q)}", [basic(user, password)],
-                              timeout=30)
+        return http_request("GET", f"{zm.url}/token?{urllib.parse.urlencode(q)}", [basic(user, password)],
+                            timeout=30)
 
-    def refresh(self, zm: H.ZMirror, refresh_token: str) -> H.HTTPResult:
+    def refresh(self, zm: H.ZMirror, refresh_token: str) -> HTTPResult:
         """docker's later pulls: ``POST /token grant_type=refresh_token``."""
         body = urllib.parse.urlencode({"grant_type": "refresh_token", "refresh_token": refresh_token,
                                        "service": self.service(zm), "scope": "repository:e2e/oci:pull",
@@ -119,7 +122,7 @@ class ClusterCase(unittest.TestCase):
             conn.request("POST", "/token", body=body.encode(),
                          headers={"Content-Type": "application/x-www-form-urlencoded"})
             resp = conn.getresponse()
-            return H.HTTPResult(resp.status, resp.headers, resp.read())
+            return HTTPResult(resp.status, resp.headers, resp.read())
         finally:
             conn.close()
 
@@ -147,12 +150,12 @@ class PullThroughNginxTests(ClusterCase):
         since = self.c.nginx_log_offset()
         for _ in range(6):
             for query in ("", "?ns=docker.io"):  # containerd's mirror requests carry ?ns=
-                r = H.http_stream("GET", self.c.nginx_url + blob_path + query)
+                r = http_stream("GET", self.c.nginx_url + blob_path + query)
                 self.assertEqual((r.status, r.digest), (200, blob.digest), f"blob through nginx{self.c.tails()}")
-            h = H.http_request("HEAD", self.c.nginx_url + blob_path)
+            h = http_request("HEAD", self.c.nginx_url + blob_path)
             self.assertEqual(h.status, 200, h.describe())
-            m = H.http_request("GET", self.c.nginx_url + manifest_path, H.manifest_headers())
-            self.assertEqual((m.status, H.sha256_hex(m.body)), (200, img.digest.split(":", 1)[1]), m.describe())
+            m = http_request("GET", self.c.nginx_url + manifest_path, manifest_headers())
+            self.assertEqual((m.status, sha256_hex(m.body)), (200, img.digest.split(":", 1)[1]), m.describe())
         deadline = time.monotonic() + 10
         while True:
             blob_nodes = [t[-1] for s, t in self.c.nginx_requests("GET", blob_path, since) + self.c.nginx_requests(
@@ -172,17 +175,15 @@ class PullThroughNginxTests(ClusterCase):
         self.assertLessEqual(counts[-1] - counts[0], 1, f"manifests go round-robin: {manifest_nodes}")
 
     def test_token_realm_and_client_address_come_through_nginx(self):
-        r = H.http_request("GET", f"{self.c.nginx_url}/v2/", [("Authorization", "Bearer not-a-token")])
+        r = http_request("GET", f"{self.c.nginx_url}/v2/", [("Authorization", "Bearer not-a-token")])
         self.assertEqual(r.status, 401, r.describe())
         # Host / X-Forwarded-Host with the port, X-Forwarded-Proto: the realm is nginx's address
         self.assertIn(f'realm="{self.c.nginx_url}/token"', r.header("WWW-Authenticate") or "", r.describe())
 
     def test_docker_pulls_through_nginx(self):
-        from tests.e2e import test_auth_e2e as A
-
-        if A.DOCKER_SKIP:
-            raise unittest.SkipTest(A.DOCKER_SKIP)
-        docker = A.Dockerd(self.c.root, self.c.nginx_host)
+        if DOCKER_SKIP:
+            raise unittest.SkipTest(DOCKER_SKIP)
+        docker = Dockerd(self.c.root, self.c.nginx_host)
         self.addCleanup(docker.stop)
         docker.start()
         cfg = self.workdir() / "docker-config"
@@ -190,8 +191,8 @@ class PullThroughNginxTests(ClusterCase):
         (cfg / "config.json").write_text('{"auths": {}}\n')
         img = self.images["ociindex"]
         p = docker.cli(cfg, "pull", f"{self.c.nginx_host}/{img.ref}")
-        self.assertEqual(p.returncode, 0, A.output(p) + f"\n--- dockerd ---\n{docker.tail()}{self.c.tails()}")
-        self.assertIn(f"Digest: {img.digest}", p.stdout, A.output(p))
+        self.assertEqual(p.returncode, 0, output(p) + f"\n--- dockerd ---\n{docker.tail()}{self.c.tails()}")
+        self.assertIn(f"Digest: {img.digest}", p.stdout, output(p))
 
 
 # --------------------------------------------------------------------------- a node dies
@@ -205,7 +206,7 @@ class NodeFailureTests(ClusterCase):
         url = self.c.nginx_url + path
         # the blob's home: where nginx sends a HEAD of the same URL (same hash key)
         since = self.c.nginx_log_offset()
-        h = H.http_request("HEAD", url)
+        h = http_request("HEAD", url)
         self.assertEqual(h.status, 200, h.describe())
         home = self.c.served_by("HEAD", path, since)
 
@@ -213,7 +214,7 @@ class NodeFailureTests(ClusterCase):
         self.c.throttle.rate = 8 * MiB
         self.addCleanup(setattr, self.c.throttle, "rate", None)
         progress, result = [0], {}
-        t = threading.Thread(target=lambda: result.setdefault("f", H.fetch(url, timeout=60, progress=progress)))
+        t = threading.Thread(target=lambda: result.setdefault("f", fetch(url, timeout=60, progress=progress)))
         t.start()
         deadline = time.monotonic() + 30
         while progress[0] < 4 * MiB and t.is_alive() and time.monotonic() < deadline:
@@ -232,7 +233,7 @@ class NodeFailureTests(ClusterCase):
         # the client's retry: nginx finds the home node gone and sends it to the next one
         self.c.throttle.rate = None
         since = self.c.nginx_log_offset()
-        again = H.fetch(url, timeout=120)
+        again = fetch(url, timeout=120)
         self.assertEqual((again.status, again.error), (200, None), f"{again}{self.c.tails()}")
         self.assertEqual((again.length, again.digest), (blob.size, blob.digest), "the retried blob's bytes")
         served = self.c.served_by("GET", path, since)
@@ -270,12 +271,12 @@ class SharedStateTests(ClusterCase):
         img = self.images["oci"]
         n1 = self.node(1)
         q = urllib.parse.urlencode({"service": self.service(n1), "scope": f"repository:{img.repo}:pull"})
-        r = H.http_request("GET", f"{n1.url}/token?{q}")
+        r = http_request("GET", f"{n1.url}/token?{q}")
         self.assertEqual(r.status, 200, r.describe())
         token = r.json()["token"]
         for n in (2, 3):
-            m = H.http_request("GET", f"{self.node(n).url}/v2/{img.repo}/manifests/{img.tag}",
-                               H.manifest_headers() + [("Authorization", f"Bearer {token}")])
+            m = http_request("GET", f"{self.node(n).url}/v2/{img.repo}/manifests/{img.tag}",
+                             manifest_headers() + [("Authorization", f"Bearer {token}")])
             self.assertEqual(m.status, 200, f"node {n} refused node 1's token: {m.describe()}")
             self.assertEqual(m.body, img.manifest)
 
@@ -326,8 +327,8 @@ class SharedStateTests(ClusterCase):
     def _rows_by_node(self, t0: float, tag: str) -> list[dict]:
         img = self.images["oci"]
         for n in (1, 2, 3):
-            r = H.http_request("GET", f"{self.node(n).url}/v2/{img.repo}/manifests/{img.tag}",
-                               H.manifest_headers() + [("User-Agent", f"{tag} node{n}")])
+            r = http_request("GET", f"{self.node(n).url}/v2/{img.repo}/manifests/{img.tag}",
+                             manifest_headers() + [("User-Agent", f"{tag} node{n}")])
             self.assertEqual(r.status, 200, r.describe())
         found: dict[int, dict] = {}
 

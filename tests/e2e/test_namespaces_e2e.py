@@ -28,7 +28,7 @@ A second zmirror ("rl", cache on, ``manifest_ttl = 1``) has two docker.io upstre
 a 429 with ``Retry-After`` from the first sends pulls to the second; with both limited a cached tag is
 served stale (``Warning``) and an uncached one is answered 429 with ``Retry-After``.
 
-The daemons and podman are the ones of tests/e2e/test_auth_e2e.py (one per test process).
+The daemons and podman are the ones of tests/e2e/authcase.py (one per test process).
 """
 
 from __future__ import annotations
@@ -42,8 +42,13 @@ import urllib.parse
 from pathlib import Path
 
 
+from tests.e2e import authcase
 from tests.e2e import harness as H
-from tests.e2e import test_auth_e2e as A
+from tests.e2e.authcase import AUTH_ERRORS, AuthE2ECase
+from tests.e2e.clients import CTR_SKIP, DOCKER_SKIP, PODMAN, PODMAN_SKIP, SkopeoError, output, run, skopeo_copy
+from tests.e2e.environment import shared
+from tests.e2e.httpclient import HTTPResult, http_request, manifest_headers
+from tests.e2e.images import Image, dir_problems
 from tests.e2e.faultproxy import Fault, FaultProxy, any_request, manifest_request
 
 SKIP = H.missing_tools()
@@ -75,7 +80,7 @@ class _State:
 
 
 def ns_proxy() -> H.ZMirror:
-    env = H.shared()
+    env = shared()
     with _State.lock:
         if not _State.pushed:
             env.push(env.images["dockerv2"], env.registries["basic"])  # private in two namespaces
@@ -93,7 +98,7 @@ def ns_proxy() -> H.ZMirror:
 
 
 def rl_proxy() -> tuple[H.ZMirror, FaultProxy, FaultProxy]:
-    env = H.shared()
+    env = shared()
     with _State.lock:
         if _State.rl is None or not _State.rl.proc.alive():
             port = env.registries["open"].port
@@ -106,7 +111,7 @@ def rl_proxy() -> tuple[H.ZMirror, FaultProxy, FaultProxy]:
         return (_State.rl, *_State.hubs)
 
 
-class NamespaceCase(A.AuthE2ECase):
+class NamespaceCase(AuthE2ECase):
     """The auth tests' case (workdir, diag, creds, daemons) on the three-namespace zmirror."""
 
     skip = SKIP
@@ -133,25 +138,25 @@ class NamespaceCase(A.AuthE2ECase):
 
     def assertAuthError(self, text: str, what: str) -> None:
         low = text.lower()
-        self.assertTrue(any(m in low for m in A.AUTH_ERRORS), f"{what}: expected an authentication error, got:\n{text}")
+        self.assertTrue(any(m in low for m in AUTH_ERRORS), f"{what}: expected an authentication error, got:\n{text}")
 
 
 class SkopeoNamespaceTests(NamespaceCase):
     """skopeo by path prefix, every namespace (lists with all their children)."""
 
-    def copy(self, ref: str, image: H.Image, creds: str | None = None) -> None:
+    def copy(self, ref: str, image: Image, creds: str | None = None) -> None:
         dest = self.workdir() / "image"
         try:
-            H.skopeo_copy(self.zm.host, ref, dest, creds=creds, timeout=180)
-        except H.SkopeoError as e:
+            skopeo_copy(self.zm.host, ref, dest, creds=creds, timeout=180)
+        except SkopeoError as e:
             self.fail(f"skopeo copy {ref} failed: {e}{self.diag()}")
-        self.assertEqual(H.dir_problems(dest, image), [], f"{ref}: wrong digests")
+        self.assertEqual(dir_problems(dest, image), [], f"{ref}: wrong digests")
 
     def copy_refused(self, ref: str) -> str:
         dest = self.workdir() / "image"
         try:
-            H.skopeo_copy(self.zm.host, ref, dest, timeout=180)
-        except H.SkopeoError as e:
+            skopeo_copy(self.zm.host, ref, dest, timeout=180)
+        except SkopeoError as e:
             return e.stderr
         self.fail(f"anonymous skopeo copy {ref} was allowed")
 
@@ -185,8 +190,8 @@ class SkopeoNamespaceTests(NamespaceCase):
 class HTTPNamespaceTests(NamespaceCase):
     """What the clients rely on, on the wire: ?ns=, canonical challenge scopes, tokens per namespace."""
 
-    def manifest(self, path: str, headers=()) -> H.HTTPResult:
-        return H.http_request("GET", f"{self.zm.url}{path}", H.manifest_headers() + list(headers))
+    def manifest(self, path: str, headers=()) -> HTTPResult:
+        return http_request("GET", f"{self.zm.url}{path}", manifest_headers() + list(headers))
 
     def test_ns_query_selects_the_namespace(self):
         img = self.images["dockerv2"]
@@ -207,14 +212,14 @@ class HTTPNamespaceTests(NamespaceCase):
             ("/v2/e2e/dockerv2/manifests/1", "e2e/dockerv2"),
             ("/v2/docker.io/e2e/dockerv2/manifests/1", "e2e/dockerv2"),
         ):
-            r = H.http_request("HEAD", f"{self.zm.url}{path}", H.manifest_headers())
+            r = http_request("HEAD", f"{self.zm.url}{path}", manifest_headers())
             self.assertEqual(r.status, 401, f"{path}: {r.describe()}")
             self.assertIn(f'scope="repository:{scope}:pull"', r.header("WWW-Authenticate") or "", path)
 
     def token(self, scope: str) -> str:
         basic = "Basic " + base64.b64encode(f"nina:{USERS['nina']}".encode()).decode()
         q = urllib.parse.urlencode({"service": "zmirror", "scope": f"repository:{scope}:pull"})
-        r = H.http_request("GET", f"{self.zm.url}/token?{q}", [("Authorization", basic)])
+        r = http_request("GET", f"{self.zm.url}/token?{q}", [("Authorization", basic)])
         self.assertEqual(r.status, 200, r.describe())
         return r.json()["token"]
 
@@ -255,7 +260,7 @@ class HTTPNamespaceTests(NamespaceCase):
 class PodmanNamespaceTests(NamespaceCase):
     """podman with a ``[[registry.mirror]]`` per namespace, the ghcr.io and quay.io ones with a path."""
 
-    skip = SKIP or A.PODMAN_SKIP
+    skip = SKIP or PODMAN_SKIP
 
     def registries_conf(self) -> str:
         host = self.zm.host
@@ -287,14 +292,14 @@ insecure = true
 """
 
     def test_pull_from_each_namespace_through_mirrors(self):
-        pm = A.podman()
+        pm = authcase.podman()
         conf = self.workdir() / "registries.conf"
         conf.write_text(self.registries_conf())
         env = dict(pm.env, CONTAINERS_REGISTRIES_CONF=str(conf))
         d = pm.dir
 
         def podman(*args, timeout=180):
-            return A.run([A.PODMAN, "--root", d / "storage", "--runroot", d / "run", "--storage-driver", "vfs",
+            return run([PODMAN, "--root", d / "storage", "--runroot", d / "run", "--storage-driver", "vfs",
                           *args], timeout=timeout, env=env)
 
         for ns, name, key, upstream in PULLS:
@@ -303,20 +308,20 @@ insecure = true
             since = self.offsets()
             p = podman("pull", ref)
             self.addCleanup(podman, "rmi", "-f", ref, timeout=60)
-            self.assertEqual(p.returncode, 0, A.output(p) + self.diag())
+            self.assertEqual(p.returncode, 0, output(p) + self.diag())
             self.assertReached(upstream, name, img.tag, since, f"podman {ref}")
             p = podman("image", "inspect", "--format", "{{json .RepoDigests}}", ref, timeout=60)
-            self.assertEqual(p.returncode, 0, A.output(p))
+            self.assertEqual(p.returncode, 0, output(p))
             self.assertIn(f"{ns}/{name}@{img.digest}", json.loads(p.stdout), f"podman {ref}")
 
 
 class DockerNamespaceTests(NamespaceCase):
     """docker pull of path-prefixed references (dockerd's registry-mirrors only ever mean docker.io)."""
 
-    skip = SKIP or A.DOCKER_SKIP
+    skip = SKIP or DOCKER_SKIP
 
     def test_pull_prefixed_references(self):
-        docker = A.dockerd(self.zm)  # 127.0.0.0/8 is an insecure registry to dockerd anyway
+        docker = authcase.dockerd(self.zm)  # 127.0.0.0/8 is an insecure registry to dockerd anyway
         cfg = self.workdir() / "docker-config"
         cfg.mkdir()
         (cfg / "config.json").write_text('{"auths": {}}\n')
@@ -326,15 +331,15 @@ class DockerNamespaceTests(NamespaceCase):
             since = self.offsets()
             p = docker.cli(cfg, "pull", ref)
             self.addCleanup(docker.cli, cfg, "rmi", "-f", ref, timeout=60)
-            self.assertEqual(p.returncode, 0, A.output(p) + self.diag(docker))
-            self.assertIn(f"Digest: {img.digest}", p.stdout, A.output(p))
+            self.assertEqual(p.returncode, 0, output(p) + self.diag(docker))
+            self.assertIn(f"Digest: {img.digest}", p.stdout, output(p))
             self.assertReached(upstream, name, img.tag, since, f"docker pull {ref}")
 
 
 class ContainerdNamespaceTests(NamespaceCase):
     """ctr with ``certs.d/<namespace>/hosts.toml``: zmirror a ``[host]``, so containerd adds ``?ns=``."""
 
-    skip = SKIP or A.CTR_SKIP
+    skip = SKIP or CTR_SKIP
 
     def hosts_dir(self) -> Path:
         root = self.workdir() / "certs.d"
@@ -348,7 +353,7 @@ class ContainerdNamespaceTests(NamespaceCase):
         return root
 
     def test_pull_from_each_namespace_with_hosts_toml(self):
-        ctrd = A.containerd()
+        ctrd = authcase.containerd()
         hosts = self.hosts_dir()
         for ns, name, key, upstream in PULLS:
             img = self.images[key]
@@ -357,7 +362,7 @@ class ContainerdNamespaceTests(NamespaceCase):
             t0 = time.time() - 1
             p = ctrd.ctr("images", "pull", "--hosts-dir", hosts, "--snapshotter", "native", ref)
             self.addCleanup(ctrd.ctr, "images", "rm", "--sync", ref, timeout=60)
-            self.assertEqual(p.returncode, 0, A.output(p) + self.diag(ctrd))
+            self.assertEqual(p.returncode, 0, output(p) + self.diag(ctrd))
             self.assertEqual(self.digest(ctrd, ref), img.digest, ref)
             self.assertReached(upstream, name, img.tag, since, f"ctr pull {ref}")
             # the unprefixed path reached the right namespace because containerd sent ?ns=
@@ -365,7 +370,7 @@ class ContainerdNamespaceTests(NamespaceCase):
 
     def digest(self, ctrd, ref: str) -> str | None:
         p = ctrd.ctr("images", "ls", timeout=30)
-        self.assertEqual(p.returncode, 0, A.output(p))
+        self.assertEqual(p.returncode, 0, output(p))
         for line in p.stdout.splitlines()[1:]:
             cols = line.split()
             if cols and cols[0] == ref:
@@ -384,7 +389,7 @@ class ContainerdNamespaceTests(NamespaceCase):
         self.fail(f"no access-log row for {canonical} after the ctr pull")
 
 
-class RateLimitTests(A.AuthE2ECase):
+class RateLimitTests(AuthE2ECase):
     """Two docker.io upstreams behind fault proxies: Docker Hub's 429 with Retry-After, then both limited."""
 
     skip = SKIP
@@ -395,13 +400,13 @@ class RateLimitTests(A.AuthE2ECase):
         self.addCleanup(self.hub2.clear)
         return zm
 
-    def copy(self, image: H.Image) -> None:
+    def copy(self, image: Image) -> None:
         dest = self.workdir() / "image"
         try:
-            H.skopeo_copy(self.zm.host, image.ref, dest, timeout=180)
-        except H.SkopeoError as e:
+            skopeo_copy(self.zm.host, image.ref, dest, timeout=180)
+        except SkopeoError as e:
             self.fail(f"skopeo copy {image.ref} failed: {e}\n{self.zm.tail(30)}")
-        self.assertEqual(H.dir_problems(dest, image), [], f"{image.ref}: wrong digests")
+        self.assertEqual(dir_problems(dest, image), [], f"{image.ref}: wrong digests")
 
     def registry(self, name: str) -> dict:
         r = self.zm.api("GET", "/registries")
@@ -432,7 +437,7 @@ class RateLimitTests(A.AuthE2ECase):
         # 2. every upstream limited: the cached tag (older than manifest_ttl = 1 s) is served stale
         self.hub2.plan(any_request, then=limited)
         time.sleep(1.5)
-        r = H.http_request("GET", f"{self.zm.url}/v2/{oci.repo}/manifests/{oci.tag}", H.manifest_headers())
+        r = http_request("GET", f"{self.zm.url}/v2/{oci.repo}/manifests/{oci.tag}", manifest_headers())
         self.assertEqual(r.status, 200, r.describe() + "\n" + self.zm.tail(20))
         self.assertEqual(r.body, oci.manifest)
         self.assertEqual(r.header("Docker-Content-Digest"), oci.digest)
@@ -441,7 +446,7 @@ class RateLimitTests(A.AuthE2ECase):
         # a real client pulls the whole image (manifest stale, blobs from the cache)
         self.copy(oci)
         # an uncached tag has no stale copy: 429 with the wait, not a 5xx
-        r = H.http_request("GET", f"{self.zm.url}/v2/{idx.repo}/manifests/{idx.tag}", H.manifest_headers())
+        r = http_request("GET", f"{self.zm.url}/v2/{idx.repo}/manifests/{idx.tag}", manifest_headers())
         self.assertEqual(r.status, 429, r.describe())
         self.assertEqual(r.json()["errors"][0]["code"], "TOOMANYREQUESTS", r.describe())
         self.assertTrue((r.header("Retry-After") or "").isdigit(), r.describe())

@@ -2,7 +2,7 @@
 
 The environment (four distribution 2.8 registries, seeded test images and up to
 three zmirror instances) is started once per test process by
-``harness.shared()`` and stopped at exit; see ``tests/e2e/harness.py``.
+``environment.shared()`` and stopped at exit; see ``tests/e2e/environment.py``.
 Skipped when ``docker-registry`` or ``skopeo`` is missing.
 """
 
@@ -17,6 +17,11 @@ from pathlib import Path
 from twisted.trial import unittest
 
 from tests.e2e import harness as H
+from tests.e2e.clients import SkopeoError, skopeo_copy, skopeo_inspect_raw
+from tests.e2e.environment import shared
+from tests.e2e.httpclient import http_request, manifest_headers
+from tests.e2e.images import (MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST, Blob,
+                              Image, MiB, dir_problems, sha256_hex)
 
 SKIP = H.missing_tools()
 API_VERSION = "registry/2.0"
@@ -26,7 +31,7 @@ class E2ECase(unittest.TestCase):
     skip = SKIP
 
     def setUp(self):
-        self.env = H.shared()
+        self.env = shared()
 
     def workdir(self) -> Path:
         d = Path(self.mktemp()).resolve()
@@ -34,36 +39,36 @@ class E2ECase(unittest.TestCase):
         self.addCleanup(shutil.rmtree, d, True)
         return d
 
-    def copy(self, host: str, ref: str, image: H.Image, *, creds=None, logs=()) -> Path:
+    def copy(self, host: str, ref: str, image: Image, *, creds=None, logs=()) -> Path:
         """skopeo copy --all docker://HOST/REF dir:… and every digest checked against ``image``."""
         dest = self.workdir() / "image"
         try:
-            H.skopeo_copy(host, ref, dest, creds=creds)
-        except H.SkopeoError as e:
+            skopeo_copy(host, ref, dest, creds=creds)
+        except SkopeoError as e:
             self.fail(f"skopeo copy of {host}/{ref} failed: {e}" + "".join(
                 f"\n--- {p.name} log tail ---\n{p.tail(40)}" for p in logs))
-        problems = H.dir_problems(dest, image)
+        problems = dir_problems(dest, image)
         self.assertEqual(problems, [], f"{host}/{ref}: " + "; ".join(problems))
         return dest
 
     def inspect_digest(self, host: str, ref: str, *, creds=None, logs=()) -> str:
         try:
-            raw = H.skopeo_inspect_raw(host, ref, creds=creds)
-        except H.SkopeoError as e:
+            raw = skopeo_inspect_raw(host, ref, creds=creds)
+        except SkopeoError as e:
             self.fail(f"skopeo inspect --raw {host}/{ref} failed: {e}" + "".join(
                 f"\n--- {p.name} log tail ---\n{p.tail(40)}" for p in logs))
-        return "sha256:" + H.sha256_hex(raw)
+        return "sha256:" + sha256_hex(raw)
 
     # shared HTTP checks, run against an upstream directly (to prove the check) and through zmirror
 
-    def check_head_manifest(self, base: str, image: H.Image, ref: str) -> None:
-        r = H.http_request("HEAD", f"{base}/v2/{image.repo}/manifests/{ref}", H.manifest_headers())
+    def check_head_manifest(self, base: str, image: Image, ref: str) -> None:
+        r = http_request("HEAD", f"{base}/v2/{image.repo}/manifests/{ref}", manifest_headers())
         self.assertEqual(r.status, 200, r.describe())
         self.assertEqual(r.header("Docker-Content-Digest"), image.digest, r.describe())
         self.assertEqual(r.header("Content-Length"), str(len(image.manifest)), r.describe())
         self.assertEqual(r.header("Content-Type"), image.media_type, r.describe())
         self.assertEqual(r.body, b"")
-        g = H.http_request("GET", f"{base}/v2/{image.repo}/manifests/{ref}", H.manifest_headers())
+        g = http_request("GET", f"{base}/v2/{image.repo}/manifests/{ref}", manifest_headers())
         self.assertEqual(g.status, 200, g.describe())
         self.assertEqual(g.body, image.manifest, "manifest bytes differ from the upstream's")
         self.assertEqual(g.header("Docker-Content-Digest"), image.digest, g.describe())
@@ -86,15 +91,15 @@ class E2ECase(unittest.TestCase):
                 pass
         self.assertLess(time.monotonic() - t0, 3.0)
 
-    def check_head_blob(self, base: str, image: H.Image, blob: H.Blob) -> None:
-        r = H.http_request("HEAD", f"{base}/v2/{image.repo}/blobs/{blob.digest}")
+    def check_head_blob(self, base: str, image: Image, blob: Blob) -> None:
+        r = http_request("HEAD", f"{base}/v2/{image.repo}/blobs/{blob.digest}")
         self.assertEqual(r.status, 200, r.describe())
         self.assertEqual(r.header("Content-Length"), str(blob.size), r.describe())
         self.assertEqual(r.header("Docker-Content-Digest"), blob.digest, r.describe())
         self.assertEqual(r.body, b"")
 
-    def check_range(self, base: str, image: H.Image, blob: H.Blob, start: int, end: int) -> None:
-        r = H.http_request("GET", f"{base}/v2/{image.repo}/blobs/{blob.digest}", [("Range", f"bytes={start}-{end}")])
+    def check_range(self, base: str, image: Image, blob: Blob, start: int, end: int) -> None:
+        r = http_request("GET", f"{base}/v2/{image.repo}/blobs/{blob.digest}", [("Range", f"bytes={start}-{end}")])
         self.assertEqual(r.status, 206, r.describe())
         self.assertEqual(r.header("Content-Range"), f"bytes {start}-{end}/{blob.size}", r.describe())
         self.assertEqual(r.header("Content-Length"), str(end - start + 1), r.describe())
@@ -102,7 +107,7 @@ class E2ECase(unittest.TestCase):
         self.assertTrue(r.body == blob.read(start, end - start + 1), "Range body has the wrong bytes")
 
 
-def _layer(image: H.Image) -> H.Blob:
+def _layer(image: Image) -> Blob:
     """The first layer (incompressible random data, ~96 KiB)."""
     return image.blobs[1]
 
@@ -138,7 +143,7 @@ class HarnessTests(E2ECase):
 
     def test_direct_big_layer(self):
         img = self.env.images["big"]
-        self.assertGreaterEqual(img.largest_blob().size, 100 * H.MiB)
+        self.assertGreaterEqual(img.largest_blob().size, 100 * MiB)
         self.copy(self.env.registries["open"].host, img.ref, img)
 
     def test_direct_failover_fixtures(self):
@@ -147,14 +152,14 @@ class HarnessTests(E2ECase):
         with self.assertRaises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
         img = self.env.images["onlyb"]
-        r = H.http_request("GET", f"{self.env.registries['open'].url}/v2/{img.repo}/manifests/{img.tag}",
-                           H.manifest_headers())
+        r = http_request("GET", f"{self.env.registries['open'].url}/v2/{img.repo}/manifests/{img.tag}",
+                         manifest_headers())
         self.assertEqual(r.status, 404, r.describe())
         self.copy(self.env.registries["open2"].host, img.ref, img)
 
     def test_direct_token_upstream(self):
         reg = self.env.registries["token"]
-        r = H.http_request("GET", f"{reg.url}/v2/")
+        r = http_request("GET", f"{reg.url}/v2/")
         self.assertEqual(r.status, 401)
         self.assertIn('Bearer realm="http://127.0.0.1:', r.header("WWW-Authenticate"))
         self.copy(reg.host, "e2e/dockerv2:1", self.env.images["dockerv2"])  # anonymous
@@ -162,11 +167,11 @@ class HarnessTests(E2ECase):
 
     def test_direct_basic_upstream(self):
         reg = self.env.registries["basic"]
-        r = H.http_request("GET", f"{reg.url}/v2/")
+        r = http_request("GET", f"{reg.url}/v2/")
         self.assertEqual(r.status, 401)
         self.assertIn("Basic", r.header("WWW-Authenticate"))
-        with self.assertRaises(H.SkopeoError):
-            H.skopeo_copy(reg.host, "e2e/oci:1", self.workdir() / "x")
+        with self.assertRaises(SkopeoError):
+            skopeo_copy(reg.host, "e2e/oci:1", self.workdir() / "x")
         self.copy(reg.host, "e2e/oci:1", self.env.images["oci"], creds=reg.creds_arg)
 
     def test_direct_tls_probe(self):
@@ -198,7 +203,7 @@ class ProxyPullTests(E2ECase):
         return self.copy(self.zm.host, ref or img.ref, img, logs=self.logs)
 
     def test_ping(self):
-        r = H.http_request("GET", f"{self.zm.url}/v2/")
+        r = http_request("GET", f"{self.zm.url}/v2/")
         # 200, or 401 with a challenge when zmirror hands out its own (anonymous) tokens
         self.assertIn(r.status, (200, 401), r.describe())
         if r.status == 401:
@@ -238,7 +243,7 @@ class ProxyPullTests(E2ECase):
 
     def test_big_layer(self):
         img = self.env.images["big"]
-        self.assertGreaterEqual(img.largest_blob().size, 100 * H.MiB)
+        self.assertGreaterEqual(img.largest_blob().size, 100 * MiB)
         self.pull("big")
 
     def test_failover_first_upstream_down(self):
@@ -266,20 +271,20 @@ class ProxyPullTests(E2ECase):
         self.check_range(self.zm.url, img, _layer(img), 1000, 50999)
         self.check_range(self.zm.url, img, _layer(img), 0, 0)
         big = self.env.images["big"]
-        mid = 50 * H.MiB + 7
+        mid = 50 * MiB + 7
         self.check_range(self.zm.url, big, big.largest_blob(), mid, mid + 65535)
 
     def test_containerd_style_accept_and_ns_query(self):
         # containerd: one comma-joined Accept with */*, and ?ns=docker.io as a hosts.toml mirror
         img = self.env.images["dockerlist"]
-        accept = f"{H.MT_DOCKER_MANIFEST}, {H.MT_DOCKER_LIST}, {H.MT_OCI_MANIFEST}, {H.MT_OCI_INDEX}, */*"
-        r = H.http_request("HEAD", f"{self.zm.url}/v2/{img.repo}/manifests/{img.tag}?ns=docker.io",
-                           [("Accept", accept)])
+        accept = f"{MT_DOCKER_MANIFEST}, {MT_DOCKER_LIST}, {MT_OCI_MANIFEST}, {MT_OCI_INDEX}, */*"
+        r = http_request("HEAD", f"{self.zm.url}/v2/{img.repo}/manifests/{img.tag}?ns=docker.io",
+                         [("Accept", accept)])
         self.assertEqual(r.status, 200, r.describe())
         self.assertEqual(r.header("Docker-Content-Digest"), img.digest, r.describe())
         child = img.children[0]
-        r = H.http_request("GET", f"{self.zm.url}/v2/{img.repo}/manifests/{child.digest}?ns=docker.io",
-                           [("Accept", f"{child.media_type}, */*")])
+        r = http_request("GET", f"{self.zm.url}/v2/{img.repo}/manifests/{child.digest}?ns=docker.io",
+                         [("Accept", f"{child.media_type}, */*")])
         self.assertEqual(r.status, 200, r.describe())
         self.assertEqual(r.body, child.manifest)
 
@@ -287,33 +292,33 @@ class ProxyPullTests(E2ECase):
         # without Accept, distribution would answer a docker v2 image as schema 1 and an OCI one with 404
         for key in ("dockerv2", "oci"):
             img = self.env.images[key]
-            r = H.http_request("GET", f"{self.zm.url}/v2/{img.repo}/manifests/{img.tag}")
+            r = http_request("GET", f"{self.zm.url}/v2/{img.repo}/manifests/{img.tag}")
             self.assertEqual(r.status, 200, r.describe())
             self.assertEqual(r.header("Docker-Content-Digest"), img.digest, r.describe())
             self.assertEqual(r.body, img.manifest)
 
     def test_cache_control_headers(self):
         img = self.env.images["oci"]
-        r = H.http_request("HEAD", f"{self.zm.url}/v2/{img.repo}/blobs/{_layer(img).digest}")
+        r = http_request("HEAD", f"{self.zm.url}/v2/{img.repo}/blobs/{_layer(img).digest}")
         self.assertEqual(r.header("Cache-Control"), "public, max-age=31536000, immutable", r.describe())
-        r = H.http_request("HEAD", f"{self.zm.url}/v2/{img.repo}/manifests/{img.digest}", H.manifest_headers())
+        r = http_request("HEAD", f"{self.zm.url}/v2/{img.repo}/manifests/{img.digest}", manifest_headers())
         self.assertEqual(r.header("Cache-Control"), "public, max-age=31536000, immutable", r.describe())
-        r = H.http_request("HEAD", f"{self.zm.url}/v2/{img.repo}/manifests/{img.tag}", H.manifest_headers())
+        r = http_request("HEAD", f"{self.zm.url}/v2/{img.repo}/manifests/{img.tag}", manifest_headers())
         self.assertEqual(r.header("Cache-Control"), "public, max-age=300", r.describe())
 
     def test_unknown_manifest_and_blob_are_404(self):
-        r = H.http_request("GET", f"{self.zm.url}/v2/e2e/does-not-exist/manifests/1", H.manifest_headers())
+        r = http_request("GET", f"{self.zm.url}/v2/e2e/does-not-exist/manifests/1", manifest_headers())
         self.assertEqual(r.status, 404, r.describe())
         self.assertIn(r.json()["errors"][0]["code"], ("MANIFEST_UNKNOWN", "NAME_UNKNOWN"), r.describe())
         self.assertEqual(r.header("Docker-Distribution-API-Version"), API_VERSION)
         img = self.env.images["oci"]
-        r = H.http_request("GET", f"{self.zm.url}/v2/{img.repo}/blobs/sha256:{'0' * 64}")
+        r = http_request("GET", f"{self.zm.url}/v2/{img.repo}/blobs/sha256:{'0' * 64}")
         self.assertEqual(r.status, 404, r.describe())
         self.assertEqual(r.json()["errors"][0]["code"], "BLOB_UNKNOWN", r.describe())
 
     def test_tags_list(self):
         img = self.env.images["oci"]
-        r = H.http_request("GET", f"{self.zm.url}/v2/{img.repo}/tags/list")
+        r = http_request("GET", f"{self.zm.url}/v2/{img.repo}/tags/list")
         self.assertEqual(r.status, 200, r.describe())
         self.assertEqual(r.json(), {"name": img.repo, "tags": [img.tag]})
 
@@ -343,5 +348,5 @@ class BasicUpstreamTests(E2ECase):
 
     def test_upstream_password_not_logged(self):
         zm = self.env.proxy("basic")
-        H.http_request("GET", f"{zm.url}/v2/e2e/oci/manifests/1", H.manifest_headers())
+        http_request("GET", f"{zm.url}/v2/e2e/oci/manifests/1", manifest_headers())
         self.assertNotIn(H.PASSWORD, zm.proc.log.read_text(errors="replace"))

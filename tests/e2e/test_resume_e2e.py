@@ -1,4 +1,4 @@
-"""Blobs that survive flaky upstreams (issue 13), end to end.
+"""Blobs that survive flaky upstreams (resumed with Range), end to end.
 
 One open distribution registry (``faultup``, its own, started once per process) holds two images
 built here: ``e2e/big200`` (a 200 MiB layer) and ``e2e/mid`` (a 48 MiB layer).  Every test starts
@@ -6,14 +6,14 @@ a fresh ``twistd zmirror`` (cache on or off, ``idle_timeout = 5``) whose two ups
 (priority 1 and 2) are :class:`tests.e2e.faultproxy.FaultProxy` instances in front of that same
 registry, told per test which blob GETs to cut (FIN), reset (RST), stall, corrupt or pace.
 
-What is asserted is what a client must see (issue 13, "Resume"): the whole blob, verified, from
+What is asserted is what a client must see: the whole blob, verified, from
 one uninterrupted 200 per client request (zmirror's access log holds exactly one GET row per
 client, with the whole size), resumed upstream with ``Range: bytes=<received>-``; a corrupted
 blob is never delivered complete and never cached; a zmirror killed mid-resume serves nothing of
 the partial file after its restart.  Each test runs with the pull-through cache on
 (:class:`ResumeCacheOnTests`) and off (:class:`ResumePassThroughTests`).
 
-docker pulls use a dockerd of this module's own (like ``test_auth_e2e``), started on first use and
+docker pulls use a dockerd of this module's own (:class:`tests.e2e.clients.Dockerd`), started on first use and
 stopped at exit; they skip when dockerd/containerd/runc are missing or not running as root.
 Skipped when ``docker-registry`` or ``skopeo`` is missing.
 """
@@ -34,11 +34,13 @@ from pathlib import Path
 from twisted.trial import unittest
 
 from tests.e2e import harness as H
+from tests.e2e.clients import DOCKER_SKIP, Dockerd, SkopeoError, output, skopeo_copy
+from tests.e2e.httpclient import Fetched, fetch, http_request
+from tests.e2e.images import Blob, Image, MiB, build_big_image, dir_problems, sha256_file
+from tests.e2e.processes import HarnessError
 from tests.e2e.faultproxy import Fault, FaultProxy, blob_get
-from tests.e2e.test_auth_e2e import DOCKER_SKIP, Dockerd, output
 
 SKIP = H.missing_tools()
-MiB = H.MiB
 IDLE_TIMEOUT = 5
 BIG_MIB = 200
 MID_MIB = 48
@@ -51,8 +53,8 @@ class _Env:
     lock = threading.Lock()
     harness: H.Harness | None = None
     reg: H.Registry | None = None
-    big: H.Image | None = None
-    mid: H.Image | None = None
+    big: Image | None = None
+    mid: Image | None = None
     error: BaseException | None = None
     dockerd: Dockerd | None = None
     docker_error: str | None = None
@@ -75,15 +77,15 @@ def environment() -> _Env:
     """The registry and its two images, built and pushed once per process (a failure is remembered)."""
     with _Env.lock:
         if _Env.error is not None:
-            raise H.HarnessError(f"resume e2e environment failed earlier: {_Env.error}")
+            raise HarnessError(f"resume e2e environment failed earlier: {_Env.error}")
         if _Env.harness is None:
             h = H.Harness()
             atexit.register(_stop_all)
             _Env.harness = h
             try:
                 with ThreadPoolExecutor(max_workers=2) as ex:
-                    big = ex.submit(H.build_big_image, h.root / "images" / "big200", BIG_MIB, "e2e/big200")
-                    mid = ex.submit(H.build_big_image, h.root / "images" / "mid", MID_MIB, "e2e/mid")
+                    big = ex.submit(build_big_image, h.root / "images" / "big200", BIG_MIB, "e2e/big200")
+                    mid = ex.submit(build_big_image, h.root / "images" / "mid", MID_MIB, "e2e/mid")
                     _Env.reg = h.start_open("faultup")
                     _Env.big, _Env.mid = big.result(), mid.result()
                 h.push_many([(_Env.big, _Env.reg), (_Env.mid, _Env.reg)])
@@ -96,7 +98,7 @@ def environment() -> _Env:
 def dockerd() -> Dockerd:
     with _Env.lock:
         if _Env.docker_error is not None:
-            raise H.HarnessError(f"dockerd failed to start earlier: {_Env.docker_error}")
+            raise HarnessError(f"dockerd failed to start earlier: {_Env.docker_error}")
         if _Env.dockerd is None:
             base = tempfile.gettempdir()
             _Env.docker_root = Path(tempfile.mkdtemp(prefix="zm-res-", dir=base if len(base) <= 40 else "/tmp"))
@@ -122,9 +124,6 @@ def wait_for(pred, timeout: float, what=None) -> None:
             msg = what() if callable(what) else (what or "condition")
             raise unittest.FailTest(f"timed out after {timeout}s waiting for {msg}")
         time.sleep(0.05)
-
-
-Fetched, fetch = H.Fetched, H.fetch  # a GET that never raises for a broken body
 
 
 # --------------------------------------------------------------------------- tests
@@ -164,18 +163,18 @@ class ResumeCase(unittest.TestCase):
             out += f"\n--- {p.name} {p.snapshot()} ---\n" + "\n".join(evs)
         return out
 
-    def blob(self, img: H.Image) -> H.Blob:
+    def blob(self, img: Image) -> Blob:
         return img.largest_blob()
 
-    def url(self, img: H.Image, blob: H.Blob) -> str:
+    def url(self, img: Image, blob: Blob) -> str:
         return f"{self.zm.url}/v2/{img.repo}/blobs/{blob.digest}"
 
-    def assertComplete(self, r: Fetched, blob: H.Blob) -> None:
+    def assertComplete(self, r: Fetched, blob: Blob) -> None:
         self.assertIsNone(r.error, f"{r}{self.tails()}")
         self.assertEqual(r.status, 200, f"{r}{self.tails()}")
         self.assertEqual((r.length, r.digest), (blob.size, blob.digest), f"{r}{self.tails()}")
 
-    def assertNotDelivered(self, r: Fetched, blob: H.Blob) -> None:
+    def assertNotDelivered(self, r: Fetched, blob: Blob) -> None:
         """The client never got the whole length (the held-back last byte never came)."""
         self.assertFalse(r.error is None and r.status == 200 and r.length == blob.size,
                          f"a corrupt blob was delivered complete: {r}{self.tails()}")
@@ -183,7 +182,7 @@ class ResumeCase(unittest.TestCase):
         if r.length == blob.size:
             self.assertNotEqual(r.digest, blob.digest)
 
-    def blob_rows(self, img: H.Image, blob: H.Blob, n: int) -> list[dict]:
+    def blob_rows(self, img: Image, blob: Blob, n: int) -> list[dict]:
         """zmirror's access-log rows of GETs of ``blob`` once there are ``n``, after a grace for more."""
         def rows():
             return [r for r in self.zm.access_logs(kind="blob", repository=img.repo)
@@ -193,19 +192,19 @@ class ResumeCase(unittest.TestCase):
         time.sleep(0.8)  # the access log is written in batches (~0.5 s)
         return rows()
 
-    def assertOneUninterrupted200PerClient(self, img: H.Image, blob: H.Blob, clients: int = 1) -> list[dict]:
+    def assertOneUninterrupted200PerClient(self, img: Image, blob: Blob, clients: int = 1) -> list[dict]:
         rows = self.blob_rows(img, blob, clients)
         self.assertEqual([(r["status"], r["bytes"]) for r in rows], [(200, blob.size)] * clients,
                          f"each client must see one uninterrupted 200 (no retries, no short body): {rows}"
                          f"{self.tails()}")
         return rows
 
-    def blob_gets(self, blob: H.Blob) -> list:
+    def blob_gets(self, blob: Blob) -> list:
         """Both proxies' blob GET events of ``blob``, in the order they started."""
         evs = self.p1.matching(blob_get(blob.digest)) + self.p2.matching(blob_get(blob.digest))
         return sorted(evs, key=lambda e: e.t0)
 
-    def resumes(self, blob: H.Blob) -> list:
+    def resumes(self, blob: Blob) -> list:
         return [e for e in self.blob_gets(blob) if e.range is not None]
 
     def cache_state(self) -> dict:
@@ -217,7 +216,7 @@ class ResumeCase(unittest.TestCase):
         hexd = digest.split(":", 1)[1]
         return self.zm.data / "cache" / "blobs" / "sha256" / hexd[:2] / hexd
 
-    def assertNothingCached(self, blob: H.Blob) -> None:
+    def assertNothingCached(self, blob: Blob) -> None:
         self.assertFalse(self.cache_path(blob.digest).exists(), "a corrupt blob's file is in the cache")
         tmp = self.zm.data / "cache" / "tmp"
         wait_for(lambda: not tmp.exists() or not any(tmp.iterdir()), 10,
@@ -255,7 +254,7 @@ class ResumeCase(unittest.TestCase):
         self.assertIn("up2", rows[0]["upstream"], f"the access log says which upstreams served the blob: {rows[0]}")
         if self.CACHE:
             wait_for(lambda: self.cache_state()["entries"] == 1, 10, "the resumed blob cached")
-            self.assertEqual(H.sha256_file(self.cache_path(blob.digest)), blob.digest)
+            self.assertEqual(sha256_file(self.cache_path(blob.digest)), blob.digest)
         self.assertIsNotNone(zm.proc.popen.pid)
 
     def test_get_200mib_first_upstream_cut_twice_fin(self):
@@ -271,10 +270,10 @@ class ResumeCase(unittest.TestCase):
         self.p1.plan(blob_get(blob.digest), [Fault.cut(1 / 3), Fault.reset(1 / 3)])
         dest = self.workdir() / "big"
         try:
-            H.skopeo_copy(zm.host, img.ref, dest, timeout=150)
-        except H.SkopeoError as e:
+            skopeo_copy(zm.host, img.ref, dest, timeout=150)
+        except SkopeoError as e:
             self.fail(f"skopeo copy failed: {e}{self.tails()}")
-        self.assertEqual(H.dir_problems(dest, img), [])
+        self.assertEqual(dir_problems(dest, img), [])
         self.assertEqual(self.p1.script_left(), 0, f"both cuts of up1 must have happened{self.tails()}")
         self.assertGreaterEqual(len(self.resumes(blob)), 2, self.tails())
         self.assertOneUninterrupted200PerClient(img, blob)
@@ -385,7 +384,7 @@ class ResumeCase(unittest.TestCase):
         self.assertGreater(len(self.blob_gets(blob)), before, "the next pull went upstream")
         if self.CACHE:
             wait_for(lambda: self.cache_state()["entries"] == 1, 10, "the blob cached after the restart")
-            self.assertEqual(H.sha256_file(self.cache_path(blob.digest)), blob.digest)
+            self.assertEqual(sha256_file(self.cache_path(blob.digest)), blob.digest)
             self.assertComplete(fetch(self.url(img, blob)), blob)
 
 
@@ -415,14 +414,14 @@ class FaultProxyTests(unittest.TestCase):
         self.assertLessEqual(r.length, n // 2, r)
         self.assertIsInstance(r.error, ConnectionResetError)
         # one flipped byte: the whole length, another digest
-        res = H.http_request("GET", self.url, timeout=30)
+        res = http_request("GET", self.url, timeout=30)
         self.assertEqual((res.status, len(res.body)), (200, n))
         good = b.read()
         self.assertEqual(_differences(res.body, good), [12345])
         self.assertEqual(res.body[12345], good[12345] ^ 0xFF)
         # answered by the proxy itself, the connection kept
         for status, retry_after in ((429, "1"), (503, None)):
-            res = H.http_request("GET", self.url, timeout=30)
+            res = http_request("GET", self.url, timeout=30)
             self.assertEqual(res.status, status, res.describe())
             self.assertEqual(res.header("Retry-After"), retry_after, res.describe())
             self.assertIn("errors", res.json())
@@ -434,7 +433,7 @@ class FaultProxyTests(unittest.TestCase):
                          {"fault:cut": 1, "fault:reset": 1, "fault:flip": 1, "fault:status": 2, "fault:stall": 1})
         # Range is the registry's: 206 with the right bytes, through a stall
         self.p.plan(blob_get(b.digest), [Fault.stall(0.3, 5)])
-        res = H.http_request("GET", self.url, [("Range", "bytes=1000-1999")], timeout=30)
+        res = http_request("GET", self.url, [("Range", "bytes=1000-1999")], timeout=30)
         self.assertEqual(res.status, 206, res.describe())
         self.assertEqual(res.header("Content-Range"), f"bytes 1000-1999/{n}")
         self.assertEqual(res.body, good[1000:2000])
@@ -442,14 +441,14 @@ class FaultProxyTests(unittest.TestCase):
         # refused connections for a while, then accepted again on the same port
         self.p.refuse()
         with self.assertRaises(ConnectionRefusedError):
-            H.http_request("GET", self.url, timeout=5)
+            http_request("GET", self.url, timeout=5)
         self.p.accept()
         wait_for(lambda: _answers(self.url), 5, "the proxy listening again")
         self.p.plan(blob_get(b.digest), [Fault.refuse(0.5)])
         with self.assertRaises((ConnectionResetError, http.client.RemoteDisconnected)):
-            H.http_request("GET", self.url, timeout=5)
+            http_request("GET", self.url, timeout=5)
         with self.assertRaises(ConnectionRefusedError):
-            H.http_request("GET", self.url, timeout=5)
+            http_request("GET", self.url, timeout=5)
         wait_for(lambda: _answers(self.url), 5, "the proxy listening again after 0.5 s")
         # paced: still the whole, right blob
         self.p.rate = 64 * MiB
@@ -468,7 +467,7 @@ def _differences(a: bytes, b: bytes, step: int = 64 * 1024) -> list[int]:
 
 def _answers(url: str) -> bool:
     try:
-        return H.http_request("HEAD", url, timeout=5).status == 200
+        return http_request("HEAD", url, timeout=5).status == 200
     except OSError:
         return False
 
