@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -34,6 +34,7 @@ from zmirror.oci.reference import parse_path
 from zmirror.registry.build import build_proxy
 from zmirror.registry.routes import PullRequest
 from zmirror.upstream.build import build_upstreams
+from zmirror.upstream.health import UpstreamHealth
 from zmirror.upstream.pool import UpstreamPool
 from zmirror.upstream.failover import Failover
 
@@ -410,7 +411,7 @@ class RealConnectionTests(unittest.TestCase):
         self.addCleanup(port.stopListening)
         host = f"127.0.0.1:{port.getHost().port}"
         clock = Clock()
-        pool = UpstreamPool(Agent(reactor), clock, header_timeout=10)
+        pool = UpstreamPool(Agent(reactor), clock, health=UpstreamHealth(clock), header_timeout=10)
         pool.set_registries([{"id": 1, "name": "a", "url": f"http://{host}", "priority": 1, "enabled": 1}])
         proxy = build_proxy(pool, clock, idle_timeout=30)
         d = Deferred.fromCoroutine(proxy.pull(PullRequest(path=parse_path(TAG_PATH), method=b"GET")))
