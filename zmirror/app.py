@@ -3,7 +3,7 @@
 - ``/v2/``            registry ping and pull endpoints   (zmirror.registry.routes)
 - ``/token``          token service for docker login      (zmirror.auth.tokenservice)
 - ``/api/...``        admin API                           (zmirror.admin)
-- ``/healthz`` ...    health and metrics                  (zmirror.health, zmirror.metrics)
+- ``/healthz`` ...    health and metrics                  (zmirror.health, zmirror.metricsendpoint)
 - ``/``               the built web UI                    (web/, packaged as zmirror/webui)
 
 Every part is injected; a part left as None answers 404 (or 503 for /v2/).

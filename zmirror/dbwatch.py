@@ -22,8 +22,9 @@ class DatabaseWatchService(Service):
     """Every ``interval`` seconds (on ``clock``) asks a
     :class:`~zmirror.db.watch.ChangeWatcher` whether the users / whitelists /
     registries tables changed, and re-reads those stores with
-    :meth:`Reloader.refresh_stores` (the SIGHUP path).  So a user disabled with
-    the ``zmirror`` CLI loses its tokens within ``interval`` seconds.
+    :meth:`~zmirror.reload.Reloader.refresh_stores` (the SIGHUP path).  So a
+    user disabled with the ``zmirror`` CLI loses its tokens within ``interval``
+    seconds.
 
     One check at a time (``LoopingCall`` waits for the returned Deferred); the
     first one runs at start and re-reads every store quietly.  Changes the server
@@ -107,8 +108,9 @@ class DatabaseWatchService(Service):
 
 class TableChanges:
     """The bus's table changes (PostgreSQL's LISTEN/NOTIFY,
-    :class:`zmirror.db.listen.PostgresBus`) → :meth:`Reloader.refresh_stores`, the
-    path of the SQLite watch and of SIGHUP.
+    :class:`zmirror.db.listen.PostgresBus`) →
+    :meth:`~zmirror.reload.Reloader.refresh_stores`, the path of the SQLite
+    watch and of SIGHUP.
 
     One refresh at a time: tables reported while one runs are re-read together
     after it, so an older read never lands after a newer one and a burst of

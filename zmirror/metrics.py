@@ -2,18 +2,16 @@
 
 :class:`Metrics` owns its :class:`~prometheus_client.CollectorRegistry` (never the
 library's global one); requests are counted by :class:`MeteredAccessLog`, the rest
-is observed by its collaborators or read at scrape time.  ``/metrics`` on the main
-port follows ``[metrics] access`` (:class:`MetricsEndpoint`); ``[metrics] listen``
-adds a separate endpoint.  Where each number comes from: docs/design/operations.md.
+is observed by its collaborators or read at scrape time.  The HTTP endpoints
+that serve them are :mod:`zmirror.metricsendpoint`'s.  Where each number comes
+from: docs/design/operations.md.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, Iterable, Optional
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -23,18 +21,10 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
-from twisted.web.resource import Resource
-
-from zmirror.auth.adminaccount import (REALM, AccountError, AccountUnavailable, BadCredentials,
-                                       DefaultPasswordInUse, basic_credentials)
-from zmirror.auth.lockout import Locked
-from zmirror.net import TrustedProxies, client_ip
 
 log = Logger()
-
-ACCESS_MODES = ("admin", "open", "off")
 
 # Seconds: from small manifests to multi-GiB layers.
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -380,127 +370,4 @@ class MeteredAccessLog:
         return getattr(self.inner, name)
 
 
-def _send(request, status: int, body: bytes, content_type: bytes) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", content_type)
-    request.setHeader(b"Cache-Control", b"no-store")
-    request.setHeader(b"X-Content-Type-Options", b"nosniff")
-    request.setHeader(b"Content-Length", str(len(body)).encode())
-    return body
-
-
-def _json_error(request, status: int, message: str) -> bytes:
-    body = json.dumps({"error": message}).encode()
-    return _send(request, status, body, b"application/json; charset=utf-8")
-
-
-def render_metrics(request, metrics: Metrics) -> bytes:
-    try:
-        body = metrics.exposition()
-    except Exception:
-        log.failure("metrics: exposition failed")
-        return _json_error(request, 500, "internal error")
-    return _send(request, 200, body, CONTENT_TYPE_LATEST.encode())
-
-
-class MetricsEndpoint:
-    """``/metrics`` on the main port (one of ``ZMirrorApp``'s top-level handlers).
-
-    ``admin``: HTTP Basic with the admin ``account``
-    (:class:`~zmirror.auth.adminaccount.AdminAccount`, lockout included; the
-    client address from ``trusted``); ``open``: no check; ``off``: 404.
-    :meth:`reload` switches the mode live.
-    """
-
-    def __init__(self, metrics: Metrics, access: str = "admin", account: Any = None,
-                 trusted: Any = None):
-        if access not in ACCESS_MODES:
-            raise ValueError(f"unknown metrics access mode {access!r}")
-        self.metrics = metrics
-        self.access = access
-        self.account = account
-        self.trusted = trusted if trusted is not None else TrustedProxies()
-
-    def reload(self, config: Any) -> None:
-        self.access = config.metrics.access
-
-    def __call__(self, request):
-        if self.access == "off":
-            return _json_error(request, 404, "not found")
-        if self.access == "open":
-            return render_metrics(request, self.metrics)
-        if self.account is None:
-            return _json_error(request, 404, "not found")
-        return Deferred.fromCoroutine(self._admin_only(request))
-
-    async def _admin_only(self, request) -> bytes:
-        account = self.account
-        try:
-            username, password = basic_credentials(request)
-            await account.authenticate(username, password, client_ip(request, self.trusted))
-            # the same gate as /api: nothing but the password change with the default password
-            if account.default_password_in_use(password):
-                raise DefaultPasswordInUse()
-        except (AccountError, Locked) as e:
-            return _refused(request, e)
-        return render_metrics(request, self.metrics)
-
-
-def _refused(request, e: Exception) -> bytes:
-    """A refused admin login, answered as the admin API answers it."""
-    extra: dict = {}
-    if isinstance(e, Locked):
-        status = 429
-        request.setHeader(b"Retry-After", str(e.retry_after).encode())
-        extra["retry_after"] = e.retry_after
-    elif isinstance(e, BadCredentials):
-        status = 401
-        request.setHeader(b"WWW-Authenticate", REALM)
-    elif isinstance(e, AccountUnavailable):
-        status = 503
-        request.setHeader(b"Retry-After", str(e.retry_after).encode())
-    else:  # not the admin, or the default password
-        status = 403
-    body = json.dumps({"error": getattr(e, "message", "forbidden"), "fields": {}, **extra},
-                      ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return _send(request, status, body, b"application/json; charset=utf-8")
-
-
-class MetricsResource(Resource):
-    """The separate ``[metrics] listen`` endpoint: ``/metrics`` only, no auth."""
-
-    isLeaf = True
-
-    def __init__(self, metrics: Metrics):
-        super().__init__()
-        self.metrics = metrics
-
-    def render_GET(self, request):
-        if request.path.rstrip(b"/") != b"/metrics":
-            return _json_error(request, 404, "not found")
-        return render_metrics(request, self.metrics)
-
-    render_HEAD = render_GET
-
-
-def metrics_listen_service(description: str, metrics: Metrics, reactor: Any):
-    """A service listening on ``description`` (a Twisted endpoint string).
-
-    Raises :class:`~zmirror.config.ConfigError` for an invalid description.
-    """
-    from twisted.application import strports
-    from twisted.web.server import Site
-
-    from zmirror.config import ConfigError
-
-    site = Site(MetricsResource(metrics), reactor=reactor)
-    site.displayTracebacks = False
-    site.log = lambda request: None  # scrapes every few seconds: keep them out of the log
-    try:
-        return strports.service(description, site, reactor=reactor)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"metrics.listen: invalid endpoint {description!r}: {e}") from None
-
-
-__all__ = ["Metrics", "MeteredAccessLog", "MetricsEndpoint", "MetricsResource",
-           "metrics_listen_service", "ACCESS_MODES"]
+__all__ = ["Metrics", "MeteredAccessLog"]

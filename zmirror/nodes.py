@@ -23,6 +23,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from zmirror import __version__
+from zmirror.db.errors import one_line
 from zmirror.db.jobs import JobLock
 
 log = Logger()
@@ -69,10 +70,6 @@ def node_state(row: dict, now: float, stale_after: float = STALE_AFTER) -> str:
     if row.get("stopped_at") is not None:
         return "stopped"
     return "up" if now - float(row["last_seen"]) <= stale_after else "stale"
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:200] or type(e).__name__
 
 
 class NodeHeartbeat(Service):
@@ -159,7 +156,7 @@ class NodeHeartbeat(Service):
         def failed(f):
             log.warn("node heartbeat: cannot mark node {node!r} stopped ({error}); it shows as "
                      "stale once its last heartbeat is {s:.0f}s old", node=self.node,
-                     error=_one_line(f.value), s=self.stale_after)
+                     error=one_line(f.value, 200), s=self.stale_after)
 
         return d.addCallbacks(lambda _: None, failed)
 
@@ -205,7 +202,7 @@ class NodeHeartbeat(Service):
                 cache_bytes, cache_blobs, cache_max = (int(s["size"]), int(s["entries"]),
                                                        int(s["max_size"]))
             except Exception as e:
-                log.debug("node heartbeat: no cache summary ({error})", error=_one_line(e))
+                log.debug("node heartbeat: no cache summary ({error})", error=one_line(e, 200))
         return {
             "node": self.node, "instance": self.instance, "version": self.version,
             "db_schema": self.schema, "address": self.address, "hostname": self.hostname,
@@ -226,7 +223,7 @@ class NodeHeartbeat(Service):
             if not self._failing:
                 self._failing = True
                 log.warn("node heartbeat: cannot write node {node!r}'s row ({error}); retrying "
-                         "every {s:.0f}s", node=self.node, error=_one_line(e), s=self.interval)
+                         "every {s:.0f}s", node=self.node, error=one_line(e, 200), s=self.interval)
             return
         self.beats += 1
         self._written = True
@@ -267,7 +264,7 @@ class NodeHeartbeat(Service):
             finally:
                 await lock.release()
         except Exception as e:
-            log.warn("node heartbeat: pruning old node rows failed ({error})", error=_one_line(e))
+            log.warn("node heartbeat: pruning old node rows failed ({error})", error=one_line(e, 200))
             return None
         if n:
             self.pruned += n

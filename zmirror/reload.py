@@ -37,7 +37,7 @@ class LiveSettings:
     policy: Any  # zmirror.auth.policy.AccessPolicy: [access] anonymous
     log_control: Any  # zmirror.logs.LogControl: [log] level
     lockout: Any  # zmirror.auth.lockout.Lockout: the [lockout] thresholds
-    metrics_endpoint: Any  # zmirror.metrics.MetricsEndpoint: [metrics] access
+    metrics_endpoint: Any  # zmirror.metricsendpoint.MetricsEndpoint: [metrics] access
     account: Any  # zmirror.auth.adminaccount.AdminAccount: [admin] password
     # PostgreSQL: the cluster's admin password (zmirror.auth.adminsecret), re-read on SIGHUP
     cluster_password: Any = None

@@ -37,7 +37,8 @@ from zmirror.dbwatch import DatabaseWatchService, TableChanges
 from zmirror.health import HealthChecks
 from zmirror.httpchannel import LimitedSite
 from zmirror.logs import LogControl
-from zmirror.metrics import MeteredAccessLog, Metrics, MetricsEndpoint, metrics_listen_service
+from zmirror.metrics import MeteredAccessLog, Metrics
+from zmirror.metricsendpoint import MetricsEndpoint, metrics_listen_service
 from zmirror.net import TrustedProxies, base_url
 from zmirror.nodes import NodeHeartbeat, endpoint_address
 from zmirror.registry.build import build_proxy

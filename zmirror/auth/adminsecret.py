@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from zmirror.auth.passwords import is_hash, is_wellformed_hash
 from zmirror.cluster import RESYNC
+from zmirror.db.errors import one_line
 
 log = Logger()
 
@@ -53,10 +54,6 @@ def value_problem(value: Any) -> Optional[str]:
     if not is_wellformed_hash(value):
         return "a malformed password hash"
     return None
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:200] or type(e).__name__
 
 
 # --- blocking (the CLI, the start of a node) -----------------------------------------
@@ -136,7 +133,7 @@ class ClusterAdminPassword:
     def _unreadable(self, e: BaseException) -> bool:
         self.failures += 1
         log.error("admin password: cannot read the cluster's admin password ({error}); "
-                  "admin logins answer 503 until it can be read", error=_one_line(e))
+                  "admin logins answer 503 until it can be read", error=one_line(e, 200))
         return False
 
     def load_config(self, config: Any) -> bool:
@@ -174,7 +171,7 @@ class ClusterAdminPassword:
                 except Exception as e:
                     self.failures += 1
                     log.warn("admin password: cannot re-read the cluster's admin password "
-                             "({error}); keeping the one in use", error=_one_line(e))
+                             "({error}); keeping the one in use", error=one_line(e, 200))
                     break
                 if gen != self._gen:  # this node wrote meanwhile: read again
                     self._dirty = True
@@ -239,7 +236,7 @@ class ClusterAdminPassword:
         try:
             raw = await self._read()
         except Exception as e:
-            raise Unavailable(f"cannot read the cluster's admin password: {_one_line(e)}") from None
+            raise Unavailable(f"cannot read the cluster's admin password: {one_line(e, 200)}") from None
         self._gen += 1  # a read started before this one must not land after it
         self._take(raw)
         return raw, (raw if raw is not None and value_problem(raw) is None else None)

@@ -124,14 +124,14 @@ def _passwords(config: Any, reactor: Any, threads: bool, services: list) -> Pass
     ``threads`` the hashing runs on its own pool, started and stopped by a service
     appended to ``services``."""
     concurrency, queue = verification_limits(getattr(config, "lockout", None))
-    run = None
-    if threads:
-        pool = ThreadPool(minthreads=0, maxthreads=concurrency, name="zmirror-passwords")
+    if not threads:
+        return Passwords(run=None, clock=reactor, concurrency=concurrency, queue=queue)
+    pool = ThreadPool(minthreads=0, maxthreads=concurrency, name="zmirror-passwords")
 
-        def run(f, *args):
-            return deferToThreadPool(reactor, pool, f, *args)
+    def run(f, *args):
+        return deferToThreadPool(reactor, pool, f, *args)
 
-        services.append(CallbackService(start=pool.start, stop=pool.stop))
+    services.append(CallbackService(start=pool.start, stop=pool.stop))
     return Passwords(run=run, clock=reactor, concurrency=concurrency, queue=queue)
 
 

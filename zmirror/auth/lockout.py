@@ -118,11 +118,12 @@ class Lockout:
     """The decisions of one node, synchronous and in memory.
 
     ``secret``: the cluster's shared token secret; the digests of the keys
-    are then the same on every node (:class:`LockoutSync` tells the others by
+    are then the same on every node
+    (:class:`~zmirror.auth.lockoutsync.LockoutSync` tells the others by
     key).  Without it (one node) they are keyed by a random per-process key.
-    ``listener`` (set by :class:`LockoutSync`): told of every failure
-    (``failed(keys, at)``) and of every success that cleared an account
-    (``cleared(key)``); it must not block.
+    ``listener`` (set by :class:`~zmirror.auth.lockoutsync.LockoutSync`):
+    told of every failure (``failed(keys, at)``) and of every success that
+    cleared an account (``cleared(key)``); it must not block.
     """
 
     def __init__(self, clock: Any, *, max_account: int = 10, max_ip: int = 30,

@@ -236,61 +236,68 @@ class AccessLogStore:
 
         hour0 = bucket_start(now, HOUR) - 23 * HOUR
         day0 = bucket_start(now, DAY) - 6 * DAY
-        since = min(hour0, day0)
-        bucket = _bucket_sql(self.db)
+        return self.db.read(_stats, _bucket_sql(self.db), hour0, day0)
 
-        def run(txn):
-            txn.execute(
-                f"SELECT count(*), {_BYTES_SUM}, coalesce(sum({_ERROR_SQL}), 0)"
-                " FROM access_logs WHERE created_at >= ?", (since,))
-            requests, nbytes, errors = txn.fetchone()
 
-            def series(start: int, size: int, n: int) -> list[dict]:
-                txn.execute(
-                    f"SELECT {bucket} AS b, count(*), {_BYTES_SUM}"
-                    " FROM access_logs WHERE created_at >= ? GROUP BY b", (start, size, start))
-                got = {b: (c, s) for b, c, s in txn.fetchall()}
-                return [{"t": start + i * size, "requests": got.get(i, (0, 0))[0],
-                         "bytes": got.get(i, (0, 0))[1]} for i in range(n)]
+def _stats(txn, bucket: str, hour0: int, day0: int) -> dict:
+    """The dashboard numbers since the first hour / day bucket (one read transaction)."""
+    since = min(hour0, day0)
+    txn.execute(
+        f"SELECT count(*), {_BYTES_SUM}, coalesce(sum({_ERROR_SQL}), 0)"
+        " FROM access_logs WHERE created_at >= ?", (since,))
+    requests, nbytes, errors = txn.fetchone()
+    hourly = _series(txn, bucket, hour0, HOUR, 24)
+    daily = _series(txn, bucket, day0, DAY, 7)
+    top_repositories = _top(txn, "repository", since, exclude_empty=True)
+    top_users = _top(txn, "username", since, exclude_empty=False)
+    upstreams = _top(txn, "upstream", since, exclude_empty=True)
+    namespaces = _top(txn, "namespace", since, exclude_empty=True)
+    return {
+        "since": since,
+        "totals": {
+            "requests": requests,
+            "bytes": nbytes,
+            "errors": errors,
+            "error_rate": round(errors / requests, 4) if requests else 0.0,
+            **_row_counts(txn),
+        },
+        "hourly": hourly,
+        "daily": daily,
+        "top_repositories": top_repositories,
+        "top_users": top_users,
+        "upstreams": upstreams,
+        "top_namespaces": namespaces,
+        "cache": None,
+    }
 
-            hourly = series(hour0, HOUR, 24)
-            daily = series(day0, DAY, 7)
 
-            def top(col: str, exclude_empty: bool) -> list[dict]:
-                extra = f" AND {col} != ''" if exclude_empty else ""
-                txn.execute(
-                    f"SELECT {col}, count(*) AS n, {_BYTES_SUM} FROM access_logs"
-                    f" WHERE created_at >= ?{extra} GROUP BY {col} ORDER BY n DESC, {col} LIMIT ?",
-                    (since, TOP_N))
-                return [{col: v, "requests": n, "bytes": b} for v, n, b in txn.fetchall()]
+def _series(txn, bucket: str, start: int, size: int, n: int) -> list[dict]:
+    """Requests and bytes in ``n`` buckets of ``size`` seconds from ``start``."""
+    txn.execute(
+        f"SELECT {bucket} AS b, count(*), {_BYTES_SUM}"
+        " FROM access_logs WHERE created_at >= ? GROUP BY b", (start, size, start))
+    got = {b: (c, s) for b, c, s in txn.fetchall()}
+    return [{"t": start + i * size, "requests": got.get(i, (0, 0))[0],
+             "bytes": got.get(i, (0, 0))[1]} for i in range(n)]
 
-            top_repositories = top("repository", True)
-            top_users = top("username", False)
-            upstreams = top("upstream", True)
-            namespaces = top("namespace", True)
-            counts = {}
-            for table in ("users", "registries", "whitelists"):
-                txn.execute(f"SELECT count(*) FROM {table}")
-                counts[table] = txn.fetchone()[0]
-            return {
-                "since": since,
-                "totals": {
-                    "requests": requests,
-                    "bytes": nbytes,
-                    "errors": errors,
-                    "error_rate": round(errors / requests, 4) if requests else 0.0,
-                    **counts,
-                },
-                "hourly": hourly,
-                "daily": daily,
-                "top_repositories": top_repositories,
-                "top_users": top_users,
-                "upstreams": upstreams,
-                "top_namespaces": namespaces,
-                "cache": None,
-            }
 
-        return self.db.read(run)
+def _top(txn, col: str, since: int, *, exclude_empty: bool) -> list[dict]:
+    """The ``TOP_N`` values of ``col`` with the most requests since ``since``."""
+    extra = f" AND {col} != ''" if exclude_empty else ""
+    txn.execute(
+        f"SELECT {col}, count(*) AS n, {_BYTES_SUM} FROM access_logs"
+        f" WHERE created_at >= ?{extra} GROUP BY {col} ORDER BY n DESC, {col} LIMIT ?",
+        (since, TOP_N))
+    return [{col: v, "requests": n, "bytes": b} for v, n, b in txn.fetchall()]
+
+
+def _row_counts(txn) -> dict:
+    """How many users, registries and whitelist entries there are."""
+    counts = {}
+    for table in ("users", "registries", "whitelists"):
+        txn.execute(f"SELECT count(*) FROM {table}")
+        counts[table] = txn.fetchone()[0]
+    return counts
 
 
 def _delete_chunk(txn, condition: str, params: tuple) -> int:

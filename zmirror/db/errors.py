@@ -11,9 +11,11 @@ class DatabaseError(Exception):
     """A user-facing database problem at start (one line, no traceback)."""
 
 
-def one_line(e: BaseException) -> str:
-    """A driver's error message on one line, shortened (for :class:`DatabaseError` texts)."""
-    return " ".join(str(e).split())[:300]
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """An error's message on one line, at most ``limit`` characters (for
+    :class:`DatabaseError` texts and log lines); the error's type name when it
+    has no message."""
+    return " ".join(str(e).split())[:limit] or type(e).__name__
 
 
 def is_unique_violation(e: BaseException) -> bool:

@@ -1,6 +1,6 @@
 """The stores' database interface on one blocking connection, in the calling thread.
 
-:class:`SyncDatabase` has what the stores use of :class:`zmirror.db.Database`
+:class:`SyncDatabase` has what the stores use of :class:`zmirror.db.sqlite.Database`
 (``read``, ``write``, ``query``, ``execute``, ``dialect``, ``path``) and runs
 each interaction at once in a transaction of its own, returning an
 already-fired Deferred; :func:`result` takes the value of a store coroutine run
@@ -26,7 +26,7 @@ _SAVEPOINT = "interaction"
 
 class SyncDatabase:
     """Store interactions on ``conn``: a connection in autocommit mode whose
-    ``execute`` takes ``?`` placeholders (:func:`zmirror.db.connect_config`, or
+    ``execute`` takes ``?`` placeholders (:func:`zmirror.db.engine.connect_config`, or
     ``sqlite3.connect(..., isolation_level=None)``); this class runs ``BEGIN`` …
     ``COMMIT`` / ``ROLLBACK`` as adbapi would (commit on return, rollback on an
     exception)."""

@@ -58,8 +58,7 @@ def parse_www_authenticate(header: str) -> list[Challenge]:
     challenges: list[Challenge] = []
     i, n = 0, len(header)
     while i < n:
-        while i < n and header[i] in " \t,":
-            i += 1
+        i = _skip(header, i, " \t,")
         if i >= n:
             break
         m = _SCHEME_RE.match(header, i)
@@ -67,53 +66,67 @@ def parse_www_authenticate(header: str) -> list[Challenge]:
             raise ChallengeParseError(f"expected an auth scheme at {i}")
         scheme = m.group(1).lower()
         i = m.end()
-        params: dict[str, str] = {}
         # token68 (e.g. "Basic abc==") — only if not followed by '='-param syntax
         t68 = _TOKEN68_RE.match(header, i)
         if t68 and not _PARAM_RE.match(header, i):
-            params[""] = t68.group(1)
+            challenges.append(Challenge(scheme, {"": t68.group(1)}))
             i = t68.end()
-            challenges.append(Challenge(scheme, params))
             continue
-        while i < n:
-            save = i
-            while i < n and header[i] in " \t":
-                i += 1
-            pm = _PARAM_RE.match(header, i)
-            if not pm:
-                i = save
-                break
-            # a new challenge starts with "scheme param=" — detect "token token=" lookahead
-            name = pm.group(1).lower()
-            i = pm.end()
-            if i < n and header[i] == '"':
-                value, i = _quoted(header, i)
-            else:
-                vm = _TOKEN_VALUE_RE.match(header, i)
-                if not vm:
-                    raise ChallengeParseError(f"expected a value for {name!r}")
-                value, i = vm.group(0), vm.end()
-            params[name] = value
-            while i < n and header[i] in " \t":
-                i += 1
-            if i < n and header[i] == ",":
-                i += 1
-                # next item may be another param or a new challenge
-                j = i
-                while j < n and header[j] in " \t,":
-                    j += 1
-                sm = _SCHEME_RE.match(header, j)
-                if sm:
-                    after = sm.end()
-                    # "scheme param=..." or "scheme token68" or bare "scheme" → new challenge
-                    if not (after < n and header[after:].lstrip(" \t").startswith("=")):
-                        i = j
-                        break
-                continue
-            elif i < n:
-                raise ChallengeParseError(f"unexpected character {header[i]!r} at {i}")
+        params, i = _auth_params(header, i)
         challenges.append(Challenge(scheme, params))
     return challenges
+
+
+def _skip(s: str, i: int, chars: str) -> int:
+    """The index of the first character at or after ``i`` not in ``chars``."""
+    while i < len(s) and s[i] in chars:
+        i += 1
+    return i
+
+
+def _auth_params(header: str, i: int) -> tuple[dict[str, str], int]:
+    """The ``name=value`` parameters of one challenge, from ``i``; and where the
+    next challenge (if any) starts."""
+    params: dict[str, str] = {}
+    n = len(header)
+    while i < n:
+        save = i
+        i = _skip(header, i, " \t")
+        pm = _PARAM_RE.match(header, i)
+        if not pm:
+            return params, save
+        name = pm.group(1).lower()
+        params[name], i = _param_value(header, pm.end(), name)
+        i = _skip(header, i, " \t")
+        if i < n and header[i] == ",":
+            # the next item is another param, or a new challenge
+            j = _skip(header, i + 1, " \t,")
+            if _starts_challenge(header, j):
+                return params, j
+            i += 1
+        elif i < n:
+            raise ChallengeParseError(f"unexpected character {header[i]!r} at {i}")
+    return params, i
+
+
+def _param_value(header: str, i: int, name: str) -> tuple[str, int]:
+    """A parameter's value at ``i`` (a quoted string or a token) and the index after it."""
+    if i < len(header) and header[i] == '"':
+        return _quoted(header, i)
+    vm = _TOKEN_VALUE_RE.match(header, i)
+    if not vm:
+        raise ChallengeParseError(f"expected a value for {name!r}")
+    return vm.group(0), vm.end()
+
+
+def _starts_challenge(header: str, j: int) -> bool:
+    """``header[j:]`` is "scheme param=...", "scheme token68" or a bare "scheme"
+    (a new challenge), not "name=value" (another param)."""
+    sm = _SCHEME_RE.match(header, j)
+    if not sm:
+        return False
+    after = sm.end()
+    return not (after < len(header) and header[after:].lstrip(" \t").startswith("="))
 
 
 def parse_headers(values: list[bytes] | None) -> list[Challenge]:

@@ -75,35 +75,50 @@ class Failover:
         """
         namespace = namespace_of(name)
         scope = f"repository:{remote_of(name)}:pull"
-        health = self.pool.health
         ups, attempts = self._order(namespace, candidates, counted)
         for up in ups:
-            started = self.clock.seconds()
-            try:
-                resp = await self.pool.request(up, method, path, headers=headers, scope=scope)
-            except UpstreamError as e:
-                health.mark_failed(up, str(e))
-                attempts.append(Attempt(up, "error", str(e)))
+            outcome = await self._ask(up, method, path, headers, scope, ok_codes=ok_codes,
+                                      terminal_codes=terminal_codes, validate=validate,
+                                      limits=limits, counted=counted)
+            if isinstance(outcome, Attempt):
+                attempts.append(outcome)
                 continue
-            code = resp.code
-            left = None
-            if limits or code == 429:
-                left = health.note_rate_limit(up, code, resp.headers, counted=counted)
-            if code in ok_codes or code in terminal_codes:
-                try:
-                    validated = await validate(up, resp) if validate and code in ok_codes else None
-                except UpstreamError as e:
-                    health.mark_failed(up, str(e))
-                    attempts.append(Attempt(up, "error", str(e)))
-                    continue
-                health.mark_ok(up, self.clock.seconds() - started)
-                if record is not None:
-                    record.upstream = up.name
-                return up, resp, validated
-            self.pool.discard(resp)  # small error bodies are read: the connection is reused
-            attempts.append(self._refused(up, code, left, started))
+            if record is not None:
+                record.upstream = up.name
+            return outcome
         raise final_error(attempts, unknown_code, name=name, what=what)
 
+    async def _ask(self, up: Upstream, method: bytes, path: str, headers: dict, scope: str, *,
+                   ok_codes: tuple[int, ...], terminal_codes: tuple[int, ...],
+                   validate: Optional[Callable[[Upstream, Any], Awaitable[Any]]],
+                   limits: bool, counted: bool):
+        """Ask one upstream: ``(upstream, response, validated)`` for an acceptable
+        or terminal answer, else the :class:`Attempt` that says why not; either
+        way what it answered goes into the health memory."""
+        health = self.pool.health
+        started = self.clock.seconds()
+        try:
+            resp = await self.pool.request(up, method, path, headers=headers, scope=scope)
+        except UpstreamError as e:
+            return self._failed(up, e)
+        code = resp.code
+        left = None
+        if limits or code == 429:
+            left = health.note_rate_limit(up, code, resp.headers, counted=counted)
+        if code not in ok_codes and code not in terminal_codes:
+            self.pool.discard(resp)  # small error bodies are read: the connection is reused
+            return self._refused(up, code, left, started)
+        try:
+            validated = await validate(up, resp) if validate and code in ok_codes else None
+        except UpstreamError as e:
+            return self._failed(up, e)
+        health.mark_ok(up, self.clock.seconds() - started)
+        return up, resp, validated
+
+    def _failed(self, up: Upstream, e: UpstreamError) -> Attempt:
+        """The attempt of an upstream that failed (no answer, or a bad one), marked failed."""
+        self.pool.health.mark_failed(up, str(e))
+        return Attempt(up, "error", str(e))
 
     def _order(self, namespace: str, candidates: Optional[Sequence[Upstream]],
                counted: bool) -> tuple[list[Upstream], list[Attempt]]:
