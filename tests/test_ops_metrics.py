@@ -18,7 +18,8 @@ from tests.fixtures.proxyenv import ProxyEnv
 from zmirror.accesslog import AccessRecord, MemoryAccessLog
 from zmirror.app import ZMirrorApp
 from zmirror.config import Config, ConfigError
-from zmirror.metrics import MeteredAccessLog, Metrics, MetricsEndpoint, metrics_listen_service
+from zmirror.metrics import MeteredAccessLog, Metrics
+from zmirror.metricsendpoint import MetricsEndpoint, metrics_listen_service
 from zmirror.testing import DOCKER_V2, FakeRegistry, sha256
 
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2, "layers": []}).encode()
