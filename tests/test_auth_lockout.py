@@ -374,7 +374,7 @@ class ListenerTests(unittest.TestCase):
             def cleared(inner, key):
                 self.told.append(("cleared", key))
 
-        self.lock.listener = Listener()
+        self.lock.listen(Listener())
 
     def test_failures_and_clearing_successes_are_told_by_key(self):
         self.clock.advance(5)
@@ -395,7 +395,7 @@ class ListenerTests(unittest.TestCase):
 
             cleared = failed
 
-        self.lock.listener = Broken()
+        self.lock.listen(Broken())
         for _ in range(3):
             self.lock.failure("alice", "ip")
         self.assertEqual(self.lock.retry_after("alice", "x"), 120)

@@ -121,7 +121,7 @@ class Lockout:
     are then the same on every node
     (:class:`~zmirror.auth.lockoutsync.LockoutSync` tells the others by
     key).  Without it (one node) they are keyed by a random per-process key.
-    ``listener`` (set by :class:`~zmirror.auth.lockoutsync.LockoutSync`):
+    ``listener`` (given by :meth:`listen`; :class:`~zmirror.auth.lockoutsync.LockoutSync`):
     told of every failure (``failed(keys, at)``) and of every success that
     cleared an account (``cleared(key)``); it must not block.
     """
@@ -297,6 +297,11 @@ class Lockout:
             key = self._key(ACCOUNT, str(account).lower())
             if self._failures.pop(key, None):
                 self._tell("cleared", key)
+
+    def listen(self, listener: Any) -> None:
+        """Tell ``listener`` of every failure and of every success that cleared an
+        account from now on (one listener: the cluster's sharing)."""
+        self.listener = listener
 
     def _tell(self, what: str, *args: Any) -> None:
         listener = self.listener

@@ -96,7 +96,7 @@ class LockoutSync:
         self.ignored = 0  # malformed events from the bus
         self.loaded = 0
         self.loading: Any = None  # the read of login_failures in progress
-        lockout.listener = self
+        lockout.listen(self)
         if bus is not None:
             from zmirror.cluster import RESYNC
 
