@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Access-log write rate: the server's batched writer on SQLite and on PostgreSQL (issue 15); not a test.
+"""Access-log write rate: the server's batched writer on SQLite and on PostgreSQL; not a test.
 
 For each engine: a fresh database (a temp SQLite file; a fresh database on a throw-away PostgreSQL 15
 from ``tests/fixtures/pgserver.py`` on 127.0.0.1), migrated, opened with the server's pools

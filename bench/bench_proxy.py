@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark: a real registry direct vs through ``twistd zmirror`` (issue 3, item 9). Not a test.
+"""Benchmark: a real registry direct vs through ``twistd zmirror``. Not a test.
 
 Starts (with tests/e2e/harness.py, everything on 127.0.0.1 in a temp dir) one
 open distribution registry holding an image with a ``--mib`` MiB random layer,

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """One node against two nodes behind nginx, and the access-log write rate on SQLite against
-PostgreSQL, in one run (issue 15's measurement); not a test.
+PostgreSQL, in one run; not a test.
 
 Starts with ``tests/e2e/cluster.py`` (everything on 127.0.0.1 in a temp dir): a real PostgreSQL 15,
 one open Debian ``docker-registry`` as the upstream, two ``twistd zmirror`` nodes on that database

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Cold blob GETs through zmirror under random upstream faults (issue 13's measurement); not a test.
+"""Cold blob GETs through zmirror under random upstream faults; not a test.
 
 Starts, on 127.0.0.1 in a temporary directory (``tests/e2e/harness.py``), one open Debian
 ``docker-registry`` holding an image with one random layer of ``--mib`` MiB, two

@@ -2,8 +2,7 @@
 """The "Safe to expose" attacks, run against a real ``twistd -n zmirror``. Not a test.
 
 Starts one zmirror on 127.0.0.1 with a fresh data dir (no upstream needed) and a
-registry user made with the ``zmirror`` CLI, then measures what the issue
-measured at 99a0237:
+registry user made with the ``zmirror`` CLI, then measures:
 
 1. ``upload``: a PUT on /v2/ announcing ``--upload-mib`` MiB (Content-Length, then
    chunked), streamed until the answer comes: the status, how many bytes the
