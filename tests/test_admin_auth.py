@@ -9,7 +9,7 @@ from twisted.trial import unittest
 
 import twisted
 from tests.fixtures.helpers import coro
-from tests.fixtures.admin import ADMIN, AdminTestMixin, basic, make_config
+from tests.fixtures.admin import ADMIN, NO_LOCKOUT, AdminTestMixin, basic, make_config
 from zmirror import __version__
 from zmirror.auth.passwords import hash_admin_password
 from zmirror.config import DEFAULT_ADMIN_PASSWORD
@@ -60,8 +60,9 @@ class AuthTests(AdminTestMixin, unittest.TestCase):
 
     @coro
     async def test_every_route_refuses_bad_password(self):
-        # a fresh lockout per route would lock after 5 tries: use no lockout here
-        self.client = self.stub(self.make_api(lockout=None))
+        # one wrong password per route would lock after 5 tries: a lockout they never reach
+        self.config = make_config(self.mktemp(), lockout=NO_LOCKOUT)
+        self.client = self.stub(self.make_api())
         await self.assertUnauthorized(auth=basic("admin", "wrong"))
 
     @coro

@@ -22,6 +22,7 @@ from tests.fixtures.pgserver import on_postgresql
 from tests.fixtures.fakes import ControlledRun
 from tests.fixtures.helpers import Captured, coro
 from tests.fixtures.admin import (
+    NO_LOCKOUT,
     AdminTestMixin,
     FakeUpstreams,
     admin_api,
@@ -111,13 +112,12 @@ class Node:
 
     def __init__(self, case, hub, password=DEFAULT_ADMIN_PASSWORD, run=None, bus=None):
         self.passwords = Passwords(context=fast_context(), clock=case.clock, run=run)
-        config = make_config(str(case.tmp), password=password)
+        config = make_config(str(case.tmp), password=password, lockout=NO_LOCKOUT)
         self.bus = bus if bus is not None else hub.bus()
         self.secret = ClusterAdminPassword(case.db, self.bus, case.clock, passwords=self.passwords)
-        self.api = admin_api(config, clock=case.clock, registries=case.registries,
-                             accesslogs=case.accesslogs, users=case.users, whitelists=case.whitelists,
-                             upstreams=FakeUpstreams(), passwords=self.passwords,
-                             cluster_password=self.secret)
+        self.api = admin_api(config, case.db, clock=case.clock, registries=case.registries,
+                             accesslogs=case.accesslogs, upstreams=FakeUpstreams(),
+                             passwords=self.passwords, cluster_password=self.secret)
         self.client = stub(self.api, case.clock)
 
     def call(self, method, path, password, body=None, user="admin"):

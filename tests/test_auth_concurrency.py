@@ -14,6 +14,7 @@ on 127.0.0.1 with real argon2 on a thread pool.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 
@@ -31,6 +32,7 @@ from tests.fixtures.admin import basic as admin_basic
 from zmirror.auth.adminaccount import basic_credentials
 from zmirror.auth.lockout import Locked, Lockout
 from zmirror.auth.passwords import Busy, Passwords, fast_context, hash_admin_password
+from zmirror.config import LockoutConfig
 from zmirror.net import TrustedProxies, client_ip
 
 N = 120
@@ -282,9 +284,11 @@ class RealHTTPLoginTests(unittest.TestCase):
 
         passwords, verified = self.counting_passwords()
         mixin = _AdminSetup(self)
-        mixin.config = _config_with_password(mixin, hash_admin_password("the-admin-pw"))
-        lockout = Lockout(reactor, max_account=10, max_ip=1000)
-        api = mixin.make_api(clock=reactor, lockout=lockout, passwords=passwords)
+        mixin.config = dataclasses.replace(
+            _config_with_password(mixin, hash_admin_password("the-admin-pw")),
+            lockout=LockoutConfig(max_account_failures=10, max_ip_failures=1000))
+        api = mixin.make_api(clock=reactor, passwords=passwords)
+        lockout = mixin.lockout
         app = ZMirrorApp(RegistryRoutes(None, clock=reactor), admin=api.resource())
         base = self.listen(app.resource())
 

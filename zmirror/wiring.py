@@ -17,6 +17,7 @@ from twisted.application.service import IService
 
 from zmirror.accesslog import BatchedAccessLog
 from zmirror.admin.api import AdminAPI
+from zmirror.admin.build import build_admin
 from zmirror.admin.validate import MAX_BODY as API_MAX_BODY, ApiError
 from zmirror.app import ZMirrorApp
 from zmirror.auth.adminaccount import AdminAccount
@@ -120,11 +121,12 @@ def build(config: Config, reactor: Any, *, listen: Optional[str] = None,
                           address=endpoint_address(listen or config.listen_endpoint()))
     cluster_password = _cluster_admin_password(config, db, bus, reactor, access)
     accesslogs = AccessLogStore(db, reactor)
-    account = AdminAccount(config.admin, config_path=config.config_path, data_dir=config.data_dir,
-                           passwords=access.passwords, lockout=access.lockout, users=access.users,
-                           cluster_password=cluster_password)
-    admin = _admin_api(config, reactor, pull, access, account, accesslog, accesslogs, trusted,
-                       nodes)
+    admin = build_admin(config, clock=reactor, trusted=trusted, access=access,
+                        registries=pull.registries, accesslogs=accesslogs,
+                        upstreams=pull.upstreams.pool, accesslog=accesslog, cache=pull.cache.blobs,
+                        manifest_cache=pull.cache.manifests, nodes=nodes,
+                        cluster_password=cluster_password)
+    account = admin.account
     web = _web(config, reactor, db, bus, metrics, pull.upstreams.pool, routes, access, admin,
                account, trusted, ui)
     _observe(metrics, reactor, db, bus, pull, accesslog, access, web)
@@ -254,18 +256,6 @@ def _cluster_admin_password(config: Config, db: Any, bus: Any, reactor: Any,
     secret = ClusterAdminPassword(db, bus, reactor, passwords=access.passwords)
     secret.load_config(config)
     return secret
-
-
-def _admin_api(config: Config, reactor: Any, pull: _PullPath, access: AccessControl,
-               account: AdminAccount, accesslog: Any, accesslogs: AccessLogStore,
-               trusted: TrustedProxies, nodes: NodeHeartbeat) -> AdminAPI:
-    """``/api``: the admin account, the stores, the live whitelist, the accounts, the
-    caches and the node list."""
-    return AdminAPI(account=account, trusted=trusted, clock=reactor, registries=pull.registries,
-                    accesslogs=accesslogs, users=access.users, whitelists=access.whitelists,
-                    whitelist=access.whitelist, accounts=access.accounts, policy=access.policy,
-                    node=config.server.node, upstreams=pull.upstreams.pool, accesslog=accesslog,
-                    cache=pull.cache.blobs, manifest_cache=pull.cache.manifests, nodes=nodes)
 
 
 class _Web(NamedTuple):
