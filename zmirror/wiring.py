@@ -131,13 +131,10 @@ def build(config: Config, reactor: Any, *, listen: Optional[str] = None,
                account, trusted, ui)
     _observe(metrics, reactor, db, bus, pull, accesslog, access, web)
     log_control = LogControl.from_config(config)
-    reloader = Reloader(
-        config,
-        Stores(users=access.users, whitelists=access.whitelists, registries=pull.registries),
-        LiveSettings(trusted=trusted, routing=routing, policy=access.policy,
-                     log_control=log_control, lockout=access.lockout,
-                     metrics_endpoint=web.metrics_endpoint, account=account,
-                     cluster_password=cluster_password))
+    reloader = _reloader(config, pull, access, LiveSettings(
+        trusted=trusted, routing=routing, policy=access.policy, log_control=log_control,
+        lockout=access.lockout, metrics_endpoint=web.metrics_endpoint, account=account,
+        cluster_password=cluster_password))
     table_changes, db_watch = _database_changes(db, bus, reloader, reactor)
     return Components(
         config=config, db=db, index_db=pull.cache.index_db, bus=bus, trusted=trusted,
@@ -326,6 +323,14 @@ def _services(config: Config, reactor: Any, db: Any, bus: Any, pull: _PullPath,
         *([metrics_listen_service(config.metrics.listen, metrics, reactor)]
           if config.metrics.listen else []),
     )
+
+
+def _reloader(config: Config, pull: _PullPath, access: AccessControl,
+              live: LiveSettings) -> Reloader:
+    """SIGHUP and database changes: the live settings of a re-read config.toml and
+    the stores re-read from the database (users, whitelists, registries)."""
+    stores = Stores(users=access.users, whitelists=access.whitelists, registries=pull.registries)
+    return Reloader(config, stores, live)
 
 
 def _database_changes(db: Any, bus: Any, reloader: Reloader, reactor: Any):
