@@ -4,9 +4,12 @@ from twisted.trial import unittest
 from twisted.web.iweb import IAgent, IResponse
 from zope.interface.verify import verifyObject
 
-from tests.fixtures.fakes import FakeBus
+from tests.fixtures.fakes import FakeBus, FakeProxy
+from tests.fixtures.proxyenv import ProxyEnv
 from tests.fixtures.upstream import FakeResponse, ScriptAgent
 from zmirror.cluster import IBus
+from zmirror.registry.interfaces import IPullService
+from zmirror.testing import FakeRegistry
 
 
 class FakeInterfaceTests(unittest.TestCase):
@@ -17,3 +20,9 @@ class FakeInterfaceTests(unittest.TestCase):
         self.assertTrue(verifyObject(IAgent, ScriptAgent()))
         self.assertTrue(verifyObject(IResponse, FakeResponse()))
         self.assertTrue(verifyObject(IResponse, FakeResponse(stall=True)))
+
+    def test_fake_proxy_answers_pulls_as_the_proxy_core_does(self):
+        self.assertTrue(verifyObject(IPullService, FakeProxy()))
+        # the real one, as the test environments build it
+        env = ProxyEnv([("up.fake", FakeRegistry())])
+        self.assertTrue(verifyObject(IPullService, env.proxy))

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from zmirror.oci.errors import RegistryError
 from zmirror.oci.reference import BLOB, MANIFEST, TAGS, parse_tag
+from zmirror.registry.interfaces import IPullService
 from zmirror.upstream.manifests import ManifestResult
 
 log = Logger()
@@ -48,6 +50,7 @@ def _cache_control(pull, max_age: str) -> bytes:
     return f"{scope}, {max_age}".encode()
 
 
+@implementer(IPullService)
 class Proxy:
     """Answers pulls from its sources: blobs from an
     :class:`~zmirror.transfer.interfaces.IBlobSource`, manifests from a

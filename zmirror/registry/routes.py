@@ -21,6 +21,7 @@ from zmirror.identity import AllowAll, Identity
 from zmirror.net import TrustedProxies, client_ip, request_host
 from zmirror.oci.errors import API_VERSION_HEADER, RegistryError, render_error
 from zmirror.oci.names import namespace_of
+from zmirror.registry.interfaces import IPullService
 from zmirror.registry.routing import RoutingTable
 from zmirror.oci.reference import RegistryPath, parse_path
 
@@ -77,7 +78,7 @@ def merged_accept(request) -> list[str]:
 class RegistryRoutes:
     """The ``/v2/`` handlers, bound to a proxy core, a policy and an access log."""
 
-    def __init__(self, proxy: Any, *, policy: Any = None, accesslog: Any = None,
+    def __init__(self, proxy: Optional[IPullService], *, policy: Any = None, accesslog: Any = None,
                  clock: Any, trusted: TrustedProxies | None = None, base_url=None,
                  routing: RoutingTable | None = None):
         self.proxy = proxy
