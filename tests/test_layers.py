@@ -70,6 +70,18 @@ def modules_under(name: str) -> list[tuple[str, Path]]:
     return [(name, base.with_suffix(".py"))]
 
 
+def from_base(name: str, is_package: bool, node: ast.ImportFrom) -> str:
+    """The module a ``from … import`` in module ``name`` imports from (relative
+    imports resolved)."""
+    if not node.level:
+        return node.module or ""
+    anchor = name.split(".")
+    if not is_package:
+        anchor = anchor[:-1]
+    anchor = anchor[:len(anchor) - (node.level - 1)]
+    return ".".join(anchor + ([node.module] if node.module else []))
+
+
 def imported_names(name: str, path: Path) -> set[str]:
     """Every module an ``import`` in ``path`` names (``from a import b`` gives
     ``a`` and ``a.b``: ``b`` may be a submodule)."""
@@ -80,14 +92,7 @@ def imported_names(name: str, path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                anchor = name.split(".")
-                if not is_package:
-                    anchor = anchor[:-1]
-                anchor = anchor[:len(anchor) - (node.level - 1)]
-                base = ".".join(anchor + ([node.module] if node.module else []))
-            else:
-                base = node.module or ""
+            base = from_base(name, is_package, node)
             out.add(base)
             out.update(f"{base}.{alias.name}" for alias in node.names)
     return out
@@ -130,14 +135,7 @@ def module_edges(name: str, path: Path, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             targets.update(longest(alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                anchor = name.split(".")
-                if not is_package:
-                    anchor = anchor[:-1]
-                anchor = anchor[:len(anchor) - (node.level - 1)]
-                base = ".".join(anchor + ([node.module] if node.module else []))
-            else:
-                base = node.module or ""
+            base = from_base(name, is_package, node)
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
                 targets.add(sub if sub in known else longest(base))
