@@ -1,6 +1,6 @@
 """The upstreams' health memory: failures in a row and their cool-down, the
 rate-limit book (``ratelimit-*`` numbers, the rate-limit cool-down and what it
-holds back), the order requests try the upstreams in, and the transitions
+holds back, the brief backoff after 429s that say nothing and its probe), the order requests try the upstreams in, and the transitions
 other nodes follow (design: docs/design/upstream.md)."""
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ DEFAULT_RATELIMIT_COOLDOWN = 60.0  # also the longest backoff (BACKOFF_FIRST dou
 
 def _shared_view(h: Health) -> tuple:
     """What of a Health the other nodes follow: down or not, the failure cool-down's
-    deadline, the rate-limit cool-down's deadline and scope.  A change of it is a
-    transition the subscribers are told of (:meth:`UpstreamHealth.subscribe`)."""
+    deadline, the rate-limit cool-down's deadline and scope, the backoff's deadline and
+    when one was last ended.  A change of it is a transition the subscribers are told of (:meth:`UpstreamHealth.subscribe`)."""
     return (h.state == "down", h.cooldown_until, h.ratelimited_until,
             h.ratelimit_scope if h.ratelimited_until else "", h.backoff_until, h.backoff_cleared_at)
 
@@ -92,7 +92,8 @@ class UpstreamHealth:
         Upstreams in a rate-limit cool-down are left out altogether (see
         :meth:`rate_limited`) for a request that counts against a pull limit
         (``counted``: a manifest GET), and for any request when the upstream
-        answered 429 to one that does not count (a HEAD, a blob)."""
+        answered 429 to one that does not count (a HEAD, a blob); so are upstreams
+        in a backoff rest, and on probation with the probe out (:meth:`sending`)."""
         now = self.clock.seconds()
         ups = [u for u in upstreams if not u.health.skipped(now, counted)]
         ready = [u for u in ups if u.health.cooldown_until <= now]
@@ -103,7 +104,8 @@ class UpstreamHealth:
     def rate_limited(self, upstreams: list[Upstream], *,
                      counted: bool = False) -> list[tuple[Upstream, float]]:
         """Of ``upstreams``, the ones :meth:`candidates` leaves out for this kind of
-        request (rate-limit cool-down) and the seconds left of their cool-down."""
+        request (rate-limit cool-down, backoff, probe out) and the seconds until a
+        request may go there."""
         now = self.clock.seconds()
         return [(u, u.health.wait(now, counted)) for u in upstreams if u.health.skipped(now, counted)]
 
