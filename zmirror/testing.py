@@ -62,7 +62,7 @@ class FakeRegistry:
         self.token_requests: list[dict] = []
         self.issued: set[str] = set()
         # fault injection: path -> list of actions consumed one per request
-        # actions: int status | ("status", code, headers) | "hang" | "truncate" | "stall" | "corrupt"
+        # actions: int status | ("status", code, headers) | "429-bare" | "hang" | "truncate" | "stall" | "corrupt"
         # blob bodies also: "reset" (half, then RST) | "norange" (a 200 that ignores Range) |
         # "badstart" / "othertotal" (a 206 whose Content-Range starts elsewhere / has another total) |
         # "extra" (no Content-Length, more bytes than the blob)
@@ -132,6 +132,8 @@ class FakeRegistry:
         if isinstance(fault, int):
             headers = {b"Retry-After": b"7"} if fault == 429 else {}
             return self._error(request, fault, "FAULT", headers)
+        if fault == "429-bare":  # a 429 that says nothing (no Retry-After, no ratelimit-*)
+            return self._error(request, 429, "TOOMANYREQUESTS")
         if fault == "hang":
             return Deferred()
         return fault

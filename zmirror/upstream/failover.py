@@ -96,22 +96,30 @@ class Failover:
         or terminal answer, else the :class:`Attempt` that says why not; either
         way what it answered goes into the health memory."""
         health = self.pool.health
+        token = health.sending(up)
+        if token is None:  # a backoff rest began, or another request is its probe
+            wait = up.health.wait(self.clock.seconds(), counted)
+            return Attempt(up, "ratelimited", "rate-limit backoff", str(int(math.ceil(wait))))
         started = self.clock.seconds()
         try:
-            resp = await self.pool.request(up, method, path, headers=headers, scope=scope)
-        except UpstreamError as e:
-            return self._failed(up, e)
-        code = resp.code
-        left = None
-        if limits or code == 429:
-            left = health.note_rate_limit(up, code, resp.headers, counted=counted)
-        if code not in ok_codes and code not in terminal_codes:
-            self.pool.discard(resp)  # small error bodies are read: the connection is reused
-            return self._refused(up, code, left, started)
-        try:
-            validated = await validate(up, resp) if validate and code in ok_codes else None
-        except UpstreamError as e:
-            return self._failed(up, e)
+            try:
+                resp = await self.pool.request(up, method, path, headers=headers, scope=scope)
+            except UpstreamError as e:
+                return self._failed(up, e)
+            code = resp.code
+            health.answered(up, code)
+            left = None
+            if limits or code == 429:
+                left = health.note_rate_limit(up, code, resp.headers, counted=counted, probe=bool(token))
+            if code not in ok_codes and code not in terminal_codes:
+                self.pool.discard(resp)  # small error bodies are read: the connection is reused
+                return self._refused(up, code, left, started)
+            try:
+                validated = await validate(up, resp) if validate and code in ok_codes else None
+            except UpstreamError as e:
+                return self._failed(up, e)
+        finally:  # answered, failed or cancelled: a probe is over either way
+            health.sent(up, token)
         health.mark_ok(up, self.clock.seconds() - started)
         return up, resp, validated
 

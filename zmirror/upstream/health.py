@@ -1,6 +1,6 @@
 """The upstreams' health memory: failures in a row and their cool-down, the
 rate-limit book (``ratelimit-*`` numbers, the rate-limit cool-down and what it
-holds back), the order requests try the upstreams in, and the transitions
+holds back, the brief backoff after 429s that say nothing and its probe), the order requests try the upstreams in, and the transitions
 other nodes follow (design: docs/design/upstream.md)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
 from zmirror.upstream.headers import parse_rate_limit, parse_retry_after
-from zmirror.upstream.models import Health, RateLimit, Upstream
+from zmirror.upstream.models import BACKOFF_FIRST, BACKOFF_MAX_STEPS, BACKOFF_MEMORY, Health, RateLimit, Upstream
 
 log = Logger()
 
@@ -20,15 +20,20 @@ FAILURES_BEFORE_COOLDOWN = 3
 # Rate limits: how long an upstream is left alone at most after a 429 or a
 # remaining count of 0, and when neither Retry-After nor a window says how long.
 MAX_RATELIMIT_COOLDOWN = 6 * 3600.0
-DEFAULT_RATELIMIT_COOLDOWN = 60.0
+DEFAULT_RATELIMIT_COOLDOWN = 60.0  # also the longest backoff (BACKOFF_FIRST doubled)
 
 
 def _shared_view(h: Health) -> tuple:
     """What of a Health the other nodes follow: down or not, the failure cool-down's
-    deadline, the rate-limit cool-down's deadline and scope.  A change of it is a
-    transition the subscribers are told of (:meth:`UpstreamHealth.subscribe`)."""
+    deadline, the rate-limit cool-down's deadline and scope, the backoff's deadline and
+    when one was last ended.  A change of it is a transition the subscribers are told of (:meth:`UpstreamHealth.subscribe`)."""
     return (h.state == "down", h.cooldown_until, h.ratelimited_until,
-            h.ratelimit_scope if h.ratelimited_until else "")
+            h.ratelimit_scope if h.ratelimited_until else "", h.backoff_until, h.backoff_cleared_at)
+
+
+def backoff_rest(steps: int) -> float:
+    """The rest after ``steps`` 429s in a row that said nothing: 2, 4, 8 … 60 s."""
+    return min(BACKOFF_FIRST * 2 ** (max(steps, 1) - 1), DEFAULT_RATELIMIT_COOLDOWN)
 
 
 class UpstreamHealth:
@@ -44,6 +49,7 @@ class UpstreamHealth:
         self.upstreams: list[Upstream] = []  # the enabled ones, as the pool last set them
         self._records: dict[int, Health] = {}
         self._subscribers: list[Callable[[Upstream], Any]] = []
+        self._probes = 0  # the last probe token handed out
 
     def subscribe(self, callback: Callable[[Upstream], Any]) -> None:
         """Call ``callback(upstream)`` at every change of an upstream's health the
@@ -86,7 +92,8 @@ class UpstreamHealth:
         Upstreams in a rate-limit cool-down are left out altogether (see
         :meth:`rate_limited`) for a request that counts against a pull limit
         (``counted``: a manifest GET), and for any request when the upstream
-        answered 429 to one that does not count (a HEAD, a blob)."""
+        answered 429 to one that does not count (a HEAD, a blob); so are upstreams
+        in a backoff rest, and on probation with the probe out (:meth:`sending`)."""
         now = self.clock.seconds()
         ups = [u for u in upstreams if not u.health.skipped(now, counted)]
         ready = [u for u in ups if u.health.cooldown_until <= now]
@@ -97,16 +104,48 @@ class UpstreamHealth:
     def rate_limited(self, upstreams: list[Upstream], *,
                      counted: bool = False) -> list[tuple[Upstream, float]]:
         """Of ``upstreams``, the ones :meth:`candidates` leaves out for this kind of
-        request (rate-limit cool-down) and the seconds left of their cool-down."""
+        request (rate-limit cool-down, backoff, probe out) and the seconds until a
+        request may go there."""
         now = self.clock.seconds()
-        return [(u, u.health.ratelimited_until - now) for u in upstreams
-                if u.health.skipped(now, counted)]
+        return [(u, u.health.wait(now, counted)) for u in upstreams if u.health.skipped(now, counted)]
+
+    # -- one request at a time after a backoff -------------------------------------
+
+    def sending(self, up: Upstream) -> Optional[int]:
+        """Before a request goes to ``up``: None when it must not (a backoff rest, or
+        the probe of another request is out), else a token for :meth:`sent`: 0 for
+        an ordinary request, a number for the probe (the first request after a
+        backoff rest ran out; the others are held back until it is answered)."""
+        h = up.health
+        now = self.clock.seconds()
+        if h.backing_off(now):
+            return None
+        if not h.on_probation(now):
+            return 0
+        if h.probing(now):
+            return None
+        self._probes += 1
+        h.probe, h.probe_at = self._probes, now
+        return h.probe
+
+    def sent(self, up: Upstream, token: Optional[int]) -> None:
+        """The request of ``token`` is over (answered, failed or cancelled)."""
+        if token and up.health.probe == token:
+            up.health.probe = 0
+
+    def answered(self, up: Upstream, code: int) -> None:
+        """Any answer of ``up``: one that is no 429 ends a backoff."""
+        if code != 429:
+            before = _shared_view(up.health)
+            self._end_backoff(up)
+            self._tell(up, before)
 
     # -- what the upstreams answered ----------------------------------------------
 
     def mark_ok(self, up: Upstream, latency: float) -> None:
         h = up.health
         before = _shared_view(h)
+        self._end_backoff(up)
         h.state = "up"
         h.consecutive_failures = 0
         h.cooldown_until = 0.0
@@ -140,7 +179,7 @@ class UpstreamHealth:
             self.mark_failed(up, result.get("error") or f"/v2/ answered {result.get('status')}")
 
     def note_rate_limit(self, up: Upstream, code: int, headers: Headers, *,
-                        counted: bool = True) -> Optional[float]:
+                        counted: bool = True, probe: bool = False) -> Optional[float]:
         """Fold one answer of ``up`` (a manifest answer, or any 429) into its
         rate-limit memory; the seconds of cool-down left (None when there is none).
 
@@ -154,9 +193,15 @@ class UpstreamHealth:
         Hub's window slides, and its HEADs, which it does not count, tell).
         Every cool-down is at most :data:`MAX_RATELIMIT_COOLDOWN`.  A 429 to a
         request that does not count (``counted`` false: a HEAD, a blob) holds
-        back every request to the upstream until the reset, not only pulls."""
+        back every request to the upstream until the reset, not only pulls.
+
+        A 429 to a request that does not count and says nothing (no valid
+        ``Retry-After``, no ``ratelimit-*`` numbers) is a backoff instead
+        (:meth:`_backoff`; ``probe``: the request was the probe after one)."""
         before = _shared_view(up.health)
         try:
+            if code == 429 and not counted and _says_nothing(headers, self.clock.seconds()):
+                return self._backoff(up, probe)
             return self._note_rate_limit(up, code, headers, counted=counted)
         finally:
             self._tell(up, before)
@@ -197,6 +242,36 @@ class UpstreamHealth:
                      s=int(math.ceil(left)))
         return left
 
+    def _backoff(self, up: Upstream, probe: bool) -> float:
+        """A 429 that said nothing: the upstream rests :func:`backoff_rest` of the
+        429s in a row, every request held back.  The first starts the row; the
+        probe's (sent after the rest ran out) doubles the rest; one to a request
+        sent before (the same burst) changes nothing during the rest and starts it
+        again, as long, after it.  A row is forgotten :data:`BACKOFF_MEMORY`
+        seconds after its rest ran out; the seconds of rest left."""
+        h = up.health
+        now = self.clock.seconds()
+        if h.backoff and now >= h.backoff_until + BACKOFF_MEMORY:
+            h.backoff = 0
+        if h.backoff and not probe and h.backing_off(now):
+            return h.backoff_until - now  # sent before this rest began: nothing new
+        if h.backoff == 0 or probe:
+            h.backoff = min(h.backoff + 1, BACKOFF_MAX_STEPS)
+        rest = backoff_rest(h.backoff)
+        h.backoff_until = max(h.backoff_until, now + rest)
+        h.backoff_at = now
+        log.info("upstream {name} answered 429 without saying how long ({n} in a row);"
+                 " leaving it alone for {s}s", name=up.name, n=h.backoff, s=int(math.ceil(rest)))
+        return h.backoff_until - now
+
+    def _end_backoff(self, up: Upstream) -> None:
+        h = up.health
+        if h.backoff or h.backoff_until:
+            if h.backoff_until > self.clock.seconds():
+                log.info("upstream {name} answered again; its backoff is over", name=up.name)
+            h.backoff, h.backoff_until = 0, 0.0
+            h.backoff_cleared_at = self.clock.seconds()
+
     def _tell(self, up: Upstream, before: tuple) -> None:
         """Tell the subscribers when ``up``'s health changed in a way other nodes
         follow (:func:`_shared_view`)."""
@@ -207,6 +282,14 @@ class UpstreamHealth:
                 callback(up)
             except Exception:
                 log.failure("upstream {name}: sharing its health failed", name=up.name)
+
+
+def _says_nothing(headers: Headers, now: float) -> bool:
+    """A 429's headers say neither how long (a valid ``Retry-After``) nor how many
+    (valid ``ratelimit-*`` numbers)."""
+    limit, remaining, _window = parse_rate_limit(headers)
+    return (limit is None and remaining is None
+            and parse_retry_after(headers.getRawHeaders(b"retry-after"), now) is None)
 
 
 def _record_numbers(h: Health, limit: Optional[int], remaining: Optional[int], window: Optional[int],
@@ -226,4 +309,4 @@ def _record_numbers(h: Health, limit: Optional[int], remaining: Optional[int], w
 
 
 __all__ = ["UpstreamHealth", "FAILURES_BEFORE_COOLDOWN", "MAX_RATELIMIT_COOLDOWN",
-           "DEFAULT_RATELIMIT_COOLDOWN"]
+           "DEFAULT_RATELIMIT_COOLDOWN", "BACKOFF_FIRST", "backoff_rest"]

@@ -21,6 +21,18 @@ class UpstreamError(Exception):
         self.retry_after = retry_after
 
 
+# The brief rest after a 429 that did not say how long (no Retry-After, no ratelimit-*)
+# to a request that does not count against a pull limit (a blob, a HEAD): BACKOFF_FIRST
+# seconds, doubled for each further one in a row (see UpstreamHealth.note_rate_limit).
+BACKOFF_FIRST = 2.0
+BACKOFF_MAX_STEPS = 16  # no more doublings are counted (the rest is capped long before)
+# How long after a rest ran out a 429 still continues the row (and requests go one at a
+# time, the first of them the probe); later the row is forgotten.
+BACKOFF_MEMORY = 60.0
+PROBE_TIMEOUT = 30.0  # a probe not answered by then no longer holds the others back
+PROBE_WAIT = 1.0  # the Retry-After of a request refused while a probe is out
+
+
 @dataclass
 class RateLimit:
     """What an upstream last said about its rate limit (``ratelimit-*`` headers)."""
@@ -50,26 +62,67 @@ class Health:
     # what the cool-down holds back: "pulls" (manifest GETs) or "all" requests (the
     # upstream answered 429 to one that is no pull, e.g. a HEAD: leave it alone entirely)
     ratelimit_scope: str = "pulls"
+    # the backoff (apart from the cool-down above; it holds back every request): 429s that
+    # said nothing in a row (0: none), the end of the rest, when its length was last set,
+    # and when an answer that was no 429 last ended one
+    backoff: int = 0
+    backoff_until: float = 0.0
+    backoff_at: float = 0.0
+    backoff_cleared_at: float = 0.0
+    # the request sent as the probe once the backoff rest ran out (0: none out) and since when
+    probe: int = 0
+    probe_at: float = 0.0
 
     def rate_limited(self, now: float) -> bool:
         return self.ratelimited_until > now
 
+    def backing_off(self, now: float) -> bool:
+        """In the rest of a backoff."""
+        return self.backoff_until > now
+
+    def on_probation(self, now: float) -> bool:
+        """A backoff rest ran out a short while ago and no answer but 429s came since:
+        requests go one at a time (the first one is the probe)."""
+        return self.backoff > 0 and self.backoff_until <= now < self.backoff_until + BACKOFF_MEMORY
+
+    def probing(self, now: float) -> bool:
+        """A probe is out (and not overdue)."""
+        return self.probe != 0 and now < self.probe_at + PROBE_TIMEOUT
+
     def skipped(self, now: float, counted: bool) -> bool:
-        """In a rate-limit cool-down that holds back this kind of request."""
-        return self.rate_limited(now) and (counted or self.ratelimit_scope == "all")
+        """In a rate-limit cool-down that holds back this kind of request, in a backoff
+        rest, or on probation with the probe out."""
+        return ((self.rate_limited(now) and (counted or self.ratelimit_scope == "all"))
+                or self.backing_off(now) or (self.on_probation(now) and self.probing(now)))
+
+    def wait(self, now: float, counted: bool) -> float:
+        """Seconds until a request of this kind may go to the upstream (0: now)."""
+        waits = [0.0]
+        if self.rate_limited(now) and (counted or self.ratelimit_scope == "all"):
+            waits.append(self.ratelimited_until - now)
+        if self.backing_off(now):
+            waits.append(self.backoff_until - now)
+        elif self.on_probation(now) and self.probing(now):
+            waits.append(PROBE_WAIT)
+        return max(waits)
+
+    def reset_at(self, now: float) -> Optional[float]:
+        """The later deadline of a rate-limit cool-down and a backoff rest in force."""
+        deadlines = [t for t in (self.ratelimited_until, self.backoff_until) if t > now]
+        return max(deadlines) if deadlines else None
 
     def as_dict(self, now: float) -> dict:
         state = self.state
+        reset_at = self.reset_at(now)
         if self.cooldown_until > now:
             state = "cooldown"
-        elif self.rate_limited(now):
+        elif reset_at is not None:
             state = "ratelimited"
         rl = None
-        if self.rate_limit is not None or self.rate_limited(now):
+        if self.rate_limit is not None or reset_at is not None:
             r = self.rate_limit or RateLimit()
             rl = {"limit": r.limit, "remaining": r.remaining, "window": r.window,
-                  "reset_at": self.ratelimited_until if self.rate_limited(now) else None,
-                  "updated_at": r.updated_at}
+                  "reset_at": reset_at, "updated_at": r.updated_at}
         return {
             "state": state,
             "last_error": self.last_error,
@@ -142,4 +195,5 @@ def checked_url(url: str, what: str) -> str:
     return url
 
 
-__all__ = ["Health", "RateLimit", "Upstream", "UpstreamError", "checked_url", "origin_of", "scheme_of"]
+__all__ = ["BACKOFF_FIRST", "BACKOFF_MAX_STEPS", "BACKOFF_MEMORY", "PROBE_TIMEOUT", "PROBE_WAIT",
+           "Health", "RateLimit", "Upstream", "UpstreamError", "checked_url", "origin_of", "scheme_of"]

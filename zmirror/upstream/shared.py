@@ -12,14 +12,15 @@ from typing import Any, Optional
 from twisted.logger import Logger
 
 from zmirror.cluster import RESYNC
-from zmirror.upstream.health import MAX_RATELIMIT_COOLDOWN, UpstreamHealth
-from zmirror.upstream.models import RateLimit, Upstream
+from zmirror.upstream.health import DEFAULT_RATELIMIT_COOLDOWN, MAX_RATELIMIT_COOLDOWN, UpstreamHealth
+from zmirror.upstream.models import BACKOFF_MAX_STEPS, RateLimit, Upstream
 
 log = Logger()
 
 KIND = "upstream.state"
 MIN_INTERVAL = 1.0  # seconds between two publications about one upstream
 MAX_DEADLINE = MAX_RATELIMIT_COOLDOWN  # no shared deadline lies further ahead than this
+MAX_BACKOFF = DEFAULT_RATELIMIT_COOLDOWN  # nor a shared (or stored) backoff rest than this
 
 UPSERT = ("INSERT INTO upstream_state (upstream, state, node, updated_at) VALUES (?, ?, ?, ?)"
           " ON CONFLICT (upstream) DO UPDATE SET state = excluded.state, node = excluded.node,"
@@ -45,6 +46,9 @@ def snapshot(up: Upstream, now: float) -> dict:
         "scope": h.ratelimit_scope,
         "reason": h.ratelimit_reason,
         "rate_limit": None if rl is None else [rl.limit, rl.remaining, rl.window, rl.updated_at],
+        "backoff": h.backoff,
+        "backoff_until": h.backoff_until,
+        "backoff_cleared_at": h.backoff_cleared_at,
     }
 
 
@@ -69,7 +73,7 @@ def merge(up: Upstream, data: dict, now: float) -> bool:
     Returns True when something changed."""
     h = up.health
     before = (h.state, h.last_error, h.cooldown_until, h.ratelimited_until, h.ratelimit_scope,
-              h.ratelimit_reason, h.rate_limit)
+              h.ratelimit_reason, h.rate_limit, h.backoff, h.backoff_until)
     cap = now + MAX_DEADLINE
     at = min(_num(data.get("at")), now)
     # down / up: the newer observation wins
@@ -109,14 +113,32 @@ def merge(up: Upstream, data: dict, now: float) -> bool:
         # the peer has a newer answer and no cool-down: pulls are left again
         h.ratelimited_until = 0.0
         h.ratelimit_reason = ""
+    _merge_backoff(up, data, now, at)
     after = (h.state, h.last_error, h.cooldown_until, h.ratelimited_until, h.ratelimit_scope,
-             h.ratelimit_reason, h.rate_limit)
+             h.ratelimit_reason, h.rate_limit, h.backoff, h.backoff_until)
     return after != before
+
+
+def _merge_backoff(up: Upstream, data: dict, now: float, at: float) -> None:
+    """A peer's backoff: its rest (at most :data:`MAX_BACKOFF` from now, so a brief
+    rest stays brief however it was stored) when it ends later than this node's,
+    with its count of 429s in a row; an answer that ended the peer's backoff
+    after this node's last 429 ends this node's too."""
+    h = up.health
+    until = min(_num(data.get("backoff_until")), now + MAX_BACKOFF)
+    cleared = min(_num(data.get("backoff_cleared_at")), now)
+    if until > now and until > h.backoff_until:
+        h.backoff_until = until
+        h.backoff = min(max(h.backoff, _count(data.get("backoff")) or 1), BACKOFF_MAX_STEPS)
+        h.backoff_at = at
+    elif until <= now and (h.backoff or h.backoff_until) and cleared > h.backoff_at:
+        h.backoff, h.backoff_until = 0, 0.0
+        h.backoff_cleared_at = max(h.backoff_cleared_at, cleared)
 
 
 def in_force(data: dict, now: float) -> bool:
     """A stored snapshot that still holds an upstream back."""
-    return _num(data.get("cooldown_until")) > now or _num(data.get("ratelimited_until")) > now
+    return any(_num(data.get(k)) > now for k in ("cooldown_until", "ratelimited_until", "backoff_until"))
 
 
 class HealthSharing:
