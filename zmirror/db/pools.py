@@ -12,15 +12,15 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 
-class Pools:
-    reader: Any
-    writer: Any
+class Interactions:
+    """``query`` and ``execute`` on top of a class's ``read`` / ``write``
+    (:class:`Pools`, and :class:`zmirror.db.sync.SyncDatabase` for the CLI)."""
 
     def read(self, f: Callable[..., Any], *args: Any, **kw: Any):
-        return self.reader.runInteraction(f, *args, **kw)
+        raise NotImplementedError
 
     def write(self, f: Callable[..., Any], *args: Any, **kw: Any):
-        return self.writer.runInteraction(f, *args, **kw)
+        raise NotImplementedError
 
     def query(self, sql: str, params: tuple = ()):
         """Rows of a SELECT as a list of dicts."""
@@ -45,6 +45,17 @@ class Pools:
             return self._lastrowid(txn), txn.rowcount
 
         return self.write(run)
+
+
+class Pools(Interactions):
+    reader: Any
+    writer: Any
+
+    def read(self, f: Callable[..., Any], *args: Any, **kw: Any):
+        return self.reader.runInteraction(f, *args, **kw)
+
+    def write(self, f: Callable[..., Any], *args: Any, **kw: Any):
+        return self.writer.runInteraction(f, *args, **kw)
 
     def start(self) -> None:
         self.reader.start()

@@ -20,11 +20,12 @@ from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.python.failure import Failure
 
 from zmirror.db.engine import begin_sql
+from zmirror.db.pools import Interactions
 
 _SAVEPOINT = "interaction"
 
 
-class SyncDatabase:
+class SyncDatabase(Interactions):
     """Store interactions on ``conn``: a connection in autocommit mode whose
     ``execute`` takes ``?`` placeholders (:func:`zmirror.db.engine.connect_config`, or
     ``sqlite3.connect(..., isolation_level=None)``); this class runs ``BEGIN`` …
@@ -68,25 +69,9 @@ class SyncDatabase:
     def write(self, f: Callable[..., Any], *args: Any, **kw: Any) -> Deferred:
         return self._run(f, True, args, kw)
 
-    def query(self, sql: str, params: tuple = ()) -> Deferred:
-        """Rows of a SELECT as a list of dicts."""
-
-        def run(txn):
-            txn.execute(sql, params)
-            cols = [c[0] for c in txn.description]
-            return [dict(zip(cols, row)) for row in txn.fetchall()]
-
-        return self.read(run)
-
-    def execute(self, sql: str, params: tuple = ()) -> Deferred:
-        """One write statement; fires with ``(lastrowid, rowcount)`` (lastrowid
-        None on PostgreSQL)."""
-
-        def run(txn):
-            txn.execute(sql, params)
-            return txn.lastrowid, txn.rowcount
-
-        return self.write(run)
+    @staticmethod
+    def _lastrowid(txn) -> Optional[int]:
+        return txn.lastrowid  # None on PostgreSQL (zmirror.db.postgresql.Cursor)
 
     @contextmanager
     def transaction(self) -> Iterator[SyncDatabase]:
