@@ -8,7 +8,6 @@ import dataclasses
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from zmirror.config.files import private_dir
 from zmirror.config.parse import parse_config
@@ -63,8 +62,3 @@ def load_config(data_dir: str | os.PathLike | None = None, config_path: str | os
     if mode_warnings:
         cfg = dataclasses.replace(cfg, warnings=tuple(mode_warnings) + cfg.warnings)
     return cfg
-
-
-def replace(config: Config, **sections: Any) -> Config:
-    """A copy of ``config`` with whole sections replaced (tests, reload)."""
-    return dataclasses.replace(config, **sections)
