@@ -6,9 +6,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.trial import unittest
 
 from zmirror.db.errors import DatabaseError
-
 from zmirror.db.schema import latest_version
-
 from zmirror.db.sqlite import Database, migrate
 
 
