@@ -355,15 +355,11 @@ class NodeNameTests(unittest.TestCase):
 
 
 class TagLimitConfigTests(unittest.TestCase):
+    def parse(self, text):
+        return parse_config(text, data_dir=Path("/srv/d"), config_path=Path("/srv/d/config.toml"))
+
     def test_manifest_tags_in_memory_configurable(self):
-        from pathlib import Path
-
-        from zmirror.config import ConfigError, parse_config
-
-        def parse(text):
-            return parse_config(text, data_dir=Path("/srv/d"), config_path=Path("/srv/d/config.toml"))
-
-        self.assertEqual(parse("").cache.manifest_tags_in_memory, 100_000)
-        self.assertEqual(parse("[cache]\nmanifest_tags_in_memory = 500\n").cache.manifest_tags_in_memory, 500)
+        self.assertEqual(self.parse("").cache.manifest_tags_in_memory, 100_000)
+        self.assertEqual(self.parse("[cache]\nmanifest_tags_in_memory = 500\n").cache.manifest_tags_in_memory, 500)
         with self.assertRaises(ConfigError):
-            parse("[cache]\nmanifest_tags_in_memory = 0\n")
+            self.parse("[cache]\nmanifest_tags_in_memory = 0\n")
