@@ -24,7 +24,7 @@ from tests.fixtures.helpers import Captured, coro, eventually, write_default_con
 from tests.fixtures.metrics import samples, value
 from zmirror.auth.lockout import Lockout
 from zmirror.auth.lockoutsync import CLEAR_EVENT, FAILURE_EVENT, LockoutSync
-from zmirror.cache import dirlock as blobs_module
+from zmirror.cache import dirlock
 from zmirror.cache.dirlock import LOCK_FILE, CacheDirInUse, CacheDirLock
 from zmirror.cluster import LoopbackHub
 from zmirror.db import listen
@@ -418,7 +418,7 @@ class CacheDirLockTests(unittest.TestCase):
         lock = CacheDirLock.take(self.dir)
         self.addCleanup(lock.release)
         self.assertEqual((self.dir / LOCK_FILE).read_text(), f"{os.getpid()}\n")
-        self.patch(blobs_module.os, "getpid", lambda: 4242)
+        self.patch(dirlock.os, "getpid", lambda: 4242)
         lock.acquire()
         self.assertEqual((self.dir / LOCK_FILE).read_text(), "4242\n")
         with self.assertRaises(CacheDirInUse) as e:
@@ -431,7 +431,7 @@ class CacheDirLockTests(unittest.TestCase):
         def no_locks(fd, op):
             raise OSError(errno.ENOLCK, "No locks available")
 
-        self.patch(blobs_module.fcntl, "flock", no_locks)
+        self.patch(dirlock.fcntl, "flock", no_locks)
         cap = Captured(self)
         lock = CacheDirLock.take(self.dir)
         self.assertFalse(lock.held)
