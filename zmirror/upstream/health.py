@@ -107,7 +107,8 @@ class UpstreamHealth:
         request (rate-limit cool-down, backoff, probe out) and the seconds until a
         request may go there."""
         now = self.clock.seconds()
-        return [(u, u.health.wait(now, counted)) for u in upstreams if u.health.skipped(now, counted)]
+        waits = [(u, u.health.wait(now, counted)) for u in upstreams]
+        return [(u, wait) for u, wait in waits if wait > 0]
 
     # -- one request at a time after a backoff -------------------------------------
 
