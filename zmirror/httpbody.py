@@ -18,26 +18,72 @@ DRAIN_LIMIT = 64 * 1024  # bytes: a larger (or unannounced) body is cut off
 DRAIN_TIMEOUT = 5.0  # seconds to finish reading it; then it is cut off
 
 
-class _Drain(Protocol):
-    """Reads an unwanted body to its end (bounded); fires ``finished`` with
-    True when it ended cleanly (the connection went back to the pool), False
-    when it was cut off.  Never errbacks except when cancelled."""
+class _BodyReader(Protocol):
+    """Reads a response body of at most ``limit`` bytes and fires ``finished``
+    (the Deferred :func:`_read_body` returns) when it is done or cut off.
+    Subclasses say what a timeout (``timed_out``) and a ``deliverBody`` that
+    raises (``not_delivered``) mean."""
 
     def __init__(self, limit: int, finished: Deferred):
         self.limit = limit
         self.finished = finished
         self.size = 0
 
-    def abort(self) -> None:
-        if not self.finished.called:
-            self.finished.callback(False)
+    def close(self) -> None:
+        """Stop reading and close the connection (a no-op once the response is
+        complete: the pool owns the connection then)."""
         transport = self.transport
         if transport is not None:
             try:
-                # a no-op once the response is complete: the pool owns the connection then
                 transport.stopProducing()
             except Exception:
                 pass
+
+
+def _read_body(response, reader_class: type[_BodyReader], limit: int, clock: Any,
+               timeout: float) -> Deferred:
+    """Deliver ``response``'s body to a ``reader_class(limit, finished)`` and
+    return ``finished``.  Cancelling it errbacks CancelledError and closes the
+    connection; after ``timeout`` seconds the reader's ``timed_out(timeout)``
+    decides, and a ``deliverBody`` that raises goes to its ``not_delivered``."""
+
+    def cancel(d: Deferred) -> None:
+        d.errback(CancelledError())  # first: closing may report a lost connection at once
+        reader.close()
+
+    finished: Deferred = Deferred(cancel)
+    reader = reader_class(limit, finished)
+    timer = clock.callLater(timeout, reader.timed_out, timeout)
+
+    def done(result):
+        if timer.active():
+            timer.cancel()
+        return result
+
+    finished.addBoth(done)
+    try:
+        response.deliverBody(reader)
+    except Exception as e:
+        if not finished.called:
+            reader.not_delivered(e)
+    return finished
+
+
+class _Drain(_BodyReader):
+    """Reads an unwanted body to its end (bounded); fires ``finished`` with
+    True when it ended cleanly (the connection went back to the pool), False
+    when it was cut off.  Never errbacks except when cancelled."""
+
+    def abort(self) -> None:
+        if not self.finished.called:
+            self.finished.callback(False)
+        self.close()
+
+    def timed_out(self, timeout: float) -> None:
+        self.abort()
+
+    def not_delivered(self, error: Exception) -> None:
+        self.finished.callback(False)
 
     def dataReceived(self, data: bytes) -> None:
         self.size += len(data)
@@ -79,30 +125,7 @@ def discard(response, clock: Any = None, *, limit: int = DRAIN_LIMIT,
         except Exception:
             pass
         return succeed(False)
-    box: list[_Drain] = []
-
-    def cancel(d: Deferred) -> None:
-        d.errback(CancelledError())
-        if box:
-            box[0].abort()
-
-    d: Deferred = Deferred(cancel)
-    drain = _Drain(limit, d)
-    box.append(drain)
-    timer = clock.callLater(timeout, drain.abort)
-
-    def done(result):
-        if timer.active():
-            timer.cancel()
-        return result
-
-    d.addBoth(done)
-    try:
-        response.deliverBody(drain)
-    except Exception:
-        if not d.called:
-            d.callback(False)
-    return d
+    return _read_body(response, _Drain, limit, clock, timeout)
 
 
 class BodyError(Exception):
@@ -110,21 +133,18 @@ class BodyError(Exception):
     complete in time (:func:`read_limited`)."""
 
 
-class _LimitedReader(Protocol):
+class _LimitedReader(_BodyReader):
     def __init__(self, limit: int, finished: Deferred):
-        self.limit = limit
-        self.finished = finished
+        super().__init__(limit, finished)
         self.chunks: list[bytes] = []
-        self.size = 0
 
-    def abort(self) -> None:
-        """Stop reading and close the connection (the body is not wanted any more)."""
-        transport = self.transport
-        if transport is not None:
-            try:
-                transport.stopProducing()
-            except Exception:
-                pass
+    def timed_out(self, timeout: float) -> None:
+        if not self.finished.called:
+            self.finished.errback(BodyError(f"body not complete within {timeout:g}s"))
+            self.close()
+
+    def not_delivered(self, error: Exception) -> None:
+        self.finished.errback(BodyError(f"body read failed: {error.__class__.__name__}"))
 
     def dataReceived(self, data: bytes):
         if self.finished.called:
@@ -132,7 +152,7 @@ class _LimitedReader(Protocol):
         self.size += len(data)
         if self.size > self.limit:
             self.finished.errback(BodyError(f"response larger than {self.limit} bytes"))
-            self.abort()
+            self.close()
             return
         self.chunks.append(data)
 
@@ -159,36 +179,7 @@ def read_limited(response, limit: int, timeout: float, clock: Any) -> "Deferred[
     if response.length is not UNKNOWN_LENGTH and response.length > limit:
         discard(response)
         return fail(BodyError(f"response of {response.length} bytes is over the {limit} byte limit"))
-    box: list[_LimitedReader] = []
-
-    def cancel(d: Deferred) -> None:
-        d.errback(CancelledError())  # first: closing may report a lost connection at once
-        if box:
-            box[0].abort()
-
-    d: Deferred = Deferred(cancel)
-    reader = _LimitedReader(limit, d)
-    box.append(reader)
-
-    def on_timeout() -> None:
-        if not d.called:
-            d.errback(BodyError(f"body not complete within {timeout:g}s"))
-            reader.abort()
-
-    timer = clock.callLater(timeout, on_timeout)
-
-    def done(result):
-        if timer.active():
-            timer.cancel()
-        return result
-
-    d.addBoth(done)
-    try:
-        response.deliverBody(reader)
-    except Exception as e:
-        if not d.called:
-            d.errback(BodyError(f"body read failed: {e.__class__.__name__}"))
-    return d
+    return _read_body(response, _LimitedReader, limit, clock, timeout)
 
 
 def failure_text(reason: Any) -> str:

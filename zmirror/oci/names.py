@@ -25,7 +25,6 @@ NAMESPACE_MAX = 253
 # Anchored with \Z, not $: "$" also matches before a trailing newline.
 _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*\Z")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_HOST = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*\Z")
 _HOST_PORT = re.compile(rf"^({_LABEL}(?:\.{_LABEL})*)(?::([0-9]{{1,5}}))?\Z")
 
 

@@ -1,7 +1,8 @@
 """The upstreams' health memory: failures in a row and their cool-down, the
 rate-limit book (``ratelimit-*`` numbers, the rate-limit cool-down and what it
-holds back, the brief backoff after 429s that say nothing and its probe), the order requests try the upstreams in, and the transitions
-other nodes follow (design: docs/design/upstream.md)."""
+holds back, the brief backoff after 429s that say nothing and its probe), the
+order requests try the upstreams in, and the transitions other nodes follow
+(design: docs/design/upstream.md)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ DEFAULT_RATELIMIT_COOLDOWN = 60.0  # also the longest backoff (BACKOFF_FIRST dou
 def _shared_view(h: Health) -> tuple:
     """What of a Health the other nodes follow: down or not, the failure cool-down's
     deadline, the rate-limit cool-down's deadline and scope, the backoff's deadline and
-    when one was last ended.  A change of it is a transition the subscribers are told of (:meth:`UpstreamHealth.subscribe`)."""
+    when one was last ended.  A change of it is a transition the subscribers are told
+    of (:meth:`UpstreamHealth.subscribe`)."""
     return (h.state == "down", h.cooldown_until, h.ratelimited_until,
             h.ratelimit_scope if h.ratelimited_until else "", h.backoff_until, h.backoff_cleared_at)
 
@@ -107,7 +109,8 @@ class UpstreamHealth:
         request (rate-limit cool-down, backoff, probe out) and the seconds until a
         request may go there."""
         now = self.clock.seconds()
-        return [(u, u.health.wait(now, counted)) for u in upstreams if u.health.skipped(now, counted)]
+        waits = [(u, u.health.wait(now, counted)) for u in upstreams]
+        return [(u, wait) for u, wait in waits if wait > 0]
 
     # -- one request at a time after a backoff -------------------------------------
 

@@ -91,9 +91,8 @@ class Health:
 
     def skipped(self, now: float, counted: bool) -> bool:
         """In a rate-limit cool-down that holds back this kind of request, in a backoff
-        rest, or on probation with the probe out."""
-        return ((self.rate_limited(now) and (counted or self.ratelimit_scope == "all"))
-                or self.backing_off(now) or (self.on_probation(now) and self.probing(now)))
+        rest, or on probation with the probe out: a request of this kind must wait."""
+        return self.wait(now, counted) > 0
 
     def wait(self, now: float, counted: bool) -> float:
         """Seconds until a request of this kind may go to the upstream (0: now)."""
