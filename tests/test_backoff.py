@@ -12,7 +12,7 @@ from twisted.web.http_headers import Headers
 
 from tests.fixtures.proxyenv import ProxyEnv
 from tests.fixtures.upstream import BLOB, BPATH, FakeResponse, World, blob_answer, pull_blob
-from tests.test_upstream_shared import START, Nodes, up
+from tests.fixtures.sharing import START, Nodes, up
 from zmirror.oci.errors import RegistryError
 from zmirror.testing import FakeRegistry
 from zmirror.upstream.health import DEFAULT_RATELIMIT_COOLDOWN, backoff_rest

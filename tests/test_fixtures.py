@@ -26,3 +26,22 @@ class FakeInterfaceTests(unittest.TestCase):
         # the real one, as the test environments build it
         env = ProxyEnv([("up.fake", FakeRegistry())])
         self.assertTrue(verifyObject(IPullService, env.proxy))
+
+
+class TestModulesStandAloneTests(unittest.TestCase):
+    def test_no_test_module_imports_another(self):
+        # what tests share lives in tests/fixtures/ (or a non-test module of tests/e2e/)
+        import ast
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parent
+        found = []
+        for path in sorted(root.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                for name in names:
+                    if name.split(".")[-1].startswith("test_") and name.startswith("tests"):
+                        found.append(f"{path.relative_to(root)} imports {name}")
+        self.assertGreater(len(list(root.rglob("test_*.py"))), 50)
+        self.assertEqual(found, [])

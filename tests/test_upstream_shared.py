@@ -4,24 +4,15 @@ upstream layers on one Clock talking through a LoopbackHub, and through the upst
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web.http_headers import Headers
 
 from tests.fixtures.helpers import coro
-from zmirror.cluster import LoopbackHub
-from zmirror.config import Config
+from tests.fixtures.sharing import CONFIG, ROWS, START, Nodes, up
 from zmirror.upstream.build import build_upstreams
 from zmirror.upstream.health import FAILURES_BEFORE_COOLDOWN, MAX_RATELIMIT_COOLDOWN
 from zmirror.upstream.shared import KIND, MIN_INTERVAL, snapshot
-
-ROWS = [{"id": 1, "name": "hub", "url": "https://hub.test", "priority": 1},
-        {"id": 2, "name": "mirror", "url": "https://mirror.test", "priority": 2}]
-START = 100000.0
-CONFIG = Config(data_dir=Path("/nonexistent"), config_path=Path("/nonexistent"))  # [upstream] cooldown = 30
-
 
 def hdrs(**values) -> Headers:
     h = Headers()
@@ -29,31 +20,6 @@ def hdrs(**values) -> Headers:
         h.setRawHeaders(k.replace("_", "-"), [v])
     return h
 
-
-class Nodes:
-    """The upstream layers of several "nodes" on one clock (one wall time) and one hub."""
-
-    def __init__(self, n=2, db=None, clock=None):
-        self.clock = clock or Clock()
-        if clock is None:
-            self.clock.advance(START)
-        self.hub = LoopbackHub()
-        self.pools = []
-        for _ in range(n):
-            self.add(db)
-
-    def add(self, db=None, rows=ROWS):
-        node = build_upstreams(CONFIG, self.clock, bus=self.hub.bus(), db=db)
-        node.pool.set_registries([dict(r) for r in rows])
-        self.pools.append(node)
-        return node
-
-    def sent(self):
-        return [data for _o, kind, data in self.hub.sent if kind == KIND]
-
-
-def up(node, uid=1):
-    return next(u for u in node.pool.upstreams if u.id == uid)
 
 
 class SharedHealthTests(unittest.TestCase):
