@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from inspect import isawaitable
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 from twisted.logger import Logger
 
-from zmirror.admin.validate import ApiError, Invalid
+from zmirror.admin.validate import ApiError, Invalid, check, json_body
 from zmirror.app import is_routing_redirect
 from zmirror.auth.adminaccount import (
     REALM,
@@ -71,12 +71,21 @@ def need(part: Any, what: str) -> Any:
     return part
 
 
-def same_id(values: dict, rid: int) -> None:
-    """Drop ``id`` from a body after checking it is the URL's."""
-    if "id" in values:
-        if values.pop("id") != rid:
-            raise Invalid("invalid input: id does not match the URL",
-                          {"id": "does not match the URL"})
+def update_values(request: Any, fields: Any, rid: Optional[int] = None) -> tuple[int, dict]:
+    """``(id, values)`` of an update's JSON body: ``id`` is the URL's ``rid`` (the body's
+    ``id``, if any, must match it), or, without ``rid``, the body's (required); the other
+    fields must not be empty."""
+    values = check(json_body(request), fields, partial=True)
+    if rid is None:
+        if "id" not in values:
+            raise Invalid("invalid input: id required", {"id": "required"})
+        rid = values.pop("id")
+    elif "id" in values and values.pop("id") != rid:
+        raise Invalid("invalid input: id does not match the URL",
+                      {"id": "does not match the URL"})
+    if not values:
+        raise Invalid("nothing to update", {})
+    return rid, values
 
 
 async def store_call(method: Callable, values: dict, field_for_value_error: str) -> Any:
