@@ -15,17 +15,7 @@ from twisted.logger import Logger
 
 from zmirror.admin.validate import ApiError, Invalid, check, json_body
 from zmirror.app import is_routing_redirect
-from zmirror.auth.adminaccount import (
-    REALM,
-    AccountError,
-    AccountUnavailable,
-    BadCredentials,
-    DefaultPasswordInUse,
-    NotAdministrator,
-    PasswordConflict,
-    PasswordNotStored,
-    PasswordRefused,
-)
+from zmirror.auth.adminaccount import AccountError, PasswordRefused, refusal_answer
 from zmirror.auth.lockout import Locked
 
 log = Logger()
@@ -128,32 +118,13 @@ def error(request: Any, e: ApiError) -> bytes:
     return send(request, e.status, e.body())
 
 
-def too_many(e: Locked) -> ApiError:
-    """429 for a lockout, too many logins at once, or a full password-check queue."""
-    return ApiError(429, e.message, headers={b"Retry-After": str(e.retry_after).encode()},
-                    extra={"retry_after": e.retry_after})
-
-
-_ACCOUNT_STATUS = {
-    BadCredentials: 401,
-    NotAdministrator: 403,
-    DefaultPasswordInUse: 403,
-    PasswordConflict: 409,
-    AccountUnavailable: 503,
-    PasswordNotStored: 503,
-}
-
-
-def account_refusal(e: AccountError) -> ApiError:
-    """The answer to a refusal of the admin account."""
+def account_refusal(e: AccountError | Locked) -> ApiError:
+    """The answer to a refusal of the admin account (:class:`AccountError`) or to a
+    :class:`Locked` login."""
     if isinstance(e, PasswordRefused):
         return Invalid(e.message, {e.field: e.reason})
-    headers = {}
-    if isinstance(e, BadCredentials):
-        headers[b"WWW-Authenticate"] = REALM
-    elif isinstance(e, AccountUnavailable):
-        headers[b"Retry-After"] = str(e.retry_after).encode()
-    return ApiError(_ACCOUNT_STATUS.get(type(e), 500), e.message, headers=headers)
+    status, headers, extra = refusal_answer(e)
+    return ApiError(status, e.message, headers=headers, extra=extra)
 
 
 def klein_error(request: Any, failure: Any) -> bytes:
