@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Optional
 from twisted.logger import Logger
 
 from zmirror.admin.validate import ApiError, Invalid, check, json_body
-from zmirror.app import is_routing_redirect
+from zmirror.app import klein_failure
 from zmirror.auth.adminaccount import AccountError, PasswordRefused, refusal_answer
 from zmirror.auth.lockout import Locked
 
@@ -129,14 +129,5 @@ def account_refusal(e: AccountError | Locked) -> ApiError:
 
 def klein_error(request: Any, failure: Any) -> bytes:
     """Klein's own 404/405 (unknown route or method) and anything unexpected."""
-    from werkzeug.exceptions import HTTPException
-
-    exc = failure.value
-    if is_routing_redirect(exc):
-        status, message = 404, "not found"
-    elif isinstance(exc, HTTPException):
-        status, message = exc.code or 500, exc.name.lower()
-    else:
-        log.failure("admin API: unhandled error", failure=failure)
-        status, message = 500, "internal error"
+    status, message = klein_failure(failure, log, "admin API: unhandled error")
     return send(request, status, {"error": message, "fields": {}})
