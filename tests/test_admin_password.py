@@ -17,7 +17,7 @@ from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
 
 from tests.fixtures.helpers import coro
-from tests.fixtures.admin import AdminTestMixin, basic
+from tests.fixtures.admin import AdminTestMixin, basic, comments
 from tests.fixtures.fakes import ControlledRun
 from zmirror.config import adminpassword as config_module
 from zmirror.admin.session import SessionHandlers
@@ -46,10 +46,6 @@ def api_rules(api):
 
 
 OPEN_WITH_DEFAULT = {("GET", "/api/me"), ("PUT", "/api/me/password")}
-
-
-def comments(text: str) -> list[str]:
-    return [ln for ln in text.splitlines() if ln.lstrip().startswith("#")]
 
 
 class FileConfigMixin(AdminTestMixin):
@@ -385,7 +381,6 @@ class ConcurrentWritersTests(unittest.TestCase):
         self.assertEqual(len(text.splitlines()), len(DEFAULT_CONFIG.splitlines()))
         self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
         self.assertEqual(list(data.iterdir()), [path])
-
 
 
 class SQLiteKeepsTheFileTests(FileConfigMixin, unittest.TestCase):

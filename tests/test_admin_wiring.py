@@ -24,7 +24,7 @@ from tests.fixtures.helpers import (
     wait_port,
     write_default_config,
 )
-from tests.fixtures.admin import basic
+from tests.fixtures.admin import basic, comments
 from zmirror.auth.passwords import is_hash, verify_admin_sync
 from zmirror.config import DEFAULT_ADMIN_PASSWORD, load_config
 from zmirror.wiring import build
@@ -36,10 +36,6 @@ GATED = {"error": "change the default admin password first", "fields": {}}
 def write_config(data: Path, password: str = DEFAULT_ADMIN_PASSWORD) -> Path:
     """The generated default config.toml, with ``password`` for the admin."""
     return write_default_config(data, admin_password_line(password))
-
-
-def comments(text: str) -> list[str]:
-    return [ln for ln in text.splitlines() if ln.lstrip().startswith("#")]
 
 
 async def call(base, method, path, body=None, auth=None):

@@ -5,16 +5,11 @@ from urllib.parse import urlencode
 
 from twisted.trial import unittest
 
-from tests.fixtures.auth import basic, make_env
+from tests.fixtures.auth import basic, make_env, www
 from tests.fixtures.helpers import coro
 
 M = "http://mirror/v2/{}/manifests/latest"
 PING = "http://mirror/v2/"
-
-
-def www(resp) -> str:
-    values = resp.headers.getRawHeaders(b"www-authenticate") or []
-    return values[0].decode() if values else ""
 
 
 class PolicyTests(unittest.TestCase):

@@ -259,14 +259,9 @@ class NamespaceProxyTests(unittest.TestCase):
         self.assertEqual(self.paths(self.hub), [])
 
 
-from tests.fixtures.auth import basic, make_env  # noqa: E402
+from tests.fixtures.auth import basic, make_env, www  # noqa: E402
 from tests.fixtures.helpers import coro
 from zmirror.auth.whitelist import Entry, Matcher, normalize_prefix  # noqa: E402
-
-
-def www(resp) -> str:
-    values = resp.headers.getRawHeaders(b"www-authenticate") or []
-    return values[0].decode() if values else ""
 
 
 class WhitelistNamespaceTests(unittest.TestCase):

@@ -15,7 +15,10 @@ import json
 from typing import Any, Optional
 
 from klein import Klein
+from twisted.logger import Logger
 from twisted.web.resource import Resource
+
+log = Logger()
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -37,6 +40,21 @@ def is_routing_redirect(exc: Exception) -> bool:
     from werkzeug.routing import RequestRedirect
 
     return isinstance(exc, RequestRedirect)
+
+
+def klein_failure(failure: Any, logger: Logger, what: str) -> tuple[int, str]:
+    """``(status, message)`` for what a Klein error handler got: Klein's own 404/405,
+    a routing redirect as a 404 (never a Location built from the Host header: an
+    unknown path), anything else logged on ``logger`` as ``what`` and a 500."""
+    from werkzeug.exceptions import HTTPException
+
+    exc = failure.value
+    if is_routing_redirect(exc):
+        return 404, "not found"
+    if isinstance(exc, HTTPException):
+        return exc.code or 500, exc.name.lower()
+    logger.failure(what, failure=failure)
+    return 500, "internal error"
 
 
 def not_found(request, message: str = "not found") -> bytes:
@@ -124,12 +142,9 @@ class ZMirrorApp:
         # Klein's own 404/405 and anything unexpected: JSON, never a traceback page.
         from werkzeug.exceptions import HTTPException
 
+        code, message = klein_failure(failure, log, "unhandled error")
         exc = failure.value
-        if is_routing_redirect(exc):
-            # never a Location built from the Host header: an unknown path
-            code, message = 404, "not found"
-        elif isinstance(exc, HTTPException):
-            code, message = exc.code or 500, exc.name.lower()
+        if isinstance(exc, HTTPException) and not is_routing_redirect(exc):
             # keep what the answer needs: Allow on a 405
             try:
                 extra = exc.get_response().headers
@@ -138,11 +153,6 @@ class ZMirrorApp:
             value = extra.get("Allow")
             if value:
                 request.setHeader(b"Allow", value.encode("latin-1", "replace"))
-        else:
-            from twisted.logger import Logger
-
-            Logger().failure("unhandled error", failure=failure)
-            code, message = 500, "internal error"
         path = request.path or b""
         if path == b"/v2" or path.startswith(b"/v2/"):
             # under /v2 (e.g. /v2//x, no route matches): the registry error format

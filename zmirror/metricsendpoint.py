@@ -15,8 +15,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from zmirror.auth.adminaccount import (REALM, AccountError, AccountUnavailable, BadCredentials,
-                                       DefaultPasswordInUse, basic_credentials)
+from zmirror.auth.adminaccount import (AccountError, DefaultPasswordInUse, basic_credentials,
+                                       refusal_answer)
 from zmirror.auth.lockout import Locked
 from zmirror.metrics import Metrics
 from zmirror.net import TrustedProxies, client_ip
@@ -95,20 +95,10 @@ class MetricsEndpoint:
 
 def _refused(request, e: Exception) -> bytes:
     """A refused admin login, answered as the admin API answers it."""
-    extra: dict = {}
-    if isinstance(e, Locked):
-        status = 429
-        request.setHeader(b"Retry-After", str(e.retry_after).encode())
-        extra["retry_after"] = e.retry_after
-    elif isinstance(e, BadCredentials):
-        status = 401
-        request.setHeader(b"WWW-Authenticate", REALM)
-    elif isinstance(e, AccountUnavailable):
-        status = 503
-        request.setHeader(b"Retry-After", str(e.retry_after).encode())
-    else:  # not the admin, or the default password
-        status = 403
-    body = json.dumps({"error": getattr(e, "message", "forbidden"), "fields": {}, **extra},
+    status, headers, extra = refusal_answer(e)
+    for name, value in headers.items():
+        request.setHeader(name, value)
+    body = json.dumps({"error": e.message, "fields": {}, **extra},
                       ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     return _send(request, status, body, b"application/json; charset=utf-8")
 

@@ -79,7 +79,6 @@ class Components:
     routes: RegistryRoutes
     nodes: NodeHeartbeat
     cluster_admin_password: Optional[ClusterAdminPassword]  # PostgreSQL only
-    admin_account: AdminAccount
     admin: AdminAPI
     health: HealthChecks
     metrics_endpoint: MetricsEndpoint
@@ -143,7 +142,7 @@ def build(config: Config, reactor: Any, *, listen: Optional[str] = None,
         registries=pull.registries,
         accesslog=accesslog, accesslogs=accesslogs, access=access, routing=routing,
         routes=routes, nodes=nodes, cluster_admin_password=cluster_password,
-        admin_account=account, admin=admin,
+        admin=admin,
         health=web.health, metrics_endpoint=web.metrics_endpoint, app=web.app, root=web.root,
         site=web.site, log_control=log_control, reloader=reloader, table_changes=table_changes,
         db_watch=db_watch,

@@ -25,7 +25,6 @@ from zmirror.admin.http import (
     klein_error,
     maybe,
     routes_of,
-    too_many,
 )
 from zmirror.admin.logs import LogHandlers
 from zmirror.admin.nodes import NodeHandlers
@@ -115,12 +114,10 @@ class AdminAPI:
             raise
         except ApiError as e:
             return error(request, e)
-        except AccountError as e:
+        except (AccountError, Locked) as e:
+            # Locked: a lockout, too many logins at once, or a full password-check
+            # queue (at login, or while the password change verifies the current one)
             return error(request, account_refusal(e))
-        except Locked as e:
-            # a lockout, too many logins at once, or a full password-check queue
-            # (at login, or while the password change verifies the current one)
-            return error(request, too_many(e))
         except NotFound:
             return error(request, ApiError(404, "not found"))
         except Conflict as e:

@@ -9,23 +9,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from inspect import isawaitable
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 from twisted.logger import Logger
 
-from zmirror.admin.validate import ApiError, Invalid
-from zmirror.app import is_routing_redirect
-from zmirror.auth.adminaccount import (
-    REALM,
-    AccountError,
-    AccountUnavailable,
-    BadCredentials,
-    DefaultPasswordInUse,
-    NotAdministrator,
-    PasswordConflict,
-    PasswordNotStored,
-    PasswordRefused,
-)
+from zmirror.admin.validate import ApiError, Invalid, check, json_body
+from zmirror.app import klein_failure
+from zmirror.auth.adminaccount import AccountError, PasswordRefused, refusal_answer
 from zmirror.auth.lockout import Locked
 
 log = Logger()
@@ -71,12 +61,21 @@ def need(part: Any, what: str) -> Any:
     return part
 
 
-def same_id(values: dict, rid: int) -> None:
-    """Drop ``id`` from a body after checking it is the URL's."""
-    if "id" in values:
-        if values.pop("id") != rid:
-            raise Invalid("invalid input: id does not match the URL",
-                          {"id": "does not match the URL"})
+def update_values(request: Any, fields: Any, rid: Optional[int] = None) -> tuple[int, dict]:
+    """``(id, values)`` of an update's JSON body: ``id`` is the URL's ``rid`` (the body's
+    ``id``, if any, must match it), or, without ``rid``, the body's (required); the other
+    fields must not be empty."""
+    values = check(json_body(request), fields, partial=True)
+    if rid is None:
+        if "id" not in values:
+            raise Invalid("invalid input: id required", {"id": "required"})
+        rid = values.pop("id")
+    elif "id" in values and values.pop("id") != rid:
+        raise Invalid("invalid input: id does not match the URL",
+                      {"id": "does not match the URL"})
+    if not values:
+        raise Invalid("nothing to update", {})
+    return rid, values
 
 
 async def store_call(method: Callable, values: dict, field_for_value_error: str) -> Any:
@@ -119,44 +118,16 @@ def error(request: Any, e: ApiError) -> bytes:
     return send(request, e.status, e.body())
 
 
-def too_many(e: Locked) -> ApiError:
-    """429 for a lockout, too many logins at once, or a full password-check queue."""
-    return ApiError(429, e.message, headers={b"Retry-After": str(e.retry_after).encode()},
-                    extra={"retry_after": e.retry_after})
-
-
-_ACCOUNT_STATUS = {
-    BadCredentials: 401,
-    NotAdministrator: 403,
-    DefaultPasswordInUse: 403,
-    PasswordConflict: 409,
-    AccountUnavailable: 503,
-    PasswordNotStored: 503,
-}
-
-
-def account_refusal(e: AccountError) -> ApiError:
-    """The answer to a refusal of the admin account."""
+def account_refusal(e: AccountError | Locked) -> ApiError:
+    """The answer to a refusal of the admin account (:class:`AccountError`) or to a
+    :class:`Locked` login."""
     if isinstance(e, PasswordRefused):
         return Invalid(e.message, {e.field: e.reason})
-    headers = {}
-    if isinstance(e, BadCredentials):
-        headers[b"WWW-Authenticate"] = REALM
-    elif isinstance(e, AccountUnavailable):
-        headers[b"Retry-After"] = str(e.retry_after).encode()
-    return ApiError(_ACCOUNT_STATUS.get(type(e), 500), e.message, headers=headers)
+    status, headers, extra = refusal_answer(e)
+    return ApiError(status, e.message, headers=headers, extra=extra)
 
 
 def klein_error(request: Any, failure: Any) -> bytes:
     """Klein's own 404/405 (unknown route or method) and anything unexpected."""
-    from werkzeug.exceptions import HTTPException
-
-    exc = failure.value
-    if is_routing_redirect(exc):
-        status, message = 404, "not found"
-    elif isinstance(exc, HTTPException):
-        status, message = exc.code or 500, exc.name.lower()
-    else:
-        log.failure("admin API: unhandled error", failure=failure)
-        status, message = 500, "internal error"
+    status, message = klein_failure(failure, log, "admin API: unhandled error")
     return send(request, status, {"error": message, "fields": {}})

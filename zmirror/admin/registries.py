@@ -8,11 +8,10 @@ from typing import Any
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
-from zmirror.admin.http import maybe, route, same_id
+from zmirror.admin.http import maybe, route, update_values
 from zmirror.admin.validate import (
     ApiError,
     Field,
-    Invalid,
     boolean,
     check,
     identifier,
@@ -100,10 +99,7 @@ class RegistryHandlers:
 
     @route("/registries", ["PUT"])
     async def update_by_body(self, request):
-        values = check(json_body(request), REGISTRY_UPDATE_FIELDS, partial=True)
-        if "id" not in values:
-            raise Invalid("invalid input: id required", {"id": "required"})
-        return await self._update(values.pop("id"), values)
+        return await self._update(*update_values(request, REGISTRY_UPDATE_FIELDS))
 
     @route("/registries/<rid>", ["GET"])
     async def get(self, request, rid):
@@ -112,14 +108,9 @@ class RegistryHandlers:
 
     @route("/registries/<rid>", ["PUT"])
     async def update(self, request, rid):
-        rid = path_id(rid)
-        values = check(json_body(request), REGISTRY_UPDATE_FIELDS, partial=True)
-        same_id(values, rid)
-        return await self._update(rid, values)
+        return await self._update(*update_values(request, REGISTRY_UPDATE_FIELDS, path_id(rid)))
 
     async def _update(self, rid: int, values: dict):
-        if not values:
-            raise Invalid("nothing to update", {})
         row = await self.registries.update(rid, **values)
         return registry_out(row, self._health())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from zmirror.admin.http import maybe, need, route, same_id, store_call
+from zmirror.admin.http import maybe, need, route, store_call, update_values
 from zmirror.admin.validate import Field, Invalid, boolean, check, identifier, json_body, path_id
 from zmirror.auth.users import validate_password
 from zmirror.db.users import validate_username
@@ -64,11 +64,7 @@ class UserHandlers:
     @route("/users/<uid>", ["PUT"])
     async def update(self, request, uid):
         accounts = need(self.accounts, "users")
-        uid = path_id(uid)
-        values = check(json_body(request), USER_UPDATE_FIELDS, partial=True)
-        same_id(values, uid)
-        if not values:
-            raise Invalid("nothing to update", {})
+        uid, values = update_values(request, USER_UPDATE_FIELDS, path_id(uid))
         row = await store_call(functools.partial(accounts.update, uid), values, "password")
         return user_out(row)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from zmirror.admin.http import maybe, need, route, same_id, store_call
+from zmirror.admin.http import maybe, need, route, store_call, update_values
 from zmirror.admin.validate import Field, Invalid, boolean, check, identifier, json_body, path_id, query
 from zmirror.auth.whitelist import validate_prefix
 from zmirror.db.whitelists import validate_note
@@ -97,11 +97,7 @@ class WhitelistHandlers:
     @route("/whitelists/<wid>", ["PUT"])
     async def update(self, request, wid):
         store = self._store()
-        wid = path_id(wid)
-        values = check(json_body(request), WHITELIST_UPDATE_FIELDS, partial=True)
-        same_id(values, wid)
-        if not values:
-            raise Invalid("nothing to update", {})
+        wid, values = update_values(request, WHITELIST_UPDATE_FIELDS, path_id(wid))
         row = await store_call(functools.partial(store.update, wid), values, "prefix")
         return whitelist_out(row)
 

@@ -1,6 +1,6 @@
 """The admin account: its login (lockout included), the default-password gate and
 the password change.  The admin API and ``/metrics`` both log the admin in here
-and render its refusals (the exceptions below) as HTTP answers of their own.
+and answer its refusals (the exceptions below) as :func:`refusal_answer` says.
 See docs/design/auth.md, "The admin account".
 """
 
@@ -82,6 +82,32 @@ class PasswordNotStored(AccountError):
 class PasswordConflict(AccountError):
     """The stored password cannot be replaced as asked (config.toml is invalid, or
     the cluster's password changed meanwhile); nothing changed."""
+
+
+_REFUSAL_STATUS = {
+    BadCredentials: 401,
+    NotAdministrator: 403,
+    DefaultPasswordInUse: 403,
+    PasswordConflict: 409,
+    AccountUnavailable: 503,
+    PasswordNotStored: 503,
+}
+
+
+def refusal_answer(e: Exception) -> tuple[int, dict[bytes, bytes], dict[str, Any]]:
+    """``(status, headers, extra JSON fields)`` of the HTTP answer to a refusal: an
+    :class:`AccountError` (a :class:`PasswordRefused` is a 400 on its field, the
+    caller's) or a :class:`~zmirror.auth.lockout.Locked` login (a lockout, too many
+    logins at once, a full password-check queue: 429).  Shared by the admin API and
+    ``/metrics``, so a refused admin login is answered alike on both."""
+    if isinstance(e, Locked):
+        return 429, {b"Retry-After": str(e.retry_after).encode()}, {"retry_after": e.retry_after}
+    headers = {}
+    if isinstance(e, BadCredentials):
+        headers[b"WWW-Authenticate"] = REALM
+    elif isinstance(e, AccountUnavailable):
+        headers[b"Retry-After"] = str(e.retry_after).encode()
+    return _REFUSAL_STATUS.get(type(e), 500), headers, {}
 
 
 def basic_credentials(request: Any) -> tuple[str, str]:
