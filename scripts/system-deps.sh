@@ -5,12 +5,13 @@
 # the docker CLI (docker.io), containerd with ctr, runc; PostgreSQL (the store tests run them against
 # SQLite and a real PostgreSQL: tests/fixtures/pgserver.py runs initdb/pg_ctl as the postgres user in a temp dir);
 # nginx (tests/test_cluster_docs.py checks docs/cluster/nginx.conf with `nginx -t`, and the cluster e2e
-# tests run it in front of three nodes, prefix, pid and logs in a temp dir).
+# tests run it in front of three nodes, prefix, pid and logs in a temp dir); the egress proxies the
+# upstream traffic goes through in the proxy tests: tinyproxy (HTTP CONNECT) and microsocks (SOCKS5).
 # The tests start their own dockerd/containerd/postgres/nginx with state in a temp dir; apt must not
 # start them as system services (policy-rc.d below).
 set -u
 PKGS="docker-registry skopeo chromium chromium-driver fonts-wqy-microhei curl
-      podman netavark docker.io containerd runc postgresql nginx"
+      podman netavark docker.io containerd runc postgresql nginx tinyproxy microsocks"
 missing=()
 for p in $PKGS; do
   [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" = installed ] || missing+=("$p")

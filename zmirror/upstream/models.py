@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 from urllib.parse import urlsplit
 
+from zmirror.upstream.tlsconfig import TLSSettings
+
 
 class UpstreamError(Exception):
     """A failed attempt at one upstream (connection, TLS, timeout, bad answer)."""
@@ -143,6 +145,10 @@ class Upstream:
     password: str = field(default="", repr=False)
     health: Health = field(default_factory=Health)
     namespace: str = "docker.io"  # the registry host this upstream mirrors
+    # the egress proxy URL for this upstream: None = the [upstream] default (or the
+    # environment's), "" = direct (zmirror.upstream.egress)
+    proxy: Optional[str] = field(default=None, repr=False)
+    tls: TLSSettings = field(default_factory=TLSSettings)  # zmirror.upstream.tlsconfig
 
     @property
     def origin(self) -> tuple[str, str, int]:
