@@ -7,26 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent
 
+from zmirror.upstream.agents import QuietConnectionPool
 from zmirror.upstream.health import UpstreamHealth
 from zmirror.upstream.pool import UpstreamPool
 from zmirror.upstream.shared import HealthSharing
-
-
-class QuietConnectionPool(HTTPConnectionPool):
-    """An HTTPConnectionPool whose connection factories do not log.
-
-    Twisted's pool builds one ``_HTTP11ClientFactory`` per new connection, and
-    each logs "Starting factory" / "Stopping factory" at info level: two lines
-    per upstream connection.  ``_factory`` is the pool's documented hook for
-    the factory it connects with; this one is the same, with ``noisy`` off.
-    """
-
-    def _factory(self, quiescentCallback, metadata):
-        factory = HTTPConnectionPool._factory(quiescentCallback, metadata)
-        factory.noisy = False
-        return factory
 
 
 @dataclass
@@ -58,4 +44,4 @@ def build_upstreams(config: Any, reactor: Any, *, bus: Any = None, db: Any = Non
     return Upstreams(pool=pool, health=health, sharing=sharing)
 
 
-__all__ = ["QuietConnectionPool", "Upstreams", "build_upstreams"]
+__all__ = ["Upstreams", "build_upstreams"]
