@@ -11,7 +11,9 @@ one uninterrupted 200 per client request (zmirror's access log holds exactly one
 client, with the whole size), resumed upstream with ``Range: bytes=<received>-``; a corrupted
 blob is never delivered complete and never cached; a zmirror killed mid-resume serves nothing of
 the partial file after its restart.  Each test runs with the pull-through cache on
-(:class:`ResumeCacheOnTests`) and off (:class:`ResumePassThroughTests`).
+(:class:`ResumeCacheOnTests`) and off (:class:`ResumePassThroughTests`), and with the cache on
+against upstreams that speak HTTPS (:class:`ResumeTLSTests`: the fault proxies terminate TLS with
+a certificate of a test CA that the upstream rows' ``ca`` trusts).
 
 docker pulls use a dockerd of this module's own (:class:`tests.e2e.clients.Dockerd`), started on first use and
 stopped at exit; they skip when dockerd/containerd/runc are missing or not running as root.
@@ -24,6 +26,7 @@ import atexit
 import http.client
 import os
 import shutil
+import ssl
 import sys
 import tempfile
 import threading
@@ -39,6 +42,7 @@ from tests.e2e.httpclient import Fetched, fetch, http_request
 from tests.e2e.images import Blob, Image, MiB, build_big_image, dir_problems, sha256_file
 from tests.e2e.processes import HarnessError
 from tests.e2e.faultproxy import Fault, FaultProxy, blob_get
+from tests.fixtures.tlsregistry import TestPKI
 
 SKIP = H.missing_tools()
 IDLE_TIMEOUT = 5
@@ -59,6 +63,7 @@ class _Env:
     dockerd: Dockerd | None = None
     docker_error: str | None = None
     docker_root: Path | None = None
+    pki: TestPKI | None = None
 
 
 def _stop_all() -> None:
@@ -93,6 +98,15 @@ def environment() -> _Env:
                 _Env.error = e
                 raise
         return _Env
+
+
+def pki() -> TestPKI:
+    """The test CA and the fault proxies' server certificate (127.0.0.1), made once per process."""
+    with _Env.lock:
+        if _Env.pki is None:
+            _Env.pki = TestPKI(Path(tempfile.mkdtemp(prefix="zm-res-pki-")))
+            atexit.register(shutil.rmtree, _Env.pki.root, True)
+        return _Env.pki
 
 
 def dockerd() -> Dockerd:
@@ -132,12 +146,14 @@ def wait_for(pred, timeout: float, what=None) -> None:
 class ResumeCase(unittest.TestCase):
     skip = SKIP
     CACHE = True
+    TLS = False  # the fault proxies serve zmirror HTTPS (certificates of a test CA the rows trust)
 
     def setUp(self):
         e = environment()
         self.harness, self.reg, self.big, self.mid = e.harness, e.reg, e.big, e.mid
-        self.p1 = FaultProxy(self.reg.port, name="up1", seed=1)
-        self.p2 = FaultProxy(self.reg.port, name="up2", seed=2)
+        tls = self.server_context() if self.TLS else None
+        self.p1 = FaultProxy(self.reg.port, name="up1", seed=1, tls=tls)
+        self.p2 = FaultProxy(self.reg.port, name="up2", seed=2, tls=tls)
         self.addCleanup(self.p2.close)
         self.addCleanup(self.p1.close)
         self.zm: H.ZMirror | None = None
@@ -145,11 +161,19 @@ class ResumeCase(unittest.TestCase):
     def start(self) -> H.ZMirror:
         mode = "cache" if self.CACHE else "relay"
         name = f"resume-{mode}-{self._testMethodName[5:40]}"
-        zm = self.harness.start_zmirror(name, [H.Upstream("up1", self.p1.url), H.Upstream("up2", self.p2.url)],
+        ca = pki().ca.cert_pem if self.TLS else ""
+        zm = self.harness.start_zmirror(name, [H.Upstream("up1", self.p1.url, ca=ca),
+                                               H.Upstream("up2", self.p2.url, ca=ca)],
                                         anonymous="all", cache=self.CACHE, idle_timeout=IDLE_TIMEOUT)
         self.addCleanup(self.harness.stop_zmirror, zm)
         self.zm = zm
         return zm
+
+    @staticmethod
+    def server_context() -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pki().server.cert_path, pki().server.key_path)
+        return ctx
 
     # -- diagnostics and checks
 
@@ -481,6 +505,14 @@ class ResumeCacheOnTests(ResumeCase):
 
 class ResumePassThroughTests(ResumeCase):
     CACHE = False
+
+
+class ResumeTLSTests(ResumeCase):
+    """Every case over HTTPS: each cut, reset, stall and flip lands in a TLS stream (a cold
+    download's TLS fill on a transfer thread, and its resume)."""
+
+    CACHE = True
+    TLS = True
 
 
 del ResumeCase
