@@ -228,6 +228,11 @@ def _cancelled(e: Exception) -> bool:
 
 
 def _describe(e: Exception, url: str) -> UpstreamError:
+    from zmirror.upstream.tlsconfig import tls_failure_reason  # the TLS reason, e.g. "certificate verify failed: ..."
+
+    reason = None if isinstance(e, UpstreamError) else tls_failure_reason(e)
+    if reason:
+        return UpstreamError(f"{_host(url)}: {reason}"[:300])
     try:
         raise e
     except ierror.ConnectError as e:
