@@ -24,13 +24,11 @@ from twisted.web.client import (
 from tests.fixtures.helpers import coro, temp_dir
 from tests.fixtures.tlsregistry import TestPKI, TLSRegistry, missing_registry
 from zmirror.upstream import client as upstream_client
-from zmirror.upstream.models import Upstream
 from zmirror.upstream.tlsconfig import (
     MAX_PEM,
     TLSPolicy,
     TLSSettings,
     TLSVerifyError,
-    describe_insecure,
     tls_failure_reason,
     tls_field_errors,
 )
@@ -307,8 +305,3 @@ class ReasonTests(unittest.TestCase):
         refused = upstream_client._describe(ierror.ConnectionRefusedError(), "https://registry.example/v2/")
         self.assertIn("cannot connect", str(refused))
 
-    def test_describe_insecure(self):
-        up = Upstream(id=1, name="internal", url="https://reg.internal", priority=1,
-                      tls=TLSSettings(verify=False))
-        self.assertIn("verification is OFF", describe_insecure(up))
-        self.assertIsNone(describe_insecure(Upstream(id=2, name="x", url="https://reg.internal", priority=1)))

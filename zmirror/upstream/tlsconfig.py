@@ -305,16 +305,36 @@ class TLSPolicy:
             raise ValueError("; ".join(f"{k}: {v}" for k, v in sorted(errors.items())))
         self.settings = settings
         self.host = _bare_host(host)
-        bundle = [crypto.X509.from_cryptography(c) for c in
-                  (_certificates(settings.ca, "ca")[0] if settings.ca.strip() else [])]
-        client: dict = {}
+        self._bundle = [crypto.X509.from_cryptography(c) for c in
+                        (_certificates(settings.ca, "ca")[0] if settings.ca.strip() else [])]
+        self._client: dict = {}
         if settings.client_cert.strip():
             chain = [crypto.X509.from_cryptography(c) for c in _certificates(settings.client_cert, "client_cert")[0]]
             key = crypto.PKey.from_cryptography_key(_private_key(settings.client_key)[0])
-            client = {"privateKey": key, "certificate": chain[0], "extraCertChain": chain[1:]}
-        self._other = _options(bundle, verify=True)
-        self._own = _options(bundle, verify=settings.verify, **client) if (client or not settings.verify) else self._other
+            self._client = {"privateKey": key, "certificate": chain[0], "extraCertChain": chain[1:]}
+        self._own_options: ssl.CertificateOptions | None = None
+        self._other_options: ssl.CertificateOptions | None = None
         self._creators: dict[tuple[str, int], _ClientCreator] = {}
+
+    # The OpenSSL contexts (the trust store loaded) are made on first use: an
+    # http upstream never needs them.
+
+    @property
+    def _other(self) -> ssl.CertificateOptions:
+        """The options for other hosts: verified, no client certificate."""
+        if self._other_options is None:
+            self._other_options = _options(self._bundle, verify=True)
+        return self._other_options
+
+    @property
+    def _own(self) -> ssl.CertificateOptions:
+        """The options for the upstream's own host."""
+        if self._own_options is None:
+            if self._client or not self.settings.verify:
+                self._own_options = _options(self._bundle, verify=self.settings.verify, **self._client)
+            else:
+                self._own_options = self._other
+        return self._own_options
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> _ClientCreator:
         name = _bare_host(hostname.decode("ascii", "replace"))
@@ -417,16 +437,5 @@ def tls_failure_reason(error: Any) -> str | None:
     return walk(error)
 
 
-def describe_insecure(up: Any) -> str | None:
-    """The warning logged at start for an upstream whose certificates are not
-    verified (None when they are, or when it is not https)."""
-    tls = getattr(up, "tls", None)
-    url = str(getattr(up, "url", ""))
-    if tls is None or tls.verify or not url.lower().startswith("https:"):
-        return None
-    return (f"upstream {getattr(up, 'name', '') or url}: TLS certificate verification is OFF (tls_verify = false); "
-            "its answers could come from anyone on the path")
-
-
-__all__ = ["MAX_PEM", "TLSPolicy", "TLSSettings", "TLSVerifyError", "describe_insecure", "server_name_error",
+__all__ = ["MAX_PEM", "TLSPolicy", "TLSSettings", "TLSVerifyError", "server_name_error",
            "tls_failure_reason", "tls_field_errors"]
