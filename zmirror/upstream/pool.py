@@ -59,6 +59,7 @@ class UpstreamPool:
         self.upstreams: list[Upstream] = []
         self.namespaces: frozenset = frozenset()  # of every registries row (set_registries)
         self._unverified: set = set()  # ids of the upstreams with tls_verify off (warned once)
+        self._probing: list[Upstream] = []  # the upstreams of the probes running (their agents kept)
 
     # -- the registry list -------------------------------------------------------
 
@@ -75,10 +76,14 @@ class UpstreamPool:
         ups.sort(key=lambda u: (u.priority, u.id))
         self._warn_unverified(ups)
         self.upstreams = ups
-        self.agents.retain(ups)
+        self._retain()
         # every configured namespace, enabled upstreams or not (the routing table's path prefixes)
         self.namespaces = frozenset(r.get("namespace") or "docker.io" for r in rows)
         self.health.set_upstreams(ups, [int(r["id"]) for r in rows])
+
+    def _retain(self) -> None:
+        """Drop the agents neither an upstream nor a running probe uses."""
+        self.agents.retain(self.upstreams + self._probing)
 
     def _warn_unverified(self, ups: list[Upstream]) -> None:
         """One warning for each upstream whose certificate is not checked (when
@@ -130,11 +135,14 @@ class UpstreamPool:
         (``row``: a registries row or an unsaved registry of the same shape; its
         proxy and TLS settings apply)."""
         up = upstream_of(row)
+        self._probing.append(up)
         try:
             return await self._probe(up)
         finally:
-            # an unsaved registry's settings got an agent of their own: not kept
-            self.agents.retain(self.upstreams)
+            self._probing.remove(up)
+            # an unsaved registry's settings got an agent of their own: dropped (its
+            # idle connection closed) the turn after, when the connection is back in its pool
+            self.clock.callLater(0, self._retain)
 
     async def _probe(self, up: Upstream) -> dict:
         started = time.monotonic()
@@ -173,14 +181,14 @@ class UpstreamPool:
                 schemes = {c.scheme for c in challenges}
                 out["auth"] = "bearer" if "bearer" in schemes else "basic" if "basic" in schemes else "unknown"
                 auth = await client.answer_challenge(up, challenges, None)
-                client.discard(resp)
+                await client.discard(resp)  # read: its connection goes back to its pool
                 if auth is not None:
                     resp = await client.send(up, b"GET", up.url + "/v2/", {}, auth)
             out["status"] = resp.code
             out["ok"] = resp.code == 200
             if not out["ok"]:
                 out["error"] = f"/v2/ answered {resp.code}"
-            client.discard(resp)
+            await client.discard(resp)  # read: its connection goes back to its pool
         except UpstreamError as e:
             out["error"] = str(e)
 
