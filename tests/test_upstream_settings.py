@@ -154,6 +154,44 @@ class PoolSettingsTests(unittest.TestCase):
         self.assertIs(out["steps"][0]["ok"], False)
         self.assertIn("gone.fake", out["steps"][0]["detail"])
 
+    @coro
+    async def test_probe_steps_of_the_tracer_come_first_and_a_failed_one_ends_them(self):
+        w = self.world([])
+        traced = []
+
+        async def tracer(up):
+            traced.append((up.url, up.proxy))
+            return [{"step": "dns", "ok": True, "ms": 0.1, "detail": "127.0.0.1"},
+                    {"step": "tcp", "ok": True, "ms": 0.2, "detail": "connected"}]
+
+        w.pool.tracer = tracer
+        w.agent.on("GET", "http://new.fake/v2/", lambda: FakeResponse(401, {b"WWW-Authenticate": b'Basic realm="r"'}))
+        out = await w.pool.probe({"url": "http://new.fake", "proxy": "", "username": "u", "password": "p"})
+        self.assertEqual(traced, [("http://new.fake", "")])
+        self.assertEqual([s["step"] for s in out["steps"]], ["dns", "tcp", "v2"])
+        self.assertEqual((out["status"], out["auth"]), (401, "basic"))
+        self.assertIn("answered 401", out["steps"][-1]["detail"])
+
+        async def failing(up):
+            return [{"step": "dns", "ok": True, "ms": 0.1, "detail": "127.0.0.1"},
+                    {"step": "tls", "ok": False, "ms": 1.0, "detail": "certificate verify failed: self-signed"}]
+
+        w.pool.tracer = failing
+        sent = len(w.agent.sent)
+        out = await w.pool.probe({"url": "https://new.fake"})
+        self.assertEqual([s["step"] for s in out["steps"]], ["dns", "tls"])
+        self.assertEqual(out["error"], "certificate verify failed: self-signed")
+        self.assertIs(out["ok"], False)
+        self.assertEqual(len(w.agent.sent), sent)  # no /v2/ after a failed step
+
+        async def broken(up):
+            raise RuntimeError("bug")
+
+        w.pool.tracer = broken
+        out = await w.pool.probe({"url": "http://new.fake"})
+        self.assertEqual([s["step"] for s in out["steps"]], ["v2"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
 
 class RealTLSTests(unittest.TestCase):
     """Real agents (build_upstreams) against a Twisted TLS server whose certificate a
