@@ -26,7 +26,14 @@ from pathlib import Path
 from twisted.trial import unittest
 
 from tests.e2e import harness as H
-from tests.e2e.clients import PODMAN_SKIP, Podman, SkopeoError, output, skopeo, skopeo_copy
+from tests.e2e.clients import (
+    PODMAN_SKIP,
+    Podman,
+    SkopeoError,
+    output,
+    skopeo,
+    skopeo_copy,
+)
 from tests.e2e.httpclient import http_request, manifest_headers
 from tests.e2e.images import Image, build_images, dir_problems
 from tests.fixtures.tlsregistry import TestPKI, TLSRegistry
