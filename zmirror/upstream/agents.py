@@ -70,7 +70,7 @@ class UpstreamAgents:
             pool = QuietConnectionPool(self.reactor, persistent=True)  # no log lines per connection
             pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
             pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
-            policy = None if up.tls.default else TLSPolicy(up.tls, key[0])
+            policy = TLSPolicy(up.tls, key[0])
             agent = EgressAgent(self.reactor, key[2], policy, pool=pool, connect_timeout=self.connect_timeout)
             got = self._agents[key] = (agent, pool)
         return got[0]

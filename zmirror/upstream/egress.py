@@ -164,6 +164,8 @@ class NoProxy:
             if raw == "*":
                 entries.append(_Entry("all", None))
                 continue
+            if raw.startswith("[") and "]/" in raw:  # [v6]/bits
+                raw = raw.replace("[", "").replace("]", "")
             try:  # an IP or CIDR without port (v6 ones have several colons)
                 entries.append(_Entry("net", ipaddress.ip_network(raw.strip("[]"), strict=False)))
                 continue

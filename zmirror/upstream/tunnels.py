@@ -256,14 +256,17 @@ class Socks5:
                 out += self._connect_request()
                 self.state = "connect"
             else:
-                if len(self.buf) < 5:
+                if len(self.buf) < 2:
                     return out, None
-                ver, rep, _rsv, atyp = self.buf[:4]
+                ver, rep = self.buf[:2]
                 if ver != 5:
                     raise ProxyError(f"{self.label} did not answer as a SOCKS5 proxy")
                 if rep != 0:
                     why = _SOCKS_REPLIES.get(rep, f"error {rep}")
                     raise ProxyError(f"{self.label} could not connect to {self.address}:{self.port}: {why}")
+                if len(self.buf) < 5:
+                    return out, None
+                atyp = self.buf[3]
                 size = {1: 4, 4: 16, 3: 1 + self.buf[4]}.get(atyp)
                 if size is None:
                     raise ProxyError(f"{self.label} answered an unknown address type ({atyp})")
@@ -298,7 +301,7 @@ class Relay(Protocol):
         """Fires with the bytes received after the handshake (the tunnel's
         first bytes); ProxyError when it fails or takes more than ``timeout``."""
         self._handshake = handshake
-        self._done = Deferred(lambda _d: self.transport.abortConnection())
+        self._done = Deferred(self._cancel)
         self._timer = clock.callLater(timeout, self._timed_out, timeout)
         done = self._done
         self.transport.write(handshake.start())
@@ -306,6 +309,12 @@ class Relay(Protocol):
             early, self._early = self._early, b""
             self.dataReceived(early)
         return done
+
+    def _cancel(self, _d: Deferred) -> None:
+        self._done = None  # the Deferred fails with CancelledError
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self.transport.abortConnection()
 
     def _finish(self, result: Any) -> None:
         d, self._done = self._done, None
