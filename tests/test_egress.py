@@ -21,8 +21,9 @@ from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
-from tests.fixtures.helpers import coro, free_port
-from tests.fixtures.proxies import TestCA, serve_tls, start_microsocks, start_tinyproxy, wait_log
+from tests.fixtures.helpers import coro, free_port, temp_dir
+from tests.fixtures.proxies import serve_tls, start_microsocks, start_tinyproxy, wait_log
+from tests.fixtures.tlsregistry import TestPKI
 from zmirror.upstream.agents import UpstreamAgents
 from zmirror.upstream.connectiontest import trace
 from zmirror.upstream.egress import (DIRECT, NoProxy, ProxyURL, Route, default_route, masked, parse_proxy,
@@ -260,8 +261,8 @@ class World:
     def __init__(self, case):
         from twisted.web.server import Site
 
-        self.ca = TestCA()
-        self.tls_port, _site = serve_tls(case, Hello(), self.ca)
+        self.pki = TestPKI(temp_dir(case))
+        self.tls_port, _site = serve_tls(case, Hello(), self.pki.server)
         site = Site(Hello())
         site.noisy = False
         plain = reactor.listenTCP(0, site, interface="127.0.0.1")
@@ -270,7 +271,7 @@ class World:
 
     def upstream(self, host="127.0.0.1", proxy=None, ca=True, **tls):
         return Upstream(id=1, name="up", url=f"https://{host}:{self.tls_port}", proxy=proxy,
-                        tls=TLSSettings(ca=self.ca.ca_pem if ca else "", **tls))
+                        tls=TLSSettings(ca=self.pki.ca.cert_pem if ca else "", **tls))
 
 
 async def get(agents, up, url):
@@ -450,7 +451,7 @@ class ConnectionTest(unittest.TestCase):
         steps = await trace(reactor, self.agents(), self.world.upstream(host="localhost"))
         self.assertSteps(steps, [("dns", True), ("tcp", True), ("tls", True)])
         self.assertIn("127.0.0.1", steps[0]["detail"])
-        self.assertIn("certificate localhost (issuer zmirror test CA)", steps[2]["detail"])
+        self.assertIn("certificate 127.0.0.1 (issuer zmirror test CA)", steps[2]["detail"])
 
     @coro
     async def test_certificate_failures(self):
