@@ -3,11 +3,14 @@ serving TLS (a CA made by the test, tests/fixtures/tlsregistry.py) through real 
 (tests/fixtures/proxies.py): tinyproxy (HTTP CONNECT, Basic auth) and microsocks (SOCKS5,
 user name and password); the proxies' own logs show the tunnels.
 
-One zmirror mirrors four namespaces, each an upstream row with the test CA and its own
-``proxy``:
+One zmirror mirrors six namespaces, each an upstream row with its own ``proxy`` (and the test
+CA for the TLS registry):
 
 - ``via-connect.test``: through tinyproxy (pulls, tinyproxy logs ``CONNECT``);
 - ``via-socks.test``: through microsocks with ``socks5h://`` (pulls, microsocks logs the tunnel);
+- ``token-via-http.test``: a plain-HTTP registry with Docker-Hub-style token auth (the token
+  realm on another port) through tinyproxy: absolute-form requests to both, in its log;
+- ``token-via-socks.test``: the same through microsocks (plain tunnels to both);
 - ``wrong-password.test``: through tinyproxy with a wrong password (502, the reason in health,
   the password nowhere);
 - ``dead-proxy.test``: through a proxy that is not there (502, the reason in health).
@@ -56,6 +59,8 @@ class _World:
         self.stoppable.append(self.reg)
         skopeo(["copy", "-q", "--dest-tls-verify=false", "--preserve-digests",
                 f"dir:{self.image.dir}", f"docker://{self.reg.host}/{self.image.ref}"], timeout=120)
+        self.token = self.h.start_token()
+        self.h.push(self.image, self.token)
         self.http = tinyproxy(root / "tinyproxy")
         self.stoppable.append(self.http)
         self.socks = microsocks(root / "microsocks")
@@ -67,13 +72,17 @@ class _World:
             "dead-proxy.test": f"http://127.0.0.1:{free_port()}",
         }
         ups = [H.Upstream(ns, self.reg.url, namespace=ns) for ns in self.proxies]
+        self.proxies["token-via-http.test"] = self.http.url()
+        self.proxies["token-via-socks.test"] = self.socks.url(scheme="socks5h")
+        ups += [H.Upstream(ns, f"http://{self.token.host}", H.USER, H.PASSWORD, namespace=ns)
+                for ns in ("token-via-http.test", "token-via-socks.test")]
         self.zm = self.h.start_zmirror("egress", ups, cooldown=1)
         db = sqlite3.connect(str(self.zm.data / "registry.db"))  # the proxy and ca columns (migration 0007)
         try:
             with db:
                 for ns, proxy in self.proxies.items():
                     db.execute("UPDATE registries SET proxy = ?, ca = ? WHERE namespace = ?",
-                               (proxy, pki.ca.cert_pem, ns))
+                               (proxy, "" if ns.startswith("token-") else pki.ca.cert_pem, ns))
         finally:
             db.close()
         self.h.restart_zmirror(self.zm)
@@ -143,6 +152,18 @@ class EgressE2ETests(unittest.TestCase):
     def test_pull_through_socks5h(self):
         self.pull("via-socks.test")
         self.assertIn(f"connected to 127.0.0.1:{self.w.reg.port}", self.w.socks.log())
+
+    def test_token_auth_through_http_proxy_in_absolute_form(self):
+        self.pull("token-via-http.test")
+        log = self.w.http.log()
+        self.assertIn(f"GET http://127.0.0.1:{self.w.token.issuer_port}/token?", log)
+        self.assertIn(f"GET http://{self.w.token.host}/v2/", log)
+
+    def test_token_auth_through_socks5h(self):
+        self.pull("token-via-socks.test")
+        log = self.w.socks.log()
+        self.assertIn(f"connected to 127.0.0.1:{self.w.token.issuer_port}", log)
+        self.assertIn(f"connected to {self.w.token.host}", log)
 
     def test_wrong_proxy_password(self):
         reason = self.refused("wrong-password.test")
