@@ -145,6 +145,7 @@ class RegistrySettingsTests(AdminTestMixin, unittest.TestCase):
             ("proxy", "http://proxy.example:3128?x=1"),
             ("proxy", "http://pro xy.example:3128"),
             ("proxy", "http://u:SECRET@proxy\n.example:3128"),
+            ("proxy", "socks5://" + "u" * 300 + ":SECRET@proxy.example:1080"),  # refused by the agents
             ("tls_verify", "false"),
             ("tls_verify", 0),
             ("ca", "not a certificate"),

@@ -206,7 +206,7 @@ class RealTLSTests(unittest.TestCase):
         self.port = None
         config = Config(data_dir=Path(self.mktemp()), config_path=Path("/nonexistent"),
                         upstream=UpstreamConfig(connect_timeout=5.0, cooldown=0.0))
-        self.ups = build_upstreams(config, reactor)
+        self.ups = build_upstreams(config, reactor, environ={})
         self.addCleanup(self.ups.pool.close)
 
     def serve(self, kc):
@@ -253,6 +253,49 @@ class RealTLSTests(unittest.TestCase):
         out = await self.ups.pool.probe({"url": url})
         self.assertIs(out["ok"], False)
         self.assertIn("certificate verify failed", out["error"])
-        self.assertEqual(out["steps"][-1]["step"], "v2")
+        self.assertEqual([(s["step"], s["ok"]) for s in out["steps"]], [("dns", True), ("tcp", True), ("tls", False)])
+        self.assertIn("certificate verify failed", out["steps"][-1]["detail"])
         out = await self.ups.pool.probe({"url": url, "ca": self.pki.ca.cert_pem})
         self.assertIs(out["ok"], True, out)
+        self.assertEqual([(s["step"], s["ok"]) for s in out["steps"]],
+                         [("dns", True), ("tcp", True), ("tls", True), ("v2", True)])
+
+
+class BuildEgressTests(unittest.TestCase):
+    """build_upstreams: [upstream] proxy / no_proxy, else the environment's."""
+
+    def agents(self, environ, **upstream):
+        config = Config(data_dir=Path(self.mktemp()), config_path=Path("/nonexistent"),
+                        upstream=UpstreamConfig(**upstream))
+        ups = build_upstreams(config, reactor, environ=environ)
+        self.addCleanup(ups.pool.close)
+        return ups.pool.agents
+
+    def test_the_environment_applies_only_when_the_file_sets_neither_key(self):
+        env = {"HTTPS_PROXY": "http://envuser:envpw@env-proxy:3128", "NO_PROXY": ".internal"}
+        route = self.agents(env).default_route
+        self.assertEqual((route.https.host, route.https.port, route.https.password), ("env-proxy", 3128, "envpw"))
+        self.assertIsNone(route.proxy_for("https", "registry.internal", 443))
+        self.assertTrue(self.agents(env, proxy="").default_route.direct)  # "" in the file: direct
+        self.assertTrue(self.agents(env, no_proxy="x.example").default_route.direct)
+        route = self.agents(env, proxy="socks5h://file-proxy:1080").default_route
+        self.assertEqual((route.https.scheme, route.https.host), ("socks5h", "file-proxy"))
+        self.assertEqual(route.http, route.https)
+        self.assertTrue(self.agents({}).default_route.direct)
+
+    def test_a_row_proxy_overrides_the_default(self):
+        from zmirror.upstream.models import Upstream
+
+        agents = self.agents({}, proxy="http://file-proxy:3128")
+        self.assertEqual(agents.route_for(Upstream(1, "a", "https://a.example")).https.host, "file-proxy")
+        self.assertTrue(agents.route_for(Upstream(1, "a", "https://a.example", proxy="")).direct)
+        self.assertEqual(agents.route_for(Upstream(1, "a", "https://a.example",
+                                                   proxy="socks5://s:1080")).https.scheme, "socks5")
+
+    def test_an_unusable_proxy_is_a_config_error_without_its_value(self):
+        from zmirror.config import ConfigError
+
+        with self.assertRaises(ConfigError) as cm:
+            self.agents({"https_proxy": "ftp://u:envSECRET@h:21"})
+        self.assertIn("https_proxy", str(cm.exception))
+        self.assertNotIn("envSECRET", str(cm.exception))
