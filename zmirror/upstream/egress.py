@@ -27,7 +27,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional
 from urllib.parse import quote, unquote, urlsplit
 
 from twisted.internet import defer
@@ -345,11 +345,5 @@ class EgressAgent:
         return agent.request(method, uri, headers, bodyProducer)
 
 
-def proxy_for_url(route: Route, url: Union[str, bytes]) -> Optional[ProxyURL]:
-    """The proxy ``route`` sends a request for ``url`` through (None: direct)."""
-    u = URI.fromBytes(url.encode("ascii") if isinstance(url, str) else url)
-    return route.proxy_for(u.scheme.decode("ascii"), u.host.decode("ascii"), u.port)
-
-
 __all__ = ["DEFAULT_PROXY_PORT", "DIRECT", "EgressAgent", "EgressEndpoints", "NoProxy", "ProxyError",
-           "ProxyURL", "Route", "default_route", "masked", "parse_proxy", "proxy_for_url", "upstream_route"]
+           "ProxyURL", "Route", "default_route", "masked", "parse_proxy", "upstream_route"]
