@@ -501,6 +501,27 @@ class ConnectionTest(unittest.TestCase):
         self.assertNotIn("secret", repr(steps))
 
     @coro
+    async def test_stalled_proxy_and_unresolvable_names(self):
+        silent = socket.socket()  # accepts (the kernel does) and never answers
+        self.addCleanup(silent.close)
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        stalled = f"socks5h://127.0.0.1:{silent.getsockname()[1]}"
+        steps = await trace(reactor, self.agents(proxy=stalled, connect_timeout=0.3), self.world.upstream())
+        self.assertSteps(steps, [("dns", True), ("tcp", True), ("proxy", False)])
+        self.assertIn("did not complete the handshake within 0.3s", steps[2]["detail"])
+        ms = start_microsocks(self)
+        up = Upstream(id=1, name="x", url="https://nonexistent.invalid", proxy=ms.url(scheme="socks5"))
+        steps = await trace(reactor, self.agents(), up)  # socks5://: the name is resolved here
+        self.assertSteps(steps, [("dns", True), ("tcp", True), ("proxy", False)])
+        self.assertIn("cannot resolve nonexistent.invalid", steps[2]["detail"])
+        up = Upstream(id=1, name="x", url="https://nonexistent.invalid", proxy=ms.url(scheme="socks5h"))
+        steps = await trace(reactor, self.agents(), up)  # socks5h://: the proxy resolves it, and cannot
+        self.assertSteps(steps, [("dns", True), ("tcp", True), ("proxy", False)])
+        self.assertIn(f"SOCKS5 proxy 127.0.0.1:{ms.port} could not connect to nonexistent.invalid:443",
+                      steps[2]["detail"])
+
+    @coro
     async def test_plain_http_has_no_tls_step(self):
         plain = Upstream(id=2, name="p", url=f"http://127.0.0.1:{self.world.plain_port}")
         steps = await trace(reactor, self.agents(), plain)
