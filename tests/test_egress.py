@@ -14,6 +14,7 @@ import socket
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
@@ -324,6 +325,31 @@ class Through(unittest.TestCase):
         resp = await agents.agent_for(up).request(b"GET", url.encode(), Headers(), None)
         self.assertEqual(resp.code, 401)  # absolute form: the proxy's own answer
         resp.deliverBody(Protocol())
+
+    @coro
+    async def test_407_to_an_absolute_form_request(self):
+        from twisted.web.server import Site
+
+        class Refusing(Resource):
+            isLeaf = True
+
+            def render(self, request):
+                request.setResponseCode(407, b"Proxy Authentication Required")
+                request.setHeader(b"Proxy-Authenticate", b'Basic realm="egress"')
+                self.auth = request.getHeader(b"proxy-authorization")
+                return b"no"
+
+        refusing = Refusing()
+        listening = reactor.listenTCP(0, Site(refusing), interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        port = listening.getHost().port
+        agents = self.agents(proxy=f"http://u:wrong-secret@127.0.0.1:{port}")
+        with self.assertRaises(ProxyError) as e:
+            await get(agents, self.world.upstream(), f"http://127.0.0.1:{self.world.plain_port}/v2/")
+        self.assertEqual(str(e.exception), f"proxy 127.0.0.1:{port} refused the request: "
+                                           "407 Proxy Authentication Required")
+        self.assertEqual(refusing.auth, b"Basic dTp3cm9uZy1zZWNyZXQ=")
+        await deferLater(reactor, 0.05)  # the connection back in its pool (closed in cleanup)
 
     @coro
     async def test_https_through_socks5h_and_socks5(self):

@@ -32,6 +32,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from twisted.internet import defer
 from twisted.internet.endpoints import wrapClientTLS
+from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, ProxyAgent, URI
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory
@@ -342,7 +343,21 @@ class EgressAgent:
         if proxy.has_credentials:
             headers = headers.copy() if headers is not None else Headers()
             headers.setRawHeaders(b"Proxy-Authorization", [proxy.basic_auth()])
-        return agent.request(method, uri, headers, bodyProducer)
+        return agent.request(method, uri, headers, bodyProducer).addCallback(_not_refused, proxy)
+
+
+class _Drop(Protocol):
+    def connectionMade(self):
+        self.transport.stopProducing()  # the connection is closed
+
+
+def _not_refused(response: Any, proxy: ProxyURL) -> Any:
+    """``response``, unless it is the proxy's own 407 (a ProxyError then)."""
+    if response.code != 407:
+        return response
+    response.deliverBody(_Drop())
+    phrase = re.sub(r"[^\x20-\x7e]", "?", response.phrase.decode("latin-1")[:80])
+    raise ProxyError(f"proxy {proxy.netloc} refused the request: 407 {phrase}".rstrip())
 
 
 __all__ = ["DEFAULT_PROXY_PORT", "DIRECT", "EgressAgent", "EgressEndpoints", "NoProxy", "ProxyError",
