@@ -247,6 +247,12 @@ class RelayProtocol(unittest.TestCase):
         done2 = relay2.run(Socks5(ProxyURL("socks5h", "s", 1), "r", 443), clock, 5)
         relay2.connectionLost(None)
         self.assertIn("SOCKS5 proxy s:1 closed the connection", str(self.failureResultOf(done2, ProxyError).value))
+        relay3 = Relay()
+        relay3.makeConnection(StringTransport())
+        relay3.connectionLost(None)  # before the handshake began
+        done3 = relay3.run(HTTPConnect(ProxyURL("http", "p", 1), "r", 443), clock, 5)
+        self.assertIn("closed the connection before the handshake", str(self.failureResultOf(done3, ProxyError).value))
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class Hello(Resource):
