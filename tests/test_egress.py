@@ -14,6 +14,7 @@ import socket
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
@@ -246,6 +247,12 @@ class RelayProtocol(unittest.TestCase):
         done2 = relay2.run(Socks5(ProxyURL("socks5h", "s", 1), "r", 443), clock, 5)
         relay2.connectionLost(None)
         self.assertIn("SOCKS5 proxy s:1 closed the connection", str(self.failureResultOf(done2, ProxyError).value))
+        relay3 = Relay()
+        relay3.makeConnection(StringTransport())
+        relay3.connectionLost(None)  # before the handshake began
+        done3 = relay3.run(HTTPConnect(ProxyURL("http", "p", 1), "r", 443), clock, 5)
+        self.assertIn("closed the connection before the handshake", str(self.failureResultOf(done3, ProxyError).value))
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class Hello(Resource):
@@ -324,6 +331,31 @@ class Through(unittest.TestCase):
         resp = await agents.agent_for(up).request(b"GET", url.encode(), Headers(), None)
         self.assertEqual(resp.code, 401)  # absolute form: the proxy's own answer
         resp.deliverBody(Protocol())
+
+    @coro
+    async def test_407_to_an_absolute_form_request(self):
+        from twisted.web.server import Site
+
+        class Refusing(Resource):
+            isLeaf = True
+
+            def render(self, request):
+                request.setResponseCode(407, b"Proxy Authentication Required")
+                request.setHeader(b"Proxy-Authenticate", b'Basic realm="egress"')
+                self.auth = request.getHeader(b"proxy-authorization")
+                return b"no"
+
+        refusing = Refusing()
+        listening = reactor.listenTCP(0, Site(refusing), interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        port = listening.getHost().port
+        agents = self.agents(proxy=f"http://u:wrong-secret@127.0.0.1:{port}")
+        with self.assertRaises(ProxyError) as e:
+            await get(agents, self.world.upstream(), f"http://127.0.0.1:{self.world.plain_port}/v2/")
+        self.assertEqual(str(e.exception), f"proxy 127.0.0.1:{port} refused the request: "
+                                           "407 Proxy Authentication Required")
+        self.assertEqual(refusing.auth, b"Basic dTp3cm9uZy1zZWNyZXQ=")
+        await deferLater(reactor, 0.05)  # the connection back in its pool (closed in cleanup)
 
     @coro
     async def test_https_through_socks5h_and_socks5(self):
@@ -499,6 +531,27 @@ class ConnectionTest(unittest.TestCase):
         steps = await trace(reactor, self.agents(), self.world.upstream(proxy="ftp://u:secret@h"))
         self.assertSteps(steps, [("proxy", False)])
         self.assertNotIn("secret", repr(steps))
+
+    @coro
+    async def test_stalled_proxy_and_unresolvable_names(self):
+        silent = socket.socket()  # accepts (the kernel does) and never answers
+        self.addCleanup(silent.close)
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        stalled = f"socks5h://127.0.0.1:{silent.getsockname()[1]}"
+        steps = await trace(reactor, self.agents(proxy=stalled, connect_timeout=0.3), self.world.upstream())
+        self.assertSteps(steps, [("dns", True), ("tcp", True), ("proxy", False)])
+        self.assertIn("did not complete the handshake within 0.3s", steps[2]["detail"])
+        ms = start_microsocks(self)
+        up = Upstream(id=1, name="x", url="https://nonexistent.invalid", proxy=ms.url(scheme="socks5"))
+        steps = await trace(reactor, self.agents(), up)  # socks5://: the name is resolved here
+        self.assertSteps(steps, [("dns", True), ("tcp", True), ("proxy", False)])
+        self.assertIn("cannot resolve nonexistent.invalid", steps[2]["detail"])
+        up = Upstream(id=1, name="x", url="https://nonexistent.invalid", proxy=ms.url(scheme="socks5h"))
+        steps = await trace(reactor, self.agents(), up)  # socks5h://: the proxy resolves it, and cannot
+        self.assertSteps(steps, [("dns", True), ("tcp", True), ("proxy", False)])
+        self.assertIn(f"SOCKS5 proxy 127.0.0.1:{ms.port} could not connect to nonexistent.invalid:443",
+                      steps[2]["detail"])
 
     @coro
     async def test_plain_http_has_no_tls_step(self):

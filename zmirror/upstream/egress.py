@@ -27,11 +27,12 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional
 from urllib.parse import quote, unquote, urlsplit
 
 from twisted.internet import defer
 from twisted.internet.endpoints import wrapClientTLS
+from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, ProxyAgent, URI
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory
@@ -342,14 +343,22 @@ class EgressAgent:
         if proxy.has_credentials:
             headers = headers.copy() if headers is not None else Headers()
             headers.setRawHeaders(b"Proxy-Authorization", [proxy.basic_auth()])
-        return agent.request(method, uri, headers, bodyProducer)
+        return agent.request(method, uri, headers, bodyProducer).addCallback(_not_refused, proxy)
 
 
-def proxy_for_url(route: Route, url: Union[str, bytes]) -> Optional[ProxyURL]:
-    """The proxy ``route`` sends a request for ``url`` through (None: direct)."""
-    u = URI.fromBytes(url.encode("ascii") if isinstance(url, str) else url)
-    return route.proxy_for(u.scheme.decode("ascii"), u.host.decode("ascii"), u.port)
+class _Drop(Protocol):
+    def connectionMade(self):
+        self.transport.stopProducing()  # the connection is closed
+
+
+def _not_refused(response: Any, proxy: ProxyURL) -> Any:
+    """``response``, unless it is the proxy's own 407 (a ProxyError then)."""
+    if response.code != 407:
+        return response
+    response.deliverBody(_Drop())
+    phrase = re.sub(r"[^\x20-\x7e]", "?", response.phrase.decode("latin-1")[:80])
+    raise ProxyError(f"proxy {proxy.netloc} refused the request: 407 {phrase}".rstrip())
 
 
 __all__ = ["DEFAULT_PROXY_PORT", "DIRECT", "EgressAgent", "EgressEndpoints", "NoProxy", "ProxyError",
-           "ProxyURL", "Route", "default_route", "masked", "parse_proxy", "proxy_for_url", "upstream_route"]
+           "ProxyURL", "Route", "default_route", "masked", "parse_proxy", "upstream_route"]

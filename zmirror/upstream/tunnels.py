@@ -16,7 +16,7 @@ import re
 from typing import Any, Optional
 
 from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IResolutionReceiver, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -296,11 +296,14 @@ class Relay(Protocol):
         self._done: Optional[Deferred] = None
         self._timer: Any = None
         self._early = b""
+        self._lost = False
 
     def run(self, handshake: Any, clock: Any, timeout: float) -> Deferred:
         """Fires with the bytes received after the handshake (the tunnel's
         first bytes); ProxyError when it fails or takes more than ``timeout``."""
         self._handshake = handshake
+        if self._lost:
+            return fail(ProxyError(f"{handshake.label} closed the connection before the handshake"))
         self._done = Deferred(self._cancel)
         self._timer = clock.callLater(timeout, self._timed_out, timeout)
         done = self._done
@@ -347,6 +350,7 @@ class Relay(Protocol):
             self._finish(rest)
 
     def connectionLost(self, reason: Failure = None) -> None:
+        self._lost = True
         if self.inner is not None:
             self.inner.connectionLost(reason)
         elif self._done is not None:
