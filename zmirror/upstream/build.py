@@ -1,15 +1,18 @@
-"""Builds the upstream layer from the configuration: the HTTP agent and its
-connection pool, the health memory, the pool, and (with a cluster bus) the
-sharing of health between the nodes."""
+"""Builds the upstream layer from the configuration: the HTTP agents (one per
+upstream connection setting, each with its pool of connections), the health
+memory, the pool, and (with a cluster bus) the sharing of health between the
+nodes."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from twisted.web.client import Agent
-
-from zmirror.upstream.agents import QuietConnectionPool
+from zmirror.config import ConfigError
+from zmirror.upstream.agents import UpstreamAgents
+from zmirror.upstream.connectiontest import trace
 from zmirror.upstream.health import UpstreamHealth
 from zmirror.upstream.pool import UpstreamPool
 from zmirror.upstream.shared import HealthSharing
@@ -23,23 +26,35 @@ class Upstreams:
 
 
 def build_upstreams(config: Any, reactor: Any, *, bus: Any = None, db: Any = None,
-                    metrics: Any = None) -> Upstreams:
+                    metrics: Any = None, environ: Optional[Mapping] = None) -> Upstreams:
     """The upstream layer for ``config`` (its ``[upstream]`` section).
 
-    The HTTP agent keeps persistent connections (16 per host, idle ones closed
-    after 120 s) and has the connect timeout; it is a plain ``Agent`` (not treq's
-    HTTPClient, which adds gzip decoding): the bytes relayed must be exactly the
-    upstream's, digests included.  ``bus`` (a :class:`zmirror.cluster.IBus`):
-    the health memory is shared with the other nodes over it and kept in
-    ``db``'s ``upstream_state``.  ``metrics``: a :class:`zmirror.metrics.Metrics`
-    or None."""
-    connections = QuietConnectionPool(reactor, persistent=True)  # no log lines per connection
-    connections.maxPersistentPerHost = 16
-    connections.cachedConnectionTimeout = 120
-    agent = Agent(reactor, pool=connections, connectTimeout=config.upstream.connect_timeout)
-    health = UpstreamHealth(reactor, cooldown=config.upstream.cooldown, metrics=metrics)
-    pool = UpstreamPool(agent, reactor, health=health, header_timeout=config.upstream.connect_timeout,
-                        connections=connections, metrics=metrics)
+    The agents (:class:`~zmirror.upstream.agents.UpstreamAgents`) keep
+    persistent connections, have the connect timeout and the egress route:
+    ``[upstream] proxy`` / ``no_proxy``, or — when the file sets neither —
+    the proxy variables of ``environ`` (default: this process's environment);
+    every request for an upstream goes through the agent of its settings, and
+    the admin's probe traces its connection the same way
+    (:func:`zmirror.upstream.connectiontest.trace`).  ``bus`` (a
+    :class:`zmirror.cluster.IBus`): the health memory is shared with the
+    other nodes over it and kept in ``db``'s ``upstream_state``.
+    ``metrics``: a :class:`zmirror.metrics.Metrics` or None.  ConfigError
+    for a proxy URL the agents cannot use."""
+    u = config.upstream
+    try:
+        agents = UpstreamAgents(reactor, connect_timeout=u.connect_timeout, proxy=u.proxy or "",
+                                no_proxy=u.no_proxy or "",
+                                environ=(os.environ if environ is None else environ)
+                                if u.proxy_from_environment else None)
+    except ValueError as e:  # names the setting (or the variable), never its value
+        raise ConfigError(f"egress proxy: {e}") from None
+    health = UpstreamHealth(reactor, cooldown=u.cooldown, metrics=metrics)
+
+    def tracer(up):
+        return trace(reactor, agents, up)
+
+    pool = UpstreamPool(agents, reactor, health=health, header_timeout=u.connect_timeout,
+                        metrics=metrics, tracer=tracer)
     sharing = HealthSharing(health, bus, db, reactor) if bus is not None else None
     return Upstreams(pool=pool, health=health, sharing=sharing)
 
