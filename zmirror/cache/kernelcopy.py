@@ -168,8 +168,10 @@ class FileFill:
             self.written += n
             if self.written >= self._hash_wants:
                 self._cond.notify_all()
+            # the first bytes go out at once (the client's first byte does not wait for a step)
             report = not self._progress_pending and self.written > self._reported and (
-                drained or self.written - self._reported >= REPORT_STEP or self.written >= self.length)
+                drained or not self._reported or self.written - self._reported >= REPORT_STEP
+                or self.written >= self.length)
             if report:
                 self._progress_pending = True
         if report:
