@@ -2,25 +2,30 @@
 
 ``HTTPSFillTests`` pulls through a real zmirror from a FakeRegistry served
 over TLS on 127.0.0.1 with a certificate made by the test and trusted by the upstream
-agent; ``TLSFillTests`` runs a
+agent; ``DockerRegistryTLSTests`` does one from Debian's docker-registry
+serving TLS; ``TLSFillTests`` runs a
 TLSFill on its own, the upstream's TLS end being a pyOpenSSL connection whose
 ciphertext goes through a socket pair."""
 
 import hashlib
 import os
+import shutil
 import socket
 import struct
+import subprocess
 import threading
 from pathlib import Path
 
+import treq
 from OpenSSL import SSL, crypto
 from twisted.internet import reactor, ssl
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
-from tests.fixtures.fills import ProxyFillCases, tls_certificates
-from tests.fixtures.helpers import coro, spy_constructor
+from tests.fixtures.fills import ProxyFillCases, start_zmirror, tls_certificates
+from tests.fixtures.helpers import coro, spy_constructor, temp_dir
+from tests.fixtures.pgserver import temp_database
 from zmirror.cache import kernelcopy, tlscopy
 from zmirror.transfer.threads import TransferThreads
 
@@ -95,6 +100,90 @@ class HTTPSRelayFillTests(_HTTPSUpstream, unittest.TestCase):
 
     def fill_available(self) -> bool:
         return True
+
+
+class DockerRegistryTLSTests(unittest.TestCase):
+    """A cold pull through zmirror from Debian's docker-registry serving TLS
+    with a certificate made by the test (skipped when it is not installed)."""
+
+    timeout = 60
+
+    def setUp(self):
+        exe = shutil.which("docker-registry")
+        if exe is None:
+            raise unittest.SkipTest("docker-registry not installed (Debian: apt-get install docker-registry)")
+        if not tlscopy.available():
+            raise unittest.SkipTest("the TLS fill is not available with this pyOpenSSL")
+        self.base, self.db = temp_dir(self), temp_database(self, reactor)
+        ca, cert, key = certificates()
+        (self.base / "cert.pem").write_bytes(cert)
+        (self.base / "key.pem").write_bytes(key)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        (self.base / "registry.yml").write_text(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.base / 'data'}\n"
+            f"http:\n  addr: 127.0.0.1:{port}\n  tls:\n"
+            f"    certificate: {self.base / 'cert.pem'}\n    key: {self.base / 'key.pem'}\n")
+        log = open(self.base / "registry.log", "wb")
+        self.addCleanup(log.close)
+        proc = subprocess.Popen([exe, "serve", str(self.base / "registry.yml")], stdout=log, stderr=log)
+
+        def stop():
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+        self.addCleanup(stop)
+        self.up_url = f"https://127.0.0.1:{port}"
+        self.agent = lambda pool=None: Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(
+            trustRoot=ssl.Certificate.loadPEM(ca)), pool=pool)
+
+    async def ready(self):
+        for _ in range(100):
+            try:
+                resp = await treq.get(self.up_url + "/v2/", agent=self.agent())
+                await treq.content(resp)
+                return
+            except Exception:  # not listening yet
+                await deferLater(reactor, 0.1, lambda: None)
+        self.fail(f"docker-registry did not start: {(self.base / 'registry.log').read_text()[-500:]}")
+
+    async def push(self, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        resp = await treq.post(self.up_url + "/v2/library/x/blobs/uploads/", agent=self.agent())
+        await treq.content(resp)
+        self.assertEqual(resp.code, 202)
+        location = resp.headers.getRawHeaders("location")[0]
+        if location.startswith("/"):
+            location = self.up_url + location
+        sep = "&" if "?" in location else "?"
+        resp = await treq.put(f"{location}{sep}digest={digest}", data=data, agent=self.agent(),
+                              headers={"Content-Type": "application/octet-stream"})
+        await treq.content(resp)
+        self.assertEqual(resp.code, 201)
+        return digest
+
+    @coro
+    async def test_cold_pull_is_decrypted_by_the_tls_fill(self):
+        await self.ready()
+        data = os.urandom((7 << 20) + 99)
+        digest = await self.push(data)
+        fills = spy_constructor(self, tlscopy, "TLSFill")
+        blobs, url, log = start_zmirror(self, self.agent, self.up_url)
+        await blobs.start()
+        resp = await treq.get(f"{url}/v2/library/x/blobs/{digest}", pool=HTTPConnectionPool(reactor, persistent=False))
+        body = await treq.content(resp)
+        self.assertEqual(resp.code, 200)
+        self.assertEqual(hashlib.sha256(body).hexdigest(), digest.split(":")[1])
+        self.assertEqual(len(fills), 1)
+        self.assertIsNone(fills[0].error)
+        self.assertEqual(fills[0].written, len(data))
+        self.assertEqual(blobs.path(digest).read_bytes(), data)
 
 
 class _Upstream:
