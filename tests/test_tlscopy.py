@@ -186,6 +186,59 @@ class DockerRegistryTLSTests(unittest.TestCase):
         self.assertEqual(blobs.path(digest).read_bytes(), data)
 
 
+class _Tripwire:
+    """Stands for the pyOpenSSL connection once a fill thread owns it: any use fails the test."""
+
+    def __init__(self, case):
+        self.case = case
+
+    def __getattr__(self, name):
+        self.case.fail(f"Twisted's TLS layer used the taken-over connection ({name})")
+
+
+class TakeOverTests(unittest.TestCase):
+    """After take_over, nothing Twisted's TLS layer does on the reactor enters
+    OpenSSL (the fill thread owns the connection); the TCP connection still
+    closes and the HTTP side still hears of it."""
+
+    def setUp(self):
+        from twisted.internet.protocol import Factory, Protocol
+        from twisted.internet.testing import StringTransport
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        class App(Protocol):
+            lost = None
+
+            def connectionLost(self, reason):
+                App.lost = reason
+
+        self.App = App
+        factory = TLSMemoryBIOFactory(ssl.optionsForClientTLS("127.0.0.1"), True, Factory.forProtocol(App))
+        self.tls = factory.buildProtocol(None)
+        self.tcp = StringTransport()
+        self.tls.makeConnection(self.tcp)  # the ClientHello goes out
+        self.real = self.tls._tlsConnection
+
+    def test_take_over_hands_out_the_connection_and_fences_twisted_off(self):
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        self.assertIs(tlscopy.take_over(self.tls), self.real)
+        self.tls._tlsConnection = _Tripwire(self)
+        sent = self.tcp.value()
+        self.tls.write(b"more")
+        self.tls.loseConnection()
+        self.assertEqual(self.tcp.value(), sent)  # nothing encrypted, no close_notify
+        self.assertFalse(self.tcp.disconnecting)
+        self.tls.abortConnection()  # straight to the TCP connection
+        self.assertTrue(self.tcp.disconnecting)
+        self.tls.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(self.App.lost)  # the HTTP client hears of the end as before
+
+    def test_only_tls_over_a_tcp_connection_is_taken_over(self):
+        self.assertIsNone(tlscopy.tls_over_tcp(type("T", (), {"_producer": self.tls})()))
+
+
 class _Upstream:
     """The server's end of a TLS connection over loopback TCP: the test
     encrypts with ``server`` and ``send`` puts the ciphertext on the wire."""

@@ -70,6 +70,7 @@ def take_over(tls) -> Any:
     tls._lostTLSConnection = True  # connectionLost: no bio_shutdown/recv; write(): ignored
     tls._aborted = True  # nothing more is delivered to the HTTP parser
     tls.disconnecting = True  # loseConnection(): no TLS shutdown on this connection
+    tls.abortConnection = tls.transport.abortConnection  # no TLS shutdown either: straight to TCP
     return conn
 
 
