@@ -15,6 +15,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 import zmirror.cache.kernelcopy as kernelcopy
+import zmirror.cache.tlscopy as tlscopy
 from zmirror.transfer.connections import enlarge_reads
 from zmirror.transfer.follower import FollowerProducer
 from zmirror.transfer.interfaces import OCTET_STREAM, blob_content_type
@@ -64,11 +65,13 @@ class Download(Protocol):
         self.worker: Optional[DigestWorker] = None
         self.received = 0
         # "relay": bytes pass through dataReceived; "probe": deciding whether to
-        # splice (bytes Twisted already read collect in _prefix); "splice": the
-        # kernel moves the body (kernelcopy.SpliceFill)
+        # take the connection over (bytes Twisted already read collect in
+        # _prefix); "splice": the kernel moves the body (kernelcopy.SpliceFill);
+        # "tls": a transfer thread decrypts it (tlscopy.TLSFill)
         self.mode = "relay"
         self._prefix: list = []
-        self._tcp = None
+        self._tcp = None  # the TCP connection taken over
+        self._tls = None  # the TLS layer over it (mode "tls")
         self._early_loss = None
         self._paused_for_probe = False
 
@@ -100,9 +103,10 @@ class Download(Protocol):
         self.length = length
         self.content_type = blob_content_type(answer.content_type)
         threads = self.cache.transfers
-        splice = length is not None and length >= kernelcopy.SPLICE_MIN and kernelcopy.available()
-        # the kernel copy needs two threads; with one free the body goes through Python
-        lease = threads.lease(kernelcopy.SpliceFill.THREADS) if splice else None
+        splice = length is not None and length >= kernelcopy.SPLICE_MIN and (
+            kernelcopy.available() or tlscopy.available())
+        # taking the connection over needs two threads; with one free the body goes through Python
+        lease = threads.lease(kernelcopy.FileFill.THREADS) if splice else None
         if lease is None:
             splice = False
             lease = threads.lease(1)
@@ -120,7 +124,7 @@ class Download(Protocol):
             raise
         self.state = "running"
         if splice:
-            self.mode = "probe"  # connectionMade tells whether the transport allows splicing
+            self.mode = "probe"  # connectionMade tells whether the connection can be taken over
         else:
             self._start_worker()
         response.deliverBody(self)
@@ -137,16 +141,36 @@ class Download(Protocol):
                                    on_drained=self._worker_drained, on_progress=self._progress)
         self._lease.close()  # a second thread reserved for a kernel copy is not needed
 
+    @staticmethod
+    def _takeover(transport) -> tuple:
+        """``(tls, tcp)``: the connection under a response body's transport if
+        a fill thread can take it over (plain TCP: ``tls`` None), else (None, None)."""
+        if kernelcopy.available():
+            tcp = kernelcopy.plain_tcp(transport)
+            if tcp is not None:
+                return None, tcp
+        if tlscopy.available():
+            found = tlscopy.tls_over_tcp(transport)
+            if found is not None:
+                return found
+        return None, None
+
+    @property
+    def taken_over(self) -> bool:
+        """A fill thread reads the upstream connection, not Twisted."""
+        return self.mode in ("splice", "tls")
+
     def _start_splice(self) -> None:
         """Stop Twisted reading the upstream socket and move the rest of the
-        body in the kernel (kernelcopy.SpliceFill)."""
+        body on two transfer threads: in the kernel (kernelcopy.SpliceFill)
+        or, over TLS, decrypted there (tlscopy.TLSFill)."""
         if self.state != "running":
             self._lease.close()
             self._tcp.abortConnection()  # paused for the switch: never leave it hanging
             return
         prefix, self._prefix = self._prefix, []
         current = getattr(self.upstream, "current", self.upstream)
-        if self._early_loss is None and kernelcopy.plain_tcp(current) is not self._tcp:
+        if self._early_loss is None and self._takeover(current)[1] is not self._tcp:
             # the body broke and was resumed over another connection meanwhile: go on
             # the ordinary way with what arrived (the resumed bytes came after it)
             self._lease.close()
@@ -169,10 +193,11 @@ class Download(Protocol):
                 self._data(data)
             self.connectionLost(self._early_loss)
             return
-        self.mode = "splice"
+        self.mode = "splice" if self._tls is None else "tls"
         self._cancel_idle()
         if hasattr(self.upstream, "detach"):
-            self.upstream.detach()  # this connection's end is the kernel copy's now
+            self.upstream.detach()  # this connection's end is the fill thread's now
+        connection = tlscopy.take_over(self._tls) if self._tls is not None else None
         fds = []
         try:
             fds.append(os.dup(self._tcp.fileno()))
@@ -185,13 +210,17 @@ class Download(Protocol):
             self._fail(f"cannot start the cache fill: {e}")
             return
         algo = self.digest.split(":", 1)[0]
-        self.worker = kernelcopy.SpliceFill(
-            algo, self._lease, sock_fd=fds[0], file_fd=fds[1], read_fd=fds[2], prefix=prefix,
-            length=self.length, idle_timeout=self.cache.idle_timeout, on_progress=self._progress)
+        common = {"sock_fd": fds[0], "file_fd": fds[1], "read_fd": fds[2], "prefix": prefix,
+                  "length": self.length, "idle_timeout": self.cache.idle_timeout, "on_progress": self._progress}
+        if connection is None:
+            self.worker = kernelcopy.SpliceFill(algo, self._lease, **common)
+        else:
+            self.worker = tlscopy.TLSFill(algo, self._lease, connection=connection, **common)
         self.worker.finish().addCallback(self._spliced)
 
     def _spliced(self, digest: Optional[str]) -> None:
-        # Twisted's HTTP client still waits for the body it never read: drop the connection
+        # Twisted's HTTP client still waits for the body it never read: drop the
+        # connection (a TLS one, whose state the fill thread moved on, included)
         self._tcp.abortConnection()
         if digest is None:
             if self.state == "running":
@@ -206,8 +235,8 @@ class Download(Protocol):
         self._verify(digest)
 
     def _resume_after_splice(self, offset: int, why: str, tries: int = 0) -> None:
-        """The upstream broke off a kernel copy after ``offset`` bytes (all on
-        disk): hash those again and continue through Python from there, with
+        """The upstream broke off a kernel or TLS copy after ``offset`` bytes
+        (all on disk): hash those again and continue through Python from there, with
         the body resumed by the upstream side (ResumingBody.restart)."""
         if self.state != "running":
             return
@@ -244,15 +273,15 @@ class Download(Protocol):
             return
         upstream = self.upstream
         self._fail(why)
-        if self.mode != "splice" and upstream is not None:
-            upstream.stopProducing()  # a splice ends through the aborted SpliceFill
+        if not self.taken_over and upstream is not None:
+            upstream.stopProducing()  # a taken-over connection ends through the aborted fill
 
     # -- upstream protocol --------------------------------------------------------
     def connectionMade(self):
         self.upstream = self.transport
         enlarge_reads(self.transport)
         if self.mode == "probe":
-            self._tcp = kernelcopy.plain_tcp(getattr(self.transport, "current", self.transport))
+            self._tls, self._tcp = self._takeover(getattr(self.transport, "current", self.transport))
             if self._tcp is None:
                 self.mode = "relay"
                 self._start_worker()
@@ -268,9 +297,9 @@ class Download(Protocol):
             self._prefix.append(data)
             self.received += len(data)
             return
-        if self.mode == "splice":  # cannot happen: Twisted no longer reads this socket
+        if self.taken_over:  # cannot happen: Twisted no longer reads this socket
             self.worker.abort()
-            self._fail("body bytes arrived after the switch to splice(2)")
+            self._fail(f"body bytes arrived after the switch to the {self.mode} fill")
             return
         offset = self.received
         self.received += len(data)
@@ -295,7 +324,7 @@ class Download(Protocol):
             self.upstream.resumeProducing()
 
     def _progress(self, written: int):
-        if self.mode == "splice":
+        if self.taken_over:
             self.cache.count_fetched(written - self.written)
         self.written = written
         for f in list(self.followers):
@@ -305,8 +334,8 @@ class Download(Protocol):
         if self.mode == "probe":
             self._early_loss = reason
             return
-        if self.mode == "splice":
-            return  # our own abort after the kernel copy ended; SpliceFill reports how it went
+        if self.taken_over:
+            return  # our own abort after the fill thread ended; the fill reports how it went
         self._cancel_idle()
         if self.state != "running":
             return  # abandoned

@@ -1,7 +1,10 @@
-"""Filling the cache from a plain-TCP upstream without the bytes entering Python:
-splice(2) from the socket through a pipe into the temp file, a second thread
-hashing the file through mmap(2).  :class:`SpliceFill` has the interface of
-the :class:`~zmirror.transfer.threads.DigestWorker` that
+"""Filling the cache from an upstream connection taken over from Twisted, on
+two transfer threads: one moves the body into the temp file, the other hashes
+the file through mmap(2) right behind it.  :class:`FileFill` is that shared
+part; :class:`SpliceFill` moves a plain-TCP body without it entering Python
+(splice(2) from the socket through a pipe into the file); the TLS variant is
+:class:`zmirror.cache.tlscopy.TLSFill`.  Both have the interface of the
+:class:`~zmirror.transfer.threads.DigestWorker` that
 :class:`~zmirror.cache.download.Download` uses (see docs/design/cache.md)."""
 
 from __future__ import annotations
@@ -75,17 +78,17 @@ def plain_tcp(transport) -> Any:
     return None
 
 
-class SpliceFill:
-    """Copies ``length - len(prefix)`` more bytes from ``sock_fd`` into
-    ``file_fd`` (after writing ``prefix``, the bytes Twisted had already read)
-    and hashes the file through ``read_fd``.  Takes ownership of the three
-    descriptors.  Runs on two threads of ``lease``."""
+class FileFill:
+    """Writes ``prefix`` (the bytes Twisted had already read) and then
+    ``length - len(prefix)`` more bytes of an upstream body into ``file_fd``
+    (:meth:`_copy`, one thread) and hashes the file through ``read_fd`` (a
+    second thread).  Takes ownership of both descriptors.  Runs on two threads
+    of ``lease``; subclasses say where the bytes come from."""
 
     THREADS = 2
 
-    def __init__(self, algorithm: str, lease: Any, *, sock_fd: int, file_fd: int, read_fd: int,
-                 prefix: list, length: int, idle_timeout: float,
-                 on_progress: Optional[Callable[[int], None]] = None):
+    def __init__(self, algorithm: str, lease: Any, *, file_fd: int, read_fd: int, prefix: list, length: int,
+                 idle_timeout: float, on_progress: Optional[Callable[[int], None]] = None):
         self.algorithm = algorithm
         self.reactor = lease.reactor
         self.length = length
@@ -95,7 +98,7 @@ class SpliceFill:
         self.hashed = 0  # bytes hashed so far (set by the hasher thread; for tests)
         self.error: Optional[str] = None
         self.disk_error = False  # True when writing the cache file (not the upstream) failed
-        self._sock, self._file, self._read = sock_fd, file_fd, read_fd
+        self._file, self._read = file_fd, read_fd
         self._prefix = prefix
         self._cond = threading.Condition()
         self._stop = False
@@ -103,6 +106,7 @@ class SpliceFill:
         self._progress_pending = False
         self._reported = 0  # ``written`` at the last report (guarded by _cond)
         self._hash_wants = 0  # the hasher sleeps until ``written`` reaches this (guarded by _cond)
+        self._idle = 0.0  # seconds the source has been silent (writer thread)
         self._done: Deferred = Deferred()
         self._hash = hashlib.new(algorithm)
         self.threads_running = 2  # (guarded by _cond) for tests: both loops end on abort
@@ -128,7 +132,8 @@ class SpliceFill:
     # -- reactor side -------------------------------------------------------------
     def finish(self) -> Deferred:
         """Fires with ``"algo:hex"`` when the whole body is written and hashed,
-        or with None when it failed (see ``error``)."""
+        or with None when it failed (see ``error``).  Either way the writer
+        thread is done with the source by then."""
         return self._done
 
     def abort(self) -> None:
@@ -156,78 +161,66 @@ class SpliceFill:
             self._cond.notify_all()
 
     def _advance(self, n: int, *, drained: bool = False) -> None:
-        """``n`` more bytes are in the file (``drained``: and the socket is empty
+        """``n`` more bytes are in the file (``drained``: and the source is empty
         for now).  Wakes the hasher only when it has enough to start on, and
         the reactor only as REPORT_STEP says."""
         with self._cond:
             self.written += n
             if self.written >= self._hash_wants:
                 self._cond.notify_all()
+            # the first bytes go out at once (the client's first byte does not wait for a step)
             report = not self._progress_pending and self.written > self._reported and (
-                drained or self.written - self._reported >= REPORT_STEP or self.written >= self.length)
+                drained or not self._reported or self.written - self._reported >= REPORT_STEP
+                or self.written >= self.length)
             if report:
                 self._progress_pending = True
         if report:
             self.reactor.callFromThread(self._report_progress)
 
+    def _wait(self, poller: select.poll) -> bool:
+        """Waits one poll slice for the source; False (after reporting why)
+        once it has been silent for ``idle_timeout``."""
+        if poller.poll(_POLL_SLICE_MS):
+            self._idle = 0.0
+            return True
+        self._idle += _POLL_SLICE_MS / 1000
+        if self._idle >= self.idle_timeout:
+            self._failed(f"upstream sent nothing for {self.idle_timeout:g} s "
+                         f"after {self.written} of {self.length} bytes")
+            return False
+        return True
+
     def _write_loop(self) -> None:
-        r = w = -1
         try:
             for chunk in self._prefix:
-                view = memoryview(chunk)
-                while view:
-                    n = self._to_file(os.write, self._file, view)
-                    view = view[n:]
+                self._write_all(chunk)
                 self._advance(len(chunk))
             self._prefix = []
             _preallocate(self._file, self.written, self.length - self.written)
-            r, w = os.pipe2(os.O_CLOEXEC)
-            try:
-                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-            except OSError:
-                pass  # a smaller pipe only means more calls
-            poller = select.poll()
-            poller.register(self._sock, select.POLLIN)
-            idle = 0.0
-            remaining = self.length - self.written
-            while remaining > 0:
-                if self._stop:
-                    return
-                try:
-                    n = os.splice(self._sock, w, min(remaining, PIPE_SIZE),
-                                  flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
-                except BlockingIOError:
-                    self._advance(0, drained=True)  # clients get what is there while we wait
-                    if not poller.poll(_POLL_SLICE_MS):
-                        idle += _POLL_SLICE_MS / 1000
-                        if idle >= self.idle_timeout:
-                            self._failed(f"upstream sent nothing for {self.idle_timeout:g} s "
-                                         f"after {self.written} of {self.length} bytes")
-                            return
-                    continue
-                if n == 0:
-                    self._failed(f"upstream sent {self.written} of {self.length} bytes")
-                    return
-                idle = 0.0
-                left = n
-                while left:
-                    moved = self._to_file(os.splice, r, self._file, left, flags=os.SPLICE_F_MOVE)
-                    if moved <= 0:  # never expected: the pipe holds ``left`` bytes
-                        self.disk_error = True
-                        raise OSError(f"splice into the cache file moved {moved} bytes")
-                    left -= moved
-                remaining -= n
-                self._advance(n)
+            self._copy()
         except OSError as e:
             what = "cache write failed" if self.disk_error else "upstream body broken"
             self._failed(f"{what} after {self.written} bytes: {e}")
         finally:
-            for fd in (r, w, self._sock, self._file):
-                if fd >= 0:
-                    os.close(fd)
+            self._release()
+            os.close(self._file)
             with self._cond:
                 self._writing = False
                 self._cond.notify_all()
+
+    def _copy(self) -> None:
+        """Moves the rest of the body (``length - written`` bytes) into the
+        file, calling :meth:`_advance` as it goes; returns early (after
+        :meth:`_failed`) when the source breaks, or when aborted."""
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Closes what :meth:`_copy` read from (writer thread, at its end)."""
+
+    def _write_all(self, data) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self._to_file(os.write, self._file, view):]
 
     def _to_file(self, call, *args, **kw) -> int:
         try:
@@ -259,16 +252,68 @@ class SpliceFill:
                         with memoryview(m) as whole, whole[pos - base:] as view:
                             h.update(view)
                     pos = self.hashed = base + size
-            self.reactor.callFromThread(self._fire, f"{self.algorithm}:{h.hexdigest()}")
         except (OSError, ValueError) as e:
             self._failed(f"hashing the cache file failed: {e}")
         finally:
             os.close(self._read)
-            if self.error is not None or pos < length:
-                # wait for the writer so ``error`` is final when the reactor hears of it
-                with self._cond:
-                    while self._writing:
-                        self._cond.wait()
+            # wait for the writer: it is done with the source and ``error`` is
+            # final when the reactor hears of the end
+            with self._cond:
+                while self._writing:
+                    self._cond.wait()
+            if self.error is None and pos >= length:
+                self.reactor.callFromThread(self._fire, f"{self.algorithm}:{h.hexdigest()}")
+            else:
                 if self.error is None:
                     self.error = "aborted"
                 self.reactor.callFromThread(self._fire, None)
+
+
+class SpliceFill(FileFill):
+    """Moves a plain-TCP body from ``sock_fd`` (owned) into the file with
+    splice(2) through a pipe: the bytes never enter Python."""
+
+    def __init__(self, algorithm: str, lease: Any, *, sock_fd: int, **kw):
+        self._sock = sock_fd
+        super().__init__(algorithm, lease, **kw)
+
+    def _release(self) -> None:
+        os.close(self._sock)
+
+    def _copy(self) -> None:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            try:
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass  # a smaller pipe only means more calls
+            poller = select.poll()
+            poller.register(self._sock, select.POLLIN)
+            remaining = self.length - self.written
+            while remaining > 0:
+                if self._stop:
+                    return
+                try:
+                    n = os.splice(self._sock, w, min(remaining, PIPE_SIZE),
+                                  flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+                except BlockingIOError:
+                    self._advance(0, drained=True)  # clients get what is there while we wait
+                    if not self._wait(poller):
+                        return
+                    continue
+                if n == 0:
+                    self._failed(f"upstream sent {self.written} of {self.length} bytes")
+                    return
+                self._idle = 0.0
+                left = n
+                while left:
+                    moved = self._to_file(os.splice, r, self._file, left, flags=os.SPLICE_F_MOVE)
+                    if moved <= 0:  # never expected: the pipe holds ``left`` bytes
+                        self.disk_error = True
+                        raise OSError(f"splice into the cache file moved {moved} bytes")
+                    left -= moved
+                remaining -= n
+                self._advance(n)
+        finally:
+            os.close(r)
+            os.close(w)
