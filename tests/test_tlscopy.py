@@ -28,6 +28,8 @@ from tests.fixtures.helpers import coro, spy_constructor, temp_dir
 from tests.fixtures.pgserver import temp_database
 from zmirror.cache import kernelcopy, tlscopy
 from zmirror.transfer.threads import TransferThreads
+from zmirror.upstream.egress import DIRECT, EgressAgent
+from zmirror.upstream.tlsconfig import TLSPolicy, TLSSettings
 
 CERTS = None
 
@@ -57,9 +59,9 @@ class _HTTPSUpstream(ProxyFillCases):
         return f"https://127.0.0.1:{port.getHost().port}"
 
     def upstream_agent(self, pool):
-        # the test's CA trusted alone (TLSPolicy(TLSSettings(ca=...)) adds it to the system's)
-        policy = BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(certificates()[0]))
-        return Agent(reactor, contextFactory=policy, pool=pool)
+        # zmirror's own connection stack (what UpstreamAgents.agent_for builds), the test CA in the row's ca
+        policy = TLSPolicy(TLSSettings(ca=certificates()[0].decode()), "127.0.0.1")
+        return EgressAgent(reactor, DIRECT, policy, pool=pool, connect_timeout=10)
 
     def test_reset_upstream_is_resumed_from_the_start_when_range_is_ignored(self):
         raise unittest.SkipTest("FakeRegistry's reset over TLS drops the response before its headers; "
