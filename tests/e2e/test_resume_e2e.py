@@ -159,7 +159,7 @@ class ResumeCase(unittest.TestCase):
         self.zm: H.ZMirror | None = None
 
     def start(self) -> H.ZMirror:
-        mode = "cache" if self.CACHE else "relay"
+        mode = ("cache" if self.CACHE else "relay") + ("-tls" if self.TLS else "")  # its own data directory
         name = f"resume-{mode}-{self._testMethodName[5:40]}"
         ca = pki().ca.cert_pem if self.TLS else ""
         zm = self.harness.start_zmirror(name, [H.Upstream("up1", self.p1.url, ca=ca),
@@ -279,6 +279,8 @@ class ResumeCase(unittest.TestCase):
         if self.CACHE:
             wait_for(lambda: self.cache_state()["entries"] == 1, 10, "the resumed blob cached")
             self.assertEqual(sha256_file(self.cache_path(blob.digest)), blob.digest)
+            # the body was taken over by a fill thread (kernel copy, or decrypted there over TLS)
+            self.assertEqual(self.cache_state()["blobs"]["fills_tls" if self.TLS else "fills_splice"], 1, self.tails())
         self.assertIsNotNone(zm.proc.popen.pid)
 
     def test_get_200mib_first_upstream_cut_twice_fin(self):

@@ -73,7 +73,10 @@ class CacheBlobs:
         self.loading = LoadGate()  # closed while start() loads the index: requests wait on it
         self.stats = {"hits": 0, "misses": 0, "bytes_from_cache": 0, "bytes_from_upstream": 0,
                       "evictions": 0, "verify_failures": 0, "write_failures": 0,
-                      "relayed_over_limits": 0, "orphans_aborted": 0}
+                      "relayed_over_limits": 0, "orphans_aborted": 0,
+                      # upstream bodies taken over by a fill thread: by splice(2) (plain TCP),
+                      # decrypted on the thread (TLS); the others went through the reactor
+                      "fills_splice": 0, "fills_tls": 0}
         self._store_failed_at: Optional[float] = None
         self.store_error = ""
 

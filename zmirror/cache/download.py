@@ -194,6 +194,7 @@ class Download(Protocol):
             self.connectionLost(self._early_loss)
             return
         self.mode = "splice" if self._tls is None else "tls"
+        self.cache.stats[f"fills_{self.mode}"] += 1  # how many bodies a fill thread took over, by kind
         self._cancel_idle()
         if hasattr(self.upstream, "detach"):
             self.upstream.detach()  # this connection's end is the fill thread's now
