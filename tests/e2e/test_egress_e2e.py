@@ -32,7 +32,7 @@ from twisted.trial import unittest
 from tests.e2e import harness as H
 from tests.e2e.clients import SkopeoError, skopeo, skopeo_copy
 from tests.e2e.httpclient import http_request, manifest_headers
-from tests.e2e.images import Image, build_images, dir_problems
+from tests.e2e.images import Image, build_big_image, build_images, dir_problems
 from tests.fixtures.helpers import free_port
 from tests.fixtures.proxies import microsocks, missing_proxies, tinyproxy
 from tests.fixtures.tlsregistry import TestPKI, TLSRegistry
@@ -55,10 +55,13 @@ class _World:
         root = self.h.root
         pki = TestPKI(root / "pki")
         self.image: Image = build_images(root / "images", with_big=False)["dockerv2"]
+        # a layer big enough (> 4 MiB) for a cold download to be taken over by a fill thread
+        self.big: Image = build_big_image(root / "images" / "big", 8, repo="e2e/big8")
         self.reg = TLSRegistry(root, pki.server, name="tls")
         self.stoppable.append(self.reg)
-        skopeo(["copy", "-q", "--dest-tls-verify=false", "--preserve-digests",
-                f"dir:{self.image.dir}", f"docker://{self.reg.host}/{self.image.ref}"], timeout=120)
+        for img in (self.image, self.big):
+            skopeo(["copy", "-q", "--dest-tls-verify=false", "--preserve-digests",
+                    f"dir:{img.dir}", f"docker://{self.reg.host}/{img.ref}"], timeout=120)
         self.token = self.h.start_token()
         self.h.push(self.image, self.token)
         self.http = tinyproxy(root / "tinyproxy")
@@ -76,7 +79,7 @@ class _World:
         self.proxies["token-via-socks.test"] = self.socks.url(scheme="socks5h")
         ups += [H.Upstream(ns, f"http://{self.token.host}", H.USER, H.PASSWORD, namespace=ns)
                 for ns in ("token-via-http.test", "token-via-socks.test")]
-        self.zm = self.h.start_zmirror("egress", ups, cooldown=1)
+        self.zm = self.h.start_zmirror("egress", ups, cooldown=1, cache=True)
         db = sqlite3.connect(str(self.zm.data / "registry.db"))  # the proxy and ca columns (migration 0007)
         try:
             with db:
@@ -123,15 +126,16 @@ class EgressE2ETests(unittest.TestCase):
     def diag(self) -> str:
         return f"\n--- zmirror log ---\n{self.zm.tail(40)}"
 
-    def pull(self, ns: str) -> None:
+    def pull(self, ns: str, image: Image | None = None) -> None:
+        image = image or self.w.image
         dest = Path(self.mktemp()).resolve() / "image"
         dest.parent.mkdir(parents=True)
         self.addCleanup(shutil.rmtree, dest.parent, True)
         try:
-            skopeo_copy(self.zm.host, f"{ns}/{self.w.image.ref}", dest, timeout=120)
+            skopeo_copy(self.zm.host, f"{ns}/{image.ref}", dest, timeout=120)
         except SkopeoError as e:
-            self.fail(f"skopeo copy {ns}/{self.w.image.ref} failed: {e}{self.diag()}")
-        self.assertEqual(dir_problems(dest, self.w.image), [], f"{ns}: wrong digests")
+            self.fail(f"skopeo copy {ns}/{image.ref} failed: {e}{self.diag()}")
+        self.assertEqual(dir_problems(dest, image), [], f"{ns}: wrong digests")
 
     def refused(self, ns: str) -> str:
         """A manifest GET through zmirror for ``ns``: 502; the upstream's reason in health."""
@@ -148,6 +152,16 @@ class EgressE2ETests(unittest.TestCase):
     def test_pull_through_http_connect(self):
         self.pull("via-connect.test")
         self.assertIn(f"CONNECT 127.0.0.1:{self.w.reg.port} HTTP/1.1", self.w.http.log())
+
+    def test_big_layer_through_http_connect_is_decrypted_on_a_fill_thread(self):
+        def fills():
+            return self.zm.api("GET", "/cache").json()["blobs"]["fills_tls"]
+
+        before = fills()
+        self.pull("via-connect.test", self.w.big)
+        self.assertIn(f"CONNECT 127.0.0.1:{self.w.reg.port} HTTP/1.1", self.w.http.log())
+        # the tunnelled TLS connection was handed to a transfer thread like a direct one
+        self.assertEqual(fills() - before, 1, self.diag())
 
     def test_pull_through_socks5h(self):
         self.pull("via-socks.test")
