@@ -25,7 +25,9 @@ from twisted.web.resource import Resource
 from tests.fixtures.helpers import coro, free_port, temp_dir
 from tests.fixtures.proxies import serve_tls, start_microsocks, start_tinyproxy, wait_log
 from tests.fixtures.tlsregistry import TestPKI
+from zmirror.testing import FakeRegistry
 from zmirror.upstream.agents import UpstreamAgents
+from zmirror.upstream.client import UpstreamClient
 from zmirror.upstream.connectiontest import trace
 from zmirror.upstream.egress import (DIRECT, NoProxy, ProxyURL, Route, default_route, masked, parse_proxy,
                                      upstream_route)
@@ -559,3 +561,50 @@ class ConnectionTest(unittest.TestCase):
         steps = await trace(reactor, self.agents(), plain)
         self.assertSteps(steps, [("dns", True), ("tcp", True)])
 
+
+
+class DockerHubLookalike(unittest.TestCase):
+    """A registry whose token realm and blob CDN are other hosts (here: other
+    TLS ports of 127.0.0.1), as Docker Hub's are: the token fetch and the CDN
+    hop of a blob GET go through the upstream's proxy like the registry's own
+    requests, through the real UpstreamClient."""
+
+    timeout = 30
+
+    def setUp(self):
+        self.pki = TestPKI(temp_dir(self))
+        self.fake = FakeRegistry(auth="token")
+        self.data = b"layer bytes " * 5000
+        self.digest = self.fake.add_blob(self.data)
+        ports = [serve_tls(self, self.fake.resource(), self.pki.server)[0] for _ in range(3)]
+        self.reg_port, self.auth_port, self.cdn_port = ports
+        self.fake.realm = f"https://127.0.0.1:{self.auth_port}/token"
+        self.fake.cdn = f"https://127.0.0.1:{self.cdn_port}"
+
+    async def pull_blob(self, proxy: str) -> None:
+        agents = UpstreamAgents(reactor, connect_timeout=TIMEOUT, proxy=proxy)
+        self.addCleanup(agents.close)
+        client = UpstreamClient(agents, reactor)
+        up = Upstream(id=1, name="hub", url=f"https://127.0.0.1:{self.reg_port}",
+                      tls=TLSSettings(ca=self.pki.ca.cert_pem))
+        resp = await client.request(up, b"GET", f"/v2/library/x/blobs/{self.digest}",
+                                    scope="repository:library/x:pull")
+        self.assertEqual((resp.code, await readBody(resp)), (200, self.data))
+        self.assertEqual(len(self.fake.token_requests), 1)
+        cdn = [r for r in self.fake.requests if r[2].startswith("/cdn/")]
+        self.assertEqual(len(cdn), 1, self.fake.requests)
+        self.assertNotIn("authorization", cdn[0][3], "credentials never go to the CDN host")
+
+    @coro
+    async def test_through_http_connect(self):
+        tp = start_tinyproxy(self)
+        await self.pull_blob(tp.url())
+        for port in (self.reg_port, self.auth_port, self.cdn_port):
+            wait_log(tp, f"CONNECT 127.0.0.1:{port} HTTP/1.1")
+
+    @coro
+    async def test_through_socks5h(self):
+        ms = start_microsocks(self)
+        await self.pull_blob(ms.url(scheme="socks5h"))
+        for port in (self.reg_port, self.auth_port, self.cdn_port):
+            wait_log(ms, f"connected to 127.0.0.1:{port}")
