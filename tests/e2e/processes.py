@@ -4,14 +4,44 @@ answers HTTP (:func:`wait_http`) or passes a check of its own (:func:`wait_ready
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import shutil
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+
+class ProcessWide:
+    """One thing per test process (a world of servers several tests share): made by ``make``
+    on first use, stopped by its ``stop()`` at interpreter exit; a failed start is remembered,
+    so the later tests fail fast with the same error instead of starting it again."""
+
+    def __init__(self, what: str, make: Callable[[], object]):
+        self.what = what
+        self._make = make
+        self._made: object | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def get(self):
+        with self._lock:
+            if self._error is not None:
+                raise HarnessError(f"{self.what} failed to start: {self._error}")
+            if self._made is None:
+                try:
+                    made = self._make()
+                except BaseException as e:
+                    self._error = e
+                    raise
+                atexit.register(made.stop)
+                self._made = made
+            return self._made
 
 
 class HarnessError(Exception):

@@ -15,7 +15,6 @@ Skipped (with the reason) where docker-registry, skopeo, nginx or PostgreSQL are
 
 from __future__ import annotations
 
-import atexit
 import base64
 import secrets
 import shutil
@@ -31,33 +30,19 @@ from tests.e2e import harness as H
 from tests.e2e.clients import DOCKER_SKIP, Dockerd, SkopeoError, output, skopeo_copy
 from tests.e2e.httpclient import HTTPResult, fetch, http_request, http_stream, manifest_headers
 from tests.e2e.images import Image, MiB, dir_problems, sha256_hex
-from tests.e2e.processes import HarnessError
+from tests.e2e.processes import ProcessWide
 
 SKIP = C.missing()
 PROPAGATION = 2.0  # seconds: changes reach every node within this
 
 
-class _State:
-    lock = threading.Lock()
-    cluster: C.Cluster | None = None
-    failed: str | None = None
+def _start_cluster() -> C.Cluster:
+    c = C.Cluster(nodes=3, throttle=True)
+    c.start()
+    return c
 
 
-def cluster() -> C.Cluster:
-    """The module's cluster: started on first use, stopped at exit; a failed start is remembered."""
-    with _State.lock:
-        if _State.failed is not None:
-            raise HarnessError(f"the cluster failed to start earlier: {_State.failed}")
-        if _State.cluster is None:
-            c = C.Cluster(nodes=3, throttle=True)
-            try:
-                c.start()
-            except BaseException as e:
-                _State.failed = str(e)
-                raise
-            atexit.register(c.stop)
-            _State.cluster = c
-        return _State.cluster
+cluster = ProcessWide("the cluster", _start_cluster).get  # the module's cluster, stopped at exit
 
 
 def basic(user: str, password: str) -> tuple[str, str]:

@@ -21,10 +21,8 @@ Started once per test process, stopped at exit.  Skipped when ``docker-registry`
 
 from __future__ import annotations
 
-import atexit
 import shutil
 import sqlite3
-import threading
 from pathlib import Path
 
 from twisted.trial import unittest
@@ -33,6 +31,7 @@ from tests.e2e import harness as H
 from tests.e2e.clients import SkopeoError, skopeo, skopeo_copy
 from tests.e2e.httpclient import http_request, manifest_headers
 from tests.e2e.images import Image, build_big_image, build_images, dir_problems
+from tests.e2e.processes import ProcessWide
 from tests.fixtures.helpers import free_port
 from tests.fixtures.proxies import microsocks, missing_proxies, tinyproxy
 from tests.fixtures.tlsregistry import TestPKI, TLSRegistry
@@ -96,24 +95,7 @@ class _World:
         self.h.stop()
 
 
-_world: _World | None = None
-_error: BaseException | None = None
-_lock = threading.Lock()
-
-
-def world() -> _World:
-    global _world, _error
-    with _lock:
-        if _error is not None:
-            raise H.HarnessError(f"egress e2e world failed to start: {_error}")
-        if _world is None:
-            try:
-                _world = _World()
-            except BaseException as e:
-                _error = e
-                raise
-            atexit.register(_world.stop)
-        return _world
+world = ProcessWide("egress e2e world", _World).get
 
 
 class EgressE2ETests(unittest.TestCase):

@@ -16,11 +16,9 @@ Skipped when ``docker-registry`` or ``skopeo`` is missing.
 
 from __future__ import annotations
 
-import atexit
 import shutil
 import sqlite3
 import tempfile
-import threading
 from pathlib import Path
 
 from twisted.trial import unittest
@@ -36,6 +34,7 @@ from tests.e2e.clients import (
 )
 from tests.e2e.httpclient import http_request, manifest_headers
 from tests.e2e.images import Image, build_images, dir_problems
+from tests.e2e.processes import ProcessWide
 from tests.fixtures.tlsregistry import TestPKI, TLSRegistry
 
 SKIP = H.missing_tools()
@@ -98,24 +97,7 @@ class _World:
         self.h.stop()
 
 
-_world: _World | None = None
-_error: BaseException | None = None
-_lock = threading.Lock()
-
-
-def world() -> _World:
-    global _world, _error
-    with _lock:
-        if _error is not None:
-            raise H.HarnessError(f"TLS e2e world failed to start: {_error}")
-        if _world is None:
-            try:
-                _world = _World()
-            except BaseException as e:
-                _error = e
-                raise
-            atexit.register(_world.stop)
-        return _world
+world = ProcessWide("TLS e2e world", _World).get
 
 
 class UpstreamTLSE2ETests(unittest.TestCase):
