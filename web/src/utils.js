@@ -45,6 +45,13 @@ export function formatMs(ms) {
   return v >= 1000 ? `${(v / 1000).toFixed(2)} s` : `${v.toFixed(v < 10 ? 1 : 0)} ms`
 }
 
+// The one-line summary of a registry's "test connection" result.
+export function testSummary(r) {
+  if (!r) return ''
+  if (r.ok) return t('registries.testOk', { status: r.status ?? '-', latency: formatMs(r.latency_ms), auth: r.auth || '-' })
+  return t('registries.testFail', { error: r.error || (r.status ? `HTTP ${r.status}` : '-') })
+}
+
 export function formatNumber(n) {
   if (n === null || n === undefined) return '-'
   return Number(n).toLocaleString(lang.value === 'en' ? 'en-US' : 'zh-CN')
