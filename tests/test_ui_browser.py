@@ -1014,3 +1014,281 @@ class PhoneNamespaceTests(NamespaceTests):
         self.wait_text(sel("registry-ratelimit-quay-limited"), "limited until")
         self.no_overflow("registries en")
         self.shot("registries-namespaces-en")
+
+
+# Answers the page's fetch() gets instead of the server's for the requests that match
+# (window.__stubs: [{method, path (a RegExp source), status, body}]); every request the
+# page makes is noted in window.__sent ({method, path, body}).
+STUB_FETCH = """
+if (!window.__realFetch) {
+  window.__realFetch = window.fetch.bind(window);
+  window.__sent = [];
+  window.fetch = (input, init) => {
+    const url = new URL(typeof input === 'string' ? input : input.url, location.href);
+    const method = ((init && init.method) || 'GET').toUpperCase();
+    let body = null;
+    try { body = init && init.body ? JSON.parse(init.body) : null } catch (e) { body = init.body }
+    window.__sent.push({method, path: url.pathname, body});
+    for (const s of window.__stubs || []) {
+      if (s.method === method && new RegExp(s.path).test(url.pathname)) {
+        const answer = s.body === '__echo__' ? body : s.body;
+        return Promise.resolve(new Response(JSON.stringify(answer),
+          {status: s.status, headers: {'Content-Type': 'application/json'}}));
+      }
+    }
+    return window.__realFetch(input, init);
+  };
+}
+window.__stubs = arguments[0];
+"""
+
+PEM_CA = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+PEM_KEY = "-----BEGIN PRIVATE KEY-----\nMIGHfake\n-----END PRIVATE KEY-----\n"
+TLS_FAIL = "certificate verify failed: self-signed certificate in certificate chain"
+
+
+def steps(*names_ok):
+    """A test answer's steps: ("dns", True), ... with made-up times and details."""
+    return [{"step": n, "ok": ok, "ms": round(1.5 * (i + 1), 1),
+             "detail": TLS_FAIL if not ok and n == "tls" else f"{n} detail"}
+            for i, (n, ok) in enumerate(names_ok)]
+
+
+class ConnectionTests(BrowserCase):
+    """The registry dialog's connection section (proxy, TLS verification, CA, client
+    certificate and key, server name), the "test connection" steps and the rows' TLS-off and
+    proxy markers.
+
+    test_dialog_and_steps gives the page canned API answers for the new fields (stubbed
+    fetch): it checks what the page shows and what it sends, whatever the server knows.
+    test_against_the_api does the same against the real admin API and a TLS upstream signed
+    by a test CA; skipped while the API has no connection fields."""
+
+    width, height, mobile = 1366, 768, False
+
+    def setUp(self):
+        super().setUp()
+        self.auth = (ADMIN_USER, ADMIN_PASSWORD)
+        for r in self.api_registries():  # no test traffic to the Internet
+            self.assertEqual(self.server.request("PUT", f"/api/registries/{r['id']}", auth=self.auth,
+                                                 body={"enabled": False})[0], 200)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def value(self, css: str) -> str:
+        return self.find(css).get_attribute("value")
+
+    def stub(self, *stubs):
+        self.driver.execute_script(STUB_FETCH, list(stubs))
+
+    def sent(self, method: str, pattern: str) -> list:
+        import re
+
+        return [s["body"] for s in self.driver.execute_script("return window.__sent || []")
+                if s["method"] == method and re.search(pattern, s["path"])]
+
+    def open_section(self):
+        self.click(sel("registry-conn-toggle") + " .el-collapse-item__header")
+        self.find(sel("registry-proxy-mode"))
+
+    def close_dialog(self):
+        self.click(".el-dialog__headerbtn")
+        self.gone(".el-dialog")
+
+    def field_error(self, field_css: str, text: str):
+        """The form-item error under the field `field_css` contains `text`."""
+        from selenium.webdriver.common.by import By
+
+        def found(d):
+            item = d.find_element(By.CSS_SELECTOR, field_css).find_element(
+                By.XPATH, "ancestor::div[contains(@class, 'el-form-item')][1]")
+            errs = item.find_elements(By.CSS_SELECTOR, ".el-form-item__error")
+            return errs[0] if errs and text in errs[0].text else False
+
+        return self.wait().until(found, f"{text!r} under {field_css}")
+
+    def step_states(self, root: str) -> list:
+        from selenium.webdriver.common.by import By
+
+        out = []
+        for li in self.driver.find_elements(By.CSS_SELECTOR, root + " li.step"):
+            out.append((li.get_attribute("data-test").removeprefix("test-step-"), li.get_attribute("data-ok"),
+                        "first-fail" in li.get_attribute("class")))
+        return out
+
+    # --- the page with canned answers ----------------------------------------------------------
+
+    def test_dialog_and_steps(self):
+        d = self.driver
+        d.get(self.server.base + "/registries")
+        self.find(sel("login-username"))
+        self.login()
+        self.find(sel("registries-table"))
+        seeded = self.api_registries()
+        first = seeded[0]
+        second = dict(first, id=max(r["id"] for r in seeded) + 1, name="direct-up", priority=first["priority"] + 1)
+
+        # --- add: the section starts folded; presets still fill the form -------------------
+        self.click(sel("registry-add"))
+        self.click(sel("registry-preset"))
+        self.click(f'.el-select-dropdown {sel("registry-preset-ghcr")}')
+        self.wait().until(lambda d: self.value(sel("registry-namespace")) == "ghcr.io", "preset applied")
+        self.assertEqual(self.value(sel("registry-url")), "https://ghcr.io")
+        self.assertFalse(d.find_element("css selector", sel("registry-proxy-mode")).is_displayed())  # folded
+        self.open_section()
+        self.wait_text(sel("registry-proxy-help"), "HTTPS_PROXY")  # "default": config or environment
+        self.assertFalse(d.find_elements("css selector", sel("registry-proxy")))
+        self.assertFalse(d.find_elements("css selector", sel("registry-tls-warning")))
+        self.click(sel("registry-proxy-custom"))
+        self.find(sel("registry-proxy"))
+        self.click(sel("registry-save"))
+        self.field_error(sel("registry-proxy"), "请输入代理地址")
+        self.type(sel("registry-proxy"), "ftp://proxy.corp:3128")
+        self.click(sel("registry-server-name"))
+        self.field_error(sel("registry-proxy"), "socks5h://")
+        self.type(sel("registry-proxy"), "http://corp:pw@127.0.0.1:3128")
+        self.click(sel("registry-tls-verify"))
+        self.wait_text(sel("registry-tls-warning"), "冒充")
+        self.find(sel("registry-ca")).send_keys(PEM_CA)
+        self.type(sel("registry-server-name"), "registry.internal")
+        self.shot("registry-connection-zh")
+
+        # --- "test" in the dialog: the unsaved form goes to POST /api/registries/test -------
+        self.stub({"method": "POST", "path": "^/api/registries/test$", "status": 200,
+                   "body": {"ok": True, "status": 401, "latency_ms": 12.5, "auth": "bearer", "error": None,
+                            "steps": steps(("dns", True), ("tcp", True), ("proxy", True), ("tls", True), ("v2", True))}})
+        self.click(sel("registry-form-test"))
+        result = sel("registry-form-test-result")
+        self.wait_text(result, "连接成功")
+        self.assertEqual(self.step_states(result), [(n, "true", False) for n in ("dns", "tcp", "proxy", "tls", "v2")])
+        for label in ("DNS 解析", "TCP 连接", "代理", "TLS 握手", "/v2/ 接口", "tls detail", "7.5 ms"):
+            self.assertIn(label, self.find(result).text)
+        body = self.sent("POST", "^/api/registries/test$")[-1]
+        self.assertEqual({k: body.get(k) for k in ("name", "url", "namespace", "proxy", "tls_verify", "ca", "server_name")},
+                         {"name": "GitHub (ghcr.io)", "url": "https://ghcr.io", "namespace": "ghcr.io",
+                          "proxy": "http://corp:pw@127.0.0.1:3128", "tls_verify": False, "ca": PEM_CA,
+                          "server_name": "registry.internal"})
+        self.assertNotIn("client_key", body)
+        self.assertNotIn("id", body)
+        self.shot("registry-form-test-zh")
+
+        # --- the server's field errors go under their fields ----------------------------------
+        self.stub({"method": "POST", "path": "^/api/registries$", "status": 400,
+                   "body": {"error": "invalid input", "fields": {"ca": "is not a PEM certificate",
+                                                                  "server_name": "is not a host name"}}})
+        self.click(sel("registry-save"))
+        self.field_error(sel("registry-ca"), "is not a PEM certificate")
+        self.field_error(sel("registry-server-name"), "is not a host name")
+        created = self.sent("POST", "^/api/registries$")[-1]
+        self.assertEqual((created["proxy"], created["tls_verify"]), ("http://corp:pw@127.0.0.1:3128", False))
+        self.close_dialog()
+
+        # --- a new registry with the defaults sends no connection fields -----------------------
+        self.stub({"method": "POST", "path": "^/api/registries$", "status": 201, "body": "__echo__"})
+        self.click(sel("registry-add"))
+        self.type(sel("registry-name"), "plain")
+        self.type(sel("registry-url"), "http://127.0.0.1:9")
+        self.click(sel("registry-save"))
+        self.message("已保存")
+        plain = self.sent("POST", "^/api/registries$")[-1]
+        self.assertFalse({"proxy", "tls_verify", "ca", "client_cert", "client_key", "server_name"} & set(plain), plain)
+
+        # --- the list: TLS-off warning, proxy and direct tags ----------------------------------
+        rows = [dict(first), dict(second)]
+        for r in rows:
+            r.update({"proxy": None, "tls_verify": True, "ca": "", "client_cert": "", "has_client_key": False,
+                      "server_name": ""})
+        rows[0].update({"proxy": "http://corp:****@127.0.0.1:3128", "tls_verify": False, "ca": PEM_CA,
+                        "client_cert": PEM_CA, "has_client_key": True, "server_name": "registry.internal"})
+        rows[1].update({"proxy": ""})
+        self.stub({"method": "GET", "path": "^/api/registries$", "status": 200, "body": {"items": rows}},
+                  {"method": "PUT", "path": "^/api/registries/\\d+$", "status": 200, "body": rows[0]},
+                  {"method": "POST", "path": "^/api/registries/\\d+/test$", "status": 200,
+                   "body": {"ok": False, "status": None, "latency_ms": None, "auth": "unknown", "error": TLS_FAIL,
+                            "steps": steps(("dns", True), ("tcp", True), ("proxy", True), ("tls", False))}},
+                  {"method": "POST", "path": "^/api/registries/test$", "status": 200,
+                   "body": {"ok": False, "status": None, "latency_ms": None, "auth": "unknown",
+                            "error": "dns: no address", "steps": [{"step": "dns", "ok": False, "ms": None,
+                                                                   "detail": "no address for registry.invalid"}]}})
+        self.click(".toolbar .el-button:nth-child(2)")  # refresh
+        self.wait_text(sel(f"registry-tls-off-{first['name']}"), "未校验证书")
+        self.find(sel(f"registry-proxy-tag-{first['name']}"))
+        self.find(sel(f"registry-direct-tag-{second['name']}"))
+        self.assertFalse(d.find_elements("css selector", sel(f"registry-tls-off-{second['name']}")))
+        self.assertFalse(d.find_elements("css selector", sel(f"registry-proxy-tag-{second['name']}")))
+
+        # --- "test connection" on a row: the summary, the failed step, every step --------------
+        self.click(sel(f"registry-test-{first['name']}"))
+        self.message("certificate verify failed")  # the summary, as before
+        marker = sel("registries-table") + ' .test-result[data-failed-step="tls"]'
+        self.wait_text(marker, "TLS 握手")
+        self.click(marker)
+        popover = ".test-popover " + sel("test-steps")
+        self.wait_text(popover, "在此步失败")
+        self.assertEqual(self.step_states(popover), [("dns", "true", False), ("tcp", "true", False),
+                                                     ("proxy", "true", False), ("tls", "false", True)])
+        self.assertIn(TLS_FAIL, self.find(popover + " .first-fail").text)
+        self.assertIn("连接失败", self.find(popover + " " + sel("test-summary")).text)
+        self.shot("registry-test-steps-zh")
+        self.click(sel("registries-table") + " .ns-name")  # the popover closes on a click elsewhere
+        self.gone(popover)
+
+        # --- edit: the section opens with the stored settings; unchanged values go back --------
+        self.click(sel(f"registry-edit-{first['name']}"))
+        self.wait().until(lambda d: self.value(sel("registry-proxy")) == "http://corp:****@127.0.0.1:3128",
+                          "masked proxy shown")
+        self.assertIn("is-checked", self.find(sel("registry-proxy-custom")).get_attribute("class"))
+        self.assertNotIn("is-checked", self.find(sel("registry-tls-verify")).get_attribute("class"))
+        self.find(sel("registry-tls-warning"))
+        self.assertEqual(self.value(sel("registry-ca")), PEM_CA)
+        self.assertEqual(self.value(sel("registry-server-name")), "registry.internal")
+        self.assertEqual(self.value(sel("registry-client-key")), "")  # write-only
+        self.assertIn("留空则保持不变", self.find(sel("registry-client-key")).get_attribute("placeholder"))
+        self.wait_text(sel("registry-client-key-set"), "已设置")
+        self.shot("registry-edit-connection-zh")
+        self.click(sel("registry-form-test"))  # the unsaved form with the id: a DNS failure
+        self.wait_text(sel("registry-form-test-result"), "no address for registry.invalid")
+        self.assertEqual(self.step_states(sel("registry-form-test-result")), [("dns", "false", True)])
+        self.assertEqual(self.sent("POST", "^/api/registries/test$")[-1]["id"], first["id"])
+        self.click(sel("registry-save"))
+        self.gone(".el-dialog")
+        put = self.sent("PUT", f"^/api/registries/{first['id']}$")[-1]
+        self.assertEqual({k: put.get(k) for k in ("proxy", "tls_verify", "ca", "client_cert", "server_name")},
+                         {"proxy": "http://corp:****@127.0.0.1:3128", "tls_verify": False, "ca": PEM_CA,
+                          "client_cert": PEM_CA, "server_name": "registry.internal"})
+        self.assertNotIn("client_key", put)  # kept
+
+        self.click(sel(f"registry-edit-{first['name']}"))  # clear the key, turn verification on
+        self.click(sel("registry-client-key-clear"))
+        self.click(sel("registry-tls-verify"))
+        self.gone(sel("registry-tls-warning"))
+        self.click(sel("registry-proxy-default"))
+        self.gone(sel("registry-proxy"))
+        self.click(sel("registry-save"))
+        self.gone(".el-dialog")
+        put = self.sent("PUT", f"^/api/registries/{first['id']}$")[-1]
+        self.assertEqual((put["client_key"], put["tls_verify"], put["proxy"]), ("", True, None))
+
+        self.click(sel(f"registry-edit-{second['name']}"))  # "direct"; a new key
+        self.wait().until(lambda d: "is-checked" in self.find(sel("registry-proxy-direct")).get_attribute("class"),
+                          "direct checked")
+        self.assertFalse(d.find_elements("css selector", sel("registry-client-key-set")))
+        self.find(sel("registry-client-key")).send_keys(PEM_KEY)
+        self.click(sel("registry-save"))
+        self.gone(".el-dialog")
+        put = self.sent("PUT", f"^/api/registries/{second['id']}$")[-1]
+        self.assertEqual((put["proxy"], put["client_key"]), ("", PEM_KEY))
+
+        # --- English ----------------------------------------------------------------------------
+        self.click(sel("lang-toggle"))
+        self.wait_text(sel(f"registry-tls-off-{first['name']}"), "TLS verify off")
+        self.wait_text(sel(f"registry-proxy-tag-{first['name']}"), "proxy")
+        self.click(sel(f"registry-test-{first['name']}"))
+        self.wait_text(sel("registries-table") + ' .test-result[data-failed-step="tls"]', "TLS handshake")
+        self.click(sel("registry-add"))
+        self.wait_text(sel("registry-conn"), "Connection")
+        self.open_section()
+        self.click(sel("registry-tls-verify"))
+        self.wait_text(sel("registry-tls-warning"), "tampered")
+        self.shot("registry-connection-en")
+        self.close_dialog()

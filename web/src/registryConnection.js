@@ -65,7 +65,7 @@ export function hasCustomConnection(row) {
   )
 }
 
-// scheme://host[:port] with optional user:password@ (the server checks the rest).
+// http://, socks5:// or socks5h:// then [user:password@]host[:port] (the server checks the rest).
 export function looksLikeProxyUrl(value) {
-  return /^(https?|socks5h?|socks4a?):\/\/[^\s/?#]+\/?$/i.test(value || '')
+  return /^(http|socks5h?):\/\/[^\s/?#]+\/?$/i.test(value || '')
 }
