@@ -27,6 +27,7 @@ ROUTES = [
     ("PUT", "/api/registries/1", {"name": "x"}),
     ("DELETE", "/api/registries/1", None),
     ("POST", "/api/registries/1/test", None),
+    ("POST", "/api/registries/test", {"url": "https://x.example"}),
     ("GET", "/api/whitelists", None),
     ("POST", "/api/whitelists", {"prefix": "library/"}),
     ("GET", "/api/whitelists/match?repository=nginx", None),

@@ -58,7 +58,10 @@ class RegistryRouteTests(AdminTestMixin, unittest.TestCase):
                                          "consecutive_failures": 0})
         self.assertEqual(set(hub), {"id", "name", "url", "priority", "enabled", "username",
                                     "has_password", "created_at", "updated_at", "health", "rate_limit",
-                                    "namespace"})
+                                    "namespace", "proxy", "tls_verify", "ca", "client_cert",
+                                    "has_client_key", "server_name"})
+        self.assertEqual((hub["proxy"], hub["tls_verify"], hub["ca"], hub["client_cert"],
+                          hub["has_client_key"], hub["server_name"]), (None, True, "", "", False, ""))
         self.assertIsNone(hub["rate_limit"])  # no upstream said anything about its limit yet
         self.assertEqual(hub["namespace"], "docker.io")  # the seeded row, migrated
 
@@ -318,7 +321,7 @@ class RegistryRouteTests(AdminTestMixin, unittest.TestCase):
         code, _h, obj = await self.call("POST", f"/api/registries/{made['id']}/test")
         self.assertEqual(code, 200, obj)
         self.assertEqual(obj, {"ok": True, "status": 200, "latency_ms": 12.5, "auth": "bearer",
-                               "error": None})
+                               "error": None, "steps": []})
         [row] = self.upstreams.probes
         self.assertEqual((row["id"], row["url"], row["password"]), (made["id"], "https://quay.io", "pw"))
 
@@ -327,7 +330,7 @@ class RegistryRouteTests(AdminTestMixin, unittest.TestCase):
         self.upstreams.probe_result = {"ok": False, "error": "connection refused", "extra": 1}
         _c, _h, obj = await self.call("POST", "/api/registries/1/test")
         self.assertEqual(obj, {"ok": False, "status": None, "latency_ms": None, "auth": "unknown",
-                               "error": "connection refused"})
+                               "error": "connection refused", "steps": []})
         self.upstreams.probe_result = RuntimeError("boom")
         code, _h, obj = await self.call("POST", "/api/registries/1/test")
         self.assertEqual(code, 200)

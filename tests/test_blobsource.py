@@ -12,6 +12,7 @@ from tests.fixtures.cache import CacheTestBase
 from tests.fixtures.helpers import coro
 from tests.fixtures.pgserver import temp_database
 from tests.fixtures.rawhttp import make_request
+from tests.fixtures.upstream import OneAgent
 from zmirror.cache.blobs import CacheBlobs
 from zmirror.registry.blobs import PullThroughBlobs
 from zmirror.oci.errors import RegistryError
@@ -47,7 +48,7 @@ class ProtocolTests(unittest.TestCase):
         db = temp_database(self, reactor)
         cache = CacheBlobs(self.mktemp(), db, reactor, max_size=1 << 20)
         self.addCleanup(cache.transfers.stop)
-        pool = UpstreamPool(None, Clock(), health=UpstreamHealth(Clock()))
+        pool = UpstreamPool(OneAgent(None), Clock(), health=UpstreamHealth(Clock()))
         remote = RemoteBlobs(Failover(pool, Clock()), Clock())
         for source in (cache, remote, PullThroughBlobs(cache, remote), PullThroughBlobs(None, remote),
                        MemoryBlobs()):
@@ -57,7 +58,7 @@ class ProtocolTests(unittest.TestCase):
         db = temp_database(self, reactor)
         cache = CacheBlobs(self.mktemp(), db, reactor, max_size=1 << 20)
         self.addCleanup(cache.transfers.stop)
-        proxy = build_proxy(UpstreamPool(None, Clock(), health=UpstreamHealth(Clock())), Clock(), blobs=cache)
+        proxy = build_proxy(UpstreamPool(OneAgent(None), Clock(), health=UpstreamHealth(Clock())), Clock(), blobs=cache)
         self.assertIsInstance(proxy.blob_source, PullThroughBlobs)
         self.assertIs(proxy.blob_source.local, cache)
         self.assertIs(proxy.blob_source.remote.threads, cache.transfers)

@@ -22,6 +22,7 @@ from twisted.trial import unittest
 from tests.fixtures.fakes import FailingCache, FakeDB, NeverWrites
 from tests.fixtures.helpers import Captured, coro, eventually, write_default_config
 from tests.fixtures.metrics import samples, value
+from tests.fixtures.upstream import OneAgent
 from zmirror.auth.lockout import Lockout
 from zmirror.auth.lockoutsync import CLEAR_EVENT, FAILURE_EVENT, LockoutSync
 from zmirror.cache import dirlock
@@ -207,7 +208,7 @@ class HealthSharingMetricsTests(unittest.TestCase):
         for _ in range(2):
             bus = hub.bus()
             health = UpstreamHealth(clock, cooldown=30)
-            pool = UpstreamPool(None, clock, health=health)
+            pool = UpstreamPool(OneAgent(None), clock, health=health)
             sharing = HealthSharing(health, bus, None, clock)
             pool.set_registries([dict(r) for r in ROWS])
             m = Metrics(process=False)

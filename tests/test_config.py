@@ -363,3 +363,60 @@ class TagLimitConfigTests(unittest.TestCase):
         self.assertEqual(self.parse("[cache]\nmanifest_tags_in_memory = 500\n").cache.manifest_tags_in_memory, 500)
         with self.assertRaises(ConfigError):
             self.parse("[cache]\nmanifest_tags_in_memory = 0\n")
+
+
+class UpstreamProxyConfigTests(unittest.TestCase):
+    """[upstream] proxy and no_proxy: checked, absent vs. empty known (the environment)."""
+
+    def parse(self, text):
+        return parse_config(text, data_dir=Path("/srv/d"), config_path=Path("/srv/d/config.toml"))
+
+    def test_absent_keys_mean_the_environment(self):
+        for cfg in (self.parse(""), self.parse(DEFAULT_CONFIG), self.parse("[upstream]\ncooldown = 5\n")):
+            self.assertIsNone(cfg.upstream.proxy)
+            self.assertIsNone(cfg.upstream.no_proxy)
+            self.assertTrue(cfg.upstream.proxy_from_environment)
+        self.assertEqual(self.parse(DEFAULT_CONFIG).warnings, ())
+
+    def test_present_keys_replace_the_environment(self):
+        cfg = self.parse('[upstream]\nproxy = ""\n')
+        self.assertEqual(cfg.upstream.proxy, "")  # direct, whatever the environment says
+        self.assertFalse(cfg.upstream.proxy_from_environment)
+        cfg = self.parse('[upstream]\nno_proxy = ".corp.example"\n')
+        self.assertIsNone(cfg.upstream.proxy)
+        self.assertFalse(cfg.upstream.proxy_from_environment)
+
+    def test_values_normalized(self):
+        cfg = self.parse('[upstream]\nproxy = " HTTP://u:p%40ss@Proxy.Example:3128/ "\n'
+                         'no_proxy = "localhost, .corp.example  10.0.0.0/8,[::1]:5000"\n')
+        self.assertEqual(cfg.upstream.proxy, "http://u:p%40ss@proxy.example:3128")
+        self.assertEqual(cfg.upstream.no_proxy, "localhost,.corp.example,10.0.0.0/8,[::1]:5000")
+        for url in ("socks5://127.0.0.1:1080", "socks5h://user:pw@tunnel.example:1080", "http://proxy"):
+            self.assertEqual(self.parse(f'[upstream]\nproxy = "{url}"\n').upstream.proxy, url)
+
+    def test_bad_values_name_the_key_and_hide_the_password(self):
+        for bad in ('"ftp://u:SECRETpw@h:21"', '"https://u:SECRETpw@h:443"', '"u:SECRETpw@host:3128"',
+                    '"http://u:SECRETpw@h:99999"', '"http://u:SECRETpw@:3128"',
+                    '"http://u:SECRETpw@h:3128/path"', '"http://u:SECRETpw@h:3128?x=1"',
+                    '"http://u:SECRETpw@h 1:3128"', "3128", "true"):
+            with self.assertRaises(ConfigError, msg=bad) as e:
+                self.parse(f"[upstream]\nproxy = {bad}\n")
+            msg = str(e.exception)
+            self.assertIn("upstream.proxy", msg)
+            self.assertNotIn("SECRETpw", msg)
+            self.assertNotIn("\n", msg)
+        for bad in ('"host;rm"', "[\"a\"]", '"a,b\\u0000"'):
+            with self.assertRaises(ConfigError, msg=bad) as e:
+                self.parse(f"[upstream]\nno_proxy = {bad}\n")
+            self.assertIn("upstream.no_proxy", str(e.exception))
+
+    def test_default_config_explains_them_in_both_languages(self):
+        text = DEFAULT_CONFIG.split("[upstream]", 1)[1].split("\n[", 1)[0]
+        self.assertIn("# proxy = ", text)
+        self.assertIn("# no_proxy = ", text)
+        self.assertIn("HTTPS_PROXY", text)
+        self.assertIn("环境变量", text)
+        # the commented examples are valid values
+        examples = "\n".join(ln[2:] for ln in text.splitlines() if ln.startswith(("# proxy =", "# no_proxy =")))
+        cfg = self.parse(f"[upstream]\n{examples}\n")
+        self.assertEqual(cfg.upstream.proxy, "http://user:password@proxy.example:3128")

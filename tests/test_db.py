@@ -6,7 +6,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.trial import unittest
 
 from zmirror.db.errors import DatabaseError
-from zmirror.db.schema import latest_version
+from zmirror.db.schema import latest_version, migrations, split_sql
 from zmirror.db.sqlite import Database, migrate
 
 
@@ -53,6 +53,29 @@ class MigrateTests(unittest.TestCase):
         self.path.write_bytes(b"this is not sqlite" * 100)
         with self.assertRaises(DatabaseError):
             migrate(self.path)
+
+
+    def test_upstream_tls_columns_added_to_existing_rows(self):
+        """0007: a database at version 6 with registries keeps them; they get the
+        default proxy (NULL), verification on and empty TLS settings."""
+        self.path.parent.mkdir(parents=True)
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        for version, _name, sql in migrations():
+            if version > 6:
+                break
+            for stmt in split_sql(sql):
+                conn.execute(stmt)
+        conn.execute("PRAGMA user_version = 6")
+        conn.execute("INSERT INTO registries (name, url, username, password, created_at, updated_at)"
+                     " VALUES ('Quay', 'https://quay.io', 'bot', 'pw', 1, 1)")
+        conn.close()
+        self.assertEqual(migrate(self.path), latest_version())
+        conn = sqlite3.connect(self.path)
+        rows = conn.execute("SELECT name, password, proxy, tls_verify, ca, client_cert, client_key,"
+                            " server_name FROM registries ORDER BY id").fetchall()
+        conn.close()
+        self.assertEqual(rows, [("Docker Hub", "", None, 1, "", "", "", ""),
+                                ("Quay", "pw", None, 1, "", "", "", "")])
 
 
 class PoolTests(unittest.TestCase):

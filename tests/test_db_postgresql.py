@@ -117,6 +117,31 @@ class MigrateTests(unittest.TestCase):
             self.assertIn("namespace", self.columns(conn, "registries"))
             self.assertIn("resumes", self.columns(conn, "access_logs"))
 
+    def test_upstream_tls_columns_added_to_existing_rows(self):
+        """0007 on a database at version 6 with registries: they keep their values
+        and get the default proxy (NULL), verification on and empty TLS settings."""
+        with postgresql.connect(self.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE schema_version (version BIGINT NOT NULL)")
+            conn.execute("INSERT INTO schema_version VALUES (6)")
+            for version, _name, sql in postgresql.migrations():
+                if version > 6:
+                    break
+                for stmt in split_sql(sql):
+                    postgresql._exec_raw(conn, stmt)
+            conn.execute("INSERT INTO registries (name, url, username, password, created_at, updated_at)"
+                         " VALUES ('Quay', 'https://quay.io', 'bot', 'pw', 1, 1)")
+        self.assertEqual(postgresql.migrate(self.url), latest_version())
+        with postgresql.connect(self.url) as conn:
+            rows = conn.execute("SELECT name, password, proxy, tls_verify, ca, client_cert, client_key,"
+                                " server_name FROM registries ORDER BY id").fetchall()
+            types = dict(conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns"
+                " WHERE table_name = 'registries'").fetchall())
+        self.assertEqual(rows, [("Docker Hub", "", None, 1, "", "", "", ""),
+                                ("Quay", "pw", None, 1, "", "", "", "")])
+        self.assertEqual((types["proxy"], types["tls_verify"], types["client_key"]),
+                         ("text", "bigint", "text"))
+
     def test_errors_name_the_database_without_its_password(self):
         bad = self.url.replace(":pg-test-secret@", ":wrong-Pa55word@")
         with self.assertRaises(DatabaseError) as cm:

@@ -315,18 +315,37 @@ def _status(raw: bytes) -> int:
 
 
 class LoopbackOnlyAgent:
-    """The upstream agent, refusing every address but the fake upstream's."""
+    """An upstream agent, refusing every address but the fake upstream's."""
 
-    def __init__(self, agent, allowed: bytes):
+    def __init__(self, agent, allowed: bytes, refused: list):
         self.agent = agent
         self.allowed = allowed
-        self.refused: list[bytes] = []
+        self.refused = refused
 
     def request(self, method, uri, headers=None, bodyProducer=None):
         if not uri.startswith(self.allowed):
             self.refused.append(uri)
             return fail(error.ConnectionRefusedError("fuzz test: only the fake upstream is reachable"))
         return self.agent.request(method, uri, headers, bodyProducer)
+
+
+class LoopbackOnlyAgents:
+    """The upstream agents (``UpstreamAgents``), each refusing every address but
+    the fake upstream's."""
+
+    def __init__(self, agents, allowed: bytes):
+        self.agents = agents
+        self.allowed = allowed
+        self.refused: list[bytes] = []
+
+    def agent_for(self, up):
+        return LoopbackOnlyAgent(self.agents.agent_for(up), self.allowed, self.refused)
+
+    def retain(self, upstreams):
+        self.agents.retain(upstreams)
+
+    def close(self):
+        return self.agents.close()
 
 
 # --- the tests --------------------------------------------------------------------------
@@ -372,7 +391,7 @@ class SurfaceFuzz(unittest.TestCase):
         (ui / "favicon.svg").write_text("<svg/>")
         self.components = build(config, reactor, ui=WebUI(ui))
         upstreams = self.components.upstreams
-        upstreams.client.agent = LoopbackOnlyAgent(upstreams.client.agent, upstream.encode() + b"/")
+        upstreams.client.agents = LoopbackOnlyAgents(upstreams.client.agents, upstream.encode() + b"/")
         self.top = start_services(self.components)
         self.port = reactor.listenTCP(0, self.components.site, interface="127.0.0.1")
 
@@ -391,8 +410,8 @@ class SurfaceFuzz(unittest.TestCase):
         async def stop():
             await self.port.stopListening()
             await self.top.stopService()
-            # the upstream agent's persistent connections to the fake upstream
-            await self.components.upstreams.client.agent.agent._pool.closeCachedConnections()
+            # the upstream agents' persistent connections to the fake upstream
+            await self.components.upstreams.client.agents.close()
             await self.upstream_port.stopListening()
 
         return Deferred.fromCoroutine(stop())

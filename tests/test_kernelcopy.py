@@ -18,6 +18,7 @@ from twisted.web.server import Site
 
 from tests.fixtures.helpers import coro, spy_constructor, temp_dir
 from tests.fixtures.pgserver import temp_database
+from tests.fixtures.upstream import OneAgent
 from zmirror.accesslog import MemoryAccessLog
 from zmirror.app import ZMirrorApp
 from zmirror.cache import kernelcopy
@@ -66,7 +67,7 @@ class KernelCopyTests(unittest.TestCase):
 
         upstream_pool = HTTPConnectionPool(reactor, persistent=True)
         self.addCleanup(upstream_pool.closeCachedConnections)
-        pool = UpstreamPool(Agent(reactor, pool=upstream_pool), reactor,
+        pool = UpstreamPool(OneAgent(Agent(reactor, pool=upstream_pool)), reactor,
                             health=UpstreamHealth(reactor, cooldown=1), header_timeout=10)
         pool.set_registries([{"id": 1, "name": "up", "url": f"http://127.0.0.1:{up_port.getHost().port}",
                               "priority": 1, "enabled": 1, "username": "", "password": ""}])

@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.fixtures.fakes import FakeBus, FakeDB
+from tests.fixtures.upstream import OneAgent
 from zmirror.app import ZMirrorApp
 from zmirror.health import HealthChecks
 
@@ -146,7 +147,7 @@ class HealthTests(unittest.TestCase):
         from zmirror.upstream.health import UpstreamHealth
         from zmirror.upstream.pool import UpstreamPool
 
-        pool = UpstreamPool(agent=None, clock=self.clock, health=UpstreamHealth(self.clock, cooldown=30))
+        pool = UpstreamPool(OneAgent(None), clock=self.clock, health=UpstreamHealth(self.clock, cooldown=30))
         pool.set_registries([{"id": 1, "name": "hub", "url": "https://hub.test", "priority": 1,
                               "enabled": 1},
                              {"id": 2, "name": "off", "url": "https://off.test", "enabled": 0}])

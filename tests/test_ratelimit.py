@@ -17,7 +17,8 @@ from twisted.web.http_headers import Headers
 from tests.fixtures.proxyenv import ProxyEnv
 from tests.fixtures.admin import AdminTestMixin
 from tests.fixtures.metrics import value
-from tests.fixtures.upstream import MANIFEST, MDIGEST, TAG_PATH, FakeResponse, World, manifest_response
+from tests.fixtures.upstream import (MANIFEST, MDIGEST, TAG_PATH, FakeResponse, OneAgent, World,
+                                     manifest_response)
 from zmirror.cache.manifests import Manifest
 from zmirror.metrics import Metrics
 from zmirror.oci.errors import RegistryError
@@ -429,7 +430,7 @@ class ShownTests(AdminTestMixin, unittest.TestCase):
     def pool(self, hub_id):
         clock = Clock()
         clock.advance(5000)
-        pool = UpstreamPool(None, clock, health=UpstreamHealth(clock))
+        pool = UpstreamPool(OneAgent(None), clock, health=UpstreamHealth(clock))
         pool.set_registries([{"id": hub_id, "name": "Docker Hub", "url": "https://registry-1.docker.io"},
                              {"id": hub_id + 1, "name": "other", "url": "https://other.test"}])
         up, other = pool.upstreams
@@ -482,7 +483,7 @@ class NamespaceTests(unittest.TestCase):
 
     def test_limited_upstream_of_another_namespace_is_not_reported(self):
         clock = Clock()
-        pool = UpstreamPool(agent=None, clock=clock, health=UpstreamHealth(clock))
+        pool = UpstreamPool(OneAgent(None), clock=clock, health=UpstreamHealth(clock))
         pool.set_registries([
             {"id": 1, "name": "hub", "url": "http://a.fake", "priority": 1, "enabled": 1},
             {"id": 2, "name": "ghcr", "url": "http://g.fake", "priority": 1, "enabled": 1,

@@ -25,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from twisted.internet.error import ConnectionLost
 
 from tests.fixtures.helpers import coro
-from tests.fixtures.upstream import (DOCKER_V2, MANIFEST, TAGS_PATH, TAG_PATH, FakeResponse, World,
+from tests.fixtures.upstream import (DOCKER_V2, MANIFEST, TAGS_PATH, TAG_PATH, FakeResponse, OneAgent, World,
                                      manifest_response, token_challenge)
 from zmirror.config import Config, UpstreamConfig
 from zmirror.oci.errors import RegistryError
@@ -411,7 +411,7 @@ class RealConnectionTests(unittest.TestCase):
         self.addCleanup(port.stopListening)
         host = f"127.0.0.1:{port.getHost().port}"
         clock = Clock()
-        pool = UpstreamPool(Agent(reactor), clock, health=UpstreamHealth(clock), header_timeout=10)
+        pool = UpstreamPool(OneAgent(Agent(reactor)), clock, health=UpstreamHealth(clock), header_timeout=10)
         pool.set_registries([{"id": 1, "name": "a", "url": f"http://{host}", "priority": 1, "enabled": 1}])
         proxy = build_proxy(pool, clock, idle_timeout=30)
         d = Deferred.fromCoroutine(proxy.pull(PullRequest(path=parse_path(TAG_PATH), method=b"GET")))

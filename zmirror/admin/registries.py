@@ -1,4 +1,10 @@
-"""``/api/registries``: the upstream registries, with their health and a probe."""
+"""``/api/registries``: the upstream registries, with their health and a probe.
+
+Secrets are write-only: ``password`` and ``client_key`` are never returned
+(``has_password``, ``has_client_key``), the ``proxy`` URL's password comes
+back as ``****``; a PUT that sends ``****`` back, or leaves ``password`` /
+``client_key`` out, keeps what is stored.  The probe (``test``) tries what a
+save would store, before it is saved."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from zmirror.admin.http import maybe, route, update_values
 from zmirror.admin.validate import (
     ApiError,
     Field,
+    Invalid,
     boolean,
     check,
     identifier,
@@ -19,6 +26,12 @@ from zmirror.admin.validate import (
     json_body,
     path_id,
     string,
+)
+from zmirror.admin.registrysettings import (
+    REGISTRY_SETTINGS_FIELDS,
+    registry_settings_out,
+    resolve_settings,
+    settings_problems,
 )
 from zmirror.db.registries import normalize_url
 from zmirror.oci.names import normalize_namespace
@@ -29,6 +42,8 @@ UNKNOWN_HEALTH = {"state": "unknown", "last_error": None, "last_latency_ms": Non
                   "last_checked_at": None, "consecutive_failures": 0}
 RATE_LIMIT_KEYS = ("limit", "remaining", "window", "reset_at", "updated_at")
 PROBE_KEYS = {"ok": False, "status": None, "latency_ms": None, "auth": "unknown", "error": None}
+STEP_NAMES = ("dns", "tcp", "proxy", "tls", "v2")
+STEP_DETAIL_MAX = 500
 
 _NO_COLON = re.compile(r"^[^:\x00-\x1f\x7f]*$")
 
@@ -42,8 +57,12 @@ REGISTRY_FIELDS = {
     "username": Field(string(0, 255, pattern=_NO_COLON,
                              pattern_msg="must not contain ':' or control characters"), default=""),
     "password": Field(string(0, 4096, strip=False), default=""),
+    **REGISTRY_SETTINGS_FIELDS,
 }
 REGISTRY_UPDATE_FIELDS = {"id": Field(identifier), **REGISTRY_FIELDS}
+# an unsaved registry to test: the name may still be empty; with ``id`` the stored
+# values fill in what the body leaves out (as a PUT would)
+REGISTRY_TEST_FIELDS = {**REGISTRY_UPDATE_FIELDS, "name": Field(string(0, 100), default="")}
 
 
 def registry_out(row: dict, health: dict) -> dict:
@@ -62,6 +81,7 @@ def registry_out(row: dict, health: dict) -> dict:
         "namespace": row.get("namespace") or "docker.io",
         "priority": row["priority"], "enabled": bool(row["enabled"]),
         "username": row["username"], "has_password": bool(row["password"]),
+        **registry_settings_out(row),
         "created_at": row["created_at"], "updated_at": row["updated_at"],
         "health": h, "rate_limit": rate_limit,
     }
@@ -94,6 +114,8 @@ class RegistryHandlers:
     @route("/registries", ["POST"])
     async def create(self, request):
         values = check(json_body(request), REGISTRY_FIELDS)
+        resolve_settings(values, None)
+        settings_problems(values)
         row = await self.registries.create(**values)
         return 201, registry_out(row, self._health())
 
@@ -111,6 +133,9 @@ class RegistryHandlers:
         return await self._update(*update_values(request, REGISTRY_UPDATE_FIELDS, path_id(rid)))
 
     async def _update(self, rid: int, values: dict):
+        stored = await self.registries.get(rid)
+        resolve_settings(values, stored)
+        settings_problems({**stored, **values}, changed=values)
         row = await self.registries.update(rid, **values)
         return registry_out(row, self._health())
 
@@ -122,6 +147,35 @@ class RegistryHandlers:
     @route("/registries/<rid>/test", ["POST"])
     async def probe(self, request, rid):
         row = await self.registries.get(path_id(rid))
+        out = await self._probe(row)
+        record = getattr(getattr(self.upstreams, "health", None), "record_probe", None)
+        if record is not None:
+            record(row["id"], out)  # the health column shows what the test found
+        return out
+
+    @route("/registries/test", ["POST"])
+    async def probe_unsaved(self, request):
+        """Test a registry as the dialog has it, before it is saved: with ``id``,
+        what a PUT of this body would store (secrets left out or masked are
+        the stored ones); without, what a POST would create."""
+        values = check(json_body(request), REGISTRY_TEST_FIELDS, partial=True)
+        rid = values.pop("id", None)
+        if rid is None:
+            if "url" not in values:
+                raise Invalid("invalid input: url required", {"url": "required"})
+            row = {k: f.default for k, f in REGISTRY_FIELDS.items() if f.default is not None}
+            row.update(values)
+            resolve_settings(row, None)
+            settings_problems(row)
+        else:
+            stored = await self.registries.get(rid)
+            resolve_settings(values, stored)
+            row = {**stored, **values}
+            settings_problems(row, changed=values)
+        row.setdefault("id", rid or 0)
+        return await self._probe(row)
+
+    async def _probe(self, row: dict) -> dict:
         if self.upstreams is None:
             raise ApiError(503, "the proxy core is not available")
         try:
@@ -134,7 +188,21 @@ class RegistryHandlers:
         out = dict(PROBE_KEYS)
         if isinstance(result, dict):
             out.update({k: result[k] for k in PROBE_KEYS if k in result})
-        record = getattr(getattr(self.upstreams, "health", None), "record_probe", None)
-        if record is not None:
-            record(row["id"], out)  # the health column shows what the test found
+        out["steps"] = probe_steps(result.get("steps") if isinstance(result, dict) else None)
         return out
+
+
+def probe_steps(steps: Any) -> list:
+    """The probe's ``steps`` as the API answers them: ``{"step", "ok", "ms",
+    "detail"}`` each, in order, ending at the first failed one."""
+    out: list = []
+    for s in steps if isinstance(steps, list) else []:
+        if not isinstance(s, dict) or s.get("step") not in STEP_NAMES:
+            continue
+        ms = s.get("ms")
+        ms = round(float(ms), 1) if isinstance(ms, (int, float)) and not isinstance(ms, bool) else None
+        ok = s.get("ok") is True
+        out.append({"step": s["step"], "ok": ok, "ms": ms, "detail": str(s.get("detail") or "")[:STEP_DETAIL_MAX]})
+        if not ok:
+            break
+    return out

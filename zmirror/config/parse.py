@@ -10,6 +10,7 @@ from typing import Any
 
 import toml
 
+from zmirror.config.proxyurl import check_no_proxy, check_proxy_url
 from zmirror.config.schema import (
     AccessConfig,
     AdminConfig,
@@ -147,6 +148,15 @@ def _validate_proxies(key: str, v: tuple[str, ...]) -> tuple[str, ...]:
     return v
 
 
+def _checked(check, key: str, v: Any) -> str:
+    """``check(v)`` with its ValueError as a ConfigError naming ``key`` (the value
+    is not repeated: a proxy URL may hold a password)."""
+    try:
+        return check(v)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
 def _routing_hosts(key: str, v: Any) -> tuple[tuple[str, str], ...]:
     from zmirror.oci.names import normalize_host, normalize_namespace
 
@@ -197,6 +207,8 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "cooldown": lambda k, v: _num(k, v, 0, 86400),
         "resume_attempts": lambda k, v: _int(k, v, 0, 100),
         "resume_deadline": lambda k, v: _num(k, v, 0, 86400),
+        "proxy": lambda k, v: _checked(check_proxy_url, k, v),
+        "no_proxy": lambda k, v: _checked(check_no_proxy, k, v),
     },
     "cache": {
         "enabled": _bool,

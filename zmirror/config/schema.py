@@ -7,7 +7,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 DEFAULT_ADMIN_PASSWORD = "admin123"
 
@@ -88,6 +88,16 @@ class UpstreamConfig:
     cooldown: float = 30.0
     resume_attempts: int = 3
     resume_deadline: float = 300.0
+    # the egress proxy of every upstream without one of its own ("" = direct) and the
+    # hosts reached directly; None: the key is not in the file
+    proxy: Optional[str] = None
+    no_proxy: Optional[str] = None
+
+    @property
+    def proxy_from_environment(self) -> bool:
+        """Neither key is in the file: HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and
+        NO_PROXY (or their lower-case forms) from the environment apply."""
+        return self.proxy is None and self.no_proxy is None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Every change runs in ONE write transaction that also reads the resulting full
 list; subscribers (the proxy core) get that list after the commit, so they keep
 an in-memory copy and never query the database per pull.  The upstream's
-password is stored as given (it cannot be hashed); the admin API never returns it.
+password, the proxy URL's password and the client key are stored as given
+(they cannot be hashed); the admin API never returns them.
 
 Design: docs/design/database.md ("The stores").
 """
@@ -20,9 +21,12 @@ from zmirror.oci.names import DOCKER_HUB, normalize_namespace
 
 log = Logger()
 
+# proxy: None = the [upstream] default, "" = direct, else a proxy URL; tls_verify,
+# ca, client_cert, client_key, server_name: zmirror.upstream.tlsconfig.TLSSettings
+TLS_COLUMNS = ("proxy", "tls_verify", "ca", "client_cert", "client_key", "server_name")
 COLUMNS = ("id", "name", "url", "priority", "enabled", "username", "password",
-           "created_at", "updated_at", "namespace")
-UPDATABLE = ("name", "url", "priority", "enabled", "username", "password", "namespace")
+           "created_at", "updated_at", "namespace") + TLS_COLUMNS
+UPDATABLE = ("name", "url", "priority", "enabled", "username", "password", "namespace") + TLS_COLUMNS
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM registries"
 _ORDER = " ORDER BY priority, id"
 
@@ -68,6 +72,7 @@ def normalize_url(url: str) -> str:
 def _row(values) -> dict:
     row = dict(zip(COLUMNS, values))
     row["enabled"] = bool(row["enabled"])
+    row["tls_verify"] = bool(row["tls_verify"])
     return row
 
 
@@ -125,7 +130,9 @@ class RegistryStore:
     # --- writes (each one transaction, then notify) ------------------------
 
     async def create(self, name: str, url: str, priority: int = 100, enabled: bool = True,
-                     username: str = "", password: str = "", namespace: str = DOCKER_HUB) -> dict:
+                     username: str = "", password: str = "", namespace: str = DOCKER_HUB,
+                     proxy: Optional[str] = None, tls_verify: bool = True, ca: str = "",
+                     client_cert: str = "", client_key: str = "", server_name: str = "") -> dict:
         url = normalize_url(url)
         namespace = normalize_namespace(namespace)
         now = self.clock.seconds()
@@ -134,8 +141,10 @@ class RegistryStore:
             _check_name(txn, name, None)
             txn.execute(
                 "INSERT INTO registries (name, url, priority, enabled, username, password,"
-                " created_at, updated_at, namespace) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (name, url, int(priority), int(bool(enabled)), username, password, now, now, namespace),
+                " created_at, updated_at, namespace, proxy, tls_verify, ca, client_cert, client_key,"
+                " server_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (name, url, int(priority), int(bool(enabled)), username, password, now, now, namespace,
+                 proxy, int(bool(tls_verify)), ca, client_cert, client_key, server_name),
             )
             rid = txn.fetchone()[0]
             return _get(txn, rid), _all(txn)
@@ -155,6 +164,8 @@ class RegistryStore:
             changes["namespace"] = normalize_namespace(changes["namespace"])
         if "enabled" in changes:
             changes["enabled"] = int(bool(changes["enabled"]))
+        if "tls_verify" in changes:
+            changes["tls_verify"] = int(bool(changes["tls_verify"]))
         if "priority" in changes:
             changes["priority"] = int(changes["priority"])
         now = self.clock.seconds()
@@ -190,7 +201,7 @@ class RegistryStore:
     # --- change notification -----------------------------------------------
 
     def subscribe(self, callback: Callable[[list[dict]], Any]) -> Callable[[], None]:
-        """Call ``callback(rows)`` (full list, passwords included) after every
+        """Call ``callback(rows)`` (full list, secrets included) after every
         change.  Returns a function that unsubscribes."""
         self._subscribers.append(callback)
 
@@ -214,4 +225,4 @@ class RegistryStore:
                 log.failure("registry change subscriber failed")
 
 
-__all__ = ["RegistryStore", "normalize_url", "NotFound", "Conflict", "UPDATABLE"]
+__all__ = ["RegistryStore", "normalize_url", "NotFound", "Conflict", "UPDATABLE", "TLS_COLUMNS"]

@@ -27,22 +27,22 @@ _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]{1,65536}$")
 
 
 class UpstreamClient:
-    """Sends requests to upstream registries through ``agent`` (a plain
-    ``Agent``: the bytes relayed must be exactly the upstream's).
+    """Sends requests to upstream registries, each through the agent of the
+    upstream it is made for: ``agents`` (a
+    :class:`zmirror.upstream.agents.UpstreamAgents`: ``agent_for(up)`` and
+    ``close()``) — the registry, its token realm, the hosts it redirects to
+    and the probes all go the upstream's way (its proxy, its TLS settings).
 
     ``header_timeout``: seconds until an answer's headers; ``body_timeout``:
-    reading a token answer (default: the header timeout); ``connections``: the
-    agent's HTTPConnectionPool when known (closed by :meth:`close`);
-    ``drain_timeout``: reading an unwanted small body (:meth:`discard`)."""
+    reading a token answer (default: the header timeout); ``drain_timeout``:
+    reading an unwanted small body (:meth:`discard`)."""
 
-    def __init__(self, agent: Any, clock: Any, *, header_timeout: float = 10.0,
-                 body_timeout: Optional[float] = None, connections: Any = None,
-                 drain_timeout: float = DRAIN_TIMEOUT):
-        self.agent = agent
+    def __init__(self, agents: Any, clock: Any, *, header_timeout: float = 10.0,
+                 body_timeout: Optional[float] = None, drain_timeout: float = DRAIN_TIMEOUT):
+        self.agents = agents
         self.clock = clock
         self.header_timeout = header_timeout
         self.body_timeout = header_timeout if body_timeout is None else body_timeout
-        self.connections = connections
         self.drain_timeout = drain_timeout
         self.tokens = TokenCache(clock)
         self._draining: set = set()  # discard() Deferreds still reading a body
@@ -61,15 +61,16 @@ class UpstreamClient:
 
     async def close(self) -> None:
         """Wait for the bodies being drained (each bounded by its timeout), then
-        close the pooled idle connections (shutdown, tests)."""
+        close the agents' pooled idle connections (shutdown, tests)."""
         pending = list(self._draining)
         for d in pending:
             try:
                 await d
             except CancelledError:
                 pass
-        if self.connections is not None:
-            await self.connections.closeCachedConnections()
+        done = self.agents.close()
+        if done is not None:
+            await done
 
     # -- requests ------------------------------------------------------------------
 
@@ -139,7 +140,7 @@ class UpstreamClient:
         hdrs = {}
         if up.has_credentials:
             hdrs[b"Authorization"] = up.basic_auth()
-        resp = await self._send_once(b"GET", url, hdrs)
+        resp = await self._send_once(up, b"GET", url, hdrs)
         if resp.code != 200:
             self.discard(resp)
             raise UpstreamError(f"token endpoint answered {resp.code}", status=resp.code)
@@ -168,7 +169,7 @@ class UpstreamClient:
             h = dict(hdrs)
             if auth is not None and origin_of(url) == origin:
                 h[b"Authorization"] = auth
-            resp = await self._send_once(method, url, h)
+            resp = await self._send_once(up, method, url, h)
             if resp.code in (301, 302, 303, 307, 308):
                 loc = resp.headers.getRawHeaders(b"location")
                 self.discard(resp)
@@ -187,7 +188,18 @@ class UpstreamClient:
             return resp
         raise UpstreamError("too many redirects", status=502)
 
-    async def _send_once(self, method: bytes, url: str, hdrs: dict):
+    def _agent(self, up: Upstream):
+        """The agent for requests made for ``up``; settings that cannot be used
+        (a PEM that does not load, a proxy URL the agents refuse) are an
+        UpstreamError with the reason."""
+        try:
+            return self.agents.agent_for(up)
+        except ValueError as e:
+            raise UpstreamError(str(e)[:300]) from None
+
+    async def _send_once(self, up: Upstream, method: bytes, url: str, hdrs: dict):
+        """One request for ``up`` (no redirects followed) with the header deadline."""
+        agent = self._agent(up)
         headers = Headers({b"User-Agent": [USER_AGENT]})
         for k, v in hdrs.items():
             if isinstance(v, list):
@@ -196,7 +208,7 @@ class UpstreamClient:
                 headers.setRawHeaders(k, [v])
         raw_url = checked_url(url, "URL").encode("ascii")
         try:
-            d = self.agent.request(method, raw_url, headers, None)
+            d = agent.request(method, raw_url, headers, None)
         except Exception as e:  # e.g. an URI the agent cannot parse
             raise _describe(e, url) from None
         timed_out = []
@@ -228,6 +240,11 @@ def _cancelled(e: Exception) -> bool:
 
 
 def _describe(e: Exception, url: str) -> UpstreamError:
+    from zmirror.upstream.tlsconfig import tls_failure_reason  # the TLS reason, e.g. "certificate verify failed: ..."
+
+    reason = None if isinstance(e, UpstreamError) else tls_failure_reason(e)
+    if reason:
+        return UpstreamError(f"{_host(url)}: {reason}"[:300])
     try:
         raise e
     except ierror.ConnectError as e:

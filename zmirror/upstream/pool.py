@@ -8,52 +8,88 @@ import time
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from zmirror.httpbody import DRAIN_TIMEOUT
 from zmirror.upstream.auth import parse_headers
 from zmirror.upstream.client import UpstreamClient
 from zmirror.upstream.health import UpstreamHealth
 from zmirror.upstream.models import Upstream, UpstreamError
+from zmirror.upstream.tlsconfig import TLSSettings
+
+log = Logger()
+
+
+def upstream_of(row: dict) -> Upstream:
+    """The :class:`Upstream` of a ``registries`` row (or an unsaved registry
+    body of the same shape): its credentials, proxy and TLS settings."""
+    proxy = row.get("proxy")
+    return Upstream(
+        id=int(row.get("id") or 0), name=row.get("name") or str(row.get("url") or ""),
+        url=str(row["url"]).rstrip("/"), priority=int(row.get("priority", 100)),
+        enabled=bool(row.get("enabled", True)),
+        username=row.get("username") or "", password=row.get("password") or "",
+        namespace=row.get("namespace") or "docker.io",
+        proxy=None if proxy is None else str(proxy),
+        tls=TLSSettings(ca=row.get("ca") or "", client_cert=row.get("client_cert") or "",
+                        client_key=row.get("client_key") or "",
+                        verify=bool(row.get("tls_verify", True)),
+                        server_name=row.get("server_name") or ""),
+    )
 
 
 class UpstreamPool:
     """The registry list; requests go through an :class:`UpstreamClient` on
-    ``agent``, what they find goes into ``health``.
+    ``agents`` (a :class:`zmirror.upstream.agents.UpstreamAgents`: each
+    upstream's requests through the agent of its proxy and TLS settings),
+    what they find goes into ``health``.
 
     ``metrics``: a :class:`zmirror.metrics.Metrics` timing and counting the
     requests, or None.  The other keywords are the client's."""
 
-    def __init__(self, agent: Any, clock: Any, *, health: UpstreamHealth, header_timeout: float = 10.0,
-                 body_timeout: Optional[float] = None, connections: Any = None,
-                 drain_timeout: float = DRAIN_TIMEOUT, metrics: Any = None):
+    def __init__(self, agents: Any, clock: Any, *, health: UpstreamHealth, header_timeout: float = 10.0,
+                 body_timeout: Optional[float] = None, drain_timeout: float = DRAIN_TIMEOUT,
+                 metrics: Any = None):
         self.clock = clock
         self.health = health
         self.metrics = metrics
-        self.client = UpstreamClient(agent, clock, header_timeout=header_timeout, body_timeout=body_timeout,
-                                     connections=connections, drain_timeout=drain_timeout)
+        self.agents = agents
+        self.client = UpstreamClient(agents, clock, header_timeout=header_timeout, body_timeout=body_timeout,
+                                     drain_timeout=drain_timeout)
         self.upstreams: list[Upstream] = []
         self.namespaces: frozenset = frozenset()  # of every registries row (set_registries)
+        self._unverified: set = set()  # ids of the upstreams with tls_verify off (warned once)
 
     # -- the registry list -------------------------------------------------------
 
     def set_registries(self, rows: list[dict]) -> None:
-        """Replace the upstream list from ``registries`` rows (keeps health by id)."""
+        """Replace the upstream list from ``registries`` rows (keeps health by
+        id); the agents of settings no upstream uses any more are dropped."""
         ups = []
         for r in rows:
             if not r.get("enabled", True):
                 continue
-            uid = int(r["id"])
-            ups.append(Upstream(
-                id=uid, name=r.get("name") or r["url"], url=str(r["url"]).rstrip("/"),
-                priority=int(r.get("priority", 100)), enabled=True,
-                username=r.get("username") or "", password=r.get("password") or "",
-                health=self.health.record_of(uid), namespace=r.get("namespace") or "docker.io",
-            ))
+            up = upstream_of(r)
+            up.health = self.health.record_of(up.id)
+            ups.append(up)
         ups.sort(key=lambda u: (u.priority, u.id))
+        self._warn_unverified(ups)
         self.upstreams = ups
+        self.agents.retain(ups)
         # every configured namespace, enabled upstreams or not (the routing table's path prefixes)
         self.namespaces = frozenset(r.get("namespace") or "docker.io" for r in rows)
         self.health.set_upstreams(ups, [int(r["id"]) for r in rows])
+
+    def _warn_unverified(self, ups: list[Upstream]) -> None:
+        """One warning for each upstream whose certificate is not checked (when
+        it is first seen so, at start or after a change)."""
+        off = {u.id: u for u in ups if not u.tls.verify}
+        for uid in sorted(set(off) - self._unverified):
+            up = off[uid]
+            log.warn("upstream {name} ({url}): TLS verification is off (tls_verify = false):"
+                     " its certificate and host name are not checked",
+                     name=up.name, url=up.url, upstream_tls_verify=False)
+        self._unverified = set(off)
 
     def candidates(self, namespace: Optional[str] = None, *, counted: bool = False) -> list[Upstream]:
         """The upstreams of ``namespace`` (None: all) to try, in order
@@ -90,12 +126,46 @@ class UpstreamPool:
         await self.client.close()
 
     async def probe(self, row: dict) -> dict:
-        """Reachability and auth of ``/v2/`` for the admin's "test connection"."""
-        up = Upstream(id=int(row.get("id") or 0), name=row.get("name") or "", url=str(row["url"]).rstrip("/"),
-                      username=row.get("username") or "", password=row.get("password") or "")
-        client = self.client
+        """Reachability and auth of ``/v2/`` for the admin's "test connection"
+        (``row``: a registries row or an unsaved registry of the same shape; its
+        proxy and TLS settings apply)."""
+        up = upstream_of(row)
+        try:
+            return await self._probe(up)
+        finally:
+            # an unsaved registry's settings got an agent of their own: not kept
+            self.agents.retain(self.upstreams)
+
+    async def _probe(self, up: Upstream) -> dict:
         started = time.monotonic()
-        out: dict = {"ok": False, "status": None, "latency_ms": None, "auth": "none", "error": None}
+        out: dict = {"ok": False, "status": None, "latency_ms": None, "auth": "none", "error": None,
+                     "steps": []}
+        steps = await self._connection_steps(up)
+        out["steps"] = steps
+        failed = next((s for s in steps if not s.get("ok")), None)
+        if failed is not None:
+            out["error"] = failed.get("detail") or f"{failed.get('step')} failed"
+            out["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
+            return out
+        v2_started = time.monotonic()
+        await self._probe_v2(up, out)
+        ms = round((time.monotonic() - v2_started) * 1000, 1)
+        detail = out["error"] or f"/v2/ answered {out['status']}" + (
+            f" ({out['auth']} auth)" if out["auth"] != "none" else "")
+        steps.append({"step": "v2", "ok": bool(out["ok"]), "ms": ms, "detail": detail})
+        out["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
+        return out
+
+    async def _connection_steps(self, up: Upstream) -> list[dict]:
+        """The steps before ``/v2/`` (dns, tcp, proxy, tls), each
+        ``{"step", "ok", "ms", "detail"}``, ending at the first failed one.
+        HOOK: the step trace of zmirror.upstream.connectiontest goes here; until
+        then there are none and the ``v2`` step stands alone."""
+        return []
+
+    async def _probe_v2(self, up: Upstream, out: dict) -> None:
+        """GET ``/v2/`` with the challenge answered: status, auth, error in ``out``."""
+        client = self.client
         try:
             resp = await client.send(up, b"GET", up.url + "/v2/", {}, None)
             if resp.code == 401:
@@ -113,8 +183,6 @@ class UpstreamPool:
             client.discard(resp)
         except UpstreamError as e:
             out["error"] = str(e)
-        out["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
-        return out
 
 
-__all__ = ["UpstreamPool"]
+__all__ = ["UpstreamPool", "upstream_of"]
