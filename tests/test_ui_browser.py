@@ -1054,17 +1054,8 @@ def steps(*names_ok):
             for i, (n, ok) in enumerate(names_ok)]
 
 
-class ConnectionTests(BrowserCase):
-    """The registry dialog's connection section (proxy, TLS verification, CA, client
-    certificate and key, server name), the "test connection" steps and the rows' TLS-off and
-    proxy markers.
-
-    test_dialog_and_steps gives the page canned API answers for the new fields (stubbed
-    fetch): it checks what the page shows and what it sends, whatever the server knows.
-    test_against_the_api does the same against the real admin API and a TLS upstream signed
-    by a test CA; skipped while the API has no connection fields."""
-
-    width, height, mobile = 1366, 768, False
+class ConnectionCase(BrowserCase):
+    """The registry dialog's connection section: its helpers."""
 
     def setUp(self):
         super().setUp()
@@ -1117,6 +1108,7 @@ class ConnectionTests(BrowserCase):
         return self.wait().until(found, f"{text!r} under {field_css}")
 
     def step_states(self, root: str) -> list:
+        """(step, data-ok, first failed) of each step shown under `root`."""
         from selenium.webdriver.common.by import By
 
         out = []
@@ -1124,6 +1116,19 @@ class ConnectionTests(BrowserCase):
             out.append((li.get_attribute("data-test").removeprefix("test-step-"), li.get_attribute("data-ok"),
                         "first-fail" in li.get_attribute("class")))
         return out
+
+
+class ConnectionTests(ConnectionCase):
+    """The registry dialog's connection section (proxy, TLS verification, CA, client
+    certificate and key, server name), the "test connection" steps and the rows' TLS-off and
+    proxy markers.
+
+    test_dialog_and_steps gives the page canned API answers for the new fields (stubbed
+    fetch): it checks what the page shows and what it sends, whatever the server knows.
+    test_against_the_api does the same against the real admin API and a TLS upstream signed
+    by a test CA; skipped while the API has no connection fields."""
+
+    width, height, mobile = 1366, 768, False
 
     # --- the page with canned answers ----------------------------------------------------------
 
@@ -1415,3 +1420,51 @@ class ConnectionTests(BrowserCase):
         regs = {r["name"]: r for r in self.api_registries()}
         self.assertEqual((regs["private-tls"]["ca"].strip(), regs["private-tls"]["proxy"]),
                          (ca["ca"].strip(), None))  # nothing saved
+
+
+class PhoneConnectionTests(ConnectionCase):
+    """The connection section, the markers and the steps at 390 px (canned answers): cards
+    show the markers, the steps' popover and the full-screen dialog fit the phone."""
+
+    width, height, mobile = 390, 844, True
+
+    def no_overflow(self, what: str):
+        widths = self.driver.execute_script(
+            "const m = document.querySelector('.main');"
+            " return [document.documentElement.scrollWidth, m.scrollWidth, m.clientWidth]")
+        self.assertLessEqual(widths[0], self.width, f"{what}: page wider than the phone {widths}")
+        self.assertLessEqual(widths[1], widths[2], f"{what}: content wider than the page {widths}")
+
+    def test_dialog_and_steps(self):
+        self.driver.get(self.server.base + "/registries")
+        self.find(sel("login-username"))
+        self.login()
+        self.find(sel("registries-table"))
+        row = dict(self.api_registries()[0], proxy="socks5h://127.0.0.1:1080", tls_verify=False, ca="",
+                   client_cert="", has_client_key=False, server_name="")
+        self.stub({"method": "GET", "path": "^/api/registries$", "status": 200, "body": {"items": [row]}},
+                  {"method": "POST", "path": "^/api/registries/\\d+/test$", "status": 200,
+                   "body": {"ok": False, "status": None, "latency_ms": None, "auth": "unknown", "error": TLS_FAIL,
+                            "steps": steps(("dns", True), ("tcp", True), ("proxy", True), ("tls", False))}})
+        self.click(".toolbar .el-button:nth-child(2)")  # refresh
+        self.wait_text(sel(f"registry-tls-off-{row['name']}"), "未校验证书")
+        self.find(sel(f"registry-proxy-tag-{row['name']}"))
+        self.click(sel(f"registry-test-{row['name']}"))
+        marker = sel("registries-table") + ' .test-result[data-failed-step="tls"]'
+        self.click(marker)
+        popover = ".test-popover " + sel("test-steps")
+        self.wait_text(popover, "在此步失败")
+        right = self.driver.execute_script(
+            "return document.querySelector('.test-popover').getBoundingClientRect().right")
+        self.assertLessEqual(right, self.width)
+        self.no_overflow("registries")
+        self.shot("registry-test-steps-zh")
+        self.click(sel("registries-table") + " .ns-name")
+        self.gone(popover)
+
+        self.click(sel(f"registry-edit-{row['name']}"))
+        self.wait().until(lambda d: self.value(sel("registry-proxy")) == "socks5h://127.0.0.1:1080", "proxy shown")
+        self.find(sel("registry-tls-warning"))
+        self.settled()
+        self.shot("registry-connection-zh")
+        self.close_dialog()
