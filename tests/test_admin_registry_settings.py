@@ -145,6 +145,7 @@ class RegistrySettingsTests(AdminTestMixin, unittest.TestCase):
             ("proxy", "http://proxy.example:3128?x=1"),
             ("proxy", "http://pro xy.example:3128"),
             ("proxy", "http://u:SECRET@proxy\n.example:3128"),
+            ("proxy", "socks5://" + "u" * 300 + ":SECRET@proxy.example:1080"),  # refused by the agents
             ("tls_verify", "false"),
             ("tls_verify", 0),
             ("ca", "not a certificate"),
@@ -262,3 +263,19 @@ class ProbeStepsTests(unittest.TestCase):
 from tests.fixtures.pgserver import on_postgresql  # noqa: E402
 
 RegistrySettingsPostgresTests = on_postgresql(RegistrySettingsTests)
+
+
+class HandWrittenRowTests(AdminTestMixin, unittest.TestCase):
+    """A proxy value written into the table by hand is never shown if it is not a
+    proxy URL (it might hold a password anywhere), and never a 500."""
+
+    @coro
+    async def test_odd_stored_proxies(self):
+        for stored, shown in (("user:SECRET@host:3128", "(invalid proxy URL)"),
+                              ("http://u:SECRET@[::1", "(invalid proxy URL)"),
+                              ("http://u:SECRET@h:3128", "http://u:****@h:3128")):
+            self.db.conn.execute("UPDATE registries SET proxy = ? WHERE id = 1", (stored,))
+            code, _h, obj = await self.call("GET", "/api/registries/1")
+            self.assertEqual(code, 200, obj)
+            self.assertEqual(obj["proxy"], shown)
+            self.assertNotIn("SECRET", repr(obj))

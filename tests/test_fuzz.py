@@ -348,6 +348,19 @@ class LoopbackOnlyAgents:
         return self.agents.close()
 
 
+def loopback_only_tracer(tracer, allowed: str):
+    """The probe's connection test (``UpstreamPool.tracer``), failing at once for every
+    upstream but the fake one (a fuzzed registry URL is never resolved or connected to)."""
+
+    async def trace(up):
+        if up.url.rstrip("/") != allowed:
+            return [{"step": "dns", "ok": False, "ms": None,
+                     "detail": "fuzz test: only the fake upstream is reachable"}]
+        return await tracer(up)
+
+    return trace
+
+
 # --- the tests --------------------------------------------------------------------------
 
 
@@ -392,6 +405,7 @@ class SurfaceFuzz(unittest.TestCase):
         self.components = build(config, reactor, ui=WebUI(ui))
         upstreams = self.components.upstreams
         upstreams.client.agents = LoopbackOnlyAgents(upstreams.client.agents, upstream.encode() + b"/")
+        upstreams.tracer = loopback_only_tracer(upstreams.tracer, upstream)
         self.top = start_services(self.components)
         self.port = reactor.listenTCP(0, self.components.site, interface="127.0.0.1")
 

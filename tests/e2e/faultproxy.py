@@ -1,6 +1,8 @@
 """A fault-injecting HTTP/1.1 TCP proxy on 127.0.0.1 for the e2e tests and ``bench/faults.py``.
 
 Put a :class:`FaultProxy` between zmirror and a real registry (one proxy per upstream row).
+With ``tls`` (a server ``ssl.SSLContext``) it serves zmirror over HTTPS, so every fault below
+hits a TLS stream (a cut or reset lands mid-record, with no close_notify).
 It forwards every request verbatim (``Range`` included: the registry answers it) and relays
 the response byte for byte; it only parses enough HTTP to know where each response body
 starts and ends on a keep-alive connection (status line, ``Content-Length``, chunked framing,
@@ -40,6 +42,7 @@ from __future__ import annotations
 import json
 import random
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -194,8 +197,9 @@ class _Closed(Exception):
 class FaultProxy:
     def __init__(self, target_port: int, *, name: str = "", rate: float | None = None, seed: int = 0,
                  max_connections: int = 64, chunk: int = 256 * 1024, target_host: str = "127.0.0.1",
-                 max_events: int = 10_000):
+                 max_events: int = 10_000, tls: ssl.SSLContext | None = None):
         self.target = (target_host, target_port)
+        self.tls = tls  # a server context: zmirror talks TLS to this proxy (the registry behind it, plain HTTP)
         self.name = name or f"faultproxy-{target_port}"
         self.rate = rate  # response pacing per connection, bytes/s (None: unlimited); may change any time
         self.chunk = chunk
@@ -222,7 +226,7 @@ class FaultProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def plan(self, match: Match, script: list[Fault] = (), then=PASS, *, replace: bool = True) -> FaultProxy:
         """Faults for the requests ``match`` accepts: ``script`` in order, then ``then`` for ever.
@@ -370,6 +374,13 @@ class FaultProxy:
         cbuf, ubuf = b"", b""
         try:
             client.settimeout(600)
+            if self.tls is not None:
+                # the TLS socket replaces the TCP one: closing or resetting it (a fault) acts on
+                # the same connection, cutting the TLS stream mid-record, without close_notify
+                tcp, client = client, self.tls.wrap_socket(client, server_side=True)
+                with self._lock:
+                    self._socks.discard(tcp)
+                    self._socks.add(client)
             while not self._closing.is_set():
                 head, cbuf = _read_head(client, cbuf, self._closing)
                 if head is None:
@@ -424,7 +435,7 @@ class FaultProxy:
                 ev.done = True
                 if ev.length is None or rheaders.get("connection", "").lower() == "close":
                     return
-        except (_Closed, OSError, ValueError):
+        except (_Closed, OSError, ValueError):  # ssl.SSLError is an OSError
             return
         finally:
             for s in (client, up):

@@ -133,6 +133,11 @@ class Upstream:
     enabled: bool = True
     priority: int | None = None  # default: position in the list (1-based)
     namespace: str = "docker.io"  # the registry host it mirrors (registries.namespace, migration 0004)
+    # the connection settings (the registries columns of the same names): the egress proxy
+    # (None: the default), the CA bundle trusted for it, certificate verification
+    proxy: str | None = None
+    ca: str = ""
+    tls_verify: bool = True
 
 
 @dataclass
@@ -435,7 +440,7 @@ def write_registries(db_path: Path | str, upstreams: list[Upstream]) -> None:
 
         postgresql.migrate(db_path)
         conn = postgresql.connect(db_path)  # its cursors take the same "?" SQL
-        columns = {"namespace"}  # migrated to this checkout's latest schema just now
+        columns = {"namespace", "proxy", "ca", "tls_verify"}  # migrated to this checkout's latest schema just now
     else:
         from zmirror.db.sqlite import migrate
 
@@ -444,22 +449,21 @@ def write_registries(db_path: Path | str, upstreams: list[Upstream]) -> None:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(registries)")}
     now = time.time()
     try:
-        with_ns = "namespace" in columns
-        if not with_ns and any(u.namespace != "docker.io" for u in upstreams):
-            raise HarnessError("this zmirror's registries table has no namespace column (migration 0004)")
+        optional = {"namespace": ("docker.io", lambda u: u.namespace), "proxy": (None, lambda u: u.proxy),
+                    "ca": ("", lambda u: u.ca), "tls_verify": (True, lambda u: u.tls_verify)}
+        for col, (default, get) in optional.items():
+            if col not in columns and any(get(u) != default for u in upstreams):
+                raise HarnessError(f"this zmirror's registries table has no {col} column")
+        extra = [c for c in optional if c in columns]
+        names = ["name", "url", "priority", "enabled", "username", "password", "created_at", "updated_at", *extra]
+        sql = f"INSERT INTO registries ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
         with conn:
             conn.execute("DELETE FROM registries")
             for i, u in enumerate(upstreams, 1):
                 row = (u.name, u.url, u.priority if u.priority is not None else i, int(u.enabled), u.username,
                        u.password, now, now)
-                if with_ns:
-                    conn.execute(
-                        "INSERT INTO registries (name, url, priority, enabled, username, password, created_at, "
-                        "updated_at, namespace) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row + (u.namespace,))
-                else:
-                    conn.execute(
-                        "INSERT INTO registries (name, url, priority, enabled, username, password, created_at, "
-                        "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+                values = [optional[c][1](u) for c in extra]
+                conn.execute(sql, row + tuple(int(v) if isinstance(v, bool) else v for v in values))
     finally:
         conn.close()
 

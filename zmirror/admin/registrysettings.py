@@ -16,16 +16,22 @@ from typing import Any, Optional
 
 from zmirror.admin.validate import Field, Invalid, boolean, string
 from zmirror.config.proxyurl import MASK, check_proxy_url, mask_proxy_url, proxy_password, with_proxy_password
+from zmirror.upstream.egress import parse_proxy
 from zmirror.upstream.tlsconfig import MAX_PEM, server_name_error, tls_field_errors
 
 TLS_FIELDS = ("tls_verify", "ca", "client_cert", "client_key", "server_name")
 
 
 def proxy_field(x: Any) -> Optional[str]:
-    """null (the default proxy) or a checked proxy URL ("" = direct)."""
+    """null (the default proxy) or a checked proxy URL ("" = direct): of the
+    form :func:`~zmirror.config.proxyurl.check_proxy_url` takes, and one the
+    agents can use (:func:`~zmirror.upstream.egress.parse_proxy`)."""
     if x is None:
         return None
-    return check_proxy_url(x)
+    url = check_proxy_url(x)
+    if url:
+        parse_proxy(url)
+    return url
 
 
 def pem_field(x: Any) -> str:

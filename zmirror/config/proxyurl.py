@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 PROXY_SCHEMES = ("http", "socks5", "socks5h")
 MASK = "****"  # what a proxy password looks like in answers, and sent back: "keep it"
+INVALID = "(invalid proxy URL)"
 PROXY_URL_MAX = 2048
 NO_PROXY_MAX = 8192
 _NO_PROXY_ITEM = re.compile(r"^[A-Za-z0-9._*:/\[\]%-]{1,255}$")
@@ -57,7 +58,11 @@ def proxy_password(url: Optional[str]) -> str:
     """The password part of a proxy URL ("" without one)."""
     if not url:
         return ""
-    userinfo, at, _ = urlsplit(url).netloc.rpartition("@")
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:  # not a URL (a row written by hand): nothing to show or keep
+        return ""
+    userinfo, at, _ = netloc.rpartition("@")
     return userinfo.partition(":")[2] if at else ""
 
 
@@ -70,8 +75,15 @@ def with_proxy_password(url: str, password: str) -> str:
 
 
 def mask_proxy_url(url: Optional[str]) -> Optional[str]:
-    """``url`` with its password shown as ``****`` (None and "" unchanged)."""
-    if not url or not proxy_password(url):
+    """``url`` with its password shown as ``****`` (None and "" unchanged; a
+    value that is no URL as a placeholder that shows nothing of it)."""
+    if not url:
+        return url
+    try:
+        check_proxy_url(url)
+    except ValueError:  # a row written by hand: it might hold a password anywhere
+        return INVALID
+    if not proxy_password(url):
         return url
     return with_proxy_password(url, MASK)
 

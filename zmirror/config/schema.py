@@ -90,7 +90,7 @@ class UpstreamConfig:
     resume_deadline: float = 300.0
     # the egress proxy of every upstream without one of its own ("" = direct) and the
     # hosts reached directly; None: the key is not in the file
-    proxy: Optional[str] = None
+    proxy: Optional[str] = field(default=None, repr=False)  # may hold a password
     no_proxy: Optional[str] = None
 
     @property

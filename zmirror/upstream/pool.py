@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
 from zmirror.httpbody import DRAIN_TIMEOUT
@@ -45,20 +45,26 @@ class UpstreamPool:
     what they find goes into ``health``.
 
     ``metrics``: a :class:`zmirror.metrics.Metrics` timing and counting the
-    requests, or None.  The other keywords are the client's."""
+    requests, or None.  ``tracer``: the connection steps of the admin's
+    probe before ``/v2/`` — an async callable ``(up) -> [{"step", "ok",
+    "ms", "detail"}, ...]`` (dns, tcp, proxy, tls; ending at the first failed
+    one), or None (the probe has the ``v2`` step alone).  The other keywords
+    are the client's."""
 
     def __init__(self, agents: Any, clock: Any, *, health: UpstreamHealth, header_timeout: float = 10.0,
                  body_timeout: Optional[float] = None, drain_timeout: float = DRAIN_TIMEOUT,
-                 metrics: Any = None):
+                 metrics: Any = None, tracer: Any = None):
         self.clock = clock
         self.health = health
         self.metrics = metrics
+        self.tracer = tracer
         self.agents = agents
         self.client = UpstreamClient(agents, clock, header_timeout=header_timeout, body_timeout=body_timeout,
                                      drain_timeout=drain_timeout)
         self.upstreams: list[Upstream] = []
         self.namespaces: frozenset = frozenset()  # of every registries row (set_registries)
         self._unverified: set = set()  # ids of the upstreams with tls_verify off (warned once)
+        self._probing: list[Upstream] = []  # the upstreams of the probes running (their agents kept)
 
     # -- the registry list -------------------------------------------------------
 
@@ -75,10 +81,14 @@ class UpstreamPool:
         ups.sort(key=lambda u: (u.priority, u.id))
         self._warn_unverified(ups)
         self.upstreams = ups
-        self.agents.retain(ups)
+        self._retain()
         # every configured namespace, enabled upstreams or not (the routing table's path prefixes)
         self.namespaces = frozenset(r.get("namespace") or "docker.io" for r in rows)
         self.health.set_upstreams(ups, [int(r["id"]) for r in rows])
+
+    def _retain(self) -> None:
+        """Drop the agents neither an upstream nor a running probe uses."""
+        self.agents.retain(self.upstreams + self._probing)
 
     def _warn_unverified(self, ups: list[Upstream]) -> None:
         """One warning for each upstream whose certificate is not checked (when
@@ -130,11 +140,14 @@ class UpstreamPool:
         (``row``: a registries row or an unsaved registry of the same shape; its
         proxy and TLS settings apply)."""
         up = upstream_of(row)
+        self._probing.append(up)
         try:
             return await self._probe(up)
         finally:
-            # an unsaved registry's settings got an agent of their own: not kept
-            self.agents.retain(self.upstreams)
+            self._probing.remove(up)
+            # an unsaved registry's settings got an agent of their own: dropped (its
+            # idle connection closed) the turn after, when the connection is back in its pool
+            self.clock.callLater(0, self._retain)
 
     async def _probe(self, up: Upstream) -> dict:
         started = time.monotonic()
@@ -157,11 +170,19 @@ class UpstreamPool:
         return out
 
     async def _connection_steps(self, up: Upstream) -> list[dict]:
-        """The steps before ``/v2/`` (dns, tcp, proxy, tls), each
-        ``{"step", "ok", "ms", "detail"}``, ending at the first failed one.
-        HOOK: the step trace of zmirror.upstream.connectiontest goes here; until
-        then there are none and the ``v2`` step stands alone."""
-        return []
+        """The steps before ``/v2/`` (dns, tcp, proxy, tls) from ``tracer``,
+        each ``{"step", "ok", "ms", "detail"}``, ending at the first failed
+        one ([] without a tracer)."""
+        if self.tracer is None:
+            return []
+        try:
+            steps = await self.tracer(up)
+        except CancelledError:
+            raise
+        except Exception:
+            log.failure("connection test of {url} failed", url=up.url)
+            return []
+        return [dict(s) for s in steps or [] if isinstance(s, dict)]
 
     async def _probe_v2(self, up: Upstream, out: dict) -> None:
         """GET ``/v2/`` with the challenge answered: status, auth, error in ``out``."""
@@ -172,15 +193,19 @@ class UpstreamPool:
                 challenges = parse_headers(resp.headers.getRawHeaders(b"www-authenticate"))
                 schemes = {c.scheme for c in challenges}
                 out["auth"] = "bearer" if "bearer" in schemes else "basic" if "basic" in schemes else "unknown"
-                auth = await client.answer_challenge(up, challenges, None)
-                client.discard(resp)
+                try:
+                    auth = await client.answer_challenge(up, challenges, None)
+                except UpstreamError:
+                    client.discard(resp)
+                    raise
                 if auth is not None:
+                    await client.discard(resp)  # read: its connection goes back to its pool
                     resp = await client.send(up, b"GET", up.url + "/v2/", {}, auth)
             out["status"] = resp.code
             out["ok"] = resp.code == 200
             if not out["ok"]:
                 out["error"] = f"/v2/ answered {resp.code}"
-            client.discard(resp)
+            await client.discard(resp)  # read: its connection goes back to its pool
         except UpstreamError as e:
             out["error"] = str(e)
 
