@@ -1126,7 +1126,8 @@ class ConnectionTests(ConnectionCase):
     test_dialog_and_steps gives the page canned API answers for the new fields (stubbed
     fetch): it checks what the page shows and what it sends, whatever the server knows.
     test_against_the_api does the same against the real admin API and a TLS upstream signed
-    by a test CA; skipped while the API has no connection fields."""
+    by a test CA, test_proxy_against_the_api through tinyproxy; both skip while the API has no
+    connection fields (and the latter without tinyproxy)."""
 
     width, height, mobile = 1366, 768, False
 
@@ -1317,9 +1318,12 @@ class ConnectionTests(ConnectionCase):
         with sqlite3.connect(path) as db:
             return db.execute("SELECT proxy FROM registries WHERE name = ?", (name,)).fetchone()[0]
 
-    def test_against_the_api(self):
+    def need_api(self):
         if "tls_verify" not in self.api_registries()[0]:
             raise unittest.SkipTest("the admin API has no registry connection fields yet")
+
+    def test_against_the_api(self):
+        self.need_api()
         d = self.driver
         ca = ui_browser.make_test_ca(self.out / "ca")
         upstream = ui_browser.FakeUpstream(tls=ca["context"])
@@ -1338,18 +1342,15 @@ class ConnectionTests(ConnectionCase):
         self.click(sel("registry-form-test"))
         result = sel("registry-form-test-result")
         self.wait_text(result, "连接失败", timeout=30)
-        failed = self.find(result + " li.step.first-fail")
-        self.assertEqual(failed.get_attribute("data-ok"), "false")
-        self.assertIn("certificate verify failed", failed.text)
-        self.assertEqual([s for s in self.step_states(result) if s[1] == "false"],
-                         [(failed.get_attribute("data-test").removeprefix("test-step-"), "false", True)])
+        self.assertEqual(self.step_states(result), [("dns", "true", False), ("tcp", "true", False),
+                                                    ("tls", "false", True)])
+        self.assertIn("certificate verify failed", self.find(result + " li.step.first-fail").text)
         self.shot("registry-form-test-cafail-zh")
         self.find(sel("registry-ca")).send_keys(ca["ca"])
         self.click(sel("registry-form-test"))
         self.wait_text(result, "连接成功", timeout=30)
-        states = self.step_states(result)
-        self.assertEqual(states[-1], ("v2", "true", False), states)
-        self.assertTrue(all(ok == "true" for _, ok, _ in states), states)
+        self.assertEqual(self.step_states(result), [(n, "true", False) for n in ("dns", "tcp", "tls", "v2")])
+        self.assertIn("zmirror test CA", self.find(sel("test-step-tls")).text)  # the issuer in the detail
         self.click(sel("registry-save"))
         self.gone(".el-dialog")
         regs = {r["name"]: r for r in self.api_registries()}
@@ -1359,30 +1360,6 @@ class ConnectionTests(ConnectionCase):
         self.assertFalse(d.find_elements("css selector", sel("registry-tls-off-private-tls")))
         self.click(sel("registry-test-private-tls"))
         self.wait_text(sel("registries-table") + " .test-result.ok", "ms", timeout=30)
-
-        # --- verification off and a proxy, made through the API: the row's markers ----------
-        status, body = self.server.request("POST", "/api/registries", auth=self.auth, body={
-            "name": "no-verify", "url": upstream.url, "tls_verify": False, "proxy": "http://corp:pw@127.0.0.1:9"})
-        self.assertEqual(status, 201, body)
-        self.assertEqual(json.loads(body)["proxy"], "http://corp:****@127.0.0.1:9")
-        self.click(".toolbar .el-button:nth-child(2)")  # refresh
-        self.wait_text(sel("registry-tls-off-no-verify"), "未校验证书")
-        self.find(sel("registry-proxy-tag-no-verify"))
-        self.shot("registries-connection-markers-zh")
-        # (whether the test goes through the proxy is the egress tests' business: here only
-        # that the row gets its result)
-        self.click(sel("registry-test-no-verify"))
-        self.message("no-verify")
-        self.wait().until(lambda d: len(d.find_elements("css selector", sel("registries-table") + " .test-result")) == 2,
-                          "both rows tested")
-
-        # --- edit, unchanged: the masked proxy goes back and the stored password stays -------
-        self.click(sel("registry-edit-no-verify"))
-        self.wait().until(lambda d: self.value(sel("registry-proxy")) == "http://corp:****@127.0.0.1:9", "masked")
-        self.find(sel("registry-tls-warning"))
-        self.click(sel("registry-save"))
-        self.gone(".el-dialog")
-        self.assertEqual(self.db_proxy("no-verify"), "http://corp:pw@127.0.0.1:9")
 
         # --- mutual TLS: the key is write-only; clearing it with its certificate ------------------
         self.click(sel("registry-edit-private-tls"))
@@ -1420,6 +1397,70 @@ class ConnectionTests(ConnectionCase):
         regs = {r["name"]: r for r in self.api_registries()}
         self.assertEqual((regs["private-tls"]["ca"].strip(), regs["private-tls"]["proxy"]),
                          (ca["ca"].strip(), None))  # nothing saved
+
+    def test_proxy_against_the_api(self):
+        """An upstream with TLS verification off behind tinyproxy (Basic proxy auth): the
+        row's markers, every step through the proxy, the masked proxy password kept on an
+        unchanged save (the next test still gets through), a wrong password fails at "proxy"."""
+        from tests.fixtures import proxies
+
+        self.need_api()
+        if proxies.missing_proxies():
+            raise unittest.SkipTest(proxies.missing_proxies())
+        proxy = proxies.start_tinyproxy(self)
+        ca = ui_browser.make_test_ca(self.out / "ca")
+        upstream = ui_browser.FakeUpstream(tls=ca["context"])
+        self.addCleanup(upstream.stop)
+        status, body = self.server.request("POST", "/api/registries", auth=self.auth, body={
+            "name": "via-proxy", "url": upstream.url, "tls_verify": False, "proxy": proxy.url()})
+        self.assertEqual(status, 201, body)
+        masked = f"http://{proxies.PROXY_USER}:****@127.0.0.1:{proxy.port}"
+        self.assertEqual(json.loads(body)["proxy"], masked)
+
+        self.driver.get(self.server.base + "/registries")
+        self.find(sel("login-username"))
+        self.login()
+        self.wait_text(sel("registry-tls-off-via-proxy"), "未校验证书")
+        self.find(sel("registry-proxy-tag-via-proxy"))
+        marker = sel("registries-table") + " .test-result"
+        popover = ".test-popover " + sel("test-steps")
+
+        def test_row():
+            self.click(sel("registry-test-via-proxy"))
+            self.message("via-proxy")
+            self.wait_text(marker + ".ok", "ms", timeout=30)
+            self.click(marker)
+            self.wait_text(popover, "连接成功")
+            self.assertEqual(self.step_states(popover), [(n, "true", False) for n in ("dns", "tcp", "proxy", "tls", "v2")])
+            self.assertIn("verification off", self.find(popover + " " + sel("test-step-tls")).text)
+            self.click(sel("registries-table") + " .ns-name")
+            self.gone(popover)
+
+        test_row()
+        proxies.wait_log(proxy, f"CONNECT 127.0.0.1:{upstream.url.rsplit(':', 1)[1]}")
+        self.shot("registry-test-proxy-steps-zh")
+
+        # an unchanged save sends the masked URL back: the password stays, the proxy still lets us in
+        self.click(sel("registry-edit-via-proxy"))
+        self.wait().until(lambda d: self.value(sel("registry-proxy")) == masked, "masked proxy shown")
+        self.click(sel("registry-save"))
+        self.gone(".el-dialog")
+        self.assertEqual(self.db_proxy("via-proxy"), proxy.url())
+        self.click(".toolbar .el-button:nth-child(2)")  # refresh: the row's old result goes
+        test_row()
+
+        # a wrong proxy password, tested in the dialog before saving: the "proxy" step fails
+        self.click(sel("registry-edit-via-proxy"))
+        self.type(sel("registry-proxy"), proxy.url(password="wrong-password"))
+        self.click(sel("registry-form-test"))
+        result = sel("registry-form-test-result")
+        self.wait_text(result, "refused CONNECT", timeout=30)  # tinyproxy says 401, others 407
+        self.assertEqual(self.step_states(result), [("dns", "true", False), ("tcp", "true", False),
+                                                    ("proxy", "false", True)])
+        self.assertNotIn("wrong-password", self.find(result).text)
+        self.shot("registry-form-test-proxy-refused-zh")
+        self.close_dialog()
+        self.assertEqual(self.db_proxy("via-proxy"), proxy.url())  # not saved
 
 
 class PhoneConnectionTests(ConnectionCase):
