@@ -258,7 +258,7 @@ const messages = {
         proxyDirectHelp: 'Connect to this upstream directly (no default proxy, environment ignored)',
         proxyCustomHelp: 'http://[user:password@]host:port, socks5://… or socks5h://… (the proxy resolves names); a saved password shows as **** and is kept unless you change it',
         proxyRequired: 'Enter the proxy URL', proxyInvalid: 'Must start with http://, socks5:// or socks5h://, e.g. http://proxy.corp:3128',
-        tlsVerify: 'Verify TLS certificate', tlsVerifyOff: 'The upstream\'s TLS certificate is not verified: anyone who can intercept the connection can pose as this upstream and serve tampered images. Turn it off only for tests or on a network you trust; for a private CA fill in "CA bundle" below.',
+        tlsVerify: 'Verify certificate', tlsVerifyOff: 'The upstream\'s TLS certificate is not verified: anyone who can intercept the connection can pose as this upstream and serve tampered images. Turn it off only for tests or on a network you trust; for a private CA fill in "CA bundle" below.',
         ca: 'CA bundle', caHelp: 'PEM (-----BEGIN CERTIFICATE-----), several may be pasted; trusted besides the system\'s CAs',
         clientCert: 'Client certificate', clientCertHelp: 'Mutual TLS (mTLS): the client certificate in PEM (intermediates may follow)',
         clientKey: 'Client key', clientKeyHelp: 'The private key in PEM; it is never shown again once saved',
