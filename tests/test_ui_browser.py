@@ -95,6 +95,15 @@ class BrowserCase(unittest.TestCase):
         el.send_keys(text)
         return el
 
+    def settled(self):
+        """No transition running (a dropdown opening, a section unfolding: what is clicked next
+        would still move)."""
+        self.wait().until(
+            lambda d: d.execute_script(
+                "return document.getAnimations().every(a => a.playState !== 'running'"
+                " || a.effect.getComputedTiming().iterations === Infinity)"),
+            "animations finished")
+
     def wait_text(self, css: str, text: str, timeout: float = WAIT):
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support import expected_conditions as EC
@@ -719,6 +728,8 @@ class NamespaceTests(BrowserCase):
 
     def pick_preset(self, key: str):
         self.click(sel("registry-preset"))
+        self.find(f'.el-select-dropdown {sel("registry-preset-" + key)}')
+        self.settled()  # the list opens and scrolls to the current choice
         self.click(f'.el-select-dropdown {sel("registry-preset-" + key)}')
 
     def close_dialog(self):
@@ -1078,14 +1089,6 @@ class ConnectionCase(BrowserCase):
         return [s["body"] for s in self.driver.execute_script("return window.__sent || []")
                 if s["method"] == method and re.search(pattern, s["path"])]
 
-    def settled(self):
-        """No transition running (the section unfolding moves the dialog's buttons)."""
-        self.wait().until(
-            lambda d: d.execute_script(
-                "return document.getAnimations().every(a => a.playState !== 'running'"
-                " || a.effect.getComputedTiming().iterations === Infinity)"),
-            "animations finished")
-
     def open_section(self):
         self.click(sel("registry-conn-toggle") + " .el-collapse-item__header")
         self.find(sel("registry-proxy-mode"))
@@ -1146,6 +1149,8 @@ class ConnectionTests(ConnectionCase):
         # --- add: the section starts folded; presets still fill the form -------------------
         self.click(sel("registry-add"))
         self.click(sel("registry-preset"))
+        self.find(f'.el-select-dropdown {sel("registry-preset-ghcr")}')
+        self.settled()
         self.click(f'.el-select-dropdown {sel("registry-preset-ghcr")}')
         self.wait().until(lambda d: self.value(sel("registry-namespace")) == "ghcr.io", "preset applied")
         self.assertEqual(self.value(sel("registry-url")), "https://ghcr.io")
