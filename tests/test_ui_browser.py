@@ -95,6 +95,15 @@ class BrowserCase(unittest.TestCase):
         el.send_keys(text)
         return el
 
+    def settled(self):
+        """No transition running (a dropdown opening, a section unfolding: what is clicked next
+        would still move)."""
+        self.wait().until(
+            lambda d: d.execute_script(
+                "return document.getAnimations().every(a => a.playState !== 'running'"
+                " || a.effect.getComputedTiming().iterations === Infinity)"),
+            "animations finished")
+
     def wait_text(self, css: str, text: str, timeout: float = WAIT):
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support import expected_conditions as EC
@@ -719,6 +728,8 @@ class NamespaceTests(BrowserCase):
 
     def pick_preset(self, key: str):
         self.click(sel("registry-preset"))
+        self.find(f'.el-select-dropdown {sel("registry-preset-" + key)}')
+        self.settled()  # the list opens and scrolls to the current choice
         self.click(f'.el-select-dropdown {sel("registry-preset-" + key)}')
 
     def close_dialog(self):
@@ -1014,3 +1025,492 @@ class PhoneNamespaceTests(NamespaceTests):
         self.wait_text(sel("registry-ratelimit-quay-limited"), "limited until")
         self.no_overflow("registries en")
         self.shot("registries-namespaces-en")
+
+
+# Answers the page's fetch() gets instead of the server's for the requests that match
+# (window.__stubs: [{method, path (a RegExp source), status, body}]); every request the
+# page makes is noted in window.__sent ({method, path, body}).
+STUB_FETCH = """
+if (!window.__realFetch) {
+  window.__realFetch = window.fetch.bind(window);
+  window.__sent = [];
+  window.fetch = (input, init) => {
+    const url = new URL(typeof input === 'string' ? input : input.url, location.href);
+    const method = ((init && init.method) || 'GET').toUpperCase();
+    let body = null;
+    try { body = init && init.body ? JSON.parse(init.body) : null } catch (e) { body = init.body }
+    window.__sent.push({method, path: url.pathname, body});
+    for (const s of window.__stubs || []) {
+      if (s.method === method && new RegExp(s.path).test(url.pathname)) {
+        const answer = s.body === '__echo__' ? body : s.body;
+        return Promise.resolve(new Response(JSON.stringify(answer),
+          {status: s.status, headers: {'Content-Type': 'application/json'}}));
+      }
+    }
+    return window.__realFetch(input, init);
+  };
+}
+window.__stubs = arguments[0];
+"""
+
+PEM_CA = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+PEM_KEY = "-----BEGIN PRIVATE KEY-----\nMIGHfake\n-----END PRIVATE KEY-----\n"
+TLS_FAIL = "certificate verify failed: self-signed certificate in certificate chain"
+
+
+def steps(*names_ok):
+    """A test answer's steps: ("dns", True), ... with made-up times and details."""
+    return [{"step": n, "ok": ok, "ms": round(1.5 * (i + 1), 1),
+             "detail": TLS_FAIL if not ok and n == "tls" else f"{n} detail"}
+            for i, (n, ok) in enumerate(names_ok)]
+
+
+class ConnectionCase(BrowserCase):
+    """The registry dialog's connection section: its helpers."""
+
+    def setUp(self):
+        super().setUp()
+        self.auth = (ADMIN_USER, ADMIN_PASSWORD)
+        for r in self.api_registries():  # no test traffic to the Internet
+            self.assertEqual(self.server.request("PUT", f"/api/registries/{r['id']}", auth=self.auth,
+                                                 body={"enabled": False})[0], 200)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def value(self, css: str) -> str:
+        return self.find(css).get_attribute("value")
+
+    def stub(self, *stubs):
+        self.driver.execute_script(STUB_FETCH, list(stubs))
+
+    def sent(self, method: str, pattern: str) -> list:
+        import re
+
+        return [s["body"] for s in self.driver.execute_script("return window.__sent || []")
+                if s["method"] == method and re.search(pattern, s["path"])]
+
+    def open_section(self):
+        self.click(sel("registry-conn-toggle") + " .el-collapse-item__header")
+        self.find(sel("registry-proxy-mode"))
+        self.settled()
+
+    def close_dialog(self):
+        self.click(".el-dialog__headerbtn")
+        self.gone(".el-dialog")
+
+    def field_error(self, field_css: str, text: str):
+        """The form-item error under the field `field_css` contains `text`."""
+        from selenium.webdriver.common.by import By
+
+        def found(d):
+            item = d.find_element(By.CSS_SELECTOR, field_css).find_element(
+                By.XPATH, "ancestor::div[contains(@class, 'el-form-item')][1]")
+            errs = item.find_elements(By.CSS_SELECTOR, ".el-form-item__error")
+            return errs[0] if errs and text in errs[0].text else False
+
+        return self.wait().until(found, f"{text!r} under {field_css}")
+
+    def step_states(self, root: str) -> list:
+        """(step, data-ok, first failed) of each step shown under `root`."""
+        from selenium.webdriver.common.by import By
+
+        out = []
+        for li in self.driver.find_elements(By.CSS_SELECTOR, root + " li.step"):
+            out.append((li.get_attribute("data-test").removeprefix("test-step-"), li.get_attribute("data-ok"),
+                        "first-fail" in li.get_attribute("class")))
+        return out
+
+
+class ConnectionTests(ConnectionCase):
+    """The registry dialog's connection section (proxy, TLS verification, CA, client
+    certificate and key, server name), the "test connection" steps and the rows' TLS-off and
+    proxy markers.
+
+    test_dialog_and_steps gives the page canned API answers for the new fields (stubbed
+    fetch): it checks what the page shows and what it sends, whatever the server knows.
+    test_against_the_api does the same against the real admin API and a TLS upstream signed
+    by a test CA, test_proxy_against_the_api through tinyproxy; both skip while the API has no
+    connection fields (and the latter without tinyproxy)."""
+
+    width, height, mobile = 1366, 768, False
+
+    # --- the page with canned answers ----------------------------------------------------------
+
+    def test_dialog_and_steps(self):
+        d = self.driver
+        d.get(self.server.base + "/registries")
+        self.find(sel("login-username"))
+        self.login()
+        self.find(sel("registries-table"))
+        seeded = self.api_registries()
+        first = seeded[0]
+        second = dict(first, id=max(r["id"] for r in seeded) + 1, name="direct-up", priority=first["priority"] + 1)
+
+        # --- add: the section starts folded; presets still fill the form -------------------
+        self.click(sel("registry-add"))
+        self.click(sel("registry-preset"))
+        self.find(f'.el-select-dropdown {sel("registry-preset-ghcr")}')
+        self.settled()
+        self.click(f'.el-select-dropdown {sel("registry-preset-ghcr")}')
+        self.wait().until(lambda d: self.value(sel("registry-namespace")) == "ghcr.io", "preset applied")
+        self.assertEqual(self.value(sel("registry-url")), "https://ghcr.io")
+        self.assertFalse(d.find_element("css selector", sel("registry-proxy-mode")).is_displayed())  # folded
+        self.open_section()
+        self.wait_text(sel("registry-proxy-help"), "HTTPS_PROXY")  # "default": config or environment
+        self.assertFalse(d.find_elements("css selector", sel("registry-proxy")))
+        self.assertFalse(d.find_elements("css selector", sel("registry-tls-warning")))
+        self.click(sel("registry-proxy-custom"))
+        self.find(sel("registry-proxy"))
+        self.click(sel("registry-save"))
+        self.field_error(sel("registry-proxy"), "请输入代理地址")
+        self.type(sel("registry-proxy"), "ftp://proxy.corp:3128")
+        self.click(sel("registry-server-name"))
+        self.field_error(sel("registry-proxy"), "socks5h://")
+        self.type(sel("registry-proxy"), "http://corp:pw@127.0.0.1:3128")
+        self.click(sel("registry-tls-verify"))
+        self.wait_text(sel("registry-tls-warning"), "冒充")
+        self.find(sel("registry-ca")).send_keys(PEM_CA)
+        self.type(sel("registry-server-name"), "registry.internal")
+        self.shot("registry-connection-zh")
+
+        # --- "test" in the dialog: the unsaved form goes to POST /api/registries/test -------
+        self.stub({"method": "POST", "path": "^/api/registries/test$", "status": 200,
+                   "body": {"ok": True, "status": 401, "latency_ms": 12.5, "auth": "bearer", "error": None,
+                            "steps": steps(("dns", True), ("tcp", True), ("proxy", True), ("tls", True), ("v2", True))}})
+        self.click(sel("registry-form-test"))
+        result = sel("registry-form-test-result")
+        self.wait_text(result, "连接成功")
+        self.assertEqual(self.step_states(result), [(n, "true", False) for n in ("dns", "tcp", "proxy", "tls", "v2")])
+        for label in ("DNS 解析", "TCP 连接", "代理", "TLS 握手", "/v2/ 接口", "tls detail", "7.5 ms"):
+            self.assertIn(label, self.find(result).text)
+        body = self.sent("POST", "^/api/registries/test$")[-1]
+        self.assertEqual({k: body.get(k) for k in ("name", "url", "namespace", "proxy", "tls_verify", "ca", "server_name")},
+                         {"name": "GitHub (ghcr.io)", "url": "https://ghcr.io", "namespace": "ghcr.io",
+                          "proxy": "http://corp:pw@127.0.0.1:3128", "tls_verify": False, "ca": PEM_CA,
+                          "server_name": "registry.internal"})
+        self.assertNotIn("client_key", body)
+        self.assertNotIn("id", body)
+        self.shot("registry-form-test-zh")
+
+        # --- the server's field errors go under their fields ----------------------------------
+        self.stub({"method": "POST", "path": "^/api/registries$", "status": 400,
+                   "body": {"error": "invalid input", "fields": {"ca": "is not a PEM certificate",
+                                                                  "server_name": "is not a host name"}}})
+        self.click(sel("registry-save"))
+        self.field_error(sel("registry-ca"), "is not a PEM certificate")
+        self.field_error(sel("registry-server-name"), "is not a host name")
+        created = self.sent("POST", "^/api/registries$")[-1]
+        self.assertEqual((created["proxy"], created["tls_verify"]), ("http://corp:pw@127.0.0.1:3128", False))
+        self.close_dialog()
+
+        # --- a new registry with the defaults sends no connection fields -----------------------
+        self.stub({"method": "POST", "path": "^/api/registries$", "status": 201, "body": "__echo__"})
+        self.click(sel("registry-add"))
+        self.type(sel("registry-name"), "plain")
+        self.type(sel("registry-url"), "http://127.0.0.1:9")
+        self.click(sel("registry-save"))
+        self.message("已保存")
+        plain = self.sent("POST", "^/api/registries$")[-1]
+        self.assertFalse({"proxy", "tls_verify", "ca", "client_cert", "client_key", "server_name"} & set(plain), plain)
+
+        # --- the list: TLS-off warning, proxy and direct tags ----------------------------------
+        rows = [dict(first), dict(second)]
+        for r in rows:
+            r.update({"proxy": None, "tls_verify": True, "ca": "", "client_cert": "", "has_client_key": False,
+                      "server_name": ""})
+        rows[0].update({"proxy": "http://corp:****@127.0.0.1:3128", "tls_verify": False, "ca": PEM_CA,
+                        "client_cert": PEM_CA, "has_client_key": True, "server_name": "registry.internal"})
+        rows[1].update({"proxy": ""})
+        self.stub({"method": "GET", "path": "^/api/registries$", "status": 200, "body": {"items": rows}},
+                  {"method": "PUT", "path": "^/api/registries/\\d+$", "status": 200, "body": rows[0]},
+                  {"method": "POST", "path": "^/api/registries/\\d+/test$", "status": 200,
+                   "body": {"ok": False, "status": None, "latency_ms": None, "auth": "unknown", "error": TLS_FAIL,
+                            "steps": steps(("dns", True), ("tcp", True), ("proxy", True), ("tls", False))}},
+                  {"method": "POST", "path": "^/api/registries/test$", "status": 200,
+                   "body": {"ok": False, "status": None, "latency_ms": None, "auth": "unknown",
+                            "error": "dns: no address", "steps": [{"step": "dns", "ok": False, "ms": None,
+                                                                   "detail": "no address for registry.invalid"}]}})
+        self.click(".toolbar .el-button:nth-child(2)")  # refresh
+        self.wait_text(sel(f"registry-tls-off-{first['name']}"), "未校验证书")
+        self.find(sel(f"registry-proxy-tag-{first['name']}"))
+        self.find(sel(f"registry-direct-tag-{second['name']}"))
+        self.assertFalse(d.find_elements("css selector", sel(f"registry-tls-off-{second['name']}")))
+        self.assertFalse(d.find_elements("css selector", sel(f"registry-proxy-tag-{second['name']}")))
+
+        # --- "test connection" on a row: the summary, the failed step, every step --------------
+        self.click(sel(f"registry-test-{first['name']}"))
+        self.message("certificate verify failed")  # the summary, as before
+        marker = sel("registries-table") + ' .test-result[data-failed-step="tls"]'
+        self.wait_text(marker, "TLS 握手")
+        self.click(marker)
+        popover = ".test-popover " + sel("test-steps")
+        self.wait_text(popover, "在此步失败")
+        self.assertEqual(self.step_states(popover), [("dns", "true", False), ("tcp", "true", False),
+                                                     ("proxy", "true", False), ("tls", "false", True)])
+        self.assertIn(TLS_FAIL, self.find(popover + " .first-fail").text)
+        self.assertIn("连接失败", self.find(popover + " " + sel("test-summary")).text)
+        self.shot("registry-test-steps-zh")
+        self.click(sel("registries-table") + " .ns-name")  # the popover closes on a click elsewhere
+        self.gone(popover)
+
+        # --- edit: the section opens with the stored settings; unchanged values go back --------
+        self.click(sel(f"registry-edit-{first['name']}"))
+        self.wait().until(lambda d: self.value(sel("registry-proxy")) == "http://corp:****@127.0.0.1:3128",
+                          "masked proxy shown")
+        self.assertIn("is-checked", self.find(sel("registry-proxy-custom")).get_attribute("class"))
+        self.assertNotIn("is-checked", self.find(sel("registry-tls-verify")).get_attribute("class"))
+        self.find(sel("registry-tls-warning"))
+        self.assertEqual(self.value(sel("registry-ca")), PEM_CA)
+        self.assertEqual(self.value(sel("registry-server-name")), "registry.internal")
+        self.assertEqual(self.value(sel("registry-client-key")), "")  # write-only
+        self.assertIn("留空则保持不变", self.find(sel("registry-client-key")).get_attribute("placeholder"))
+        self.wait_text(sel("registry-client-key-set"), "已保存私钥")
+        self.shot("registry-edit-connection-zh")
+        self.click(sel("registry-form-test"))  # the unsaved form with the id: a DNS failure
+        self.wait_text(sel("registry-form-test-result"), "no address for registry.invalid")
+        self.assertEqual(self.step_states(sel("registry-form-test-result")), [("dns", "false", True)])
+        self.assertEqual(self.sent("POST", "^/api/registries/test$")[-1]["id"], first["id"])
+        self.click(sel("registry-save"))
+        self.gone(".el-dialog")
+        put = self.sent("PUT", f"^/api/registries/{first['id']}$")[-1]
+        self.assertEqual({k: put.get(k) for k in ("proxy", "tls_verify", "ca", "client_cert", "server_name")},
+                         {"proxy": "http://corp:****@127.0.0.1:3128", "tls_verify": False, "ca": PEM_CA,
+                          "client_cert": PEM_CA, "server_name": "registry.internal"})
+        self.assertNotIn("client_key", put)  # kept
+
+        self.click(sel(f"registry-edit-{first['name']}"))  # clear the key, turn verification on
+        self.click(sel("registry-client-key-clear"))
+        self.click(sel("registry-tls-verify"))
+        self.gone(sel("registry-tls-warning"))
+        self.click(sel("registry-proxy-default"))
+        self.gone(sel("registry-proxy"))
+        self.click(sel("registry-save"))
+        self.gone(".el-dialog")
+        put = self.sent("PUT", f"^/api/registries/{first['id']}$")[-1]
+        self.assertEqual((put["client_key"], put["tls_verify"], put["proxy"]), ("", True, None))
+
+        self.click(sel(f"registry-edit-{second['name']}"))  # "direct"; a new key
+        self.wait().until(lambda d: "is-checked" in self.find(sel("registry-proxy-direct")).get_attribute("class"),
+                          "direct checked")
+        self.assertFalse(d.find_elements("css selector", sel("registry-client-key-set")))
+        self.find(sel("registry-client-key")).send_keys(PEM_KEY)
+        self.click(sel("registry-save"))
+        self.gone(".el-dialog")
+        put = self.sent("PUT", f"^/api/registries/{second['id']}$")[-1]
+        self.assertEqual((put["proxy"], put["client_key"]), ("", PEM_KEY))
+
+        # --- English ----------------------------------------------------------------------------
+        self.click(sel("lang-toggle"))
+        self.wait_text(sel(f"registry-tls-off-{first['name']}"), "TLS verify off")
+        self.wait_text(sel(f"registry-proxy-tag-{first['name']}"), "proxy")
+        self.click(sel(f"registry-test-{first['name']}"))
+        self.wait_text(sel("registries-table") + ' .test-result[data-failed-step="tls"]', "TLS handshake")
+        self.click(sel("registry-add"))
+        self.wait_text(sel("registry-conn"), "Connection")
+        self.open_section()
+        self.click(sel("registry-tls-verify"))
+        self.wait_text(sel("registry-tls-warning"), "tampered")
+        self.shot("registry-connection-en")
+        self.close_dialog()
+
+    # --- the real admin API ---------------------------------------------------------------------
+
+    def db_proxy(self, name: str) -> str:
+        """The proxy URL stored for the registry `name` (with its password), from the database."""
+        import sqlite3
+
+        path = next(self.server.data.rglob("*.db"))
+        with sqlite3.connect(path) as db:
+            return db.execute("SELECT proxy FROM registries WHERE name = ?", (name,)).fetchone()[0]
+
+    def need_api(self):
+        if "tls_verify" not in self.api_registries()[0]:
+            raise unittest.SkipTest("the admin API has no registry connection fields yet")
+
+    def test_against_the_api(self):
+        self.need_api()
+        d = self.driver
+        ca = ui_browser.make_test_ca(self.out / "ca")
+        upstream = ui_browser.FakeUpstream(tls=ca["context"])
+        self.addCleanup(upstream.stop)
+
+        d.get(self.server.base + "/registries")
+        self.find(sel("login-username"))
+        self.login()
+        self.find(sel("registries-table"))
+
+        # --- a TLS upstream signed by a private CA: "test" fails, with the CA it works --------
+        self.click(sel("registry-add"))
+        self.type(sel("registry-name"), "private-tls")
+        self.type(sel("registry-url"), upstream.url)
+        self.open_section()
+        self.click(sel("registry-form-test"))
+        result = sel("registry-form-test-result")
+        self.wait_text(result, "连接失败", timeout=30)
+        self.assertEqual(self.step_states(result), [("dns", "true", False), ("tcp", "true", False),
+                                                    ("tls", "false", True)])
+        self.assertIn("certificate verify failed", self.find(result + " li.step.first-fail").text)
+        self.shot("registry-form-test-cafail-zh")
+        self.find(sel("registry-ca")).send_keys(ca["ca"])
+        self.click(sel("registry-form-test"))
+        self.wait_text(result, "连接成功", timeout=30)
+        self.assertEqual(self.step_states(result), [(n, "true", False) for n in ("dns", "tcp", "tls", "v2")])
+        self.assertIn("zmirror test CA", self.find(sel("test-step-tls")).text)  # the issuer in the detail
+        self.click(sel("registry-save"))
+        self.gone(".el-dialog")
+        regs = {r["name"]: r for r in self.api_registries()}
+        self.assertEqual(regs["private-tls"]["ca"].strip(), ca["ca"].strip())
+        self.assertEqual((regs["private-tls"]["tls_verify"], regs["private-tls"]["proxy"],
+                          regs["private-tls"]["has_client_key"]), (True, None, False))
+        self.assertFalse(d.find_elements("css selector", sel("registry-tls-off-private-tls")))
+        self.click(sel("registry-test-private-tls"))
+        self.wait_text(sel("registries-table") + " .test-result.ok", "ms", timeout=30)
+
+        # --- mutual TLS: the key is write-only; clearing it with its certificate ------------------
+        self.click(sel("registry-edit-private-tls"))
+        self.find(sel("registry-client-cert")).send_keys(ca["cert"])
+        self.find(sel("registry-client-key")).send_keys(ca["key"])
+        self.click(sel("registry-save"))
+        self.gone(".el-dialog")
+        regs = {r["name"]: r for r in self.api_registries()}
+        self.assertTrue(regs["private-tls"]["has_client_key"])
+        self.assertNotIn("PRIVATE KEY", json.dumps(regs["private-tls"]))
+        self.click(sel("registry-edit-private-tls"))
+        self.wait_text(sel("registry-client-key-set"), "已保存私钥")
+        self.assertEqual(self.value(sel("registry-client-key")), "")
+        self.click(sel("registry-client-key-clear"))
+        self.click(sel("registry-save"))
+        self.field_error(sel("registry-client-key"), "填写客户端证书时必填")  # the API's "required with client_cert"
+        self.type(sel("registry-client-cert"), " ")
+        self.click(sel("registry-save"))
+        self.gone(".el-dialog")
+        regs = {r["name"]: r for r in self.api_registries()}
+        self.assertEqual((regs["private-tls"]["has_client_key"], regs["private-tls"]["client_cert"]), (False, ""))
+
+        # --- the API's field errors under the fields ---------------------------------------------
+        self.click(sel("registry-edit-private-tls"))
+        self.type(sel("registry-ca"), "not a certificate")
+        self.click(sel("registry-proxy-custom"))
+        self.type(sel("registry-proxy"), "http://proxy.corp:99999")  # the port is the server's to check
+        self.click(sel("registry-save"))
+        self.field_error(sel("registry-proxy"), "不是有效的地址")  # the field checks come first
+        self.shot("registry-api-field-errors-zh")
+        self.click(sel("registry-proxy-default"))
+        self.click(sel("registry-save"))
+        self.field_error(sel("registry-ca"), "未找到 PEM 证书")  # then what the PEMs hold
+        self.close_dialog()
+        regs = {r["name"]: r for r in self.api_registries()}
+        self.assertEqual((regs["private-tls"]["ca"].strip(), regs["private-tls"]["proxy"]),
+                         (ca["ca"].strip(), None))  # nothing saved
+
+    def test_proxy_against_the_api(self):
+        """An upstream with TLS verification off behind tinyproxy (Basic proxy auth): the
+        row's markers, every step through the proxy, the masked proxy password kept on an
+        unchanged save (the next test still gets through), a wrong password fails at "proxy"."""
+        from tests.fixtures import proxies
+
+        self.need_api()
+        if proxies.missing_proxies():
+            raise unittest.SkipTest(proxies.missing_proxies())
+        proxy = proxies.start_tinyproxy(self)
+        ca = ui_browser.make_test_ca(self.out / "ca")
+        upstream = ui_browser.FakeUpstream(tls=ca["context"])
+        self.addCleanup(upstream.stop)
+        status, body = self.server.request("POST", "/api/registries", auth=self.auth, body={
+            "name": "via-proxy", "url": upstream.url, "tls_verify": False, "proxy": proxy.url()})
+        self.assertEqual(status, 201, body)
+        masked = f"http://{proxies.PROXY_USER}:****@127.0.0.1:{proxy.port}"
+        self.assertEqual(json.loads(body)["proxy"], masked)
+
+        self.driver.get(self.server.base + "/registries")
+        self.find(sel("login-username"))
+        self.login()
+        self.wait_text(sel("registry-tls-off-via-proxy"), "未校验证书")
+        self.find(sel("registry-proxy-tag-via-proxy"))
+        marker = sel("registries-table") + " .test-result"
+        popover = ".test-popover " + sel("test-steps")
+
+        def test_row():
+            self.click(sel("registry-test-via-proxy"))
+            self.message("via-proxy")
+            self.wait_text(marker + ".ok", "ms", timeout=30)
+            self.click(marker)
+            self.wait_text(popover, "连接成功")
+            self.assertEqual(self.step_states(popover), [(n, "true", False) for n in ("dns", "tcp", "proxy", "tls", "v2")])
+            self.assertIn("verification off", self.find(popover + " " + sel("test-step-tls")).text)
+            self.click(sel("registries-table") + " .ns-name")
+            self.gone(popover)
+
+        test_row()
+        proxies.wait_log(proxy, f"CONNECT 127.0.0.1:{upstream.url.rsplit(':', 1)[1]}")
+        self.shot("registry-test-proxy-steps-zh")
+
+        # an unchanged save sends the masked URL back: the password stays, the proxy still lets us in
+        self.click(sel("registry-edit-via-proxy"))
+        self.wait().until(lambda d: self.value(sel("registry-proxy")) == masked, "masked proxy shown")
+        self.click(sel("registry-save"))
+        self.gone(".el-dialog")
+        self.assertEqual(self.db_proxy("via-proxy"), proxy.url())
+        self.click(".toolbar .el-button:nth-child(2)")  # refresh: the row's old result goes
+        test_row()
+
+        # a wrong proxy password, tested in the dialog before saving: the "proxy" step fails
+        self.click(sel("registry-edit-via-proxy"))
+        self.type(sel("registry-proxy"), proxy.url(password="wrong-password"))
+        self.click(sel("registry-form-test"))
+        result = sel("registry-form-test-result")
+        self.wait_text(result, "refused CONNECT", timeout=30)  # tinyproxy says 401, others 407
+        self.assertEqual(self.step_states(result), [("dns", "true", False), ("tcp", "true", False),
+                                                    ("proxy", "false", True)])
+        self.assertNotIn("wrong-password", self.find(result).text)
+        self.shot("registry-form-test-proxy-refused-zh")
+        self.close_dialog()
+        self.assertEqual(self.db_proxy("via-proxy"), proxy.url())  # not saved
+
+
+class PhoneConnectionTests(ConnectionCase):
+    """The connection section, the markers and the steps at 390 px (canned answers): cards
+    show the markers, the steps' popover and the full-screen dialog fit the phone."""
+
+    width, height, mobile = 390, 844, True
+
+    def no_overflow(self, what: str):
+        widths = self.driver.execute_script(
+            "const m = document.querySelector('.main');"
+            " return [document.documentElement.scrollWidth, m.scrollWidth, m.clientWidth]")
+        self.assertLessEqual(widths[0], self.width, f"{what}: page wider than the phone {widths}")
+        self.assertLessEqual(widths[1], widths[2], f"{what}: content wider than the page {widths}")
+
+    def test_dialog_and_steps(self):
+        self.driver.get(self.server.base + "/registries")
+        self.find(sel("login-username"))
+        self.login()
+        self.find(sel("registries-table"))
+        row = dict(self.api_registries()[0], proxy="socks5h://127.0.0.1:1080", tls_verify=False, ca="",
+                   client_cert="", has_client_key=False, server_name="")
+        self.stub({"method": "GET", "path": "^/api/registries$", "status": 200, "body": {"items": [row]}},
+                  {"method": "POST", "path": "^/api/registries/\\d+/test$", "status": 200,
+                   "body": {"ok": False, "status": None, "latency_ms": None, "auth": "unknown", "error": TLS_FAIL,
+                            "steps": steps(("dns", True), ("tcp", True), ("proxy", True), ("tls", False))}})
+        self.click(".toolbar .el-button:nth-child(2)")  # refresh
+        self.wait_text(sel(f"registry-tls-off-{row['name']}"), "未校验证书")
+        self.find(sel(f"registry-proxy-tag-{row['name']}"))
+        self.click(sel(f"registry-test-{row['name']}"))
+        marker = sel("registries-table") + ' .test-result[data-failed-step="tls"]'
+        self.click(marker)
+        popover = ".test-popover " + sel("test-steps")
+        self.wait_text(popover, "在此步失败")
+        right = self.driver.execute_script(
+            "return document.querySelector('.test-popover').getBoundingClientRect().right")
+        self.assertLessEqual(right, self.width)
+        self.no_overflow("registries")
+        self.shot("registry-test-steps-zh")
+        self.click(sel("registries-table") + " .ns-name")
+        self.gone(popover)
+
+        self.click(sel(f"registry-edit-{row['name']}"))
+        self.wait().until(lambda d: self.value(sel("registry-proxy")) == "socks5h://127.0.0.1:1080", "proxy shown")
+        self.find(sel("registry-tls-warning"))
+        self.settled()
+        self.shot("registry-connection-zh")
+        self.close_dialog()

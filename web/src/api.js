@@ -201,6 +201,8 @@ export const api = {
     update: (id, body) => request('PUT', `/api/registries/${encodeURIComponent(id)}`, { body }),
     remove: (id) => request('DELETE', `/api/registries/${encodeURIComponent(id)}`),
     test: (id) => request('POST', `/api/registries/${encodeURIComponent(id)}/test`),
+    // an unsaved registry (the dialog's form; with "id" when editing: its stored secrets)
+    testDraft: (body) => request('POST', '/api/registries/test', { body }),
   },
   whitelists: {
     list: () => request('GET', '/api/whitelists'),

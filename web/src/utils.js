@@ -45,6 +45,13 @@ export function formatMs(ms) {
   return v >= 1000 ? `${(v / 1000).toFixed(2)} s` : `${v.toFixed(v < 10 ? 1 : 0)} ms`
 }
 
+// The one-line summary of a registry's "test connection" result.
+export function testSummary(r) {
+  if (!r) return ''
+  if (r.ok) return t('registries.testOk', { status: r.status ?? '-', latency: formatMs(r.latency_ms), auth: r.auth || '-' })
+  return t('registries.testFail', { error: r.error || (r.status ? `HTTP ${r.status}` : '-') })
+}
+
 export function formatNumber(n) {
   if (n === null || n === undefined) return '-'
   return Number(n).toLocaleString(lang.value === 'en' ? 'en-US' : 'zh-CN')
@@ -73,6 +80,27 @@ const SERVER_TEXT_ZH = {
   "must contain a '.' or a port, or be localhost (e.g. ghcr.io, registry:5000)": "须包含“.”或端口，或为 localhost（如 ghcr.io、registry:5000）",
   'has an invalid port': '端口无效',
   'must be at most 253 characters': '最多 253 个字符',
+  // a registry's proxy and TLS settings
+  'must start with http://, socks5:// or socks5h://': '须以 http://、socks5:// 或 socks5h:// 开头',
+  'is not a valid URL (http://user:password@host:3128)': '不是有效的地址（http://用户:密码@主机:3128）',
+  'must name the proxy host (http://host:3128)': '须包含代理主机（http://主机:3128）',
+  'must be scheme://[user:password@]host:port with nothing after the port': '须为 协议://[用户:密码@]主机:端口，端口后不能有其他内容',
+  'must not contain whitespace or control characters': '不能包含空白或控制字符',
+  'the password is masked (****): enter it': '密码显示为 ****：请重新输入密码',
+  'no PEM certificate found (expected -----BEGIN CERTIFICATE-----)': '未找到 PEM 证书（应以 -----BEGIN CERTIFICATE----- 开头）',
+  'only CERTIFICATE blocks are accepted': '只能包含 CERTIFICATE 证书块',
+  'a certificate could not be parsed (damaged or not PEM)': '证书无法解析（已损坏或不是 PEM 格式）',
+  'contains a private key: paste only certificates here': '包含私钥：这里只能粘贴证书',
+  'contains a private key: paste only certificates here (the key goes in client_key)': '包含私钥：这里只能粘贴证书（私钥请填写在“客户端私钥”）',
+  'the key is encrypted: paste an unencrypted key (openssl pkey -in key.pem)': '私钥已加密：请粘贴未加密的私钥（openssl pkey -in key.pem）',
+  'expected exactly one PEM private key (-----BEGIN PRIVATE KEY-----)': '须为一个 PEM 私钥（-----BEGIN PRIVATE KEY-----）',
+  'the private key could not be parsed (damaged or not PEM)': '私钥无法解析（已损坏或不是 PEM 格式）',
+  'the private key could not be used (unsupported type)': '私钥无法使用（不支持的类型）',
+  'required with client_cert': '填写客户端证书时必填',
+  'required with client_key': '填写客户端私钥时必填',
+  'does not match client_cert (the first certificate)': '与客户端证书（第一个证书）不匹配',
+  'must be an ASCII DNS name (use the xn-- form) or an IP address': '须为 ASCII 域名（使用 xn-- 形式）或 IP 地址',
+  'not a valid DNS name or IP address': '不是有效的域名或 IP 地址',
 }
 
 export function translateServerText(text) {
