@@ -266,12 +266,13 @@ RegistrySettingsPostgresTests = on_postgresql(RegistrySettingsTests)
 
 
 class HandWrittenRowTests(AdminTestMixin, unittest.TestCase):
-    """A proxy value written into the table by hand is never shown if it is not a
-    proxy URL (it might hold a password anywhere), and never a 500."""
+    """A proxy value written into the table by hand is shown as the agents read it
+    (without a scheme: http), its password masked, or not at all if it is no
+    proxy URL (it might hold a password anywhere); never a 500."""
 
     @coro
     async def test_odd_stored_proxies(self):
-        for stored, shown in (("user:SECRET@host:3128", "(invalid proxy URL)"),
+        for stored, shown in (("user:SECRET@host:3128", "http://user:****@host:3128"),
                               ("http://u:SECRET@[::1", "(invalid proxy URL)"),
                               ("http://u:SECRET@h:3128", "http://u:****@h:3128")):
             self.db.conn.execute("UPDATE registries SET proxy = ? WHERE id = 1", (stored,))

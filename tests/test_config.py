@@ -391,21 +391,24 @@ class UpstreamProxyConfigTests(unittest.TestCase):
                          'no_proxy = "localhost, .corp.example  10.0.0.0/8,[::1]:5000"\n')
         self.assertEqual(cfg.upstream.proxy, "http://u:p%40ss@proxy.example:3128")
         self.assertEqual(cfg.upstream.no_proxy, "localhost,.corp.example,10.0.0.0/8,[::1]:5000")
-        for url in ("socks5://127.0.0.1:1080", "socks5h://user:pw@tunnel.example:1080", "http://proxy"):
+        for url in ("socks5://127.0.0.1:1080", "socks5h://user:pw@tunnel.example:1080", "http://proxy:8080"):
             self.assertEqual(self.parse(f'[upstream]\nproxy = "{url}"\n').upstream.proxy, url)
+        # without a port: the one the agents use (1080, as curl), written out
+        self.assertEqual(self.parse('[upstream]\nproxy = "http://proxy"\n').upstream.proxy, "http://proxy:1080")
 
     def test_bad_values_name_the_key_and_hide_the_password(self):
         for bad in ('"ftp://u:SECRETpw@h:21"', '"https://u:SECRETpw@h:443"', '"u:SECRETpw@host:3128"',
                     '"http://u:SECRETpw@h:99999"', '"http://u:SECRETpw@:3128"',
                     '"http://u:SECRETpw@h:3128/path"', '"http://u:SECRETpw@h:3128?x=1"',
-                    '"http://u:SECRETpw@h 1:3128"', "3128", "true"):
+                    '"http://u:SECRETpw@h 1:3128"', '"socks5://u:SECRETpw%s@h:1080"' % ("x" * 256), "3128",
+                    "true"):
             with self.assertRaises(ConfigError, msg=bad) as e:
                 self.parse(f"[upstream]\nproxy = {bad}\n")
             msg = str(e.exception)
             self.assertIn("upstream.proxy", msg)
             self.assertNotIn("SECRETpw", msg)
             self.assertNotIn("\n", msg)
-        for bad in ('"host;rm"', "[\"a\"]", '"a,b\\u0000"'):
+        for bad in ('"host;rm"', "[\"a\"]", '"a,b\\u0000"', '"10.0.0.0/33"', '"*foo.example"', '"host:99999"'):
             with self.assertRaises(ConfigError, msg=bad) as e:
                 self.parse(f"[upstream]\nno_proxy = {bad}\n")
             self.assertIn("upstream.no_proxy", str(e.exception))

@@ -1,11 +1,12 @@
 """Egress proxies (zmirror/upstream/egress.py, tunnels.py, agents.py) and the
 step-by-step connection test (connectiontest.py).
 
-The parsing, no_proxy, route and handshake tests need nothing; the others use
-the real reactor, a real twisted.web site over TLS with a CA made here, and
-real proxies started by tests/fixtures/proxies.py: tinyproxy (HTTP CONNECT and
-absolute-form, Basic authentication) and microsocks (SOCKS5 with a user name
-and password), whose own logs show the tunnels.
+The route and handshake tests need nothing (the proxy URL and no_proxy grammar
+is tested in tests/test_proxyurl.py); the others use the real reactor, a real
+twisted.web site over TLS with a CA made here, and real proxies started by
+tests/fixtures/proxies.py: tinyproxy (HTTP CONNECT and absolute-form, Basic
+authentication) and microsocks (SOCKS5 with a user name and password), whose
+own logs show the tunnels.
 """
 
 from __future__ import annotations
@@ -25,89 +26,17 @@ from twisted.web.resource import Resource
 from tests.fixtures.helpers import coro, free_port, temp_dir
 from tests.fixtures.proxies import serve_tls, start_microsocks, start_tinyproxy, wait_log
 from tests.fixtures.tlsregistry import TestPKI
+from zmirror.config.proxyurl import NoProxy, ProxyURL
 from zmirror.testing import FakeRegistry
 from zmirror.upstream.agents import UpstreamAgents
 from zmirror.upstream.client import UpstreamClient
 from zmirror.upstream.connectiontest import trace
-from zmirror.upstream.egress import (DIRECT, NoProxy, ProxyURL, Route, default_route, masked, parse_proxy,
-                                     upstream_route)
+from zmirror.upstream.egress import DIRECT, Route, default_route, upstream_route
 from zmirror.upstream.models import Upstream
 from zmirror.upstream.tlsconfig import TLSSettings
 from zmirror.upstream.tunnels import HTTPConnect, ProxyError, Relay, Socks5
 
 TIMEOUT = 5.0
-
-
-class ParseProxy(unittest.TestCase):
-    def test_schemes_ports_and_credentials(self):
-        p = parse_proxy("http://us%40er:pa%3Ass@Proxy.Example:3128")
-        self.assertEqual(p, ProxyURL("http", "proxy.example", 3128, "us@er", "pa:ss"))
-        self.assertEqual(parse_proxy("socks5h://10.0.0.1:1081").scheme, "socks5h")
-        self.assertEqual(parse_proxy("socks5://[::1]:1081").host, "::1")
-        self.assertEqual(parse_proxy("socks5://[::1]:1081").netloc, "[::1]:1081")
-        # no scheme: an HTTP proxy; no port: 1080 (curl's default for every proxy scheme)
-        self.assertEqual(parse_proxy("proxy.example"), ProxyURL("http", "proxy.example", 1080))
-        self.assertEqual(parse_proxy("proxy.example:8080/").port, 8080)
-        self.assertEqual(parse_proxy("SOCKS5H://h").port, 1080)
-
-    def test_masked(self):
-        self.assertEqual(parse_proxy("http://u:secret@h:1").masked(), "http://u:****@h:1")
-        self.assertEqual(parse_proxy("http://u@h:1").masked(), "http://u@h:1")
-        self.assertEqual(parse_proxy("socks5h://h:1").masked(), "socks5h://h:1")
-        self.assertEqual(masked("http://a%40b:secret@h:1"), "http://a%40b:****@h:1")
-        self.assertEqual(masked(""), "")
-        self.assertIsNone(masked(None))
-        self.assertNotIn("secret", masked("ftp://u:secret@h:1"))
-        self.assertNotIn("secret", repr(parse_proxy("http://u:secret@h:1")))
-
-    def test_errors_are_clear_and_hold_no_credentials(self):
-        cases = {
-            "ftp://u:secret@h:1": "scheme 'ftp' is not supported",
-            "https://u:secret@h:1": "https:// (TLS to the proxy) is not supported",
-            "socks4://u:secret@h:1": "scheme 'socks4' is not supported",
-            "http://u:secret@h:99999": "invalid host or port",
-            "http://u:secret@h:x": "invalid host or port",
-            "http://u:secret@:1": "no host",
-            "http://u:secret@h:1/path": "has a path",
-            "http://u:secret@h:1?q": "has a path",
-            "http://u:sec ret@h:1": "spaces",
-            "": "empty",
-            "socks5://" + "u" * 256 + ":secret@h:1": "255 bytes",
-        }
-        for url, message in cases.items():
-            with self.assertRaises(ValueError, msg=url) as e:
-                parse_proxy(url)
-            self.assertIn(message, str(e.exception), url)
-            self.assertNotIn("secret", str(e.exception))
-
-
-class NoProxyMatching(unittest.TestCase):
-    def test_names_and_domains(self):
-        n = NoProxy.parse("example.com, .corp.test *.svc.local,Localhost.")
-        for host in ("example.com", "a.example.com", "EXAMPLE.COM.", "corp.test", "x.corp.test",
-                     "a.b.svc.local", "svc.local", "localhost"):
-            self.assertTrue(n.matches(host, 443), host)
-        for host in ("notexample.com", "example.com.evil", "corp.test2", "10.0.0.1"):
-            self.assertFalse(n.matches(host, 443), host)
-
-    def test_ips_cidrs_and_ports(self):
-        n = NoProxy.parse("10.0.0.0/8,192.168.1.5 ::1, [fd00::]/8 registry.test:5000 127.0.0.1:8080")
-        self.assertTrue(n.matches("10.1.2.3", 443))
-        self.assertTrue(n.matches("192.168.1.5", 80))
-        self.assertFalse(n.matches("192.168.1.6", 80))
-        self.assertTrue(n.matches("::1", 443))
-        self.assertTrue(n.matches("[::1]", 443))
-        self.assertTrue(n.matches("fd12::1", 443))
-        self.assertTrue(n.matches("registry.test", 5000))
-        self.assertFalse(n.matches("registry.test", 443))
-        self.assertTrue(n.matches("127.0.0.1", 8080))
-        self.assertFalse(n.matches("127.0.0.1", 8081))
-        self.assertFalse(n.matches("11.0.0.1", 443))  # names are never resolved: IPs match IP entries only
-
-    def test_star_and_empty(self):
-        self.assertTrue(NoProxy.parse("*").matches("anything.example", 1))
-        self.assertFalse(NoProxy.parse("").matches("anything.example", 1))
-        self.assertFalse(NoProxy.parse(" , ,"))
 
 
 class Routes(unittest.TestCase):

@@ -16,22 +16,15 @@ from typing import Any, Optional
 
 from zmirror.admin.validate import Field, Invalid, boolean, string
 from zmirror.config.proxyurl import MASK, check_proxy_url, mask_proxy_url, proxy_password, with_proxy_password
-from zmirror.upstream.egress import parse_proxy
 from zmirror.upstream.tlsconfig import MAX_PEM, server_name_error, tls_field_errors
 
 TLS_FIELDS = ("tls_verify", "ca", "client_cert", "client_key", "server_name")
 
 
 def proxy_field(x: Any) -> Optional[str]:
-    """null (the default proxy) or a checked proxy URL ("" = direct): of the
-    form :func:`~zmirror.config.proxyurl.check_proxy_url` takes, and one the
-    agents can use (:func:`~zmirror.upstream.egress.parse_proxy`)."""
-    if x is None:
-        return None
-    url = check_proxy_url(x)
-    if url:
-        parse_proxy(url)
-    return url
+    """null (the default proxy) or a proxy URL in its normal form ("" =
+    direct): :func:`~zmirror.config.proxyurl.check_proxy_url`."""
+    return None if x is None else check_proxy_url(x)
 
 
 def pem_field(x: Any) -> str:

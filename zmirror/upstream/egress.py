@@ -2,10 +2,6 @@
 the agent that sends it there (design: docs/design/upstream.md, "TLS and
 egress").
 
-- :func:`parse_proxy` reads a proxy URL (``http://``, ``socks5://``,
-  ``socks5h://``, credentials percent-decoded) into a :class:`ProxyURL`;
-  :class:`NoProxy` is a ``no_proxy`` list (host names, domain suffixes, IPs,
-  CIDRs, ``*``, optional ``:port``), as curl and Go read it.
 - A :class:`Route` says which proxy a URL goes through; :func:`default_route`
   makes it from the configuration or, when that says nothing, from the
   environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``);
@@ -16,19 +12,19 @@ egress").
   HTTP proxy for http URLs (twisted's ``ProxyAgent``).  The tunnels are in
   :mod:`zmirror.upstream.tunnels`.
 
-Proxy credentials never appear in messages: a :class:`ProxyURL` is shown by
-its ``netloc`` or :meth:`ProxyURL.masked`.
+Proxy URLs and ``no_proxy`` lists (:class:`~zmirror.config.proxyurl.ProxyURL`,
+:func:`~zmirror.config.proxyurl.parse_proxy`, :class:`~zmirror.config.proxyurl.NoProxy`)
+are read by :mod:`zmirror.config.proxyurl`, leniently here (the environment's
+and a registry row's values, as curl reads them).  Proxy credentials never
+appear in messages: a :class:`ProxyURL` is shown by its ``netloc`` or
+:meth:`ProxyURL.masked`.
 """
 
 from __future__ import annotations
 
-import base64
-import ipaddress
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Mapping, Optional
-from urllib.parse import quote, unquote, urlsplit
 
 from twisted.internet import defer
 from twisted.internet.endpoints import wrapClientTLS
@@ -38,172 +34,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory
 from zope.interface import implementer
 
+from zmirror.config.proxyurl import NoProxy, ProxyURL, parse_proxy
 from zmirror.upstream.tunnels import ProxyEndpoint, ProxyError, TunnelEndpoint, handshake_for, tcp_endpoint
-
-SCHEMES = ("http", "socks5", "socks5h")
-# curl's default proxy port for every scheme it takes without a port (CURL_DEFAULT_PROXY_PORT)
-DEFAULT_PROXY_PORT = 1080
-
-
-@dataclass(frozen=True)
-class ProxyURL:
-    """One proxy: ``scheme`` is ``http``, ``socks5`` (target names resolved
-    here) or ``socks5h`` (resolved by the proxy)."""
-
-    scheme: str
-    host: str
-    port: int
-    username: str = ""
-    password: str = field(default="", repr=False)
-
-    @property
-    def netloc(self) -> str:
-        """``host:port`` (an IPv6 address in brackets): how messages name it."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    @property
-    def has_credentials(self) -> bool:
-        return bool(self.username or self.password)
-
-    def basic_auth(self) -> bytes:
-        return b"Basic " + base64.b64encode(f"{self.username}:{self.password}".encode())
-
-    def masked(self) -> str:
-        """The URL to show: the password replaced by ``****``."""
-        user = ""
-        if self.has_credentials:
-            user = quote(self.username, safe="") + (":****" if self.password else "") + "@"
-        return f"{self.scheme}://{user}{self.netloc}"
-
-
-_VISIBLE = re.compile(r"^[\x21-\x7e]+$")
-
-
-@lru_cache(maxsize=256)
-def parse_proxy(url: str) -> ProxyURL:
-    """The :class:`ProxyURL` of ``url``, or ValueError with a message that
-    does not repeat the URL (it may hold a password).  Without a scheme the
-    proxy is an HTTP proxy and without a port 1080, as for curl."""
-    url = url.strip()
-    if not url:
-        raise ValueError("proxy URL is empty")
-    if not _VISIBLE.match(url):
-        raise ValueError("proxy URL has spaces, control or non-ASCII characters")
-    if "://" not in url:
-        url = "http://" + url
-    try:
-        u = urlsplit(url)
-        port = u.port
-    except ValueError:
-        raise ValueError("proxy URL has an invalid host or port") from None
-    scheme = u.scheme.lower()
-    if scheme not in SCHEMES:
-        if scheme == "https":
-            raise ValueError("proxy URL scheme https:// (TLS to the proxy) is not supported: use http://")
-        raise ValueError(f"proxy URL scheme {scheme!r} is not supported (http, socks5, socks5h)")
-    if not u.hostname:
-        raise ValueError("proxy URL has no host")
-    if u.path not in ("", "/") or u.query or u.fragment:
-        raise ValueError("proxy URL has a path, query or fragment (expected scheme://[user:password@]host:port)")
-    if port == 0:
-        raise ValueError("proxy URL has port 0")
-    user, password = unquote(u.username or ""), unquote(u.password or "")
-    if scheme.startswith("socks5") and (len(user.encode()) > 255 or len(password.encode()) > 255):
-        raise ValueError("SOCKS5 proxy user name and password are at most 255 bytes each")
-    return ProxyURL(scheme, u.hostname.lower(), port or DEFAULT_PROXY_PORT, user, password)
-
-
-def masked(url: Optional[str]) -> Optional[str]:
-    """``url`` with its password shown as ``****`` (None and "" as they are; an
-    unreadable URL as a placeholder that shows nothing of it)."""
-    if not url:
-        return url
-    try:
-        return parse_proxy(url).masked()
-    except ValueError:
-        return "(invalid proxy URL)"
-
-
-@dataclass(frozen=True)
-class _Entry:
-    kind: str  # "all" | "name" | "net"
-    value: Any  # the domain (no leading dot) or an ip_network
-    port: Optional[int] = None
-
-
-def _split_port(entry: str) -> tuple[str, Optional[int]]:
-    if entry.startswith("["):  # [v6] or [v6]:port
-        host, _, rest = entry[1:].partition("]")
-        return host, (int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None)
-    if entry.count(":") == 1:
-        host, _, p = entry.partition(":")
-        if p.isdigit():
-            return host, int(p)
-    return entry, None
-
-
-@dataclass(frozen=True)
-class NoProxy:
-    """A ``no_proxy`` list: entries separated by commas or spaces; ``*`` is
-    every host; ``example.com`` and ``.example.com`` (or ``*.example.com``)
-    match that domain and every name under it; an IP address or CIDR matches
-    the IP literals in it (``10.0.0.0/8``, ``::1``); ``:port`` after an entry
-    limits it to that port.  Names are compared without case and trailing dot;
-    nothing is resolved."""
-
-    text: str = ""
-    entries: tuple = ()
-
-    @classmethod
-    def parse(cls, text: str) -> "NoProxy":
-        entries = []
-        for raw in re.split(r"[,\s]+", text or ""):
-            raw = raw.strip().lower()
-            if not raw:
-                continue
-            if raw == "*":
-                entries.append(_Entry("all", None))
-                continue
-            if raw.startswith("[") and "]/" in raw:  # [v6]/bits
-                raw = raw.replace("[", "").replace("]", "")
-            try:  # an IP or CIDR without port (v6 ones have several colons)
-                entries.append(_Entry("net", ipaddress.ip_network(raw.strip("[]"), strict=False)))
-                continue
-            except ValueError:
-                pass
-            host, port = _split_port(raw)
-            try:
-                entries.append(_Entry("net", ipaddress.ip_network(host, strict=False), port))
-                continue
-            except ValueError:
-                pass
-            name = host.lstrip("*").lstrip(".").rstrip(".")
-            if name:
-                entries.append(_Entry("name", name, port))
-        return cls(text or "", tuple(entries))
-
-    def matches(self, host: str, port: int) -> bool:
-        """Whether a request to ``host``:``port`` goes direct."""
-        host = host.strip("[]").lower().rstrip(".")
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            ip = None
-        for e in self.entries:
-            if e.port is not None and e.port != port:
-                continue
-            if e.kind == "all":
-                return True
-            if e.kind == "net":
-                if ip is not None and ip.version == e.value.version and ip in e.value:
-                    return True
-            elif host == e.value or host.endswith("." + e.value):
-                return True
-        return False
-
-    def __bool__(self) -> bool:
-        return bool(self.entries)
 
 
 @dataclass(frozen=True)
@@ -360,5 +192,4 @@ def _not_refused(response: Any, proxy: ProxyURL) -> Any:
     raise ProxyError(f"proxy {proxy.netloc} refused the request: 407 {phrase}".rstrip())
 
 
-__all__ = ["DEFAULT_PROXY_PORT", "DIRECT", "EgressAgent", "EgressEndpoints", "NoProxy", "ProxyError",
-           "ProxyURL", "Route", "default_route", "masked", "parse_proxy", "upstream_route"]
+__all__ = ["DIRECT", "EgressAgent", "EgressEndpoints", "ProxyError", "Route", "default_route", "upstream_route"]
