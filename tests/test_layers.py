@@ -44,6 +44,8 @@ FORBIDDEN = [
     ("zmirror.transfer", "zmirror.registry"),
     ("zmirror.cache", "zmirror.upstream"),
     ("zmirror.upstream", "zmirror.registry"),
+    ("zmirror.config", "zmirror.upstream"),  # the settings' grammar (proxy URLs) is config's own
+    ("zmirror.config", "zmirror.cache"),
     ("zmirror.service", "zmirror.admin"),
     ("zmirror.httpchannel", "zmirror.admin"),
     ("zmirror.metrics", "zmirror.admin"),
