@@ -60,8 +60,8 @@ class RegistryCommandTests(CLIWithAPICase):
         code, out, err = self.cli("registry", "add", "GHCR", "https://GHCR.io/", "--namespace", "ghcr.io",
                                   "--priority", "10", "--username", "bob", "--password-stdin",
                                   stdin="upstream-s3cret\n")
-        self.assertEqual((code, out), (0, "registry 2 added: GHCR (https://ghcr.io, namespace ghcr.io, "
-                                          "priority 10)\n"), err)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out, "registry 2 added: GHCR (https://ghcr.io, namespace ghcr.io, priority 10)\n")
         self.assertIn("within 2 s", err)  # a running server reads it without SIGHUP
         row = self.stored(2)
         self.assertEqual((row["url"], row["username"], row["password"], row["proxy"]),
@@ -116,7 +116,7 @@ class RegistryCommandTests(CLIWithAPICase):
         self.assertNotIn("client_key", mine)
         for argv in (("registry", "list", "--json"), ("registry", "list"), ("registry", "show", "private"),
                      ("registry", "show", "private", "--json"), ("registry", "disable", "private", "--json")):
-            code, out, err = self.cli(*argv)
+            _code, out, err = self.cli(*argv)
             for secret in ("S0cks-pw", "upstream-pw", "PRIVATE KEY"):
                 self.assertNotIn(secret, out + err, argv)
         row = self.stored(2)
@@ -142,7 +142,8 @@ class RegistryCommandTests(CLIWithAPICase):
             ({"name": "x", "url": "https://x.example/?q"}, ("registry", "add", "x", "https://x.example/?q")),
             ({"name": "", "url": "https://x.example"}, ("registry", "add", "", "https://x.example")),
             ({"name": "n" * 101, "url": "https://x.example"}, ("registry", "add", "n" * 101, "https://x.example")),
-            ({"name": "docker HUB", "url": "https://x.example"}, ("registry", "add", "docker HUB", "https://x.example")),
+            ({"name": "docker HUB", "url": "https://x.example"},
+             ("registry", "add", "docker HUB", "https://x.example")),
             ({"name": "x", "url": "https://x.example", "namespace": "foo"}, base + ("--namespace", "foo")),
             ({"name": "x", "url": "https://x.example", "priority": "ten"}, base + ("--priority", "ten")),
             ({"name": "x", "url": "https://x.example", "priority": -1}, base + ("--priority", "-1")),
@@ -155,7 +156,8 @@ class RegistryCommandTests(CLIWithAPICase):
              base + ("--proxy", "http://u:****@p.example:3128")),
             ({"name": "x", "url": "https://x.example", "server_name": "not a name!"},
              base + ("--server-name", "not a name!")),
-            ({"name": "x", "url": "https://x.example", "ca": Path(garbage).read_text()}, base + ("--ca-file", garbage)),
+            ({"name": "x", "url": "https://x.example", "ca": Path(garbage).read_text()},
+             base + ("--ca-file", garbage)),
             ({"name": "x", "url": "https://x.example", "client_key": p.client.key_pem},
              base + ("--client-key-file", key)),
             ({"name": "x", "url": "https://x.example", "client_cert": p.client.cert_pem,

@@ -17,7 +17,8 @@ from zmirror.cli.users import add_parser as add_user
 from zmirror.cli.whitelist import add_parser as add_whitelist
 
 # in the order of ``zmirror --help``
-COMMANDS = (add_check_config, add_user, add_whitelist, add_registry, add_admin_password, add_import_zmirror, add_backup, add_db)
+COMMANDS = (add_check_config, add_user, add_whitelist, add_registry, add_admin_password, add_import_zmirror,
+            add_backup, add_db)
 
 
 def build_parser() -> argparse.ArgumentParser:

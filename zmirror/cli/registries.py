@@ -252,8 +252,8 @@ def _settings_options(p, *, updating: bool) -> None:
     p.add_argument("--server-name", help='TLS server name to send and check instead of the URL\'s host ("" clears)')
     if updating:
         pw.add_argument("--clear-password", action="store_true", help="remove the stored password")
-        for key in pems:
-            pems[key].add_argument(f"--clear-{key}", action="store_true", help=f"remove the stored {key}")
+        for key, group in pems.items():
+            group.add_argument(f"--clear-{key}", action="store_true", help=f"remove the stored {key}")
 
 
 def add_parser(sub) -> None:
