@@ -63,6 +63,7 @@ class RegistryCommandTests(CLIWithAPICase):
         self.assertEqual(code, 0, err)
         self.assertEqual(out, "registry 2 added: GHCR (https://ghcr.io, namespace ghcr.io, priority 10)\n")
         self.assertIn("within 2 s", err)  # a running server reads it without SIGHUP
+        self.assertNotIn("token", err)  # that part of the note is the users'
         row = self.stored(2)
         self.assertEqual((row["url"], row["username"], row["password"], row["proxy"]),
                          ("https://ghcr.io", "bob", "upstream-s3cret", None))

@@ -84,6 +84,7 @@ class WhitelistCommandTests(CLIWithAPICase):
         code, out, err = self.cli("whitelist", "add", "library/nginx", "--note", "web")
         self.assertEqual((code, out), (0, "whitelist entry 1 added: library/nginx\n"), err)
         self.assertIn("within 2 s", err)  # a running server reads it without SIGHUP
+        self.assertNotIn("token", err)  # that part of the note is the users'
         added = json.loads(self.ok("whitelist", "add", "docker.io/team/*", "--disabled", "--json"))
         self.assertEqual((added["id"], added["prefix"], added["enabled"], added["note"]),
                          (2, "team/*", False, ""))

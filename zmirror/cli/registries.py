@@ -20,8 +20,8 @@ from typing import Any
 from zmirror.admin.registries import REGISTRY_FIELDS, REGISTRY_UPDATE_FIELDS, registry_out
 from zmirror.admin.registrysettings import resolve_settings, settings_problems
 from zmirror.admin.validate import Invalid, check
-from zmirror.cli.common import CLIError, WallClock, load, open_database, out, reload_hint
-from zmirror.cli.rows import Inputs, as_cli_errors, find_row, print_json, print_table, yes_no
+from zmirror.cli.common import CLIError, WallClock, load, open_database, out
+from zmirror.cli.rows import Inputs, applied_hint, as_cli_errors, find_row, print_json, print_table, yes_no
 from zmirror.db.registries import RegistryStore
 from zmirror.db.sync import result
 
@@ -128,7 +128,7 @@ def _done(cfg, args, verb: str, row: dict) -> int:
         print_json(registry_json(row))
     else:
         out(f"{WHAT} {row['id']} {verb}: {_summary(row)}")
-    reload_hint(cfg)
+    applied_hint(cfg)
     return 0
 
 
@@ -226,7 +226,7 @@ def cmd_remove(args) -> int:
         print_json(registry_json(row))
     else:
         out(f"{WHAT} {row['id']} removed: {row['name']}")
-    reload_hint(cfg)
+    applied_hint(cfg)
     return 0
 
 

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
 
 from zmirror.admin.validate import ApiError
-from zmirror.cli.common import CLIError, out
+from zmirror.cli.common import CLIError, err, out
+from zmirror.db.engine import is_postgresql
 from zmirror.db.errors import Conflict, NotFound
 
 # the most a value read from a file or stdin may hold (the API's body is 64 KiB)
@@ -57,6 +58,13 @@ def find_row(rows: list[dict], target: str, *, what: str, name_key: str,
             raise CLIError(f"no {what} with {name_key} {target!r}")
         raise CLIError(f"no {what} with id or {name_key} {target!r}")
     return row
+
+
+def applied_hint(cfg) -> None:
+    """When a running server uses a changed whitelist or registry (the users'
+    note, :func:`~zmirror.cli.common.reload_hint`, speaks of their tokens)."""
+    who = "every running node" if is_postgresql(cfg) else "a running server"
+    err(f"note: {who} picks this up within 2 s (no SIGHUP or restart needed).")
 
 
 def print_json(obj: Any) -> None:
@@ -113,4 +121,4 @@ class Inputs:
         return text
 
 
-__all__ = ["MAX_INPUT", "as_cli_errors", "find_row", "print_json", "print_table", "yes_no", "Inputs"]
+__all__ = ["MAX_INPUT", "applied_hint", "as_cli_errors", "find_row", "print_json", "print_table", "yes_no", "Inputs"]

@@ -13,8 +13,8 @@ from zmirror.admin.http import store_call
 from zmirror.admin.validate import Invalid, check
 from zmirror.admin.whitelists import WHITELIST_FIELDS, WHITELIST_UPDATE_FIELDS, whitelist_out
 from zmirror.auth.whitelist import InvalidPrefix, normalize_prefix
-from zmirror.cli.common import CLIError, WallClock, load, open_database, out, reload_hint
-from zmirror.cli.rows import as_cli_errors, find_row, print_json, print_table, yes_no
+from zmirror.cli.common import CLIError, WallClock, load, open_database, out
+from zmirror.cli.rows import applied_hint, as_cli_errors, find_row, print_json, print_table, yes_no
 from zmirror.db.sync import result
 from zmirror.db.whitelists import WhitelistStore
 
@@ -39,7 +39,7 @@ def _done(cfg, args, verb: str, row: dict) -> int:
         print_json(whitelist_out(row))
     else:
         out(f"{WHAT} {row['id']} {verb}: {row['prefix']}{'' if row['enabled'] else ' (disabled)'}")
-    reload_hint(cfg)
+    applied_hint(cfg)
     return 0
 
 
@@ -125,7 +125,7 @@ def cmd_remove(args) -> int:
         print_json(whitelist_out(row))
     else:
         out(f"{WHAT} {row['id']} removed: {row['prefix']}")
-    reload_hint(cfg)
+    applied_hint(cfg)
     return 0
 
 
