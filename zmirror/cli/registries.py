@@ -237,7 +237,7 @@ def _settings_options(p, *, updating: bool) -> None:
     p.add_argument("--username", help="the upstream account")
     pw = p.add_mutually_exclusive_group()
     pw.add_argument("--password-stdin", action="store_true", help="read the upstream password from stdin")
-    pw.add_argument("--password-file", metavar="FILE", help="read the upstream password from FILE")
+    pw.add_argument("--password-file", metavar="FILE", help="read the upstream password from FILE ('-': stdin)")
     px = p.add_mutually_exclusive_group()
     px.add_argument("--proxy", help=f"http(s)/socks5(h) proxy URL, '{PROXY_DIRECT}', or '{PROXY_DEFAULT}' "
                                     "(the [upstream] proxy); put one with a password in --proxy-file")
