@@ -16,6 +16,7 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
+from tests.fixtures.cli import CLIWithAPICase
 from tests.fixtures.helpers import (
     admin_password_line,
     coro,
@@ -26,7 +27,6 @@ from tests.fixtures.helpers import (
     write_default_config,
 )
 from tests.fixtures.tlsregistry import TestPKI
-from tests.test_cli_whitelist import CLIWithAPICase
 from zmirror import cli
 
 _PKI: dict = {}

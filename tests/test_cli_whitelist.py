@@ -4,77 +4,14 @@
 from __future__ import annotations
 
 import inspect
-import io
 import json
-import re
-import sys
 from pathlib import Path
 
 from twisted.trial import unittest
 
-from tests.fixtures import admin as admin_fixtures
-from tests.fixtures.admin import AdminTestMixin
-from tests.fixtures.helpers import coro, write_default_config
-from zmirror import cli
+from tests.fixtures.cli import CLIWithAPICase
+from tests.fixtures.helpers import coro
 from zmirror.config import load_config
-
-# [database] path of the generated config.toml
-DB_PATH_LINE = re.compile(r'^path = "[^"\n]*registry\.db"$', re.M)
-PG_URL_LINE = '# url = "postgresql://zmirror:PASSWORD@127.0.0.1:5432/zmirror"'
-
-
-class CLIWithAPICase(AdminTestMixin, unittest.TestCase):
-    """The admin API (``self.call``) and a data directory (``self.data``) whose
-    config.toml names the same database, for the CLI (``self.cli``)."""
-
-    def setUp(self):
-        if getattr(self, "backend", "sqlite") == "postgresql":
-            from tests.fixtures.pgserver import fresh_database
-
-            self.url = fresh_database(self)
-            self.patch(admin_fixtures, "sync_database",
-                       lambda case, path: admin_fixtures.PostgresSyncDatabase(self.url))
-        super().setUp()
-        self.data = Path(self.mktemp()).resolve() / "data"
-        if getattr(self, "backend", "sqlite") == "postgresql":
-            write_default_config(self.data, {PG_URL_LINE: f'url = "{self.url}"'})
-        else:
-            path = write_default_config(self.data)
-            text, n = DB_PATH_LINE.subn(f'path = "{Path(self.db.path).resolve()}"', path.read_text())
-            self.assertEqual(n, 1)
-            path.write_text(text)
-
-    def cli(self, *argv, stdin: str = "", data=None) -> tuple[int, str, str]:
-        """Exit status, stdout, stderr of ``zmirror --data DATA argv…``."""
-        out, err = io.StringIO(), io.StringIO()
-        self.patch(sys, "stdout", out)
-        self.patch(sys, "stderr", err)
-        self.patch(sys, "stdin", io.StringIO(stdin))
-        code = cli.main(["--data", str(data or self.data), *argv])
-        return code, out.getvalue(), err.getvalue()
-
-    def ok(self, *argv, stdin: str = "") -> str:
-        code, out, err = self.cli(*argv, stdin=stdin)
-        self.assertEqual(code, 0, err)
-        self.assertNotIn("error", err)
-        return out
-
-    def refused(self, *argv, stdin: str = "") -> str:
-        """The one error line of a refused command (exit 1), which changed nothing."""
-        before = self.db.snapshot()
-        code, out, err = self.cli(*argv, stdin=stdin)
-        self.assertEqual(code, 1, (argv, out, err))
-        self.assertEqual(out, "")
-        lines = err.strip().splitlines()
-        self.assertEqual(len(lines), 1, err)
-        self.assertTrue(lines[0].startswith("zmirror: error: "), err)
-        self.assertEqual(self.db.snapshot(), before)
-        return lines[0][len("zmirror: error: "):]
-
-    async def api_error(self, method: str, path: str, body) -> str:
-        code, _h, obj = await self.call(method, path, body)
-        self.assertIn(code, (400, 409), obj)
-        return obj["error"]
 
 
 class WhitelistCommandTests(CLIWithAPICase):
