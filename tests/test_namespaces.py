@@ -300,7 +300,7 @@ class AccessPerNamespaceTests(unittest.TestCase):
     async def setUp(self):
         self.env = make_env(self, namespaces=("ghcr.io",))
         await self.env.whitelists.create("ghcr.io/owner")
-        self.alice = await self.env.accounts.create("alice", "alicepw")
+        self.alice = await self.env.accounts.create("alice", "alice-pw1")
 
     async def token(self, scope, user=None):
         headers = {b"Authorization": [basic(user, user + "pw")]} if user else None

@@ -93,7 +93,7 @@ class WatchServiceTests(unittest.TestCase):
     async def setUp(self):
         self.env = make_env(self, lockout_kw={"max_account": 50, "max_ip": 500})
         await self.env.whitelists.create("helloz")
-        self.alice = await self.env.accounts.create("alice", "alicepw")
+        self.alice = await self.env.accounts.create("alice", "alice-pw1")
         # a data directory whose config points the CLI at the test's database
         self.data = Path(self.mktemp()).resolve() / "data"
         write_default_config(self.data)
@@ -121,7 +121,7 @@ class WatchServiceTests(unittest.TestCase):
         self.env.clock.advance(DB_POLL_INTERVAL)
         await self.watch.wait()
 
-    async def login(self, password="alicepw"):
+    async def login(self, password="alice-pw1"):
         q = urlencode({"account": "alice", "client_id": "docker", "offline_token": "true",
                        "service": "zmirror", "scope": "repository:secret/x:pull"})
         return await self.env.json("GET", "http://mirror/token?" + q,
