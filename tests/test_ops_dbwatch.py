@@ -168,8 +168,8 @@ class WatchServiceTests(unittest.TestCase):
     async def test_password_change_and_new_user_and_whitelist(self):
         resp, body = await self.login()
         refresh_token = body["refresh_token"]
-        self.cli("user", "passwd", "alice", "--stdin", stdin="new-pw\n")
-        self.cli("user", "add", "ivan", "--stdin", stdin="ivan-pw\n")
+        self.cli("user", "passwd", "alice", "--stdin", stdin="new-pw-123\n")
+        self.cli("user", "add", "ivan", "--stdin", stdin="ivan-pw-12\n")
         conn = other_connection(self.env.db)
         now = self.env.clock.seconds()
         conn.execute("INSERT INTO whitelists (prefix, created_at, updated_at) VALUES ('team', ?, ?)",
@@ -181,7 +181,7 @@ class WatchServiceTests(unittest.TestCase):
         users = {u["username"] for u in self.env.users._by_id.values()}
         self.assertEqual(users, {"alice", "ivan"})
         self.assertTrue(self.env.whitelist.matcher.allows("team/app"))
-        resp, _ = await self.login("new-pw")
+        resp, _ = await self.login("new-pw-123")
         self.assertEqual(resp.code, 200)
 
     @coro
