@@ -470,3 +470,30 @@ class ListenerTests(unittest.TestCase):
         self.lock.failure("alice", "ip")
         self.lock.failure("alice", "ip")
         self.assertEqual(self.lock.retry_after("alice", "x"), 120, "locked again after 3 more")
+
+
+class LockoutRecordsServiceTests(unittest.TestCase):
+    def test_a_stop_before_the_start_finished_leaves_no_timer(self):
+        from twisted.internet.defer import Deferred, succeed
+
+        from zmirror.auth.lockoutrecords import LockoutRecords
+
+        cleared = Deferred()
+
+        class Store:
+            def clear(self):
+                return cleared
+
+            def released_since(self, since):
+                return succeed([])
+
+        clock = Clock()
+        records = LockoutRecords(Lockout(clock), Store(), clock=clock)
+        records.start()
+        records.stop()  # the server gave up at start, before the old rows were deleted
+        cleared.callback(None)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        records.start()
+        self.assertEqual(len(clock.getDelayedCalls()), 1)  # polling every 2 s
+        records.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -45,6 +45,7 @@ class LockoutRecords:
         self._since: Optional[float] = None
         self._applied: set = set()  # (key, released_at) already lifted
         self._loop: Any = None
+        self._stopped = False
         self._failing = False
         lockout.watch_locks(self)
 
@@ -134,6 +135,10 @@ class LockoutRecords:
         return Deferred.fromCoroutine(self.poll()).addCallbacks(ok, failed)
 
     def start(self):
+        """Delete the previous run's rows (one node), then poll every ``interval``
+        seconds (not when :meth:`stop` came first)."""
+        self._stopped = False
+
         async def go():
             if not self.shared:
                 await self.store.clear()
@@ -142,6 +147,8 @@ class LockoutRecords:
         d.addErrback(lambda f: log.failure("lockout: clearing the previous run's locks failed", f))
 
         def loop(_):
+            if self._stopped or self._loop is not None:
+                return
             self._loop = LoopingCall(self._poll)
             self._loop.clock = self.clock
             self._loop.start(self.interval, now=True)
@@ -149,9 +156,10 @@ class LockoutRecords:
         return d.addCallback(loop)
 
     def stop(self) -> None:
+        self._stopped = True
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
 
 
-__all__ = ["LockoutRecords", "POLL_INTERVAL"]
+__all__ = ["POLL_INTERVAL", "LockoutRecords"]

@@ -105,4 +105,4 @@ def row_out(row: dict, now: Optional[float] = None) -> dict:
     return out
 
 
-__all__ = ["LockoutStore", "row_out", "COLUMNS"]
+__all__ = ["COLUMNS", "LockoutStore", "row_out"]
