@@ -102,7 +102,7 @@ class ConcurrentTokenLoginTests(unittest.TestCase):
     @coro
     async def test_concurrent_wrong_logins_verify_at_most_the_limit(self):
         env = make_env(self, lockout_kw={"max_account": 10, "max_ip": 1000})
-        await env.accounts.create("alice", "alicepw")
+        await env.accounts.create("alice", "alice-pw1")
         held = HeldRun()
         env.passwords.run = held
         results: list = []
@@ -140,7 +140,7 @@ class ConcurrentTokenLoginTests(unittest.TestCase):
         # locked: even the right password is not looked at
         before = len(held.calls)
         resp, _body = await env.call("GET", TOKEN, headers={b"Authorization": [basic("alice",
-                                                                                      "alicepw")]})
+                                                                                      "alice-pw1")]})
         self.assertEqual((resp.code, len(held.calls)), (429, before))
 
     @coro
@@ -167,9 +167,9 @@ class ConcurrentTokenLoginTests(unittest.TestCase):
     @coro
     async def test_cached_success_needs_no_slot_and_is_not_held_up(self):
         env = make_env(self, lockout_kw={"max_account": 3, "max_ip": 1000})
-        await env.accounts.create("alice", "alicepw")
+        await env.accounts.create("alice", "alice-pw1")
         resp, _b = await env.call("GET", TOKEN, headers={b"Authorization": [basic("alice",
-                                                                                   "alicepw")]})
+                                                                                   "alice-pw1")]})
         self.assertEqual(resp.code, 200)
         # now three wrong guesses are in flight (the account's whole limit) and
         # the verification slots are all busy
@@ -180,7 +180,7 @@ class ConcurrentTokenLoginTests(unittest.TestCase):
         await pump(env.client, lambda: env.lockout.in_flight("user:alice") == 3, "3 in flight")
         # ... a client that sends its (already verified) Basic credentials again is served
         resp, _b = await env.call("GET", TOKEN, headers={b"Authorization": [basic("alice",
-                                                                                   "alicepw")]})
+                                                                                   "alice-pw1")]})
         self.assertEqual(resp.code, 200)
         self.assertEqual(len(held.calls), 2)  # only the guesses' verifications
         while held.release():
@@ -253,7 +253,7 @@ class RealHTTPLoginTests(unittest.TestCase):
         passwords, verified = self.counting_passwords()
         db = temp_database(self)
         users = UserStore(db, reactor, admin_username="admin")
-        await UserAccounts(users, passwords).create("alice", "alicepw")
+        await UserAccounts(users, passwords).create("alice", "alice-pw1")
         lockout = Lockout(reactor, max_account=10, max_ip=1000)
         tokens = TokenIssuer(b"k" * 32, reactor, service="zmirror")
         authn = Authenticator(users, passwords, lockout, clock=reactor, admin_username="admin")
@@ -444,7 +444,7 @@ class VerificationQueueTests(unittest.TestCase):
 
     async def full_env(self):
         env = make_env(self, lockout_kw={"max_account": 10, "max_ip": 1000})
-        await env.accounts.create("alice", "alicepw")
+        await env.accounts.create("alice", "alice-pw1")
         held = HeldRun()
         env.passwords.run = held
         env.passwords.queue = 2
@@ -520,7 +520,7 @@ class CancelledLoginTests(unittest.TestCase):
     @coro
     async def test_cancel_while_verifying(self):
         env = make_env(self, lockout_kw={"max_account": 10, "max_ip": 1000})
-        await env.accounts.create("alice", "alicepw")
+        await env.accounts.create("alice", "alice-pw1")
         held = HeldRun()
         run, env.passwords.run = env.passwords.run, held
         request = DummyRequest([b"token"])
@@ -546,7 +546,7 @@ class CancelledLoginTests(unittest.TestCase):
         # and the account still logs in
         env.passwords.run = run
         resp, _b = await env.call("GET", TOKEN, headers={b"Authorization": [basic("alice",
-                                                                                   "alicepw")]})
+                                                                                   "alice-pw1")]})
         self.assertEqual(resp.code, 200)
 
     def test_cancel_while_queued(self):

@@ -71,37 +71,94 @@ class LockoutTests(unittest.TestCase):
 
 
 class RegistryLoginsDoNotLockTheAdminTests(unittest.TestCase):
-    def test_failed_registry_logins_as_admin_leave_the_admin_ui_open(self):
+    def test_registry_logins_as_the_admin_are_refused_and_never_counted(self):
+        """``docker login`` with the admin's name: refused at once whatever the
+        password (it is not checked), and neither the account nor the address
+        gets a failure: the admin UI stays open and no lock is near."""
         from twisted.internet.defer import Deferred
 
-        from zmirror.auth.credentials import Authenticator
+        from zmirror.auth.credentials import ADMIN_LOGIN_MESSAGE, AdminAccountLogin, Authenticator
+
+        checked = []
 
         class NoUsers:
             async def get_by_username(self, name):
+                checked.append(name)
                 return None
 
         class Passwords:
             async def dummy_verify(self, password):
-                return None
+                checked.append(password)
 
         clock = Clock()
-        lockout = Lockout(clock, max_account=10, max_ip=1000)
+        lockout = Lockout(clock, max_account=10, max_ip=10)
         auth = Authenticator(NoUsers(), Passwords(), lockout, clock=clock, admin_username="admin")
 
         async def attack():
-            for i in range(10):
-                self.assertIsNone(await auth.authenticate("admin", f"guess{i}", f"10.0.0.{i}"))
-            with self.assertRaises(Locked):
-                await auth.authenticate("admin", "guess", "10.0.0.99")
+            for i in range(30):
+                name = ("admin", "ADMIN", "Admin")[i % 3]
+                with self.assertRaises(AdminAccountLogin) as cm:
+                    await auth.authenticate(name, f"guess{i}", "10.0.0.1")
+                self.assertEqual(str(cm.exception), ADMIN_LOGIN_MESSAGE)
 
         d = Deferred.fromCoroutine(attack())
-        self.assertTrue(d.called)
         self.successResultOf(d)
-        # the registry account "admin" is locked for registry logins ...
-        with self.assertRaises(Locked):
-            lockout.enforce("user:admin", "10.9.9.9")
-        # ... but the admin API's account is untouched
-        self.assertEqual(lockout.check("admin", "10.9.9.9"), 0)
+        self.assertEqual(checked, [], "no password and no user was looked at")
+        self.assertEqual(lockout.failures("user:admin"), 0)
+        self.assertEqual(lockout.failures(ip="10.0.0.1"), 0)
+        self.assertEqual(lockout.check("admin", "10.0.0.1"), 0)
+        self.assertEqual(lockout.check("user:admin", "10.0.0.1"), 0)
+
+
+class LockNamesTests(unittest.TestCase):
+    """The locks by name (``Lockout.locks``, ``keys_named``, ``release``)."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.lock = Lockout(self.clock, max_account=2, max_ip=3, window=60, cooldown=120)
+        self.told = []
+        self.lock.watch_locks(type("W", (), {"locked": lambda _s, info: self.told.append(info)})())
+
+    def test_locks_name_what_is_locked(self):
+        self.lock.failure("user:Alice", "10.0.0.1")
+        self.lock.failure("user:alice", "10.0.0.2")
+        for _ in range(2):
+            self.lock.failure("bob", "2001:db8::1")
+        locks = sorted(self.lock.locks(), key=lambda x: x["name"])
+        self.assertEqual([(x["kind"], x["name"], x["login"], x["failures"], x["until"])
+                          for x in locks],
+                         [("account", "alice", "registry", 2, 1120.0),
+                          ("account", "bob", "admin", 2, 1120.0)])
+        self.assertEqual([x["name"] for x in self.told], ["alice", "bob"])
+        self.lock.failure("carol", "2001:db8::2")  # the same /64: three
+        self.assertIn(("address", "2001:db8::/64"),
+                      [(x["kind"], x["name"]) for x in self.lock.locks()])
+
+    def test_names_are_sanitized_and_bounded(self):
+        self.lock.failure("user:ev\x1bil\n" + "x" * 100, "10.0.0.1")
+        self.lock.failure("user:ev\x1bil\n" + "x" * 100, "10.0.0.1")
+        (lock,) = self.lock.locks()
+        self.assertTrue(lock["name"].startswith("ev?il?x"))
+        self.assertTrue(lock["name"].isprintable())
+        self.assertLessEqual(len(lock["name"]), 64)
+
+    def test_release_by_name_and_by_address(self):
+        for _ in range(2):
+            self.lock.failure("user:alice", "10.0.0.1")
+        self.lock.failure("alice", "10.0.0.1")
+        self.assertTrue(self.lock.check("user:alice", ""))
+        self.assertTrue(self.lock.check("", "10.0.0.1"))
+        keys = self.lock.keys_named("ALICE")
+        self.assertEqual(len(keys), 2)  # its registry logins and the admin API's
+        self.assertEqual([self.lock.release(k) for k in keys], [True, False])
+        self.assertEqual(self.lock.check("user:alice", ""), 0)
+        self.assertEqual(self.lock.failures("alice"), 0, "its failures go too")
+        (addr,) = self.lock.keys_named("10.0.0.1")
+        self.assertTrue(self.lock.release(addr))
+        self.assertEqual(self.lock.check("", "10.0.0.1"), 0)
+        self.assertEqual(self.lock.keys_named("2001:db8::5"), self.lock.keys_named("2001:db8::/64"))
+        self.assertEqual(self.lock.keys_named("  "), [])
 
 
 class ConfiguredLockoutTests(unittest.TestCase):
@@ -164,7 +221,7 @@ class ConfiguredLockoutTests(unittest.TestCase):
         @coro
         async def run(self):
             env = make_env(self, lockout_kw=settings(cfg.lockout))
-            await env.accounts.create("alice", "alicepw")
+            await env.accounts.create("alice", "alice-pw1")
 
             async def login(password):
                 resp, body = await env.json(
@@ -174,20 +231,20 @@ class ConfiguredLockoutTests(unittest.TestCase):
 
             for _ in range(3):
                 self.assertEqual((await login("bad"))[0].code, 401)
-            self.assertEqual((await login("alicepw"))[0].code, 200)  # 3 < 4: not locked
+            self.assertEqual((await login("alice-pw1"))[0].code, 200)  # 3 < 4: not locked
             # a success clears the account's failures: four more
             for _ in range(4):
                 self.assertEqual((await login("bad"))[0].code, 401)
-            resp, body = await login("alicepw")
+            resp, body = await login("alice-pw1")
             self.assertEqual(resp.code, 429)
             self.assertEqual(resp.headers.getRawHeaders(b"retry-after"), [b"45"])
             env.clock.advance(45)
-            self.assertEqual((await login("alicepw"))[0].code, 200)
+            self.assertEqual((await login("alice-pw1"))[0].code, 200)
             # failures further apart than the window never add up
             for _ in range(6):
                 self.assertEqual((await login("bad"))[0].code, 401)
                 env.clock.advance(10.1)
-            self.assertEqual((await login("alicepw"))[0].code, 200)
+            self.assertEqual((await login("alice-pw1"))[0].code, 200)
 
         return run(self)
 
@@ -413,3 +470,30 @@ class ListenerTests(unittest.TestCase):
         self.lock.failure("alice", "ip")
         self.lock.failure("alice", "ip")
         self.assertEqual(self.lock.retry_after("alice", "x"), 120, "locked again after 3 more")
+
+
+class LockoutRecordsServiceTests(unittest.TestCase):
+    def test_a_stop_before_the_start_finished_leaves_no_timer(self):
+        from twisted.internet.defer import Deferred, succeed
+
+        from zmirror.auth.lockoutrecords import LockoutRecords
+
+        cleared = Deferred()
+
+        class Store:
+            def clear(self):
+                return cleared
+
+            def released_since(self, since):
+                return succeed([])
+
+        clock = Clock()
+        records = LockoutRecords(Lockout(clock), Store(), clock=clock)
+        records.start()
+        records.stop()  # the server gave up at start, before the old rows were deleted
+        cleared.callback(None)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        records.start()
+        self.assertEqual(len(clock.getDelayedCalls()), 1)  # polling every 2 s
+        records.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -7,6 +7,7 @@ from twisted.trial import unittest
 
 from tests.fixtures.auth import basic, make_env, www
 from tests.fixtures.helpers import coro
+from zmirror.auth.credentials import ADMIN_LOGIN_MESSAGE
 
 M = "http://mirror/v2/{}/manifests/latest"
 PING = "http://mirror/v2/"
@@ -18,7 +19,7 @@ class PolicyTests(unittest.TestCase):
         self.env = make_env(self, lockout_kw={"max_account": 3, "max_ip": 50})
         await self.env.whitelists.create("helloz")
         await self.env.whitelists.create("nginx")
-        self.alice = await self.env.accounts.create("alice", "alicepw")
+        self.alice = await self.env.accounts.create("alice", "alice-pw1")
 
     async def token(self, scopes=(), user=None, password=None):
         headers = {b"Authorization": [basic(user, password)]} if user else None
@@ -49,8 +50,8 @@ class PolicyTests(unittest.TestCase):
 
     @coro
     async def test_ping_credentials(self):
-        ok = [basic("alice", "alicepw"), self.bearer(await self.token()),
-              self.bearer(await self.token(user="alice", password="alicepw"))]
+        ok = [basic("alice", "alice-pw1"), self.bearer(await self.token()),
+              self.bearer(await self.token(user="alice", password="alice-pw1"))]
         for auth in ok:
             resp, body = await self.env.call("GET", PING, headers={b"Authorization": [auth]})
             self.assertEqual(resp.code, 200, auth)
@@ -118,7 +119,7 @@ class PolicyTests(unittest.TestCase):
     @coro
     async def test_user_token_private_pull(self):
         tok = await self.token(["repository:secret/x:pull", "repository:helloz/demo:pull"],
-                               user="alice", password="alicepw")
+                               user="alice", password="alice-pw1")
         resp, body = await self.pull("secret/x", auth=self.bearer(tok))
         self.assertEqual(resp.code, 200, body)
         self.assertEqual(json.loads(body), {"fetched": "secret/x", "user": "alice"})
@@ -139,9 +140,9 @@ class PolicyTests(unittest.TestCase):
 
     @coro
     async def test_user_token_dies_with_user_changes(self):
-        for change in ({"enabled": False}, {"password": "other"}, "delete"):
-            user = await self.env.accounts.create("bob", "bobpw")
-            tok = await self.token(["repository:secret/x:pull"], user="bob", password="bobpw")
+        for change in ({"enabled": False}, {"password": "other-pw-1"}, "delete"):
+            user = await self.env.accounts.create("bob", "bob-pw-12")
+            tok = await self.token(["repository:secret/x:pull"], user="bob", password="bob-pw-12")
             resp, _ = await self.pull("secret/x", auth=self.bearer(tok))
             self.assertEqual(resp.code, 200)
             self.env.clock.advance(1)
@@ -170,7 +171,7 @@ class PolicyTests(unittest.TestCase):
 
     @coro
     async def test_basic_credentials(self):
-        resp, body = await self.pull("secret/x", auth=basic("alice", "alicepw"))
+        resp, body = await self.pull("secret/x", auth=basic("alice", "alice-pw1"))
         self.assertEqual(resp.code, 200)
         self.assertEqual(json.loads(body)["user"], "alice")
         self.assertTrue(self.env.proxy.pulls[-1].identity.private)
@@ -187,10 +188,24 @@ class PolicyTests(unittest.TestCase):
         for _ in range(3):
             resp, _ = await self.pull("secret/x", auth=basic("alice", "bad"))
             self.assertEqual(resp.code, 401)
-        resp, body = await self.pull("secret/x", auth=basic("alice", "alicepw"))
+        resp, body = await self.pull("secret/x", auth=basic("alice", "alice-pw1"))
         self.assertEqual(resp.code, 429)
         self.assertEqual(resp.headers.getRawHeaders(b"retry-after"), [b"300"])
         self.assertEqual(json.loads(body)["errors"][0]["code"], "TOOMANYREQUESTS")
+
+    @coro
+    async def test_basic_as_the_admin_says_so_and_is_not_counted(self):
+        answers = set()
+        for i in range(10):  # beyond the account's threshold (3)
+            for pw in ("admin123", f"wrong{i}"):
+                for url in (M.format("secret/x"), M.format("helloz/demo"), PING):
+                    resp, body = await self.pull(None, auth=basic("admin", pw), url=url)
+                    err = json.loads(body)["errors"][0]
+                    answers.add((resp.code, err["code"], err["message"]))
+        self.assertEqual(answers, {(401, "UNAUTHORIZED", ADMIN_LOGIN_MESSAGE)})
+        self.assertEqual(self.env.lockout.failures(ip="127.0.0.1"), 0)
+        resp, _ = await self.pull("secret/x", auth=basic("alice", "alice-pw1"))
+        self.assertEqual(resp.code, 200)
 
     @coro
     async def test_unknown_scheme_is_anonymous(self):
@@ -204,10 +219,24 @@ class PolicyTests(unittest.TestCase):
     @coro
     async def test_denied_and_user_logged(self):
         await self.pull("secret/x")
-        await self.pull("secret/x", auth=basic("alice", "alicepw"))
+        await self.pull("secret/x", auth=basic("alice", "alice-pw1"))
         recs = [r for r in self.env.log.records if r.kind != "token"]
         self.assertEqual([(r.kind, r.status, r.username) for r in recs],
                          [("denied", 401, ""), ("manifest", 200, "alice")])
+
+    @coro
+    async def test_refused_basic_logins_log_the_attempted_name(self):
+        await self.pull("secret/x", auth=basic("mallory", "bad"))
+        await self.pull("secret/x", auth=basic("admin", "whatever"))
+        await self.pull("secret/x", auth=basic("ev\til" + "y" * 100, "bad"))
+        for _ in range(3):
+            await self.pull("secret/x", auth=basic("alice", "bad"))
+        await self.pull("secret/x", auth=basic("alice", "alice-pw1"))  # locked: 429
+        recs = [(r.kind, r.status, r.username) for r in self.env.log.records if r.kind != "token"]
+        self.assertEqual(recs[:2], [("denied", 401, "mallory"), ("denied", 401, "admin")])
+        self.assertEqual(recs[2][2], "ev?il" + "y" * 59)
+        self.assertEqual([(s, u) for _k, s, u in recs[3:]],
+                         [(401, "alice")] * 3 + [(429, "alice")])
 
     # --- a whole docker-login-like flow ----------------------------------------
 
@@ -217,7 +246,7 @@ class PolicyTests(unittest.TestCase):
         self.assertEqual(resp.code, 401)
         resp, body = await self.env.json(
             "GET", "http://mirror/token?account=alice&client_id=docker&offline_token=true&service=zmirror",
-            headers={b"Authorization": [basic("alice", "alicepw")]})
+            headers={b"Authorization": [basic("alice", "alice-pw1")]})
         refresh = body["refresh_token"]
         resp, _ = await self.pull("secret/x")
         self.assertIn('scope="repository:secret/x:pull"', www(resp))
@@ -236,7 +265,7 @@ class AllModeTests(unittest.TestCase):
     @coro
     async def setUp(self):
         self.env = make_env(self, mode="all")
-        await self.env.accounts.create("alice", "alicepw")
+        await self.env.accounts.create("alice", "alice-pw1")
 
     token = PolicyTests.token
     pull = PolicyTests.pull
@@ -247,7 +276,7 @@ class AllModeTests(unittest.TestCase):
         resp, body = await self.pull("secret/x")
         self.assertEqual(resp.code, 200)
         self.assertFalse(self.env.proxy.pulls[-1].identity.private)
-        resp, body = await self.pull("secret/x", auth=basic("alice", "alicepw"))
+        resp, body = await self.pull("secret/x", auth=basic("alice", "alice-pw1"))
         self.assertEqual(json.loads(body)["user"], "alice")
         self.assertFalse(self.env.proxy.pulls[-1].identity.private)
         tok = await self.token(["repository:secret/x:pull"])
@@ -263,7 +292,7 @@ class NoneModeTests(unittest.TestCase):
     async def test_everything_needs_a_user(self):
         env = make_env(self, mode="none")
         await env.whitelists.create("helloz")
-        await env.accounts.create("alice", "alicepw")
+        await env.accounts.create("alice", "alice-pw1")
         resp, _ = await env.call("GET", M.format("helloz/demo"))
         self.assertEqual(resp.code, 401)
         resp, body = await env.json("GET", "http://mirror/token?scope=repository:helloz/demo:pull")
@@ -273,7 +302,7 @@ class NoneModeTests(unittest.TestCase):
                                  headers={b"Authorization": [b"Bearer " + tok.encode()]})
         self.assertEqual(resp.code, 401)
         resp, body = await env.call("GET", M.format("helloz/demo"),
-                                    headers={b"Authorization": [basic("alice", "alicepw")]})
+                                    headers={b"Authorization": [basic("alice", "alice-pw1")]})
         self.assertEqual(resp.code, 200)
         self.assertTrue(env.proxy.pulls[-1].identity.private)
 

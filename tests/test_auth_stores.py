@@ -31,19 +31,19 @@ class UserStoreTests(unittest.TestCase):
 
     @coro
     async def test_create_list_get(self):
-        u = await self.accounts.create("alice", "pw1")
+        u = await self.accounts.create("alice", "pass-word-1")
         self.assertEqual(set(u), {"id", "username", "enabled", "created_at", "updated_at",
                                   "last_login_at"})
         self.assertEqual((u["username"], u["enabled"], u["created_at"], u["last_login_at"]),
                          ("alice", True, START, None))
-        await self.accounts.create("bob", "pw2", enabled=False)
+        await self.accounts.create("bob", "pass-word-2", enabled=False)
         rows = await self.users.list()
         self.assertEqual([r["username"] for r in rows], ["alice", "bob"])
         self.assertFalse(any("password_hash" in r for r in rows))
         self.assertEqual((await self.users.get(u["id"]))["username"], "alice")
         full = await self.users.get_by_username("alice")
         self.assertTrue(full["password_hash"].startswith("$argon2id$"))
-        self.assertTrue((await self.pw.verify("pw1", full["password_hash"]))[0])
+        self.assertTrue((await self.pw.verify("pass-word-1", full["password_hash"]))[0])
         self.assertIsNone(await self.users.get_by_username("nobody"))
         self.assertIsNone(await self.users.get_by_username("ALICE"))
         self.assertEqual(await self.users.count(), 2)
@@ -54,39 +54,73 @@ class UserStoreTests(unittest.TestCase):
     async def test_username_rules(self):
         for bad in ("", "a" * 65, "a b", "a:b", "ü", "a/b", None, 3, "admin", "ADMIN"):
             with self.assertRaises(InvalidField) as cm:
-                await self.accounts.create(bad, "pw")
+                await self.accounts.create(bad, "pass-word")
             self.assertEqual(cm.exception.field, "username")
         for good in ("a", "A.b_c-d", "x" * 64, "123"):
-            await self.accounts.create(good, "pw")
+            await self.accounts.create(good, "pass-word")
         self.assertEqual(validate_username("admin"), "admin", "without an admin name it is fine")
         with self.assertRaises(InvalidField):
             validate_username("admin", "admin")
-        for bad in ("", None, "x" * 1025, "a\x00b"):
+        for bad in ("", None, "x" * 1025, "a\x00b", "x", "seven-7", "tab\there-1", "\ud800" * 8):
             with self.assertRaises(InvalidField) as cm:
                 await self.accounts.create("valid", bad)
             self.assertEqual(cm.exception.field, "password")
 
     @coro
+    async def test_one_password_policy_for_users_and_the_admin(self):
+        from zmirror.config.adminpassword import admin_password_problem
+        from zmirror.config.passwordpolicy import PASSWORD_POLICY
+
+        self.assertEqual(PASSWORD_POLICY.describe(), {"min_length": 8, "max_length": 1024})
+        for bad in ("x", "1234567", "a\x00bcdefgh", "x" * 1025, "line\nbreak-1"):
+            with self.assertRaises(InvalidField) as cm:
+                await self.accounts.create("valid", bad)
+            # the registry user's refusal is the admin's, word for word
+            self.assertEqual(cm.exception.message, admin_password_problem(bad))
+        self.assertEqual(str(cm.exception), "must not contain control characters")
+        with self.assertRaises(InvalidField) as cm:
+            await self.accounts.create("valid", "x")
+        self.assertEqual(str(cm.exception), "must be at least 8 characters")
+        await self.accounts.create("valid", "12345678")  # exactly the minimum
+        await self.accounts.create("spaces", "with spaces ok")
+
+    @coro
+    async def test_a_stored_short_password_keeps_working(self):
+        """Only new and changed passwords follow the policy: a user created before it
+        (here: the store given a hash of "pw") still logs in and can be disabled."""
+        from zmirror.auth.credentials import Authenticator
+        from zmirror.auth.lockout import Lockout
+
+        u = await self.users.create_with_hash("old", self.pw.hash_sync("pw"))
+        auth = Authenticator(self.users, self.pw, Lockout(self.clock), clock=self.clock)
+        self.assertEqual((await auth.authenticate("old", "pw", "10.0.0.1"))["username"], "old")
+        await self.accounts.update(u["id"], enabled=False)
+        await self.accounts.update(u["id"], enabled=True)
+        self.assertEqual((await auth.authenticate("old", "pw", "10.0.0.1"))["username"], "old")
+        with self.assertRaises(InvalidField):
+            await self.accounts.update(u["id"], password="pw2")
+
+    @coro
     async def test_duplicates_conflict_case_insensitively(self):
-        await self.accounts.create("alice", "pw")
+        await self.accounts.create("alice", "pass-word")
         for name in ("alice", "Alice"):
             with self.assertRaises(Conflict) as cm:
-                await self.accounts.create(name, "pw")
+                await self.accounts.create(name, "pass-word")
             self.assertEqual(cm.exception.field, "username")
 
     @coro
     async def test_update_delete(self):
-        u = await self.accounts.create("alice", "pw")
+        u = await self.accounts.create("alice", "pass-word")
         old_hash = (await self.users.get_by_username("alice"))["password_hash"]
         self.clock.advance(10)
         u2 = await self.users.update(u["id"], enabled=False)
         self.assertFalse(u2["enabled"])
         self.assertEqual(u2["updated_at"], START + 10)
-        u3 = await self.accounts.update(u["id"], password="new", enabled=True)
+        u3 = await self.accounts.update(u["id"], password="new-password", enabled=True)
         self.assertTrue(u3["enabled"])
         full = await self.users.get_by_username("alice")
         self.assertNotEqual(full["password_hash"], old_hash)
-        self.assertTrue((await self.pw.verify("new", full["password_hash"]))[0])
+        self.assertTrue((await self.pw.verify("new-password", full["password_hash"]))[0])
         with self.assertRaises(InvalidField):
             await self.users.update(u["id"], enabled="yes")
         with self.assertRaises(NotFound):
@@ -136,26 +170,26 @@ class UserStoreTests(unittest.TestCase):
             return await real(password)
 
         self.pw.hash = counting
-        u = await self.accounts.create("alice", "pw")
-        self.assertEqual(hashed, ["pw"])
+        u = await self.accounts.create("alice", "pass-word")
+        self.assertEqual(hashed, ["pass-word"])
         before = await self.users.get_by_username("alice")
-        for bad in ("", 3, "x" * 1025, "a\x00b"):
+        for bad in ("", 3, "x" * 1025, "a\x00b", "short"):
             with self.assertRaises(InvalidField) as cm:
                 await self.accounts.update(u["id"], password=bad)
             self.assertEqual(cm.exception.field, "password")
-        self.assertEqual(hashed, ["pw"])
+        self.assertEqual(hashed, ["pass-word"])
         self.assertEqual(await self.users.get_by_username("alice"), before)
 
     @coro
     async def test_in_memory_auth_state_follows_writes(self):
-        u = await self.accounts.create("alice", "pw")
+        u = await self.accounts.create("alice", "pass-word")
         # lazy load on first use sees the row
         state = await self.users.auth_user(u["id"])
         self.assertEqual(state["username"], "alice")
         self.assertTrue(state["enabled"])
         await self.users.update(u["id"], enabled=False)
         self.assertFalse((await self.users.auth_user(u["id"]))["enabled"])
-        b = await self.accounts.create("bob", "pw")
+        b = await self.accounts.create("bob", "pass-word")
         self.assertEqual((await self.users.auth_user(b["id"]))["username"], "bob")
         await self.users.delete(u["id"])
         self.assertIsNone(await self.users.auth_user(u["id"]))
@@ -165,7 +199,7 @@ class UserStoreTests(unittest.TestCase):
     async def test_concurrent_first_loads_share_one_query(self):
         from twisted.internet.defer import Deferred, gatherResults
 
-        await self.accounts.create("alice", "pw")
+        await self.accounts.create("alice", "pass-word")
         fresh = UserStore(self.db, self.clock)
         loads = []
         real = fresh.load

@@ -10,6 +10,7 @@ from twisted.trial import unittest
 
 from tests.fixtures.auth import basic, make_env
 from tests.fixtures.helpers import coro
+from zmirror.auth.credentials import ADMIN_LOGIN_MESSAGE
 from zmirror.auth.tokenservice import TokenError, parse_scopes
 
 FORM = {b"Content-Type": [b"application/x-www-form-urlencoded"]}
@@ -45,7 +46,7 @@ class TokenServiceTests(unittest.TestCase):
     async def setUp(self):
         self.env = make_env(self, lockout_kw={"max_account": 3, "max_ip": 50})
         await self.env.whitelists.create("helloz")
-        self.alice = await self.env.accounts.create("alice", "alicepw")
+        self.alice = await self.env.accounts.create("alice", "alice-pw1")
 
     async def get(self, query, headers=None):
         return await self.env.json("GET", T + "?" + urlencode(query, doseq=True), headers=headers)
@@ -89,7 +90,7 @@ class TokenServiceTests(unittest.TestCase):
     @coro
     async def test_docker_login_gets_refresh_token(self):
         q = {"account": "alice", "client_id": "docker", "offline_token": "true", "service": "zmirror"}
-        resp, body = await self.get(q, headers={b"Authorization": [basic("alice", "alicepw")]})
+        resp, body = await self.get(q, headers={b"Authorization": [basic("alice", "alice-pw1")]})
         self.assertEqual(resp.code, 200, body)
         c = self.assert_token_body(body, refresh=True)
         self.assertEqual(c["sub"], "alice")
@@ -102,7 +103,7 @@ class TokenServiceTests(unittest.TestCase):
         resp, body = await self.get(
             {"scope": ["repository:secret/x:pull,push", "repository:nginx:*",
                        "registry:catalog:*", "repository:a/b:push"]},
-            headers={b"Authorization": [basic("alice", "alicepw")]})
+            headers={b"Authorization": [basic("alice", "alice-pw1")]})
         self.assertEqual(resp.code, 200)
         self.assertEqual(claims(body["token"])["access"], [
             {"type": "repository", "name": "secret/x", "actions": ["pull"]},
@@ -113,9 +114,9 @@ class TokenServiceTests(unittest.TestCase):
 
     @coro
     async def test_bad_credentials_401(self):
-        await self.env.accounts.create("off", "offpw", enabled=False)
-        for user, pw in (("alice", "wrong"), ("nobody", "x"), ("admin", "admin123"),
-                         ("off", "offpw"), ("alice", ""), ("", "")):
+        await self.env.accounts.create("off", "off-pw-12", enabled=False)
+        for user, pw in (("alice", "wrong"), ("nobody", "x"),
+                         ("off", "off-pw-12"), ("alice", ""), ("", "")):
             resp, body = await self.get({"scope": "repository:secret/x:pull"},
                                         headers={b"Authorization": [basic(user, pw)]})
             self.assertEqual(resp.code, 401, (user, body))
@@ -129,7 +130,7 @@ class TokenServiceTests(unittest.TestCase):
         cases = [
             ({"scope": "repository:../etc:pull"}, None, 400),
             ({"scope": "repository:nginx"}, None, 400),
-            ({"account": "bob"}, {b"Authorization": [basic("alice", "alicepw")]}, 400),
+            ({"account": "bob"}, {b"Authorization": [basic("alice", "alice-pw1")]}, 400),
             ({}, {b"Authorization": [b"Basic !!!notbase64"]}, 401),
             ({}, {b"Authorization": [b"Basic " + __import__("base64").b64encode(b"nocolon")]}, 401),
             ({}, {b"Authorization": [b"Basic " + __import__("base64").b64encode(b"\xff\xfe:x")]}, 401),
@@ -162,7 +163,7 @@ class TokenServiceTests(unittest.TestCase):
 
     @coro
     async def test_post_password_grant(self):
-        form = {"grant_type": "password", "username": "alice", "password": "alicepw",
+        form = {"grant_type": "password", "username": "alice", "password": "alice-pw1",
                 "client_id": "containerd-client", "scope": "repository:secret/x:pull",
                 "service": "zmirror"}
         resp, body = await self.post(form)
@@ -177,11 +178,34 @@ class TokenServiceTests(unittest.TestCase):
         self.assertEqual(body["error"], "invalid_grant")
         resp, body = await self.post({**form, "username": "admin", "password": "admin123"})
         self.assertEqual(resp.code, 401)
+        self.assertEqual(body["details"], ADMIN_LOGIN_MESSAGE)
+
+    @coro
+    async def test_admin_account_login_says_so_whatever_the_password(self):
+        """``docker login`` as the admin: one clear answer for the right password, a
+        wrong one or none, on GET and POST, never counted toward the lockout."""
+        answers = []
+        for i in range(12):  # more than the account's (3) lockout threshold
+            for name, pw in (("admin", "admin123"), ("Admin", f"wrong{i}"), ("ADMIN", "")):
+                resp, body = await self.get({"account": name, "service": "zmirror"},
+                                            headers={b"Authorization": [basic(name, pw)]})
+                answers.append((resp.code, body["error"], body["details"], "token" in body))
+                resp, body = await self.post({"grant_type": "password", "username": name,
+                                              "password": pw})
+                answers.append((resp.code, body["error"], body["details"], "token" in body))
+        self.assertEqual(set(answers), {(401, "invalid_grant", ADMIN_LOGIN_MESSAGE, False)})
+        self.assertEqual(self.env.lockout.failures(ip="127.0.0.1"), 0)
+        self.assertEqual(self.env.lockout.failures("user:admin"), 0)
+        # and the address may still log in as a registry user
+        resp, body = await self.get({}, headers={b"Authorization": [basic("alice", "alice-pw1")]})
+        self.assertEqual(resp.code, 200, body)
+        recs = [r for r in self.env.log.records if r.kind == "token" and r.status == 401]
+        self.assertEqual({r.username for r in recs}, {"admin", "Admin", "ADMIN"})
 
     @coro
     async def test_post_refresh_grant_and_revocation(self):
         resp, body = await self.get({"account": "alice", "offline_token": "true", "client_id": "docker"},
-                                    headers={b"Authorization": [basic("alice", "alicepw")]})
+                                    headers={b"Authorization": [basic("alice", "alice-pw1")]})
         rt = body["refresh_token"]
         form = {"grant_type": "refresh_token", "refresh_token": rt, "client_id": "docker",
                 "scope": "repository:secret/x:pull", "service": "zmirror"}
@@ -203,14 +227,14 @@ class TokenServiceTests(unittest.TestCase):
         self.assertEqual(resp.code, 401)
         # a fresh login works; a password change kills it
         resp, body = await self.get({"offline_token": "true"},
-                                    headers={b"Authorization": [basic("alice", "alicepw")]})
+                                    headers={b"Authorization": [basic("alice", "alice-pw1")]})
         form["refresh_token"] = body["refresh_token"]
         self.assertEqual((await self.post(form))[0].code, 200)
-        await self.env.accounts.update(self.alice["id"], password="newpw")
+        await self.env.accounts.update(self.alice["id"], password="new-pw-12")
         self.assertEqual((await self.post(form))[0].code, 401)
         # deleted → dead
         resp, body = await self.get({"offline_token": "true"},
-                                    headers={b"Authorization": [basic("alice", "newpw")]})
+                                    headers={b"Authorization": [basic("alice", "new-pw-12")]})
         form["refresh_token"] = body["refresh_token"]
         self.assertEqual((await self.post(form))[0].code, 200)
         await self.env.users.delete(self.alice["id"])
@@ -227,7 +251,7 @@ class TokenServiceTests(unittest.TestCase):
             ({"grant_type": "refresh_token", "refresh_token": access}, 401),
             ({"grant_type": "client_credentials"}, 400),
             ({}, 400),
-            ({"grant_type": "password", "username": "alice", "password": "alicepw",
+            ({"grant_type": "password", "username": "alice", "password": "alice-pw1",
               "scope": "repository:Bad:pull"}, 400),
         ]
         for form, code in cases:
@@ -253,15 +277,15 @@ class TokenServiceTests(unittest.TestCase):
         for _ in range(3):
             resp, _ = await self.get({}, headers={b"Authorization": [basic("alice", "bad")]})
             self.assertEqual(resp.code, 401)
-        resp, body = await self.get({}, headers={b"Authorization": [basic("alice", "alicepw")]})
+        resp, body = await self.get({}, headers={b"Authorization": [basic("alice", "alice-pw1")]})
         self.assertEqual(resp.code, 429)
         self.assertEqual(resp.headers.getRawHeaders(b"retry-after"), [b"300"])
         self.assertEqual(body["retry_after"], 300)
         resp, body = await self.post({"grant_type": "password", "username": "alice",
-                                      "password": "alicepw"})
+                                      "password": "alice-pw1"})
         self.assertEqual(resp.code, 429)
         self.env.clock.advance(301)
-        resp, body = await self.get({}, headers={b"Authorization": [basic("alice", "alicepw")]})
+        resp, body = await self.get({}, headers={b"Authorization": [basic("alice", "alice-pw1")]})
         self.assertEqual(resp.code, 200)
 
     @coro
@@ -282,15 +306,35 @@ class TokenServiceTests(unittest.TestCase):
     @coro
     async def test_access_log_records(self):
         await self.get({"scope": "repository:secret/x:pull"},
-                       headers={b"Authorization": [basic("alice", "alicepw")]})
+                       headers={b"Authorization": [basic("alice", "alice-pw1")]})
         await self.get({"scope": "repository:secret/x:pull"},
                        headers={b"Authorization": [basic("alice", "bad")]})
         recs = [r for r in self.env.log.records if r.kind == "token"]
+        # a failed login records the account it tried
         self.assertEqual([(r.username, r.status, r.repository, r.method) for r in recs],
-                         [("alice", 200, "secret/x", "GET"), ("", 401, "secret/x", "GET")])
+                         [("alice", 200, "secret/x", "GET"), ("alice", 401, "secret/x", "GET")])
         self.assertEqual(recs[0].client_ip, "127.0.0.1")
         self.assertGreater(recs[0].bytes, 0)
-        self.assertFalse(any("alicepw" in json.dumps(r.as_row()) for r in recs))
+        self.assertFalse(any("alice-pw1" in json.dumps(r.as_row()) for r in recs))
+
+    @coro
+    async def test_access_log_records_the_attempted_name_of_failed_and_locked_logins(self):
+        evil = "bo\x1bb\nname" + "x" * 200
+        for name in ("nobody", evil):
+            await self.get({}, headers={b"Authorization": [basic(name, "bad")]})
+        await self.post({"grant_type": "password", "username": "ghost", "password": "bad"})
+        for _ in range(3):
+            await self.get({}, headers={b"Authorization": [basic("alice", "bad")]})
+        resp, _ = await self.get({}, headers={b"Authorization": [basic("alice", "alice-pw1")]})
+        self.assertEqual(resp.code, 429)
+        recs = [(r.username, r.status) for r in self.env.log.records if r.kind == "token"]
+        self.assertEqual(recs[0], ("nobody", 401))
+        name, status = recs[1]
+        self.assertEqual(status, 401)
+        self.assertTrue(name.startswith("bo?b?namexx"), name)
+        self.assertTrue(name.isprintable())
+        self.assertEqual(len(name), 64)
+        self.assertEqual(recs[2:], [("ghost", 401)] + [("alice", 401)] * 3 + [("alice", 429)])
 
     @coro
     async def test_no_accesslog_is_fine(self):

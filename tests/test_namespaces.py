@@ -300,10 +300,10 @@ class AccessPerNamespaceTests(unittest.TestCase):
     async def setUp(self):
         self.env = make_env(self, namespaces=("ghcr.io",))
         await self.env.whitelists.create("ghcr.io/owner")
-        self.alice = await self.env.accounts.create("alice", "alicepw")
+        self.alice = await self.env.accounts.create("alice", "alicepw-1")
 
     async def token(self, scope, user=None):
-        headers = {b"Authorization": [basic(user, user + "pw")]} if user else None
+        headers = {b"Authorization": [basic(user, user + "pw-1")]} if user else None
         resp, body = await self.env.json("GET", f"http://mirror/token?scope={scope}", headers=headers)
         self.assertEqual(resp.code, 200, body)
         return b"Bearer " + body["token"].encode()

@@ -134,7 +134,7 @@ class UserTests(CLITestCase):
         self.assertEqual(self.user("carol")["enabled"], 0)
 
     def test_errors_are_one_line(self):
-        self.ok("user", "add", "dave", "--stdin", stdin="pw\n")
+        self.ok("user", "add", "dave", "--stdin", stdin="dave-pw-1\n")
         for argv, stdin, expect in [
             (("user", "add", "DAVE", "--stdin"), "pw\n", "already exists"),
             (("user", "add", "admin", "--stdin"), "pw\n", "admin account"),
@@ -313,8 +313,8 @@ class CheckConfigTests(CLITestCase):
 
 class BackupTests(CLITestCase):
     def test_backup_and_restore(self):
-        self.ok("user", "add", "alice", "--stdin", stdin="pw-a\n")
-        self.ok("user", "add", "bob", "--stdin", stdin="pw-b\n")
+        self.ok("user", "add", "alice", "--stdin", stdin="pw-alice-1\n")
+        self.ok("user", "add", "bob", "--stdin", stdin="pw-bob-12\n")
         (self.data / "token.key").write_text("ab" * 32 + "\n")
         os.chmod(self.data / "token.key", 0o600)
         # a writer with an open transaction does not block an online backup

@@ -93,7 +93,7 @@ class WatchServiceTests(unittest.TestCase):
     async def setUp(self):
         self.env = make_env(self, lockout_kw={"max_account": 50, "max_ip": 500})
         await self.env.whitelists.create("helloz")
-        self.alice = await self.env.accounts.create("alice", "alicepw")
+        self.alice = await self.env.accounts.create("alice", "alice-pw1")
         # a data directory whose config points the CLI at the test's database
         self.data = Path(self.mktemp()).resolve() / "data"
         write_default_config(self.data)
@@ -121,7 +121,7 @@ class WatchServiceTests(unittest.TestCase):
         self.env.clock.advance(DB_POLL_INTERVAL)
         await self.watch.wait()
 
-    async def login(self, password="alicepw"):
+    async def login(self, password="alice-pw1"):
         q = urlencode({"account": "alice", "client_id": "docker", "offline_token": "true",
                        "service": "zmirror", "scope": "repository:secret/x:pull"})
         return await self.env.json("GET", "http://mirror/token?" + q,
@@ -168,8 +168,8 @@ class WatchServiceTests(unittest.TestCase):
     async def test_password_change_and_new_user_and_whitelist(self):
         resp, body = await self.login()
         refresh_token = body["refresh_token"]
-        self.cli("user", "passwd", "alice", "--stdin", stdin="new-pw\n")
-        self.cli("user", "add", "ivan", "--stdin", stdin="ivan-pw\n")
+        self.cli("user", "passwd", "alice", "--stdin", stdin="new-pw-123\n")
+        self.cli("user", "add", "ivan", "--stdin", stdin="ivan-pw-12\n")
         conn = other_connection(self.env.db)
         now = self.env.clock.seconds()
         conn.execute("INSERT INTO whitelists (prefix, created_at, updated_at) VALUES ('team', ?, ?)",
@@ -181,7 +181,7 @@ class WatchServiceTests(unittest.TestCase):
         users = {u["username"] for u in self.env.users._by_id.values()}
         self.assertEqual(users, {"alice", "ivan"})
         self.assertTrue(self.env.whitelist.matcher.allows("team/app"))
-        resp, _ = await self.login("new-pw")
+        resp, _ = await self.login("new-pw-123")
         self.assertEqual(resp.code, 200)
 
     @coro

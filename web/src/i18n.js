@@ -122,6 +122,13 @@ const messages = {
       deleteConfirm: '确定删除用户“{name}”吗？',
       passwordChanged: '密码已修改', changeTitle: '修改“{name}”的密码',
       hint: '这些是用于 docker login 的镜像仓库用户，不是管理员账号。',
+      passwordRule: '至少 {min} 个字符，最多 {max} 个，不含控制字符（与管理员密码规则相同）',
+      locked: {
+        title: '已锁定的账号和地址', hint: '登录失败次数过多的账号或地址会被暂时锁定；解除锁定在 2 秒内对所有节点生效。',
+        name: '账号 / 地址', kind: '类型', failures: '失败次数', until: '锁定至', unlock: '解除锁定',
+        address: '客户端地址', registryLogin: '账号（docker login）', adminLogin: '账号（管理后台）',
+        unnamed: '未记录名称', unlocked: '已解除“{name}”的锁定',
+      },
     },
     logs: {
       title: '访问日志', time: '时间', timeRange: '时间范围', start: '开始时间', end: '结束时间',
@@ -290,6 +297,13 @@ const messages = {
       deleteConfirm: 'Delete the user "{name}"?',
       passwordChanged: 'Password changed', changeTitle: 'Change the password of "{name}"',
       hint: 'Registry users for docker login — not the admin account.',
+      passwordRule: 'At least {min} and at most {max} characters, no control characters (the same rule as the admin password)',
+      locked: {
+        title: 'Locked accounts and addresses', hint: 'Accounts and addresses with too many failed logins are locked for a while; an unlock applies on every node within 2 s.',
+        name: 'Account / address', kind: 'Kind', failures: 'Failures', until: 'Locked until', unlock: 'Unlock',
+        address: 'Client address', registryLogin: 'Account (docker login)', adminLogin: 'Account (admin UI)',
+        unnamed: 'name not recorded', unlocked: '"{name}" unlocked',
+      },
     },
     logs: {
       title: 'Access logs', time: 'Time', timeRange: 'Time range', start: 'Start', end: 'End',

@@ -30,6 +30,7 @@ from zmirror.admin.logs import LogHandlers
 from zmirror.admin.nodes import NodeHandlers
 from zmirror.admin.registries import RegistryHandlers
 from zmirror.admin.session import SessionHandlers
+from zmirror.admin.lockouts import LockoutHandlers
 from zmirror.admin.users import UserHandlers
 from zmirror.admin.validate import ApiError
 from zmirror.admin.whitelists import WhitelistHandlers
@@ -59,14 +60,15 @@ class AdminAPI:
     (:class:`zmirror.auth.users.UserAccounts`); ``policy``: the access policy
     (its anonymous mode); ``upstreams``: the proxy core's pool; ``cache``,
     ``manifest_cache``, ``accesslog`` (the batched writer); ``nodes``: this
-    node's heartbeat, ``node`` its name; ``clock``.
+    node's heartbeat, ``node`` its name; ``lockouts``: the lockout's locks
+    (:class:`zmirror.auth.lockoutrecords.LockoutRecords`); ``clock``.
     """
 
     def __init__(self, *, account: AdminAccount, trusted: TrustedProxies, clock: Any,
                  registries: Any, accesslogs: Any, users: Any, whitelists: Any, whitelist: Any,
                  accounts: Any, policy: Any, node: str, upstreams: Any = None,
                  cache: Any = None, manifest_cache: Any = None, accesslog: Any = None,
-                 nodes: Any = None):
+                 nodes: Any = None, lockouts: Any = None):
         self.account = account
         self.trusted = trusted
         self.registries = registries
@@ -86,6 +88,7 @@ class AdminAPI:
             RegistryHandlers(registries, upstreams),
             WhitelistHandlers(whitelists, whitelist, policy),
             UserHandlers(users, accounts, account),
+            LockoutHandlers(lockouts),
             LogHandlers(accesslogs, cache, accesslog),
             CacheHandlers(cache, manifest_cache),
             NodeHandlers(nodes, node=node, clock=clock),

@@ -34,7 +34,8 @@ def build_admin(config: Config, *, clock: Any, trusted: TrustedProxies, access: 
                     accesslogs=accesslogs, users=access.users, whitelists=access.whitelists,
                     whitelist=access.whitelist, accounts=access.accounts, policy=access.policy,
                     node=config.server.node, upstreams=upstreams, accesslog=accesslog,
-                    cache=cache, manifest_cache=manifest_cache, nodes=nodes)
+                    cache=cache, manifest_cache=manifest_cache, nodes=nodes,
+                    lockouts=access.lockout_records)
 
 
 __all__ = ["build_admin"]

@@ -7,11 +7,12 @@ from typing import Any
 
 from zmirror.admin.http import maybe, need, route, store_call, update_values
 from zmirror.admin.validate import Field, Invalid, boolean, check, identifier, json_body, path_id
-from zmirror.auth.users import validate_password
+from zmirror.auth.users import PASSWORD_POLICY, validate_password
 from zmirror.db.users import validate_username
 
 # usernames: the store's own constraint (the admin's name: the handler);
-# passwords: zmirror.auth.users, which hashes them
+# passwords: zmirror.auth.users, which hashes them (the one password policy, the
+# admin's too: a new or changed password is checked, a stored one never)
 USER_FIELDS = {
     "username": Field(validate_username, required=True),
     "password": Field(validate_password, required=True),
@@ -43,7 +44,8 @@ class UserHandlers:
     @route("/users", ["GET"])
     async def list_all(self, request):
         rows = await maybe(need(self.users, "users").list())
-        return {"items": [user_out(r) for r in rows]}
+        # the rule a new password follows (the web UI shows it in the Users dialog)
+        return {"items": [user_out(r) for r in rows], "password_policy": PASSWORD_POLICY.describe()}
 
     @route("/users", ["POST"])
     async def create(self, request):

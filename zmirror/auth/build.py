@@ -18,6 +18,7 @@ from twisted.python.threadpool import ThreadPool
 
 from zmirror.auth.credentials import Authenticator
 from zmirror.auth.lockout import Lockout, settings as lockout_settings
+from zmirror.auth.lockoutrecords import LockoutRecords
 from zmirror.auth.lockoutsync import LockoutSync
 from zmirror.auth.passwords import CONCURRENCY, QUEUE, Passwords
 from zmirror.auth.policy import AccessPolicy
@@ -25,6 +26,7 @@ from zmirror.auth.tokens import TokenIssuer, load_secret
 from zmirror.auth.tokenservice import TokenService
 from zmirror.auth.users import UserAccounts
 from zmirror.auth.whitelist import Whitelist
+from zmirror.db.lockouts import LockoutStore
 from zmirror.db.users import UserStore
 from zmirror.db.whitelists import WhitelistStore
 from zmirror.net import TrustedProxies
@@ -55,6 +57,7 @@ class AccessControl:
     token_service: TokenService
     services: list = field(default_factory=list)
     lockout_sync: Optional[LockoutSync] = None  # the lockout shared with the other nodes
+    lockout_records: Optional[LockoutRecords] = None  # the locks by name: listed, unlocked
 
 
 def build_access(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
@@ -92,9 +95,11 @@ def build_access(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
     lockout = Lockout(reactor, secret=secret if clustered else None,
                       **lockout_settings(getattr(config, "lockout", None)))
     lockout_sync = None
+    node = getattr(getattr(config, "server", None), "node", "") or ""
     if clustered:
-        node = getattr(getattr(config, "server", None), "node", "") or ""
         lockout_sync = LockoutSync(lockout, bus, db, clock=reactor, node=node)
+    lockout_records = LockoutRecords(lockout, LockoutStore(db), clock=reactor, node=node,
+                                     shared=clustered)
     tokens = TokenIssuer(secret, reactor, service=SERVICE)
     authenticator = Authenticator(users, passwords, lockout, clock=reactor,
                                   admin_username=admin_username)
@@ -110,11 +115,12 @@ def build_access(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
     if lockout_sync is not None:
         # stops (writes what is queued) before the DatabaseService closes the pools
         services.append(CallbackService(start=lockout_sync.start, stop=lockout_sync.stop))
+    services.append(CallbackService(start=lockout_records.start, stop=lockout_records.stop))
     return AccessControl(
         users=users, whitelists=whitelists, whitelist=whitelist,
         accounts=UserAccounts(users, passwords), lockout=lockout, passwords=passwords,
         tokens=tokens, authenticator=authenticator, policy=policy, token_service=token_service,
-        services=services, lockout_sync=lockout_sync,
+        services=services, lockout_sync=lockout_sync, lockout_records=lockout_records,
     )
 
 

@@ -17,8 +17,32 @@ from typing import Any, Optional, Union
 
 from werkzeug.datastructures import Authorization
 
-from zmirror.auth.lockout import Locked, Lockout
+from zmirror.auth.lockout import Locked, Lockout, printable_name
 from zmirror.db.users import USERNAME_RE
+
+
+# the attempted account name as the access log records it
+ATTEMPTED_NAME_CHARS = 64
+
+ADMIN_LOGIN_MESSAGE = ("the admin account cannot be used for docker login; "
+                       "create a registry user")
+
+
+class AdminAccountLogin(Exception):
+    """A registry login (``/token``, Basic auth on ``/v2/``) with the admin
+    account's name: refused the same whatever the password (it is not checked)
+    and not counted as a failed guess.  ``message`` is what clients are told."""
+
+    message = ADMIN_LOGIN_MESSAGE
+
+    def __init__(self) -> None:
+        super().__init__(self.message)
+
+
+def attempted_name(username: Any) -> str:
+    """``username`` as a log may show it: at most :data:`ATTEMPTED_NAME_CHARS`
+    characters, every one printable (others become ``?``)."""
+    return printable_name(username, ATTEMPTED_NAME_CHARS)
 
 
 def parse_basic(header: Union[bytes, str, None]) -> Optional[tuple[str, str]]:
@@ -70,8 +94,16 @@ class Authenticator:
         self.login_record_interval = login_record_interval
         self._last_recorded: dict[int, float] = {}
 
+    def is_admin_name(self, username: Any) -> bool:
+        """Whether ``username`` is the admin account's name (case-insensitive)."""
+        return bool(self.admin_username and isinstance(username, str)
+                    and username.lower() == self.admin_username.lower())
+
     async def authenticate(self, username: str, password: str, ip: str) -> Optional[dict]:
         """The user's auth row on success; None for bad credentials.
+
+        Raises :class:`AdminAccountLogin` for the admin account's name, at once:
+        the password is not looked at and nothing is counted.
 
         Raises :class:`~zmirror.auth.lockout.Locked` (the password is then not
         checked) while the account or address is locked out, while as many of
@@ -82,12 +114,13 @@ class Authenticator:
         # Registry accounts are counted apart from the admin's (the admin API uses
         # the bare name): failed registry logins as "admin" must not lock the
         # admin out of the web UI.  Failures per IP are shared.
+        if self.is_admin_name(username):
+            raise AdminAccountLogin()
         account = "user:" + (username if isinstance(username, str) else "")[:64]
         self.lockout.enforce(account, ip)
         row = None
         if (isinstance(username, str) and isinstance(password, str)
-                and USERNAME_RE.match(username) and len(password) <= 1024
-                and not (self.admin_username and username.lower() == self.admin_username.lower())):
+                and USERNAME_RE.match(username) and len(password) <= 1024):
             row = await self.users.get_by_username(username)
         usable = row is not None and bool(row["enabled"])
         if usable and self._is_cached(password, row, username):
@@ -140,4 +173,5 @@ class Authenticator:
             pass  # last_login_at is informational; never fail a login over it
 
 
-__all__ = ["Authenticator", "Locked", "parse_basic", "auth_scheme"]
+__all__ = ["ADMIN_LOGIN_MESSAGE", "AdminAccountLogin", "Authenticator", "Locked", "attempted_name",
+           "auth_scheme", "parse_basic"]

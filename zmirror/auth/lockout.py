@@ -41,6 +41,20 @@ _KEY_HEX = re.compile(r"[0-9a-f]{%d}" % (2 * KEY_SIZE))
 MAX_SKEW = 60.0
 
 
+# the prefix of the registry logins' accounts (zmirror.auth.credentials): the admin
+# API counts the bare name, so failed registry logins never lock the admin out
+REGISTRY_ACCOUNT = "user:"
+MAX_NAMES = 10_000  # the names remembered for the keys this node counted
+
+
+def printable_name(name: Any, limit: int = LABEL_CHARS) -> str:
+    """``name`` as logs and lists may show it: at most ``limit`` characters,
+    every one printable (others become ``?``)."""
+    if not isinstance(name, str):
+        return ""
+    return "".join(c if c.isprintable() else "?" for c in name[:limit])
+
+
 def address_bucket(ip: str) -> str:
     """What failures from ``ip`` are counted under: the IPv4 address itself
     (also for an IPv4-mapped IPv6 address), the /64 of an IPv6 address, or the
@@ -138,6 +152,9 @@ class Lockout:
         self._failures: "OrderedDict[bytes, array]" = OrderedDict()
         self._locked: dict[bytes, float] = {}
         self._in_flight: dict[bytes, int] = {}  # key → attempts being checked now
+        # key → (kind, name, login) of the keys this node counted a failure of
+        self._names: "OrderedDict[bytes, tuple[str, str, str]]" = OrderedDict()
+        self._lock_watchers: list = []  # told of every lock this node starts
         self.configure(max_account=max_account, max_ip=max_ip, window=window, cooldown=cooldown)
 
     def configure(self, *, max_account: int, max_ip: int, window: float, cooldown: float) -> None:
@@ -285,10 +302,12 @@ class Lockout:
                  account=str(account or "")[:LABEL_CHARS], ip=str(ip or "")[:LABEL_CHARS])
         keys = self._keys(account, ip)
         for kind, key in keys:
+            self._remember_name(key, kind, account, ip)
             n = self._count(key, now, now)
             if n:
                 log.warn("{kind} {key} locked for {s:.0f}s after {n} failed logins",
                          kind=kind, key=self._label(kind, account, ip), s=self.cooldown, n=n)
+                self._tell_locked(key, n, now)
         self._prune(now)
         self._tell("failed", [key for _kind, key in keys], now)
 
@@ -297,6 +316,82 @@ class Lockout:
             key = self._key(ACCOUNT, str(account).lower())
             if self._failures.pop(key, None):
                 self._tell("cleared", key)
+
+    # --- the locks, by name (GET /api/lockouts, `zmirror user locked`) -------------------
+
+    def _remember_name(self, key: bytes, kind: str, account: str, ip: str) -> None:
+        if kind == "account":
+            name, login = str(account), "admin"
+            if name.startswith(REGISTRY_ACCOUNT):
+                name, login = name[len(REGISTRY_ACCOUNT):], "registry"
+            entry = ("account", printable_name(name), login)
+        else:
+            entry = ("address", printable_name(address_bucket(str(ip))), "")
+        self._names[key] = entry
+        self._names.move_to_end(key)
+        while len(self._names) > MAX_NAMES:
+            self._names.popitem(last=False)
+
+    def describe(self, key: bytes) -> dict:
+        """What ``key`` counts: ``kind`` (account / address), ``name`` and, of an
+        account, ``login`` (registry / admin); the name is '' when this node never
+        saw it (another node's failures)."""
+        kind, name, login = self._names.get(
+            key, ("account" if key[:1] == ACCOUNT else "address", "", ""))
+        return {"key": key.hex(), "kind": kind, "name": name, "login": login}
+
+    def locks(self) -> list[dict]:
+        """The locks in force on this node: :meth:`describe` with ``failures``,
+        ``until`` (this node's clock) and ``locked_at`` (its last failure)."""
+        now = self.clock.seconds()
+        out = []
+        for key, until in list(self._locked.items()):
+            if until <= now:
+                continue
+            q = self._failures.get(key)
+            out.append({**self.describe(key), "failures": len(q) if q else 0,
+                        "locked_at": until - self.cooldown, "until": until})
+        return out
+
+    def keys_named(self, name: str) -> list[bytes]:
+        """The keys an unlock of ``name`` lifts: an address's (IPv4, IPv6 or the
+        /64 it is counted under), else the account's for registry logins and
+        for the admin API."""
+        name = str(name or "").strip()
+        if not name:
+            return []
+        try:
+            bucket = address_bucket(str(ipaddress.ip_network(name, strict=False).network_address)
+                                    if "/" in name else name)
+            ipaddress.ip_address(bucket.split("/")[0])
+        except ValueError:
+            return [self._key(ACCOUNT, (REGISTRY_ACCOUNT + name).lower()),
+                    self._key(ACCOUNT, name.lower())]
+        return [self._key(ADDRESS, bucket)]
+
+    def release(self, key: bytes) -> bool:
+        """Lift the lock of ``key`` and forget its failures (an admin's unlock);
+        whether it was locked."""
+        was = self._locked.pop(key, None) is not None
+        self._failures.pop(key, None)
+        if was:
+            log.info("lockout: {kind} {name} unlocked", kind=self.describe(key)["kind"],
+                     name=self.describe(key)["name"] or key.hex()[:12])
+        return was
+
+    def watch_locks(self, watcher: Any) -> None:
+        """Tell ``watcher`` (``locked(info)``, :meth:`describe` with ``failures``,
+        ``locked_at``, ``until``) of every lock this node's own failures start."""
+        self._lock_watchers.append(watcher)
+
+    def _tell_locked(self, key: bytes, n: int, now: float) -> None:
+        info = {**self.describe(key), "failures": n, "locked_at": now,
+                "until": self._locked.get(key, now + self.cooldown)}
+        for watcher in self._lock_watchers:
+            try:
+                watcher.locked(info)
+            except Exception:  # recording must never fail a login
+                log.failure("lockout: recording a lock failed")
 
     def listen(self, listener: Any) -> None:
         """Tell ``listener`` of every failure and of every success that cleared an

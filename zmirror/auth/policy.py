@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from zmirror.auth.credentials import Authenticator, Locked, auth_scheme, parse_basic
+from zmirror.auth.credentials import (
+    AdminAccountLogin,
+    Authenticator,
+    Locked,
+    attempted_name,
+    auth_scheme,
+    parse_basic,
+)
 from zmirror.auth.tokens import Claims, InvalidToken, TokenIssuer
 from zmirror.identity import Identity
 from zmirror.net import TrustedProxies, base_url, client_ip
@@ -169,13 +176,24 @@ class AccessPolicy:
         username, password = creds
         try:
             user = await self.authenticator.authenticate(username, password, ip)
+        except AdminAccountLogin as e:  # the same answer whatever the password
+            self._failed("admin_account")
+            raise _attempted(self._unauthorized(request, name, e.message), username) from None
         except Locked as e:
             self._failed(e.reason)
-            raise self._locked(e)
+            raise _attempted(self._locked(e), username) from None
         if user is None:
             self._failed("bad_credentials")
-            raise self._unauthorized(request, name, "incorrect username or password")
+            raise _attempted(self._unauthorized(request, name, "incorrect username or password"),
+                             username)
         return Identity(username=user["username"])
+
+
+def _attempted(error: RegistryError, username: str) -> RegistryError:
+    """``error`` carrying the account name a refused Basic login tried
+    (``attempted_user``: the access log records it, sanitized and bounded)."""
+    error.attempted_user = attempted_name(username)  # type: ignore[attr-defined]
+    return error
 
 
 __all__ = ["AccessPolicy", "MODES"]

@@ -19,7 +19,14 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
 from zmirror.accesslog import AccessRecord
-from zmirror.auth.credentials import Authenticator, Locked, auth_scheme, parse_basic
+from zmirror.auth.credentials import (
+    AdminAccountLogin,
+    Authenticator,
+    Locked,
+    attempted_name,
+    auth_scheme,
+    parse_basic,
+)
 from zmirror.auth.tokens import InvalidToken, TokenIssuer
 from zmirror.net import TrustedProxies, client_ip
 from zmirror.oci.errors import RegistryError
@@ -163,6 +170,7 @@ class TokenService:
                 raise TokenError(401, "invalid_client", "malformed Basic credentials",
                                  {b"WWW-Authenticate": b'Basic realm="zmirror"'})
             username, password = creds
+            rec.username = attempted_name(username)
             if account and account != username:
                 raise _bad("account does not match the credentials")
             user = await self._login(username, password, rec.client_ip)
@@ -194,6 +202,7 @@ class TokenService:
         grant = _one(params, "grant_type")
         if grant == "password":
             username, password = _one(params, "username"), _one(params, "password")
+            rec.username = attempted_name(username)
             if not username or "password" not in params:
                 raise _bad("username and password are required")
             user = await self._login(username, password, rec.client_ip)
@@ -213,8 +222,14 @@ class TokenService:
     # --- helpers -------------------------------------------------------------
 
     async def _login(self, username: str, password: str, ip: str) -> dict:
+        """The user's auth row; a :class:`TokenError` for a refused login (the
+        access record keeps the attempted name)."""
         try:
             user = await self.authenticator.authenticate(username, password, ip)
+        except AdminAccountLogin as e:  # the same answer whatever the password
+            self._failed("admin_account")
+            raise TokenError(401, "invalid_grant", e.message,
+                             {b"WWW-Authenticate": b'Basic realm="zmirror"'}) from None
         except Locked as e:  # locked out, too many at once, or verification queue full
             self._failed(e.reason)
             raise TokenError(429, "too_many_requests", e.message,

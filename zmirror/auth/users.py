@@ -11,21 +11,20 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from zmirror.config.passwordpolicy import PASSWORD_POLICY
 from zmirror.db.errors import InvalidField
 
-PASSWORD_MAX = 1024
+PASSWORD_MAX = PASSWORD_POLICY.max_length
 
 
 def validate_password(password: Any) -> str:
-    """Returns ``password`` if it is acceptable as a new password, else raises InvalidField."""
-    if not isinstance(password, str):
-        raise InvalidField("password", "must be a string")
-    if not password:
-        raise InvalidField("password", "must not be empty")
-    if len(password) > PASSWORD_MAX:
-        raise InvalidField("password", f"must be at most {PASSWORD_MAX} characters")
-    if "\x00" in password:
-        raise InvalidField("password", "must not contain NUL characters")
+    """Returns ``password`` if it is acceptable as a new password (the one
+    :data:`~zmirror.config.passwordpolicy.PASSWORD_POLICY`, the admin's too),
+    else raises InvalidField.  Stored passwords are never re-checked: a user
+    created under an older rule keeps logging in."""
+    problem = PASSWORD_POLICY.problem(password)
+    if problem is not None:
+        raise InvalidField("password", problem)
     return password
 
 
@@ -56,4 +55,4 @@ class UserAccounts:
         return await self.store.update(uid, password_hash=password_hash, enabled=enabled)
 
 
-__all__ = ["UserAccounts", "validate_password", "PASSWORD_MAX"]
+__all__ = ["UserAccounts", "validate_password", "PASSWORD_MAX", "PASSWORD_POLICY"]

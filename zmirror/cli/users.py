@@ -1,9 +1,13 @@
 """``zmirror user add|passwd|disable|enable|list``: registry users, written and
-read through the server's :class:`~zmirror.db.users.UserStore`."""
+read through the server's :class:`~zmirror.db.users.UserStore`; ``zmirror user
+locked|unlock``: the login lockout's locks (accounts and addresses), read and
+released in the ``lockouts`` table (:class:`~zmirror.db.lockouts.LockoutStore`),
+which every running node follows within 2 s."""
 
 from __future__ import annotations
 
 import json
+import time
 from contextlib import closing
 from datetime import datetime, timezone
 from typing import Optional
@@ -19,7 +23,9 @@ from zmirror.cli.common import (
     read_password,
     reload_hint,
 )
+from zmirror.auth.lockout import parse_key, printable_name
 from zmirror.db.errors import Conflict, InvalidField, NotFound
+from zmirror.db.lockouts import LockoutStore, row_out
 from zmirror.db.sync import result
 from zmirror.db.users import UserStore, validate_username
 
@@ -131,6 +137,45 @@ def cmd_user_list(args) -> int:
     return 0
 
 
+def cmd_user_locked(args) -> int:
+    cfg = load(args)
+    now = time.time()
+    with closing(open_database(cfg)) as db:
+        rows = result(LockoutStore(db).locked(now))
+    locks = [row_out(r, now) for r in rows]
+    if args.json:
+        out(json.dumps(locks, ensure_ascii=False, indent=2))
+        return 0
+    if not locks:
+        out("nothing is locked / 没有被锁定的账号或地址")
+        return 0
+    w = max(8, max(len(x["name"] or "") for x in locks))
+    out(f"{'KIND':<8}  {'NAME':<{w}}  {'LOGIN':<8}  {'FAILURES':>8}  {'RETRY IN':>8}  ID")
+    for x in locks:
+        out(f"{x['kind']:<8}  {x['name'] or '-':<{w}}  {x['login'] or '-':<8}  "
+            f"{x['failures']:>8}  {str(x['retry_after']) + 's':>8}  {x['id']}")
+    return 0
+
+
+def cmd_user_unlock(args) -> int:
+    cfg = load(args)
+    target = args.name.strip()
+    if not target or len(target) > 200 or printable_name(target, 200) != target:
+        raise CLIError("give an account name, an address or a lock's id (see `zmirror user locked`)")
+    now = time.time()
+    by_key = parse_key(target) is not None
+    with closing(open_database(cfg)) as db:
+        rows = result(LockoutStore(db).release(now, name="" if by_key else target,
+                                               keys=[target] if by_key else []))
+    if not rows:
+        raise CLIError(f"nothing named {target!r} is locked (see `zmirror user locked`)")
+    for r in rows:
+        out(f"unlocked {r['kind']} {r['name'] or r['key']}"
+            f"{' (' + r['login'] + ' logins)' if r['login'] else ''}")
+    out("running servers lift the lock within 2 s / 运行中的服务在 2 秒内解除锁定")
+    return 0
+
+
 def add_parser(sub) -> None:
     u = sub.add_parser("user", help="registry users / 仓库用户")
     usub = u.add_subparsers(dest="user_command", required=True)
@@ -151,3 +196,10 @@ def add_parser(sub) -> None:
     ls = usub.add_parser("list", help="list users / 用户列表")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_user_list)
+    lk = usub.add_parser("locked", help="accounts and addresses locked after failed logins / "
+                                        "登录失败被锁定的账号和地址")
+    lk.add_argument("--json", action="store_true")
+    lk.set_defaults(func=cmd_user_locked)
+    un = usub.add_parser("unlock", help="unlock an account or an address / 解除锁定")
+    un.add_argument("name", help="an account name, an address, or a lock's id")
+    un.set_defaults(func=cmd_user_unlock)

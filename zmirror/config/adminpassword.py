@@ -4,38 +4,28 @@ is validated before the file is atomically replaced)."""
 
 from __future__ import annotations
 
-import re
 import threading
 from pathlib import Path
 from typing import Any
 
 from zmirror.config.files import write_preserving_mode
 from zmirror.config.parse import parse_config
+from zmirror.config.passwordpolicy import PASSWORD_POLICY
 from zmirror.config.schema import DEFAULT_ADMIN_PASSWORD, Config, ConfigError
 
-ADMIN_PASSWORD_MIN = 8
-ADMIN_PASSWORD_MAX = 1024
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+ADMIN_PASSWORD_MIN = PASSWORD_POLICY.min_length
+ADMIN_PASSWORD_MAX = PASSWORD_POLICY.max_length
 
 
 def admin_password_problem(password: Any) -> str | None:
     """Why ``password`` cannot be the new admin password (a field message), or None.
 
-    The same rules for ``PUT /api/me/password`` and ``zmirror admin-password``."""
-    if not isinstance(password, str):
-        return "must be a string"
-    if not password:
-        return "must not be empty"
-    if len(password) < ADMIN_PASSWORD_MIN:
-        return f"must be at least {ADMIN_PASSWORD_MIN} characters"
-    if len(password) > ADMIN_PASSWORD_MAX:
-        return f"must be at most {ADMIN_PASSWORD_MAX} characters"
-    if _CONTROL.search(password):
-        return "must not contain control characters"
-    try:
-        password.encode("utf-8")
-    except UnicodeEncodeError:
-        return "must be valid Unicode text"
+    The same rules for ``PUT /api/me/password`` and ``zmirror admin-password``:
+    the one password policy (:data:`~zmirror.config.passwordpolicy.PASSWORD_POLICY`,
+    the registry users' too), and not the well-known default."""
+    problem = PASSWORD_POLICY.problem(password)
+    if problem is not None:
+        return problem
     if password == DEFAULT_ADMIN_PASSWORD:
         return "must not be the default password"
     return None

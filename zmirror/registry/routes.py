@@ -148,6 +148,8 @@ class RegistryRoutes:
         except RegistryError as e:
             if rec is not None and e.status in (401, 403):
                 rec.kind = "denied"
+            if rec is not None and not rec.username:  # a refused login: the name it tried
+                rec.username = getattr(e, "attempted_user", "")
             return render_error(request, e)
         except Exception:
             log.failure("unexpected error handling {method} {path}",
