@@ -62,8 +62,8 @@ def load_config(data_dir: str | os.PathLike | None = None, config_path: str | os
             written = write_default_config(cpath)
     else:
         if config_path is None and not cpath.is_file():
-            where = f"{ddir}: no such directory" if not ddir.exists() else f"{cpath}: no such file"
-            raise NoDataDir(f"no ZMirror data directory here ({where}); point to one with "
+            why = "no such directory" if not ddir.exists() else f"{cpath}: no such file"
+            raise NoDataDir(f"no ZMirror data directory at {ddir} ({why}); point to one with "
                             f"--data DIR (or ZMIRROR_DATA) or --config FILE; the server creates "
                             f"a new one on its first start (twistd -n zmirror --data DIR)")
         mode_warnings = ensure_data_dir(ddir) if ddir.is_dir() else []
