@@ -2,7 +2,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# make run / make dev: the data directory, and the address to listen on (a Twisted endpoint such
+# as tcp:8080:interface=127.0.0.1; empty: [server] host/port of the config, 0.0.0.0:8080)
 DATA   ?= data
+LISTEN ?=
+# twistd's pid file goes into the data directory (a second instance with another DATA is not
+# refused), the log to stdout
+RUN_ARGS = --pidfile $(DATA)/twistd.pid --logfile - zmirror --data $(DATA) $(if $(LISTEN),--listen $(LISTEN))
 WEBUI_STAMP := zmirror/webui/index.html
 WEB_SOURCES := $(shell find web -path web/node_modules -prune -o -type f -print 2>/dev/null)
 
@@ -12,9 +18,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# Python dependencies (editable install, test and dev extras)
-deps: $(BIN)/python
-	$(BIN)/pip install -q -e '.[test,dev]' --config-settings editable_mode=compat
+# Python dependencies (editable install, test and dev extras), again when setup.py changed.
+# The install puts the repository root on the venv's path (setup.py: package_dir), so the
+# twistd plugin in twisted/plugins/ and the tests import from the working tree.
+DEPS_STAMP := $(VENV)/.deps-installed
+deps: $(DEPS_STAMP)
+$(DEPS_STAMP): setup.py $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,dev]'
+	@touch $@
 
 # The web UI, rebuilt when web/ changed (needs node + npm)
 ui: $(WEBUI_STAMP)
@@ -23,13 +34,14 @@ $(WEBUI_STAMP): $(WEB_SOURCES)
 	  cd web && (npm ci --no-audit --no-fund || npm install --no-audit --no-fund) && npm run build; \
 	else echo "web/ has no package.json yet: UI not built"; fi
 
-# Run the service on its embedded defaults (creates ./data on first start)
+# Run the service on its embedded defaults (creates ./data on first start);
+# make run LISTEN=tcp:8080:interface=127.0.0.1 DATA=/srv/zmirror
 run: deps ui
-	$(BIN)/twistd -n zmirror --data $(DATA)
+	$(BIN)/twistd -n $(RUN_ARGS)
 
 # Like run, restarting when Python files change
 dev: deps ui
-	$(BIN)/hupper -m twisted -n zmirror --data $(DATA)
+	$(BIN)/hupper -m twisted -n $(RUN_ARGS)
 
 build: deps ui
 	$(BIN)/pip wheel -q --no-deps -w dist .

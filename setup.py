@@ -1,6 +1,6 @@
 import os
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 here = os.path.abspath(os.path.dirname(__file__))
 about = {}
@@ -25,7 +25,13 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",
-    packages=find_packages(include=["zmirror", "zmirror.*"]) + ["twisted.plugins"],
+    # the packages sit at the root: an editable install (make deps) is then a path entry for
+    # the repository root, which the twistd plugin (twisted/plugins/) and the tests need
+    package_dir={"": "."},
+    # directories of data files (db/migrations, webui) are packages too, so that setuptools
+    # does not warn that it would ignore them
+    packages=find_namespace_packages(include=["zmirror", "zmirror.*"], exclude=["*.__pycache__"])
+    + ["twisted.plugins"],
     package_data={
         "zmirror": ["db/migrations/*.sql", "config/default.toml"] + webui_files(),
         "twisted": ["plugins/zmirror_plugin.py"],
@@ -52,5 +58,5 @@ setup(
     },
     entry_points={"console_scripts": ["zmirror=zmirror.cli:main"]},
     zip_safe=False,
-    classifiers=["Framework :: Twisted", "License :: OSI Approved :: MIT License"],
+    classifiers=["Framework :: Twisted"],  # the licence: license="MIT" above
 )

@@ -42,7 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.fixtures.helpers import free_port, twistd_bin, wait_port  # noqa: E402
+from tests.fixtures.helpers import first_start, free_port, twistd_bin, wait_port  # noqa: E402
 
 ZMIRROR_CLI = [sys.executable, "-m", "zmirror.cli"]
 
@@ -228,8 +228,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="zmirror-hostile-"))
     data = work / "data"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    # the first start writes the default config; the CLI then adds a user
-    subprocess.run(ZMIRROR_CLI + ["--data", str(data), "check-config"], env=env, capture_output=True)
+    # what the server's first start writes (the CLI creates nothing); the CLI then adds a user
+    first_start(data)
     user = "victim"
     subprocess.run(ZMIRROR_CLI + ["--data", str(data), "user", "add", "--stdin", user],
                    input=b"correct-horse-battery\n", env=env, check=True, capture_output=True)

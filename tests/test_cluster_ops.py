@@ -441,8 +441,9 @@ class CacheDirLockTests(unittest.TestCase):
 
 
 class WiredCacheDirTests(unittest.TestCase):
-    """Two nodes whose data dirs share a parent keep the default ``./data/cache`` (resolved
-    against the data dir's parent): the same cache dir, the easy mistake."""
+    """Two nodes whose configs name the same ``[cache] dir`` (an absolute path, or an
+    earlier version's ``./data/cache`` read against the data dirs' common parent): the
+    easy mistake."""
 
     def setUp(self):
         from zmirror.tap import Options
@@ -451,7 +452,7 @@ class WiredCacheDirTests(unittest.TestCase):
         self.opts = []
         for name in ("node1", "node2"):
             data = self.parent / name
-            write_default_config(data)
+            write_default_config(data, {'dir = "cache"': f'dir = "{self.parent / "cache"}"'})
             opts = Options()
             opts.parseOptions(["--data", str(data), "--listen", "tcp:0:interface=127.0.0.1"])
             self.opts.append(opts)
@@ -470,7 +471,7 @@ class WiredCacheDirTests(unittest.TestCase):
                 await first.stopService()
 
         self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
-        cache = self.parent / "data" / "cache"
+        cache = self.parent / "cache"
         self.assertEqual(first.components.config.cache_dir, cache)
         with self.assertRaises(SystemExit) as e:
             makeService(self.opts[1], reactor)

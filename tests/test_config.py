@@ -24,8 +24,9 @@ class LoadConfigTests(unittest.TestCase):
         self.assertEqual(cfg.admin.username, "admin")
         self.assertEqual(cfg.admin.password, "admin123")
         self.assertTrue(cfg.admin_password_is_default)
-        # ./data/registry.db relative to the data dir's parent
+        # registry.db and cache inside the data dir
         self.assertEqual(cfg.database_path, self.data / "registry.db")
+        self.assertEqual(cfg.cache_dir, self.data / "cache")
         self.assertEqual(cfg.warnings, ())
 
     def test_existing_never_overwritten(self):
@@ -105,7 +106,7 @@ class ParseTests(unittest.TestCase):
     def test_absolute_and_relative_paths(self):
         cfg = self.parse('[database]\npath = "/var/lib/z.db"\n[cache]\ndir = "cachedir"\n')
         self.assertEqual(cfg.database_path, Path("/var/lib/z.db"))
-        self.assertEqual(cfg.cache_dir, Path("/srv/cachedir"))
+        self.assertEqual(cfg.cache_dir, Path("/srv/d/cachedir"))
 
     def test_sizes(self):
         self.assertEqual(parse_size("50GB"), 50 * 10**9)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from tests.fixtures.helpers import REPO, write_default_config
+from tests.fixtures.helpers import REPO, first_start, write_default_config
 from zmirror import cli
 from zmirror.cli import users as cli_users
 from zmirror.auth.passwords import (
@@ -67,6 +67,8 @@ class CLITestCase(unittest.TestCase):
 
             self.url = fresh_database(self)
             write_default_config(self.data, {PG_URL_LINE: f'url = "{self.url}"'})
+        else:
+            first_start(self.data)  # the commands create nothing
 
     def run_cli(self, *argv, stdin: str = "", data=None):
         out, err = io.StringIO(), io.StringIO()

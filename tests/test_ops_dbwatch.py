@@ -98,7 +98,7 @@ class WatchServiceTests(unittest.TestCase):
         self.data = Path(self.mktemp()).resolve() / "data"
         write_default_config(self.data)
         path = self.data / "config.toml"
-        path.write_text(DEFAULT_CONFIG.replace('path = "./data/registry.db"',
+        path.write_text(DEFAULT_CONFIG.replace('path = "registry.db"',
                                                f'path = "{self.env.db.path.resolve()}"'))
         os.chmod(path, 0o600)
         self.patch(cli_users, "_hash_user_password", lambda pw: fast_context().hash(pw))

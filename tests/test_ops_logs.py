@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
-from tests.fixtures.helpers import set_in_config, write_default_config
+from tests.fixtures.helpers import first_start, set_in_config, write_default_config
 from zmirror import cli
 from zmirror.cli import users as cli_users
 from zmirror.auth.passwords import fast_context
@@ -98,6 +98,7 @@ class NoSecretsInLogsTests(unittest.TestCase):
         data = Path(self.mktemp()).resolve() / "data"
         write_default_config(data)
         set_in_config(data, 'password = "admin123"', f'password = "{ADMIN_PW}"')
+        first_start(data)  # the database the CLI writes into
         # an upstream that refuses at once: pulls fail fast, after the auth checks ran
         self.patch(cli_users, "_hash_user_password", lambda pw: fast_context().hash(pw))
         self.patch(sys, "stdout", io.StringIO())

@@ -1,12 +1,14 @@
-"""``zmirror check-config``: config.toml validated as the server would, with its
-warnings (the default admin password among them)."""
+"""``zmirror check-config``: config.toml validated as the server would, every bad
+key reported (one line each), with its warnings (the default admin password
+among them)."""
 
 from __future__ import annotations
 
 from twisted.internet import endpoints
 
 from zmirror.auth.adminsecret import read_blocking, value_problem
-from zmirror.cli.common import CLIError, err, load, out
+from zmirror.cli.common import CLIError, err, out
+from zmirror.config import ConfigError, load_config
 from zmirror.db.engine import connect_config, is_postgresql
 
 
@@ -32,7 +34,12 @@ class _DescriptionOnly:
 
 
 def cmd_check_config(args) -> int:
-    cfg = load(args)
+    try:
+        cfg = load_config(args.data, args.config, create=False)
+    except ConfigError as e:
+        for problem in e.problems:  # every bad key, one line each
+            err(f"zmirror: error: {problem}")
+        return 1
     for w in cfg.warnings:
         err(f"warning: {w}")
     if cfg.admin_password_is_default and not _cluster_admin_password_set(cfg):

@@ -28,17 +28,23 @@ def err(msg: str) -> None:
 
 
 def load(args):
-    """The configuration of ``--data`` / ``--config`` (created on first use)."""
+    """The configuration of ``--data`` / ``--config``.  Nothing is created: a
+    missing data directory or config file is a :class:`CLIError` naming the path
+    (only the server's first start makes a new data directory)."""
     try:
-        return load_config(args.data, args.config)
+        return load_config(args.data, args.config, create=False)
     except ConfigError as e:
         raise CLIError(str(e)) from None
 
 
 def connect(cfg):
-    """The configured database (SQLite file or PostgreSQL), created/migrated if
-    needed: a connection in autocommit mode whose ``execute`` takes ``?``
-    placeholders."""
+    """The configured database (SQLite file or PostgreSQL), migrated if needed: a
+    connection in autocommit mode whose ``execute`` takes ``?`` placeholders.  A
+    missing SQLite file is a :class:`CLIError` (never an empty new database)."""
+    if not is_postgresql(cfg) and not cfg.database_path.is_file():
+        raise CLIError(f"{cfg.database_path}: no such database; the server creates it on its "
+                       f"first start (twistd -n zmirror --data {cfg.data_dir}), or set "
+                       f"[database] path in {cfg.config_path}")
     try:
         migrate_config(cfg)
         return connect_config(cfg)

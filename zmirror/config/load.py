@@ -1,6 +1,6 @@
-"""The data directory and ``config.toml`` in it: created on first start (the
-data directory 0700, the commented default file ``default.toml`` 0600), then
-read and validated (:func:`load_config`)."""
+"""The data directory and ``config.toml`` in it: created on the server's first
+start (the data directory 0700, the commented default file ``default.toml``
+0600), then read and validated (:func:`load_config`)."""
 
 from __future__ import annotations
 
@@ -40,16 +40,33 @@ def write_default_config(path: Path) -> bool:
     return True
 
 
-def load_config(data_dir: str | os.PathLike | None = None, config_path: str | os.PathLike | None = None) -> Config:
-    """Create the data dir and default config when missing, then load and validate.
+class NoDataDir(ConfigError):
+    """The data directory or its config.toml is not there, and was not to be created."""
+
+
+def load_config(data_dir: str | os.PathLike | None = None, config_path: str | os.PathLike | None = None,
+                *, create: bool = True) -> Config:
+    """Load and validate the configuration; with ``create`` (the server's start)
+    first create the data dir and the default config when missing.
 
     ``data_dir`` defaults to ``./data``; ``config_path`` to ``<data_dir>/config.toml``.
+    Without ``create`` (the ``zmirror`` commands) nothing is created: a missing
+    data directory or config file raises :class:`NoDataDir` naming the path.
     """
     ddir = Path(os.path.abspath(data_dir or "data"))
-    mode_warnings = ensure_data_dir(ddir)
     cpath = Path(os.path.abspath(config_path)) if config_path else ddir / "config.toml"
-    if config_path is None:
-        write_default_config(cpath)
+    written = False
+    if create:
+        mode_warnings = ensure_data_dir(ddir)
+        if config_path is None:
+            written = write_default_config(cpath)
+    else:
+        if config_path is None and not cpath.is_file():
+            why = "no such directory" if not ddir.exists() else f"{cpath}: no such file"
+            raise NoDataDir(f"no ZMirror data directory at {ddir} ({why}); point to one with "
+                            f"--data DIR (or ZMIRROR_DATA) or --config FILE; the server creates "
+                            f"a new one on its first start (twistd -n zmirror --data DIR)")
+        mode_warnings = ensure_data_dir(ddir) if ddir.is_dir() else []
     try:
         text = cpath.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -58,7 +75,8 @@ def load_config(data_dir: str | os.PathLike | None = None, config_path: str | os
         raise ConfigError(f"{cpath}: not UTF-8 text") from None
     except OSError as e:
         raise ConfigError(f"{cpath}: cannot read: {e.strerror}") from None
-    cfg = parse_config(text, data_dir=ddir, config_path=cpath)
+    # a file just written is the current default: nothing on disk to look for
+    cfg = parse_config(text, data_dir=ddir, config_path=cpath, probe=not written)
     if mode_warnings:
         cfg = dataclasses.replace(cfg, warnings=tuple(mode_warnings) + cfg.warnings)
     return cfg

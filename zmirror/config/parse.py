@@ -1,6 +1,6 @@
 """``config.toml`` text → :class:`~zmirror.config.schema.Config`: every key's
-validator, unknown keys and sections as warnings, one-line :class:`ConfigError`
-messages naming the file and the key."""
+validator, unknown keys and sections as warnings, a one-line :class:`ConfigError`
+naming the file and every bad key."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 import toml
 
+from zmirror.config.paths import PATH_KEYS, place_old_paths
 from zmirror.config.proxyurl import check_no_proxy, check_proxy_url
 from zmirror.config.schema import (
     AccessConfig,
@@ -255,8 +256,10 @@ def _size(key: str, v: Any) -> int:
         raise ConfigError(f'{key}: expected a size such as "50GB" or "512MiB", got {v!r}') from None
 
 
-def parse_config(text: str, *, data_dir: Path, config_path: Path) -> Config:
-    """Parse and validate TOML text.  Raises :class:`ConfigError`."""
+def parse_config(text: str, *, data_dir: Path, config_path: Path, probe: bool = False) -> Config:
+    """Parse and validate TOML text.  Raises :class:`ConfigError` naming every
+    bad key (``problems``: one line each).  ``probe``: relative paths may be read
+    the earlier way when the disk says so (blocking; :mod:`zmirror.config.paths`)."""
     try:
         raw = toml.loads(text)
     except toml.TomlDecodeError as e:
@@ -264,13 +267,15 @@ def parse_config(text: str, *, data_dir: Path, config_path: Path) -> Config:
             f"{config_path}: invalid TOML at line {e.lineno}, column {e.colno}: {e.msg}"
         ) from None
     warnings: list[str] = []
+    problems: list[str] = []
     sections: dict[str, Any] = {}
     for section, value in raw.items():
         if section not in _SCHEMA:
             warnings.append(f"{config_path}: unknown section [{section}] ignored")
             continue
         if not isinstance(value, dict):
-            raise ConfigError(f"{config_path}: {section}: expected a table [{section}]")
+            problems.append(f"{section}: expected a table [{section}]")
+            continue
         kwargs = {}
         for key, item in value.items():
             full = f"{section}.{key}"
@@ -281,11 +286,17 @@ def parse_config(text: str, *, data_dir: Path, config_path: Path) -> Config:
             try:
                 kwargs[key] = validator(full, item)
             except ConfigError as e:
-                raise ConfigError(f"{config_path}: {e}") from None
+                problems.append(str(e))
         sections[section] = _SECTION_CLASSES[section](**kwargs)
+    if problems:
+        listed = "; ".join(problems) if len(problems) == 1 else \
+            f"{len(problems)} problems: " + "; ".join(problems)
+        raise ConfigError(f"{config_path}: {listed}",
+                          tuple(f"{config_path}: {p}" for p in problems))
     db_raw = raw.get("database")
     if isinstance(db_raw, dict) and "path" in db_raw and sections["database"].url:
         warnings.append(f"{config_path}: database.path is ignored: database.url selects PostgreSQL")
-    return Config(
-        data_dir=data_dir, config_path=config_path, warnings=tuple(warnings), **sections
-    )
+    cfg = Config(data_dir=data_dir, config_path=config_path, warnings=tuple(warnings), **sections)
+    absent = frozenset(key for key, (section, name, _old) in PATH_KEYS.items()
+                       if name not in (raw.get(section) or {}))
+    return place_old_paths(cfg, absent, probe=probe)

@@ -13,7 +13,14 @@ DEFAULT_ADMIN_PASSWORD = "admin123"
 
 
 class ConfigError(Exception):
-    """A user error in the configuration: ``str(err)`` is one line for the operator."""
+    """A user error in the configuration: ``str(err)`` is one line for the operator.
+
+    ``problems``: each problem found, one line each (a file with several bad keys
+    is reported whole: ``str(err)`` names them all on its one line)."""
+
+    def __init__(self, message: str = "", problems: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.problems = tuple(problems) or (message,)
 
 
 NODE_NAME_MAX = 64
@@ -62,7 +69,7 @@ class AdminConfig:
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    path: str = "./data/registry.db"
+    path: str = "registry.db"  # relative: inside the data directory
     url: str = ""  # postgresql://...; empty: SQLite at path
 
 
@@ -103,7 +110,7 @@ class UpstreamConfig:
 @dataclass(frozen=True)
 class CacheConfig:
     enabled: bool = True
-    dir: str = "./data/cache"
+    dir: str = "cache"  # relative: inside the data directory
     max_size: int = 50 * 1000**3
     manifest_ttl: float = 300.0
     manifest_tags_in_memory: int = 100_000
@@ -150,19 +157,26 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     warnings: tuple[str, ...] = ()
+    # the path keys ("database.path", "cache.dir") whose relative value is read against
+    # the data directory's parent: a file written before relative paths meant the data
+    # directory (zmirror.config.paths)
+    parent_relative: frozenset[str] = frozenset()
 
     @property
     def database_path(self) -> Path:
-        return self.resolve(self.database.path)
+        return self.resolve(self.database.path, "database.path")
 
     @property
     def cache_dir(self) -> Path:
-        return self.resolve(self.cache.dir)
+        return self.resolve(self.cache.dir, "cache.dir")
 
-    def resolve(self, p: str) -> Path:
+    def resolve(self, p: str, key: str = "") -> Path:
+        """``p`` as an absolute path: a relative one inside the data directory (or
+        its parent, for a ``key`` in :attr:`parent_relative`)."""
         path = Path(p)
         if not path.is_absolute():
-            path = self.data_dir.parent / path
+            base = self.data_dir.parent if key in self.parent_relative else self.data_dir
+            path = base / path
         return Path(os.path.normpath(path))
 
     @property
