@@ -12,7 +12,7 @@ from pathlib import Path
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.fixtures.helpers import coro, write_default_config
+from tests.fixtures.helpers import coro, first_start
 from zmirror import cli
 from zmirror.auth.lockout import Lockout
 from zmirror.auth.lockoutrecords import LockoutRecords
@@ -26,7 +26,7 @@ from zmirror.db.lockouts import LockoutStore
 class UserLockedCLITests(unittest.TestCase):
     def setUp(self):
         self.data = Path(self.mktemp()).resolve() / "data"
-        write_default_config(self.data)
+        first_start(self.data)
         self.patch(cli_users, "_hash_user_password", lambda pw: fast_context().hash(pw))
         self.cfg = load_config(self.data)
         self.db = open_database(self.cfg)  # migrated, as the server's first start leaves it
