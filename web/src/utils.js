@@ -13,6 +13,24 @@ export function formatBytes(n) {
   return `${i === 0 ? value : value.toFixed(value >= 100 ? 0 : value >= 10 ? 1 : 2)} ${units[i]}`
 }
 
+// An axis label: like formatBytes without trailing zeros ("1.5 KiB", "2 MiB").
+export function formatBytesAxis(n) {
+  const text = formatBytes(n)
+  const m = /^(-?[0-9.]+) (.+)$/.exec(text)
+  return m ? `${parseFloat(m[1])} ${m[2]}` : text
+}
+
+// The scale of a bytes axis from 0 to at least `max`: steps of 1, 2 or 5 × 10^n of one unit
+// (B, KiB, MiB, ...), at most 5 of them, so that no label is a fraction of a byte.
+export function bytesAxisScale(max) {
+  const top = Math.max(Number(max) || 0, 1)
+  let unit = 1
+  while (top / unit >= 1024 && unit < 1024 ** 5) unit *= 1024
+  const v = top / unit
+  const step = [1, 2, 5, 10, 20, 50, 100, 200, 500].find((s) => v / s <= 5) * unit
+  return { min: 0, max: Math.ceil(top / step) * step, interval: step }
+}
+
 function pad2(n) {
   return String(n).padStart(2, '0')
 }
@@ -79,6 +97,15 @@ const SERVER_TEXT_ZH = {
   'must be a registry host name, optionally with :port (e.g. ghcr.io)': '须为仓库主机名，可带 :端口（如 ghcr.io）',
   "must contain a '.' or a port, or be localhost (e.g. ghcr.io, registry:5000)": "须包含“.”或端口，或为 localhost（如 ghcr.io、registry:5000）",
   'has an invalid port': '端口无效',
+  'must be at most 100 characters': '最多 100 个字符',
+  'must be at most 255 characters': '最多 255 个字符',
+  'is longer than 255 characters': '超过 255 个字符',
+  'repository names are lower case': '仓库名须为小写',
+  "must not start with '/'": "不能以 '/' 开头",
+  // the access log's filters
+  'must not be before from': '不能早于开始时间',
+  'must not be negative (a Unix time in seconds)': '不能为负数（Unix 时间，秒）',
+  'must be a Unix time in seconds (a number)': '须为 Unix 时间（秒）',
   'must be at most 253 characters': '最多 253 个字符',
   // a registry's proxy and TLS settings
   'must start with http://, socks5:// or socks5h://': '须以 http://、socks5:// 或 socks5h:// 开头',
