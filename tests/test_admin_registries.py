@@ -371,6 +371,8 @@ class FieldWordingTests(unittest.TestCase):
         self.assertEqual(field_reason("prefix", "prefix must not be empty"), "must not be empty")
         self.assertEqual(field_reason("prefix", "Prefix is longer than 5"), "is longer than 5")
         self.assertEqual(field_reason("prefix", "prefix"), "prefix")
+        self.assertEqual(field_reason("proxy", "proxy URL has no host"), "proxy URL has no host")
+        self.assertEqual(field_phrase("proxy", "proxy URL has no host"), "proxy URL has no host")
         self.assertEqual(field_reason("name", "must not be empty"), "must not be empty")
         self.assertEqual(field_phrase("prefix", "prefix must not be empty"),
                          "prefix must not be empty")

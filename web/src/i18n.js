@@ -223,7 +223,7 @@ const messages = {
       username: 'User', upstreamHealth: 'Upstream health', upstreamTraffic: 'Upstream traffic',
       upstream: 'Upstream', cache: 'Cache', anonymous: '(anonymous)', latency: 'Latency',
       lastError: 'Last error', lastChecked: 'Last checked', failures: 'Failures in a row',
-      cacheSize: 'Size', cacheMax: 'of {max}, {p} full', cacheHits: '{hits} hits, {misses} misses',
+      cacheSize: 'Size', cacheMax: 'of {max}, {p} full', cacheHits: 'hits {hits}, misses {misses}',
       cacheSaved: '{p} of the upstream traffic saved', cacheDisabled: 'The cache is disabled ([cache] enabled = false)',
       cacheNote: 'Counted since the server started; the hit rate counts blobs and manifests.',
       cacheNodeNote: "This node's cache ({node}): every node has its own, counted since that node started.",

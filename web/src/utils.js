@@ -109,6 +109,16 @@ const SERVER_TEXT_ZH = {
   'must be at most 253 characters': '最多 253 个字符',
   // a registry's proxy and TLS settings
   'must start with http://, socks5:// or socks5h://': '须以 http://、socks5:// 或 socks5h:// 开头',
+  // zmirror/config/proxyurl.py's reasons (they name the proxy URL themselves)
+  'proxy URL is empty': '代理地址为空',
+  'proxy URL has spaces, control or non-ASCII characters': '代理地址含有空格、控制字符或非 ASCII 字符',
+  'proxy URL must start with http://, socks5:// or socks5h://': '须以 http://、socks5:// 或 socks5h:// 开头',
+  'proxy URL must be scheme://[user:password@]host:port with nothing after the port': '须为 协议://[用户:密码@]主机:端口，端口后不能有其他内容',
+  'proxy URL has an invalid host or port': '不是有效的地址：主机或端口无效',
+  'proxy URL scheme https:// (TLS to the proxy) is not supported: use http://': '不支持 https:// 代理（到代理的 TLS 连接）：请使用 http://',
+  'proxy URL has no host': '缺少代理主机',
+  'proxy URL has a path, query or fragment (expected scheme://[user:password@]host:port)': '不能包含路径、查询或片段（应为 协议://[用户:密码@]主机:端口）',
+  'proxy URL has port 0': '端口不能为 0',
   'is not a valid URL (http://user:password@host:3128)': '不是有效的地址（http://用户:密码@主机:3128）',
   'must name the proxy host (http://host:3128)': '须包含代理主机（http://主机:3128）',
   'must be scheme://[user:password@]host:port with nothing after the port': '须为 协议://[用户:密码@]主机:端口，端口后不能有其他内容',

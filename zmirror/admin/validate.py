@@ -52,19 +52,25 @@ _PREDICATE = re.compile(
 
 def field_reason(field: str, reason: str) -> str:
     """``reason`` without a leading repetition of ``field`` ("prefix must not be
-    empty" for field "prefix" → "must not be empty")."""
+    empty" for field "prefix" → "must not be empty"); a reason in which the name
+    begins a longer subject ("proxy URL has no host") is kept whole."""
     head = field + " "
-    if reason[:len(head)].lower() == head.lower() and reason[len(head):].strip():
+    if reason[:len(head)].lower() == head.lower() and _PREDICATE.match(reason[len(head):]):
         return reason[len(head):]
     return reason
 
 
 def field_phrase(field: str, reason: str) -> str:
-    """One problem in a summary: "prefix must not be empty" (never "prefix prefix …"),
-    "prefix: repository names are lower case" when the reason does not read on
-    after the name."""
+    """One problem in a summary, naming the field once: "prefix must not be empty"
+    (never "prefix prefix …"), "proxy URL has no host" (the reason names it),
+    "prefix: repository names are lower case" (a reason that does not read on
+    after the name)."""
     reason = field_reason(field, reason)
-    return f"{field} {reason}" if _PREDICATE.match(reason) else f"{field}: {reason}"
+    if _PREDICATE.match(reason):
+        return f"{field} {reason}"
+    if reason[:len(field) + 1].lower() == field.lower() + " ":
+        return reason
+    return f"{field}: {reason}"
 
 
 def problems_message(errors: dict, what: str = "input") -> str:
