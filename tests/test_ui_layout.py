@@ -18,8 +18,7 @@ import json
 import re
 
 from tests.fixtures import ui_browser
-from tests.fixtures.ui_browser import ADMIN_PASSWORD, ADMIN_USER
-from tests.test_ui_browser import BrowserCase, sel
+from tests.fixtures.ui_browser import ADMIN_PASSWORD, ADMIN_USER, BrowserCase, sel
 
 # What the page reports about the table(s) under `arguments[0]`: every header cell whose text
 # takes more than one line or overflows, every cell (header or body) outside its table's
