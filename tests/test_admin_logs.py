@@ -126,6 +126,33 @@ class LogRouteTests(AdminTestMixin, unittest.TestCase):
             self.assertError(await self.call("GET", "/api/logs?" + q), 400, field)
 
     @coro
+    async def test_query_messages_say_what_is_wrong(self):
+        """Each parameter's message matches the value: an integer out of range names
+        the bound (not "must be an integer"), a time before 0 is not "not a time"."""
+        for q, field, reason in (
+                ("page=-1", "page", "must be at least 1"),
+                ("page=0", "page", "must be at least 1"),
+                ("page=+0", "page", "must be at least 1"),
+                ("page=x", "page", "must be an integer"),
+                ("page=1.5", "page", "must be an integer"),
+                ("page=" + "9" * 40, "page", "must be at most 1000000000"),
+                ("page_size=-5", "page_size", "must be at least 1"),
+                ("from=yesterday", "from", "must be a Unix time in seconds (a number)"),
+                ("to=inf", "to", "must be a Unix time in seconds (a number)"),
+                ("from=-1", "from", "must not be negative (a Unix time in seconds)"),
+                ("to=1e12", "to", "must be at most 100000000000 (a Unix time in seconds)"),
+                (f"from={T0}&to={T0 - 60}", "to", "must not be before from")):
+            obj = self.assertError(await self.call("GET", "/api/logs?" + q), 400, field)
+            self.assertEqual(obj["fields"], {field: reason}, q)
+            self.assertEqual(obj["error"], f"invalid query: {field} {reason}", q)
+        # an integer beyond the page size limit is the limit (as before)
+        code, _h, obj = await self.call("GET", "/api/logs?page_size=" + "9" * 30)
+        self.assertEqual((code, obj["page_size"]), (200, 500))
+        _c, _h, obj = await self.call("GET", "/api/logs?page=-1&kind=upload")
+        self.assertEqual(obj["error"], "invalid query: page must be at least 1, kind must be one"
+                                       " of manifest, blob, tags, token, denied, other")
+
+    @coro
     async def test_delete_before(self):
         code, _h, obj = await self.call("DELETE", f"/api/logs?before={T0 - 300}")
         self.assertEqual((code, obj), (200, {"deleted": 5}))
@@ -146,6 +173,10 @@ class LogRouteTests(AdminTestMixin, unittest.TestCase):
         for q in ("?before=", "?before=soon", "?before=-1", "?all=1", "?before=1&before=2"):
             self.assertError(await self.call("DELETE", "/api/logs" + q), 400)
         self.assertEqual(self.db.snapshot(), before)
+        _c, _h, obj = await self.call("DELETE", "/api/logs?before=-1")
+        self.assertEqual(obj["fields"], {"before": "must not be negative (a Unix time in seconds)"})
+        self.assertEqual(obj["error"],
+                         "invalid query: before must not be negative (a Unix time in seconds)")
 
 
 class StatsTests(AdminTestMixin, unittest.TestCase):
@@ -232,6 +263,14 @@ class StatsTests(AdminTestMixin, unittest.TestCase):
         self.client = self.stub(self.make_api(cache=Cache(), accesslog=Queue()))
         for q in ("?tz_offset=abc", "?tz_offset=100000", "?tz=1"):
             self.assertError(await self.call("GET", "/api/stats" + q), 400)
+        for q, reason in (("abc", "must be an integer (minutes east of UTC)"),
+                          ("100000", "must be at most 840 (minutes east of UTC)"),
+                          ("-841", "must be at least -840 (minutes east of UTC)")):
+            obj = self.assertError(await self.call("GET", "/api/stats?tz_offset=" + q), 400)
+            self.assertEqual(obj, {"error": f"invalid query: tz_offset {reason}",
+                                   "fields": {"tz_offset": reason}})
+        _c, _h, obj = await self.call("GET", "/api/stats?tz_offset=-840")
+        self.assertIn("hourly", obj)
 
 
 class PruneTests(unittest.TestCase):

@@ -351,6 +351,58 @@ class RegistryRouteTests(AdminTestMixin, unittest.TestCase):
         self.assertError(await self.call("GET", "/api/registries/1/test"), 405)
 
 
+class FieldWordingTests(unittest.TestCase):
+    """How the 400 answers word a field's problem (zmirror.admin.validate)."""
+
+    def test_the_name_limit_is_the_api_s(self):
+        from zmirror.admin.registries import NAME_MAX, REGISTRY_FIELDS
+        from zmirror.admin.validate import Invalid, check
+
+        self.assertEqual(NAME_MAX, 100)
+        check({"name": "x" * NAME_MAX, "url": HUB}, REGISTRY_FIELDS)
+        with self.assertRaises(Invalid) as e:
+            check({"name": "x" * (NAME_MAX + 1), "url": HUB}, REGISTRY_FIELDS)
+        self.assertEqual(e.exception.fields, {"name": "must be at most 100 characters"})
+        self.assertEqual(e.exception.message, "invalid input: name must be at most 100 characters")
+
+    def test_no_field_name_twice(self):
+        from zmirror.admin.validate import Invalid, field_phrase, field_reason, invalid
+
+        self.assertEqual(field_reason("prefix", "prefix must not be empty"), "must not be empty")
+        self.assertEqual(field_reason("prefix", "Prefix is longer than 5"), "is longer than 5")
+        self.assertEqual(field_reason("prefix", "prefix"), "prefix")
+        self.assertEqual(field_reason("proxy", "proxy URL has no host"), "proxy URL has no host")
+        self.assertEqual(field_phrase("proxy", "proxy URL has no host"), "proxy URL has no host")
+        self.assertEqual(field_reason("name", "must not be empty"), "must not be empty")
+        self.assertEqual(field_phrase("prefix", "prefix must not be empty"),
+                         "prefix must not be empty")
+        self.assertEqual(field_phrase("digest", "give either repository or digest, not both"),
+                         "digest: give either repository or digest, not both")
+        self.assertEqual(field_phrase("id", "required"), "id required")
+        e = invalid({"prefix": "prefix must not be empty", "note": "must be a string"})
+        self.assertEqual(e.message, "invalid input: prefix must not be empty, note must be a string")
+        self.assertEqual(e.fields, {"prefix": "must not be empty", "note": "must be a string"})
+        self.assertEqual(invalid({"page": "must be at least 1"}, "query").message,
+                         "invalid query: page must be at least 1")
+        # whoever builds an Invalid gets the field reasons without the name
+        self.assertEqual(Invalid("x", {"url": "url must not be empty"}).fields,
+                         {"url": "must not be empty"})
+
+    @coro
+    async def test_a_store_s_refusal_names_the_field_once(self):
+        from zmirror.admin.http import store_call
+        from zmirror.admin.validate import Invalid
+        from zmirror.db.errors import InvalidField
+
+        def refuse(**values):
+            raise InvalidField("prefix", "prefix must not contain NUL characters")
+
+        with self.assertRaises(Invalid) as e:
+            await store_call(refuse, {"prefix": "a"}, "prefix")
+        self.assertEqual(e.exception.message, "invalid input: prefix must not contain NUL characters")
+        self.assertEqual(e.exception.fields, {"prefix": "must not contain NUL characters"})
+
+
 class NormalizeUrlTests(unittest.TestCase):
     def test_good(self):
         cases = {

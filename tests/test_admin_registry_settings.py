@@ -189,6 +189,25 @@ class RegistrySettingsTests(AdminTestMixin, unittest.TestCase):
         self.assertEqual(code, 400, obj)
         self.assertIn("proxy", obj["fields"])
 
+    @coro
+    async def test_messages_name_the_field_once(self):
+        """A reason that names the field itself ("proxy URL ...") is not prefixed again."""
+        for value, reason in (("http://proxy.example:99999", "proxy URL has an invalid host or port"),
+                              ("ftp://proxy.example:21",
+                               "proxy URL scheme 'ftp' is not supported (http, socks5, socks5h)"),
+                              (3128, "must be a string")):
+            code, _h, obj = await self.call("POST", "/api/registries",
+                                            {"name": "P", "url": "https://p.example", "proxy": value})
+            self.assertEqual(code, 400, obj)
+            self.assertEqual(obj["fields"], {"proxy": reason})
+            self.assertEqual(obj["error"], "invalid input: " + (reason if reason.startswith("proxy")
+                                                                else "proxy " + reason))
+        code, _h, obj = await self.call("POST", "/api/registries", {"name": "C", "url": "https://c.example",
+                                                                    "ca": "x", "server_name": "bad name!"})
+        self.assertEqual(code, 400, obj)
+        self.assertNotIn("ca ca", obj["error"])
+        self.assertNotIn("server_name server_name", obj["error"])
+
     # --- test before saving ------------------------------------------------------------------
 
     @coro

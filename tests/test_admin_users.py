@@ -307,6 +307,25 @@ class WhitelistRouteTests(ChangeMixin, AdminTestMixin, unittest.TestCase):
         self.assertError(await self.call("GET", "/api/whitelists/123"), 404)
 
     @coro
+    async def test_error_messages_name_the_field_once(self):
+        """The reason a validator gives may start with the field's name ("prefix must
+        not be empty"): the answer says it once, and the field's reason without it."""
+        for bad, reason in (("", "must not be empty"), ("  ", "must not be empty"),
+                            (5, "must be a string"),
+                            ("x" * 300, "is longer than 255 characters"),
+                            ("/abs", "must not start with '/'")):
+            obj = await self.assertUnchanged("POST", "/api/whitelists", {"prefix": bad}, 400,
+                                             "prefix")
+            self.assertEqual(obj["fields"], {"prefix": reason})
+            self.assertEqual(obj["error"], f"invalid input: prefix {reason}")
+            self.assertNotIn("prefix prefix", obj["error"])
+        # a reason that does not read on after the name gets a colon
+        obj = await self.assertUnchanged("POST", "/api/whitelists", {"prefix": "UPPER"}, 400)
+        self.assertEqual(obj["error"], "invalid input: prefix: repository names are lower case")
+        obj = await self.assertUnchanged("POST", "/api/whitelists", {"prefix": "", "note": 3}, 400)
+        self.assertEqual(obj["error"], "invalid input: prefix must not be empty, note must be a string")
+
+    @coro
     async def test_match(self):
         entry = await self.create(prefix="nginx")
         await self.create(prefix="library/redis", enabled=False)

@@ -218,6 +218,8 @@ export const api = {
     remove: (id) => request('DELETE', `/api/users/${encodeURIComponent(id)}`),
   },
   nodes: () => request('GET', '/api/nodes'),
+  // this node's pull-through cache: fill, entries, hit ratio, bytes from cache / upstream
+  cache: () => request('GET', '/api/cache'),
   logs: {
     list: (query) => request('GET', '/api/logs', { query }),
     clear: (before) => request('DELETE', '/api/logs', { query: before ? { before } : undefined }),

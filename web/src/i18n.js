@@ -50,6 +50,11 @@ const messages = {
       upstreamHealth: '上游健康状态', upstreamTraffic: '上游流量', upstream: '上游',
       cache: '缓存', anonymous: '（匿名）', latency: '延迟', lastError: '最近错误',
       lastChecked: '最近检查', failures: '连续失败',
+      cacheSize: '已用空间', cacheMax: '上限 {max}，已用 {p}', cacheHits: '命中 {hits} 次，未命中 {misses} 次',
+      cacheSaved: '节省上游流量 {p}', cacheDisabled: '缓存未启用（[cache] enabled = false）',
+      cacheNote: '计数从服务启动时开始；命中率包括数据层和清单。',
+      cacheNodeNote: '以上为本节点（{node}）的缓存：每个节点有自己的缓存，计数从该节点启动时开始。',
+      cacheNotStoring: '缓存目前不写入新数据（写入磁盘失败：{error}），未命中的请求直接从上游转发。',
     },
     state: { up: '正常', down: '故障', cooldown: '冷却中', ratelimited: '限流中', unknown: '未知' },
     cache: {
@@ -143,6 +148,7 @@ const messages = {
       cleared: '已删除 {n} 条日志', all: '全部',
       kinds: { manifest: '清单', blob: '数据层', tags: '标签列表', token: '令牌', denied: '拒绝', other: '其他' },
       anonymous: '（匿名）', filters: '筛选',
+      client: '用户@客户端',
     },
     nodes: {
       node: '节点', state: '状态', version: '版本', address: '地址', started: '启动时间', lastSeen: '最近心跳',
@@ -224,6 +230,11 @@ const messages = {
       username: 'User', upstreamHealth: 'Upstream health', upstreamTraffic: 'Upstream traffic',
       upstream: 'Upstream', cache: 'Cache', anonymous: '(anonymous)', latency: 'Latency',
       lastError: 'Last error', lastChecked: 'Last checked', failures: 'Failures in a row',
+      cacheSize: 'Size', cacheMax: 'of {max}, {p} full', cacheHits: 'hits {hits}, misses {misses}',
+      cacheSaved: '{p} of the upstream traffic saved', cacheDisabled: 'The cache is disabled ([cache] enabled = false)',
+      cacheNote: 'Counted since the server started; the hit rate counts blobs and manifests.',
+      cacheNodeNote: "This node's cache ({node}): every node has its own, counted since that node started.",
+      cacheNotStoring: 'The cache stores nothing new for now (a disk write failed: {error}); misses are relayed from upstream.',
     },
     state: { up: 'Up', down: 'Down', cooldown: 'Cooling down', ratelimited: 'Rate limited', unknown: 'Unknown' },
     cache: {
@@ -318,6 +329,7 @@ const messages = {
       cleared: '{n} rows deleted', all: 'All',
       kinds: { manifest: 'manifest', blob: 'blob', tags: 'tags', token: 'token', denied: 'denied', other: 'other' },
       anonymous: '(anonymous)', filters: 'Filters',
+      client: 'User@client',
     },
     nodes: {
       node: 'Node', state: 'State', version: 'Version', address: 'Address', started: 'Started', lastSeen: 'Last seen',
@@ -327,7 +339,7 @@ const messages = {
       busStates: { connected: 'connected', disconnected: 'disconnected', local: 'single node' },
       summary: '{n} node(s): {up} up, {stale} stale, {stopped} stopped',
       hint: 'The nodes sharing this database: each one reports a heartbeat every {s} s and shows as stale after {stale} s without one; nodes silent for 7 days are removed.',
-      ago: '{t} ago', noCache: 'no cache', blobs: '{n} blobs', truncated: 'Only the first {n} of {total} nodes are shown',
+      ago: '{t} ago', noCache: 'no cache', blobs: '{n} blob(s)', truncated: 'Only the first {n} of {total} nodes are shown',
     },
     help: {
       title: 'How to use',

@@ -13,6 +13,24 @@ export function formatBytes(n) {
   return `${i === 0 ? value : value.toFixed(value >= 100 ? 0 : value >= 10 ? 1 : 2)} ${units[i]}`
 }
 
+// An axis label: like formatBytes without trailing zeros ("1.5 KiB", "2 MiB").
+export function formatBytesAxis(n) {
+  const text = formatBytes(n)
+  const m = /^(-?[0-9.]+) (.+)$/.exec(text)
+  return m ? `${parseFloat(m[1])} ${m[2]}` : text
+}
+
+// The scale of a bytes axis from 0 to at least `max`: steps of 1, 2 or 5 × 10^n of one unit
+// (B, KiB, MiB, ...), at most 5 of them, so that no label is a fraction of a byte.
+export function bytesAxisScale(max) {
+  const top = Math.max(Number(max) || 0, 1)
+  let unit = 1
+  while (top / unit >= 1024 && unit < 1024 ** 5) unit *= 1024
+  const v = top / unit
+  const step = [1, 2, 5, 10, 20, 50, 100, 200, 500].find((s) => v / s <= 5) * unit
+  return { min: 0, max: Math.ceil(top / step) * step, interval: step }
+}
+
 function pad2(n) {
   return String(n).padStart(2, '0')
 }
@@ -79,16 +97,32 @@ const SERVER_TEXT_ZH = {
   'must be a registry host name, optionally with :port (e.g. ghcr.io)': '须为仓库主机名，可带 :端口（如 ghcr.io）',
   "must contain a '.' or a port, or be localhost (e.g. ghcr.io, registry:5000)": "须包含“.”或端口，或为 localhost（如 ghcr.io、registry:5000）",
   'has an invalid port': '端口无效',
+  'must be at most 100 characters': '最多 100 个字符',
+  'must be at most 255 characters': '最多 255 个字符',
+  'is longer than 255 characters': '超过 255 个字符',
+  'repository names are lower case': '仓库名须为小写',
+  "must not start with '/'": "不能以 '/' 开头",
+  // the access log's filters
+  'must not be before from': '不能早于开始时间',
+  'must not be negative (a Unix time in seconds)': '不能为负数（Unix 时间，秒）',
+  'must be a Unix time in seconds (a number)': '须为 Unix 时间（秒）',
   'must be at most 253 characters': '最多 253 个字符',
   // a registry's proxy and TLS settings
-  'proxy URL must start with http://, socks5:// or socks5h://': '代理地址须以 http://、socks5:// 或 socks5h:// 开头',
-  'proxy URL has an invalid host or port': '代理地址的主机或端口不是有效的地址',
-  'proxy URL has no host': '代理地址须包含主机（http://主机:3128）',
-  'proxy URL has a path, query or fragment (expected scheme://[user:password@]host:port)': '代理地址须为 协议://[用户:密码@]主机:端口，端口后不能有其他内容',
-  'proxy URL has spaces, control or non-ASCII characters': '代理地址不能包含空白、控制字符或非 ASCII 字符',
-  'proxy URL has port 0': '代理地址的端口不能为 0',
-  'proxy URL must be scheme://[user:password@]host:port with nothing after the port': '代理地址须为 协议://[用户:密码@]主机:端口，端口后不能有其他内容',
-  'proxy URL scheme https:// (TLS to the proxy) is not supported: use http://': '不支持 https:// 代理（到代理的 TLS）：请使用 http://',
+  'must start with http://, socks5:// or socks5h://': '须以 http://、socks5:// 或 socks5h:// 开头',
+  // zmirror/config/proxyurl.py's reasons (they name the proxy URL themselves)
+  'proxy URL is empty': '代理地址为空',
+  'proxy URL has spaces, control or non-ASCII characters': '代理地址含有空格、控制字符或非 ASCII 字符',
+  'proxy URL must start with http://, socks5:// or socks5h://': '须以 http://、socks5:// 或 socks5h:// 开头',
+  'proxy URL must be scheme://[user:password@]host:port with nothing after the port': '须为 协议://[用户:密码@]主机:端口，端口后不能有其他内容',
+  'proxy URL has an invalid host or port': '不是有效的地址：主机或端口无效',
+  'proxy URL scheme https:// (TLS to the proxy) is not supported: use http://': '不支持 https:// 代理（到代理的 TLS 连接）：请使用 http://',
+  'proxy URL has no host': '缺少代理主机',
+  'proxy URL has a path, query or fragment (expected scheme://[user:password@]host:port)': '不能包含路径、查询或片段（应为 协议://[用户:密码@]主机:端口）',
+  'proxy URL has port 0': '端口不能为 0',
+  'is not a valid URL (http://user:password@host:3128)': '不是有效的地址（http://用户:密码@主机:3128）',
+  'must name the proxy host (http://host:3128)': '须包含代理主机（http://主机:3128）',
+  'must be scheme://[user:password@]host:port with nothing after the port': '须为 协议://[用户:密码@]主机:端口，端口后不能有其他内容',
+  'must not contain whitespace or control characters': '不能包含空白或控制字符',
   'SOCKS5 proxy user name and password are at most 255 bytes each': 'SOCKS5 代理的用户名和密码各最多 255 字节',
   'the password is masked (****): enter it': '密码显示为 ****：请重新输入密码',
   'no PEM certificate found (expected -----BEGIN CERTIFICATE-----)': '未找到 PEM 证书（应以 -----BEGIN CERTIFICATE----- 开头）',

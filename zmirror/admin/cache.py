@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from zmirror.admin.http import route
-from zmirror.admin.validate import Invalid, query
+from zmirror.admin.validate import Invalid, invalid, query
 from zmirror.oci.errors import RegistryError
 from zmirror.oci.names import canonical_name
 from zmirror.oci.reference import parse_digest
@@ -68,7 +68,7 @@ class CacheHandlers:
         if repository is not None and digest is not None:
             errors["digest"] = "give either repository or digest, not both"
         if errors:
-            raise Invalid("invalid query: " + ", ".join(f"{k} {v}" for k, v in errors.items()), errors)
+            raise invalid(errors, "query")
         blobs = await self.cache.delete(digest=digest, repository=repository)
         manifests = 0
         if self.manifest_cache is not None:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from twisted.logger import Logger
 
-from zmirror.admin.validate import ApiError, Invalid, check, json_body
+from zmirror.admin.validate import ApiError, Invalid, check, invalid, json_body
 from zmirror.app import klein_failure
 from zmirror.auth.adminaccount import AccountError, PasswordRefused, refusal_answer
 from zmirror.auth.lockout import Locked
@@ -84,7 +84,7 @@ async def store_call(method: Callable, values: dict, field_for_value_error: str)
         return await maybe(method(**values))
     except ValueError as e:
         field = getattr(e, "field", None) or field_for_value_error
-        raise Invalid(f"invalid input: {field} {e}", {field: str(e)}) from None
+        raise invalid({field: str(e)}) from None
 
 
 # --- answers ------------------------------------------------------------------------------

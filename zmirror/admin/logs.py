@@ -7,7 +7,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from zmirror.admin.http import maybe, route
-from zmirror.admin.validate import Invalid, q_int, q_time, query
+from zmirror.admin.validate import invalid, q_int, q_time, query
 from zmirror.config import node_name_problem
 from zmirror.db.accesslogs import KINDS, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, LogFilter, parse_status
 from zmirror.oci.names import normalize_namespace
@@ -16,10 +16,6 @@ log = Logger()
 
 LIST_PARAMS = ("page", "page_size", "from", "to", "username", "client_ip", "repository", "status",
                "kind", "namespace", "node")
-
-
-def _invalid(errors: dict[str, str]) -> Invalid:
-    return Invalid("invalid query: " + ", ".join(f"{k} {v}" for k, v in errors.items()), errors)
 
 
 def _texts(params: dict, errors: dict[str, str]) -> dict[str, str]:
@@ -58,6 +54,8 @@ def log_filter(params: dict, errors: dict[str, str]) -> LogFilter:
     if kind is not None and kind not in KINDS:
         errors["kind"] = "must be one of " + ", ".join(KINDS)
     texts = _texts(params, errors)
+    if since is not None and until is not None and until < since:
+        errors["to"] = "must not be before from"
     return LogFilter(since=since, until=until, status=status, status_class=status_class,
                      kind=kind, **texts)
 
@@ -81,7 +79,7 @@ class LogHandlers:
                           clamp=True)
         flt = log_filter(params, errors)
         if errors:
-            raise _invalid(errors)
+            raise invalid(errors, "query")
         return await self.accesslogs.list(flt, page, page_size)
 
     @route("/logs", ["DELETE"])
@@ -90,9 +88,10 @@ class LogHandlers:
         errors: dict[str, str] = {}
         before = q_time(params, "before", errors)
         if "before" in params and before is None and not errors:
-            errors["before"] = "must be a Unix time in seconds"
+            # "?before=" (empty) would otherwise mean "everything"
+            errors["before"] = "must be a Unix time in seconds (leave it out to delete all)"
         if errors:
-            raise Invalid("invalid query: before must be a Unix time in seconds", errors)
+            raise invalid(errors, "query")
         n = await self.accesslogs.delete(before)
         return {"deleted": n}
 
@@ -100,17 +99,11 @@ class LogHandlers:
     async def stats(self, request):
         params = query(request, ("tz_offset",))
         errors: dict[str, str] = {}
-        tz = 0
-        raw = params.get("tz_offset", "").strip()
-        if raw:
-            try:
-                tz = int(raw)
-                if not -840 <= tz <= 840:
-                    raise ValueError
-            except ValueError:
-                errors["tz_offset"] = "must be minutes east of UTC between -840 and 840"
+        tz = q_int(params, "tz_offset", 0, -840, 840, errors)
+        if "tz_offset" in errors:
+            errors["tz_offset"] += " (minutes east of UTC)"
         if errors:
-            raise Invalid("invalid query: tz_offset out of range", errors)
+            raise invalid(errors, "query")
         out = await self.accesslogs.stats(tz)
         if self.cache is not None:
             try:

@@ -46,9 +46,11 @@ STEP_NAMES = ("dns", "tcp", "proxy", "tls", "v2")
 STEP_DETAIL_MAX = 500
 
 _NO_COLON = re.compile(r"^[^:\x00-\x1f\x7f]*$")
+# the longest registry name (the web UI's name field has the same maxlength)
+NAME_MAX = 100
 
 REGISTRY_FIELDS = {
-    "name": Field(string(1, 100), required=True),
+    "name": Field(string(1, NAME_MAX), required=True),
     "url": Field(normalize_url, required=True),
     # the registry host this upstream mirrors; index.docker.io / registry-1.docker.io mean docker.io
     "namespace": Field(normalize_namespace, default="docker.io"),
@@ -62,7 +64,7 @@ REGISTRY_FIELDS = {
 REGISTRY_UPDATE_FIELDS = {"id": Field(identifier), **REGISTRY_FIELDS}
 # an unsaved registry to test: the name may still be empty; with ``id`` the stored
 # values fill in what the body leaves out (as a PUT would)
-REGISTRY_TEST_FIELDS = {**REGISTRY_UPDATE_FIELDS, "name": Field(string(0, 100), default="")}
+REGISTRY_TEST_FIELDS = {**REGISTRY_UPDATE_FIELDS, "name": Field(string(0, NAME_MAX), default="")}
 
 
 def registry_out(row: dict, health: dict) -> dict:

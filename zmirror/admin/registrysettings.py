@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from zmirror.admin.validate import Field, Invalid, boolean, string
+from zmirror.admin.validate import Field, Invalid, boolean, invalid, string
 from zmirror.config.proxyurl import MASK, check_proxy_url, mask_proxy_url, proxy_password, with_proxy_password
 from zmirror.upstream.tlsconfig import MAX_PEM, server_name_error, tls_field_errors
 
@@ -93,7 +93,7 @@ def settings_problems(row: dict, changed: Optional[dict] = None) -> None:
         return
     problems = tls_problems(row)
     if problems:
-        raise Invalid("invalid input: " + ", ".join(f"{k} {v}" for k, v in problems.items()), problems)
+        raise invalid(problems)
 
 
 __all__ = ["REGISTRY_SETTINGS_FIELDS", "TLS_FIELDS", "registry_settings_out", "resolve_settings",

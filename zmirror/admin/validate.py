@@ -34,8 +34,53 @@ class ApiError(Exception):
 
 
 class Invalid(ApiError):
+    """A 400 with per-field reasons; each reason is stated without its field's name
+    (:func:`field_reason`), so that the UI can show it next to the field."""
+
     def __init__(self, message: str = "invalid input", fields: Optional[dict] = None):
+        fields = {k: field_reason(k, v) if isinstance(v, str) else v
+                  for k, v in (fields or {}).items()}
         super().__init__(400, message, fields)
+
+
+# --- the wording of field problems ------------------------------------------------------
+
+# how a reason that reads on after its field's name begins ("name must not be empty")
+_PREDICATE = re.compile(
+    r"(?:must|is|are|has|have|may|can|cannot|does|do|not|too|required|unknown|already)\b")
+
+
+def field_reason(field: str, reason: str) -> str:
+    """``reason`` without a leading repetition of ``field`` ("prefix must not be
+    empty" for field "prefix" → "must not be empty"); a reason in which the name
+    begins a longer subject ("proxy URL has no host") is kept whole."""
+    head = field + " "
+    if reason[:len(head)].lower() == head.lower() and _PREDICATE.match(reason[len(head):]):
+        return reason[len(head):]
+    return reason
+
+
+def field_phrase(field: str, reason: str) -> str:
+    """One problem in a summary, naming the field once: "prefix must not be empty"
+    (never "prefix prefix …"), "proxy URL has no host" (the reason names it),
+    "prefix: repository names are lower case" (a reason that does not read on
+    after the name)."""
+    reason = field_reason(field, reason)
+    if _PREDICATE.match(reason):
+        return f"{field} {reason}"
+    if reason[:len(field) + 1].lower() == field.lower() + " ":
+        return reason
+    return f"{field}: {reason}"
+
+
+def problems_message(errors: dict, what: str = "input") -> str:
+    """"invalid input: name must not be empty, url is not a valid URL": every field's problem."""
+    return f"invalid {what}: " + ", ".join(field_phrase(str(k), str(v)) for k, v in errors.items())
+
+
+def invalid(errors: dict, what: str = "input") -> Invalid:
+    """The 400 of ``errors`` (field → reason), its message naming each problem once."""
+    return Invalid(problems_message(errors, what), errors)
 
 
 # --- field validators: value -> converted value, or raise ValueError(reason) ----------
@@ -117,8 +162,7 @@ def check(body: Any, schema: dict[str, Field], *, partial: bool = False) -> dict
         elif not partial and spec.default is not None:
             out[key] = spec.default
     if errors:
-        raise Invalid("invalid input: " + ", ".join(f"{k} {v}" for k, v in errors.items()),
-                      errors)
+        raise invalid(errors)
     return out
 
 
@@ -179,19 +223,27 @@ def query(request, allowed: tuple[str, ...]) -> dict[str, str]:
         except UnicodeDecodeError:
             errors[key] = "is not UTF-8"
     if errors:
-        raise Invalid("invalid query: " + ", ".join(f"{k} {v}" for k, v in errors.items()), errors)
+        raise invalid(errors, "query")
     return out
 
 
 def q_int(params: dict, key: str, default: int, lo: int, hi: Optional[int] = None,
           errors: Optional[dict] = None, clamp: bool = False) -> int:
+    """The integer query parameter ``key`` (``default`` when absent or empty); out of
+    ``lo``..``hi`` is an error in ``errors`` saying the bound (or, with ``clamp``,
+    above ``hi`` is ``hi``)."""
     raw = params.get(key, "").strip()
     if raw == "":
         return default
-    if not re.fullmatch(r"[0-9]{1,12}", raw):
+    m = re.fullmatch(r"([+-]?)0*([0-9]+)", raw)
+    if m is None:
         errors[key] = "must be an integer"
         return default
-    n = int(raw)
+    digits = m.group(2)
+    # beyond 18 digits the exact value does not matter: it is out of any range here
+    n = int(digits) if len(digits) <= 18 else 10**18
+    if m.group(1) == "-":
+        n = -n
     if n < lo:
         errors[key] = f"must be at least {lo}"
         return default
@@ -203,16 +255,26 @@ def q_int(params: dict, key: str, default: int, lo: int, hi: Optional[int] = Non
     return n
 
 
+TIME_MAX = 1e11  # a Unix time in seconds: about the year 5138
+
+
 def q_time(params: dict, key: str, errors: dict) -> Optional[float]:
+    """The Unix time (seconds, fractions allowed) of query parameter ``key``, or None
+    when absent or empty; a problem goes to ``errors``."""
     raw = params.get(key, "").strip()
     if raw == "":
         return None
     try:
         t = float(raw)
     except ValueError:
-        errors[key] = "must be a Unix time in seconds"
+        t = math.nan
+    if not math.isfinite(t):
+        errors[key] = "must be a Unix time in seconds (a number)"
         return None
-    if not math.isfinite(t) or t < 0 or t > 1e11:
-        errors[key] = "must be a Unix time in seconds"
+    if t < 0:
+        errors[key] = "must not be negative (a Unix time in seconds)"
+        return None
+    if t > TIME_MAX:
+        errors[key] = f"must be at most {TIME_MAX:.0f} (a Unix time in seconds)"
         return None
     return t
