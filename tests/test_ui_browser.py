@@ -1187,7 +1187,7 @@ class ConnectionTests(ConnectionCase):
         self.click(sel("registry-proxy-custom"))
         self.type(sel("registry-proxy"), "http://proxy.corp:99999")  # the port is the server's to check
         self.click(sel("registry-save"))
-        self.field_error(sel("registry-proxy"), "不是有效的地址")  # the field checks come first ("…主机或端口不是有效的地址")
+        self.field_error(sel("registry-proxy"), "不是有效的地址")  # the field checks come first
         self.shot("registry-api-field-errors-zh")
         self.click(sel("registry-proxy-default"))
         self.click(sel("registry-save"))
