@@ -51,6 +51,7 @@ from zmirror.service import CallbackService, DatabaseService, DrainService, Infl
 from zmirror.upstream.build import Upstreams, build_upstreams
 from zmirror.upstream.pool import UpstreamPool
 from zmirror.upstream.shared import HealthSharing
+from zmirror.upstream.warmup import UpstreamWarmup
 
 # health checks and scrapes: no access-log line while they succeed
 QUIET_PATHS = (b"/healthz", b"/readyz", b"/metrics")
@@ -214,6 +215,7 @@ class _PullPath(NamedTuple):
     cache: _Cache
     proxy: Proxy
     registries: RegistryStore
+    warmup: UpstreamWarmup  # a pooled connection to each upstream once the services run
 
 
 def _cache(config: Config, db: Any, reactor: Any, bus: Any) -> _Cache:
@@ -240,7 +242,9 @@ def _pull_path(config: Config, reactor: Any, db: Any, bus: Any, metrics: Metrics
                         resume_deadline=config.upstream.resume_deadline)
     registries = RegistryStore(db, reactor)
     registries.subscribe(upstreams.pool.set_registries)
-    return _PullPath(upstreams, cache, proxy, registries)
+    warmup = UpstreamWarmup(upstreams.pool)
+    registries.subscribe(warmup.registries_changed)  # after the pool has the new list
+    return _PullPath(upstreams, cache, proxy, registries, warmup)
 
 
 def _cluster_admin_password(config: Config, db: Any, bus: Any, reactor: Any,
@@ -315,6 +319,7 @@ def _services(config: Config, reactor: Any, db: Any, bus: Any, pull: _PullPath,
         *([bus] if IService.providedBy(bus) else []),
         *([CallbackService(start=sharing.load, stop=sharing.stop)] if sharing is not None else []),
         RetentionService(accesslogs, reactor, config.log.retention_days, config.log.max_rows),
+        CallbackService(start=pull.warmup.start, stop=pull.warmup.stop),
         nodes,
         *access.services,
         DrainService(root, reactor),
