@@ -2,6 +2,10 @@
 import { computed, ref } from 'vue'
 import zhCn from 'element-plus/es/locale/lang/zh-cn'
 import en from 'element-plus/es/locale/lang/en'
+// one file of messages per page that has many (each exports {'zh-CN': {...}, en: {...}})
+import cacheMessages from './locales/cache'
+import retentionMessages from './locales/retention'
+import syncMessages from './locales/sync'
 
 const STORAGE_KEY = 'zmirror.lang'
 export const LANGS = ['zh-CN', 'en']
@@ -22,6 +26,7 @@ const messages = {
     menu: {
       dashboard: '仪表盘', registries: '上游仓库', whitelists: '白名单', users: '用户',
       logs: '访问日志', nodes: '节点', help: '使用说明', logout: '退出登录', menu: '菜单',
+      cache: '缓存', sync: '预热同步',
     },
     login: {
       title: '管理员登录', username: '用户名', password: '密码', submit: '登录',
@@ -202,6 +207,7 @@ const messages = {
     menu: {
       dashboard: 'Dashboard', registries: 'Registries', whitelists: 'Whitelists', users: 'Users',
       logs: 'Access logs', nodes: 'Nodes', help: 'How to use', logout: 'Log out', menu: 'Menu',
+      cache: 'Cache', sync: 'Pre-warm & sync',
     },
     login: {
       title: 'Admin login', username: 'Username', password: 'Password', submit: 'Log in',
@@ -378,6 +384,10 @@ function initialLang() {
     /* storage disabled */
   }
   return 'zh-CN'
+}
+
+for (const extra of [cacheMessages, retentionMessages, syncMessages]) {
+  for (const l of LANGS) Object.assign(messages[l], extra[l])
 }
 
 export const lang = ref(initialLang())
