@@ -533,7 +533,7 @@ class NothingInvalidCachedTests(unittest.TestCase):
     async def test_rows_with_invalid_media_types_are_ignored(self):
         db = temp_database(self, reactor)
         await db.execute("INSERT INTO cache_manifests VALUES (?, ?, ?, 0, 0)", (MDIGEST, "bad\u00e4type", MANIFEST))
-        await db.execute("INSERT INTO cache_tags VALUES ('library/x', 'latest', ?, ?, 0)",
+        await db.execute("INSERT INTO cache_tags (repository, tag, media_type, digest, fetched_at) VALUES ('library/x', 'latest', ?, ?, 0)",
                          ("bad\u00e4type", MDIGEST))
         cache = ManifestCache(db, Clock())
         await cache.start()

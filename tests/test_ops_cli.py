@@ -502,7 +502,7 @@ class DbCopyTests(CLITestCase):
                           for i in range(2500)])
         conn.execute("INSERT INTO cache_manifests VALUES ('sha256:m', 'application/json', ?, 1.5, 2.5)",
                      (b"\x00{}\xff",))
-        conn.execute("INSERT INTO cache_tags VALUES ('library/app', 'v1', 'application/json', 'sha256:m', 3.5)")
+        conn.execute("INSERT INTO cache_tags (repository, tag, media_type, digest, fetched_at) VALUES ('library/app', 'v1', 'application/json', 'sha256:m', 3.5)")
         conn.execute("INSERT INTO cache_blobs VALUES ('sha256:b', ?, 1.0, 2.0)", (5 << 30,))
         conn.execute("INSERT INTO cache_blob_repos VALUES ('sha256:b', 'library/app')")
         conn.commit()
