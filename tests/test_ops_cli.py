@@ -549,7 +549,7 @@ class DbCopyTests(CLITestCase):
                 if table in MANIFEST_TABLES:
                     self.assertEqual(local[table], [], table)
         self.assertEqual(got["cache_manifests"], [("sha256:m", "application/json", b"\x00{}\xff", 1.5, 2.5)])
-        self.assertEqual(got["cache_tags"], [("library/app", "v1", "application/json", "sha256:m", 3.5)])
+        self.assertEqual(got["cache_tags"], [("library/app", "v1", "application/json", "sha256:m", 3.5, None)])
         self.assertEqual([r[:2] for r in want["users"]], [(1, "alice"), (3, "carol")])
         # the identities continue after the copied ids
         for table in ("users", "registries", "whitelists", "access_logs"):
