@@ -126,7 +126,7 @@ def parse_repo_pattern(raw: object) -> RepoPattern:
         if not part:
             raise PatternError("has an empty component (a '/' too many)")
         if not _GLOB_COMPONENT.match(part):
-            raise PatternError(f"'{part[:60]}' is not a repository name component "
+            raise PatternError(f"{ascii(part[:60])} is not a repository name component "
                                "(lower-case letters, digits, '.', '_', '-', and '*')")
     if namespace == DOCKER_HUB and len(parts) == 1 and parts[0] != EVERYTHING:
         parts = [LIBRARY.rstrip("/")] + parts  # Docker Hub's rule: nginx is library/nginx
