@@ -47,12 +47,14 @@ class CacheView:
     manifest rows, ``cluster_nodes``), ``blobs``/``manifests``: this node's
     caches, ``node``: its name, ``clock``."""
 
-    def __init__(self, db: Any, clock: Any, *, blobs: Any, manifests: Any = None, node: str = ""):
+    def __init__(self, db: Any, clock: Any, *, blobs: Any, manifests: Any = None,
+                 node: Optional[str] = "", ttl: Optional[float] = None):
         self.db = db
         self.clock = clock
         self.blobs = blobs
         self.manifests = manifests
-        self.node = node
+        self.node = node  # None: no node of its own (the CLI): the figures are the rows'
+        self.ttl = ttl if ttl is not None else getattr(manifests, "ttl", 0.0)
 
     def _blob_size(self, digest: str) -> int:
         e = self.blobs.entries.get(digest) if self.blobs is not None else None
@@ -116,7 +118,7 @@ class CacheView:
         rows = await self.db.query(
             "SELECT tag, digest, media_type, fetched_at, last_access FROM cache_tags "
             "WHERE repository = ? ORDER BY tag, fetched_at DESC", (repository,))
-        ttl = getattr(self.manifests, "ttl", 0.0)
+        ttl = self.ttl
         now = self.clock.seconds()
         return [{"tag": r["tag"], "digest": r["digest"], "media_type": r["media_type"],
                  "fetched_at": r["fetched_at"], "last_pull": r["last_access"],
@@ -141,7 +143,8 @@ class CacheView:
                  "manifest_gets_avoided": r["cache_gets_avoided"] or 0,
                  "size": r["cache_bytes"] or 0, "entries": r["cache_blobs"] or 0}
             nodes.append(_node_out(r["node"], f, r["last_seen"], r["stopped_at"] is not None))
-        nodes.append(_node_out(self.node, mine, now, False))
+        if self.node is not None:
+            nodes.append(_node_out(self.node, mine, now, False))
         nodes.sort(key=lambda n: n["node"])
         total = {k: sum(n[k] for n in nodes) for k in (*FIGURES, "size", "entries")}
         total["hit_ratio"] = ratio(total["hits"], total["misses"])
