@@ -23,7 +23,7 @@ export default {
       purged: '已清除：{blobs} 个数据层（本节点）、{manifests} 个清单、{tags} 个标签；其他节点同时清除。',
       invalidated: '已使 {n} 个标签失效：下次拉取时向上游重新验证。',
       noRepo: '请输入仓库名',
-      bytesSaved: '节省的流量（从缓存发送）', pullsSaved: '节省的拉取（上游清单 GET）',
+      bytesSaved: '节省流量', pullsSaved: '节省拉取', bytesSavedHelp: '从缓存发送的字节数', pullsSavedHelp: '省下的上游清单 GET（Docker Hub 配额只计 GET）',
     },
   },
   en: {
@@ -47,7 +47,7 @@ export default {
       purged: 'Purged: {blobs} blob(s) on this node, {manifests} manifest(s), {tags} tag(s); the other nodes do the same.',
       invalidated: '{n} tag(s) invalidated: the next pull revalidates upstream.',
       noRepo: 'Enter a repository name',
-      bytesSaved: 'Bytes saved (sent from cache)', pullsSaved: 'Pulls saved (upstream manifest GETs)',
+      bytesSaved: 'Bytes saved', pullsSaved: 'Pulls saved', bytesSavedHelp: 'Bytes sent from the cache', pullsSavedHelp: 'Upstream manifest GETs avoided (a Docker Hub quota counts GETs only)',
     },
   },
 }
