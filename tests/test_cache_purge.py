@@ -202,6 +202,23 @@ class CliRowTests(PurgeBase):
         self.assertEqual(self.purger.applied, applied)
 
     @coro
+    async def test_a_row_committed_late_below_a_newer_one_is_applied(self):
+        await self.fill()
+        await self.purger.poll()
+        start = self.purger._start
+
+        def row(txn, rid, repository):
+            txn.execute("INSERT INTO cache_purges (id, action, repository, origin, created_at) "
+                        "VALUES (?, 'purge', ?, 'cli', 0)", (rid, repository))
+
+        await self.db.write(row, start + 5, "library/b")
+        self.assertEqual(await self.purger.poll(), 1)
+        await self.db.write(row, start + 3, "library/a")  # its transaction committed later
+        self.assertEqual(await self.purger.poll(), 1)
+        self.assertEqual(self.blobs.entries, {})
+        self.assertEqual(await self.purger.poll(), 0)
+
+    @coro
     async def test_rows_from_before_the_start_are_not_applied(self):
         await self.fill()
         await self.db.write(record, Scope(repository="library/a"), "cli", reactor.seconds())

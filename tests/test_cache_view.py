@@ -179,7 +179,14 @@ class CacheViewTests(AdminTestMixin, unittest.TestCase):
         self.assertEqual(len(self.blobs.entries), 4)  # nothing was purged
 
     @coro
-    async def test_without_the_view_503(self):
+    async def test_without_a_cache_the_view_is_empty(self):
         self.client = self.stub(self.make_api())
         code, _h, obj = await self.call("GET", "/api/cache/stats")
-        self.assertEqual(code, 503, obj)
+        self.assertEqual((code, obj["nodes"], obj["cluster"]["hits"], obj["cluster"]["hit_ratio"]),
+                         (200, [], 0, None))
+        for path, key in (("namespaces", "namespaces"), ("images", "images"), ("tags?repository=a", "tags"),
+                          ("purges", "purges")):
+            code, _h, obj = await self.call("GET", f"/api/cache/{path}")
+            self.assertEqual((code, obj[key]), (200, []), path)
+        code, _h, obj = await self.call("DELETE", "/api/cache?repository=a")
+        self.assertEqual(code, 400, obj)

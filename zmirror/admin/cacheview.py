@@ -8,15 +8,17 @@ from __future__ import annotations
 from typing import Any
 
 from zmirror.admin.cache import namespace_param, repository_of
-from zmirror.admin.http import need, route
+from zmirror.admin.http import route
 from zmirror.admin.validate import invalid, q_int, query
 from zmirror.cache.purge import history
+from zmirror.cache.view import FIGURES
 
 SORTS = ("size", "last_pull")
 
 
 class CacheViewHandlers:
-    """``view``: the :class:`~zmirror.cache.view.CacheView` (None: 503)."""
+    """``view``: the :class:`~zmirror.cache.view.CacheView` (None: the cache is
+    disabled; the lists are empty, the figures zero)."""
 
     def __init__(self, view: Any = None):
         self.view = view
@@ -24,7 +26,7 @@ class CacheViewHandlers:
     @route("/cache/namespaces", ["GET"])
     async def namespaces(self, request):
         query(request, ())
-        return {"namespaces": await need(self.view, "cache figures").namespaces()}
+        return {"namespaces": await self.view.namespaces() if self.view is not None else []}
 
     @route("/cache/images", ["GET"])
     async def images(self, request):
@@ -37,8 +39,9 @@ class CacheViewHandlers:
         limit = q_int(params, "limit", 20, 1, 500, errors)
         if errors:
             raise invalid(errors, "query")
-        view = need(self.view, "cache figures")
-        return {"images": await view.images(sort=sort, namespace=namespace, limit=limit)}
+        if self.view is None:
+            return {"images": []}
+        return {"images": await self.view.images(sort=sort, namespace=namespace, limit=limit)}
 
     @route("/cache/tags", ["GET"])
     async def tags(self, request):
@@ -49,13 +52,16 @@ class CacheViewHandlers:
             errors["repository"] = "required"
         if errors:
             raise invalid(errors, "query")
-        view = need(self.view, "cache figures")
-        return {"repository": repository, "tags": await view.tags(repository)}
+        tags = await self.view.tags(repository) if self.view is not None else []
+        return {"repository": repository, "tags": tags}
 
     @route("/cache/stats", ["GET"])
     async def stats(self, request):
         query(request, ())
-        return await need(self.view, "cache figures").stats()
+        if self.view is None:
+            return {"nodes": [], "cluster": {**dict.fromkeys((*FIGURES, "size", "entries", "nodes"), 0),
+                                             "hit_ratio": None}}
+        return await self.view.stats()
 
     @route("/cache/purges", ["GET"])
     async def purges(self, request):
@@ -64,5 +70,6 @@ class CacheViewHandlers:
         limit = q_int(params, "limit", 50, 1, 500, errors)
         if errors:
             raise invalid(errors, "query")
-        view = need(self.view, "cache figures")
-        return {"purges": await view.db.read(history, limit)}
+        if self.view is None:
+            return {"purges": []}
+        return {"purges": await self.view.db.read(history, limit)}

@@ -41,6 +41,7 @@ log = Logger()
 
 PURGE_EVENT = "cache.purge"  # {"id": row id, "action", "namespace", "repository", "tag", "digest"}
 POLL = 2.0  # seconds between two reads of cache_purges for rows this node did not apply
+LOOKBACK = 100  # the poll reads from this many ids below the highest applied (late commits)
 ACTIONS = ("purge", "invalidate")
 _DIGEST = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
@@ -108,10 +109,9 @@ def record(txn, scope: Scope, origin: str, now: float) -> dict:
         manifests = delete_rows(txn, None, None)[0]
     txn.execute(
         "INSERT INTO cache_purges (action, namespace, repository, tag, digest, origin, created_at, "
-        "manifests, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "manifests, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (scope.action, scope.namespace, scope.repository, scope.tag, scope.digest, origin, now,
          manifests, tags))
-    txn.execute("SELECT max(id) FROM cache_purges")
     return {"id": int(txn.fetchone()[0]), "manifests": max(0, manifests), "tags": tags}
 
 
@@ -179,9 +179,11 @@ class CachePurge:
         self.bus = bus
         self.node = node
         self.interval = interval
-        # every row up to this id is applied (or was there at start); None: not read yet
-        self._seen: Optional[int] = None
-        self._applied: set[int] = set()  # ids above _seen already applied (events, own requests)
+        # the newest row at start (those up to it are not applied); None: not read yet
+        self._start: Optional[int] = None
+        self._highest = 0  # the highest id applied here
+        # ids above the poll's floor already applied (events, own requests, polls)
+        self._applied: set[int] = set()
         self._loop: Optional[LoopingCall] = None
         self.applied = 0  # requests applied here (counted for tests and the log)
         if bus is not None:
@@ -205,6 +207,7 @@ class CachePurge:
 
     async def _take(self, rid: int, scope: Scope) -> int:
         self._applied.add(rid)
+        self._highest = max(self._highest, rid)
         n = await self.apply(scope)
         if self.bus is not None:
             self.bus.publish(PURGE_EVENT, {"id": rid, **asdict(scope)})
@@ -259,39 +262,49 @@ class CachePurge:
         if scope is None or isinstance(rid, bool) or not isinstance(rid, int):
             log.warn("cache purge: an unusable event from another node was ignored")
             return
-        if (self._seen is not None and rid <= self._seen) or rid in self._applied:
+        if (self._start is not None and rid <= self._start) or rid in self._applied:
             return
         self._applied.add(rid)
+        self._highest = max(self._highest, rid)
         Deferred.fromCoroutine(self.apply(scope)).addErrback(
             lambda f: log.failure("cache purge from another node failed", f))
 
     async def poll(self) -> int:
         """Apply the rows this node has not applied yet; returns how many.  The
-        first poll only notes the newest row (those before this start are done)."""
-        if self._seen is None:
-            self._seen = await self.db.read(_newest)
-            self._applied = {i for i in self._applied if i > self._seen}
+        first poll only notes the newest row (those before this start are done).
+
+        Ids are handed out before their transactions commit, so on PostgreSQL a
+        row may appear below one already seen: the poll reads back from
+        :data:`LOOKBACK` ids below the highest and skips the ids it applied."""
+        if self._start is None:
+            self._start = await self.db.read(_newest)
+            self._highest = max(self._highest, self._start)
+            self._applied = {i for i in self._applied if i > self._start}
             return 0
         n = 0
+        after = max(self._start, self._highest - LOOKBACK)
+        self._applied = {i for i in self._applied if i > after}
         while True:
-            rows = await self.db.read(_rows_after, self._seen, 100)
+            rows = await self.db.read(_rows_after, after, 500)
             for r in rows:
                 rid = r.pop("id")
-                if rid not in self._applied:
-                    scope = Scope.from_event(r)
-                    if scope is None:
-                        log.warn("cache purge: row {id} of cache_purges is not usable; skipped", id=rid)
-                    else:
-                        await self.apply(scope)
-                        n += 1
-                self._applied.discard(rid)
-                self._seen = max(self._seen, rid)
-            if len(rows) < 100:
+                after = max(after, rid)
+                if rid in self._applied:
+                    continue
+                self._applied.add(rid)
+                self._highest = max(self._highest, rid)
+                scope = Scope.from_event(r)
+                if scope is None:
+                    log.warn("cache purge: row {id} of cache_purges is not usable; skipped", id=rid)
+                    continue
+                await self.apply(scope)
+                n += 1
+            if len(rows) < 500:
                 return n
 
     def start(self) -> Deferred:
         """Note the newest row, then poll every ``interval`` s."""
-        self._seen = None
+        self._start = None
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.clock
         self._loop.start(self.interval, now=True).addErrback(
