@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 from twisted.internet import reactor
-from twisted.trial import unittest
 
 from tests.fixtures.cache import stop_transfers
 from tests.fixtures.cli import CLIWithAPICase

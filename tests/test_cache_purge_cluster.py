@@ -109,7 +109,7 @@ class TwoNodes(unittest.TestCase):
         self.assertEqual(b.blobs.entries, {})
 
     def test_an_unusable_event_is_ignored(self):
-        a, b = self.nodes
+        b = self.nodes[1]
         for bad in ({"id": "1", "action": "purge"}, {"id": 3, "action": "nuke"}, {"id": True, "action": "purge"}):
             b._heard(bad)
         self.assertEqual(b.applied, 0)
