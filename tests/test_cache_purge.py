@@ -148,6 +148,29 @@ class PurgeTests(PurgeBase):
         self.assertFalse(path.exists())
 
 
+class PurgeDuringDownloadTests(PurgeBase):
+    @coro
+    async def test_a_purge_during_a_download_neither_cuts_nor_corrupts_it(self):
+        await self.fill()
+        from twisted.internet.defer import ensureDeferred
+
+        pull = ensureDeferred(self.env.arequest("GET", f"/v2/library/a/blobs/{self.digest}"))
+        for _ in range(2000):
+            if self.blobs.running(self.digest) is not None or pull.called:
+                break
+            await deferLater(reactor, 0.001, lambda: None)
+        self.assertIsNotNone(self.blobs.running(self.digest), "the download runs while the purge comes")
+        await self.purger.purge(Scope())
+        resp, body = await pull
+        self.assertEqual((resp.code, sha256(body)), (200, self.digest))  # whole and verified
+        for _ in range(500):
+            if self.blobs.lookup(self.digest) is not None:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        # the download finished after the purge: kept, and its file is the right one
+        self.assertEqual(sha256(self.blobs.path(self.digest).read_bytes()), self.digest)
+
+
 class InvalidateTests(PurgeBase):
     @coro
     async def test_next_pull_revalidates_with_a_head(self):
