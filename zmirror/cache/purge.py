@@ -208,10 +208,9 @@ class CachePurge:
     async def _take(self, rid: int, scope: Scope) -> int:
         self._applied.add(rid)
         self._highest = max(self._highest, rid)
-        n = await self.apply(scope)
-        if self.bus is not None:
+        if self.bus is not None:  # the others start at once (a failure here: their poll)
             self.bus.publish(PURGE_EVENT, {"id": rid, **asdict(scope)})
-        return n
+        return await self.apply(scope)
 
     # --- what this node holds --------------------------------------------------------------
 
