@@ -155,6 +155,9 @@ class CachePageCase(BrowserCase):
         self.assertNotEqual(self.value(sel("cache-view-from-cache")), "0 B")
         self.wait_text(sel("cache-namespaces"), "docker.io")
         self.wait_text(sel("cache-images"), "library/app:v1")
+        self.click(sel("sort-last-pull"))  # least recently pulled first: the same one image here
+        self.wait_text(sel("cache-images"), "library/app:v1")
+        self.click(sel("sort-size"))
         from selenium.webdriver.common.by import By
 
         # the retention rules stay on the page, at its bottom
