@@ -28,6 +28,8 @@ from zmirror.bodylimits import Area, BodyLimits
 from zmirror.cache.blobs import CacheBlobs
 from zmirror.cache.build import build_cache
 from zmirror.cache.manifests import ManifestCache
+from zmirror.cache.purge import CachePurge
+from zmirror.cache.view import CacheView, node_figures
 from zmirror.cluster import LocalBus
 from zmirror.config import Config
 from zmirror.db.engine import connect_config, migrate_config, open_database
@@ -116,16 +118,18 @@ def build(config: Config, reactor: Any, *, listen: Optional[str] = None,
         pull.proxy, policy=access.policy, accesslog=metered, clock=reactor, trusted=trusted,
         base_url=lambda request: base_url(request, trusted, config.server.external_url),
         routing=routing)
-    # this node's row in cluster_nodes (GET /api/nodes): a heartbeat every 10 s
+    # this node's row in cluster_nodes (GET /api/nodes, /api/cache/stats): a heartbeat every 10 s
     nodes = NodeHeartbeat(db, reactor, node=config.server.node, bus=bus, cache=pull.cache.blobs,
-                          address=endpoint_address(listen or config.listen_endpoint()))
+                          address=endpoint_address(listen or config.listen_endpoint()),
+                          figures=lambda: node_figures(pull.cache.blobs, pull.cache.manifests))
     cluster_password = _cluster_admin_password(config, db, bus, reactor, access)
     accesslogs = AccessLogStore(db, reactor)
     admin = build_admin(config, clock=reactor, trusted=trusted, access=access,
                         registries=pull.registries, accesslogs=accesslogs,
                         upstreams=pull.upstreams.pool, accesslog=accesslog, cache=pull.cache.blobs,
                         manifest_cache=pull.cache.manifests, nodes=nodes,
-                        cluster_password=cluster_password)
+                        cluster_password=cluster_password, cache_purge=pull.cache.purge,
+                        cache_view=pull.cache.view)
     account = admin.account
     web = _web(config, reactor, db, bus, metrics, pull.upstreams.pool, routes, access, admin,
                account, trusted, ui)
@@ -208,6 +212,8 @@ class _Cache(NamedTuple):
     manifests: Optional[ManifestCache]
     index_db: Any  # the node's own blob index: db on SQLite, a local file on PostgreSQL
     services: list
+    purge: Optional[CachePurge] = None  # purge / invalidate on every node
+    view: Optional[CacheView] = None  # what GET /api/cache/namespaces|images|tags|stats read
 
 
 class _PullPath(NamedTuple):
@@ -226,8 +232,13 @@ def _cache(config: Config, db: Any, reactor: Any, bus: Any) -> _Cache:
     if parts is None:
         return _Cache(None, None, db, [])
     upkeep = parts.upkeep
+    node = config.server.node
+    # applies purges made on other nodes (the bus) or by the CLI (a poll of cache_purges)
+    purge = CachePurge(db, reactor, blobs=parts.blobs, manifests=parts.manifests, bus=bus, node=node)
+    view = CacheView(db, reactor, blobs=parts.blobs, manifests=parts.manifests, node=node)
     return _Cache(parts.blobs, parts.manifests, parts.index_db,
-                  [CallbackService(start=upkeep.start, stop=upkeep.stop)])
+                  [CallbackService(start=upkeep.start, stop=upkeep.stop),
+                   CallbackService(start=purge.start, stop=purge.stop)], purge, view)
 
 
 def _pull_path(config: Config, reactor: Any, db: Any, bus: Any, metrics: Metrics) -> _PullPath:
@@ -293,6 +304,9 @@ def _observe(metrics: Metrics, reactor: Any, db: Any, bus: Any, pull: _PullPath,
     metrics.watch_accesslog(accesslog)
     metrics.watch_inflight(web.root)
     metrics.watch_cache(pull.cache.blobs)
+    if pull.cache.blobs is not None:
+        metrics.watch_cache_figures(pull.cache.view.node,
+                                    lambda: node_figures(pull.cache.blobs, pull.cache.manifests))
     # PostgreSQL: the cluster bus, the shared lockout and upstream health (zmirror_cluster_*);
     # a node alone (SQLite, LocalBus) has none of them
     if _cluster_bus(db, bus) is not None:

@@ -17,6 +17,7 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from zmirror.admin.cache import CacheHandlers
+from zmirror.admin.cacheview import CacheViewHandlers
 from zmirror.admin.http import (
     Route,
     account_refusal,
@@ -59,7 +60,8 @@ class AdminAPI:
     ``accounts``: registry user create/update
     (:class:`zmirror.auth.users.UserAccounts`); ``policy``: the access policy
     (its anonymous mode); ``upstreams``: the proxy core's pool; ``cache``,
-    ``manifest_cache``, ``accesslog`` (the batched writer); ``nodes``: this
+    ``manifest_cache``, ``accesslog`` (the batched writer); ``cache_purge``,
+    ``cache_view`` (:mod:`zmirror.cache.purge`, :mod:`zmirror.cache.view`); ``nodes``: this
     node's heartbeat, ``node`` its name; ``lockouts``: the lockout's locks
     (:class:`zmirror.auth.lockoutrecords.LockoutRecords`); ``clock``.
     """
@@ -68,7 +70,8 @@ class AdminAPI:
                  registries: Any, accesslogs: Any, users: Any, whitelists: Any, whitelist: Any,
                  accounts: Any, policy: Any, node: str, upstreams: Any = None,
                  cache: Any = None, manifest_cache: Any = None, accesslog: Any = None,
-                 nodes: Any = None, lockouts: Any = None):
+                 nodes: Any = None, lockouts: Any = None, cache_purge: Any = None,
+                 cache_view: Any = None):
         self.account = account
         self.trusted = trusted
         self.registries = registries
@@ -90,7 +93,8 @@ class AdminAPI:
             UserHandlers(users, accounts, account),
             LockoutHandlers(lockouts),
             LogHandlers(accesslogs, cache, accesslog),
-            CacheHandlers(cache, manifest_cache),
+            CacheHandlers(cache, manifest_cache, cache_purge),
+            CacheViewHandlers(cache_view),
             NodeHandlers(nodes, node=node, clock=clock),
         )
         # /api//x is a 404, never a redirect built from the Host header

@@ -260,6 +260,28 @@ class CacheBlobs:
             await self.db.write(delete_blob_rows, targets)
         return len(targets)
 
+    async def drop_repos(self, repos: set) -> int:
+        """A purge of repositories: they leave every blob's repositories; a blob no
+        other repository uses is deleted (unlinked once its last reader closed).
+        Returns the number of blobs deleted."""
+        touched = [e for e in self.entries.values() if e.repos & repos]
+        gone, links = [], []
+        for e in touched:
+            links += [(e.digest, r) for r in e.repos & repos]
+            e.repos -= repos
+            if not e.repos:
+                gone.append(e.digest)
+        for d in gone:
+            e = self.entries.pop(d)
+            self.size -= e.size
+            if e.readers > 0:
+                self._doomed.add(d)
+            else:
+                self._unlink(d)
+        if touched:
+            await self.db.write(_drop_links, links, gone)
+        return len(gone)
+
     def summary(self) -> dict:
         hits, misses = self.stats["hits"], self.stats["misses"]
         return {
@@ -442,3 +464,8 @@ class CacheBlobs:
             await self.flush_index()  # a failure leaves the rows dirty for the flusher
         finally:
             await self.evict()
+
+
+def _drop_links(txn, links, gone):
+    txn.executemany("DELETE FROM cache_blob_repos WHERE digest = ? AND repository = ?", links)
+    delete_blob_rows(txn, gone)

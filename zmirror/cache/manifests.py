@@ -324,7 +324,7 @@ class ManifestCache:
         self._write(_drop_tag, repository, tag, then=written)
 
     async def delete(self, *, repository: Optional[str] = None, digest: Optional[str] = None) -> int:
-        n, digests = await self.db.write(_delete_rows, repository, digest)
+        n, digests = await self.db.write(delete_rows, repository, digest)
         forgotten = self._forget_deleted(repository, digest, digests)
         if self.bus is not None:
             self.bus.publish(DELETE_EVENT, {"r": repository, "d": digest})
@@ -370,6 +370,16 @@ class ManifestCache:
             if key[0] in digests or key[1] == repository:
                 del self._repos[key]
         return len(digests)
+
+    def forget(self, *, repository: Optional[str] = None, digest: Optional[str] = None,
+               tag: Optional[str] = None) -> None:
+        """Drop memory copies after a purge or invalidation the database already holds:
+        one tag (``repository`` and ``tag``), a repository, a digest, or (none) all;
+        the next lookup reads the database."""
+        if tag is not None and repository is not None:
+            self._pop_tag((repository, tag))
+            return
+        self._deleted_elsewhere({"r": repository, "d": digest})
 
     def summary(self) -> dict:
         """Counts of what is in memory (the database may hold more)."""
@@ -422,7 +432,7 @@ def _drop_tag(txn, repository, tag):
     txn.execute("DELETE FROM cache_tags WHERE repository = ? AND tag = ?", (repository, tag))
 
 
-def _delete_rows(txn, repository, digest) -> tuple[int, set[str]]:
+def delete_rows(txn, repository, digest) -> tuple[int, set[str]]:
     """Delete from the database; returns (manifests deleted, the digests concerned)."""
     if digest is not None:
         txn.execute("DELETE FROM cache_tags WHERE digest = ?", (digest,))

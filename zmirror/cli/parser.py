@@ -8,6 +8,7 @@ import os
 
 from zmirror.cli.adminpassword import add_parser as add_admin_password
 from zmirror.cli.backup import add_parser as add_backup
+from zmirror.cli.cache import add_parser as add_cache
 from zmirror.cli.checkconfig import add_parser as add_check_config
 from zmirror.cli.common import CLIError, err
 from zmirror.cli.dbcopy import add_parser as add_db
@@ -18,7 +19,7 @@ from zmirror.cli.whitelist import add_parser as add_whitelist
 
 # in the order of ``zmirror --help``
 COMMANDS = (add_check_config, add_user, add_whitelist, add_registry, add_admin_password, add_import_zmirror,
-            add_backup, add_db)
+            add_backup, add_db, add_cache)
 
 
 def build_parser() -> argparse.ArgumentParser:
