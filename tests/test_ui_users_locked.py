@@ -26,7 +26,10 @@ def sel(name: str) -> str:
     return f'[data-test="{name}"]'
 
 
-class UsersPageCase(unittest.TestCase):
+class UsersPage(unittest.TestCase):
+    """A browser on the Users page of a fresh server, and the helpers its tests use
+    (tests/test_ui_user_scopes.py too); no tests of its own."""
+
     if SKIP:
         skip = SKIP
 
@@ -114,8 +117,8 @@ class UsersPageCase(unittest.TestCase):
         self.find(sel("users-table"))
         self.find(sel("locked-table"))
 
-    # --- the tests ------------------------------------------------------------------------
 
+class UsersPageCase(UsersPage):
     def test_password_rule_and_the_api_error_under_the_field(self):
         self.open_users()
         self.click(sel("user-add"))
