@@ -46,7 +46,8 @@ class UserScopeCommandTests(CLIWithAPICase):
         self.ok("user", "add", "sam", "--stdin", "--scope", "library/*", stdin=PW)
         for argv, words in (
             (("user", "edit", "sam"), "nothing to change"),
-            (("user", "edit", "sam", "--scope", "Upper/x"), "scopes: 'Upper/x': repository names are lower case"),
+            (("user", "edit", "sam", "--scope", "Upper/x"),
+             "scopes: 'Upper/x': repository names are lower case"),
             (("user", "edit", "sam", "--scope", "a/**b"), "'**'"),
             (("user", "edit", "sam", "--scope", ""), "must not be empty"),
             (("user", "edit", "nobody", "--scope", "a/b"), "no user named"),

@@ -4,7 +4,8 @@ The secret is ``<data_dir>/token.key``, or on PostgreSQL the cluster's shared
 ``cluster_secrets`` row (:func:`load_secret`).  Access tokens are short-lived
 and carry Docker's ``access`` claim; a user's access and refresh tokens carry
 its id and a fingerprint of its hash / enabled flag / scopes / last change, so
-they die with the user and with a change of its scopes.  Expiry is checked against the injected clock.
+they die with the user and with a change of its scopes.  Expiry is checked
+against the injected clock.
 
 Design: docs/design/auth.md ("Tokens").
 """

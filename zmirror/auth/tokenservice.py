@@ -2,8 +2,9 @@
 Basic credentials, ``POST`` with the OAuth2 password or refresh-token grant).
 
 The grant is the intersection of what was asked and what the caller may do
-(``pull`` only; a user's scopes, :mod:`zmirror.auth.scopes`, bound it); refresh tokens for ``offline_token=true`` /
-``access_type=offline`` die with their user.
+(``pull`` only; a user's scopes, :mod:`zmirror.auth.scopes`, bound it);
+refresh tokens for ``offline_token=true`` / ``access_type=offline`` die with
+their user.
 
 Design: docs/design/auth.md ("The token endpoint").
 """
