@@ -175,6 +175,19 @@ class ScopedUserTests(unittest.TestCase):
             self.assertIn('error="insufficient_scope"', www(resp))
         self.assertEqual([p.path.name for p in self.env.proxy.pulls], ["ghcr.io/myorg/app"] * 2)
 
+    @coro
+    async def test_host_routing(self):
+        self.env.routes.routing.set_hosts({"ghcr.fake": "ghcr.io"})
+        auth = basic("sam", PW)
+        resp, got = await self.pull("http://ghcr.fake/v2/myorg/app/manifests/1", auth)
+        self.assertEqual(resp.code, 200, got)
+        self.assertEqual(json.loads(got)["fetched"], "ghcr.io/myorg/app")
+        # library/* is Docker Hub's: on the ghcr.io host it names ghcr.io/library/x, outside
+        resp, _ = await self.pull("http://ghcr.fake/v2/library/x/manifests/1", auth)
+        self.assertEqual(resp.code, 401)
+        self.assertIn('scope="repository:ghcr.io/library/x:pull"', www(resp))
+        self.assertIn('error="insufficient_scope"', www(resp))
+
     # --- /v2 with Basic credentials -------------------------------------------------
 
     @coro
