@@ -8,11 +8,16 @@ from twisted.trial import unittest
 from tests.fixtures.admin import T0, AdminTestMixin
 from tests.fixtures.helpers import coro
 from tests.fixtures.pgserver import on_postgresql
-from tests.test_admin_users import ChangeMixin
 from zmirror.auth.scopes import MAX_SCOPES
 
 
-class UserScopesRouteTests(ChangeMixin, AdminTestMixin, unittest.TestCase):
+class UserScopesRouteTests(AdminTestMixin, unittest.TestCase):
+    async def assertUnchanged(self, method, path, body=None, status=400, *fields):
+        before = self.db.snapshot()
+        obj = self.assertError(await self.call(method, path, body), status, *fields)
+        self.assertEqual(self.db.snapshot(), before)
+        return obj
+
     async def create(self, **body):
         body.setdefault("username", "sam")
         body.setdefault("password", "sam-password")

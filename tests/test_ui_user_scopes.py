@@ -8,7 +8,7 @@ Skipped like tests/test_ui_users_locked.py when Chromium or the built UI is miss
 
 from __future__ import annotations
 
-from tests.test_ui_users_locked import UsersPage, sel
+from tests.fixtures.ui_users import UsersPage, sel
 
 PW = "sam-password-1"
 
@@ -20,10 +20,11 @@ class UserScopesPageCase(UsersPage):
         return next(u for u in body["items"] if u["username"] == name)
 
     def tags(self, name: str) -> list[str]:
-        from selenium.webdriver.common.by import By
-
-        el = self.find(sel(f"user-scopes-{name}"))
-        return [t.text for t in el.find_elements(By.CSS_SELECTOR, ".el-tag")]
+        """The tag texts of the user's scopes, read in one go (the list re-renders after a save)."""
+        self.find(sel(f"user-scopes-{name}"))
+        return self.driver.execute_script(
+            "return [...document.querySelectorAll(arguments[0])].map(e => e.textContent.trim())",
+            sel(f"user-scopes-{name}") + " .el-tag")
 
     def inside_page(self, css: str):
         """Every element of ``css`` ends inside the viewport and the page does not scroll sideways."""
