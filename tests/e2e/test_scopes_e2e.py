@@ -1,8 +1,9 @@
 """Per-user scopes end to end: a registry user scoped to ``e2e/docker*`` pulls through
 ``twistd zmirror`` (whitelist mode, :mod:`tests.e2e.authcase`) from a real docker-registry with
-skopeo and podman, and is refused ``e2e/ociindex`` (private, not whitelisted, outside the scope)
-with an authentication error; the upstream's access log shows no request for the refused
-repository (the proxy decides before any upstream request).
+skopeo, podman, docker (login: the refresh-token grant) and containerd's ctr (the password
+grant), and is refused ``e2e/ociindex`` (private, not whitelisted, outside the scope) with an
+authentication error; the upstream's access log shows no request for the refused repository
+(the proxy decides before any upstream request).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import base64
 import json
 import time
 
-from tests.e2e.authcase import AuthE2ECase, podman
-from tests.e2e.clients import PODMAN_SKIP, SkopeoError, output, skopeo_copy
+from tests.e2e.authcase import AUTH_ERRORS, AuthE2ECase, containerd, dockerd, podman
+from tests.e2e.clients import CTR_SKIP, DOCKER_SKIP, PODMAN_SKIP, SkopeoError, output, skopeo_copy
 from tests.e2e.httpclient import http_request, manifest_headers
 from tests.e2e.images import dir_problems
 
@@ -121,4 +122,44 @@ class PodmanScopeTests(ScopedUserCase):
         p = pm("pull", "--tls-verify=false", "--authfile", authfile, f"{self.zm.host}/{self.refused.ref}")
         self.assertNotEqual(p.returncode, 0, output(p))
         self.assertRefusedForScope(p.stderr, f"podman pull {self.refused.ref} as {SCOPED}")
+        self.assertUpstreamNeverAsked(self.refused.repo)
+
+
+class DockerScopeTests(ScopedUserCase):
+    skip = AuthE2ECase.skip or DOCKER_SKIP
+
+    def test_login_pull_inside_the_scope_refused_outside(self):
+        docker = dockerd(self.zm)
+        cfg = self.workdir() / "docker-config"
+        cfg.mkdir()
+        (cfg / "config.json").write_text('{"auths": {}}\n')
+        p = docker.cli(cfg, "login", "-u", SCOPED, "--password-stdin", self.zm.host, input=PASSWORD + "\n",
+                       timeout=60)
+        self.assertEqual(p.returncode, 0, output(p) + self.diag(docker))
+        ok = f"{self.zm.host}/{self.allowed.ref}"
+        p = docker.cli(cfg, "pull", ok)
+        self.addCleanup(lambda: docker.cli(cfg, "rmi", "-f", ok, timeout=60))
+        self.assertEqual(p.returncode, 0, output(p) + self.diag(docker))
+        self.assertIn(f"Digest: {self.allowed.digest}", p.stdout, output(p))
+        p = docker.cli(cfg, "pull", f"{self.zm.host}/{self.refused.ref}")
+        self.assertNotEqual(p.returncode, 0, output(p))
+        # dockerd words a 401 on a repository as "pull access denied ... may require 'docker login'"
+        low = (p.stdout + p.stderr).lower()
+        self.assertTrue("pull access denied" in low or any(m in low for m in AUTH_ERRORS), output(p))
+        self.assertUpstreamNeverAsked(self.refused.repo)
+
+
+class ContainerdScopeTests(ScopedUserCase):
+    skip = AuthE2ECase.skip or CTR_SKIP
+
+    def test_pull_inside_the_scope_refused_outside(self):
+        ctrd = containerd()
+        args = ["images", "pull", "--plain-http", "--snapshotter", "native", "--user", self.creds()]
+        ok = f"{self.zm.host}/{self.allowed.ref}"
+        p = ctrd.ctr(*args, ok)
+        self.addCleanup(lambda: ctrd.ctr("images", "rm", "--sync", ok, timeout=60))
+        self.assertEqual(p.returncode, 0, output(p) + self.diag(ctrd))
+        p = ctrd.ctr(*args, f"{self.zm.host}/{self.refused.ref}")
+        self.assertNotEqual(p.returncode, 0, output(p))
+        self.assertAuthError(p.stdout + p.stderr, f"ctr pull {self.refused.ref} as {SCOPED}")
         self.assertUpstreamNeverAsked(self.refused.repo)
