@@ -188,7 +188,7 @@ class SyncService(Service):
         queued = await self.store.queue_run(jid, trigger)
         await self._start_queued()
         act = self.active.get(queued["id"])
-        return dict(act.run) if act is not None else queued
+        return _copy(act.run) if act is not None else await self.store.get_run(queued["id"])
 
     async def cancel(self, rid: int) -> dict:
         run = await self.store.request_cancel(rid)
