@@ -62,7 +62,7 @@ class FakeManifests:
 def multiarch(manifests: FakeManifests, repo="library/app", tag="1.0") -> str:
     entries = []
     for i, p in enumerate(PLATFORMS):
-        body = image_manifest(f"shared", f"layer-{i}", config=f"cfg-{i}")
+        body = image_manifest("shared", f"layer-{i}", config=f"cfg-{i}")
         entries.append({"mediaType": OCI_MANIFEST, "digest": manifests.add(repo, f"p{i}", OCI_MANIFEST, body),
                         "size": len(body), "platform": p})
     index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()

@@ -162,8 +162,8 @@ class SyncRun:
         tags: list[str] = []
         last = None
         for _ in range(MAX_TAG_PAGES):
-            page = await self._call(repo, lambda: self.tags.list(repo, n=TAG_PAGE, last=last,
-                                                                     record=self.record))
+            page = await self._call(repo, lambda after=last: self.tags.list(
+                repo, n=TAG_PAGE, last=after, record=self.record))
             try:
                 doc = json.loads(page.body)
             except ValueError:
