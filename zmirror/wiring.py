@@ -265,9 +265,10 @@ def _sync(config: Config, reactor: Any, db: Any, pull: _PullPath, store: SyncJob
     blobs: Any = LocalBlobs(proxy.blob_source)
     if config.server.external_url and db.dialect == "postgresql":
         import treq
+        from treq.client import HTTPClient
         from twisted.web.client import Agent, HTTPConnectionPool
 
-        http = treq.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=True)))
+        http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=True)))
         blobs = FrontBlobs(http, config.server.external_url, access.tokens, blobs, collect=treq.collect,
                            timeout=config.upstream.idle_timeout)
     return SyncService(store, manifests=proxy.manifest_source, tags=proxy.tag_source, blobs=blobs,

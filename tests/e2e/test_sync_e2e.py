@@ -7,6 +7,8 @@ shared harness), jobs created and run through ``/api/sync``.
   GET of any blob (the registry's access log).
 - A rate-limited upstream (the fault proxy's 429 with ``ratelimit-*`` headers) pauses the run,
   the reason and the resume time are shown, and it resumes and succeeds after the window.
+- A cluster (PostgreSQL, three nodes, nginx): a schedule tick runs once across the nodes, and
+  every blob the run fetched (through nginx) is cached on its home node.
 
 Skipped when ``docker-registry`` or ``skopeo`` is missing.
 """
@@ -20,11 +22,13 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
+from tests.e2e import cluster as C
 from tests.e2e import harness as H
 from tests.e2e.clients import SkopeoError, skopeo_copy
 from tests.e2e.environment import shared
 from tests.e2e.faultproxy import Fault, FaultProxy, manifest_request
 from tests.e2e.images import Image, dir_problems
+from tests.fixtures.helpers import free_port
 
 SKIP = H.missing_tools()
 UPSTREAM = "syncup"
@@ -158,3 +162,61 @@ class SyncE2ETests(unittest.TestCase):
         self.assertEqual((run["pause_reason"], run["resume_at"]), (None, None))
         self.assertEqual(run["blobs"]["done"], len(img.all_blobs()), run)
         self.assertGreaterEqual(limited.counts["status:429"], 1, limited.counts)
+
+
+# --------------------------------------------------------------------------- a cluster
+
+
+class _SyncCluster(C.Cluster):
+    """PostgreSQL, three nodes and nginx, the nodes' ``[server] external_url`` being nginx's
+    address (chosen before the nodes start), so sync jobs fetch blobs through it."""
+
+    def _start(self) -> None:
+        self.nginx_port = free_port()
+        super()._start()
+
+    def node_config(self, i: int, port: int, data: Path) -> str:
+        text = super().node_config(i, port, data)
+        line = f'node = "{self.node_name(i)}"\n'
+        return text.replace(line, line + f'external_url = "http://127.0.0.1:{self.nginx_port}"\n', 1)
+
+    def _start_nginx(self) -> None:
+        conf = C.render_nginx(self.nginx_dir, listen_port=self.nginx_port, nodes=[zm.host for zm in self.nodes])
+        self.nginx = C.spawn("nginx", C.nginx_argv(conf), self.root / "logs" / "nginx.log")
+        self.h.procs.append(self.nginx)
+        C.wait_http(f"{self.nginx_url}/healthz", self.nginx, timeout=30)
+
+
+class SyncClusterE2ETests(unittest.TestCase):
+    skip = SKIP or C.missing()
+
+    def test_one_run_per_tick_across_nodes_and_each_blob_on_its_home_node(self):
+        c = _SyncCluster(3, images=["ociindex"]).start()
+        self.addCleanup(c.stop)
+        idx = c.images["ociindex"]
+        node1 = c.nodes[0]
+        r = node1.api("POST", "/sync/jobs", {"name": "cluster", "images": [idx.ref], "schedule": {"interval": 3600}})
+        self.assertEqual(r.status, 201, r.describe())
+        job = r.json()
+        # the tick comes due (as if an hour had passed): every node polls, one takes it
+        import psycopg
+
+        with psycopg.connect(c.database_url, autocommit=True) as conn:
+            conn.execute("UPDATE sync_jobs SET next_run_at = %s WHERE id = %s", (time.time() - 1, job["id"]))
+        since = c.nginx_log_offset()
+        runs = wait_for(lambda: [x for x in node1.api("GET", f"/sync/runs?job={job['id']}").json()["runs"]
+                                 if x["finished_at"] is not None], 30, "the tick's run to finish")
+        time.sleep(2.5)  # every node has polled again since: still one run for the tick
+        runs = node1.api("GET", f"/sync/runs?job={job['id']}").json()["runs"]
+        self.assertEqual(len(runs), 1, runs)
+        run = runs[0]
+        self.assertEqual((run["state"], run["trigger"]), ("succeeded", "schedule"), f"{run}{c.tails()}")
+        self.assertEqual(run["blobs"]["done"], len(idx.all_blobs()), run)
+        self.assertGreater(node1.api("GET", f"/sync/jobs/{job['id']}").json()["next_run_at"], time.time() + 3000)
+        # each blob was fetched through nginx and is cached on its home node (and on no other)
+        for digest in idx.all_blobs():
+            home = c.served_by("GET", f"/v2/{idx.repo}/blobs/{digest}", since)
+            hexd = digest.split(":", 1)[1]
+            where = [i for i, zm in enumerate(c.nodes)
+                     if (zm.data / "cache" / "blobs" / "sha256" / hexd[:2] / hexd).exists()]
+            self.assertEqual(where, [home], f"blob {digest}: home node {home}, cached on {where}")
