@@ -5,7 +5,6 @@ The same tests run on PostgreSQL when it is available."""
 
 from pathlib import Path
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -206,7 +205,7 @@ class SyncServiceTests(unittest.TestCase):
         job = await self.job()
         svc = self.node()
         svc.startService()
-        self.addCleanup(lambda: Deferred.fromCoroutine(svc.stopService()))
+        self.addCleanup(svc.stopService)
         queued = await self.store.queue_run(job["id"], "cli")
         self.clock.advance(2)
         self.assertEqual((await self.store.get_run(queued["id"]))["state"], "succeeded")

@@ -73,10 +73,14 @@ class SyncService(Service):
         self._loop.start(self.poll_interval, now=True).addErrback(
             lambda f: log.failure("sync scheduler stopped", f))
 
-    async def stopService(self):
+    def stopService(self) -> Deferred:
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        return Deferred.fromCoroutine(self._end_runs())
+
+    async def _end_runs(self) -> None:
+        """Cancel the runs going on here and wait for their last save."""
         for act in list(self.active.values()):
             act.runner.state["errors"].append({"item": act.run.get("job_name") or "",
                                                "error": "the node stopped during the run"})
