@@ -32,8 +32,11 @@ class PrefetchTests(CacheTestBase):
     async def test_prefetch_then_cached(self):
         await self.start()
         source = self.env.proxy.blob_source
-        fetched = await self.pumped(ensureDeferred(source.prefetch("library/x", self.digest)))
+        seen = []
+        fetched = await self.pumped(ensureDeferred(source.prefetch("library/x", self.digest,
+                                                                   on_download=seen.append)))
         self.assertTrue(fetched)
+        self.assertEqual([(dl.digest, dl.state, dl.written) for dl in seen], [(self.digest, "done", len(self.data))])
         self.assertEqual(self.blobs.path(self.digest).read_bytes(), self.data)
         self.assertEqual(len(self.blob_gets()), 1)
         before = len(self.up.requests)

@@ -84,6 +84,10 @@ class FakeTags:
         return TagsPage(json.dumps({"name": repo, "tags": chunk}).encode(), link)
 
 
+class FakeDownload:
+    written = 0
+
+
 class FakeBlobs:
     """``fetch`` answers at once (``cached``: skipped) unless ``hold`` is set: then
     each call waits for the test to fire its Deferred."""
@@ -97,8 +101,9 @@ class FakeBlobs:
         self.active = 0
         self.max_active = 0
         self.cancelled = 0
+        self.progress = {}  # digest → FakeDownload of a held fetch
 
-    async def fetch(self, repo, digest, size, record):
+    async def fetch(self, repo, digest, size, record, on_download=None):
         self.calls.append((repo, digest))
         errs = self.fail.get(digest)
         if errs:
@@ -106,6 +111,8 @@ class FakeBlobs:
         if digest in self.cached:
             return False
         if self.hold:
+            if on_download is not None:
+                on_download(self.progress.setdefault(digest, FakeDownload()))
             d = Deferred(lambda _d: self._cancelled())
             self.pending.append((digest, d))
             self.active += 1
@@ -284,3 +291,20 @@ class RunnerTests(unittest.TestCase):
         self.clock.advance(3600)
         self.assertEqual(len(self.manifests.calls), 1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_snapshot_counts_bytes_of_running_downloads(self):
+        self.manifests.add("library/app", "1.0", OCI_MANIFEST, image_manifest("aaaa", "bb"))
+        self.blobs.hold = True
+        r = self.runner(concurrency=3)
+        d = self.go(r)
+        self.assertEqual(r.snapshot()["bytes"]["done"], 0)
+        self.blobs.progress[blob("aaaa")["digest"]].written = 25
+        self.blobs.progress[blob("cfg")["digest"]].written = 10**9  # never more than the blob's size
+        snap = r.snapshot()
+        self.assertEqual(snap["bytes"]["done"], 25 + blob("cfg")["size"])
+        self.assertEqual(r.state["bytes"]["done"], 0)  # the live state counts finished blobs only
+        snap["blobs"]["done"] = 99
+        self.assertEqual(r.state["blobs"]["done"], 0)  # a copy
+        self.blobs.release_all()
+        self.assertEqual(self.successResultOf(d), "succeeded")
+        self.assertEqual(r.snapshot()["bytes"], r.state["bytes"])

@@ -38,7 +38,7 @@ class FrontBlobs:
         self.collect = collect
         self.timeout = timeout
 
-    async def fetch(self, repo: str, digest: str, size: int, record: Any) -> bool:
+    async def fetch(self, repo: str, digest: str, size: int, record: Any, on_download: Any = None) -> bool:
         token, _ = self.tokens.issue_access(
             subject=SUBJECT, access=[{"type": "repository", "name": str(repo), "actions": ["pull"]}])
         url = f"{self.base_url}/v2/{repo}/blobs/{digest}"

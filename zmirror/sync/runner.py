@@ -98,6 +98,7 @@ class SyncRun:
         self._cancelled = False
         self._sem = DeferredSemaphore(int(spec.get("concurrency") or 1))
         self._tasks: list[Deferred] = []
+        self._downloads: dict[str, tuple[Any, int]] = {}  # digest → (download, size) being waited for
 
     # --- the run ---------------------------------------------------------------------------
 
@@ -124,6 +125,18 @@ class SyncRun:
         st["current"] = None
         did_something = st["manifests"]["done"] or st["blobs"]["done"]
         return "failed" if st["errors"] and not did_something else "succeeded"
+
+    def snapshot(self) -> dict:
+        """A copy of the run JSON whose ``bytes.done`` includes what the running
+        downloads of this run have written so far."""
+        st = self.state
+        out = dict(st)
+        for k in ("images", "manifests", "blobs", "bytes"):
+            out[k] = dict(st[k])
+        out["errors"] = list(st["errors"])
+        partial = sum(min(max(getattr(dl, "written", 0) or 0, 0), size) for dl, size in self._downloads.values())
+        out["bytes"]["done"] = min(out["bytes"]["done"] + partial, out["bytes"]["total"])
+        return out
 
     def cancel_tasks(self) -> None:
         for d in list(self._tasks):
@@ -228,7 +241,14 @@ class SyncRun:
                 raise CancelledError()
             label = f"{repo}@{digest}"
             st["current"] = label
-            fetched = await self._call(repo, lambda: self.blobs.fetch(repo, digest, size, self.record))
+            def watch(dl: Any) -> None:
+                self._downloads[digest] = (dl, size)
+
+            try:
+                fetched = await self._call(repo, lambda: self.blobs.fetch(repo, digest, size, self.record,
+                                                                          on_download=watch))
+            finally:
+                self._downloads.pop(digest, None)
             st["blobs"]["done"] += 1
             if not fetched:
                 st["blobs"]["skipped"] += 1

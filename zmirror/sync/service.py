@@ -31,8 +31,8 @@ class LocalBlobs:
     def __init__(self, blob_source: Any):
         self.blob_source = blob_source
 
-    async def fetch(self, repo: str, digest: str, size: int, record: Any) -> bool:
-        return await self.blob_source.prefetch(repo, digest, record=record)
+    async def fetch(self, repo: str, digest: str, size: int, record: Any, on_download: Any = None) -> bool:
+        return await self.blob_source.prefetch(repo, digest, record=record, on_download=on_download)
 
 
 class _Active:
@@ -163,7 +163,8 @@ class SyncService(Service):
         if act.run["id"] not in self.active or act.run["finished_at"] is not None:
             return
         try:
-            cancel = await self.store.save(act.run["id"], act.run["job_id"], self.node, self.lease, act.run)
+            cancel = await self.store.save(act.run["id"], act.run["job_id"], self.node, self.lease,
+                                           act.runner.snapshot())
         except Exception:
             log.failure("sync run {id}: saving progress failed", id=act.run["id"])
             return
@@ -192,7 +193,7 @@ class SyncService(Service):
         queued = await self.store.queue_run(jid, trigger)
         await self._start_queued()
         act = self.active.get(queued["id"])
-        return _copy(act.run) if act is not None else await self.store.get_run(queued["id"])
+        return act.runner.snapshot() if act is not None else await self.store.get_run(queued["id"])
 
     async def cancel(self, rid: int) -> dict:
         run = await self.store.request_cancel(rid)
@@ -207,15 +208,7 @@ class SyncService(Service):
     def live(self, rid: int) -> Optional[dict]:
         """The in-memory run JSON of a run going on here (None otherwise)."""
         act = self.active.get(rid)
-        return _copy(act.run) if act is not None else None
-
-
-def _copy(run: dict) -> dict:
-    out = dict(run)
-    for k in ("images", "manifests", "blobs", "bytes"):
-        out[k] = dict(run[k])
-    out["errors"] = list(run["errors"])
-    return out
+        return act.runner.snapshot() if act is not None else None
 
 
 __all__ = ["SyncService", "LocalBlobs", "POLL", "LEASE", "ActiveRun", "error_text"]
