@@ -5,7 +5,7 @@ from twisted.trial import unittest
 
 from tests.fixtures.admin import T0, AdminTestMixin
 from tests.fixtures.helpers import coro
-from tests.test_sync_runner import FakeBlobs, FakeManifests, FakeTags, multiarch
+from tests.fixtures.syncfakes import FakeBlobs, FakeManifests, FakeTags, multiarch
 from zmirror.db.syncjobs import SyncJobStore
 from zmirror.sync.service import SyncService
 

@@ -7,7 +7,7 @@ import json
 
 from tests.fixtures.cli import CLIWithAPICase
 from tests.fixtures.helpers import coro
-from tests.test_sync_runner import FakeBlobs, FakeManifests, FakeTags, multiarch
+from tests.fixtures.syncfakes import FakeBlobs, FakeManifests, FakeTags, multiarch
 from zmirror.db.syncjobs import SyncJobStore
 from zmirror.sync.service import SyncService
 

@@ -2,139 +2,16 @@
 clock: tag resolution, platform selection, progress, skips, errors, rate-limit
 pauses and cancel."""
 
-import hashlib
-import json
-
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from tests.fixtures.syncfakes import (FakeBlobs, FakeManifests, FakeTags, blob, image_manifest, multiarch,
+                                      rate_limited)
 from zmirror.db.syncjobs import empty_progress
 from zmirror.oci.errors import RegistryError
-from zmirror.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
+from zmirror.oci.mediatypes import OCI_MANIFEST
 from zmirror.sync.runner import MAX_ERRORS, SyncRun
-from zmirror.upstream.manifests import ManifestResult, TagsPage
-
-
-def digest_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def blob(name: str) -> dict:
-    return {"mediaType": "application/octet-stream", "digest": digest_of(name.encode()), "size": len(name) * 10}
-
-
-def image_manifest(*layers: str, config: str = "cfg") -> bytes:
-    return json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": blob(config),
-                       "layers": [blob(x) for x in layers]}).encode()
-
-
-PLATFORMS = [{"os": "linux", "architecture": "amd64"},
-             {"os": "linux", "architecture": "arm64", "variant": "v8"},
-             {"os": "linux", "architecture": "arm", "variant": "v7"}]
-
-
-class FakeManifests:
-    def __init__(self, clock=None):
-        self.by_ref = {}  # (repo, ref) → (media_type, body)
-        self.calls = []
-        self.fail = {}  # (repo, ref) → list of exceptions raised in turn
-
-    def add(self, repo, ref, media_type, body):
-        d = digest_of(body)
-        self.by_ref[(repo, ref)] = (media_type, body)
-        self.by_ref[(repo, d)] = (media_type, body)
-        return d
-
-    async def get(self, repo, ref, accept, *, head=False, record=None):
-        self.calls.append((repo, ref))
-        errs = self.fail.get((repo, ref))
-        if errs:
-            raise errs.pop(0)
-        if (repo, ref) not in self.by_ref:
-            raise RegistryError("MANIFEST_UNKNOWN")
-        if record is not None:
-            record.upstream = "up"
-        mt, body = self.by_ref[(repo, ref)]
-        return ManifestResult(digest_of(body), mt, body, len(body), cache_hit=False)
-
-
-def multiarch(manifests: FakeManifests, repo="library/app", tag="1.0") -> str:
-    entries = []
-    for i, p in enumerate(PLATFORMS):
-        body = image_manifest("shared", f"layer-{i}", config=f"cfg-{i}")
-        entries.append({"mediaType": OCI_MANIFEST, "digest": manifests.add(repo, f"p{i}", OCI_MANIFEST, body),
-                        "size": len(body), "platform": p})
-    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
-    return manifests.add(repo, tag, OCI_INDEX, index)
-
-
-class FakeTags:
-    def __init__(self, tags, page=2):
-        self.tags, self.page = sorted(tags), page
-        self.calls = []
-
-    async def list(self, repo, *, n=None, last=None, record=None, **kw):
-        self.calls.append((repo, last))
-        start = self.tags.index(last) + 1 if last else 0
-        chunk = self.tags[start:start + self.page]
-        link = None
-        if start + self.page < len(self.tags):
-            link = f'</v2/{repo}/tags/list?n={self.page}&last={chunk[-1]}>; rel="next"'
-        return TagsPage(json.dumps({"name": repo, "tags": chunk}).encode(), link)
-
-
-class FakeDownload:
-    written = 0
-
-
-class FakeBlobs:
-    """``fetch`` answers at once (``cached``: skipped) unless ``hold`` is set: then
-    each call waits for the test to fire its Deferred."""
-
-    def __init__(self):
-        self.calls = []
-        self.cached = set()
-        self.hold = False
-        self.pending = []  # (digest, Deferred)
-        self.fail = {}
-        self.active = 0
-        self.max_active = 0
-        self.cancelled = 0
-        self.progress = {}  # digest → FakeDownload of a held fetch
-
-    async def fetch(self, repo, digest, size, record, on_download=None):
-        self.calls.append((repo, digest))
-        errs = self.fail.get(digest)
-        if errs:
-            raise errs.pop(0)
-        if digest in self.cached:
-            return False
-        if self.hold:
-            if on_download is not None:
-                on_download(self.progress.setdefault(digest, FakeDownload()))
-            d = Deferred(lambda _d: self._cancelled())
-            self.pending.append((digest, d))
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
-            try:
-                await d
-            finally:
-                self.active -= 1
-        record.upstream = "up"
-        return True
-
-    def _cancelled(self):
-        self.cancelled += 1
-
-    def release_all(self):
-        while self.pending:
-            self.pending.pop(0)[1].callback(None)
-
-
-def rate_limited(seconds: int) -> RegistryError:
-    return RegistryError("TOOMANYREQUESTS", "every upstream registry is rate-limiting us",
-                         headers={b"Retry-After": str(seconds).encode()})
 
 
 class RunnerTests(unittest.TestCase):

@@ -10,7 +10,7 @@ from twisted.trial import unittest
 
 from tests.fixtures.admin import sync_database
 from tests.fixtures.helpers import coro
-from tests.test_sync_runner import FakeBlobs, FakeManifests, FakeTags, image_manifest, multiarch, rate_limited
+from tests.fixtures.syncfakes import FakeBlobs, FakeManifests, FakeTags, image_manifest, multiarch, rate_limited
 from zmirror.db.syncjobs import ActiveRun, SyncJobStore
 from zmirror.oci.mediatypes import OCI_MANIFEST
 from zmirror.sync.schedule import next_fire
