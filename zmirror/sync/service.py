@@ -99,7 +99,9 @@ class SyncService(Service):
         return Deferred.fromCoroutine(self._end_runs())
 
     async def _end_runs(self) -> None:
-        """Cancel the runs going on here and wait for their last save."""
+        """Wait for a poll under way; cancel the runs going on here and wait for their last save."""
+        if self._polling is not None and not self._polling.called:
+            await self._polling
         for act in list(self.active.values()):
             act.runner.state["errors"].append({"item": act.run.get("job_name") or "",
                                                "error": "the node stopped during the run"})
@@ -111,6 +113,7 @@ class SyncService(Service):
     def _tick(self) -> Deferred:
         d = Deferred.fromCoroutine(self.poll())
         d.addErrback(lambda f: log.failure("sync scheduler: poll failed", f))
+        self._polling = d
         return d
 
     # --- the poll ----------------------------------------------------------------------
