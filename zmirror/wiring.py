@@ -33,6 +33,7 @@ from zmirror.config import Config
 from zmirror.db.engine import connect_config, migrate_config, open_database
 from zmirror.db.accesslogs import AccessLogStore, RetentionService
 from zmirror.db.registries import RegistryStore
+from zmirror.db.retention import RetentionStore
 from zmirror.db.watch import ChangeWatcher
 from zmirror.dbwatch import DatabaseWatchService, TableChanges
 from zmirror.health import HealthChecks
@@ -125,7 +126,8 @@ def build(config: Config, reactor: Any, *, listen: Optional[str] = None,
                         registries=pull.registries, accesslogs=accesslogs,
                         upstreams=pull.upstreams.pool, accesslog=accesslog, cache=pull.cache.blobs,
                         manifest_cache=pull.cache.manifests, nodes=nodes,
-                        cluster_password=cluster_password)
+                        cluster_password=cluster_password,
+                        retention_store=pull.cache.retention_store, retention=pull.cache.retention)
     account = admin.account
     web = _web(config, reactor, db, bus, metrics, pull.upstreams.pool, routes, access, admin,
                account, trusted, ui)
@@ -208,6 +210,8 @@ class _Cache(NamedTuple):
     manifests: Optional[ManifestCache]
     index_db: Any  # the node's own blob index: db on SQLite, a local file on PostgreSQL
     services: list
+    retention_store: Any  # rules and pins (main database), also without a cache
+    retention: Any  # the RetentionPass, None without a cache
 
 
 class _PullPath(NamedTuple):
@@ -222,12 +226,14 @@ def _cache(config: Config, db: Any, reactor: Any, bus: Any) -> _Cache:
     """The pull-through caches (:func:`~zmirror.cache.build.build_cache`) and the
     service that loads their indexes after the pools start and writes access times
     (every 30 s and at shutdown), then joins the transfer threads."""
-    parts = build_cache(config, db, reactor, bus=bus)
+    retention_store = RetentionStore(db, reactor)
+    parts = build_cache(config, db, reactor, bus=bus, retention_store=retention_store)
     if parts is None:
-        return _Cache(None, None, db, [])
+        return _Cache(None, None, db, [], retention_store, None)
     upkeep = parts.upkeep
     return _Cache(parts.blobs, parts.manifests, parts.index_db,
-                  [CallbackService(start=upkeep.start, stop=upkeep.stop)])
+                  [CallbackService(start=upkeep.start, stop=upkeep.stop)], retention_store,
+                  parts.retention)
 
 
 def _pull_path(config: Config, reactor: Any, db: Any, bus: Any, metrics: Metrics) -> _PullPath:

@@ -29,6 +29,7 @@ from zmirror.admin.http import (
 from zmirror.admin.logs import LogHandlers
 from zmirror.admin.nodes import NodeHandlers
 from zmirror.admin.registries import RegistryHandlers
+from zmirror.admin.retention import RetentionHandlers
 from zmirror.admin.session import SessionHandlers
 from zmirror.admin.lockouts import LockoutHandlers
 from zmirror.admin.users import UserHandlers
@@ -68,7 +69,8 @@ class AdminAPI:
                  registries: Any, accesslogs: Any, users: Any, whitelists: Any, whitelist: Any,
                  accounts: Any, policy: Any, node: str, upstreams: Any = None,
                  cache: Any = None, manifest_cache: Any = None, accesslog: Any = None,
-                 nodes: Any = None, lockouts: Any = None):
+                 nodes: Any = None, lockouts: Any = None, retention_store: Any = None,
+                 retention: Any = None):
         self.account = account
         self.trusted = trusted
         self.registries = registries
@@ -91,6 +93,7 @@ class AdminAPI:
             LockoutHandlers(lockouts),
             LogHandlers(accesslogs, cache, accesslog),
             CacheHandlers(cache, manifest_cache),
+            RetentionHandlers(retention_store, retention, getattr(cache, "max_size", None)),
             NodeHandlers(nodes, node=node, clock=clock),
         )
         # /api//x is a 404, never a redirect built from the Host header
