@@ -151,7 +151,7 @@ class QuotaTests(unittest.TestCase):
 
 class PinTests(unittest.TestCase):
     def snapshot(self, pins):
-        cfg, layer, other, img, idx = d(1), d(2), d(3), d(20), d(21)
+        cfg, layer, img, idx = d(1), d(2), d(20), d(21)
         return Snapshot(
             blobs=[blob(1, 10, 90, "library/a"), blob(2, 1000, 90, "library/a"),
                    blob(3, 1000, 90, "library/b")],
