@@ -107,6 +107,14 @@ class ManifestCache:
     # -- lookups ------------------------------------------------------------------
     async def tag(self, repository: str, tag: str, accept: list[str]) -> Optional[TagEntry]:
         """:meth:`_tag`; a pull of the entry found is recorded (:meth:`flush_pulls`)."""
+        entries = self.tags.get((repository, tag))
+        if entries is not None:  # the hot path, without the lookup's coroutine
+            found = _newest(entries, accept)
+            if found is not None and (not self.shared or self.fresh(found)):
+                self.tags.move_to_end((repository, tag))
+                if self.record_pulls:
+                    self._pulled_tags[(repository, tag, found.media_type)] = self.clock.seconds()
+                return found
         found = await self._tag(repository, tag, accept)
         if found is not None and self.record_pulls:
             self._pulled_tags[(found.repository, found.tag, found.media_type)] = self.clock.seconds()
