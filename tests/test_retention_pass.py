@@ -9,6 +9,7 @@ import time
 
 from twisted.internet import reactor
 from twisted.internet.task import Clock, deferLater
+from twisted.trial import unittest
 
 from tests.fixtures.cache import CacheTestBase
 from tests.fixtures.helpers import coro
@@ -212,6 +213,21 @@ class RetentionPassTests(CacheTestBase):
             self.assertIsNotNone(self.blobs.lookup(d))
 
     @coro
+    async def test_pins_written_elsewhere_reach_the_lru_at_the_next_check(self):
+        await self.start()
+        a = await self.pull("library/a", "1")
+        await self.retention.check_pins()
+        self.blobs.max_size = 1
+        await self.store.create_pin("library/a")  # e.g. by a sync job: no refresh_pins() call
+        await self.retention.check_pins()
+        self.assertEqual(await self.blobs.evict(), 0)
+        for d in a:
+            self.assertIsNotNone(self.blobs.lookup(d))
+        await self.store.delete_pin((await self.store.pins())[0]["id"])
+        await self.retention.check_pins()
+        self.assertEqual(await self.blobs.evict(), 3)
+
+    @coro
     async def test_eviction_during_a_read_does_not_cut_the_reader(self):
         await self.start()
         a = await self.pull("library/a", "1")
@@ -297,3 +313,43 @@ class SharedAcrossNamespacesTests(CacheTestBase):
 
 
 RetentionPassPostgresTests = on_postgresql(RetentionPassTests)
+
+
+class UpkeepScheduleTests(unittest.TestCase):
+    """CacheUpkeep runs the pass 60 s after start then every 600 s, and writes the
+    manifests' last pulls with the blob index (every 30 s and at stop)."""
+
+    def test_schedule(self):
+        from tests.fixtures.fakes import FailingCache
+        from zmirror.cache.upkeep import CacheUpkeep
+
+        class Manifests(FailingCache):
+            pull_flushes = 0
+
+            async def flush_pulls(self):
+                self.pull_flushes += 1
+
+        class Pass:
+            runs = checks = 0
+
+            async def run(self):
+                self.runs += 1
+
+            async def check_pins(self):
+                self.checks += 1
+
+        blobs, manifests, retention = FailingCache(), Manifests(), Pass()
+        clock = Clock()
+        upkeep = CacheUpkeep(blobs, manifests, clock, retention=retention)
+        upkeep.start()
+        clock.advance(30)
+        self.assertEqual((blobs.flushes, manifests.pull_flushes, retention.checks, retention.runs), (1, 1, 1, 0))
+        clock.advance(30)
+        self.assertEqual(retention.runs, 1)
+        for _ in range(20):
+            clock.advance(30)
+        self.assertEqual(retention.runs, 2)  # 60 + 600 s
+        self.successResultOf(upkeep.stop())
+        self.assertEqual(manifests.pull_flushes, blobs.flushes)  # the last write at stop too
+        clock.advance(3600)
+        self.assertEqual(retention.runs, 2)

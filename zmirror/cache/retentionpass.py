@@ -92,6 +92,7 @@ class RetentionPass:
         self.clock = clock
         self._lock = DeferredLock()  # one pass at a time
         self.last: Optional[dict] = None  # the summary of the last pass that ran
+        self._pins_seen: Any = None  # (count, newest id) of cache_pins when last read
 
     async def _snapshot(self) -> Snapshot:
         """What the main database holds (the blobs are added by the caller, at once
@@ -142,8 +143,18 @@ class RetentionPass:
         """Deferred → the summary of what was removed under the saved rules."""
         return self._lock.run(lambda: Deferred.fromCoroutine(self._run()))
 
+    async def check_pins(self) -> None:
+        """Cheap (one aggregate query): when pins were added or removed since they
+        were last read (by another node, a sync job, the CLI), read them again."""
+        rows = await self.manifests.db.query("SELECT count(*) AS n, max(id) AS top FROM cache_pins")
+        seen = (rows[0]["n"], rows[0]["top"]) if rows else None
+        if seen != self._pins_seen:
+            await self.refresh_pins()
+
     async def refresh_pins(self) -> None:
         """Read the pins again and hand what they keep to the blob cache's LRU."""
+        rows = await self.manifests.db.query("SELECT count(*) AS n, max(id) AS top FROM cache_pins")
+        self._pins_seen = (rows[0]["n"], rows[0]["top"]) if rows else None
         snap = await self._snapshot()
         snap.blobs = self.blobs.views()
         self.blobs.pinned = pinned_of(snap)
@@ -156,6 +167,8 @@ class RetentionPass:
 
     async def _run(self) -> dict:
         rules = await self.rules()
+        rows = await self.manifests.db.query("SELECT count(*) AS n, max(id) AS top FROM cache_pins")
+        self._pins_seen = (rows[0]["n"], rows[0]["top"]) if rows else None
         p = await self._plan(rules, global_size=True)
         self.blobs.pinned = p.pinned
         # at once after the plan (no wait between): the blobs' readers are those it saw

@@ -72,6 +72,9 @@ class CacheUpkeep:
         flush_pulls = getattr(self.manifests, "flush_pulls", None)
         if flush_pulls is not None:
             await flush_pulls()
+        if self.retention is not None and not self._stopped:
+            # pins written elsewhere (a sync job, the CLI, another node) protect from the LRU soon
+            await self.retention.check_pins()
 
     def _flush(self) -> None:
         self._run("blob index write", self._write,
