@@ -188,6 +188,9 @@ class RetentionPassTests(CacheTestBase):
         self.assertEqual(len(evicted), 1)
         self.assertIn(evicted[0], a)  # library/a was pulled first
         self.assertEqual(out["tags"], 0)
+        # the tag stays; its evicted blob is fetched again on demand, byte-exact
+        self.assertEqual(await self.pull("library/a", "1"), a)
+        self.assertIsNotNone(self.blobs.lookup(evicted[0]))
 
     @coro
     async def test_pins_are_never_evicted(self):
