@@ -90,6 +90,8 @@ class CacheRulesCase(BrowserCase):
         self.wait_text(sel("rules-table"), "docker.io")
         [rule] = self.api("GET", "/api/cache/rules")[1]["rules"]
         self.assertEqual((rule["namespace"], rule["max_age_days"], rule["max_size"]), ("docker.io", 30, 10**10))
+        self.wait_text(sel("rules-table"), "30")
+        self.shot("retention-rules")
         # its dry run: what it frees, the items, nothing removed
         self.click(sel("rule-dry-run-docker.io"))
         frees = self.wait_text(sel("dry-run-frees"), "3.00 MiB")
@@ -105,6 +107,7 @@ class CacheRulesCase(BrowserCase):
         self.type(sel("pin-pattern"), "library/a:1")
         self.click(sel("pin-add"))
         self.find(sel("pin-library/a:1"))
+        self.shot("retention-pin")
         self.click(sel("rules-dry-run"))
         self.find(sel("dry-run-dialog"))
         self.wait_text(sel("dry-run-frees"), "0 B")
