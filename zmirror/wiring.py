@@ -35,6 +35,7 @@ from zmirror.config import Config
 from zmirror.db.engine import connect_config, migrate_config, open_database
 from zmirror.db.accesslogs import AccessLogStore, RetentionService
 from zmirror.db.registries import RegistryStore
+from zmirror.db.retention import RetentionStore
 from zmirror.db.syncjobs import SyncJobStore
 from zmirror.db.watch import ChangeWatcher
 from zmirror.dbwatch import DatabaseWatchService, TableChanges
@@ -135,7 +136,8 @@ def build(config: Config, reactor: Any, *, listen: Optional[str] = None,
                         upstreams=pull.upstreams.pool, accesslog=accesslog, cache=pull.cache.blobs,
                         manifest_cache=pull.cache.manifests, nodes=nodes,
                         cluster_password=cluster_password, cache_purge=pull.cache.purge,
-                        cache_view=pull.cache.view, sync_jobs=sync_jobs, sync=sync)
+                        cache_view=pull.cache.view, sync_jobs=sync_jobs, sync=sync,
+                        retention_store=pull.cache.retention_store, retention=pull.cache.retention)
     account = admin.account
     web = _web(config, reactor, db, bus, metrics, pull.upstreams.pool, routes, access, admin,
                account, trusted, ui)
@@ -218,6 +220,8 @@ class _Cache(NamedTuple):
     manifests: Optional[ManifestCache]
     index_db: Any  # the node's own blob index: db on SQLite, a local file on PostgreSQL
     services: list
+    retention_store: Any  # rules and pins (main database), also without a cache
+    retention: Any  # the RetentionPass, None without a cache
     purge: Optional[CachePurge] = None  # purge / invalidate on every node
     view: Optional[CacheView] = None  # what GET /api/cache/namespaces|images|tags|stats read
 
@@ -234,9 +238,10 @@ def _cache(config: Config, db: Any, reactor: Any, bus: Any) -> _Cache:
     """The pull-through caches (:func:`~zmirror.cache.build.build_cache`) and the
     service that loads their indexes after the pools start and writes access times
     (every 30 s and at shutdown), then joins the transfer threads."""
-    parts = build_cache(config, db, reactor, bus=bus)
+    retention_store = RetentionStore(db, reactor)
+    parts = build_cache(config, db, reactor, bus=bus, retention_store=retention_store)
     if parts is None:
-        return _Cache(None, None, db, [])
+        return _Cache(None, None, db, [], retention_store, None)
     upkeep = parts.upkeep
     node = config.server.node
     # applies purges made on other nodes (the bus) or by the CLI (a poll of cache_purges)
@@ -244,7 +249,8 @@ def _cache(config: Config, db: Any, reactor: Any, bus: Any) -> _Cache:
     view = CacheView(db, reactor, blobs=parts.blobs, manifests=parts.manifests, node=node)
     return _Cache(parts.blobs, parts.manifests, parts.index_db,
                   [CallbackService(start=upkeep.start, stop=upkeep.stop),
-                   CallbackService(start=purge.start, stop=purge.stop)], purge, view)
+                   CallbackService(start=purge.start, stop=purge.stop)], retention_store,
+                  parts.retention, purge, view)
 
 
 def _pull_path(config: Config, reactor: Any, db: Any, bus: Any, metrics: Metrics) -> _PullPath:

@@ -30,6 +30,7 @@ from zmirror.admin.http import (
 from zmirror.admin.logs import LogHandlers
 from zmirror.admin.nodes import NodeHandlers
 from zmirror.admin.registries import RegistryHandlers
+from zmirror.admin.retention import RetentionHandlers
 from zmirror.admin.session import SessionHandlers
 from zmirror.admin.sync import SyncHandlers
 from zmirror.admin.lockouts import LockoutHandlers
@@ -73,7 +74,8 @@ class AdminAPI:
                  accounts: Any, policy: Any, node: str, upstreams: Any = None,
                  cache: Any = None, manifest_cache: Any = None, accesslog: Any = None,
                  nodes: Any = None, lockouts: Any = None, cache_purge: Any = None,
-                 cache_view: Any = None, sync_jobs: Any = None, sync: Any = None):
+                 cache_view: Any = None, sync_jobs: Any = None, sync: Any = None,
+                 retention_store: Any = None, retention: Any = None):
         self.account = account
         self.trusted = trusted
         self.registries = registries
@@ -97,6 +99,7 @@ class AdminAPI:
             LogHandlers(accesslogs, cache, accesslog),
             CacheHandlers(cache, manifest_cache, cache_purge),
             CacheViewHandlers(cache_view),
+            RetentionHandlers(retention_store, retention, getattr(cache, "max_size", None)),
             NodeHandlers(nodes, node=node, clock=clock),
             SyncHandlers(sync_jobs, sync, clock),
         )
