@@ -117,9 +117,23 @@ class CacheUpkeep:
         self._calls.clear()
         self.blobs.abort_downloads()
 
+        # both writes are issued now, in this call: whoever closes the database pools
+        # next (the services stop in reverse order) finds them queued already
+        writes = [Deferred.fromCoroutine(self.blobs.flush_index())]
+        flush_pulls = getattr(self.manifests, "flush_pulls", None)
+        if flush_pulls is not None:
+            writes.append(Deferred.fromCoroutine(flush_pulls()))
+
         async def last_write():
             try:
-                await self._write()
+                failed = None
+                for d in writes:
+                    try:
+                        await d
+                    except Exception as e:  # the other write still ends; the first failure is raised
+                        failed = failed or e
+                if failed is not None:
+                    raise failed
             finally:
                 self.blobs.transfers.stop()
                 dir_lock = getattr(self.blobs, "dir_lock", None)
