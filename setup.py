@@ -50,6 +50,7 @@ setup(
         "PyJWT>=2.8",
         "prometheus_client>=0.17",
         "psycopg[binary]>=3.1",  # PostgreSQL ([database] url); SQLite needs nothing
+        "croniter>=2.0",  # cron-style schedules of sync jobs (zmirror/sync/schedule.py)
     ],
     extras_require={
         "test": ["hypothesis>=6.80", "selenium>=4.15", "cryptography>=41", "bcrypt>=4.0",

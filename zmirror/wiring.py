@@ -33,6 +33,7 @@ from zmirror.config import Config
 from zmirror.db.engine import connect_config, migrate_config, open_database
 from zmirror.db.accesslogs import AccessLogStore, RetentionService
 from zmirror.db.registries import RegistryStore
+from zmirror.db.syncjobs import SyncJobStore
 from zmirror.db.watch import ChangeWatcher
 from zmirror.dbwatch import DatabaseWatchService, TableChanges
 from zmirror.health import HealthChecks
@@ -48,6 +49,7 @@ from zmirror.registry.routes import RegistryRoutes, channel_error
 from zmirror.registry.routing import RoutingTable
 from zmirror.reload import LiveSettings, Reloader, SighupService, Stores
 from zmirror.service import CallbackService, DatabaseService, DrainService, InflightTracker
+from zmirror.sync.service import LocalBlobs, SyncService
 from zmirror.upstream.build import Upstreams, build_upstreams
 from zmirror.upstream.pool import UpstreamPool
 from zmirror.upstream.shared import HealthSharing
@@ -79,6 +81,7 @@ class Components:
     routing: RoutingTable
     routes: RegistryRoutes
     nodes: NodeHeartbeat
+    sync: Optional[SyncService]  # the sync jobs' scheduler; None without a blob cache
     cluster_admin_password: Optional[ClusterAdminPassword]  # PostgreSQL only
     admin: AdminAPI
     health: HealthChecks
@@ -121,11 +124,13 @@ def build(config: Config, reactor: Any, *, listen: Optional[str] = None,
                           address=endpoint_address(listen or config.listen_endpoint()))
     cluster_password = _cluster_admin_password(config, db, bus, reactor, access)
     accesslogs = AccessLogStore(db, reactor)
+    sync_jobs = SyncJobStore(db, reactor)
+    sync = _sync(config, reactor, pull, sync_jobs)
     admin = build_admin(config, clock=reactor, trusted=trusted, access=access,
                         registries=pull.registries, accesslogs=accesslogs,
                         upstreams=pull.upstreams.pool, accesslog=accesslog, cache=pull.cache.blobs,
                         manifest_cache=pull.cache.manifests, nodes=nodes,
-                        cluster_password=cluster_password)
+                        cluster_password=cluster_password, sync_jobs=sync_jobs, sync=sync)
     account = admin.account
     web = _web(config, reactor, db, bus, metrics, pull.upstreams.pool, routes, access, admin,
                account, trusted, ui)
@@ -142,13 +147,13 @@ def build(config: Config, reactor: Any, *, listen: Optional[str] = None,
         blob_cache=pull.cache.blobs, manifest_cache=pull.cache.manifests, proxy=pull.proxy,
         registries=pull.registries,
         accesslog=accesslog, accesslogs=accesslogs, access=access, routing=routing,
-        routes=routes, nodes=nodes, cluster_admin_password=cluster_password,
+        routes=routes, nodes=nodes, sync=sync, cluster_admin_password=cluster_password,
         admin=admin,
         health=web.health, metrics_endpoint=web.metrics_endpoint, app=web.app, root=web.root,
         site=web.site, log_control=log_control, reloader=reloader, table_changes=table_changes,
         db_watch=db_watch,
         services=_services(config, reactor, db, bus, pull, accesslog, accesslogs, nodes, access,
-                           web.root, metrics),
+                           web.root, metrics, sync),
         reload_services=(SighupService(reloader, reactor),
                          *([db_watch] if db_watch is not None else [])))
 
@@ -247,6 +252,16 @@ def _pull_path(config: Config, reactor: Any, db: Any, bus: Any, metrics: Metrics
     return _PullPath(upstreams, cache, proxy, registries, warmup)
 
 
+def _sync(config: Config, reactor: Any, pull: _PullPath, store: SyncJobStore) -> Optional[SyncService]:
+    """The sync jobs' scheduler over the proxy's sources (docs/design/sync.md); a node
+    without a blob cache runs none (its API queues runs for the others)."""
+    if pull.cache.blobs is None:
+        return None
+    proxy = pull.proxy
+    return SyncService(store, manifests=proxy.manifest_source, tags=proxy.tag_source,
+                       blobs=LocalBlobs(proxy.blob_source), clock=reactor, node=config.server.node)
+
+
 def _cluster_admin_password(config: Config, db: Any, bus: Any, reactor: Any,
                             access: AccessControl) -> Optional[ClusterAdminPassword]:
     """PostgreSQL: the admin password is the cluster's (zmirror.auth.adminsecret),
@@ -305,7 +320,8 @@ def _observe(metrics: Metrics, reactor: Any, db: Any, bus: Any, pull: _PullPath,
 
 def _services(config: Config, reactor: Any, db: Any, bus: Any, pull: _PullPath,
               accesslog: Any, accesslogs: AccessLogStore, nodes: NodeHeartbeat,
-              access: AccessControl, root: InflightTracker, metrics: Metrics) -> tuple:
+              access: AccessControl, root: InflightTracker, metrics: Metrics,
+              sync: Optional[SyncService]) -> tuple:
     """The services in start order; they stop in reverse: the access-log queue is
     written before the DatabaseService closes the pools."""
     index_db, sharing = pull.cache.index_db, pull.upstreams.sharing
@@ -322,6 +338,7 @@ def _services(config: Config, reactor: Any, db: Any, bus: Any, pull: _PullPath,
         CallbackService(start=pull.warmup.start, stop=pull.warmup.stop),
         nodes,
         *access.services,
+        *([sync] if sync is not None else []),
         DrainService(root, reactor),
         # [metrics] listen: a separate endpoint that serves only /metrics
         *([metrics_listen_service(config.metrics.listen, metrics, reactor)]

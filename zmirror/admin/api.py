@@ -30,6 +30,7 @@ from zmirror.admin.logs import LogHandlers
 from zmirror.admin.nodes import NodeHandlers
 from zmirror.admin.registries import RegistryHandlers
 from zmirror.admin.session import SessionHandlers
+from zmirror.admin.sync import SyncHandlers
 from zmirror.admin.lockouts import LockoutHandlers
 from zmirror.admin.users import UserHandlers
 from zmirror.admin.validate import ApiError
@@ -61,14 +62,15 @@ class AdminAPI:
     (its anonymous mode); ``upstreams``: the proxy core's pool; ``cache``,
     ``manifest_cache``, ``accesslog`` (the batched writer); ``nodes``: this
     node's heartbeat, ``node`` its name; ``lockouts``: the lockout's locks
-    (:class:`zmirror.auth.lockoutrecords.LockoutRecords`); ``clock``.
+    (:class:`zmirror.auth.lockoutrecords.LockoutRecords`); ``sync_jobs``, ``sync``:
+    the sync jobs' store and this node's scheduler; ``clock``.
     """
 
     def __init__(self, *, account: AdminAccount, trusted: TrustedProxies, clock: Any,
                  registries: Any, accesslogs: Any, users: Any, whitelists: Any, whitelist: Any,
                  accounts: Any, policy: Any, node: str, upstreams: Any = None,
                  cache: Any = None, manifest_cache: Any = None, accesslog: Any = None,
-                 nodes: Any = None, lockouts: Any = None):
+                 nodes: Any = None, lockouts: Any = None, sync_jobs: Any = None, sync: Any = None):
         self.account = account
         self.trusted = trusted
         self.registries = registries
@@ -92,6 +94,7 @@ class AdminAPI:
             LogHandlers(accesslogs, cache, accesslog),
             CacheHandlers(cache, manifest_cache),
             NodeHandlers(nodes, node=node, clock=clock),
+            SyncHandlers(sync_jobs, sync, clock),
         )
         # /api//x is a 404, never a redirect built from the Host header
         self.app = no_redirects(Klein())

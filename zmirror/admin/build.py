@@ -21,7 +21,7 @@ from zmirror.net import TrustedProxies
 def build_admin(config: Config, *, clock: Any, trusted: TrustedProxies, access: AccessControl,
                 registries: Any, accesslogs: Any, upstreams: Any = None, accesslog: Any = None,
                 cache: Any = None, manifest_cache: Any = None, nodes: Any = None,
-                cluster_password: Any = None) -> AdminAPI:
+                cluster_password: Any = None, sync_jobs: Any = None, sync: Any = None) -> AdminAPI:
     """The admin account (``[admin]`` of ``config``, checked against ``access``'s
     passwords and lockout, ``cluster_password`` on PostgreSQL) and ``/api`` over it:
     the registries and access-log stores, ``access``'s users, whitelists, live
@@ -35,7 +35,7 @@ def build_admin(config: Config, *, clock: Any, trusted: TrustedProxies, access: 
                     whitelist=access.whitelist, accounts=access.accounts, policy=access.policy,
                     node=config.server.node, upstreams=upstreams, accesslog=accesslog,
                     cache=cache, manifest_cache=manifest_cache, nodes=nodes,
-                    lockouts=access.lockout_records)
+                    lockouts=access.lockout_records, sync_jobs=sync_jobs, sync=sync)
 
 
 __all__ = ["build_admin"]

@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 from zope.interface import implementer
 
+from twisted.internet.defer import Deferred
+
 from zmirror.cache.download import CacheUnavailable
 from zmirror.singleflight import SingleFlight
 from zmirror.transfer.bodies import DownloadBody
@@ -84,6 +86,26 @@ class PullThroughBlobs:
         headers[b"Content-Type"] = dl.content_type
         return DownloadBody(status, headers, dl, start, end, record=record)
 
+    async def prefetch(self, repo: str, digest: str, *, record: Any = None) -> bool:
+        """Fill the cache with ``digest`` of ``repo`` without sending it anywhere
+        (pre-warm jobs): True when it was fetched, False when it was cached
+        already (no upstream GET).  Joins the download clients start (one
+        upstream GET per blob, whoever asks first) and waits for it to complete;
+        raises CacheUnavailable when the blob cannot be stored, RegistryError
+        when no upstream has it.  Cancelling the wait leaves the download to
+        its clients."""
+        local = self.local
+        if local is None or not local.storing():
+            raise CacheUnavailable("the blob cache is not storing")
+        if await self._member(repo, digest, record):
+            return False
+        dl = local.running(digest)
+        if dl is None:
+            dl = await self.starting.run(digest, lambda: self._start(repo, digest, record))
+        if await _completion(dl) != "done":
+            raise CacheUnavailable(f"download failed: {dl.failure_reason}")
+        return True
+
     async def _start(self, repo: str, digest: str, record: Any):
         local = self.local
         local.admit()  # spare the upstream a request whose answer could not be stored
@@ -95,6 +117,39 @@ class PullThroughBlobs:
         if flight is not None and flight.waiting == 0:
             local.check_orphan(dl)
         return dl
+
+
+class _Completion:
+    """A silent follower of a download: sent nothing, told when it ends."""
+
+    pos = -1  # never at the download's write position: no bytes are pushed to it
+
+    def __init__(self, dl: Any):
+        self.dl = dl
+        self.ended: Deferred = Deferred(self._cancel)
+
+    def push(self, data: bytes, offset: int) -> None:
+        pass
+
+    def data_available(self) -> None:
+        if self.dl.state in ("done", "failed") and not self.ended.called:
+            if self in self.dl.followers:
+                self.dl.followers.remove(self)
+            self.ended.callback(self.dl.state)
+
+    def _cancel(self, _d: Deferred) -> None:
+        self.dl._unfollow(self)  # the last one gone: the download's orphan rules apply
+
+
+def _completion(dl: Any) -> Deferred:
+    """Fires with the download's final state (done | failed)."""
+    watcher = _Completion(dl)
+    if dl.state in ("done", "failed"):
+        watcher.ended.callback(dl.state)
+    else:
+        dl.followers.append(watcher)
+        dl.orphaned = False  # waited for again
+    return watcher.ended
 
 
 __all__ = ["PullThroughBlobs"]

@@ -1,0 +1,1 @@
+"""Pre-warm and scheduled sync jobs (docs/design/sync.md)."""
