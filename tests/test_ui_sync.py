@@ -1,0 +1,199 @@
+"""The Sync page in a real browser (headless Chromium against `twistd -n zmirror`), at 1366 px
+and 390 px: a pre-warm job is created in the dialog (the API's refusal of a bad image shows
+under the images field), run with "run now", its progress bars (polled from
+``GET /api/sync/runs/<id>``) reach 100 %, the run is in the history, and the blobs are in
+zmirror's cache; then the job is edited (a schedule) and deleted.
+
+The upstream is a real Debian ``docker-registry`` (tests/e2e/harness.py) holding a small
+multi-arch OCI index (linux/amd64 + linux/arm64/v8, two small layers each); zmirror runs with
+its cache on. Skipped (with the reason) where Chromium, chromedriver, selenium,
+docker-registry or skopeo are missing or the UI is not built (`make ui`).
+"""
+
+from __future__ import annotations
+
+from tests.e2e import harness as H
+from tests.e2e.httpclient import http_json
+from tests.e2e.images import DirLayout, _image, _list, _small_layers
+from tests.fixtures import ui_browser
+from tests.fixtures.ui_browser import BrowserCase, sel
+from tests.test_ui_layout import CARD_PROBLEMS, TABLE_PROBLEMS
+
+E2E_SKIP = H.missing_tools()
+REPO_NAME, TAG = "e2e/warm", "1"
+JOB = "e2e-warm"
+# the textarea (Element Plus puts the attributes on it, or on its wrapper)
+IMAGES_BOX = f"textarea{sel('sync-images')}, {sel('sync-images')} textarea"
+RUN_TIMEOUT = 60  # seconds for the run to end (a few hundred KiB on loopback)
+
+
+def build_index(root):
+    """A two-platform OCI index of small layers (tests/e2e/images.py's builders)."""
+    lay = DirLayout(root)
+    kids = [
+        _image(lay, "warm-amd64", _small_layers("warm", "amd64", 31), oci=True, top=False),
+        _image(lay, "warm-arm64", _small_layers("warm", "arm64", 32), oci=True, arch="arm64", variant="v8", top=False),
+    ]
+    return _list(lay, "warm", REPO_NAME, TAG, kids, oci=True)
+
+
+class SyncPageCase(BrowserCase):
+    if ui_browser.SKIP or E2E_SKIP:
+        skip = ui_browser.SKIP or E2E_SKIP
+
+    maxDiff = None
+    width, height, mobile = 1366, 900, False
+
+    def setUp(self):
+        # not BrowserCase.setUp: zmirror comes from the e2e harness, with a real upstream
+        from pathlib import Path
+
+        self.out = Path(self.mktemp()).resolve()
+        self.out.mkdir(parents=True)
+        self.shots = self.out / "screenshots"
+        self.shots.mkdir()
+        self.h = H.Harness(self.out / "harness")
+        self.addCleanup(self.h.stop)
+        self.reg = self.h.start_open("upstream")
+        self.image = build_index(self.out / "image")
+        self.h.push(self.image, self.reg)
+        self.zm = self.h.start_zmirror("ui", [H.Upstream("upstream", self.reg.url)], cache=True)
+        self.user, self.password = self.zm.admin_credentials()
+        self.driver = ui_browser.make_driver(self.out / "profile", self.width, self.height, self.mobile)
+        self.addCleanup(self._quit)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def api(self, method: str, path: str, body=None, status: int = 200):
+        r = self.zm.api(method, path, body)
+        self.assertEqual(r.status, status, r.describe())
+        return r.json() if r.body else None
+
+    def visible(self, css: str):
+        """The element of ``css`` that shows (the table and the cards carry the same
+        data-test names; only one of them is rendered, but fixed columns are doubled)."""
+        from selenium.webdriver.common.by import By
+
+        def found(d):
+            for el in d.find_elements(By.CSS_SELECTOR, css):
+                if el.is_displayed():
+                    return el
+            return False
+
+        return self.wait().until(found, f"visible {css}")
+
+    def press(self, css: str):
+        el = self.visible(css)
+        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click()", el)
+        return el
+
+    def assertNoProblems(self, script: str, css: str, what: str):
+        self.assertEqual(self.driver.execute_script(script, css), [], what)
+
+    def layout_ok(self, what: str):
+        if self.mobile:
+            self.assertNoProblems(CARD_PROBLEMS, sel("sync-page"), what)
+        else:
+            self.assertNoProblems(TABLE_PROBLEMS, sel("sync-jobs-table"), f"{what}: jobs")
+            self.assertNoProblems(TABLE_PROBLEMS, sel("sync-history-table"), f"{what}: history")
+
+    # --- the test ----------------------------------------------------------------------------
+
+    def test_create_run_watch_progress_history_edit_delete(self):
+        self.driver.get(self.zm.url + "/sync")
+        self.login(self.password, self.user)
+        self.find(sel("sync-page"))
+        self.find(sel("sync-jobs-table"))
+
+        # the dialog: a bad image is refused by the API, the message under the images field
+        self.click(sel("sync-add"))
+        self.find(sel("sync-dialog"))
+        self.assertIn("library/python:3.13-*", self.find(sel("sync-images-help")).text)
+        self.type(sel("sync-name"), JOB)
+        self.type(IMAGES_BOX, "Not An Image")
+        self.click(sel("sync-save"))
+        self.wait_field_error("第 1 行：不是有效的仓库名")
+        self.shot("sync-dialog-error")
+        self.assertEqual(self.api("GET", "/sync/jobs")["jobs"], [])
+        self.type(IMAGES_BOX, f"{REPO_NAME}:{TAG}")
+        self.click(sel("sync-save"))
+        self.gone(".el-dialog")
+        self.wait_text(sel("sync-jobs-table"), JOB)
+        jobs = self.api("GET", "/sync/jobs")["jobs"]
+        self.assertEqual([(j["name"], j["images"], j["platforms"], j["schedule"], j["concurrency"]) for j in jobs],
+                         [(JOB, [f"{REPO_NAME}:{TAG}"], [], None, 2)])
+        self.layout_ok("the job listed")
+
+        # run now: the live panel's bars are polled up to 100 %
+        self.press(sel(f"sync-run-now-{JOB}"))
+        self.find(sel("sync-live"))
+        self.wait(RUN_TIMEOUT).until(
+            lambda d: d.execute_script(
+                "const r = document.querySelector('[data-test=sync-live] [data-state]');"
+                " return r && r.dataset.state"), "a run shown")
+        self.wait(RUN_TIMEOUT).until(
+            lambda d: d.execute_script(
+                "const r = document.querySelector('[data-test=sync-live] [data-state]');"
+                " return r.dataset.state === 'succeeded'"), "the run succeeded")
+        for bar in ("images", "manifests", "blobs", "bytes"):
+            self.wait_text(sel(f"sync-percent-{bar}"), "100 %")
+            self.assertEqual(self.find(sel(f"sync-progress-{bar}")).get_attribute("data-percent"), "100", bar)
+        blobs = self.image.all_blobs()
+        self.wait_text(sel("sync-bar-blobs-figure"), f"{len(blobs)} / {len(blobs)}")
+        self.wait_text(sel("sync-bar-images-figure"), "1 / 1")
+        self.shot("sync-run-done")
+
+        # the history lists the run, succeeded; the job's last run says so too
+        runs = self.api("GET", "/sync/runs")["runs"]
+        self.assertEqual([(r["job_name"], r["state"]) for r in runs], [(JOB, "succeeded")])
+        run = runs[0]
+        self.assertEqual(run["bytes"]["done"], run["bytes"]["total"])
+        self.assertEqual(run["bytes"]["total"], sum(b.size for b in blobs.values()))
+        self.wait_text(sel("sync-history-table"), JOB)
+        self.wait_text(sel("sync-history-table"), "成功")
+        if not self.mobile:
+            self.wait_text(sel(f"sync-history-run-{run['id']}"), str(run["id"]))
+            self.wait_text(sel(f"sync-last-state-{JOB}"), "成功")
+        self.layout_ok("after the run")
+        self.shot_bottom("sync-history")
+
+        # every blob of both platforms is in zmirror's cache: none left to fetch upstream
+        since = self.reg.log_offset()
+        for digest in blobs:
+            r = http_json("GET", f"{self.zm.url}/v2/{REPO_NAME}/blobs/{digest}", None)
+            self.assertEqual(r.status, 200, digest)
+        for digest in blobs:
+            self.assertEqual(self.reg.requests("GET", f"/v2/{REPO_NAME}/blobs/{digest}", since), [], digest)
+
+        # edit: every 2 hours
+        self.press(sel(f"sync-edit-{JOB}"))
+        self.find(sel("sync-dialog"))
+        self.click(sel("sync-schedule-interval"))
+        self.find(sel("sync-every"))
+        self.type(f"{sel('sync-every')} input", "2")
+        self.click(sel("sync-save"))
+        self.gone(".el-dialog")
+        self.wait_text(sel("sync-jobs-table"), "每 2 小时")
+        job = self.api("GET", "/sync/jobs")["jobs"][0]
+        self.assertEqual(job["schedule"], {"interval": 7200})
+        self.assertIsNotNone(job["next_run_at"])
+        self.layout_ok("the job scheduled")
+        self.shot("sync-scheduled")
+
+        # delete, after the confirmation
+        self.press(sel(f"sync-delete-{JOB}"))
+        self.confirm()
+        self.wait_no_text(sel("sync-jobs-table"), JOB)
+        self.assertEqual(self.api("GET", "/sync/jobs")["jobs"], [])
+
+
+class PhoneSyncPageTests(SyncPageCase):
+    width, height, mobile = 390, 844, True
+
+
+class DesktopSyncPageTests(SyncPageCase):
+    width, height, mobile = 1366, 900, False
+
+
+del SyncPageCase  # only its sizes run
+
