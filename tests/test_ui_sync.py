@@ -2,17 +2,22 @@
 and 390 px: a pre-warm job is created in the dialog (the API's refusal of a bad image shows
 under the images field), run with "run now", its progress bars (polled from
 ``GET /api/sync/runs/<id>``) reach 100 %, the run is in the history, and the blobs are in
-zmirror's cache; then the job is edited (a schedule) and deleted.
+zmirror's cache; then the job is edited (a schedule) and deleted. With a slow, rate-limited
+upstream: the run pauses (the reason and when it resumes are shown), goes on, its bars stand
+between 0 and 100 % with the current item, and "cancel run" ends it (cancelled, in the
+history too).
 
 The upstream is a real Debian ``docker-registry`` (tests/e2e/harness.py) holding a small
-multi-arch OCI index (linux/amd64 + linux/arm64/v8, two small layers each); zmirror runs with
-its cache on. Skipped (with the reason) where Chromium, chromedriver, selenium,
+multi-arch OCI index (linux/amd64 + linux/arm64/v8, two small layers each) behind a
+:class:`~tests.e2e.faultproxy.FaultProxy` (unlimited unless a test paces it or plans a 429);
+zmirror runs with its cache on. Skipped (with the reason) where Chromium, chromedriver, selenium,
 docker-registry or skopeo are missing or the UI is not built (`make ui`).
 """
 
 from __future__ import annotations
 
 from tests.e2e import harness as H
+from tests.e2e.faultproxy import Fault, FaultProxy, manifest_request
 from tests.e2e.httpclient import http_json
 from tests.e2e.images import DirLayout, _image, _list, _small_layers
 from tests.fixtures import ui_browser
@@ -57,7 +62,9 @@ class SyncPageCase(BrowserCase):
         self.reg = self.h.start_open("upstream")
         self.image = build_index(self.out / "image")
         self.h.push(self.image, self.reg)
-        self.zm = self.h.start_zmirror("ui", [H.Upstream("upstream", self.reg.url)], cache=True)
+        self.proxy = FaultProxy(self.reg.port, name="upstream-proxy", chunk=4 * 1024)
+        self.addCleanup(self.proxy.close)
+        self.zm = self.h.start_zmirror("ui", [H.Upstream("upstream", self.proxy.url)], cache=True)
         self.user, self.password = self.zm.admin_credentials()
         self.driver = ui_browser.make_driver(self.out / "profile", self.width, self.height, self.mobile)
         self.addCleanup(self._quit)
@@ -97,7 +104,33 @@ class SyncPageCase(BrowserCase):
             self.assertNoProblems(TABLE_PROBLEMS, sel("sync-jobs-table"), f"{what}: jobs")
             self.assertNoProblems(TABLE_PROBLEMS, sel("sync-history-table"), f"{what}: history")
 
-    # --- the test ----------------------------------------------------------------------------
+    def live_state(self) -> str:
+        return self.driver.execute_script(
+            "const r = document.querySelector('[data-test=sync-live] [data-state]'); return r ? r.dataset.state : ''")
+
+    def until(self, check, what: str):
+        """Waits up to RUN_TIMEOUT for ``check()``; on a timeout the runs as the API has them."""
+        from selenium.common.exceptions import TimeoutException
+
+        try:
+            self.wait(RUN_TIMEOUT).until(lambda d: check(), what)
+        except TimeoutException:
+            self.fail(f"{what}: not within {RUN_TIMEOUT} s; the page shows {self.live_state()!r}; "
+                      f"runs: {self.api('GET', '/sync/runs')}")
+
+    def percent(self, bar: str) -> int:
+        return int(self.visible(sel(f"sync-progress-{bar}")).get_attribute("data-percent"))
+
+    def create_job(self, name: str, image: str):
+        self.click(sel("sync-add"))
+        self.find(sel("sync-dialog"))
+        self.type(sel("sync-name"), name)
+        self.type(IMAGES_BOX, image)
+        self.click(sel("sync-save"))
+        self.gone(".el-dialog")
+        self.wait_text(sel("sync-jobs-table"), name)
+
+    # --- the tests ---------------------------------------------------------------------------
 
     def test_create_run_watch_progress_history_edit_delete(self):
         self.driver.get(self.zm.url + "/sync")
@@ -185,6 +218,50 @@ class SyncPageCase(BrowserCase):
         self.confirm()
         self.wait_no_text(sel("sync-jobs-table"), JOB)
         self.assertEqual(self.api("GET", "/sync/jobs")["jobs"], [])
+
+    def test_pause_live_progress_and_cancel(self):
+        # the first manifest GET is rate limited (429, 3 s); bodies come at 8 KB/s a connection
+        self.proxy.plan(manifest_request("GET"), [Fault.answer(429, retry_after=3, headers={
+            "ratelimit-limit": "100;w=21600", "ratelimit-remaining": "0;w=21600"})])
+        self.proxy.rate = 8_000
+        self.driver.get(self.zm.url + "/sync")
+        self.login(self.password, self.user)
+        self.find(sel("sync-jobs-table"))
+        self.create_job(JOB, f"{REPO_NAME}:{TAG}")
+        self.press(sel(f"sync-run-now-{JOB}"))
+        self.find(sel("sync-live"))
+
+        # paused: why, and when it resumes
+        self.until(lambda: self.live_state() == "paused", "the run paused")
+        pause = self.visible("[data-test^=sync-run-pause-]")
+        self.assertIn("rate limited by docker.io", pause.text)
+        self.assertIn("恢复", pause.text)
+        self.shot("sync-run-paused")
+
+        # going on: the bars move, below 100 %, the current item named
+        # (bytes count whole blobs: the small ones are done while both big ones are in flight)
+        self.until(lambda: self.live_state() == "running" and 0 < self.percent("blobs") < 100, "blobs partly fetched")
+        self.assertLess(self.percent("bytes"), 100)
+        self.assertIn(REPO_NAME, self.visible("[data-test^=sync-run-current-]").text)
+        self.wait_text(sel("sync-jobs-table"), "运行中")  # the job's last run
+        self.wait_text(sel("sync-history-table"), "运行中")  # the run's row follows the live figures
+        self.shot("sync-run-live")
+
+        # cancel, after the confirmation
+        self.press("[data-test^=sync-run-cancel-]")
+        self.find(".el-message-box")
+        self.click(".el-message-box__btns button:nth-child(2)")
+        self.gone(".el-message-box")
+        self.until(lambda: self.live_state() == "cancelled", "the run cancelled")
+        self.assertLess(self.percent("bytes"), 100)
+        self.wait_text(sel("sync-history-table"), "已取消")
+        runs = self.api("GET", "/sync/runs")["runs"]
+        self.assertEqual([(r["job_name"], r["state"]) for r in runs], [(JOB, "cancelled")])
+        self.shot("sync-run-cancelled")
+
+        # the finished run's panel closes
+        self.press("[data-test^=sync-run-dismiss-]")
+        self.gone(sel("sync-live"))
 
 
 class PhoneSyncPageTests(SyncPageCase):
