@@ -239,6 +239,8 @@ def report(rounds: list[dict], a, image_bytes: int, nblobs: int, nplat: int) -> 
     print(f"|{'-' * 46}|{'-' * 14}|{'-' * 14}|-------|")
     p, s = med([x["mbps"] for x in pw]), med([x["mbps"] for x in sk])
     print(f"| {'throughput, empty cache (MB/s)':<44} | {p:>12.0f} | {s:>12.0f} | {p / s:5.2f}× |")
+    p = med([image_bytes / x["run_wall_s"] / 1e6 for x in pw if x["run_wall_s"] > 0] or [float("nan")])
+    print(f"| {'  the run alone, started_at→finished_at (MB/s)':<44} | {p:>12.0f} | {'':>12} |       |")
     p, s = med([x["wall_s"] for x in pw]), med([x["wall_s"] for x in sk])
     print(f"| {'wall time (s)':<44} | {p:>12.2f} | {s:>12.2f} | {p / s:5.2f}× |")
     p, s = med([x["upstream_total"] for x in pw]), med([x["upstream_total"] for x in sk])
