@@ -49,6 +49,7 @@ from zmirror.registry.routes import RegistryRoutes, channel_error
 from zmirror.registry.routing import RoutingTable
 from zmirror.reload import LiveSettings, Reloader, SighupService, Stores
 from zmirror.service import CallbackService, DatabaseService, DrainService, InflightTracker
+from zmirror.sync.front import FrontBlobs
 from zmirror.sync.service import LocalBlobs, SyncService
 from zmirror.upstream.build import Upstreams, build_upstreams
 from zmirror.upstream.pool import UpstreamPool
@@ -125,7 +126,7 @@ def build(config: Config, reactor: Any, *, listen: Optional[str] = None,
     cluster_password = _cluster_admin_password(config, db, bus, reactor, access)
     accesslogs = AccessLogStore(db, reactor)
     sync_jobs = SyncJobStore(db, reactor)
-    sync = _sync(config, reactor, pull, sync_jobs)
+    sync = _sync(config, reactor, db, pull, sync_jobs, access)
     admin = build_admin(config, clock=reactor, trusted=trusted, access=access,
                         registries=pull.registries, accesslogs=accesslogs,
                         upstreams=pull.upstreams.pool, accesslog=accesslog, cache=pull.cache.blobs,
@@ -252,14 +253,26 @@ def _pull_path(config: Config, reactor: Any, db: Any, bus: Any, metrics: Metrics
     return _PullPath(upstreams, cache, proxy, registries, warmup)
 
 
-def _sync(config: Config, reactor: Any, pull: _PullPath, store: SyncJobStore) -> Optional[SyncService]:
+def _sync(config: Config, reactor: Any, db: Any, pull: _PullPath, store: SyncJobStore,
+          access: AccessControl) -> Optional[SyncService]:
     """The sync jobs' scheduler over the proxy's sources (docs/design/sync.md); a node
-    without a blob cache runs none (its API queues runs for the others)."""
+    without a blob cache runs none (its API queues runs for the others).  In a cluster
+    with an external URL (nginx) blobs are fetched through it, so each lands on its
+    home node; otherwise into this node's cache."""
     if pull.cache.blobs is None:
         return None
     proxy = pull.proxy
-    return SyncService(store, manifests=proxy.manifest_source, tags=proxy.tag_source,
-                       blobs=LocalBlobs(proxy.blob_source), clock=reactor, node=config.server.node)
+    blobs: Any = LocalBlobs(proxy.blob_source)
+    if config.server.external_url and db.dialect == "postgresql":
+        import treq
+        from treq.client import HTTPClient
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=True)))
+        blobs = FrontBlobs(http, config.server.external_url, access.tokens, blobs, collect=treq.collect,
+                           timeout=config.upstream.idle_timeout)
+    return SyncService(store, manifests=proxy.manifest_source, tags=proxy.tag_source, blobs=blobs,
+                       clock=reactor, node=config.server.node)
 
 
 def _cluster_admin_password(config: Config, db: Any, bus: Any, reactor: Any,

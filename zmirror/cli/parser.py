@@ -13,12 +13,13 @@ from zmirror.cli.common import CLIError, err
 from zmirror.cli.dbcopy import add_parser as add_db
 from zmirror.cli.importer import add_parser as add_import_zmirror
 from zmirror.cli.registries import add_parser as add_registry
+from zmirror.cli.sync import add_parser as add_sync
 from zmirror.cli.users import add_parser as add_user
 from zmirror.cli.whitelist import add_parser as add_whitelist
 
 # in the order of ``zmirror --help``
 COMMANDS = (add_check_config, add_user, add_whitelist, add_registry, add_admin_password, add_import_zmirror,
-            add_backup, add_db)
+            add_backup, add_db, add_sync)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,14 +86,16 @@ class PullThroughBlobs:
         headers[b"Content-Type"] = dl.content_type
         return DownloadBody(status, headers, dl, start, end, record=record)
 
-    async def prefetch(self, repo: str, digest: str, *, record: Any = None) -> bool:
+    async def prefetch(self, repo: str, digest: str, *, record: Any = None,
+                       on_download: Any = None) -> bool:
         """Fill the cache with ``digest`` of ``repo`` without sending it anywhere
         (pre-warm jobs): True when it was fetched, False when it was cached
         already (no upstream GET).  Joins the download clients start (one
         upstream GET per blob, whoever asks first) and waits for it to complete;
         raises CacheUnavailable when the blob cannot be stored, RegistryError
         when no upstream has it.  Cancelling the wait leaves the download to
-        its clients."""
+        its clients.  ``on_download(dl)``: told the download waited for (its
+        ``written`` bytes show the progress)."""
         local = self.local
         if local is None or not local.storing():
             raise CacheUnavailable("the blob cache is not storing")
@@ -102,6 +104,8 @@ class PullThroughBlobs:
         dl = local.running(digest)
         if dl is None:
             dl = await self.starting.run(digest, lambda: self._start(repo, digest, record))
+        if on_download is not None:
+            on_download(dl)
         if await _completion(dl) != "done":
             raise CacheUnavailable(f"download failed: {dl.failure_reason}")
         return True

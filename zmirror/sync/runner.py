@@ -17,16 +17,15 @@ from __future__ import annotations
 import json
 from typing import Any, Awaitable, Callable, Optional
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from zmirror.db.syncjobs import empty_progress
 from zmirror.oci.errors import RegistryError
 from zmirror.oci.mediatypes import DOCKER_LIST, OCI_INDEX
-from zmirror.oci.names import namespace_of
 from zmirror.oci.reference import parse_digest
-from zmirror.sync.spec import ImageRef, parse_image, platform_matches, select_tags
+from zmirror.sync.spec import ImageRef, parse_image, platform_matches, repo_of, select_tags
 
 log = Logger()
 
@@ -96,8 +95,10 @@ class SyncRun:
         self.pinned: list[str] = []  # <repo>@<digest> of every manifest fetched
         self._seen: set[str] = set()
         self._paused = 0
+        self._cancelled = False
         self._sem = DeferredSemaphore(int(spec.get("concurrency") or 1))
         self._tasks: list[Deferred] = []
+        self._downloads: dict[str, tuple[Any, int]] = {}  # digest → (download, size) being waited for
 
     # --- the run ---------------------------------------------------------------------------
 
@@ -125,17 +126,30 @@ class SyncRun:
         did_something = st["manifests"]["done"] or st["blobs"]["done"]
         return "failed" if st["errors"] and not did_something else "succeeded"
 
+    def snapshot(self) -> dict:
+        """A copy of the run JSON whose ``bytes.done`` includes what the running
+        downloads of this run have written so far."""
+        st = self.state
+        out = dict(st)
+        for k in ("images", "manifests", "blobs", "bytes"):
+            out[k] = dict(st[k])
+        out["errors"] = list(st["errors"])
+        partial = sum(min(max(getattr(dl, "written", 0) or 0, 0), size) for dl, size in self._downloads.values())
+        out["bytes"]["done"] = min(out["bytes"]["done"] + partial, out["bytes"]["total"])
+        return out
+
     def cancel_tasks(self) -> None:
         for d in list(self._tasks):
             d.cancel()
 
     async def _image(self, ref: ImageRef) -> None:
+        repo = repo_of(ref.repository)
         if ref.digest:
             references = [ref.digest]
         elif ref.tag:
             references = [ref.tag]
         else:
-            references = await self._resolve(ref)
+            references = await self._resolve(repo, ref)
             if not references:
                 raise LookupError(f"no tag of {ref.repository} matches {ref.pattern}")
         st = self.state
@@ -144,23 +158,25 @@ class SyncRun:
         for reference in references:
             label = f"{ref.repository}@{reference}" if ":" in reference else f"{ref.repository}:{reference}"
             try:
-                await self._manifest(ref.repository, reference, label, 0)
+                await self._manifest(repo, reference, label, 0)
             except CancelledError:
                 raise
             except Exception as e:
                 self._error(label, e)
         try:
-            await gatherResults(list(self._tasks), consumeErrors=True)
+            await DeferredList(list(self._tasks), consumeErrors=True)  # cancelled: cancels each
         finally:
             self._tasks = []
+        if self._cancelled:
+            raise CancelledError()
 
-    async def _resolve(self, ref: ImageRef) -> list[str]:
+    async def _resolve(self, repo: Any, ref: ImageRef) -> list[str]:
         """The tags of ``ref.repository`` its pattern selects (every page of the list)."""
         tags: list[str] = []
         last = None
         for _ in range(MAX_TAG_PAGES):
-            page = await self._call(ref.repository, lambda: self.tags.list(ref.repository, n=TAG_PAGE, last=last,
-                                                                     record=self.record))
+            page = await self._call(repo, lambda after=last: self.tags.list(
+                repo, n=TAG_PAGE, last=after, record=self.record))
             try:
                 doc = json.loads(page.body)
             except ValueError:
@@ -221,14 +237,24 @@ class SyncRun:
         st = self.state
         await self._sem.acquire()
         try:
+            if self._cancelled:
+                raise CancelledError()
             label = f"{repo}@{digest}"
             st["current"] = label
-            fetched = await self._call(repo, lambda: self.blobs.fetch(repo, digest, size, self.record))
+            def watch(dl: Any) -> None:
+                self._downloads[digest] = (dl, size)
+
+            try:
+                fetched = await self._call(repo, lambda: self.blobs.fetch(repo, digest, size, self.record,
+                                                                          on_download=watch))
+            finally:
+                self._downloads.pop(digest, None)
             st["blobs"]["done"] += 1
             if not fetched:
                 st["blobs"]["skipped"] += 1
             st["bytes"]["done"] += size
         except CancelledError:
+            self._cancelled = True
             raise
         except Exception as e:
             self._error(f"{repo}@{digest}", e)
@@ -237,7 +263,7 @@ class SyncRun:
 
     # --- rate limits -------------------------------------------------------------------
 
-    async def _call(self, repo: str, f: Callable[[], Awaitable[Any]]) -> Any:
+    async def _call(self, repo: Any, f: Callable[[], Awaitable[Any]]) -> Any:
         """``f()``, after any pause; a rate limit pauses the run and tries again."""
         while True:
             await self._wait_pause()
@@ -255,11 +281,11 @@ class SyncRun:
             if delay > 0:
                 await deferLater(self.clock, delay, lambda: None)
 
-    async def _pause(self, repo: str, wait: int) -> None:
+    async def _pause(self, repo: Any, wait: int) -> None:
         st = self.state
         now = self.clock.seconds()
         st["state"] = "paused"
-        st["pause_reason"] = f"rate limited by {namespace_of(repo)}"
+        st["pause_reason"] = f"rate limited by {repo.namespace}"
         st["resume_at"] = max(st.get("resume_at") or 0, now + wait)
         log.info("sync run {id} paused for {wait} s: {why}", id=st.get("id"), wait=wait,
                  why=st["pause_reason"])

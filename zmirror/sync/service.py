@@ -31,8 +31,8 @@ class LocalBlobs:
     def __init__(self, blob_source: Any):
         self.blob_source = blob_source
 
-    async def fetch(self, repo: str, digest: str, size: int, record: Any) -> bool:
-        return await self.blob_source.prefetch(repo, digest, record=record)
+    async def fetch(self, repo: str, digest: str, size: int, record: Any, on_download: Any = None) -> bool:
+        return await self.blob_source.prefetch(repo, digest, record=record, on_download=on_download)
 
 
 class _Active:
@@ -73,10 +73,14 @@ class SyncService(Service):
         self._loop.start(self.poll_interval, now=True).addErrback(
             lambda f: log.failure("sync scheduler stopped", f))
 
-    async def stopService(self):
+    def stopService(self) -> Deferred:
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        return Deferred.fromCoroutine(self._end_runs())
+
+    async def _end_runs(self) -> None:
+        """Cancel the runs going on here and wait for their last save."""
         for act in list(self.active.values()):
             act.runner.state["errors"].append({"item": act.run.get("job_name") or "",
                                                "error": "the node stopped during the run"})
@@ -159,7 +163,8 @@ class SyncService(Service):
         if act.run["id"] not in self.active or act.run["finished_at"] is not None:
             return
         try:
-            cancel = await self.store.save(act.run["id"], act.run["job_id"], self.node, self.lease, act.run)
+            cancel = await self.store.save(act.run["id"], act.run["job_id"], self.node, self.lease,
+                                           act.runner.snapshot())
         except Exception:
             log.failure("sync run {id}: saving progress failed", id=act.run["id"])
             return
@@ -188,7 +193,7 @@ class SyncService(Service):
         queued = await self.store.queue_run(jid, trigger)
         await self._start_queued()
         act = self.active.get(queued["id"])
-        return dict(act.run) if act is not None else queued
+        return act.runner.snapshot() if act is not None else await self.store.get_run(queued["id"])
 
     async def cancel(self, rid: int) -> dict:
         run = await self.store.request_cancel(rid)
@@ -203,15 +208,7 @@ class SyncService(Service):
     def live(self, rid: int) -> Optional[dict]:
         """The in-memory run JSON of a run going on here (None otherwise)."""
         act = self.active.get(rid)
-        return _copy(act.run) if act is not None else None
-
-
-def _copy(run: dict) -> dict:
-    out = dict(run)
-    for k in ("images", "manifests", "blobs", "bytes"):
-        out[k] = dict(run[k])
-    out["errors"] = list(run["errors"])
-    return out
+        return act.runner.snapshot() if act is not None else None
 
 
 __all__ = ["SyncService", "LocalBlobs", "POLL", "LEASE", "ActiveRun", "error_text"]

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Optional
 from croniter import croniter
 
 from zmirror.oci.errors import RegistryError
-from zmirror.oci.names import canonical_name
+from zmirror.oci.names import DOCKER_HUB, Repo, canonical_name, hostlike
 from zmirror.oci.reference import parse_digest, parse_tag
 
 NAME_MAX = 100
@@ -88,6 +88,14 @@ def parse_image(raw: Any) -> ImageRef:
         return ImageRef(repository, tag=parse_tag(tag))
     except RegistryError:
         raise ValueError("has an invalid tag") from None
+
+
+def repo_of(name: str) -> Repo:
+    """The :class:`Repo` of a canonical name (its namespace: the host in front, else docker.io)."""
+    first, _, rest = name.partition("/")
+    if rest and hostlike(first):
+        return Repo(first, rest)
+    return Repo(DOCKER_HUB, name)
 
 
 # --- field validators: value → converted value, or ValueError(reason) ---------------------
@@ -240,5 +248,5 @@ def platform_matches(platform: Any, wanted: list[str]) -> bool:
     return False
 
 
-__all__ = ["ImageRef", "parse_image", "job_name", "images", "newest", "platforms", "parse_platform",
+__all__ = ["ImageRef", "parse_image", "repo_of", "job_name", "images", "newest", "platforms", "parse_platform",
            "schedule", "concurrency", "boolean", "version_key", "select_tags", "platform_matches"]
