@@ -121,11 +121,12 @@ class SyncPageCase(BrowserCase):
     def percent(self, bar: str) -> int:
         return int(self.visible(sel(f"sync-progress-{bar}")).get_attribute("data-percent"))
 
-    def create_job(self, name: str, image: str):
+    def create_job(self, name: str, image: str, concurrency: int = 2):
         self.click(sel("sync-add"))
         self.find(sel("sync-dialog"))
         self.type(sel("sync-name"), name)
         self.type(IMAGES_BOX, image)
+        self.type(f"{sel('sync-concurrency')} input", str(concurrency))
         self.click(sel("sync-save"))
         self.gone(".el-dialog")
         self.wait_text(sel("sync-jobs-table"), name)
@@ -220,14 +221,16 @@ class SyncPageCase(BrowserCase):
         self.assertEqual(self.api("GET", "/sync/jobs")["jobs"], [])
 
     def test_pause_live_progress_and_cancel(self):
-        # the first manifest GET is rate limited (429, 3 s); bodies come at 8 KB/s a connection
+        # the first manifest GET is rate limited (429, 3 s); bodies come at 12 KB/s, one blob
+        # at a time (the job's concurrency 1): about 8 s for each of the two big layers
         self.proxy.plan(manifest_request("GET"), [Fault.answer(429, retry_after=3, headers={
             "ratelimit-limit": "100;w=21600", "ratelimit-remaining": "0;w=21600"})])
-        self.proxy.rate = 8_000
+        self.proxy.rate = 12_000
         self.driver.get(self.zm.url + "/sync")
         self.login(self.password, self.user)
         self.find(sel("sync-jobs-table"))
-        self.create_job(JOB, f"{REPO_NAME}:{TAG}")
+        self.create_job(JOB, f"{REPO_NAME}:{TAG}", concurrency=1)
+        self.assertEqual(self.api("GET", "/sync/jobs")["jobs"][0]["concurrency"], 1)
         self.press(sel(f"sync-run-now-{JOB}"))
         self.find(sel("sync-live"))
 
@@ -239,7 +242,6 @@ class SyncPageCase(BrowserCase):
         self.shot("sync-run-paused")
 
         # going on: the bars move, below 100 %, the current item named
-        # (bytes count whole blobs: the small ones are done while both big ones are in flight)
         self.until(lambda: self.live_state() == "running" and 0 < self.percent("blobs") < 100, "blobs partly fetched")
         self.assertLess(self.percent("bytes"), 100)
         self.assertIn(REPO_NAME, self.visible("[data-test^=sync-run-current-]").text)
