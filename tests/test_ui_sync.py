@@ -199,6 +199,18 @@ class SyncPageCase(BrowserCase):
         for digest in blobs:
             self.assertEqual(self.reg.requests("GET", f"/v2/{REPO_NAME}/blobs/{digest}", since), [], digest)
 
+        # run again: every blob is found in the cache (done, and counted as skipped)
+        self.press(sel(f"sync-run-now-{JOB}"))
+        self.wait(RUN_TIMEOUT).until(
+            lambda d: d.execute_script(
+                "const r = document.querySelector('[data-test=sync-live] [data-state]');"
+                " return r.dataset.test === arguments[0] && r.dataset.state === 'succeeded'",
+                f"sync-run-{run['id'] + 1}"), "the second run succeeded")
+        figure = self.visible(sel("sync-bar-blobs-figure")).text
+        self.assertEqual(figure, f"{len(blobs)} / {len(blobs)} （含 {len(blobs)} 个已缓存）")
+        self.assertEqual(self.percent("blobs"), 100)
+        self.wait_text(sel("sync-history-table"), str(run["id"] + 1))
+
         # edit: every 2 hours
         self.press(sel(f"sync-edit-{JOB}"))
         self.find(sel("sync-dialog"))

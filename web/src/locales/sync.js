@@ -55,7 +55,7 @@ export default {
       pinned: 'pinned', notPinned: 'no', disabledTag: 'disabled', manual: 'manual',
       running: 'Running', noRunning: 'Nothing running',
       bar: { images: 'Images', manifests: 'Manifests', blobs: 'Blobs', bytes: 'Bytes' },
-      skipped: '(+{n} cached)',
+      skipped: '({n} of them cached)',
       current: 'Now', pausedFor: 'Paused: {reason}', resumesAt: 'resumes at {time} (in {s} s)', resumesSoon: 'resuming',
       cancel: 'Cancel run', cancelConfirm: 'Cancel this run of "{name}"? What it fetched stays in the cache.', cancelled: 'Cancel requested',
       dismiss: 'Close', errors: 'Errors', errorsN: '{n} error(s)', noErrors: 'no errors', item: 'Item', error: 'Error',
