@@ -15,7 +15,8 @@ as their only upstream, and measures:
     ``skopeo copy --all`` of the warmed image (upstream requests it still causes) and the
     job once more on the warm cache (what it asks upstream to find nothing changed);
 (b) skopeo: ``skopeo copy --all docker://<zmirror>/<image> oci:<tmp>`` on the other, empty
-    instance: wall time, MB/s, upstream requests.
+    instance: wall time, MB/s, upstream requests; and, for the client's own cost, the same
+    copy straight from the registry.
 
 The order of (a) and (b) alternates between rounds. The client, the registry and zmirror
 share the machine's cores: compare ratios from one run, not absolute figures.
@@ -164,11 +165,12 @@ def run_job(zm: H.ZMirror, jid: int) -> dict:
     return run
 
 
-def copy_all(zm: H.ZMirror) -> None:
+def copy_all(src) -> None:
+    """``skopeo copy --all`` of the image from ``src`` (a zmirror or the registry) to an OCI layout."""
     dest = Path(tempfile.mkdtemp(prefix="zmirror-bench-oci-"))
     try:
         skopeo(["copy", "-q", "--all", "--src-tls-verify=false", "--src-no-creds",
-                f"docker://{zm.host}/{REPO_NAME}:{TAG}", f"oci:{dest}:{TAG}"], timeout=600)
+                f"docker://{src.host}/{REPO_NAME}:{TAG}", f"oci:{dest}:{TAG}"], timeout=600)
     finally:
         shutil.rmtree(dest, ignore_errors=True)
 
@@ -222,6 +224,9 @@ def main(argv=None) -> int:
                 else:
                     res["skopeo"] = run_skopeo(zs, reg, image_bytes)
             res["order"] = "prewarm first" if first_prewarm else "skopeo first"
+            t1 = time.monotonic()
+            copy_all(reg)  # the client's own cost: skopeo straight from the registry
+            res["skopeo_direct_s"] = time.monotonic() - t1
             rounds.append(res)
             h.stop_zmirror(zp)
             h.stop_zmirror(zs)
@@ -264,6 +269,8 @@ def report(rounds: list[dict], a, image_bytes: int, nblobs: int, nplat: int) -> 
     for kind in ("GET manifest", "HEAD manifest", "GET blob", "HEAD blob"):
         p, s = med([x["upstream"].get(kind, 0) for x in pw]), med([x["upstream"].get(kind, 0) for x in sk])
         print(f"| {'  ' + kind:<44} | {p:>12.0f} | {s:>12.0f} |       |")
+    d = med([r["skopeo_direct_s"] for r in rounds])
+    print(f"skopeo copy --all straight from the registry (no zmirror): {d:.2f} s, {image_bytes / d / 1e6:.0f} MB/s")
     warm = med([x["warm_pull_s"] for x in pw])
     warm_up = med([total(x["warm_pull_upstream"]) for x in pw])
     print(f"skopeo copy --all after the job: {warm:.2f} s, {warm_up:.0f} upstream manifest+blob request(s) "
