@@ -277,6 +277,40 @@ class SyncPageCase(BrowserCase):
         self.press("[data-test^=sync-run-dismiss-]")
         self.gone(sel("sync-live"))
 
+    def test_errors_of_a_run_in_english(self):
+        # the UI in English; one image of the job is not upstream: the run ends with its error
+        self.driver.get(self.zm.url + "/sync")
+        self.login(self.password, self.user)
+        self.find(sel("sync-jobs-table"))
+        self.click(sel("lang-toggle"))
+        self.wait().until(lambda d: self.storage("localStorage", "zmirror.lang") == "en", "English")
+        self.create_job("mixed", f"{REPO_NAME}:{TAG}\ne2e/missing:1")
+        self.assertEqual(self.api("GET", "/sync/jobs")["jobs"][0]["images"], [f"{REPO_NAME}:{TAG}", "e2e/missing:1"])
+        self.press(sel("sync-run-now-mixed"))
+        self.until(lambda: self.live_state() in ("succeeded", "failed"), "the run ended")
+        run = self.api("GET", "/sync/runs")["runs"][0]
+        self.assertEqual(run["state"], "succeeded")  # the other image was fetched
+        self.assertEqual([e["item"] for e in run["errors"]], ["e2e/missing:1"])
+        self.wait_text(sel("sync-bar-images-figure"), "2 / 2")
+        self.wait_text(sel(f"sync-run-state-{run['id']}"), "succeeded")
+
+        # the live panel: the errors folded under their count, unfolded on a click
+        box = sel(f"sync-run-errors-{run['id']}")
+        self.assertIn("1 error(s)", self.visible(box).text)
+        self.press(f"{box} .el-collapse-item__header")
+        self.wait_text(box, "e2e/missing:1")
+        self.wait_text(box, run["errors"][0]["error"][:40])
+
+        # the history: its row counts the error; on a desktop the row unfolds to it
+        self.wait_text(sel("sync-history-table"), "succeeded")
+        if self.mobile:
+            self.wait_text(sel(f"sync-history-run-{run['id']}"), "1 error(s)")
+        else:
+            self.press(f"{sel('sync-history-table')} .el-table__expand-icon")
+            self.wait_text(sel(f"sync-history-errors-{run['id']}"), "e2e/missing:1")
+        self.layout_ok("a run with an error, in English")
+        self.shot_bottom("sync-errors-en")
+
 
 class PhoneSyncPageTests(SyncPageCase):
     width, height, mobile = 390, 844, True
