@@ -151,6 +151,16 @@ class SyncApiTests(AdminTestMixin, unittest.TestCase):
         self.assertEqual(len((await self.call("GET", "/api/sync/jobs"))[2]["jobs"]), 1)
 
     @coro
+    async def test_without_the_store_reads_are_empty_and_writes_503(self):
+        self.client = self.stub(self.make_api())
+        self.assertEqual((await self.call("GET", "/api/sync/jobs"))[::2], (200, {"jobs": []}))
+        self.assertEqual((await self.call("GET", "/api/sync/runs"))[::2], (200, {"runs": []}))
+        self.assertError(await self.call("GET", "/api/sync/jobs/1"), 404)
+        self.assertError(await self.call("GET", "/api/sync/runs/1"), 404)
+        self.assertError(await self.call("POST", "/api/sync/jobs", JOB), 503)
+        self.assertError(await self.call("POST", "/api/sync/jobs/1/run"), 503)
+
+    @coro
     async def test_requires_admin(self):
         code, _h, _ = await self.call("GET", "/api/sync/jobs", auth=False)
         self.assertEqual(code, 401)

@@ -7,12 +7,15 @@ import os
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
+from twisted.trial import unittest
 
 from tests.fixtures.cache import CacheTestBase
 from tests.fixtures.helpers import coro
+from zmirror.cache.download import CacheUnavailable
 from zmirror.db.syncjobs import empty_progress
 from zmirror.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
+from zmirror.registry.blobs import DownloadFailed
 from zmirror.sync.runner import SyncRun
 from zmirror.sync.service import LocalBlobs
 from zmirror.testing import sha256
@@ -42,6 +45,15 @@ class PrefetchTests(CacheTestBase):
         before = len(self.up.requests)
         self.assertFalse(await self.pumped(ensureDeferred(source.prefetch("library/x", self.digest))))
         self.assertEqual(len(self.up.requests), before)  # cached: no upstream request at all
+
+    @coro
+    async def test_a_broken_download_is_an_error_of_the_item(self):
+        await self.start()
+        self.up.faults[f"/v2/library/x/blobs/{self.digest}"] = ["corrupt"] * 4
+        d = ensureDeferred(self.env.proxy.blob_source.prefetch("library/x", self.digest))
+        with self.assertRaises(DownloadFailed):
+            await self.pumped(d)
+        self.assertIsNone(self.blobs.lookup(self.digest))
 
     @coro
     async def test_client_and_prefetch_share_one_download(self):
@@ -111,3 +123,46 @@ class PrefetchTests(CacheTestBase):
         self.assertEqual(await self.pumped(Deferred.fromCoroutine(run2.run())), "succeeded")
         self.assertEqual(state2["blobs"], {"done": 4, "skipped": 4, "total": 4})
         self.assertEqual((len(self.up.requests), state2["upstream_requests"]), (before, 0))
+
+
+class _BusySource:
+    """A blob source whose cache has no room for the first ``busy`` prefetches."""
+
+    def __init__(self, busy: int, storing: bool = True):
+        self.busy = busy
+        self.calls = 0
+        self.local = self
+        self._storing = storing
+
+    def storing(self):
+        return self._storing
+
+    async def prefetch(self, repo, digest, *, record=None, on_download=None):
+        self.calls += 1
+        if self.calls <= self.busy:
+            raise CacheUnavailable("no transfer thread free")
+        return True
+
+
+class LocalBlobsTests(unittest.TestCase):
+    def test_waits_while_the_cache_is_busy_with_clients(self):
+        clock = Clock()
+        source = _BusySource(busy=2)
+        d = Deferred.fromCoroutine(LocalBlobs(source, clock, busy_wait=1.0).fetch("library/x", "d", 1, None))
+        self.assertNoResult(d)
+        clock.advance(1)
+        self.assertNoResult(d)
+        clock.advance(1)
+        self.assertTrue(self.successResultOf(d))
+        self.assertEqual(source.calls, 3)
+
+    def test_gives_up_when_not_storing_or_after_its_tries(self):
+        clock = Clock()
+        d = Deferred.fromCoroutine(LocalBlobs(_BusySource(busy=9, storing=False), clock).fetch("r", "d", 1, None))
+        self.failureResultOf(d, CacheUnavailable)
+        source = _BusySource(busy=9)
+        d = Deferred.fromCoroutine(LocalBlobs(source, clock, busy_tries=3).fetch("r", "d", 1, None))
+        clock.advance(1)
+        clock.advance(1)
+        self.failureResultOf(d, CacheUnavailable)
+        self.assertEqual(source.calls, 3)

@@ -262,7 +262,7 @@ def _sync(config: Config, reactor: Any, db: Any, pull: _PullPath, store: SyncJob
     if pull.cache.blobs is None:
         return None
     proxy = pull.proxy
-    blobs: Any = LocalBlobs(proxy.blob_source)
+    blobs: Any = LocalBlobs(proxy.blob_source, reactor)
     if config.server.external_url and db.dialect == "postgresql":
         import treq
         from treq.client import HTTPClient

@@ -92,8 +92,9 @@ class PullThroughBlobs:
         (pre-warm jobs): True when it was fetched, False when it was cached
         already (no upstream GET).  Joins the download clients start (one
         upstream GET per blob, whoever asks first) and waits for it to complete;
-        raises CacheUnavailable when the blob cannot be stored, RegistryError
-        when no upstream has it.  Cancelling the wait leaves the download to
+        raises CacheUnavailable when the blob cannot be stored now (limits, disk),
+        DownloadFailed when the download broke, RegistryError when no upstream
+        has it.  Cancelling the wait leaves the download to
         its clients.  ``on_download(dl)``: told the download waited for (its
         ``written`` bytes show the progress)."""
         local = self.local
@@ -107,7 +108,7 @@ class PullThroughBlobs:
         if on_download is not None:
             on_download(dl)
         if await _completion(dl) != "done":
-            raise CacheUnavailable(f"download failed: {dl.failure_reason}")
+            raise DownloadFailed(f"download failed: {dl.failure_reason}")
         return True
 
     async def _start(self, repo: str, digest: str, record: Any):
@@ -121,6 +122,10 @@ class PullThroughBlobs:
         if flight is not None and flight.waiting == 0:
             local.check_orphan(dl)
         return dl
+
+
+class DownloadFailed(Exception):
+    """A prefetch's download ended without the blob (broken, digest mismatch, abandoned)."""
 
 
 class _Completion:
@@ -156,4 +161,4 @@ def _completion(dl: Any) -> Deferred:
     return watcher.ended
 
 
-__all__ = ["PullThroughBlobs"]
+__all__ = ["PullThroughBlobs", "DownloadFailed"]

@@ -12,27 +12,46 @@ from typing import Any, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
+from zmirror.cache.download import CacheUnavailable
 from zmirror.db.syncjobs import ActiveRun, SyncJobStore
 from zmirror.sync.runner import SyncRun, error_text
 from zmirror.sync.schedule import next_fire
 
 log = Logger()
 
+BUSY_WAIT = 1.0  # seconds a prefetch waits when the cache has no room for another download now
+BUSY_TRIES = 60
 POLL = 2.0  # seconds between looks at the database (CLI requests are seen within this)
 LEASE = 60.0  # a run's job lease; renewed at every poll while it runs
 
 
 class LocalBlobs:
-    """Prefetch into this node's cache (:meth:`PullThroughBlobs.prefetch`)."""
+    """Prefetch into this node's cache (:meth:`PullThroughBlobs.prefetch`).  When the
+    cache is storing but has no room for another download right now (transfer threads,
+    temp-file budget: taken by client pulls), wait ``busy_wait`` seconds and try again,
+    up to ``busy_tries`` times: the job yields to clients."""
 
-    def __init__(self, blob_source: Any):
+    def __init__(self, blob_source: Any, clock: Any = None, *, busy_wait: float = BUSY_WAIT,
+                 busy_tries: int = BUSY_TRIES):
         self.blob_source = blob_source
+        self.clock = clock
+        self.busy_wait = busy_wait
+        self.busy_tries = busy_tries
 
     async def fetch(self, repo: str, digest: str, size: int, record: Any, on_download: Any = None) -> bool:
-        return await self.blob_source.prefetch(repo, digest, record=record, on_download=on_download)
+        tries = 0
+        while True:
+            try:
+                return await self.blob_source.prefetch(repo, digest, record=record, on_download=on_download)
+            except CacheUnavailable:
+                tries += 1
+                local = self.blob_source.local
+                if self.clock is None or tries >= self.busy_tries or local is None or not local.storing():
+                    raise
+            await deferLater(self.clock, self.busy_wait, lambda: None)
 
 
 class _Active:
@@ -80,7 +99,9 @@ class SyncService(Service):
         return Deferred.fromCoroutine(self._end_runs())
 
     async def _end_runs(self) -> None:
-        """Cancel the runs going on here and wait for their last save."""
+        """Wait for a poll under way; cancel the runs going on here and wait for their last save."""
+        if self._polling is not None and not self._polling.called:
+            await self._polling
         for act in list(self.active.values()):
             act.runner.state["errors"].append({"item": act.run.get("job_name") or "",
                                                "error": "the node stopped during the run"})
@@ -92,6 +113,7 @@ class SyncService(Service):
     def _tick(self) -> Deferred:
         d = Deferred.fromCoroutine(self.poll())
         d.addErrback(lambda f: log.failure("sync scheduler: poll failed", f))
+        self._polling = d
         return d
 
     # --- the poll ----------------------------------------------------------------------
