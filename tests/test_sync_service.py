@@ -5,6 +5,7 @@ The same tests run on PostgreSQL when it is available."""
 
 from pathlib import Path
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -213,3 +214,17 @@ class SyncServiceTests(unittest.TestCase):
 
 class SyncServicePostgresTests(SyncServiceTests):
     backend = "postgresql"
+
+
+class StopTests(unittest.TestCase):
+    def test_stop_does_not_wait_for_a_poll_that_never_answers(self):
+        class Hanging:
+            def due_jobs(self, now):
+                return Deferred()  # a database call of a closed pool
+
+        clock = Clock()
+        svc = SyncService(Hanging(), manifests=None, tags=None, blobs=None, clock=clock, node="n")
+        svc.startService()
+        self.assertIsNone(self.successResultOf(svc.stopService()))
+        clock.advance(10)
+        self.assertEqual(clock.getDelayedCalls(), [])

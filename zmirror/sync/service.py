@@ -99,9 +99,10 @@ class SyncService(Service):
         return Deferred.fromCoroutine(self._end_runs())
 
     async def _end_runs(self) -> None:
-        """Wait for a poll under way; cancel the runs going on here and wait for their last save."""
+        """Cancel a poll under way (its database call may never answer once the pools
+        close) and the runs going on here, and wait for their last save."""
         if self._polling is not None and not self._polling.called:
-            await self._polling
+            self._polling.cancel()
         for act in list(self.active.values()):
             act.runner.state["errors"].append({"item": act.run.get("job_name") or "",
                                                "error": "the node stopped during the run"})
@@ -112,7 +113,7 @@ class SyncService(Service):
 
     def _tick(self) -> Deferred:
         d = Deferred.fromCoroutine(self.poll())
-        d.addErrback(lambda f: log.failure("sync scheduler: poll failed", f))
+        d.addErrback(lambda f: None if f.check(CancelledError) else log.failure("sync scheduler: poll failed", f))
         self._polling = d
         return d
 
