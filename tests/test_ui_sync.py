@@ -341,6 +341,18 @@ class SyncPageCase(BrowserCase):
         self.layout_ok("a run with an error, in English")
         self.shot_bottom("sync-errors-en")
 
+        # a run of another job; the history filtered by job shows the runs of that job only
+        self.create_job("other", f"{REPO_NAME}:{TAG}")
+        self.press(sel("sync-run-now-other"))
+        self.until(lambda: self.live_state() == "succeeded", "the other run ended")
+        self.wait_text(sel("sync-history-table"), "other")
+        self.click(sel("sync-history-job"))
+        self.find(f".el-select-dropdown {sel('sync-history-job-mixed')}")
+        self.settled()
+        self.click(f".el-select-dropdown {sel('sync-history-job-mixed')}")
+        self.wait_no_text(sel("sync-history-table"), "other")
+        self.assertIn("mixed", self.visible(sel("sync-history-table")).text)
+
 
 class PhoneSyncPageTests(SyncPageCase):
     width, height, mobile = 390, 844, True
