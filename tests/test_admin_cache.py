@@ -34,6 +34,15 @@ class FakeManifestCache:
         return 2
 
 
+class FakePurge:
+    def __init__(self):
+        self.scopes = []
+
+    async def purge(self, scope):
+        self.scopes.append(scope)
+        return {"blobs": 1, "manifests": 2, "tags": 3}
+
+
 class CacheRouteTests(AdminTestMixin, unittest.TestCase):
     def setUp(self):
         super().setUp()
@@ -52,12 +61,15 @@ class CacheRouteTests(AdminTestMixin, unittest.TestCase):
 
     @coro
     async def test_delete_all_repository_digest(self):
+        purge = FakePurge()
+        self.client = self.stub(self.make_api(cache=self.blobs, manifest_cache=self.manifests,
+                                              cache_purge=purge))
         code, _h, obj = await self.call("DELETE", "/api/cache")
-        self.assertEqual((code, obj), (200, {"deleted": {"blobs": 1, "manifests": 2}}))
+        self.assertEqual((code, obj), (200, {"deleted": {"blobs": 1, "manifests": 2, "tags": 3}}))
         await self.call("DELETE", "/api/cache?repository=nginx")
         await self.call("DELETE", f"/api/cache?digest={DIGEST}")
-        self.assertEqual(self.blobs.deleted, [(None, None), (None, "library/nginx"), (DIGEST, None)])
-        self.assertEqual(self.manifests.deleted, self.blobs.deleted)
+        self.assertEqual([(s.digest, s.repository) for s in purge.scopes],
+                         [(None, None), (None, "library/nginx"), (DIGEST, None)])
 
     @coro
     async def test_bad_input(self):

@@ -30,10 +30,11 @@ class UserRouteTests(ChangeMixin, AdminTestMixin, unittest.TestCase):
     async def test_create_list_get_never_a_hash(self):
         made = await self.create()
         self.assertEqual(made, {"id": made["id"], "username": "bob", "enabled": True,
-                                "created_at": T0, "updated_at": T0, "last_login_at": None})
+                                "created_at": T0, "updated_at": T0, "last_login_at": None,
+                                "scopes": []})
         code, _h, obj = await self.call("GET", "/api/users")
         self.assertEqual(code, 200)
-        self.assertEqual(obj, {"items": [made], "password_policy": POLICY})
+        self.assertEqual(obj, {"items": [made], "password_policy": POLICY, "max_scopes": 100})
         code, _h, obj = await self.call("GET", f"/api/users/{made['id']}")
         self.assertEqual(obj, made)
         stored = self.db.conn.execute("SELECT password_hash FROM users").fetchone()[0]
@@ -114,7 +115,7 @@ class UserRouteTests(ChangeMixin, AdminTestMixin, unittest.TestCase):
         await self.assertUnchanged("DELETE", f"/api/users/{made['id']}", None, 404)
         self.assertError(await self.call("GET", f"/api/users/{made['id']}"), 404)
         _c, _h, obj = await self.call("GET", "/api/users")
-        self.assertEqual(obj, {"items": [], "password_policy": POLICY})
+        self.assertEqual(obj, {"items": [], "password_policy": POLICY, "max_scopes": 100})
 
 
 class PasswordPolicyRouteTests(ChangeMixin, AdminTestMixin, unittest.TestCase):

@@ -33,7 +33,7 @@ class UserStoreTests(unittest.TestCase):
     async def test_create_list_get(self):
         u = await self.accounts.create("alice", "pass-word-1")
         self.assertEqual(set(u), {"id", "username", "enabled", "created_at", "updated_at",
-                                  "last_login_at"})
+                                  "last_login_at", "scopes"})
         self.assertEqual((u["username"], u["enabled"], u["created_at"], u["last_login_at"]),
                          ("alice", True, START, None))
         await self.accounts.create("bob", "pass-word-2", enabled=False)

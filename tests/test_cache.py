@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from twisted.web._newclient import ResponseFailed
 
 from tests.fixtures.cache import CacheTestBase
-from tests.fixtures.helpers import coro, spy_constructor
+from tests.fixtures.helpers import coro, eventually, spy_constructor
 from zmirror.testing import DOCKER_V2
 
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2, "layers": []}).encode()
@@ -206,11 +206,9 @@ class EvictionTests(CacheTestBase):
         digest = self.up.add_blob(huge)
         resp, body = await self.env.arequest("GET", f"/v2/library/x/blobs/{digest}")
         self.assertEqual(body, huge)
-        from twisted.internet.task import deferLater
 
-        await deferLater(reactor, 0.05, lambda: None)
         self.assertIsNone(self.blobs.lookup(digest))
-        self.assertFalse(self.blobs.path(digest).exists())
+        await eventually(lambda: not self.blobs.path(digest).exists(), what="the unlink")
         self.assertIsNotNone(self.blobs.lookup(self.digest))  # the rest of the cache survives
 
     @coro
@@ -238,8 +236,7 @@ class EvictionTests(CacheTestBase):
         self.assertTrue(self.blobs.path(digests[1]).exists())
         f.close()
         self.blobs.release(entry)
-        await deferLater(reactor, 0.05, lambda: None)
-        self.assertFalse(self.blobs.path(digests[1]).exists())
+        await eventually(lambda: not self.blobs.path(digests[1]).exists(), what="the unlink")
 
     @coro
     async def test_deleted_while_read_then_fetched_again_keeps_new_copy(self):
@@ -535,8 +532,7 @@ class HeadReaderCountTests(CacheTestBase):
         self.assertTrue(self.blobs.path(self.digest).exists())
         f.close()
         self.blobs.release(entry)
-        await deferLater(reactor, 0.05, lambda: None)
-        self.assertFalse(self.blobs.path(self.digest).exists())
+        await eventually(lambda: not self.blobs.path(self.digest).exists(), what="the unlink")
 
 
 class CachedRangeTests(CacheTestBase):

@@ -175,10 +175,11 @@ class PostgresNodeCacheTests(unittest.TestCase):
         self.assertIsNone(a.blobs.lookup(self.digest_b))
         self.assertIsNone(b.blobs.lookup(self.digest_a))
 
-        # the admin API shows and empties the node's own cache only
+        # the admin API shows the node's own cache; a purge (of every node) of A's blob
+        # leaves B's own
         code, body = await a.get("/api/cache", auth=True)
         self.assertEqual((code, json.loads(body)["entries"]), (200, 1))
-        code, body = await a.get("/api/cache", auth=True, method="DELETE")
+        code, body = await a.get(f"/api/cache?digest={self.digest_a}", auth=True, method="DELETE")
         self.assertEqual(code, 200, body)
         self.assertEqual(a.index_rows("cache_blobs"), [])
         self.assertEqual([r[0] for r in b.index_rows("cache_blobs")], [self.digest_b])

@@ -186,6 +186,35 @@ class Metrics:
 
         self.gauge("zmirror_cache_size_bytes", "Bytes held by the pull-through cache", size)
 
+    def watch_cache_figures(self, node: str, read: Callable[[], dict]) -> None:
+        """The cache figures of ``GET /api/cache/stats`` for this node (``read()``:
+        :func:`zmirror.cache.view.node_figures`), labelled with its name; the
+        cluster's are their sum over the nodes' scrapes."""
+
+        def collect():
+            f = read()
+            hits = CounterMetricFamily("zmirror_cache_hits", "Blob and manifest requests answered "
+                                       "from the cache", labels=["node"])
+            misses = CounterMetricFamily("zmirror_cache_misses", "Blob and manifest requests "
+                                         "answered from an upstream", labels=["node"])
+            ratio = GaugeMetricFamily("zmirror_cache_hit_ratio", "hits / (hits + misses) since "
+                                      "start (absent before the first request)", labels=["node"])
+            served = CounterMetricFamily("zmirror_cache_blob_bytes", "Blob bytes sent to clients "
+                                         "by where they came from", labels=["node", "source"])
+            avoided = CounterMetricFamily("zmirror_cache_manifest_gets_avoided", "Manifest requests "
+                                          "answered without an upstream GET (fresh hits, HEAD "
+                                          "revalidations, stale serves)", labels=["node"])
+            hits.add_metric([node], float(f["hits"]))
+            misses.add_metric([node], float(f["misses"]))
+            if f["hits"] + f["misses"]:
+                ratio.add_metric([node], f["hits"] / (f["hits"] + f["misses"]))
+            served.add_metric([node, "cache"], float(f["bytes_from_cache"]))
+            served.add_metric([node, "upstream"], float(f["bytes_from_upstream"]))
+            avoided.add_metric([node], float(f["manifest_gets_avoided"]))
+            return [hits, misses, ratio, served, avoided]
+
+        self.registry.register(_CallbackCollector(collect))
+
     def watch_upstreams(self, pool: Any) -> None:
         """``zmirror_upstream_up`` (1 up/unknown/rate-limited, 0 down or cooling
         down after failures) and consecutive failures, per enabled upstream;

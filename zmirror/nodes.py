@@ -39,7 +39,11 @@ TABLES = ("cluster_nodes",)
 
 COLUMNS = ("node", "instance", "version", "db_schema", "address", "hostname", "pid", "started_at",
            "last_seen", "stopped_at", "bus", "bus_since", "cache_bytes", "cache_blobs",
-           "cache_max_bytes", "conflict_at")
+           "cache_max_bytes", "conflict_at", "cache_hits", "cache_misses", "cache_bytes_served",
+           "cache_bytes_fetched", "cache_gets_avoided")
+# the cache figures of zmirror.cache.view.node_figures, by column
+FIGURE_COLUMNS = {"cache_hits": "hits", "cache_misses": "misses", "cache_bytes_served": "bytes_from_cache",
+                  "cache_bytes_fetched": "bytes_from_upstream", "cache_gets_avoided": "manifest_gets_avoided"}
 _UPDATED = [c for c in COLUMNS if c not in ("node", "conflict_at")]
 _UPSERT = (
     f"INSERT INTO cluster_nodes ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
@@ -88,7 +92,7 @@ class NodeHeartbeat(Service):
     def __init__(self, db: Any, clock: Any, *, node: str, bus: Any = None, cache: Any = None,
                  address: str = "", version: str = __version__, interval: float = HEARTBEAT,
                  retention: float = RETENTION, stale_after: Optional[float] = None,
-                 instance: Optional[str] = None):
+                 instance: Optional[str] = None, figures: Any = None):
         from zmirror.db.schema import latest_version
 
         self.db = db
@@ -96,6 +100,7 @@ class NodeHeartbeat(Service):
         self.node = node
         self.bus = bus
         self.cache = cache
+        self.figures = figures  # () -> the cache figures since start (zmirror.cache.view.node_figures)
         self.address = address
         self.version = version
         self.schema = latest_version()
@@ -203,7 +208,15 @@ class NodeHeartbeat(Service):
                                                        int(s["max_size"]))
             except Exception as e:
                 log.debug("node heartbeat: no cache summary ({error})", error=one_line(e, 200))
+        figures = dict.fromkeys(FIGURE_COLUMNS)
+        if self.figures is not None:
+            try:
+                f = self.figures()
+                figures = {c: int(f[k]) for c, k in FIGURE_COLUMNS.items()}
+            except Exception as e:
+                log.debug("node heartbeat: no cache figures ({error})", error=one_line(e, 200))
         return {
+            **figures,
             "node": self.node, "instance": self.instance, "version": self.version,
             "db_schema": self.schema, "address": self.address, "hostname": self.hostname,
             "pid": os.getpid(),  # after twistd's fork: the process that runs

@@ -28,11 +28,14 @@ from zmirror.bodylimits import Area, BodyLimits
 from zmirror.cache.blobs import CacheBlobs
 from zmirror.cache.build import build_cache
 from zmirror.cache.manifests import ManifestCache
+from zmirror.cache.purge import CachePurge
+from zmirror.cache.view import CacheView, node_figures
 from zmirror.cluster import LocalBus
 from zmirror.config import Config
 from zmirror.db.engine import connect_config, migrate_config, open_database
 from zmirror.db.accesslogs import AccessLogStore, RetentionService
 from zmirror.db.registries import RegistryStore
+from zmirror.db.retention import RetentionStore
 from zmirror.db.syncjobs import SyncJobStore
 from zmirror.db.watch import ChangeWatcher
 from zmirror.dbwatch import DatabaseWatchService, TableChanges
@@ -120,9 +123,10 @@ def build(config: Config, reactor: Any, *, listen: Optional[str] = None,
         pull.proxy, policy=access.policy, accesslog=metered, clock=reactor, trusted=trusted,
         base_url=lambda request: base_url(request, trusted, config.server.external_url),
         routing=routing)
-    # this node's row in cluster_nodes (GET /api/nodes): a heartbeat every 10 s
+    # this node's row in cluster_nodes (GET /api/nodes, /api/cache/stats): a heartbeat every 10 s
     nodes = NodeHeartbeat(db, reactor, node=config.server.node, bus=bus, cache=pull.cache.blobs,
-                          address=endpoint_address(listen or config.listen_endpoint()))
+                          address=endpoint_address(listen or config.listen_endpoint()),
+                          figures=lambda: node_figures(pull.cache.blobs, pull.cache.manifests))
     cluster_password = _cluster_admin_password(config, db, bus, reactor, access)
     accesslogs = AccessLogStore(db, reactor)
     sync_jobs = SyncJobStore(db, reactor)
@@ -131,7 +135,9 @@ def build(config: Config, reactor: Any, *, listen: Optional[str] = None,
                         registries=pull.registries, accesslogs=accesslogs,
                         upstreams=pull.upstreams.pool, accesslog=accesslog, cache=pull.cache.blobs,
                         manifest_cache=pull.cache.manifests, nodes=nodes,
-                        cluster_password=cluster_password, sync_jobs=sync_jobs, sync=sync)
+                        cluster_password=cluster_password, cache_purge=pull.cache.purge,
+                        cache_view=pull.cache.view, sync_jobs=sync_jobs, sync=sync,
+                        retention_store=pull.cache.retention_store, retention=pull.cache.retention)
     account = admin.account
     web = _web(config, reactor, db, bus, metrics, pull.upstreams.pool, routes, access, admin,
                account, trusted, ui)
@@ -214,6 +220,10 @@ class _Cache(NamedTuple):
     manifests: Optional[ManifestCache]
     index_db: Any  # the node's own blob index: db on SQLite, a local file on PostgreSQL
     services: list
+    retention_store: Any  # rules and pins (main database), also without a cache
+    retention: Any  # the RetentionPass, None without a cache
+    purge: Optional[CachePurge] = None  # purge / invalidate on every node
+    view: Optional[CacheView] = None  # what GET /api/cache/namespaces|images|tags|stats read
 
 
 class _PullPath(NamedTuple):
@@ -228,12 +238,19 @@ def _cache(config: Config, db: Any, reactor: Any, bus: Any) -> _Cache:
     """The pull-through caches (:func:`~zmirror.cache.build.build_cache`) and the
     service that loads their indexes after the pools start and writes access times
     (every 30 s and at shutdown), then joins the transfer threads."""
-    parts = build_cache(config, db, reactor, bus=bus)
+    retention_store = RetentionStore(db, reactor)
+    parts = build_cache(config, db, reactor, bus=bus, retention_store=retention_store)
     if parts is None:
-        return _Cache(None, None, db, [])
+        return _Cache(None, None, db, [], retention_store, None)
     upkeep = parts.upkeep
+    node = config.server.node
+    # applies purges made on other nodes (the bus) or by the CLI (a poll of cache_purges)
+    purge = CachePurge(db, reactor, blobs=parts.blobs, manifests=parts.manifests, bus=bus, node=node)
+    view = CacheView(db, reactor, blobs=parts.blobs, manifests=parts.manifests, node=node)
     return _Cache(parts.blobs, parts.manifests, parts.index_db,
-                  [CallbackService(start=upkeep.start, stop=upkeep.stop)])
+                  [CallbackService(start=upkeep.start, stop=upkeep.stop),
+                   CallbackService(start=purge.start, stop=purge.stop)], retention_store,
+                  parts.retention, purge, view)
 
 
 def _pull_path(config: Config, reactor: Any, db: Any, bus: Any, metrics: Metrics) -> _PullPath:
@@ -321,6 +338,9 @@ def _observe(metrics: Metrics, reactor: Any, db: Any, bus: Any, pull: _PullPath,
     metrics.watch_accesslog(accesslog)
     metrics.watch_inflight(web.root)
     metrics.watch_cache(pull.cache.blobs)
+    if pull.cache.blobs is not None:
+        metrics.watch_cache_figures(pull.cache.view.node,
+                                    lambda: node_figures(pull.cache.blobs, pull.cache.manifests))
     # PostgreSQL: the cluster bus, the shared lockout and upstream health (zmirror_cluster_*);
     # a node alone (SQLite, LocalBus) has none of them
     if _cluster_bus(db, bus) is not None:

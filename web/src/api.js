@@ -220,6 +220,16 @@ export const api = {
   nodes: () => request('GET', '/api/nodes'),
   // this node's pull-through cache: fill, entries, hit ratio, bytes from cache / upstream
   cache: () => request('GET', '/api/cache'),
+  // the cache page (docs/api.md "Cache"): figures of every node, namespaces, images, tags;
+  // purge and invalidate act on every node
+  cacheView: {
+    stats: () => request('GET', '/api/cache/stats'),
+    namespaces: () => request('GET', '/api/cache/namespaces'),
+    images: (query) => request('GET', '/api/cache/images', { query }),
+    tags: (repository) => request('GET', '/api/cache/tags', { query: { repository } }),
+    purge: (query) => request('DELETE', '/api/cache', { query }),
+    invalidate: (body) => request('POST', '/api/cache/invalidate', { body }),
+  },
   logs: {
     list: (query) => request('GET', '/api/logs', { query }),
     clear: (before) => request('DELETE', '/api/logs', { query: before ? { before } : undefined }),

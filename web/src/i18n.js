@@ -133,6 +133,10 @@ const messages = {
       passwordChanged: '密码已修改', changeTitle: '修改“{name}”的密码',
       hint: '这些是用于 docker login 的镜像仓库用户，不是管理员账号。',
       passwordRule: '至少 {min} 个字符，最多 {max} 个，不含控制字符（与管理员密码规则相同）',
+      scopes: '可拉取范围', scopesAll: '全部', editScopes: '修改范围',
+      scopesTitle: '“{name}”可拉取的仓库', scopesSaved: '可拉取范围已保存',
+      scopesPlaceholder: '每行一个，例如\ndocker.io/library/*\nghcr.io/myorg/**',
+      scopesHelp: '每行一个仓库模式，留空表示不限。* 匹配一个路径段内的字符，** 匹配一段或多段（ghcr.io/myorg/** 是 myorg 下的全部仓库）；不写主机名的是 Docker Hub（nginx 即 library/nginx）。匿名可拉取的仓库不受此限制。最多 {max} 条。',
       locked: {
         title: '已锁定的账号和地址', hint: '登录失败次数过多的账号或地址会被暂时锁定；解除锁定在 2 秒内对所有节点生效。',
         name: '账号 / 地址', kind: '类型', failures: '失败次数', until: '锁定至', unlock: '解除锁定',
@@ -315,6 +319,10 @@ const messages = {
       passwordChanged: 'Password changed', changeTitle: 'Change the password of "{name}"',
       hint: 'Registry users for docker login — not the admin account.',
       passwordRule: 'At least {min} and at most {max} characters, no control characters (the same rule as the admin password)',
+      scopes: 'May pull', scopesAll: 'All', editScopes: 'Edit scopes',
+      scopesTitle: 'What "{name}" may pull', scopesSaved: 'Scopes saved',
+      scopesPlaceholder: 'One per line, e.g.\ndocker.io/library/*\nghcr.io/myorg/**',
+      scopesHelp: 'One repository pattern per line; empty means everything. * matches within one path component, ** one or more components (ghcr.io/myorg/** is every repository under myorg); without a host it is Docker Hub (nginx is library/nginx). What anonymous users may pull stays pullable. At most {max} patterns.',
       locked: {
         title: 'Locked accounts and addresses', hint: 'Accounts and addresses with too many failed logins are locked for a while; an unlock applies on every node within 2 s.',
         name: 'Account / address', kind: 'Kind', failures: 'Failures', until: 'Locked until', unlock: 'Unlock',

@@ -17,6 +17,7 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from zmirror.admin.cache import CacheHandlers
+from zmirror.admin.cacheview import CacheViewHandlers
 from zmirror.admin.http import (
     Route,
     account_refusal,
@@ -29,6 +30,7 @@ from zmirror.admin.http import (
 from zmirror.admin.logs import LogHandlers
 from zmirror.admin.nodes import NodeHandlers
 from zmirror.admin.registries import RegistryHandlers
+from zmirror.admin.retention import RetentionHandlers
 from zmirror.admin.session import SessionHandlers
 from zmirror.admin.sync import SyncHandlers
 from zmirror.admin.lockouts import LockoutHandlers
@@ -60,7 +62,8 @@ class AdminAPI:
     ``accounts``: registry user create/update
     (:class:`zmirror.auth.users.UserAccounts`); ``policy``: the access policy
     (its anonymous mode); ``upstreams``: the proxy core's pool; ``cache``,
-    ``manifest_cache``, ``accesslog`` (the batched writer); ``nodes``: this
+    ``manifest_cache``, ``accesslog`` (the batched writer); ``cache_purge``,
+    ``cache_view`` (:mod:`zmirror.cache.purge`, :mod:`zmirror.cache.view`); ``nodes``: this
     node's heartbeat, ``node`` its name; ``lockouts``: the lockout's locks
     (:class:`zmirror.auth.lockoutrecords.LockoutRecords`); ``sync_jobs``, ``sync``:
     the sync jobs' store and this node's scheduler; ``clock``.
@@ -70,7 +73,9 @@ class AdminAPI:
                  registries: Any, accesslogs: Any, users: Any, whitelists: Any, whitelist: Any,
                  accounts: Any, policy: Any, node: str, upstreams: Any = None,
                  cache: Any = None, manifest_cache: Any = None, accesslog: Any = None,
-                 nodes: Any = None, lockouts: Any = None, sync_jobs: Any = None, sync: Any = None):
+                 nodes: Any = None, lockouts: Any = None, cache_purge: Any = None,
+                 cache_view: Any = None, sync_jobs: Any = None, sync: Any = None,
+                 retention_store: Any = None, retention: Any = None):
         self.account = account
         self.trusted = trusted
         self.registries = registries
@@ -92,7 +97,9 @@ class AdminAPI:
             UserHandlers(users, accounts, account),
             LockoutHandlers(lockouts),
             LogHandlers(accesslogs, cache, accesslog),
-            CacheHandlers(cache, manifest_cache),
+            CacheHandlers(cache, manifest_cache, cache_purge),
+            CacheViewHandlers(cache_view),
+            RetentionHandlers(retention_store, retention, getattr(cache, "max_size", None)),
             NodeHandlers(nodes, node=node, clock=clock),
             SyncHandlers(sync_jobs, sync, clock),
         )

@@ -21,7 +21,9 @@ from zmirror.net import TrustedProxies
 def build_admin(config: Config, *, clock: Any, trusted: TrustedProxies, access: AccessControl,
                 registries: Any, accesslogs: Any, upstreams: Any = None, accesslog: Any = None,
                 cache: Any = None, manifest_cache: Any = None, nodes: Any = None,
-                cluster_password: Any = None, sync_jobs: Any = None, sync: Any = None) -> AdminAPI:
+                cluster_password: Any = None, cache_purge: Any = None,
+                cache_view: Any = None, sync_jobs: Any = None, sync: Any = None,
+                retention_store: Any = None, retention: Any = None) -> AdminAPI:
     """The admin account (``[admin]`` of ``config``, checked against ``access``'s
     passwords and lockout, ``cluster_password`` on PostgreSQL) and ``/api`` over it:
     the registries and access-log stores, ``access``'s users, whitelists, live
@@ -35,7 +37,9 @@ def build_admin(config: Config, *, clock: Any, trusted: TrustedProxies, access: 
                     whitelist=access.whitelist, accounts=access.accounts, policy=access.policy,
                     node=config.server.node, upstreams=upstreams, accesslog=accesslog,
                     cache=cache, manifest_cache=manifest_cache, nodes=nodes,
-                    lockouts=access.lockout_records, sync_jobs=sync_jobs, sync=sync)
+                    lockouts=access.lockout_records, cache_purge=cache_purge,
+                    cache_view=cache_view, sync_jobs=sync_jobs, sync=sync,
+                    retention_store=retention_store, retention=retention)
 
 
 __all__ = ["build_admin"]

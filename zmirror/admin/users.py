@@ -7,28 +7,32 @@ from typing import Any
 
 from zmirror.admin.http import maybe, need, route, store_call, update_values
 from zmirror.admin.validate import Field, Invalid, boolean, check, identifier, json_body, path_id
+from zmirror.auth.scopes import MAX_SCOPES, validate_scopes
 from zmirror.auth.users import PASSWORD_POLICY, validate_password
 from zmirror.db.users import validate_username
 
 # usernames: the store's own constraint (the admin's name: the handler);
 # passwords: zmirror.auth.users, which hashes them (the one password policy, the
-# admin's too: a new or changed password is checked, a stored one never)
+# admin's too: a new or changed password is checked, a stored one never);
+# scopes: zmirror.auth.scopes (repository patterns; [] or null: everything)
 USER_FIELDS = {
     "username": Field(validate_username, required=True),
     "password": Field(validate_password, required=True),
     "enabled": Field(boolean, default=True),
+    "scopes": Field(validate_scopes, default=()),
 }
 USER_UPDATE_FIELDS = {
     "id": Field(identifier),
     "password": Field(validate_password),
     "enabled": Field(boolean),
+    "scopes": Field(validate_scopes),
 }
 
 
 def user_out(row: dict) -> dict:
     return {"id": row["id"], "username": row["username"], "enabled": bool(row["enabled"]),
             "created_at": row["created_at"], "updated_at": row["updated_at"],
-            "last_login_at": row.get("last_login_at")}
+            "last_login_at": row.get("last_login_at"), "scopes": list(row.get("scopes") or ())}
 
 
 class UserHandlers:
@@ -45,7 +49,9 @@ class UserHandlers:
     async def list_all(self, request):
         rows = await maybe(need(self.users, "users").list())
         # the rule a new password follows (the web UI shows it in the Users dialog)
-        return {"items": [user_out(r) for r in rows], "password_policy": PASSWORD_POLICY.describe()}
+        # and the most patterns a user's scopes may hold
+        return {"items": [user_out(r) for r in rows], "password_policy": PASSWORD_POLICY.describe(),
+                "max_scopes": MAX_SCOPES}
 
     @route("/users", ["POST"])
     async def create(self, request):

@@ -150,6 +150,7 @@ class Authenticator:
 
     async def _succeeded(self, row: dict, new_hash: Optional[str]) -> dict:
         auth = {k: row[k] for k in ("id", "username", "password_hash", "enabled", "updated_at")}
+        auth["scopes"] = list(row.get("scopes") or ())
         if new_hash:
             updated = await self.users.set_hash(row["id"], new_hash)
             if updated is not None:

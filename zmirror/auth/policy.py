@@ -20,6 +20,7 @@ from zmirror.auth.credentials import (
     auth_scheme,
     parse_basic,
 )
+from zmirror.auth.scopes import user_scopes
 from zmirror.auth.tokens import Claims, InvalidToken, TokenIssuer
 from zmirror.identity import Identity
 from zmirror.net import TrustedProxies, base_url, client_ip
@@ -70,6 +71,13 @@ class AccessPolicy:
         if self.mode == "none":
             return False
         return self.whitelist.matcher.allows(name)
+
+    def may_pull(self, user: Optional[dict], name: str) -> bool:
+        """Whether ``user`` (an auth row; None: anonymous) may pull ``name``: what
+        anonymous users may pull, plus what the user's scopes name (none: everything)."""
+        if user is not None and user_scopes(user).allows(name):
+            return True
+        return self.anonymous_allows(name)
 
     async def ready(self) -> None:
         if self.mode == "whitelist" and not self.whitelist.loaded:
@@ -186,6 +194,13 @@ class AccessPolicy:
             self._failed("bad_credentials")
             raise _attempted(self._unauthorized(request, name, "incorrect username or password"),
                              username)
+        if name is not None:
+            await self.ready()
+            if not self.may_pull(user, name):
+                # the same answer a token without this repository gets (distribution: 401,
+                # error="insufficient_scope"); the repository is never looked up
+                raise self._unauthorized(request, name, "the user's scopes do not include this "
+                                         "repository", "insufficient_scope")
         return Identity(username=user["username"])
 
 

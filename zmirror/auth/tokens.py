@@ -3,8 +3,9 @@
 The secret is ``<data_dir>/token.key``, or on PostgreSQL the cluster's shared
 ``cluster_secrets`` row (:func:`load_secret`).  Access tokens are short-lived
 and carry Docker's ``access`` claim; a user's access and refresh tokens carry
-its id and a fingerprint of its hash / enabled flag / last change, so they die
-with the user.  Expiry is checked against the injected clock.
+its id and a fingerprint of its hash / enabled flag / scopes / last change, so
+they die with the user and with a change of its scopes.  Expiry is checked
+against the injected clock.
 
 Design: docs/design/auth.md ("Tokens").
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import stat
@@ -182,13 +184,20 @@ class TokenIssuer:
     # --- user fingerprint ----------------------------------------------------
 
     def fingerprint(self, user: Mapping[str, Any]) -> str:
-        """Changes whenever the user's password, enabled flag or record changes."""
-        material = "\0".join((
+        """Changes whenever the user's password, enabled flag, scopes or record changes.
+
+        The scopes count only when set (an unscoped user's fingerprint is what it
+        was before scopes existed, so upgrading ends no token)."""
+        parts = [
             str(int(user["id"])),
             str(user["password_hash"]),
             "1" if user["enabled"] else "0",
             repr(float(user["updated_at"])),
-        ))
+        ]
+        scopes = user.get("scopes")
+        if scopes:
+            parts.append("scopes=" + json.dumps(list(scopes), separators=(",", ":")))
+        material = "\0".join(parts)
         digest = hmac.new(self._fp_key, material.encode("utf-8"), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest[:18]).decode("ascii")
 

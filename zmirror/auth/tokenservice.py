@@ -2,8 +2,9 @@
 Basic credentials, ``POST`` with the OAuth2 password or refresh-token grant).
 
 The grant is the intersection of what was asked and what the caller may do
-(``pull`` only); refresh tokens for ``offline_token=true`` /
-``access_type=offline`` die with their user.
+(``pull`` only; a user's scopes, :mod:`zmirror.auth.scopes`, bound it);
+refresh tokens for ``offline_token=true`` / ``access_type=offline`` die with
+their user.
 
 Design: docs/design/auth.md ("The token endpoint").
 """
@@ -260,7 +261,9 @@ class TokenService:
         for typ, name, actions in scopes:
             granted: list[str] = []
             if typ == "repository" and ("pull" in actions or "*" in actions):
-                if user is not None or self.policy.anonymous_allows(name):
+                # a user's scopes limit the grant, whatever was asked for (a repository
+                # outside them is listed with no actions, as distribution's token servers do)
+                if self.policy.may_pull(user, name):
                     granted = ["pull"]
             access.append({"type": typ, "name": name, "actions": granted})
         subject = user["username"] if user is not None else ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from zmirror.auth.scopes import validate_scopes
 from zmirror.config.passwordpolicy import PASSWORD_POLICY
 from zmirror.db.errors import InvalidField
 
@@ -36,23 +37,29 @@ class UserAccounts:
         self.store = store
         self.passwords = passwords
 
-    async def create(self, username: str, password: str, enabled: bool = True) -> dict:
-        """The new user's public row (InvalidField, Conflict as the store raises them)."""
+    async def create(self, username: str, password: str, enabled: bool = True,
+                     scopes: Any = None) -> dict:
+        """The new user's public row (InvalidField, Conflict as the store raises them).
+        ``scopes``: repository patterns (:func:`validate_scopes`; None or ``[]``: everything)."""
         username = self.store.validate_username(username)
         password = validate_password(password)
+        scopes = validate_scopes(scopes)
         password_hash = await self.passwords.hash(password)
-        return await self.store.create_with_hash(username, password_hash, enabled)
+        return await self.store.create_with_hash(username, password_hash, enabled, scopes=scopes)
 
     async def update(self, uid: int, password: Optional[str] = None,
-                     enabled: Optional[bool] = None) -> dict:
-        """Change the password and/or the enabled flag; returns the public row.
+                     enabled: Optional[bool] = None, scopes: Any = None) -> dict:
+        """Change the password, the enabled flag and/or the scopes (None: unchanged;
+        ``[]``: everything); returns the public row.
 
-        Either change ends the user's outstanding tokens (see ``UserStore.update``).
+        Any change ends the user's outstanding tokens (see ``UserStore.update``).
         """
+        new_scopes = None if scopes is None else validate_scopes(scopes)
         password_hash = None
         if password is not None:
             password_hash = await self.passwords.hash(validate_password(password))
-        return await self.store.update(uid, password_hash=password_hash, enabled=enabled)
+        return await self.store.update(uid, password_hash=password_hash, enabled=enabled,
+                                       scopes=new_scopes)
 
 
 __all__ = ["UserAccounts", "validate_password", "PASSWORD_MAX", "PASSWORD_POLICY"]

@@ -67,6 +67,12 @@ def delete_blob_rows(txn, digests):
         txn.execute(f"DELETE FROM cache_blob_repos WHERE digest IN ({marks})", part)
 
 
+def delete_repo_rows(txn, pairs):
+    """Forget that blobs were seen in repositories: ``[(digest, repository)]``."""
+    if pairs:
+        txn.executemany("DELETE FROM cache_blob_repos WHERE digest = ? AND repository = ?", pairs)
+
+
 def upsert_blob_rows(txn, rows, repo_rows):
     txn.executemany(
         "INSERT INTO cache_blobs (digest, size, created_at, last_access) VALUES (?, ?, ?, ?) "

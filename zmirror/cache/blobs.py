@@ -16,10 +16,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from zmirror.cache.blobindex import (BlobEntry, blob_relpath, check_files, compare, delete_blob_rows,
-                                     read_rows, rows_of, scan, sweep_tmp, upsert_blob_rows)
+                                     delete_repo_rows, read_rows, rows_of, scan, sweep_tmp,
+                                     upsert_blob_rows)
 from zmirror.cache.dirlock import CacheDirLock
 from zmirror.cache.download import CacheUnavailable, Download, silent_unlink
 from zmirror.cache.gate import LoadGate
+from zmirror.cache.retention import BlobView
 from zmirror.httpbody import discard
 from zmirror.transfer.bodies import FileBody
 from zmirror.transfer.interfaces import OCTET_STREAM, BlobInfo, IBlobSource
@@ -36,6 +38,11 @@ STORE_RETRY = 60.0
 # with at most this many bytes left to fetch between them; beyond, aborted.
 MAX_ORPHANS = 4
 MAX_ORPHAN_BYTES = 2 << 30
+
+
+def _retention_rows(txn, deleted, pairs):
+    delete_blob_rows(txn, deleted)
+    delete_repo_rows(txn, pairs)
 
 
 @implementer(IBlobSource)
@@ -79,6 +86,8 @@ class CacheBlobs:
                       "fills_splice": 0, "fills_tls": 0}
         self._store_failed_at: Optional[float] = None
         self.store_error = ""
+        # what retention's pins keep (``keeps_blob(digest, repos)``): the LRU skips it
+        self.pinned: Any = None
 
     # -- health of the cache disk ------------------------------------------------
     def storing(self) -> bool:
@@ -224,11 +233,16 @@ class CacheBlobs:
         return self._in_thread(silent_unlink, p)
 
     async def evict(self) -> int:
-        """Delete least recently used blobs until the cache fits ``max_size``."""
+        """Delete least recently used blobs until the cache fits ``max_size``;
+        pinned blobs (:attr:`pinned`) are skipped.  A blob being read is
+        unlinked when its last reader closes (the reader is not cut)."""
         victims = []
+        pinned = self.pinned
         for digest, e in list(self.entries.items()):
             if self.size <= self.max_size:
                 break
+            if pinned is not None and pinned.keeps_blob(digest, e.repos):
+                continue
             self.entries.pop(digest)
             self.size -= e.size
             victims.append(digest)
@@ -240,6 +254,44 @@ class CacheBlobs:
             self.stats["evictions"] += len(victims)
             await self.db.write(delete_blob_rows, victims)
         return len(victims)
+
+    def busy(self, digest: str) -> bool:
+        """Read by a client or being downloaded: retention leaves it alone."""
+        e = self.entries.get(digest)
+        return digest in self.downloads or (e is not None and e.readers > 0)
+
+    def views(self) -> list:
+        """The entries as retention's planner sees them (LRU order, oldest first)."""
+        return [BlobView(d, e.size, e.last_access, frozenset(e.repos), self.busy(d))
+                for d, e in self.entries.items()]
+
+    async def apply_retention(self, actions: list) -> dict:
+        """Apply retention's blob actions (:class:`~zmirror.cache.retention.BlobAction`):
+        drop their memberships, delete a file whose last membership went.  A blob
+        that is busy (a reader, a download) or gained a membership since it was
+        planned is left alone.  Returns ``{"blobs", "bytes", "memberships"}`` done."""
+        deleted, pairs, freed = [], [], 0
+        for a in actions:
+            e = self.entries.get(a.digest)
+            if e is None or self.busy(a.digest):
+                continue
+            if a.delete and e.repos - a.drop:
+                continue  # a membership was added since the plan
+            drop = e.repos & a.drop
+            e.repos -= drop
+            if a.delete:
+                self.entries.pop(a.digest)
+                self.size -= e.size
+                freed += e.size
+                deleted.append(a.digest)
+                self._unlink(a.digest)
+            else:
+                pairs.extend((a.digest, r) for r in drop)
+        if deleted:
+            self.stats["evictions"] += len(deleted)
+        if deleted or pairs:
+            await self.db.write(_retention_rows, deleted, pairs)
+        return {"blobs": len(deleted), "bytes": freed, "memberships": len(pairs)}
 
     async def delete(self, *, digest: Optional[str] = None, repository: Optional[str] = None) -> int:
         """Delete one blob, every blob of a repository, or (no argument) all."""
@@ -259,6 +311,28 @@ class CacheBlobs:
         if targets:
             await self.db.write(delete_blob_rows, targets)
         return len(targets)
+
+    async def drop_repos(self, repos: set) -> int:
+        """A purge of repositories: they leave every blob's repositories; a blob no
+        other repository uses is deleted (unlinked once its last reader closed).
+        Returns the number of blobs deleted."""
+        touched = [e for e in self.entries.values() if e.repos & repos]
+        gone, links = [], []
+        for e in touched:
+            links += [(e.digest, r) for r in e.repos & repos]
+            e.repos -= repos
+            if not e.repos:
+                gone.append(e.digest)
+        for d in gone:
+            e = self.entries.pop(d)
+            self.size -= e.size
+            if e.readers > 0:
+                self._doomed.add(d)
+            else:
+                self._unlink(d)
+        if touched:
+            await self.db.write(_drop_links, links, gone)
+        return len(gone)
 
     def summary(self) -> dict:
         hits, misses = self.stats["hits"], self.stats["misses"]
@@ -442,3 +516,8 @@ class CacheBlobs:
             await self.flush_index()  # a failure leaves the rows dirty for the flusher
         finally:
             await self.evict()
+
+
+def _drop_links(txn, links, gone):
+    txn.executemany("DELETE FROM cache_blob_repos WHERE digest = ? AND repository = ?", links)
+    delete_blob_rows(txn, gone)

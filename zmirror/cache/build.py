@@ -11,6 +11,7 @@ from zmirror.cache.blobs import CacheBlobs
 from zmirror.cache.dirlock import CacheDirLock
 from zmirror.cache.index import open_cache_index
 from zmirror.cache.manifests import ManifestCache
+from zmirror.cache.retentionpass import RetentionPass
 from zmirror.cache.upkeep import CacheUpkeep
 from zmirror.config import Config
 
@@ -22,11 +23,15 @@ class CacheParts:
     index_db: Any  # the node's own blob index: the main db on SQLite, a local file on PostgreSQL
     upkeep: CacheUpkeep  # run by a service: index loads, access-time writes, the last write at stop
     dir_lock: CacheDirLock
+    retention: Optional[RetentionPass] = None  # rules, quotas, pins (run by the upkeep)
 
 
-def build_cache(config: Config, db: Any, reactor: Any, *, bus: Any = None) -> Optional[CacheParts]:
+def build_cache(config: Config, db: Any, reactor: Any, *, bus: Any = None,
+                retention_store: Any = None) -> Optional[CacheParts]:
     """The caches of ``config`` (None when ``[cache] enabled`` is false); ``db``:
-    the main database, ``bus``: where manifest deletes are published.  Blocking
+    the main database, ``bus``: where manifest deletes are published,
+    ``retention_store``: the rules and pins (:class:`zmirror.db.retention.RetentionStore`;
+    None: no retention pass).  Blocking
     (the directory lock, the index file): at start, before the reactor runs."""
     if not config.cache.enabled:
         return None
@@ -42,5 +47,8 @@ def build_cache(config: Config, db: Any, reactor: Any, *, bus: Any = None) -> Op
     # no files: in the main database, shared by every node on PostgreSQL
     manifests = ManifestCache(db, reactor, ttl=config.cache.manifest_ttl,
                               tag_limit=config.cache.manifest_tags_in_memory, bus=bus)
-    upkeep = CacheUpkeep(blobs, manifests, reactor)
-    return CacheParts(blobs, manifests, index_db, upkeep, dir_lock)
+    retention = None
+    if retention_store is not None:
+        retention = RetentionPass(retention_store, blobs, manifests, reactor)
+    upkeep = CacheUpkeep(blobs, manifests, reactor, retention=retention)
+    return CacheParts(blobs, manifests, index_db, upkeep, dir_lock, retention)

@@ -78,6 +78,11 @@ class ManifestCache:
         self.loading = LoadGate()  # closed while start() loads the tags: requests wait on it
         self._lookup_logged_at: Optional[float] = None
         self._lookups_failed = 0
+        # last pulls (hits and fills) not written yet: (repository, tag, media type) → time,
+        # digest → time; written in batches (flush_pulls, by the upkeep), never per request
+        self.record_pulls = True
+        self._pulled_tags: dict[tuple[str, str, str], float] = {}
+        self._pulled_bodies: dict[str, float] = {}
 
     async def start(self) -> None:
         self.loading.close()
@@ -101,6 +106,21 @@ class ManifestCache:
 
     # -- lookups ------------------------------------------------------------------
     async def tag(self, repository: str, tag: str, accept: list[str]) -> Optional[TagEntry]:
+        """:meth:`_tag`; a pull of the entry found is recorded (:meth:`flush_pulls`)."""
+        entries = self.tags.get((repository, tag))
+        if entries is not None:  # the hot path, without the lookup's coroutine
+            found = _newest(entries, accept)
+            if found is not None and (not self.shared or self.fresh(found)):
+                self.tags.move_to_end((repository, tag))
+                if self.record_pulls:
+                    self._pulled_tags[(repository, tag, found.media_type)] = self.clock.seconds()
+                return found
+        found = await self._tag(repository, tag, accept)
+        if found is not None and self.record_pulls:
+            self._pulled_tags[(found.repository, found.tag, found.media_type)] = self.clock.seconds()
+        return found
+
+    async def _tag(self, repository: str, tag: str, accept: list[str]) -> Optional[TagEntry]:
         """The most recently fetched entry of this tag that the client accepts
         (from memory, else from the database).
 
@@ -150,16 +170,61 @@ class ManifestCache:
         return self.clock.seconds() - entry.fetched_at < self.ttl
 
     async def get(self, digest: str) -> Optional[Manifest]:
+        """The body of ``digest`` (memory, else the database); its pull is recorded."""
         m = self._bodies.get(digest)
         if m is not None:
             self._bodies.move_to_end(digest)
-            return m
-        rows = await self._lookup("SELECT media_type, body FROM cache_manifests WHERE digest = ?", (digest,))
-        if not rows or not valid_media_type(rows[0]["media_type"]):
-            return None
-        m = Manifest(digest, rows[0]["media_type"], bytes(rows[0]["body"]))
-        self._remember(m)
+        else:
+            rows = await self._lookup("SELECT media_type, body FROM cache_manifests WHERE digest = ?",
+                                      (digest,))
+            if not rows or not valid_media_type(rows[0]["media_type"]):
+                return None
+            m = Manifest(digest, rows[0]["media_type"], bytes(rows[0]["body"]))
+            self._remember(m)
+        if self.record_pulls:
+            self._pulled_bodies[digest] = self.clock.seconds()
         return m
+
+    # -- last pulls -----------------------------------------------------------------
+    async def flush_pulls(self) -> None:
+        """Write the last pulls recorded since the last flush in one transaction
+        (a time only moves forward); when the write fails they are kept for the next."""
+        if not self._pulled_tags and not self._pulled_bodies:
+            return
+        tags, self._pulled_tags = self._pulled_tags, {}
+        bodies, self._pulled_bodies = self._pulled_bodies, {}
+        try:
+            await self.db.write(_write_pulls, [(t, *k, t) for k, t in tags.items()],
+                                [(t, d, t) for d, t in bodies.items()])
+        except BaseException:
+            for k, t in tags.items():
+                self._pulled_tags[k] = max(t, self._pulled_tags.get(k, t))
+            for d, t in bodies.items():
+                self._pulled_bodies[d] = max(t, self._pulled_bodies.get(d, t))
+            raise
+
+    def pulled_since(self, since: float, *, tag: Optional[tuple] = None,
+                     digest: Optional[str] = None) -> bool:
+        """Was the tag ``(repository, tag, media type)`` or the body ``digest`` pulled
+        at or after ``since`` (recorded, not written yet)?"""
+        t = self._pulled_tags.get(tag) if tag is not None else self._pulled_bodies.get(digest)
+        return t is not None and t >= since
+
+    def forget_retained(self, tags: list, digests: list) -> None:
+        """Drop the memory copies of what retention deleted: tag entries
+        ``(repository, tag, media type)`` and manifest bodies."""
+        for repository, tag, media_type in tags:
+            e = self.tags.get((repository, tag), {}).get(media_type)
+            if e is not None:
+                self._forget(e)
+        gone = set(digests)
+        for d in gone:
+            m = self._bodies.pop(d, None)
+            if m is not None:
+                self._body_bytes -= len(m.body)
+        if gone:
+            for key in [k for k in self._repos if k[0] in gone]:
+                del self._repos[key]
 
     async def has_repo(self, digest: str, repository: str) -> bool:
         """Was ``digest`` seen in ``repository`` (memory, else the database)?"""
@@ -262,9 +327,13 @@ class ManifestCache:
         now = self.clock.seconds()
         self._remember(m)
         self._remember_repo(m.digest, repository)
+        if self.record_pulls:
+            self._pulled_bodies[m.digest] = now
         entry = None
         if tag is not None:
             entry = TagEntry(repository, tag, m.media_type, m.digest, now)
+            if self.record_pulls:
+                self._pulled_tags[(repository, tag, m.media_type)] = now
             key = (repository, tag)
             if key not in self.tags:
                 self._partial.add(key)  # the database may hold other media types of it
@@ -324,7 +393,7 @@ class ManifestCache:
         self._write(_drop_tag, repository, tag, then=written)
 
     async def delete(self, *, repository: Optional[str] = None, digest: Optional[str] = None) -> int:
-        n, digests = await self.db.write(_delete_rows, repository, digest)
+        n, digests = await self.db.write(delete_rows, repository, digest)
         forgotten = self._forget_deleted(repository, digest, digests)
         if self.bus is not None:
             self.bus.publish(DELETE_EVENT, {"r": repository, "d": digest})
@@ -371,6 +440,16 @@ class ManifestCache:
                 del self._repos[key]
         return len(digests)
 
+    def forget(self, *, repository: Optional[str] = None, digest: Optional[str] = None,
+               tag: Optional[str] = None) -> None:
+        """Drop memory copies after a purge or invalidation the database already holds:
+        one tag (``repository`` and ``tag``), a repository, a digest, or (none) all;
+        the next lookup reads the database."""
+        if tag is not None and repository is not None:
+            self._pop_tag((repository, tag))
+            return
+        self._deleted_elsewhere({"r": repository, "d": digest})
+
     def summary(self) -> dict:
         """Counts of what is in memory (the database may hold more)."""
         return {"tags": self._tag_entries, "tag_limit": self.tag_limit, "in_memory": len(self._bodies),
@@ -404,6 +483,13 @@ def _store_rows(txn, m: Manifest, now: float, repo: str, entry: Optional[TagEntr
             (entry.repository, entry.tag, entry.media_type, entry.digest, entry.fetched_at))
 
 
+def _write_pulls(txn, tags, bodies):
+    txn.executemany("UPDATE cache_tags SET last_access = ? WHERE repository = ? AND tag = ? "
+                    "AND media_type = ? AND (last_access IS NULL OR last_access < ?)", tags)
+    txn.executemany("UPDATE cache_manifests SET last_access = ? WHERE digest = ? AND last_access < ?",
+                    bodies)
+
+
 def _add_repo(txn, digest, repository):
     txn.execute("INSERT INTO cache_manifest_repos (digest, repository) VALUES (?, ?)"
                     " ON CONFLICT DO NOTHING",
@@ -422,7 +508,7 @@ def _drop_tag(txn, repository, tag):
     txn.execute("DELETE FROM cache_tags WHERE repository = ? AND tag = ?", (repository, tag))
 
 
-def _delete_rows(txn, repository, digest) -> tuple[int, set[str]]:
+def delete_rows(txn, repository, digest) -> tuple[int, set[str]]:
     """Delete from the database; returns (manifests deleted, the digests concerned)."""
     if digest is not None:
         txn.execute("DELETE FROM cache_tags WHERE digest = ?", (digest,))

@@ -1,5 +1,6 @@
-"""The caches' background work: load the indexes at start and write the blob
-index's access times every ``interval`` s, retrying what failed."""
+"""The caches' background work: load the indexes at start, write the blob
+index's access times and the manifests' last pulls every ``interval`` s, run
+the retention pass every ``retention_interval`` s, retrying what failed."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ log = Logger()
 # RETRY_FIRST s, doubling on each further failure up to RETRY_MAX s.
 RETRY_FIRST = 5.0
 RETRY_MAX = 300.0
+# the retention pass (zmirror/cache/retentionpass.py): first this long after start, then every
+RETENTION_FIRST = 60.0
+RETENTION_INTERVAL = 600.0
 
 
 def retry_delay(failures: int) -> float:
@@ -27,18 +31,25 @@ class CacheUpkeep:
     """The caches' background work, run by a service (zmirror/wiring.py).
 
     ``start()``: load the blob and manifest indexes (each retried after a
-    failure, backing off, until it worked) and write the blob index every
-    ``interval`` s; a failed write keeps its rows dirty and is retried sooner,
-    backing off, then the usual interval resumes.  ``stop()``: abort the
-    downloads still running, write the index once more, join the transfer
+    failure, backing off, until it worked) and write the blob index and the
+    manifests' last pulls every ``interval`` s; a failed write keeps its rows
+    dirty and is retried sooner, backing off, then the usual interval resumes.
+    With a ``retention`` pass: run it ``retention_first`` s after start, then
+    every ``retention_interval`` s.  ``stop()``: abort the downloads still
+    running, write the index and the last pulls once more, join the transfer
     threads.
     """
 
-    def __init__(self, blobs: CacheBlobs, manifests: Any, clock: Any, *, interval: float = 30.0):
+    def __init__(self, blobs: CacheBlobs, manifests: Any, clock: Any, *, interval: float = 30.0,
+                 retention: Any = None, retention_first: float = RETENTION_FIRST,
+                 retention_interval: float = RETENTION_INTERVAL):
         self.blobs = blobs
         self.manifests = manifests
         self.clock = clock
         self.interval = interval
+        self.retention = retention  # a RetentionPass, or None
+        self.retention_first = retention_first
+        self.retention_interval = retention_interval
         self.failures: dict[str, int] = {}  # consecutive failures per job
         self._calls: dict[str, Any] = {}
         self._stopped = False
@@ -52,10 +63,29 @@ class CacheUpkeep:
         if self.manifests is not None:
             self._run("manifest cache start", self.manifests.start, lambda: None)
         self._later("blob index write", self.interval, self._flush)
+        if self.retention is not None:
+            self._later("retention", self.retention_first, self._retain)
+
+    async def _write(self) -> None:
+        """The blob index's changes, then the manifests' last pulls (both batched)."""
+        await self.blobs.flush_index()
+        flush_pulls = getattr(self.manifests, "flush_pulls", None)
+        if flush_pulls is not None:
+            await flush_pulls()
+        if self.retention is not None and not self._stopped:
+            # pins written elsewhere (a sync job, the CLI, another node) protect from the LRU soon
+            await self.retention.check_pins()
 
     def _flush(self) -> None:
-        self._run("blob index write", self.blobs.flush_index,
+        self._run("blob index write", self._write,
                   lambda: self._later("blob index write", self.interval, self._flush))
+
+    def _retain(self) -> None:
+        async def once():
+            await self.retention.run()
+
+        self._run("retention", once,
+                  lambda: self._later("retention", self.retention_interval, self._retain))
 
     def _run(self, job: str, f: Callable[[], Any], ok: Callable[[], None]) -> None:
         d = Deferred.fromCoroutine(f())
@@ -89,7 +119,7 @@ class CacheUpkeep:
 
         async def last_write():
             try:
-                await self.blobs.flush_index()
+                await self._write()
             finally:
                 self.blobs.transfers.stop()
                 dir_lock = getattr(self.blobs, "dir_lock", None)

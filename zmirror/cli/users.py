@@ -1,5 +1,6 @@
-"""``zmirror user add|passwd|disable|enable|list``: registry users, written and
-read through the server's :class:`~zmirror.db.users.UserStore`; ``zmirror user
+"""``zmirror user add|edit|passwd|disable|enable|list``: registry users (their
+password and scopes), written and read through the server's
+:class:`~zmirror.db.users.UserStore`; ``zmirror user
 locked|unlock``: the login lockout's locks (accounts and addresses), read and
 released in the ``lockouts`` table (:class:`~zmirror.db.lockouts.LockoutStore`),
 which every running node follows within 2 s."""
@@ -13,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Optional
 
 from zmirror.auth.passwords import is_legacy_md5, make_context
+from zmirror.auth.scopes import validate_scopes
 from zmirror.auth.users import validate_password
 from zmirror.cli.common import (
     CLIError,
@@ -43,6 +45,23 @@ def _validate_user(cfg, name: str, password: Optional[str] = None) -> None:
         raise CLIError(f"{e.field}: {e.message}") from None
 
 
+def _scopes(args) -> Optional[list[str]]:
+    """The normalized ``--scope`` patterns (``[]`` for ``--all-scopes``), None when neither
+    was given; a bad pattern is the command's error."""
+    if getattr(args, "all_scopes", False):
+        return []
+    if not args.scope:
+        return None
+    try:
+        return validate_scopes(args.scope)
+    except InvalidField as e:
+        raise CLIError(f"{e.field}: {e.message}") from None
+
+
+def _describe_scopes(scopes) -> str:
+    return ", ".join(scopes) if scopes else "all / 全部"
+
+
 def _store(db, cfg) -> UserStore:
     return UserStore(db, WallClock(), admin_username=cfg.admin.username)
 
@@ -50,6 +69,7 @@ def _store(db, cfg) -> UserStore:
 def cmd_user_add(args) -> int:
     cfg = load(args)
     _validate_user(cfg, args.name)
+    scopes = _scopes(args) or []
     with closing(open_database(cfg)) as db:
         users = _store(db, cfg)
         if result(users.find(args.name)):
@@ -58,15 +78,18 @@ def cmd_user_add(args) -> int:
         _validate_user(cfg, args.name, password)
         password_hash = _hash_user_password(password)
         try:
-            result(users.create_with_hash(args.name, password_hash, enabled=not args.disabled))
+            result(users.create_with_hash(args.name, password_hash, enabled=not args.disabled,
+                                          scopes=scopes))
         except Conflict:
             raise CLIError(f"user {args.name!r} already exists") from None
-    out(f"user {args.name} created{' (disabled)' if args.disabled else ''}")
+    out(f"user {args.name} created{' (disabled)' if args.disabled else ''}"
+        f"{'; scopes: ' + _describe_scopes(scopes) if scopes else ''}")
     reload_hint(cfg)
     return 0
 
 
-def _update_user(args, *, password: bool = False, enabled: Optional[bool] = None):
+def _update_user(args, *, password: bool = False, enabled: Optional[bool] = None,
+                 scopes: Optional[list[str]] = None):
     """Change the user ``args.name`` (its outstanding tokens stop working: the store
     moves ``updated_at``); returns the configuration."""
     cfg = load(args)
@@ -81,7 +104,8 @@ def _update_user(args, *, password: bool = False, enabled: Optional[bool] = None
             _validate_user(cfg, row["username"], new_password)
             password_hash = _hash_user_password(new_password)
         try:
-            result(users.update(row["id"], password_hash=password_hash, enabled=enabled))
+            result(users.update(row["id"], password_hash=password_hash, enabled=enabled,
+                                scopes=scopes))
         except NotFound:
             raise CLIError(f"no user named {args.name!r}") from None
     return cfg
@@ -90,6 +114,16 @@ def _update_user(args, *, password: bool = False, enabled: Optional[bool] = None
 def cmd_user_passwd(args) -> int:
     cfg = _update_user(args, password=True)
     out(f"password of {args.name} changed (its tokens are revoked)")
+    reload_hint(cfg)
+    return 0
+
+
+def cmd_user_edit(args) -> int:
+    scopes = _scopes(args)
+    if scopes is None:
+        raise CLIError("nothing to change: give --scope PATTERN (repeatable) or --all-scopes")
+    cfg = _update_user(args, scopes=scopes)
+    out(f"scopes of {args.name}: {_describe_scopes(scopes)} (its tokens are revoked)")
     reload_hint(cfg)
     return 0
 
@@ -120,7 +154,8 @@ def cmd_user_list(args) -> int:
         rows = result(_store(db, cfg).list_with_hashes())
     users = [{"id": r["id"], "username": r["username"], "enabled": r["enabled"],
               "created_at": r["created_at"], "updated_at": r["updated_at"],
-              "last_login_at": r["last_login_at"], "legacy_md5": is_legacy_md5(r["password_hash"])}
+              "last_login_at": r["last_login_at"], "scopes": r["scopes"],
+              "legacy_md5": is_legacy_md5(r["password_hash"])}
              for r in rows]
     if args.json:
         out(json.dumps(users, ensure_ascii=False, indent=2))
@@ -129,11 +164,12 @@ def cmd_user_list(args) -> int:
         out("no users / 没有用户")
         return 0
     w = max(8, max(len(u["username"]) for u in users))
-    out(f"{'ID':>5}  {'USERNAME':<{w}}  {'ENABLED':<7}  {'CREATED':<20}  {'LAST LOGIN':<20}")
+    out(f"{'ID':>5}  {'USERNAME':<{w}}  {'ENABLED':<7}  {'CREATED':<20}  {'LAST LOGIN':<20}  SCOPES")
     for u in users:
         note = "  (MD5, re-hashed at next login)" if u["legacy_md5"] else ""
         out(f"{u['id']:>5}  {u['username']:<{w}}  {'yes' if u['enabled'] else 'no':<7}  "
-            f"{_fmt_time(u['created_at']):<20}  {_fmt_time(u['last_login_at']):<20}{note}")
+            f"{_fmt_time(u['created_at']):<20}  {_fmt_time(u['last_login_at']):<20}  "
+            f"{' '.join(u['scopes']) if u['scopes'] else 'all'}{note}")
     return 0
 
 
@@ -176,6 +212,21 @@ def cmd_user_unlock(args) -> int:
     return 0
 
 
+SCOPE_HELP = ("a repository pattern the user may pull (repeatable): library/nginx, "
+              "docker.io/library/*, ghcr.io/myorg/** ('*' within a component, '**' for "
+              "components); none: everything / 可拉取的仓库模式（可重复）；不设则不限")
+
+
+def _scope_arguments(parser, *, clear: bool) -> None:
+    if clear:
+        g = parser.add_mutually_exclusive_group()
+        g.add_argument("--scope", action="append", default=[], metavar="PATTERN", help=SCOPE_HELP)
+        g.add_argument("--all-scopes", action="store_true",
+                       help="remove every scope: the user may pull everything / 清除范围（不限）")
+    else:
+        parser.add_argument("--scope", action="append", default=[], metavar="PATTERN", help=SCOPE_HELP)
+
+
 def add_parser(sub) -> None:
     u = sub.add_parser("user", help="registry users / 仓库用户")
     usub = u.add_subparsers(dest="user_command", required=True)
@@ -183,7 +234,12 @@ def add_parser(sub) -> None:
     a.add_argument("name")
     a.add_argument("--stdin", "--password-stdin", action="store_true", help="read the password from stdin")
     a.add_argument("--disabled", action="store_true", help="create it disabled")
+    _scope_arguments(a, clear=False)
     a.set_defaults(func=cmd_user_add)
+    ed = usub.add_parser("edit", help="change a user's scopes / 修改用户可拉取的范围")
+    ed.add_argument("name")
+    _scope_arguments(ed, clear=True)
+    ed.set_defaults(func=cmd_user_edit)
     pw = usub.add_parser("passwd", help="set a user's password / 修改密码")
     pw.add_argument("name")
     pw.add_argument("--stdin", "--password-stdin", action="store_true", help="read the password from stdin")

@@ -10,6 +10,7 @@ Design: docs/design/database.md ("The stores").
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Optional
 
@@ -21,10 +22,13 @@ from zmirror.singleflight import SingleFlight
 log = Logger()
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-PUBLIC = ("id", "username", "enabled", "created_at", "updated_at", "last_login_at")
+PUBLIC = ("id", "username", "enabled", "created_at", "updated_at", "last_login_at", "scopes")
 FULL = PUBLIC + ("password_hash",)
-AUTH = ("id", "username", "password_hash", "enabled", "updated_at")
+AUTH = ("id", "username", "password_hash", "enabled", "updated_at", "scopes")
 _SELECT = f"SELECT {', '.join(FULL)} FROM users"
+# a stored scopes value that is not a JSON list of strings: one pattern that names
+# nothing, so a damaged row grants nothing rather than everything
+UNREADABLE_SCOPES = ("<unreadable>",)
 
 
 def validate_username(name: Any, admin_username: Optional[str] = None) -> str:
@@ -42,18 +46,44 @@ def validate_username(name: Any, admin_username: Optional[str] = None) -> str:
     return name
 
 
+def encode_scopes(scopes: Any) -> str:
+    """The ``scopes`` column's text: a JSON list of strings (``[]``: everything).
+    The patterns are checked by the auth layer (``zmirror.auth.scopes``) first;
+    the store only checks the shape."""
+    if scopes is None:
+        scopes = []
+    if not isinstance(scopes, (list, tuple)) or not all(isinstance(x, str) for x in scopes):
+        raise InvalidField("scopes", "must be a list of repository patterns")
+    return json.dumps(list(scopes), ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_scopes(text: Any) -> list[str]:
+    """The ``scopes`` column as a list (``[]``: everything); a damaged value is
+    :data:`UNREADABLE_SCOPES` (grants nothing)."""
+    if text is None or text == "":
+        return []
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return list(UNREADABLE_SCOPES)
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        return list(UNREADABLE_SCOPES)
+    return value
+
+
 def _full(values) -> dict:
     row = dict(zip(FULL, values))
     row["enabled"] = bool(row["enabled"])
+    row["scopes"] = decode_scopes(row["scopes"])
     return row
 
 
 def public(row: dict) -> dict:
-    return {k: row[k] for k in PUBLIC}
+    return {k: (list(row[k]) if k == "scopes" else row[k]) for k in PUBLIC}
 
 
 def _auth(row: dict) -> dict:
-    return {k: row[k] for k in AUTH}
+    return {k: (list(row[k]) if k == "scopes" else row[k]) for k in AUTH}
 
 
 def _get_full(txn, uid: int) -> dict:
@@ -140,12 +170,16 @@ class UserStore:
     # --- writes -------------------------------------------------------------
 
     async def create_with_hash(self, username: str, password_hash: str, enabled: bool = True,
-                               *, created_at: Optional[float] = None) -> dict:
+                               *, created_at: Optional[float] = None,
+                               scopes: Optional[list[str]] = None) -> dict:
         """Insert a user with its password hash (made by the auth layer; imports keep
-        legacy MD5 hex and the source's ``created_at``); returns the public row."""
+        legacy MD5 hex and the source's ``created_at``) and its scopes (patterns
+        normalized by ``zmirror.auth.scopes``; None or ``[]``: everything); returns
+        the public row."""
         username = self.validate_username(username)
         if not isinstance(password_hash, str) or not password_hash:
             raise InvalidField("password", "missing password hash")
+        scopes_text = encode_scopes(scopes)
         now = self.clock.seconds()
         created = now if created_at is None else created_at
 
@@ -153,9 +187,9 @@ class UserStore:
             _check_unique(txn, username)
             try:
                 txn.execute(
-                    "INSERT INTO users (username, password_hash, enabled, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?) RETURNING id",
-                    (username, password_hash, int(bool(enabled)), created, now),
+                    "INSERT INTO users (username, password_hash, enabled, created_at, updated_at,"
+                    " scopes) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                    (username, password_hash, int(bool(enabled)), created, now, scopes_text),
                 )
                 uid = txn.fetchone()[0]
             except Exception as e:  # the UNIQUE index (another writer got there first)
@@ -169,11 +203,12 @@ class UserStore:
         return public(row)
 
     async def update(self, uid: int, *, password_hash: Optional[str] = None,
-                     enabled: Optional[bool] = None) -> dict:
-        """Change the password hash and/or the enabled flag; returns the public row.
+                     enabled: Optional[bool] = None, scopes: Optional[list[str]] = None) -> dict:
+        """Change the password hash, the enabled flag and/or the scopes (``[]``:
+        everything; None: unchanged); returns the public row.
 
-        Either change (even re-saving the same value) ends the user's
-        outstanding tokens: their fingerprint includes ``updated_at``.
+        Any change (even re-saving the same value) ends the user's outstanding
+        tokens: their fingerprint includes ``updated_at``.
         """
         sets: dict[str, Any] = {}
         if password_hash is not None:
@@ -184,6 +219,8 @@ class UserStore:
             if not isinstance(enabled, bool):
                 raise InvalidField("enabled", "must be true or false")
             sets["enabled"] = int(enabled)
+        if scopes is not None:
+            sets["scopes"] = encode_scopes(scopes)
         now = self.clock.seconds()
 
         def run(txn):
@@ -264,5 +301,5 @@ class UserStore:
         self._remember(row)
 
 
-__all__ = ["UserStore", "validate_username", "InvalidField",
+__all__ = ["UserStore", "validate_username", "InvalidField", "encode_scopes", "decode_scopes",
            "NotFound", "Conflict", "public"]

@@ -1,5 +1,53 @@
-// Messages of the cache part of the UI (merged into i18n.js's under the key "cache").
+// Messages of the cache part of the UI (merged into i18n.js's under the key "cache":
+// this object replaces i18n.js's own "cache" block, so it carries those keys too).
 export default {
-  'zh-CN': { cache: {} },
-  en: { cache: {} },
+  'zh-CN': {
+    cache: {
+      bytes: '已用空间', max_bytes: '容量上限', blobs: '缓存的数据层', hits: '命中', misses: '未命中',
+      bytes_from_cache: '从缓存发送', bytes_from_upstream: '从上游下载', evictions: '淘汰次数',
+      verify_failures: '校验失败', write_failures: '写入失败（磁盘）', hitRate: '命中率', downloads: '进行中的下载',
+      stale_served: '过期仍使用', revalidated: '重新验证',
+      // the cache page
+      cluster: '整个集群', clusterNote: '{n} 个节点的合计；计数从各节点启动时开始，其他节点的数据来自其最近一次心跳（每 10 秒）。',
+      gets_avoided: '省下的上游清单 GET', getsAvoidedHelp: '无需向上游 GET 即可应答的清单请求（新鲜命中、HEAD 重新验证、过期仍使用）；Docker Hub 的拉取配额只计 GET。',
+      size: '缓存大小', entries: '数据层数', perNode: '各节点', node: '节点', updated: '更新于', stopped: '已停止',
+      namespaces: '按命名空间', namespace: '命名空间', repositories: '仓库数', tags: '标签数', manifests: '清单数',
+      images: '镜像', largest: '最大的镜像', leastRecent: '最久未拉取', image: '镜像', imageSize: '本节点缓存大小',
+      lastPull: '最近拉取', fetchedAt: '获取于', notRecorded: '未记录，显示获取时间',
+      repoTags: '仓库的标签', repository: '仓库', repositoryPlaceholder: '例如 library/nginx 或 ghcr.io/owner/img',
+      show: '查看', tag: '标签', digest: '摘要', fresh: '状态', isFresh: '新鲜', isStale: '待验证',
+      invalidate: '失效', invalidateAll: '全部标签失效', purge: '清除', purgeRepo: '清除仓库', purgeNs: '清除命名空间',
+      confirmPurgeRepo: '在所有节点上清除仓库 {repo} 的缓存？仍被其他仓库使用的数据层会保留。',
+      confirmPurgeTag: '在所有节点上删除标签 {repo}:{tag} 的缓存？',
+      confirmPurgeNs: '在所有节点上清除命名空间 {ns} 的全部缓存？',
+      purged: '已清除：{blobs} 个数据层（本节点）、{manifests} 个清单、{tags} 个标签；其他节点同时清除。',
+      invalidated: '已使 {n} 个标签失效：下次拉取时向上游重新验证。',
+      noRepo: '请输入仓库名',
+      bytesSaved: '节省流量', pullsSaved: '节省拉取', bytesSavedHelp: '从缓存发送的字节数', pullsSavedHelp: '省下的上游清单 GET（Docker Hub 配额只计 GET）',
+    },
+  },
+  en: {
+    cache: {
+      bytes: 'Used', max_bytes: 'Capacity', blobs: 'Cached blobs', hits: 'Hits', misses: 'Misses',
+      bytes_from_cache: 'Sent from cache', bytes_from_upstream: 'Fetched upstream', evictions: 'Evictions',
+      verify_failures: 'Verify failures', write_failures: 'Write failures (disk)', hitRate: 'Hit rate', downloads: 'Downloads in progress',
+      stale_served: 'Stale served', revalidated: 'Revalidated',
+      cluster: 'Whole cluster', clusterNote: 'Sum of {n} node(s); counted since each node started, other nodes as of their last heartbeat (every 10 s).',
+      gets_avoided: 'Upstream manifest GETs avoided', getsAvoidedHelp: 'Manifest requests answered without an upstream GET (fresh hits, HEAD revalidations, stale serves); a Docker Hub pull quota counts GETs only.',
+      size: 'Cache size', entries: 'Blobs', perNode: 'Per node', node: 'Node', updated: 'Updated', stopped: 'stopped',
+      namespaces: 'By namespace', namespace: 'Namespace', repositories: 'Repositories', tags: 'Tags', manifests: 'Manifests',
+      images: 'Images', largest: 'Largest', leastRecent: 'Least recently pulled', image: 'Image', imageSize: 'Cached here',
+      lastPull: 'Last pull', fetchedAt: 'fetched', notRecorded: 'not recorded: fetch time shown',
+      repoTags: 'Tags of a repository', repository: 'Repository', repositoryPlaceholder: 'e.g. library/nginx or ghcr.io/owner/img',
+      show: 'Show', tag: 'Tag', digest: 'Digest', fresh: 'State', isFresh: 'fresh', isStale: 'stale',
+      invalidate: 'Invalidate', invalidateAll: 'Invalidate all tags', purge: 'Purge', purgeRepo: 'Purge repository', purgeNs: 'Purge namespace',
+      confirmPurgeRepo: 'Purge {repo} from the cache of every node? Blobs other repositories use stay.',
+      confirmPurgeTag: 'Delete the cached tag {repo}:{tag} on every node?',
+      confirmPurgeNs: 'Purge everything cached of namespace {ns} on every node?',
+      purged: 'Purged: {blobs} blob(s) on this node, {manifests} manifest(s), {tags} tag(s); the other nodes do the same.',
+      invalidated: '{n} tag(s) invalidated: the next pull revalidates upstream.',
+      noRepo: 'Enter a repository name',
+      bytesSaved: 'Bytes saved', pullsSaved: 'Pulls saved', bytesSavedHelp: 'Bytes sent from the cache', pullsSavedHelp: 'Upstream manifest GETs avoided (a Docker Hub quota counts GETs only)',
+    },
+  },
 }
