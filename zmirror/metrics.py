@@ -81,6 +81,10 @@ class Metrics:
         self.auth_failures = Counter(
             "zmirror_auth_failures", "Rejected credentials by endpoint and reason",
             ["endpoint", "reason"], registry=r)
+        self.policy_refusals = Counter(
+            "zmirror_policy_refusals", "Pulls the image policy refused, by reason ('deny_rule': a "
+            "deny rule matched; 'no_allow_rule': the namespace has allow rules, none matched)",
+            ["reason"], registry=r)
         self.blob_resumes = Counter(
             "zmirror_blob_resumes", "Broken upstream blob bodies resumed with a Range request, by the "
             "upstream that continued it ('failed': none could)", ["upstream", "result"], registry=r)
@@ -144,6 +148,9 @@ class Metrics:
 
     def auth_failure(self, endpoint: str, reason: str) -> None:
         self.auth_failures.labels(endpoint, reason).inc()
+
+    def policy_refusal(self, reason: str) -> None:
+        self.policy_refusals.labels(reason).inc()
 
     # --- gauges read at scrape time -------------------------------------------
 

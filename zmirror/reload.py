@@ -20,7 +20,7 @@ from twisted.logger import Logger
 log = Logger()
 
 # database tables behind the in-memory stores (the fields of Stores)
-STORE_TABLES = ("users", "whitelists", "registries")
+STORE_TABLES = ("users", "whitelists", "registries", "policy_rules")
 
 # settings that apply without a restart (section.key)
 LIVE = ("access.anonymous", "log.level", "server.trusted_proxies", "metrics.access",
@@ -50,6 +50,7 @@ class Stores:
     users: Any = None  # zmirror.db.users.UserStore: the auth rows
     whitelists: Any = None  # zmirror.db.whitelists.WhitelistStore: the live matcher follows
     registries: Any = None  # zmirror.db.registries.RegistryStore: the upstream list follows
+    policy_rules: Any = None  # zmirror.db.policyrules.PolicyRuleStore: the image policy follows
 
 
 class Reloader:

@@ -23,6 +23,7 @@ from zmirror.app import ZMirrorApp
 from zmirror.auth.adminaccount import AdminAccount
 from zmirror.auth.adminsecret import ClusterAdminPassword
 from zmirror.auth.build import AccessControl, build_access
+from zmirror.auth.imagepolicy import ImagePolicy
 from zmirror.auth.tokenservice import MAX_BODY as TOKEN_MAX_BODY, TokenError
 from zmirror.bodylimits import Area, BodyLimits
 from zmirror.cache.blobs import CacheBlobs
@@ -33,6 +34,7 @@ from zmirror.cache.view import CacheView, node_figures
 from zmirror.cluster import LocalBus
 from zmirror.config import Config
 from zmirror.db.engine import connect_config, migrate_config, open_database
+from zmirror.db.policyrules import PolicyRuleStore
 from zmirror.db.accesslogs import AccessLogStore, RetentionService
 from zmirror.db.registries import RegistryStore
 from zmirror.db.retention import RetentionStore
@@ -111,12 +113,14 @@ def build(config: Config, reactor: Any, *, listen: Optional[str] = None,
     bus = _bus(db, reactor)
     trusted = TrustedProxies(config.server.trusted_proxies)
     metrics = Metrics()  # first: the parts below count into it
-    pull = _pull_path(config, reactor, db, bus, metrics)
+    # the image policy: what may be pulled at all (rules in policy_rules, followed in memory)
+    image_policy = ImagePolicy(PolicyRuleStore(db, reactor), metrics=metrics)
+    pull = _pull_path(config, reactor, db, bus, metrics, image_policy)
     # access log: batched writer (queue → one transaction per batch), counted on the way
     accesslog = BatchedAccessLog(db, reactor, node=config.server.node)
     metered = MeteredAccessLog(accesslog, metrics)
     access = build_access(config, db, reactor, trusted=trusted, bus=bus, accesslog=metered,
-                          metrics=metrics)
+                          metrics=metrics, image_policy=image_policy)
     # path prefix | ?ns= | Host → (namespace, repository); the namespaces are the registries'
     routing = RoutingTable(lambda: pull.upstreams.pool.namespaces, dict(config.routing.hosts))
     routes = RegistryRoutes(
@@ -253,7 +257,8 @@ def _cache(config: Config, db: Any, reactor: Any, bus: Any) -> _Cache:
                   parts.retention, purge, view)
 
 
-def _pull_path(config: Config, reactor: Any, db: Any, bus: Any, metrics: Metrics) -> _PullPath:
+def _pull_path(config: Config, reactor: Any, db: Any, bus: Any, metrics: Metrics,
+               image_policy: Any = None) -> _PullPath:
     """The upstreams, the caches and the proxy core over them; the registries store
     whose changes (admin API) reach the upstream list at once."""
     upstreams = build_upstreams(config, reactor, bus=bus, db=db, metrics=metrics)
@@ -262,7 +267,8 @@ def _pull_path(config: Config, reactor: Any, db: Any, bus: Any, metrics: Metrics
     proxy = build_proxy(upstreams.pool, reactor, blobs=cache.blobs, manifests=cache.manifests,
                         idle_timeout=config.upstream.idle_timeout,
                         resume_attempts=config.upstream.resume_attempts,
-                        resume_deadline=config.upstream.resume_deadline)
+                        resume_deadline=config.upstream.resume_deadline,
+                        image_policy=image_policy)
     registries = RegistryStore(db, reactor)
     registries.subscribe(upstreams.pool.set_registries)
     warmup = UpstreamWarmup(upstreams.pool)
@@ -382,8 +388,9 @@ def _services(config: Config, reactor: Any, db: Any, bus: Any, pull: _PullPath,
 def _reloader(config: Config, pull: _PullPath, access: AccessControl,
               live: LiveSettings) -> Reloader:
     """SIGHUP and database changes: the live settings of a re-read config.toml and
-    the stores re-read from the database (users, whitelists, registries)."""
-    stores = Stores(users=access.users, whitelists=access.whitelists, registries=pull.registries)
+    the stores re-read from the database (users, whitelists, registries, policy rules)."""
+    stores = Stores(users=access.users, whitelists=access.whitelists, registries=pull.registries,
+                    policy_rules=access.policy.image_policy.store)
     return Reloader(config, stores, live)
 
 

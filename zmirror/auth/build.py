@@ -63,13 +63,15 @@ class AccessControl:
 def build_access(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
                  trusted: Any = None, threads: bool = True, secret: Optional[bytes] = None,
                  passwords: Optional[Passwords] = None, bus: Any = None,
-                 metrics: Any = None) -> AccessControl:
+                 metrics: Any = None, image_policy: Any = None) -> AccessControl:
     """Build the access-control parts.
 
     ``accesslog``: where ``/token`` requests are recorded (the pulls' access log);
     ``bus``: the :class:`zmirror.cluster.IBus` this node shares state over
     (None: a node alone); ``metrics``: the :class:`zmirror.metrics.Metrics` the
-    policy and the token service count authentication failures and tokens in.
+    policy and the token service count authentication failures and tokens in;
+    ``image_policy``: the :class:`zmirror.auth.imagepolicy.ImagePolicy` every pull is
+    checked by (None: everything may be pulled).
 
     On PostgreSQL (several nodes may share the database) the token signing
     secret is the cluster's (:func:`zmirror.auth.tokens.load_secret`), the
@@ -106,7 +108,7 @@ def build_access(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
     policy = AccessPolicy(
         whitelist=whitelist, users=users, tokens=tokens, authenticator=authenticator,
         mode=config.access.anonymous, trusted=trusted, external_url=config.server.external_url,
-        metrics=metrics,
+        metrics=metrics, image_policy=image_policy,
     )
     token_service = TokenService(tokens=tokens, authenticator=authenticator, policy=policy,
                                  users=users, clock=reactor, trusted=trusted, accesslog=accesslog,

@@ -38,7 +38,8 @@ class AccessPolicy:
     def __init__(self, *, whitelist: Any, users: Any, tokens: TokenIssuer,
                  authenticator: Authenticator, mode: str = "whitelist",
                  trusted: Optional[TrustedProxies] = None, external_url: str = "",
-                 realm: Optional[Callable[[Any], str]] = None, metrics: Any = None):
+                 realm: Optional[Callable[[Any], str]] = None, metrics: Any = None,
+                 image_policy: Any = None):
         if mode not in MODES:
             raise ValueError(f"unknown anonymous access mode {mode!r}")
         self.whitelist = whitelist  # zmirror.auth.whitelist.Whitelist
@@ -50,6 +51,8 @@ class AccessPolicy:
         self.external_url = external_url
         self._realm = realm
         self.metrics = metrics  # zmirror.metrics.Metrics (auth failure counts) or None
+        # zmirror.auth.imagepolicy.ImagePolicy: what may be pulled at all (None: everything)
+        self.image_policy = image_policy
 
     def reload(self, config: Any) -> None:
         """Apply ``[access] anonymous`` from a re-read configuration (SIGHUP)."""
@@ -82,6 +85,8 @@ class AccessPolicy:
     async def ready(self) -> None:
         if self.mode == "whitelist" and not self.whitelist.loaded:
             await self.whitelist.ready()
+        if self.image_policy is not None and not self.image_policy.loaded:
+            await self.image_policy.ready()
 
     def realm(self, request) -> str:
         if self._realm is not None:
@@ -127,10 +132,13 @@ class AccessPolicy:
         identity = await self._credentials(request, name)
         public = self.anonymous_allows(name)
         if identity is None:
-            if public:
-                return Identity()
-            raise self._unauthorized(request, name, "authentication required")
-        identity.private = not public
+            if not public:
+                raise self._unauthorized(request, name, "authentication required")
+            identity = Identity()
+        else:
+            identity.private = not public
+        if self.image_policy is not None:
+            self.image_policy.check(path)  # DENIED before any upstream request
         return identity
 
     # --- credentials ------------------------------------------------------

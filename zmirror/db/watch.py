@@ -17,7 +17,7 @@ from twisted.internet.threads import deferToThreadPool
 
 from zmirror.db.sqlite import BUSY_TIMEOUT_MS
 
-TABLES = ("users", "whitelists", "registries")
+TABLES = ("users", "whitelists", "registries", "policy_rules")
 
 _FINGERPRINT = ("SELECT count(*), total(id), max(updated_at), total(updated_at), total(enabled)"
                 " FROM {table}")

@@ -19,13 +19,15 @@ from zmirror.upstream.manifests import RemoteManifests, RemoteTags
 
 def build_proxy(pool: UpstreamPool, clock: Any, *, blobs: Any = None, manifests: Any = None,
                 idle_timeout: float = 60.0, resume_attempts: int = 3,
-                resume_deadline: float = 300.0, threads: Any = None) -> Proxy:
+                resume_deadline: float = 300.0, threads: Any = None,
+                image_policy: Any = None) -> Proxy:
     """The proxy core over ``pool`` (upstreams tried in priority order, with failover).
 
     ``blobs``: the blob cache (:class:`~zmirror.cache.blobs.CacheBlobs`) or None;
     ``manifests``: the manifest cache (:class:`~zmirror.cache.manifests.ManifestCache`) or
     None; ``threads``: the transfer threads of upstream blob bodies (default: the
-    blob cache's, none without a cache)."""
+    blob cache's, none without a cache); ``image_policy``: the
+    :class:`~zmirror.auth.imagepolicy.ImagePolicy` a tag's resolved digest is checked by."""
     failover = Failover(pool, clock)
     if threads is None and blobs is not None:
         threads = blobs.transfers
@@ -37,6 +39,7 @@ def build_proxy(pool: UpstreamPool, clock: Any, *, blobs: Any = None, manifests:
         manifest_source=(remote_manifests if manifests is None
                          else PullThroughManifests(manifests, remote_manifests)),
         tag_source=RemoteTags(failover, clock, idle_timeout=idle_timeout),
+        image_policy=image_policy,
     )
 
 

@@ -57,8 +57,11 @@ class Proxy:
     :class:`~zmirror.registry.manifests.ManifestSource` and tag lists from a
     :class:`~zmirror.upstream.manifests.RemoteTags`."""
 
-    def __init__(self, *, blob_source: Any, manifest_source: Any, tag_source: Any):
+    def __init__(self, *, blob_source: Any, manifest_source: Any, tag_source: Any,
+                 image_policy: Any = None):
         self.blob_source = blob_source
+        # zmirror.auth.imagepolicy.ImagePolicy: a tag's digest is checked once known
+        self.image_policy = image_policy
         self.manifest_source = manifest_source
         self.tag_source = tag_source
 
@@ -76,6 +79,8 @@ class Proxy:
     async def manifest(self, pull) -> BytesResult:
         m = await self.manifest_source.get(pull.path.name, pull.path.reference, pull.accept,
                                            head=pull.head, record=pull.record)
+        if self.image_policy is not None:
+            self.image_policy.check_resolved(pull.path, m.digest)  # before the body is sent
         if pull.record is not None and m.cache_hit is not None:
             pull.record.cache_hit = m.cache_hit
         return _manifest_result(pull, m)
