@@ -29,6 +29,7 @@ from zmirror.admin.http import (
 )
 from zmirror.admin.logs import LogHandlers
 from zmirror.admin.nodes import NodeHandlers
+from zmirror.admin.policy import PolicyHandlers
 from zmirror.admin.registries import RegistryHandlers
 from zmirror.admin.retention import RetentionHandlers
 from zmirror.admin.session import SessionHandlers
@@ -102,6 +103,7 @@ class AdminAPI:
             RetentionHandlers(retention_store, retention, getattr(cache, "max_size", None)),
             NodeHandlers(nodes, node=node, clock=clock),
             SyncHandlers(sync_jobs, sync, clock),
+            PolicyHandlers(policy, users),
         )
         # /api//x is a 404, never a redirect built from the Host header
         self.app = no_redirects(Klein())
