@@ -3,6 +3,9 @@ its before/after, secrets masked; read back through GET /api/audit (SQLite and P
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 from tests.fixtures.cli import CLIWithAPICase
 from tests.fixtures.helpers import coro
 from tests.fixtures.pgserver import on_postgresql
@@ -65,3 +68,23 @@ class AuditCommandTests(CLIWithAPICase):
 
 
 AuditCommandPostgresTests = on_postgresql(AuditCommandTests)
+
+
+class AuditBackupAndPasswordTests(CLIWithAPICase):
+    """SQLite only: ``zmirror backup`` copies the database, audit trail included;
+    ``zmirror admin-password`` is recorded without the password."""
+
+    def test_backup_has_the_trail(self):
+        self.ok("whitelist", "add", "library/nginx")
+        dest = self.mktemp()
+        self.ok("backup", dest)
+        copy = sqlite3.connect(str(next(p for p in Path(dest).iterdir() if p.suffix == ".db")))
+        self.addCleanup(copy.close)
+        rows = copy.execute("SELECT actor, action, target FROM audit_log").fetchall()
+        self.assertEqual(rows, [(cli_actor(), "whitelist.create", "whitelists/1")])
+
+    def test_admin_password(self):
+        secret = "N3w-admin-pass!"
+        self.ok("admin-password", "--stdin", stdin=secret + "\n")
+        rows = self.db.conn.execute("SELECT actor, action, target, before, after FROM audit_log").fetchall()
+        self.assertEqual(rows, [(cli_actor(), "admin.password", "admin", None, '{"password": "****"}')])
