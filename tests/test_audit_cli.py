@@ -6,9 +6,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from twisted.trial import unittest
+
 from tests.fixtures.cli import CLIWithAPICase
 from tests.fixtures.helpers import coro
 from tests.fixtures.pgserver import on_postgresql
+from tests import test_cli_users_locked as locked_cli
 from zmirror.cli.common import cli_actor
 from zmirror.config import load_config
 from zmirror.db.auditlog import AuditStore
@@ -88,3 +91,21 @@ class AuditBackupAndPasswordTests(CLIWithAPICase):
         self.ok("admin-password", "--stdin", stdin=secret + "\n")
         rows = self.db.conn.execute("SELECT actor, action, target, before, after FROM audit_log").fetchall()
         self.assertEqual(rows, [(cli_actor(), "admin.password", "admin", None, '{"password": "****"}')])
+
+
+class AuditUnlockTests(unittest.TestCase):
+    """``zmirror user unlock`` is recorded as lockout.delete (the locks it lifted)."""
+
+    setUp = locked_cli.UserLockedCLITests.setUp
+    run_cli = locked_cli.UserLockedCLITests.run_cli
+    ok = locked_cli.UserLockedCLITests.ok
+
+    @coro
+    async def test_unlock_is_recorded(self):
+        for _ in range(3):
+            self.lockout.failure("user:mallory", "10.0.0.1")
+        await self.records.poll()
+        self.ok("user", "unlock", "mallory")
+        rows = self.db.conn.execute("SELECT actor, action, target, before FROM audit_log").fetchall()
+        self.assertEqual(rows, [(cli_actor(), "lockout.delete", "lockouts/mallory",
+                                 '[{"kind": "account", "login": "registry", "name": "mallory"}]')])

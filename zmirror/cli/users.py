@@ -210,6 +210,9 @@ def cmd_user_unlock(args) -> int:
     with closing(open_database(cfg)) as db:
         rows = result(LockoutStore(db).release(now, name="" if by_key else target,
                                                keys=[target] if by_key else []))
+        if rows:
+            audit(db, cfg, "lockout.delete", f"lockouts/{target}",
+                  before=[{k: r.get(k) for k in ("kind", "name", "login")} for r in rows])
     if not rows:
         raise CLIError(f"nothing named {target!r} is locked (see `zmirror user locked`)")
     for r in rows:
