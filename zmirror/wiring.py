@@ -36,6 +36,7 @@ from zmirror.config import Config
 from zmirror.db.engine import connect_config, migrate_config, open_database
 from zmirror.db.policyrules import PolicyRuleStore
 from zmirror.db.accesslogs import AccessLogStore, RetentionService
+from zmirror.db.auditlog import AuditRetentionService, AuditStore
 from zmirror.db.registries import RegistryStore
 from zmirror.db.retention import RetentionStore
 from zmirror.db.syncjobs import SyncJobStore
@@ -133,6 +134,7 @@ def build(config: Config, reactor: Any, *, listen: Optional[str] = None,
                           figures=lambda: node_figures(pull.cache.blobs, pull.cache.manifests))
     cluster_password = _cluster_admin_password(config, db, bus, reactor, access)
     accesslogs = AccessLogStore(db, reactor)
+    audit = AuditStore(db, reactor, node=config.server.node)
     sync_jobs = SyncJobStore(db, reactor)
     sync = _sync(config, reactor, db, pull, sync_jobs, access)
     admin = build_admin(config, clock=reactor, trusted=trusted, access=access,
@@ -141,7 +143,8 @@ def build(config: Config, reactor: Any, *, listen: Optional[str] = None,
                         manifest_cache=pull.cache.manifests, nodes=nodes,
                         cluster_password=cluster_password, cache_purge=pull.cache.purge,
                         cache_view=pull.cache.view, sync_jobs=sync_jobs, sync=sync,
-                        retention_store=pull.cache.retention_store, retention=pull.cache.retention)
+                        retention_store=pull.cache.retention_store, retention=pull.cache.retention,
+                        audit=audit)
     account = admin.account
     web = _web(config, reactor, db, bus, metrics, pull.upstreams.pool, routes, access, admin,
                account, trusted, ui)
@@ -164,7 +167,7 @@ def build(config: Config, reactor: Any, *, listen: Optional[str] = None,
         site=web.site, log_control=log_control, reloader=reloader, table_changes=table_changes,
         db_watch=db_watch,
         services=_services(config, reactor, db, bus, pull, accesslog, accesslogs, nodes, access,
-                           web.root, metrics, sync),
+                           web.root, metrics, sync, audit),
         reload_services=(SighupService(reloader, reactor),
                          *([db_watch] if db_watch is not None else [])))
 
@@ -360,7 +363,7 @@ def _observe(metrics: Metrics, reactor: Any, db: Any, bus: Any, pull: _PullPath,
 def _services(config: Config, reactor: Any, db: Any, bus: Any, pull: _PullPath,
               accesslog: Any, accesslogs: AccessLogStore, nodes: NodeHeartbeat,
               access: AccessControl, root: InflightTracker, metrics: Metrics,
-              sync: Optional[SyncService]) -> tuple:
+              sync: Optional[SyncService], audit: AuditStore) -> tuple:
     """The services in start order; they stop in reverse: the access-log queue is
     written before the DatabaseService closes the pools."""
     index_db, sharing = pull.cache.index_db, pull.upstreams.sharing
@@ -374,6 +377,7 @@ def _services(config: Config, reactor: Any, db: Any, bus: Any, pull: _PullPath,
         *([bus] if IService.providedBy(bus) else []),
         *([CallbackService(start=sharing.load, stop=sharing.stop)] if sharing is not None else []),
         RetentionService(accesslogs, reactor, config.log.retention_days, config.log.max_rows),
+        AuditRetentionService(audit, reactor, config.log.retention_days),
         CallbackService(start=pull.warmup.start, stop=pull.warmup.stop),
         nodes,
         *access.services,

@@ -218,6 +218,8 @@ export const api = {
     remove: (id) => request('DELETE', `/api/users/${encodeURIComponent(id)}`),
   },
   nodes: () => request('GET', '/api/nodes'),
+  // the audit trail (docs/api.md "Audit trail"): {actor, action, target, since, until, limit, offset}
+  audit: (query) => request('GET', '/api/audit', { query }),
   // this node's pull-through cache: fill, entries, hit ratio, bytes from cache / upstream
   cache: () => request('GET', '/api/cache'),
   // the cache page (docs/api.md "Cache"): figures of every node, namespaces, images, tags;

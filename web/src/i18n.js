@@ -6,6 +6,7 @@ import en from 'element-plus/es/locale/lang/en'
 import cacheMessages from './locales/cache'
 import retentionMessages from './locales/retention'
 import syncMessages from './locales/sync'
+import auditMessages from './locales/audit'
 
 const STORAGE_KEY = 'zmirror.lang'
 export const LANGS = ['zh-CN', 'en']
@@ -26,7 +27,7 @@ const messages = {
     menu: {
       dashboard: '仪表盘', registries: '上游仓库', whitelists: '白名单', users: '用户',
       logs: '访问日志', nodes: '节点', help: '使用说明', logout: '退出登录', menu: '菜单',
-      cache: '缓存', sync: '预热同步',
+      cache: '缓存', sync: '预热同步', audit: '审计日志',
     },
     login: {
       title: '管理员登录', username: '用户名', password: '密码', submit: '登录',
@@ -211,7 +212,7 @@ const messages = {
     menu: {
       dashboard: 'Dashboard', registries: 'Registries', whitelists: 'Whitelists', users: 'Users',
       logs: 'Access logs', nodes: 'Nodes', help: 'How to use', logout: 'Log out', menu: 'Menu',
-      cache: 'Cache', sync: 'Pre-warm & sync',
+      cache: 'Cache', sync: 'Pre-warm & sync', audit: 'Audit trail',
     },
     login: {
       title: 'Admin login', username: 'Username', password: 'Password', submit: 'Log in',
@@ -394,7 +395,7 @@ function initialLang() {
   return 'zh-CN'
 }
 
-for (const extra of [cacheMessages, retentionMessages, syncMessages]) {
+for (const extra of [cacheMessages, retentionMessages, syncMessages, auditMessages]) {
   for (const l of LANGS) Object.assign(messages[l], extra[l])
 }
 

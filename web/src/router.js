@@ -16,6 +16,7 @@ const routes = [
       { path: 'cache', name: 'cache', component: () => import('./views/Cache.vue'), meta: { title: 'menu.cache' } },
       { path: 'sync', name: 'sync', component: () => import('./views/Sync.vue'), meta: { title: 'menu.sync' } },
       { path: 'logs', name: 'logs', component: () => import('./views/Logs.vue'), meta: { title: 'menu.logs' } },
+      { path: 'audit', name: 'audit', component: () => import('./views/Audit.vue'), meta: { title: 'menu.audit' } },
       { path: 'nodes', name: 'nodes', component: () => import('./views/Nodes.vue'), meta: { title: 'menu.nodes' } },
       { path: 'help', name: 'help', component: () => import('./views/Help.vue'), meta: { title: 'menu.help' } },
     ],

@@ -16,6 +16,7 @@ from klein import Klein
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
+from zmirror.admin.audit import AuditHandlers, AuditRecorder
 from zmirror.admin.cache import CacheHandlers
 from zmirror.admin.cacheview import CacheViewHandlers
 from zmirror.admin.http import (
@@ -67,7 +68,8 @@ class AdminAPI:
     ``cache_view`` (:mod:`zmirror.cache.purge`, :mod:`zmirror.cache.view`); ``nodes``: this
     node's heartbeat, ``node`` its name; ``lockouts``: the lockout's locks
     (:class:`zmirror.auth.lockoutrecords.LockoutRecords`); ``sync_jobs``, ``sync``:
-    the sync jobs' store and this node's scheduler; ``clock``.
+    the sync jobs' store and this node's scheduler; ``clock``; ``audit``: the audit
+    trail's store (:class:`zmirror.db.auditlog.AuditStore`; None: nothing recorded).
     """
 
     def __init__(self, *, account: AdminAccount, trusted: TrustedProxies, clock: Any,
@@ -76,7 +78,7 @@ class AdminAPI:
                  cache: Any = None, manifest_cache: Any = None, accesslog: Any = None,
                  nodes: Any = None, lockouts: Any = None, cache_purge: Any = None,
                  cache_view: Any = None, sync_jobs: Any = None, sync: Any = None,
-                 retention_store: Any = None, retention: Any = None):
+                 retention_store: Any = None, retention: Any = None, audit: Any = None):
         self.account = account
         self.trusted = trusted
         self.registries = registries
@@ -104,7 +106,11 @@ class AdminAPI:
             NodeHandlers(nodes, node=node, clock=clock),
             SyncHandlers(sync_jobs, sync, clock),
             PolicyHandlers(policy, users),
+            AuditHandlers(audit),
         )
+        getters = {spec.path: handler for group in self.groups
+                   for spec, handler in routes_of(group) if "GET" in spec.methods}
+        self.audit = AuditRecorder(audit, getters)
         # /api//x is a 404, never a redirect built from the Host header
         self.app = no_redirects(Klein())
         for group in self.groups:
@@ -123,8 +129,14 @@ class AdminAPI:
 
     async def _serve(self, request, spec: Route, handler: Callable, kw: dict) -> bytes:
         try:
-            await self._admin_only(request, spec.with_default_password)
+            actor = await self._admin_only(request, spec.with_default_password)
+            action = self.audit.action(spec)
+            before = None if action is None else await self.audit.before(spec, request, kw)
             result = await maybe(handler(request, **kw))
+            if action is not None:
+                await self.audit.record(action=action, spec=spec, request=request, kw=kw,
+                                        actor=actor, client_ip=client_ip(request, self.trusted),
+                                        before=before, result=result)
         except CancelledError:
             raise
         except ApiError as e:
@@ -144,13 +156,14 @@ class AdminAPI:
             return error(request, ApiError(500, "internal error"))
         return answer(request, result)
 
-    async def _admin_only(self, request, with_default_password: bool) -> None:
-        """The admin's credentials, and (unless ``with_default_password``) not the
-        default password; raises the account's refusals."""
+    async def _admin_only(self, request, with_default_password: bool) -> str:
+        """The admin's username, after their credentials and (unless
+        ``with_default_password``) not the default password; raises the account's refusals."""
         username, password = basic_credentials(request)
         await self.account.authenticate(username, password, client_ip(request, self.trusted))
         if not with_default_password and self.account.default_password_in_use(password):
             raise DefaultPasswordInUse()
+        return username
 
 
 __all__ = ["AdminAPI"]

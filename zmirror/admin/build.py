@@ -23,7 +23,8 @@ def build_admin(config: Config, *, clock: Any, trusted: TrustedProxies, access: 
                 cache: Any = None, manifest_cache: Any = None, nodes: Any = None,
                 cluster_password: Any = None, cache_purge: Any = None,
                 cache_view: Any = None, sync_jobs: Any = None, sync: Any = None,
-                retention_store: Any = None, retention: Any = None) -> AdminAPI:
+                retention_store: Any = None, retention: Any = None,
+                audit: Any = None) -> AdminAPI:
     """The admin account (``[admin]`` of ``config``, checked against ``access``'s
     passwords and lockout, ``cluster_password`` on PostgreSQL) and ``/api`` over it:
     the registries and access-log stores, ``access``'s users, whitelists, live
@@ -39,7 +40,7 @@ def build_admin(config: Config, *, clock: Any, trusted: TrustedProxies, access: 
                     cache=cache, manifest_cache=manifest_cache, nodes=nodes,
                     lockouts=access.lockout_records, cache_purge=cache_purge,
                     cache_view=cache_view, sync_jobs=sync_jobs, sync=sync,
-                    retention_store=retention_store, retention=retention)
+                    retention_store=retention_store, retention=retention, audit=audit)
 
 
 __all__ = ["build_admin"]

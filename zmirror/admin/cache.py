@@ -113,7 +113,7 @@ class CacheHandlers:
         manifests = self.manifest_cache.summary() if self.manifest_cache is not None else {}
         return summary(self.cache.summary(), manifests)
 
-    @route("/cache", ["DELETE"])
+    @route("/cache", ["DELETE"], audit="cache.purge")
     async def delete(self, request):
         """Empty the cache, or drop a namespace, a repository (one tag of it) or a
         digest, on every node."""

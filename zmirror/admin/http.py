@@ -27,15 +27,19 @@ class Route:
     methods: tuple[str, ...]
     # answers while the admin password is still the default (every other route: 403)
     with_default_password: bool = False
+    # the audit trail's action of a change (None: derived from path and method, "": not
+    # recorded; zmirror.admin.audit.action_of)
+    audit: Optional[str] = None
 
 
-def route(path: str, methods: list[str], *, with_default_password: bool = False):
+def route(path: str, methods: list[str], *, with_default_password: bool = False,
+          audit: Optional[str] = None):
     """Declares a handler method of a route group: a route that requires the admin
     and answers JSON (the handler returns ``obj`` → 200, ``(status, obj)``, or
-    ``None`` → 204)."""
+    ``None`` → 204); ``audit``: the action a successful change records."""
 
     def mark(f: Callable) -> Callable:
-        f.admin_route = Route(path, tuple(methods), with_default_password)
+        f.admin_route = Route(path, tuple(methods), with_default_password, audit)
         return f
 
     return mark

@@ -5,10 +5,11 @@ database for every node (PostgreSQL)."""
 from __future__ import annotations
 
 import time
+from contextlib import closing
 
 from zmirror.auth.adminsecret import ROW, store_blocking
 from zmirror.auth.passwords import hash_admin_password
-from zmirror.cli.common import CLIError, connect, err, load, out, read_password
+from zmirror.cli.common import CLIError, audit, connect, err, load, open_database, out, read_password
 from zmirror.config import ConfigError, admin_password_problem, update_admin_password
 from zmirror.db.engine import describe, is_postgresql
 
@@ -28,6 +29,7 @@ def cmd_admin_password(args) -> int:
     except ConfigError as e:
         raise CLIError(f"cannot update the admin password: {e}") from None
     out(f"admin password updated in {path} (stored as an argon2 hash)")
+    _record(cfg)
     err("note: a running server applies it on SIGHUP or restart.")
     return 0
 
@@ -47,8 +49,18 @@ def _admin_password_cluster(cfg, hashed: str) -> int:
         conn.close()
     out(f"admin password updated in the database (cluster_secrets row {ROW!r}, an argon2 hash); "
         "it takes precedence over [admin] password of config.toml")
+    _record(cfg)
     err("note: every running node applies it within 2 s (no SIGHUP or restart needed).")
     return 0
+
+
+def _record(cfg) -> None:
+    """The change in the audit trail (never the password or its hash); a data directory
+    whose database the server has not created yet has no trail to record it in."""
+    if not is_postgresql(cfg) and not cfg.database_path.is_file():
+        return
+    with closing(open_database(cfg)) as db:
+        audit(db, cfg, "admin.password", "admin", after={"password": "changed"})
 
 
 def add_parser(sub) -> None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import time
 from contextlib import closing
 from datetime import datetime, timezone
+from urllib.parse import urlencode
 
 from zmirror.admin.cache import purge_scope, repository_of, tag_of
 from zmirror.admin.validate import invalid
 from zmirror.cache.purge import Scope, history, record
 from zmirror.cache.view import CacheView
-from zmirror.cli.common import CLIError, WallClock, err, load, open_database, out
+from zmirror.cli.common import CLIError, WallClock, audit, err, load, open_database, out
 from zmirror.cli.rows import as_cli_errors, print_json, print_table
 from zmirror.db.engine import is_postgresql
 from zmirror.db.sync import result
@@ -109,6 +110,8 @@ def cmd_purge(args) -> int:
         scope = purge_scope(params)
     with closing(open_database(cfg)) as db:
         done = result(db.write(record, scope, "cli", time.time()))
+        audit(db, cfg, "cache.purge", "cache" + ("?" + urlencode(sorted(params.items())) if params else ""),
+              after={"deleted": {"manifests": done["manifests"], "tags": done["tags"]}})
     if args.json:
         print_json({"id": done["id"], "deleted": {"manifests": done["manifests"], "tags": done["tags"]}})
     else:
@@ -131,6 +134,8 @@ def cmd_invalidate(args) -> int:
     with closing(open_database(cfg)) as db:
         done = result(db.write(record, Scope(action="invalidate", repository=repo, tag=tag), "cli",
                                time.time()))
+        audit(db, cfg, "cache.invalidate", "cache/invalidate",
+              after={"repository": repo, "tag": tag, "invalidated": done["tags"]})
     if args.json:
         print_json({"id": done["id"], "invalidated": done["tags"]})
     else:

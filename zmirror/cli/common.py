@@ -5,14 +5,17 @@ new password typed or read from stdin."""
 from __future__ import annotations
 
 import getpass
+import os
+import pwd
 import sys
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from zmirror.config import ConfigError, load_config
+from zmirror.db.auditlog import AuditStore
 from zmirror.db.engine import connect_config, is_postgresql, migrate_config
 from zmirror.db.errors import DatabaseError
-from zmirror.db.sync import SyncDatabase
+from zmirror.db.sync import SyncDatabase, result
 
 
 class CLIError(Exception):
@@ -69,6 +72,22 @@ class WallClock:
         return time.time() if self.at is None else self.at
 
 
+def cli_actor() -> str:
+    """The audit trail's actor of a command: ``cli:<os user>``."""
+    try:
+        name = pwd.getpwuid(os.getuid()).pw_name
+    except (KeyError, OSError):
+        name = os.environ.get("USER") or str(os.getuid())
+    return f"cli:{name}"
+
+
+def audit(db, cfg, action: str, target: str, *, before: Any = None, after: Any = None) -> None:
+    """Record a change a command made in the audit trail (:mod:`zmirror.db.auditlog`;
+    secrets are masked there): actor ``cli:<os user>``, this config's node, no address."""
+    result(AuditStore(db, WallClock(), node=cfg.server.node).append(
+        actor=cli_actor(), action=action, target=target, before=before, after=after))
+
+
 def read_password(args, prompt: str = "Password / 密码: ") -> str:
     """A new password: one line from stdin with --stdin, else typed twice."""
     if getattr(args, "stdin", False):
@@ -105,4 +124,5 @@ def ident(name: str) -> str:
 
 
 __all__ = ["CLIError", "out", "err", "load", "connect", "open_database", "WallClock",
+           "cli_actor", "audit",
            "read_password", "reload_hint", "ident"]

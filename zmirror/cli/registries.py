@@ -20,7 +20,7 @@ from typing import Any
 from zmirror.admin.registries import REGISTRY_FIELDS, REGISTRY_UPDATE_FIELDS, registry_out
 from zmirror.admin.registrysettings import resolve_settings, settings_problems
 from zmirror.admin.validate import Invalid, check
-from zmirror.cli.common import CLIError, WallClock, load, open_database, out
+from zmirror.cli.common import CLIError, WallClock, audit, load, open_database, out
 from zmirror.cli.rows import Inputs, applied_hint, as_cli_errors, find_row, print_json, print_table, yes_no
 from zmirror.db.registries import RegistryStore
 from zmirror.db.sync import result
@@ -182,6 +182,7 @@ def cmd_add(args) -> int:
         settings_problems(values)
         with closing(open_database(cfg)) as db:
             row = result(RegistryStore(db, WallClock()).create(**values))
+            audit(db, cfg, "registry.create", f"registries/{row['id']}", after=registry_json(row))
     return _done(cfg, args, "added", row)
 
 
@@ -198,6 +199,8 @@ def _update(args, body: dict, verb: str) -> int:
             resolve_settings(values, stored)
             settings_problems({**stored, **values}, changed=values)
             row = result(store.update(stored["id"], **values))
+            audit(db, cfg, "registry.update", f"registries/{row['id']}",
+                  before=registry_json(stored), after=registry_json(row))
     return _done(cfg, args, verb, row)
 
 
@@ -222,6 +225,7 @@ def cmd_remove(args) -> int:
         store, rows = _rows(db)
         row = _find(rows, args)
         result(store.delete(row["id"]))
+        audit(db, cfg, "registry.delete", f"registries/{row['id']}", before=registry_json(row))
     if args.json:
         print_json(registry_json(row))
     else:

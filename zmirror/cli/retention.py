@@ -24,7 +24,7 @@ from zmirror.cache.index import index_path
 from zmirror.cache.pins import InvalidPin, parse_pin
 from zmirror.cache.retention import BlobView, Rule, human_size
 from zmirror.cache.retentionpass import RetentionPass
-from zmirror.cli.common import CLIError, WallClock, err, load, open_database, out
+from zmirror.cli.common import CLIError, WallClock, audit, err, load, open_database, out
 from zmirror.cli.rows import as_cli_errors, find_row, print_json, print_table, yes_no
 from zmirror.db.engine import is_postgresql
 from zmirror.db.retention import RetentionStore
@@ -114,6 +114,7 @@ def cmd_add(args) -> int:
         _limits_given(values)
         with closing(open_database(cfg)) as db:
             row = result(store_call(RetentionStore(db, WallClock()).create_rule, values, "namespace"))
+            audit(db, cfg, "cache.rule.create", f"cache/rules/{row['id']}", after=rule_out(row))
     return _print_rule(args, cfg, "added", row)
 
 
@@ -144,6 +145,8 @@ def cmd_edit(args) -> int:
             current = _find_rule(store, args)
             _limits_given(values, current)
             row = result(store_call(functools.partial(store.update_rule, current["id"]), values, "namespace"))
+            audit(db, cfg, "cache.rule.update", f"cache/rules/{row['id']}", before=rule_out(current),
+                  after=rule_out(row))
     return _print_rule(args, cfg, "updated", row)
 
 
@@ -153,6 +156,7 @@ def cmd_remove(args) -> int:
         store = RetentionStore(db, WallClock())
         row = _find_rule(store, args)
         result(store.delete_rule(row["id"]))
+        audit(db, cfg, "cache.rule.delete", f"cache/rules/{row['id']}", before=rule_out(row))
     if args.json:
         print_json(rule_out(row))
     else:
@@ -183,6 +187,7 @@ def cmd_pin(args) -> int:
         values = check(body, PIN_FIELDS)
         with closing(open_database(cfg)) as db:
             row = result(store_call(RetentionStore(db, WallClock()).create_pin, values, "pattern"))
+            audit(db, cfg, "cache.pin.create", f"cache/pins/{row['id']}", after=pin_out(row))
     if args.json:
         print_json(pin_out(row))
     else:
@@ -197,6 +202,7 @@ def cmd_unpin(args) -> int:
         store = RetentionStore(db, WallClock())
         row = find_row(result(store.pins()), args.pin, what=PIN, name_key="pattern", name_of=_pattern_key)
         result(store.delete_pin(row["id"]))
+        audit(db, cfg, "cache.pin.delete", f"cache/pins/{row['id']}", before=pin_out(row))
     if args.json:
         print_json(pin_out(row))
     else:

@@ -19,7 +19,7 @@ from zmirror.admin.sync import (
     update_job,
 )
 from zmirror.admin.validate import Invalid, check
-from zmirror.cli.common import CLIError, WallClock, load, open_database, out
+from zmirror.cli.common import CLIError, WallClock, audit, load, open_database, out
 from zmirror.cli.rows import as_cli_errors, find_row, print_json, print_table, yes_no
 from zmirror.db.sync import result
 from zmirror.db.syncjobs import ActiveRun, SyncJobStore
@@ -131,6 +131,7 @@ def cmd_add(args) -> int:
         values = new_job_values(body)
         with closing(open_database(cfg)) as db:
             job = job_out(result(create_job(SyncJobStore(db, clock), values, clock.seconds())))
+            audit(db, cfg, "sync.job.create", f"sync/jobs/{job['id']}", after=job)
     return _done(args, "added", job)
 
 
@@ -144,8 +145,10 @@ def cmd_edit(args) -> int:
             raise Invalid("nothing to update", {})
         with closing(open_database(cfg)) as db:
             store = SyncJobStore(db, clock)
-            jid = _find(store, args)["id"]
+            old = _find(store, args)
+            jid = old["id"]
             job = job_out(result(update_job(store, jid, values, clock.seconds())))
+            audit(db, cfg, "sync.job.update", f"sync/jobs/{jid}", before=job_out(old), after=job)
     return _done(args, "updated", job)
 
 
@@ -155,6 +158,7 @@ def cmd_remove(args) -> int:
         store = SyncJobStore(db, WallClock())
         job = _find(store, args)
         result(store.delete_job(job["id"]))
+        audit(db, cfg, "sync.job.delete", f"sync/jobs/{job['id']}", before=job_out(job))
     if args.json:
         print_json(job_out(job))
     else:
@@ -177,6 +181,7 @@ def cmd_run(args) -> int:
         job = _find(store, args)
         try:
             run = run_out(result(store.queue_run(job["id"], "cli")))
+            audit(db, cfg, "sync.job.run", f"sync/jobs/{job['id']}", after=run)
         except ActiveRun as e:
             raise CLIError(f"run {e.run_id} of {WHAT} {job['name']!r} is not finished") from None
     if args.json:
@@ -193,6 +198,7 @@ def cmd_cancel(args) -> int:
         raise CLIError("RUN must be a run id (see zmirror sync runs)")
     with as_cli_errors("sync run"), closing(open_database(cfg)) as db:
         run = run_out(result(SyncJobStore(db, WallClock()).request_cancel(int(args.run))))
+        audit(db, cfg, "sync.run.cancel", f"sync/runs/{run['id']}", after=run)
     if args.json:
         print_json(run)
     elif run["state"] in ("running", "paused"):

@@ -14,9 +14,11 @@ from datetime import datetime, timezone
 from typing import Optional
 
 from zmirror.auth.passwords import is_legacy_md5, make_context
+from zmirror.admin.users import user_out
 from zmirror.auth.scopes import validate_scopes
 from zmirror.auth.users import validate_password
 from zmirror.cli.common import (
+    audit,
     CLIError,
     WallClock,
     load,
@@ -78,10 +80,11 @@ def cmd_user_add(args) -> int:
         _validate_user(cfg, args.name, password)
         password_hash = _hash_user_password(password)
         try:
-            result(users.create_with_hash(args.name, password_hash, enabled=not args.disabled,
-                                          scopes=scopes))
+            row = result(users.create_with_hash(args.name, password_hash,
+                                                enabled=not args.disabled, scopes=scopes))
         except Conflict:
             raise CLIError(f"user {args.name!r} already exists") from None
+        audit(db, cfg, "user.create", f"users/{row['id']}", after=user_out(row))
     out(f"user {args.name} created{' (disabled)' if args.disabled else ''}"
         f"{'; scopes: ' + _describe_scopes(scopes) if scopes else ''}")
     reload_hint(cfg)
@@ -104,10 +107,14 @@ def _update_user(args, *, password: bool = False, enabled: Optional[bool] = None
             _validate_user(cfg, row["username"], new_password)
             password_hash = _hash_user_password(new_password)
         try:
-            result(users.update(row["id"], password_hash=password_hash, enabled=enabled,
-                                scopes=scopes))
+            new = result(users.update(row["id"], password_hash=password_hash, enabled=enabled,
+                                      scopes=scopes))
         except NotFound:
             raise CLIError(f"no user named {args.name!r}") from None
+        after = user_out(new)
+        if password:
+            after["password"] = "changed"  # masked by the audit trail
+        audit(db, cfg, "user.update", f"users/{row['id']}", before=user_out(row), after=after)
     return cfg
 
 
@@ -203,6 +210,9 @@ def cmd_user_unlock(args) -> int:
     with closing(open_database(cfg)) as db:
         rows = result(LockoutStore(db).release(now, name="" if by_key else target,
                                                keys=[target] if by_key else []))
+        if rows:
+            audit(db, cfg, "lockout.delete", f"lockouts/{target}",
+                  before=[{k: r.get(k) for k in ("kind", "name", "login")} for r in rows])
     if not rows:
         raise CLIError(f"nothing named {target!r} is locked (see `zmirror user locked`)")
     for r in rows:

@@ -13,7 +13,7 @@ from zmirror.admin.http import store_call
 from zmirror.admin.validate import Invalid, check
 from zmirror.admin.whitelists import WHITELIST_FIELDS, WHITELIST_UPDATE_FIELDS, whitelist_out
 from zmirror.auth.whitelist import InvalidPrefix, normalize_prefix
-from zmirror.cli.common import CLIError, WallClock, load, open_database, out
+from zmirror.cli.common import CLIError, WallClock, audit, load, open_database, out
 from zmirror.cli.rows import applied_hint, as_cli_errors, find_row, print_json, print_table, yes_no
 from zmirror.db.sync import result
 from zmirror.db.whitelists import WhitelistStore
@@ -79,6 +79,7 @@ def cmd_add(args) -> int:
         values = check(body, WHITELIST_FIELDS)
         with closing(open_database(cfg)) as db:
             row = result(store_call(WhitelistStore(db, WallClock()).create, values, "prefix"))
+            audit(db, cfg, "whitelist.create", f"whitelists/{row['id']}", after=whitelist_out(row))
     return _done(cfg, args, "added", row)
 
 
@@ -91,8 +92,11 @@ def _update(args, body: dict, verb: str) -> int:
             raise Invalid("nothing to update", {})
         with closing(open_database(cfg)) as db:
             store = WhitelistStore(db, WallClock())
-            wid = _find(store, args)["id"]
+            old = _find(store, args)
+            wid = old["id"]
             row = result(store_call(functools.partial(store.update, wid), values, "prefix"))
+            audit(db, cfg, "whitelist.update", f"whitelists/{wid}", before=whitelist_out(old),
+                  after=whitelist_out(row))
     return _done(cfg, args, verb, row)
 
 
@@ -121,6 +125,7 @@ def cmd_remove(args) -> int:
         store = WhitelistStore(db, WallClock())
         row = _find(store, args)
         result(store.delete(row["id"]))
+        audit(db, cfg, "whitelist.delete", f"whitelists/{row['id']}", before=whitelist_out(row))
     if args.json:
         print_json(whitelist_out(row))
     else:
