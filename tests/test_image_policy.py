@@ -283,3 +283,88 @@ class PullPathTests(unittest.TestCase):
 
         from twisted.internet.defer import ensureDeferred
         return ensureDeferred(go())
+
+
+class OtherProcessTests(unittest.TestCase):
+    """A rule written by another process (the CLI, another node on SQLite's file) reaches the
+    running evaluator through the database watch and the Reloader, as the whitelist does."""
+
+    @coro
+    async def test_watch_reports_the_table_and_the_reloader_rereads_it(self):
+        import sqlite3
+
+        from zmirror.db.watch import ChangeWatcher
+        from zmirror.reload import Reloader, Stores
+
+        db = temp_database(self)
+        if getattr(db, "dialect", "sqlite") != "sqlite":
+            raise unittest.SkipTest("the SQLite watch")
+        watcher = ChangeWatcher.for_database(db)
+        self.addCleanup(watcher.close)
+        store = PolicyRuleStore(db, Clock())
+        evaluator = ImagePolicy(store)
+        reloader = Reloader(None, Stores(policy_rules=store))
+        self.assertIn("policy_rules", await watcher.check())
+        other = sqlite3.connect(str(db.path), isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("INSERT INTO policy_rules (action, pattern, created_at, updated_at)"
+                      " VALUES ('deny', 'library/nginx', 1, 1)")
+        changed = await watcher.check()
+        self.assertEqual(changed, {"policy_rules"})
+        self.assertTrue(evaluator.decide("library/nginx").allowed)
+        await reloader.refresh_stores(changed)
+        self.assertFalse(evaluator.decide("library/nginx").allowed)
+        other.execute("UPDATE policy_rules SET enabled = 0, updated_at = 2")
+        await reloader.refresh_stores(await watcher.check())
+        self.assertTrue(evaluator.decide("library/nginx").allowed)
+
+
+class TwoNodesPostgresTests(unittest.TestCase):
+    """Two whole services (makeService) on one PostgreSQL database: a rule added on node a
+    refuses pulls on node b within 2 s (the policy_rules trigger, the bus, the Reloader)."""
+
+    def setUp(self):
+        from pathlib import Path
+
+        from twisted.internet import reactor
+
+        from tests.fixtures.helpers import write_default_config
+        from tests.fixtures.pgserver import fresh_database
+        from zmirror.tap import Options, makeService
+
+        self.url = fresh_database(self)
+        self.nodes = []
+        for name in ("a", "b"):
+            data = Path(self.mktemp()).resolve() / name
+            write_default_config(data)
+            cfg = data / "config.toml"
+            line = '# url = "postgresql://zmirror:PASSWORD@127.0.0.1:5432/zmirror"'
+            cfg.write_text(cfg.read_text().replace(line, f'url = "{self.url}"'))
+            opts = Options()
+            opts.parseOptions(["--data", str(data), "--listen", "tcp:0:interface=127.0.0.1"])
+            top = makeService(opts, reactor)
+            top.startService()
+            self.addCleanup(top.stopService)
+            self.nodes.append(top.components)
+
+    @coro
+    async def test_a_rule_added_on_one_node_applies_on_the_other(self):
+        import time
+
+        from tests.fixtures.helpers import eventually
+
+        for c in self.nodes:
+            await eventually(lambda c=c: c.bus.connects >= 1 and c.table_changes.refreshes >= 1,
+                             what="listening")
+            await c.table_changes.wait()
+        a, b = self.nodes
+        evaluator = b.access.policy.image_policy
+        self.assertIs(b.proxy.image_policy, evaluator)  # one evaluator, wired into both hooks
+        row = await a.access.policy.image_policy.store.create("deny", "library/nginx")
+        start = time.monotonic()
+        await eventually(lambda: not evaluator.decide("library/nginx").allowed, timeout=2.0,
+                         what="the rule on node b")
+        self.assertLess(time.monotonic() - start, 2.0)
+        await a.access.policy.image_policy.store.delete(row["id"])
+        await eventually(lambda: evaluator.decide("library/nginx").allowed, timeout=2.0,
+                         what="the rule gone on node b")

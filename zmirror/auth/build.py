@@ -25,9 +25,11 @@ from zmirror.auth.policy import AccessPolicy
 from zmirror.auth.tokens import TokenIssuer, load_secret
 from zmirror.auth.tokenservice import TokenService
 from zmirror.auth.users import UserAccounts
+from zmirror.auth.imagepolicy import ImagePolicy
 from zmirror.auth.whitelist import Whitelist
 from zmirror.db.lockouts import LockoutStore
 from zmirror.db.users import UserStore
+from zmirror.db.policyrules import PolicyRuleStore
 from zmirror.db.whitelists import WhitelistStore
 from zmirror.net import TrustedProxies
 from zmirror.service import CallbackService
@@ -71,7 +73,7 @@ def build_access(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
     (None: a node alone); ``metrics``: the :class:`zmirror.metrics.Metrics` the
     policy and the token service count authentication failures and tokens in;
     ``image_policy``: the :class:`zmirror.auth.imagepolicy.ImagePolicy` every pull is
-    checked by (None: everything may be pulled).
+    checked by (default: one over a :class:`~zmirror.db.policyrules.PolicyRuleStore` on ``db``).
 
     On PostgreSQL (several nodes may share the database) the token signing
     secret is the cluster's (:func:`zmirror.auth.tokens.load_secret`), the
@@ -93,6 +95,8 @@ def build_access(config: Any, db: Any, reactor: Any, *, accesslog: Any = None,
     users = UserStore(db, reactor, admin_username=admin_username)
     whitelists = WhitelistStore(db, reactor)
     whitelist = Whitelist(whitelists)
+    if image_policy is None:
+        image_policy = ImagePolicy(PolicyRuleStore(db, reactor), metrics=metrics)
     # [lockout] thresholds; zmirror.reload.Reloader re-applies them on SIGHUP
     lockout = Lockout(reactor, secret=secret if clustered else None,
                       **lockout_settings(getattr(config, "lockout", None)))

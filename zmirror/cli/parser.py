@@ -13,6 +13,7 @@ from zmirror.cli.checkconfig import add_parser as add_check_config
 from zmirror.cli.common import CLIError, err
 from zmirror.cli.dbcopy import add_parser as add_db
 from zmirror.cli.importer import add_parser as add_import_zmirror
+from zmirror.cli.policy import add_parser as add_policy
 from zmirror.cli.registries import add_parser as add_registry
 from zmirror.cli.retention import add_parser as add_retention
 from zmirror.cli.sync import add_parser as add_sync
@@ -21,7 +22,7 @@ from zmirror.cli.whitelist import add_parser as add_whitelist
 
 # in the order of ``zmirror --help``
 COMMANDS = (add_check_config, add_user, add_whitelist, add_registry, add_admin_password, add_import_zmirror,
-            add_backup, add_db, add_cache, add_retention, add_sync)
+            add_backup, add_db, add_cache, add_retention, add_sync, add_policy)
 
 
 def build_parser() -> argparse.ArgumentParser:
