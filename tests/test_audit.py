@@ -2,21 +2,36 @@
 was done, secrets masked), GET /api/audit's filters and hostile queries, the store's
 masking and retention with an injected clock; SQLite and PostgreSQL."""
 
+import os
+from pathlib import Path
+
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.fixtures.admin import ADMIN, T0, AdminTestMixin
+from tests.fixtures.admin import ADMIN, T0, AdminTestMixin, basic
 from tests.fixtures.helpers import coro
 from tests.fixtures.pgserver import on_postgresql
-from tests.test_admin_password import FileConfigMixin
-from tests.test_admin_cache import FakeBlobCache, FakeManifestCache, FakePurge
 from zmirror.admin.audit import action_of
 from zmirror.admin.http import Route
+from zmirror.config import DEFAULT_CONFIG, load_config
 from zmirror.db.auditlog import AuditFilter, AuditRetentionService, AuditStore, mask
 
 PASSWORD = "Secr3t-pass!x"
 NEW_PASSWORD = "0ther-Secr3t!y"
 REG_PASSWORD = "upstream-pw-123"
+
+
+class FakeCache:
+    """A cache for DELETE /api/cache (only "enabled" matters)."""
+
+
+class FakePurge:
+    def __init__(self):
+        self.scopes = []
+
+    async def purge(self, scope):
+        self.scopes.append(scope)
+        return {"blobs": 1, "manifests": 2, "tags": 3}
 
 
 def _has(value, needle: str) -> bool:
@@ -55,8 +70,7 @@ class AuditApiTests(AdminTestMixin, unittest.TestCase):
         super().setUp()
         self.audit = AuditStore(self.db, self.clock, node="n1")
         self.purge = FakePurge()
-        self.client = self.stub(self.make_api(audit=self.audit, cache=FakeBlobCache(),
-                                              manifest_cache=FakeManifestCache(),
+        self.client = self.stub(self.make_api(audit=self.audit, cache=FakeCache(),
                                               cache_purge=self.purge))
 
     async def rows(self, **flt):
@@ -178,11 +192,20 @@ class AuditApiTests(AdminTestMixin, unittest.TestCase):
         self.assertEqual((await store.list())["total"], 1)
 
 
-class AdminPasswordAuditTests(FileConfigMixin, unittest.TestCase):
+class AdminPasswordAuditTests(AdminTestMixin, unittest.TestCase):
+    """The admin API on a real config.toml (PUT /me/password writes it)."""
+
     password = "Current-pass-1"
 
     def setUp(self):
         super().setUp()
+        data = Path(self.mktemp()).resolve() / "data"
+        data.mkdir(parents=True)
+        path = data / "config.toml"
+        path.write_text(DEFAULT_CONFIG.replace('password = "admin123"', f'password = "{self.password}"'))
+        os.chmod(path, 0o600)
+        self.config = load_config(data)
+        self.auth = basic("admin", self.password)
         self.audit = AuditStore(self.db, self.clock, node="n1")
         self.client = self.stub(self.make_api(audit=self.audit))
 

@@ -3,18 +3,25 @@ its before/after, secrets masked; read back through GET /api/audit (SQLite and P
 
 from __future__ import annotations
 
+import io
 import sqlite3
+import sys
+import time
 from pathlib import Path
 
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.fixtures.cli import CLIWithAPICase
-from tests.fixtures.helpers import coro
+from tests.fixtures.helpers import coro, first_start
 from tests.fixtures.pgserver import on_postgresql
-from tests import test_cli_users_locked as locked_cli
-from zmirror.cli.common import cli_actor
+from zmirror import cli
+from zmirror.auth.lockout import Lockout
+from zmirror.auth.lockoutrecords import LockoutRecords
+from zmirror.cli.common import cli_actor, open_database
 from zmirror.config import load_config
 from zmirror.db.auditlog import AuditStore
+from zmirror.db.lockouts import LockoutStore
 from zmirror.db.retention import RetentionStore
 
 USER_PW = "Us3r-secret-pw!"
@@ -96,9 +103,22 @@ class AuditBackupAndPasswordTests(CLIWithAPICase):
 class AuditUnlockTests(unittest.TestCase):
     """``zmirror user unlock`` is recorded as lockout.delete (the locks it lifted)."""
 
-    setUp = locked_cli.UserLockedCLITests.setUp
-    run_cli = locked_cli.UserLockedCLITests.run_cli
-    ok = locked_cli.UserLockedCLITests.ok
+    def setUp(self):
+        self.data = Path(self.mktemp()).resolve() / "data"
+        first_start(self.data)
+        self.db = open_database(load_config(self.data))
+        self.addCleanup(self.db.close)
+        # the server's side: its lockout and the rows it writes, on a clock near now
+        self.clock = Clock()
+        self.clock.advance(time.time())
+        self.lockout = Lockout(self.clock, max_account=3, max_ip=100, cooldown=300)
+        self.records = LockoutRecords(self.lockout, LockoutStore(self.db), clock=self.clock)
+
+    def ok(self, *argv):
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        self.assertEqual(cli.main(["--data", str(self.data), *argv]), 0, err.getvalue())
 
     @coro
     async def test_unlock_is_recorded(self):

@@ -144,7 +144,7 @@ def _number(value: str, field: str, errors: dict, lo: float, hi: float, integer:
     except ValueError:
         errors[field] = "must be an integer" if integer else "must be a Unix time in seconds"
         return None
-    if not (lo <= n <= hi) or n != n:
+    if not (lo <= n <= hi):  # NaN too
         errors[field] = f"must be between {lo:g} and {hi:g}"
         return None
     return n
